@@ -1,0 +1,496 @@
+//! [`ModelConfig`]: the hyper-parameters of a Llama-family model, parsed and validated from HF
+//! `config.json`, Meta `params.json` or GGUF metadata.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::{ConfigError, Error, Result};
+use crate::gguf::{GgufMetadata, GgufValue};
+use crate::names::{LayerTensor, TensorId};
+
+/// RoPE frequency scaling.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase")]
+pub enum RopeScaling {
+    /// Llama 3.1 scaling (`rope_type: "llama3"`).
+    Llama3 {
+        /// `factor` (8 for 3.1, 32 for 3.2 1B/3B)
+        factor: f64,
+        /// `low_freq_factor`
+        low_freq_factor: f64,
+        /// `high_freq_factor`
+        high_freq_factor: f64,
+        /// `original_max_position_embeddings`
+        original_max_position_embeddings: u64,
+    },
+    /// Linear position interpolation.
+    Linear {
+        /// `factor`
+        factor: f64,
+    },
+}
+
+/// Hyper-parameters of a Llama-family model. All counts are validated non-zero and consistent
+/// (see [`ModelConfig::validate`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelConfig {
+    /// Model architecture (`llama`).
+    pub architecture: String,
+    /// Residual width.
+    pub hidden_size: u64,
+    /// Transformer blocks.
+    pub num_layers: u64,
+    /// Query heads.
+    pub num_heads: u64,
+    /// Key/value heads (grouped-query attention when fewer than `num_heads`).
+    pub num_kv_heads: u64,
+    /// Width of one head.
+    pub head_dim: u64,
+    /// FFN hidden width.
+    pub intermediate_size: u64,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: u64,
+    /// RoPE base θ.
+    pub rope_theta: f64,
+    /// RoPE scaling, if any.
+    pub rope_scaling: Option<RopeScaling>,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// Context length the model was trained for.
+    pub max_position_embeddings: u64,
+    /// True when the LM head shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Beginning-of-sequence token.
+    pub bos_token_id: Option<u64>,
+    /// End-of-sequence tokens (instruct models have several).
+    pub eos_token_ids: Vec<u64>,
+    /// Meta `ffn_dim_multiplier`, kept to write `params.json` back.
+    pub ffn_dim_multiplier: Option<f64>,
+    /// Meta `multiple_of`, kept to write `params.json` back.
+    pub multiple_of: Option<u64>,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, reason: reason.into() }
+}
+
+/// Limits far above any real Llama model, so that hostile configs cannot make later code
+/// allocate without bound or overflow.
+const MAX_WIDTH: u64 = 1 << 20;
+const MAX_LAYERS: u64 = 4096;
+const MAX_VOCAB: u64 = 1 << 24;
+
+/// Meta's FFN width rule (specs/meta.md §1.2): `h = floor(8·dim/3)`, optionally
+/// `h = floor(mult·h)`, rounded up to a multiple of `multiple_of`.
+pub fn meta_ffn_dim(dim: u64, multiplier: Option<f64>, multiple_of: u64) -> u64 {
+    let mut h = (2 * 4 * dim) / 3;
+    if let Some(m) = multiplier {
+        h = (m * h as f64).floor() as u64;
+    }
+    h.div_ceil(multiple_of) * multiple_of
+}
+
+struct Obj<'a>(&'a Map<String, Value>);
+
+impl Obj<'_> {
+    fn get(&self, k: &str) -> Option<&Value> {
+        self.0.get(k).filter(|v| !v.is_null())
+    }
+    fn u64(&self, k: &'static str) -> std::result::Result<Option<u64>, ConfigError> {
+        self.get(k).map(|v| v.as_u64().ok_or_else(|| invalid(k, format!("expected a non-negative integer, got {v}")))).transpose()
+    }
+    fn req_u64(&self, k: &'static str) -> std::result::Result<u64, ConfigError> {
+        self.u64(k)?.ok_or(ConfigError::Missing(k))
+    }
+    fn f64(&self, k: &'static str) -> std::result::Result<Option<f64>, ConfigError> {
+        self.get(k).map(|v| v.as_f64().ok_or_else(|| invalid(k, format!("expected a number, got {v}")))).transpose()
+    }
+    fn bool(&self, k: &'static str) -> std::result::Result<Option<bool>, ConfigError> {
+        self.get(k).map(|v| v.as_bool().ok_or_else(|| invalid(k, format!("expected a boolean, got {v}")))).transpose()
+    }
+    fn str(&self, k: &'static str) -> std::result::Result<Option<&str>, ConfigError> {
+        self.get(k).map(|v| v.as_str().ok_or_else(|| invalid(k, format!("expected a string, got {v}")))).transpose()
+    }
+    /// An id or a list of ids.
+    fn ids(&self, k: &'static str) -> std::result::Result<Vec<u64>, ConfigError> {
+        match self.get(k) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().ok_or_else(|| invalid(k, "expected token ids"))).collect(),
+            Some(v) => Ok(vec![v.as_u64().ok_or_else(|| invalid(k, "expected a token id"))?]),
+        }
+    }
+}
+
+fn parse_json_object(text: &str) -> std::result::Result<Map<String, Value>, ConfigError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ConfigError::Json("top level is not an object".into())),
+        Err(e) => Err(ConfigError::Json(e.to_string())),
+    }
+}
+
+fn parse_rope_scaling(o: &Obj<'_>, field: &'static str) -> std::result::Result<Option<RopeScaling>, ConfigError> {
+    let Some(v) = o.get(field) else { return Ok(None) };
+    let Value::Object(m) = v else { return Err(invalid(field, "expected an object")) };
+    let r = Obj(m);
+    let kind = match r.str("rope_type")? {
+        Some(t) => t,
+        None => r.str("type")?.unwrap_or("default"),
+    };
+    match kind {
+        "default" => Ok(None),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: r.f64("factor")?.ok_or(ConfigError::Missing("rope_scaling.factor"))?,
+            low_freq_factor: r.f64("low_freq_factor")?.unwrap_or(1.0),
+            high_freq_factor: r.f64("high_freq_factor")?.unwrap_or(4.0),
+            original_max_position_embeddings: r.u64("original_max_position_embeddings")?.unwrap_or(8192),
+        })),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: r.f64("factor")?.ok_or(ConfigError::Missing("rope_scaling.factor"))?,
+        })),
+        other => Err(invalid(field, format!("unsupported rope_type {other:?} (llama3, linear and default are)"))),
+    }
+}
+
+impl ModelConfig {
+    /// Parse a Hugging Face `config.json` (transformers 4.x `rope_scaling` and 5.x
+    /// `rope_parameters` forms both accepted).
+    pub fn from_hf_json(text: &str) -> std::result::Result<Self, ConfigError> {
+        let m = parse_json_object(text)?;
+        let o = Obj(&m);
+        let model_type = o.str("model_type")?.ok_or(ConfigError::Missing("model_type"))?;
+        if model_type != "llama" {
+            return Err(ConfigError::Architecture(model_type.to_owned()));
+        }
+        let hidden_size = o.req_u64("hidden_size")?;
+        let num_heads = o.req_u64("num_attention_heads")?;
+        let head_dim = match o.u64("head_dim")? {
+            Some(h) => h,
+            None if num_heads > 0 => hidden_size / num_heads,
+            None => 0,
+        };
+        let mut rope_theta = o.f64("rope_theta")?;
+        let mut rope_scaling = parse_rope_scaling(&o, "rope_scaling")?;
+        if let Some(Value::Object(p)) = o.get("rope_parameters") {
+            let p = Obj(p);
+            rope_theta = rope_theta.or(p.f64("rope_theta")?);
+            if rope_scaling.is_none() {
+                rope_scaling = parse_rope_scaling(&o, "rope_parameters")?;
+            }
+        }
+        let cfg = ModelConfig {
+            architecture: model_type.to_owned(),
+            hidden_size,
+            num_layers: o.req_u64("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads: o.u64("num_key_value_heads")?.unwrap_or(num_heads),
+            head_dim,
+            intermediate_size: o.req_u64("intermediate_size")?,
+            vocab_size: o.req_u64("vocab_size")?,
+            rope_theta: rope_theta.unwrap_or(10000.0),
+            rope_scaling,
+            rms_norm_eps: o.f64("rms_norm_eps")?.unwrap_or(1e-6),
+            max_position_embeddings: o.u64("max_position_embeddings")?.unwrap_or(2048),
+            tie_word_embeddings: o.bool("tie_word_embeddings")?.unwrap_or(false),
+            bos_token_id: o.u64("bos_token_id")?,
+            eos_token_ids: o.ids("eos_token_id")?,
+            ffn_dim_multiplier: None,
+            multiple_of: None,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parse a Meta `params.json`. `vocab_from_tensors` is the embedding's row count, used when
+    /// the file says `vocab_size: -1` (Llama 2) or omits it.
+    pub fn from_meta_params(text: &str, vocab_from_tensors: Option<u64>) -> std::result::Result<Self, ConfigError> {
+        let m = parse_json_object(text)?;
+        let o = Obj(&m);
+        let dim = o.req_u64("dim")?;
+        let num_heads = o.req_u64("n_heads")?;
+        let multiple_of = o.u64("multiple_of")?.unwrap_or(256);
+        if multiple_of == 0 {
+            return Err(invalid("multiple_of", "must be positive"));
+        }
+        let ffn_dim_multiplier = o.f64("ffn_dim_multiplier")?;
+        if let Some(mult) = ffn_dim_multiplier {
+            if !(mult.is_finite() && mult > 0.0 && mult < 64.0) {
+                return Err(invalid("ffn_dim_multiplier", format!("{mult} is out of range")));
+            }
+        }
+        let vocab_size = match o.get("vocab_size").and_then(Value::as_i64) {
+            Some(v) if v > 0 => v as u64,
+            _ => vocab_from_tensors.ok_or(ConfigError::Missing("vocab_size"))?,
+        };
+        let use_scaled_rope = o.bool("use_scaled_rope")?.unwrap_or(false);
+        let rope_scaling = use_scaled_rope.then_some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        });
+        // params.json carries no context length. Meta's releases: Llama 3.1 (scaled rope)
+        // 131072, Llama 3 8192, Llama 2 (32000-token vocab) 4096.
+        let max_position_embeddings = match o.u64("max_seq_len")? {
+            Some(n) => n,
+            None if use_scaled_rope => 131_072,
+            None if vocab_size >= 128_000 => 8192,
+            None => 4096,
+        };
+        let cfg = ModelConfig {
+            architecture: "llama".into(),
+            hidden_size: dim,
+            num_layers: o.req_u64("n_layers")?,
+            num_heads,
+            num_kv_heads: o.u64("n_kv_heads")?.unwrap_or(num_heads),
+            head_dim: if num_heads > 0 { dim / num_heads } else { 0 },
+            intermediate_size: meta_ffn_dim(dim, ffn_dim_multiplier, multiple_of),
+            vocab_size,
+            rope_theta: o.f64("rope_theta")?.unwrap_or(10000.0),
+            rope_scaling,
+            rms_norm_eps: o.f64("norm_eps")?.unwrap_or(1e-5),
+            max_position_embeddings,
+            tie_word_embeddings: false,
+            bos_token_id: None,
+            eos_token_ids: Vec::new(),
+            ffn_dim_multiplier,
+            multiple_of: Some(multiple_of),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Build from GGUF metadata. `has_output` says whether an `output.weight` tensor exists
+    /// (tied embeddings otherwise); `vocab_from_tensors` is `token_embd`'s row count.
+    pub fn from_gguf(meta: &GgufMetadata, has_output: bool, vocab_from_tensors: Option<u64>) -> std::result::Result<Self, ConfigError> {
+        let arch = match meta.get("general.architecture") {
+            Some(GgufValue::String(s)) => s.clone(),
+            Some(_) => return Err(invalid("general.architecture", "expected a string")),
+            None => return Err(ConfigError::Missing("general.architecture")),
+        };
+        if arch != "llama" {
+            return Err(ConfigError::Architecture(arch));
+        }
+        let int = |k: &'static str| -> std::result::Result<Option<u64>, ConfigError> {
+            match meta.get(&format!("llama.{k}")) {
+                None => Ok(None),
+                Some(v) => v.as_u64().map(Some).ok_or_else(|| invalid(k, "expected a non-negative integer")),
+            }
+        };
+        let float = |k: &'static str| -> std::result::Result<Option<f64>, ConfigError> {
+            match meta.get(&format!("llama.{k}")) {
+                None => Ok(None),
+                Some(v) => v.as_f64().map(Some).ok_or_else(|| invalid(k, "expected a number")),
+            }
+        };
+        let hidden_size = int("embedding_length")?.ok_or(ConfigError::Missing("llama.embedding_length"))?;
+        let num_heads = int("attention.head_count")?.ok_or(ConfigError::Missing("llama.attention.head_count"))?;
+        let head_dim = match int("attention.key_length")? {
+            Some(h) => h,
+            None if num_heads > 0 => hidden_size / num_heads,
+            None => 0,
+        };
+        if let Some(rot) = int("rope.dimension_count")? {
+            if rot != head_dim {
+                return Err(ConfigError::Inconsistent(format!(
+                    "llama.rope.dimension_count {rot} differs from head_dim {head_dim}"
+                )));
+            }
+        }
+        let tokens = match meta.get("tokenizer.ggml.tokens") {
+            Some(GgufValue::Array(_, v)) => Some(v.len() as u64),
+            _ => None,
+        };
+        let vocab_size = int("vocab_size")?
+            .or(tokens)
+            .or(vocab_from_tensors)
+            .ok_or(ConfigError::Missing("llama.vocab_size"))?;
+        let rope_scaling = match meta.get("llama.rope.scaling.type") {
+            Some(GgufValue::String(t)) if t == "linear" => match float("rope.scaling.factor")? {
+                Some(f) if f != 1.0 => Some(RopeScaling::Linear { factor: f }),
+                _ => None,
+            },
+            Some(GgufValue::String(t)) if t == "none" => None,
+            Some(GgufValue::String(t)) => {
+                return Err(invalid("llama.rope.scaling.type", format!("unsupported {t:?}")));
+            }
+            Some(_) => return Err(invalid("llama.rope.scaling.type", "expected a string")),
+            None => None,
+        };
+        let tok_id = |k: &str| meta.get(k).and_then(GgufValue::as_u64);
+        let cfg = ModelConfig {
+            architecture: arch,
+            hidden_size,
+            num_layers: int("block_count")?.ok_or(ConfigError::Missing("llama.block_count"))?,
+            num_heads,
+            num_kv_heads: int("attention.head_count_kv")?.unwrap_or(num_heads),
+            head_dim,
+            intermediate_size: int("feed_forward_length")?.ok_or(ConfigError::Missing("llama.feed_forward_length"))?,
+            vocab_size,
+            rope_theta: float("rope.freq_base")?.unwrap_or(10000.0),
+            rope_scaling,
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon")?
+                .ok_or(ConfigError::Missing("llama.attention.layer_norm_rms_epsilon"))?,
+            max_position_embeddings: int("context_length")?.ok_or(ConfigError::Missing("llama.context_length"))?,
+            tie_word_embeddings: !has_output,
+            bos_token_id: tok_id("tokenizer.ggml.bos_token_id"),
+            eos_token_ids: tok_id("tokenizer.ggml.eos_token_id").into_iter().collect(),
+            ffn_dim_multiplier: None,
+            multiple_of: None,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check that every count is positive and bounded and that the fields agree with each other.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        let bounded = |field: &'static str, v: u64, max: u64| {
+            if v == 0 || v > max {
+                Err(invalid(field, format!("{v} is outside 1..={max}")))
+            } else {
+                Ok(())
+            }
+        };
+        bounded("hidden_size", self.hidden_size, MAX_WIDTH)?;
+        bounded("num_layers", self.num_layers, MAX_LAYERS)?;
+        bounded("num_heads", self.num_heads, MAX_WIDTH)?;
+        bounded("num_kv_heads", self.num_kv_heads, MAX_WIDTH)?;
+        bounded("head_dim", self.head_dim, MAX_WIDTH)?;
+        bounded("intermediate_size", self.intermediate_size, MAX_WIDTH)?;
+        bounded("vocab_size", self.vocab_size, MAX_VOCAB)?;
+        if self.num_heads % self.num_kv_heads != 0 {
+            return Err(ConfigError::Inconsistent(format!(
+                "{} heads is not a multiple of {} key/value heads",
+                self.num_heads, self.num_kv_heads
+            )));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(ConfigError::Inconsistent(format!("head_dim {} is odd; RoPE needs pairs", self.head_dim)));
+        }
+        if self.head_dim * self.num_heads != self.hidden_size {
+            return Err(ConfigError::Inconsistent(format!(
+                "head_dim {} × {} heads ≠ hidden_size {}",
+                self.head_dim, self.num_heads, self.hidden_size
+            )));
+        }
+        for (field, v) in [("rope_theta", self.rope_theta), ("rms_norm_eps", self.rms_norm_eps)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(invalid(field, format!("{v} must be a positive finite number")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The shape (outermost first, `[out, in]` for linears) this config implies for a tensor's
+    /// `weight`.
+    pub fn expected_shape(&self, id: TensorId) -> Vec<u64> {
+        let (d, q, kv, f) = (
+            self.hidden_size,
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+            self.intermediate_size,
+        );
+        match id {
+            TensorId::TokenEmbedding | TensorId::Output => vec![self.vocab_size, d],
+            TensorId::OutputNorm => vec![d],
+            TensorId::RopeFreqs => vec![self.head_dim / 2],
+            TensorId::Layer { kind, .. } => match kind {
+                LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![d],
+                LayerTensor::Q => vec![q, d],
+                LayerTensor::K | LayerTensor::V => vec![kv, d],
+                LayerTensor::O => vec![d, q],
+                LayerTensor::Gate | LayerTensor::Up => vec![f, d],
+                LayerTensor::Down => vec![d, f],
+            },
+        }
+    }
+
+    /// Parameter count implied by the config (weights only).
+    pub fn parameter_count(&self) -> u64 {
+        let mut ids = vec![TensorId::TokenEmbedding, TensorId::OutputNorm];
+        if !self.tie_word_embeddings {
+            ids.push(TensorId::Output);
+        }
+        let per_layer: u64 = LayerTensor::ALL
+            .iter()
+            .map(|&kind| self.expected_shape(TensorId::Layer { index: 0, kind }).iter().product::<u64>())
+            .sum();
+        ids.iter().map(|&id| self.expected_shape(id).iter().product::<u64>()).sum::<u64>() + per_layer * self.num_layers
+    }
+}
+
+/// Read a config file and wrap parse errors with its path.
+pub(crate) fn read_json_config<T>(path: &Path, parse: impl FnOnce(&str) -> std::result::Result<T, ConfigError>) -> Result<T> {
+    // Configs are small; refuse anything that is clearly not one rather than reading it whole.
+    const MAX_CONFIG_BYTES: u64 = 16 << 20;
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(Error::Config {
+            path: path.into(),
+            kind: ConfigError::Json(format!("{len} bytes is too large for a config file")),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse(&text).map_err(|kind| Error::Config { path: path.into(), kind })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_ffn_dims_match_released_models() {
+        assert_eq!(meta_ffn_dim(4096, Some(1.3), 1024), 14336);
+        assert_eq!(meta_ffn_dim(8192, Some(1.3), 4096), 28672);
+        assert_eq!(meta_ffn_dim(16384, Some(1.2), 4096), 53248);
+        assert_eq!(meta_ffn_dim(2048, Some(1.5), 256), 8192);
+        assert_eq!(meta_ffn_dim(3072, Some(1.0), 256), 8192);
+        assert_eq!(meta_ffn_dim(32, None, 32), 96);
+    }
+
+    const LLAMA31_8B: &str = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":4096,
+      "intermediate_size":14336,"num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,
+      "rms_norm_eps":1e-05,"rope_theta":500000.0,"vocab_size":128256,"max_position_embeddings":131072,
+      "rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,
+      "original_max_position_embeddings":8192,"rope_type":"llama3"},"tie_word_embeddings":false,
+      "bos_token_id":128000,"eos_token_id":[128001,128008,128009],"head_dim":null}"#;
+
+    #[test]
+    fn hf_llama31_8b() {
+        let c = ModelConfig::from_hf_json(LLAMA31_8B).unwrap();
+        assert_eq!((c.hidden_size, c.head_dim, c.num_kv_heads, c.vocab_size), (4096, 128, 8, 128_256));
+        assert_eq!(c.eos_token_ids, vec![128_001, 128_008, 128_009]);
+        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+        assert_eq!(c.parameter_count(), 8_030_261_248);
+    }
+
+    #[test]
+    fn meta_405b_params() {
+        let p = r#"{"dim": 16384, "ffn_dim_multiplier": 1.2, "multiple_of": 4096, "n_heads": 128,
+            "n_kv_heads": 8, "n_layers": 126, "norm_eps": 1e-05, "rope_theta": 500000.0,
+            "use_scaled_rope": true, "vocab_size": 128256}"#;
+        let c = ModelConfig::from_meta_params(p, None).unwrap();
+        assert_eq!(c.intermediate_size, 53248);
+        assert_eq!(c.parameter_count(), 405_853_388_800);
+        assert_eq!(c.max_position_embeddings, 131_072);
+    }
+
+    #[test]
+    fn rejects_inconsistent_and_absurd() {
+        let bad = LLAMA31_8B.replace("\"num_key_value_heads\":8", "\"num_key_value_heads\":7");
+        assert!(matches!(ModelConfig::from_hf_json(&bad), Err(ConfigError::Inconsistent(_))));
+        let bad = LLAMA31_8B.replace("\"hidden_size\":4096", "\"hidden_size\":4097");
+        assert!(matches!(ModelConfig::from_hf_json(&bad), Err(ConfigError::Inconsistent(_))));
+        let bad = LLAMA31_8B.replace("\"num_hidden_layers\":32", "\"num_hidden_layers\":1e300");
+        assert!(matches!(ModelConfig::from_hf_json(&bad), Err(ConfigError::Invalid { field: "num_hidden_layers", .. })));
+        let bad = LLAMA31_8B.replace("\"vocab_size\":128256", "\"vocab_size\":0");
+        assert!(matches!(ModelConfig::from_hf_json(&bad), Err(ConfigError::Invalid { field: "vocab_size", .. })));
+        let bad = LLAMA31_8B.replace("\"model_type\":\"llama\"", "\"model_type\":\"gpt2\"");
+        assert!(matches!(ModelConfig::from_hf_json(&bad), Err(ConfigError::Architecture(_))));
+        assert!(matches!(ModelConfig::from_hf_json("[1]"), Err(ConfigError::Json(_))));
+        assert!(matches!(ModelConfig::from_meta_params(r#"{"dim":64,"n_heads":4,"n_layers":1,"multiple_of":0}"#, Some(8)),
+            Err(ConfigError::Invalid { field: "multiple_of", .. })));
+    }
+}

@@ -1,0 +1,173 @@
+//! The crate's one error type. Reader-specific details live in per-format `kind` enums
+//! ([`crate::gguf::GgufError`], [`crate::hf::SafetensorsError`], [`crate::pth::PthError`]) so
+//! that tests can match the exact failure, while every error still names its file.
+
+use std::path::PathBuf;
+
+use qforge_quantize::DType;
+
+use crate::gguf::GgufError;
+use crate::hf::SafetensorsError;
+use crate::pth::PthError;
+
+/// Errors from reading, validating and decoding checkpoints.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system error on a file.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// the file or directory
+        path: PathBuf,
+        /// what the OS said
+        source: std::io::Error,
+    },
+    /// The path is not a checkpoint qforge recognizes.
+    #[error("{}: not a model: {reason}", path.display())]
+    NotAModel {
+        /// the path given
+        path: PathBuf,
+        /// why it was not recognized, and what was expected
+        reason: String,
+    },
+    /// A malformed safetensors file or index.
+    #[error("{}: {kind}", path.display())]
+    Safetensors {
+        /// the file
+        path: PathBuf,
+        /// what is wrong
+        kind: SafetensorsError,
+    },
+    /// A malformed GGUF file.
+    #[error("{}: {kind}", path.display())]
+    Gguf {
+        /// the file
+        path: PathBuf,
+        /// what is wrong
+        kind: GgufError,
+    },
+    /// A malformed or unsafe `.pth` file (ZIP container or pickle stream).
+    #[error("{}: {kind}", path.display())]
+    Pth {
+        /// the file
+        path: PathBuf,
+        /// what is wrong
+        kind: PthError,
+    },
+    /// A missing, malformed or inconsistent model configuration.
+    #[error("{}: {kind}", path.display())]
+    Config {
+        /// the configuration file (or the model file its values came from)
+        path: PathBuf,
+        /// what is wrong
+        kind: ConfigError,
+    },
+    /// A tensor name that no name table knows. qforge never drops tensors silently.
+    #[error("{}: unknown tensor name {name:?} for the {scheme} naming scheme", path.display())]
+    UnknownTensor {
+        /// the file holding it
+        path: PathBuf,
+        /// the name
+        name: String,
+        /// the naming scheme of the format
+        scheme: &'static str,
+    },
+    /// Two tensors with the same name, or two names for the same tensor role.
+    #[error("{}: duplicate tensor {name:?}", path.display())]
+    DuplicateTensor {
+        /// the file holding the second occurrence
+        path: PathBuf,
+        /// the name
+        name: String,
+    },
+    /// A tensor the configuration requires is absent.
+    #[error("{}: missing tensor {name:?}", path.display())]
+    MissingTensor {
+        /// the model path
+        path: PathBuf,
+        /// the name it would have in this format
+        name: String,
+    },
+    /// A tensor whose shape disagrees with the configuration.
+    #[error("{}: tensor {tensor:?} has shape {got:?}, the config implies {expected:?}", path.display())]
+    ShapeMismatch {
+        /// the file holding it
+        path: PathBuf,
+        /// the tensor name
+        tensor: String,
+        /// shape implied by the config
+        expected: Vec<u64>,
+        /// shape in the file
+        got: Vec<u64>,
+    },
+    /// Model-parallel shards that cannot be merged.
+    #[error("{}: shards of {tensor:?} cannot be merged: {reason}", path.display())]
+    ShardMismatch {
+        /// the model directory
+        path: PathBuf,
+        /// the tensor name
+        tensor: String,
+        /// why
+        reason: String,
+    },
+    /// A tensor could not be decoded.
+    #[error("{}: tensor {tensor:?}: {source}", path.display())]
+    Codec {
+        /// the file holding it
+        path: PathBuf,
+        /// the tensor name
+        tensor: String,
+        /// the codec's error
+        source: qforge_quantize::Error,
+    },
+    /// A tensor's dtype cannot be used for the requested operation.
+    #[error("{}: tensor {tensor:?}: dtype {dtype} is not supported here: {reason}", path.display())]
+    UnsupportedDType {
+        /// the file holding it
+        path: PathBuf,
+        /// the tensor name
+        tensor: String,
+        /// its dtype
+        dtype: DType,
+        /// why
+        reason: &'static str,
+    },
+    /// No tensor of that name in the checkpoint.
+    #[error("no tensor named {0:?} in this checkpoint")]
+    NoSuchTensor(String),
+}
+
+/// Problems with a model configuration.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Not valid JSON (or not an object).
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// A required field is absent.
+    #[error("missing field {0:?}")]
+    Missing(&'static str),
+    /// A field has the wrong type or an out-of-range value.
+    #[error("field {field:?}: {reason}")]
+    Invalid {
+        /// the field
+        field: &'static str,
+        /// what is wrong with it
+        reason: String,
+    },
+    /// Fields that contradict each other.
+    #[error("inconsistent config: {0}")]
+    Inconsistent(String),
+    /// The model architecture is not a Llama-family one.
+    #[error("unsupported architecture {0:?} (qforge handles Llama-family models)")]
+    Architecture(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

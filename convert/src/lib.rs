@@ -1,0 +1,28 @@
+//! Checkpoint containers for qforge.
+//!
+//! Reads the three formats Llama-family checkpoints are held in — Hugging Face safetensors
+//! (single or sharded), Meta `consolidated.NN.pth` (any model-parallel degree) and GGUF — into one
+//! typed, memory-mapped [`Checkpoint`]: a validated [`ModelConfig`], a tokenizer summary, and an
+//! ordered list of [`TensorEntry`]s whose bytes stay in the mapped files until asked for.
+//!
+//! Every reader treats its input as hostile: each count, length, offset, shape and dtype read from
+//! a file is checked (with checked arithmetic, against the bytes actually present) before it is
+//! used, and failures are [`Error`] values naming the file, the tensor and the offset. Pickle
+//! streams inside `.pth` files are interpreted by an allowlisted virtual machine that never calls
+//! anything.
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod config;
+mod error;
+pub mod gguf;
+pub mod hf;
+pub mod meta;
+mod mmap;
+pub mod names;
+pub mod pth;
+
+pub use checkpoint::{Checkpoint, Format, TensorEntry, TensorLayout, TokenizerInfo};
+pub use config::{ModelConfig, RopeScaling};
+pub use error::{ConfigError, Error, Result};
+pub use names::{LayerTensor, NameMatch, NameScheme, Part, TensorId, TensorKey};

@@ -1,0 +1,358 @@
+//! Typed tensor roles and the one name table per format.
+//!
+//! Each naming scheme (HF `model.layers.3.self_attn.q_proj.weight`, Meta
+//! `layers.3.attention.wq.weight`, GGUF `blk.3.attn_q.weight`) is parsed once into a [`TensorKey`]
+//! and printed back from it. A name that matches no table entry is [`NameMatch::Unknown`], which
+//! readers turn into an error: nothing is dropped silently. A few names that are known leftovers
+//! of other tools (rotary `inv_freq` buffers) are [`NameMatch::Ignored`] with a reason.
+
+use std::fmt;
+
+/// A tensor inside a transformer block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LayerTensor {
+    /// RMSNorm before attention.
+    AttnNorm,
+    /// Query projection.
+    Q,
+    /// Key projection.
+    K,
+    /// Value projection.
+    V,
+    /// Attention output projection.
+    O,
+    /// RMSNorm before the FFN.
+    FfnNorm,
+    /// FFN gate projection (Meta `w1`).
+    Gate,
+    /// FFN up projection (Meta `w3`).
+    Up,
+    /// FFN down projection (Meta `w2`).
+    Down,
+}
+
+impl LayerTensor {
+    /// Every block tensor, in the order qforge writes them.
+    pub const ALL: [LayerTensor; 9] = [
+        LayerTensor::AttnNorm,
+        LayerTensor::Q,
+        LayerTensor::K,
+        LayerTensor::V,
+        LayerTensor::O,
+        LayerTensor::FfnNorm,
+        LayerTensor::Gate,
+        LayerTensor::Up,
+        LayerTensor::Down,
+    ];
+
+    /// True for the linear projections (everything but the norms).
+    pub const fn is_linear(self) -> bool {
+        !matches!(self, LayerTensor::AttnNorm | LayerTensor::FfnNorm)
+    }
+}
+
+/// The role of a tensor in a Llama model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TensorId {
+    /// Token embedding table `[vocab, hidden]`.
+    TokenEmbedding,
+    /// A tensor of transformer block `index`.
+    Layer {
+        /// block number, from 0
+        index: u32,
+        /// which tensor of the block
+        kind: LayerTensor,
+    },
+    /// Final RMSNorm `[hidden]`.
+    OutputNorm,
+    /// Output projection (LM head) `[vocab, hidden]`.
+    Output,
+    /// Llama 3.1 rope frequency factors `[head_dim / 2]` (GGUF only).
+    RopeFreqs,
+}
+
+/// Which tensor of a (possibly quantized) module a name refers to. Plain checkpoints only have
+/// `Weight`; quantized HF layouts add companions beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Part {
+    /// `weight`
+    Weight,
+    /// `weight_scale` (FP8 / INT scales)
+    WeightScale,
+    /// `input_scale` (static activation scale)
+    InputScale,
+    /// `weight_packed` (compressed-tensors pack-quantized)
+    WeightPacked,
+    /// `weight_zero_point`
+    WeightZeroPoint,
+    /// `weight_shape`
+    WeightShape,
+    /// `weight_g_idx`
+    WeightGIdx,
+}
+
+impl Part {
+    const ALL: [Part; 7] = [
+        Part::Weight,
+        Part::WeightScale,
+        Part::InputScale,
+        Part::WeightPacked,
+        Part::WeightZeroPoint,
+        Part::WeightShape,
+        Part::WeightGIdx,
+    ];
+
+    /// The suffix after the module name.
+    pub const fn suffix(self) -> &'static str {
+        match self {
+            Part::Weight => "weight",
+            Part::WeightScale => "weight_scale",
+            Part::InputScale => "input_scale",
+            Part::WeightPacked => "weight_packed",
+            Part::WeightZeroPoint => "weight_zero_point",
+            Part::WeightShape => "weight_shape",
+            Part::WeightGIdx => "weight_g_idx",
+        }
+    }
+
+    fn from_suffix(s: &str) -> Option<Part> {
+        Part::ALL.into_iter().find(|p| p.suffix() == s)
+    }
+}
+
+/// A tensor role plus which part of the module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorKey {
+    /// the role
+    pub id: TensorId,
+    /// the part
+    pub part: Part,
+}
+
+impl TensorKey {
+    /// The `weight` of a role.
+    pub const fn weight(id: TensorId) -> Self {
+        TensorKey { id, part: Part::Weight }
+    }
+}
+
+/// What a name table made of a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameMatch {
+    /// A tensor qforge understands.
+    Tensor(TensorKey),
+    /// A known leftover that carries no model weights; skipped on purpose, with the reason.
+    Ignored(&'static str),
+    /// Not in the table: readers report it as an error.
+    Unknown,
+}
+
+/// The naming scheme of a format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NameScheme {
+    /// Hugging Face transformers `LlamaForCausalLM`.
+    Hf,
+    /// Meta's reference implementation (`consolidated.NN.pth`).
+    Meta,
+    /// llama.cpp GGUF.
+    Gguf,
+}
+
+impl fmt::Display for NameScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// (role, HF module, Meta module, GGUF module) for the block tensors.
+const LAYER_TABLE: [(LayerTensor, &str, &str, &str); 9] = [
+    (LayerTensor::AttnNorm, "input_layernorm", "attention_norm", "attn_norm"),
+    (LayerTensor::Q, "self_attn.q_proj", "attention.wq", "attn_q"),
+    (LayerTensor::K, "self_attn.k_proj", "attention.wk", "attn_k"),
+    (LayerTensor::V, "self_attn.v_proj", "attention.wv", "attn_v"),
+    (LayerTensor::O, "self_attn.o_proj", "attention.wo", "attn_output"),
+    (LayerTensor::FfnNorm, "post_attention_layernorm", "ffn_norm", "ffn_norm"),
+    (LayerTensor::Gate, "mlp.gate_proj", "feed_forward.w1", "ffn_gate"),
+    (LayerTensor::Up, "mlp.up_proj", "feed_forward.w3", "ffn_up"),
+    (LayerTensor::Down, "mlp.down_proj", "feed_forward.w2", "ffn_down"),
+];
+
+/// (role, HF module, Meta module, GGUF module) for the tensors outside the blocks.
+const GLOBAL_TABLE: [(TensorId, Option<&str>, Option<&str>, &str); 4] = [
+    (TensorId::TokenEmbedding, Some("model.embed_tokens"), Some("tok_embeddings"), "token_embd"),
+    (TensorId::OutputNorm, Some("model.norm"), Some("norm"), "output_norm"),
+    (TensorId::Output, Some("lm_head"), Some("output"), "output"),
+    (TensorId::RopeFreqs, None, None, "rope_freqs"),
+];
+
+impl NameScheme {
+    /// Lower-case name of the scheme.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NameScheme::Hf => "hf",
+            NameScheme::Meta => "meta",
+            NameScheme::Gguf => "gguf",
+        }
+    }
+
+    const fn pick<'a>(self, hf: &'a str, meta: &'a str, gguf: &'a str) -> &'a str {
+        match self {
+            NameScheme::Hf => hf,
+            NameScheme::Meta => meta,
+            NameScheme::Gguf => gguf,
+        }
+    }
+
+    const fn layer_prefix(self) -> &'static str {
+        self.pick("model.layers.", "layers.", "blk.")
+    }
+
+    /// Parse a tensor name of this scheme.
+    pub fn parse(self, name: &str) -> NameMatch {
+        let Some((module, suffix)) = name.rsplit_once('.') else {
+            return NameMatch::Unknown;
+        };
+        if self == NameScheme::Hf && suffix == "inv_freq" && module.ends_with(".rotary_emb") {
+            return NameMatch::Ignored("rotary inv_freq buffer (recomputed from the config)");
+        }
+        if self == NameScheme::Meta && name == "rope.freqs" {
+            return NameMatch::Ignored("rope.freqs buffer (recomputed from params.json)");
+        }
+        let Some(part) = Part::from_suffix(suffix) else {
+            return NameMatch::Unknown;
+        };
+        // Only HF checkpoints carry quantization companions.
+        if part != Part::Weight && self != NameScheme::Hf {
+            return NameMatch::Unknown;
+        }
+        if let Some(rest) = module.strip_prefix(self.layer_prefix()) {
+            let Some((index, layer_module)) = rest.split_once('.') else {
+                return NameMatch::Unknown;
+            };
+            let Some(index) = parse_index(index) else {
+                return NameMatch::Unknown;
+            };
+            return LAYER_TABLE
+                .iter()
+                .find(|(_, hf, meta, gguf)| self.pick(hf, meta, gguf) == layer_module)
+                .map_or(NameMatch::Unknown, |(kind, ..)| {
+                    NameMatch::Tensor(TensorKey { id: TensorId::Layer { index, kind: *kind }, part })
+                });
+        }
+        GLOBAL_TABLE
+            .iter()
+            .find(|(_, hf, meta, gguf)| match self {
+                NameScheme::Hf => *hf == Some(module),
+                NameScheme::Meta => *meta == Some(module),
+                NameScheme::Gguf => *gguf == module,
+            })
+            .map_or(NameMatch::Unknown, |(id, ..)| NameMatch::Tensor(TensorKey { id: *id, part }))
+    }
+
+    /// The name of `key` in this scheme, or `None` if the format cannot hold it (rope frequency
+    /// factors outside GGUF, quantization companions outside HF).
+    pub fn name(self, key: TensorKey) -> Option<String> {
+        if key.part != Part::Weight && self != NameScheme::Hf {
+            return None;
+        }
+        let module = match key.id {
+            TensorId::Layer { index, kind } => {
+                let (_, hf, meta, gguf) = LAYER_TABLE.iter().find(|row| row.0 == kind)?;
+                format!("{}{index}.{}", self.layer_prefix(), self.pick(hf, meta, gguf))
+            }
+            id => {
+                let (_, hf, meta, gguf) = GLOBAL_TABLE.iter().find(|row| row.0 == id)?;
+                match self {
+                    NameScheme::Hf => (*hf)?.to_owned(),
+                    NameScheme::Meta => (*meta)?.to_owned(),
+                    NameScheme::Gguf => (*gguf).to_owned(),
+                }
+            }
+        };
+        Some(format!("{module}.{}", key.part.suffix()))
+    }
+}
+
+/// A block index: plain decimal digits, no sign, no leading zeros, fits `u32`.
+fn parse_index(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+impl fmt::Display for TensorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The GGUF spelling is the shortest and the one llama.cpp users know.
+        let key = TensorKey::weight(*self);
+        let name = NameScheme::Gguf.name(key).unwrap_or_default();
+        f.write_str(name.strip_suffix(".weight").unwrap_or(&name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_keys() -> Vec<TensorKey> {
+        let mut ids = vec![TensorId::TokenEmbedding, TensorId::OutputNorm, TensorId::Output, TensorId::RopeFreqs];
+        for index in [0, 7, 125] {
+            ids.extend(LayerTensor::ALL.iter().map(|&kind| TensorId::Layer { index, kind }));
+        }
+        let mut keys = Vec::new();
+        for id in ids {
+            keys.extend(Part::ALL.iter().map(|&part| TensorKey { id, part }));
+        }
+        keys
+    }
+
+    #[test]
+    fn every_name_round_trips_in_every_scheme() {
+        for scheme in [NameScheme::Hf, NameScheme::Meta, NameScheme::Gguf] {
+            for key in all_keys() {
+                if let Some(name) = scheme.name(key) {
+                    assert_eq!(scheme.parse(&name), NameMatch::Tensor(key), "{scheme} {name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn known_spellings() {
+        let q3 = TensorKey::weight(TensorId::Layer { index: 3, kind: LayerTensor::Q });
+        assert_eq!(NameScheme::Hf.name(q3).unwrap(), "model.layers.3.self_attn.q_proj.weight");
+        assert_eq!(NameScheme::Meta.name(q3).unwrap(), "layers.3.attention.wq.weight");
+        assert_eq!(NameScheme::Gguf.name(q3).unwrap(), "blk.3.attn_q.weight");
+        let down = TensorKey::weight(TensorId::Layer { index: 0, kind: LayerTensor::Down });
+        assert_eq!(NameScheme::Meta.name(down).unwrap(), "layers.0.feed_forward.w2.weight");
+        assert_eq!(NameScheme::Hf.name(TensorKey::weight(TensorId::Output)).unwrap(), "lm_head.weight");
+        assert_eq!(NameScheme::Hf.name(TensorKey::weight(TensorId::RopeFreqs)), None);
+        assert_eq!(TensorId::Layer { index: 2, kind: LayerTensor::O }.to_string(), "blk.2.attn_output");
+    }
+
+    #[test]
+    fn rejects_near_misses() {
+        for name in [
+            "model.layers.01.self_attn.q_proj.weight",
+            "model.layers.+1.self_attn.q_proj.weight",
+            "model.layers.99999999999.self_attn.q_proj.weight",
+            "model.layers.1.self_attn.q_proj.bias",
+            "model.layers.1.self_attn.q_proj",
+            "model.layers..self_attn.q_proj.weight",
+            "blk.0.attn_q.weight_scale",
+            "layers.0.attention.wq.weight_scale",
+            "model.embed_tokens.weights",
+            "",
+            ".",
+            "blk.0.attn_q",
+        ] {
+            assert_eq!(NameScheme::Hf.parse(name), NameMatch::Unknown, "{name}");
+            assert_eq!(NameScheme::Gguf.parse(name), NameMatch::Unknown, "{name}");
+            assert_eq!(NameScheme::Meta.parse(name), NameMatch::Unknown, "{name}");
+        }
+        assert!(matches!(
+            NameScheme::Hf.parse("model.layers.0.self_attn.rotary_emb.inv_freq"),
+            NameMatch::Ignored(_)
+        ));
+    }
+}

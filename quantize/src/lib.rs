@@ -1,0 +1,38 @@
+//! Number formats and codecs for qforge.
+//!
+//! This crate is the leaf of the workspace: pure functions over byte and float slices, no I/O.
+//! It owns the one [`DType`] table every other crate uses for names, block sizes and byte sizes,
+//! and the decoders that turn stored tensor bytes (IEEE and brain floats, integers, ggml blocks)
+//! into `f32`.
+//!
+//! Every decoder here is checked bit for bit against a reference implementation (gguf-py's numpy
+//! code for the ggml blocks, IEEE/`half` for the float formats); see the interop tests.
+#![deny(missing_docs)]
+
+mod dtype;
+mod error;
+pub mod float;
+pub mod ggml;
+
+pub use dtype::{DType, DTypeInfo};
+pub use error::{Error, Result};
+
+/// Decode `bytes`, holding `n` consecutive elements of `dtype` stored little-endian, into `out`
+/// as `f32` (exact for every format whose values are representable in `f32`, which is all of
+/// them except `F64`, `I32`, `I64` and `U32`/`U64`, which round to nearest).
+///
+/// `out.len()` is the element count; `bytes.len()` must be exactly
+/// [`DType::bytes_for`]`(out.len())`. Block formats need `out.len()` to be a multiple of their
+/// block size.
+pub fn decode_to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let want = dtype.bytes_for(out.len() as u64)?;
+    if bytes.len() as u64 != want {
+        return Err(Error::LengthMismatch {
+            dtype,
+            elements: out.len() as u64,
+            expected_bytes: want,
+            got_bytes: bytes.len() as u64,
+        });
+    }
+    float::decode_plain(dtype, bytes, out).unwrap_or_else(|| ggml::dequantize(dtype, bytes, out))
+}
