@@ -241,10 +241,12 @@ impl Checkpoint {
             reason: "tensor too large for this machine's address space",
         })?;
         let mut out = vec![0f32; n];
-        qforge_quantize::decode_to_f32(t.dtype, &bytes, &mut out).map_err(|source| Error::Codec {
-            path: self.path.clone(),
-            tensor: t.name.clone(),
-            source,
+        qforge_quantize::decode_to_f32(t.dtype, &bytes, &mut out).map_err(|source| {
+            Error::Codec {
+                path: self.path.clone(),
+                tensor: t.name.clone(),
+                source,
+            }
         })?;
         Ok(out)
     }
@@ -265,7 +267,8 @@ impl Checkpoint {
                 let numel: u64 = shape.iter().product();
                 let mut idx = vec![0u64; shape.len()];
                 for _ in 0..numel {
-                    let off = idx.iter().zip(strides).map(|(i, s)| i * s).sum::<u64>() as usize * es;
+                    let off =
+                        idx.iter().zip(strides).map(|(i, s)| i * s).sum::<u64>() as usize * es;
                     out.extend_from_slice(&base[off..off + es]);
                     for d in (0..shape.len()).rev() {
                         idx[d] += 1;
@@ -316,7 +319,10 @@ impl Checkpoint {
         for r in raw {
             let file_path = files[r.file].path.clone();
             if seen_names.insert(r.name.clone(), ()).is_some() {
-                return Err(Error::DuplicateTensor { path: file_path, name: r.name });
+                return Err(Error::DuplicateTensor {
+                    path: file_path,
+                    name: r.name,
+                });
             }
             let key = match scheme.parse(&r.name) {
                 NameMatch::Tensor(k) => k,
@@ -325,11 +331,18 @@ impl Checkpoint {
                     continue;
                 }
                 NameMatch::Unknown => {
-                    return Err(Error::UnknownTensor { path: file_path, name: r.name, scheme: scheme.as_str() });
+                    return Err(Error::UnknownTensor {
+                        path: file_path,
+                        name: r.name,
+                        scheme: scheme.as_str(),
+                    });
                 }
             };
             if let Some(first) = seen_keys.insert(key, r.name.clone()) {
-                return Err(Error::DuplicateTensor { path: file_path, name: format!("{} (same role as {first})", r.name) });
+                return Err(Error::DuplicateTensor {
+                    path: file_path,
+                    name: format!("{} (same role as {first})", r.name),
+                });
             }
             if let TensorId::Layer { index, .. } = key.id {
                 if u64::from(index) >= config.num_layers {
@@ -344,11 +357,22 @@ impl Checkpoint {
             if key.part == Part::Weight {
                 let expected = config.expected_shape(key.id);
                 if expected != r.shape {
-                    return Err(Error::ShapeMismatch { path: file_path, tensor: r.name, expected, got: r.shape });
+                    return Err(Error::ShapeMismatch {
+                        path: file_path,
+                        tensor: r.name,
+                        expected,
+                        got: r.shape,
+                    });
                 }
             }
             check_layout(&files, &file_path, &r.name, r.dtype, &r.shape, &r.layout)?;
-            tensors.push(TensorEntry { name: r.name, key, dtype: r.dtype, shape: r.shape, layout: r.layout });
+            tensors.push(TensorEntry {
+                name: r.name,
+                key,
+                dtype: r.dtype,
+                shape: r.shape,
+                layout: r.layout,
+            });
         }
         // Completeness: every role the config implies must be present in some form.
         let mut required = vec![TensorId::TokenEmbedding, TensorId::OutputNorm];
@@ -356,29 +380,57 @@ impl Checkpoint {
             required.push(TensorId::Output);
         }
         for index in 0..config.num_layers as u32 {
-            required.extend(LayerTensor::ALL.iter().map(|&kind| TensorId::Layer { index, kind }));
+            required.extend(
+                LayerTensor::ALL
+                    .iter()
+                    .map(|&kind| TensorId::Layer { index, kind }),
+            );
         }
         for id in required {
             let present = [Part::Weight, Part::WeightPacked]
                 .iter()
                 .any(|&part| seen_keys.contains_key(&TensorKey { id, part }));
             if !present {
-                let name = scheme.name(TensorKey::weight(id)).unwrap_or_else(|| id.to_string());
+                let name = scheme
+                    .name(TensorKey::weight(id))
+                    .unwrap_or_else(|| id.to_string());
                 return Err(Error::MissingTensor { path, name });
             }
         }
-        Ok(Checkpoint { format, path, config, tokenizer, tensors, gguf, notes, files })
+        Ok(Checkpoint {
+            format,
+            path,
+            config,
+            tokenizer,
+            tensors,
+            gguf,
+            notes,
+            files,
+        })
     }
 }
 
 /// Check that a layout covers exactly the tensor's bytes and stays inside its files.
-fn check_layout(files: &[MappedFile], path: &Path, name: &str, dtype: DType, shape: &[u64], layout: &TensorLayout) -> Result<()> {
+fn check_layout(
+    files: &[MappedFile],
+    path: &Path,
+    name: &str,
+    dtype: DType,
+    shape: &[u64],
+    layout: &TensorLayout,
+) -> Result<()> {
     let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-    let bad = |reason: String| Error::ShardMismatch { path: path.into(), tensor: name.into(), reason };
+    let bad = |reason: String| Error::ShardMismatch {
+        path: path.into(),
+        tensor: name.into(),
+        reason,
+    };
     let numel = numel.ok_or_else(|| bad(format!("element count of shape {shape:?} overflows")))?;
-    let nbytes = dtype
-        .bytes_for(numel)
-        .map_err(|source| Error::Codec { path: path.into(), tensor: name.into(), source })?;
+    let nbytes = dtype.bytes_for(numel).map_err(|source| Error::Codec {
+        path: path.into(),
+        tensor: name.into(),
+        source,
+    })?;
     let in_file = |s: &Span| {
         let flen = files.get(s.file).map_or(0, |f| f.bytes().len() as u64);
         s.offset.checked_add(s.len).is_some_and(|end| end <= flen)
@@ -386,45 +438,74 @@ fn check_layout(files: &[MappedFile], path: &Path, name: &str, dtype: DType, sha
     match layout {
         TensorLayout::Contiguous(s) => {
             if s.len != nbytes {
-                return Err(bad(format!("{} bytes stored, shape {shape:?} of {dtype} needs {nbytes}", s.len)));
+                return Err(bad(format!(
+                    "{} bytes stored, shape {shape:?} of {dtype} needs {nbytes}",
+                    s.len
+                )));
             }
             if !in_file(s) {
-                return Err(bad(format!("bytes {}..+{} lie outside the file", s.offset, s.len)));
+                return Err(bad(format!(
+                    "bytes {}..+{} lie outside the file",
+                    s.offset, s.len
+                )));
             }
         }
         TensorLayout::Strided { storage, strides } => {
             if strides.len() != shape.len() {
-                return Err(bad(format!("{} strides for {} dimensions", strides.len(), shape.len())));
+                return Err(bad(format!(
+                    "{} strides for {} dimensions",
+                    strides.len(),
+                    shape.len()
+                )));
             }
             if numel > 0 {
-                let last = shape
-                    .iter()
-                    .zip(strides)
-                    .try_fold(0u64, |a, (&d, &s)| (d - 1).checked_mul(s).and_then(|x| a.checked_add(x)));
-                let end = last.and_then(|l| l.checked_add(1)).and_then(|e| e.checked_mul(dtype.block_bytes()));
+                let last = shape.iter().zip(strides).try_fold(0u64, |a, (&d, &s)| {
+                    (d - 1).checked_mul(s).and_then(|x| a.checked_add(x))
+                });
+                let end = last
+                    .and_then(|l| l.checked_add(1))
+                    .and_then(|e| e.checked_mul(dtype.block_bytes()));
                 if !end.is_some_and(|e| e <= storage.len) {
-                    return Err(bad(format!("strided view {shape:?}/{strides:?} reaches past its storage of {} bytes", storage.len)));
+                    return Err(bad(format!(
+                        "strided view {shape:?}/{strides:?} reaches past its storage of {} bytes",
+                        storage.len
+                    )));
                 }
             }
             if !in_file(storage) {
-                return Err(bad(format!("storage bytes {}..+{} lie outside the file", storage.offset, storage.len)));
+                return Err(bad(format!(
+                    "storage bytes {}..+{} lie outside the file",
+                    storage.offset, storage.len
+                )));
             }
         }
         TensorLayout::Concat { dim, parts } => {
             if *dim >= shape.len() || parts.is_empty() {
-                return Err(bad(format!("cannot concatenate {} parts on dim {dim} of {shape:?}", parts.len())));
+                return Err(bad(format!(
+                    "cannot concatenate {} parts on dim {dim} of {shape:?}",
+                    parts.len()
+                )));
             }
             let mut total = 0u64;
             for (s, l) in parts {
-                let same_rest = s.len() == shape.len() && s.iter().zip(shape).enumerate().all(|(i, (a, b))| i == *dim || a == b);
+                let same_rest = s.len() == shape.len()
+                    && s.iter()
+                        .zip(shape)
+                        .enumerate()
+                        .all(|(i, (a, b))| i == *dim || a == b);
                 if !same_rest {
-                    return Err(bad(format!("shard shape {s:?} does not fit {shape:?} split on dim {dim}")));
+                    return Err(bad(format!(
+                        "shard shape {s:?} does not fit {shape:?} split on dim {dim}"
+                    )));
                 }
                 total = total.saturating_add(s[*dim]);
                 check_layout(files, path, name, dtype, s, l)?;
             }
             if total != shape[*dim] {
-                return Err(bad(format!("shards add up to {total} on dim {dim}, expected {}", shape[*dim])));
+                return Err(bad(format!(
+                    "shards add up to {total} on dim {dim}, expected {}",
+                    shape[*dim]
+                )));
             }
         }
     }

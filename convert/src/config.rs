@@ -73,7 +73,10 @@ pub struct ModelConfig {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field, reason: reason.into() }
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
 }
 
 /// Limits far above any real Llama model, so that hostile configs cannot make later code
@@ -99,26 +102,51 @@ impl Obj<'_> {
         self.0.get(k).filter(|v| !v.is_null())
     }
     fn u64(&self, k: &'static str) -> std::result::Result<Option<u64>, ConfigError> {
-        self.get(k).map(|v| v.as_u64().ok_or_else(|| invalid(k, format!("expected a non-negative integer, got {v}")))).transpose()
+        self.get(k)
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| invalid(k, format!("expected a non-negative integer, got {v}")))
+            })
+            .transpose()
     }
     fn req_u64(&self, k: &'static str) -> std::result::Result<u64, ConfigError> {
         self.u64(k)?.ok_or(ConfigError::Missing(k))
     }
     fn f64(&self, k: &'static str) -> std::result::Result<Option<f64>, ConfigError> {
-        self.get(k).map(|v| v.as_f64().ok_or_else(|| invalid(k, format!("expected a number, got {v}")))).transpose()
+        self.get(k)
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| invalid(k, format!("expected a number, got {v}")))
+            })
+            .transpose()
     }
     fn bool(&self, k: &'static str) -> std::result::Result<Option<bool>, ConfigError> {
-        self.get(k).map(|v| v.as_bool().ok_or_else(|| invalid(k, format!("expected a boolean, got {v}")))).transpose()
+        self.get(k)
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| invalid(k, format!("expected a boolean, got {v}")))
+            })
+            .transpose()
     }
     fn str(&self, k: &'static str) -> std::result::Result<Option<&str>, ConfigError> {
-        self.get(k).map(|v| v.as_str().ok_or_else(|| invalid(k, format!("expected a string, got {v}")))).transpose()
+        self.get(k)
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| invalid(k, format!("expected a string, got {v}")))
+            })
+            .transpose()
     }
     /// An id or a list of ids.
     fn ids(&self, k: &'static str) -> std::result::Result<Vec<u64>, ConfigError> {
         match self.get(k) {
             None => Ok(Vec::new()),
-            Some(Value::Array(a)) => a.iter().map(|v| v.as_u64().ok_or_else(|| invalid(k, "expected token ids"))).collect(),
-            Some(v) => Ok(vec![v.as_u64().ok_or_else(|| invalid(k, "expected a token id"))?]),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_u64().ok_or_else(|| invalid(k, "expected token ids")))
+                .collect(),
+            Some(v) => Ok(vec![v
+                .as_u64()
+                .ok_or_else(|| invalid(k, "expected a token id"))?]),
         }
     }
 }
@@ -131,9 +159,16 @@ fn parse_json_object(text: &str) -> std::result::Result<Map<String, Value>, Conf
     }
 }
 
-fn parse_rope_scaling(o: &Obj<'_>, field: &'static str) -> std::result::Result<Option<RopeScaling>, ConfigError> {
-    let Some(v) = o.get(field) else { return Ok(None) };
-    let Value::Object(m) = v else { return Err(invalid(field, "expected an object")) };
+fn parse_rope_scaling(
+    o: &Obj<'_>,
+    field: &'static str,
+) -> std::result::Result<Option<RopeScaling>, ConfigError> {
+    let Some(v) = o.get(field) else {
+        return Ok(None);
+    };
+    let Value::Object(m) = v else {
+        return Err(invalid(field, "expected an object"));
+    };
     let r = Obj(m);
     let kind = match r.str("rope_type")? {
         Some(t) => t,
@@ -142,15 +177,24 @@ fn parse_rope_scaling(o: &Obj<'_>, field: &'static str) -> std::result::Result<O
     match kind {
         "default" => Ok(None),
         "llama3" => Ok(Some(RopeScaling::Llama3 {
-            factor: r.f64("factor")?.ok_or(ConfigError::Missing("rope_scaling.factor"))?,
+            factor: r
+                .f64("factor")?
+                .ok_or(ConfigError::Missing("rope_scaling.factor"))?,
             low_freq_factor: r.f64("low_freq_factor")?.unwrap_or(1.0),
             high_freq_factor: r.f64("high_freq_factor")?.unwrap_or(4.0),
-            original_max_position_embeddings: r.u64("original_max_position_embeddings")?.unwrap_or(8192),
+            original_max_position_embeddings: r
+                .u64("original_max_position_embeddings")?
+                .unwrap_or(8192),
         })),
         "linear" => Ok(Some(RopeScaling::Linear {
-            factor: r.f64("factor")?.ok_or(ConfigError::Missing("rope_scaling.factor"))?,
+            factor: r
+                .f64("factor")?
+                .ok_or(ConfigError::Missing("rope_scaling.factor"))?,
         })),
-        other => Err(invalid(field, format!("unsupported rope_type {other:?} (llama3, linear and default are)"))),
+        other => Err(invalid(
+            field,
+            format!("unsupported rope_type {other:?} (llama3, linear and default are)"),
+        )),
     }
 }
 
@@ -160,7 +204,9 @@ impl ModelConfig {
     pub fn from_hf_json(text: &str) -> std::result::Result<Self, ConfigError> {
         let m = parse_json_object(text)?;
         let o = Obj(&m);
-        let model_type = o.str("model_type")?.ok_or(ConfigError::Missing("model_type"))?;
+        let model_type = o
+            .str("model_type")?
+            .ok_or(ConfigError::Missing("model_type"))?;
         if model_type != "llama" {
             return Err(ConfigError::Architecture(model_type.to_owned()));
         }
@@ -205,7 +251,10 @@ impl ModelConfig {
 
     /// Parse a Meta `params.json`. `vocab_from_tensors` is the embedding's row count, used when
     /// the file says `vocab_size: -1` (Llama 2) or omits it.
-    pub fn from_meta_params(text: &str, vocab_from_tensors: Option<u64>) -> std::result::Result<Self, ConfigError> {
+    pub fn from_meta_params(
+        text: &str,
+        vocab_from_tensors: Option<u64>,
+    ) -> std::result::Result<Self, ConfigError> {
         let m = parse_json_object(text)?;
         let o = Obj(&m);
         let dim = o.req_u64("dim")?;
@@ -217,7 +266,10 @@ impl ModelConfig {
         let ffn_dim_multiplier = o.f64("ffn_dim_multiplier")?;
         if let Some(mult) = ffn_dim_multiplier {
             if !(mult.is_finite() && mult > 0.0 && mult < 64.0) {
-                return Err(invalid("ffn_dim_multiplier", format!("{mult} is out of range")));
+                return Err(invalid(
+                    "ffn_dim_multiplier",
+                    format!("{mult} is out of range"),
+                ));
             }
         }
         let vocab_size = match o.get("vocab_size").and_then(Value::as_i64) {
@@ -264,7 +316,11 @@ impl ModelConfig {
 
     /// Build from GGUF metadata. `has_output` says whether an `output.weight` tensor exists
     /// (tied embeddings otherwise); `vocab_from_tensors` is `token_embd`'s row count.
-    pub fn from_gguf(meta: &GgufMetadata, has_output: bool, vocab_from_tensors: Option<u64>) -> std::result::Result<Self, ConfigError> {
+    pub fn from_gguf(
+        meta: &GgufMetadata,
+        has_output: bool,
+        vocab_from_tensors: Option<u64>,
+    ) -> std::result::Result<Self, ConfigError> {
         let arch = match meta.get("general.architecture") {
             Some(GgufValue::String(s)) => s.clone(),
             Some(_) => return Err(invalid("general.architecture", "expected a string")),
@@ -276,17 +332,25 @@ impl ModelConfig {
         let int = |k: &'static str| -> std::result::Result<Option<u64>, ConfigError> {
             match meta.get(&format!("llama.{k}")) {
                 None => Ok(None),
-                Some(v) => v.as_u64().map(Some).ok_or_else(|| invalid(k, "expected a non-negative integer")),
+                Some(v) => v
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| invalid(k, "expected a non-negative integer")),
             }
         };
         let float = |k: &'static str| -> std::result::Result<Option<f64>, ConfigError> {
             match meta.get(&format!("llama.{k}")) {
                 None => Ok(None),
-                Some(v) => v.as_f64().map(Some).ok_or_else(|| invalid(k, "expected a number")),
+                Some(v) => v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| invalid(k, "expected a number")),
             }
         };
-        let hidden_size = int("embedding_length")?.ok_or(ConfigError::Missing("llama.embedding_length"))?;
-        let num_heads = int("attention.head_count")?.ok_or(ConfigError::Missing("llama.attention.head_count"))?;
+        let hidden_size =
+            int("embedding_length")?.ok_or(ConfigError::Missing("llama.embedding_length"))?;
+        let num_heads = int("attention.head_count")?
+            .ok_or(ConfigError::Missing("llama.attention.head_count"))?;
         let head_dim = match int("attention.key_length")? {
             Some(h) => h,
             None if num_heads > 0 => hidden_size / num_heads,
@@ -314,7 +378,10 @@ impl ModelConfig {
             },
             Some(GgufValue::String(t)) if t == "none" => None,
             Some(GgufValue::String(t)) => {
-                return Err(invalid("llama.rope.scaling.type", format!("unsupported {t:?}")));
+                return Err(invalid(
+                    "llama.rope.scaling.type",
+                    format!("unsupported {t:?}"),
+                ));
             }
             Some(_) => return Err(invalid("llama.rope.scaling.type", "expected a string")),
             None => None,
@@ -327,13 +394,16 @@ impl ModelConfig {
             num_heads,
             num_kv_heads: int("attention.head_count_kv")?.unwrap_or(num_heads),
             head_dim,
-            intermediate_size: int("feed_forward_length")?.ok_or(ConfigError::Missing("llama.feed_forward_length"))?,
+            intermediate_size: int("feed_forward_length")?
+                .ok_or(ConfigError::Missing("llama.feed_forward_length"))?,
             vocab_size,
             rope_theta: float("rope.freq_base")?.unwrap_or(10000.0),
             rope_scaling,
-            rms_norm_eps: float("attention.layer_norm_rms_epsilon")?
-                .ok_or(ConfigError::Missing("llama.attention.layer_norm_rms_epsilon"))?,
-            max_position_embeddings: int("context_length")?.ok_or(ConfigError::Missing("llama.context_length"))?,
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon")?.ok_or(
+                ConfigError::Missing("llama.attention.layer_norm_rms_epsilon"),
+            )?,
+            max_position_embeddings: int("context_length")?
+                .ok_or(ConfigError::Missing("llama.context_length"))?,
             tie_word_embeddings: !has_output,
             bos_token_id: tok_id("tokenizer.ggml.bos_token_id"),
             eos_token_ids: tok_id("tokenizer.ggml.eos_token_id").into_iter().collect(),
@@ -367,7 +437,10 @@ impl ModelConfig {
             )));
         }
         if self.head_dim % 2 != 0 {
-            return Err(ConfigError::Inconsistent(format!("head_dim {} is odd; RoPE needs pairs", self.head_dim)));
+            return Err(ConfigError::Inconsistent(format!(
+                "head_dim {} is odd; RoPE needs pairs",
+                self.head_dim
+            )));
         }
         if self.head_dim * self.num_heads != self.hidden_size {
             return Err(ConfigError::Inconsistent(format!(
@@ -375,9 +448,15 @@ impl ModelConfig {
                 self.head_dim, self.num_heads, self.hidden_size
             )));
         }
-        for (field, v) in [("rope_theta", self.rope_theta), ("rms_norm_eps", self.rms_norm_eps)] {
+        for (field, v) in [
+            ("rope_theta", self.rope_theta),
+            ("rms_norm_eps", self.rms_norm_eps),
+        ] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(invalid(field, format!("{v} must be a positive finite number")));
+                return Err(invalid(
+                    field,
+                    format!("{v} must be a positive finite number"),
+                ));
             }
         }
         Ok(())
@@ -415,17 +494,29 @@ impl ModelConfig {
         }
         let per_layer: u64 = LayerTensor::ALL
             .iter()
-            .map(|&kind| self.expected_shape(TensorId::Layer { index: 0, kind }).iter().product::<u64>())
+            .map(|&kind| {
+                self.expected_shape(TensorId::Layer { index: 0, kind })
+                    .iter()
+                    .product::<u64>()
+            })
             .sum();
-        ids.iter().map(|&id| self.expected_shape(id).iter().product::<u64>()).sum::<u64>() + per_layer * self.num_layers
+        ids.iter()
+            .map(|&id| self.expected_shape(id).iter().product::<u64>())
+            .sum::<u64>()
+            + per_layer * self.num_layers
     }
 }
 
 /// Read a config file and wrap parse errors with its path.
-pub(crate) fn read_json_config<T>(path: &Path, parse: impl FnOnce(&str) -> std::result::Result<T, ConfigError>) -> Result<T> {
+pub(crate) fn read_json_config<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> std::result::Result<T, ConfigError>,
+) -> Result<T> {
     // Configs are small; refuse anything that is clearly not one rather than reading it whole.
     const MAX_CONFIG_BYTES: u64 = 16 << 20;
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
     if len > MAX_CONFIG_BYTES {
         return Err(Error::Config {
             path: path.into(),
@@ -433,7 +524,10 @@ pub(crate) fn read_json_config<T>(path: &Path, parse: impl FnOnce(&str) -> std::
         });
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    parse(&text).map_err(|kind| Error::Config { path: path.into(), kind })
+    parse(&text).map_err(|kind| Error::Config {
+        path: path.into(),
+        kind,
+    })
 }
 
 #[cfg(test)]
@@ -460,9 +554,14 @@ mod tests {
     #[test]
     fn hf_llama31_8b() {
         let c = ModelConfig::from_hf_json(LLAMA31_8B).unwrap();
-        assert_eq!((c.hidden_size, c.head_dim, c.num_kv_heads, c.vocab_size), (4096, 128, 8, 128_256));
+        assert_eq!(
+            (c.hidden_size, c.head_dim, c.num_kv_heads, c.vocab_size),
+            (4096, 128, 8, 128_256)
+        );
         assert_eq!(c.eos_token_ids, vec![128_001, 128_008, 128_009]);
-        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+        assert!(
+            matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0)
+        );
         assert_eq!(c.parameter_count(), 8_030_261_248);
     }
 
@@ -480,17 +579,49 @@ mod tests {
     #[test]
     fn rejects_inconsistent_and_absurd() {
         let bad = LLAMA31_8B.replace("\"num_key_value_heads\":8", "\"num_key_value_heads\":7");
-        assert!(matches!(ModelConfig::from_hf_json(&bad), Err(ConfigError::Inconsistent(_))));
+        assert!(matches!(
+            ModelConfig::from_hf_json(&bad),
+            Err(ConfigError::Inconsistent(_))
+        ));
         let bad = LLAMA31_8B.replace("\"hidden_size\":4096", "\"hidden_size\":4097");
-        assert!(matches!(ModelConfig::from_hf_json(&bad), Err(ConfigError::Inconsistent(_))));
+        assert!(matches!(
+            ModelConfig::from_hf_json(&bad),
+            Err(ConfigError::Inconsistent(_))
+        ));
         let bad = LLAMA31_8B.replace("\"num_hidden_layers\":32", "\"num_hidden_layers\":1e300");
-        assert!(matches!(ModelConfig::from_hf_json(&bad), Err(ConfigError::Invalid { field: "num_hidden_layers", .. })));
+        assert!(matches!(
+            ModelConfig::from_hf_json(&bad),
+            Err(ConfigError::Invalid {
+                field: "num_hidden_layers",
+                ..
+            })
+        ));
         let bad = LLAMA31_8B.replace("\"vocab_size\":128256", "\"vocab_size\":0");
-        assert!(matches!(ModelConfig::from_hf_json(&bad), Err(ConfigError::Invalid { field: "vocab_size", .. })));
+        assert!(matches!(
+            ModelConfig::from_hf_json(&bad),
+            Err(ConfigError::Invalid {
+                field: "vocab_size",
+                ..
+            })
+        ));
         let bad = LLAMA31_8B.replace("\"model_type\":\"llama\"", "\"model_type\":\"gpt2\"");
-        assert!(matches!(ModelConfig::from_hf_json(&bad), Err(ConfigError::Architecture(_))));
-        assert!(matches!(ModelConfig::from_hf_json("[1]"), Err(ConfigError::Json(_))));
-        assert!(matches!(ModelConfig::from_meta_params(r#"{"dim":64,"n_heads":4,"n_layers":1,"multiple_of":0}"#, Some(8)),
-            Err(ConfigError::Invalid { field: "multiple_of", .. })));
+        assert!(matches!(
+            ModelConfig::from_hf_json(&bad),
+            Err(ConfigError::Architecture(_))
+        ));
+        assert!(matches!(
+            ModelConfig::from_hf_json("[1]"),
+            Err(ConfigError::Json(_))
+        ));
+        assert!(matches!(
+            ModelConfig::from_meta_params(
+                r#"{"dim":64,"n_heads":4,"n_layers":1,"multiple_of":0}"#,
+                Some(8)
+            ),
+            Err(ConfigError::Invalid {
+                field: "multiple_of",
+                ..
+            })
+        ));
     }
 }

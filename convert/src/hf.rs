@@ -96,7 +96,9 @@ impl From<SafeTensorError> for SafetensorsError {
             SafeTensorError::HeaderTooLarge => SafetensorsError::HeaderTooLarge,
             SafeTensorError::InvalidHeaderLength => SafetensorsError::HeaderPastEof,
             SafeTensorError::InvalidOffset(name) => SafetensorsError::InvalidOffset(name),
-            SafeTensorError::TensorInvalidInfo | SafeTensorError::MisalignedSlice => SafetensorsError::TensorInvalidInfo,
+            SafeTensorError::TensorInvalidInfo | SafeTensorError::MisalignedSlice => {
+                SafetensorsError::TensorInvalidInfo
+            }
             SafeTensorError::MetadataIncompleteBuffer => SafetensorsError::IncompleteBuffer,
             SafeTensorError::ValidationOverflow => SafetensorsError::Overflow,
             other => SafetensorsError::InvalidHeader(other.to_string()),
@@ -104,42 +106,62 @@ impl From<SafeTensorError> for SafetensorsError {
     }
 }
 
-/// Serde visitor that walks the header's top-level object and reports the first repeated key,
-/// without keeping the values. (`serde_json` maps silently keep the last duplicate.)
-struct FirstDuplicate(Option<String>);
+/// A JSON object's entries in file order, duplicates kept (`serde_json` maps silently keep only
+/// the last of a repeated key, which would hide a duplicate tensor).
+struct Entries<T>(Vec<(String, T)>);
 
-impl<'de> serde::Deserialize<'de> for FirstDuplicate {
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Entries<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FirstDuplicate;
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Entries<T>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
-                let mut seen = HashSet::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                    if !seen.insert(key.clone()) {
-                        return Ok(FirstDuplicate(Some(key)));
-                    }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, T>()? {
+                    out.push((k, v));
                 }
-                Ok(FirstDuplicate(None))
+                Ok(Entries(out))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl<T> Entries<T> {
+    fn first_duplicate(&self) -> Option<&str> {
+        let mut seen = HashSet::with_capacity(self.0.len());
+        self.0
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .find(|k| !seen.insert(*k))
     }
 }
 
 /// Parse and validate one safetensors file already mapped as `file` (index `file_index`).
 /// Returns its tensors in data-offset order.
-fn read_file(file: &MappedFile, file_index: usize) -> std::result::Result<Vec<RawTensor>, SafetensorsError> {
+fn read_file(
+    file: &MappedFile,
+    file_index: usize,
+) -> std::result::Result<Vec<RawTensor>, SafetensorsError> {
     let buf = file.bytes();
     // Duplicate names first: the crate would silently drop all but one.
-    if let Some(len) = buf.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default())) {
-        let header = usize::try_from(len).ok().and_then(|n| buf.get(8..8usize.checked_add(n)?));
-        if let Some(Ok(FirstDuplicate(Some(name)))) = header.map(serde_json::from_slice::<FirstDuplicate>) {
-            return Err(SafetensorsError::DuplicateName(name));
+    if let Some(len) = buf
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    {
+        let header = usize::try_from(len)
+            .ok()
+            .and_then(|n| buf.get(8..8usize.checked_add(n)?));
+        let entries =
+            header.and_then(|h| serde_json::from_slice::<Entries<serde::de::IgnoredAny>>(h).ok());
+        if let Some(name) = entries.as_ref().and_then(Entries::first_duplicate) {
+            return Err(SafetensorsError::DuplicateName(name.to_owned()));
         }
     }
     let (n, meta) = SafeTensors::read_metadata(buf)?;
@@ -149,13 +171,21 @@ fn read_file(file: &MappedFile, file_index: usize) -> std::result::Result<Vec<Ra
     for name in meta.offset_keys() {
         let info = infos[&name];
         let spelled = format!("{:?}", info.dtype);
-        let dtype = DType::from_safetensors(&spelled)
-            .ok_or_else(|| SafetensorsError::UnsupportedDType { tensor: name.clone(), dtype: spelled })?;
+        let dtype = DType::from_safetensors(&spelled).ok_or_else(|| {
+            SafetensorsError::UnsupportedDType {
+                tensor: name.clone(),
+                dtype: spelled,
+            }
+        })?;
         let (s, e) = info.data_offsets;
         out.push(RawTensor {
             dtype,
             shape: info.shape.iter().map(|&d| d as u64).collect(),
-            layout: TensorLayout::Contiguous(Span { file: file_index, offset: data_start + s as u64, len: (e - s) as u64 }),
+            layout: TensorLayout::Contiguous(Span {
+                file: file_index,
+                offset: data_start + s as u64,
+                len: (e - s) as u64,
+            }),
             file: file_index,
             name,
         });
@@ -170,7 +200,8 @@ fn shard_path(dir: &Path, name: &str) -> Result<PathBuf> {
         path: dir.join(INDEX_FILE),
         kind: SafetensorsError::ShardOutsideModel(name.to_owned()),
     };
-    let plain = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']);
+    let plain =
+        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']);
     if !plain {
         return Err(outside());
     }
@@ -185,25 +216,28 @@ fn shard_path(dir: &Path, name: &str) -> Result<PathBuf> {
 
 /// Parse `model.safetensors.index.json`: shard file → tensor names it must hold.
 fn read_index(path: &Path) -> Result<BTreeMap<String, Vec<String>>> {
-    let bad = |why: String| Error::Safetensors { path: path.into(), kind: SafetensorsError::InvalidIndex(why) };
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let bad = |why: String| Error::Safetensors {
+        path: path.into(),
+        kind: SafetensorsError::InvalidIndex(why),
+    };
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
     if len > 256 << 20 {
         return Err(bad(format!("{len} bytes is too large for an index")));
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    if let Ok(FirstDuplicate(Some(k))) = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v.get("weight_map").map(ToString::to_string))
-        .map_or(Ok(FirstDuplicate(None)), |wm| serde_json::from_str::<FirstDuplicate>(&wm))
-    {
+    #[derive(serde::Deserialize)]
+    struct IndexFile {
+        weight_map: Entries<String>,
+    }
+    let index: IndexFile = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if let Some(k) = index.weight_map.first_duplicate() {
         return Err(bad(format!("tensor {k:?} listed twice in weight_map")));
     }
-    let v: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad("no \"weight_map\" object".into()))?;
     let mut shards: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (tensor, file) in map {
-        let file = file.as_str().ok_or_else(|| bad(format!("weight_map[{tensor:?}] is not a string")))?;
-        shards.entry(file.to_owned()).or_default().push(tensor.clone());
+    for (tensor, file) in index.weight_map.0 {
+        shards.entry(file).or_default().push(tensor);
     }
     if shards.is_empty() {
         return Err(bad("weight_map is empty".into()));
@@ -213,13 +247,20 @@ fn read_index(path: &Path) -> Result<BTreeMap<String, Vec<String>>> {
 
 /// Summarize the tokenizer files of an HF directory.
 pub(crate) fn tokenizer_info(dir: &Path) -> TokenizerInfo {
-    let mut info = TokenizerInfo { kind: "none".into(), ..TokenizerInfo::default() };
+    let mut info = TokenizerInfo {
+        kind: "none".into(),
+        ..TokenizerInfo::default()
+    };
     let tj = dir.join("tokenizer.json");
     if tj.is_file() {
         info.kind = "tokenizer.json".into();
         info.files.push(tj.clone());
         let small = std::fs::metadata(&tj).is_ok_and(|m| m.len() < 256 << 20);
-        if let Some(v) = small.then(|| std::fs::read(&tj).ok()).flatten().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) {
+        if let Some(v) = small
+            .then(|| std::fs::read(&tj).ok())
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        {
             let model = v.get("model");
             let mut ids: HashSet<u64> = model
                 .and_then(|m| m.get("vocab"))
@@ -227,10 +268,18 @@ pub(crate) fn tokenizer_info(dir: &Path) -> TokenizerInfo {
                 .map(|m| m.values().filter_map(Value::as_u64).collect())
                 .unwrap_or_default();
             if let Some(added) = v.get("added_tokens").and_then(Value::as_array) {
-                ids.extend(added.iter().filter_map(|t| t.get("id").and_then(Value::as_u64)));
+                ids.extend(
+                    added
+                        .iter()
+                        .filter_map(|t| t.get("id").and_then(Value::as_u64)),
+                );
             }
             info.vocab_size = Some(ids.len() as u64);
-            info.pre = v.get("pre_tokenizer").and_then(|p| p.get("type")).and_then(Value::as_str).map(str::to_owned);
+            info.pre = v
+                .get("pre_tokenizer")
+                .and_then(|p| p.get("type"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             if let Some(t) = model.and_then(|m| m.get("type")).and_then(Value::as_str) {
                 info.kind = format!("tokenizer.json:{t}");
             }
@@ -254,7 +303,10 @@ pub(crate) fn tokenizer_info(dir: &Path) -> TokenizerInfo {
 /// `config.json`.
 pub fn read(path: &Path) -> Result<Checkpoint> {
     let (dir, single) = if path.is_file() {
-        (path.parent().unwrap_or(Path::new(".")).to_path_buf(), Some(path.to_path_buf()))
+        (
+            path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            Some(path.to_path_buf()),
+        )
     } else {
         (path.to_path_buf(), None)
     };
@@ -266,7 +318,10 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         vec![one]
     } else if index_path.is_file() {
         let idx = read_index(&index_path)?;
-        let paths = idx.keys().map(|f| shard_path(&dir, f)).collect::<Result<Vec<_>>>()?;
+        let paths = idx
+            .keys()
+            .map(|f| shard_path(&dir, f))
+            .collect::<Result<Vec<_>>>()?;
         expected = Some(idx);
         paths
     } else {
@@ -277,34 +332,68 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         match all.len() {
             1 => all,
             0 => {
-                return Err(Error::NotAModel { path: dir, reason: "config.json but no .safetensors file".into() });
+                return Err(Error::NotAModel {
+                    path: dir,
+                    reason: "config.json but no .safetensors file".into(),
+                });
             }
-            _ => return Err(Error::Safetensors { path: dir, kind: SafetensorsError::AmbiguousShards }),
+            _ => {
+                return Err(Error::Safetensors {
+                    path: dir,
+                    kind: SafetensorsError::AmbiguousShards,
+                })
+            }
         }
     };
     let mut files = Vec::with_capacity(shard_paths.len());
     let mut raw = Vec::new();
     for (i, p) in shard_paths.iter().enumerate() {
         let f = MappedFile::open(p)?;
-        let tensors = read_file(&f, i).map_err(|kind| Error::Safetensors { path: p.clone(), kind })?;
+        let tensors = read_file(&f, i).map_err(|kind| Error::Safetensors {
+            path: p.clone(),
+            kind,
+        })?;
         if let Some(idx) = &expected {
-            let shard = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let shard = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let want: HashSet<&str> = idx[&shard].iter().map(String::as_str).collect();
             let have: HashSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
             if let Some(t) = tensors.iter().find(|t| !want.contains(t.name.as_str())) {
-                let kind = SafetensorsError::UnindexedTensor { tensor: t.name.clone(), shard };
-                return Err(Error::Safetensors { path: p.clone(), kind });
+                let kind = SafetensorsError::UnindexedTensor {
+                    tensor: t.name.clone(),
+                    shard,
+                };
+                return Err(Error::Safetensors {
+                    path: p.clone(),
+                    kind,
+                });
             }
             let mut missing: Vec<&&str> = want.iter().filter(|n| !have.contains(**n)).collect();
             missing.sort();
             if let Some(t) = missing.first() {
-                let kind = SafetensorsError::IndexedTensorMissing { tensor: (**t).to_owned(), shard };
-                return Err(Error::Safetensors { path: index_path.clone(), kind });
+                let kind = SafetensorsError::IndexedTensorMissing {
+                    tensor: (**t).to_owned(),
+                    shard,
+                };
+                return Err(Error::Safetensors {
+                    path: index_path.clone(),
+                    kind,
+                });
             }
         }
         raw.extend(tensors);
         files.push(f);
     }
     let tokenizer = tokenizer_info(&dir);
-    Checkpoint::assemble(Format::Hf, path.to_path_buf(), config, tokenizer, files, raw, None)
+    Checkpoint::assemble(
+        Format::Hf,
+        path.to_path_buf(),
+        config,
+        tokenizer,
+        files,
+        raw,
+        None,
+    )
 }

@@ -132,7 +132,10 @@ pub struct TensorKey {
 impl TensorKey {
     /// The `weight` of a role.
     pub const fn weight(id: TensorId) -> Self {
-        TensorKey { id, part: Part::Weight }
+        TensorKey {
+            id,
+            part: Part::Weight,
+        }
     }
 }
 
@@ -166,21 +169,56 @@ impl fmt::Display for NameScheme {
 
 /// (role, HF module, Meta module, GGUF module) for the block tensors.
 const LAYER_TABLE: [(LayerTensor, &str, &str, &str); 9] = [
-    (LayerTensor::AttnNorm, "input_layernorm", "attention_norm", "attn_norm"),
+    (
+        LayerTensor::AttnNorm,
+        "input_layernorm",
+        "attention_norm",
+        "attn_norm",
+    ),
     (LayerTensor::Q, "self_attn.q_proj", "attention.wq", "attn_q"),
     (LayerTensor::K, "self_attn.k_proj", "attention.wk", "attn_k"),
     (LayerTensor::V, "self_attn.v_proj", "attention.wv", "attn_v"),
-    (LayerTensor::O, "self_attn.o_proj", "attention.wo", "attn_output"),
-    (LayerTensor::FfnNorm, "post_attention_layernorm", "ffn_norm", "ffn_norm"),
-    (LayerTensor::Gate, "mlp.gate_proj", "feed_forward.w1", "ffn_gate"),
+    (
+        LayerTensor::O,
+        "self_attn.o_proj",
+        "attention.wo",
+        "attn_output",
+    ),
+    (
+        LayerTensor::FfnNorm,
+        "post_attention_layernorm",
+        "ffn_norm",
+        "ffn_norm",
+    ),
+    (
+        LayerTensor::Gate,
+        "mlp.gate_proj",
+        "feed_forward.w1",
+        "ffn_gate",
+    ),
     (LayerTensor::Up, "mlp.up_proj", "feed_forward.w3", "ffn_up"),
-    (LayerTensor::Down, "mlp.down_proj", "feed_forward.w2", "ffn_down"),
+    (
+        LayerTensor::Down,
+        "mlp.down_proj",
+        "feed_forward.w2",
+        "ffn_down",
+    ),
 ];
 
 /// (role, HF module, Meta module, GGUF module) for the tensors outside the blocks.
 const GLOBAL_TABLE: [(TensorId, Option<&str>, Option<&str>, &str); 4] = [
-    (TensorId::TokenEmbedding, Some("model.embed_tokens"), Some("tok_embeddings"), "token_embd"),
-    (TensorId::OutputNorm, Some("model.norm"), Some("norm"), "output_norm"),
+    (
+        TensorId::TokenEmbedding,
+        Some("model.embed_tokens"),
+        Some("tok_embeddings"),
+        "token_embd",
+    ),
+    (
+        TensorId::OutputNorm,
+        Some("model.norm"),
+        Some("norm"),
+        "output_norm",
+    ),
     (TensorId::Output, Some("lm_head"), Some("output"), "output"),
     (TensorId::RopeFreqs, None, None, "rope_freqs"),
 ];
@@ -236,7 +274,10 @@ impl NameScheme {
                 .iter()
                 .find(|(_, hf, meta, gguf)| self.pick(hf, meta, gguf) == layer_module)
                 .map_or(NameMatch::Unknown, |(kind, ..)| {
-                    NameMatch::Tensor(TensorKey { id: TensorId::Layer { index, kind: *kind }, part })
+                    NameMatch::Tensor(TensorKey {
+                        id: TensorId::Layer { index, kind: *kind },
+                        part,
+                    })
                 });
         }
         GLOBAL_TABLE
@@ -246,7 +287,9 @@ impl NameScheme {
                 NameScheme::Meta => *meta == Some(module),
                 NameScheme::Gguf => *gguf == module,
             })
-            .map_or(NameMatch::Unknown, |(id, ..)| NameMatch::Tensor(TensorKey { id: *id, part }))
+            .map_or(NameMatch::Unknown, |(id, ..)| {
+                NameMatch::Tensor(TensorKey { id: *id, part })
+            })
     }
 
     /// The name of `key` in this scheme, or `None` if the format cannot hold it (rope frequency
@@ -258,7 +301,11 @@ impl NameScheme {
         let module = match key.id {
             TensorId::Layer { index, kind } => {
                 let (_, hf, meta, gguf) = LAYER_TABLE.iter().find(|row| row.0 == kind)?;
-                format!("{}{index}.{}", self.layer_prefix(), self.pick(hf, meta, gguf))
+                format!(
+                    "{}{index}.{}",
+                    self.layer_prefix(),
+                    self.pick(hf, meta, gguf)
+                )
             }
             id => {
                 let (_, hf, meta, gguf) = GLOBAL_TABLE.iter().find(|row| row.0 == id)?;
@@ -275,7 +322,8 @@ impl NameScheme {
 
 /// A block index: plain decimal digits, no sign, no leading zeros, fits `u32`.
 fn parse_index(s: &str) -> Option<u32> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
         return None;
     }
     s.parse().ok()
@@ -295,9 +343,18 @@ mod tests {
     use super::*;
 
     fn all_keys() -> Vec<TensorKey> {
-        let mut ids = vec![TensorId::TokenEmbedding, TensorId::OutputNorm, TensorId::Output, TensorId::RopeFreqs];
+        let mut ids = vec![
+            TensorId::TokenEmbedding,
+            TensorId::OutputNorm,
+            TensorId::Output,
+            TensorId::RopeFreqs,
+        ];
         for index in [0, 7, 125] {
-            ids.extend(LayerTensor::ALL.iter().map(|&kind| TensorId::Layer { index, kind }));
+            ids.extend(
+                LayerTensor::ALL
+                    .iter()
+                    .map(|&kind| TensorId::Layer { index, kind }),
+            );
         }
         let mut keys = Vec::new();
         for id in ids {
@@ -311,7 +368,11 @@ mod tests {
         for scheme in [NameScheme::Hf, NameScheme::Meta, NameScheme::Gguf] {
             for key in all_keys() {
                 if let Some(name) = scheme.name(key) {
-                    assert_eq!(scheme.parse(&name), NameMatch::Tensor(key), "{scheme} {name}");
+                    assert_eq!(
+                        scheme.parse(&name),
+                        NameMatch::Tensor(key),
+                        "{scheme} {name}"
+                    );
                 }
             }
         }
@@ -319,15 +380,45 @@ mod tests {
 
     #[test]
     fn known_spellings() {
-        let q3 = TensorKey::weight(TensorId::Layer { index: 3, kind: LayerTensor::Q });
-        assert_eq!(NameScheme::Hf.name(q3).unwrap(), "model.layers.3.self_attn.q_proj.weight");
-        assert_eq!(NameScheme::Meta.name(q3).unwrap(), "layers.3.attention.wq.weight");
+        let q3 = TensorKey::weight(TensorId::Layer {
+            index: 3,
+            kind: LayerTensor::Q,
+        });
+        assert_eq!(
+            NameScheme::Hf.name(q3).unwrap(),
+            "model.layers.3.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            NameScheme::Meta.name(q3).unwrap(),
+            "layers.3.attention.wq.weight"
+        );
         assert_eq!(NameScheme::Gguf.name(q3).unwrap(), "blk.3.attn_q.weight");
-        let down = TensorKey::weight(TensorId::Layer { index: 0, kind: LayerTensor::Down });
-        assert_eq!(NameScheme::Meta.name(down).unwrap(), "layers.0.feed_forward.w2.weight");
-        assert_eq!(NameScheme::Hf.name(TensorKey::weight(TensorId::Output)).unwrap(), "lm_head.weight");
-        assert_eq!(NameScheme::Hf.name(TensorKey::weight(TensorId::RopeFreqs)), None);
-        assert_eq!(TensorId::Layer { index: 2, kind: LayerTensor::O }.to_string(), "blk.2.attn_output");
+        let down = TensorKey::weight(TensorId::Layer {
+            index: 0,
+            kind: LayerTensor::Down,
+        });
+        assert_eq!(
+            NameScheme::Meta.name(down).unwrap(),
+            "layers.0.feed_forward.w2.weight"
+        );
+        assert_eq!(
+            NameScheme::Hf
+                .name(TensorKey::weight(TensorId::Output))
+                .unwrap(),
+            "lm_head.weight"
+        );
+        assert_eq!(
+            NameScheme::Hf.name(TensorKey::weight(TensorId::RopeFreqs)),
+            None
+        );
+        assert_eq!(
+            TensorId::Layer {
+                index: 2,
+                kind: LayerTensor::O
+            }
+            .to_string(),
+            "blk.2.attn_output"
+        );
     }
 
     #[test]

@@ -159,36 +159,58 @@ impl DType {
     pub fn bytes_for(self, elements: u64) -> Result<u64> {
         let block = self.block_size();
         if elements % block != 0 {
-            return Err(Error::PartialBlock { dtype: self, elements, block });
+            return Err(Error::PartialBlock {
+                dtype: self,
+                elements,
+                block,
+            });
         }
         (elements / block)
             .checked_mul(self.block_bytes())
-            .ok_or(Error::SizeOverflow { dtype: self, elements })
+            .ok_or(Error::SizeOverflow {
+                dtype: self,
+                elements,
+            })
     }
 
     /// Look up a ggml type id as stored in GGUF.
     pub fn from_ggml(id: u32) -> Option<DType> {
-        Self::ALL.iter().copied().find(|d| d.info().ggml == Some(id))
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|d| d.info().ggml == Some(id))
     }
 
     /// Look up a safetensors header dtype string.
     pub fn from_safetensors(name: &str) -> Option<DType> {
-        Self::ALL.iter().copied().find(|d| d.info().safetensors == Some(name))
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|d| d.info().safetensors == Some(name))
     }
 
     /// Look up a torch dtype name (without the `torch.` prefix), e.g. `bfloat16`.
     pub fn from_torch(name: &str) -> Option<DType> {
-        Self::ALL.iter().copied().find(|d| d.info().torch == Some(name))
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|d| d.info().torch == Some(name))
     }
 
     /// Look up a legacy torch storage class name, e.g. `BFloat16Storage`.
     pub fn from_torch_storage(name: &str) -> Option<DType> {
-        Self::ALL.iter().copied().find(|d| d.info().torch_storage == Some(name))
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|d| d.info().torch_storage == Some(name))
     }
 
     /// Parse a canonical name (case-insensitive), as printed by [`DType::name`].
     pub fn from_name(name: &str) -> Option<DType> {
-        Self::ALL.iter().copied().find(|d| d.name().eq_ignore_ascii_case(name))
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|d| d.name().eq_ignore_ascii_case(name))
     }
 }
 
@@ -223,12 +245,37 @@ mod tests {
     fn ggml_sizes_match_ggml_common_h() {
         // (id, block, bytes) from ggml's type traits.
         let want = [
-            (0, 1, 4), (1, 1, 2), (2, 32, 18), (3, 32, 20), (6, 32, 22), (7, 32, 24), (8, 32, 34),
-            (10, 256, 84), (11, 256, 110), (12, 256, 144), (13, 256, 176), (14, 256, 210),
-            (15, 256, 292), (16, 256, 66), (17, 256, 74), (18, 256, 98), (19, 256, 50),
-            (20, 32, 18), (21, 256, 110), (22, 256, 82), (23, 256, 136), (24, 1, 1), (25, 1, 2),
-            (26, 1, 4), (27, 1, 8), (28, 1, 8), (29, 256, 56), (30, 1, 2), (34, 256, 54),
-            (35, 256, 66), (39, 32, 17),
+            (0, 1, 4),
+            (1, 1, 2),
+            (2, 32, 18),
+            (3, 32, 20),
+            (6, 32, 22),
+            (7, 32, 24),
+            (8, 32, 34),
+            (10, 256, 84),
+            (11, 256, 110),
+            (12, 256, 144),
+            (13, 256, 176),
+            (14, 256, 210),
+            (15, 256, 292),
+            (16, 256, 66),
+            (17, 256, 74),
+            (18, 256, 98),
+            (19, 256, 50),
+            (20, 32, 18),
+            (21, 256, 110),
+            (22, 256, 82),
+            (23, 256, 136),
+            (24, 1, 1),
+            (25, 1, 2),
+            (26, 1, 4),
+            (27, 1, 8),
+            (28, 1, 8),
+            (29, 256, 56),
+            (30, 1, 2),
+            (34, 256, 54),
+            (35, 256, 66),
+            (39, 32, 17),
         ];
         for (id, block, bytes) in want {
             let d = DType::from_ggml(id).unwrap_or_else(|| panic!("ggml id {id}"));
@@ -242,7 +289,13 @@ mod tests {
     #[test]
     fn bytes_for_checks_blocks_and_overflow() {
         assert_eq!(DType::Q4_K.bytes_for(512), Ok(288));
-        assert!(matches!(DType::Q4_0.bytes_for(33), Err(Error::PartialBlock { .. })));
-        assert!(matches!(DType::F64.bytes_for(u64::MAX / 2), Err(Error::SizeOverflow { .. })));
+        assert!(matches!(
+            DType::Q4_0.bytes_for(33),
+            Err(Error::PartialBlock { .. })
+        ));
+        assert!(matches!(
+            DType::F64.bytes_for(u64::MAX / 2),
+            Err(Error::SizeOverflow { .. })
+        ));
     }
 }

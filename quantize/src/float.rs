@@ -99,7 +99,9 @@ mod tests {
         assert_eq!(f8_e4m3_to_f32(0xFE), -448.0);
         assert!(f8_e4m3_to_f32(0x7F).is_nan() && f8_e4m3_to_f32(0xFF).is_nan());
         // 0x78..0x7E are finite (E4M3FN has no infinities)
-        let finite = (0u8..=255).filter(|&b| f8_e4m3_to_f32(b).is_finite()).count();
+        let finite = (0u8..=255)
+            .filter(|&b| f8_e4m3_to_f32(b).is_finite())
+            .count();
         assert_eq!(finite, 254);
     }
 
@@ -136,7 +138,9 @@ mod tests {
     fn bf16_decode_is_exact_for_all_codes() {
         for bits in 0..=u16::MAX {
             let mut out = [0f32];
-            decode_plain(DType::BF16, &bits.to_le_bytes(), &mut out).unwrap().unwrap();
+            decode_plain(DType::BF16, &bits.to_le_bytes(), &mut out)
+                .unwrap()
+                .unwrap();
             let want = f32::from_bits(u32::from(bits) << 16);
             assert!(out[0].to_bits() == want.to_bits(), "{bits:#06x}");
         }

@@ -57,7 +57,11 @@ fn q4_1(b: &[u8], o: &mut [f32]) {
 
 /// Five-bit value `j` of a Q5 block: low nibble from `qs`, fifth bit from the 32-bit `qh`.
 fn q5_value(qh: u32, qs: &[u8], j: usize) -> u8 {
-    let nib = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
+    let nib = if j < 16 {
+        qs[j] & 0x0F
+    } else {
+        qs[j - 16] >> 4
+    };
     nib | ((((qh >> j) & 1) as u8) << 4)
 }
 
@@ -229,7 +233,7 @@ mod tests {
         let mut b = vec![0u8; 210];
         b[208..].copy_from_slice(&f16b(0.25));
         b[192] = 2; // scale of elements 0..16
-        // element 0: ql[0] low nibble 0, qh[0] bits 0..2 = 0 -> q = -32
+                    // element 0: ql[0] low nibble 0, qh[0] bits 0..2 = 0 -> q = -32
         let mut o = [0f32; 256];
         decode_to_f32(DType::Q6_K, &b, &mut o).unwrap();
         assert_eq!(o[0], 0.25 * 2.0 * -32.0);

@@ -1,0 +1,360 @@
+//! `qforge inspect`: what a checkpoint holds, read from headers only (tensor data is touched
+//! only for `--stats` and `--dump`).
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use qforge_convert::gguf::{GgufMetadata, GgufValue};
+use qforge_convert::{Checkpoint, TensorEntry, TensorLayout};
+use serde_json::{json, Value};
+
+use crate::cli::InspectArgs;
+
+pub fn run(args: &InspectArgs) -> Result<()> {
+    let ckpt = Checkpoint::open(&args.model)?;
+    let selected: Vec<&TensorEntry> = if args.tensors.is_empty() {
+        ckpt.tensors.iter().collect()
+    } else {
+        args.tensors
+            .iter()
+            .map(|n| {
+                ckpt.tensor(n)
+                    .ok_or_else(|| qforge_convert::Error::NoSuchTensor(n.clone()))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    if let Some(dir) = &args.dump {
+        dump(&ckpt, &selected, dir)?;
+    }
+    let stats = if args.stats {
+        selected
+            .iter()
+            .map(|t| Ok((t.name.clone(), Stats::of(&ckpt.to_f32(t)?))))
+            .collect::<Result<BTreeMap<_, _>>>()?
+    } else {
+        BTreeMap::new()
+    };
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        let mut v = to_json(&ckpt, &selected);
+        if args.stats {
+            v["stats"] = json!(stats
+                .iter()
+                .map(|(k, s)| (k.clone(), s.to_json()))
+                .collect::<serde_json::Map<_, _>>());
+        }
+        serde_json::to_writer_pretty(&mut out, &v)?;
+        writeln!(out)?;
+    } else {
+        print_human(&mut out, &ckpt, &selected, &stats)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Min/max/mean/absmax and non-finite counts of a dequantized tensor.
+struct Stats {
+    min: f32,
+    max: f32,
+    mean: f64,
+    absmax: f32,
+    nan: u64,
+    inf: u64,
+    n: u64,
+}
+
+impl Stats {
+    fn of(v: &[f32]) -> Self {
+        let mut s = Stats {
+            min: f32::INFINITY,
+            max: f32::NEG_INFINITY,
+            mean: 0.0,
+            absmax: 0.0,
+            nan: 0,
+            inf: 0,
+            n: v.len() as u64,
+        };
+        let mut sum = 0f64;
+        let mut finite = 0u64;
+        for &x in v {
+            if x.is_nan() {
+                s.nan += 1;
+            } else if x.is_infinite() {
+                s.inf += 1;
+            } else {
+                s.min = s.min.min(x);
+                s.max = s.max.max(x);
+                s.absmax = s.absmax.max(x.abs());
+                sum += f64::from(x);
+                finite += 1;
+            }
+        }
+        s.mean = if finite > 0 {
+            sum / finite as f64
+        } else {
+            f64::NAN
+        };
+        s
+    }
+
+    fn to_json(&self) -> Value {
+        json!({"elements": self.n, "min": self.min, "max": self.max, "mean": self.mean, "absmax": self.absmax, "nan": self.nan, "inf": self.inf})
+    }
+}
+
+fn dump(ckpt: &Checkpoint, tensors: &[&TensorEntry], dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for t in tensors {
+        if t.name.contains(['/', '\\']) || t.name.starts_with('.') {
+            bail!("tensor name {:?} cannot be used as a file name", t.name);
+        }
+        let values = ckpt.to_f32(t)?;
+        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let path = dir.join(format!("{}.f32", t.name));
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// First byte offset of a tensor and the file it is in (the first shard for merged tensors).
+fn location(ckpt: &Checkpoint, layout: &TensorLayout) -> (String, u64) {
+    match layout {
+        TensorLayout::Contiguous(s) | TensorLayout::Strided { storage: s, .. } => (
+            ckpt.file_path(s.file)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            s.offset,
+        ),
+        TensorLayout::Concat { parts, .. } => parts
+            .first()
+            .map_or((String::new(), 0), |(_, l)| location(ckpt, l)),
+    }
+}
+
+fn layout_kind(layout: &TensorLayout) -> String {
+    match layout {
+        TensorLayout::Contiguous(_) => "contiguous".into(),
+        TensorLayout::Strided { .. } => "strided".into(),
+        TensorLayout::Concat { dim, parts } => {
+            format!("merged {} shards on dim {dim}", parts.len())
+        }
+    }
+}
+
+fn gguf_value_json(v: &GgufValue) -> Value {
+    match v {
+        GgufValue::U8(x) => json!(x),
+        GgufValue::I8(x) => json!(x),
+        GgufValue::U16(x) => json!(x),
+        GgufValue::I16(x) => json!(x),
+        GgufValue::U32(x) => json!(x),
+        GgufValue::I32(x) => json!(x),
+        GgufValue::U64(x) => json!(x),
+        GgufValue::I64(x) => json!(x),
+        GgufValue::F32(x) => json!(f64::from(*x)),
+        GgufValue::F64(x) => json!(x),
+        GgufValue::Bool(x) => json!(x),
+        GgufValue::String(s) => json!(s),
+        GgufValue::Array(_, items) => Value::Array(items.iter().map(gguf_value_json).collect()),
+    }
+}
+
+fn gguf_json(m: &GgufMetadata) -> Value {
+    let kv: Vec<Value> = m
+        .entries
+        .iter()
+        .map(|(k, v)| {
+            let mut e = json!({"key": k, "type": v.ty(), "value": gguf_value_json(v)});
+            if let GgufValue::Array(t, _) = v {
+                e["elem_type"] = json!(t);
+            }
+            e
+        })
+        .collect();
+    json!({"version": m.version, "alignment": m.alignment, "data_offset": m.data_offset, "kv": kv})
+}
+
+fn histogram(tensors: &[&TensorEntry]) -> BTreeMap<String, (u64, u64, u64)> {
+    let mut h: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for t in tensors {
+        let e = h.entry(t.dtype.name().to_owned()).or_default();
+        e.0 += 1;
+        e.1 += t.numel();
+        e.2 += t.nbytes();
+    }
+    h
+}
+
+fn to_json(ckpt: &Checkpoint, tensors: &[&TensorEntry]) -> Value {
+    let tensor_rows: Vec<Value> = tensors
+        .iter()
+        .map(|t| {
+            let (file, offset) = location(ckpt, &t.layout);
+            json!({
+                "name": t.name, "role": t.key.id.to_string(), "part": t.key.part.suffix(),
+                "dtype": t.dtype.name(), "shape": t.shape, "elements": t.numel(), "bytes": t.nbytes(),
+                "file": file, "offset": offset, "layout": layout_kind(&t.layout),
+            })
+        })
+        .collect();
+    let dtypes: serde_json::Map<String, Value> = histogram(tensors)
+        .into_iter()
+        .map(|(k, (n, el, b))| (k, json!({"tensors": n, "elements": el, "bytes": b})))
+        .collect();
+    let mut v = json!({
+        "format": ckpt.format,
+        "path": ckpt.path,
+        "files": ckpt.files().collect::<Vec<_>>(),
+        "config": ckpt.config,
+        "tokenizer": ckpt.tokenizer,
+        "tensors": tensor_rows,
+        "totals": {
+            "tensors": tensors.len(),
+            "elements": tensors.iter().map(|t| t.numel()).sum::<u64>(),
+            "bytes": tensors.iter().map(|t| t.nbytes()).sum::<u64>(),
+        },
+        "dtypes": dtypes,
+        "notes": ckpt.notes,
+    });
+    if let Some(m) = &ckpt.gguf {
+        v["metadata"] = gguf_json(m);
+    }
+    v
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{x:.2} {}", UNITS[u])
+    }
+}
+
+fn print_human(
+    out: &mut impl Write,
+    ckpt: &Checkpoint,
+    tensors: &[&TensorEntry],
+    stats: &BTreeMap<String, Stats>,
+) -> Result<()> {
+    let c = &ckpt.config;
+    writeln!(
+        out,
+        "{}  ({:?}, {} file(s))",
+        ckpt.path.display(),
+        ckpt.format,
+        ckpt.files().count()
+    )?;
+    writeln!(
+        out,
+        "config     {}: hidden {}, layers {}, heads {} (kv {}), head_dim {}, ffn {}, vocab {}, ctx {}",
+        c.architecture, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size, c.max_position_embeddings
+    )?;
+    writeln!(
+        out,
+        "           rope theta {}, scaling {}, rms eps {:e}, tied embeddings {}, bos {:?}, eos {:?}",
+        c.rope_theta,
+        c.rope_scaling.as_ref().map_or("none".to_owned(), |r| format!("{r:?}")),
+        c.rms_norm_eps,
+        c.tie_word_embeddings,
+        c.bos_token_id,
+        c.eos_token_ids
+    )?;
+    let t = &ckpt.tokenizer;
+    writeln!(
+        out,
+        "tokenizer  {}{}{}{}",
+        t.kind,
+        t.vocab_size
+            .map_or(String::new(), |v| format!(", {v} tokens")),
+        t.pre
+            .as_ref()
+            .map_or(String::new(), |p| format!(", pre {p}")),
+        if t.chat_template {
+            ", chat template"
+        } else {
+            ""
+        }
+    )?;
+    if let Some(m) = &ckpt.gguf {
+        writeln!(
+            out,
+            "gguf       v{}, {} metadata keys, alignment {}, data at {}",
+            m.version,
+            m.entries.len(),
+            m.alignment,
+            m.data_offset
+        )?;
+    }
+    for n in &ckpt.notes {
+        writeln!(out, "note       {n}")?;
+    }
+    writeln!(out)?;
+    let name_w = tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    writeln!(
+        out,
+        "{:<name_w$}  {:<20}  {:<8}  {:<18}  {:>12}  {:>14}",
+        "name", "role", "dtype", "shape", "bytes", "offset"
+    )?;
+    for t in tensors {
+        let (_, offset) = location(ckpt, &t.layout);
+        let shape = format!("{:?}", t.shape);
+        writeln!(
+            out,
+            "{:<name_w$}  {:<20}  {:<8}  {:<18}  {:>12}  {:>14}",
+            t.name,
+            format!(
+                "{}{}",
+                t.key.id,
+                if t.key.part == qforge_convert::Part::Weight {
+                    String::new()
+                } else {
+                    format!(".{}", t.key.part.suffix())
+                }
+            ),
+            t.dtype.name(),
+            shape,
+            t.nbytes(),
+            offset
+        )?;
+        if let Some(s) = stats.get(&t.name) {
+            writeln!(
+                out,
+                "{:name_w$}  min {:.6e}  max {:.6e}  mean {:.6e}  absmax {:.6e}  nan {}  inf {}",
+                "", s.min, s.max, s.mean, s.absmax, s.nan, s.inf
+            )?;
+        }
+    }
+    writeln!(out)?;
+    let total_b: u64 = tensors.iter().map(|t| t.nbytes()).sum();
+    let total_e: u64 = tensors.iter().map(|t| t.numel()).sum();
+    writeln!(
+        out,
+        "{} tensors, {} parameters, {}",
+        tensors.len(),
+        total_e,
+        human_bytes(total_b)
+    )?;
+    for (d, (n, el, b)) in histogram(tensors) {
+        writeln!(
+            out,
+            "  {d:<8} {n:>5} tensors  {el:>14} elements  {:>12}",
+            human_bytes(b)
+        )?;
+    }
+    Ok(())
+}
