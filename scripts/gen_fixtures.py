@@ -528,7 +528,10 @@ def gen_meta_mp2(out: Path, meta, mp1_exp: dict, mp: int = 2) -> dict:
         else:
             merged = torch.cat([loaded[r][n] for r in range(mp)], dim=dim)
         assert torch.equal(merged, t), n
-    exp = {"files": files, "merged": mp1_exp["files"]["consolidated.00.pth"]}
+    core = ("dtype", "shape", "sha256", "f32_sha256", "head")  # drop MP1's pickle-layout details
+    merged = {k: {f: v[f] for f in core if f in v}
+              for k, v in mp1_exp["files"]["consolidated.00.pth"]["tensors"].items()}
+    exp = {"files": files, "merged": {"tensors": merged}}
     write_json(d / "expected.json", exp)
     return exp
 
