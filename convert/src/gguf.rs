@@ -1,13 +1,79 @@
 //! GGUF v2/v3 reader (specs/gguf.md §1).
 //!
-//! TODO(helper): parser. The public types below are fixed; the parser fills them.
+//! [`parse`] is a pure function over the file's bytes: it validates the header, the key/value
+//! metadata and every tensor info before anything is trusted, and returns the metadata plus one
+//! [`GgufTensorInfo`] per tensor. [`read`] maps a file, parses it and assembles a
+//! [`Checkpoint`].
+//!
+//! # What is checked
+//!
+//! The limits are ggml's (`ggml/src/gguf.cpp`, `gguf_init_from_file_impl`), plus the stricter
+//! checks a converter should make:
+//!
+//! - magic `GGUF`; version 2 or 3 (v1 had 32-bit counts); byte-swapped (big-endian) files are
+//!   recognized by `(version & 0xFFFF) == 0` and refused, as ggml does.
+//! - every declared count and length is checked against the bytes left in the file *before*
+//!   anything is allocated from it (a key/value pair takes at least 13 bytes, a tensor info 24,
+//!   an array element its fixed size or 8 for a string), and strings and arrays are capped at
+//!   2^30 bytes/elements like ggml's `GGUF_MAX_STRING_LENGTH` / `GGUF_MAX_ARRAY_ELEMENTS`. So
+//!   memory use is O(file size) whatever the header says.
+//! - strings are strict UTF-8 (gguf-py decodes strictly; ggml does not check). Keys and tensor
+//!   names must not contain NUL: ggml handles them as C strings, so `"a\0b"` would be `"a"` there
+//!   and two readers would disagree about which key or tensor is which.
+//! - keys are non-empty (ggml aborts on an empty key) and unique; value types are 0..=12;
+//!   arrays do not nest; bools are 0 or 1 (ggml reads any non-zero byte as true, but no writer
+//!   produces one, so another value means a corrupt or crafted file and is refused).
+//! - `general.alignment`, if present, is a `u32` holding a non-zero power of two (ggml asserts
+//!   the type and checks the value); default 32.
+//! - tensor names are at most 63 bytes (`GGML_MAX_NAME` = 64 with the NUL) and unique; at most 4
+//!   dimensions (`GGML_MAX_DIMS`; 0 dimensions is a scalar, as in ggml), each read as `i64` and
+//!   non-negative, with an element count that fits `i64`; a ggml type id known to
+//!   [`DType::from_ggml`] (removed ids 4, 5, 31–33, 36–38 are rejected); `ne[0]` a whole number
+//!   of blocks; a byte size that fits `usize`.
+//! - tensor data in info order, contiguous and padded: `info[i].offset` must equal
+//!   `Σ_{k<i} align_up(nbytes_k, A)` exactly (ggml: "tensor has offset X, expected Y"), which
+//!   also rules out overlaps; each offset a multiple of `A`; and every tensor's bytes inside the
+//!   file. The blob starts at the aligned end of the tensor infos when there are tensors, right
+//!   after them otherwise (ggml).
+//!
+//! Padding bytes are not required to be zero and bytes after the last tensor are allowed (ggml
+//! checks neither). All arithmetic on file values is checked; nothing here can panic on file
+//! data.
 
+use std::collections::HashSet;
 use std::path::Path;
 
+use qforge_quantize::DType;
 use serde::Serialize;
 
-use crate::checkpoint::Checkpoint;
-use crate::error::Result;
+use crate::checkpoint::{Checkpoint, Format, RawTensor, Span, TensorLayout, TokenizerInfo};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::mmap::MappedFile;
+
+/// The four magic bytes at the start of every GGUF file.
+pub const MAGIC: [u8; 4] = *b"GGUF";
+/// Data alignment when `general.alignment` is absent.
+pub const DEFAULT_ALIGNMENT: u32 = 32;
+/// The metadata key that sets the data alignment.
+pub const ALIGNMENT_KEY: &str = "general.alignment";
+/// Longest string accepted, in bytes (ggml's `GGUF_MAX_STRING_LENGTH`).
+pub const MAX_STRING_LEN: u64 = 1 << 30;
+/// Most elements accepted in one metadata array (ggml's `GGUF_MAX_ARRAY_ELEMENTS`).
+pub const MAX_ARRAY_LEN: u64 = 1 << 30;
+/// Most dimensions a tensor may have (ggml's `GGML_MAX_DIMS`).
+pub const MAX_DIMS: u32 = 4;
+/// Longest tensor name accepted, in bytes (ggml's `GGML_MAX_NAME` less its NUL).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Fewest bytes a key/value pair can take: empty key (8) + value type (4) + a `u8` value (1).
+const MIN_KV_BYTES: u64 = 13;
+/// Fewest bytes a tensor info can take: empty name (8) + `n_dims` (4) + type (4) + offset (8).
+const MIN_TENSOR_INFO_BYTES: u64 = 24;
+/// File offset of the `tensor_count` field.
+const TENSOR_COUNT_OFFSET: u64 = 8;
+/// File offset of the `kv_count` field.
+const KV_COUNT_OFFSET: u64 = 16;
 
 /// A GGUF metadata value type (`gguf_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,6 +105,59 @@ pub enum GgufType {
     I64,
     /// 12
     F64,
+}
+
+impl GgufType {
+    /// The type for a `gguf_type` id as stored in files, if it is one of 0..=12.
+    pub const fn from_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => GgufType::U8,
+            1 => GgufType::I8,
+            2 => GgufType::U16,
+            3 => GgufType::I16,
+            4 => GgufType::U32,
+            5 => GgufType::I32,
+            6 => GgufType::F32,
+            7 => GgufType::Bool,
+            8 => GgufType::String,
+            9 => GgufType::Array,
+            10 => GgufType::U64,
+            11 => GgufType::I64,
+            12 => GgufType::F64,
+            _ => return None,
+        })
+    }
+
+    /// The `gguf_type` id stored in files.
+    pub const fn id(self) -> u32 {
+        match self {
+            GgufType::U8 => 0,
+            GgufType::I8 => 1,
+            GgufType::U16 => 2,
+            GgufType::I16 => 3,
+            GgufType::U32 => 4,
+            GgufType::I32 => 5,
+            GgufType::F32 => 6,
+            GgufType::Bool => 7,
+            GgufType::String => 8,
+            GgufType::Array => 9,
+            GgufType::U64 => 10,
+            GgufType::I64 => 11,
+            GgufType::F64 => 12,
+        }
+    }
+
+    /// Fewest bytes one value of this type occupies in a file: its size for fixed-size types,
+    /// the 8-byte length prefix for strings, and the 12-byte element type + count for arrays.
+    pub const fn min_size(self) -> u64 {
+        match self {
+            GgufType::U8 | GgufType::I8 | GgufType::Bool => 1,
+            GgufType::U16 | GgufType::I16 => 2,
+            GgufType::U32 | GgufType::I32 | GgufType::F32 => 4,
+            GgufType::U64 | GgufType::I64 | GgufType::F64 | GgufType::String => 8,
+            GgufType::Array => 12,
+        }
+    }
 }
 
 /// A GGUF metadata value.
@@ -145,16 +264,678 @@ impl GgufMetadata {
     }
 }
 
-/// What is wrong with a GGUF file.
+/// One tensor info of a GGUF file, validated: its bytes lie inside the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufTensorInfo {
+    /// Tensor name (UTF-8, at most [`MAX_NAME_LEN`] bytes, no NUL).
+    pub name: String,
+    /// Dimensions in GGUF order: `ne[0]` first, the innermost (contiguous) one. Empty for a
+    /// 0-dimensional (scalar) tensor.
+    pub ne: Vec<u64>,
+    /// Element format.
+    pub dtype: DType,
+    /// Offset of the first byte relative to the data blob ([`GgufMetadata::data_offset`]).
+    pub offset: u64,
+    /// Absolute file offset of the first byte.
+    pub absolute_offset: u64,
+    /// Byte size of the data (without padding).
+    pub nbytes: u64,
+}
+
+impl GgufTensorInfo {
+    /// The shape outermost first (PyTorch order): `ne` reversed.
+    pub fn shape(&self) -> Vec<u64> {
+        self.ne.iter().rev().copied().collect()
+    }
+
+    /// Element count (1 for a scalar).
+    pub fn numel(&self) -> u64 {
+        // Validated by `parse` to fit in i64.
+        self.ne.iter().product()
+    }
+}
+
+/// What is wrong with a GGUF file. Offsets are absolute byte offsets in the file, of the field
+/// at fault (for a string: of its length prefix).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GgufError {
-    /// Placeholder until the parser lands.
-    #[error("GGUF parsing not implemented")]
-    Unimplemented,
+    /// The file does not start with the magic bytes `GGUF`.
+    #[error("bad magic {found:02x?}, expected \"GGUF\"")]
+    BadMagic {
+        /// the first four bytes of the file
+        found: [u8; 4],
+    },
+    /// The version field is byte-swapped: the file was written big-endian, and only
+    /// little-endian GGUF is supported.
+    #[error(
+        "version field {version:#010x} is byte-swapped: big-endian GGUF files are not supported"
+    )]
+    BigEndian {
+        /// the version field as read little-endian (`0x0300_0000` for a big-endian v3 file)
+        version: u32,
+    },
+    /// A GGUF version other than 2 or 3 (v1 used 32-bit counts and is obsolete).
+    #[error("unsupported GGUF version {version} (only 2 and 3 are supported)")]
+    UnsupportedVersion {
+        /// the version in the file
+        version: u32,
+    },
+    /// The file ends in the middle of a field, or before the padding that precedes the data.
+    #[error("file truncated: {need} bytes needed at offset {offset}")]
+    Truncated {
+        /// where the field starts
+        offset: u64,
+        /// bytes the field needs
+        need: u64,
+    },
+    /// A count that cannot be right: its items would take more bytes than are left in the file,
+    /// or it is above ggml's 2^30 cap on array elements.
+    #[error("{what} {count} at offset {offset} is larger than the file can hold")]
+    CountTooLarge {
+        /// which count: `"tensor_count"`, `"kv_count"` or `"array elements"`
+        what: &'static str,
+        /// the count in the file
+        count: u64,
+        /// where the count field is
+        offset: u64,
+    },
+    /// A string's declared length is above ggml's 2^30-byte cap or longer than the rest of
+    /// the file.
+    #[error(
+        "string at offset {offset} declares {len} bytes, more than the file holds or the 2^30 cap"
+    )]
+    StringTooLong {
+        /// the declared length
+        len: u64,
+        /// where the string's length prefix is
+        offset: u64,
+    },
+    /// A string (key, value or tensor name) that is not valid UTF-8.
+    #[error("string at offset {offset} is not valid UTF-8")]
+    InvalidUtf8 {
+        /// where the string's length prefix is
+        offset: u64,
+    },
+    /// A key or tensor name containing a NUL byte (ggml would cut it short there).
+    #[error("key or tensor name at offset {offset} contains a NUL byte")]
+    EmbeddedNul {
+        /// where the string's length prefix is
+        offset: u64,
+    },
+    /// A metadata key that is the empty string.
+    #[error("empty metadata key at offset {offset}")]
+    EmptyKey {
+        /// where the key is
+        offset: u64,
+    },
+    /// The same metadata key appears twice.
+    #[error("duplicate metadata key {key:?} at offset {offset}")]
+    DuplicateKey {
+        /// the key
+        key: String,
+        /// where its second occurrence is
+        offset: u64,
+    },
+    /// A value type (or array element type) outside 0..=12.
+    #[error("invalid value type {ty} at offset {offset}")]
+    BadValueType {
+        /// the type id in the file
+        ty: u32,
+        /// where the type field is
+        offset: u64,
+    },
+    /// An array whose element type is itself an array (ggml rejects nested arrays).
+    #[error("nested array at offset {offset}")]
+    NestedArray {
+        /// where the element type field is
+        offset: u64,
+    },
+    /// A bool value other than 0 or 1.
+    #[error("bool value {value} at offset {offset} is neither 0 nor 1")]
+    BadBool {
+        /// the byte in the file
+        value: u8,
+        /// where it is
+        offset: u64,
+    },
+    /// `general.alignment` is not a non-zero power of two.
+    #[error("general.alignment {value} is not a non-zero power of two")]
+    BadAlignment {
+        /// the value in the file
+        value: u32,
+    },
+    /// `general.alignment` is not a `u32` (ggml asserts the type).
+    #[error("general.alignment has type {ty:?}, expected u32")]
+    BadAlignmentType {
+        /// the type in the file
+        ty: GgufType,
+    },
+    /// A tensor name longer than 63 bytes.
+    #[error("tensor name {tensor:?} is {} bytes, more than 63", tensor.len())]
+    NameTooLong {
+        /// the name
+        tensor: String,
+    },
+    /// The same tensor name appears twice.
+    #[error("duplicate tensor name {name:?}")]
+    DuplicateTensor {
+        /// the name
+        name: String,
+    },
+    /// A tensor with more than 4 dimensions.
+    #[error("tensor {tensor:?} has {n_dims} dimensions, more than 4")]
+    TooManyDims {
+        /// the tensor
+        tensor: String,
+        /// its dimension count
+        n_dims: u32,
+    },
+    /// A dimension that is negative when read as `i64`.
+    #[error("tensor {tensor:?} dimension {dim} is negative ({value})")]
+    NegativeDim {
+        /// the tensor
+        tensor: String,
+        /// which dimension (GGUF order, 0 = innermost)
+        dim: u32,
+        /// the value as `i64`
+        value: i64,
+    },
+    /// A tensor whose element count overflows `i64`, or whose byte size overflows `u64` or
+    /// this machine's address space.
+    #[error("tensor {tensor:?} is too large: its element count or byte size overflows")]
+    DimOverflow {
+        /// the tensor
+        tensor: String,
+    },
+    /// A ggml type id that is unknown or removed.
+    #[error("tensor {tensor:?} has unknown ggml type {type_id}")]
+    UnknownType {
+        /// the tensor
+        tensor: String,
+        /// the type id in the file
+        type_id: u32,
+    },
+    /// A row length (`ne[0]`) that is not a whole number of blocks of the tensor's type.
+    #[error(
+        "tensor {tensor:?} has rows of {ne0} elements, not a multiple of its block size {block}"
+    )]
+    PartialBlock {
+        /// the tensor
+        tensor: String,
+        /// `ne[0]` (1 for a scalar)
+        ne0: u64,
+        /// the type's block size
+        block: u64,
+    },
+    /// A tensor offset that is not a multiple of the alignment.
+    #[error("tensor {tensor:?} has offset {offset}, not a multiple of the alignment")]
+    BadOffset {
+        /// the tensor
+        tensor: String,
+        /// its offset relative to the data blob
+        offset: u64,
+    },
+    /// A tensor offset other than the end of the previous tensor padded to the alignment: the
+    /// data is out of info order, overlaps, or has gaps.
+    #[error("tensor {tensor:?} has offset {got}, expected {expected} (data must follow info order, contiguous and padded)")]
+    OffsetMismatch {
+        /// the tensor
+        tensor: String,
+        /// the offset ggml requires
+        expected: u64,
+        /// the offset in the file
+        got: u64,
+    },
+    /// A tensor whose data runs past the end of the file.
+    #[error(
+        "tensor {tensor:?} data ends at byte {end}, past the end of the file ({file_len} bytes)"
+    )]
+    DataPastEof {
+        /// the tensor
+        tensor: String,
+        /// absolute offset one past its last byte (saturated at `u64::MAX`)
+        end: u64,
+        /// the file length
+        file_len: u64,
+    },
 }
 
-/// Read a GGUF file.
+/// A bounds-checked little-endian reader over the file's bytes.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn offset(&self) -> u64 {
+        self.pos as u64
+    }
+
+    fn remaining(&self) -> u64 {
+        self.buf.len().saturating_sub(self.pos) as u64
+    }
+
+    fn take(&mut self, n: u64) -> std::result::Result<&'a [u8], GgufError> {
+        let truncated = GgufError::Truncated {
+            offset: self.offset(),
+            need: n,
+        };
+        let bytes = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.pos.checked_add(n))
+            .and_then(|end| Some((end, self.buf.get(self.pos..end)?)));
+        let (end, bytes) = bytes.ok_or(truncated)?;
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn array<const N: usize>(&mut self) -> std::result::Result<[u8; N], GgufError> {
+        let at = self.offset();
+        let bytes = self.take(N as u64)?;
+        <[u8; N]>::try_from(bytes).map_err(|_| GgufError::Truncated {
+            offset: at,
+            need: N as u64,
+        })
+    }
+
+    fn u8(&mut self) -> std::result::Result<u8, GgufError> {
+        Ok(u8::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, GgufError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> std::result::Result<u64, GgufError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn i64(&mut self) -> std::result::Result<i64, GgufError> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+
+    /// A length-prefixed UTF-8 string, borrowed from the buffer.
+    fn str(&mut self) -> std::result::Result<&'a str, GgufError> {
+        let offset = self.offset();
+        let len = self.u64()?;
+        if len > MAX_STRING_LEN || len > self.remaining() {
+            return Err(GgufError::StringTooLong { len, offset });
+        }
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes).map_err(|_| GgufError::InvalidUtf8 { offset })
+    }
+
+    /// Check that `count` items of at least `min_size` bytes each can fit in the rest of the
+    /// file (and that `count` is at most `cap`), so that allocating `count` items is bounded by
+    /// the file size. Returns `count` as `usize`.
+    fn check_count(
+        &self,
+        what: &'static str,
+        count: u64,
+        min_size: u64,
+        cap: u64,
+        offset: u64,
+    ) -> std::result::Result<usize, GgufError> {
+        let fits = count <= cap
+            && count
+                .checked_mul(min_size)
+                .is_some_and(|b| b <= self.remaining());
+        fits.then(|| usize::try_from(count).ok())
+            .flatten()
+            .ok_or(GgufError::CountTooLarge {
+                what,
+                count,
+                offset,
+            })
+    }
+
+    /// One value of a non-array type.
+    fn scalar(&mut self, ty: GgufType) -> std::result::Result<GgufValue, GgufError> {
+        Ok(match ty {
+            GgufType::U8 => GgufValue::U8(self.u8()?),
+            GgufType::I8 => GgufValue::I8(i8::from_le_bytes(self.array()?)),
+            GgufType::U16 => GgufValue::U16(u16::from_le_bytes(self.array()?)),
+            GgufType::I16 => GgufValue::I16(i16::from_le_bytes(self.array()?)),
+            GgufType::U32 => GgufValue::U32(self.u32()?),
+            GgufType::I32 => GgufValue::I32(i32::from_le_bytes(self.array()?)),
+            GgufType::F32 => GgufValue::F32(f32::from_le_bytes(self.array()?)),
+            GgufType::Bool => {
+                let offset = self.offset();
+                match self.u8()? {
+                    0 => GgufValue::Bool(false),
+                    1 => GgufValue::Bool(true),
+                    value => return Err(GgufError::BadBool { value, offset }),
+                }
+            }
+            GgufType::String => GgufValue::String(self.str()?.to_owned()),
+            GgufType::U64 => GgufValue::U64(self.u64()?),
+            GgufType::I64 => GgufValue::I64(self.i64()?),
+            GgufType::F64 => GgufValue::F64(f64::from_le_bytes(self.array()?)),
+            GgufType::Array => {
+                // Unreachable from `value`, which handles arrays; refuse rather than recurse.
+                return Err(GgufError::NestedArray {
+                    offset: self.offset(),
+                });
+            }
+        })
+    }
+
+    /// One value of type `ty`; arrays hold scalars only.
+    fn value(&mut self, ty: GgufType) -> std::result::Result<GgufValue, GgufError> {
+        if ty != GgufType::Array {
+            return self.scalar(ty);
+        }
+        let ty_offset = self.offset();
+        let id = self.u32()?;
+        let elem = GgufType::from_id(id).ok_or(GgufError::BadValueType {
+            ty: id,
+            offset: ty_offset,
+        })?;
+        if elem == GgufType::Array {
+            return Err(GgufError::NestedArray { offset: ty_offset });
+        }
+        let count_offset = self.offset();
+        let count = self.u64()?;
+        let n = self.check_count(
+            "array elements",
+            count,
+            elem.min_size(),
+            MAX_ARRAY_LEN,
+            count_offset,
+        )?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(self.scalar(elem)?);
+        }
+        Ok(GgufValue::Array(elem, items))
+    }
+}
+
+/// `x` rounded up to a multiple of `align` (a non-zero power of two), or `None` on overflow.
+fn align_up(x: u64, align: u64) -> Option<u64> {
+    let mask = align.checked_sub(1)?;
+    Some(x.checked_add(mask)? & !mask)
+}
+
+/// Parse and validate a whole GGUF file held in `bytes`.
+///
+/// Returns the metadata (with [`GgufMetadata::alignment`] and [`GgufMetadata::data_offset`]
+/// filled in) and the tensor infos in file order, each checked to lie inside `bytes`. Never
+/// panics, and allocates at most a small multiple of `bytes.len()` whatever the file declares.
+/// See the module documentation for the checks made.
+pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorInfo>), GgufError> {
+    let mut cur = Cursor { buf: bytes, pos: 0 };
+
+    // Header.
+    let magic: [u8; 4] = cur.array()?;
+    if magic != MAGIC {
+        return Err(GgufError::BadMagic { found: magic });
+    }
+    let version = cur.u32()?;
+    // A byte-swapped small version has its low 16 bits zero (ggml's `(version & 0xFFFF) == 0`).
+    if version != 0 && version.trailing_zeros() >= 16 {
+        return Err(GgufError::BigEndian { version });
+    }
+    if !(2..=3).contains(&version) {
+        return Err(GgufError::UnsupportedVersion { version });
+    }
+    let tensor_count = cur.u64()?;
+    let kv_count = cur.u64()?;
+    // Both lists follow the header; each must fit in what is left (checked again, tighter,
+    // for the tensor infos once the metadata has been read).
+    cur.check_count(
+        "tensor_count",
+        tensor_count,
+        MIN_TENSOR_INFO_BYTES,
+        u64::MAX,
+        TENSOR_COUNT_OFFSET,
+    )?;
+    let n_kv = cur.check_count(
+        "kv_count",
+        kv_count,
+        MIN_KV_BYTES,
+        u64::MAX,
+        KV_COUNT_OFFSET,
+    )?;
+
+    // Key/value metadata.
+    let mut entries = Vec::with_capacity(n_kv);
+    let mut keys: HashSet<&str> = HashSet::with_capacity(n_kv);
+    for _ in 0..n_kv {
+        let offset = cur.offset();
+        let key = cur.str()?;
+        if key.is_empty() {
+            return Err(GgufError::EmptyKey { offset });
+        }
+        if key.contains('\0') {
+            return Err(GgufError::EmbeddedNul { offset });
+        }
+        if !keys.insert(key) {
+            return Err(GgufError::DuplicateKey {
+                key: key.to_owned(),
+                offset,
+            });
+        }
+        let ty_offset = cur.offset();
+        let id = cur.u32()?;
+        let ty = GgufType::from_id(id).ok_or(GgufError::BadValueType {
+            ty: id,
+            offset: ty_offset,
+        })?;
+        let value = cur.value(ty)?;
+        entries.push((key.to_owned(), value));
+    }
+    let alignment = match entries
+        .iter()
+        .find(|(k, _)| k == ALIGNMENT_KEY)
+        .map(|(_, v)| v)
+    {
+        None => DEFAULT_ALIGNMENT,
+        Some(&GgufValue::U32(value)) if value.is_power_of_two() => value,
+        Some(&GgufValue::U32(value)) => return Err(GgufError::BadAlignment { value }),
+        Some(other) => return Err(GgufError::BadAlignmentType { ty: other.ty() }),
+    };
+    let align = u64::from(alignment);
+
+    // Tensor infos.
+    let n_tensors = cur.check_count(
+        "tensor_count",
+        tensor_count,
+        MIN_TENSOR_INFO_BYTES,
+        u64::MAX,
+        TENSOR_COUNT_OFFSET,
+    )?;
+    let mut infos = Vec::with_capacity(n_tensors);
+    let mut names: HashSet<&str> = HashSet::with_capacity(n_tensors);
+    for _ in 0..n_tensors {
+        let name_offset = cur.offset();
+        let name = cur.str()?;
+        if name.len() > MAX_NAME_LEN {
+            return Err(GgufError::NameTooLong {
+                tensor: name.to_owned(),
+            });
+        }
+        if name.contains('\0') {
+            return Err(GgufError::EmbeddedNul {
+                offset: name_offset,
+            });
+        }
+        if !names.insert(name) {
+            return Err(GgufError::DuplicateTensor {
+                name: name.to_owned(),
+            });
+        }
+        let tensor = || name.to_owned();
+        let n_dims = cur.u32()?;
+        if n_dims > MAX_DIMS {
+            return Err(GgufError::TooManyDims {
+                tensor: tensor(),
+                n_dims,
+            });
+        }
+        let mut ne = Vec::with_capacity(MAX_DIMS as usize);
+        let mut numel: i64 = 1;
+        for dim in 0..n_dims {
+            let value = cur.i64()?;
+            let d = u64::try_from(value).map_err(|_| GgufError::NegativeDim {
+                tensor: tensor(),
+                dim,
+                value,
+            })?;
+            numel = numel
+                .checked_mul(value)
+                .ok_or_else(|| GgufError::DimOverflow { tensor: tensor() })?;
+            ne.push(d);
+        }
+        let type_id = cur.u32()?;
+        let dtype = DType::from_ggml(type_id).ok_or_else(|| GgufError::UnknownType {
+            tensor: tensor(),
+            type_id,
+        })?;
+        let ne0 = ne.first().copied().unwrap_or(1);
+        let block = dtype.block_size();
+        if ne0.checked_rem(block) != Some(0) {
+            return Err(GgufError::PartialBlock {
+                tensor: tensor(),
+                ne0,
+                block,
+            });
+        }
+        let nbytes = u64::try_from(numel)
+            .ok()
+            .and_then(|n| dtype.bytes_for(n).ok())
+            .filter(|&b| usize::try_from(b).is_ok())
+            .ok_or_else(|| GgufError::DimOverflow { tensor: tensor() })?;
+        let offset = cur.u64()?;
+        infos.push(GgufTensorInfo {
+            name: tensor(),
+            ne,
+            dtype,
+            offset,
+            absolute_offset: 0,
+            nbytes,
+        });
+    }
+
+    // Data blob: aligned when there are tensors (ggml seeks to the padded position only then).
+    let infos_end = cur.offset();
+    let file_len = bytes.len() as u64;
+    let data_offset = if infos.is_empty() {
+        infos_end
+    } else {
+        match align_up(infos_end, align) {
+            Some(start) if start <= file_len => start,
+            start => {
+                let need = start.map_or(align, |s| s.saturating_sub(infos_end));
+                return Err(GgufError::Truncated {
+                    offset: infos_end,
+                    need,
+                });
+            }
+        }
+    };
+    let mut expected: u64 = 0;
+    for t in &mut infos {
+        if t.offset.checked_rem(align) != Some(0) {
+            return Err(GgufError::BadOffset {
+                tensor: t.name.clone(),
+                offset: t.offset,
+            });
+        }
+        if t.offset != expected {
+            return Err(GgufError::OffsetMismatch {
+                tensor: t.name.clone(),
+                expected,
+                got: t.offset,
+            });
+        }
+        let absolute = data_offset.saturating_add(t.offset);
+        let end = absolute.saturating_add(t.nbytes);
+        if end > file_len {
+            return Err(GgufError::DataPastEof {
+                tensor: t.name.clone(),
+                end,
+                file_len,
+            });
+        }
+        t.absolute_offset = absolute;
+        // nbytes <= file_len here, so neither step can overflow; stay checked all the same.
+        expected = align_up(t.nbytes, align)
+            .and_then(|padded| expected.checked_add(padded))
+            .ok_or_else(|| GgufError::DataPastEof {
+                tensor: t.name.clone(),
+                end,
+                file_len,
+            })?;
+    }
+
+    let meta = GgufMetadata {
+        version,
+        entries,
+        alignment: align,
+        data_offset,
+    };
+    Ok((meta, infos))
+}
+
+/// Summarize the tokenizer stored in GGUF metadata.
+fn tokenizer_info(meta: &GgufMetadata) -> TokenizerInfo {
+    let text = |key: &str| meta.get(key).and_then(GgufValue::as_str);
+    TokenizerInfo {
+        kind: text("tokenizer.ggml.model")
+            .map_or_else(|| "none".to_owned(), |m| format!("gguf:{m}")),
+        files: Vec::new(),
+        vocab_size: match meta.get("tokenizer.ggml.tokens") {
+            Some(GgufValue::Array(_, tokens)) => Some(tokens.len() as u64),
+            _ => None,
+        },
+        pre: text("tokenizer.ggml.pre").map(str::to_owned),
+        chat_template: meta.get("tokenizer.chat_template").is_some(),
+    }
+}
+
+/// Read a GGUF file: map it, [`parse`] it, build the configuration from its `llama.*` metadata
+/// and assemble a [`Checkpoint`] whose tensors point into the map.
 pub fn read(path: &Path) -> Result<Checkpoint> {
-    Err(crate::Error::Gguf { path: path.into(), kind: GgufError::Unimplemented })
+    let file = MappedFile::open(path)?;
+    let (meta, infos) = parse(file.bytes()).map_err(|kind| Error::Gguf {
+        path: path.into(),
+        kind,
+    })?;
+    let has_output = infos.iter().any(|t| t.name == "output.weight");
+    let vocab_from_tensors = infos
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .and_then(|t| t.ne.get(1).copied());
+    let config = ModelConfig::from_gguf(&meta, has_output, vocab_from_tensors).map_err(|kind| {
+        Error::Config {
+            path: path.into(),
+            kind,
+        }
+    })?;
+    let tokenizer = tokenizer_info(&meta);
+    let raw = infos
+        .into_iter()
+        .map(|t| RawTensor {
+            shape: t.shape(),
+            layout: TensorLayout::Contiguous(Span {
+                file: 0,
+                offset: t.absolute_offset,
+                len: t.nbytes,
+            }),
+            name: t.name,
+            dtype: t.dtype,
+            file: 0,
+        })
+        .collect();
+    Checkpoint::assemble(
+        Format::Gguf,
+        path.into(),
+        config,
+        tokenizer,
+        vec![file],
+        raw,
+        Some(meta),
+    )
 }
