@@ -2,7 +2,7 @@
 //! typed roles and validated against its configuration.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use qforge_quantize::DType;
@@ -314,11 +314,11 @@ impl Checkpoint {
         let scheme = format.scheme();
         let mut notes = Vec::new();
         let mut tensors = Vec::with_capacity(raw.len());
-        let mut seen_names: HashMap<String, ()> = HashMap::with_capacity(raw.len());
+        let mut seen_names: HashSet<String> = HashSet::with_capacity(raw.len());
         let mut seen_keys: HashMap<TensorKey, String> = HashMap::with_capacity(raw.len());
         for r in raw {
             let file_path = files[r.file].path.clone();
-            if seen_names.insert(r.name.clone(), ()).is_some() {
+            if !seen_names.insert(r.name.clone()) {
                 return Err(Error::DuplicateTensor {
                     path: file_path,
                     name: r.name,
@@ -465,7 +465,7 @@ fn check_layout(
                 let end = last
                     .and_then(|l| l.checked_add(1))
                     .and_then(|e| e.checked_mul(dtype.block_bytes()));
-                if !end.is_some_and(|e| e <= storage.len) {
+                if end.is_none_or(|e| e > storage.len) {
                     return Err(bad(format!(
                         "strided view {shape:?}/{strides:?} reaches past its storage of {} bytes",
                         storage.len

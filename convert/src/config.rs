@@ -297,7 +297,7 @@ impl ModelConfig {
             num_layers: o.req_u64("n_layers")?,
             num_heads,
             num_kv_heads: o.u64("n_kv_heads")?.unwrap_or(num_heads),
-            head_dim: if num_heads > 0 { dim / num_heads } else { 0 },
+            head_dim: dim.checked_div(num_heads).unwrap_or(0),
             intermediate_size: meta_ffn_dim(dim, ffn_dim_multiplier, multiple_of),
             vocab_size,
             rope_theta: o.f64("rope_theta")?.unwrap_or(10000.0),
@@ -373,6 +373,7 @@ impl ModelConfig {
             .ok_or(ConfigError::Missing("llama.vocab_size"))?;
         let rope_scaling = match meta.get("llama.rope.scaling.type") {
             Some(GgufValue::String(t)) if t == "linear" => match float("rope.scaling.factor")? {
+                // a factor of exactly 1 is what writers emit for "no scaling"
                 Some(f) if f != 1.0 => Some(RopeScaling::Linear { factor: f }),
                 _ => None,
             },

@@ -242,7 +242,7 @@ fn edit_index(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 fn index_names_shard_outside_model_dir() {
     let dir = sharded_copy();
     edit_index(dir.path(), |v| {
-        v["weight_map"]["model.norm.weight"] = "../../etc/passwd".into()
+        v["weight_map"]["model.norm.weight"] = "../../etc/passwd".into();
     });
     assert!(
         matches!(st_kind(Checkpoint::open(dir.path())), SafetensorsError::ShardOutsideModel(n) if n == "../../etc/passwd")
