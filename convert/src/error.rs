@@ -132,6 +132,12 @@ pub enum Error {
         /// why
         reason: &'static str,
     },
+    /// The output path exists and overwriting was not asked for.
+    #[error("{}: output already exists (pass --overwrite to replace it, or choose another path)", path.display())]
+    OutputExists {
+        /// the destination
+        path: PathBuf,
+    },
     /// No tensor of that name in the checkpoint.
     #[error("no tensor named {0:?} in this checkpoint")]
     NoSuchTensor(String),

@@ -21,6 +21,7 @@ pub mod meta;
 mod mmap;
 pub mod names;
 pub mod pth;
+pub mod write;
 
 pub use checkpoint::{Checkpoint, Format, TensorEntry, TensorLayout, TokenizerInfo};
 pub use config::{ModelConfig, RopeScaling};

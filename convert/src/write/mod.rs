@@ -1,0 +1,404 @@
+//! Atomic, resumable, deterministic output.
+//!
+//! Every output (a model directory) is built in a staging sibling, `.<name>.qforge-partial`,
+//! next to the destination. Each file is written as `<file>.part`, hashed while it is written,
+//! fsynced, renamed to its final name inside the staging directory and recorded in
+//! `.qforge-progress.json` (itself replaced atomically). When every file is done, a
+//! `manifest.json` with the sha256 of each file is written and the staging directory is renamed
+//! to the destination in one step. So the destination either does not exist or is complete; an
+//! interrupted run leaves only the staging directory, and `--resume` continues from it,
+//! re-verifying the hash of every file it keeps.
+
+pub mod safetensors;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Name of the per-output manifest.
+pub const MANIFEST: &str = "manifest.json";
+const PROGRESS: &str = ".qforge-progress.json";
+
+/// A finished output file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// File name inside the output directory.
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Lower-case hex sha256 of the contents.
+    pub sha256: String,
+}
+
+/// How to treat an existing destination or staging directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutputOptions {
+    /// Continue from a staging directory left by an interrupted run.
+    pub resume: bool,
+    /// Replace an existing destination.
+    pub overwrite: bool,
+}
+
+/// An output directory being built (see the module docs).
+#[derive(Debug)]
+pub struct OutputDir {
+    dest: PathBuf,
+    staging: PathBuf,
+    done: BTreeMap<String, FileRecord>,
+    /// Files kept from an interrupted run (verified by hash).
+    pub resumed: Vec<String>,
+}
+
+/// A writer that hashes and counts what passes through it.
+#[derive(Debug)]
+pub struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Wrap `inner`.
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The inner writer and the hex sha256 of everything written.
+    pub fn finish(self) -> (W, String, u64) {
+        (self.inner, hex::encode(self.hasher.finalize()), self.bytes)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A file being written inside the staging directory.
+#[derive(Debug)]
+pub struct StagedFile {
+    name: String,
+    part: PathBuf,
+    writer: HashingWriter<BufWriter<File>>,
+}
+
+impl Write for StagedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.writer.write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+impl StagedFile {
+    /// The path being written (for error messages).
+    pub fn path(&self) -> &Path {
+        &self.part
+    }
+}
+
+/// sha256 and size of a file, read in 8 MiB chunks.
+pub fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((hex::encode(h.finalize()), total))
+}
+
+fn sync_dir(dir: &Path) {
+    // Directory fsync makes the renames durable; not all platforms support it.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut text =
+        serde_json::to_vec_pretty(value).map_err(|e| Error::io(path, io::Error::other(e)))?;
+    text.push(b'\n');
+    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(&text).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Reject names that would escape the output directory.
+fn check_name(dest: &Path, name: &str) -> Result<()> {
+    let ok = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::io(
+            dest,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad output file name {name:?}"),
+            ),
+        ))
+    }
+}
+
+impl OutputDir {
+    /// Start (or, with `resume`, continue) building `dest`.
+    pub fn begin(dest: &Path, opts: OutputOptions) -> Result<Self> {
+        let name = dest.file_name().ok_or_else(|| {
+            Error::io(
+                dest,
+                io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name"),
+            )
+        })?;
+        if dest.exists() && !opts.overwrite {
+            return Err(Error::OutputExists {
+                path: dest.to_owned(),
+            });
+        }
+        let parent = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let staging = parent.join(format!(".{}.qforge-partial", name.to_string_lossy()));
+        let mut out = OutputDir {
+            dest: dest.to_owned(),
+            staging,
+            done: BTreeMap::new(),
+            resumed: Vec::new(),
+        };
+        if out.staging.exists() {
+            if opts.resume {
+                out.load_progress()?;
+            } else {
+                std::fs::remove_dir_all(&out.staging).map_err(|e| Error::io(&out.staging, e))?;
+            }
+        }
+        std::fs::create_dir_all(&out.staging).map_err(|e| Error::io(&out.staging, e))?;
+        Ok(out)
+    }
+
+    /// Keep the files an interrupted run finished whose contents still match their recorded
+    /// hash; drop everything else.
+    fn load_progress(&mut self) -> Result<()> {
+        let p = self.staging.join(PROGRESS);
+        let records: Vec<FileRecord> = std::fs::read(&p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for r in records {
+            if check_name(&self.dest, &r.path).is_err() {
+                continue;
+            }
+            let path = self.staging.join(&r.path);
+            if path.is_file() && hash_file(&path)? == (r.sha256.clone(), r.bytes) {
+                self.resumed.push(r.path.clone());
+                self.done.insert(r.path.clone(), r);
+            }
+        }
+        Ok(())
+    }
+
+    /// The staging directory (where files are being written).
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+
+    /// The record of `name` if it is already finished (kept from an interrupted run).
+    pub fn finished(&self, name: &str) -> Option<&FileRecord> {
+        self.done.get(name)
+    }
+
+    /// Start writing `name`.
+    pub fn create(&self, name: &str) -> Result<StagedFile> {
+        check_name(&self.dest, name)?;
+        let part = self.staging.join(format!("{name}.part"));
+        let f = File::create(&part).map_err(|e| Error::io(&part, e))?;
+        Ok(StagedFile {
+            name: name.to_owned(),
+            part,
+            writer: HashingWriter::new(BufWriter::with_capacity(8 << 20, f)),
+        })
+    }
+
+    /// Finish a file: flush, fsync, rename into place and record it.
+    pub fn finish(&mut self, file: StagedFile) -> Result<FileRecord> {
+        let StagedFile { name, part, writer } = file;
+        let (buf, sha256, bytes) = writer.finish();
+        let f = buf
+            .into_inner()
+            .map_err(|e| Error::io(&part, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&part, e))?;
+        drop(f);
+        let final_path = self.staging.join(&name);
+        std::fs::rename(&part, &final_path).map_err(|e| Error::io(&final_path, e))?;
+        let record = FileRecord {
+            path: name.clone(),
+            bytes,
+            sha256,
+        };
+        self.done.insert(name, record.clone());
+        write_json_atomic(
+            &self.staging.join(PROGRESS),
+            &self.done.values().collect::<Vec<_>>(),
+        )?;
+        Ok(record)
+    }
+
+    /// Write a small file in one go.
+    pub fn write_file(&mut self, name: &str, contents: &[u8]) -> Result<FileRecord> {
+        let mut f = self.create(name)?;
+        f.write_all(contents).map_err(|e| Error::io(f.path(), e))?;
+        self.finish(f)
+    }
+
+    /// Write `manifest.json` (every file with its size and sha256, plus `extra` fields) and move
+    /// the finished directory to its destination.
+    pub fn commit(
+        self,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Vec<FileRecord>> {
+        let files: Vec<FileRecord> = self.done.values().cloned().collect();
+        let mut manifest = serde_json::Map::new();
+        manifest.insert(
+            "generator".into(),
+            format!("qforge {}", env!("CARGO_PKG_VERSION")).into(),
+        );
+        manifest.extend(extra);
+        manifest.insert(
+            "files".into(),
+            serde_json::to_value(&files).map_err(|e| Error::io(&self.dest, io::Error::other(e)))?,
+        );
+        write_json_atomic(&self.staging.join(MANIFEST), &manifest)?;
+        let progress = self.staging.join(PROGRESS);
+        std::fs::remove_file(&progress).map_err(|e| Error::io(&progress, e))?;
+        sync_dir(&self.staging);
+        if self.dest.exists() {
+            // --overwrite: move the old output aside first so the swap is one rename.
+            let old = self.staging.with_extension("qforge-old");
+            std::fs::rename(&self.dest, &old).map_err(|e| Error::io(&self.dest, e))?;
+            std::fs::rename(&self.staging, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+            if old.is_dir() {
+                std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            } else {
+                std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+            }
+        } else {
+            std::fs::rename(&self.staging, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        }
+        if let Some(parent) = self.dest.parent() {
+            sync_dir(parent);
+        }
+        Ok(files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_appears_only_on_commit_and_resume_keeps_verified_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("out");
+        let mut out = OutputDir::begin(&dest, OutputOptions::default()).unwrap();
+        out.write_file("a.bin", b"hello").unwrap();
+        let mut b = out.create("b.bin").unwrap();
+        b.write_all(b"half-writ").unwrap();
+        drop(b); // interrupted mid-file
+        drop(out);
+        assert!(!dest.exists());
+
+        // Corrupt nothing: a.bin is kept, b.bin (never finished) is redone.
+        let mut out = OutputDir::begin(
+            &dest,
+            OutputOptions {
+                resume: true,
+                overwrite: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(out.resumed, vec!["a.bin".to_owned()]);
+        assert!(out.finished("b.bin").is_none());
+        out.write_file("b.bin", b"whole").unwrap();
+        let files = out.commit(serde_json::Map::new()).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(std::fs::read(dest.join("b.bin")).unwrap(), b"whole");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dest.join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(
+            manifest["files"][0]["sha256"],
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert!(!dest.join(PROGRESS).exists());
+        assert!(matches!(
+            OutputDir::begin(&dest, OutputOptions::default()),
+            Err(Error::OutputExists { .. })
+        ));
+    }
+
+    #[test]
+    fn resume_drops_files_whose_hash_changed() {
+        let root = tempfile::tempdir().unwrap();
+        let dest = root.path().join("out");
+        let mut out = OutputDir::begin(&dest, OutputOptions::default()).unwrap();
+        out.write_file("a.bin", b"hello").unwrap();
+        let staging = out.staging().to_owned();
+        drop(out);
+        std::fs::write(staging.join("a.bin"), b"HELLO").unwrap();
+        let out = OutputDir::begin(
+            &dest,
+            OutputOptions {
+                resume: true,
+                overwrite: false,
+            },
+        )
+        .unwrap();
+        assert!(out.resumed.is_empty());
+    }
+
+    #[test]
+    fn rejects_escaping_names() {
+        let root = tempfile::tempdir().unwrap();
+        let out = OutputDir::begin(&root.path().join("o"), OutputOptions::default()).unwrap();
+        for bad in ["../x", "a/b", "", ".hidden"] {
+            assert!(out.create(bad).is_err(), "{bad}");
+        }
+    }
+}
