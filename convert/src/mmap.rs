@@ -27,10 +27,14 @@ impl MappedFile {
         } else {
             // SAFETY: read-only map of a file we only read; see the contract above.
             #[allow(unsafe_code)]
-            let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, e))?;
+            let map = unsafe { memmap2::MmapOptions::new().map(&file) }
+                .map_err(|e| Error::io(path, e))?;
             Some(map)
         };
-        Ok(MappedFile { path: path.to_owned(), map })
+        Ok(MappedFile {
+            path: path.to_owned(),
+            map,
+        })
     }
 
     /// All bytes of the file.
