@@ -22,6 +22,12 @@ pub enum Command {
         qforge inspect ./Llama-3.1-8B --tensor model.layers.0.self_attn.q_proj.weight --stats\n  \
         qforge inspect model.gguf --dump out/   # every tensor dequantized to raw f32 files")]
     Inspect(InspectArgs),
+    /// Convert a checkpoint to another format (streamed, atomic, resumable).
+    #[command(after_help = "Examples:\n  \
+        qforge convert SmolLM2-135M-Instruct.Q4_1.gguf smollm2-hf --to hf --dtype bf16\n  \
+        qforge convert ./Meta-Llama-3.1-8B ./llama31-8b-hf --to hf --shard-size 5GB\n  \
+        qforge convert ./model.gguf ./out --to hf --resume   # continue an interrupted run")]
+    Convert(ConvertArgs),
 }
 
 #[derive(Debug, Args)]
@@ -42,4 +48,78 @@ pub struct InspectArgs {
     /// (raw little-endian f32, row-major).
     #[arg(long, value_name = "DIR")]
     pub dump: Option<PathBuf>,
+}
+
+/// Output format of `qforge convert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConvertTarget {
+    /// Hugging Face safetensors directory.
+    Hf,
+}
+
+/// Float dtype for converted tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloatDtype {
+    /// bfloat16
+    Bf16,
+    /// IEEE half
+    F16,
+    /// IEEE single
+    F32,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Input checkpoint (.gguf file, HF directory or Meta directory).
+    pub input: PathBuf,
+    /// Output directory (created atomically: it appears only when complete).
+    pub output: PathBuf,
+    /// Output format.
+    #[arg(long)]
+    pub to: ConvertTarget,
+    /// Dtype of every output tensor [default: keep float tensors, decode quantized ones to f32].
+    #[arg(long)]
+    pub dtype: Option<FloatDtype>,
+    /// Largest safetensors shard, e.g. 5GB, 500MB, 2GiB.
+    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    pub shard_size: u64,
+    /// Continue an interrupted run from its staging directory (finished files are re-verified).
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// Parse a byte size with an optional decimal (KB, MB, GB, TB) or binary (KiB, MiB, GiB) unit.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 5GB or 500MiB"))?;
+    let bytes = value * mult as f64;
+    if !(1.0..1e18).contains(&bytes) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(bytes as u64)
 }

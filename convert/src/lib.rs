@@ -15,12 +15,14 @@
 pub mod checkpoint;
 pub mod config;
 mod error;
+pub mod export;
 pub mod gguf;
 pub mod hf;
 pub mod meta;
 mod mmap;
 pub mod names;
 pub mod pth;
+pub mod rope;
 pub mod write;
 
 pub use checkpoint::{Checkpoint, Format, TensorEntry, TensorLayout, TokenizerInfo};

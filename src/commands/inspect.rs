@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use qforge_convert::gguf::{GgufMetadata, GgufValue};
+use qforge_convert::gguf::{GgufArray, GgufMetadata, GgufValue};
 use qforge_convert::{Checkpoint, TensorEntry, TensorLayout};
 use serde_json::{json, Value};
 
@@ -158,7 +158,29 @@ fn gguf_value_json(v: &GgufValue) -> Value {
         GgufValue::F64(x) => json!(x),
         GgufValue::Bool(x) => json!(x),
         GgufValue::String(s) => json!(s),
-        GgufValue::Array(_, items) => Value::Array(items.iter().map(gguf_value_json).collect()),
+        GgufValue::Array(a) => gguf_array_json(a),
+    }
+}
+
+/// The elements of a GGUF array as a JSON array of their values (`f32` widened exactly to
+/// `f64`, as for scalars).
+fn gguf_array_json(a: &GgufArray) -> Value {
+    fn each<T>(items: &[T], f: impl Fn(&T) -> Value) -> Value {
+        Value::Array(items.iter().map(f).collect())
+    }
+    match a {
+        GgufArray::U8(v) => each(v, |x| json!(x)),
+        GgufArray::I8(v) => each(v, |x| json!(x)),
+        GgufArray::U16(v) => each(v, |x| json!(x)),
+        GgufArray::I16(v) => each(v, |x| json!(x)),
+        GgufArray::U32(v) => each(v, |x| json!(x)),
+        GgufArray::I32(v) => each(v, |x| json!(x)),
+        GgufArray::U64(v) => each(v, |x| json!(x)),
+        GgufArray::I64(v) => each(v, |x| json!(x)),
+        GgufArray::F32(v) => each(v, |x| json!(f64::from(*x))),
+        GgufArray::F64(v) => each(v, |x| json!(x)),
+        GgufArray::Bool(v) => each(v, |x| json!(x)),
+        GgufArray::String(v) => Value::Array(v.iter().map(|s| json!(s)).collect()),
     }
 }
 
@@ -168,8 +190,8 @@ fn gguf_json(m: &GgufMetadata) -> Value {
         .iter()
         .map(|(k, v)| {
             let mut e = json!({"key": k, "type": v.ty(), "value": gguf_value_json(v)});
-            if let GgufValue::Array(t, _) = v {
-                e["elem_type"] = json!(t);
+            if let GgufValue::Array(a) = v {
+                e["elem_type"] = json!(a.elem_type());
             }
             e
         })

@@ -1,0 +1,402 @@
+//! Writing checkpoints in Hugging Face layout: `config.json`, sharded safetensors with
+//! `model.safetensors.index.json`, and the conversion of any readable checkpoint into it.
+//!
+//! Tensors are produced one at a time (decoded, converted, permuted) and streamed into their
+//! shard, so memory follows the largest tensor, not the model. Shards are planned from shapes
+//! alone, so the output is deterministic and a resumed run produces the same bytes.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use qforge_quantize::DType;
+use serde_json::{json, Value};
+
+use crate::checkpoint::{Checkpoint, Format, TensorEntry};
+use crate::config::{ModelConfig, RopeScaling};
+use crate::error::{Error, Result};
+use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
+use crate::rope::{permute_rows, RopeLayout};
+use crate::write::safetensors::{plan, TensorSpec, Writer};
+use crate::write::{FileRecord, OutputDir, OutputOptions};
+
+/// transformers' default shard size (`max_shard_size="5GB"`).
+pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;
+
+/// The torch dtype name transformers writes in `config.json` for a dtype.
+pub fn torch_dtype_name(d: DType) -> &'static str {
+    d.info().torch.unwrap_or("float32")
+}
+
+/// `config.json` for a `LlamaForCausalLM` with this configuration (transformers 4.x keys;
+/// transformers 5 reads them too).
+pub fn hf_config_json(cfg: &ModelConfig, dtype: DType) -> Value {
+    let rope_scaling = match &cfg.rope_scaling {
+        None => Value::Null,
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => json!({
+            "factor": factor, "high_freq_factor": high_freq_factor, "low_freq_factor": low_freq_factor,
+            "original_max_position_embeddings": original_max_position_embeddings, "rope_type": "llama3",
+        }),
+        Some(RopeScaling::Linear { factor }) => json!({"factor": factor, "rope_type": "linear"}),
+    };
+    let eos = match cfg.eos_token_ids.as_slice() {
+        [] => Value::Null,
+        [one] => json!(one),
+        many => json!(many),
+    };
+    json!({
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": false,
+        "attention_dropout": 0.0,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": eos,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": cfg.hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": cfg.intermediate_size,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "mlp_bias": false,
+        "model_type": "llama",
+        "num_attention_heads": cfg.num_heads,
+        "num_hidden_layers": cfg.num_layers,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "pretraining_tp": 1,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_scaling": rope_scaling,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "torch_dtype": torch_dtype_name(dtype),
+        "use_cache": true,
+        "vocab_size": cfg.vocab_size,
+    })
+}
+
+/// Produces one output tensor's bytes into the buffer it is given.
+pub type Producer<'a> = Box<dyn Fn(&mut Vec<u8>) -> Result<()> + 'a>;
+
+/// A tensor to write and how to make its bytes.
+pub struct OutTensor<'a> {
+    /// Name, dtype and shape in the output.
+    pub spec: TensorSpec,
+    /// Makes the bytes (exactly the spec's size).
+    pub produce: Producer<'a>,
+}
+
+/// Shard `tensors` (in the given order) into files of at most `shard_size` bytes of tensor data
+/// (a tensor larger than that gets a shard of its own), as transformers does.
+fn shard(tensors: Vec<OutTensor<'_>>, shard_size: u64) -> Vec<Vec<OutTensor<'_>>> {
+    let mut shards: Vec<Vec<OutTensor<'_>>> = Vec::new();
+    let mut current = 0u64;
+    for t in tensors {
+        let size = t
+            .spec
+            .dtype
+            .bytes_for(t.spec.shape.iter().product())
+            .unwrap_or(0);
+        if shards.is_empty() || (current + size > shard_size && current > 0) {
+            shards.push(Vec::new());
+            current = 0;
+        }
+        current += size;
+        if let Some(s) = shards.last_mut() {
+            s.push(t);
+        }
+    }
+    shards
+}
+
+/// Write `tensors` as HF safetensors shards (plus index when there is more than one) into the
+/// staging directory of `out`. Shards already finished by an interrupted run are skipped.
+pub fn write_safetensors_shards(
+    out: &mut OutputDir,
+    tensors: Vec<OutTensor<'_>>,
+    shard_size: u64,
+) -> Result<Vec<FileRecord>> {
+    let shards = shard(tensors, shard_size.max(1));
+    let n = shards.len();
+    let names: Vec<String> = (1..=n)
+        .map(|i| {
+            if n == 1 {
+                "model.safetensors".to_owned()
+            } else {
+                format!("model-{i:05}-of-{n:05}.safetensors")
+            }
+        })
+        .collect();
+    let meta: BTreeMap<String, String> = [("format".to_owned(), "pt".to_owned())].into();
+    let mut weight_map = BTreeMap::new();
+    let mut total = 0u64;
+    let mut records = Vec::new();
+    for (name, tensors) in names.iter().zip(shards) {
+        let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
+        for s in &specs {
+            weight_map.insert(s.name.clone(), name.clone());
+            total += s.dtype.bytes_for(s.shape.iter().product()).unwrap_or(0);
+        }
+        if let Some(r) = out.finished(name) {
+            records.push(r.clone());
+            continue;
+        }
+        let p = plan(specs, &meta)?;
+        let mut by_name: BTreeMap<String, OutTensor<'_>> = tensors
+            .into_iter()
+            .map(|t| (t.spec.name.clone(), t))
+            .collect();
+        let file = out.create(name)?;
+        let path = file.path().to_owned();
+        let mut w = Writer::new(file, p).map_err(|e| Error::io(&path, e))?;
+        let mut buf = Vec::new();
+        while let Some(tname) = w.next_name().map(str::to_owned) {
+            let t = by_name
+                .remove(&tname)
+                .ok_or_else(|| Error::NoSuchTensor(tname.clone()))?;
+            buf.clear();
+            (t.produce)(&mut buf)?;
+            w.write_tensor(&tname, &buf)
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        let file = w.finish().map_err(|e| Error::io(&path, e))?;
+        records.push(out.finish(file)?);
+    }
+    if n > 1 && out.finished(crate::hf::INDEX_FILE).is_none() {
+        let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let mut text = serde_json::to_vec_pretty(&index)
+            .map_err(|e| Error::io(out.staging(), std::io::Error::other(e)))?;
+        text.push(b'\n');
+        records.push(out.write_file(crate::hf::INDEX_FILE, &text)?);
+    }
+    Ok(records)
+}
+
+/// Encode f32 values as `dtype` (F32, F16 with IEEE round-to-nearest-even and overflow to ±inf,
+/// or BF16 with round-to-nearest-even and NaN kept NaN), appending to `out`.
+pub fn encode_float(values: &[f32], dtype: DType, out: &mut Vec<u8>) -> Option<()> {
+    match dtype {
+        DType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+        DType::F16 => out.extend(
+            values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes()),
+        ),
+        DType::BF16 => out.extend(
+            values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()),
+        ),
+        _ => return None,
+    }
+    Some(())
+}
+
+/// Canonical HF order: embeddings, each layer's tensors, final norm, LM head.
+fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
+    let kind_rank = |k: LayerTensor| match k {
+        LayerTensor::Q => 0,
+        LayerTensor::K => 1,
+        LayerTensor::V => 2,
+        LayerTensor::O => 3,
+        LayerTensor::Gate => 4,
+        LayerTensor::Up => 5,
+        LayerTensor::Down => 6,
+        LayerTensor::AttnNorm => 7,
+        LayerTensor::FfnNorm => 8,
+    };
+    match key.id {
+        TensorId::TokenEmbedding => (0, 0, 0),
+        TensorId::Layer { index, kind } => (1 + index, kind_rank(kind), key.part as u32),
+        TensorId::OutputNorm => (u32::MAX - 1, 0, 0),
+        TensorId::Output => (u32::MAX, 0, 0),
+        TensorId::RopeFreqs => (u32::MAX, 1, 0),
+    }
+}
+
+/// How the source stores Q/K rows relative to HF.
+pub(crate) fn rope_direction(from: Format, to: Format) -> Option<RopeLayout> {
+    match (from == Format::Hf, to == Format::Hf) {
+        (false, true) => Some(RopeLayout::ToHf),
+        (true, false) => Some(RopeLayout::FromHf),
+        _ => None,
+    }
+}
+
+/// Number of heads whose rows a Q or K tensor holds, if it is one.
+pub(crate) fn rope_heads(cfg: &ModelConfig, key: TensorKey) -> Option<usize> {
+    match key.id {
+        TensorId::Layer {
+            kind: LayerTensor::Q,
+            ..
+        } => Some(cfg.num_heads as usize),
+        TensorId::Layer {
+            kind: LayerTensor::K,
+            ..
+        } => Some(cfg.num_kv_heads as usize),
+        _ => None,
+    }
+}
+
+/// The bytes of `t` in `dtype` (converted through f32 when it differs), with Q/K rows permuted
+/// in direction `rope` when given.
+pub fn tensor_bytes(
+    ckpt: &Checkpoint,
+    t: &TensorEntry,
+    dtype: DType,
+    rope: Option<RopeLayout>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let raw: Cow<'_, [u8]> = if dtype == t.dtype {
+        ckpt.bytes(t)?
+    } else {
+        let values = ckpt.to_f32(t)?;
+        let mut v = Vec::with_capacity(values.len() * dtype.block_bytes() as usize);
+        encode_float(&values, dtype, &mut v).ok_or_else(|| Error::UnsupportedDType {
+            path: ckpt.path.clone(),
+            tensor: t.name.clone(),
+            dtype,
+            reason: "conversion targets are F32, F16 and BF16",
+        })?;
+        Cow::Owned(v)
+    };
+    match (rope, rope_heads(&ckpt.config, t.key)) {
+        (Some(dir), Some(heads)) => {
+            let rows = t.shape.first().copied().unwrap_or(0) as usize;
+            let row_bytes = raw.len() / rows.max(1);
+            out.extend_from_slice(&permute_rows(
+                &raw,
+                heads,
+                ckpt.config.head_dim as usize,
+                row_bytes,
+                dir,
+            ));
+        }
+        _ => out.extend_from_slice(&raw),
+    }
+    Ok(())
+}
+
+/// Options for [`convert_to_hf`].
+#[derive(Debug, Clone, Copy)]
+pub struct HfOptions {
+    /// Output dtype for every tensor; `None` keeps float tensors as they are and decodes
+    /// quantized ones to F32 (exact).
+    pub dtype: Option<DType>,
+    /// Largest shard, in bytes of tensor data.
+    pub shard_size: u64,
+    /// Resume / overwrite policy.
+    pub output: OutputOptions,
+}
+
+/// What a conversion wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Files with sizes and hashes.
+    pub files: Vec<FileRecord>,
+    /// Files kept from an interrupted run.
+    pub resumed: Vec<String>,
+    /// Things the user should know (skipped tensors, assumptions).
+    pub notes: Vec<String>,
+}
+
+/// Convert any checkpoint to a Hugging Face directory at `dest`.
+pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<Written> {
+    let mut notes = ckpt.notes.clone();
+    let rope = rope_direction(ckpt.format, Format::Hf);
+    let mut entries: Vec<&TensorEntry> = Vec::new();
+    for t in &ckpt.tensors {
+        if t.key.part != Part::Weight {
+            return Err(Error::UnsupportedDType {
+                path: ckpt.path.clone(),
+                tensor: t.name.clone(),
+                dtype: t.dtype,
+                reason: "quantized HF checkpoints must be dequantized before conversion",
+            });
+        }
+        if t.key.id == TensorId::RopeFreqs {
+            notes.push(format!(
+                "{} not written: HF computes rope frequencies from config.json",
+                t.name
+            ));
+            continue;
+        }
+        entries.push(t);
+    }
+    entries.sort_by_key(|t| hf_order(&t.key));
+    let out_dtype = |t: &TensorEntry| match opts.dtype {
+        Some(d) => d,
+        None if matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) => t.dtype,
+        None => DType::F32,
+    };
+    let main_dtype = opts.dtype.unwrap_or_else(|| {
+        let mut h: BTreeMap<DType, u64> = BTreeMap::new();
+        for t in &entries {
+            *h.entry(out_dtype(t)).or_default() += t.numel();
+        }
+        h.into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map_or(DType::BF16, |(d, _)| d)
+    });
+    let tensors: Vec<OutTensor<'_>> = entries
+        .iter()
+        .map(|&t| {
+            let dtype = out_dtype(t);
+            let name = NameScheme::Hf.name(t.key).unwrap_or_else(|| t.name.clone());
+            OutTensor {
+                spec: TensorSpec {
+                    name,
+                    dtype,
+                    shape: t.shape.clone(),
+                },
+                produce: Box::new(move |buf: &mut Vec<u8>| tensor_bytes(ckpt, t, dtype, rope, buf)),
+            }
+        })
+        .collect();
+    let mut out = OutputDir::begin(dest, opts.output)?;
+    let resumed = out.resumed.clone();
+    write_safetensors_shards(&mut out, tensors, opts.shard_size)?;
+    let config = hf_config_json(&ckpt.config, main_dtype);
+    let mut text = serde_json::to_vec_pretty(&config)
+        .map_err(|e| Error::io(dest, std::io::Error::other(e)))?;
+    text.push(b'\n');
+    out.write_file("config.json", &text)?;
+    if ckpt.format == Format::Hf {
+        // Carry tokenizer and generation files over unchanged.
+        let dir = if ckpt.path.is_dir() {
+            ckpt.path.clone()
+        } else {
+            ckpt.path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        };
+        for name in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "generation_config.json",
+            "chat_template.jinja",
+            "tokenizer.model",
+        ] {
+            let p = dir.join(name);
+            if p.is_file() {
+                let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+                out.write_file(name, &bytes)?;
+            }
+        }
+    } else {
+        notes.push(
+            "tokenizer files are not converted yet: copy or convert the tokenizer separately"
+                .into(),
+        );
+    }
+    // No paths or times in the manifest: the same input gives the same bytes wherever it lives.
+    let mut extra = serde_json::Map::new();
+    extra.insert("source_format".into(), json!(ckpt.format));
+    let files = out.commit(extra)?;
+    Ok(Written {
+        files,
+        resumed,
+        notes,
+    })
+}
