@@ -1,0 +1,225 @@
+//! Killing `qforge convert` with SIGKILL at random points never leaves a partial output at the
+//! destination, and `--resume` then finishes with bytes identical to an uninterrupted run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qforge_convert::write::safetensors::{plan, TensorSpec, Writer};
+use qforge_quantize::DType;
+
+const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
+
+/// A random Llama-shaped BF16 HF checkpoint of about 60 MB.
+fn make_model(dir: &Path) {
+    let (hidden, layers, heads, kv, ffn, vocab) = (512u64, 4u64, 8u64, 2u64, 1536u64, 16384u64);
+    let hd = hidden / heads;
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+        "intermediate_size": ffn, "num_attention_heads": heads, "num_hidden_layers": layers,
+        "num_key_value_heads": kv, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "vocab_size": vocab,
+        "max_position_embeddings": 8192, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut specs = vec![
+        ("model.embed_tokens.weight".to_owned(), vec![vocab, hidden]),
+        ("lm_head.weight".to_owned(), vec![vocab, hidden]),
+        ("model.norm.weight".to_owned(), vec![hidden]),
+    ];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        specs.extend([
+            (format!("{p}.input_layernorm.weight"), vec![hidden]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![hidden]),
+            (
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![heads * hd, hidden],
+            ),
+            (
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![kv * hd, hidden],
+            ),
+            (
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![kv * hd, hidden],
+            ),
+            (
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![hidden, heads * hd],
+            ),
+            (format!("{p}.mlp.gate_proj.weight"), vec![ffn, hidden]),
+            (format!("{p}.mlp.up_proj.weight"), vec![ffn, hidden]),
+            (format!("{p}.mlp.down_proj.weight"), vec![hidden, ffn]),
+        ]);
+    }
+    let specs: Vec<TensorSpec> = specs
+        .into_iter()
+        .map(|(name, shape)| TensorSpec {
+            name,
+            dtype: DType::BF16,
+            shape,
+        })
+        .collect();
+    let p = plan(specs, &BTreeMap::new()).unwrap();
+    let f = std::io::BufWriter::new(std::fs::File::create(dir.join("model.safetensors")).unwrap());
+    let mut w = Writer::new(f, p.clone()).unwrap();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for (spec, start, end) in &p.tensors {
+        let bytes: Vec<u8> = (0..(end - start) / 2)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                // bf16 with a small exponent range: finite, varied
+                let bits = (0x3C00u16 | (state as u16 & 0x03FF)) ^ ((state >> 20) as u16 & 0x8000);
+                bits.to_le_bytes()
+            })
+            .collect();
+        w.write_tensor(&spec.name, &bytes).unwrap();
+    }
+    use std::io::Write;
+    w.finish().unwrap().flush().unwrap();
+}
+
+fn convert(model: &Path, out: &Path, resume: bool) -> Command {
+    let mut c = Command::new(QFORGE);
+    c.args(["convert"]).arg(model).arg(out).args([
+        "--to",
+        "hf",
+        "--dtype",
+        "f32",
+        "--shard-size",
+        "8MB",
+    ]);
+    if resume {
+        c.arg("--resume");
+    }
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p: PathBuf = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The destination either does not exist or is complete (manifest lists every file, hashes match).
+fn check_destination(out: &Path) {
+    if !out.exists() {
+        return;
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("manifest.json")).expect("complete output has a manifest"),
+    )
+    .unwrap();
+    for f in manifest["files"].as_array().unwrap() {
+        let bytes = std::fs::read(out.join(f["path"].as_str().unwrap())).unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            f["sha256"].as_str().unwrap()
+        );
+    }
+}
+
+#[test]
+fn sigkill_then_resume_is_byte_identical() {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    make_model(&model);
+    let reference = root.path().join("reference");
+    let started = std::time::Instant::now();
+    assert!(convert(&model, &reference, false)
+        .status()
+        .unwrap()
+        .success());
+    let full = started.elapsed();
+    let want = files(&reference);
+    assert!(
+        want.keys().filter(|k| k.ends_with(".safetensors")).count() > 4,
+        "need several shards to interrupt"
+    );
+
+    let out = root.path().join("out");
+    let mut seed = 12345u64;
+    let mut kills = 0;
+    for attempt in 0..40 {
+        let mut child = convert(&model, &out, attempt > 0).spawn().unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        // Kill somewhere in the first 90% of a full run's time.
+        let delay = full.mul_f64(0.9 * ((seed >> 33) as f64 / f64::from(u32::MAX)));
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap().is_some();
+        if !finished {
+            child.kill().unwrap(); // SIGKILL on Unix
+            kills += 1;
+        }
+        child.wait().unwrap();
+        check_destination(&out);
+        if out.exists() {
+            break;
+        }
+    }
+    if !out.exists() {
+        assert!(convert(&model, &out, true).status().unwrap().success());
+    }
+    assert!(kills >= 1, "no run was interrupted");
+    eprintln!("{kills} SIGKILLs before the output completed");
+    assert_eq!(
+        files(&out),
+        want,
+        "resumed output differs from an uninterrupted run"
+    );
+    let staging = root.path().join(".out.qforge-partial");
+    assert!(!staging.exists(), "staging directory left behind");
+}
+
+#[test]
+fn output_is_independent_of_thread_count() {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    make_model(&model);
+    let a = root.path().join("a");
+    let b = root.path().join("b");
+    assert!(convert(&model, &a, false)
+        .env("RAYON_NUM_THREADS", "1")
+        .status()
+        .unwrap()
+        .success());
+    assert!(convert(&model, &b, false)
+        .env("RAYON_NUM_THREADS", "2")
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(files(&a), files(&b));
+}
+
+#[test]
+fn existing_output_is_refused_without_overwrite() {
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("exists");
+    std::fs::create_dir(&out).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/hf");
+    let o = convert(&fixture, &out, false)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("already exists") && err.contains("--overwrite"),
+        "{err}"
+    );
+}
