@@ -55,6 +55,8 @@ pub struct InspectArgs {
 pub enum ConvertTarget {
     /// Hugging Face safetensors directory.
     Hf,
+    /// A single GGUF file (llama.cpp).
+    Gguf,
 }
 
 /// Float dtype for converted tensors.

@@ -17,7 +17,7 @@ fn make_model(dir: &Path) {
     let config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
         "intermediate_size": ffn, "num_attention_heads": heads, "num_hidden_layers": layers,
-        "num_key_value_heads": kv, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "vocab_size": vocab,
+        "num_key_value_heads": kv, "rms_norm_eps": 1e-5, "rope_theta": 500_000.0, "vocab_size": vocab,
         "max_position_embeddings": 8192, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
     });
     std::fs::create_dir_all(dir).unwrap();
@@ -156,8 +156,8 @@ fn sigkill_then_resume_is_byte_identical() {
     for attempt in 0..40 {
         let mut child = convert(&model, &out, attempt > 0).spawn().unwrap();
         seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         // Kill somewhere in the first 90% of a full run's time.
         let delay = full.mul_f64(0.9 * ((seed >> 33) as f64 / f64::from(u32::MAX)));
         std::thread::sleep(delay);

@@ -364,7 +364,7 @@ impl ModelConfig {
             }
         }
         let tokens = match meta.get("tokenizer.ggml.tokens") {
-            Some(GgufValue::Array(_, v)) => Some(v.len() as u64),
+            Some(GgufValue::Array(v)) => Some(v.len() as u64),
             _ => None,
         };
         let vocab_size = int("vocab_size")?

@@ -15,8 +15,9 @@
 //! - every declared count and length is checked against the bytes left in the file *before*
 //!   anything is allocated from it (a key/value pair takes at least 13 bytes, a tensor info 24,
 //!   an array element its fixed size or 8 for a string), and strings and arrays are capped at
-//!   2^30 bytes/elements like ggml's `GGUF_MAX_STRING_LENGTH` / `GGUF_MAX_ARRAY_ELEMENTS`. So
-//!   memory use is O(file size) whatever the header says.
+//!   2^30 bytes/elements like ggml's `GGUF_MAX_STRING_LENGTH` / `GGUF_MAX_ARRAY_ELEMENTS`.
+//!   `kv_count` is capped at [`MAX_KV_COUNT`] (2^16) and `tensor_count` at [`MAX_TENSOR_COUNT`]
+//!   (2^20), far above real models (ggml has no such caps).
 //! - strings are strict UTF-8 (gguf-py decodes strictly; ggml does not check). Keys and tensor
 //!   names must not contain NUL: ggml handles them as C strings, so `"a\0b"` would be `"a"` there
 //!   and two readers would disagree about which key or tensor is which.
@@ -36,11 +37,30 @@
 //!   file. The blob starts at the aligned end of the tensor infos when there are tensors, right
 //!   after them otherwise (ggml).
 //!
+//! Keys and tensor names are checked for duplicates once all key/values (then all tensor infos)
+//! have been read, so a file with a repeated key *and* a malformed later entry reports the later
+//! entry; of several repeats, the first in file order is reported.
+//!
 //! Padding bytes are not required to be zero and bytes after the last tensor are allowed (ggml
 //! checks neither). All arithmetic on file values is checked; nothing here can panic on file
 //! data.
+//!
+//! # Memory
+//!
+//! Values are stored compactly: a scalar array as a vector of its Rust type, a string array as
+//! one [`StringArray`], so strings and arrays never take more memory than their bytes in the
+//! file. On top of those, each key/value pair costs at most 72 bytes (its `(String,
+//! GgufValue)` plus 8 for the duplicate check) and each tensor info 88 (its
+//! [`GgufTensorInfo`] plus 8); both are reserved from the declared counts, which is why those
+//! are capped. So [`parse`] allocates at most about
+//!
+//! `file size + 72 × kv_count + 88 × tensor_count` ≤ file size + 4.5 MiB + 88 MiB,
+//!
+//! whatever the file declares. For real models that overhead is small (SmolLM2-135M, a 94 MiB
+//! file: 1.7 MiB allocated in all, most of it the vocabulary); only a file of nothing but tiny
+//! key/values (13 bytes each at least) or tensor infos (24) can make it exceed the file size, by
+//! at most about 5.5 and 3.7 times respectively (measured in `tests/gguf_alloc.rs`).
 
-use std::collections::HashSet;
 use std::path::Path;
 
 use qforge_quantize::DType;
@@ -61,6 +81,24 @@ pub const ALIGNMENT_KEY: &str = "general.alignment";
 pub const MAX_STRING_LEN: u64 = 1 << 30;
 /// Most elements accepted in one metadata array (ggml's `GGUF_MAX_ARRAY_ELEMENTS`).
 pub const MAX_ARRAY_LEN: u64 = 1 << 30;
+/// Most key/value pairs accepted (`kv_count`).
+///
+/// ggml has no such cap, but each pair costs 72 bytes of memory (key `String` plus
+/// [`GgufValue`], and 8 for the duplicate check) however few bytes it takes in the file (13 at
+/// least), so a file of nothing but tiny pairs makes the reader use several times its own size.
+/// Real models have a few dozen keys (Llama 3.1 405B: about 40; vocabularies and per-layer
+/// values are arrays, one key each), so 2^16 = 65,536 is over a thousand times what is needed,
+/// and bounds that overhead to 72 × 2^16 bytes = 4.5 MiB.
+pub const MAX_KV_COUNT: u64 = 1 << 16;
+/// Most tensors accepted (`tensor_count`).
+///
+/// ggml has no such cap; the reason is the one for [`MAX_KV_COUNT`]: each [`GgufTensorInfo`]
+/// costs 88 bytes of memory beyond its name and dimensions (with 8 for the duplicate check), for
+/// at least 24 in the file. Real models have about a thousand tensors (Llama 3.1 405B: 1,138;
+/// old GGUFs with one tensor per MoE expert a few thousand), so 2^20 = 1,048,576 is far above
+/// any real file, and keeps that overhead below 88 × 2^20 bytes = 88 MiB (for a file of at
+/// least 24 MiB).
+pub const MAX_TENSOR_COUNT: u64 = 1 << 20;
 /// Most dimensions a tensor may have (ggml's `GGML_MAX_DIMS`).
 pub const MAX_DIMS: u32 = 4;
 /// Longest tensor name accepted, in bytes (ggml's `GGML_MAX_NAME` less its NUL).
@@ -181,8 +219,8 @@ pub enum GgufValue {
     Bool(bool),
     /// UTF-8 string
     String(String),
-    /// Array of one element type (never nested).
-    Array(GgufType, Vec<GgufValue>),
+    /// Array of one element type (never nested), stored compactly by element type.
+    Array(GgufArray),
     /// u64
     U64(u64),
     /// i64
@@ -240,6 +278,149 @@ impl GgufValue {
         match self {
             GgufValue::String(s) => Some(s),
             _ => None,
+        }
+    }
+
+    /// The elements, for array values.
+    pub fn as_array(&self) -> Option<&GgufArray> {
+        match self {
+            GgufValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// The elements of a metadata array, one vector per element type.
+///
+/// Each element takes the memory of its Rust type, which is exactly its size in the file for
+/// the fixed-size types (a `bool` is one byte in both), and strings are packed into one
+/// [`StringArray`]. So an array never takes more memory than the file bytes it was read from,
+/// whatever its length (a `Vec` of a 32-byte enum per element would take up to 32 times more).
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufArray {
+    /// `u8` elements
+    U8(Vec<u8>),
+    /// `i8` elements
+    I8(Vec<i8>),
+    /// `u16` elements
+    U16(Vec<u16>),
+    /// `i16` elements
+    I16(Vec<i16>),
+    /// `u32` elements
+    U32(Vec<u32>),
+    /// `i32` elements
+    I32(Vec<i32>),
+    /// `f32` elements (bit patterns preserved, NaN payloads included)
+    F32(Vec<f32>),
+    /// `bool` elements
+    Bool(Vec<bool>),
+    /// UTF-8 string elements
+    String(StringArray),
+    /// `u64` elements
+    U64(Vec<u64>),
+    /// `i64` elements
+    I64(Vec<i64>),
+    /// `f64` elements (bit patterns preserved)
+    F64(Vec<f64>),
+}
+
+impl GgufArray {
+    /// The element type (never [`GgufType::Array`]).
+    pub fn elem_type(&self) -> GgufType {
+        match self {
+            GgufArray::U8(_) => GgufType::U8,
+            GgufArray::I8(_) => GgufType::I8,
+            GgufArray::U16(_) => GgufType::U16,
+            GgufArray::I16(_) => GgufType::I16,
+            GgufArray::U32(_) => GgufType::U32,
+            GgufArray::I32(_) => GgufType::I32,
+            GgufArray::F32(_) => GgufType::F32,
+            GgufArray::Bool(_) => GgufType::Bool,
+            GgufArray::String(_) => GgufType::String,
+            GgufArray::U64(_) => GgufType::U64,
+            GgufArray::I64(_) => GgufType::I64,
+            GgufArray::F64(_) => GgufType::F64,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            GgufArray::U8(v) => v.len(),
+            GgufArray::I8(v) => v.len(),
+            GgufArray::U16(v) => v.len(),
+            GgufArray::I16(v) => v.len(),
+            GgufArray::U32(v) => v.len(),
+            GgufArray::I32(v) => v.len(),
+            GgufArray::F32(v) => v.len(),
+            GgufArray::Bool(v) => v.len(),
+            GgufArray::String(v) => v.len(),
+            GgufArray::U64(v) => v.len(),
+            GgufArray::I64(v) => v.len(),
+            GgufArray::F64(v) => v.len(),
+        }
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An array of strings held as one allocation of text plus one of end offsets: element `i` is
+/// `text[ends[i - 1]..ends[i]]` (from 0 for the first).
+///
+/// Memory is the strings' bytes plus 8 bytes per element, never more than the file bytes the
+/// array was read from (each element there is an 8-byte length prefix and its bytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StringArray {
+    /// All elements concatenated.
+    text: Box<str>,
+    /// One past the last byte of each element in `text`, non-decreasing, each on a char
+    /// boundary.
+    ends: Box<[u64]>,
+}
+
+impl StringArray {
+    /// Number of strings.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are no strings.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// String `i`, if `i < len()`.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let start = match i.checked_sub(1) {
+            None => 0,
+            Some(prev) => *self.ends.get(prev)?,
+        };
+        let end = *self.ends.get(i)?;
+        self.text
+            .get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+    }
+
+    /// The strings in order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &str> + ExactSizeIterator + '_ {
+        // `get` cannot fail for an index below `len()`; `ends` is built that way.
+        (0..self.len()).map(|i| self.get(i).unwrap_or_default())
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for StringArray {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut text = String::new();
+        let mut ends = Vec::new();
+        for s in iter {
+            text.push_str(s.as_ref());
+            ends.push(text.len() as u64);
+        }
+        StringArray {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
         }
     }
 }
@@ -330,7 +511,8 @@ pub enum GgufError {
         need: u64,
     },
     /// A count that cannot be right: its items would take more bytes than are left in the file,
-    /// or it is above ggml's 2^30 cap on array elements.
+    /// or it is above its cap (ggml's 2^30 for array elements, [`MAX_KV_COUNT`],
+    /// [`MAX_TENSOR_COUNT`]).
     #[error("{what} {count} at offset {offset} is larger than the file can hold")]
     CountTooLarge {
         /// which count: `"tensor_count"`, `"kv_count"` or `"array elements"`
@@ -502,6 +684,7 @@ pub enum GgufError {
 }
 
 /// A bounds-checked little-endian reader over the file's bytes.
+#[derive(Clone)]
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -623,9 +806,16 @@ impl<'a> Cursor<'a> {
 
     /// One value of type `ty`; arrays hold scalars only.
     fn value(&mut self, ty: GgufType) -> std::result::Result<GgufValue, GgufError> {
-        if ty != GgufType::Array {
-            return self.scalar(ty);
+        if ty == GgufType::Array {
+            Ok(GgufValue::Array(self.array_value()?))
+        } else {
+            self.scalar(ty)
         }
+    }
+
+    /// An array value: element type, count, elements. Each vector is allocated once, at its
+    /// exact size, after the count has been checked against the bytes left.
+    fn array_value(&mut self) -> std::result::Result<GgufArray, GgufError> {
         let ty_offset = self.offset();
         let id = self.u32()?;
         let elem = GgufType::from_id(id).ok_or(GgufError::BadValueType {
@@ -644,12 +834,104 @@ impl<'a> Cursor<'a> {
             MAX_ARRAY_LEN,
             count_offset,
         )?;
-        let mut items = Vec::with_capacity(n);
-        for _ in 0..n {
-            items.push(self.scalar(elem)?);
-        }
-        Ok(GgufValue::Array(elem, items))
+        Ok(match elem {
+            GgufType::U8 => GgufArray::U8(self.take(n as u64)?.to_vec()),
+            GgufType::I8 => GgufArray::I8(self.fixed(n, i8::from_le_bytes)?),
+            GgufType::U16 => GgufArray::U16(self.fixed(n, u16::from_le_bytes)?),
+            GgufType::I16 => GgufArray::I16(self.fixed(n, i16::from_le_bytes)?),
+            GgufType::U32 => GgufArray::U32(self.fixed(n, u32::from_le_bytes)?),
+            GgufType::I32 => GgufArray::I32(self.fixed(n, i32::from_le_bytes)?),
+            GgufType::F32 => GgufArray::F32(self.fixed(n, f32::from_le_bytes)?),
+            GgufType::U64 => GgufArray::U64(self.fixed(n, u64::from_le_bytes)?),
+            GgufType::I64 => GgufArray::I64(self.fixed(n, i64::from_le_bytes)?),
+            GgufType::F64 => GgufArray::F64(self.fixed(n, f64::from_le_bytes)?),
+            GgufType::Bool => {
+                let start = self.offset();
+                let bytes = self.take(n as u64)?;
+                if let Some(i) = bytes.iter().position(|&b| b > 1) {
+                    return Err(GgufError::BadBool {
+                        value: bytes[i],
+                        offset: start + i as u64,
+                    });
+                }
+                GgufArray::Bool(bytes.iter().map(|&b| b == 1).collect())
+            }
+            GgufType::String => GgufArray::String(self.string_array(n)?),
+            GgufType::Array => return Err(GgufError::NestedArray { offset: ty_offset }),
+        })
     }
+
+    /// `n` fixed-size elements of `N` bytes each, converted by `from_le`, read in one piece.
+    fn fixed<const N: usize, T>(
+        &mut self,
+        n: usize,
+        from_le: fn([u8; N]) -> T,
+    ) -> std::result::Result<Vec<T>, GgufError> {
+        let offset = self.offset();
+        let len = (n as u64)
+            .checked_mul(N as u64)
+            .ok_or(GgufError::Truncated {
+                offset,
+                need: u64::MAX,
+            })?;
+        let bytes = self.take(len)?;
+        // `chunks_exact` knows its length, so `collect` allocates exactly `n` elements once.
+        Ok(bytes
+            .chunks_exact(N)
+            .map(|c| from_le(<[u8; N]>::try_from(c).unwrap_or([0; N])))
+            .collect())
+    }
+
+    /// `n` strings, packed. A first pass reads and validates them all without allocating (so
+    /// the errors and their order are those of reading them one by one) and sums their lengths;
+    /// the second copies them into buffers allocated once at their exact sizes.
+    fn string_array(&mut self, n: usize) -> std::result::Result<StringArray, GgufError> {
+        let mut scan = self.clone();
+        let mut total: usize = 0;
+        for _ in 0..n {
+            total = total.saturating_add(scan.str()?.len());
+        }
+        let mut text = String::with_capacity(total);
+        let mut ends = Vec::with_capacity(n);
+        for _ in 0..n {
+            text.push_str(self.str()?);
+            ends.push(text.len() as u64);
+        }
+        Ok(StringArray {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        })
+    }
+}
+
+/// The raw bytes of the length-prefixed string at `offset` in `buf`, or `None` if it is not
+/// there. Only called on strings `parse` has already read.
+fn raw_string_at(buf: &[u8], offset: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    let len_bytes = buf.get(start..start.checked_add(8)?)?;
+    let len = usize::try_from(u64::from_le_bytes(len_bytes.try_into().ok()?)).ok()?;
+    let from = start + 8;
+    buf.get(from..from.checked_add(len)?)
+}
+
+/// Among the length-prefixed strings at `offsets` (already read and validated by `parse`),
+/// the first one in file order that repeats an earlier one: its offset and text.
+///
+/// Sorts `offsets` (by string, then offset) instead of filling a hash set as the strings are
+/// read: 8 bytes per string instead of about 35 for a `HashSet<&str>`, which matters when a
+/// file is nothing but tiny entries. Within a run of equal strings the second offset is the
+/// first repeat of that string, and the smallest such offset over all runs is the first repeat
+/// in the file, the one a hash set filled in file order would have found.
+fn first_duplicate<'a>(buf: &'a [u8], offsets: &mut [u64]) -> Option<(u64, &'a str)> {
+    let raw = |at: u64| raw_string_at(buf, at);
+    offsets.sort_unstable_by(|&a, &b| raw(a).cmp(&raw(b)).then(a.cmp(&b)));
+    let at = offsets
+        .windows(2)
+        .filter(|w| raw(w[0]) == raw(w[1]))
+        .map(|w| w[1])
+        .min()?;
+    let text = std::str::from_utf8(raw(at)?).ok()?;
+    Some((at, text))
 }
 
 /// `x` rounded up to a multiple of `align` (a non-zero power of two), or `None` on overflow.
@@ -662,8 +944,9 @@ fn align_up(x: u64, align: u64) -> Option<u64> {
 ///
 /// Returns the metadata (with [`GgufMetadata::alignment`] and [`GgufMetadata::data_offset`]
 /// filled in) and the tensor infos in file order, each checked to lie inside `bytes`. Never
-/// panics, and allocates at most a small multiple of `bytes.len()` whatever the file declares.
-/// See the module documentation for the checks made.
+/// panics, and allocates at most the file size plus 72 bytes per key/value and 88 per tensor
+/// info whatever the file declares (see the module documentation, which also lists the checks
+/// made).
 pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorInfo>), GgufError> {
     let mut cur = Cursor { buf: bytes, pos: 0 };
 
@@ -688,20 +971,22 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
         "tensor_count",
         tensor_count,
         MIN_TENSOR_INFO_BYTES,
-        u64::MAX,
+        MAX_TENSOR_COUNT,
         TENSOR_COUNT_OFFSET,
     )?;
     let n_kv = cur.check_count(
         "kv_count",
         kv_count,
         MIN_KV_BYTES,
-        u64::MAX,
+        MAX_KV_COUNT,
         KV_COUNT_OFFSET,
     )?;
 
-    // Key/value metadata.
+    // Key/value metadata. The counts are checked, so these are at most a fixed multiple of the
+    // bytes left (see `MAX_KV_COUNT`).
     let mut entries = Vec::with_capacity(n_kv);
-    let mut keys: HashSet<&str> = HashSet::with_capacity(n_kv);
+    // Where each key is, for the duplicate check once they have all been read.
+    let mut string_offsets: Vec<u64> = Vec::with_capacity(n_kv);
     for _ in 0..n_kv {
         let offset = cur.offset();
         let key = cur.str()?;
@@ -711,12 +996,6 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
         if key.contains('\0') {
             return Err(GgufError::EmbeddedNul { offset });
         }
-        if !keys.insert(key) {
-            return Err(GgufError::DuplicateKey {
-                key: key.to_owned(),
-                offset,
-            });
-        }
         let ty_offset = cur.offset();
         let id = cur.u32()?;
         let ty = GgufType::from_id(id).ok_or(GgufError::BadValueType {
@@ -725,6 +1004,13 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
         })?;
         let value = cur.value(ty)?;
         entries.push((key.to_owned(), value));
+        string_offsets.push(offset);
+    }
+    if let Some((offset, key)) = first_duplicate(bytes, &mut string_offsets) {
+        return Err(GgufError::DuplicateKey {
+            key: key.to_owned(),
+            offset,
+        });
     }
     let alignment = match entries
         .iter()
@@ -743,11 +1029,12 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
         "tensor_count",
         tensor_count,
         MIN_TENSOR_INFO_BYTES,
-        u64::MAX,
+        MAX_TENSOR_COUNT,
         TENSOR_COUNT_OFFSET,
     )?;
     let mut infos = Vec::with_capacity(n_tensors);
-    let mut names: HashSet<&str> = HashSet::with_capacity(n_tensors);
+    string_offsets.clear();
+    string_offsets.reserve_exact(n_tensors);
     for _ in 0..n_tensors {
         let name_offset = cur.offset();
         let name = cur.str()?;
@@ -761,11 +1048,6 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
                 offset: name_offset,
             });
         }
-        if !names.insert(name) {
-            return Err(GgufError::DuplicateTensor {
-                name: name.to_owned(),
-            });
-        }
         let tensor = || name.to_owned();
         let n_dims = cur.u32()?;
         if n_dims > MAX_DIMS {
@@ -774,7 +1056,7 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
                 n_dims,
             });
         }
-        let mut ne = Vec::with_capacity(MAX_DIMS as usize);
+        let mut ne = Vec::with_capacity(n_dims as usize);
         let mut numel: i64 = 1;
         for dim in 0..n_dims {
             let value = cur.i64()?;
@@ -816,7 +1098,14 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
             absolute_offset: 0,
             nbytes,
         });
+        string_offsets.push(name_offset);
     }
+    if let Some((_, name)) = first_duplicate(bytes, &mut string_offsets) {
+        return Err(GgufError::DuplicateTensor {
+            name: name.to_owned(),
+        });
+    }
+    drop(string_offsets);
 
     // Data blob: aligned when there are tensors (ggml seeks to the padded position only then).
     let infos_end = cur.offset();
@@ -887,7 +1176,7 @@ fn tokenizer_info(meta: &GgufMetadata) -> TokenizerInfo {
             .map_or_else(|| "none".to_owned(), |m| format!("gguf:{m}")),
         files: Vec::new(),
         vocab_size: match meta.get("tokenizer.ggml.tokens") {
-            Some(GgufValue::Array(_, tokens)) => Some(tokens.len() as u64),
+            Some(GgufValue::Array(tokens)) => Some(tokens.len() as u64),
             _ => None,
         },
         pre: text("tokenizer.ggml.pre").map(str::to_owned),

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use qforge_convert::gguf::{self, GgufError, GgufMetadata, GgufTensorInfo, GgufType, GgufValue};
+use qforge_convert::gguf::{
+    self, GgufArray, GgufError, GgufMetadata, GgufTensorInfo, GgufType, GgufValue, StringArray,
+};
 use qforge_convert::{Checkpoint, ConfigError, Error, Format, TensorLayout};
 use qforge_quantize::DType;
 use sha2::Digest;
@@ -244,25 +246,14 @@ fn valid_file_parses_with_every_value_type() {
         ("t.u64", GgufValue::U64(u64::MAX - 1)),
         ("t.i64", GgufValue::I64(i64::MIN)),
         ("t.f64", GgufValue::F64(-0.25)),
-        (
-            "t.ints",
-            GgufValue::Array(
-                GgufType::I32,
-                vec![GgufValue::I32(1), GgufValue::I32(-2), GgufValue::I32(3)],
-            ),
-        ),
+        ("t.ints", GgufValue::Array(GgufArray::I32(vec![1, -2, 3]))),
         (
             "t.strings",
-            GgufValue::Array(
-                GgufType::String,
-                vec![
-                    GgufValue::String("alpha".into()),
-                    GgufValue::String("\u{e9}t\u{e9}".into()),
-                    GgufValue::String(String::new()),
-                ],
-            ),
+            GgufValue::Array(GgufArray::String(
+                ["alpha", "\u{e9}t\u{e9}", ""].into_iter().collect(),
+            )),
         ),
-        ("t.empty", GgufValue::Array(GgufType::F64, vec![])),
+        ("t.empty", GgufValue::Array(GgufArray::F64(vec![]))),
     ];
     let got: Vec<(&str, &GgufValue)> = meta.entries.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let want_refs: Vec<(&str, &GgufValue)> = want.iter().map(|(k, v)| (*k, v)).collect();
@@ -735,6 +726,248 @@ fn nul_in_key() {
     assert_eq!(err(&bytes), GgufError::EmbeddedNul { offset: KV_START });
 }
 
+#[test]
+fn the_first_repeated_key_is_reported() {
+    // Keys a, b, b, a: the first repeat in file order is the second "b", whatever the sort.
+    let f = File::new()
+        .kv(kv("a", ty::U8, &[1]))
+        .kv(kv("b", ty::U8, &[2]))
+        .kv(kv("b", ty::U8, &[3]))
+        .kv(kv("a", ty::U8, &[4]));
+    let third = KV_START + 2 * (8 + 1 + 4 + 1);
+    assert_eq!(
+        err(&f.bytes()),
+        GgufError::DuplicateKey {
+            key: "b".into(),
+            offset: third
+        }
+    );
+    // b, a, c, a, b: the second "a" comes before the second "b".
+    let f = File::new()
+        .kv(kv("b", ty::U8, &[1]))
+        .kv(kv("a", ty::U8, &[2]))
+        .kv(kv("c", ty::U8, &[3]))
+        .kv(kv("a", ty::U8, &[4]))
+        .kv(kv("b", ty::U8, &[5]));
+    let fourth = KV_START + 3 * (8 + 1 + 4 + 1);
+    assert_eq!(
+        err(&f.bytes()),
+        GgufError::DuplicateKey {
+            key: "a".into(),
+            offset: fourth
+        }
+    );
+}
+
+#[test]
+fn arrays_of_every_element_type_are_read_in_bulk() {
+    fn le<T, const N: usize>(items: &[T], f: fn(&T) -> [u8; N]) -> Vec<u8> {
+        items.iter().flat_map(f).collect()
+    }
+    let nan = f32::from_bits(0x7fc0_1234); // a NaN with a payload, kept bit for bit
+    let f32s = [1.5f32, -0.0, f32::INFINITY, nan, f32::MIN_POSITIVE / 2.0];
+    let f64s = [0.1f64, -1e300, f64::NEG_INFINITY];
+    let mut strings = Vec::new();
+    for s in ["", "a", "\u{1f600}", "", "tail"] {
+        strings.extend(string(s.as_bytes()));
+    }
+    let bytes = File::new()
+        .kv(kv("u8", ty::ARRAY, &array(ty::U8, 3, &[0, 7, 255])))
+        .kv(kv("i8", ty::ARRAY, &array(ty::I8, 2, &[0x80, 0x7f])))
+        .kv(kv(
+            "u16",
+            ty::ARRAY,
+            &array(ty::U16, 2, &le(&[1u16, 65535], |v| v.to_le_bytes())),
+        ))
+        .kv(kv(
+            "i16",
+            ty::ARRAY,
+            &array(ty::I16, 2, &le(&[-2i16, 300], |v| v.to_le_bytes())),
+        ))
+        .kv(kv(
+            "u32",
+            ty::ARRAY,
+            &array(ty::U32, 2, &le(&[7u32, u32::MAX], |v| v.to_le_bytes())),
+        ))
+        .kv(kv(
+            "i32",
+            ty::ARRAY,
+            &array(ty::I32, 2, &le(&[i32::MIN, 5], |v| v.to_le_bytes())),
+        ))
+        .kv(kv(
+            "f32",
+            ty::ARRAY,
+            &array(ty::F32, 5, &le(&f32s, |v| v.to_le_bytes())),
+        ))
+        .kv(kv("bool", ty::ARRAY, &array(ty::BOOL, 3, &[1, 0, 1])))
+        .kv(kv("str", ty::ARRAY, &array(ty::STRING, 5, &strings)))
+        .kv(kv(
+            "u64",
+            ty::ARRAY,
+            &array(ty::U64, 2, &le(&[0u64, u64::MAX], |v| v.to_le_bytes())),
+        ))
+        .kv(kv(
+            "i64",
+            ty::ARRAY,
+            &array(ty::I64, 2, &le(&[i64::MIN, -1], |v| v.to_le_bytes())),
+        ))
+        .kv(kv(
+            "f64",
+            ty::ARRAY,
+            &array(ty::F64, 3, &le(&f64s, |v| v.to_le_bytes())),
+        ))
+        .kv(kv("empty.str", ty::ARRAY, &array(ty::STRING, 0, &[])))
+        .bytes();
+    let (meta, _) = parse(&bytes).unwrap();
+    let arr = |k: &str| meta.get(k).and_then(GgufValue::as_array).unwrap();
+    assert_eq!(arr("u8"), &GgufArray::U8(vec![0, 7, 255]));
+    assert_eq!(arr("i8"), &GgufArray::I8(vec![-128, 127]));
+    assert_eq!(arr("u16"), &GgufArray::U16(vec![1, 65535]));
+    assert_eq!(arr("i16"), &GgufArray::I16(vec![-2, 300]));
+    assert_eq!(arr("u32"), &GgufArray::U32(vec![7, u32::MAX]));
+    assert_eq!(arr("i32"), &GgufArray::I32(vec![i32::MIN, 5]));
+    match arr("f32") {
+        GgufArray::F32(v) => {
+            let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+            let want: Vec<u32> = f32s.iter().map(|x| x.to_bits()).collect();
+            assert_eq!(bits, want);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(arr("bool"), &GgufArray::Bool(vec![true, false, true]));
+    assert_eq!(arr("u64"), &GgufArray::U64(vec![0, u64::MAX]));
+    assert_eq!(arr("i64"), &GgufArray::I64(vec![i64::MIN, -1]));
+    assert_eq!(arr("f64"), &GgufArray::F64(f64s.to_vec()));
+    let GgufArray::String(strs) = arr("str") else {
+        panic!("{:?}", arr("str"))
+    };
+    let got: Vec<&str> = strs.iter().collect();
+    assert_eq!(got, ["", "a", "\u{1f600}", "", "tail"]);
+    assert_eq!((strs.len(), strs.is_empty()), (5, false));
+    assert_eq!(
+        (strs.get(2), strs.get(4), strs.get(5)),
+        (Some("\u{1f600}"), Some("tail"), None)
+    );
+    assert_eq!(strs.iter().next_back(), Some("tail"));
+    assert_eq!(
+        strs,
+        &["", "a", "\u{1f600}", "", "tail"]
+            .into_iter()
+            .collect::<StringArray>()
+    );
+    let empty = arr("empty.str");
+    assert_eq!(empty, &GgufArray::String(StringArray::default()));
+    assert!(empty.is_empty());
+    assert_eq!(empty.elem_type(), GgufType::String);
+    for (k, t, n) in [
+        ("u8", GgufType::U8, 3),
+        ("i8", GgufType::I8, 2),
+        ("u16", GgufType::U16, 2),
+        ("i16", GgufType::I16, 2),
+        ("u32", GgufType::U32, 2),
+        ("i32", GgufType::I32, 2),
+        ("f32", GgufType::F32, 5),
+        ("bool", GgufType::Bool, 3),
+        ("str", GgufType::String, 5),
+        ("u64", GgufType::U64, 2),
+        ("i64", GgufType::I64, 2),
+        ("f64", GgufType::F64, 3),
+    ] {
+        assert_eq!((arr(k).elem_type(), arr(k).len()), (t, n), "{k}");
+    }
+    assert_eq!(meta.get("u8").map(GgufValue::ty), Some(GgufType::Array));
+    assert_eq!(meta.get("u8").and_then(GgufValue::as_str), None);
+}
+
+#[test]
+fn bad_bool_in_an_array_is_reported_at_its_offset() {
+    let bytes = File::new()
+        .kv(kv("b", ty::ARRAY, &array(ty::BOOL, 4, &[0, 1, 2, 3])))
+        .bytes();
+    let items_at = KV_START + 8 + 1 + 4 + 4 + 8;
+    assert_eq!(
+        err(&bytes),
+        GgufError::BadBool {
+            value: 2,
+            offset: items_at + 2
+        }
+    );
+}
+
+#[test]
+fn string_array_errors_come_in_element_order() {
+    // Element 1 is not UTF-8 and element 2 is too long: the first fault is reported.
+    let mut items = string(b"ok");
+    items.extend(string(b"\xff"));
+    items.extend(1000u64.to_le_bytes());
+    let bytes = File::new()
+        .kv(kv("k", ty::ARRAY, &array(ty::STRING, 3, &items)))
+        .bytes();
+    let items_at = KV_START + 8 + 1 + 4 + 4 + 8;
+    assert_eq!(
+        err(&bytes),
+        GgufError::InvalidUtf8 {
+            offset: items_at + 10
+        }
+    );
+}
+
+#[test]
+fn kv_count_above_the_cap() {
+    // 2^16 + 1 pairs would fit in the file; the cap refuses the count before reading any.
+    let count = gguf::MAX_KV_COUNT + 1;
+    let mut f = File::new();
+    f.kv_count = Some(count);
+    f.data = vec![0; (count * 13) as usize];
+    assert_eq!(
+        err(&f.bytes()),
+        GgufError::CountTooLarge {
+            what: "kv_count",
+            count,
+            offset: 16
+        }
+    );
+}
+
+#[test]
+fn kv_count_at_the_cap_is_accepted() {
+    let mut f = File::new();
+    for i in 0..gguf::MAX_KV_COUNT {
+        f = f.kv(kv(&format!("k{i:x}"), ty::U8, &[i as u8]));
+    }
+    let (meta, _) = parse(&f.bytes()).unwrap();
+    assert_eq!(meta.entries.len() as u64, gguf::MAX_KV_COUNT);
+    assert_eq!(meta.get("kffff"), Some(&GgufValue::U8(0xff)));
+}
+
+#[test]
+fn tensor_count_above_the_cap() {
+    let count = gguf::MAX_TENSOR_COUNT + 1;
+    let mut f = File::new();
+    f.tensor_count = Some(count);
+    f.data = vec![0; (count * 24) as usize];
+    assert_eq!(
+        err(&f.bytes()),
+        GgufError::CountTooLarge {
+            what: "tensor_count",
+            count,
+            offset: 8
+        }
+    );
+}
+
+#[test]
+fn the_first_repeated_tensor_name_is_reported() {
+    let bytes = File::new()
+        .tensor("x", &[4], ggml::F32, 16)
+        .tensor("w", &[4], ggml::F32, 16)
+        .tensor("v", &[4], ggml::F32, 16)
+        .tensor("v", &[4], ggml::F32, 16)
+        .tensor("x", &[4], ggml::F32, 16)
+        .bytes();
+    assert_eq!(err(&bytes), GgufError::DuplicateTensor { name: "v".into() });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tensor infos.
 
@@ -1105,12 +1338,34 @@ fn expected(file: &str) -> serde_json::Value {
     all["files"][file].clone()
 }
 
+/// An array's elements as scalar values, for comparing them one by one.
+fn elements(a: &GgufArray) -> Vec<GgufValue> {
+    fn each<T: Copy>(v: &[T], f: fn(T) -> GgufValue) -> Vec<GgufValue> {
+        v.iter().map(|&x| f(x)).collect()
+    }
+    match a {
+        GgufArray::U8(v) => each(v, GgufValue::U8),
+        GgufArray::I8(v) => each(v, GgufValue::I8),
+        GgufArray::U16(v) => each(v, GgufValue::U16),
+        GgufArray::I16(v) => each(v, GgufValue::I16),
+        GgufArray::U32(v) => each(v, GgufValue::U32),
+        GgufArray::I32(v) => each(v, GgufValue::I32),
+        GgufArray::F32(v) => each(v, GgufValue::F32),
+        GgufArray::Bool(v) => each(v, GgufValue::Bool),
+        GgufArray::String(v) => v.iter().map(|s| GgufValue::String(s.into())).collect(),
+        GgufArray::U64(v) => each(v, GgufValue::U64),
+        GgufArray::I64(v) => each(v, GgufValue::I64),
+        GgufArray::F64(v) => each(v, GgufValue::F64),
+    }
+}
+
 /// Whether a gguf-py metadata value (`{"type": "UINT32", "value": 2}`, `ARRAY[STRING]`, …)
 /// equals ours.
 fn same_value(ty: &str, json: &serde_json::Value, v: &GgufValue) -> bool {
     if let Some(elem) = ty.strip_prefix("ARRAY[").and_then(|t| t.strip_suffix(']')) {
         return match (v, json.as_array()) {
-            (GgufValue::Array(_, items), Some(want)) => {
+            (GgufValue::Array(items), Some(want)) => {
+                let items = elements(items);
                 items.len() == want.len()
                     && items.iter().zip(want).all(|(i, w)| same_value(elem, w, i))
             }

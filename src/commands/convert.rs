@@ -4,6 +4,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use qforge_convert::export::{convert_to_hf, HfOptions};
+use qforge_convert::export_gguf::{convert_to_gguf, GgufOptions};
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
 use qforge_quantize::DType;
@@ -29,6 +30,15 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
                 dtype,
                 shard_size: args.shard_size,
                 output,
+            },
+        )?,
+        ConvertTarget::Gguf => convert_to_gguf(
+            &ckpt,
+            &args.output,
+            GgufOptions {
+                // llama.cpp's converter defaults to F16 for 2-D tensors.
+                dtype: dtype.unwrap_or(DType::F16),
+                overwrite: args.overwrite,
             },
         )?,
     };

@@ -9,6 +9,7 @@
 //! interrupted run leaves only the staging directory, and `--resume` continues from it,
 //! re-verifying the hash of every file it keeps.
 
+pub mod gguf;
 pub mod safetensors;
 
 use std::collections::BTreeMap;
@@ -326,6 +327,69 @@ impl OutputDir {
             sync_dir(parent);
         }
         Ok(files)
+    }
+}
+
+/// The destination of a single output file. [`AtomicFile::create`] returns it with a
+/// [`StagedFile`] writing to a temporary sibling (`.<name>.qforge-partial`); [`AtomicFile::commit`]
+/// renames that into place once complete, so the destination never holds a partial file.
+#[derive(Debug)]
+pub struct AtomicFile {
+    dest: PathBuf,
+}
+
+impl AtomicFile {
+    /// Start writing `dest`.
+    pub fn create(dest: &Path, overwrite: bool) -> Result<(Self, StagedFile)> {
+        let name = dest.file_name().ok_or_else(|| {
+            Error::io(
+                dest,
+                io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name"),
+            )
+        })?;
+        if dest.exists() && !overwrite {
+            return Err(Error::OutputExists {
+                path: dest.to_owned(),
+            });
+        }
+        let parent = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        let part = parent.join(format!(".{}.qforge-partial", name.to_string_lossy()));
+        let f = File::create(&part).map_err(|e| Error::io(&part, e))?;
+        let file = StagedFile {
+            name: name.to_string_lossy().into_owned(),
+            part,
+            writer: HashingWriter::new(BufWriter::with_capacity(8 << 20, f)),
+        };
+        Ok((
+            AtomicFile {
+                dest: dest.to_owned(),
+            },
+            file,
+        ))
+    }
+
+    /// Flush and fsync `file`, then rename it into place; returns its size and hash.
+    pub fn commit(self, file: StagedFile) -> Result<FileRecord> {
+        let StagedFile { name, part, writer } = file;
+        let (buf, sha256, bytes) = writer.finish();
+        let f = buf
+            .into_inner()
+            .map_err(|e| Error::io(&part, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&part, e))?;
+        drop(f);
+        std::fs::rename(&part, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        if let Some(parent) = self.dest.parent() {
+            sync_dir(parent);
+        }
+        Ok(FileRecord {
+            path: name,
+            bytes,
+            sha256,
+        })
     }
 }
 

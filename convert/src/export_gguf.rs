@@ -1,0 +1,270 @@
+//! Writing checkpoints as GGUF (F32/F16/BF16 tensors; quantized types come with the
+//! quantization layouts), with llama.cpp's metadata keys and types (specs/gguf.md §3).
+//!
+//! Follows `convert_hf_to_gguf.py`: 1-D tensors (norms, rope factors) are always F32; Q/K rows
+//! are permuted from HF's half-split RoPE layout to llama.cpp's interleaved one; Llama 3.1 rope
+//! scaling becomes a `rope_freqs.weight` tensor instead of keys.
+
+use std::path::Path;
+
+use qforge_quantize::DType;
+
+use crate::checkpoint::{Checkpoint, Format, TensorEntry};
+use crate::config::{ModelConfig, RopeScaling};
+use crate::error::{Error, Result};
+use crate::export::{rope_direction, tensor_bytes, Written};
+use crate::gguf::GgufValue;
+use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
+use crate::write::gguf::{plan, GgufTensorSpec, GgufWriter};
+use crate::write::AtomicFile;
+
+/// llama.cpp's `general.file_type` for an all-`dtype` file (`LlamaFileType`).
+pub fn file_type(dtype: DType) -> Option<u32> {
+    Some(match dtype {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::Q4_0 => 2,
+        DType::Q4_1 => 3,
+        DType::Q8_0 => 7,
+        DType::Q5_0 => 8,
+        DType::Q5_1 => 9,
+        DType::BF16 => 32,
+        _ => return None,
+    })
+}
+
+/// Llama 3.1 rope frequency factors as `convert_hf_to_gguf.py` computes them (f32 arithmetic,
+/// `freqs = 1 / base^(arange(0, hd, 2) / hd)`, then the piecewise wavelength rule).
+pub fn llama3_rope_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
+    let Some(RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings,
+    }) = cfg.rope_scaling
+    else {
+        return None;
+    };
+    let hd = cfg.head_dim as f32;
+    let base = cfg.rope_theta as f32;
+    let (factor, low, high) = (
+        factor as f32,
+        low_freq_factor as f32,
+        high_freq_factor as f32,
+    );
+    let old = original_max_position_embeddings as f32;
+    let (low_wavelen, high_wavelen) = (old / low, old / high);
+    Some(
+        (0..cfg.head_dim / 2)
+            .map(|i| {
+                let freq = 1.0 / base.powf((2 * i) as f32 / hd);
+                let wavelen = 2.0 * std::f32::consts::PI / freq;
+                if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor
+                } else {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }
+            })
+            .collect(),
+    )
+}
+
+/// `general.*` and `llama.*` keys for a config, in `convert_hf_to_gguf.py`'s order.
+pub fn llama_metadata(
+    cfg: &ModelConfig,
+    name: Option<&str>,
+    ftype: Option<u32>,
+) -> Vec<(String, GgufValue)> {
+    let u32v = |v: u64| GgufValue::U32(u32::try_from(v).unwrap_or(u32::MAX));
+    // Floats round-trip through their shortest decimal form, as Python writes them.
+    let f32v = |v: f64| GgufValue::F32(v as f32);
+    let mut m: Vec<(String, GgufValue)> = vec![
+        (
+            "general.architecture".into(),
+            GgufValue::String("llama".into()),
+        ),
+        ("general.type".into(), GgufValue::String("model".into())),
+    ];
+    if let Some(n) = name {
+        m.push(("general.name".into(), GgufValue::String(n.into())));
+    }
+    m.extend([
+        ("llama.block_count".into(), u32v(cfg.num_layers)),
+        (
+            "llama.context_length".into(),
+            u32v(cfg.max_position_embeddings),
+        ),
+        ("llama.embedding_length".into(), u32v(cfg.hidden_size)),
+        (
+            "llama.feed_forward_length".into(),
+            u32v(cfg.intermediate_size),
+        ),
+        ("llama.attention.head_count".into(), u32v(cfg.num_heads)),
+        (
+            "llama.attention.head_count_kv".into(),
+            u32v(cfg.num_kv_heads),
+        ),
+        ("llama.rope.freq_base".into(), f32v(cfg.rope_theta)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            f32v(cfg.rms_norm_eps),
+        ),
+    ]);
+    if let Some(ft) = ftype {
+        m.push(("general.file_type".into(), GgufValue::U32(ft)));
+    }
+    m.push(("llama.vocab_size".into(), u32v(cfg.vocab_size)));
+    m.push(("llama.rope.dimension_count".into(), u32v(cfg.head_dim)));
+    if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
+        m.push((
+            "llama.rope.scaling.type".into(),
+            GgufValue::String("linear".into()),
+        ));
+        m.push(("llama.rope.scaling.factor".into(), f32v(factor)));
+    }
+    m
+}
+
+/// GGUF tensor order: rope factors, embeddings, each block (in the order `convert_hf_to_gguf.py`
+/// emits a block's HF tensors), final norm, output.
+fn gguf_order(key: &TensorKey) -> (u32, u32) {
+    let kind_rank = |k: LayerTensor| match k {
+        LayerTensor::AttnNorm => 0,
+        LayerTensor::Down => 1,
+        LayerTensor::Gate => 2,
+        LayerTensor::Up => 3,
+        LayerTensor::FfnNorm => 4,
+        LayerTensor::K => 5,
+        LayerTensor::O => 6,
+        LayerTensor::Q => 7,
+        LayerTensor::V => 8,
+    };
+    match key.id {
+        TensorId::RopeFreqs => (0, 0),
+        TensorId::TokenEmbedding => (1, 0),
+        TensorId::Layer { index, kind } => (2 + index, kind_rank(kind)),
+        TensorId::OutputNorm => (u32::MAX - 1, 0),
+        TensorId::Output => (u32::MAX, 0),
+    }
+}
+
+/// Options for [`convert_to_gguf`].
+#[derive(Debug, Clone, Copy)]
+pub struct GgufOptions {
+    /// Type of the 2-D tensors (F32, F16 or BF16); 1-D tensors are always F32.
+    pub dtype: DType,
+    /// Replace an existing output file.
+    pub overwrite: bool,
+}
+
+/// Tokenizer metadata for the output: carried over from a GGUF source, otherwise converted from
+/// the source's tokenizer files.
+fn tokenizer_metadata(ckpt: &Checkpoint, notes: &mut Vec<String>) -> Vec<(String, GgufValue)> {
+    if let Some(meta) = &ckpt.gguf {
+        return meta
+            .entries
+            .iter()
+            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .cloned()
+            .collect();
+    }
+    notes.push("no tokenizer metadata written: converting HF/Meta tokenizers to GGUF is not implemented yet".into());
+    Vec::new()
+}
+
+/// Convert any checkpoint to a GGUF file at `dest`.
+pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Result<Written> {
+    if !matches!(opts.dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(Error::UnsupportedDType {
+            path: dest.into(),
+            tensor: String::new(),
+            dtype: opts.dtype,
+            reason: "GGUF conversion writes F32, F16 or BF16; use `qforge quantize` for ggml types",
+        });
+    }
+    let mut notes = ckpt.notes.clone();
+    let rope = rope_direction(ckpt.format, Format::Gguf);
+    let mut entries: Vec<&TensorEntry> = Vec::new();
+    for t in &ckpt.tensors {
+        if t.key.part != Part::Weight {
+            return Err(Error::UnsupportedDType {
+                path: ckpt.path.clone(),
+                tensor: t.name.clone(),
+                dtype: t.dtype,
+                reason: "quantized HF checkpoints must be dequantized before conversion",
+            });
+        }
+        entries.push(t);
+    }
+    let rope_factors = if entries.iter().any(|t| t.key.id == TensorId::RopeFreqs) {
+        None
+    } else {
+        llama3_rope_factors(&ckpt.config)
+    };
+    entries.sort_by_key(|t| gguf_order(&t.key));
+    let out_dtype = |t: &TensorEntry| {
+        if t.shape.len() == 1 {
+            DType::F32
+        } else {
+            opts.dtype
+        }
+    };
+
+    let mut specs = Vec::new();
+    if let Some(f) = &rope_factors {
+        specs.push(GgufTensorSpec {
+            name: "rope_freqs.weight".into(),
+            dtype: DType::F32,
+            shape: vec![f.len() as u64],
+        });
+    }
+    for t in &entries {
+        let name = NameScheme::Gguf
+            .name(t.key)
+            .unwrap_or_else(|| t.name.clone());
+        specs.push(GgufTensorSpec {
+            name,
+            dtype: out_dtype(t),
+            shape: t.shape.clone(),
+        });
+    }
+    let general_name = ckpt
+        .gguf
+        .as_ref()
+        .and_then(|m| m.get("general.name"))
+        .and_then(GgufValue::as_str)
+        .map(str::to_owned);
+    let mut metadata = llama_metadata(&ckpt.config, general_name.as_deref(), file_type(opts.dtype));
+    metadata.extend(tokenizer_metadata(ckpt, &mut notes));
+    metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
+
+    let p = plan(&metadata, specs)?;
+    let (target, file) = AtomicFile::create(dest, opts.overwrite)?;
+    let path = file.path().to_owned();
+    let mut w = GgufWriter::new(file, p).map_err(|e| Error::io(&path, e))?;
+    if let Some(f) = &rope_factors {
+        let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_tensor("rope_freqs.weight", &bytes)
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    let mut buf = Vec::new();
+    for t in &entries {
+        buf.clear();
+        tensor_bytes(ckpt, t, out_dtype(t), rope, &mut buf)?;
+        let name = NameScheme::Gguf
+            .name(t.key)
+            .unwrap_or_else(|| t.name.clone());
+        w.write_tensor(&name, &buf)
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    let file = w.finish().map_err(|e| Error::io(&path, e))?;
+    let record = target.commit(file)?;
+    Ok(Written {
+        files: vec![record],
+        resumed: Vec::new(),
+        notes,
+    })
+}
