@@ -341,6 +341,10 @@ impl ModelConfig {
         let float = |k: &'static str| -> std::result::Result<Option<f64>, ConfigError> {
             match meta.get(&format!("llama.{k}")) {
                 None => Ok(None),
+                // An f32 key holds what a writer rounded from a decimal (1e-5 becomes
+                // 9.99999974e-6); take the shortest decimal that rounds to the same f32, so
+                // config.json says 1e-05 as the original did and writing GGUF back is exact.
+                Some(GgufValue::F32(x)) => Ok(Some(x.to_string().parse().unwrap_or(f64::from(*x)))),
                 Some(v) => v
                     .as_f64()
                     .map(Some)
