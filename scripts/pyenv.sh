@@ -7,6 +7,8 @@
 # interop  (default):   $QFORGE_CACHE/venv-interop-<h12>   from scripts/requirements-interop.txt  (no torch)
 # fixtures (--fixtures): $QFORGE_CACHE/venv-fixtures-<h12> from scripts/requirements-fixtures.txt (with torch,
 #                        a multi-GB download; only needed to regenerate tests/fixtures, never in CI)
+# heavy    (--heavy):    $QFORGE_CACHE/venv-heavy-<h12> from scripts/requirements-heavy.txt (fixtures + transformers,
+#                        compressed-tensors; for scripts/test-heavy.sh, never in CI)
 # <h12> = first 12 hex digits of the sha256 of the requirements file (for fixtures: followed by the
 # interop file it includes), so editing any pin makes a new venv.
 #
@@ -20,6 +22,7 @@ _qforge_pyenv_main() {
   for arg in "$@"; do
     case "$arg" in
       --fixtures) kind=fixtures ;;
+      --heavy) kind=heavy ;;
       --interop) kind=interop ;;
       --print-python) print=1 ;;
       -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" >&2; return 0 ;;
@@ -33,19 +36,20 @@ _qforge_pyenv_main() {
   local req="$script_dir/requirements-$kind.txt"
   [[ -f "$req" ]] || { echo "pyenv.sh: missing $req" >&2; return 1; }
 
-  # Hash the requirements file plus the files it includes with "-r" (requirements-fixtures.txt
-  # includes requirements-interop.txt), so any pin change yields a new venv.
+  # Hash the requirements file plus the files it includes with "-r", recursively
+  # (heavy -> fixtures -> interop), so any pin change yields a new venv.
   local hash
   hash="$("$base_python" - "$req" <<'PY'
 import hashlib, os, sys
-req = sys.argv[1]
 h = hashlib.sha256()
-data = open(req, "rb").read()
-h.update(data)
-for line in data.decode().splitlines():
-    parts = line.split("#", 1)[0].split()
-    if len(parts) == 2 and parts[0] in ("-r", "--requirement"):
-        h.update(open(os.path.join(os.path.dirname(req), parts[1]), "rb").read())
+def add(req):
+    data = open(req, "rb").read()
+    h.update(data)
+    for line in data.decode().splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) == 2 and parts[0] in ("-r", "--requirement"):
+            add(os.path.join(os.path.dirname(req), parts[1]))
+add(sys.argv[1])
 print(h.hexdigest()[:12])
 PY
 )" || { echo "pyenv.sh: cannot run $base_python" >&2; return 1; }
