@@ -58,27 +58,28 @@ PY
   local py="$venv/bin/python"
 
   if [[ ! -f "$stamp" ]]; then
+    # Every step checks its own status: `set -e` is ignored inside a subshell that is the
+    # left side of `||`, so a failed pip install would otherwise be stamped complete.
     (
-      set -e
       # Serialise concurrent creators of the same venv when flock(1) exists.
       if command -v flock >/dev/null 2>&1; then
-        exec 9>"$venv.lock"
-        flock 9
+        exec 9>"$venv.lock" || exit 1
+        flock 9 || exit 1
       fi
       if [[ -f "$stamp" ]]; then exit 0; fi
       if [[ -e "$venv" ]]; then
         echo "pyenv.sh: removing incomplete venv $venv" >&2
-        rm -rf "$venv"
+        rm -rf "$venv" || exit 1
       fi
       echo "pyenv.sh: creating $venv (from $(basename "$req"))" >&2
-      "$base_python" -m venv "$venv" >&2
-      if [[ "$kind" == fixtures ]]; then
+      "$base_python" -m venv "$venv" >&2 || exit 1
+      if [[ "$kind" == fixtures || "$kind" == heavy ]]; then
         echo "pyenv.sh: installing pinned requirements (torch: several GB, takes minutes) ..." >&2
       else
         echo "pyenv.sh: installing pinned requirements ..." >&2
       fi
-      "$py" -m pip install --disable-pip-version-check --no-input -q -r "$req" >&2
-      cp "$req" "$stamp"
+      "$py" -m pip install --disable-pip-version-check --no-input -q -r "$req" >&2 || exit 1
+      cp "$req" "$stamp" || exit 1
       echo "pyenv.sh: ready: $venv" >&2
     ) || { echo "pyenv.sh: ERROR: creating $venv failed" >&2; return 1; }
   else
