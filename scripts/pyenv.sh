@@ -9,6 +9,9 @@
 #                        a multi-GB download; only needed to regenerate tests/fixtures, never in CI)
 # heavy    (--heavy):    $QFORGE_CACHE/venv-heavy-<h12> from scripts/requirements-heavy.txt (fixtures + transformers,
 #                        compressed-tensors; for scripts/test-heavy.sh, never in CI)
+# llamacpp-convert (--llamacpp-convert): $QFORGE_CACHE/venv-llamacpp-convert-<h12> from
+#                        scripts/requirements-llamacpp-convert.txt (torch + transformers 4.57 for llama.cpp's
+#                        convert_hf_to_gguf.py, see scripts/build-llama-cpp.sh; never in CI)
 # <h12> = first 12 hex digits of the sha256 of the requirements file (for fixtures: followed by the
 # interop file it includes), so editing any pin makes a new venv.
 #
@@ -23,9 +26,10 @@ _qforge_pyenv_main() {
     case "$arg" in
       --fixtures) kind=fixtures ;;
       --heavy) kind=heavy ;;
+      --llamacpp-convert) kind=llamacpp-convert ;;
       --interop) kind=interop ;;
       --print-python) print=1 ;;
-      -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" >&2; return 0 ;;
+      -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" >&2; return 0 ;;
       *) echo "pyenv.sh: unknown argument: $arg" >&2; return 2 ;;
     esac
   done
@@ -73,7 +77,7 @@ PY
       fi
       echo "pyenv.sh: creating $venv (from $(basename "$req"))" >&2
       "$base_python" -m venv "$venv" >&2 || exit 1
-      if [[ "$kind" == fixtures || "$kind" == heavy ]]; then
+      if [[ "$kind" == fixtures || "$kind" == heavy || "$kind" == llamacpp-convert ]]; then
         echo "pyenv.sh: installing pinned requirements (torch: several GB, takes minutes) ..." >&2
       else
         echo "pyenv.sh: installing pinned requirements ..." >&2
