@@ -13,6 +13,7 @@ cargo test --workspace --locked
 
 echo "== cargo build --release" >&2
 cargo build --release --locked --bin qforge
+cargo build --release --locked -p qforge-quantize --example codec
 
 echo "== data and Python interop environment" >&2
 scripts/fetch-data.sh --model-only

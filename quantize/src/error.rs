@@ -37,6 +37,52 @@ pub enum Error {
     /// The format is known (it can be stored and copied) but qforge has no decoder for it yet.
     #[error("decoding {0} to f32 is not supported")]
     Unsupported(DType),
+    /// qforge has no encoder (quantizer) for this format.
+    #[error("encoding f32 to {0} is not supported")]
+    UnsupportedEncode(DType),
+    /// A value to be quantized is NaN or infinite. Weights must be finite: a scale computed from
+    /// them would be meaningless, so the quantizers refuse rather than emit NaN codes.
+    #[error("non-finite value at row {row}, column {col}")]
+    NonFinite {
+        /// row index (0-based) in the row-major input
+        row: u64,
+        /// column index (0-based) within that row
+        col: u64,
+    },
+    /// An importance (imatrix) weight is NaN, infinite or negative.
+    #[error("importance weight at column {col} is not a finite non-negative number")]
+    BadImportance {
+        /// column index of the offending weight
+        col: u64,
+    },
+    /// The quantization group size does not divide the row length.
+    #[error("group size {group} does not divide the row length {k}; {suggested} would")]
+    GroupMismatch {
+        /// the row length (input features)
+        k: u64,
+        /// the group size asked for
+        group: u64,
+        /// the largest divisor of `k` not above `group` (a multiple of 8 when `k` has one)
+        suggested: u64,
+    },
+    /// A slice passed to a codec does not have the length the other arguments imply.
+    #[error("{what}: expected {expected} elements, got {got}")]
+    BufferLength {
+        /// which argument
+        what: &'static str,
+        /// the length implied by the other arguments
+        expected: u64,
+        /// the length supplied
+        got: u64,
+    },
+    /// A parameter is outside its domain (zero row length, non-positive bound, ...).
+    #[error("invalid {name}: {detail}")]
+    InvalidParameter {
+        /// the parameter
+        name: &'static str,
+        /// what is wrong with it
+        detail: String,
+    },
 }
 
 /// Result alias for this crate.

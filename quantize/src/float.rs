@@ -53,6 +53,27 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// Encode an `f32` as bfloat16 bits exactly as ggml (`ggml_compute_fp32_to_bf16`, ggml-impl.h)
+/// and gguf-py (`gguf.quants.BF16`) do: round to nearest, ties to even; overflow rounds to
+/// ±inf; a NaN keeps its sign and upper payload bits and gets the quiet bit 0x0040 forced on
+/// (so a signalling NaN never truncates to an infinity).
+pub const fn f32_to_bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    if u & 0x7FFF_FFFF > 0x7F80_0000 {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    // u64 so that 0x7FFF_FFFF-ish patterns cannot wrap (they are NaN and handled above anyway)
+    ((u as u64 + 0x7FFF + ((u as u64 >> 16) & 1)) >> 16) as u16
+}
+
+/// Encode an `f32` as IEEE binary16 bits: round to nearest, ties to even; magnitudes that
+/// round above 65504 become ±inf; subnormals are produced exactly; NaN stays NaN (sign and
+/// the top 10 payload bits kept, quiet bit set — the `half` crate's rule, which is also what
+/// x86 F16C `vcvtps2ph` does).
+pub fn f32_to_f16_bits(x: f32) -> u16 {
+    half::f16::from_f32(x).to_bits()
+}
+
 /// Decode `bytes` of a scalar format into `out`. Returns `None` for block formats (handled by
 /// [`crate::ggml`]). The caller has checked that the lengths agree.
 pub(crate) fn decode_plain(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Option<Result<()>> {

@@ -7,12 +7,23 @@
 //!
 //! Every decoder here is checked bit for bit against a reference implementation (gguf-py's numpy
 //! code for the ggml blocks, IEEE/`half` for the float formats); see the interop tests.
+//!
+//! The encoders:
+//! - [`fp8`]: `f32`/BF16/F16 → FP8 E4M3FN and E5M2 (ml_dtypes-exact and saturating variants),
+//!   and FBGEMM-style row-wise / per-tensor FP8 quantization with scales.
+//! - [`int4`]: compressed-tensors min-max INT4 (symmetric and asymmetric, per row or per
+//!   group) with the `pack-quantized`, GPTQ and AWQ packings and their dequantizers.
+//! - [`ggml_quant`]: llama.cpp's reference quantizers for Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
+//!   Q3_K, Q4_K, Q5_K and Q6_K, with and without an importance matrix, bit for bit.
 #![deny(missing_docs)]
 
 mod dtype;
 mod error;
 pub mod float;
+pub mod fp8;
 pub mod ggml;
+pub mod ggml_quant;
+pub mod int4;
 
 pub use dtype::{DType, DTypeInfo};
 pub use error::{Error, Result};

@@ -1,0 +1,153 @@
+//! Raw-file front end to qforge's codecs, for the Python interop tests.
+//!
+//! ```text
+//! codec encode   <F8_E4M3|F8_E4M3_SAT|F8_E5M2|F8_E5M2_SAT|BF16|F16> IN OUT
+//! codec quantize <Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q2_K|Q3_K|Q4_K|Q5_K|Q6_K> IN OUT --row N [--imatrix FILE]
+//! codec decode   <DTYPE> IN OUT
+//! ```
+//!
+//! IN for `encode`/`quantize` is raw little-endian f32 (the imatrix file too); OUT of `encode`
+//! is one code per value (2 bytes LE for BF16/F16), of `quantize` the ggml blocks in GGUF
+//! layout. `decode` turns bytes of any decodable dtype (the `_SAT` names decode like their base
+//! format) back into little-endian f32. Exit status 2 for usage errors, 1 for data errors.
+
+use std::process::ExitCode;
+
+use qforge_quantize::fp8::Fp8Encoding;
+use qforge_quantize::{decode_to_f32, float, ggml_quant, DType};
+
+const USAGE: &str = "usage: codec encode <F8_E4M3|F8_E4M3_SAT|F8_E5M2|F8_E5M2_SAT|BF16|F16> IN OUT
+       codec quantize <Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q2_K|Q3_K|Q4_K|Q5_K|Q6_K> IN OUT --row N [--imatrix FILE]
+       codec decode <DTYPE> IN OUT";
+
+enum Failure {
+    Usage(String),
+    Data(String),
+}
+
+fn read_f32(path: &str) -> Result<Vec<f32>, Failure> {
+    let bytes = std::fs::read(path).map_err(|e| Failure::Data(format!("reading {path}: {e}")))?;
+    if bytes.len() % 4 != 0 {
+        return Err(Failure::Data(format!(
+            "{path}: {} bytes is not a whole number of f32 values",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn write(path: &str, bytes: &[u8]) -> Result<(), Failure> {
+    std::fs::write(path, bytes).map_err(|e| Failure::Data(format!("writing {path}: {e}")))
+}
+
+fn encode(name: &str, input: &str, output: &str) -> Result<(), Failure> {
+    let x = read_f32(input)?;
+    let fp8 = match name.to_ascii_uppercase().as_str() {
+        "F8_E4M3" => Some(Fp8Encoding::E4M3),
+        "F8_E4M3_SAT" => Some(Fp8Encoding::E4M3Sat),
+        "F8_E5M2" => Some(Fp8Encoding::E5M2),
+        "F8_E5M2_SAT" => Some(Fp8Encoding::E5M2Sat),
+        _ => None,
+    };
+    let out: Vec<u8> = match (fp8, name.to_ascii_uppercase().as_str()) {
+        (Some(enc), _) => {
+            let mut out = vec![0u8; x.len()];
+            enc.encode_f32_slice(&x, &mut out);
+            out
+        }
+        (None, "BF16") => x
+            .iter()
+            .flat_map(|&v| float::f32_to_bf16_bits(v).to_le_bytes())
+            .collect(),
+        (None, "F16") => x
+            .iter()
+            .flat_map(|&v| float::f32_to_f16_bits(v).to_le_bytes())
+            .collect(),
+        _ => return Err(Failure::Usage(format!("encode: unknown format {name}"))),
+    };
+    write(output, &out)
+}
+
+fn quantize(name: &str, input: &str, output: &str, opts: &[String]) -> Result<(), Failure> {
+    let dtype = DType::from_name(name)
+        .filter(|d| ggml_quant::supports(*d))
+        .ok_or_else(|| Failure::Usage(format!("quantize: unsupported type {name}")))?;
+    let mut row = None;
+    let mut imatrix = None;
+    let mut it = opts.iter();
+    while let Some(o) = it.next() {
+        let val = it
+            .next()
+            .ok_or_else(|| Failure::Usage(format!("{o} needs a value")))?;
+        match o.as_str() {
+            "--row" => {
+                row = Some(
+                    val.parse::<usize>()
+                        .map_err(|_| Failure::Usage(format!("--row: not a number: {val}")))?,
+                );
+            }
+            "--imatrix" => imatrix = Some(read_f32(val)?),
+            _ => return Err(Failure::Usage(format!("unknown option {o}"))),
+        }
+    }
+    let row = row.ok_or_else(|| Failure::Usage("quantize needs --row N".into()))?;
+    let x = read_f32(input)?;
+    let q = ggml_quant::quantize_to_vec(dtype, &x, row, imatrix.as_deref())
+        .map_err(|e| Failure::Data(format!("{e}")))?;
+    write(output, &q)
+}
+
+fn decode(name: &str, input: &str, output: &str) -> Result<(), Failure> {
+    let base = name
+        .strip_suffix("_SAT")
+        .or_else(|| name.strip_suffix("_sat"))
+        .unwrap_or(name);
+    let dtype = DType::from_name(base)
+        .ok_or_else(|| Failure::Usage(format!("decode: unknown dtype {name}")))?;
+    let bytes = std::fs::read(input).map_err(|e| Failure::Data(format!("reading {input}: {e}")))?;
+    let (bs, bb) = (dtype.block_size(), dtype.block_bytes());
+    if bytes.len() as u64 % bb != 0 {
+        return Err(Failure::Data(format!(
+            "{input}: {} bytes is not a whole number of {dtype} blocks ({bb} bytes)",
+            bytes.len()
+        )));
+    }
+    let n = usize::try_from(bytes.len() as u64 / bb * bs)
+        .map_err(|_| Failure::Data("too many elements".into()))?;
+    let mut out = vec![0f32; n];
+    decode_to_f32(dtype, &bytes, &mut out).map_err(|e| Failure::Data(format!("{e}")))?;
+    let raw: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write(output, &raw)
+}
+
+fn run(args: &[String]) -> Result<(), Failure> {
+    match args {
+        [op, name, input, output, rest @ ..] => match op.as_str() {
+            "encode" if rest.is_empty() => encode(name, input, output),
+            "quantize" => quantize(name, input, output, rest),
+            "decode" if rest.is_empty() => decode(name, input, output),
+            _ => Err(Failure::Usage(format!(
+                "unknown operation or extra arguments: {op}"
+            ))),
+        },
+        _ => Err(Failure::Usage("expected <op> <dtype> IN OUT".into())),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(m)) => {
+            eprintln!("codec: {m}\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Data(m)) => {
+            eprintln!("codec: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
