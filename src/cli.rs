@@ -57,6 +57,8 @@ pub enum ConvertTarget {
     Hf,
     /// A single GGUF file (llama.cpp).
     Gguf,
+    /// Meta directory: params.json + consolidated.NN.pth (torch.save format).
+    Meta,
 }
 
 /// Float dtype for converted tensors.
@@ -85,6 +87,9 @@ pub struct ConvertArgs {
     /// Largest safetensors shard, e.g. 5GB, 500MB, 2GiB.
     #[arg(long, default_value = "5GB", value_parser = parse_size)]
     pub shard_size: u64,
+    /// Model-parallel shards (consolidated.00.pth …) for --to meta: 1 for 8B, 8 for 70B/405B.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub mp: u16,
     /// Continue an interrupted run from its staging directory (finished files are re-verified).
     #[arg(long)]
     pub resume: bool,

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod export;
+pub mod export_meta;
 pub mod export_gguf;
 pub mod gguf;
 pub mod hf;

@@ -5,6 +5,7 @@ use std::io::Write;
 use anyhow::Result;
 use qforge_convert::export::{convert_to_hf, HfOptions};
 use qforge_convert::export_gguf::{convert_to_gguf, GgufOptions};
+use qforge_convert::export_meta::{convert_to_meta_with, MetaOptions};
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
 use qforge_quantize::DType;
@@ -39,6 +40,15 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
                 // llama.cpp's converter defaults to F16 for 2-D tensors.
                 dtype: dtype.unwrap_or(DType::F16),
                 overwrite: args.overwrite,
+            },
+        )?,
+        ConvertTarget::Meta => convert_to_meta_with(
+            &ckpt,
+            &args.output,
+            MetaOptions {
+                mp: usize::from(args.mp),
+                dtype,
+                output,
             },
         )?,
     };

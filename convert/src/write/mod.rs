@@ -10,6 +10,7 @@
 //! re-verifying the hash of every file it keeps.
 
 pub mod gguf;
+pub mod pth;
 pub mod safetensors;
 
 use std::collections::BTreeMap;
