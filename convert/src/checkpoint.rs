@@ -251,6 +251,27 @@ impl Checkpoint {
         Ok(out)
     }
 
+    /// Tell the OS this process is done with `t`'s bytes for now (see
+    /// [`MappedFile::release`]); long conversions call it after each tensor so peak RSS follows
+    /// the largest tensor, not the model.
+    pub fn release(&self, t: &TensorEntry) {
+        fn walk(files: &[MappedFile], l: &TensorLayout) {
+            match l {
+                TensorLayout::Contiguous(s) | TensorLayout::Strided { storage: s, .. } => {
+                    if let Some(f) = files.get(s.file) {
+                        f.release(s.offset, s.len);
+                    }
+                }
+                TensorLayout::Concat { parts, .. } => {
+                    for (_, l) in parts {
+                        walk(files, l);
+                    }
+                }
+            }
+        }
+        walk(&self.files, &t.layout);
+    }
+
     fn span(&self, s: &Span) -> &[u8] {
         // Spans are validated against the file length when the checkpoint is built.
         let start = s.offset as usize;

@@ -141,6 +141,14 @@ pub enum Error {
     /// No tensor of that name in the checkpoint.
     #[error("no tensor named {0:?} in this checkpoint")]
     NoSuchTensor(String),
+    /// A tokenizer that cannot be read, or cannot be converted to the requested form.
+    #[error("{}: tokenizer: {reason}", path.display())]
+    Tokenizer {
+        /// the tokenizer file or directory (or what the tokenizer was being turned into)
+        path: PathBuf,
+        /// what is wrong
+        reason: String,
+    },
 }
 
 /// Problems with a model configuration.

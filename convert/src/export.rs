@@ -5,7 +5,6 @@
 //! shard, so memory follows the largest tensor, not the model. Shards are planned from shapes
 //! alone, so the output is deterministic and a resumed run produces the same bytes.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -16,7 +15,7 @@ use crate::checkpoint::{Checkpoint, Format, TensorEntry};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
-use crate::rope::{permute_rows, RopeLayout};
+use crate::rope::{permute_rows_into, RopeLayout};
 use crate::write::safetensors::{plan, TensorSpec, Writer};
 use crate::write::{FileRecord, OutputDir, OutputOptions};
 
@@ -249,34 +248,98 @@ pub fn tensor_bytes(
     rope: Option<RopeLayout>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    let raw: Cow<'_, [u8]> = if dtype == t.dtype {
-        ckpt.bytes(t)?
+    let src = ckpt.bytes(t)?;
+    let heads = rope.zip(rope_heads(&ckpt.config, t.key));
+    let hd = ckpt.config.head_dim as usize;
+    let rows = t.shape.first().copied().unwrap_or(0) as usize;
+    if dtype == t.dtype {
+        match heads {
+            Some((dir, h)) => permute_rows_into(&src, h, hd, src.len() / rows.max(1), dir, out),
+            None => out.extend_from_slice(&src),
+        }
+    } else if let Some((dir, h)) = heads {
+        let mut converted = Vec::new();
+        convert_into(ckpt, t, &src, dtype, &mut converted)?;
+        permute_rows_into(&converted, h, hd, converted.len() / rows.max(1), dir, out);
     } else {
-        let values = ckpt.to_f32(t)?;
-        let mut v = Vec::with_capacity(values.len() * dtype.block_bytes() as usize);
-        encode_float(&values, dtype, &mut v).ok_or_else(|| Error::UnsupportedDType {
+        convert_into(ckpt, t, &src, dtype, out)?;
+    }
+    drop(src);
+    ckpt.release(t);
+    Ok(())
+}
+
+/// Decode `src` (all of `t`'s bytes) and re-encode it as `dtype`, appending to `out`, a chunk
+/// of about a million elements at a time so no whole-tensor f32 copy is ever held.
+fn convert_into(
+    ckpt: &Checkpoint,
+    t: &TensorEntry,
+    src: &[u8],
+    dtype: DType,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let block = t.dtype.block_size() as usize;
+    let block_bytes = t.dtype.block_bytes() as usize;
+    let blocks_per_chunk = ((1usize << 20) / block).max(1);
+    let mut values = vec![0f32; blocks_per_chunk * block];
+    out.reserve(usize::try_from(t.numel()).unwrap_or(0) * dtype.block_bytes() as usize);
+    for chunk in src.chunks(blocks_per_chunk * block_bytes) {
+        let n = chunk.len() / block_bytes * block;
+        let vals = &mut values[..n];
+        qforge_quantize::decode_to_f32(t.dtype, chunk, vals).map_err(|source| Error::Codec {
+            path: ckpt.path.clone(),
+            tensor: t.name.clone(),
+            source,
+        })?;
+        encode_float(vals, dtype, out).ok_or_else(|| Error::UnsupportedDType {
             path: ckpt.path.clone(),
             tensor: t.name.clone(),
             dtype,
             reason: "conversion targets are F32, F16 and BF16",
         })?;
-        Cow::Owned(v)
-    };
-    match (rope, rope_heads(&ckpt.config, t.key)) {
-        (Some(dir), Some(heads)) => {
-            let rows = t.shape.first().copied().unwrap_or(0) as usize;
-            let row_bytes = raw.len() / rows.max(1);
-            out.extend_from_slice(&permute_rows(
-                &raw,
-                heads,
-                ckpt.config.head_dim as usize,
-                row_bytes,
-                dir,
-            ));
-        }
-        _ => out.extend_from_slice(&raw),
     }
     Ok(())
+}
+
+/// The source's tokenizer in its GGUF view: GGUF metadata, an HF `tokenizer.json`, or a Meta
+/// tiktoken `tokenizer.model` (Llama 3.1 special-token names when the config has Llama 3.1
+/// rope scaling, Llama 3 names otherwise). `None` when the source has none.
+pub fn source_vocab(ckpt: &Checkpoint) -> Result<Option<crate::tokenizer::Vocab>> {
+    use crate::tokenizer::{llama3_special_tokens, Llama3Specials, Vocab};
+    if let Some(meta) = &ckpt.gguf {
+        if meta.get("tokenizer.ggml.model").is_none() {
+            return Ok(None);
+        }
+        return Vocab::from_gguf(meta).map(Some);
+    }
+    let dir = if ckpt.path.is_dir() {
+        ckpt.path.clone()
+    } else {
+        ckpt.path.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    match ckpt.format {
+        Format::Hf if dir.join("tokenizer.json").is_file() => {
+            Vocab::from_tokenizer_json(&dir, None).map(Some)
+        }
+        Format::Meta if dir.join("tokenizer.model").is_file() => {
+            let version = if matches!(ckpt.config.rope_scaling, Some(RopeScaling::Llama3 { .. })) {
+                Llama3Specials::V3_1
+            } else {
+                Llama3Specials::V3
+            };
+            let specials = llama3_special_tokens(version);
+            let path = dir.join("tokenizer.model");
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            // Only a full Llama 3 vocabulary (128,000 ranks) takes the 256 specials.
+            let ranks = bytes
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count();
+            let specials: &[String] = if ranks == 128_000 { &specials } else { &[] };
+            Vocab::from_tiktoken(&bytes, specials).map(Some)
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Options for [`convert_to_hf`].
@@ -385,10 +448,16 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
             }
         }
     } else {
-        notes.push(
-            "tokenizer files are not converted yet: copy or convert the tokenizer separately"
-                .into(),
-        );
+        match source_vocab(ckpt)? {
+            Some(vocab) => {
+                for (name, bytes) in vocab.hf_files()? {
+                    if out.finished(name).is_none() {
+                        out.write_file(name, &bytes)?;
+                    }
+                }
+            }
+            None => notes.push("the source has no tokenizer: none written".into()),
+        }
     }
     // No paths or times in the manifest: the same input gives the same bytes wherever it lives.
     let mut extra = serde_json::Map::new();

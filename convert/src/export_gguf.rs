@@ -118,6 +118,10 @@ pub fn llama_metadata(
     }
     m.push(("llama.vocab_size".into(), u32v(cfg.vocab_size)));
     m.push(("llama.rope.dimension_count".into(), u32v(cfg.head_dim)));
+    // convert_hf_to_gguf.py writes these whenever config.json has head_dim, as every config
+    // qforge writes and the Llama 3.x releases do.
+    m.push(("llama.attention.key_length".into(), u32v(cfg.head_dim)));
+    m.push(("llama.attention.value_length".into(), u32v(cfg.head_dim)));
     if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
         m.push((
             "llama.rope.scaling.type".into(),
@@ -162,17 +166,26 @@ pub struct GgufOptions {
 
 /// Tokenizer metadata for the output: carried over from a GGUF source, otherwise converted from
 /// the source's tokenizer files.
-fn tokenizer_metadata(ckpt: &Checkpoint, notes: &mut Vec<String>) -> Vec<(String, GgufValue)> {
+fn tokenizer_metadata(
+    ckpt: &Checkpoint,
+    notes: &mut Vec<String>,
+) -> Result<Vec<(String, GgufValue)>> {
     if let Some(meta) = &ckpt.gguf {
-        return meta
+        return Ok(meta
             .entries
             .iter()
             .filter(|(k, _)| k.starts_with("tokenizer."))
             .cloned()
-            .collect();
+            .collect());
     }
-    notes.push("no tokenizer metadata written: converting HF/Meta tokenizers to GGUF is not implemented yet".into());
-    Vec::new()
+    let Some(vocab) = crate::export::source_vocab(ckpt)? else {
+        notes.push(
+            "the source has no tokenizer: llama.cpp needs tokenizer.ggml.* keys to load the file"
+                .into(),
+        );
+        return Ok(Vec::new());
+    };
+    Ok(vocab.to_gguf_metadata())
 }
 
 /// Convert any checkpoint to a GGUF file at `dest`.
@@ -238,7 +251,7 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
         .and_then(GgufValue::as_str)
         .map(str::to_owned);
     let mut metadata = llama_metadata(&ckpt.config, general_name.as_deref(), file_type(opts.dtype));
-    metadata.extend(tokenizer_metadata(ckpt, &mut notes));
+    metadata.extend(tokenizer_metadata(ckpt, &mut notes)?);
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
 
     let p = plan(&metadata, specs)?;

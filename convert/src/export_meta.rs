@@ -483,6 +483,7 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
             for (r, w) in &mut writers {
                 write_slice(w, p, data, *r, mp)?;
             }
+            ckpt.release(p.source);
         }
     }
     for (_, w) in writers {

@@ -16,8 +16,8 @@ pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod export;
-pub mod export_meta;
 pub mod export_gguf;
+pub mod export_meta;
 pub mod gguf;
 pub mod hf;
 pub mod meta;
@@ -25,6 +25,7 @@ mod mmap;
 pub mod names;
 pub mod pth;
 pub mod rope;
+pub mod tokenizer;
 pub mod write;
 
 pub use checkpoint::{Checkpoint, Format, TensorEntry, TensorLayout, TokenizerInfo};

@@ -37,6 +37,28 @@ impl MappedFile {
         })
     }
 
+    /// Drop this process's mapping of `len` bytes at `offset` (rounded out to whole pages), so
+    /// resident-set size follows the tensor being worked on rather than everything read so far.
+    /// The pages stay in the page cache; touching them again re-faults them from the file.
+    /// Errors are ignored: this only affects memory accounting, never contents.
+    pub(crate) fn release(&self, offset: u64, len: u64) {
+        #[cfg(unix)]
+        if let (Some(map), Ok(offset), Ok(len)) =
+            (&self.map, usize::try_from(offset), usize::try_from(len))
+        {
+            if offset.checked_add(len).is_some_and(|end| end <= map.len()) && len > 0 {
+                // SAFETY: `map` is a read-only, shared mapping of a file nobody writes while we
+                // read it (see `open`). MADV_DONTNEED on such a mapping discards only our page
+                // table entries; a later read faults the same bytes back from the file, so no
+                // slice borrowed from the map ever observes different contents.
+                #[allow(unsafe_code)]
+                let _ = unsafe {
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+                };
+            }
+        }
+    }
+
     /// All bytes of the file.
     pub(crate) fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])

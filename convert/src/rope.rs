@@ -40,16 +40,32 @@ pub fn permute_rows(
     row_bytes: usize,
     dir: RopeLayout,
 ) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len());
+    permute_rows_into(src, heads, hd, row_bytes, dir, &mut out);
+    out
+}
+
+/// [`permute_rows`], appending to `out`.
+///
+/// # Panics
+/// As [`permute_rows`].
+pub fn permute_rows_into(
+    src: &[u8],
+    heads: usize,
+    hd: usize,
+    row_bytes: usize,
+    dir: RopeLayout,
+    out: &mut Vec<u8>,
+) {
     assert!(
         hd % 2 == 0 && src.len() == heads * hd * row_bytes,
         "rope permutation shape"
     );
-    let mut out = Vec::with_capacity(src.len());
+    out.reserve(src.len());
     for dst in 0..heads * hd {
         let s = source_row(dst, hd, dir);
         out.extend_from_slice(&src[s * row_bytes..(s + 1) * row_bytes]);
     }
-    out
 }
 
 #[cfg(test)]
