@@ -255,21 +255,22 @@ impl Checkpoint {
     /// [`MappedFile::release`]); long conversions call it after each tensor so peak RSS follows
     /// the largest tensor, not the model.
     pub fn release(&self, t: &TensorEntry) {
-        fn walk(files: &[MappedFile], l: &TensorLayout) {
-            match l {
-                TensorLayout::Contiguous(s) | TensorLayout::Strided { storage: s, .. } => {
-                    if let Some(f) = files.get(s.file) {
-                        f.release(s.offset, s.len);
-                    }
+        self.release_layout(&t.layout);
+    }
+
+    fn release_layout(&self, l: &TensorLayout) {
+        match l {
+            TensorLayout::Contiguous(s) | TensorLayout::Strided { storage: s, .. } => {
+                if let Some(f) = self.files.get(s.file) {
+                    f.release(s.offset, s.len);
                 }
-                TensorLayout::Concat { parts, .. } => {
-                    for (_, l) in parts {
-                        walk(files, l);
-                    }
+            }
+            TensorLayout::Concat { parts, .. } => {
+                for (_, l) in parts {
+                    self.release_layout(l);
                 }
             }
         }
-        walk(&self.files, &t.layout);
     }
 
     fn span(&self, s: &Span) -> &[u8] {
@@ -302,18 +303,28 @@ impl Checkpoint {
             }
             TensorLayout::Concat { dim, parts } => {
                 let outer: u64 = shape[..*dim].iter().product();
-                let part_bytes: Vec<Vec<u8>> = parts
+                out.reserve(shape.iter().product::<u64>() as usize * esize as usize);
+                // Contiguous shards are read straight from the map; only other layouts are
+                // gathered into a temporary first. On dim 0 the shards simply follow each other.
+                let views: Vec<Cow<'_, [u8]>> = parts
                     .iter()
-                    .map(|(s, l)| {
-                        let mut b = Vec::new();
-                        self.gather(l, s, esize, &mut b);
-                        b
+                    .map(|(s, l)| match l {
+                        TensorLayout::Contiguous(span) => Cow::Borrowed(self.span(span)),
+                        other => {
+                            let mut b = Vec::new();
+                            self.gather(other, s, esize, &mut b);
+                            Cow::Owned(b)
+                        }
                     })
                     .collect();
                 for o in 0..outer as usize {
-                    for ((s, _), b) in parts.iter().zip(&part_bytes) {
+                    for ((s, l), b) in parts.iter().zip(&views) {
                         let chunk = s[*dim..].iter().product::<u64>() as usize * esize as usize;
                         out.extend_from_slice(&b[o * chunk..(o + 1) * chunk]);
+                        if outer == 1 {
+                            // A dim-0 merge is done with each shard as soon as it is copied.
+                            self.release_layout(l);
+                        }
                     }
                 }
             }

@@ -252,19 +252,18 @@ pub fn tensor_bytes(
     let heads = rope.zip(rope_heads(&ckpt.config, t.key));
     let hd = ckpt.config.head_dim as usize;
     let rows = t.shape.first().copied().unwrap_or(0) as usize;
-    if dtype == t.dtype {
-        match heads {
-            Some((dir, h)) => permute_rows_into(&src, h, hd, src.len() / rows.max(1), dir, out),
-            None => out.extend_from_slice(&src),
+    match (dtype == t.dtype, heads) {
+        (true, Some((dir, h))) => permute_rows_into(&src, h, hd, src.len() / rows.max(1), dir, out),
+        // An owned (gathered) buffer is moved, not copied, into an empty `out`.
+        (true, None) if out.is_empty() => *out = src.into_owned(),
+        (true, None) => out.extend_from_slice(&src),
+        (false, Some((dir, h))) => {
+            let mut converted = Vec::new();
+            convert_into(ckpt, t, &src, dtype, &mut converted)?;
+            permute_rows_into(&converted, h, hd, converted.len() / rows.max(1), dir, out);
         }
-    } else if let Some((dir, h)) = heads {
-        let mut converted = Vec::new();
-        convert_into(ckpt, t, &src, dtype, &mut converted)?;
-        permute_rows_into(&converted, h, hd, converted.len() / rows.max(1), dir, out);
-    } else {
-        convert_into(ckpt, t, &src, dtype, out)?;
+        (false, None) => convert_into(ckpt, t, &src, dtype, out)?,
     }
-    drop(src);
     ckpt.release(t);
     Ok(())
 }
