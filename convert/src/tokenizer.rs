@@ -971,12 +971,25 @@ impl Vocab {
                 Error::Tokenizer { reason, .. } => tok_err(&path)(reason),
                 other => other,
             })?;
-            let Some(name) = pre_for_hash(&hash) else {
+            // An unknown hash (a vocabulary llama.cpp's table has never seen) is still fine when
+            // the pre-tokenizer is spelled exactly as one llama.cpp implements: the split
+            // rules then agree, whatever the vocabulary.
+            let structural = [
+                ("llama-bpe", PreTokenizer::Llama3),
+                ("smollm", PreTokenizer::DigitsThenGpt2),
+                ("gpt-2", PreTokenizer::Gpt2),
+                ("default", PreTokenizer::Default),
+            ]
+            .into_iter()
+            .find(|(_, p)| tj.get("pre_tokenizer") == Some(&p.to_json()))
+            .map(|(n, _)| n);
+            let Some(name) = pre_for_hash(&hash).or(structural) else {
                 let known: Vec<&str> = KNOWN_PRE_HASHES.iter().map(|(_, n)| *n).collect();
                 let names: Vec<&str> = PRE_TOKENIZERS.iter().map(|(n, _)| *n).collect();
                 return Err(tok_err(&path)(format!(
                     "unknown BPE pre-tokenizer: the probe text hashes to {hash}, which is none \
-                     of {}; name the pre-tokenizer explicitly (one of: {})",
+                     of {}, and its pre_tokenizer is spelled unlike any llama.cpp implements; \
+                     llama.cpp would refuse it too (known pre-tokenizers: {})",
                     known.join(", "),
                     names.join(", ")
                 )));
