@@ -133,8 +133,24 @@ fn tokenizer_json_to_gguf_view_matches_the_gguf_fixture() {
     hf.add_eos = None;
     assert_eq!(hf, gguf);
 
-    // Its pre-tokenizer probe hash is nobody's: without a name the conversion stops and says so.
-    let err = Vocab::from_tokenizer_json(&fixture("hf"), None).unwrap_err();
+    // Its pre-tokenizer probe hash is nobody's, but its pre_tokenizer is spelled exactly as
+    // llama.cpp's llama-bpe: without a name, detection by structure gives the same view.
+    let mut detected = Vocab::from_tokenizer_json(&fixture("hf"), None).expect("detected");
+    detected.add_eos = None;
+    assert_eq!(detected, gguf);
+
+    // A pre_tokenizer spelled unlike any llama.cpp implements, with an unknown hash, stops the
+    // conversion with an error that says so.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["tokenizer.json", "tokenizer_config.json", "config.json"] {
+        std::fs::copy(fixture("hf").join(name), dir.path().join(name)).expect("copy");
+    }
+    let path = dir.path().join("tokenizer.json");
+    let mut tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    tj["pre_tokenizer"] = serde_json::json!({"type": "Whitespace"});
+    std::fs::write(&path, tj.to_string()).expect("write");
+    let err = Vocab::from_tokenizer_json(dir.path(), None).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Tokenizer { .. }), "{msg}");
     assert!(msg.contains("unknown BPE pre-tokenizer"), "{msg}");

@@ -133,7 +133,8 @@ pub enum PthError {
         /// offset of the opcode
         offset: u64,
     },
-    /// Another resource limit was hit (memo entries, copy work).
+    /// Another resource limit was hit (memo entries, memo slots of one container, memo
+    /// bookkeeping work, container items, tensor dimensions; see the constants of [`pickle`]).
     #[error("data.pkl offset {offset}: too many {what}")]
     LimitExceeded {
         /// the resource
@@ -319,8 +320,10 @@ pub fn parse_state_dict(
             reason: format!("data.pkl holds a {}, not a dict", top.type_name()),
         });
     };
-    let mut seen = HashSet::with_capacity(dict.items.len());
-    let mut out = Vec::with_capacity(dict.items.len());
+    // Grown as entries pass the checks, not reserved for the dict's length: a hostile dict of
+    // a million one-byte entries would otherwise reserve a `PthTensor` for each first.
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
     for (k, v) in &dict.items {
         let Value::Str(name) = k else {
             return Err(PthError::NotAStateDict {

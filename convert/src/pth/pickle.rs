@@ -17,13 +17,17 @@
 //!
 //! Hostile input cannot make it panic, recurse, or allocate without bound: every length is
 //! checked against the bytes that remain; the stack (values plus marks) is capped at
-//! [`MAX_STACK`], value nesting at [`MAX_NESTING`], the memo at [`MAX_MEMO`] entries. Values are
+//! [`MAX_STACK`], value nesting at [`MAX_NESTING`], the memo at [`MAX_MEMO`] entries, the items
+//! put in containers (and dimensions copied into tensor views) at [`MAX_ITEMS`]. Values are
 //! shared by reference count, so `BINGET` never copies, and lists and dicts are mutated in place
 //! with CPython's aliasing (memo entries see later `APPEND`s/`SETITEM`s); memo bookkeeping is
-//! charged to a work budget proportional to the input length. A container mutated while some
-//! other object refers to it is rejected, which also makes cycles impossible. Each opcode
-//! consumes at least one byte, so the number of steps is bounded by the input length. The
-//! interpreter is a flat loop: no recursion on input structure anywhere.
+//! charged to a work budget proportional to the input length, and one container may sit in at
+//! most [`MAX_MEMO_ALIASES`] memo slots, so that each mutation costs a few steps. The only values
+//! built by copying rather than sharing, tensor views and storages, are small by construction:
+//! at most [`MAX_DIMS`] dimensions and storage keys of at most [`MAX_STORAGE_KEY`] bytes. A
+//! container mutated while some other object refers to it is rejected, which also makes cycles
+//! impossible. Each opcode consumes at least one byte, so the number of steps is bounded by the
+//! input length. The interpreter is a flat loop: no recursion on input structure anywhere.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -38,6 +42,21 @@ pub const MAX_STACK: usize = 10_000;
 pub const MAX_NESTING: u32 = 1_000;
 /// Most memo entries.
 pub const MAX_MEMO: usize = 1 << 20;
+/// Most memo slots one list or dict may occupy at once. Each in-place mutation of a container
+/// re-points all of its slots, so without a cap a pickle could make every one-byte `APPEND` cost
+/// a million steps. CPython's pickler memoizes each object once.
+pub const MAX_MEMO_ALIASES: usize = 8;
+/// Most items a pickle may put in tuples, lists and dicts, all told, counting each dimension
+/// copied into a tensor view as one. Every item costs at least one opcode byte but 32 bytes of
+/// memory, so this caps the interpreter's memory in absolute terms; torch writes about 20 per
+/// tensor, so it allows state dicts of some 200k tensors (the memo cap allows about 100k).
+pub const MAX_ITEMS: u64 = 1 << 22;
+/// Most dimensions a tensor view may have. Each `REDUCE` of a rebuild function copies its size
+/// and stride into a new view, however often the same arguments are reused.
+pub const MAX_DIMS: usize = 16;
+/// Longest storage key, in bytes. torch numbers its storages (`"0"`, `"1"`, …); each persistent
+/// id copies its key, however often the same key string is reused.
+pub const MAX_STORAGE_KEY: usize = 256;
 /// Highest pickle protocol understood.
 pub const MAX_PROTOCOL: u8 = 5;
 
@@ -313,6 +332,52 @@ pub fn load(data: &[u8]) -> Result<Value, PthError> {
     Vm::new(data).run()
 }
 
+/// The memo. Picklers number their entries 0, 1, 2, … in order, so those live in a vector
+/// (32 bytes an entry, where a hash map costs up to 150 with its growth); any other index goes
+/// to a map. An index is in one of the two, never both.
+#[derive(Default)]
+struct Memo {
+    /// slots 0 .. dense.len()
+    dense: Vec<Value>,
+    sparse: HashMap<u32, Value>,
+}
+
+impl Memo {
+    fn len(&self) -> usize {
+        self.dense.len() + self.sparse.len()
+    }
+
+    fn get(&self, index: u32) -> Option<&Value> {
+        self.dense
+            .get(index as usize)
+            .or_else(|| self.sparse.get(&index))
+    }
+
+    fn get_mut(&mut self, index: u32) -> Option<&mut Value> {
+        match self.dense.get_mut(index as usize) {
+            Some(v) => Some(v),
+            None => self.sparse.get_mut(&index),
+        }
+    }
+
+    fn contains_key(&self, index: u32) -> bool {
+        self.get(index).is_some()
+    }
+
+    /// Put `v` in slot `index`, returning what was there.
+    fn insert(&mut self, index: u32, v: Value) -> Option<Value> {
+        let at = index as usize;
+        if let Some(slot) = self.dense.get_mut(at) {
+            Some(std::mem::replace(slot, v))
+        } else if at == self.dense.len() && !self.sparse.contains_key(&index) {
+            self.dense.push(v);
+            None
+        } else {
+            self.sparse.insert(index, v)
+        }
+    }
+}
+
 struct Vm<'a> {
     data: &'a [u8],
     pos: usize,
@@ -321,13 +386,15 @@ struct Vm<'a> {
     stack: Vec<Value>,
     /// stack lengths at each `MARK`
     marks: Vec<usize>,
-    memo: HashMap<u32, Value>,
+    memo: Memo,
     /// for each list or dict held by the memo (by address), the memo slots holding it; the
     /// memo's own references keep the address from being reused while it is listed here
     memo_slots: HashMap<usize, HashSet<u32>>,
-    /// container items copied so far by copy-on-write
+    /// memo bookkeeping done so far
     work: u64,
     work_limit: u64,
+    /// items put in containers and dimensions copied into views so far (see [`MAX_ITEMS`])
+    items: u64,
 }
 
 mod op {
@@ -390,12 +457,13 @@ impl<'a> Vm<'a> {
             op: 0,
             stack: Vec::new(),
             marks: Vec::new(),
-            memo: HashMap::new(),
+            memo: Memo::default(),
             memo_slots: HashMap::new(),
             work: 0,
             work_limit: (data.len() as u64)
                 .saturating_mul(64)
                 .saturating_add(1 << 20),
+            items: 0,
         }
     }
 
@@ -539,12 +607,26 @@ impl<'a> Vm<'a> {
         Ok(depth)
     }
 
-    fn seq(&self, items: Vec<Value>) -> Result<Rc<Seq>, PthError> {
+    /// Count `n` more items against [`MAX_ITEMS`].
+    fn count_items(&mut self, n: usize) -> Result<(), PthError> {
+        self.items = self.items.saturating_add(n as u64);
+        if self.items > MAX_ITEMS {
+            return Err(PthError::LimitExceeded {
+                what: "container items",
+                offset: self.op,
+            });
+        }
+        Ok(())
+    }
+
+    fn seq(&mut self, items: Vec<Value>) -> Result<Rc<Seq>, PthError> {
+        self.count_items(items.len())?;
         let depth = self.depth_over(&items)?;
         Ok(Rc::new(Seq { items, depth }))
     }
 
-    fn dict_from_pairs(&self, items: Vec<Value>, ordered: bool) -> Result<Value, PthError> {
+    fn dict_from_pairs(&mut self, items: Vec<Value>, ordered: bool) -> Result<Value, PthError> {
+        self.count_items(items.len())?;
         let depth = self.pairs_depth(&items)?;
         let mut d = Dict {
             ordered,
@@ -599,7 +681,7 @@ impl<'a> Vm<'a> {
         // the container alive, so its address and `memo_slots` stay valid), mutate, and hand
         // the memo its references back.
         for s in &slots {
-            if let Some(v) = self.memo.get_mut(s) {
+            if let Some(v) = self.memo.get_mut(*s) {
                 *v = Value::None;
             }
         }
@@ -614,7 +696,7 @@ impl<'a> Vm<'a> {
                 f(top);
             }
             for s in &slots {
-                if let Some(v) = self.memo.get_mut(s) {
+                if let Some(v) = self.memo.get_mut(*s) {
                     *v = top.clone();
                 }
             }
@@ -632,6 +714,7 @@ impl<'a> Vm<'a> {
 
     /// Append `items` to the list on top of the stack.
     fn append(&mut self, items: Vec<Value>) -> Result<(), PthError> {
+        self.count_items(items.len())?;
         let depth = self.depth_over(&items)?;
         if !matches!(self.top()?, Value::List(_)) {
             let what = format!("APPEND to a {}", self.top()?.type_name());
@@ -649,6 +732,7 @@ impl<'a> Vm<'a> {
 
     /// Add `items` (k, v, k, v, …) to the dict on top of the stack.
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), PthError> {
+        self.count_items(items.len())?;
         let depth = self.pairs_depth(&items)?;
         if !matches!(self.top()?, Value::Dict(_)) {
             let what = format!("SETITEM on a {}", self.top()?.type_name());
@@ -667,21 +751,27 @@ impl<'a> Vm<'a> {
     /// `memo[index] = top of stack`, keeping [`Vm::memo_slots`] in step.
     fn memo_put(&mut self, index: u32) -> Result<(), PthError> {
         let v = self.top()?.clone();
-        if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&index) {
+        if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(index) {
             return Err(PthError::LimitExceeded {
                 what: "memo entries",
                 offset: self.op,
             });
         }
         if let Some(k) = container_key(&v) {
-            self.memo_slots.entry(k).or_default().insert(index);
+            let slots = self.memo_slots.entry(k).or_default();
+            if slots.len() >= MAX_MEMO_ALIASES && !slots.contains(&index) {
+                return Err(PthError::LimitExceeded {
+                    what: "memo slots holding one container",
+                    offset: self.op,
+                });
+            }
+            slots.insert(index);
         }
         if let Some(old) = self.memo.insert(index, v) {
             if let Some(k) = container_key(&old) {
                 let now_empty = self.memo_slots.get_mut(&k).is_some_and(|s| {
                     // The same container stored again in the same slot keeps its entry.
-                    if !matches!(self.memo.get(&index), Some(cur) if container_key(cur) == Some(k))
-                    {
+                    if !matches!(self.memo.get(index), Some(cur) if container_key(cur) == Some(k)) {
                         s.remove(&index);
                     }
                     s.is_empty()
@@ -695,14 +785,10 @@ impl<'a> Vm<'a> {
     }
 
     fn memo_get(&mut self, index: u32) -> Result<(), PthError> {
-        let v = self
-            .memo
-            .get(&index)
-            .cloned()
-            .ok_or(PthError::MemoMissing {
-                index,
-                offset: self.op,
-            })?;
+        let v = self.memo.get(index).cloned().ok_or(PthError::MemoMissing {
+            index,
+            offset: self.op,
+        })?;
         self.push(v)
     }
 
@@ -892,6 +978,9 @@ impl<'a> Vm<'a> {
                     let args = self.pop()?;
                     let callable = self.pop()?;
                     let v = self.reduce(&callable, &args)?;
+                    if let Value::Tensor(t) = &v {
+                        self.count_items(t.size.len() + t.stride.len())?;
+                    }
                     self.push(v)?;
                 }
                 op::NEWOBJ => {
@@ -1024,6 +1113,10 @@ impl<'a> Vm<'a> {
 
     fn uints(&self, v: &Value, what: &str) -> Result<Vec<u64>, PthError> {
         match v {
+            Value::Tuple(t) if t.items.len() > MAX_DIMS => Err(PthError::LimitExceeded {
+                what: "tensor dimensions",
+                offset: self.op,
+            }),
             Value::Tuple(t) => t.items.iter().map(|x| self.uint(x, what)).collect(),
             other => Err(self.bad(format!("{what} is a {}, not a tuple", other.type_name()))),
         }
@@ -1109,6 +1202,12 @@ impl<'a> Vm<'a> {
         };
         if &**tag != "storage" {
             return Err(self.bad(format!("persistent id of kind {:?}", clip(tag))));
+        }
+        if key.len() > MAX_STORAGE_KEY {
+            return Err(self.bad(format!(
+                "storage key of {} bytes (at most {MAX_STORAGE_KEY})",
+                key.len()
+            )));
         }
         let kind = match ty {
             Value::Global(Global::StorageClass(c)) => {
@@ -1196,6 +1295,32 @@ mod tests {
         assert!(shared(b"\x80\x02]q\x00h\x00a."));
         // Inside another list, then mutated through the memo.
         assert!(shared(b"\x80\x02]q\x00]h\x00a0h\x00K\x01a."));
+    }
+
+    #[test]
+    fn memo_in_and_out_of_order() {
+        let mut m = Memo::default();
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Int(i)) => Some(*i),
+            _ => None,
+        };
+        assert!(m.insert(3, Value::Int(30)).is_none()); // out of order: the map
+        for i in 0..6 {
+            let old = m.insert(i, Value::Int(i.into()));
+            assert_eq!(old.is_some(), i == 3, "{i}");
+        }
+        // 0, 1, 2 in the vector; 3 stays in the map, so 4 and 5 follow it there.
+        assert_eq!((m.dense.len(), m.sparse.len(), m.len()), (3, 3, 6));
+        assert!(m.insert(u32::MAX, Value::None).is_none());
+        for i in 0..6 {
+            assert_eq!(int(m.get(i)), Some(i.into()));
+        }
+        assert!(m.contains_key(u32::MAX) && !m.contains_key(6));
+        if let Some(v) = m.get_mut(1) {
+            *v = Value::Int(11);
+        }
+        assert_eq!(int(m.get(1)), Some(11));
+        assert_eq!(m.len(), 7);
     }
 
     #[test]
