@@ -122,6 +122,17 @@ impl Write for StagedFile {
 }
 
 impl StagedFile {
+    /// Flush and fsync the file; returns its name, its `.part` path, sha256 and size.
+    fn close(self) -> Result<(String, PathBuf, String, u64)> {
+        let StagedFile { name, part, writer } = self;
+        let (buf, sha256, bytes) = writer.finish();
+        let f = buf
+            .into_inner()
+            .map_err(|e| Error::io(&part, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&part, e))?;
+        Ok((name, part, sha256, bytes))
+    }
+
     /// The path being written (for error messages).
     pub fn path(&self) -> &Path {
         &self.part
@@ -179,26 +190,34 @@ fn check_name(dest: &Path, name: &str) -> Result<()> {
     }
 }
 
+/// The file name of `dest` and its staging sibling `.<name>.qforge-partial`, after refusing an
+/// existing destination (unless `overwrite`) and creating the parent directory.
+fn staging_sibling(dest: &Path, overwrite: bool) -> Result<(String, PathBuf)> {
+    let name = dest.file_name().ok_or_else(|| {
+        Error::io(
+            dest,
+            io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name"),
+        )
+    })?;
+    if dest.exists() && !overwrite {
+        return Err(Error::OutputExists {
+            path: dest.to_owned(),
+        });
+    }
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = name.to_string_lossy().into_owned();
+    let staging = parent.join(format!(".{name}.qforge-partial"));
+    Ok((name, staging))
+}
+
 impl OutputDir {
     /// Start (or, with `resume`, continue) building `dest`.
     pub fn begin(dest: &Path, opts: OutputOptions) -> Result<Self> {
-        let name = dest.file_name().ok_or_else(|| {
-            Error::io(
-                dest,
-                io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name"),
-            )
-        })?;
-        if dest.exists() && !opts.overwrite {
-            return Err(Error::OutputExists {
-                path: dest.to_owned(),
-            });
-        }
-        let parent = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        let staging = parent.join(format!(".{}.qforge-partial", name.to_string_lossy()));
+        let (_, staging) = staging_sibling(dest, opts.overwrite)?;
         let mut out = OutputDir {
             dest: dest.to_owned(),
             staging,
@@ -261,13 +280,7 @@ impl OutputDir {
 
     /// Finish a file: flush, fsync, rename into place and record it.
     pub fn finish(&mut self, file: StagedFile) -> Result<FileRecord> {
-        let StagedFile { name, part, writer } = file;
-        let (buf, sha256, bytes) = writer.finish();
-        let f = buf
-            .into_inner()
-            .map_err(|e| Error::io(&part, e.into_error()))?;
-        f.sync_all().map_err(|e| Error::io(&part, e))?;
-        drop(f);
+        let (name, part, sha256, bytes) = file.close()?;
         let final_path = self.staging.join(&name);
         std::fs::rename(&part, &final_path).map_err(|e| Error::io(&final_path, e))?;
         let record = FileRecord {
@@ -342,26 +355,10 @@ pub struct AtomicFile {
 impl AtomicFile {
     /// Start writing `dest`.
     pub fn create(dest: &Path, overwrite: bool) -> Result<(Self, StagedFile)> {
-        let name = dest.file_name().ok_or_else(|| {
-            Error::io(
-                dest,
-                io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name"),
-            )
-        })?;
-        if dest.exists() && !overwrite {
-            return Err(Error::OutputExists {
-                path: dest.to_owned(),
-            });
-        }
-        let parent = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        let part = parent.join(format!(".{}.qforge-partial", name.to_string_lossy()));
+        let (name, part) = staging_sibling(dest, overwrite)?;
         let f = File::create(&part).map_err(|e| Error::io(&part, e))?;
         let file = StagedFile {
-            name: name.to_string_lossy().into_owned(),
+            name,
             part,
             writer: HashingWriter::new(BufWriter::with_capacity(8 << 20, f)),
         };
@@ -375,13 +372,7 @@ impl AtomicFile {
 
     /// Flush and fsync `file`, then rename it into place; returns its size and hash.
     pub fn commit(self, file: StagedFile) -> Result<FileRecord> {
-        let StagedFile { name, part, writer } = file;
-        let (buf, sha256, bytes) = writer.finish();
-        let f = buf
-            .into_inner()
-            .map_err(|e| Error::io(&part, e.into_error()))?;
-        f.sync_all().map_err(|e| Error::io(&part, e))?;
-        drop(f);
+        let (name, part, sha256, bytes) = file.close()?;
         std::fs::rename(&part, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
         if let Some(parent) = self.dest.parent() {
             sync_dir(parent);
