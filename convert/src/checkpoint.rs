@@ -191,6 +191,16 @@ impl Checkpoint {
         })
     }
 
+    /// The directory holding the checkpoint's side files (config, tokenizer): the path itself
+    /// for a directory, its parent for a single `.gguf` or `.safetensors` file.
+    pub fn dir(&self) -> &Path {
+        if self.path.is_dir() {
+            &self.path
+        } else {
+            self.path.parent().unwrap_or(Path::new("."))
+        }
+    }
+
     /// The tensor named `name` (in this format's naming scheme).
     pub fn tensor(&self, name: &str) -> Option<&TensorEntry> {
         self.tensors.iter().find(|t| t.name == name)

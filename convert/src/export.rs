@@ -311,14 +311,10 @@ pub fn source_vocab(ckpt: &Checkpoint) -> Result<Option<crate::tokenizer::Vocab>
         }
         return Vocab::from_gguf(meta).map(Some);
     }
-    let dir = if ckpt.path.is_dir() {
-        ckpt.path.clone()
-    } else {
-        ckpt.path.parent().unwrap_or(Path::new(".")).to_path_buf()
-    };
+    let dir = ckpt.dir();
     match ckpt.format {
         Format::Hf if dir.join("tokenizer.json").is_file() => {
-            Vocab::from_tokenizer_json(&dir, None).map(Some)
+            Vocab::from_tokenizer_json(dir, None).map(Some)
         }
         Format::Meta if dir.join("tokenizer.model").is_file() => {
             let version = if matches!(ckpt.config.rope_scaling, Some(RopeScaling::Llama3 { .. })) {
@@ -427,11 +423,7 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
     out.write_file("config.json", &text)?;
     if ckpt.format == Format::Hf {
         // Carry tokenizer and generation files over unchanged.
-        let dir = if ckpt.path.is_dir() {
-            ckpt.path.clone()
-        } else {
-            ckpt.path.parent().unwrap_or(Path::new(".")).to_path_buf()
-        };
+        let dir = ckpt.dir();
         for name in [
             "tokenizer.json",
             "tokenizer_config.json",
