@@ -138,6 +138,17 @@ pub enum Error {
         /// the destination
         path: PathBuf,
     },
+    /// A quantized module whose companion tensors (scales, packed words, shape) do not fit
+    /// together.
+    #[error("{}: tensor {tensor:?}: {reason}", path.display())]
+    BadQuantization {
+        /// the checkpoint
+        path: PathBuf,
+        /// the tensor name
+        tensor: String,
+        /// what is wrong
+        reason: String,
+    },
     /// No tensor of that name in the checkpoint.
     #[error("no tensor named {0:?} in this checkpoint")]
     NoSuchTensor(String),

@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dequant;
 mod error;
 pub mod export;
 pub mod export_gguf;
