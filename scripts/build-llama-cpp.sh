@@ -5,6 +5,10 @@
 #   scripts/build-llama-cpp.sh --print-bin-dir    # build if needed, then print the bin dir on stdout
 #   BIN="$(scripts/build-llama-cpp.sh --print-bin-dir)" && "$BIN/llama-quantize" --help
 #   scripts/build-llama-cpp.sh --force            # rebuild even if the stamp matches
+#   scripts/build-llama-cpp.sh --strict --print-bin-dir
+#                                                 # llama-quantize/llama-imatrix built with
+#                                                 # -ffp-contract=off (no FMA contraction of the
+#                                                 # scalar reference quantizers; see below)
 #
 # Source: the llama.cpp tree vendored in the PyPI sdist of llama-cpp-python (pinned below,
 # sha256-verified on every run; the only network used is the Python package registry).
@@ -51,11 +55,12 @@ CMAKE_FLAGS=(
 )
 # ----------------------------------------------------------------------------------------------
 
-print_bin=0 force=0
+print_bin=0 force=0 strict=0
 for arg in "$@"; do
   case "$arg" in
     --print-bin-dir) print_bin=1 ;;
     --force) force=1 ;;
+    --strict) strict=1 ;;
     -h|--help) sed -n '2,29p' "$0" >&2; exit 0 ;;
     *) echo "build-llama-cpp.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
@@ -74,8 +79,18 @@ DL_DIR="$QFORGE_CACHE/downloads"
 ROOT="$QFORGE_CACHE/llama.cpp-$LCP_VERSION"
 SRC="$ROOT/src"
 BUILD="$ROOT/build"
-BIN="$BUILD/bin"
 STAMP="$ROOT/.qforge-complete"
+if (( strict )); then
+  # The strict build: with -march=native, GCC contracts a*b+c into FMA instructions inside
+  # ggml's scalar reference quantizers (quantize_row_q4_K_ref & co.), which changes a few
+  # K-quant blocks by one rounding. IEEE evaluation without contraction is what the reference
+  # code means and what qforge implements; this build is the byte-identity peer.
+  BUILD="$ROOT/build-strict"
+  STAMP="$ROOT/.qforge-complete-strict"
+  TARGETS=(llama-quantize llama-imatrix)
+  CMAKE_FLAGS+=("-DCMAKE_C_FLAGS=-ffp-contract=off" "-DCMAKE_CXX_FLAGS=-ffp-contract=off")
+fi
+BIN="$BUILD/bin"
 
 log() { echo "build-llama-cpp: $*" >&2; }
 die() { echo "build-llama-cpp: ERROR: $*" >&2; exit 1; }
@@ -258,7 +273,7 @@ main() {
     (
       # Serialise concurrent builders when flock(1) exists.
       if command -v flock >/dev/null 2>&1; then
-        exec 9>"$ROOT.lock"
+        exec 9>"$BUILD.lock"
         flock 9
       fi
       if (( ! force )) && is_built; then exit 0; fi

@@ -28,6 +28,19 @@ pub enum Command {
         qforge convert ./Meta-Llama-3.1-8B ./llama31-8b-hf --to hf --shard-size 5GB\n  \
         qforge convert ./model.gguf ./out --to hf --resume   # continue an interrupted run")]
     Convert(ConvertArgs),
+    /// Quantize a checkpoint to FP8, INT4 or a llama.cpp GGUF mix (streamed, atomic, resumable).
+    #[command(after_help = "Schemes:\n  \
+        fp8-rowwise      FP8 E4M3 weights, one scale per output row, dynamic per-token FP8 activations\n  \
+        fp8-static       FP8 weights with per-tensor scales + calibrated static activation scales (--calib)\n  \
+        int4-g<N>        INT4 weights, one scale per N input columns (int4 = int4-g128); --asym for zero points\n  \
+        int4-row         INT4 weights, one scale per output row\n  \
+        gguf:<mix>       llama.cpp mix: q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k\n\
+        \nExamples:\n  \
+        qforge quantize ./Llama-3.1-8B ./Llama-3.1-8B-FP8 --scheme fp8-rowwise\n  \
+        qforge quantize ./Llama-3.1-405B ./405B-FP8 --scheme fp8-rowwise --layout fbgemm --policy meta-405b\n  \
+        qforge quantize ./smollm2-hf ./smollm2-w4a16 --scheme int4-g64\n  \
+        qforge quantize ./Llama-3.1-8B llama-8b.Q4_K_M.gguf --scheme gguf:q4_k_m")]
+    Quantize(QuantizeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +109,84 @@ pub struct ConvertArgs {
     /// Replace the output if it exists.
     #[arg(long)]
     pub overwrite: bool,
+}
+
+impl FloatDtype {
+    /// The lower-case name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FloatDtype::Bf16 => "bf16",
+            FloatDtype::F16 => "f16",
+            FloatDtype::F32 => "f32",
+        }
+    }
+}
+
+/// Output layout of `qforge quantize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantLayout {
+    /// compressed-tensors (vLLM, transformers, SGLang): float-quantized / pack-quantized.
+    CompressedTensors,
+    /// fbgemm_fp8 (Meta's Llama 3.1 405B FP8 layout; FP8 rowwise only).
+    Fbgemm,
+    /// A GGUF file (llama.cpp), for gguf:<mix> schemes.
+    Gguf,
+}
+
+/// Which linears `qforge quantize` converts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantPolicy {
+    /// Every linear of every block (the LM head stays in the model dtype).
+    AllLinear,
+    /// Meta's 405B FP8 recipe: only the FFN of blocks 1..n-2.
+    #[value(name = "meta-405b")]
+    Meta405b,
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// Input checkpoint (.gguf file, HF directory or Meta directory).
+    pub input: PathBuf,
+    /// Output directory (HF layouts) or .gguf file (gguf:<mix>); appears only when complete.
+    pub output: PathBuf,
+    /// fp8-rowwise, fp8-static, int4-g<N>, int4-row or gguf:<mix> (see below).
+    #[arg(long)]
+    pub scheme: String,
+    /// On-disk layout [default: compressed-tensors for FP8/INT4, gguf for gguf:<mix>].
+    #[arg(long)]
+    pub layout: Option<QuantLayout>,
+    /// Which linears to quantize.
+    #[arg(long, default_value = "all-linear")]
+    pub policy: QuantPolicy,
+    /// Leave this module unquantized: an HF module name (model.layers.0.mlp.down_proj) or
+    /// re:<regex> (repeatable). lm_head is never quantized.
+    #[arg(long = "ignore", value_name = "PATTERN")]
+    pub ignore: Vec<String>,
+    /// INT4 with zero points (asymmetric) instead of symmetric.
+    #[arg(long)]
+    pub asym: bool,
+    /// Dtype of unquantized tensors and compressed-tensors scales.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: FloatDtype,
+    /// fbgemm_fp8 activation_scale_ub (per-token activation amax cap).
+    #[arg(long, default_value_t = 1200.0)]
+    pub activation_scale_ub: f32,
+    /// Calibration results: a JSON file from `qforge calibrate` with "input_scales"
+    /// (fp8-static) and/or "imatrix" entries.
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// Largest safetensors shard, e.g. 5GB, 500MB, 2GiB.
+    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    pub shard_size: u64,
+    /// Continue an interrupted run from its staging directory.
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print a machine-readable summary (JSON) on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parse a byte size with an optional decimal (KB, MB, GB, TB) or binary (KiB, MiB, GiB) unit.

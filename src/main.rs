@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Inspect(args) => commands::inspect::run(&args),
         cli::Command::Convert(args) => commands::convert::run(&args),
+        cli::Command::Quantize(args) => commands::quantize::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -194,7 +194,7 @@ pub fn encode_float(values: &[f32], dtype: DType, out: &mut Vec<u8>) -> Option<(
 }
 
 /// Canonical HF order: embeddings, each layer's tensors, final norm, LM head.
-fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
+pub(crate) fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
     let kind_rank = |k: LayerTensor| match k {
         LayerTensor::Q => 0,
         LayerTensor::K => 1,
@@ -421,6 +421,25 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
         .map_err(|e| Error::io(dest, std::io::Error::other(e)))?;
     text.push(b'\n');
     out.write_file("config.json", &text)?;
+    write_hf_side_files(ckpt, &mut out, &mut notes)?;
+    // No paths or times in the manifest: the same input gives the same bytes wherever it lives.
+    let mut extra = serde_json::Map::new();
+    extra.insert("source_format".into(), json!(ckpt.format));
+    let files = out.commit(extra)?;
+    Ok(Written {
+        files,
+        resumed,
+        notes,
+    })
+}
+
+/// Tokenizer and generation files of an HF output: carried over unchanged from an HF source,
+/// converted from the source's tokenizer otherwise.
+pub(crate) fn write_hf_side_files(
+    ckpt: &Checkpoint,
+    out: &mut OutputDir,
+    notes: &mut Vec<String>,
+) -> Result<()> {
     if ckpt.format == Format::Hf {
         // Carry tokenizer and generation files over unchanged.
         let dir = ckpt.dir();
@@ -450,13 +469,5 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
             None => notes.push("the source has no tokenizer: none written".into()),
         }
     }
-    // No paths or times in the manifest: the same input gives the same bytes wherever it lives.
-    let mut extra = serde_json::Map::new();
-    extra.insert("source_format".into(), json!(ckpt.format));
-    let files = out.commit(extra)?;
-    Ok(Written {
-        files,
-        resumed,
-        notes,
-    })
+    Ok(())
 }

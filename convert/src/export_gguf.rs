@@ -134,7 +134,7 @@ pub fn llama_metadata(
 
 /// GGUF tensor order: rope factors, embeddings, each block (in the order `convert_hf_to_gguf.py`
 /// emits a block's HF tensors), final norm, output.
-fn gguf_order(key: &TensorKey) -> (u32, u32) {
+pub(crate) fn gguf_order(key: &TensorKey) -> (u32, u32) {
     let kind_rank = |k: LayerTensor| match k {
         LayerTensor::AttnNorm => 0,
         LayerTensor::Down => 1,
@@ -166,7 +166,7 @@ pub struct GgufOptions {
 
 /// Tokenizer metadata for the output: carried over from a GGUF source, otherwise converted from
 /// the source's tokenizer files.
-fn tokenizer_metadata(
+pub(crate) fn tokenizer_metadata(
     ckpt: &Checkpoint,
     notes: &mut Vec<String>,
 ) -> Result<Vec<(String, GgufValue)>> {

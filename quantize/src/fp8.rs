@@ -327,6 +327,49 @@ pub fn quantize_fp8_rowwise(
     first_bad(&bad)
 }
 
+/// The scales [`quantize_fp8_rowwise`] would produce for the same input, without encoding
+/// (one pass over the data: the row absolute maxima). Writers that must store the scales
+/// before the codes use it; the two always agree because they share the scale rule.
+pub fn rowwise_scales(rows: &[f32], k: usize, opts: &Fp8Options) -> Result<Vec<f32>> {
+    opts.check()?;
+    let n = check_shape(rows.len(), k)?;
+    let mut out = vec![0f32; n];
+    let bad: Vec<(usize, usize)> = rows
+        .par_chunks(k)
+        .zip(out.par_iter_mut())
+        .enumerate()
+        .filter_map(|(r, (row, s))| match row_amax(row) {
+            Ok(amax) => {
+                *s = opts.scale(amax);
+                None
+            }
+            Err(c) => Some((r, c)),
+        })
+        .collect();
+    first_bad(&bad)?;
+    Ok(out)
+}
+
+/// The scale [`quantize_fp8_per_tensor`] would produce for the same input, without encoding.
+pub fn per_tensor_scale(x: &[f32], k: usize, opts: &Fp8Options) -> Result<f32> {
+    opts.check()?;
+    check_shape(x.len(), k)?;
+    let per_row: Vec<std::result::Result<f32, usize>> = x.par_chunks(k).map(row_amax).collect();
+    let mut amax = 0f32;
+    for (r, m) in per_row.iter().enumerate() {
+        match m {
+            Ok(m) => amax = amax.max(*m),
+            Err(c) => {
+                return Err(Error::NonFinite {
+                    row: r as u64,
+                    col: *c as u64,
+                })
+            }
+        }
+    }
+    Ok(opts.scale(amax))
+}
+
 /// Quantize a row-major `[n, k]` tensor to FP8 E4M3FN with a single scale (the amax of the
 /// whole tensor), returned as the dequantization scale. Same rules and errors as
 /// [`quantize_fp8_rowwise`]; `k` is only used to report the row/column of a non-finite value.

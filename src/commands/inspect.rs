@@ -6,8 +6,9 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use qforge_convert::dequant::WeightStorage;
 use qforge_convert::gguf::{GgufArray, GgufMetadata, GgufValue};
-use qforge_convert::{Checkpoint, TensorEntry, TensorLayout};
+use qforge_convert::{Checkpoint, Format, Part, TensorEntry, TensorId, TensorLayout};
 use serde_json::{json, Value};
 
 use crate::cli::InspectArgs;
@@ -36,9 +37,11 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     } else {
         BTreeMap::new()
     };
+    let quant = quantization(&ckpt)?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     if args.json {
         let mut v = to_json(&ckpt, &selected);
+        v["quantization"] = quant.clone();
         if args.stats {
             v["stats"] = json!(stats
                 .iter()
@@ -49,6 +52,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         writeln!(out)?;
     } else {
         print_human(&mut out, &ckpt, &selected, &stats)?;
+        print_quantization(&mut out, &quant)?;
     }
     out.flush()?;
     Ok(())
@@ -114,6 +118,107 @@ fn dump(ckpt: &Checkpoint, tensors: &[&TensorEntry], dir: &Path) -> Result<()> {
         let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
         let path = dir.join(format!("{}.f32", t.name));
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        // A quantized module also gets its weight dequantized as its layout defines it.
+        if matches!(t.key.part, Part::Weight | Part::WeightPacked)
+            && !matches!(ckpt.weight_storage(t.key.id)?, WeightStorage::Plain(_))
+        {
+            let values = ckpt.weight_f32(t.key.id)?;
+            let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let stem = t.name.strip_suffix("_packed").unwrap_or(&t.name);
+            let path = dir.join(format!("{stem}.dequant.f32"));
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// How each linear is stored, with scale statistics, and the `quantization_config` of an HF
+/// checkpoint.
+fn quantization(ckpt: &Checkpoint) -> Result<Value> {
+    let mut ids: Vec<TensorId> = ckpt.tensors.iter().map(|t| t.key.id).collect();
+    ids.sort();
+    ids.dedup();
+    let mut schemes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut modules = Vec::new();
+    let (mut smin, mut smax, mut ssum, mut sn) = (f32::INFINITY, 0f32, 0f64, 0u64);
+    for id in ids {
+        if id == TensorId::RopeFreqs || ckpt.config.expected_shape(id).len() != 2 {
+            continue;
+        }
+        let storage = ckpt.weight_storage(id)?;
+        let scheme = match storage {
+            WeightStorage::Plain(d) => d.name().to_owned(),
+            WeightStorage::Fp8Rowwise => "fp8-rowwise".into(),
+            WeightStorage::Fp8PerTensor => "fp8-tensor".into(),
+            WeightStorage::Int4Packed {
+                group_size,
+                asymmetric,
+            } => format!(
+                "int4-g{group_size}{}",
+                if asymmetric { "-asym" } else { "" }
+            ),
+        };
+        *schemes.entry(scheme.clone()).or_default() += 1;
+        let mut m = json!({"role": id.to_string(), "scheme": scheme});
+        if let Some(st) = ckpt.part(id, Part::WeightScale) {
+            let s = ckpt.to_f32(st)?;
+            let (lo, hi) = s
+                .iter()
+                .fold((f32::INFINITY, 0f32), |(a, b), &x| (a.min(x), b.max(x)));
+            smin = smin.min(lo);
+            smax = smax.max(hi);
+            ssum += s.iter().map(|&x| f64::from(x)).sum::<f64>();
+            sn += s.len() as u64;
+            m["scale"] = json!({"dtype": st.dtype.name(), "count": s.len(), "min": lo, "max": hi});
+        }
+        if let Some(st) = ckpt.part(id, Part::InputScale) {
+            m["input_scale"] = json!(ckpt.to_f32(st)?);
+        }
+        modules.push(m);
+    }
+    let config = if ckpt.format == Format::Hf {
+        std::fs::read(ckpt.dir().join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v.get("quantization_config").cloned())
+    } else {
+        None
+    };
+    Ok(json!({
+        "config": config,
+        "schemes": schemes,
+        "scales": if sn > 0 { json!({"count": sn, "min": smin, "max": smax, "mean": ssum / sn as f64}) } else { Value::Null },
+        "modules": modules,
+    }))
+}
+
+fn print_quantization(out: &mut impl Write, q: &Value) -> Result<()> {
+    let schemes = q["schemes"].as_object().map(|m| {
+        m.iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    writeln!(out, "2-D        {}", schemes.unwrap_or_default())?;
+    if let Some(c) = q["config"].as_object() {
+        writeln!(
+            out,
+            "quantized  {} {}{}",
+            c.get("quant_method").and_then(Value::as_str).unwrap_or("?"),
+            c.get("format").and_then(Value::as_str).unwrap_or(""),
+            c.get("activation_scale_ub")
+                .map_or(String::new(), |ub| format!(" activation_scale_ub {ub}"))
+        )?;
+    }
+    if let Some(s) = q["scales"].as_object() {
+        writeln!(
+            out,
+            "scales     {} values, min {:.6e}, max {:.6e}, mean {:.6e}",
+            s["count"],
+            s["min"].as_f64().unwrap_or(f64::NAN),
+            s["max"].as_f64().unwrap_or(f64::NAN),
+            s["mean"].as_f64().unwrap_or(f64::NAN)
+        )?;
     }
     Ok(())
 }

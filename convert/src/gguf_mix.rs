@@ -1,0 +1,711 @@
+//! llama.cpp's quantization mixes (`llama-quantize … Q4_K_M`): which ggml type each tensor of a
+//! Llama model gets, and the GGUF writer that encodes them.
+//!
+//! The type rules follow `src/llama-quant.cpp` of the pinned llama.cpp (`llama_tensor_get_type`,
+//! `llama_tensor_get_type_impl`, `tensor_type_fallback`) for the Llama architecture and the
+//! non-IQ mixes: tensors are visited in the loader's order (non-block tensors first, then block
+//! by block, names sorted within each), the attention-V and FFN-down counters advance in that
+//! order, and a type whose block does not divide a row falls back (Q4_K → Q5_0, Q5_K → Q5_1,
+//! Q6_K → Q8_0, Q2_K/Q3_K → Q4_0; F16 if even that does not fit). Data is encoded by
+//! `qforge_quantize::ggml_quant`, bit for bit llama.cpp's reference quantizers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use qforge_quantize::{ggml_quant, DType};
+
+use crate::checkpoint::{Checkpoint, Format, TensorEntry};
+use crate::error::{Error, Result};
+use crate::export::{encode_float, rope_direction, rope_heads, Written};
+use crate::export_gguf::{gguf_order, llama3_rope_factors, llama_metadata, tokenizer_metadata};
+use crate::gguf::GgufValue;
+use crate::names::{NameScheme, Part, TensorId, TensorKey};
+use crate::rope::source_row;
+use crate::write::gguf::{plan, GgufTensorSpec, GgufWriter};
+use crate::write::AtomicFile;
+
+/// A llama.cpp file type (`llama_ftype`) that mixes ggml types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[allow(non_camel_case_types)]
+pub enum GgufMix {
+    /// Q8_0 everywhere.
+    Q8_0,
+    /// Q4_0 (output Q6_K).
+    Q4_0,
+    /// Q4_1 (output Q6_K).
+    Q4_1,
+    /// Q5_0 (output Q6_K).
+    Q5_0,
+    /// Q5_1 (output Q6_K).
+    Q5_1,
+    /// Q2_K with Q3_K/Q4_K for sensitive tensors.
+    Q2_K,
+    /// Q3_K, small.
+    Q3_K_S,
+    /// Q3_K, medium.
+    Q3_K_M,
+    /// Q3_K, large.
+    Q3_K_L,
+    /// Q4_K, small.
+    Q4_K_S,
+    /// Q4_K with Q6_K for half of attn_v/ffn_down (the usual edge choice).
+    Q4_K_M,
+    /// Q5_K, small.
+    Q5_K_S,
+    /// Q5_K with Q6_K for half of attn_v/ffn_down.
+    Q5_K_M,
+    /// Q6_K everywhere.
+    Q6_K,
+}
+
+impl GgufMix {
+    /// Every mix, in llama-quantize's listing order.
+    pub const ALL: [GgufMix; 14] = [
+        GgufMix::Q4_0,
+        GgufMix::Q4_1,
+        GgufMix::Q5_0,
+        GgufMix::Q5_1,
+        GgufMix::Q2_K,
+        GgufMix::Q3_K_S,
+        GgufMix::Q3_K_M,
+        GgufMix::Q3_K_L,
+        GgufMix::Q4_K_S,
+        GgufMix::Q4_K_M,
+        GgufMix::Q5_K_S,
+        GgufMix::Q5_K_M,
+        GgufMix::Q6_K,
+        GgufMix::Q8_0,
+    ];
+
+    /// The name llama-quantize uses (`Q4_K_M`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            GgufMix::Q8_0 => "Q8_0",
+            GgufMix::Q4_0 => "Q4_0",
+            GgufMix::Q4_1 => "Q4_1",
+            GgufMix::Q5_0 => "Q5_0",
+            GgufMix::Q5_1 => "Q5_1",
+            GgufMix::Q2_K => "Q2_K",
+            GgufMix::Q3_K_S => "Q3_K_S",
+            GgufMix::Q3_K_M => "Q3_K_M",
+            GgufMix::Q3_K_L => "Q3_K_L",
+            GgufMix::Q4_K_S => "Q4_K_S",
+            GgufMix::Q4_K_M => "Q4_K_M",
+            GgufMix::Q5_K_S => "Q5_K_S",
+            GgufMix::Q5_K_M => "Q5_K_M",
+            GgufMix::Q6_K => "Q6_K",
+        }
+    }
+
+    /// Parse a mix name, case-insensitively (`q4_k_m`, `Q8_0`).
+    pub fn parse(s: &str) -> Option<GgufMix> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// `general.file_type` (`llama_ftype`).
+    pub const fn file_type(self) -> u32 {
+        match self {
+            GgufMix::Q4_0 => 2,
+            GgufMix::Q4_1 => 3,
+            GgufMix::Q8_0 => 7,
+            GgufMix::Q5_0 => 8,
+            GgufMix::Q5_1 => 9,
+            GgufMix::Q2_K => 10,
+            GgufMix::Q3_K_S => 11,
+            GgufMix::Q3_K_M => 12,
+            GgufMix::Q3_K_L => 13,
+            GgufMix::Q4_K_S => 14,
+            GgufMix::Q4_K_M => 15,
+            GgufMix::Q5_K_S => 16,
+            GgufMix::Q5_K_M => 17,
+            GgufMix::Q6_K => 18,
+        }
+    }
+
+    /// The mix's base type (`llama_ftype_get_default_type`).
+    pub const fn default_type(self) -> DType {
+        match self {
+            GgufMix::Q8_0 => DType::Q8_0,
+            GgufMix::Q4_0 => DType::Q4_0,
+            GgufMix::Q4_1 => DType::Q4_1,
+            GgufMix::Q5_0 => DType::Q5_0,
+            GgufMix::Q5_1 => DType::Q5_1,
+            GgufMix::Q2_K => DType::Q2_K,
+            GgufMix::Q3_K_S | GgufMix::Q3_K_M | GgufMix::Q3_K_L => DType::Q3_K,
+            GgufMix::Q4_K_S | GgufMix::Q4_K_M => DType::Q4_K,
+            GgufMix::Q5_K_S | GgufMix::Q5_K_M => DType::Q5_K,
+            GgufMix::Q6_K => DType::Q6_K,
+        }
+    }
+}
+
+impl std::fmt::Display for GgufMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the type rules need to know about the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MixModel {
+    /// Blocks.
+    pub n_layers: u64,
+    /// Attention heads.
+    pub n_head: u64,
+    /// KV heads.
+    pub n_head_kv: u64,
+    /// Whether an importance matrix is used (changes Q4_0/Q5_0 ffn_down of early blocks).
+    pub has_imatrix: bool,
+}
+
+/// One tensor as the type rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MixTensor {
+    /// GGUF name (`blk.3.attn_v.weight`).
+    pub name: String,
+    /// Row length (`ne[0]`).
+    pub ne0: u64,
+    /// Number of dimensions.
+    pub n_dims: usize,
+    /// The type it has when it is not quantized.
+    pub current: DType,
+}
+
+/// The type chosen for a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MixChoice {
+    /// The ggml type written.
+    pub dtype: DType,
+    /// The type the mix wanted, when the row length forced a fallback.
+    pub fallback_from: Option<DType>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Category {
+    Output,
+    TokenEmbd,
+    AttnQkv,
+    AttnKvB,
+    AttnV,
+    AttnK,
+    AttnQ,
+    AttnOutput,
+    FfnUp,
+    FfnGate,
+    FfnDown,
+    Other,
+}
+
+fn category(name: &str) -> Category {
+    if name == "output.weight" {
+        Category::Output
+    } else if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
+        Category::TokenEmbd
+    } else if name.contains("attn_qkv.weight") {
+        Category::AttnQkv
+    } else if name.contains("attn_kv_b.weight") {
+        Category::AttnKvB
+    } else if name.contains("attn_v.weight") {
+        Category::AttnV
+    } else if name.contains("attn_k.weight") {
+        Category::AttnK
+    } else if name.contains("attn_q.weight") {
+        Category::AttnQ
+    } else if name.contains("attn_output.weight") {
+        Category::AttnOutput
+    } else if name.contains("ffn_up") {
+        Category::FfnUp
+    } else if name.contains("ffn_gate") {
+        Category::FfnGate
+    } else if name.contains("ffn_down") {
+        Category::FfnDown
+    } else {
+        Category::Other
+    }
+}
+
+/// llama.cpp's `tensor_allows_quantization` for a Llama model (no MoE, no multimodal).
+fn allows_quantization(t: &MixTensor) -> bool {
+    t.n_dims >= 2 && t.name.ends_with("weight") && !t.name.contains("_norm.weight")
+}
+
+/// `blk.N.` → N, else −1 (llama_model_loader's `weight_name_comparer`).
+fn layer_of(name: &str) -> i64 {
+    name.strip_prefix("blk.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|n| n.parse::<i64>().ok())
+        .unwrap_or(-1)
+}
+
+fn use_more_bits(i: i64, n: i64) -> bool {
+    // C's `%` truncates toward zero like Rust's, so a negative left side never equals 2.
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+fn fallback(ne0: u64, target: DType) -> MixChoice {
+    let bs = target.block_size();
+    if ne0 % bs == 0 {
+        return MixChoice {
+            dtype: target,
+            fallback_from: None,
+        };
+    }
+    let mut t = match target {
+        DType::Q2_K | DType::Q3_K => DType::Q4_0,
+        DType::Q4_K => DType::Q5_0,
+        DType::Q5_K => DType::Q5_1,
+        DType::Q6_K => DType::Q8_0,
+        other => other,
+    };
+    if ne0 % t.block_size() != 0 {
+        t = DType::F16;
+    }
+    MixChoice {
+        dtype: t,
+        fallback_from: Some(target),
+    }
+}
+
+struct State {
+    n_attention_wv: i64,
+    i_attention_wv: i64,
+    n_ffn_down: i64,
+    i_ffn_down: i64,
+    tied: bool,
+}
+
+fn mix_type(mix: GgufMix, m: &MixModel, st: &mut State, t: &MixTensor, cat: Category) -> DType {
+    use GgufMix as F;
+    let mut new = mix.default_type();
+    let n_gqa = m.n_head / m.n_head_kv.max(1);
+    let is_70b = m.n_layers == 80 && m.n_head != m.n_head_kv;
+    if cat == Category::Output || (st.tied && cat == Category::TokenEmbd) {
+        if t.ne0 % new.block_size() != 0 {
+            new = DType::Q8_0;
+        } else if new != DType::Q8_0 {
+            new = DType::Q6_K;
+        }
+    } else if cat == Category::TokenEmbd {
+        // only the IQ mixes and Q2_0/TQ change token embeddings
+    } else if matches!(cat, Category::AttnV | Category::AttnQkv | Category::AttnKvB) {
+        let (i, n) = (st.i_attention_wv, st.n_attention_wv);
+        match mix {
+            F::Q2_K => new = if n_gqa >= 4 { DType::Q4_K } else { DType::Q3_K },
+            F::Q3_K_M => new = if i < 2 { DType::Q5_K } else { DType::Q4_K },
+            F::Q3_K_L => new = DType::Q5_K,
+            F::Q4_K_M | F::Q5_K_M if use_more_bits(i, n) => new = DType::Q6_K,
+            F::Q4_K_S if i < 4 => new = DType::Q5_K,
+            _ => {}
+        }
+        if is_70b && matches!(new, DType::Q3_K | DType::Q4_K) {
+            new = DType::Q5_K;
+        }
+        st.i_attention_wv += 1;
+    } else if cat == Category::FfnDown {
+        let (i, n) = (st.i_ffn_down, st.n_ffn_down);
+        match mix {
+            F::Q2_K => new = DType::Q3_K,
+            F::Q3_K_M => new = if i < n / 16 { DType::Q5_K } else { DType::Q4_K },
+            F::Q3_K_L => new = DType::Q5_K,
+            F::Q4_K_M | F::Q5_K_M if use_more_bits(i, n) => new = DType::Q6_K,
+            F::Q4_K_S if i < n / 8 => new = DType::Q5_K,
+            F::Q4_0 | F::Q5_0 if m.has_imatrix && i < n / 8 => {
+                new = if mix == F::Q4_0 {
+                    DType::Q4_1
+                } else {
+                    DType::Q5_1
+                };
+            }
+            _ => {}
+        }
+        st.i_ffn_down += 1;
+    } else if cat == Category::AttnOutput {
+        match mix {
+            F::Q2_K => new = DType::Q3_K,
+            F::Q3_K_M => new = DType::Q4_K,
+            F::Q3_K_L => new = DType::Q5_K,
+            _ => {}
+        }
+    }
+    new
+}
+
+/// The ggml type of every tensor under `mix`, in the order given (the rules themselves visit
+/// the tensors in llama.cpp's loader order, whatever order they are given in).
+pub fn choose_types(mix: GgufMix, model: &MixModel, tensors: &[MixTensor]) -> Vec<MixChoice> {
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&tensors[a].name, &tensors[b].name);
+        layer_of(x).cmp(&layer_of(y)).then_with(|| x.cmp(y))
+    });
+    let mut st = State {
+        n_attention_wv: tensors
+            .iter()
+            .filter(|t| {
+                matches!(
+                    category(&t.name),
+                    Category::AttnV | Category::AttnQkv | Category::AttnKvB
+                )
+            })
+            .count() as i64,
+        i_attention_wv: 0,
+        n_ffn_down: model.n_layers as i64,
+        i_ffn_down: 0,
+        tied: !tensors.iter().any(|t| t.name == "output.weight"),
+    };
+    let mut out = vec![
+        MixChoice {
+            dtype: DType::F32,
+            fallback_from: None
+        };
+        tensors.len()
+    ];
+    for i in order {
+        let t = &tensors[i];
+        out[i] = if allows_quantization(t) {
+            let want = mix_type(mix, model, &mut st, t, category(&t.name));
+            fallback(t.ne0, want)
+        } else {
+            MixChoice {
+                dtype: t.current,
+                fallback_from: None,
+            }
+        };
+    }
+    out
+}
+
+/// Options of [`quantize_to_gguf`].
+#[derive(Debug, Clone, Default)]
+pub struct GgufQuantOptions {
+    /// Importance matrix: GGUF tensor name → one weight per input column.
+    pub imatrix: Option<BTreeMap<String, Vec<f32>>>,
+    /// Replace an existing output file.
+    pub overwrite: bool,
+}
+
+/// A GGUF quantization's result: the file plus each tensor's type.
+#[derive(Debug, Clone)]
+pub struct GgufQuantWritten {
+    /// The file and notes.
+    pub written: Written,
+    /// (GGUF name, type, type wanted before a fallback) per tensor, in file order.
+    pub types: Vec<(String, DType, Option<DType>)>,
+}
+
+/// The tensor as `f32` rows in GGUF row order (Q/K permuted from HF when the source is HF).
+fn gguf_rows_f32(ckpt: &Checkpoint, t: &TensorEntry) -> Result<Vec<f32>> {
+    let values = if t.shape.len() == 1 {
+        ckpt.to_f32(t)?
+    } else {
+        ckpt.weight_f32(t.key.id)?
+    };
+    ckpt.release(t);
+    let rope = rope_direction(ckpt.format, Format::Gguf);
+    let Some((dir, h)) = rope.zip(rope_heads(&ckpt.config, t.key)) else {
+        return Ok(values);
+    };
+    let hd = ckpt.config.head_dim as usize;
+    let rows = h * hd;
+    let k = values.len() / rows.max(1);
+    let mut out = Vec::with_capacity(values.len());
+    for dst in 0..rows {
+        let s = source_row(dst, hd, dir);
+        out.extend_from_slice(&values[s * k..(s + 1) * k]);
+    }
+    Ok(out)
+}
+
+/// Quantize any checkpoint to a GGUF file with llama.cpp's `mix`.
+pub fn quantize_to_gguf(
+    ckpt: &Checkpoint,
+    dest: &Path,
+    mix: GgufMix,
+    opts: &GgufQuantOptions,
+) -> Result<GgufQuantWritten> {
+    let mut notes = ckpt.notes.clone();
+    let mut entries: Vec<&TensorEntry> = ckpt
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.key.part, Part::Weight | Part::WeightPacked))
+        .collect();
+    let rope_factors = if entries.iter().any(|t| t.key.id == TensorId::RopeFreqs) {
+        None
+    } else {
+        llama3_rope_factors(&ckpt.config)
+    };
+    entries.sort_by_key(|t| gguf_order(&t.key));
+    let name_of = |t: &TensorEntry| {
+        NameScheme::Gguf
+            .name(TensorKey::weight(t.key.id))
+            .unwrap_or_else(|| t.name.clone())
+    };
+    let mut mix_tensors = Vec::new();
+    let mut shapes = Vec::new();
+    if let Some(f) = &rope_factors {
+        shapes.push(vec![f.len() as u64]);
+        mix_tensors.push(MixTensor {
+            name: "rope_freqs.weight".into(),
+            ne0: f.len() as u64,
+            n_dims: 1,
+            current: DType::F32,
+        });
+    }
+    for t in &entries {
+        let shape = ckpt.config.expected_shape(t.key.id);
+        let current = if shape.len() == 1 || !matches!(t.dtype, DType::F16 | DType::BF16) {
+            DType::F32
+        } else {
+            t.dtype
+        };
+        mix_tensors.push(MixTensor {
+            name: name_of(t),
+            ne0: shape.last().copied().unwrap_or(1),
+            n_dims: shape.len(),
+            current,
+        });
+        shapes.push(shape);
+    }
+    let model = MixModel {
+        n_layers: ckpt.config.num_layers,
+        n_head: ckpt.config.num_heads,
+        n_head_kv: ckpt.config.num_kv_heads,
+        has_imatrix: opts.imatrix.is_some(),
+    };
+    let choices = choose_types(mix, &model, &mix_tensors);
+    // imatrix rows must match the tensors they weight.
+    if let Some(im) = &opts.imatrix {
+        for (mt, c) in mix_tensors.iter().zip(&choices) {
+            if let Some(w) = im.get(&mt.name) {
+                if c.dtype.is_block() && w.len() as u64 != mt.ne0 {
+                    return Err(Error::BadQuantization {
+                        path: dest.into(),
+                        tensor: mt.name.clone(),
+                        reason: format!(
+                            "importance matrix has {} values, the tensor's rows have {}",
+                            w.len(),
+                            mt.ne0
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    let specs: Vec<GgufTensorSpec> = mix_tensors
+        .iter()
+        .zip(&choices)
+        .zip(&shapes)
+        .map(|((mt, c), shape)| GgufTensorSpec {
+            name: mt.name.clone(),
+            dtype: c.dtype,
+            shape: shape.clone(),
+        })
+        .collect();
+    let general_name = ckpt
+        .gguf
+        .as_ref()
+        .and_then(|m| m.get("general.name"))
+        .and_then(GgufValue::as_str)
+        .map(str::to_owned);
+    let mut metadata = llama_metadata(&ckpt.config, general_name.as_deref(), Some(mix.file_type()));
+    metadata.extend(tokenizer_metadata(ckpt, &mut notes)?);
+    metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
+    for (mt, c) in mix_tensors.iter().zip(&choices) {
+        if let Some(from) = c.fallback_from {
+            notes.push(format!(
+                "{}: row length {} is not a multiple of {}'s block ({}): {} instead",
+                mt.name,
+                mt.ne0,
+                from,
+                from.block_size(),
+                c.dtype
+            ));
+        }
+    }
+
+    let p = plan(&metadata, specs)?;
+    let (target, file) = AtomicFile::create(dest, opts.overwrite)?;
+    let path = file.path().to_owned();
+    let mut w = GgufWriter::new(file, p).map_err(|e| Error::io(&path, e))?;
+    let mut idx = 0;
+    if let Some(f) = &rope_factors {
+        let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_tensor("rope_freqs.weight", &bytes)
+            .map_err(|e| Error::io(&path, e))?;
+        idx = 1;
+    }
+    let mut buf = Vec::new();
+    for t in &entries {
+        let (mt, c) = (&mix_tensors[idx], choices[idx]);
+        idx += 1;
+        buf.clear();
+        let same_layout = rope_direction(ckpt.format, Format::Gguf).is_none()
+            || rope_heads(&ckpt.config, t.key).is_none();
+        if t.dtype == c.dtype && t.key.part == Part::Weight && same_layout {
+            // llama-quantize copies a tensor that already has its target type.
+            buf.extend_from_slice(&ckpt.bytes(t)?);
+            ckpt.release(t);
+        } else {
+            let rows = gguf_rows_f32(ckpt, t)?;
+            if c.dtype.is_block() {
+                let imatrix = opts.imatrix.as_ref().and_then(|m| m.get(&mt.name));
+                let n = usize::try_from(c.dtype.bytes_for(rows.len() as u64).map_err(|e| {
+                    Error::Codec {
+                        path: ckpt.path.clone(),
+                        tensor: t.name.clone(),
+                        source: e,
+                    }
+                })?)
+                .unwrap_or(usize::MAX);
+                buf.resize(n, 0);
+                ggml_quant::quantize_rows(
+                    c.dtype,
+                    &rows,
+                    mt.ne0 as usize,
+                    imatrix.map(Vec::as_slice),
+                    &mut buf,
+                )
+                .map_err(|source| Error::Codec {
+                    path: ckpt.path.clone(),
+                    tensor: t.name.clone(),
+                    source,
+                })?;
+            } else {
+                encode_float(&rows, c.dtype, &mut buf).ok_or_else(|| Error::UnsupportedDType {
+                    path: ckpt.path.clone(),
+                    tensor: t.name.clone(),
+                    dtype: c.dtype,
+                    reason: "not a float or ggml block type",
+                })?;
+            }
+        }
+        w.write_tensor(&mt.name, &buf)
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    let file = w.finish().map_err(|e| Error::io(&path, e))?;
+    let record = target.commit(file)?;
+    let types = mix_tensors
+        .iter()
+        .zip(&choices)
+        .map(|(mt, c)| (mt.name.clone(), c.dtype, c.fallback_from))
+        .collect();
+    Ok(GgufQuantWritten {
+        written: Written {
+            files: vec![record],
+            resumed: Vec::new(),
+            notes,
+        },
+        types,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm2_like(tied: bool) -> Vec<MixTensor> {
+        let mut v = vec![
+            MixTensor {
+                name: "token_embd.weight".into(),
+                ne0: 576,
+                n_dims: 2,
+                current: DType::F32,
+            },
+            MixTensor {
+                name: "output_norm.weight".into(),
+                ne0: 576,
+                n_dims: 1,
+                current: DType::F32,
+            },
+        ];
+        if !tied {
+            v.push(MixTensor {
+                name: "output.weight".into(),
+                ne0: 576,
+                n_dims: 2,
+                current: DType::F32,
+            });
+        }
+        for i in 0..30 {
+            for (n, ne0, d) in [
+                ("attn_norm", 576, 1),
+                ("attn_q", 576, 2),
+                ("attn_k", 576, 2),
+                ("attn_v", 576, 2),
+                ("attn_output", 576, 2),
+                ("ffn_norm", 576, 1),
+                ("ffn_gate", 576, 2),
+                ("ffn_up", 576, 2),
+                ("ffn_down", 1536, 2),
+            ] {
+                v.push(MixTensor {
+                    name: format!("blk.{i}.{n}.weight"),
+                    ne0,
+                    n_dims: d,
+                    current: DType::F32,
+                });
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn q4_k_m_on_a_576_wide_model_falls_back_like_llama_cpp() {
+        let t = smollm2_like(true);
+        let m = MixModel {
+            n_layers: 30,
+            n_head: 9,
+            n_head_kv: 3,
+            has_imatrix: false,
+        };
+        let c = choose_types(GgufMix::Q4_K_M, &m, &t);
+        let get = |name: &str| c[t.iter().position(|x| x.name == name).unwrap()].dtype;
+        // tied embeddings take the output's type: 576 % 256 != 0 -> Q8_0
+        assert_eq!(get("token_embd.weight"), DType::Q8_0);
+        assert_eq!(get("output_norm.weight"), DType::F32);
+        assert_eq!(get("blk.0.attn_q.weight"), DType::Q5_0);
+        // use_more_bits(0, 30): first eighth -> Q6_K -> Q8_0 fallback for 576-wide attn_v
+        assert_eq!(get("blk.0.attn_v.weight"), DType::Q8_0);
+        assert_eq!(get("blk.0.ffn_down.weight"), DType::Q6_K);
+        // i = 4: 4 >= 30/8 = 3, (4 - 3) % 3 = 1 -> plain Q4_K (1536 = 6·256 fits)
+        assert_eq!(get("blk.4.ffn_down.weight"), DType::Q4_K);
+        assert_eq!(get("blk.5.ffn_down.weight"), DType::Q6_K);
+        assert_eq!(get("blk.4.attn_v.weight"), DType::Q5_0);
+        assert_eq!(get("blk.29.ffn_down.weight"), DType::Q6_K);
+    }
+
+    #[test]
+    fn untied_output_gets_q6_k_and_embeddings_the_base_type() {
+        let mut t = smollm2_like(false);
+        for x in &mut t {
+            x.ne0 *= 4; // 2304 = 9·256
+        }
+        let m = MixModel {
+            n_layers: 30,
+            n_head: 9,
+            n_head_kv: 3,
+            has_imatrix: false,
+        };
+        let c = choose_types(GgufMix::Q4_K_M, &m, &t);
+        let get = |name: &str| c[t.iter().position(|x| x.name == name).unwrap()].dtype;
+        assert_eq!(get("output.weight"), DType::Q6_K);
+        assert_eq!(get("token_embd.weight"), DType::Q4_K);
+        let c = choose_types(GgufMix::Q8_0, &m, &t);
+        assert!(c.iter().zip(&t).all(|(c, t)| c.dtype
+            == if t.n_dims == 1 {
+                DType::F32
+            } else {
+                DType::Q8_0
+            }));
+    }
+
+    #[test]
+    fn parse_names() {
+        for m in GgufMix::ALL {
+            assert_eq!(GgufMix::parse(&m.name().to_lowercase()), Some(m));
+        }
+        assert_eq!(GgufMix::parse("q4_k"), None);
+    }
+}

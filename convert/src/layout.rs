@@ -1,0 +1,641 @@
+//! Quantized Hugging Face layouts: compressed-tensors (`float-quantized` FP8 and
+//! `pack-quantized` INT4, as vLLM, transformers and SGLang load them) and `fbgemm_fp8` (Meta's
+//! Llama 3.1 405B FP8 release layout). Specs: `specs/serving-formats.md` §1–2, `specs/meta.md` §5.
+//!
+//! Every linear of every block is decoded to `f32` (whatever the source stores: floats, ggml
+//! blocks, or an already quantized layout), put in HF row order (Q/K RoPE permutation), and
+//! encoded with the codecs of `qforge-quantize`. Everything else (embeddings, norms, the LM
+//! head, modules the policy or `--ignore` leaves out) is written in the model dtype.
+//!
+//! Writing order: safetensors files keep the library's data order (descending dtype alignment,
+//! then name), so a module's scales are written before its codes. The scale producers therefore
+//! compute the scales alone (FP8: one pass of row maxima) and the code producers recompute them
+//! with the codes; both use the same rule, so they always agree. Memory stays at one tensor.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use qforge_quantize::fp8::{self, Fp8Options, ScaleRounding};
+use qforge_quantize::int4::{self, Int4Arith, Int4Config, Int4Scheme};
+use qforge_quantize::DType;
+use serde_json::{json, Value};
+
+use crate::checkpoint::{Checkpoint, Format};
+use crate::error::{Error, Result};
+use crate::export::{
+    encode_float, hf_config_json, rope_direction, rope_heads, write_hf_side_files,
+    write_safetensors_shards, OutTensor, Written,
+};
+use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
+use crate::rope::{source_row, RopeLayout};
+use crate::write::safetensors::TensorSpec;
+use crate::write::{OutputDir, OutputOptions};
+
+/// The compressed-tensors version whose `quantization_config` qforge writes (and validates
+/// against in the interop tests).
+pub const COMPRESSED_TENSORS_VERSION: &str = "0.20.0";
+
+/// FBGEMM's activation scale upper bound in Meta's Llama 3.1 405B FP8 release.
+pub const META_ACTIVATION_SCALE_UB: f32 = 1200.0;
+
+/// What the weights become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HfScheme {
+    /// FP8 E4M3 weights with one scale per output row; activations quantized per token at run
+    /// time (compressed-tensors FP8_DYNAMIC, or `fbgemm_fp8`).
+    Fp8Rowwise,
+    /// FP8 E4M3 weights with one scale per tensor and a static per-tensor activation scale from
+    /// calibration (compressed-tensors FP8).
+    Fp8Static,
+    /// INT4 weights, 16-bit activations (compressed-tensors W4A16 `pack-quantized`).
+    Int4 {
+        /// columns per scale; `None` = one scale per row (`strategy: "channel"`)
+        group_size: Option<usize>,
+        /// symmetric (`s = amax/7.5`) or asymmetric with zero points
+        symmetric: bool,
+    },
+}
+
+/// The on-disk layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HfLayout {
+    /// compressed-tensors (vLLM / transformers / SGLang).
+    CompressedTensors,
+    /// `fbgemm_fp8` (FP8 rowwise only).
+    Fbgemm,
+}
+
+/// Which linears are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Every linear of every block (the LM head stays in the model dtype).
+    #[default]
+    AllLinear,
+    /// Meta's Llama 3.1 405B FP8 recipe: only the FFN (gate, up, down) of blocks 1..n−2;
+    /// attention, the first and last blocks and the LM head stay BF16.
+    Meta405b,
+}
+
+impl Policy {
+    /// Whether this policy quantizes `id`.
+    pub fn selects(self, id: TensorId, num_layers: u64) -> bool {
+        let TensorId::Layer { index, kind } = id else {
+            return false;
+        };
+        match self {
+            Policy::AllLinear => kind.is_linear(),
+            Policy::Meta405b => {
+                matches!(
+                    kind,
+                    LayerTensor::Gate | LayerTensor::Up | LayerTensor::Down
+                ) && index >= 1
+                    && u64::from(index) + 1 < num_layers
+            }
+        }
+    }
+}
+
+/// Module names (or `re:` regexes, as compressed-tensors' `ignore`) to leave unquantized.
+#[derive(Debug, Clone, Default)]
+pub struct IgnoreList {
+    patterns: Vec<(String, Option<regex::Regex>)>,
+}
+
+impl IgnoreList {
+    /// Parse patterns: an exact HF module name (`model.layers.0.mlp.down_proj`, `lm_head`) or
+    /// `re:<regex>` matched against the module name (search, like Python's `re.match` on the
+    /// whole name when anchored).
+    pub fn new(patterns: &[String]) -> std::result::Result<Self, String> {
+        let mut out = Vec::new();
+        for p in patterns {
+            let re = match p.strip_prefix("re:") {
+                Some(r) => Some(
+                    regex::Regex::new(r).map_err(|e| format!("bad --ignore regex {p:?}: {e}"))?,
+                ),
+                None => None,
+            };
+            out.push((p.clone(), re));
+        }
+        Ok(IgnoreList { patterns: out })
+    }
+
+    /// Whether `module` is ignored.
+    pub fn matches(&self, module: &str) -> bool {
+        self.patterns.iter().any(|(p, re)| match re {
+            Some(re) => re.find(module).is_some_and(|m| m.start() == 0),
+            None => p == module,
+        })
+    }
+
+    /// The patterns as given.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.patterns.iter().map(|(p, _)| p.as_str())
+    }
+}
+
+/// Options of [`quantize_to_hf`].
+#[derive(Debug, Clone)]
+pub struct HfQuantOptions {
+    /// Weight scheme.
+    pub scheme: HfScheme,
+    /// On-disk layout.
+    pub layout: HfLayout,
+    /// Which linears are quantized.
+    pub policy: Policy,
+    /// Extra modules to leave unquantized.
+    pub ignore: IgnoreList,
+    /// Dtype of unquantized tensors and of compressed-tensors scales: BF16 (default) or F32.
+    pub dtype: DType,
+    /// `fbgemm_fp8` `activation_scale_ub`.
+    pub activation_scale_ub: f32,
+    /// Static activation scales (`input_scale`) per HF module name, for [`HfScheme::Fp8Static`].
+    pub input_scales: Option<BTreeMap<String, f32>>,
+    /// Largest shard, bytes of tensor data.
+    pub shard_size: u64,
+    /// Resume / overwrite policy.
+    pub output: OutputOptions,
+}
+
+/// HF module name of a role (`model.layers.3.self_attn.q_proj`, `lm_head`).
+pub fn hf_module(id: TensorId) -> String {
+    let name = NameScheme::Hf
+        .name(TensorKey::weight(id))
+        .unwrap_or_else(|| id.to_string());
+    name.strip_suffix(".weight").unwrap_or(&name).to_owned()
+}
+
+/// What happens to one module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Treatment {
+    Keep,
+    Quantize,
+}
+
+/// Per-module decision: quantized by the scheme, or left in the model dtype.
+fn treatment(id: TensorId, opts: &HfQuantOptions, num_layers: u64) -> Treatment {
+    if opts.policy.selects(id, num_layers) && !opts.ignore.matches(&hf_module(id)) {
+        Treatment::Quantize
+    } else {
+        Treatment::Keep
+    }
+}
+
+/// The roles of a checkpoint, in HF file order, each once (quantized sources list several
+/// parts per role).
+fn roles(ckpt: &Checkpoint) -> Vec<TensorId> {
+    let mut ids: Vec<TensorId> = ckpt
+        .tensors
+        .iter()
+        .map(|t| t.key.id)
+        .filter(|id| *id != TensorId::RopeFreqs)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids.sort_by_key(|id| crate::export::hf_order(&TensorKey::weight(*id)));
+    ids
+}
+
+/// The role's values as `f32`, row-major, in HF row order.
+fn hf_rows_f32(ckpt: &Checkpoint, id: TensorId, rope: Option<RopeLayout>) -> Result<Vec<f32>> {
+    let values = if ckpt
+        .part(id, Part::Weight)
+        .is_some_and(|t| t.shape.len() == 1)
+    {
+        ckpt.to_f32(ckpt.part(id, Part::Weight).expect("checked"))?
+    } else {
+        ckpt.weight_f32(id)?
+    };
+    for part in [
+        Part::Weight,
+        Part::WeightPacked,
+        Part::WeightScale,
+        Part::WeightZeroPoint,
+    ] {
+        if let Some(t) = ckpt.part(id, part) {
+            ckpt.release(t);
+        }
+    }
+    let heads = rope.zip(rope_heads(&ckpt.config, TensorKey::weight(id)));
+    let Some((dir, h)) = heads else {
+        return Ok(values);
+    };
+    let hd = ckpt.config.head_dim as usize;
+    let rows = h * hd;
+    let k = values.len() / rows.max(1);
+    let mut out = Vec::with_capacity(values.len());
+    for dst in 0..rows {
+        let s = source_row(dst, hd, dir);
+        out.extend_from_slice(&values[s * k..(s + 1) * k]);
+    }
+    Ok(out)
+}
+
+fn shape2(ckpt: &Checkpoint, id: TensorId) -> (usize, usize) {
+    let s = ckpt.config.expected_shape(id);
+    (s[0] as usize, s.get(1).copied().unwrap_or(1) as usize)
+}
+
+fn codec_err(ckpt: &Checkpoint, id: TensorId, source: qforge_quantize::Error) -> Error {
+    Error::Codec {
+        path: ckpt.path.clone(),
+        tensor: hf_module(id) + ".weight",
+        source,
+    }
+}
+
+/// The FP8 options of a layout: compressed-tensors divides by the scale rounded to its stored
+/// dtype (BF16 for a BF16 model); fbgemm stores and divides by the F32 scale.
+fn fp8_options(opts: &HfQuantOptions) -> Fp8Options {
+    Fp8Options {
+        upper_bound: None,
+        scale_rounding: match (opts.layout, opts.dtype) {
+            (HfLayout::CompressedTensors, DType::BF16) => ScaleRounding::Bf16,
+            _ => ScaleRounding::F32,
+        },
+    }
+}
+
+fn int4_config(opts: &HfQuantOptions) -> Option<Int4Config> {
+    match opts.scheme {
+        HfScheme::Int4 {
+            group_size,
+            symmetric,
+        } => Some(Int4Config {
+            scheme: if symmetric {
+                Int4Scheme::Symmetric
+            } else {
+                Int4Scheme::Asymmetric
+            },
+            group_size,
+            arith: if opts.dtype == DType::BF16 {
+                Int4Arith::Bf16
+            } else {
+                Int4Arith::F32
+            },
+        }),
+        _ => None,
+    }
+}
+
+fn push_i32s(values: &[i32], out: &mut Vec<u8>) {
+    out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+}
+
+/// What a quantization wrote, with per-module decisions for the report.
+#[derive(Debug, Clone)]
+pub struct QuantWritten {
+    /// Files, notes.
+    pub written: Written,
+    /// HF module names that were quantized.
+    pub quantized: Vec<String>,
+    /// HF module names of linears left in the model dtype.
+    pub kept: Vec<String>,
+}
+
+/// Check the options against the checkpoint before any work: scheme/layout combinations, group
+/// sizes that must divide every quantized row, static scales for every quantized module.
+fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions) -> Result<()> {
+    let bad = |reason: String| Error::BadQuantization {
+        path: ckpt.path.clone(),
+        tensor: String::new(),
+        reason,
+    };
+    if !matches!(opts.dtype, DType::BF16 | DType::F32) {
+        return Err(bad(format!(
+            "model dtype {} is not supported for quantized HF output (use bf16 or f32)",
+            opts.dtype
+        )));
+    }
+    if opts.layout == HfLayout::Fbgemm && opts.scheme != HfScheme::Fp8Rowwise {
+        return Err(bad(
+            "the fbgemm_fp8 layout holds FP8 rowwise weights only (--scheme fp8-rowwise)".into(),
+        ));
+    }
+    if !(opts.activation_scale_ub.is_finite() && opts.activation_scale_ub > 0.0) {
+        return Err(bad("activation scale upper bound must be positive".into()));
+    }
+    let n = ckpt.config.num_layers;
+    for id in roles(ckpt) {
+        if treatment(id, opts, n) != Treatment::Quantize {
+            continue;
+        }
+        let (_, k) = shape2(ckpt, id);
+        if let Some(cfg) = int4_config(opts) {
+            if let Err(e) = int4::check_group(k, cfg.group_size) {
+                return Err(codec_err(ckpt, id, e));
+            }
+        }
+        if opts.scheme == HfScheme::Fp8Static {
+            let m = hf_module(id);
+            let s = opts.input_scales.as_ref().and_then(|s| s.get(&m));
+            match s {
+                Some(s) if s.is_finite() && *s > 0.0 => {}
+                Some(s) => return Err(bad(format!("input scale of {m} is {s}"))),
+                None => {
+                    return Err(bad(format!(
+                        "fp8-static needs calibrated activation scales: none for {m} \
+                         (run `qforge calibrate --method fp8-static` and pass --calib)"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `quantization_config` for config.json, exactly as compressed-tensors 0.20 / llm-compressor
+/// write it (keys sorted; `QuantizationArgs` fields that the library omits are omitted), or as
+/// transformers' `FbgemmFp8Config` writes it.
+pub fn quantization_config(opts: &HfQuantOptions, not_converted: &[String]) -> Value {
+    if opts.layout == HfLayout::Fbgemm {
+        return json!({
+            "activation_scale_ub": opts.activation_scale_ub,
+            "modules_to_not_convert": not_converted,
+            "quant_method": "fbgemm_fp8",
+        });
+    }
+    let (format, weights, input) = match opts.scheme {
+        HfScheme::Fp8Rowwise => (
+            "float-quantized",
+            json!({"dynamic": false, "group_size": null, "num_bits": 8, "strategy": "channel",
+                   "symmetric": true, "type": "float"}),
+            json!({"dynamic": true, "group_size": null, "num_bits": 8, "strategy": "token",
+                   "symmetric": true, "type": "float"}),
+        ),
+        HfScheme::Fp8Static => (
+            "float-quantized",
+            json!({"dynamic": false, "group_size": null, "num_bits": 8, "strategy": "tensor",
+                   "symmetric": true, "type": "float"}),
+            json!({"dynamic": false, "group_size": null, "num_bits": 8, "observer": "static_minmax",
+                   "strategy": "tensor", "symmetric": true, "type": "float"}),
+        ),
+        HfScheme::Int4 {
+            group_size,
+            symmetric,
+        } => (
+            "pack-quantized",
+            json!({"dynamic": false, "group_size": group_size, "num_bits": 4,
+                   "strategy": if group_size.is_some() { "group" } else { "channel" },
+                   "symmetric": symmetric, "type": "int"}),
+            Value::Null,
+        ),
+    };
+    let mut ignore: Vec<String> = opts.ignore.patterns().map(str::to_owned).collect();
+    for m in not_converted {
+        if !ignore.contains(m) {
+            ignore.push(m.clone());
+        }
+    }
+    if !ignore.iter().any(|m| m == "lm_head") {
+        ignore.push("lm_head".into());
+    }
+    json!({
+        "config_groups": {"group_0": {
+            "format": null,
+            "input_activations": input,
+            "output_activations": null,
+            "targets": ["Linear"],
+            "weights": weights,
+        }},
+        "format": format,
+        "global_compression_ratio": null,
+        "ignore": ignore,
+        "kv_cache_scheme": null,
+        "moe_sparsity_config": null,
+        "quant_method": "compressed-tensors",
+        "quantization_status": "compressed",
+        "sparsity_config": {},
+        "transform_config": {},
+        "version": COMPRESSED_TENSORS_VERSION,
+    })
+}
+
+/// Sort every object's keys (Python `json.dump(sort_keys=True)`, as transformers and
+/// llm-compressor write config.json).
+pub fn sort_keys(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let sorted: BTreeMap<String, Value> =
+                m.into_iter().map(|(k, v)| (k, sort_keys(v))).collect();
+            Value::Object(sorted.into_iter().collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sort_keys).collect()),
+        other => other,
+    }
+}
+
+/// Quantize any checkpoint into a Hugging Face directory with a quantized layout.
+pub fn quantize_to_hf(
+    ckpt: &Checkpoint,
+    dest: &Path,
+    opts: &HfQuantOptions,
+) -> Result<QuantWritten> {
+    preflight(ckpt, opts)?;
+    let mut notes = ckpt.notes.clone();
+    let cfg = &ckpt.config;
+    let rope = rope_direction(ckpt.format, Format::Hf);
+    let model_dtype = opts.dtype;
+    let scale_dtype = match opts.layout {
+        HfLayout::CompressedTensors => model_dtype,
+        HfLayout::Fbgemm => DType::F32,
+    };
+    let fp8_opts = fp8_options(opts);
+    let int4_cfg = int4_config(opts);
+    let mut quantized = Vec::new();
+    let mut kept = Vec::new();
+    let mut tensors: Vec<OutTensor<'_>> = Vec::new();
+    if ckpt.tensors.iter().any(|t| t.key.id == TensorId::RopeFreqs) {
+        notes.push(
+            "rope_freqs.weight not written: HF computes rope frequencies from config.json".into(),
+        );
+    }
+    for id in roles(ckpt) {
+        let module = hf_module(id);
+        let shape = cfg.expected_shape(id);
+        let linear = matches!(id, TensorId::Layer { kind, .. } if kind.is_linear())
+            || id == TensorId::Output;
+        if treatment(id, opts, cfg.num_layers) == Treatment::Keep {
+            if linear {
+                kept.push(module.clone());
+            }
+            tensors.push(OutTensor {
+                spec: TensorSpec {
+                    name: format!("{module}.weight"),
+                    dtype: model_dtype,
+                    shape,
+                },
+                produce: Box::new(move |buf: &mut Vec<u8>| {
+                    let v = hf_rows_f32(ckpt, id, rope)?;
+                    encode_float(&v, model_dtype, buf).expect("float dtype checked");
+                    Ok(())
+                }),
+            });
+            continue;
+        }
+        quantized.push(module.clone());
+        let (rows, k) = shape2(ckpt, id);
+        let scale_out = move |s: &[f32], buf: &mut Vec<u8>| {
+            encode_float(s, scale_dtype, buf).expect("float dtype checked");
+        };
+        match opts.scheme {
+            HfScheme::Fp8Rowwise | HfScheme::Fp8Static => {
+                let per_row = opts.scheme == HfScheme::Fp8Rowwise;
+                tensors.push(OutTensor {
+                    spec: TensorSpec {
+                        name: format!("{module}.weight"),
+                        dtype: DType::F8_E4M3,
+                        shape: shape.clone(),
+                    },
+                    produce: Box::new(move |buf: &mut Vec<u8>| {
+                        let v = hf_rows_f32(ckpt, id, rope)?;
+                        buf.resize(v.len(), 0);
+                        if per_row {
+                            let mut s = vec![0f32; rows];
+                            fp8::quantize_fp8_rowwise(&v, k, buf, &mut s, &fp8_opts)
+                        } else {
+                            fp8::quantize_fp8_per_tensor(&v, k, buf, &fp8_opts).map(|_| ())
+                        }
+                        .map_err(|e| codec_err(ckpt, id, e))
+                    }),
+                });
+                tensors.push(OutTensor {
+                    spec: TensorSpec {
+                        name: format!("{module}.weight_scale"),
+                        dtype: scale_dtype,
+                        shape: if per_row {
+                            vec![rows as u64, 1]
+                        } else {
+                            vec![1]
+                        },
+                    },
+                    produce: Box::new(move |buf: &mut Vec<u8>| {
+                        let v = hf_rows_f32(ckpt, id, rope)?;
+                        let s = if per_row {
+                            fp8::rowwise_scales(&v, k, &fp8_opts)
+                        } else {
+                            fp8::per_tensor_scale(&v, k, &fp8_opts).map(|s| vec![s])
+                        }
+                        .map_err(|e| codec_err(ckpt, id, e))?;
+                        scale_out(&s, buf);
+                        Ok(())
+                    }),
+                });
+                if !per_row {
+                    let s = opts
+                        .input_scales
+                        .as_ref()
+                        .and_then(|m| m.get(&module))
+                        .copied()
+                        .expect("checked by preflight");
+                    tensors.push(OutTensor {
+                        spec: TensorSpec {
+                            name: format!("{module}.input_scale"),
+                            dtype: scale_dtype,
+                            shape: vec![1],
+                        },
+                        produce: Box::new(move |buf: &mut Vec<u8>| {
+                            scale_out(&[s], buf);
+                            Ok(())
+                        }),
+                    });
+                }
+            }
+            HfScheme::Int4 { symmetric, .. } => {
+                let cfg4 = int4_cfg.expect("int4 scheme");
+                let gs =
+                    int4::check_group(k, cfg4.group_size).map_err(|e| codec_err(ckpt, id, e))?;
+                let groups = k / gs;
+                let quant = move || -> Result<int4::CtPacked> {
+                    let v = hf_rows_f32(ckpt, id, rope)?;
+                    let t =
+                        int4::quantize_int4(&v, k, &cfg4).map_err(|e| codec_err(ckpt, id, e))?;
+                    int4::pack_compressed_tensors(&t).map_err(|e| codec_err(ckpt, id, e))
+                };
+                tensors.push(OutTensor {
+                    spec: TensorSpec {
+                        name: format!("{module}.weight_packed"),
+                        dtype: DType::I32,
+                        shape: vec![rows as u64, k.div_ceil(8) as u64],
+                    },
+                    produce: Box::new(move |buf: &mut Vec<u8>| {
+                        push_i32s(&quant()?.weight_packed, buf);
+                        Ok(())
+                    }),
+                });
+                tensors.push(OutTensor {
+                    spec: TensorSpec {
+                        name: format!("{module}.weight_scale"),
+                        dtype: scale_dtype,
+                        shape: vec![rows as u64, groups as u64],
+                    },
+                    produce: Box::new(move |buf: &mut Vec<u8>| {
+                        scale_out(&quant()?.weight_scale, buf);
+                        Ok(())
+                    }),
+                });
+                tensors.push(OutTensor {
+                    spec: TensorSpec {
+                        name: format!("{module}.weight_shape"),
+                        dtype: DType::I64,
+                        shape: vec![2],
+                    },
+                    produce: Box::new(move |buf: &mut Vec<u8>| {
+                        buf.extend((rows as i64).to_le_bytes());
+                        buf.extend((k as i64).to_le_bytes());
+                        Ok(())
+                    }),
+                });
+                if !symmetric {
+                    tensors.push(OutTensor {
+                        spec: TensorSpec {
+                            name: format!("{module}.weight_zero_point"),
+                            dtype: DType::I32,
+                            shape: vec![rows.div_ceil(8) as u64, groups as u64],
+                        },
+                        produce: Box::new(move |buf: &mut Vec<u8>| {
+                            let p = quant()?;
+                            push_i32s(p.weight_zero_point.as_deref().unwrap_or(&[]), buf);
+                            Ok(())
+                        }),
+                    });
+                }
+            }
+        }
+    }
+    let not_converted: Vec<String> = match opts.layout {
+        // Meta's release lists, block by block, every linear left in BF16, then the LM head.
+        HfLayout::Fbgemm => {
+            let mut v = kept.clone();
+            v.retain(|m| m != "lm_head");
+            v.push("lm_head".into());
+            v
+        }
+        HfLayout::CompressedTensors => kept
+            .iter()
+            .filter(|m| *m != "lm_head" && !opts.ignore.matches(m))
+            .cloned()
+            .collect(),
+    };
+    let mut out = OutputDir::begin(dest, opts.output)?;
+    let resumed = out.resumed.clone();
+    write_safetensors_shards(&mut out, tensors, opts.shard_size)?;
+    let mut config = hf_config_json(cfg, model_dtype);
+    config["quantization_config"] = quantization_config(opts, &not_converted);
+    let mut text = serde_json::to_vec_pretty(&sort_keys(config))
+        .map_err(|e| Error::io(dest, std::io::Error::other(e)))?;
+    text.push(b'\n');
+    out.write_file("config.json", &text)?;
+    write_hf_side_files(ckpt, &mut out, &mut notes)?;
+    let mut extra = serde_json::Map::new();
+    extra.insert("source_format".into(), json!(ckpt.format));
+    let files = out.commit(extra)?;
+    Ok(QuantWritten {
+        written: Written {
+            files,
+            resumed,
+            notes,
+        },
+        quantized,
+        kept,
+    })
+}

@@ -1,0 +1,222 @@
+//! `qforge quantize`: any checkpoint to FP8 / INT4 HF layouts or a llama.cpp GGUF mix.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use qforge_convert::gguf_mix::{quantize_to_gguf, GgufMix, GgufQuantOptions};
+use qforge_convert::layout::{
+    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+};
+use qforge_convert::write::OutputOptions;
+use qforge_convert::Checkpoint;
+use qforge_quantize::DType;
+use serde_json::json;
+
+use crate::cli::{FloatDtype, QuantLayout, QuantPolicy, QuantizeArgs};
+
+/// A parsed `--scheme`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// An HF layout scheme.
+    Hf(HfScheme),
+    /// A GGUF mix.
+    Gguf(GgufMix),
+}
+
+/// Parse `--scheme` (see `qforge quantize --help`).
+pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
+    let t = s.trim().to_ascii_lowercase();
+    let int4 = |group_size| {
+        Ok(Scheme::Hf(HfScheme::Int4 {
+            group_size,
+            symmetric: !asym,
+        }))
+    };
+    match t.as_str() {
+        "fp8-rowwise" | "fp8" | "fp8-dynamic" => return Ok(Scheme::Hf(HfScheme::Fp8Rowwise)),
+        "fp8-static" => return Ok(Scheme::Hf(HfScheme::Fp8Static)),
+        "int4" => return int4(Some(qforge_quantize::int4::DEFAULT_GROUP_SIZE)),
+        "int4-row" | "int4-channel" => return int4(None),
+        _ => {}
+    }
+    if let Some(g) = t.strip_prefix("int4-g") {
+        let g: usize = g
+            .parse()
+            .ok()
+            .filter(|g| *g > 0)
+            .with_context(|| format!("--scheme {s}: group size must be a positive integer"))?;
+        return int4(Some(g));
+    }
+    let mix = t.strip_prefix("gguf:").unwrap_or(&t);
+    if let Some(m) = GgufMix::parse(mix) {
+        return Ok(Scheme::Gguf(m));
+    }
+    bail!(
+        "unknown --scheme {s:?}\n  hint: use fp8-rowwise, fp8-static, int4-g<N> (e.g. int4-g128), int4-row, \
+         or gguf:<mix> (q8_0, q4_0, q4_k_m, q5_k_m, q6_k, …)"
+    )
+}
+
+/// Calibration results `qforge quantize --calib` consumes.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Calib {
+    #[serde(default)]
+    input_scales: Option<BTreeMap<String, f32>>,
+    #[serde(default)]
+    imatrix: Option<BTreeMap<String, Vec<f32>>>,
+}
+
+pub fn run(args: &QuantizeArgs) -> Result<()> {
+    let scheme = parse_scheme(&args.scheme, args.asym)?;
+    let calib: Calib = match &args.calib {
+        Some(p) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: not a qforge calibration file", p.display()))?
+        }
+        None => Calib::default(),
+    };
+    let ckpt = Checkpoint::open(&args.input)?;
+    let mut err = std::io::stderr().lock();
+    let summary = match scheme {
+        Scheme::Gguf(mix) => {
+            if matches!(args.layout, Some(l) if l != QuantLayout::Gguf) {
+                bail!("--scheme gguf:{mix} writes a GGUF file\n  hint: drop --layout or use --layout gguf");
+            }
+            if args.policy != QuantPolicy::AllLinear || !args.ignore.is_empty() {
+                bail!("--policy and --ignore apply to HF layouts; GGUF mixes follow llama.cpp's rules");
+            }
+            let w = quantize_to_gguf(
+                &ckpt,
+                &args.output,
+                mix,
+                &GgufQuantOptions {
+                    imatrix: calib.imatrix,
+                    overwrite: args.overwrite,
+                },
+            )?;
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for (_, t, _) in &w.types {
+                *counts.entry(t.to_string()).or_default() += 1;
+            }
+            for n in &w.written.notes {
+                writeln!(err, "note: {n}")?;
+            }
+            json!({
+                "output": args.output,
+                "scheme": format!("gguf:{}", mix.name().to_ascii_lowercase()),
+                "layout": "gguf",
+                "types": counts,
+                "tensors": w.types.iter().map(|(n, t, f)| json!({
+                    "name": n, "type": t.to_string(), "fallback_from": f.map(|d| d.to_string())
+                })).collect::<Vec<_>>(),
+                "bytes": w.written.files.iter().map(|f| f.bytes).sum::<u64>(),
+                "files": w.written.files,
+            })
+        }
+        Scheme::Hf(hf) => {
+            let layout = match args.layout {
+                None | Some(QuantLayout::CompressedTensors) => HfLayout::CompressedTensors,
+                Some(QuantLayout::Fbgemm) => HfLayout::Fbgemm,
+                Some(QuantLayout::Gguf) => bail!(
+                    "--layout gguf needs a gguf:<mix> scheme\n  hint: e.g. --scheme gguf:q4_k_m"
+                ),
+            };
+            let ignore = IgnoreList::new(&args.ignore).map_err(anyhow::Error::msg)?;
+            let opts = HfQuantOptions {
+                scheme: hf,
+                layout,
+                policy: match args.policy {
+                    QuantPolicy::AllLinear => Policy::AllLinear,
+                    QuantPolicy::Meta405b => Policy::Meta405b,
+                },
+                ignore,
+                dtype: match args.dtype {
+                    FloatDtype::Bf16 => DType::BF16,
+                    FloatDtype::F32 => DType::F32,
+                    FloatDtype::F16 => bail!(
+                        "--dtype f16 is not supported for quantized HF output\n  hint: use bf16 (default) or f32"
+                    ),
+                },
+                activation_scale_ub: args.activation_scale_ub,
+                input_scales: calib.input_scales,
+                shard_size: args.shard_size,
+                output: OutputOptions {
+                    resume: args.resume,
+                    overwrite: args.overwrite,
+                },
+            };
+            let w = quantize_to_hf(&ckpt, &args.output, &opts)?;
+            for n in &w.written.notes {
+                writeln!(err, "note: {n}")?;
+            }
+            if !w.written.resumed.is_empty() {
+                writeln!(
+                    err,
+                    "resumed: kept {} verified file(s) from the interrupted run",
+                    w.written.resumed.len()
+                )?;
+            }
+            json!({
+                "output": args.output,
+                "scheme": args.scheme,
+                "layout": match layout { HfLayout::CompressedTensors => "compressed-tensors", HfLayout::Fbgemm => "fbgemm" },
+                "quantized_modules": w.quantized.len(),
+                "kept_modules": w.kept,
+                "bytes": w.written.files.iter().map(|f| f.bytes).sum::<u64>(),
+                "files": w.written.files,
+            })
+        }
+    };
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &summary)?;
+        writeln!(out)?;
+    } else {
+        if let Some(types) = summary.get("types") {
+            writeln!(err, "tensor types: {types}")?;
+        }
+        if let Some(n) = summary.get("quantized_modules") {
+            writeln!(
+                err,
+                "quantized {n} linear modules; kept in {}: {}",
+                args.dtype.name(),
+                summary["kept_modules"].as_array().map_or(0, Vec::len)
+            )?;
+        }
+        writeln!(
+            err,
+            "wrote {} ({} bytes)",
+            args.output.display(),
+            summary["bytes"]
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes() {
+        assert_eq!(
+            parse_scheme("int4-g64", false).unwrap(),
+            Scheme::Hf(HfScheme::Int4 {
+                group_size: Some(64),
+                symmetric: true
+            })
+        );
+        assert_eq!(
+            parse_scheme("gguf:Q4_K_M", false).unwrap(),
+            Scheme::Gguf(GgufMix::Q4_K_M)
+        );
+        assert_eq!(
+            parse_scheme("fp8-rowwise", false).unwrap(),
+            Scheme::Hf(HfScheme::Fp8Rowwise)
+        );
+        assert!(parse_scheme("int4-g0", false).is_err());
+        assert!(parse_scheme("fp4", false).is_err());
+    }
+}
