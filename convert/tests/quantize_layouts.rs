@@ -1,0 +1,369 @@
+//! Quantized HF layouts (compressed-tensors, fbgemm_fp8) on synthetic Llama models: which
+//! tensors are quantized, their dtypes and shapes, the `quantization_config`, the error bound of
+//! the dequantized weights, and determinism across thread counts.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use qforge_convert::dequant::WeightStorage;
+use qforge_convert::layout::{
+    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+};
+use qforge_convert::write::OutputOptions;
+use qforge_convert::{Checkpoint, Error, LayerTensor, Part, TensorId};
+use qforge_quantize::DType;
+use serde_json::{json, Value};
+
+/// Deterministic pseudo-random values (xorshift), roughly N(0, 0.05) with a few outliers.
+fn values(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+            let v = (u - 0.5) * 0.2;
+            if i % 97 == 0 {
+                (v * 8.0) as f32
+            } else {
+                v as f32
+            }
+        })
+        .collect()
+}
+
+/// A Llama HF directory with `layers` blocks of tiny widths and random BF16 weights.
+fn synthetic_model(dir: &Path, layers: u32, hidden: usize, ffn: usize, tied: bool) {
+    let (heads, kv, vocab) = (4usize, 2usize, 96usize);
+    let hd = hidden / heads;
+    let config = json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": hidden, "intermediate_size": ffn, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
+        "vocab_size": vocab, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "max_position_embeddings": 256, "tie_word_embeddings": tied, "torch_dtype": "bfloat16",
+        "bos_token_id": 1, "eos_token_id": 2,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![vocab, hidden]),
+        ("model.norm.weight".into(), vec![hidden]),
+    ];
+    if !tied {
+        tensors.push(("lm_head.weight".into(), vec![vocab, hidden]));
+    }
+    for i in 0..layers {
+        let p = format!("model.layers.{i}");
+        tensors.extend([
+            (format!("{p}.input_layernorm.weight"), vec![hidden]),
+            (format!("{p}.post_attention_layernorm.weight"), vec![hidden]),
+            (format!("{p}.self_attn.q_proj.weight"), vec![hidden, hidden]),
+            (format!("{p}.self_attn.k_proj.weight"), vec![kv * hd, hidden]),
+            (format!("{p}.self_attn.v_proj.weight"), vec![kv * hd, hidden]),
+            (format!("{p}.self_attn.o_proj.weight"), vec![hidden, hidden]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![ffn, hidden]),
+            (format!("{p}.mlp.up_proj.weight"), vec![ffn, hidden]),
+            (format!("{p}.mlp.down_proj.weight"), vec![hidden, ffn]),
+        ]);
+    }
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, shape))| {
+            let n: usize = shape.iter().product();
+            let bytes = values(i as u64 + 1, n)
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+fn opts(scheme: HfScheme, layout: HfLayout, policy: Policy) -> HfQuantOptions {
+    HfQuantOptions {
+        scheme,
+        layout,
+        policy,
+        ignore: IgnoreList::default(),
+        dtype: DType::BF16,
+        activation_scale_ub: 1200.0,
+        input_scales: None,
+        shard_size: 5_000_000_000,
+        output: OutputOptions::default(),
+    }
+}
+
+fn config_of(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap()
+}
+
+/// Every dequantized FP8 weight is within half an FP8 step of the source: relative 2^-4 for
+/// normal codes, absolute scale·2^-10 in the subnormal range.
+fn check_fp8_error(src: &Checkpoint, out: &Checkpoint, id: TensorId) {
+    let w = src.weight_f32(id).unwrap();
+    let q = out.weight_f32(id).unwrap();
+    let scale = out.to_f32(out.part(id, Part::WeightScale).unwrap()).unwrap();
+    let k = w.len() / scale.len().max(1);
+    for (i, (a, b)) in w.iter().zip(&q).enumerate() {
+        let s = if scale.len() == 1 { scale[0] } else { scale[i / k] };
+        let bound = (a.abs() * 0.0625).max(s * (1.0 / 1024.0)) * 1.0001;
+        assert!((a - b).abs() <= bound, "{id} element {i}: {a} vs {b} (scale {s})");
+    }
+}
+
+#[test]
+fn fbgemm_meta_405b_policy_on_126_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src_dir = tmp.path().join("src");
+    std::fs::create_dir(&src_dir).unwrap();
+    synthetic_model(&src_dir, 126, 32, 64, false);
+    let src = Checkpoint::open(&src_dir).unwrap();
+    let dest = tmp.path().join("fp8");
+    let w = quantize_to_hf(
+        &src,
+        &dest,
+        &opts(HfScheme::Fp8Rowwise, HfLayout::Fbgemm, Policy::Meta405b),
+    )
+    .unwrap();
+    assert_eq!(w.quantized.len(), 124 * 3);
+    let out = Checkpoint::open(&dest).unwrap();
+    let mut not_converted = Vec::new();
+    for i in 0..126u32 {
+        for kind in LayerTensor::ALL.into_iter().filter(|k| k.is_linear()) {
+            let id = TensorId::Layer { index: i, kind };
+            let ffn = matches!(kind, LayerTensor::Gate | LayerTensor::Up | LayerTensor::Down);
+            let weight = out.part(id, Part::Weight).unwrap();
+            if ffn && (1..=124).contains(&i) {
+                assert_eq!(weight.dtype, DType::F8_E4M3, "{id}");
+                let s = out.part(id, Part::WeightScale).unwrap();
+                assert_eq!(s.dtype, DType::F32, "{id}");
+                assert_eq!(s.shape, vec![weight.shape[0], 1], "{id}");
+                assert_eq!(out.weight_storage(id).unwrap(), WeightStorage::Fp8Rowwise);
+                check_fp8_error(&src, &out, id);
+            } else {
+                assert_eq!(weight.dtype, DType::BF16, "{id}");
+                assert!(out.part(id, Part::WeightScale).is_none(), "{id}");
+                assert_eq!(
+                    out.weight_f32(id).unwrap(),
+                    src.weight_f32(id).unwrap(),
+                    "{id} must be copied exactly"
+                );
+                not_converted.push(qforge_convert::layout::hf_module(id));
+            }
+            assert!(out.part(id, Part::InputScale).is_none());
+        }
+    }
+    for id in [TensorId::TokenEmbedding, TensorId::Output, TensorId::OutputNorm] {
+        assert_eq!(out.part(id, Part::Weight).unwrap().dtype, DType::BF16);
+    }
+    not_converted.push("lm_head".into());
+    let cfg = config_of(&dest);
+    assert_eq!(
+        cfg["quantization_config"],
+        json!({"activation_scale_ub": 1200.0, "modules_to_not_convert": not_converted,
+               "quant_method": "fbgemm_fp8"})
+    );
+    assert_eq!(cfg["torch_dtype"], "bfloat16");
+    // 126 blocks x (4 attention + 3 FFN) + lm_head = 3 FFN of 2 blocks + 4 x 126 + 1
+    assert_eq!(not_converted.len(), 126 * 4 + 2 * 3 + 1);
+}
+
+#[test]
+fn compressed_tensors_fp8_rowwise_config_and_tensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src_dir = tmp.path().join("src");
+    std::fs::create_dir(&src_dir).unwrap();
+    synthetic_model(&src_dir, 2, 64, 128, true);
+    let src = Checkpoint::open(&src_dir).unwrap();
+    let dest = tmp.path().join("ct");
+    let mut o = opts(
+        HfScheme::Fp8Rowwise,
+        HfLayout::CompressedTensors,
+        Policy::AllLinear,
+    );
+    o.ignore = IgnoreList::new(&["re:.*down_proj".into()]).unwrap();
+    quantize_to_hf(&src, &dest, &o).unwrap();
+    let out = Checkpoint::open(&dest).unwrap();
+    for i in 0..2u32 {
+        for kind in LayerTensor::ALL.into_iter().filter(|k| k.is_linear()) {
+            let id = TensorId::Layer { index: i, kind };
+            if kind == LayerTensor::Down {
+                assert_eq!(out.part(id, Part::Weight).unwrap().dtype, DType::BF16);
+                continue;
+            }
+            let s = out.part(id, Part::WeightScale).unwrap();
+            assert_eq!(s.dtype, DType::BF16);
+            assert_eq!(out.weight_storage(id).unwrap(), WeightStorage::Fp8Rowwise);
+            check_fp8_error(&src, &out, id);
+            // no FP8 negative zero
+            let b = out.bytes(out.part(id, Part::Weight).unwrap()).unwrap();
+            assert!(!b.contains(&0x80), "{id} has a -0 byte");
+        }
+    }
+    let q = &config_of(&dest)["quantization_config"];
+    assert_eq!(q["format"], "float-quantized");
+    assert_eq!(q["quant_method"], "compressed-tensors");
+    assert_eq!(q["quantization_status"], "compressed");
+    assert_eq!(q["ignore"], json!(["re:.*down_proj", "lm_head"]));
+    assert_eq!(
+        q["config_groups"]["group_0"]["weights"],
+        json!({"dynamic": false, "group_size": null, "num_bits": 8, "strategy": "channel",
+               "symmetric": true, "type": "float"})
+    );
+    assert_eq!(
+        q["config_groups"]["group_0"]["input_activations"]["strategy"],
+        "token"
+    );
+}
+
+#[test]
+fn int4_group_must_divide_rows_and_names_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src_dir = tmp.path().join("src");
+    std::fs::create_dir(&src_dir).unwrap();
+    synthetic_model(&src_dir, 1, 96, 192, true);
+    let src = Checkpoint::open(&src_dir).unwrap();
+    let o = opts(
+        HfScheme::Int4 {
+            group_size: Some(128),
+            symmetric: true,
+        },
+        HfLayout::CompressedTensors,
+        Policy::AllLinear,
+    );
+    let e = quantize_to_hf(&src, &tmp.path().join("w4"), &o).unwrap_err();
+    match &e {
+        Error::Codec {
+            tensor,
+            source: qforge_quantize::Error::GroupMismatch { suggested, .. },
+            ..
+        } => {
+            assert!(tensor.starts_with("model.layers.0."), "{tensor}");
+            assert_eq!(*suggested, 96);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(!tmp.path().join("w4").exists());
+    // group 32 works, dequantizes within half a step
+    let o = opts(
+        HfScheme::Int4 {
+            group_size: Some(32),
+            symmetric: false,
+        },
+        HfLayout::CompressedTensors,
+        Policy::AllLinear,
+    );
+    let dest = tmp.path().join("w4-g32");
+    quantize_to_hf(&src, &dest, &o).unwrap();
+    let out = Checkpoint::open(&dest).unwrap();
+    let id = TensorId::Layer {
+        index: 0,
+        kind: LayerTensor::Up,
+    };
+    assert_eq!(
+        out.weight_storage(id).unwrap(),
+        WeightStorage::Int4Packed {
+            group_size: 32,
+            asymmetric: true
+        }
+    );
+    let (w, q) = (src.weight_f32(id).unwrap(), out.weight_f32(id).unwrap());
+    let s = out.to_f32(out.part(id, Part::WeightScale).unwrap()).unwrap();
+    for (i, (a, b)) in w.iter().zip(&q).enumerate() {
+        // asymmetric min-max: half a step of rounding, plus up to half a step where the
+        // rounded zero point clips an end of the range (+ BF16 rounding of w/s)
+        let step = s[i / 32];
+        assert!((a - b).abs() <= step * 1.01 + a.abs() * 0.004, "{i}: {a} {b} {step}");
+    }
+    let q = &config_of(&dest)["quantization_config"];
+    assert_eq!(q["format"], "pack-quantized");
+    assert_eq!(
+        q["config_groups"]["group_0"]["weights"],
+        json!({"dynamic": false, "group_size": 32, "num_bits": 4, "strategy": "group",
+               "symmetric": false, "type": "int"})
+    );
+    assert_eq!(q["config_groups"]["group_0"]["input_activations"], Value::Null);
+}
+
+#[test]
+fn same_bytes_for_any_thread_count_and_static_scales_are_required() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src_dir = tmp.path().join("src");
+    std::fs::create_dir(&src_dir).unwrap();
+    synthetic_model(&src_dir, 2, 64, 128, false);
+    let src = Checkpoint::open(&src_dir).unwrap();
+    let mut hashes = Vec::new();
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let dest = tmp.path().join(format!("t{threads}"));
+        pool.install(|| {
+            quantize_to_hf(
+                &src,
+                &dest,
+                &opts(
+                    HfScheme::Int4 {
+                        group_size: Some(64),
+                        symmetric: true,
+                    },
+                    HfLayout::CompressedTensors,
+                    Policy::AllLinear,
+                ),
+            )
+            .unwrap();
+        });
+        hashes.push(std::fs::read(dest.join("model.safetensors")).unwrap());
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]));
+
+    let mut o = opts(
+        HfScheme::Fp8Static,
+        HfLayout::CompressedTensors,
+        Policy::AllLinear,
+    );
+    let e = quantize_to_hf(&src, &tmp.path().join("static"), &o).unwrap_err();
+    assert!(matches!(e, Error::BadQuantization { .. }), "{e}");
+    let mut scales = BTreeMap::new();
+    for i in 0..2 {
+        for m in [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ] {
+            scales.insert(format!("model.layers.{i}.{m}"), 0.01f32);
+        }
+    }
+    o.input_scales = Some(scales);
+    let dest = tmp.path().join("static");
+    quantize_to_hf(&src, &dest, &o).unwrap();
+    let out = Checkpoint::open(&dest).unwrap();
+    let id = TensorId::Layer {
+        index: 1,
+        kind: LayerTensor::Gate,
+    };
+    assert_eq!(out.weight_storage(id).unwrap(), WeightStorage::Fp8PerTensor);
+    assert_eq!(
+        out.to_f32(out.part(id, Part::InputScale).unwrap()).unwrap(),
+        vec![half::bf16::from_f32(0.01).to_f32()]
+    );
+    check_fp8_error(&src, &out, id);
+}
