@@ -59,8 +59,14 @@ fn synthetic_model(dir: &Path, layers: u32, hidden: usize, ffn: usize, tied: boo
             (format!("{p}.input_layernorm.weight"), vec![hidden]),
             (format!("{p}.post_attention_layernorm.weight"), vec![hidden]),
             (format!("{p}.self_attn.q_proj.weight"), vec![hidden, hidden]),
-            (format!("{p}.self_attn.k_proj.weight"), vec![kv * hd, hidden]),
-            (format!("{p}.self_attn.v_proj.weight"), vec![kv * hd, hidden]),
+            (
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![kv * hd, hidden],
+            ),
+            (
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![kv * hd, hidden],
+            ),
             (format!("{p}.self_attn.o_proj.weight"), vec![hidden, hidden]),
             (format!("{p}.mlp.gate_proj.weight"), vec![ffn, hidden]),
             (format!("{p}.mlp.up_proj.weight"), vec![ffn, hidden]),
@@ -115,12 +121,21 @@ fn config_of(dir: &Path) -> Value {
 fn check_fp8_error(src: &Checkpoint, out: &Checkpoint, id: TensorId) {
     let w = src.weight_f32(id).unwrap();
     let q = out.weight_f32(id).unwrap();
-    let scale = out.to_f32(out.part(id, Part::WeightScale).unwrap()).unwrap();
+    let scale = out
+        .to_f32(out.part(id, Part::WeightScale).unwrap())
+        .unwrap();
     let k = w.len() / scale.len().max(1);
     for (i, (a, b)) in w.iter().zip(&q).enumerate() {
-        let s = if scale.len() == 1 { scale[0] } else { scale[i / k] };
+        let s = if scale.len() == 1 {
+            scale[0]
+        } else {
+            scale[i / k]
+        };
         let bound = (a.abs() * 0.0625).max(s * (1.0 / 1024.0)) * 1.0001;
-        assert!((a - b).abs() <= bound, "{id} element {i}: {a} vs {b} (scale {s})");
+        assert!(
+            (a - b).abs() <= bound,
+            "{id} element {i}: {a} vs {b} (scale {s})"
+        );
     }
 }
 
@@ -144,7 +159,10 @@ fn fbgemm_meta_405b_policy_on_126_layers() {
     for i in 0..126u32 {
         for kind in LayerTensor::ALL.into_iter().filter(|k| k.is_linear()) {
             let id = TensorId::Layer { index: i, kind };
-            let ffn = matches!(kind, LayerTensor::Gate | LayerTensor::Up | LayerTensor::Down);
+            let ffn = matches!(
+                kind,
+                LayerTensor::Gate | LayerTensor::Up | LayerTensor::Down
+            );
             let weight = out.part(id, Part::Weight).unwrap();
             if ffn && (1..=124).contains(&i) {
                 assert_eq!(weight.dtype, DType::F8_E4M3, "{id}");
@@ -166,7 +184,11 @@ fn fbgemm_meta_405b_policy_on_126_layers() {
             assert!(out.part(id, Part::InputScale).is_none());
         }
     }
-    for id in [TensorId::TokenEmbedding, TensorId::Output, TensorId::OutputNorm] {
+    for id in [
+        TensorId::TokenEmbedding,
+        TensorId::Output,
+        TensorId::OutputNorm,
+    ] {
         assert_eq!(out.part(id, Part::Weight).unwrap().dtype, DType::BF16);
     }
     not_converted.push("lm_head".into());
@@ -281,12 +303,17 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
         }
     );
     let (w, q) = (src.weight_f32(id).unwrap(), out.weight_f32(id).unwrap());
-    let s = out.to_f32(out.part(id, Part::WeightScale).unwrap()).unwrap();
+    let s = out
+        .to_f32(out.part(id, Part::WeightScale).unwrap())
+        .unwrap();
     for (i, (a, b)) in w.iter().zip(&q).enumerate() {
         // asymmetric min-max: half a step of rounding, plus up to half a step where the
         // rounded zero point clips an end of the range (+ BF16 rounding of w/s)
         let step = s[i / 32];
-        assert!((a - b).abs() <= step * 1.01 + a.abs() * 0.004, "{i}: {a} {b} {step}");
+        assert!(
+            (a - b).abs() <= step * 1.01 + a.abs() * 0.004,
+            "{i}: {a} {b} {step}"
+        );
     }
     let q = &config_of(&dest)["quantization_config"];
     assert_eq!(q["format"], "pack-quantized");
@@ -295,7 +322,10 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
         json!({"dynamic": false, "group_size": 32, "num_bits": 4, "strategy": "group",
                "symmetric": false, "type": "int"})
     );
-    assert_eq!(q["config_groups"]["group_0"]["input_activations"], Value::Null);
+    assert_eq!(
+        q["config_groups"]["group_0"]["input_activations"],
+        Value::Null
+    );
 }
 
 #[test]
