@@ -75,8 +75,8 @@ fn every_scheme_from_every_format() {
             let schemes = v["quantization"]["schemes"].as_object().unwrap();
             let want = match scheme {
                 "fp8-rowwise" => "fp8-rowwise",
-                "int4-g32" => "int4-g32",
-                "int4-row" => "int4-g32", // the fixture's rows are 32 wide: one group per row
+                // int4-row: the fixture's rows are 32 wide (96 for down_proj): one group per row
+                "int4-g32" | "int4-row" => "int4-g32",
                 "gguf:q8_0" => "Q8_0",
                 _ => "Q5_0", // Q4_K falls back to Q5_0 on 32-wide rows
             };
