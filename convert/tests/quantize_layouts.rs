@@ -41,7 +41,7 @@ fn synthetic_model(dir: &Path, layers: u32, hidden: usize, ffn: usize, tied: boo
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": hidden, "intermediate_size": ffn, "num_hidden_layers": layers,
         "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
-        "vocab_size": vocab, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "vocab_size": vocab, "rms_norm_eps": 1e-5, "rope_theta": 500_000.0,
         "max_position_embeddings": 256, "tie_word_embeddings": tied, "torch_dtype": "bfloat16",
         "bos_token_id": 1, "eos_token_id": 2,
     });
