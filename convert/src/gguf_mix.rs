@@ -512,17 +512,20 @@ pub fn quantize_to_gguf(
     let mut metadata = llama_metadata(&ckpt.config, general_name.as_deref(), Some(mix.file_type()));
     metadata.extend(tokenizer_metadata(ckpt, &mut notes)?);
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
+    // One note per kind of fallback (the per-tensor list is in the returned types).
+    let mut fallbacks: BTreeMap<(u64, String, String), usize> = BTreeMap::new();
     for (mt, c) in mix_tensors.iter().zip(&choices) {
         if let Some(from) = c.fallback_from {
-            notes.push(format!(
-                "{}: row length {} is not a multiple of {}'s block ({}): {} instead",
-                mt.name,
-                mt.ne0,
-                from,
-                from.block_size(),
-                c.dtype
-            ));
+            *fallbacks
+                .entry((mt.ne0, from.to_string(), c.dtype.to_string()))
+                .or_default() += 1;
         }
+    }
+    for ((ne0, from, to), n) in fallbacks {
+        notes.push(format!(
+            "{n} tensor(s) with rows of {ne0}, not a multiple of {from}'s 256-block: {to} instead \
+             (llama-quantize's fallback)"
+        ));
     }
 
     let p = plan(&metadata, specs)?;
