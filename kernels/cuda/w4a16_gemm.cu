@@ -117,16 +117,33 @@ __device__ __forceinline__ void w4a16_impl(const u16* __restrict__ x, const int*
     }
 }
 
-#define W4A16_KERNEL(MT)                                                                            \
-    extern "C" __global__ void __launch_bounds__(W4_WARPS * 32)                                    \
-        w4a16_gemm_m##MT(const u16* __restrict__ x, const int* __restrict__ wq,                     \
-                         const u16* __restrict__ ws, void* __restrict__ out, int M, int N, int K,   \
-                         int G, int out_f32) {                                                      \
-        w4a16_impl<MT>(x, wq, ws, out, M, N, K, G, out_f32);                                        \
-    }
+// One instantiation per activation-row capacity MT; the host picks the smallest MT >= M.
+extern "C" __global__ void __launch_bounds__(W4_WARPS * 32)
+w4a16_gemm_m1(const u16* __restrict__ x, const int* __restrict__ wq, const u16* __restrict__ ws,
+               void* __restrict__ out, int M, int N, int K, int G, int out_f32) {
+    w4a16_impl<1>(x, wq, ws, out, M, N, K, G, out_f32);
+}
 
-W4A16_KERNEL(1)
-W4A16_KERNEL(2)
-W4A16_KERNEL(4)
-W4A16_KERNEL(8)
-W4A16_KERNEL(16)
+extern "C" __global__ void __launch_bounds__(W4_WARPS * 32)
+w4a16_gemm_m2(const u16* __restrict__ x, const int* __restrict__ wq, const u16* __restrict__ ws,
+               void* __restrict__ out, int M, int N, int K, int G, int out_f32) {
+    w4a16_impl<2>(x, wq, ws, out, M, N, K, G, out_f32);
+}
+
+extern "C" __global__ void __launch_bounds__(W4_WARPS * 32)
+w4a16_gemm_m4(const u16* __restrict__ x, const int* __restrict__ wq, const u16* __restrict__ ws,
+               void* __restrict__ out, int M, int N, int K, int G, int out_f32) {
+    w4a16_impl<4>(x, wq, ws, out, M, N, K, G, out_f32);
+}
+
+extern "C" __global__ void __launch_bounds__(W4_WARPS * 32)
+w4a16_gemm_m8(const u16* __restrict__ x, const int* __restrict__ wq, const u16* __restrict__ ws,
+               void* __restrict__ out, int M, int N, int K, int G, int out_f32) {
+    w4a16_impl<8>(x, wq, ws, out, M, N, K, G, out_f32);
+}
+
+extern "C" __global__ void __launch_bounds__(W4_WARPS * 32)
+w4a16_gemm_m16(const u16* __restrict__ x, const int* __restrict__ wq, const u16* __restrict__ ws,
+               void* __restrict__ out, int M, int N, int K, int G, int out_f32) {
+    w4a16_impl<16>(x, wq, ws, out, M, N, K, G, out_f32);
+}
