@@ -124,23 +124,21 @@ pub fn w4a16_gemm_f64(x: &[u16], m: usize, w: &Int4Rows) -> Result<Vec<f64>> {
     let words = k / 8;
     let groups = k / g;
     let mut yt = vec![0f64; n * m];
-    yt.par_chunks_mut(m.max(1))
-        .enumerate()
-        .for_each_init(
-            || vec![0f32; k],
-            |wrow, (ni, col)| {
-                let packed = &w.packed()[ni * words..(ni + 1) * words];
-                let scales = &w.scales()[ni * groups..(ni + 1) * groups];
-                for (c, v) in wrow.iter_mut().enumerate() {
-                    let u = (packed[c / 8] as u32 >> (4 * (c % 8))) & 0xF;
-                    // (u − 8) · s: a 4-bit integer times a BF16 scale, exact in f32.
-                    *v = (u as f32 - 8.0) * bf16_bits_to_f32(scales[c / g]);
-                }
-                for (mi, out) in col.iter_mut().enumerate() {
-                    *out = dot_f64(&xf[mi * k..(mi + 1) * k], wrow);
-                }
-            },
-        );
+    yt.par_chunks_mut(m.max(1)).enumerate().for_each_init(
+        || vec![0f32; k],
+        |wrow, (ni, col)| {
+            let packed = &w.packed()[ni * words..(ni + 1) * words];
+            let scales = &w.scales()[ni * groups..(ni + 1) * groups];
+            for (c, v) in wrow.iter_mut().enumerate() {
+                let u = (packed[c / 8] as u32 >> (4 * (c % 8))) & 0xF;
+                // (u − 8) · s: a 4-bit integer times a BF16 scale, exact in f32.
+                *v = (u as f32 - 8.0) * bf16_bits_to_f32(scales[c / g]);
+            }
+            for (mi, out) in col.iter_mut().enumerate() {
+                *out = dot_f64(&xf[mi * k..(mi + 1) * k], wrow);
+            }
+        },
+    );
     let mut y = vec![0f64; m * n];
     for (ni, col) in yt.chunks(m.max(1)).enumerate().take(n) {
         for (mi, &v) in col.iter().enumerate() {
@@ -182,7 +180,10 @@ impl Gemm for CpuGemm {
     }
 
     fn device_name(&self) -> String {
-        format!("CPU reference ({} rayon threads)", rayon::current_num_threads())
+        format!(
+            "CPU reference ({} rayon threads)",
+            rayon::current_num_threads()
+        )
     }
 
     fn upload_fp8(&self, w: &Fp8Rows) -> Result<Fp8Weight> {
@@ -275,7 +276,11 @@ mod tests {
                 if x.is_nan() || y.is_nan() {
                     continue;
                 }
-                assert_eq!(f64::from(x * y), f64::from(x) * f64::from(y), "{a:#x} * {b:#x}");
+                assert_eq!(
+                    f64::from(x * y),
+                    f64::from(x) * f64::from(y),
+                    "{a:#x} * {b:#x}"
+                );
             }
         }
     }

@@ -14,7 +14,9 @@ pub enum Error {
         reason: String,
     },
     /// The device's compute capability is below what the FP8 kernels need (8.9).
-    #[error("compute capability {major}.{minor} is not supported (FP8 mma.sync needs sm_89 or newer)")]
+    #[error(
+        "compute capability {major}.{minor} is not supported (FP8 mma.sync needs sm_89 or newer)"
+    )]
     UnsupportedArch {
         /// Major compute capability.
         major: i32,

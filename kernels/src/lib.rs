@@ -150,7 +150,13 @@ pub struct Int4Rows {
 impl Int4Rows {
     /// Wrap packed words and BF16 scale bits. Requires `k % 8 == 0`, `group % 8 == 0` and
     /// `k % group == 0` ([`Error::InvalidParameter`]); lengths ([`Error::BufferLength`]).
-    pub fn new(n: usize, k: usize, group: usize, packed: Vec<i32>, scales: Vec<u16>) -> Result<Self> {
+    pub fn new(
+        n: usize,
+        k: usize,
+        group: usize,
+        packed: Vec<i32>,
+        scales: Vec<u16>,
+    ) -> Result<Self> {
         if k == 0 || k % 8 != 0 {
             return Err(Error::InvalidParameter {
                 name: "k",
@@ -163,8 +169,16 @@ impl Int4Rows {
                 detail: format!("{group} must be a multiple of 8 that divides k = {k}"),
             });
         }
-        check_len("int4 packed words", checked_elems("int4 packed words", n, k / 8)?, packed.len())?;
-        check_len("int4 group scales", checked_elems("int4 group scales", n, k / group)?, scales.len())?;
+        check_len(
+            "int4 packed words",
+            checked_elems("int4 packed words", n, k / 8)?,
+            packed.len(),
+        )?;
+        check_len(
+            "int4 group scales",
+            checked_elems("int4 group scales", n, k / group)?,
+            scales.len(),
+        )?;
         Ok(Int4Rows {
             n,
             k,
@@ -196,7 +210,13 @@ impl Int4Rows {
             .iter()
             .map(|&s| qforge_quantize::float::f32_to_bf16_bits(s))
             .collect();
-        Int4Rows::new(dim(n)?, dim(k)?, p.group_size, p.weight_packed.clone(), scales)
+        Int4Rows::new(
+            dim(n)?,
+            dim(k)?,
+            p.group_size,
+            p.weight_packed.clone(),
+            scales,
+        )
     }
 
     /// Output features (rows).
@@ -374,11 +394,24 @@ pub(crate) fn check_fp8_gemm(x: &Fp8Rows, w: &Fp8Weight, y: &OutputMut<'_>) -> R
             right: w.k() as u64,
         });
     }
-    check_len("output [m, n]", checked_elems("output", x.rows(), w.n())?, y.len())
+    check_len(
+        "output [m, n]",
+        checked_elems("output", x.rows(), w.n())?,
+        y.len(),
+    )
 }
 
 /// Check the operand shapes shared by every backend's `w4a16_gemm`.
-pub(crate) fn check_w4a16_gemm(x: &[u16], m: usize, w: &Int4Weight, y: &OutputMut<'_>) -> Result<()> {
-    check_len("activations [m, k]", checked_elems("activations", m, w.k())?, x.len())?;
+pub(crate) fn check_w4a16_gemm(
+    x: &[u16],
+    m: usize,
+    w: &Int4Weight,
+    y: &OutputMut<'_>,
+) -> Result<()> {
+    check_len(
+        "activations [m, k]",
+        checked_elems("activations", m, w.k())?,
+        x.len(),
+    )?;
     check_len("output [m, n]", checked_elems("output", m, w.n())?, y.len())
 }

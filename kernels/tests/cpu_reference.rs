@@ -11,7 +11,9 @@ mod support;
 use qforge_kernels::cpu::{CpuGemm, EXACT_K_MAX};
 use qforge_kernels::{linear_fp8, Backend, Error, Fp8Rows, Gemm, Int4Rows, OutputMut};
 use qforge_quantize::float::bf16_bits_to_f32;
-use qforge_quantize::int4::{dequantize_compressed_tensors, pack_compressed_tensors, quantize_int4, Int4Config};
+use qforge_quantize::int4::{
+    dequantize_compressed_tensors, pack_compressed_tensors, quantize_int4, Int4Config,
+};
 use support::{activations, fp8_ref_f64, Rng};
 
 const F32_REL: f64 = 5.960_464_477_539_063e-8 * (1.0 + 1.0 / 1_048_576.0); // 2^-24 (1 + 2^-20)
@@ -22,7 +24,11 @@ fn weights(rng: &mut Rng, n: usize, k: usize) -> Vec<f32> {
     for r in 0..n {
         let mag = [0.01f32, 0.2, 1.5][r % 3];
         for c in 0..k {
-            w[r * k + c] = if n > 2 && r == 2 { 0.0 } else { rng.normalish(mag) };
+            w[r * k + c] = if n > 2 && r == 2 {
+                0.0
+            } else {
+                rng.normalish(mag)
+            };
         }
     }
     w
@@ -43,9 +49,16 @@ fn fp8_case(m: usize, n: usize, k: usize, ub: Option<f32>, seed: u64) {
     for i in 0..m * n {
         let r = y64[i];
         let e32 = (f64::from(y32[i]) - r).abs();
-        assert!(e32 <= F32_REL * r.abs(), "f32 [{i}] {} vs {r} (m={m} n={n} k={k})", y32[i]);
+        assert!(
+            e32 <= F32_REL * r.abs(),
+            "f32 [{i}] {} vs {r} (m={m} n={n} k={k})",
+            y32[i]
+        );
         let e16 = (f64::from(bf16_bits_to_f32(y16[i])) - r).abs();
-        assert!(e16 <= BF16_REL * r.abs() + 1e-38, "bf16 [{i}] vs {r} (m={m} n={n} k={k})");
+        assert!(
+            e16 <= BF16_REL * r.abs() + 1e-38,
+            "bf16 [{i}] vs {r} (m={m} n={n} k={k})"
+        );
         assert!(y32[i].is_finite());
     }
     // linear_fp8 is quantize + GEMM.
@@ -56,9 +69,15 @@ fn fp8_case(m: usize, n: usize, k: usize, ub: Option<f32>, seed: u64) {
 
 #[test]
 fn fp8_gemm_matches_f64_small_odd_shapes() {
-    for (i, &(m, n, k)) in [(1, 1, 1), (1, 7, 16), (3, 5, 40), (17, 130, 200), (5, 9, 33)]
-        .iter()
-        .enumerate()
+    for (i, &(m, n, k)) in [
+        (1, 1, 1),
+        (1, 7, 16),
+        (3, 5, 40),
+        (17, 130, 200),
+        (5, 9, 33),
+    ]
+    .iter()
+    .enumerate()
     {
         fp8_case(m, n, k, None, 10 + i as u64);
     }
@@ -168,7 +187,10 @@ fn same_bits_for_any_thread_count() {
     let x = activations(&mut rng, m, k);
     let w = Fp8Rows::quantize(&weights(&mut rng, n, k), k, None).unwrap();
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
             let cpu = CpuGemm::new();
             let xq = cpu.quantize_activations(&x, m, k, None).unwrap();
@@ -192,27 +214,44 @@ fn shape_and_input_errors() {
     let mut y = [0f32; 2];
     assert!(matches!(
         cpu.fp8_gemm(&x, &w, OutputMut::F32(&mut y)),
-        Err(Error::ShapeMismatch { left: 32, right: 16, .. })
+        Err(Error::ShapeMismatch {
+            left: 32,
+            right: 16,
+            ..
+        })
     ));
     let x = Fp8Rows::new(1, 16, vec![0; 16], vec![1.0]).unwrap();
     let mut y3 = [0f32; 3];
     assert!(matches!(
         cpu.fp8_gemm(&x, &w, OutputMut::F32(&mut y3)),
-        Err(Error::BufferLength { expected: 2, got: 3, .. })
+        Err(Error::BufferLength {
+            expected: 2,
+            got: 3,
+            ..
+        })
     ));
     assert!(matches!(
         Fp8Rows::new(2, 16, vec![0; 31], vec![1.0; 2]),
-        Err(Error::BufferLength { expected: 32, got: 31, .. })
+        Err(Error::BufferLength {
+            expected: 32,
+            got: 31,
+            ..
+        })
     ));
     // NaN activations are rejected by the CPU quantizer.
     let nan = [qforge_quantize::float::f32_to_bf16_bits(f32::NAN); 4];
     assert!(matches!(
         cpu.quantize_activations(&nan, 1, 4, None),
-        Err(Error::Quantize(qforge_quantize::Error::NonFinite { row: 0, col: 0 }))
+        Err(Error::Quantize(qforge_quantize::Error::NonFinite {
+            row: 0,
+            col: 0
+        }))
     ));
     assert!(matches!(
         cpu.quantize_activations(&[0; 4], 1, 4, Some(-1.0)),
-        Err(Error::Quantize(qforge_quantize::Error::InvalidParameter { .. }))
+        Err(Error::Quantize(
+            qforge_quantize::Error::InvalidParameter { .. }
+        ))
     ));
     assert!(matches!(
         Int4Rows::new(1, 12, 8, vec![0; 1], vec![0; 1]),
@@ -230,16 +269,23 @@ fn every_cu_file_is_embedded() {
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".cu"))
+        .filter(|n| std::path::Path::new(n).extension().is_some_and(|e| e == "cu"))
         .collect();
     files.sort();
-    let mut embedded: Vec<String> = qforge_kernels::sources::SOURCES.iter().map(|s| s.name.to_string()).collect();
+    let mut embedded: Vec<String> = qforge_kernels::sources::SOURCES
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
     embedded.sort();
     assert_eq!(files, embedded);
     for s in qforge_kernels::sources::SOURCES {
         for k in s.kernels {
             assert!(s.code.contains(k), "{} does not define {k}", s.name);
         }
-        assert!(!s.code.contains("#include"), "{} must stay header-free", s.name);
+        assert!(
+            !s.code.contains("#include"),
+            "{} must stay header-free",
+            s.name
+        );
     }
 }

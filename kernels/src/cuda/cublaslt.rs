@@ -76,10 +76,19 @@ unsafe impl Send for CublasLtFp8 {}
 // SAFETY: descriptors are plain host objects, only read after construction.
 unsafe impl Send for Plan {}
 
-fn set_desc<T>(desc: sys::cublasLtMatmulDesc_t, attr: sys::cublasLtMatmulDescAttributes_t, v: &T) -> Result<()> {
+fn set_desc<T>(
+    desc: sys::cublasLtMatmulDesc_t,
+    attr: sys::cublasLtMatmulDescAttributes_t,
+    v: &T,
+) -> Result<()> {
     // SAFETY: `v` points at a value of the type cuBLASLt documents for `attr`, of size_of::<T>().
     lt("cublasLtMatmulDescSetAttribute", unsafe {
-        result::set_matmul_desc_attribute(desc, attr, std::ptr::from_ref(v).cast::<c_void>(), std::mem::size_of::<T>())
+        result::set_matmul_desc_attribute(
+            desc,
+            attr,
+            std::ptr::from_ref(v).cast::<c_void>(),
+            std::mem::size_of::<T>(),
+        )
     })
 }
 
@@ -111,10 +120,16 @@ impl CublasLtFp8 {
         use sys::cublasLtMatmulDescAttributes_t as A;
         let desc = lt(
             "cublasLtMatmulDescCreate",
-            result::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F),
+            result::create_matmul_desc(
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cudaDataType::CUDA_R_32F,
+            ),
         )?;
         let layout = |dt, rows: usize, cols: usize, ld: usize| {
-            lt("cublasLtMatrixLayoutCreate", result::create_matrix_layout(dt, rows as u64, cols as u64, ld as i64))
+            lt(
+                "cublasLtMatrixLayoutCreate",
+                result::create_matrix_layout(dt, rows as u64, cols as u64, ld as i64),
+            )
         };
         let a = layout(sys::cudaDataType::CUDA_R_8F_E4M3, k, n, k)?;
         let b = layout(sys::cudaDataType::CUDA_R_8F_E4M3, k, m, k)?;
@@ -132,13 +147,17 @@ impl CublasLtFp8 {
         };
         let trans_t: i32 = 1; // CUBLAS_OP_T
         set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &trans_t)?;
-        let outer = sys::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F as i32;
+        let outer =
+            sys::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F as i32;
         set_desc(desc, A::CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &outer)?;
         set_desc(desc, A::CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &outer)?;
         let fast: i8 = i8::from(fast_accum);
         set_desc(desc, A::CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast)?;
         // The heuristic depends on the scale modes only; the scale pointers are set per run.
-        let pref = lt("cublasLtMatmulPreferenceCreate", result::create_matmul_pref())?;
+        let pref = lt(
+            "cublasLtMatmulPreferenceCreate",
+            result::create_matmul_pref(),
+        )?;
         let ws = WORKSPACE_BYTES as u64;
         // SAFETY: the attribute is a u64 byte count.
         let r = lt("cublasLtMatmulPreferenceSetAttribute", unsafe {
@@ -166,8 +185,17 @@ impl CublasLtFp8 {
     }
 
     /// Enqueue `y = rowwise-scaled x · wᵀ` (BF16) with `plan` on the stream.
-    pub fn run(&self, plan: &Plan, x: &DeviceFp8, w: &DeviceFp8, y: &mut CudaSlice<u16>) -> Result<()> {
-        if (x.rows, w.rows, x.k) != (plan.m, plan.n, plan.k) || w.k != plan.k || y.len() != plan.m * plan.n {
+    pub fn run(
+        &self,
+        plan: &Plan,
+        x: &DeviceFp8,
+        w: &DeviceFp8,
+        y: &mut CudaSlice<u16>,
+    ) -> Result<()> {
+        if (x.rows, w.rows, x.k) != (plan.m, plan.n, plan.k)
+            || w.k != plan.k
+            || y.len() != plan.m * plan.n
+        {
             return Err(Error::ShapeMismatch {
                 what: "operands vs cuBLASLt plan (m·n·k)",
                 left: (x.rows * w.rows * x.k) as u64,

@@ -252,7 +252,10 @@ impl CudaGemm {
         let mq = load(&QUANT_FP8)?;
         let mg = load(&FP8_GEMM)?;
         let mw = load(&W4A16_GEMM)?;
-        let quant = cu("load quantize_fp8_rows", mq.load_function("quantize_fp8_rows"))?;
+        let quant = cu(
+            "load quantize_fp8_rows",
+            mq.load_function("quantize_fp8_rows"),
+        )?;
         let gemm = |t: TileConfig| -> Result<CudaFunction> {
             let f = cu("load fp8_gemm", mg.load_function(t.name))?;
             // Above 48 KiB, dynamic shared memory must be opted into per function.
@@ -399,7 +402,10 @@ impl CudaGemm {
             .arg(&min_scale);
         // SAFETY: argument list matches quantize_fp8_rows(const u16*, u8*, float*, int, int, float,
         // float); x holds m·k, out.q m·k and out.scale m elements (checked above); one CTA per row.
-        cu("launch quantize_fp8_rows", unsafe { b.launch(cfg) }.map(|_| ()))
+        cu(
+            "launch quantize_fp8_rows",
+            unsafe { b.launch(cfg) }.map(|_| ()),
+        )
     }
 
     /// FP8 row-wise GEMM on device buffers: `y = (x · wᵀ) ⊙ sx ⊗ sw`. Requires `k % 16 == 0`
@@ -508,7 +514,9 @@ impl CudaGemm {
     /// Copy a device output into a host [`OutputMut`] of the same kind and length.
     fn download(&self, y: &DeviceOut, out: OutputMut<'_>) -> Result<()> {
         match (y, out) {
-            (DeviceOut::Bf16(s), OutputMut::Bf16(o)) => cu("download", self.stream.memcpy_dtoh(s, o)),
+            (DeviceOut::Bf16(s), OutputMut::Bf16(o)) => {
+                cu("download", self.stream.memcpy_dtoh(s, o))
+            }
             (DeviceOut::F32(s), OutputMut::F32(o)) => cu("download", self.stream.memcpy_dtoh(s, o)),
             _ => unreachable!("output buffer allocated with the kind of the host output"),
         }?;
@@ -529,8 +537,14 @@ impl CudaGemm {
         cu("synchronize", self.stream.synchronize())?;
         let mut events = Vec::with_capacity(iters);
         for i in 0..iters {
-            let a = cu("event", self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))?;
-            let b = cu("event", self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))?;
+            let a = cu(
+                "event",
+                self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)),
+            )?;
+            let b = cu(
+                "event",
+                self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)),
+            )?;
             cu("event record", a.record(&self.stream))?;
             f(warmup + i)?;
             cu("event record", b.record(&self.stream))?;

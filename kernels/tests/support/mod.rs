@@ -79,7 +79,8 @@ pub fn fp8_ref_f64(
         for j in 0..n {
             let (mut s, mut a) = (0f64, 0f64);
             for c in 0..k {
-                let p = f64::from(f8_e4m3_to_f32(xq[i * k + c])) * f64::from(f8_e4m3_to_f32(wq[j * k + c]));
+                let p = f64::from(f8_e4m3_to_f32(xq[i * k + c]))
+                    * f64::from(f8_e4m3_to_f32(wq[j * k + c]));
                 s += p;
                 a += p.abs();
             }
