@@ -10,7 +10,8 @@
 # The compilers come from `scripts/cuda-env.sh` (pinned CUDA 13.0 wheels, created on first use).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-eval "$(scripts/cuda-env.sh)"
+cuda_env="$(scripts/cuda-env.sh)"  # an assignment, so a failure stops the script (set -e)
+eval "$cuda_env"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Inspect(args) => commands::inspect::run(&args),
         cli::Command::Convert(args) => commands::convert::run(&args),
+        cli::Command::Bench(cli::BenchCommand::Gemm(args)) => commands::bench::run_gemm(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

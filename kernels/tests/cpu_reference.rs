@@ -269,7 +269,11 @@ fn every_cu_file_is_embedded() {
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| std::path::Path::new(n).extension().is_some_and(|e| e == "cu"))
+        .filter(|n| {
+            std::path::Path::new(n)
+                .extension()
+                .is_some_and(|e| e == "cu")
+        })
         .collect();
     files.sort();
     let mut embedded: Vec<String> = qforge_kernels::sources::SOURCES
