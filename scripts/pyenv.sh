@@ -12,6 +12,8 @@
 # llamacpp-convert (--llamacpp-convert): $QFORGE_CACHE/venv-llamacpp-convert-<h12> from
 #                        scripts/requirements-llamacpp-convert.txt (torch + transformers 4.57 for llama.cpp's
 #                        convert_hf_to_gguf.py, see scripts/build-llama-cpp.sh; never in CI)
+# cuda     (--cuda):     $QFORGE_CACHE/venv-cuda-<h12> from scripts/requirements-cuda.txt (nvcc, ptxas, NVRTC and
+#                        headers of CUDA 13.0, ~0.5 GB, no GPU needed; see scripts/cuda-env.sh, check-kernels.sh)
 # <h12> = first 12 hex digits of the sha256 of the requirements file (for fixtures: followed by the
 # interop file it includes), so editing any pin makes a new venv.
 #
@@ -27,9 +29,10 @@ _qforge_pyenv_main() {
       --fixtures) kind=fixtures ;;
       --heavy) kind=heavy ;;
       --llamacpp-convert) kind=llamacpp-convert ;;
+      --cuda) kind=cuda ;;
       --interop) kind=interop ;;
       --print-python) print=1 ;;
-      -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" >&2; return 0 ;;
+      -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" >&2; return 0 ;;
       *) echo "pyenv.sh: unknown argument: $arg" >&2; return 2 ;;
     esac
   done

@@ -27,4 +27,13 @@ PY="$(scripts/pyenv.sh --print-python)"
 echo "== interop tests (pytest)" >&2
 QFORGE_BIN="$PWD/target/release/qforge" "$PY" -m pytest -p no:cacheprovider -q -rs tests/interop
 
+echo "== CUDA kernels, compile-only (no GPU needed): nvcc/ptxas for sm_89 + sm_90a, fail on spills;" >&2
+echo "   NVRTC compiles every kernels/cuda/*.cu (pinned CUDA 13.0 wheels, ~0.5 GB on first use)" >&2
+scripts/check-kernels.sh
+(
+  cuda_env="$(scripts/cuda-env.sh)"  # an assignment, so a failure stops the script (set -e)
+  eval "$cuda_env"
+  cargo test --locked -p qforge-kernels --test nvrtc_compile -- --nocapture
+)
+
 echo "== all tests passed in $((SECONDS - start)) s" >&2

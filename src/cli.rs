@@ -41,6 +41,55 @@ pub enum Command {
         qforge quantize ./smollm2-hf ./smollm2-w4a16 --scheme int4-g64\n  \
         qforge quantize ./Llama-3.1-8B llama-8b.Q4_K_M.gguf --scheme gguf:q4_k_m")]
     Quantize(QuantizeArgs),
+    /// Benchmarks (GEMM kernels on a CUDA device).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `qforge bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// FP8 rowwise-scaled GEMM (ours vs cuBLASLt) on Llama 3.1 layer shapes. Needs a CUDA device
+    /// (sm_89+): without one it exits with status 1 and "no CUDA device: <reason>"; `--cpu`
+    /// times the CPU reference instead.
+    #[command(after_help = "Examples:\n  \
+        qforge bench gemm                          # 8B/70B/405B, M = 1,16,128,2048,8192\n  \
+        qforge bench gemm --models 8b --m 1,16 --json\n  \
+        qforge bench gemm --cpu                    # CPU reference, small shapes")]
+    Gemm(BenchGemmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchGemmArgs {
+    /// Llama 3.1 sizes whose projection shapes to run (8b, 70b, 405b).
+    #[arg(long, value_delimiter = ',', default_value = "8b,70b,405b")]
+    pub models: Vec<String>,
+    /// Token counts M (rows of activations).
+    #[arg(
+        long = "m",
+        value_delimiter = ',',
+        default_value = "1,16,128,2048,8192"
+    )]
+    pub m: Vec<usize>,
+    /// Untimed launches before timing.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// Timed launches (the median is reported, with p10/p90).
+    #[arg(long, default_value_t = 50)]
+    pub iters: usize,
+    /// cuBLASLt with CUBLASLT_MATMUL_DESC_FAST_ACCUM (fbgemm's default); off by default so both
+    /// sides accumulate in f32.
+    #[arg(long)]
+    pub fast_accum: bool,
+    /// Skip the cuBLASLt baseline.
+    #[arg(long)]
+    pub no_cublas: bool,
+    /// Time the CPU reference on small shapes instead (no device needed).
+    #[arg(long)]
+    pub cpu: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         cli::Command::Inspect(args) => commands::inspect::run(&args),
         cli::Command::Convert(args) => commands::convert::run(&args),
         cli::Command::Quantize(args) => commands::quantize::run(&args),
+        cli::Command::Bench(cli::BenchCommand::Gemm(args)) => commands::bench::run_gemm(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
