@@ -64,6 +64,7 @@ impl Rng {
 }
 
 #[derive(Debug, Clone, Copy)]
+#[allow(clippy::struct_field_names)]
 struct Timing {
     median_ms: f64,
     p10_ms: f64,
