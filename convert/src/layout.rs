@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use crate::checkpoint::{Checkpoint, Format};
 use crate::error::{Error, Result};
 use crate::export::{
-    encode_float, hf_config_json, rope_direction, rope_heads, write_hf_side_files,
+    encode_float, hf_config_json, rope_direction, rope_heads, tensor_bytes, write_hf_side_files,
     write_safetensors_shards, OutTensor, Written,
 };
 use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
@@ -228,6 +228,134 @@ fn hf_rows_f32(ckpt: &Checkpoint, id: TensorId, rope: Option<RopeLayout>) -> Res
         out.extend_from_slice(&values[s * k..(s + 1) * k]);
     }
     Ok(out)
+}
+
+/// FP8 rowwise straight from a plain float source: each output row is decoded from its source
+/// row (after the RoPE permutation) into a small per-thread buffer, scaled and encoded, so no
+/// `f32` copy of the tensor is ever made. `out_q` (codes) is optional: the scale producers only
+/// need the scales. Returns `None` when the source is not a plain float tensor (ggml blocks,
+/// already quantized layouts), which take the whole-tensor path.
+fn fp8_rows_streamed(
+    ckpt: &Checkpoint,
+    id: TensorId,
+    rope: Option<RopeLayout>,
+    opts: &Fp8Options,
+    out_q: Option<&mut [u8]>,
+) -> Option<Result<Vec<f32>>> {
+    use rayon::prelude::*;
+    let w = ckpt.part(id, Part::Weight)?;
+    if !matches!(w.dtype, DType::BF16 | DType::F16 | DType::F32)
+        || ckpt.part(id, Part::WeightScale).is_some()
+    {
+        return None;
+    }
+    let (rows, k) = shape2(ckpt, id);
+    let src = match ckpt.bytes(w) {
+        Ok(b) => b,
+        Err(e) => return Some(Err(e)),
+    };
+    let es = w.dtype.block_bytes() as usize;
+    let heads = rope.zip(rope_heads(&ckpt.config, TensorKey::weight(id)));
+    let hd = ckpt.config.head_dim as usize;
+    let src_row = |r: usize| match heads {
+        Some((dir, _)) => source_row(r, hd, dir),
+        None => r,
+    };
+    type RowResult = std::result::Result<f32, (usize, qforge_quantize::Error)>;
+    let one = |buf: &mut Vec<f32>, r: usize, q: Option<&mut [u8]>| -> RowResult {
+        let sr = src_row(r);
+        let bytes = &src[sr * k * es..(sr + 1) * k * es];
+        let Some(q) = q else {
+            // Scales only: the absolute maximum straight from the bit patterns (for IEEE-style
+            // formats |x| orders like its bits with the sign cleared), no decoding.
+            return match bits_amax(w.dtype, bytes) {
+                Ok(amax) => fp8::scale_for_amax(amax, opts).map_err(|e| (r, e)),
+                Err(col) => Err((
+                    r,
+                    qforge_quantize::Error::NonFinite {
+                        row: 0,
+                        col: col as u64,
+                    },
+                )),
+            };
+        };
+        qforge_quantize::decode_to_f32(w.dtype, bytes, buf).map_err(|e| (r, e))?;
+        fp8::quantize_fp8_row(buf, q, opts).map_err(|e| (r, e))
+    };
+    let results: Vec<RowResult> = match out_q {
+        Some(q) => q
+            .par_chunks_mut(k)
+            .enumerate()
+            .map_init(|| vec![0f32; k], |buf, (r, q)| one(buf, r, Some(q)))
+            .collect(),
+        None => (0..rows)
+            .into_par_iter()
+            .map_init(|| vec![0f32; k], |buf, r| one(buf, r, None))
+            .collect(),
+    };
+    drop(src);
+    ckpt.release(w);
+    let mut scales = Vec::with_capacity(rows);
+    for r in results {
+        match r {
+            Ok(s) => scales.push(s),
+            Err((row, e)) => {
+                let e = match e {
+                    qforge_quantize::Error::NonFinite { col, .. } => {
+                        qforge_quantize::Error::NonFinite {
+                            row: row as u64,
+                            col,
+                        }
+                    }
+                    other => other,
+                };
+                return Some(Err(codec_err(ckpt, id, e)));
+            }
+        }
+    }
+    Some(Ok(scales))
+}
+
+/// Absolute maximum of a row of BF16/F16/F32 values computed on the bit patterns, or the
+/// column of the first NaN/±inf.
+fn bits_amax(dtype: DType, bytes: &[u8]) -> std::result::Result<f32, usize> {
+    match dtype {
+        DType::BF16 | DType::F16 => {
+            let inf = if dtype == DType::BF16 { 0x7F80 } else { 0x7C00 };
+            let mut m = 0u16;
+            for c in bytes.chunks_exact(2) {
+                m = m.max(u16::from_le_bytes([c[0], c[1]]) & 0x7FFF);
+            }
+            if m >= inf {
+                let col = bytes
+                    .chunks_exact(2)
+                    .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7FFF >= inf)
+                    .unwrap_or(0);
+                return Err(col);
+            }
+            Ok(if dtype == DType::BF16 {
+                qforge_quantize::float::bf16_bits_to_f32(m)
+            } else {
+                qforge_quantize::float::f16_bits_to_f32(m)
+            })
+        }
+        _ => {
+            let mut m = 0u32;
+            for c in bytes.chunks_exact(4) {
+                m = m.max(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7FFF_FFFF);
+            }
+            if m >= 0x7F80_0000 {
+                let col = bytes
+                    .chunks_exact(4)
+                    .position(|c| {
+                        u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7FFF_FFFF >= 0x7F80_0000
+                    })
+                    .unwrap_or(0);
+                return Err(col);
+            }
+            Ok(f32::from_bits(m))
+        }
+    }
 }
 
 fn shape2(ckpt: &Checkpoint, id: TensorId) -> (usize, usize) {
@@ -465,6 +593,14 @@ pub fn quantize_to_hf(
                     shape,
                 },
                 produce: Box::new(move |buf: &mut Vec<u8>| {
+                    let plain = ckpt.part(id, Part::Weight).filter(|t| {
+                        matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32)
+                            && ckpt.part(id, Part::WeightScale).is_none()
+                    });
+                    if let Some(t) = plain {
+                        // copied (same dtype) or converted in chunks, never a whole f32 copy
+                        return tensor_bytes(ckpt, t, model_dtype, rope, buf);
+                    }
                     let v = hf_rows_f32(ckpt, id, rope)?;
                     encode_float(&v, model_dtype, buf).expect("float dtype checked");
                     Ok(())
@@ -487,6 +623,13 @@ pub fn quantize_to_hf(
                         shape: shape.clone(),
                     },
                     produce: Box::new(move |buf: &mut Vec<u8>| {
+                        if per_row {
+                            buf.resize(rows * k, 0);
+                            if let Some(r) = fp8_rows_streamed(ckpt, id, rope, &fp8_opts, Some(buf))
+                            {
+                                return r.map(|_| ());
+                            }
+                        }
                         let v = hf_rows_f32(ckpt, id, rope)?;
                         buf.resize(v.len(), 0);
                         if per_row {
@@ -509,6 +652,12 @@ pub fn quantize_to_hf(
                         },
                     },
                     produce: Box::new(move |buf: &mut Vec<u8>| {
+                        if per_row {
+                            if let Some(r) = fp8_rows_streamed(ckpt, id, rope, &fp8_opts, None) {
+                                scale_out(&r?, buf);
+                                return Ok(());
+                            }
+                        }
                         let v = hf_rows_f32(ckpt, id, rope)?;
                         let s = if per_row {
                             fp8::rowwise_scales(&v, k, &fp8_opts)
