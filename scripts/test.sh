@@ -20,8 +20,6 @@ cargo build --release --locked -p qforge-convert --example tokenizer_json
 echo "== data, llama.cpp reference tools and Python interop environment" >&2
 scripts/fetch-data.sh
 scripts/build-llama-cpp.sh --print-bin-dir >/dev/null
-# llama-quantize without FMA contraction: the byte-identity peer of `qforge quantize --scheme gguf:*`
-scripts/build-llama-cpp.sh --strict --print-bin-dir >/dev/null
 PY="$(scripts/pyenv.sh --print-python)"
 
 echo "== interop tests (pytest)" >&2
