@@ -17,6 +17,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Inspect(args) => commands::inspect::run(&args),
         cli::Command::Convert(args) => commands::convert::run(&args),
+        cli::Command::Perplexity(args) => commands::perplexity::run(&args),
+        cli::Command::Verify(args) => commands::verify::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,6 +31,12 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let _ = writeln!(std::io::stderr(), "error: {err:#}");
+            if err
+                .downcast_ref::<commands::verify::BudgetExceeded>()
+                .is_some()
+            {
+                return ExitCode::from(commands::verify::BUDGET_EXIT_CODE);
+            }
             ExitCode::FAILURE
         }
     }
