@@ -41,6 +41,16 @@ pub enum Command {
         qforge quantize ./smollm2-hf ./smollm2-w4a16 --scheme int4-g64\n  \
         qforge quantize ./Llama-3.1-8B llama-8b.Q4_K_M.gguf --scheme gguf:q4_k_m")]
     Quantize(QuantizeArgs),
+    /// Perplexity of a model on a text, with llama-perplexity's protocol.
+    #[command(after_help = "Examples:\n  \
+        qforge perplexity SmolLM2-135M-Instruct.Q4_1.gguf --data hamlet.txt --chunks 4\n  \
+        qforge perplexity model.gguf --data hamlet.txt --ggml-act-quant --kv-f16   # as llama.cpp computes it")]
+    Perplexity(PerplexityArgs),
+    /// Compare a quantized model against its base: PPL drift, KL divergence, top-1, per-layer error.
+    #[command(after_help = "Examples:\n  \
+        qforge verify ./Llama-3.1-8B ./Llama-3.1-8B-FP8 --data hamlet.txt --max-ppl-drift 1% --report drift.json\n\n\
+        Exit status: 0 within budget, 3 when a budget (--max-ppl-drift, --max-kld) is exceeded, 1 on error.")]
+    Verify(VerifyArgs),
     /// Benchmarks (GEMM kernels on a CUDA device).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -269,4 +279,90 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(bytes as u64)
+}
+
+/// Whether to emulate dynamic per-token FP8 activations on quantized linears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum W8a8Arg {
+    /// As the checkpoint's quantization_config says (W8A8 dynamic FP8, fbgemm_fp8).
+    Auto,
+    /// On every linear with a weight_scale.
+    On,
+    /// Never.
+    Off,
+}
+
+/// Evaluation options shared by `perplexity` and `verify`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Evaluation text (UTF-8), tokenized with the (base) model's tokenizer.
+    #[arg(long, value_name = "TEXT")]
+    pub data: PathBuf,
+    /// Tokens per chunk (llama-perplexity -c).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Evaluate at most N chunks [default: all].
+    #[arg(long, value_name = "N")]
+    pub chunks: Option<usize>,
+    /// Worker threads [default: all cores].
+    #[arg(long, value_name = "T")]
+    pub threads: Option<usize>,
+    /// Chunks evaluated together layer-major [default: as many as fit 2 GiB of activations].
+    #[arg(long, value_name = "N")]
+    pub batch_chunks: Option<usize>,
+    /// Quantize each linear's input to the ggml vec_dot type of its weights, as llama.cpp's CPU
+    /// backend does (Q8_0/Q8_1/Q8_K, f16/bf16).
+    #[arg(long)]
+    pub ggml_act_quant: bool,
+    /// Round K and V to f16 like llama.cpp's default F16 KV cache.
+    #[arg(long)]
+    pub kv_f16: bool,
+    /// Dynamic per-token FP8 activations on quantized linears.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub w8a8: W8a8Arg,
+    /// Write chunk 0's scored logits ([ctx-1-ctx/2, vocab] f32 little-endian) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub logits_out: Option<PathBuf>,
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    /// Model (.gguf file, HF directory or Meta directory).
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub eval: EvalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The unquantized model.
+    pub base: PathBuf,
+    /// The quantized model.
+    pub quantized: PathBuf,
+    #[command(flatten)]
+    pub eval: EvalArgs,
+    /// Write the JSON report here (atomically).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Largest allowed perplexity increase, in percent ("1%" or "1").
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub max_ppl_drift: Option<f64>,
+    /// Largest allowed mean KL divergence (nats per token).
+    #[arg(long, value_name = "X")]
+    pub max_kld: Option<f64>,
+}
+
+/// Parse "1%", "0.5 %" or "1" as a percentage.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let t = s.trim().trim_end_matches('%').trim();
+    match t.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a percentage like 1% or 0.5")),
+    }
 }

@@ -19,6 +19,8 @@ fn main() -> ExitCode {
         cli::Command::Convert(args) => commands::convert::run(&args),
         cli::Command::Quantize(args) => commands::quantize::run(&args),
         cli::Command::Bench(cli::BenchCommand::Gemm(args)) => commands::bench::run_gemm(&args),
+        cli::Command::Perplexity(args) => commands::perplexity::run(&args),
+        cli::Command::Verify(args) => commands::verify::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -31,6 +33,12 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let _ = writeln!(std::io::stderr(), "error: {err:#}");
+            if err
+                .downcast_ref::<commands::verify::BudgetExceeded>()
+                .is_some()
+            {
+                return ExitCode::from(commands::verify::BUDGET_EXIT_CODE);
+            }
             ExitCode::FAILURE
         }
     }

@@ -3,4 +3,6 @@
 pub mod bench;
 pub mod convert;
 pub mod inspect;
+pub mod perplexity;
 pub mod quantize;
+pub mod verify;

@@ -1,0 +1,81 @@
+//! `qforge perplexity`: a model's perplexity on a text, with llama-perplexity's protocol.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use qforge_verify::{Chunks, EvalOptions, ForwardOptions, Model, TextTokenizer, W8a8Mode};
+
+use crate::cli::{EvalArgs, PerplexityArgs, W8a8Arg};
+
+/// Forward options from the command line.
+pub fn forward_options(e: &EvalArgs) -> ForwardOptions {
+    ForwardOptions {
+        w8a8: match e.w8a8 {
+            W8a8Arg::Auto => W8a8Mode::Auto,
+            W8a8Arg::On => W8a8Mode::On,
+            W8a8Arg::Off => W8a8Mode::Off,
+        },
+        ggml_act_quant: e.ggml_act_quant,
+        kv_f16: e.kv_f16,
+    }
+}
+
+/// Evaluation options from the command line.
+pub fn eval_options(e: &EvalArgs) -> EvalOptions {
+    EvalOptions {
+        batch_chunks: e.batch_chunks,
+        logits_out: e.logits_out.clone(),
+        progress: !e.quiet && !e.json,
+    }
+}
+
+/// Tokenize the evaluation text with `model`'s tokenizer and cut it into chunks.
+pub fn chunks_for(model: &Model, e: &EvalArgs) -> Result<Chunks> {
+    let text = std::fs::read_to_string(&e.data)
+        .with_context(|| format!("reading {}", e.data.display()))?;
+    let tok = TextTokenizer::for_checkpoint(&model.ckpt)?;
+    let ids = tok.encode(&text)?;
+    Ok(Chunks::new(&ids, e.ctx, e.chunks, tok.bos)?)
+}
+
+pub fn run(args: &PerplexityArgs) -> Result<()> {
+    let e = &args.eval;
+    let model = Model::open(&args.model, forward_options(e))?;
+    let chunks = chunks_for(&model, e)?;
+    let opts = eval_options(e);
+    let r = qforge_verify::with_threads(e.threads, || {
+        qforge_verify::perplexity(&model, &chunks, &opts)
+    })??;
+    let mut out = std::io::stdout().lock();
+    if e.json {
+        serde_json::to_writer_pretty(&mut out, &r)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{}: {} chunks × {} tokens ({} scored)",
+            args.model.display(),
+            r.chunks,
+            r.ctx,
+            r.scored_tokens
+        )?;
+        let running: Vec<String> = r
+            .per_chunk_ppl
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("[{}]{p:.4}", i + 1))
+            .collect();
+        writeln!(out, "{}", running.join(","))?;
+        writeln!(
+            out,
+            "Final estimate: PPL = {:.4} +/- {:.5}",
+            r.ppl, r.ppl_stderr
+        )?;
+        writeln!(
+            out,
+            "{:.1} tokens/s ({} tokens in {:.2} s)",
+            r.tokens_per_second, r.tokens_evaluated, r.seconds
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! `qforge verify`: a quantized model against its base on the same token chunks: perplexity
+//! drift, KL divergence, top-1 agreement and per-layer hidden-state error, with budgets that
+//! turn into a non-zero exit status.
+
+use std::io::Write;
+
+use anyhow::Result;
+use qforge_convert::write::AtomicFile;
+use qforge_verify::{Comparison, Model};
+use serde_json::json;
+
+use crate::cli::VerifyArgs;
+use crate::commands::perplexity::{chunks_for, eval_options, forward_options};
+
+/// Exit status when a budget is exceeded (documented in `qforge verify --help`).
+pub const BUDGET_EXIT_CODE: u8 = 3;
+
+/// The error `run` returns when the comparison exceeds a budget; `main` maps it to
+/// [`BUDGET_EXIT_CODE`].
+#[derive(Debug)]
+pub struct BudgetExceeded(pub String);
+
+impl std::fmt::Display for BudgetExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BudgetExceeded {}
+
+pub fn run(args: &VerifyArgs) -> Result<()> {
+    let e = &args.eval;
+    let fwd = forward_options(e);
+    let base = Model::open(&args.base, fwd)?;
+    let quant = Model::open(&args.quantized, fwd)?;
+    // Both models see the same tokens: the base model's tokenizer.
+    let chunks = chunks_for(&base, e)?;
+    let opts = eval_options(e);
+    let c = qforge_verify::with_threads(e.threads, || {
+        qforge_verify::compare(&base, &quant, &chunks, &opts)
+    })??;
+
+    let mut failures = Vec::new();
+    if let Some(max) = args.max_ppl_drift {
+        if c.ppl_drift_pct > max {
+            failures.push(format!(
+                "perplexity drift {:+.3}% exceeds {max}%",
+                c.ppl_drift_pct
+            ));
+        }
+    }
+    if let Some(max) = args.max_kld {
+        if c.kld_mean > max || c.kld_mean.is_nan() {
+            failures.push(format!("mean KLD {:.6} exceeds {max}", c.kld_mean));
+        }
+    }
+    let worst = &c.layers[c.worst_layer as usize];
+    let report = json!({
+        "base": args.base,
+        "quantized": args.quantized,
+        "data": e.data,
+        "ctx": chunks.ctx,
+        "chunks": chunks.n,
+        "options": {
+            "ggml_act_quant": fwd.ggml_act_quant,
+            "kv_f16": fwd.kv_f16,
+            "w8a8_base": base.w8a8.map(|ub| json!({"activation_scale_ub": ub})),
+            "w8a8_quantized": quant.w8a8.map(|ub| json!({"activation_scale_ub": ub})),
+        },
+        "result": &c,
+        "budgets": {
+            "max_ppl_drift_pct": args.max_ppl_drift,
+            "max_kld": args.max_kld,
+        },
+        "passed": failures.is_empty(),
+        "failures": failures,
+    });
+    if let Some(path) = &args.report {
+        let (dest, mut file) = AtomicFile::create(path, true)?;
+        serde_json::to_writer_pretty(&mut file, &report)?;
+        file.write_all(b"\n")?;
+        dest.commit(file)?;
+    }
+    let mut out = std::io::stdout().lock();
+    if e.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        print_table(&mut out, &c)?;
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(BudgetExceeded(format!(
+            "{}; worst layer: {} (relative error {:.4}, +{:.4} added there)",
+            failures.join("; "),
+            worst.layer,
+            worst.rel_error,
+            worst.added
+        ))
+        .into())
+    }
+}
+
+fn print_table(out: &mut impl Write, c: &Comparison) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{} chunks × {} tokens, {} scored",
+        c.base.chunks, c.base.ctx, c.base.scored_tokens
+    )?;
+    writeln!(out, "{:<14} {:>12} {:>12}", "", "base", "quantized")?;
+    writeln!(
+        out,
+        "{:<14} {:>12.4} {:>12.4}",
+        "PPL", c.base.ppl, c.quant.ppl
+    )?;
+    writeln!(
+        out,
+        "{:<14} {:>12.5} {:>12.5}",
+        "± (stderr)", c.base.ppl_stderr, c.quant.ppl_stderr
+    )?;
+    writeln!(out, "PPL drift       {:+.3} %", c.ppl_drift_pct)?;
+    writeln!(
+        out,
+        "KLD             mean {:.6}  p99 {:.6}  max {:.6}",
+        c.kld_mean, c.kld_p99, c.kld_max
+    )?;
+    writeln!(out, "top-1 agreement {:.2} %", c.top1_pct)?;
+    writeln!(out)?;
+    writeln!(out, "{:>5} {:>12} {:>12}", "layer", "rel. error", "added")?;
+    for l in &c.layers {
+        let mark = if l.layer == c.worst_layer {
+            "  <- worst"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "{:>5} {:>12.6} {:>+12.6}{mark}",
+            l.layer, l.rel_error, l.added
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! Activation quantization emulated in `f32`: what a serving kernel or llama.cpp does to a
+//! linear's input before the matmul.
+//!
+//! * [`fp8_per_token`]: dynamic per-token FP8 E4M3 (compressed-tensors W8A8 `strategy: token,
+//!   dynamic: true`, fbgemm_fp8 with `activation_scale_ub`; specs/serving-formats.md §4a):
+//!   `s_t = max(min(amax_t, ub)/448, 1/(448·512))`, `x_q = e4m3_sat(x/s_t)`; the caller
+//!   multiplies the matmul's row `t` by `s_t`.
+//! * [`ggml_quantize`]: ggml-cpu's quantization of the activation row to the weight type's
+//!   `vec_dot_type` (`quantize_row_q8_0` / `quantize_row_q8_1` for AVX2 in
+//!   ggml-cpu/arch/x86/quants.c, `quantize_row_q8_K_ref` in ggml-quants.c, f16/bf16 rounding),
+//!   returned dequantized, plus for Q8_1 the per-block correction `s − d·Σq` that the
+//!   `q4_1·q8_1` / `q5_1·q8_1` dot products add through the weight block's min `m` (they use
+//!   the block's stored `s = f16(d·Σq)` instead of `d·Σq`).
+
+use qforge_quantize::float::{f16_bits_to_f32, f32_to_bf16_bits, f32_to_f16_bits};
+use qforge_quantize::fp8::{encode_e4m3_sat, E4M3_MAX, MIN_ROW_SCALE};
+use qforge_quantize::DType;
+use rayon::prelude::*;
+
+fn f16_round(x: f32) -> f32 {
+    f16_bits_to_f32(f32_to_f16_bits(x))
+}
+
+/// Quantize each row of `x` (`width` wide) to FP8 E4M3 in place (values replaced by the FP8
+/// value, as `f32`), returning the per-row scales `s_t`.
+pub fn fp8_per_token(x: &mut [f32], width: usize, ub: Option<f32>) -> Vec<f32> {
+    x.par_chunks_mut(width)
+        .map(|row| {
+            let mut amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if let Some(ub) = ub {
+                amax = amax.min(ub);
+            }
+            let s = (amax / E4M3_MAX).max(MIN_ROW_SCALE);
+            for v in row.iter_mut() {
+                *v = qforge_quantize::float::f8_e4m3_to_f32(encode_e4m3_sat(*v / s));
+            }
+            s
+        })
+        .collect()
+}
+
+/// The activation format ggml-cpu's matmul converts a linear's input to (`vec_dot_type` of the
+/// weight type in ggml-cpu.c's `type_traits_cpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum GgmlActType {
+    /// No conversion (F32 weights).
+    F32,
+    /// Rounded to f16 (F16 weights).
+    F16,
+    /// Rounded to bf16 (BF16 weights).
+    Bf16,
+    /// Q8_0 blocks of 32 (Q4_0, Q5_0, Q8_0 weights).
+    Q8_0,
+    /// Q8_1 blocks of 32 with `s = d·Σq` (Q4_1, Q5_1 weights).
+    Q8_1,
+    /// Q8_K blocks of 256 (K-quant weights).
+    Q8K,
+}
+
+impl GgmlActType {
+    /// The `vec_dot_type` of a weight dtype, or `None` when ggml has none we emulate.
+    pub fn for_weight(dtype: DType) -> Option<Self> {
+        Some(match dtype {
+            DType::F32 => GgmlActType::F32,
+            DType::F16 => GgmlActType::F16,
+            DType::BF16 => GgmlActType::Bf16,
+            DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => GgmlActType::Q8_0,
+            DType::Q4_1 | DType::Q5_1 => GgmlActType::Q8_1,
+            DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => GgmlActType::Q8K,
+            _ => return None,
+        })
+    }
+
+    /// Block size along the row (1 for the float types).
+    pub const fn block(self) -> usize {
+        match self {
+            GgmlActType::F32 | GgmlActType::F16 | GgmlActType::Bf16 => 1,
+            GgmlActType::Q8_0 | GgmlActType::Q8_1 => 32,
+            GgmlActType::Q8K => 256,
+        }
+    }
+}
+
+/// Quantize-dequantize `x` (rows of `width`, a multiple of the block size) in place as ggml-cpu
+/// does for `ty`. For [`GgmlActType::Q8_1`] returns the per-(row, block) correction
+/// `s − d·Σq` (row-major `[rows, width/32]`); otherwise an empty vector.
+///
+/// Q8_0/Q8_1 (AVX2 path): `amax` of the block, `d = amax/127` (stored as f16),
+/// `id = 127/amax` (0 for an all-zero block), `q = round_half_even(x·id)`;
+/// Q8_1 also stores `s = f16(d·Σq)` with the f32 `d`. Q8_K (`quantize_row_q8_K_ref`): `max` =
+/// the value of largest magnitude (first one on ties), `iscale = −127/max`,
+/// `q = min(127, nearest_int(iscale·x))`, `d = 1/iscale` kept in f32.
+pub fn ggml_quantize(x: &mut [f32], width: usize, ty: GgmlActType) -> Vec<f32> {
+    match ty {
+        GgmlActType::F32 => Vec::new(),
+        GgmlActType::F16 => {
+            x.par_chunks_mut(4096)
+                .for_each(|c| c.iter_mut().for_each(|v| *v = f16_round(*v)));
+            Vec::new()
+        }
+        GgmlActType::Bf16 => {
+            x.par_chunks_mut(4096).for_each(|c| {
+                for v in c {
+                    *v = qforge_quantize::float::bf16_bits_to_f32(f32_to_bf16_bits(*v));
+                }
+            });
+            Vec::new()
+        }
+        GgmlActType::Q8_0 | GgmlActType::Q8_1 => {
+            let nb = width / 32;
+            let want_corr = ty == GgmlActType::Q8_1;
+            let mut corr = if want_corr {
+                vec![0f32; x.len() / 32]
+            } else {
+                Vec::new()
+            };
+            let body = |row: &mut [f32], crow: Option<&mut [f32]>| {
+                let mut crow = crow;
+                for (b, blk) in row.chunks_exact_mut(32).enumerate() {
+                    let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let d = amax / 127.0;
+                    let id = if amax == 0.0 { 0.0 } else { 127.0 / amax };
+                    let dh = f16_round(d);
+                    let mut sum = 0i32;
+                    for v in blk.iter_mut() {
+                        let q = (*v * id).round_ties_even();
+                        sum += q as i32;
+                        *v = dh * q;
+                    }
+                    if let Some(c) = crow.as_deref_mut() {
+                        c[b] = f16_round(d * sum as f32) - dh * sum as f32;
+                    }
+                }
+            };
+            if want_corr {
+                x.par_chunks_mut(width)
+                    .zip(corr.par_chunks_mut(nb))
+                    .for_each(|(row, c)| body(row, Some(c)));
+            } else {
+                x.par_chunks_mut(width).for_each(|row| body(row, None));
+            }
+            corr
+        }
+        GgmlActType::Q8K => {
+            x.par_chunks_mut(256).for_each(|blk| {
+                let (mut max, mut amax) = (0f32, 0f32);
+                for v in blk.iter() {
+                    if v.abs() > amax {
+                        amax = v.abs();
+                        max = *v;
+                    }
+                }
+                if amax == 0.0 {
+                    blk.fill(0.0);
+                    return;
+                }
+                let iscale = -127.0 / max;
+                let d = 1.0 / iscale;
+                for v in blk.iter_mut() {
+                    let q = (iscale * *v).round_ties_even().min(127.0);
+                    *v = d * q;
+                }
+            });
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fp8_per_token_scales_and_saturates() {
+        let mut x = vec![1.0, -448.0 * 2.0, 3.0, 0.0, 0.0, 0.0];
+        let s = fp8_per_token(&mut x, 3, None);
+        assert_eq!(s[0], 2.0);
+        assert_eq!(x[1], -448.0);
+        assert_eq!(s[1], MIN_ROW_SCALE);
+        assert_eq!(&x[3..], &[0.0, 0.0, 0.0]);
+        // with an upper bound the outlier saturates
+        let mut y = vec![1.0, 2400.0, -3.0];
+        let s = fp8_per_token(&mut y, 3, Some(1200.0));
+        assert_eq!(s[0], 1200.0 / 448.0);
+        assert_eq!(y[1], 448.0);
+        // (x_q · s) approximates x within FP8's half-ulp (2⁻⁴ relative)
+        assert!((y[2] * s[0] + 3.0).abs() <= 3.0 / 16.0);
+    }
+
+    #[test]
+    fn q8_0_and_q8_1_follow_ggml() {
+        let mut x: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0) * 0.37).collect();
+        let orig = x.clone();
+        let corr = ggml_quantize(&mut x, 64, GgmlActType::Q8_1);
+        assert_eq!(corr.len(), 2);
+        for (b, blk) in orig.chunks(32).enumerate() {
+            let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let mut sum = 0;
+            for (i, v) in blk.iter().enumerate() {
+                let q = (v * (127.0 / amax)).round_ties_even();
+                sum += q as i32;
+                assert_eq!(x[b * 32 + i], f16_round(d) * q);
+            }
+            assert_eq!(
+                corr[b],
+                f16_round(d * sum as f32) - f16_round(d) * sum as f32
+            );
+        }
+        let mut z = vec![0f32; 32];
+        assert_eq!(ggml_quantize(&mut z, 32, GgmlActType::Q8_0).len(), 0);
+        assert!(z.iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn q8_k_follows_the_reference() {
+        let mut x: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let orig = x.clone();
+        ggml_quantize(&mut x, 256, GgmlActType::Q8K);
+        let max = orig
+            .iter()
+            .copied()
+            .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+        let iscale = -127.0 / max;
+        for (a, b) in x.iter().zip(&orig) {
+            let q = (iscale * b).round_ties_even().min(127.0);
+            assert_eq!(*a, (1.0 / iscale) * q);
+            // error at most half a step
+            assert!((a - b).abs() <= 0.5 / iscale.abs() * 1.0001);
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! Layer-major evaluation (DESIGN.md "Verification", specs/gpu.md Appendix B): every
+//! evaluation token of a batch of chunks passes layer `i` before layer `i+1` is dequantized,
+//! so each weight is dequantized once per batch and memory holds one layer plus the
+//! activations. A verify run steps the base and the quantized model through the layers in
+//! lockstep and measures how far their hidden states drift apart after each layer.
+
+use std::io::Write;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::metrics::{kld_row, log_softmax_nll, percentile, top1, Perplexity};
+use crate::model::{LayerWeights, Linear, Model};
+use crate::ops::{attention, rms_norm, round_f16, swiglu, RopeTable};
+use crate::tokenize::Chunks;
+
+/// Evaluation settings shared by `perplexity` and `verify`.
+#[derive(Debug, Clone, Default)]
+pub struct EvalOptions {
+    /// Chunks evaluated together layer-major (default: as many as fit the activation budget).
+    pub batch_chunks: Option<usize>,
+    /// Write chunk 0's scored logits (`[ctx−1−ctx/2, vocab]` f32 LE) here.
+    pub logits_out: Option<std::path::PathBuf>,
+    /// Report per-layer progress on stderr.
+    pub progress: bool,
+}
+
+/// Activation memory aimed for when `batch_chunks` is not given.
+const ACT_BUDGET_BYTES: usize = 2 << 30;
+
+fn batch_size(model: &Model, chunks: &Chunks, opts: &EvalOptions, models: usize) -> usize {
+    if let Some(b) = opts.batch_chunks {
+        return b.clamp(1, chunks.n);
+    }
+    let h = model.config().hidden_size as usize;
+    let per_chunk = chunks.ctx * h * 4 * models;
+    (ACT_BUDGET_BYTES / per_chunk.max(1)).clamp(1, chunks.n)
+}
+
+/// Per-layer forward of a batch of chunks, in place on `h` (`[chunks·ctx, hidden]`).
+fn run_layer(model: &Model, lw: &LayerWeights, rope: &RopeTable, h: &mut [f32], ctx: usize) {
+    let cfg = model.config();
+    let hid = cfg.hidden_size as usize;
+    let (heads, kvh, hd) = (
+        cfg.num_heads as usize,
+        cfg.num_kv_heads as usize,
+        cfg.head_dim as usize,
+    );
+    let eps = cfg.rms_norm_eps as f32;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let ffn = cfg.intermediate_size as usize;
+    let mut x = vec![0f32; ctx * hid];
+    let mut q = vec![0f32; ctx * heads * hd];
+    let mut k = vec![0f32; ctx * kvh * hd];
+    let mut v = vec![0f32; ctx * kvh * hd];
+    let mut att = vec![0f32; ctx * heads * hd];
+    let mut g = vec![0f32; ctx * ffn];
+    let mut u = vec![0f32; ctx * ffn];
+    for hc in h.chunks_mut(ctx * hid) {
+        x.copy_from_slice(hc);
+        rms_norm(&mut x, hid, &lw.attn_norm, eps);
+        lw.q.forward(&x, ctx, &mut q);
+        lw.k.forward(&x, ctx, &mut k);
+        lw.v.forward(&x, ctx, &mut v);
+        rope.apply(&mut q, heads, model.rope_layout);
+        rope.apply(&mut k, kvh, model.rope_layout);
+        if model.opts.kv_f16 {
+            round_f16(&mut k);
+            round_f16(&mut v);
+        }
+        attention(&q, &k, &v, ctx, heads, kvh, hd, scale, &mut att);
+        lw.o.forward(&att, ctx, &mut x);
+        add(hc, &x);
+        x.copy_from_slice(hc);
+        rms_norm(&mut x, hid, &lw.ffn_norm, eps);
+        lw.gate.forward(&x, ctx, &mut g);
+        lw.up.forward(&x, ctx, &mut u);
+        swiglu(&mut g, &u);
+        lw.down.forward(&g, ctx, &mut x);
+        add(hc, &x);
+    }
+}
+
+fn add(h: &mut [f32], d: &[f32]) {
+    h.par_chunks_mut(4096)
+        .zip(d.par_chunks(4096))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += y));
+}
+
+/// Logits of the scored positions of one chunk: `[ctx−1−first, vocab]`.
+fn chunk_logits(
+    model: &Model,
+    norm: &[f32],
+    head: &Linear,
+    h: &[f32],
+    chunks: &Chunks,
+) -> Vec<f32> {
+    let hid = model.config().hidden_size as usize;
+    let (first, rows) = (chunks.first(), chunks.scored_per_chunk());
+    let mut x = h[first * hid..(first + rows) * hid].to_vec();
+    rms_norm(&mut x, hid, norm, model.config().rms_norm_eps as f32);
+    let mut logits = vec![0f32; rows * head.out];
+    head.forward(&x, rows, &mut logits);
+    logits
+}
+
+/// Result of [`perplexity`].
+#[derive(Debug, Clone, Serialize)]
+pub struct PerplexityResult {
+    /// `exp(mean NLL)`.
+    pub ppl: f64,
+    /// llama.cpp's ± (standard error of the mean NLL times PPL).
+    pub ppl_stderr: f64,
+    /// Mean NLL (nats).
+    pub nll_mean: f64,
+    /// Scored tokens.
+    pub scored_tokens: usize,
+    /// Chunks evaluated.
+    pub chunks: usize,
+    /// Tokens per chunk.
+    pub ctx: usize,
+    /// Running PPL after each chunk (llama.cpp's `[i]x.xxxx` line).
+    pub per_chunk_ppl: Vec<f64>,
+    /// Tokens evaluated (`chunks·ctx`).
+    pub tokens_evaluated: usize,
+    /// Wall time of the evaluation (tokenization excluded).
+    pub seconds: f64,
+    /// `tokens_evaluated / seconds`.
+    pub tokens_per_second: f64,
+}
+
+fn progress(on: bool, msg: std::fmt::Arguments<'_>) {
+    if on {
+        let _ = writeln!(std::io::stderr(), "{msg}");
+    }
+}
+
+/// Perplexity of `model` on `chunks`, llama.cpp's protocol.
+pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<PerplexityResult> {
+    let start = Instant::now();
+    let rope = RopeTable::new(&model.inv_freq, chunks.ctx);
+    let hid = model.config().hidden_size as usize;
+    let nl = model.config().num_layers as u32;
+    let bsz = batch_size(model, chunks, opts, 1);
+    let mut ppl = Perplexity::default();
+    let mut per_chunk = Vec::with_capacity(chunks.n);
+    for b0 in (0..chunks.n).step_by(bsz) {
+        let nb = bsz.min(chunks.n - b0);
+        let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
+        let mut h = model.embed(toks)?;
+        for i in 0..nl {
+            let lw = model.layer(i)?;
+            run_layer(model, &lw, &rope, &mut h, chunks.ctx);
+            progress(
+                opts.progress,
+                format_args!("layer {}/{nl} (chunks {b0}..{})", i + 1, b0 + nb),
+            );
+        }
+        let (norm, head) = model.head()?;
+        for c in 0..nb {
+            let hc = &h[c * chunks.ctx * hid..(c + 1) * chunks.ctx * hid];
+            let logits = chunk_logits(model, &norm, &head, hc, chunks);
+            if b0 + c == 0 {
+                if let Some(p) = &opts.logits_out {
+                    write_f32(p, &logits)?;
+                }
+            }
+            let targets = &chunks.chunk(b0 + c)[chunks.first() + 1..];
+            let nll: Vec<f64> = logits
+                .par_chunks(head.out)
+                .zip(targets.par_iter())
+                .map(|(row, &t)| log_softmax_nll(row, t as usize))
+                .collect();
+            ppl.add(&nll);
+            per_chunk.push(ppl.ppl());
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let tokens = chunks.n * chunks.ctx;
+    Ok(PerplexityResult {
+        ppl: ppl.ppl(),
+        ppl_stderr: ppl.stderr(),
+        nll_mean: ppl.mean(),
+        scored_tokens: ppl.count,
+        chunks: chunks.n,
+        ctx: chunks.ctx,
+        per_chunk_ppl: per_chunk,
+        tokens_evaluated: tokens,
+        seconds,
+        tokens_per_second: tokens as f64 / seconds,
+    })
+}
+
+fn write_f32(path: &std::path::Path, v: &[f32]) -> Result<()> {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(path, bytes).map_err(|source| Error::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Relative drift of the quantized model's hidden state after one layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerError {
+    /// Layer index.
+    pub layer: u32,
+    /// `‖h_q − h_b‖ / ‖h_b‖` over every evaluation token after this layer.
+    pub rel_error: f64,
+    /// `rel_error` minus the previous layer's: what this layer added.
+    pub added: f64,
+}
+
+/// Result of [`compare`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// Base model perplexity.
+    pub base: PerplexityResult,
+    /// Quantized model perplexity.
+    pub quant: PerplexityResult,
+    /// `(ppl_q / ppl_b − 1) · 100`.
+    pub ppl_drift_pct: f64,
+    /// Mean KL(base ‖ quant) per scored token (nats).
+    pub kld_mean: f64,
+    /// 99th percentile of the per-token KLD.
+    pub kld_p99: f64,
+    /// Largest per-token KLD.
+    pub kld_max: f64,
+    /// Share of scored tokens whose argmax agrees (%).
+    pub top1_pct: f64,
+    /// Per-layer hidden-state drift.
+    pub layers: Vec<LayerError>,
+    /// The layer that added the most drift.
+    pub worst_layer: u32,
+}
+
+/// Evaluate `base` and `quant` in lockstep on the same chunks.
+pub fn compare(
+    base: &Model,
+    quant: &Model,
+    chunks: &Chunks,
+    opts: &EvalOptions,
+) -> Result<Comparison> {
+    check_same_shape(base, quant)?;
+    let start = Instant::now();
+    let rope_b = RopeTable::new(&base.inv_freq, chunks.ctx);
+    let rope_q = RopeTable::new(&quant.inv_freq, chunks.ctx);
+    let hid = base.config().hidden_size as usize;
+    let nl = base.config().num_layers as u32;
+    let bsz = batch_size(base, chunks, opts, 2);
+    let (mut pb, mut pq) = (Perplexity::default(), Perplexity::default());
+    let (mut per_b, mut per_q) = (Vec::new(), Vec::new());
+    let mut kld = Vec::new();
+    let mut same_top = 0usize;
+    let mut diff2 = vec![0f64; nl as usize];
+    let mut base2 = vec![0f64; nl as usize];
+    let (mut tb, mut tq) = (0f64, 0f64);
+    for b0 in (0..chunks.n).step_by(bsz) {
+        let nb = bsz.min(chunks.n - b0);
+        let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
+        let mut hb = base.embed(toks)?;
+        let mut hq = quant.embed(toks)?;
+        for i in 0..nl {
+            let t = Instant::now();
+            let lw = base.layer(i)?;
+            run_layer(base, &lw, &rope_b, &mut hb, chunks.ctx);
+            drop(lw);
+            tb += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let lw = quant.layer(i)?;
+            run_layer(quant, &lw, &rope_q, &mut hq, chunks.ctx);
+            drop(lw);
+            tq += t.elapsed().as_secs_f64();
+            let (d, n) = hb
+                .par_chunks(4096)
+                .zip(hq.par_chunks(4096))
+                .map(|(a, b)| {
+                    a.iter().zip(b).fold((0f64, 0f64), |(d, n), (x, y)| {
+                        let (x, y) = (f64::from(*x), f64::from(*y));
+                        (d + (y - x) * (y - x), n + x * x)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .fold((0.0, 0.0), |(a, b), (c, e)| (a + c, b + e));
+            diff2[i as usize] += d;
+            base2[i as usize] += n;
+            progress(
+                opts.progress,
+                format_args!("layer {}/{nl} (chunks {b0}..{})", i + 1, b0 + nb),
+            );
+        }
+        let t = Instant::now();
+        let (norm_b, head_b) = base.head()?;
+        let (norm_q, head_q) = quant.head()?;
+        if head_b.out != head_q.out {
+            return Err(Error::Mismatch(format!(
+                "vocabularies differ: {} vs {} logits",
+                head_b.out, head_q.out
+            )));
+        }
+        for c in 0..nb {
+            let range = c * chunks.ctx * hid..(c + 1) * chunks.ctx * hid;
+            let lb = chunk_logits(base, &norm_b, &head_b, &hb[range.clone()], chunks);
+            let lq = chunk_logits(quant, &norm_q, &head_q, &hq[range], chunks);
+            if b0 + c == 0 {
+                if let Some(p) = &opts.logits_out {
+                    write_f32(p, &lq)?;
+                }
+            }
+            let targets = &chunks.chunk(b0 + c)[chunks.first() + 1..];
+            let rows: Vec<(f64, f64, f64, bool)> = lb
+                .par_chunks(head_b.out)
+                .zip(lq.par_chunks(head_q.out))
+                .zip(targets.par_iter())
+                .map(|((a, b), &t)| {
+                    (
+                        log_softmax_nll(a, t as usize),
+                        log_softmax_nll(b, t as usize),
+                        kld_row(a, b),
+                        top1(a) == top1(b),
+                    )
+                })
+                .collect();
+            pb.add(&rows.iter().map(|r| r.0).collect::<Vec<_>>());
+            pq.add(&rows.iter().map(|r| r.1).collect::<Vec<_>>());
+            per_b.push(pb.ppl());
+            per_q.push(pq.ppl());
+            kld.extend(rows.iter().map(|r| r.2));
+            same_top += rows.iter().filter(|r| r.3).count();
+        }
+        let half = t.elapsed().as_secs_f64() / 2.0;
+        tb += half;
+        tq += half;
+    }
+    let _ = start;
+    let tokens = chunks.n * chunks.ctx;
+    let result = |p: &Perplexity, per: Vec<f64>, secs: f64| PerplexityResult {
+        ppl: p.ppl(),
+        ppl_stderr: p.stderr(),
+        nll_mean: p.mean(),
+        scored_tokens: p.count,
+        chunks: chunks.n,
+        ctx: chunks.ctx,
+        per_chunk_ppl: per,
+        tokens_evaluated: tokens,
+        seconds: secs,
+        tokens_per_second: tokens as f64 / secs,
+    };
+    let mut layers = Vec::with_capacity(nl as usize);
+    let mut prev = 0.0;
+    for i in 0..nl as usize {
+        let rel = if base2[i] > 0.0 {
+            (diff2[i] / base2[i]).sqrt()
+        } else {
+            0.0
+        };
+        layers.push(LayerError {
+            layer: i as u32,
+            rel_error: rel,
+            added: rel - prev,
+        });
+        prev = rel;
+    }
+    let worst_layer = layers
+        .iter()
+        .fold(None::<&LayerError>, |w, l| match w {
+            Some(w) if w.added >= l.added => Some(w),
+            _ => Some(l),
+        })
+        .map_or(0, |l| l.layer);
+    let base_r = result(&pb, per_b, tb);
+    let quant_r = result(&pq, per_q, tq);
+    let mut sorted = kld.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(Comparison {
+        ppl_drift_pct: (quant_r.ppl / base_r.ppl - 1.0) * 100.0,
+        kld_mean: kld.iter().sum::<f64>() / kld.len().max(1) as f64,
+        kld_p99: percentile(&sorted, 0.99),
+        kld_max: sorted.last().copied().unwrap_or(0.0),
+        top1_pct: same_top as f64 * 100.0 / kld.len().max(1) as f64,
+        base: base_r,
+        quant: quant_r,
+        layers,
+        worst_layer,
+    })
+}
+
+fn check_same_shape(a: &Model, b: &Model) -> Result<()> {
+    let (x, y) = (a.config(), b.config());
+    let fields = [
+        ("hidden_size", x.hidden_size, y.hidden_size),
+        ("num_layers", x.num_layers, y.num_layers),
+        ("num_heads", x.num_heads, y.num_heads),
+        ("num_kv_heads", x.num_kv_heads, y.num_kv_heads),
+        ("head_dim", x.head_dim, y.head_dim),
+        (
+            "intermediate_size",
+            x.intermediate_size,
+            y.intermediate_size,
+        ),
+        ("vocab_size", x.vocab_size, y.vocab_size),
+    ];
+    for (name, p, q) in fields {
+        if p != q {
+            return Err(Error::Mismatch(format!("{name}: {p} vs {q}")));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Reference Llama forward pass and drift metrics for qforge.
+//!
+//! * [`Model`]: a checkpoint in any format, read through [`qforge_convert::Checkpoint`], whose
+//!   linears are dequantized one layer at a time ([`qforge_convert::Checkpoint::weight_f32`]).
+//! * [`eval::perplexity`] and [`eval::compare`]: layer-major evaluation (all evaluation tokens
+//!   pass layer `i` before layer `i+1` is read) with llama.cpp's perplexity protocol, KL
+//!   divergence, top-1 agreement and per-layer hidden-state drift.
+//! * Emulations of what serving stacks do to activations: dynamic per-token FP8 (W8A8) and
+//!   ggml-cpu's activation quantization ([`actquant`]), and llama.cpp's F16 KV cache.
+//!
+//! Numbers: weights and activations in `f32`, matmuls accumulate in `f32`, norms, softmax sums
+//! and the metrics in `f64`. Results are bit-identical for any thread count (see
+//! [`matmul`]).
+#![deny(missing_docs)]
+
+pub mod actquant;
+mod error;
+pub mod eval;
+pub mod matmul;
+pub mod metrics;
+pub mod model;
+pub mod ops;
+pub mod tokenize;
+
+pub use error::{Error, Result};
+pub use eval::{compare, perplexity, Comparison, EvalOptions, LayerError, PerplexityResult};
+pub use model::{ForwardOptions, Model, W8a8Mode};
+pub use tokenize::{Chunks, TextTokenizer};
+
+/// Run `f` on a rayon pool of `threads` threads (the global pool when `None`).
+pub fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> Result<T> {
+    match threads {
+        None => Ok(f()),
+        Some(t) => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(t.max(1))
+                .build()
+                .map_err(|e| Error::InvalidOption {
+                    name: "threads",
+                    reason: e.to_string(),
+                })?;
+            Ok(pool.install(f))
+        }
+    }
+}

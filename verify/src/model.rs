@@ -1,0 +1,422 @@
+//! A checkpoint opened for evaluation: configuration, RoPE layout, how each linear's input is
+//! quantized, and per-layer weights dequantized on demand.
+
+use std::path::Path;
+
+use qforge_convert::dequant::WeightStorage;
+use qforge_convert::{Checkpoint, Format, LayerTensor, ModelConfig, RopeScaling, TensorId};
+use serde_json::Value;
+
+use crate::actquant::{fp8_per_token, ggml_quantize, GgmlActType};
+use crate::error::{Error, Result};
+use crate::matmul::matmul_t;
+use crate::ops::{inv_freqs, Llama3Scaling, RopeLayout};
+
+/// Whether to emulate dynamic per-token FP8 activations (W8A8) on quantized linears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum W8a8Mode {
+    /// From the checkpoint's `quantization_config` (compressed-tensors `input_activations`
+    /// `{type: float, strategy: token, dynamic: true}`, or `fbgemm_fp8`).
+    #[default]
+    Auto,
+    /// Always, on every linear that has a `weight_scale` (no upper bound on the amax).
+    On,
+    /// Never.
+    Off,
+}
+
+/// How the forward pass treats a model's numbers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Dynamic FP8 activations on quantized linears.
+    pub w8a8: W8a8Mode,
+    /// Quantize each linear's input to the weight type's ggml `vec_dot_type` (what
+    /// llama.cpp's CPU backend does), for comparisons with llama.cpp on quantized GGUFs.
+    pub ggml_act_quant: bool,
+    /// Round K (after RoPE) and V to f16, as llama.cpp's default F16 KV cache does.
+    pub kv_f16: bool,
+}
+
+/// Activation handling of one linear.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum ActQuant {
+    None,
+    Fp8Token { ub: Option<f32> },
+    Ggml(GgmlActType),
+}
+
+/// A linear layer's weight, dequantized: `[out, inp]` row-major.
+pub(crate) struct Linear {
+    pub w: Vec<f32>,
+    pub out: usize,
+    pub inp: usize,
+    pub act: ActQuant,
+    /// Q4_1/Q5_1 block minimums `[out, inp/32]` for the Q8_1 `s` correction.
+    pub mins: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// `y[t, out] = act(x)[t, inp] · Wᵀ`.
+    pub fn forward(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        match self.act {
+            ActQuant::None | ActQuant::Ggml(GgmlActType::F32) => {
+                matmul_t(x, t, self.inp, &self.w, self.out, y);
+            }
+            ActQuant::Fp8Token { ub } => {
+                let mut xq = x.to_vec();
+                let s = fp8_per_token(&mut xq, self.inp, ub);
+                matmul_t(&xq, t, self.inp, &self.w, self.out, y);
+                for (row, s) in y.chunks_exact_mut(self.out).zip(&s) {
+                    for v in row {
+                        *v *= s;
+                    }
+                }
+            }
+            ActQuant::Ggml(ty) => {
+                let mut xq = x.to_vec();
+                let corr = ggml_quantize(&mut xq, self.inp, ty);
+                matmul_t(&xq, t, self.inp, &self.w, self.out, y);
+                if let (Some(m), false) = (&self.mins, corr.is_empty()) {
+                    let nb = self.inp / 32;
+                    let mut c = vec![0f32; t * self.out];
+                    matmul_t(&corr, t, nb, m, self.out, &mut c);
+                    for (a, b) in y.iter_mut().zip(&c) {
+                        *a += b;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One transformer block's weights, dequantized.
+pub(crate) struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// A model ready for evaluation.
+pub struct Model {
+    /// The checkpoint.
+    pub ckpt: Checkpoint,
+    /// Row order of Q/K for RoPE.
+    pub rope_layout: RopeLayout,
+    /// Rotary frequencies, `head_dim/2` of them.
+    pub inv_freq: Vec<f64>,
+    /// Options in force.
+    pub opts: ForwardOptions,
+    /// FP8 per-token activations resolved from the options and the checkpoint (upper bound).
+    pub w8a8: Option<Option<f32>>,
+}
+
+impl Model {
+    /// Open `path` (any format [`Checkpoint::open`] reads) for evaluation.
+    pub fn open(path: &Path, opts: ForwardOptions) -> Result<Self> {
+        let ckpt = Checkpoint::open(path)?;
+        Self::new(ckpt, opts)
+    }
+
+    /// Prepare an opened checkpoint.
+    pub fn new(ckpt: Checkpoint, opts: ForwardOptions) -> Result<Self> {
+        let cfg = &ckpt.config;
+        let unsupported = |reason: String| Error::Unsupported {
+            path: ckpt.path.clone(),
+            reason,
+        };
+        if cfg.head_dim % 2 != 0 {
+            return Err(unsupported(format!("odd head_dim {}", cfg.head_dim)));
+        }
+        let rope_layout = match ckpt.format {
+            Format::Hf => RopeLayout::HalfSplit,
+            Format::Meta | Format::Gguf => RopeLayout::Interleaved,
+        };
+        let hd = cfg.head_dim as usize;
+        let freq_factors = match ckpt.part(TensorId::RopeFreqs, qforge_convert::Part::Weight) {
+            Some(t) => {
+                let f = ckpt.to_f32(t)?;
+                if f.len() != hd / 2 || f.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+                    return Err(unsupported(format!(
+                        "rope_freqs must hold {} positive factors",
+                        hd / 2
+                    )));
+                }
+                Some(f)
+            }
+            None => None,
+        };
+        let (llama3, linear) = match (&cfg.rope_scaling, &freq_factors) {
+            // GGUF carries llama3 scaling as rope_freqs; never apply it twice.
+            (_, Some(_)) | (None, None) => (None, None),
+            (
+                Some(RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings,
+                }),
+                None,
+            ) => (
+                Some(Llama3Scaling {
+                    factor: *factor,
+                    low_freq_factor: *low_freq_factor,
+                    high_freq_factor: *high_freq_factor,
+                    original_max_position_embeddings: *original_max_position_embeddings as f64,
+                }),
+                None,
+            ),
+            (Some(RopeScaling::Linear { factor }), None) => (None, Some(*factor)),
+        };
+        let inv_freq = inv_freqs(cfg.rope_theta, hd, llama3, linear, freq_factors.as_deref());
+        let w8a8 = match opts.w8a8 {
+            W8a8Mode::Off => None,
+            W8a8Mode::On => Some(None),
+            W8a8Mode::Auto => detect_w8a8(&ckpt),
+        };
+        Ok(Model {
+            ckpt,
+            rope_layout,
+            inv_freq,
+            opts,
+            w8a8,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.ckpt.config
+    }
+
+    fn linear(&self, index: u32, kind: LayerTensor) -> Result<Linear> {
+        let id = TensorId::Layer { index, kind };
+        let storage = self.ckpt.weight_storage(id)?;
+        let shape = self.ckpt.config.expected_shape(id);
+        let (out, inp) = (shape[0] as usize, shape[1] as usize);
+        let w = self.ckpt.weight_f32(id)?;
+        let mut mins = None;
+        let act = match storage {
+            WeightStorage::Plain(dtype) if self.opts.ggml_act_quant => {
+                let ty = GgmlActType::for_weight(dtype).ok_or_else(|| Error::Unsupported {
+                    path: self.ckpt.path.clone(),
+                    reason: format!("no ggml activation type known for {dtype} weights ({id})"),
+                })?;
+                if inp % ty.block() != 0 {
+                    return Err(Error::Unsupported {
+                        path: self.ckpt.path.clone(),
+                        reason: format!("{id}: row length {inp} is not whole {ty:?} blocks"),
+                    });
+                }
+                if ty == GgmlActType::Q8_1 {
+                    mins = Some(self.block_mins(id, dtype, out, inp)?);
+                }
+                ActQuant::Ggml(ty)
+            }
+            WeightStorage::Plain(_) => ActQuant::None,
+            _ => match self.w8a8 {
+                Some(ub) => ActQuant::Fp8Token { ub },
+                None => ActQuant::None,
+            },
+        };
+        self.release(id);
+        Ok(Linear {
+            w,
+            out,
+            inp,
+            act,
+            mins,
+        })
+    }
+
+    /// The `m` (min) of every Q4_1/Q5_1 block, `[out, inp/32]`.
+    fn block_mins(
+        &self,
+        id: TensorId,
+        dtype: qforge_quantize::DType,
+        out: usize,
+        inp: usize,
+    ) -> Result<Vec<f32>> {
+        let t = self
+            .ckpt
+            .part(id, qforge_convert::Part::Weight)
+            .ok_or_else(|| qforge_convert::Error::NoSuchTensor(id.to_string()))?;
+        let bytes = self.ckpt.bytes(t)?;
+        let bb = dtype.block_bytes() as usize;
+        let nb = out * inp / 32;
+        if bytes.len() != nb * bb {
+            return Err(Error::Unsupported {
+                path: self.ckpt.path.clone(),
+                reason: format!("{id}: {} bytes for {nb} {dtype} blocks", bytes.len()),
+            });
+        }
+        // block_q4_1 / block_q5_1 start with f16 d, f16 m.
+        Ok(bytes
+            .chunks_exact(bb)
+            .map(|b| qforge_quantize::float::f16_bits_to_f32(u16::from_le_bytes([b[2], b[3]])))
+            .collect())
+    }
+
+    fn norm(&self, id: TensorId) -> Result<Vec<f32>> {
+        let t = self
+            .ckpt
+            .part(id, qforge_convert::Part::Weight)
+            .ok_or_else(|| qforge_convert::Error::NoSuchTensor(id.to_string()))?;
+        let v = self.ckpt.to_f32(t)?;
+        self.ckpt.release(t);
+        Ok(v)
+    }
+
+    fn release(&self, id: TensorId) {
+        for t in self.ckpt.tensors.iter().filter(|t| t.key.id == id) {
+            self.ckpt.release(t);
+        }
+    }
+
+    /// Layer `index`'s weights, dequantized (their mapped pages released afterwards).
+    pub(crate) fn layer(&self, index: u32) -> Result<LayerWeights> {
+        let l = |kind| TensorId::Layer { index, kind };
+        Ok(LayerWeights {
+            attn_norm: self.norm(l(LayerTensor::AttnNorm))?,
+            q: self.linear(index, LayerTensor::Q)?,
+            k: self.linear(index, LayerTensor::K)?,
+            v: self.linear(index, LayerTensor::V)?,
+            o: self.linear(index, LayerTensor::O)?,
+            ffn_norm: self.norm(l(LayerTensor::FfnNorm))?,
+            gate: self.linear(index, LayerTensor::Gate)?,
+            up: self.linear(index, LayerTensor::Up)?,
+            down: self.linear(index, LayerTensor::Down)?,
+        })
+    }
+
+    /// Embedding rows for `tokens` (`[tokens, hidden]`).
+    pub(crate) fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let h = self.ckpt.config.hidden_size as usize;
+        let e = self.ckpt.weight_f32(TensorId::TokenEmbedding)?;
+        self.release(TensorId::TokenEmbedding);
+        let vocab = e.len() / h;
+        let mut out = Vec::with_capacity(tokens.len() * h);
+        for &t in tokens {
+            let t = t as usize;
+            if t >= vocab {
+                return Err(Error::InvalidOption {
+                    name: "tokens",
+                    reason: format!("token id {t} is outside the embedding ({vocab} rows)"),
+                });
+            }
+            out.extend_from_slice(&e[t * h..(t + 1) * h]);
+        }
+        Ok(out)
+    }
+
+    /// Final norm weight and the LM head as a [`Linear`] (the embedding when tied).
+    pub(crate) fn head(&self) -> Result<(Vec<f32>, Linear)> {
+        let norm = self.norm(TensorId::OutputNorm)?;
+        let id = if self
+            .ckpt
+            .part(TensorId::Output, qforge_convert::Part::Weight)
+            .is_some()
+            || self
+                .ckpt
+                .part(TensorId::Output, qforge_convert::Part::WeightPacked)
+                .is_some()
+        {
+            TensorId::Output
+        } else {
+            TensorId::TokenEmbedding
+        };
+        let storage = self.ckpt.weight_storage(id)?;
+        let w = self.ckpt.weight_f32(id)?;
+        self.release(id);
+        let inp = self.ckpt.config.hidden_size as usize;
+        let out = w.len() / inp;
+        let act = match storage {
+            WeightStorage::Plain(dtype) if self.opts.ggml_act_quant => {
+                ActQuant::Ggml(GgmlActType::for_weight(dtype).ok_or_else(|| {
+                    Error::Unsupported {
+                        path: self.ckpt.path.clone(),
+                        reason: format!("no ggml activation type known for {dtype} ({id})"),
+                    }
+                })?)
+            }
+            WeightStorage::Plain(_) => ActQuant::None,
+            _ => match self.w8a8 {
+                Some(ub) => ActQuant::Fp8Token { ub },
+                None => ActQuant::None,
+            },
+        };
+        let mins = match (act, storage) {
+            (ActQuant::Ggml(GgmlActType::Q8_1), WeightStorage::Plain(dt)) => {
+                Some(self.block_mins(id, dt, out, inp)?)
+            }
+            _ => None,
+        };
+        Ok((
+            norm,
+            Linear {
+                w,
+                out,
+                inp,
+                act,
+                mins,
+            },
+        ))
+    }
+}
+
+/// W8A8 dynamic-FP8 activations announced by `config.json`'s `quantization_config`:
+/// `Some(ub)` with fbgemm_fp8's `activation_scale_ub`, `Some(None)` for compressed-tensors
+/// `input_activations: {type: float, strategy: token, dynamic: true}`.
+pub fn detect_w8a8(ckpt: &Checkpoint) -> Option<Option<f32>> {
+    if ckpt.format != Format::Hf {
+        return None;
+    }
+    let text = std::fs::read_to_string(ckpt.dir().join("config.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    w8a8_from_quantization_config(v.get("quantization_config")?)
+}
+
+/// See [`detect_w8a8`].
+pub fn w8a8_from_quantization_config(q: &Value) -> Option<Option<f32>> {
+    if q.get("quant_method").and_then(Value::as_str) == Some("fbgemm_fp8") {
+        let ub = q.get("activation_scale_ub").and_then(Value::as_f64)?;
+        return Some(Some(ub as f32));
+    }
+    let groups = q.get("config_groups")?.as_object()?;
+    groups.values().find_map(|g| {
+        let a = g.get("input_activations")?;
+        let is = |k: &str, want: &Value| a.get(k) == Some(want);
+        (is("type", &Value::from("float"))
+            && is("strategy", &Value::from("token"))
+            && is("dynamic", &Value::from(true)))
+        .then_some(None)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn w8a8_detection_follows_quantization_config() {
+        let ct = json!({"quant_method": "compressed-tensors", "config_groups": {"group_0": {
+            "input_activations": {"type": "float", "strategy": "token", "dynamic": true,
+                                  "num_bits": 8, "symmetric": true},
+            "weights": {"type": "float", "strategy": "channel"}}}});
+        assert_eq!(w8a8_from_quantization_config(&ct), Some(None));
+        let w4a16 = json!({"quant_method": "compressed-tensors", "config_groups": {"group_0": {
+            "input_activations": null, "weights": {"type": "int", "num_bits": 4}}}});
+        assert_eq!(w8a8_from_quantization_config(&w4a16), None);
+        let static_fp8 = json!({"config_groups": {"g": {"input_activations":
+            {"type": "float", "strategy": "tensor", "dynamic": false}}}});
+        assert_eq!(w8a8_from_quantization_config(&static_fp8), None);
+        let fb = json!({"quant_method": "fbgemm_fp8", "activation_scale_ub": 1200.0,
+                        "modules_to_not_convert": []});
+        assert_eq!(w8a8_from_quantization_config(&fb), Some(Some(1200.0)));
+    }
+}
