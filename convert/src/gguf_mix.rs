@@ -418,6 +418,74 @@ fn gguf_rows_f32(ckpt: &Checkpoint, t: &TensorEntry) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// Quantize a plain float tensor row by row straight from its source bytes (each row decoded
+/// into a per-thread buffer, permuted for RoPE when the source is HF), in parallel, without an
+/// `f32` copy of the tensor. `None` when the tensor is not a plain float 2-D weight or the
+/// target is not a ggml block type (those take the whole-tensor path).
+fn quantize_streamed(
+    ckpt: &Checkpoint,
+    t: &TensorEntry,
+    dtype: DType,
+    gguf_name: &str,
+    opts: &GgufQuantOptions,
+    buf: &mut Vec<u8>,
+) -> Option<Result<()>> {
+    use rayon::prelude::*;
+    if !dtype.is_block()
+        || t.key.part != Part::Weight
+        || t.shape.len() != 2
+        || !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16)
+    {
+        return None;
+    }
+    let (rows, k) = (t.shape[0] as usize, t.shape[1] as usize);
+    let row_bytes = usize::try_from(dtype.bytes_for(k as u64).ok()?).ok()?;
+    let src = match ckpt.bytes(t) {
+        Ok(b) => b,
+        Err(e) => return Some(Err(e)),
+    };
+    let es = t.dtype.block_bytes() as usize;
+    let rope = rope_direction(ckpt.format, Format::Gguf).zip(rope_heads(&ckpt.config, t.key));
+    let hd = ckpt.config.head_dim as usize;
+    let imatrix = opts
+        .imatrix
+        .as_ref()
+        .and_then(|m| m.get(gguf_name))
+        .map(Vec::as_slice);
+    buf.resize(rows * row_bytes, 0);
+    let bad: Vec<Option<(usize, qforge_quantize::Error)>> = buf
+        .par_chunks_mut(row_bytes)
+        .enumerate()
+        .map_init(
+            || vec![0f32; k],
+            |vals, (r, out)| {
+                let sr = rope.map_or(r, |(dir, _)| source_row(r, hd, dir));
+                let bytes = &src[sr * k * es..(sr + 1) * k * es];
+                qforge_quantize::decode_to_f32(t.dtype, bytes, vals)
+                    .and_then(|()| ggml_quant::quantize_one_row(dtype, vals, imatrix, out))
+                    .err()
+                    .map(|e| (r, e))
+            },
+        )
+        .collect();
+    drop(src);
+    ckpt.release(t);
+    let first = bad.into_iter().flatten().next();
+    Some(match first {
+        None => Ok(()),
+        Some((r, e)) => Err(Error::Codec {
+            path: ckpt.path.clone(),
+            tensor: t.name.clone(),
+            source: match e {
+                qforge_quantize::Error::NonFinite { col, .. } => {
+                    qforge_quantize::Error::NonFinite { row: r as u64, col }
+                }
+                other => other,
+            },
+        }),
+    })
+}
+
 /// Quantize any checkpoint to a GGUF file with llama.cpp's `mix`.
 pub fn quantize_to_gguf(
     ckpt: &Checkpoint,
@@ -550,6 +618,8 @@ pub fn quantize_to_gguf(
             // llama-quantize copies a tensor that already has its target type.
             buf.extend_from_slice(&ckpt.bytes(t)?);
             ckpt.release(t);
+        } else if let Some(r) = quantize_streamed(ckpt, t, c.dtype, &mt.name, opts, &mut buf) {
+            r?;
         } else {
             let rows = gguf_rows_f32(ckpt, t)?;
             if c.dtype.is_block() {

@@ -238,6 +238,21 @@ fn nearest_int(fval: f32) -> i32 {
 
 // ---------------------------------------------------------------- legacy 32-element blocks
 
+/// C's `roundf` (half away from zero) for |x| < 2^23, without a libm call: truncation by an
+/// integer conversion, then the exact fractional part decides (x − trunc(x) is exact here).
+#[inline]
+fn round_half_away(x: f32) -> i32 {
+    let t = x as i32;
+    let f = x - t as f32;
+    if f >= 0.5 {
+        t + 1
+    } else if f <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
+}
+
 fn q8_0(x: &[f32]) -> BlockQ8_0 {
     let mut amax = 0f32;
     for &v in x {
@@ -248,7 +263,7 @@ fn q8_0(x: &[f32]) -> BlockQ8_0 {
     let mut y = BlockQ8_0::zeroed();
     y.d = fp16(d);
     for (q, &v) in y.qs.iter_mut().zip(x) {
-        *q = (v * id).round() as i8 as u8; // roundf: half away from zero
+        *q = round_half_away(v * id) as i8 as u8; // roundf: half away from zero
     }
     y
 }
@@ -1423,18 +1438,74 @@ pub fn quantize_rows(
             return Err(Error::BadImportance { col: c as u64 });
         }
     }
-    if let Some(i) = src.par_iter().position_first(|v| !v.is_finite()) {
-        return Err(Error::NonFinite {
-            row: (i / row_len) as u64,
-            col: (i % row_len) as u64,
-        });
-    }
     if row_bytes == 0 {
         return Ok(());
     }
-    src.par_chunks(row_len)
+    // Each row is checked for NaN/±inf (on its bit patterns, which vectorizes) right before it
+    // is quantized; the first bad row in row order is reported whatever the thread count.
+    let bad: Vec<Option<(usize, usize)>> = src
+        .par_chunks(row_len)
         .zip(out.par_chunks_mut(row_bytes))
-        .for_each(|(x, o)| quantize_row(dtype, x, imatrix, o));
+        .enumerate()
+        .map(|(r, (x, o))| {
+            let m = x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+            if m >= 0x7F80_0000 {
+                return Some((r, x.iter().position(|v| !v.is_finite()).unwrap_or(0)));
+            }
+            quantize_row(dtype, x, imatrix, o);
+            None
+        })
+        .collect();
+    if let Some((r, c)) = bad.into_iter().flatten().next() {
+        return Err(Error::NonFinite {
+            row: r as u64,
+            col: c as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Quantize one row (no threads: callers parallelize over rows themselves, e.g. while decoding
+/// each row from its source). Same rules and errors as [`quantize_rows`] with one row.
+pub fn quantize_one_row(
+    dtype: DType,
+    row: &[f32],
+    imatrix: Option<&[f32]>,
+    out: &mut [u8],
+) -> Result<()> {
+    if !supports(dtype) {
+        return Err(Error::UnsupportedEncode(dtype));
+    }
+    let want = dtype.bytes_for(row.len() as u64)?;
+    if out.len() as u64 != want || row.is_empty() {
+        return Err(Error::BufferLength {
+            what: "out (bytes)",
+            expected: want,
+            got: out.len() as u64,
+        });
+    }
+    if let Some(w) = imatrix {
+        if w.len() != row.len() {
+            return Err(Error::BufferLength {
+                what: "imatrix",
+                expected: row.len() as u64,
+                got: w.len() as u64,
+            });
+        }
+        if let Some(c) = w.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(Error::BadImportance { col: c as u64 });
+        }
+    }
+    let m = row
+        .iter()
+        .fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+    if m >= 0x7F80_0000 {
+        return Err(Error::NonFinite {
+            row: 0,
+            col: row.iter().position(|v| !v.is_finite()).unwrap_or(0) as u64,
+        });
+    }
+    quantize_row(dtype, row, imatrix, out);
     Ok(())
 }
 
@@ -1460,6 +1531,25 @@ pub fn quantize_to_vec(
 
 #[cfg(test)]
 mod tests {
+    /// `round_half_away` equals `f32::round` (C's roundf) on every f32 in (−2^23, 2^23) whose
+    /// low 8 bits are 0 or 0xFF, and on all halves.
+    #[test]
+    fn round_half_away_is_roundf() {
+        for hi in 0u32..(1 << 24) {
+            for lo in [0u32, 0xFF] {
+                let x = f32::from_bits((hi << 8) | lo);
+                if x.is_nan() || x.abs() >= 8_388_608.0 {
+                    continue;
+                }
+                assert_eq!(round_half_away(x), x.round() as i32, "{x:e}");
+            }
+        }
+        for k in -1000..1000 {
+            let x = k as f32 + 0.5;
+            assert_eq!(round_half_away(x), x.round() as i32, "{x}");
+        }
+    }
+
     use super::*;
     use crate::decode_to_f32;
 

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Quantization throughput against its peers, in one run (these machines are noisy: compare the
+# ratios, not the absolute times):
+#   1. FP8 rowwise (compressed-tensors) of a BF16 HF checkpoint vs `cp` of the same bytes;
+#   2. GGUF Q8_0 and Q4_K_M vs llama.cpp's `llama-quantize` on the same F16 GGUF, same threads.
+# Peak RSS from /usr/bin/time. Outputs are deleted after each step.
+#
+#   scripts/bench-quantize.sh [MODEL_DIR]    # default: a 6-layer Llama-3-8B-shaped model (4.7 GB)
+#
+# Env: QFORGE_CACHE, THREADS (default 2).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/cache-dir.sh
+THREADS="${THREADS:-2}"
+bench="$QFORGE_CACHE/bench"
+model="${1:-$bench/l8b-6}"
+mkdir -p "$bench"
+if [[ ! -f "$model/config.json" ]]; then
+  PY="$(scripts/pyenv.sh --print-python)"
+  "$PY" scripts/gen_synthetic.py --format hf --shape llama3-8b --layers 6 "$model"
+fi
+cargo build --release --locked --bin qforge >&2
+qforge="$PWD/target/release/qforge"
+LQ="$(scripts/build-llama-cpp.sh --print-bin-dir)/llama-quantize"
+gguf="$bench/$(basename "$model")-f16.gguf"
+[[ -f "$gguf" ]] || "$qforge" convert "$model" "$gguf" --to gguf --dtype f16 >&2
+
+bytes_of() { du -sb "$1" | cut -f1; }
+# run NAME CMD...: prints "NAME seconds peak_kib"
+run() {
+  local name=$1; shift
+  local t
+  t="$(mktemp)"
+  /usr/bin/time -f "%e %M" -o "$t" "$@" >/dev/null 2>&1
+  echo "$name $(cat "$t")"
+  rm -f "$t"
+}
+
+in_bytes="$(bytes_of "$model")"
+gguf_bytes="$(bytes_of "$gguf")"
+echo "# input: $model ($in_bytes bytes BF16), $gguf ($gguf_bytes bytes F16); threads $THREADS; $(nproc) cores"
+echo "# warm the page cache for both inputs"
+cat "$model"/*.safetensors "$gguf" >/dev/null
+
+out="$bench/out"
+rm -rf "$out" "$out.cp"
+read -r _ cp_s cp_kb < <(run cp cp -r "$model" "$out.cp"); rm -rf "$out.cp"
+read -r _ fp8_s fp8_kb < <(run fp8 env RAYON_NUM_THREADS="$THREADS" "$qforge" quantize "$model" "$out" --scheme fp8-rowwise)
+fp8_out="$(bytes_of "$out")"; rm -rf "$out"
+printf '%-34s %8s s  %8s MB/s in  peak RSS %6s MiB\n' "cp -r (BF16 checkpoint)" "$cp_s" \
+  "$(awk -v b="$in_bytes" -v s="$cp_s" 'BEGIN{printf "%.0f", b/s/1e6}')" "$((cp_kb / 1024))"
+printf '%-34s %8s s  %8s MB/s in  peak RSS %6s MiB  (%s bytes out)\n' "qforge quantize fp8-rowwise" "$fp8_s" \
+  "$(awk -v b="$in_bytes" -v s="$fp8_s" 'BEGIN{printf "%.0f", b/s/1e6}')" "$((fp8_kb / 1024))" "$fp8_out"
+echo "fp8-rowwise throughput / cp throughput: $(awk -v a="$cp_s" -v b="$fp8_s" 'BEGIN{printf "%.2f", a/b}')x"
+
+for mix in Q8_0 Q4_K_M; do
+  lower="$(echo "$mix" | tr 'A-Z' 'a-z')"
+  read -r _ lq_s lq_kb < <(run lq "$LQ" "$gguf" "$out.lq.gguf" "$mix" "$THREADS")
+  read -r _ qf_s qf_kb < <(run qf env RAYON_NUM_THREADS="$THREADS" "$qforge" quantize "$gguf" "$out.qf.gguf" --scheme "gguf:$lower")
+  same="differ"
+  if cmp -s <(tail -c 100000000 "$out.lq.gguf") <(tail -c 100000000 "$out.qf.gguf"); then same="same last 100 MB"; fi
+  rm -f "$out.lq.gguf" "$out.qf.gguf"
+  printf '%-34s %8s s  peak RSS %6s MiB\n' "llama-quantize $mix ($THREADS threads)" "$lq_s" "$((lq_kb / 1024))"
+  printf '%-34s %8s s  peak RSS %6s MiB\n' "qforge quantize gguf:$lower" "$qf_s" "$((qf_kb / 1024))"
+  echo "$mix: qforge is $(awk -v a="$lq_s" -v b="$qf_s" 'BEGIN{printf "%.2f", a/b}')x llama-quantize's speed ($same)"
+done
