@@ -3,7 +3,7 @@
 #   scripts/fuzz.sh [INPUTS_PER_READER (default 1000000)] [SEED (default 1)]
 # Readers run in parallel over QFORGE_FUZZ_JOBS processes (default 2). Each prints one line
 # (inputs, ok, rejected, panics, hangs, alloc-cap hits, peak memory, inputs/s); findings are
-# minimized and saved under target/fuzz-findings/. Exits non-zero on any finding or crash.
+# minimized and saved under target/fuzz-findings/; progress lines go to target/fuzz-logs/*.err. Exits non-zero on any finding or crash.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 n="${1:-1000000}"
@@ -17,7 +17,7 @@ mkdir -p "$logs"
 start=$SECONDS
 # the slowest readers first, so the two workers finish together
 "$bin" --list | tac | xargs -P "$jobs" -I{} sh -c \
-    '"$0" --target "$1" --inputs "$2" --seed "$3" --findings "$4" >"$5/$1.txt" 2>"$5/$1.err"; echo $? >"$5/$1.rc"' \
+    '"$0" --target "$1" --inputs "$2" --seed "$3" --findings "$4" --progress 50000 >"$5/$1.txt" 2>"$5/$1.err"; echo $? >"$5/$1.rc"' \
     "$bin" {} "$n" "$seed" "$PWD/target/fuzz-findings" "$logs"
 status=0
 for t in $("$bin" --list); do

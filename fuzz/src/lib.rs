@@ -414,6 +414,11 @@ impl Fuzzer {
 
     /// Run `n` mutants drawn with generator seed `rng_seed`, minimizing and saving findings.
     pub fn fuzz(&self, n: u64, rng_seed: u64) -> Stats {
+        self.fuzz_with_progress(n, rng_seed, 0)
+    }
+
+    /// [`Fuzzer::fuzz`], printing the counts so far to stderr every `every` inputs (0: never).
+    pub fn fuzz_with_progress(&self, n: u64, rng_seed: u64, every: u64) -> Stats {
         let mut rng = Rng::new(rng_seed ^ (self.target as u64).wrapping_mul(0x1000_0000_01b3));
         let mut stats = Stats::default();
         let mut input = Vec::new();
@@ -443,6 +448,10 @@ impl Fuzzer {
             }
             if matches!(outcome, Outcome::Panic(_) | Outcome::AllocCap(_)) {
                 stats.findings.push(self.save(&input, &outcome));
+            }
+            if every != 0 && stats.inputs % every == 0 {
+                stats.elapsed = start.elapsed();
+                eprintln!("progress: {}", stats.line(self.target));
             }
         }
         stats.elapsed = start.elapsed();

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! qforge-fuzz --list
+//! qforge-fuzz --target NAME --replay FILE
 //! qforge-fuzz [--target NAME[,NAME...]|all] [--inputs N] [--seed S] [--findings DIR]
-//!             [--time-limit-ms MS] [--alloc-cap-mib MIB]
+//!             [--time-limit-ms MS] [--alloc-cap-mib MIB] [--progress N]
 //! ```
 //! Prints one line per target (inputs, ok, rejected, panics, hangs, alloc-cap hits, peak
 //! memory, rate) and exits 1 if anything was found (3 from the watchdog on a hang).
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
     let mut seed = 1u64;
     let mut findings = PathBuf::from("target/fuzz-findings");
     let mut limits = Limits::default();
+    let mut progress = 0u64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -40,11 +42,21 @@ fn main() -> ExitCode {
                         .collect();
                 }
             }
+            "--replay" => {
+                // run one saved input against the first target given before it
+                let path = PathBuf::from(val());
+                let bytes = std::fs::read(&path).unwrap_or_else(|e| usage(&format!("{e}")));
+                let f = Fuzzer::new(targets[0], limits, &findings)
+                    .unwrap_or_else(|e| usage(&format!("{e}")));
+                println!("{:?}", f.run(&bytes));
+                return ExitCode::SUCCESS;
+            }
             "--list" => {
                 println!("{}", TARGETS.map(Target::name).join("\n"));
                 return ExitCode::SUCCESS;
             }
             "--inputs" => inputs = val().parse().unwrap_or_else(|_| usage("bad --inputs")),
+            "--progress" => progress = val().parse().unwrap_or_else(|_| usage("bad --progress")),
             "--seed" => seed = val().parse().unwrap_or_else(|_| usage("bad --seed")),
             "--findings" => findings = PathBuf::from(val()),
             "--time-limit-ms" => {
@@ -81,7 +93,7 @@ fn main() -> ExitCode {
             );
             return ExitCode::from(2);
         }
-        let stats = f.fuzz(inputs, seed);
+        let stats = f.fuzz_with_progress(inputs, seed, progress);
         println!("{}", stats.line(t));
         if std::env::var_os("QFORGE_FUZZ_ERRORS").is_some() {
             let mut e: Vec<_> = stats.errors.iter().collect();
@@ -102,7 +114,7 @@ fn main() -> ExitCode {
 fn usage(why: &str) -> ! {
     eprintln!(
         "qforge-fuzz: {why}\nusage: qforge-fuzz [--target NAME[,NAME...]|all] [--inputs N] [--seed S] \
-         [--findings DIR] [--time-limit-ms MS] [--alloc-cap-mib MIB]\ntargets: {}",
+         [--findings DIR] [--time-limit-ms MS] [--alloc-cap-mib MIB] [--progress N]\ntargets: {}",
         TARGETS.map(Target::name).join(" ")
     );
     std::process::exit(2)
