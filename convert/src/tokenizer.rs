@@ -408,12 +408,42 @@ pub fn byte_level_spelling(bytes: &[u8], table: &[char; 256]) -> String {
     bytes.iter().map(|&b| table[usize::from(b)]).collect()
 }
 
+/// The message of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// `tokenizers::Tokenizer::from_str`, with a panic of the library (it slices merges by the
+/// length of `continuing_subword_prefix` unchecked, for one) turned into an error.
+fn load_tokenizer(text: &str) -> std::result::Result<tokenizers::Tokenizer, String> {
+    std::panic::catch_unwind(|| tokenizers::Tokenizer::from_str(text))
+        .map_err(|p| format!("it panicked: {}", panic_message(&*p)))?
+        .map_err(|e| e.to_string())
+}
+
 /// The sha256 (hex) llama.cpp's converter computes to identify a BPE pre-tokenizer: token ids of
 /// [`PRE_PROBE_TEXT`], encoded with special tokens added (transformers' `tokenizer.encode`),
 /// written like a Python list (`[1, 2, 3]`).
+///
+/// The `tokenizers` crate panics on some inconsistent files it loads without complaint (a
+/// `TemplateProcessing` piece naming a special token its map lacks indexes the map): such a
+/// panic is caught here and reported as [`Error::Tokenizer`], like any other bad file.
 pub fn pre_probe_hash(tokenizer: &tokenizers::Tokenizer) -> Result<String> {
-    let enc = tokenizer
-        .encode(PRE_PROBE_TEXT, true)
+    let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tokenizer.encode(PRE_PROBE_TEXT, true)
+    }))
+    .map_err(|panic| {
+        format!(
+            "the tokenizers library panicked encoding the pre-tokenizer probe text: {}",
+            panic_message(&*panic)
+        )
+    })
+    .map_err(tok_err("tokenizer.json"))?;
+    let enc = encoded
         .map_err(|e| format!("encoding the pre-tokenizer probe text failed: {e}"))
         .map_err(tok_err("tokenizer.json"))?;
     let ids: Vec<String> = enc.get_ids().iter().map(u32::to_string).collect();
@@ -883,7 +913,7 @@ impl Vocab {
     /// [`Vocab::to_tokenizer_json`] loaded into the `tokenizers` crate (which also checks it).
     pub fn to_tokenizer(&self) -> Result<tokenizers::Tokenizer> {
         let json = self.to_tokenizer_json()?;
-        tokenizers::Tokenizer::from_str(&json.to_string()).map_err(|e| Error::Tokenizer {
+        load_tokenizer(&json.to_string()).map_err(|e| Error::Tokenizer {
             path: "tokenizer.json".into(),
             reason: format!("the tokenizers library refused the generated file: {e}"),
         })
@@ -893,7 +923,7 @@ impl Vocab {
     /// that the `tokenizers` crate loads the former.
     pub fn hf_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
         let text = self.to_tokenizer_json()?.to_string();
-        tokenizers::Tokenizer::from_str(&text).map_err(|e| Error::Tokenizer {
+        load_tokenizer(&text).map_err(|e| Error::Tokenizer {
             path: "tokenizer.json".into(),
             reason: format!("the tokenizers library refused the generated file: {e}"),
         })?;
@@ -964,7 +994,7 @@ impl Vocab {
         let pre = if let Some(p) = pre {
             p.to_owned()
         } else {
-            let tok = tokenizers::Tokenizer::from_str(&text)
+            let tok = load_tokenizer(&text)
                 .map_err(|e| format!("the tokenizers library cannot load it: {e}"))
                 .map_err(tok_err(&path))?;
             let hash = pre_probe_hash(&tok).map_err(|e| match e {
