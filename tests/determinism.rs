@@ -52,6 +52,23 @@ const JOBS: &[(&str, &[&str], &str)] = &[
         &["convert", "{in}", "{out}", "--to", "meta", "--mp", "2"],
         "out",
     ),
+    (
+        "quantize fp8-rowwise",
+        &["quantize", "{in}", "{out}", "--scheme", "fp8-rowwise"],
+        "out",
+    ),
+    (
+        "quantize int4-row",
+        &[
+            "quantize", "{in}", "{out}", "--scheme", "int4-row", "--asym",
+        ],
+        "out",
+    ),
+    (
+        "quantize gguf q4_k_m",
+        &["quantize", "{in}", "{out}", "--scheme", "gguf:q4_k_m"],
+        "out.gguf",
+    ),
 ];
 
 #[test]

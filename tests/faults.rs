@@ -47,6 +47,19 @@ const JOBS: &[Job] = &[
         ],
         resume: "--resume",
     },
+    Job {
+        name: "quantize fp8-rowwise",
+        args: &[
+            "quantize",
+            "{in}",
+            "{out}",
+            "--scheme",
+            "fp8-rowwise",
+            "--shard-size",
+            "8MB",
+        ],
+        resume: "--resume",
+    },
 ];
 
 /// SIGKILLs per job (`QFORGE_FAULT_KILLS` overrides).
