@@ -9,8 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 n="${1:-1000000}"
 seed="${2:-1}"
 jobs="${QFORGE_FUZZ_JOBS:-2}"
-cargo build --release --locked -p qforge-fuzz >&2
-bin="$PWD/target/release/qforge-fuzz"
+# the `fuzz` profile is release with overflow checks on: a wrapped length is a finding, too
+cargo build --profile fuzz --locked -p qforge-fuzz >&2
+bin="$PWD/target/fuzz/qforge-fuzz"
 logs="$PWD/target/fuzz-logs"
 rm -rf "$logs"
 mkdir -p "$logs"

@@ -87,12 +87,17 @@ const MAX_VOCAB: u64 = 1 << 24;
 
 /// Meta's FFN width rule (specs/meta.md §1.2): `h = floor(8·dim/3)`, optionally
 /// `h = floor(mult·h)`, rounded up to a multiple of `multiple_of`.
+///
+/// Computed in 128-bit integers and saturated to `u64::MAX`, so a hostile `dim` or
+/// `multiple_of` cannot overflow; the width limits reject the result afterwards.
 pub fn meta_ffn_dim(dim: u64, multiplier: Option<f64>, multiple_of: u64) -> u64 {
-    let mut h = (2 * 4 * dim) / 3;
+    let mut h = u128::from(dim) * 8 / 3;
     if let Some(m) = multiplier {
-        h = (m * h as f64).floor() as u64;
+        // `as` saturates a too-large float
+        h = u128::from((m * h as f64).floor() as u64);
     }
-    h.div_ceil(multiple_of) * multiple_of
+    let m = u128::from(multiple_of.max(1));
+    u64::try_from(h.div_ceil(m) * m).unwrap_or(u64::MAX)
 }
 
 struct Obj<'a>(&'a Map<String, Value>);

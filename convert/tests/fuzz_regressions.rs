@@ -53,3 +53,24 @@ fn tokenizer_json_bpe_merge_prefix_slice() {
         "the tokenizers library cannot load it: it panicked: range end index 3 out of range for slice of length 2"
     );
 }
+
+/// A `params.json` whose `dim` makes Meta's FFN width rule (8·dim/3) overflow 64 bits: found
+/// by the bounded CI pass in a debug build (overflow checks on), where release wrapped
+/// silently. Now the width is computed in 128 bits and the limits reject it.
+#[test]
+fn meta_params_ffn_width_overflow() {
+    let text = String::from_utf8(regression("meta-params/ffn-width-overflow.json")).unwrap();
+    match qforge_convert::ModelConfig::from_meta_params(&text, None) {
+        Err(qforge_convert::ConfigError::Invalid { field, .. }) => {
+            assert!(
+                ["dim", "hidden_size", "intermediate_size"].contains(&field),
+                "{field}"
+            );
+        }
+        other => panic!("expected ConfigError::Invalid, got {other:?}"),
+    }
+    assert_eq!(
+        qforge_convert::config::meta_ffn_dim(u64::MAX, Some(63.0), u64::MAX),
+        u64::MAX
+    );
+}
