@@ -362,8 +362,8 @@ pub fn scale_for_amax(amax: f32, opts: &Fp8Options) -> Result<f32> {
     Ok(opts.scale(amax))
 }
 
-/// Quantize one row with its own scale (the rule of [`quantize_fp8_rowwise`], which calls
-/// this per row): writes the codes to `out` and returns the dequantization scale. Streaming
+/// Quantize one row with its own scale (the rule of [`quantize_fp8_rowwise`]): writes the
+/// codes to `out` and returns the dequantization scale. Streaming
 /// writers use it to quantize a tensor row by row without materialising it in `f32`.
 ///
 /// Errors: [`Error::NonFinite`] (row 0, the column of the first bad value),
@@ -378,16 +378,6 @@ pub fn quantize_fp8_row(row: &[f32], out: &mut [u8], opts: &Fp8Options) -> Resul
     let s = opts.scale(amax);
     encode_row(row, s, out);
     Ok(s)
-}
-
-/// The scale [`quantize_fp8_row`] would use for `row`, without encoding it.
-pub fn row_scale(row: &[f32], opts: &Fp8Options) -> Result<f32> {
-    opts.check()?;
-    let amax = row_amax(row).map_err(|c| Error::NonFinite {
-        row: 0,
-        col: c as u64,
-    })?;
-    Ok(opts.scale(amax))
 }
 
 /// The scales [`quantize_fp8_rowwise`] would produce for the same input, without encoding
@@ -417,6 +407,13 @@ pub fn rowwise_scales(rows: &[f32], k: usize, opts: &Fp8Options) -> Result<Vec<f
 pub fn per_tensor_scale(x: &[f32], k: usize, opts: &Fp8Options) -> Result<f32> {
     opts.check()?;
     check_shape(x.len(), k)?;
+    Ok(opts.scale(tensor_amax(x, k)?))
+}
+
+/// Absolute maximum of a whole `[n, k]` tensor, or the first non-finite value in row-major
+/// order. max is exact and order-independent on finite values, so the parallel reduction is
+/// deterministic.
+fn tensor_amax(x: &[f32], k: usize) -> Result<f32> {
     let per_row: Vec<std::result::Result<f32, usize>> = x.par_chunks(k).map(row_amax).collect();
     let mut amax = 0f32;
     for (r, m) in per_row.iter().enumerate() {
@@ -430,7 +427,7 @@ pub fn per_tensor_scale(x: &[f32], k: usize, opts: &Fp8Options) -> Result<f32> {
             }
         }
     }
-    Ok(opts.scale(amax))
+    Ok(amax)
 }
 
 /// Quantize a row-major `[n, k]` tensor to FP8 E4M3FN with a single scale (the amax of the
@@ -445,21 +442,7 @@ pub fn quantize_fp8_per_tensor(
     opts.check()?;
     check_shape(x.len(), k)?;
     check_len("out_q", x.len(), out_q.len())?;
-    // max is exact and order-independent on finite values, so the parallel reduction is
-    // deterministic.
-    let per_row: Vec<std::result::Result<f32, usize>> = x.par_chunks(k).map(row_amax).collect();
-    let mut amax = 0f32;
-    for (r, m) in per_row.iter().enumerate() {
-        match m {
-            Ok(m) => amax = amax.max(*m),
-            Err(c) => {
-                return Err(Error::NonFinite {
-                    row: r as u64,
-                    col: *c as u64,
-                })
-            }
-        }
-    }
+    let amax = tensor_amax(x, k)?;
     let s = opts.scale(amax);
     x.par_chunks(k)
         .zip(out_q.par_chunks_mut(k))

@@ -1448,9 +1448,8 @@ pub fn quantize_rows(
         .zip(out.par_chunks_mut(row_bytes))
         .enumerate()
         .map(|(r, (x, o))| {
-            let m = x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
-            if m >= 0x7F80_0000 {
-                return Some((r, x.iter().position(|v| !v.is_finite()).unwrap_or(0)));
+            if let Some(c) = first_non_finite(x) {
+                return Some((r, c));
             }
             quantize_row(dtype, x, imatrix, o);
             None
@@ -1463,6 +1462,19 @@ pub fn quantize_rows(
         });
     }
     Ok(())
+}
+
+/// The column of the first NaN/±inf in `row`, if any. The common all-finite case is one
+/// branch-free pass over the bit patterns (NaN and ±inf are the patterns from 0x7F80_0000 up
+/// once the sign is cleared), which vectorizes.
+fn first_non_finite(row: &[f32]) -> Option<usize> {
+    let m = row
+        .iter()
+        .fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+    if m < 0x7F80_0000 {
+        return None;
+    }
+    row.iter().position(|v| !v.is_finite())
 }
 
 /// Quantize one row (no threads: callers parallelize over rows themselves, e.g. while decoding
@@ -1496,13 +1508,10 @@ pub fn quantize_one_row(
             return Err(Error::BadImportance { col: c as u64 });
         }
     }
-    let m = row
-        .iter()
-        .fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
-    if m >= 0x7F80_0000 {
+    if let Some(c) = first_non_finite(row) {
         return Err(Error::NonFinite {
             row: 0,
-            col: row.iter().position(|v| !v.is_finite()).unwrap_or(0) as u64,
+            col: c as u64,
         });
     }
     quantize_row(dtype, row, imatrix, out);
