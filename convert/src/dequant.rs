@@ -10,10 +10,13 @@
 //! model dtype.
 
 use qforge_quantize::{int4, DType};
+use rayon::prelude::*;
 
 use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::error::{Error, Result};
+use crate::export::rope_heads;
 use crate::names::{Part, TensorId, TensorKey};
+use crate::rope::{source_row, RopeLayout};
 
 /// How a module's weight is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +146,108 @@ impl Checkpoint {
                 })
             }
         }
+    }
+
+    /// The values of role `id` as `f32`, row-major, with Q/K rows moved in direction `rope`
+    /// (`None`: the format's own order). Weights go through [`Checkpoint::weight_f32`], 1-D
+    /// tensors through [`Checkpoint::to_f32`]; the role's mapped pages are released after.
+    pub fn role_rows_f32(&self, id: TensorId, rope: Option<RopeLayout>) -> Result<Vec<f32>> {
+        let values = match self.part(id, Part::Weight) {
+            Some(t) if t.shape.len() == 1 => self.to_f32(t)?,
+            _ => self.weight_f32(id)?,
+        };
+        for part in [
+            Part::Weight,
+            Part::WeightPacked,
+            Part::WeightScale,
+            Part::WeightZeroPoint,
+        ] {
+            if let Some(t) = self.part(id, part) {
+                self.release(t);
+            }
+        }
+        let Some((dir, h)) = rope.zip(rope_heads(&self.config, TensorKey::weight(id))) else {
+            return Ok(values);
+        };
+        let hd = self.config.head_dim as usize;
+        let rows = h * hd;
+        let k = values.len() / rows.max(1);
+        let mut out = Vec::with_capacity(values.len());
+        for dst in 0..rows {
+            let s = source_row(dst, hd, dir);
+            out.extend_from_slice(&values[s * k..(s + 1) * k]);
+        }
+        Ok(out)
+    }
+
+    /// Run `f(source_row_bytes, scratch, out_row)` for every row of the 2-D plain float tensor
+    /// `t` (BF16/F16/F32), in parallel, without an `f32` copy of the tensor. Output row `r`
+    /// reads source row `r`, or the row the RoPE permutation `rope` maps to it for Q/K.
+    /// `scratch` is a per-thread buffer of one row of `f32`. With `out = Some((bytes,
+    /// row_bytes))`, `out_row` is that row's slice of `bytes`. The mapped pages are released
+    /// after. The first error in row order becomes [`Error::Codec`] naming `name`, with a
+    /// [`qforge_quantize::Error::NonFinite`] given its row.
+    pub(crate) fn par_source_rows<T, F>(
+        &self,
+        t: &TensorEntry,
+        rope: Option<RopeLayout>,
+        name: &str,
+        out: Option<(&mut [u8], usize)>,
+        f: F,
+    ) -> Result<Vec<T>>
+    where
+        T: Send,
+        F: Fn(
+                &[u8],
+                &mut Vec<f32>,
+                Option<&mut [u8]>,
+            ) -> std::result::Result<T, qforge_quantize::Error>
+            + Sync,
+    {
+        debug_assert!(matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32));
+        let (rows, k) = match t.shape.as_slice() {
+            [r, k] => (*r as usize, *k as usize),
+            _ => return Err(self.bad(t, "row streaming needs a 2-D tensor".into())),
+        };
+        let src = self.bytes(t)?;
+        let row_len = k * t.dtype.block_bytes() as usize;
+        let heads = rope.zip(rope_heads(&self.config, t.key));
+        let hd = self.config.head_dim as usize;
+        let one = |scratch: &mut Vec<f32>, r: usize, o: Option<&mut [u8]>| {
+            let sr = heads.map_or(r, |(dir, _)| source_row(r, hd, dir));
+            f(&src[sr * row_len..(sr + 1) * row_len], scratch, o).map_err(|e| (r, e))
+        };
+        let results: Vec<std::result::Result<T, (usize, qforge_quantize::Error)>> = match out {
+            Some((bytes, row_bytes)) => bytes
+                .par_chunks_mut(row_bytes)
+                .enumerate()
+                .map_init(|| vec![0f32; k], |b, (r, o)| one(b, r, Some(o)))
+                .collect(),
+            None => (0..rows)
+                .into_par_iter()
+                .map_init(|| vec![0f32; k], |b, r| one(b, r, None))
+                .collect(),
+        };
+        drop(src);
+        self.release(t);
+        results
+            .into_iter()
+            .map(|r| {
+                r.map_err(|(row, e)| Error::Codec {
+                    path: self.path.clone(),
+                    tensor: name.to_owned(),
+                    source: match e {
+                        qforge_quantize::Error::NonFinite { col, .. } => {
+                            qforge_quantize::Error::NonFinite {
+                                row: row as u64,
+                                col,
+                            }
+                        }
+                        other => other,
+                    },
+                })
+            })
+            .collect()
     }
 
     /// `[rows, cols]` of a packed weight, from its `weight_shape` (checked against the config

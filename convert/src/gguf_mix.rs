@@ -20,7 +20,6 @@ use crate::export::{encode_float, rope_direction, rope_heads, Written};
 use crate::export_gguf::{gguf_order, llama3_rope_factors, llama_metadata, tokenizer_metadata};
 use crate::gguf::GgufValue;
 use crate::names::{NameScheme, Part, TensorId, TensorKey};
-use crate::rope::source_row;
 use crate::write::gguf::{plan, GgufTensorSpec, GgufWriter};
 use crate::write::AtomicFile;
 
@@ -395,29 +394,6 @@ pub struct GgufQuantWritten {
     pub types: Vec<(String, DType, Option<DType>)>,
 }
 
-/// The tensor as `f32` rows in GGUF row order (Q/K permuted from HF when the source is HF).
-fn gguf_rows_f32(ckpt: &Checkpoint, t: &TensorEntry) -> Result<Vec<f32>> {
-    let values = if t.shape.len() == 1 {
-        ckpt.to_f32(t)?
-    } else {
-        ckpt.weight_f32(t.key.id)?
-    };
-    ckpt.release(t);
-    let rope = rope_direction(ckpt.format, Format::Gguf);
-    let Some((dir, h)) = rope.zip(rope_heads(&ckpt.config, t.key)) else {
-        return Ok(values);
-    };
-    let hd = ckpt.config.head_dim as usize;
-    let rows = h * hd;
-    let k = values.len() / rows.max(1);
-    let mut out = Vec::with_capacity(values.len());
-    for dst in 0..rows {
-        let s = source_row(dst, hd, dir);
-        out.extend_from_slice(&values[s * k..(s + 1) * k]);
-    }
-    Ok(out)
-}
-
 /// Quantize a plain float tensor row by row straight from its source bytes (each row decoded
 /// into a per-thread buffer, permuted for RoPE when the source is HF), in parallel, without an
 /// `f32` copy of the tensor. `None` when the tensor is not a plain float 2-D weight or the
@@ -430,7 +406,6 @@ fn quantize_streamed(
     opts: &GgufQuantOptions,
     buf: &mut Vec<u8>,
 ) -> Option<Result<()>> {
-    use rayon::prelude::*;
     if !dtype.is_block()
         || t.key.part != Part::Weight
         || t.shape.len() != 2
@@ -440,50 +415,24 @@ fn quantize_streamed(
     }
     let (rows, k) = (t.shape[0] as usize, t.shape[1] as usize);
     let row_bytes = usize::try_from(dtype.bytes_for(k as u64).ok()?).ok()?;
-    let src = match ckpt.bytes(t) {
-        Ok(b) => b,
-        Err(e) => return Some(Err(e)),
-    };
-    let es = t.dtype.block_bytes() as usize;
-    let rope = rope_direction(ckpt.format, Format::Gguf).zip(rope_heads(&ckpt.config, t.key));
-    let hd = ckpt.config.head_dim as usize;
     let imatrix = opts
         .imatrix
         .as_ref()
         .and_then(|m| m.get(gguf_name))
         .map(Vec::as_slice);
     buf.resize(rows * row_bytes, 0);
-    let bad: Vec<Option<(usize, qforge_quantize::Error)>> = buf
-        .par_chunks_mut(row_bytes)
-        .enumerate()
-        .map_init(
-            || vec![0f32; k],
-            |vals, (r, out)| {
-                let sr = rope.map_or(r, |(dir, _)| source_row(r, hd, dir));
-                let bytes = &src[sr * k * es..(sr + 1) * k * es];
-                qforge_quantize::decode_to_f32(t.dtype, bytes, vals)
-                    .and_then(|()| ggml_quant::quantize_one_row(dtype, vals, imatrix, out))
-                    .err()
-                    .map(|e| (r, e))
-            },
-        )
-        .collect();
-    drop(src);
-    ckpt.release(t);
-    let first = bad.into_iter().flatten().next();
-    Some(match first {
-        None => Ok(()),
-        Some((r, e)) => Err(Error::Codec {
-            path: ckpt.path.clone(),
-            tensor: t.name.clone(),
-            source: match e {
-                qforge_quantize::Error::NonFinite { col, .. } => {
-                    qforge_quantize::Error::NonFinite { row: r as u64, col }
-                }
-                other => other,
-            },
-        }),
-    })
+    let rope = rope_direction(ckpt.format, Format::Gguf);
+    let done = ckpt.par_source_rows(
+        t,
+        rope,
+        &t.name,
+        Some((buf, row_bytes)),
+        |bytes, vals, out| {
+            qforge_quantize::decode_to_f32(t.dtype, bytes, vals)?;
+            ggml_quant::quantize_one_row(dtype, vals, imatrix, out.expect("output rows given"))
+        },
+    );
+    Some(done.map(|_| ()))
 }
 
 /// Quantize any checkpoint to a GGUF file with llama.cpp's `mix`.
@@ -621,7 +570,7 @@ pub fn quantize_to_gguf(
         } else if let Some(r) = quantize_streamed(ckpt, t, c.dtype, &mt.name, opts, &mut buf) {
             r?;
         } else {
-            let rows = gguf_rows_f32(ckpt, t)?;
+            let rows = ckpt.role_rows_f32(t.key.id, rope_direction(ckpt.format, Format::Gguf))?;
             if c.dtype.is_block() {
                 let imatrix = opts.imatrix.as_ref().and_then(|m| m.get(&mt.name));
                 let n = usize::try_from(c.dtype.bytes_for(rows.len() as u64).map_err(|e| {

@@ -23,11 +23,11 @@ use serde_json::{json, Value};
 use crate::checkpoint::{Checkpoint, Format};
 use crate::error::{Error, Result};
 use crate::export::{
-    encode_float, hf_config_json, rope_direction, rope_heads, tensor_bytes, write_hf_side_files,
+    encode_float, hf_config_json, rope_direction, tensor_bytes, write_hf_side_files,
     write_safetensors_shards, OutTensor, Written,
 };
 use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
-use crate::rope::{source_row, RopeLayout};
+use crate::rope::RopeLayout;
 use crate::write::safetensors::TensorSpec;
 use crate::write::{OutputDir, OutputOptions};
 
@@ -195,41 +195,6 @@ fn roles(ckpt: &Checkpoint) -> Vec<TensorId> {
     ids
 }
 
-/// The role's values as `f32`, row-major, in HF row order.
-fn hf_rows_f32(ckpt: &Checkpoint, id: TensorId, rope: Option<RopeLayout>) -> Result<Vec<f32>> {
-    let values = if ckpt
-        .part(id, Part::Weight)
-        .is_some_and(|t| t.shape.len() == 1)
-    {
-        ckpt.to_f32(ckpt.part(id, Part::Weight).expect("checked"))?
-    } else {
-        ckpt.weight_f32(id)?
-    };
-    for part in [
-        Part::Weight,
-        Part::WeightPacked,
-        Part::WeightScale,
-        Part::WeightZeroPoint,
-    ] {
-        if let Some(t) = ckpt.part(id, part) {
-            ckpt.release(t);
-        }
-    }
-    let heads = rope.zip(rope_heads(&ckpt.config, TensorKey::weight(id)));
-    let Some((dir, h)) = heads else {
-        return Ok(values);
-    };
-    let hd = ckpt.config.head_dim as usize;
-    let rows = h * hd;
-    let k = values.len() / rows.max(1);
-    let mut out = Vec::with_capacity(values.len());
-    for dst in 0..rows {
-        let s = source_row(dst, hd, dir);
-        out.extend_from_slice(&values[s * k..(s + 1) * k]);
-    }
-    Ok(out)
-}
-
 /// FP8 rowwise straight from a plain float source: each output row is decoded from its source
 /// row (after the RoPE permutation) into a small per-thread buffer, scaled and encoded, so no
 /// `f32` copy of the tensor is ever made. `out_q` (codes) is optional: the scale producers only
@@ -242,78 +207,31 @@ fn fp8_rows_streamed(
     opts: &Fp8Options,
     out_q: Option<&mut [u8]>,
 ) -> Option<Result<Vec<f32>>> {
-    use rayon::prelude::*;
     let w = ckpt.part(id, Part::Weight)?;
     if !matches!(w.dtype, DType::BF16 | DType::F16 | DType::F32)
         || ckpt.part(id, Part::WeightScale).is_some()
     {
         return None;
     }
-    let (rows, k) = shape2(ckpt, id);
-    let src = match ckpt.bytes(w) {
-        Ok(b) => b,
-        Err(e) => return Some(Err(e)),
-    };
-    let es = w.dtype.block_bytes() as usize;
-    let heads = rope.zip(rope_heads(&ckpt.config, TensorKey::weight(id)));
-    let hd = ckpt.config.head_dim as usize;
-    let src_row = |r: usize| match heads {
-        Some((dir, _)) => source_row(r, hd, dir),
-        None => r,
-    };
-    type RowResult = std::result::Result<f32, (usize, qforge_quantize::Error)>;
-    let one = |buf: &mut Vec<f32>, r: usize, q: Option<&mut [u8]>| -> RowResult {
-        let sr = src_row(r);
-        let bytes = &src[sr * k * es..(sr + 1) * k * es];
-        let Some(q) = q else {
-            // Scales only: the absolute maximum straight from the bit patterns (for IEEE-style
-            // formats |x| orders like its bits with the sign cleared), no decoding.
-            return match bits_amax(w.dtype, bytes) {
-                Ok(amax) => fp8::scale_for_amax(amax, opts).map_err(|e| (r, e)),
-                Err(col) => Err((
-                    r,
-                    qforge_quantize::Error::NonFinite {
+    let k = shape2(ckpt, id).1;
+    let name = hf_module(id) + ".weight";
+    Some(
+        ckpt.par_source_rows(w, rope, &name, out_q.map(|q| (q, k)), |bytes, buf, q| {
+            let Some(q) = q else {
+                // Scales only: the absolute maximum straight from the bit patterns (for IEEE-style
+                // formats |x| orders like its bits with the sign cleared), no decoding.
+                return match bits_amax(w.dtype, bytes) {
+                    Ok(amax) => fp8::scale_for_amax(amax, opts),
+                    Err(col) => Err(qforge_quantize::Error::NonFinite {
                         row: 0,
                         col: col as u64,
-                    },
-                )),
-            };
-        };
-        qforge_quantize::decode_to_f32(w.dtype, bytes, buf).map_err(|e| (r, e))?;
-        fp8::quantize_fp8_row(buf, q, opts).map_err(|e| (r, e))
-    };
-    let results: Vec<RowResult> = match out_q {
-        Some(q) => q
-            .par_chunks_mut(k)
-            .enumerate()
-            .map_init(|| vec![0f32; k], |buf, (r, q)| one(buf, r, Some(q)))
-            .collect(),
-        None => (0..rows)
-            .into_par_iter()
-            .map_init(|| vec![0f32; k], |buf, r| one(buf, r, None))
-            .collect(),
-    };
-    drop(src);
-    ckpt.release(w);
-    let mut scales = Vec::with_capacity(rows);
-    for r in results {
-        match r {
-            Ok(s) => scales.push(s),
-            Err((row, e)) => {
-                let e = match e {
-                    qforge_quantize::Error::NonFinite { col, .. } => {
-                        qforge_quantize::Error::NonFinite {
-                            row: row as u64,
-                            col,
-                        }
-                    }
-                    other => other,
+                    }),
                 };
-                return Some(Err(codec_err(ckpt, id, e)));
-            }
-        }
-    }
-    Some(Ok(scales))
+            };
+            qforge_quantize::decode_to_f32(w.dtype, bytes, buf)?;
+            fp8::quantize_fp8_row(buf, q, opts)
+        }),
+    )
 }
 
 /// Absolute maximum of a row of BF16/F16/F32 values computed on the bit patterns, or the
@@ -601,7 +519,7 @@ pub fn quantize_to_hf(
                         // copied (same dtype) or converted in chunks, never a whole f32 copy
                         return tensor_bytes(ckpt, t, model_dtype, rope, buf);
                     }
-                    let v = hf_rows_f32(ckpt, id, rope)?;
+                    let v = ckpt.role_rows_f32(id, rope)?;
                     encode_float(&v, model_dtype, buf).expect("float dtype checked");
                     Ok(())
                 }),
@@ -630,7 +548,7 @@ pub fn quantize_to_hf(
                                 return r.map(|_| ());
                             }
                         }
-                        let v = hf_rows_f32(ckpt, id, rope)?;
+                        let v = ckpt.role_rows_f32(id, rope)?;
                         buf.resize(v.len(), 0);
                         if per_row {
                             let mut s = vec![0f32; rows];
@@ -658,7 +576,7 @@ pub fn quantize_to_hf(
                                 return Ok(());
                             }
                         }
-                        let v = hf_rows_f32(ckpt, id, rope)?;
+                        let v = ckpt.role_rows_f32(id, rope)?;
                         let s = if per_row {
                             fp8::rowwise_scales(&v, k, &fp8_opts)
                         } else {
@@ -695,7 +613,7 @@ pub fn quantize_to_hf(
                     int4::check_group(k, cfg4.group_size).map_err(|e| codec_err(ckpt, id, e))?;
                 let groups = k / gs;
                 let quant = move || -> Result<int4::CtPacked> {
-                    let v = hf_rows_f32(ckpt, id, rope)?;
+                    let v = ckpt.role_rows_f32(id, rope)?;
                     let t =
                         int4::quantize_int4(&v, k, &cfg4).map_err(|e| codec_err(ckpt, id, e))?;
                     int4::pack_compressed_tensors(&t).map_err(|e| codec_err(ckpt, id, e))
