@@ -1,86 +1,14 @@
 //! Killing `qforge convert` with SIGKILL at random points never leaves a partial output at the
 //! destination, and `--resume` then finishes with bytes identical to an uninterrupted run.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use qforge_convert::write::safetensors::{plan, TensorSpec, Writer};
-use qforge_quantize::DType;
+#[path = "support/model.rs"]
+mod model;
+use model::{files, make_model, MEDIUM};
 
 const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
-
-/// A random Llama-shaped BF16 HF checkpoint of about 60 MB.
-fn make_model(dir: &Path) {
-    let (hidden, layers, heads, kv, ffn, vocab) = (512u64, 4u64, 8u64, 2u64, 1536u64, 16384u64);
-    let hd = hidden / heads;
-    let config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-        "intermediate_size": ffn, "num_attention_heads": heads, "num_hidden_layers": layers,
-        "num_key_value_heads": kv, "rms_norm_eps": 1e-5, "rope_theta": 500_000.0, "vocab_size": vocab,
-        "max_position_embeddings": 8192, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
-    });
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let mut specs = vec![
-        ("model.embed_tokens.weight".to_owned(), vec![vocab, hidden]),
-        ("lm_head.weight".to_owned(), vec![vocab, hidden]),
-        ("model.norm.weight".to_owned(), vec![hidden]),
-    ];
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        specs.extend([
-            (format!("{p}.input_layernorm.weight"), vec![hidden]),
-            (format!("{p}.post_attention_layernorm.weight"), vec![hidden]),
-            (
-                format!("{p}.self_attn.q_proj.weight"),
-                vec![heads * hd, hidden],
-            ),
-            (
-                format!("{p}.self_attn.k_proj.weight"),
-                vec![kv * hd, hidden],
-            ),
-            (
-                format!("{p}.self_attn.v_proj.weight"),
-                vec![kv * hd, hidden],
-            ),
-            (
-                format!("{p}.self_attn.o_proj.weight"),
-                vec![hidden, heads * hd],
-            ),
-            (format!("{p}.mlp.gate_proj.weight"), vec![ffn, hidden]),
-            (format!("{p}.mlp.up_proj.weight"), vec![ffn, hidden]),
-            (format!("{p}.mlp.down_proj.weight"), vec![hidden, ffn]),
-        ]);
-    }
-    let specs: Vec<TensorSpec> = specs
-        .into_iter()
-        .map(|(name, shape)| TensorSpec {
-            name,
-            dtype: DType::BF16,
-            shape,
-        })
-        .collect();
-    let p = plan(specs, &BTreeMap::new()).unwrap();
-    let f = std::io::BufWriter::new(std::fs::File::create(dir.join("model.safetensors")).unwrap());
-    let mut w = Writer::new(f, p.clone()).unwrap();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for (spec, start, end) in &p.tensors {
-        let bytes: Vec<u8> = (0..(end - start) / 2)
-            .flat_map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                // bf16 with a small exponent range: finite, varied
-                let bits = (0x3C00u16 | (state as u16 & 0x03FF)) ^ ((state >> 20) as u16 & 0x8000);
-                bits.to_le_bytes()
-            })
-            .collect();
-        w.write_tensor(&spec.name, &bytes).unwrap();
-    }
-    use std::io::Write;
-    w.finish().unwrap().flush().unwrap();
-}
 
 fn convert(model: &Path, out: &Path, resume: bool) -> Command {
     let mut c = Command::new(QFORGE);
@@ -98,19 +26,6 @@ fn convert(model: &Path, out: &Path, resume: bool) -> Command {
     c.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     c
-}
-
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let p: PathBuf = e.unwrap().path();
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect()
 }
 
 /// The destination either does not exist or is complete (manifest lists every file, hashes match).
@@ -136,7 +51,7 @@ fn check_destination(out: &Path) {
 fn sigkill_then_resume_is_byte_identical() {
     let root = tempfile::tempdir().unwrap();
     let model = root.path().join("model");
-    make_model(&model);
+    make_model(&model, MEDIUM);
     let reference = root.path().join("reference");
     let started = std::time::Instant::now();
     assert!(convert(&model, &reference, false)
@@ -190,7 +105,7 @@ fn sigkill_then_resume_is_byte_identical() {
 fn output_is_independent_of_thread_count() {
     let root = tempfile::tempdir().unwrap();
     let model = root.path().join("model");
-    make_model(&model);
+    make_model(&model, MEDIUM);
     let a = root.path().join("a");
     let b = root.path().join("b");
     assert!(convert(&model, &a, false)
