@@ -87,3 +87,16 @@ pub enum Error {
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// [`Error::BufferLength`] unless a slice has the length the other arguments imply.
+pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::BufferLength {
+            what,
+            expected: expected as u64,
+            got: got as u64,
+        })
+    }
+}

@@ -32,6 +32,7 @@
 
 use rayon::prelude::*;
 
+use crate::error::check_len;
 use crate::float::{bf16_bits_to_f32, f16_bits_to_f32, f32_to_bf16_bits};
 use crate::{Error, Result};
 
@@ -302,18 +303,6 @@ fn check_shape(len: usize, k: usize) -> Result<usize> {
         });
     }
     Ok(len / k)
-}
-
-fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(Error::BufferLength {
-            what,
-            expected: expected as u64,
-            got: got as u64,
-        })
-    }
 }
 
 /// Quantize a row-major `[n, k]` matrix to FP8 E4M3FN with one scale per row (FBGEMM

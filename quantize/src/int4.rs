@@ -44,6 +44,7 @@
 
 use rayon::prelude::*;
 
+use crate::error::check_len;
 use crate::float::{bf16_bits_to_f32, f32_to_bf16_bits};
 use crate::{Error, Result};
 
@@ -297,18 +298,6 @@ fn nibble(q: i8) -> u8 {
 
 fn signed(u: u8) -> i8 {
     u as i8 - 8
-}
-
-fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(Error::BufferLength {
-            what,
-            expected: expected as u64,
-            got: got as u64,
-        })
-    }
 }
 
 fn check_codes(q: &[i8]) -> Result<()> {
