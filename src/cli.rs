@@ -237,6 +237,14 @@ pub struct QuantizeArgs {
     /// Largest safetensors shard, e.g. 5GB, 500MB, 2GiB.
     #[arg(long, default_value = "5GB", value_parser = parse_size)]
     pub shard_size: u64,
+    /// What to do with NaN, ±inf or absurdly large (> --max-abs-weight) weights in tensors
+    /// being quantized: error (stop, naming tensor, row and column), clamp (NaN → 0, the rest
+    /// to ±limit), skip (leave those tensors unquantized). clamp and skip scan each tensor first.
+    #[arg(long, default_value = "error", value_name = "POLICY")]
+    pub bad_weights: qforge_convert::numerics::WeightPolicy,
+    /// Largest weight magnitude accepted (default: F16's maximum).
+    #[arg(long, default_value_t = qforge_convert::numerics::DEFAULT_MAX_ABS, value_name = "X")]
+    pub max_abs_weight: f32,
     /// Continue an interrupted run from its staging directory.
     #[arg(long)]
     pub resume: bool,

@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use qforge_convert::{Checkpoint, LayerTensor, Part, TensorId};
+use qforge_quantize::DType;
+
 const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
 
 fn fixture(rel: &str) -> PathBuf {
@@ -171,4 +174,129 @@ fn existing_output_is_kept_unless_overwrite() {
         std::fs::read(out.join("model.safetensors")).unwrap(),
         before
     );
+}
+
+/// A copy of the tiny HF fixture with `value` poked into `tensor` at (`row`, `col`) (BF16).
+fn poisoned(dir: &Path, tensor: &str, row: usize, col: usize, value: f32) -> PathBuf {
+    let out = dir.join(format!("poisoned-{row}-{col}"));
+    std::fs::create_dir_all(&out).unwrap();
+    for e in std::fs::read_dir(fixture("hf")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, out.join(p.file_name().unwrap())).unwrap();
+    }
+    let st = out.join("model.safetensors");
+    let mut bytes = std::fs::read(&st).unwrap();
+    let n = usize::try_from(u64::from_le_bytes(bytes[..8].try_into().unwrap())).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let t = &header[tensor];
+    assert_eq!(t["dtype"], "BF16");
+    let cols = usize::try_from(t["shape"][1].as_u64().unwrap()).unwrap();
+    let start = usize::try_from(t["data_offsets"][0].as_u64().unwrap()).unwrap();
+    let at = 8 + n + start + 2 * (row * cols + col);
+    let bf16 = (value.to_bits() >> 16) as u16;
+    bytes[at..at + 2].copy_from_slice(&bf16.to_le_bytes());
+    std::fs::write(&st, bytes).unwrap();
+    out
+}
+
+#[test]
+fn bad_weights_stop_the_run_unless_a_policy_is_chosen() {
+    let t = tempfile::tempdir().unwrap();
+    let down = "model.layers.0.mlp.down_proj.weight";
+    let nan = poisoned(t.path(), down, 1, 2, f32::NAN);
+    let huge = poisoned(t.path(), down, 3, 5, 1.0e6);
+    for (model, what) in [
+        (&nan, "non-finite value at row 1, column 2"),
+        (&huge, "row 3, column 5 exceeds the limit"),
+    ] {
+        for scheme in [
+            "fp8-rowwise",
+            "int4-g32",
+            "int4-row",
+            "gguf:q8_0",
+            "gguf:q4_k_m",
+        ] {
+            let out = t.path().join("out");
+            let mut args = vec![
+                "quantize",
+                model.to_str().unwrap(),
+                out.to_str().unwrap(),
+                "--scheme",
+                scheme,
+            ];
+            let o = run(&args);
+            assert!(!o.status.success(), "{scheme}: accepted a bad weight");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains(what), "{scheme}: {err}");
+            assert!(err.contains("down_proj"), "{scheme}: {err}");
+            assert!(err.contains("hint: "), "{scheme}: {err}");
+            assert!(!out.exists(), "{scheme}: output after an error");
+
+            // clamp: quantized anyway, reported; the dequantized weights are all finite and
+            // bounded by the limit (plus the codec's rounding: INT4's -8 code reaches 8/7.5 of
+            // the group maximum)
+            args.extend(["--bad-weights", "clamp", "--max-abs-weight", "100"]);
+            let o = run(&args);
+            assert!(
+                o.status.success(),
+                "{scheme} clamp: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains("1 bad value(s)") && err.contains("clamped"),
+                "{err}"
+            );
+            let w = Checkpoint::open(&out)
+                .unwrap()
+                .weight_f32(TensorId::Layer {
+                    index: 0,
+                    kind: LayerTensor::Down,
+                })
+                .unwrap();
+            assert!(
+                w.iter().all(|v| v.is_finite() && v.abs() <= 110.0),
+                "{scheme}"
+            );
+            remove(&out);
+
+            // skip: that tensor is left unquantized, the others are quantized
+            let n = args.len();
+            args[n - 3] = "skip";
+            let o = run(&args);
+            assert!(
+                o.status.success(),
+                "{scheme} skip: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let ckpt = Checkpoint::open(&out).unwrap();
+            let dtype_of = |kind| {
+                let id = TensorId::Layer { index: 0, kind };
+                ckpt.part(id, Part::Weight)
+                    .or_else(|| ckpt.part(id, Part::WeightPacked))
+                    .unwrap_or_else(|| panic!("{scheme}: no weight for {id:?}"))
+                    .dtype
+            };
+            let (kept, other) = (dtype_of(LayerTensor::Down), dtype_of(LayerTensor::Up));
+            let want = if scheme.starts_with("gguf") {
+                DType::F32
+            } else {
+                DType::BF16
+            };
+            assert_eq!(kept, want, "{scheme}");
+            assert_ne!(
+                other, want,
+                "{scheme}: the clean tensors are quantized"
+            );
+            remove(&out);
+        }
+    }
+}
+
+fn remove(p: &Path) {
+    if p.is_dir() {
+        std::fs::remove_dir_all(p).unwrap();
+    } else {
+        std::fs::remove_file(p).unwrap();
+    }
 }

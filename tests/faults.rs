@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-use model::{files, fill, hashes, make_model, MEDIUM};
+use model::{files, fill, hashes, make_model, remove, MEDIUM};
 
 const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
 
@@ -58,6 +58,13 @@ const JOBS: &[Job] = &[
             "--shard-size",
             "8MB",
         ],
+        resume: "--resume",
+    },
+    Job {
+        // a single-file output (AtomicFile): a failed or killed run leaves nothing at the
+        // destination; a rerun starts the file again
+        name: "quantize gguf q8_0",
+        args: &["quantize", "{in}", "{out}", "--scheme", "gguf:q8_0"],
         resume: "--resume",
     },
 ];
@@ -137,7 +144,7 @@ fn random_sigkills_then_resume_are_byte_identical() {
         run_ok(command(job, &input, &reference, false));
         let full = started.elapsed();
         let want = files(&reference);
-        std::fs::remove_dir_all(&reference).unwrap();
+        remove(&reference);
 
         let out = root.path().join("out");
         let mut seed = 0x5EED_0000 + job.name.len() as u64;
@@ -162,7 +169,7 @@ fn random_sigkills_then_resume_are_byte_identical() {
             }
             assert_eq!(files(&out), want, "{}: resumed output differs", job.name);
             assert!(!staging(&out).exists(), "{}: staging left behind", job.name);
-            std::fs::remove_dir_all(&out).unwrap();
+            remove(&out);
             assert_eq!(hashes(&input), before, "{}: input modified", job.name);
         }
         eprintln!(
@@ -203,7 +210,7 @@ fn disk_full_is_a_clear_error_and_resumable() {
         let reference = root.path().join("reference");
         run_ok(command(job, &input, &reference, false));
         let want = files(&reference);
-        std::fs::remove_dir_all(&reference).unwrap();
+        remove(&reference);
 
         let out = root.path().join("out");
         // 4 MiB in 512-byte blocks (dash counts 512, bash 1024: 4 or 8 MiB, below every
@@ -217,10 +224,9 @@ fn disk_full_is_a_clear_error_and_resumable() {
             "{}: output appeared after a failed write",
             job.name
         );
-        // only the files being written when the write failed are partial: every other file in staging is
-        // complete (the writer keeps that one `.part` until --resume or a fresh run replaces
-        // it; see the report: on a really full disk that space stays taken until then)
-        if staging(&out).exists() {
+        // the file being written when the write failed is deleted (its space given back); the
+        // files finished before it stay in staging for --resume, each complete
+        if staging(&out).is_dir() {
             let parts: Vec<String> = files(&staging(&out))
                 .into_keys()
                 .filter(|n| {
@@ -229,14 +235,24 @@ fn disk_full_is_a_clear_error_and_resumable() {
                         .is_some_and(|e| e == "part")
                 })
                 .collect();
-            // (Meta writes its model-parallel shards concurrently: one `.part` each)
-            assert!(parts.len() <= 2, "{}: partial files {parts:?}", job.name);
+            assert!(
+                parts.is_empty(),
+                "{}: partial files left {parts:?}",
+                job.name
+            );
+        } else {
+            // a single-file output (GGUF): its partial sibling is gone
+            assert!(
+                !staging(&out).exists(),
+                "{}: partial output file left behind",
+                job.name
+            );
         }
         // with space again, --resume completes to the same bytes and frees the staging space
         run_ok(command(job, &input, &out, true));
         assert_eq!(files(&out), want, "{}: resumed output differs", job.name);
         assert!(!staging(&out).exists(), "{}: staging left behind", job.name);
-        std::fs::remove_dir_all(&out).unwrap();
+        remove(&out);
         assert_eq!(hashes(&input), before, "{}: input modified", job.name);
     }
 }

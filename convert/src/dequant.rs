@@ -236,15 +236,7 @@ impl Checkpoint {
                 r.map_err(|(row, e)| Error::Codec {
                     path: self.path.clone(),
                     tensor: name.to_owned(),
-                    source: match e {
-                        qforge_quantize::Error::NonFinite { col, .. } => {
-                            qforge_quantize::Error::NonFinite {
-                                row: row as u64,
-                                col,
-                            }
-                        }
-                        other => other,
-                    },
+                    source: crate::numerics::with_row(e, row as u64),
                 })
             })
             .collect()

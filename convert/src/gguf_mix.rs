@@ -20,6 +20,7 @@ use crate::export::{encode_float, rope_direction, rope_heads, Written};
 use crate::export_gguf::{gguf_order, llama3_rope_factors, llama_metadata, tokenizer_metadata};
 use crate::gguf::GgufValue;
 use crate::names::{NameScheme, Part, TensorId, TensorKey};
+use crate::numerics::{Numerics, WeightPolicy};
 use crate::write::gguf::{plan, GgufTensorSpec, GgufWriter};
 use crate::write::AtomicFile;
 
@@ -383,6 +384,9 @@ pub struct GgufQuantOptions {
     pub imatrix: Option<BTreeMap<String, Vec<f32>>>,
     /// Replace an existing output file.
     pub overwrite: bool,
+    /// NaN, ±inf and absurdly large weights in the tensors being quantized (`skip` keeps a
+    /// tensor in F32).
+    pub numerics: Numerics,
 }
 
 /// A GGUF quantization's result: the file plus each tensor's type.
@@ -429,6 +433,7 @@ fn quantize_streamed(
         Some((buf, row_bytes)),
         |bytes, vals, out| {
             qforge_quantize::decode_to_f32(t.dtype, bytes, vals)?;
+            opts.numerics.row(vals)?;
             ggml_quant::quantize_one_row(dtype, vals, imatrix, out.expect("output rows given"))
         },
     );
@@ -491,7 +496,24 @@ pub fn quantize_to_gguf(
         n_head_kv: ckpt.config.num_kv_heads,
         has_imatrix: opts.imatrix.is_some(),
     };
-    let choices = choose_types(mix, &model, &mix_tensors);
+    let mut choices = choose_types(mix, &model, &mix_tensors);
+    if opts.numerics.policy != WeightPolicy::Error {
+        // Scan what would be quantized; `skip` keeps the tensors with bad values in F32.
+        let offset = usize::from(rope_factors.is_some());
+        for (i, t) in entries.iter().enumerate() {
+            let c = &mut choices[i + offset];
+            if !c.dtype.is_block() || t.key.part != Part::Weight {
+                continue;
+            }
+            if let Some(f) = opts.numerics.scan(ckpt, t.key.id)? {
+                notes.push(opts.numerics.note(&mix_tensors[i + offset].name, &f));
+                if opts.numerics.policy == WeightPolicy::Skip {
+                    c.dtype = DType::F32;
+                    c.fallback_from = None;
+                }
+            }
+        }
+    }
     // imatrix rows must match the tensors they weight.
     if let Some(im) = &opts.imatrix {
         for (mt, c) in mix_tensors.iter().zip(&choices) {
@@ -570,8 +592,16 @@ pub fn quantize_to_gguf(
         } else if let Some(r) = quantize_streamed(ckpt, t, c.dtype, &mt.name, opts, &mut buf) {
             r?;
         } else {
-            let rows = ckpt.role_rows_f32(t.key.id, rope_direction(ckpt.format, Format::Gguf))?;
+            let mut rows =
+                ckpt.role_rows_f32(t.key.id, rope_direction(ckpt.format, Format::Gguf))?;
             if c.dtype.is_block() {
+                opts.numerics
+                    .rows(&mut rows, mt.ne0.max(1) as usize)
+                    .map_err(|source| Error::Codec {
+                        path: ckpt.path.clone(),
+                        tensor: t.name.clone(),
+                        source,
+                    })?;
                 let imatrix = opts.imatrix.as_ref().and_then(|m| m.get(&mt.name));
                 let n = usize::try_from(c.dtype.bytes_for(rows.len() as u64).map_err(|e| {
                     Error::Codec {

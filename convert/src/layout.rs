@@ -12,7 +12,7 @@
 //! compute the scales alone (FP8: one pass of row maxima) and the code producers recompute them
 //! with the codes; both use the same rule, so they always agree. Memory stays at one tensor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use qforge_quantize::fp8::{self, Fp8Options, ScaleRounding};
@@ -27,6 +27,7 @@ use crate::export::{
     write_safetensors_shards, OutTensor, Written,
 };
 use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
+use crate::numerics::{Numerics, WeightPolicy};
 use crate::rope::RopeLayout;
 use crate::write::safetensors::TensorSpec;
 use crate::write::{OutputDir, OutputOptions};
@@ -154,6 +155,8 @@ pub struct HfQuantOptions {
     pub shard_size: u64,
     /// Resume / overwrite policy.
     pub output: OutputOptions,
+    /// NaN, ±inf and absurdly large weights in the tensors being quantized.
+    pub numerics: Numerics,
 }
 
 /// HF module name of a role (`model.layers.3.self_attn.q_proj`, `lm_head`).
@@ -172,8 +175,16 @@ enum Treatment {
 }
 
 /// Per-module decision: quantized by the scheme, or left in the model dtype.
-fn treatment(id: TensorId, opts: &HfQuantOptions, num_layers: u64) -> Treatment {
-    if opts.policy.selects(id, num_layers) && !opts.ignore.matches(&hf_module(id)) {
+fn treatment(
+    id: TensorId,
+    opts: &HfQuantOptions,
+    num_layers: u64,
+    skipped: &BTreeSet<TensorId>,
+) -> Treatment {
+    if opts.policy.selects(id, num_layers)
+        && !opts.ignore.matches(&hf_module(id))
+        && !skipped.contains(&id)
+    {
         Treatment::Quantize
     } else {
         Treatment::Keep
@@ -205,6 +216,7 @@ fn fp8_rows_streamed(
     id: TensorId,
     rope: Option<RopeLayout>,
     opts: &Fp8Options,
+    numerics: Numerics,
     out_q: Option<&mut [u8]>,
 ) -> Option<Result<Vec<f32>>> {
     let w = ckpt.part(id, Part::Weight)?;
@@ -219,16 +231,20 @@ fn fp8_rows_streamed(
         ckpt.par_source_rows(w, rope, &name, out_q.map(|q| (q, k)), |bytes, buf, q| {
             let Some(q) = q else {
                 // Scales only: the absolute maximum straight from the bit patterns (for IEEE-style
-                // formats |x| orders like its bits with the sign cleared), no decoding.
-                return match bits_amax(w.dtype, bytes) {
-                    Ok(amax) => fp8::scale_for_amax(amax, opts),
-                    Err(col) => Err(qforge_quantize::Error::NonFinite {
-                        row: 0,
-                        col: col as u64,
-                    }),
-                };
+                // formats |x| orders like its bits with the sign cleared), no decoding; a row
+                // with a bad value is decoded and goes through the bad-weight policy.
+                if let Ok(amax) = bits_amax(w.dtype, bytes) {
+                    if amax <= numerics.max_abs {
+                        return fp8::scale_for_amax(amax, opts);
+                    }
+                }
+                qforge_quantize::decode_to_f32(w.dtype, bytes, buf)?;
+                numerics.row(buf)?;
+                let amax = buf.iter().fold(0f32, |m, v| m.max(v.abs()));
+                return fp8::scale_for_amax(amax, opts);
             };
             qforge_quantize::decode_to_f32(w.dtype, bytes, buf)?;
+            numerics.row(buf)?;
             fp8::quantize_fp8_row(buf, q, opts)
         }),
     )
@@ -274,6 +290,47 @@ fn bits_amax(dtype: DType, bytes: &[u8]) -> std::result::Result<f32, usize> {
             Ok(f32::from_bits(m))
         }
     }
+}
+
+/// Under an opt-in bad-weight policy, scan every tensor the run would quantize; returns those
+/// to leave unquantized (`skip`) and notes each tensor found.
+fn scan_policy(
+    ckpt: &Checkpoint,
+    opts: &HfQuantOptions,
+    notes: &mut Vec<String>,
+) -> Result<BTreeSet<TensorId>> {
+    let mut skipped = BTreeSet::new();
+    if opts.numerics.policy == WeightPolicy::Error {
+        return Ok(skipped);
+    }
+    let none = BTreeSet::new();
+    for id in roles(ckpt) {
+        if treatment(id, opts, ckpt.config.num_layers, &none) != Treatment::Quantize {
+            continue;
+        }
+        if let Some(f) = opts.numerics.scan(ckpt, id)? {
+            notes.push(opts.numerics.note(&(hf_module(id) + ".weight"), &f));
+            if opts.numerics.policy == WeightPolicy::Skip {
+                skipped.insert(id);
+            }
+        }
+    }
+    Ok(skipped)
+}
+
+/// The weight's rows (RoPE order of the output) as `f32`, through the bad-weight policy.
+fn checked_rows(
+    ckpt: &Checkpoint,
+    id: TensorId,
+    rope: Option<RopeLayout>,
+    k: usize,
+    numerics: Numerics,
+) -> Result<Vec<f32>> {
+    let mut v = ckpt.role_rows_f32(id, rope)?;
+    numerics
+        .rows(&mut v, k)
+        .map_err(|e| codec_err(ckpt, id, e))?;
+    Ok(v)
 }
 
 fn shape2(ckpt: &Checkpoint, id: TensorId) -> (usize, usize) {
@@ -340,7 +397,7 @@ pub struct QuantWritten {
 
 /// Check the options against the checkpoint before any work: scheme/layout combinations, group
 /// sizes that must divide every quantized row, static scales for every quantized module.
-fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions) -> Result<()> {
+fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<TensorId>) -> Result<()> {
     let bad = |reason: String| Error::BadQuantization {
         path: ckpt.path.clone(),
         tensor: String::new(),
@@ -362,7 +419,7 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions) -> Result<()> {
     }
     let n = ckpt.config.num_layers;
     for id in roles(ckpt) {
-        if treatment(id, opts, n) != Treatment::Quantize {
+        if treatment(id, opts, n, skipped) != Treatment::Quantize {
             continue;
         }
         let (_, k) = shape2(ckpt, id);
@@ -476,8 +533,20 @@ pub fn quantize_to_hf(
     dest: &Path,
     opts: &HfQuantOptions,
 ) -> Result<QuantWritten> {
-    preflight(ckpt, opts)?;
+    if !(opts.numerics.max_abs.is_finite() && opts.numerics.max_abs > 0.0) {
+        return Err(Error::BadQuantization {
+            path: ckpt.path.clone(),
+            tensor: String::new(),
+            reason: format!(
+                "the weight magnitude limit must be positive, not {}",
+                opts.numerics.max_abs
+            ),
+        });
+    }
     let mut notes = ckpt.notes.clone();
+    let numerics = opts.numerics;
+    let skipped = scan_policy(ckpt, opts, &mut notes)?;
+    preflight(ckpt, opts, &skipped)?;
     let cfg = &ckpt.config;
     let rope = rope_direction(ckpt.format, Format::Hf);
     let model_dtype = opts.dtype;
@@ -500,7 +569,7 @@ pub fn quantize_to_hf(
         let shape = cfg.expected_shape(id);
         let linear = matches!(id, TensorId::Layer { kind, .. } if kind.is_linear())
             || id == TensorId::Output;
-        if treatment(id, opts, cfg.num_layers) == Treatment::Keep {
+        if treatment(id, opts, cfg.num_layers, &skipped) == Treatment::Keep {
             if linear {
                 kept.push(module.clone());
             }
@@ -543,12 +612,13 @@ pub fn quantize_to_hf(
                     produce: Box::new(move |buf: &mut Vec<u8>| {
                         if per_row {
                             buf.resize(rows * k, 0);
-                            if let Some(r) = fp8_rows_streamed(ckpt, id, rope, &fp8_opts, Some(buf))
+                            if let Some(r) =
+                                fp8_rows_streamed(ckpt, id, rope, &fp8_opts, numerics, Some(buf))
                             {
                                 return r.map(|_| ());
                             }
                         }
-                        let v = ckpt.role_rows_f32(id, rope)?;
+                        let v = checked_rows(ckpt, id, rope, k, numerics)?;
                         buf.resize(v.len(), 0);
                         if per_row {
                             let mut s = vec![0f32; rows];
@@ -571,12 +641,14 @@ pub fn quantize_to_hf(
                     },
                     produce: Box::new(move |buf: &mut Vec<u8>| {
                         if per_row {
-                            if let Some(r) = fp8_rows_streamed(ckpt, id, rope, &fp8_opts, None) {
+                            if let Some(r) =
+                                fp8_rows_streamed(ckpt, id, rope, &fp8_opts, numerics, None)
+                            {
                                 scale_out(&r?, buf);
                                 return Ok(());
                             }
                         }
-                        let v = ckpt.role_rows_f32(id, rope)?;
+                        let v = checked_rows(ckpt, id, rope, k, numerics)?;
                         let s = if per_row {
                             fp8::rowwise_scales(&v, k, &fp8_opts)
                         } else {
@@ -613,7 +685,7 @@ pub fn quantize_to_hf(
                     int4::check_group(k, cfg4.group_size).map_err(|e| codec_err(ckpt, id, e))?;
                 let groups = k / gs;
                 let quant = move || -> Result<int4::CtPacked> {
-                    let v = ckpt.role_rows_f32(id, rope)?;
+                    let v = checked_rows(ckpt, id, rope, k, numerics)?;
                     let t =
                         int4::quantize_int4(&v, k, &cfg4).map_err(|e| codec_err(ckpt, id, e))?;
                     int4::pack_compressed_tensors(&t).map_err(|e| codec_err(ckpt, id, e))

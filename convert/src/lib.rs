@@ -26,6 +26,7 @@ pub mod layout;
 pub mod meta;
 mod mmap;
 pub mod names;
+pub mod numerics;
 pub mod pth;
 pub mod rope;
 pub mod tokenizer;

@@ -9,6 +9,7 @@ use qforge_convert::dequant::WeightStorage;
 use qforge_convert::layout::{
     quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
 };
+use qforge_convert::numerics::Numerics;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::{Checkpoint, Error, LayerTensor, Part, TensorId};
 use qforge_quantize::DType;
@@ -109,6 +110,7 @@ fn opts(scheme: HfScheme, layout: HfLayout, policy: Policy) -> HfQuantOptions {
         input_scales: None,
         shard_size: 5_000_000_000,
         output: OutputOptions::default(),
+        numerics: Numerics::default(),
     }
 }
 

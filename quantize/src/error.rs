@@ -1,7 +1,7 @@
 use crate::DType;
 
 /// Errors from the codecs. Every variant carries what is needed to say which input was wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The element count is not a whole number of blocks of a block format.
@@ -48,6 +48,19 @@ pub enum Error {
         row: u64,
         /// column index (0-based) within that row
         col: u64,
+    },
+    /// A weight to be quantized is finite but absurdly large (above the limit the caller set,
+    /// by default F16's largest value): its row's scale would flatten every other weight to zero.
+    #[error("value {value:e} at row {row}, column {col} exceeds the limit {limit:e}")]
+    OutOfRange {
+        /// row index (0-based) in the row-major input
+        row: u64,
+        /// column index (0-based) within that row
+        col: u64,
+        /// the value
+        value: f32,
+        /// the largest magnitude allowed
+        limit: f32,
     },
     /// An importance (imatrix) weight is NaN, infinite or negative.
     #[error("importance weight at column {col} is not a finite non-negative number")]

@@ -8,6 +8,7 @@ use qforge_convert::gguf_mix::{quantize_to_gguf, GgufMix, GgufQuantOptions};
 use qforge_convert::layout::{
     quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
 };
+use qforge_convert::numerics::Numerics;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
 use qforge_quantize::DType;
@@ -67,6 +68,21 @@ struct Calib {
     imatrix: Option<BTreeMap<String, Vec<f32>>>,
 }
 
+/// A bad weight (NaN, inf, too large) gets a hint naming the opt-in policies.
+fn bad_weight_hint(e: qforge_convert::Error) -> anyhow::Error {
+    match &e {
+        qforge_convert::Error::Codec {
+            source:
+                qforge_quantize::Error::NonFinite { .. } | qforge_quantize::Error::OutOfRange { .. },
+            ..
+        } => anyhow::anyhow!(
+            "{e}\n  hint: the input holds a bad weight; --bad-weights clamp or --bad-weights skip \
+             quantizes anyway (--max-abs-weight sets the limit)"
+        ),
+        _ => e.into(),
+    }
+}
+
 pub fn run(args: &QuantizeArgs) -> Result<()> {
     let scheme = parse_scheme(&args.scheme, args.asym)?;
     let calib: Calib = match &args.calib {
@@ -76,6 +92,10 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                 .with_context(|| format!("{}: not a qforge calibration file", p.display()))?
         }
         None => Calib::default(),
+    };
+    let numerics = Numerics {
+        policy: args.bad_weights,
+        max_abs: args.max_abs_weight,
     };
     let ckpt = Checkpoint::open(&args.input)?;
     let mut err = std::io::stderr().lock();
@@ -94,8 +114,10 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                 &GgufQuantOptions {
                     imatrix: calib.imatrix,
                     overwrite: args.overwrite,
+                    numerics,
                 },
-            )?;
+            )
+            .map_err(bad_weight_hint)?;
             let mut counts: BTreeMap<String, usize> = BTreeMap::new();
             for (_, t, _) in &w.types {
                 *counts.entry(t.to_string()).or_default() += 1;
@@ -146,8 +168,9 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                     resume: args.resume,
                     overwrite: args.overwrite,
                 },
+                numerics,
             };
-            let w = quantize_to_hf(&ckpt, &args.output, &opts)?;
+            let w = quantize_to_hf(&ckpt, &args.output, &opts).map_err(bad_weight_hint)?;
             for n in &w.written.notes {
                 writeln!(err, "note: {n}")?;
             }

@@ -88,9 +88,14 @@ pub fn make_model(dir: &Path, dims: Dims) {
     w.finish().unwrap().flush().unwrap();
 }
 
-/// Every file under `dir` (recursively), path relative to `dir` → contents.
+/// Every file under `dir` (recursively), path relative to `dir` → contents; a single file
+/// gives one entry named "".
 pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
+    if dir.is_file() {
+        out.insert(String::new(), std::fs::read(dir).unwrap());
+        return out;
+    }
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
@@ -124,4 +129,13 @@ pub fn fill(args: &[&str], input: &Path, output: &Path) -> Vec<std::ffi::OsStrin
             a => a.into(),
         })
         .collect()
+}
+
+/// Remove an output, a directory or a single file.
+pub fn remove(path: &Path) {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path).unwrap();
+    } else {
+        std::fs::remove_file(path).unwrap();
+    }
 }

@@ -99,38 +99,83 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// A file being written inside the staging directory.
+/// A file being written inside the staging directory (or next to its destination).
+///
+/// Dropping it before it is finished (an error while writing it, a full disk) deletes the
+/// partial file, so a failed run gives its space back; the files finished before it stay in the
+/// staging directory for `--resume`.
 #[derive(Debug)]
 pub struct StagedFile {
     name: String,
     part: PathBuf,
-    writer: HashingWriter<BufWriter<File>>,
+    /// `None` once closed.
+    writer: Option<HashingWriter<BufWriter<File>>>,
+}
+
+fn closed() -> io::Error {
+    io::Error::other("write to a closed staged file")
 }
 
 impl Write for StagedFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.writer.write(buf)
+        self.writer.as_mut().ok_or_else(closed)?.write(buf)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.writer.write_all(buf)
+        self.writer.as_mut().ok_or_else(closed)?.write_all(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.writer.flush()
+        self.writer.as_mut().ok_or_else(closed)?.flush()
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            // Unfinished: close the handle without flushing more into it, then delete it.
+            let (buf, _, _) = w.finish();
+            let (file, _) = buf.into_parts();
+            drop(file);
+            let _ = std::fs::remove_file(&self.part);
+        }
     }
 }
 
 impl StagedFile {
-    /// Flush and fsync the file; returns its name, its `.part` path, sha256 and size.
-    fn close(self) -> Result<(String, PathBuf, String, u64)> {
-        let StagedFile { name, part, writer } = self;
+    fn new(name: String, part: PathBuf) -> Result<Self> {
+        let f = File::create(&part).map_err(|e| Error::io(&part, e))?;
+        Ok(StagedFile {
+            name,
+            part,
+            writer: Some(HashingWriter::new(BufWriter::with_capacity(8 << 20, f))),
+        })
+    }
+
+    /// Flush and fsync the file; returns its name, its `.part` path, sha256 and size. On an
+    /// error the partial file is deleted.
+    fn close(mut self) -> Result<(String, PathBuf, String, u64)> {
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| Error::io(&self.part, closed()))?;
+        let name = std::mem::take(&mut self.name);
+        let part = self.part.clone();
+        let result = Self::sync(writer, &part);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&part);
+        }
+        let (sha256, bytes) = result?;
+        Ok((name, part, sha256, bytes))
+    }
+
+    fn sync(writer: HashingWriter<BufWriter<File>>, part: &Path) -> Result<(String, u64)> {
         let (buf, sha256, bytes) = writer.finish();
         let f = buf
             .into_inner()
-            .map_err(|e| Error::io(&part, e.into_error()))?;
-        f.sync_all().map_err(|e| Error::io(&part, e))?;
-        Ok((name, part, sha256, bytes))
+            .map_err(|e| Error::io(part, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(part, e))?;
+        Ok((sha256, bytes))
     }
 
     /// The path being written (for error messages).
@@ -269,13 +314,7 @@ impl OutputDir {
     /// Start writing `name`.
     pub fn create(&self, name: &str) -> Result<StagedFile> {
         check_name(&self.dest, name)?;
-        let part = self.staging.join(format!("{name}.part"));
-        let f = File::create(&part).map_err(|e| Error::io(&part, e))?;
-        Ok(StagedFile {
-            name: name.to_owned(),
-            part,
-            writer: HashingWriter::new(BufWriter::with_capacity(8 << 20, f)),
-        })
+        StagedFile::new(name.to_owned(), self.staging.join(format!("{name}.part")))
     }
 
     /// Finish a file: flush, fsync, rename into place and record it.
@@ -356,12 +395,7 @@ impl AtomicFile {
     /// Start writing `dest`.
     pub fn create(dest: &Path, overwrite: bool) -> Result<(Self, StagedFile)> {
         let (name, part) = staging_sibling(dest, overwrite)?;
-        let f = File::create(&part).map_err(|e| Error::io(&part, e))?;
-        let file = StagedFile {
-            name,
-            part,
-            writer: HashingWriter::new(BufWriter::with_capacity(8 << 20, f)),
-        };
+        let file = StagedFile::new(name, part)?;
         Ok((
             AtomicFile {
                 dest: dest.to_owned(),
