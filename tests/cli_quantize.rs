@@ -284,10 +284,7 @@ fn bad_weights_stop_the_run_unless_a_policy_is_chosen() {
                 DType::BF16
             };
             assert_eq!(kept, want, "{scheme}");
-            assert_ne!(
-                other, want,
-                "{scheme}: the clean tensors are quantized"
-            );
+            assert_ne!(other, want, "{scheme}: the clean tensors are quantized");
             remove(&out);
         }
     }

@@ -159,6 +159,12 @@ pub fn write_safetensors_shards(
             (t.produce)(&mut buf)?;
             w.write_tensor(&tname, &buf)
                 .map_err(|e| Error::io(&path, e))?;
+            // A buffer the size of a big tensor is given back rather than kept for the next
+            // one: the next big tensor gathers into a fresh buffer of its own, and holding both
+            // would make peak memory twice the largest tensor.
+            if buf.capacity() > RETAINED_BUFFER {
+                buf = Vec::new();
+            }
         }
         let file = w.finish().map_err(|e| Error::io(&path, e))?;
         records.push(out.finish(file)?);
@@ -238,6 +244,9 @@ pub(crate) fn rope_heads(cfg: &ModelConfig, key: TensorKey) -> Option<usize> {
         _ => None,
     }
 }
+
+/// Largest per-tensor buffer kept between tensors by the writers (64 MiB).
+pub(crate) const RETAINED_BUFFER: usize = 64 << 20;
 
 /// The bytes of `t` in `dtype` (converted through f32 when it differs), with Q/K rows permuted
 /// in direction `rope` when given.

@@ -272,6 +272,10 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
             .unwrap_or_else(|| t.name.clone());
         w.write_tensor(&name, &buf)
             .map_err(|e| Error::io(&path, e))?;
+        // don't hold a big tensor's buffer while the next one is gathered
+        if buf.capacity() > crate::export::RETAINED_BUFFER {
+            buf = Vec::new();
+        }
     }
     let file = w.finish().map_err(|e| Error::io(&path, e))?;
     let record = target.commit(file)?;

@@ -484,6 +484,10 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
                 write_slice(w, p, data, *r, mp)?;
             }
             ckpt.release(p.source);
+            // don't hold a big tensor's buffer while the next one is gathered
+            if buf.capacity() > crate::export::RETAINED_BUFFER {
+                buf = Vec::new();
+            }
         }
     }
     for (_, w) in writers {

@@ -635,6 +635,10 @@ pub fn quantize_to_gguf(
         }
         w.write_tensor(&mt.name, &buf)
             .map_err(|e| Error::io(&path, e))?;
+        // don't hold a big tensor's buffer while the next one is gathered
+        if buf.capacity() > crate::export::RETAINED_BUFFER {
+            buf = Vec::new();
+        }
     }
     let file = w.finish().map_err(|e| Error::io(&path, e))?;
     let record = target.commit(file)?;
