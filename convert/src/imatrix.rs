@@ -881,12 +881,12 @@ mod tests {
         ));
         // nval larger than the file
         let mut b = ok.clone();
-        b[16..20].copy_from_slice(&1_000_000i32.to_le_bytes());
+        b[20..24].copy_from_slice(&1_000_000i32.to_le_bytes());
         assert!(matches!(
             Imatrix::parse(&b),
             Err(ImatrixError::BadLength {
                 what: "nval",
-                offset: 16,
+                offset: 20,
                 ..
             })
         ));
@@ -1058,7 +1058,7 @@ mod tests {
         // a truncated file is the GGUF reader's error
         let good = sample().to_gguf_bytes().unwrap();
         assert!(matches!(
-            Imatrix::parse(&good[..good.len() - 8]),
+            Imatrix::parse(&good[..good.len() - 40]),
             Err(ImatrixError::Gguf(_))
         ));
     }

@@ -89,7 +89,8 @@ def ref_files(llama_imatrix, f32_gguf, hamlet, work):
     g, d = work / "ref.imatrix.gguf", work / "ref.imatrix.dat"
     run([llama_imatrix, "-m", f32_gguf, "-f", hamlet, "-o", g, "-c", CTX, "--chunks", CHUNKS,
          "-t", THREADS, "--no-ppl"])
-    run([llama_imatrix, "--in-file", g, "-o", d, "--output-format", "dat"])
+    # no text: llama-imatrix loads the file and saves it again (it wants -m, loads no model)
+    run([llama_imatrix, "-m", f32_gguf, "--in-file", g, "-o", d, "--output-format", "dat"])
     return g, d
 
 
@@ -139,12 +140,12 @@ def test_legacy_dat_quantizes_like_llama_quantize(qforge, llama_quantize, f32_gg
     assert_same_tensors(*quantize_both(qforge, llama_quantize, f32_gguf, ref_files[1].name, "Q4_K_M", work, "dat"))
 
 
-def test_our_imatrix_is_llama_cpps_format(llama_imatrix, our_files, work):
+def test_our_imatrix_is_llama_cpps_format(llama_imatrix, f32_gguf, our_files, work):
     g, d = our_files
     # llama-imatrix loads our file and saves it again (GGUF, and its legacy export) unchanged
     re_g, re_d = work / "ours-resaved.gguf", work / "ours-resaved.dat"
-    run([llama_imatrix, "--in-file", g, "-o", re_g])
-    run([llama_imatrix, "--in-file", g, "-o", re_d, "--output-format", "dat"])
+    run([llama_imatrix, "-m", f32_gguf, "--in-file", g, "-o", re_g])
+    run([llama_imatrix, "-m", f32_gguf, "--in-file", g, "-o", re_d, "--output-format", "dat"])
     assert re_g.read_bytes() == g.read_bytes()
     assert re_d.read_bytes() == d.read_bytes()
     r = GGUFReader(str(g))
