@@ -54,6 +54,16 @@ pub enum Command {
     /// Benchmarks (GEMM kernels on a CUDA device).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Collect a llama.cpp-compatible importance matrix (llama-imatrix's statistic) for
+    /// `qforge quantize --imatrix` or `llama-quantize --imatrix`.
+    #[command(after_help = "Examples:\n  \
+        qforge imatrix model.gguf --data hamlet.txt -o imatrix.gguf --chunks 8\n  \
+        qforge imatrix model.gguf --data hamlet.txt -o imatrix.dat --format dat\n  \
+        qforge quantize model.gguf model.Q4_K_M.gguf --scheme gguf:q4_k_m --imatrix imatrix.gguf\n\n\
+        Chunks, tokenization and BOS follow llama-imatrix (-c 512 --chunks N): every token of each\n\
+        chunk is counted for every blk.* linear; --process-output adds output.weight (not for tied\n\
+        embeddings, as llama.cpp). --kv-f16 and --ggml-act-quant emulate llama.cpp's CPU numerics.")]
+    Imatrix(ImatrixArgs),
 }
 
 /// `qforge bench` subcommands.
@@ -234,6 +244,10 @@ pub struct QuantizeArgs {
     /// (fp8-static) and/or "imatrix" entries.
     #[arg(long, value_name = "FILE")]
     pub calib: Option<PathBuf>,
+    /// A llama.cpp importance matrix (llama-imatrix's GGUF or legacy .dat, or `qforge imatrix`'s)
+    /// for gguf:<mix> schemes, used as `llama-quantize --imatrix` uses it.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
     /// Largest safetensors shard, e.g. 5GB, 500MB, 2GiB.
     #[arg(long, default_value = "5GB", value_parser = parse_size)]
     pub shard_size: u64,
@@ -373,4 +387,58 @@ pub fn parse_percent(s: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("{s:?} is not a percentage like 1% or 0.5")),
     }
+}
+
+/// File format of `qforge imatrix`'s output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImatrixFormatArg {
+    /// llama-imatrix's current GGUF format (general.type = imatrix).
+    Gguf,
+    /// The legacy .dat format.
+    Dat,
+}
+
+#[derive(Debug, Args)]
+pub struct ImatrixArgs {
+    /// Model (.gguf file, HF directory or Meta directory).
+    pub model: PathBuf,
+    /// Calibration text(s) (UTF-8); several are tokenized one after the other.
+    #[arg(long, value_name = "TEXT", num_args = 1.., required = true)]
+    pub data: Vec<PathBuf>,
+    /// Output file.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Tokens per chunk (llama-imatrix -c).
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Process at most N chunks [default: all].
+    #[arg(long, value_name = "N")]
+    pub chunks: Option<usize>,
+    /// Worker threads [default: all cores].
+    #[arg(long, value_name = "T")]
+    pub threads: Option<usize>,
+    /// Chunks processed together layer-major [default: as many as fit 2 GiB of activations].
+    #[arg(long, value_name = "N")]
+    pub batch_chunks: Option<usize>,
+    /// Output format [default: dat when the file name ends in .dat, else gguf].
+    #[arg(long, value_enum)]
+    pub format: Option<ImatrixFormatArg>,
+    /// Also collect output.weight (llama-imatrix --process-output).
+    #[arg(long)]
+    pub process_output: bool,
+    /// Quantize each linear's input as llama.cpp's CPU backend does (for quantized models).
+    #[arg(long)]
+    pub ggml_act_quant: bool,
+    /// Round K and V to f16 like llama.cpp's default F16 KV cache.
+    #[arg(long)]
+    pub kv_f16: bool,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Print a machine-readable summary (JSON) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
 }

@@ -46,6 +46,14 @@ pub enum Error {
         /// what is wrong
         kind: GgufError,
     },
+    /// A malformed importance-matrix file (llama-imatrix GGUF or legacy `.dat`).
+    #[error("{}: importance matrix: {kind}", path.display())]
+    Imatrix {
+        /// the file
+        path: PathBuf,
+        /// what is wrong
+        kind: crate::imatrix::ImatrixError,
+    },
     /// A malformed or unsafe `.pth` file (ZIP container or pickle stream).
     #[error("{}: {kind}", path.display())]
     Pth {

@@ -387,6 +387,9 @@ pub struct GgufQuantOptions {
     /// NaN, ±inf and absurdly large weights in the tensors being quantized (`skip` keeps a
     /// tensor in F32).
     pub numerics: Numerics,
+    /// Key/values appended after llama-quantize's own (e.g. the `quantize.imatrix.*` keys
+    /// from [`crate::imatrix::Imatrix::quantize_metadata`]).
+    pub extra_metadata: Vec<(String, GgufValue)>,
 }
 
 /// A GGUF quantization's result: the file plus each tensor's type.
@@ -494,7 +497,7 @@ pub fn quantize_to_gguf(
         n_layers: ckpt.config.num_layers,
         n_head: ckpt.config.num_heads,
         n_head_kv: ckpt.config.num_kv_heads,
-        has_imatrix: opts.imatrix.is_some(),
+        has_imatrix: opts.imatrix.as_ref().is_some_and(|m| !m.is_empty()),
     };
     let mut choices = choose_types(mix, &model, &mix_tensors);
     if opts.numerics.policy != WeightPolicy::Error {
@@ -551,6 +554,7 @@ pub fn quantize_to_gguf(
     let mut metadata = llama_metadata(&ckpt.config, general_name.as_deref(), Some(mix.file_type()));
     metadata.extend(tokenizer_metadata(ckpt, &mut notes)?);
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
+    metadata.extend(opts.extra_metadata.iter().cloned());
     // One note per kind of fallback (the per-tensor list is in the returned types).
     let mut fallbacks: BTreeMap<(u64, String, String), usize> = BTreeMap::new();
     for (mt, c) in mix_tensors.iter().zip(&choices) {

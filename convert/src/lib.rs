@@ -22,6 +22,7 @@ pub mod export_meta;
 pub mod gguf;
 pub mod gguf_mix;
 pub mod hf;
+pub mod imatrix;
 pub mod layout;
 pub mod meta;
 mod mmap;

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::{Duration, Instant};
 
 use mutate::{Layout, Rng, Seed};
+use qforge_convert::imatrix::{Imatrix, ImatrixFormat};
 use qforge_convert::tokenizer::Vocab;
 use qforge_convert::{Checkpoint, Error};
 
@@ -52,10 +53,14 @@ pub enum Target {
     TokenizerJson,
     /// a Meta tiktoken `tokenizer.model`
     Tiktoken,
+    /// a llama-imatrix GGUF importance matrix, read, normalized and written back
+    Imatrix,
+    /// a llama-imatrix legacy `.dat` importance matrix
+    ImatrixDat,
 }
 
 /// Every target, in report order.
-pub const TARGETS: [Target; 9] = [
+pub const TARGETS: [Target; 11] = [
     Target::Safetensors,
     Target::HfIndex,
     Target::HfConfig,
@@ -65,6 +70,8 @@ pub const TARGETS: [Target; 9] = [
     Target::MetaParams,
     Target::TokenizerJson,
     Target::Tiktoken,
+    Target::Imatrix,
+    Target::ImatrixDat,
 ];
 
 impl Target {
@@ -80,6 +87,8 @@ impl Target {
             Target::MetaParams => "meta-params",
             Target::TokenizerJson => "tokenizer-json",
             Target::Tiktoken => "tiktoken",
+            Target::Imatrix => "imatrix",
+            Target::ImatrixDat => "imatrix-dat",
         }
     }
 
@@ -147,6 +156,18 @@ impl Target {
                 "tokenizer.model",
                 &["meta-mp1/tokenizer.model"],
                 Layout::Text,
+            ),
+            Target::Imatrix => (
+                "",
+                "imatrix.gguf",
+                &["imatrix/tiny.imatrix.gguf"],
+                Layout::Gguf,
+            ),
+            Target::ImatrixDat => (
+                "",
+                "imatrix.dat",
+                &["imatrix/tiny.imatrix.dat"],
+                Layout::ImatrixDat,
             ),
         }
     }
@@ -546,7 +567,25 @@ pub fn read(target: Target, model: &Path, file: &Path, input: &[u8]) -> Result<(
             input,
             &["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"],
         )?),
+        Target::Imatrix | Target::ImatrixDat => use_imatrix(file, &Imatrix::read(file)?),
     }
+}
+
+/// Normalize an importance matrix as `qforge quantize --imatrix` does, and write it back.
+fn use_imatrix(file: &Path, m: &Imatrix) -> Result<(), Error> {
+    let err = |kind| Error::Imatrix {
+        path: file.to_owned(),
+        kind,
+    };
+    std::hint::black_box(m.quant_weights().map_err(err)?);
+    std::hint::black_box(m.quantize_metadata("imatrix.gguf"));
+    if m.format == ImatrixFormat::Gguf {
+        std::hint::black_box(m.to_gguf_bytes().map_err(err)?);
+        if m.chunk_size > 0 {
+            std::hint::black_box(m.to_dat_bytes().map_err(err)?);
+        }
+    }
+    Ok(())
 }
 
 /// Decode every tensor, as a conversion would.

@@ -84,6 +84,8 @@ pub enum Layout {
     Pth,
     /// JSON (or any text): its digit runs
     Text,
+    /// llama-imatrix's legacy `.dat`: its `i32` counts and lengths
+    ImatrixDat,
 }
 
 impl Seed {
@@ -109,6 +111,10 @@ impl Seed {
                 hot.push((0, end.min(bytes.len())));
             }
             Layout::Pth => pth_fields(&bytes, &mut fields, &mut hot),
+            Layout::ImatrixDat => {
+                dat_fields(&bytes, &mut fields);
+                hot.push((0, bytes.len()));
+            }
             Layout::Text => {
                 digit_runs(&bytes, 0, bytes.len(), &mut fields);
                 hot.push((0, bytes.len()));
@@ -121,7 +127,7 @@ impl Seed {
         let text_from = match layout {
             Layout::Safetensors => 8,
             Layout::Text => 0,
-            Layout::Gguf | Layout::Pth => usize::MAX,
+            Layout::Gguf | Layout::Pth | Layout::ImatrixDat => usize::MAX,
         };
         Seed {
             bytes,
@@ -152,6 +158,34 @@ fn digit_runs(b: &[u8], start: usize, end: usize, out: &mut Vec<Field>) {
             i += 1;
         }
     }
+}
+
+/// Walk a legacy imatrix file, recording each `i32` count and length.
+fn dat_fields(b: &[u8], out: &mut Vec<Field>) {
+    let mut p = 0usize;
+    let le = |out: &mut Vec<Field>, p: &mut usize| -> Option<usize> {
+        let v = b.get(*p..*p + 4)?;
+        out.push(Field {
+            offset: *p,
+            kind: FieldKind::Le(4),
+        });
+        *p += 4;
+        Some(i32::from_le_bytes(v.try_into().ok()?).max(0) as usize)
+    };
+    let mut walk = || -> Option<()> {
+        let n = le(out, &mut p)?;
+        for _ in 0..n.min(1 << 16) {
+            let len = le(out, &mut p)?;
+            p = p.checked_add(len)?;
+            le(out, &mut p)?; // ncall
+            let nval = le(out, &mut p)?;
+            p = p.checked_add(nval.checked_mul(4)?)?;
+        }
+        le(out, &mut p)?; // chunk count
+        le(out, &mut p)?; // dataset length
+        Some(())
+    };
+    let _ = walk();
 }
 
 /// Walk a GGUF header, recording each count and length; returns where tensor data starts

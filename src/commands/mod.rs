@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod convert;
+pub mod imatrix;
 pub mod inspect;
 pub mod perplexity;
 pub mod quantize;

@@ -5,6 +5,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use qforge_convert::gguf_mix::{quantize_to_gguf, GgufMix, GgufQuantOptions};
+use qforge_convert::imatrix::Imatrix;
 use qforge_convert::layout::{
     quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
 };
@@ -107,14 +108,33 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
             if args.policy != QuantPolicy::AllLinear || !args.ignore.is_empty() {
                 bail!("--policy and --ignore apply to HF layouts; GGUF mixes follow llama.cpp's rules");
             }
+            let (imatrix, extra_metadata) = match (&args.imatrix, calib.imatrix) {
+                (Some(_), Some(_)) => bail!(
+                    "--imatrix and an \"imatrix\" in --calib both give an importance matrix\n  hint: pass one of them"
+                ),
+                (Some(p), None) => {
+                    let m = Imatrix::read(p)?;
+                    let w = m
+                        .quant_weights()
+                        .map_err(|kind| qforge_convert::Error::Imatrix {
+                            path: p.clone(),
+                            kind,
+                        })?;
+                    // llama-quantize records the file, dataset, entry and chunk counts.
+                    let meta = m.quantize_metadata(&p.to_string_lossy());
+                    (Some(w).filter(|w| !w.is_empty()), meta)
+                }
+                (None, im) => (im, Vec::new()),
+            };
             let w = quantize_to_gguf(
                 &ckpt,
                 &args.output,
                 mix,
                 &GgufQuantOptions {
-                    imatrix: calib.imatrix,
+                    imatrix,
                     overwrite: args.overwrite,
                     numerics,
+                    extra_metadata,
                 },
             )
             .map_err(bad_weight_hint)?;
@@ -138,6 +158,9 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
             })
         }
         Scheme::Hf(hf) => {
+            if args.imatrix.is_some() {
+                bail!("--imatrix applies to gguf:<mix> schemes (llama.cpp's K-quant and legacy codecs)");
+            }
             let layout = match args.layout {
                 None | Some(QuantLayout::CompressedTensors) => HfLayout::CompressedTensors,
                 Some(QuantLayout::Fbgemm) => HfLayout::Fbgemm,

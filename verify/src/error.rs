@@ -58,6 +58,12 @@ pub enum Error {
     /// The base and quantized models are not the same architecture.
     #[error("base and quantized models differ: {0}")]
     Mismatch(String),
+    /// Activations that overflowed to inf or NaN (llama-imatrix stops on them too).
+    #[error("non-finite activations reach {tensor}")]
+    NonFiniteActivations {
+        /// the linear whose input statistics overflowed
+        tensor: String,
+    },
 }
 
 /// `Result` with [`Error`].

@@ -15,6 +15,7 @@ use crate::metrics::{kld_row, log_softmax_nll, percentile, top1, Perplexity};
 use crate::model::{LayerWeights, Linear, Model};
 use crate::ops::{attention, rms_norm, round_f16, swiglu, RopeTable};
 use crate::tokenize::Chunks;
+use qforge_convert::LayerTensor;
 
 /// Evaluation settings shared by `perplexity` and `verify`.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +42,19 @@ fn batch_size(model: &Model, chunks: &Chunks, opts: &EvalOptions, models: usize)
 
 /// Per-layer forward of a batch of chunks, in place on `h` (`[chunks·ctx, hidden]`).
 fn run_layer(model: &Model, lw: &LayerWeights, rope: &RopeTable, h: &mut [f32], ctx: usize) {
+    run_layer_observed(model, lw, rope, h, ctx, &mut |_, _| {});
+}
+
+/// [`run_layer`], showing `observe` each linear's input (`[ctx, inp]`, before any activation
+/// quantization) with the linears that read it, chunk after chunk.
+fn run_layer_observed(
+    model: &Model,
+    lw: &LayerWeights,
+    rope: &RopeTable,
+    h: &mut [f32],
+    ctx: usize,
+    observe: &mut dyn FnMut(&[LayerTensor], &[f32]),
+) {
     let cfg = model.config();
     let hid = cfg.hidden_size as usize;
     let (heads, kvh, hd) = (
@@ -61,6 +75,7 @@ fn run_layer(model: &Model, lw: &LayerWeights, rope: &RopeTable, h: &mut [f32], 
     for hc in h.chunks_mut(ctx * hid) {
         x.copy_from_slice(hc);
         rms_norm(&mut x, hid, &lw.attn_norm, eps);
+        observe(&[LayerTensor::Q, LayerTensor::K, LayerTensor::V], &x);
         lw.q.forward(&x, ctx, &mut q);
         lw.k.forward(&x, ctx, &mut k);
         lw.v.forward(&x, ctx, &mut v);
@@ -71,13 +86,16 @@ fn run_layer(model: &Model, lw: &LayerWeights, rope: &RopeTable, h: &mut [f32], 
             round_f16(&mut v);
         }
         attention(&q, &k, &v, ctx, heads, kvh, hd, scale, &mut att);
+        observe(&[LayerTensor::O], &att);
         lw.o.forward(&att, ctx, &mut x);
         add(hc, &x);
         x.copy_from_slice(hc);
         rms_norm(&mut x, hid, &lw.ffn_norm, eps);
+        observe(&[LayerTensor::Gate, LayerTensor::Up], &x);
         lw.gate.forward(&x, ctx, &mut g);
         lw.up.forward(&x, ctx, &mut u);
         swiglu(&mut g, &u);
+        observe(&[LayerTensor::Down], &g);
         lw.down.forward(&g, ctx, &mut x);
         add(hc, &x);
     }
@@ -408,4 +426,151 @@ fn check_same_shape(a: &Model, b: &Model) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Add `Σ_t x[t, j]²` to `acc[j]` for every column `j` of `x` (`[tokens, acc.len()]`), token
+/// after token in f32, as llama-imatrix's collector does (`acc[j] += x[j]*x[j]`). Columns are
+/// split across threads; each column's sum keeps the token order, so the result does not
+/// depend on the thread count.
+pub fn accumulate_squares(acc: &mut [f32], x: &[f32]) {
+    let cols = acc.len();
+    if cols == 0 {
+        return;
+    }
+    const BLOCK: usize = 64;
+    acc.par_chunks_mut(BLOCK).enumerate().for_each(|(b, a)| {
+        let (j0, n) = (b * BLOCK, a.len());
+        for row in x.chunks_exact(cols) {
+            for (s, v) in a.iter_mut().zip(&row[j0..j0 + n]) {
+                *s += v * v;
+            }
+        }
+    });
+}
+
+/// llama-imatrix's statistics of `model` on `chunks` (tools/imatrix/imatrix.cpp
+/// `collect_imatrix`): for every `blk.*` linear (and `output.weight` when `process_output` and
+/// the model has an untied output, as llama.cpp matches by name), Σx² per input column over
+/// every token of every chunk, and the token count. Layer-major like [`perplexity`]; no logits
+/// are computed. The result has no datasets; the caller names them.
+pub fn collect_imatrix(
+    model: &Model,
+    chunks: &Chunks,
+    opts: &EvalOptions,
+    process_output: bool,
+) -> Result<qforge_convert::imatrix::Imatrix> {
+    use qforge_convert::imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
+    use qforge_convert::{NameScheme, TensorId, TensorKey};
+    let cfg = model.config();
+    let (hid, ffn) = (cfg.hidden_size as usize, cfg.intermediate_size as usize);
+    let att = cfg.num_heads as usize * cfg.head_dim as usize;
+    let nl = cfg.num_layers as u32;
+    let rope = RopeTable::new(&model.inv_freq, chunks.ctx);
+    let bsz = batch_size(model, chunks, opts, 1);
+    let gguf_name = |id: TensorId| {
+        NameScheme::Gguf
+            .name(TensorKey::weight(id))
+            .unwrap_or_else(|| id.to_string())
+    };
+    let width = |k: LayerTensor| match k {
+        LayerTensor::O => att,
+        LayerTensor::Down => ffn,
+        _ => hid,
+    };
+    let kinds = [
+        LayerTensor::Q,
+        LayerTensor::K,
+        LayerTensor::V,
+        LayerTensor::O,
+        LayerTensor::Gate,
+        LayerTensor::Up,
+        LayerTensor::Down,
+    ];
+    let mut sums: Vec<Vec<Vec<f32>>> = (0..nl)
+        .map(|_| kinds.iter().map(|&k| vec![0f32; width(k)]).collect())
+        .collect();
+    let untied = model
+        .ckpt
+        .part(TensorId::Output, qforge_convert::Part::Weight)
+        .is_some()
+        || model
+            .ckpt
+            .part(TensorId::Output, qforge_convert::Part::WeightPacked)
+            .is_some();
+    let with_output = process_output && untied;
+    let mut out_sums = vec![0f32; if with_output { hid } else { 0 }];
+    for b0 in (0..chunks.n).step_by(bsz) {
+        let nb = bsz.min(chunks.n - b0);
+        let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
+        let mut h = model.embed(toks)?;
+        for i in 0..nl {
+            let lw = model.layer(i)?;
+            let layer = &mut sums[i as usize];
+            run_layer_observed(model, &lw, &rope, &mut h, chunks.ctx, &mut |ks, x| {
+                // Linears that share an input (q/k/v, gate/up) get the same sums.
+                let slot = |k: &LayerTensor| kinds.iter().position(|q| q == k).unwrap_or(0);
+                let first = slot(&ks[0]);
+                accumulate_squares(&mut layer[first], x);
+                let total = layer[first].clone();
+                for k in &ks[1..] {
+                    layer[slot(k)].copy_from_slice(&total);
+                }
+            });
+            progress(
+                opts.progress,
+                format_args!("layer {}/{nl} (chunks {b0}..{})", i + 1, b0 + nb),
+            );
+        }
+        if with_output {
+            let norm = model.output_norm()?;
+            for hc in h.chunks(chunks.ctx * hid) {
+                let mut x = hc.to_vec();
+                rms_norm(&mut x, hid, &norm, cfg.rms_norm_eps as f32);
+                accumulate_squares(&mut out_sums, &x);
+            }
+        }
+    }
+    let count = (chunks.n * chunks.ctx) as i64;
+    let mut entries = std::collections::BTreeMap::new();
+    for (i, layer) in sums.into_iter().enumerate() {
+        for (k, s) in kinds.iter().zip(layer) {
+            let id = TensorId::Layer {
+                index: i as u32,
+                kind: *k,
+            };
+            entries.insert(
+                gguf_name(id),
+                ImatrixEntry {
+                    sums: s,
+                    counts: vec![count],
+                },
+            );
+        }
+    }
+    if with_output {
+        entries.insert(
+            gguf_name(TensorId::Output),
+            ImatrixEntry {
+                sums: out_sums,
+                counts: vec![count],
+            },
+        );
+    }
+    if let Some((name, _)) = entries
+        .iter()
+        .find(|(_, e)| e.sums.iter().any(|v| !v.is_finite()))
+    {
+        // llama-imatrix stops on this too ("non-finite values detected").
+        return Err(Error::NonFiniteActivations {
+            tensor: name.clone(),
+        });
+    }
+    Ok(Imatrix {
+        format: ImatrixFormat::Gguf,
+        entries,
+        datasets: Vec::new(),
+        chunk_count: chunks.n as u32,
+        chunk_size: chunks.ctx as u32,
+        has_metadata: true,
+    })
 }

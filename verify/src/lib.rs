@@ -23,7 +23,9 @@ pub mod ops;
 pub mod tokenize;
 
 pub use error::{Error, Result};
-pub use eval::{compare, perplexity, Comparison, EvalOptions, LayerError, PerplexityResult};
+pub use eval::{
+    collect_imatrix, compare, perplexity, Comparison, EvalOptions, LayerError, PerplexityResult,
+};
 pub use model::{ForwardOptions, Model, W8a8Mode};
 pub use tokenize::{Chunks, TextTokenizer};
 

@@ -313,6 +313,11 @@ impl Model {
         Ok(out)
     }
 
+    /// The final norm's weight.
+    pub(crate) fn output_norm(&self) -> Result<Vec<f32>> {
+        self.norm(TensorId::OutputNorm)
+    }
+
     /// Final norm weight and the LM head as a [`Linear`] (the embedding when tied).
     pub(crate) fn head(&self) -> Result<(Vec<f32>, Linear)> {
         let norm = self.norm(TensorId::OutputNorm)?;
