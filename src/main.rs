@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         cli::Command::Bench(cli::BenchCommand::Gemm(args)) => commands::bench::run_gemm(&args),
         cli::Command::Perplexity(args) => commands::perplexity::run(&args),
         cli::Command::Verify(args) => commands::verify::run(&args),
+        cli::Command::Calibrate(args) => commands::calibrate::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

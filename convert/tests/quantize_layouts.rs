@@ -109,6 +109,7 @@ fn opts(scheme: HfScheme, layout: HfLayout, policy: Policy) -> HfQuantOptions {
         input_scales: None,
         shard_size: 5_000_000_000,
         output: OutputOptions::default(),
+        precomputed_int4: None,
     }
 }
 
