@@ -107,6 +107,8 @@ mod tests {
         o.observe(&[-4.0, 1.0, 2.0, 3.0]);
         assert_eq!(o.amax(), 2.0);
         o.observe(&[10.0, 10.0, -1.0, 0.0]);
+        assert_eq!(o.amax(), 2.0);
+        o.observe(&[10.0, 10.0, -10.0, 0.0]);
         assert_eq!(o.amax(), 10.0);
     }
 }
