@@ -24,8 +24,8 @@ fn tokens(path: &Path, n: usize, seq: usize, vocab: u32) {
             (0..seq)
                 .map(|_| {
                     x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
                     ((x >> 33) as u32) % vocab
                 })
                 .collect()

@@ -376,7 +376,9 @@ mod tests {
                 }
             }
         }
-        h.iter_mut().for_each(|v| *v /= samples as f32);
+        for v in &mut h {
+            *v /= samples as f32;
+        }
         h
     }
 

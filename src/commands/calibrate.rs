@@ -86,18 +86,17 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
             qforge_convert::dequant::WeightStorage::Plain(qforge_quantize::DType::BF16)
         );
     }
-    let samples = match &args.tokens {
-        Some(p) => Samples::from_json_file(p)?,
-        None => {
-            let tok = TextTokenizer::for_checkpoint(&model.ckpt)?;
-            let mut ids = Vec::new();
-            for p in &args.data {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?;
-                ids.extend(tok.encode(&text)?);
-            }
-            Samples::draw(&ids, args.seq_len, args.samples, args.seed, tok.bos)?
+    let samples = if let Some(p) = &args.tokens {
+        Samples::from_json_file(p)?
+    } else {
+        let tok = TextTokenizer::for_checkpoint(&model.ckpt)?;
+        let mut ids = Vec::new();
+        for p in &args.data {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            ids.extend(tok.encode(&text)?);
         }
+        Samples::draw(&ids, args.seq_len, args.samples, args.seed, tok.bos)?
     };
     if let Some(p) = &args.samples_out {
         write_atomic(p, &samples.to_json())?;

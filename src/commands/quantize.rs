@@ -92,15 +92,15 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         Some(p) if p.is_dir() => {
             // a GPTQ calibration directory (qforge calibrate --method gptq)
             let codes = qforge_calibrate::output::GptqCodes::open(p)?;
-            let want = match scheme {
-                Scheme::Hf(HfScheme::Int4 {
-                    group_size,
-                    symmetric: true,
-                }) => group_size,
-                _ => bail!(
+            let Scheme::Hf(HfScheme::Int4 {
+                group_size: want,
+                symmetric: true,
+            }) = scheme
+            else {
+                bail!(
                     "{} holds GPTQ codes: use --scheme int4-g<N> or int4-row (symmetric)",
                     p.display()
-                ),
+                )
             };
             if codes.bits() != 4 || codes.group_size() != want {
                 bail!(
