@@ -64,6 +64,98 @@ pub enum Command {
         chunk is counted for every blk.* linear; --process-output adds output.weight (not for tied\n\
         embeddings, as llama.cpp). --kv-f16 and --ggml-act-quant emulate llama.cpp's CPU numerics.")]
     Imatrix(ImatrixArgs),
+    /// Calibrate layer by layer on text: static FP8 activation scales or GPTQ INT4/INT8 codes.
+    #[command(after_help = "Methods:\n  \
+        fp8-static   per-tensor static input scales (amax/448); -o FILE (JSON) for quantize --scheme fp8-static --calib FILE\n  \
+        gptq         GPTQ codes and scales; -o DIR for quantize --scheme int4-g<N>|int4-row --calib DIR\n\
+        \nSamples: the texts are tokenized with the model's tokenizer, concatenated, cut into windows of\n\
+        --seq-len tokens and --samples of them drawn with a seeded shuffle (--seed). An interrupted run\n\
+        resumes from <output>.qforge-state at the next layer.\n\
+        \nExamples:\n  \
+        qforge calibrate ./smollm2-hf --data macbeth.txt --method fp8-static -o smollm2-fp8.calib.json\n  \
+        qforge quantize ./smollm2-hf ./smollm2-fp8s --scheme fp8-static --calib smollm2-fp8.calib.json\n  \
+        qforge calibrate ./smollm2-hf --data macbeth.txt othello.txt --method gptq --scheme int4-g64 -o smollm2-gptq\n  \
+        qforge quantize ./smollm2-hf ./smollm2-w4a16 --scheme int4-g64 --calib smollm2-gptq")]
+    Calibrate(CalibrateArgs),
+}
+
+/// `qforge calibrate` methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalibMethod {
+    /// Static per-tensor FP8 input-activation scales.
+    #[value(name = "fp8-static")]
+    Fp8Static,
+    /// GPTQ weight quantization.
+    Gptq,
+}
+
+/// Activation-scale observers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalibObserver {
+    /// Global min/max over all tokens (llm-compressor `static_minmax`).
+    Minmax,
+    /// Largest per-sample --percentile of |x|.
+    Percentile,
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// Model (HF directory for gptq; any format for fp8-static).
+    pub model: PathBuf,
+    /// Calibration text files.
+    #[arg(long, num_args = 1.., value_name = "TEXT", required_unless_present = "tokens")]
+    pub data: Vec<PathBuf>,
+    /// Read the samples' token ids from this JSON file instead of --data (as --samples-out writes).
+    #[arg(long, value_name = "FILE", conflicts_with = "data")]
+    pub tokens: Option<PathBuf>,
+    /// Write the drawn samples' token ids here (JSON: {"seq_len", "samples": [[ids]]}).
+    #[arg(long, value_name = "FILE")]
+    pub samples_out: Option<PathBuf>,
+    /// Method.
+    #[arg(long, value_enum)]
+    pub method: CalibMethod,
+    /// GPTQ scheme: int4-g<N>, int4-row, int8-g<N>, int8-row.
+    #[arg(long, default_value = "int4-g128")]
+    pub scheme: String,
+    /// GPTQ activation ordering: weight (llm-compressor's default "static") or none.
+    #[arg(long, default_value = "weight", value_name = "weight|none")]
+    pub actorder: String,
+    /// GPTQ dampening, a fraction of the Hessian's mean diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    pub dampening: f64,
+    /// GPTQ lazy-update block size.
+    #[arg(long, default_value_t = 128)]
+    pub block_size: usize,
+    /// fp8-static observer.
+    #[arg(long, value_enum, default_value = "minmax")]
+    pub observer: CalibObserver,
+    /// Percentile for --observer percentile.
+    #[arg(long, default_value_t = 99.99)]
+    pub percentile: f64,
+    /// Calibration samples.
+    #[arg(long, default_value_t = 128)]
+    pub samples: usize,
+    /// Tokens per sample.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Seed of the sample draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output: a JSON file (fp8-static) or a directory (gptq).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Replace an existing output.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Threads (default: all cores); results do not depend on it.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after checkpointing this layer (testing resume).
+    #[arg(long, hide = true)]
+    pub stop_after_layer: Option<u32>,
 }
 
 /// `qforge bench` subcommands.

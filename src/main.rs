@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         cli::Command::Perplexity(args) => commands::perplexity::run(&args),
         cli::Command::Verify(args) => commands::verify::run(&args),
         cli::Command::Imatrix(args) => commands::imatrix::run(&args),
+        cli::Command::Calibrate(args) => commands::calibrate::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use qforge_quantize::fp8::{self, Fp8Options, ScaleRounding};
-use qforge_quantize::int4::{self, Int4Arith, Int4Config, Int4Scheme};
+use qforge_quantize::int4::{self, Int4Arith, Int4Config, Int4Scheme, Int4Tensor};
 use qforge_quantize::DType;
 use serde_json::{json, Value};
 
@@ -157,6 +157,17 @@ pub struct HfQuantOptions {
     pub output: OutputOptions,
     /// NaN, ±inf and absurdly large weights in the tensors being quantized.
     pub numerics: Numerics,
+    /// INT4 codes and scales chosen by calibration (GPTQ) to write instead of
+    /// round-to-nearest; every quantized module must have them.
+    pub precomputed_int4: Option<std::sync::Arc<dyn PrecomputedInt4>>,
+}
+
+/// INT4 codes chosen elsewhere (e.g. by GPTQ in `qforge-calibrate`), per HF module.
+pub trait PrecomputedInt4: Send + Sync + std::fmt::Debug {
+    /// Whether `module` has codes.
+    fn has(&self, module: &str) -> bool;
+    /// The codes and scales of `module` (`[rows, cols]`, HF row order, symmetric).
+    fn int4(&self, module: &str) -> std::result::Result<Int4Tensor, String>;
 }
 
 /// HF module name of a role (`model.layers.3.self_attn.q_proj`, `lm_head`).
@@ -428,6 +439,26 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<Tensor
                 return Err(codec_err(ckpt, id, e));
             }
         }
+        if let Some(p) = &opts.precomputed_int4 {
+            let m = hf_module(id);
+            if !matches!(
+                opts.scheme,
+                HfScheme::Int4 {
+                    symmetric: true,
+                    ..
+                }
+            ) {
+                return Err(bad(
+                    "calibrated INT4 codes need a symmetric int4 scheme".into()
+                ));
+            }
+            if !p.has(&m) {
+                return Err(bad(format!(
+                    "the calibration results have no codes for {m} (calibrated with other \
+                     --ignore/--policy, or for another model?)"
+                )));
+            }
+        }
         if opts.scheme == HfScheme::Fp8Static {
             let m = hf_module(id);
             let s = opts.input_scales.as_ref().and_then(|s| s.get(&m));
@@ -684,7 +715,27 @@ pub fn quantize_to_hf(
                 let gs =
                     int4::check_group(k, cfg4.group_size).map_err(|e| codec_err(ckpt, id, e))?;
                 let groups = k / gs;
+                let pre = opts.precomputed_int4.as_deref();
                 let quant = move || -> Result<int4::CtPacked> {
+                    if let Some(p) = pre {
+                        let bad = |reason: String| Error::BadQuantization {
+                            path: ckpt.path.clone(),
+                            tensor: hf_module(id),
+                            reason,
+                        };
+                        let t = p.int4(&hf_module(id)).map_err(bad)?;
+                        if (t.rows, t.cols, t.group_size) != (rows, k, gs)
+                            || t.zero_points.is_some()
+                        {
+                            return Err(bad(format!(
+                                "calibrated codes are {}x{} in groups of {}, the scheme wants \
+                                 {rows}x{k} in groups of {gs} (symmetric)",
+                                t.rows, t.cols, t.group_size
+                            )));
+                        }
+                        return int4::pack_compressed_tensors(&t)
+                            .map_err(|e| codec_err(ckpt, id, e));
+                    }
                     let v = checked_rows(ckpt, id, rope, k, numerics)?;
                     let t =
                         int4::quantize_int4(&v, k, &cfg4).map_err(|e| codec_err(ckpt, id, e))?;

@@ -111,6 +111,7 @@ fn opts(scheme: HfScheme, layout: HfLayout, policy: Policy) -> HfQuantOptions {
         shard_size: 5_000_000_000,
         output: OutputOptions::default(),
         numerics: Numerics::default(),
+        precomputed_int4: None,
     }
 }
 

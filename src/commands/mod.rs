@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod calibrate;
 pub mod convert;
 pub mod imatrix;
 pub mod inspect;

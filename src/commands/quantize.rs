@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use qforge_convert::gguf_mix::{quantize_to_gguf, GgufMix, GgufQuantOptions};
 use qforge_convert::imatrix::Imatrix;
 use qforge_convert::layout::{
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy, PrecomputedInt4,
 };
 use qforge_convert::numerics::Numerics;
 use qforge_convert::write::OutputOptions;
@@ -60,6 +60,24 @@ pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
     )
 }
 
+/// GPTQ codes of a calibration directory, handed to the HF writer.
+#[derive(Debug)]
+struct CalibCodes(qforge_calibrate::output::GptqCodes);
+
+impl PrecomputedInt4 for CalibCodes {
+    fn has(&self, module: &str) -> bool {
+        self.0.has(module)
+    }
+
+    fn int4(&self, module: &str) -> std::result::Result<qforge_quantize::int4::Int4Tensor, String> {
+        match self.0.int4(module) {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(format!("no calibrated codes for {module}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 /// Calibration results `qforge quantize --calib` consumes.
 #[derive(Debug, Default, serde::Deserialize)]
 struct Calib {
@@ -86,7 +104,33 @@ fn bad_weight_hint(e: qforge_convert::Error) -> anyhow::Error {
 
 pub fn run(args: &QuantizeArgs) -> Result<()> {
     let scheme = parse_scheme(&args.scheme, args.asym)?;
+    let mut gptq_codes = None;
     let calib: Calib = match &args.calib {
+        Some(p) if p.is_dir() => {
+            // a GPTQ calibration directory (qforge calibrate --method gptq)
+            let codes = qforge_calibrate::output::GptqCodes::open(p)?;
+            let Scheme::Hf(HfScheme::Int4 {
+                group_size: want,
+                symmetric: true,
+            }) = scheme
+            else {
+                bail!(
+                    "{} holds GPTQ codes: use --scheme int4-g<N> or int4-row (symmetric)",
+                    p.display()
+                )
+            };
+            if codes.bits() != 4 || codes.group_size() != want {
+                bail!(
+                    "{} was calibrated for int{} with group {:?}, not --scheme {}",
+                    p.display(),
+                    codes.bits(),
+                    codes.group_size(),
+                    args.scheme
+                );
+            }
+            gptq_codes = Some(std::sync::Arc::new(CalibCodes(codes)));
+            Calib::default()
+        }
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
             serde_json::from_slice(&bytes)
@@ -192,6 +236,9 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                     overwrite: args.overwrite,
                 },
                 numerics,
+                precomputed_int4: gptq_codes
+                    .clone()
+                    .map(|c| c as std::sync::Arc<dyn PrecomputedInt4>),
             };
             let w = quantize_to_hf(&ckpt, &args.output, &opts).map_err(bad_weight_hint)?;
             for n in &w.written.notes {

@@ -26,7 +26,7 @@ pub use error::{Error, Result};
 pub use eval::{
     collect_imatrix, compare, perplexity, Comparison, EvalOptions, LayerError, PerplexityResult,
 };
-pub use model::{ForwardOptions, Model, W8a8Mode};
+pub use model::{ActQuant, ForwardOptions, LayerWeights, Linear, Model, W8a8Mode};
 pub use tokenize::{Chunks, TextTokenizer};
 
 /// Run `f` on a rayon pool of `threads` threads (the global pool when `None`).

@@ -39,17 +39,27 @@ pub struct ForwardOptions {
 
 /// Activation handling of one linear.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum ActQuant {
+pub enum ActQuant {
+    /// Activations used as they are.
     None,
-    Fp8Token { ub: Option<f32> },
+    /// Dynamic per-token FP8 with an optional amax upper bound.
+    Fp8Token {
+        /// fbgemm's `activation_scale_ub`.
+        ub: Option<f32>,
+    },
+    /// ggml-cpu's `vec_dot_type` quantization.
     Ggml(GgmlActType),
 }
 
 /// A linear layer's weight, dequantized: `[out, inp]` row-major.
-pub(crate) struct Linear {
+pub struct Linear {
+    /// Weights, `[out, inp]` row-major.
     pub w: Vec<f32>,
+    /// Output features.
     pub out: usize,
+    /// Input features.
     pub inp: usize,
+    /// What happens to the input before the matmul.
     pub act: ActQuant,
     /// Q4_1/Q5_1 block minimums `[out, inp/32]` for the Q8_1 `s` correction.
     pub mins: Option<Vec<f32>>,
@@ -90,15 +100,24 @@ impl Linear {
 }
 
 /// One transformer block's weights, dequantized.
-pub(crate) struct LayerWeights {
+pub struct LayerWeights {
+    /// `input_layernorm` weight.
     pub attn_norm: Vec<f32>,
+    /// `q_proj`.
     pub q: Linear,
+    /// `k_proj`.
     pub k: Linear,
+    /// `v_proj`.
     pub v: Linear,
+    /// `o_proj`.
     pub o: Linear,
+    /// `post_attention_layernorm` weight.
     pub ffn_norm: Vec<f32>,
+    /// `gate_proj`.
     pub gate: Linear,
+    /// `up_proj`.
     pub up: Linear,
+    /// `down_proj`.
     pub down: Linear,
 }
 
@@ -278,7 +297,7 @@ impl Model {
     }
 
     /// Layer `index`'s weights, dequantized (their mapped pages released afterwards).
-    pub(crate) fn layer(&self, index: u32) -> Result<LayerWeights> {
+    pub fn layer(&self, index: u32) -> Result<LayerWeights> {
         let l = |kind| TensorId::Layer { index, kind };
         Ok(LayerWeights {
             attn_norm: self.norm(l(LayerTensor::AttnNorm))?,
@@ -294,7 +313,7 @@ impl Model {
     }
 
     /// Embedding rows for `tokens` (`[tokens, hidden]`).
-    pub(crate) fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let h = self.ckpt.config.hidden_size as usize;
         let e = self.ckpt.weight_f32(TensorId::TokenEmbedding)?;
         self.release(TensorId::TokenEmbedding);

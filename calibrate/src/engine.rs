@@ -1,0 +1,534 @@
+//! The sequential layer-by-layer engine (see the crate docs).
+//!
+//! Per layer `i`:
+//! 1. load layer `i`'s weights ([`Model::layer`]);
+//! 2. run the layer over every sample with the *original* weights, feeding each linear's input
+//!    to the method: the q/k/v input (after `input_layernorm`), the `o_proj` input (attention
+//!    output), the gate/up input (after `post_attention_layernorm`) and the `down_proj` input
+//!    (SwiGLU output);
+//! 3. fp8-static: the outputs of that pass are layer `i+1`'s inputs (llm-compressor calibrates
+//!    with quantization disabled). GPTQ: quantize the seven linears, then run the layer again
+//!    with the dequantized weights; those outputs are layer `i+1`'s inputs;
+//! 4. checkpoint into the state directory: `hidden.f32` (the hidden states), the layer's GPTQ
+//!    file, then `state.json` (the commit point), each written atomically.
+//!
+//! A run that finds a state directory with the same fingerprint (options, samples, model)
+//! resumes after the last committed layer; since the hidden states are stored bit-exactly the
+//! output is byte-identical to an uninterrupted run. The state directory is removed once the
+//! output is written.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use qforge_convert::layout::hf_module;
+use qforge_convert::write::{OutputDir, OutputOptions};
+use qforge_convert::{Format, LayerTensor, TensorId};
+use qforge_verify::matmul::matmul_t;
+use qforge_verify::ops::{attention, rms_norm, swiglu, RopeTable};
+use qforge_verify::{LayerWeights, Model};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::data::Samples;
+use crate::error::{Error, Result};
+use crate::gptq::{gptq, GptqConfig, GptqResult};
+use crate::observer::{Observer, ObserverKind};
+use crate::output::{
+    layer_file_bytes, layer_file_name, write_atomic, CalibFile, GptqScheme, ModuleReport,
+    CALIB_JSON, FORMAT,
+};
+
+/// What to calibrate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Method {
+    /// Static per-tensor FP8 input scales.
+    Fp8Static(ObserverKind),
+    /// GPTQ weight quantization.
+    Gptq(GptqConfig),
+}
+
+/// Options of [`calibrate`].
+#[derive(Debug, Clone)]
+pub struct CalibOptions {
+    /// The method.
+    pub method: Method,
+    /// Where checkpoints go (default: `<output>.qforge-state` beside the output).
+    pub state_dir: Option<PathBuf>,
+    /// Replace an existing output.
+    pub overwrite: bool,
+    /// One stderr line per layer.
+    pub progress: bool,
+    /// Stop with [`Error::Stopped`] after checkpointing this layer (tests of resume).
+    pub stop_after_layer: Option<u32>,
+}
+
+/// What [`calibrate`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibSummary {
+    /// Decoder layers.
+    pub layers: u32,
+    /// The first layer this run computed (0 unless resumed).
+    pub started_at_layer: u32,
+    /// Per-module outcomes.
+    pub modules: Vec<ModuleReport>,
+    /// Wall time of this run.
+    pub seconds: f64,
+}
+
+/// Which linears read each captured input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// q_proj, k_proj, v_proj.
+    Qkv,
+    /// o_proj.
+    O,
+    /// gate_proj, up_proj.
+    GateUp,
+    /// down_proj.
+    Down,
+}
+
+const SITES: [Site; 4] = [Site::Qkv, Site::O, Site::GateUp, Site::Down];
+
+impl Site {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The linears reading this input.
+    pub fn kinds(self) -> &'static [LayerTensor] {
+        match self {
+            Site::Qkv => &[LayerTensor::Q, LayerTensor::K, LayerTensor::V],
+            Site::O => &[LayerTensor::O],
+            Site::GateUp => &[LayerTensor::Gate, LayerTensor::Up],
+            Site::Down => &[LayerTensor::Down],
+        }
+    }
+}
+
+fn add(h: &mut [f32], d: &[f32]) {
+    for (a, b) in h.iter_mut().zip(d) {
+        *a += b;
+    }
+}
+
+/// One sample through one layer, in place on `hc` (`[seq, hidden]`), showing each linear's
+/// input to `sink` (the same arithmetic as `qforge verify`'s layer-major forward).
+pub fn layer_forward(
+    model: &Model,
+    lw: &LayerWeights,
+    rope: &RopeTable,
+    hc: &mut [f32],
+    seq: usize,
+    sink: &mut dyn FnMut(Site, &[f32]),
+) {
+    let cfg = model.config();
+    let hid = cfg.hidden_size as usize;
+    let (heads, kvh, hd) = (
+        cfg.num_heads as usize,
+        cfg.num_kv_heads as usize,
+        cfg.head_dim as usize,
+    );
+    let eps = cfg.rms_norm_eps as f32;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let ffn = cfg.intermediate_size as usize;
+    let mut x = hc.to_vec();
+    let mut q = vec![0f32; seq * heads * hd];
+    let mut k = vec![0f32; seq * kvh * hd];
+    let mut v = vec![0f32; seq * kvh * hd];
+    let mut att = vec![0f32; seq * heads * hd];
+    rms_norm(&mut x, hid, &lw.attn_norm, eps);
+    sink(Site::Qkv, &x);
+    lw.q.forward(&x, seq, &mut q);
+    lw.k.forward(&x, seq, &mut k);
+    lw.v.forward(&x, seq, &mut v);
+    rope.apply(&mut q, heads, model.rope_layout);
+    rope.apply(&mut k, kvh, model.rope_layout);
+    attention(&q, &k, &v, seq, heads, kvh, hd, scale, &mut att);
+    drop((q, k, v));
+    sink(Site::O, &att);
+    lw.o.forward(&att, seq, &mut x);
+    drop(att);
+    add(hc, &x);
+    x.copy_from_slice(hc);
+    rms_norm(&mut x, hid, &lw.ffn_norm, eps);
+    sink(Site::GateUp, &x);
+    let mut g = vec![0f32; seq * ffn];
+    let mut u = vec![0f32; seq * ffn];
+    lw.gate.forward(&x, seq, &mut g);
+    lw.up.forward(&x, seq, &mut u);
+    swiglu(&mut g, &u);
+    drop(u);
+    sink(Site::Down, &g);
+    lw.down.forward(&g, seq, &mut x);
+    add(hc, &x);
+}
+
+/// `H = Σ 2·x·xᵀ` over samples, then `/N` (llm-compressor 0.14 `accumulate_hessian` with
+/// `N` = number of sequences), `f32`.
+struct Hessian {
+    h: Vec<f32>,
+    tmp: Vec<f32>,
+    xt: Vec<f32>,
+    w: usize,
+    n: usize,
+}
+
+impl Hessian {
+    fn new(w: usize) -> Self {
+        Hessian {
+            h: vec![0f32; w * w],
+            tmp: vec![0f32; w * w],
+            xt: Vec::new(),
+            w,
+            n: 0,
+        }
+    }
+
+    fn add(&mut self, x: &[f32]) {
+        let w = self.w;
+        let t = x.len() / w;
+        self.xt.resize(w * t, 0.0);
+        for (r, row) in x.chunks_exact(w).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                self.xt[c * t + r] = v;
+            }
+        }
+        matmul_t(&self.xt, w, t, &self.xt, w, &mut self.tmp);
+        self.h
+            .par_chunks_mut(4096)
+            .zip(self.tmp.par_chunks(4096))
+            .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += 2.0 * b));
+        self.n += 1;
+    }
+
+    fn finish(mut self) -> Vec<f32> {
+        let n = self.n.max(1) as f32;
+        self.h.par_iter_mut().for_each(|v| *v /= n);
+        self.h
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    fingerprint: String,
+    next_layer: u32,
+    modules: Vec<ModuleReport>,
+    layer_files: Vec<String>,
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match m {
+        Method::Fp8Static(_) => "fp8-static",
+        Method::Gptq(_) => "gptq",
+    }
+}
+
+fn observer_name(k: ObserverKind) -> String {
+    match k {
+        ObserverKind::MinMax => "minmax".into(),
+        ObserverKind::Percentile(p) => format!("percentile:{p}"),
+    }
+}
+
+fn samples_sha(samples: &Samples) -> String {
+    let mut h = Sha256::new();
+    for t in samples.flat() {
+        h.update(t.to_le_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+fn fingerprint(model: &Model, samples: &Samples, method: &Method) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("{method:?}\n{:?}\n", model.config()).as_bytes());
+    let names: Vec<String> = model
+        .ckpt
+        .tensors
+        .iter()
+        .map(|t| format!("{:?}:{:?}", t.key, t.dtype))
+        .collect();
+    h.update(names.join(",").as_bytes());
+    h.update(samples_sha(samples).as_bytes());
+    hex::encode(h.finalize())
+}
+
+fn progress(on: bool, msg: std::fmt::Arguments<'_>) {
+    if on {
+        let _ = writeln!(std::io::stderr(), "{msg}");
+    }
+}
+
+/// The default state directory of an output path: `<output>.qforge-state` beside it.
+pub fn default_state_dir(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(".qforge-state");
+    PathBuf::from(s)
+}
+
+fn read_state(dir: &Path, fp: &str, hidden_len: usize) -> Result<Option<(State, Vec<f32>)>> {
+    let sp = dir.join("state.json");
+    let Ok(bytes) = std::fs::read(&sp) else {
+        return Ok(None);
+    };
+    let st: State = serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
+        path: sp.clone(),
+        reason: format!("unreadable calibration state: {e}"),
+    })?;
+    if st.fingerprint != fp {
+        return Err(Error::BadFile {
+            path: sp,
+            reason: "this state belongs to a run with other options, samples or model \
+                     (delete the state directory to start over)"
+                .into(),
+        });
+    }
+    let hp = dir.join("hidden.f32");
+    let hb = std::fs::read(&hp).map_err(|e| Error::io(&hp, e))?;
+    if hb.len() != hidden_len * 4 {
+        return Err(Error::BadFile {
+            path: hp,
+            reason: format!("{} bytes, expected {}", hb.len(), hidden_len * 4),
+        });
+    }
+    let h = hb
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Some((st, h)))
+}
+
+/// Calibrate `model` on `samples`; write the result to `dest` (a JSON file for fp8-static, a
+/// directory for GPTQ; see [`crate::output`]).
+pub fn calibrate(
+    model: &Model,
+    samples: &Samples,
+    opts: &CalibOptions,
+    dest: &Path,
+) -> Result<CalibSummary> {
+    let start = Instant::now();
+    let cfg = model.config().clone();
+    if let Method::Gptq(g) = &opts.method {
+        if model.ckpt.format != Format::Hf {
+            return Err(Error::Unsupported(
+                "GPTQ calibration reads Hugging Face checkpoints (Q/K rows in HF order); \
+                 convert first: qforge convert <model> <dir> --to hf --dtype bf16"
+                    .into(),
+            ));
+        }
+        for kind in [LayerTensor::Q, LayerTensor::O, LayerTensor::Down] {
+            let s = cfg.expected_shape(TensorId::Layer { index: 0, kind });
+            qforge_quantize::int4::check_group(s[1] as usize, g.group_size)?;
+        }
+    }
+    if dest.exists() && !opts.overwrite {
+        return Err(Error::io(
+            dest,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "output exists (use --overwrite)",
+            ),
+        ));
+    }
+    let hid = cfg.hidden_size as usize;
+    let seq = samples.seq_len;
+    let n = samples.n();
+    let nl = cfg.num_layers as u32;
+    let fp = fingerprint(model, samples, &opts.method);
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| default_state_dir(dest));
+    std::fs::create_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
+    let (mut st, mut h) = match read_state(&state_dir, &fp, n * seq * hid)? {
+        Some((st, h)) => {
+            progress(
+                opts.progress,
+                format_args!(
+                    "resuming at layer {}/{nl} from {}",
+                    st.next_layer + 1,
+                    state_dir.display()
+                ),
+            );
+            (st, h)
+        }
+        None => (
+            State {
+                fingerprint: fp.clone(),
+                next_layer: 0,
+                modules: Vec::new(),
+                layer_files: Vec::new(),
+            },
+            model.embed(&samples.flat())?,
+        ),
+    };
+    let started_at_layer = st.next_layer;
+    let rope = RopeTable::new(&model.inv_freq, seq);
+    for i in st.next_layer..nl {
+        let t0 = Instant::now();
+        let mut lw = model.layer(i)?;
+        let mut reports = Vec::new();
+        match &opts.method {
+            Method::Fp8Static(kind) => {
+                let mut obs = [Observer::new(*kind); 4];
+                for hc in h.chunks_mut(seq * hid) {
+                    layer_forward(model, &lw, &rope, hc, seq, &mut |site, x| {
+                        obs[site.index()].observe(x);
+                    });
+                }
+                for site in SITES {
+                    for &kind in site.kinds() {
+                        reports.push(ModuleReport {
+                            module: hf_module(TensorId::Layer { index: i, kind }),
+                            input_amax: Some(obs[site.index()].amax()),
+                            loss: None,
+                            damping: None,
+                            damping_retries: None,
+                            dead_columns: None,
+                        });
+                    }
+                }
+            }
+            Method::Gptq(g) => {
+                let widths = [hid, lw.o.inp, hid, lw.down.inp];
+                let mut hs: Vec<Hessian> = widths.iter().map(|&w| Hessian::new(w)).collect();
+                let mut scratch = vec![0f32; seq * hid];
+                for hc in h.chunks(seq * hid) {
+                    scratch.copy_from_slice(hc);
+                    layer_forward(model, &lw, &rope, &mut scratch, seq, &mut |site, x| {
+                        hs[site.index()].add(x);
+                    });
+                }
+                let mut results: Vec<(String, GptqResult)> = Vec::new();
+                for (site, hess) in SITES.into_iter().zip(hs) {
+                    let hm = hess.finish();
+                    for &kind in site.kinds() {
+                        let module = hf_module(TensorId::Layer { index: i, kind });
+                        let lin = match kind {
+                            LayerTensor::Q => &mut lw.q,
+                            LayerTensor::K => &mut lw.k,
+                            LayerTensor::V => &mut lw.v,
+                            LayerTensor::O => &mut lw.o,
+                            LayerTensor::Gate => &mut lw.gate,
+                            LayerTensor::Up => &mut lw.up,
+                            _ => &mut lw.down,
+                        };
+                        let r = gptq(&module, &lin.w, lin.out, lin.inp, &hm, g)?;
+                        if r.retries > 0 {
+                            progress(
+                                true,
+                                format_args!(
+                                    "warning: {module}: Hessian needed extra dampening {} ({} retries)",
+                                    r.damping, r.retries
+                                ),
+                            );
+                        }
+                        lin.w = r.dequantize();
+                        reports.push(ModuleReport {
+                            module: module.clone(),
+                            input_amax: None,
+                            loss: Some(r.loss),
+                            damping: Some(r.damping),
+                            damping_retries: Some(r.retries),
+                            dead_columns: Some(r.dead_columns),
+                        });
+                        results.push((module, r));
+                    }
+                }
+                for hc in h.chunks_mut(seq * hid) {
+                    layer_forward(model, &lw, &rope, hc, seq, &mut |_, _| {});
+                }
+                let name = layer_file_name(i);
+                write_atomic(&state_dir.join(&name), &layer_file_bytes(&results, g.bits)?)?;
+                st.layer_files.push(name);
+            }
+        }
+        drop(lw);
+        let hb: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_atomic(&state_dir.join("hidden.f32"), &hb)?;
+        drop(hb);
+        st.modules.extend(reports);
+        st.next_layer = i + 1;
+        let sj = serde_json::to_vec_pretty(&st).expect("plain data serializes");
+        write_atomic(&state_dir.join("state.json"), &sj)?;
+        progress(
+            opts.progress,
+            format_args!(
+                "layer {}/{nl}: {} done in {:.1} s",
+                i + 1,
+                method_name(&opts.method),
+                t0.elapsed().as_secs_f64()
+            ),
+        );
+        if opts.stop_after_layer == Some(i) && i + 1 < nl {
+            return Err(Error::Stopped { layer: i });
+        }
+    }
+    drop(h);
+
+    let mut calib = CalibFile {
+        format: FORMAT.into(),
+        version: 1,
+        method: method_name(&opts.method).into(),
+        observer: None,
+        samples: n,
+        seq_len: seq,
+        samples_sha256: samples_sha(samples),
+        input_scales: None,
+        gptq: None,
+        modules: st.modules.clone(),
+    };
+    match &opts.method {
+        Method::Fp8Static(kind) => {
+            calib.observer = Some(observer_name(*kind));
+            calib.input_scales = Some(
+                st.modules
+                    .iter()
+                    .map(|m| {
+                        let mut o = Observer::new(*kind);
+                        o.max = m.input_amax.unwrap_or(0.0);
+                        (m.module.clone(), o.scale())
+                    })
+                    .collect(),
+            );
+            if opts.overwrite && dest.is_dir() {
+                std::fs::remove_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+            }
+            write_atomic(dest, &calib.to_bytes())?;
+        }
+        Method::Gptq(g) => {
+            calib.gptq = Some(GptqScheme {
+                bits: g.bits,
+                group_size: g.group_size,
+                symmetric: true,
+                actorder: g.actorder.then(|| "weight".to_string()),
+                dampening: g.dampening,
+                block_size: g.block_size,
+                layer_files: st.layer_files.clone(),
+            });
+            let mut out = OutputDir::begin(
+                dest,
+                OutputOptions {
+                    resume: false,
+                    overwrite: opts.overwrite,
+                },
+            )?;
+            for name in &st.layer_files {
+                let p = state_dir.join(name);
+                let b = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+                out.write_file(name, &b)?;
+            }
+            out.write_file(CALIB_JSON, &calib.to_bytes())?;
+            out.commit(serde_json::Map::new())?;
+        }
+    }
+    std::fs::remove_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
+    Ok(CalibSummary {
+        layers: nl,
+        started_at_layer,
+        modules: st.modules,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,131 @@
+//! `qforge calibrate`: layer-by-layer calibration (static FP8 activation scales, GPTQ).
+
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use qforge_calibrate::{
+    calibrate, output::write_atomic, CalibOptions, GptqConfig, Method, ObserverKind, Samples,
+};
+use qforge_verify::{ForwardOptions, Model, TextTokenizer, W8a8Mode};
+
+use crate::cli::{CalibMethod, CalibObserver, CalibrateArgs};
+
+/// Parse a GPTQ `--scheme`: int4-g<N>, int4-row, int8-g<N>, int8-row.
+pub fn parse_gptq_scheme(s: &str) -> Result<(u8, Option<usize>)> {
+    let t = s.trim().to_ascii_lowercase();
+    let (bits, rest) = if let Some(r) = t.strip_prefix("int4") {
+        (4, r)
+    } else if let Some(r) = t.strip_prefix("int8") {
+        (8, r)
+    } else {
+        bail!("--scheme {s:?}: GPTQ schemes are int4-g<N>, int4-row, int8-g<N>, int8-row");
+    };
+    let group = match rest {
+        "" => Some(128),
+        "-row" | "-channel" => None,
+        g => Some(
+            g.strip_prefix("-g")
+                .and_then(|g| g.parse::<usize>().ok())
+                .filter(|g| *g > 0)
+                .with_context(|| format!("--scheme {s}: group size must be a positive integer"))?,
+        ),
+    };
+    Ok((bits, group))
+}
+
+pub fn run(args: &CalibrateArgs) -> Result<()> {
+    let method = match args.method {
+        CalibMethod::Fp8Static => Method::Fp8Static(match args.observer {
+            CalibObserver::Minmax => ObserverKind::MinMax,
+            CalibObserver::Percentile => {
+                if !(args.percentile > 0.0 && args.percentile <= 100.0) {
+                    bail!("--percentile {} must be in (0, 100]", args.percentile);
+                }
+                ObserverKind::Percentile(args.percentile)
+            }
+        }),
+        CalibMethod::Gptq => {
+            let (bits, group_size) = parse_gptq_scheme(&args.scheme)?;
+            let actorder = match args.actorder.to_ascii_lowercase().as_str() {
+                "weight" | "static" => true,
+                "none" | "false" => false,
+                "group" | "dynamic" => bail!(
+                    "--actorder group needs a g_idx, which compressed-tensors 0.20 removed\n  \
+                     hint: use --actorder weight (scales from natural groups, no g_idx)"
+                ),
+                o => bail!("--actorder {o:?}: use weight or none"),
+            };
+            Method::Gptq(GptqConfig {
+                bits,
+                group_size,
+                actorder,
+                dampening: args.dampening,
+                block_size: args.block_size,
+                bf16: true,
+            })
+        }
+    };
+    let model = Model::open(
+        &args.model,
+        ForwardOptions {
+            w8a8: W8a8Mode::Off,
+            ggml_act_quant: false,
+            kv_f16: false,
+        },
+    )?;
+    let mut method = method;
+    if let Method::Gptq(g) = &mut method {
+        // compressed-tensors computes scales in the weights' dtype: BF16 arithmetic for a BF16
+        // model (the default `quantize --dtype bf16` then stores them exactly), F32 otherwise.
+        let q0 = qforge_convert::TensorId::Layer {
+            index: 0,
+            kind: qforge_convert::LayerTensor::Q,
+        };
+        g.bf16 = matches!(
+            model.ckpt.weight_storage(q0)?,
+            qforge_convert::dequant::WeightStorage::Plain(qforge_quantize::DType::BF16)
+        );
+    }
+    let samples = if let Some(p) = &args.tokens {
+        Samples::from_json_file(p)?
+    } else {
+        let tok = TextTokenizer::for_checkpoint(&model.ckpt)?;
+        let mut ids = Vec::new();
+        for p in &args.data {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            ids.extend(tok.encode(&text)?);
+        }
+        Samples::draw(&ids, args.seq_len, args.samples, args.seed, tok.bos)?
+    };
+    if let Some(p) = &args.samples_out {
+        write_atomic(p, &samples.to_json())?;
+    }
+    let opts = CalibOptions {
+        method,
+        state_dir: None,
+        overwrite: args.overwrite,
+        progress: !args.json,
+        stop_after_layer: args.stop_after_layer,
+    };
+    let summary = qforge_verify::with_threads(args.threads, || {
+        calibrate(&model, &samples, &opts, &args.output)
+    })??;
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &summary)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            std::io::stderr(),
+            "calibrated {} modules over {} layers ({} samples x {} tokens) in {:.1} s: wrote {}",
+            summary.modules.len(),
+            summary.layers,
+            samples.n(),
+            samples.seq_len,
+            summary.seconds,
+            args.output.display()
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! `qforge calibrate` end to end on a small random model: fp8-static scales are the max-abs of
+//! each linear's captured input / 448; a GPTQ run stopped after a layer resumes to the same
+//! bytes as an uninterrupted run (at any thread count); `qforge quantize --calib DIR` writes
+//! exactly the GPTQ codes and scales.
+
+use std::path::Path;
+use std::process::Command;
+
+use qforge_calibrate::engine::{layer_forward, Site};
+use qforge_calibrate::Samples;
+use qforge_verify::ops::RopeTable;
+use qforge_verify::{ForwardOptions, Model, W8a8Mode};
+
+#[path = "support/model.rs"]
+mod model;
+use model::{files, make_model, SMALL};
+
+const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
+
+fn tokens(path: &Path, n: usize, seq: usize, vocab: u32) {
+    let mut x = 12345u64;
+    let samples: Vec<Vec<u32>> = (0..n)
+        .map(|_| {
+            (0..seq)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    ((x >> 33) as u32) % vocab
+                })
+                .collect()
+        })
+        .collect();
+    std::fs::write(
+        path,
+        serde_json::json!({"seq_len": seq, "samples": samples}).to_string(),
+    )
+    .unwrap();
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(QFORGE).args(args).output().unwrap()
+}
+
+fn p(x: &Path) -> &str {
+    x.to_str().unwrap()
+}
+
+#[test]
+fn fp8_static_scales_are_the_captured_max_abs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, t, out) = (
+        dir.path().join("m"),
+        dir.path().join("t.json"),
+        dir.path().join("c.json"),
+    );
+    make_model(&m, SMALL);
+    tokens(&t, 3, 24, 4096);
+    let o = run(&[
+        "calibrate",
+        p(&m),
+        "--tokens",
+        p(&t),
+        "--method",
+        "fp8-static",
+        "-o",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let calib: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let scales = &calib["input_scales"];
+    assert_eq!(scales.as_object().unwrap().len(), 2 * 7);
+
+    // Direct max-abs over every linear's input, layer by layer through the unquantized model.
+    let model = Model::open(
+        &m,
+        ForwardOptions {
+            w8a8: W8a8Mode::Off,
+            ..ForwardOptions::default()
+        },
+    )
+    .unwrap();
+    let s = Samples::from_json_file(&t).unwrap();
+    let hid = model.config().hidden_size as usize;
+    let rope = RopeTable::new(&model.inv_freq, s.seq_len);
+    let mut h = model.embed(&s.flat()).unwrap();
+    for i in 0..2u32 {
+        let lw = model.layer(i).unwrap();
+        let mut amax = [0f32; 4];
+        for hc in h.chunks_mut(s.seq_len * hid) {
+            layer_forward(&model, &lw, &rope, hc, s.seq_len, &mut |site, x| {
+                let k = site as usize;
+                amax[k] = x.iter().fold(amax[k], |m, v| m.max(v.abs()));
+            });
+        }
+        for (site, names) in [
+            (
+                Site::Qkv,
+                &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"][..],
+            ),
+            (Site::O, &["self_attn.o_proj"][..]),
+            (Site::GateUp, &["mlp.gate_proj", "mlp.up_proj"][..]),
+            (Site::Down, &["mlp.down_proj"][..]),
+        ] {
+            for n in names {
+                let got = scales[format!("model.layers.{i}.{n}")].as_f64().unwrap() as f32;
+                assert_eq!(got, amax[site as usize] / 448.0, "layer {i} {n}");
+                assert!(got > 0.0);
+            }
+        }
+    }
+
+    // The file feeds quantize --scheme fp8-static.
+    let q = dir.path().join("q");
+    let o = run(&[
+        "quantize",
+        p(&m),
+        p(&q),
+        "--scheme",
+        "fp8-static",
+        "--calib",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn gptq_args<'a>(m: &'a str, t: &'a str, out: &'a str, threads: &'a str) -> Vec<&'a str> {
+    vec![
+        "calibrate",
+        m,
+        "--tokens",
+        t,
+        "--method",
+        "gptq",
+        "--scheme",
+        "int4-g64",
+        "-o",
+        out,
+        "--threads",
+        threads,
+    ]
+}
+
+#[test]
+fn gptq_resumes_to_identical_bytes_and_quantize_writes_its_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (m, t) = (d.join("m"), d.join("t.json"));
+    make_model(&m, SMALL);
+    tokens(&t, 3, 24, 4096);
+    let (a, b) = (d.join("a"), d.join("b"));
+    let o = run(&gptq_args(p(&m), p(&t), p(&a), "1"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Stopped after layer 0: no output, a state directory; the rerun resumes at layer 1.
+    let mut args = gptq_args(p(&m), p(&t), p(&b), "3");
+    args.extend(["--stop-after-layer", "0"]);
+    let o = run(&args);
+    assert!(!o.status.success());
+    assert!(!b.exists());
+    assert!(d.join("b.qforge-state").join("state.json").exists());
+    let o = run(&gptq_args(p(&m), p(&t), p(&b), "2"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming at layer 2/2"));
+    assert!(!d.join("b.qforge-state").exists());
+    assert_eq!(files(&a), files(&b));
+
+    // quantize --calib DIR stores exactly the GPTQ codes and (BF16-exact) scales.
+    let q = d.join("q");
+    let o = run(&[
+        "quantize",
+        p(&m),
+        p(&q),
+        "--scheme",
+        "int4-g64",
+        "--calib",
+        p(&a),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let codes = qforge_calibrate::output::GptqCodes::open(&a).unwrap();
+    let ck = qforge_convert::Checkpoint::open(&q).unwrap();
+    for module in [
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.mlp.down_proj",
+    ] {
+        let want = codes.int4(module).unwrap().unwrap();
+        let packed = ck
+            .tensors
+            .iter()
+            .find(|t| t.name == format!("{module}.weight_packed"))
+            .unwrap();
+        let got: Vec<i32> = ck
+            .bytes(packed)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(
+            got,
+            qforge_quantize::int4::pack_ct(&want.q, want.rows, want.cols).unwrap()
+        );
+        let st = ck
+            .tensors
+            .iter()
+            .find(|t| t.name == format!("{module}.weight_scale"))
+            .unwrap();
+        assert_eq!(ck.to_f32(st).unwrap(), want.scales);
+    }
+    // ... and a scheme that does not match the calibration is refused.
+    let o = run(&[
+        "quantize",
+        p(&m),
+        p(&d.join("r")),
+        "--scheme",
+        "int4-g128",
+        "--calib",
+        p(&a),
+    ]);
+    assert!(!o.status.success());
+}

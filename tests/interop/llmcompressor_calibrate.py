@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Run llm-compressor 0.14 oneshot on token-id samples written by `qforge calibrate --samples-out`.
+
+    python llmcompressor_calibrate.py gptq-g64 BASE_HF_DIR SAMPLES.json OUT_DIR
+    python llmcompressor_calibrate.py fp8-static BASE_HF_DIR SAMPLES.json OUT_DIR
+
+gptq-g64: GPTQModifier, int4 symmetric group 64, dampening 0.01, block 128, actorder static
+(llm-compressor's default), lm_head ignored; model loaded in its BF16 dtype; saved compressed
+(pack-quantized) with the base's tokenizer files, so `qforge verify` can read it.
+fp8-static: QuantizationModifier FP8 preset (per-tensor weights, static per-tensor input scales,
+observer static_minmax); model loaded in float32 so the activations are f32 like qforge's
+forward; writes OUT_DIR/input_scales.json {module: scale}.
+Needs the heavy venv with the llm-compressor layer first on PYTHONPATH
+(scripts/pylayer-llmcompressor.sh).
+"""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import datasets
+import datasets.fingerprint
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+
+from llmcompressor import oneshot
+from llmcompressor.modifiers.gptq import GPTQModifier
+from llmcompressor.modifiers.quantization import QuantizationModifier
+
+
+def _no_dill_fingerprints() -> None:
+    """datasets 5.2 hashes transforms with dill, which fails on pyarrow 26's MonthDayNano type
+    under Python 3.11 ("Can't pickle <class 'MonthDayNano'>"). Caching is off, so fingerprints
+    only need to be unique: use a counter instead of a dill hash."""
+    datasets.disable_caching()
+    counter = iter(range(1 << 62))
+
+    def unique(*_args, **_kwargs):
+        return f"qforge{next(counter):016x}"
+
+    datasets.fingerprint.Hasher.hash = classmethod(lambda cls, value: unique())
+    datasets.fingerprint.generate_fingerprint = unique
+    datasets.arrow_dataset.generate_fingerprint = unique
+
+
+def main() -> None:
+    _no_dill_fingerprints()
+    method, base, samples_path, out = sys.argv[1:5]
+    torch.manual_seed(0)
+    s = json.loads(Path(samples_path).read_text())
+    ids = s["samples"]
+    ds = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]})
+    dtype = torch.float32 if method == "fp8-static" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    if method == "gptq-g64":
+        recipe = GPTQModifier(
+            config_groups={"group_0": {"targets": ["Linear"], "weights": {
+                "num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
+                "group_size": 64}}},
+            ignore=["lm_head"], dampening_frac=0.01, block_size=128, actorder="static")
+    elif method == "fp8-static":
+        recipe = QuantizationModifier(targets="Linear", scheme="FP8", ignore=["lm_head"])
+    else:
+        raise SystemExit(f"unknown method {method}")
+    oneshot(model=model, dataset=ds, recipe=recipe, max_seq_length=s["seq_len"],
+            num_calibration_samples=len(ids), shuffle_calibration_samples=False,
+            pipeline="sequential")
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    if method == "fp8-static":
+        scales = {name: float(m.input_scale.detach().float().reshape(-1)[0])
+                  for name, m in model.named_modules() if hasattr(m, "input_scale")}
+        (outp / "input_scales.json").write_text(json.dumps(scales, indent=1, sort_keys=True))
+        return
+    model.save_pretrained(out, save_compressed=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "generation_config.json"):
+        if (Path(base) / f).exists():
+            shutil.copy(Path(base) / f, outp / f)
+
+
+if __name__ == "__main__":
+    main()
