@@ -6,6 +6,9 @@
 
 mod cli;
 mod commands;
+mod modelref;
+mod progress;
+mod recipe;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -14,6 +17,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    progress::init_logging(cli.verbose);
     let result = match cli.command {
         cli::Command::Inspect(args) => commands::inspect::run(&args),
         cli::Command::Convert(args) => commands::convert::run(&args),
@@ -21,6 +25,14 @@ fn main() -> ExitCode {
         cli::Command::Bench(cli::BenchCommand::Gemm(args)) => commands::bench::run_gemm(&args),
         cli::Command::Perplexity(args) => commands::perplexity::run(&args),
         cli::Command::Verify(args) => commands::verify::run(&args),
+        cli::Command::Pipeline(args) => commands::pipeline::run(&args),
+        cli::Command::Plan(args) => commands::plan::run(&args),
+        cli::Command::Completions(args) => {
+            use clap::CommandFactory;
+            let mut cmd = cli::Cli::command();
+            clap_complete::generate(args.shell, &mut cmd, "qforge", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,6 +68,34 @@ struct Calib {
 }
 
 pub fn run(args: &QuantizeArgs) -> Result<()> {
+    if args.dry_run {
+        return crate::commands::plan::run_quantize(args);
+    }
+    let summary = execute(args)?.summary;
+    print_summary(args, &summary)
+}
+
+/// What a quantization wrote (or, with `dry_run`, would write).
+pub struct Quantized {
+    /// The summary `--json` prints.
+    pub summary: serde_json::Value,
+    /// Files with sizes (planned sizes in a dry run).
+    pub files: Vec<qforge_convert::write::FileRecord>,
+    /// HF output: module names quantized. GGUF output: empty.
+    pub modules: Vec<String>,
+    /// GGUF output: (tensor, type) in file order. HF output: empty.
+    pub gguf_types: Vec<(String, DType)>,
+}
+
+/// Quantize as `args` say; returns the summary `--json` prints (notes go to stderr).
+pub fn execute(args: &QuantizeArgs) -> Result<Quantized> {
+    let ckpt = Checkpoint::open(crate::modelref::resolve(&args.input.to_string_lossy())?)?;
+    execute_on(&ckpt, args)
+}
+
+/// Quantize an open checkpoint as `args` say (`args.dry_run`: plan only, nothing read or
+/// written).
+pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
     let scheme = parse_scheme(&args.scheme, args.asym)?;
     let calib: Calib = match &args.calib {
         Some(p) => {
@@ -77,9 +105,8 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         }
         None => Calib::default(),
     };
-    let ckpt = Checkpoint::open(&args.input)?;
     let mut err = std::io::stderr().lock();
-    let summary = match scheme {
+    Ok(match scheme {
         Scheme::Gguf(mix) => {
             if matches!(args.layout, Some(l) if l != QuantLayout::Gguf) {
                 bail!("--scheme gguf:{mix} writes a GGUF file\n  hint: drop --layout or use --layout gguf");
@@ -88,22 +115,25 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                 bail!("--policy and --ignore apply to HF layouts; GGUF mixes follow llama.cpp's rules");
             }
             let w = quantize_to_gguf(
-                &ckpt,
+                ckpt,
                 &args.output,
                 mix,
                 &GgufQuantOptions {
                     imatrix: calib.imatrix,
                     overwrite: args.overwrite,
+                    dry_run: args.dry_run,
                 },
             )?;
             let mut counts: BTreeMap<String, usize> = BTreeMap::new();
             for (_, t, _) in &w.types {
                 *counts.entry(t.to_string()).or_default() += 1;
             }
-            for n in &w.written.notes {
-                writeln!(err, "note: {n}")?;
+            if !args.dry_run {
+                for n in &w.written.notes {
+                    writeln!(err, "note: {n}")?;
+                }
             }
-            json!({
+            let summary = json!({
                 "output": args.output,
                 "scheme": format!("gguf:{}", mix.name().to_ascii_lowercase()),
                 "layout": "gguf",
@@ -113,7 +143,13 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                 })).collect::<Vec<_>>(),
                 "bytes": w.written.files.iter().map(|f| f.bytes).sum::<u64>(),
                 "files": w.written.files,
-            })
+            });
+            Quantized {
+                summary,
+                files: w.written.files,
+                modules: Vec::new(),
+                gguf_types: w.types.iter().map(|(n, t, _)| (n.clone(), *t)).collect(),
+            }
         }
         Scheme::Hf(hf) => {
             let layout = match args.layout {
@@ -145,10 +181,11 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                 output: OutputOptions {
                     resume: args.resume,
                     overwrite: args.overwrite,
+                    dry_run: args.dry_run,
                 },
             };
-            let w = quantize_to_hf(&ckpt, &args.output, &opts)?;
-            for n in &w.written.notes {
+            let w = quantize_to_hf(ckpt, &args.output, &opts)?;
+            for n in w.written.notes.iter().filter(|_| !args.dry_run) {
                 writeln!(err, "note: {n}")?;
             }
             if !w.written.resumed.is_empty() {
@@ -158,7 +195,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                     w.written.resumed.len()
                 )?;
             }
-            json!({
+            let summary = json!({
                 "output": args.output,
                 "scheme": args.scheme,
                 "layout": match layout { HfLayout::CompressedTensors => "compressed-tensors", HfLayout::Fbgemm => "fbgemm" },
@@ -166,12 +203,22 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                 "kept_modules": w.kept,
                 "bytes": w.written.files.iter().map(|f| f.bytes).sum::<u64>(),
                 "files": w.written.files,
-            })
+            });
+            Quantized {
+                summary,
+                files: w.written.files,
+                modules: w.quantized,
+                gguf_types: Vec::new(),
+            }
         }
-    };
+    })
+}
+
+fn print_summary(args: &QuantizeArgs, summary: &serde_json::Value) -> Result<()> {
+    let mut err = std::io::stderr().lock();
     if args.json {
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, &summary)?;
+        serde_json::to_writer_pretty(&mut out, summary)?;
         writeln!(out)?;
     } else {
         if let Some(types) = summary.get("types") {
