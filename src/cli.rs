@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log what happens on stderr (-v: steps, -vv: details); RUST_LOG overrides.
+    /// Log what happens on stderr (-v: steps, -vv: details).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 }

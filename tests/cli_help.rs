@@ -47,7 +47,7 @@ fn every_subcommand_has_help_with_an_example() {
         } else {
             format!("qforge {}", sub.join(" "))
         };
-        insta::assert_snapshot!(format!("help {name}"), help);
+        insta::assert_snapshot!(format!("help-{}", name.replace(' ', "-")), help);
     }
 }
 
@@ -77,7 +77,7 @@ fn usage_errors_are_one_line_with_a_hint() {
         let err = String::from_utf8(o.stderr).unwrap();
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains("hint:"), "{args:?}: {err}");
-        insta::assert_snapshot!(format!("usage error {name}"), err);
+        insta::assert_snapshot!(format!("usage-error-{}", name.replace(' ', "-")), err);
     }
 }
 
@@ -87,6 +87,6 @@ fn completions_are_generated() {
         let o = run(&["completions", shell]);
         assert!(o.status.success());
         let s = String::from_utf8(o.stdout).unwrap();
-        assert!(s.contains("pipeline") && s.contains("--dry-run"), "{shell}");
+        assert!(s.contains("pipeline") && s.contains("dry-run"), "{shell}");
     }
 }

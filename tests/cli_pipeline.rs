@@ -257,6 +257,8 @@ fn pipeline_runs_reports_gates_and_skips_finished_steps() {
         assert!(out.join(a["name"].as_str().unwrap()).exists());
     }
     let first = model::files(&out);
+    // the report's shape (keys and types, not numbers) is an interface: snapshot it
+    insta::assert_snapshot!("pipeline-report-shape", shape(&report, 0));
 
     // a rerun runs nothing and rewrites the same bytes
     let o = qforge(&["pipeline", r]);
@@ -281,6 +283,30 @@ fn pipeline_runs_reports_gates_and_skips_finished_steps() {
     // budgets are not part of a step's key: nothing was recomputed
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.matches("skipped").count(), 7, "{err}");
+}
+
+/// Keys and value types of a JSON value, one per line (arrays by their first element).
+fn shape(v: &Value, depth: usize) -> String {
+    let pad = "  ".repeat(depth);
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::Object(_) | Value::Array(_) => {
+                    format!("{pad}{k}:\n{}", shape(v, depth + 1))
+                }
+                _ => format!("{pad}{k}: {}", shape(v, 0).trim()),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::Array(a) => a.first().map_or(format!("{pad}[]"), |f| {
+            format!("{pad}[\n{}", shape(f, depth + 1))
+        }),
+        Value::Null => "null".into(),
+        Value::Bool(_) => "bool".into(),
+        Value::Number(_) => "number".into(),
+        Value::String(_) => "string".into(),
+    }
 }
 
 #[test]
