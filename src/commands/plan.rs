@@ -140,6 +140,23 @@ fn roles(ckpt: &Checkpoint) -> Vec<TensorId> {
     ids
 }
 
+/// Memory held while `qforge quantize` copies or converts a kept tensor into its shard. A tensor
+/// kept in its own dtype measures three times its size (BENCHMARKS.md: mapped source pages, the
+/// owned copy handed to the writer, and an earlier tensor's buffer not yet returned to the OS);
+/// a conversion holds the source pages and the converted bytes.
+fn kept_work(ckpt: &Checkpoint, id: TensorId, out_dtype: DType, src: u64, out: u64) -> u64 {
+    let same = ckpt
+        .tensors
+        .iter()
+        .find(|t| t.key == TensorKey::weight(id))
+        .is_some_and(|t| t.dtype == out_dtype);
+    if same {
+        3 * src
+    } else {
+        src + out
+    }
+}
+
 /// Plan a quantization of `ckpt`.
 pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPlan> {
     let mut a = clone_quantize(args);
@@ -196,7 +213,7 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
                     }
                 } else {
                     let out = model_dtype.bytes_for(n).unwrap_or(0);
-                    (src + out, src as f64 / rate::COPY)
+                    (kept_work(ckpt, id, model_dtype, src, out), src as f64 / rate::COPY)
                 }
             }
         };
@@ -241,6 +258,7 @@ pub fn plan_convert(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<OutputPlan>
             (None, _) if t.dtype.is_block() => 4 * t.numel(),
             (None, _) => t.nbytes(),
         };
+        // the mapped source pages and the converted (or copied) bytes (BENCHMARKS.md)
         worst = worst.max(t.nbytes() + out);
         seconds += t.nbytes() as f64 / rate::COPY;
     }
