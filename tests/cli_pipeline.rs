@@ -324,3 +324,45 @@ fn recipe_errors_are_one_line_with_a_hint() {
     assert!(err.contains("unknown field `schem`"), "{err}");
     assert!(err.contains("hint:"), "{err}");
 }
+
+#[cfg(unix)]
+#[test]
+fn hub_cache_references_resolve_and_missing_ones_say_where_qforge_looked() {
+    let cache = tempfile::tempdir().unwrap();
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.path().join("models--org--tiny");
+    let snap = repo.join("snapshots").join(sha);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), sha).unwrap();
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/hf");
+    for (i, f) in ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .enumerate()
+    {
+        let blob = repo.join("blobs").join(format!("b{i}"));
+        std::fs::copy(tiny.join(f), &blob).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/b{i}"), snap.join(f)).unwrap();
+    }
+    let run = |args: &[&str]| {
+        Command::new(QFORGE)
+            .args(args)
+            .env("HF_HUB_CACHE", cache.path())
+            .output()
+            .unwrap()
+    };
+    let o = run(&["inspect", "org/tiny", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["config"]["hidden_size"], 32, "{v}");
+    let o = run(&["inspect", &format!("org/tiny@{sha}")]);
+    assert!(o.status.success());
+    let o = run(&["inspect", "org/tiny@v9"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("refs/v9") && err.contains("$HF_HUB_CACHE"),
+        "{err}"
+    );
+}

@@ -250,7 +250,7 @@ fn pipeline_killed_at_any_step_resumes_without_redoing_finished_steps() {
     let want = outputs(&out);
     std::fs::remove_dir_all(&out).unwrap();
 
-    let kills = kills().min(8);
+    let kills = kills().min(5);
     let mut seed = 0x91BE_11E5u64;
     let mut interrupted = 0;
     let mut skipped_total = 0;

@@ -213,7 +213,10 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
                     }
                 } else {
                     let out = model_dtype.bytes_for(n).unwrap_or(0);
-                    (kept_work(ckpt, id, model_dtype, src, out), src as f64 / rate::COPY)
+                    (
+                        kept_work(ckpt, id, model_dtype, src, out),
+                        src as f64 / rate::COPY,
+                    )
                 }
             }
         };
