@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/fetch-data.sh
 . scripts/cache-dir.sh
 cargo build --release --locked --bin qforge
-qforge=target/release/qforge
+qforge="${CARGO_TARGET_DIR:-target}/release/qforge"
 model="$QFORGE_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 work="$QFORGE_CACHE/demo"
 mkdir -p "$work"

@@ -7,11 +7,22 @@ use clap::{Args, Parser, Subcommand};
 
 /// Convert, quantize and verify Llama-family checkpoints (HF safetensors, Meta .pth, GGUF).
 #[derive(Debug, Parser)]
-#[command(name = "qforge", version, about, propagate_version = true)]
+#[command(name = "qforge", version, about, propagate_version = true, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log what happens on stderr (-v: steps, -vv: details).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
 }
+
+/// Exit statuses, the same for every subcommand (shown in `qforge --help`).
+pub const EXIT_CODES: &str = "Exit status:\n  \
+    0  success\n  \
+    1  error (bad input or arguments, I/O, unsupported model); the message names the file,\n     \
+    tensor and offset where it can, and a hint\n  \
+    2  bad command-line usage\n  \
+    3  a verification budget was exceeded (verify, pipeline)";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -49,7 +60,7 @@ pub enum Command {
     /// Compare a quantized model against its base: PPL drift, KL divergence, top-1, per-layer error.
     #[command(after_help = "Examples:\n  \
         qforge verify ./Llama-3.1-8B ./Llama-3.1-8B-FP8 --data hamlet.txt --max-ppl-drift 1% --report drift.json\n\n\
-        Exit status: 0 within budget, 3 when a budget (--max-ppl-drift, --max-kld) is exceeded, 1 on error.")]
+        Exit status: 0 within budget, 3 when a budget (--max-ppl-drift, --max-kld, --min-top1) is exceeded, 1 on error.")]
     Verify(VerifyArgs),
     /// Benchmarks (GEMM kernels on a CUDA device).
     #[command(subcommand)]
@@ -77,6 +88,88 @@ pub enum Command {
         qforge calibrate ./smollm2-hf --data macbeth.txt othello.txt --method gptq --scheme int4-g64 -o smollm2-gptq\n  \
         qforge quantize ./smollm2-hf ./smollm2-w4a16 --scheme int4-g64 --calib smollm2-gptq")]
     Calibrate(CalibrateArgs),
+    /// Run a recipe: convert, calibrate, quantize and verify in one resumable go.
+    #[command(
+        after_help = "A recipe (TOML) names the input, an optional conversion and calibration, the \
+        quantized outputs and the verification budgets; see examples/*.toml. Rerunning a recipe \
+        skips finished steps and finishes interrupted ones (state in <out>/.qforge-pipeline-state.json).\n\n\
+        Examples:\n  \
+        qforge pipeline examples/ci-gate.toml\n  \
+        qforge pipeline examples/405b-fp8.toml --dry-run   # sizes, memory, disk, time; writes nothing\n\n\
+        Exit status: 0 all budgets met, 3 a budget exceeded (report written), 1 on error."
+    )]
+    Pipeline(PipelineArgs),
+    /// Predict output sizes, peak memory, disk and time from configs and headers alone.
+    #[command(
+        after_help = "Reads no tensor data: works on a model that is only a config.json.\n\n\
+        Examples:\n  \
+        qforge plan examples/405b-fp8.toml\n  \
+        qforge plan ./Llama-3.1-405B --scheme fp8-rowwise --layout fbgemm --policy meta-405b\n  \
+        qforge plan ./Llama-3.1-8B --scheme gguf:q4_k_m --json\n  \
+        qforge plan model.gguf --to hf --dtype bf16"
+    )]
+    Plan(PlanArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  \
+        qforge completions bash > ~/.local/share/bash-completion/completions/qforge\n  \
+        qforge completions zsh > ~/.zfunc/_qforge\n  \
+        qforge completions fish > ~/.config/fish/completions/qforge.fish")]
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// The recipe (TOML).
+    pub recipe: PathBuf,
+    /// Plan the recipe (sizes, memory, disk, time) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report (or the plan) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bars or step lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A recipe (.toml), or a model (directory, .gguf file, config-only directory, or
+    /// org/name[@revision] in the Hugging Face cache).
+    pub target: PathBuf,
+    /// Plan `qforge quantize` with this scheme (see `qforge quantize --help`).
+    #[arg(long)]
+    pub scheme: Option<String>,
+    /// Plan `qforge convert` to this format.
+    #[arg(long, conflicts_with = "scheme")]
+    pub to: Option<ConvertTarget>,
+    /// Quantized layout (with --scheme).
+    #[arg(long)]
+    pub layout: Option<QuantLayout>,
+    /// Which linears to quantize (with --scheme).
+    #[arg(long, default_value = "all-linear")]
+    pub policy: QuantPolicy,
+    /// Modules left unquantized (with --scheme; repeatable).
+    #[arg(long = "ignore", value_name = "PATTERN")]
+    pub ignore: Vec<String>,
+    /// INT4 with zero points (with --scheme).
+    #[arg(long)]
+    pub asym: bool,
+    /// Dtype of unquantized tensors (with --scheme), or of every tensor (with --to).
+    #[arg(long)]
+    pub dtype: Option<FloatDtype>,
+    /// Largest safetensors shard, e.g. 5GB.
+    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    pub shard_size: u64,
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    pub shell: clap_complete::Shell,
 }
 
 /// `qforge calibrate` methods.
@@ -270,6 +363,9 @@ pub struct ConvertArgs {
     /// Replace the output if it exists.
     #[arg(long)]
     pub overwrite: bool,
+    /// Print what would be written (exact sizes, peak memory, disk, time) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl FloatDtype {
@@ -360,6 +456,9 @@ pub struct QuantizeArgs {
     /// Print a machine-readable summary (JSON) on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Print what would be written (exact sizes, peak memory, disk, time) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Parse a byte size with an optional decimal (KB, MB, GB, TB) or binary (KiB, MiB, GiB) unit.
@@ -470,6 +569,9 @@ pub struct VerifyArgs {
     /// Largest allowed mean KL divergence (nats per token).
     #[arg(long, value_name = "X")]
     pub max_kld: Option<f64>,
+    /// Smallest allowed top-1 agreement with the base model, in percent ("95%" or "95").
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub min_top1: Option<f64>,
 }
 
 /// Parse "1%", "0.5 %" or "1" as a percentage.

@@ -6,14 +6,47 @@
 
 mod cli;
 mod commands;
+mod modelref;
+mod progress;
+mod recipe;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Help and version as clap prints them; a usage error as one line with a hint, exit status 2.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit()
+    }
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| {
+        !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+    });
+    let first = lines.next().unwrap_or("error: bad arguments").to_owned();
+    let rest: Vec<&str> = lines.collect();
+    let hint = if rest.is_empty() {
+        String::new()
+    } else {
+        format!("{}; ", rest.join("; "))
+    };
+    let _ = writeln!(std::io::stderr(), "{first} (hint: {hint}see --help)");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    progress::init_logging(cli.verbose);
     let result = match cli.command {
         cli::Command::Inspect(args) => commands::inspect::run(&args),
         cli::Command::Convert(args) => commands::convert::run(&args),
@@ -23,6 +56,14 @@ fn main() -> ExitCode {
         cli::Command::Verify(args) => commands::verify::run(&args),
         cli::Command::Imatrix(args) => commands::imatrix::run(&args),
         cli::Command::Calibrate(args) => commands::calibrate::run(&args),
+        cli::Command::Pipeline(args) => commands::pipeline::run(&args),
+        cli::Command::Plan(args) => commands::plan::run(&args),
+        cli::Command::Completions(args) => {
+            use clap::CommandFactory;
+            let mut cmd = cli::Cli::command();
+            clap_complete::generate(args.shell, &mut cmd, "qforge", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -186,6 +186,129 @@ fn random_sigkills_then_resume_are_byte_identical() {
     }
 }
 
+/// A recipe for the pipeline fault test: conversion, three quantized artifacts (HF FP8 and INT4,
+/// GGUF Q8_0) and their verification.
+fn pipeline_recipe(dir: &Path, input: &Path) -> std::path::PathBuf {
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/hf");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tiny.join(f), input.join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.join("eval.txt"),
+        "the quick brown fox jumps over the lazy dog. ".repeat(200),
+    )
+    .unwrap();
+    let p = dir.join("recipe.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[input]\nmodel = \"{}\"\n[output]\ndir = \"out\"\n\
+             [convert]\ndtype = \"f32\"\nshard_size = \"8MB\"\n\
+             [[quantize]]\nname = \"fp8\"\nscheme = \"fp8-rowwise\"\nshard_size = \"8MB\"\n\
+             [[quantize]]\nname = \"w4\"\nscheme = \"int4-g64\"\n\
+             [[quantize]]\nname = \"q8\"\nscheme = \"gguf:q8_0\"\n\
+             [verify]\ndata = \"eval.txt\"\nctx = 64\nchunks = 2\nmax_kld = 1000.0\n",
+            input.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Steps recorded as done in a pipeline's state file.
+fn pipeline_done_steps(out: &Path) -> Vec<String> {
+    let Ok(b) = std::fs::read(out.join(".qforge-pipeline-state.json")) else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    v["steps"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| s["status"] == "done")
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+#[test]
+fn pipeline_killed_at_any_step_resumes_without_redoing_finished_steps() {
+    let root = tempfile::tempdir().unwrap();
+    let input = root.path().join("model");
+    make_model(&input, MEDIUM);
+    let recipe = pipeline_recipe(root.path(), &input);
+    let before = hashes(&input);
+    let out = root.path().join("out");
+    let pipeline = || {
+        let mut c = Command::new(QFORGE);
+        c.arg("pipeline").arg(&recipe);
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    };
+    let started = Instant::now();
+    run_ok(pipeline());
+    let full = started.elapsed();
+    // Every artifact and the report; the state file is bookkeeping (it records the sizes and
+    // modification times of single-file artifacts, which differ from run to run).
+    let outputs = |out: &Path| {
+        let mut h = hashes(out);
+        h.remove(".qforge-pipeline-state.json");
+        h
+    };
+    let want = outputs(&out);
+    std::fs::remove_dir_all(&out).unwrap();
+
+    let kills = kills().min(5);
+    let mut seed = 0x91BE_11E5u64;
+    let mut interrupted = 0;
+    let mut skipped_total = 0;
+    for _ in 0..kills {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let mut child = pipeline().spawn().unwrap();
+        std::thread::sleep(full.mul_f64(0.95 * ((seed >> 33) as f64 / f64::from(u32::MAX))));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            interrupted += 1;
+        }
+        child.wait().unwrap();
+        // every artifact is absent or complete
+        for a in ["base", "fp8", "w4"] {
+            check_destination(&out.join(a));
+        }
+        let done = pipeline_done_steps(&out);
+        // the rerun finishes the rest and redoes none of the finished steps
+        let o = pipeline().output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let err = String::from_utf8_lossy(&o.stderr);
+        for step in &done {
+            assert!(
+                err.contains(&format!("{step}: done earlier, skipped")),
+                "{step} was redone after the kill:\n{err}"
+            );
+            assert!(!err.contains(&format!("{step}: running")), "{err}");
+        }
+        skipped_total += done.len();
+        let got = outputs(&out);
+        let differ: Vec<&String> = want
+            .keys()
+            .chain(got.keys())
+            .filter(|k| want.get(*k) != got.get(*k))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "resumed pipeline output differs in {differ:?}"
+        );
+        std::fs::remove_dir_all(&out).unwrap();
+        assert_eq!(hashes(&input), before, "input modified");
+    }
+    eprintln!(
+        "pipeline: {interrupted} of {kills} runs killed mid-way, {skipped_total} finished steps kept"
+    );
+    assert!(interrupted * 2 >= kills, "only {interrupted} kills landed");
+    assert!(skipped_total > 0, "no kill landed after a finished step");
+}
+
 /// `sh` with a file-size limit and SIGXFSZ ignored, so a write past it fails with EFBIG
 /// ("File too large") as on a full disk, instead of killing the process.
 fn with_file_size_limit(c: &Command, blocks_512: u64) -> Command {

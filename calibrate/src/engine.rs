@@ -513,6 +513,7 @@ pub fn calibrate(
                 OutputOptions {
                     resume: false,
                     overwrite: opts.overwrite,
+                    dry_run: false,
                 },
             )?;
             for name in &st.layer_files {

@@ -191,6 +191,79 @@ impl Checkpoint {
         })
     }
 
+    /// A checkpoint with the shapes `config.json` (in directory `path`) implies and no data,
+    /// for planning (`qforge plan` on a model that is only a config). Tensors have the dtype of
+    /// the config's `torch_dtype` (BF16 when absent); reading their bytes is an
+    /// [`Error::NoTensorData`]. When `path` holds safetensors, use [`Checkpoint::open`].
+    pub fn from_config(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let config_path = path.join("config.json");
+        let config = crate::config::read_json_config(&config_path, ModelConfig::from_hf_json)?;
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let dtype = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| {
+                let d = v
+                    .get("torch_dtype")
+                    .or_else(|| v.get("dtype"))?
+                    .as_str()?
+                    .to_owned();
+                Some(d)
+            })
+            .map_or(DType::BF16, |d| match d.as_str() {
+                "float16" => DType::F16,
+                "float32" => DType::F32,
+                _ => DType::BF16,
+            });
+        let mut ids = vec![TensorId::TokenEmbedding, TensorId::OutputNorm];
+        if !config.tie_word_embeddings {
+            ids.push(TensorId::Output);
+        }
+        for index in 0..u32::try_from(config.num_layers).unwrap_or(u32::MAX) {
+            ids.extend(
+                LayerTensor::ALL
+                    .iter()
+                    .map(|&kind| TensorId::Layer { index, kind }),
+            );
+        }
+        let tensors = ids
+            .into_iter()
+            .map(|id| {
+                let key = TensorKey::weight(id);
+                let shape = config.expected_shape(id);
+                let len =
+                    dtype
+                        .bytes_for(shape.iter().product())
+                        .map_err(|source| Error::Codec {
+                            path: config_path.clone(),
+                            tensor: id.to_string(),
+                            source,
+                        })?;
+                Ok(TensorEntry {
+                    name: NameScheme::Hf.name(key).unwrap_or_else(|| id.to_string()),
+                    key,
+                    dtype,
+                    shape,
+                    layout: TensorLayout::Contiguous(Span {
+                        file: 0,
+                        offset: 0,
+                        len,
+                    }),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Checkpoint {
+            format: Format::Hf,
+            path: path.to_owned(),
+            config,
+            tokenizer: crate::hf::tokenizer_info(path),
+            tensors,
+            gguf: None,
+            notes: vec!["planned from config.json alone: no tensor data".into()],
+            files: Vec::new(),
+        })
+    }
+
     /// The directory holding the checkpoint's side files (config, tokenizer): the path itself
     /// for a directory, its parent for a single `.gguf` or `.safetensors` file.
     pub fn dir(&self) -> &Path {
@@ -224,6 +297,12 @@ impl Checkpoint {
     /// The tensor's bytes, contiguous and row-major: borrowed from the map when the file stores
     /// them that way, gathered into a new buffer otherwise (strided views, model-parallel merges).
     pub fn bytes(&self, t: &TensorEntry) -> Result<Cow<'_, [u8]>> {
+        if self.files.is_empty() {
+            return Err(Error::NoTensorData {
+                path: self.path.clone(),
+                tensor: t.name.clone(),
+            });
+        }
         if let TensorLayout::Contiguous(span) = &t.layout {
             return Ok(Cow::Borrowed(self.span(span)));
         }

@@ -70,6 +70,15 @@ pub enum Error {
         /// what is wrong
         kind: ConfigError,
     },
+    /// A checkpoint planned from its configuration alone (`Checkpoint::from_config`) has shapes
+    /// but no tensor data.
+    #[error("{}: tensor {tensor}: no data (the model was opened from its config alone, for planning)", path.display())]
+    NoTensorData {
+        /// the model directory
+        path: PathBuf,
+        /// the tensor asked for
+        tensor: String,
+    },
     /// A tensor name that no name table knows. qforge never drops tensors silently.
     #[error("{}: unknown tensor name {name:?} for the {scheme} naming scheme", path.display())]
     UnknownTensor {

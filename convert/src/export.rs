@@ -143,6 +143,11 @@ pub fn write_safetensors_shards(
             continue;
         }
         let p = plan(specs, &meta)?;
+        if out.is_dry_run() {
+            let data = p.tensors.last().map_or(0, |t| t.2);
+            records.push(out.finish_planned(name, p.file_size(), data));
+            continue;
+        }
         let mut by_name: BTreeMap<String, OutTensor<'_>> = tensors
             .into_iter()
             .map(|t| (t.spec.name.clone(), t))

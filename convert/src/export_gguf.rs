@@ -162,6 +162,8 @@ pub struct GgufOptions {
     pub dtype: DType,
     /// Replace an existing output file.
     pub overwrite: bool,
+    /// Plan the file and report its exact size; write nothing, read no tensor data.
+    pub dry_run: bool,
 }
 
 /// Tokenizer metadata for the output: carried over from a GGUF source, otherwise converted from
@@ -255,6 +257,17 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
 
     let p = plan(&metadata, specs)?;
+    if opts.dry_run {
+        return Ok(Written {
+            files: vec![crate::write::planned_file(
+                dest,
+                p.file_size(),
+                p.tensors.iter().map(|t| t.1).sum(),
+            )],
+            resumed: Vec::new(),
+            notes,
+        });
+    }
     let (target, file) = AtomicFile::create(dest, opts.overwrite)?;
     let path = file.path().to_owned();
     let mut w = GgufWriter::new(file, p).map_err(|e| Error::io(&path, e))?;

@@ -390,6 +390,8 @@ pub struct GgufQuantOptions {
     /// Key/values appended after llama-quantize's own (e.g. the `quantize.imatrix.*` keys
     /// from [`crate::imatrix::Imatrix::quantize_metadata`]).
     pub extra_metadata: Vec<(String, GgufValue)>,
+    /// Plan the file and report its exact size; write nothing, read no tensor data.
+    pub dry_run: bool,
 }
 
 /// A GGUF quantization's result: the file plus each tensor's type.
@@ -572,6 +574,25 @@ pub fn quantize_to_gguf(
     }
 
     let p = plan(&metadata, specs)?;
+    let types = mix_tensors
+        .iter()
+        .zip(&choices)
+        .map(|(mt, c)| (mt.name.clone(), c.dtype, c.fallback_from))
+        .collect();
+    if opts.dry_run {
+        return Ok(GgufQuantWritten {
+            written: Written {
+                files: vec![crate::write::planned_file(
+                    dest,
+                    p.file_size(),
+                    p.tensors.iter().map(|t| t.1).sum(),
+                )],
+                resumed: Vec::new(),
+                notes,
+            },
+            types,
+        });
+    }
     let (target, file) = AtomicFile::create(dest, opts.overwrite)?;
     let path = file.path().to_owned();
     let mut w = GgufWriter::new(file, p).map_err(|e| Error::io(&path, e))?;
@@ -646,11 +667,6 @@ pub fn quantize_to_gguf(
     }
     let file = w.finish().map_err(|e| Error::io(&path, e))?;
     let record = target.commit(file)?;
-    let types = mix_tensors
-        .iter()
-        .zip(&choices)
-        .map(|(mt, c)| (mt.name.clone(), c.dtype, c.fallback_from))
-        .collect();
     Ok(GgufQuantWritten {
         written: Written {
             files: vec![record],

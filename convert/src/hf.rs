@@ -574,10 +574,30 @@ fn shard_path(dir: &Path, name: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     let real = std::fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?;
     let real_dir = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
-    if real.parent() != Some(real_dir.as_path()) {
+    if real.parent() != Some(real_dir.as_path()) && !in_hub_blobs(&real_dir, &real) {
         return Err(outside());
     }
     Ok(path)
+}
+
+/// Whether `dir` is a Hugging Face hub cache snapshot (`models--org--name/snapshots/<rev>`) and
+/// `real` a file directly in the same repository's `blobs/` (where the hub keeps the bytes the
+/// snapshot's symbolic links point to). Both paths are canonical. Links anywhere else, including
+/// another repository's blobs, stay refused.
+fn in_hub_blobs(dir: &Path, real: &Path) -> bool {
+    let Some(snapshots) = dir.parent() else {
+        return false;
+    };
+    let Some(repo) = snapshots.parent() else {
+        return false;
+    };
+    let is_repo = repo
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("models--"));
+    is_repo
+        && snapshots.file_name().is_some_and(|n| n == "snapshots")
+        && real.parent() == Some(repo.join("blobs").as_path())
 }
 
 /// Most shard files an index may name.

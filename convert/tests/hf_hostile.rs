@@ -265,6 +265,56 @@ fn index_shard_is_symlink_leading_outside() {
     ));
 }
 
+/// A Hugging Face hub cache holding the sharded fixture as `models--org--<repo>/snapshots/<rev>/`
+/// whose files are symbolic links into `blobs/` (as `huggingface_hub` lays it out); returns the
+/// cache root and the snapshot directory. `blob_repo` is the repository whose `blobs/` the
+/// second shard's link points into.
+#[cfg(unix)]
+fn hub_snapshot(blob_repo: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--org--tiny");
+    let snap = repo
+        .join("snapshots")
+        .join("0123456789abcdef0123456789abcdef01234567");
+    std::fs::create_dir_all(&snap).unwrap();
+    for e in std::fs::read_dir(fixture("hf-sharded")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let owner = if name == "model-00002-of-00002.safetensors" {
+            cache.path().join(blob_repo)
+        } else {
+            repo.clone()
+        };
+        let blobs = owner.join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let blob = blobs.join(format!("blob-{name}"));
+        std::fs::copy(&p, &blob).unwrap();
+        let rel = Path::new("../..").join(blob.strip_prefix(&repo).unwrap_or(&blob));
+        let target = if owner == repo { rel } else { blob };
+        std::os::unix::fs::symlink(target, snap.join(&name)).unwrap();
+    }
+    (cache, snap)
+}
+
+#[cfg(unix)]
+#[test]
+fn hub_snapshot_links_into_own_blobs_are_read() {
+    let (_cache, snap) = hub_snapshot("models--org--tiny");
+    let ck = Checkpoint::open(&snap).unwrap();
+    let plain = Checkpoint::open(fixture("hf-sharded")).unwrap();
+    assert_eq!(ck.tensors.len(), plain.tensors.len());
+}
+
+#[cfg(unix)]
+#[test]
+fn hub_snapshot_link_into_another_repos_blobs_is_refused() {
+    let (_cache, snap) = hub_snapshot("models--evil--other");
+    assert!(matches!(
+        st_kind(Checkpoint::open(&snap)),
+        SafetensorsError::ShardOutsideModel(n) if n == "model-00002-of-00002.safetensors"
+    ));
+}
+
 #[test]
 fn index_maps_tensor_to_wrong_shard() {
     let dir = sharded_copy();

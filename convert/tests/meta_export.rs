@@ -280,6 +280,7 @@ fn resume_keeps_a_finished_shard_and_writes_the_rest() {
         OutputOptions {
             resume: true,
             overwrite: false,
+            dry_run: false,
         },
     )
     .unwrap();

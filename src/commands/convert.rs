@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Result;
-use qforge_convert::export::{convert_to_hf, HfOptions};
+use qforge_convert::export::{convert_to_hf, HfOptions, Written};
 use qforge_convert::export_gguf::{convert_to_gguf, GgufOptions};
 use qforge_convert::export_meta::{convert_to_meta_with, MetaOptions};
 use qforge_convert::write::OutputOptions;
@@ -13,7 +13,24 @@ use qforge_quantize::DType;
 use crate::cli::{ConvertArgs, ConvertTarget, FloatDtype};
 
 pub fn run(args: &ConvertArgs) -> Result<()> {
-    let ckpt = Checkpoint::open(&args.input)?;
+    if args.dry_run {
+        return crate::commands::plan::run_convert(args);
+    }
+    let written = execute(args)?;
+    report(args, &written, &mut std::io::stderr().lock())
+}
+
+/// Convert as `args` say.
+pub fn execute(args: &ConvertArgs) -> Result<Written> {
+    let ckpt = Checkpoint::open(crate::modelref::resolve(&args.input.to_string_lossy())?)?;
+    execute_on(&ckpt, args)
+}
+
+/// Convert an open checkpoint as `args` say (`args.dry_run`: plan only; GGUF and HF targets).
+pub fn execute_on(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<Written> {
+    if args.dry_run && args.to == ConvertTarget::Meta {
+        anyhow::bail!("--dry-run plans --to hf and --to gguf; --to meta is not planned yet");
+    }
     let dtype = args.dtype.map(|d| match d {
         FloatDtype::Bf16 => DType::BF16,
         FloatDtype::F16 => DType::F16,
@@ -22,10 +39,11 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     let output = OutputOptions {
         resume: args.resume,
         overwrite: args.overwrite,
+        dry_run: args.dry_run,
     };
-    let written = match args.to {
+    Ok(match args.to {
         ConvertTarget::Hf => convert_to_hf(
-            &ckpt,
+            ckpt,
             &args.output,
             HfOptions {
                 dtype,
@@ -34,16 +52,17 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
             },
         )?,
         ConvertTarget::Gguf => convert_to_gguf(
-            &ckpt,
+            ckpt,
             &args.output,
             GgufOptions {
                 // llama.cpp's converter defaults to F16 for 2-D tensors.
                 dtype: dtype.unwrap_or(DType::F16),
                 overwrite: args.overwrite,
+                dry_run: args.dry_run,
             },
         )?,
         ConvertTarget::Meta => convert_to_meta_with(
-            &ckpt,
+            ckpt,
             &args.output,
             MetaOptions {
                 mp: usize::from(args.mp),
@@ -51,8 +70,10 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
                 output,
             },
         )?,
-    };
-    let mut err = std::io::stderr().lock();
+    })
+}
+
+fn report(args: &ConvertArgs, written: &Written, err: &mut impl Write) -> Result<()> {
     for n in &written.notes {
         writeln!(err, "note: {n}")?;
     }

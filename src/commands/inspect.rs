@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::cli::InspectArgs;
 
 pub fn run(args: &InspectArgs) -> Result<()> {
-    let ckpt = Checkpoint::open(&args.model)?;
+    let ckpt = Checkpoint::open(crate::modelref::resolve(&args.model.to_string_lossy())?)?;
     let selected: Vec<&TensorEntry> = if args.tensors.is_empty() {
         ckpt.tensors.iter().collect()
     } else {

@@ -40,7 +40,10 @@ pub fn chunks_for(model: &Model, e: &EvalArgs) -> Result<Chunks> {
 
 pub fn run(args: &PerplexityArgs) -> Result<()> {
     let e = &args.eval;
-    let model = Model::open(&args.model, forward_options(e))?;
+    let model = Model::open(
+        &crate::modelref::resolve(&args.model.to_string_lossy())?,
+        forward_options(e),
+    )?;
     let chunks = chunks_for(&model, e)?;
     let opts = eval_options(e);
     let r = qforge_verify::with_threads(e.threads, || {

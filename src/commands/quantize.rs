@@ -103,6 +103,34 @@ fn bad_weight_hint(e: qforge_convert::Error) -> anyhow::Error {
 }
 
 pub fn run(args: &QuantizeArgs) -> Result<()> {
+    if args.dry_run {
+        return crate::commands::plan::run_quantize(args);
+    }
+    let summary = execute(args)?.summary;
+    print_summary(args, &summary)
+}
+
+/// What a quantization wrote (or, with `dry_run`, would write).
+pub struct Quantized {
+    /// The summary `--json` prints.
+    pub summary: serde_json::Value,
+    /// Files with sizes (planned sizes in a dry run).
+    pub files: Vec<qforge_convert::write::FileRecord>,
+    /// HF output: module names quantized. GGUF output: empty.
+    pub modules: Vec<String>,
+    /// GGUF output: (tensor, type) in file order. HF output: empty.
+    pub gguf_types: Vec<(String, DType)>,
+}
+
+/// Quantize as `args` say; returns the summary `--json` prints (notes go to stderr).
+pub fn execute(args: &QuantizeArgs) -> Result<Quantized> {
+    let ckpt = Checkpoint::open(crate::modelref::resolve(&args.input.to_string_lossy())?)?;
+    execute_on(&ckpt, args)
+}
+
+/// Quantize an open checkpoint as `args` say (`args.dry_run`: plan only, nothing read or
+/// written).
+pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
     let scheme = parse_scheme(&args.scheme, args.asym)?;
     let mut gptq_codes = None;
     let calib: Calib = match &args.calib {
@@ -142,9 +170,8 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         policy: args.bad_weights,
         max_abs: args.max_abs_weight,
     };
-    let ckpt = Checkpoint::open(&args.input)?;
     let mut err = std::io::stderr().lock();
-    let summary = match scheme {
+    Ok(match scheme {
         Scheme::Gguf(mix) => {
             if matches!(args.layout, Some(l) if l != QuantLayout::Gguf) {
                 bail!("--scheme gguf:{mix} writes a GGUF file\n  hint: drop --layout or use --layout gguf");
@@ -171,7 +198,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                 (None, im) => (im, Vec::new()),
             };
             let w = quantize_to_gguf(
-                &ckpt,
+                ckpt,
                 &args.output,
                 mix,
                 &GgufQuantOptions {
@@ -179,6 +206,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                     overwrite: args.overwrite,
                     numerics,
                     extra_metadata,
+                    dry_run: args.dry_run,
                 },
             )
             .map_err(bad_weight_hint)?;
@@ -186,10 +214,12 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
             for (_, t, _) in &w.types {
                 *counts.entry(t.to_string()).or_default() += 1;
             }
-            for n in &w.written.notes {
-                writeln!(err, "note: {n}")?;
+            if !args.dry_run {
+                for n in &w.written.notes {
+                    writeln!(err, "note: {n}")?;
+                }
             }
-            json!({
+            let summary = json!({
                 "output": args.output,
                 "scheme": format!("gguf:{}", mix.name().to_ascii_lowercase()),
                 "layout": "gguf",
@@ -199,7 +229,13 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                 })).collect::<Vec<_>>(),
                 "bytes": w.written.files.iter().map(|f| f.bytes).sum::<u64>(),
                 "files": w.written.files,
-            })
+            });
+            Quantized {
+                summary,
+                files: w.written.files,
+                modules: Vec::new(),
+                gguf_types: w.types.iter().map(|(n, t, _)| (n.clone(), *t)).collect(),
+            }
         }
         Scheme::Hf(hf) => {
             if args.imatrix.is_some() {
@@ -234,14 +270,15 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                 output: OutputOptions {
                     resume: args.resume,
                     overwrite: args.overwrite,
+                    dry_run: args.dry_run,
                 },
                 numerics,
                 precomputed_int4: gptq_codes
                     .clone()
                     .map(|c| c as std::sync::Arc<dyn PrecomputedInt4>),
             };
-            let w = quantize_to_hf(&ckpt, &args.output, &opts).map_err(bad_weight_hint)?;
-            for n in &w.written.notes {
+            let w = quantize_to_hf(ckpt, &args.output, &opts).map_err(bad_weight_hint)?;
+            for n in w.written.notes.iter().filter(|_| !args.dry_run) {
                 writeln!(err, "note: {n}")?;
             }
             if !w.written.resumed.is_empty() {
@@ -251,7 +288,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                     w.written.resumed.len()
                 )?;
             }
-            json!({
+            let summary = json!({
                 "output": args.output,
                 "scheme": args.scheme,
                 "layout": match layout { HfLayout::CompressedTensors => "compressed-tensors", HfLayout::Fbgemm => "fbgemm" },
@@ -259,12 +296,22 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
                 "kept_modules": w.kept,
                 "bytes": w.written.files.iter().map(|f| f.bytes).sum::<u64>(),
                 "files": w.written.files,
-            })
+            });
+            Quantized {
+                summary,
+                files: w.written.files,
+                modules: w.quantized,
+                gguf_types: Vec::new(),
+            }
         }
-    };
+    })
+}
+
+fn print_summary(args: &QuantizeArgs, summary: &serde_json::Value) -> Result<()> {
+    let mut err = std::io::stderr().lock();
     if args.json {
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, &summary)?;
+        serde_json::to_writer_pretty(&mut out, summary)?;
         writeln!(out)?;
     } else {
         if let Some(types) = summary.get("types") {

@@ -28,33 +28,95 @@ impl std::fmt::Display for BudgetExceeded {
 
 impl std::error::Error for BudgetExceeded {}
 
-pub fn run(args: &VerifyArgs) -> Result<()> {
+/// The outcome of a verification: the report (JSON), the comparison, and the budget failures.
+pub struct Verified {
+    /// The JSON report `--report` writes.
+    pub report: serde_json::Value,
+    /// The figures.
+    pub comparison: Comparison,
+    /// One line per exceeded budget (empty when within budget).
+    pub failures: Vec<String>,
+}
+
+/// Budgets of a verification.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Budgets {
+    /// Largest allowed perplexity increase, percent.
+    pub max_ppl_drift_pct: Option<f64>,
+    /// Largest allowed mean KLD.
+    pub max_kld: Option<f64>,
+    /// Smallest allowed top-1 agreement, percent.
+    pub min_top1_pct: Option<f64>,
+}
+
+impl Budgets {
+    /// One line per budget `c` exceeds.
+    pub fn failures(&self, c: &Comparison) -> Vec<String> {
+        self.check(c.ppl_drift_pct, c.kld_mean, c.top1_pct)
+    }
+
+    /// One line per budget exceeded by these figures.
+    pub fn check(&self, ppl_drift_pct: f64, kld_mean: f64, top1_pct: f64) -> Vec<String> {
+        struct C {
+            ppl_drift_pct: f64,
+            kld_mean: f64,
+            top1_pct: f64,
+        }
+        let c = C {
+            ppl_drift_pct,
+            kld_mean,
+            top1_pct,
+        };
+        let mut failures = Vec::new();
+        if let Some(max) = self.max_ppl_drift_pct {
+            if c.ppl_drift_pct > max || c.ppl_drift_pct.is_nan() {
+                failures.push(format!(
+                    "perplexity drift {:+.3}% exceeds {max}%",
+                    c.ppl_drift_pct
+                ));
+            }
+        }
+        if let Some(max) = self.max_kld {
+            if c.kld_mean > max || c.kld_mean.is_nan() {
+                failures.push(format!("mean KLD {:.6} exceeds {max}", c.kld_mean));
+            }
+        }
+        if let Some(min) = self.min_top1_pct {
+            if c.top1_pct < min || c.top1_pct.is_nan() {
+                failures.push(format!(
+                    "top-1 agreement {:.2}% is below {min}%",
+                    c.top1_pct
+                ));
+            }
+        }
+        failures
+    }
+}
+
+/// Compare as `args` say and build the report.
+pub fn evaluate(args: &VerifyArgs) -> Result<Verified> {
     let e = &args.eval;
     let fwd = forward_options(e);
-    let base = Model::open(&args.base, fwd)?;
-    let quant = Model::open(&args.quantized, fwd)?;
+    let base = Model::open(
+        &crate::modelref::resolve(&args.base.to_string_lossy())?,
+        fwd,
+    )?;
+    let quant = Model::open(
+        &crate::modelref::resolve(&args.quantized.to_string_lossy())?,
+        fwd,
+    )?;
     // Both models see the same tokens: the base model's tokenizer.
     let chunks = chunks_for(&base, e)?;
     let opts = eval_options(e);
     let c = qforge_verify::with_threads(e.threads, || {
         qforge_verify::compare(&base, &quant, &chunks, &opts)
     })??;
-
-    let mut failures = Vec::new();
-    if let Some(max) = args.max_ppl_drift {
-        if c.ppl_drift_pct > max {
-            failures.push(format!(
-                "perplexity drift {:+.3}% exceeds {max}%",
-                c.ppl_drift_pct
-            ));
-        }
-    }
-    if let Some(max) = args.max_kld {
-        if c.kld_mean > max || c.kld_mean.is_nan() {
-            failures.push(format!("mean KLD {:.6} exceeds {max}", c.kld_mean));
-        }
-    }
-    let worst = &c.layers[c.worst_layer as usize];
+    let budgets = Budgets {
+        max_ppl_drift_pct: args.max_ppl_drift,
+        max_kld: args.max_kld,
+        min_top1_pct: args.min_top1,
+    };
+    let failures = budgets.failures(&c);
     let report = json!({
         "base": args.base,
         "quantized": args.quantized,
@@ -71,10 +133,25 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         "budgets": {
             "max_ppl_drift_pct": args.max_ppl_drift,
             "max_kld": args.max_kld,
+            "min_top1_pct": args.min_top1,
         },
         "passed": failures.is_empty(),
         "failures": failures,
     });
+    Ok(Verified {
+        report,
+        comparison: c,
+        failures,
+    })
+}
+
+pub fn run(args: &VerifyArgs) -> Result<()> {
+    let Verified {
+        report,
+        comparison: c,
+        failures,
+    } = evaluate(args)?;
+    let worst = &c.layers[c.worst_layer as usize];
     if let Some(path) = &args.report {
         let (dest, mut file) = AtomicFile::create(path, true)?;
         serde_json::to_writer_pretty(&mut file, &report)?;
@@ -82,7 +159,7 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         dest.commit(file)?;
     }
     let mut out = std::io::stdout().lock();
-    if e.json {
+    if args.eval.json {
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
     } else {

@@ -8,6 +8,11 @@
 //! to the destination in one step. So the destination either does not exist or is complete; an
 //! interrupted run leaves only the staging directory, and `--resume` continues from it,
 //! re-verifying the hash of every file it keeps.
+//!
+//! A dry run ([`OutputOptions::dry_run`]) goes through the same code with nothing written:
+//! files go to a null sink that counts bytes, tensor data is never produced (the writers record
+//! each planned file's size, see [`OutputDir::finish_planned`]), and the manifest is laid out
+//! with placeholder hashes of the same length, so every size it reports is exact.
 
 pub mod gguf;
 pub mod pth;
@@ -36,6 +41,10 @@ pub struct FileRecord {
     pub bytes: u64,
     /// Lower-case hex sha256 of the contents.
     pub sha256: String,
+    /// Bytes of tensor data in the file (headers and padding excluded), known for planned
+    /// files of a dry run; 0 otherwise. Not part of the manifest.
+    #[serde(skip)]
+    pub tensor_bytes: u64,
 }
 
 /// How to treat an existing destination or staging directory.
@@ -45,7 +54,13 @@ pub struct OutputOptions {
     pub resume: bool,
     /// Replace an existing destination.
     pub overwrite: bool,
+    /// Write nothing: plan every file and report its exact size (see the module docs).
+    pub dry_run: bool,
 }
+
+/// The sha256 recorded for files of a dry run: as long as a real one, so manifests planned
+/// with it have their real size.
+pub const DRY_RUN_SHA256: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// An output directory being built (see the module docs).
 #[derive(Debug)]
@@ -55,6 +70,32 @@ pub struct OutputDir {
     done: BTreeMap<String, FileRecord>,
     /// Files kept from an interrupted run (verified by hash).
     pub resumed: Vec<String>,
+    dry_run: bool,
+}
+
+/// Where a staged file's bytes go: the file, or nowhere (a dry run).
+#[derive(Debug)]
+pub enum Sink {
+    /// A real file.
+    File(File),
+    /// A dry run: bytes are counted and dropped.
+    Null,
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::File(f) => f.write(buf),
+            Sink::Null => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::File(f) => f.flush(),
+            Sink::Null => Ok(()),
+        }
+    }
 }
 
 /// A writer that hashes and counts what passes through it.
@@ -109,7 +150,7 @@ pub struct StagedFile {
     name: String,
     part: PathBuf,
     /// `None` once closed.
-    writer: Option<HashingWriter<BufWriter<File>>>,
+    writer: Option<HashingWriter<BufWriter<Sink>>>,
 }
 
 fn closed() -> io::Error {
@@ -148,7 +189,10 @@ impl StagedFile {
         Ok(StagedFile {
             name,
             part,
-            writer: Some(HashingWriter::new(BufWriter::with_capacity(8 << 20, f))),
+            writer: Some(HashingWriter::new(BufWriter::with_capacity(
+                8 << 20,
+                Sink::File(f),
+            ))),
         })
     }
 
@@ -169,12 +213,14 @@ impl StagedFile {
         Ok((name, part, sha256, bytes))
     }
 
-    fn sync(writer: HashingWriter<BufWriter<File>>, part: &Path) -> Result<(String, u64)> {
+    fn sync(writer: HashingWriter<BufWriter<Sink>>, part: &Path) -> Result<(String, u64)> {
         let (buf, sha256, bytes) = writer.finish();
         let f = buf
             .into_inner()
             .map_err(|e| Error::io(part, e.into_error()))?;
-        f.sync_all().map_err(|e| Error::io(part, e))?;
+        if let Sink::File(f) = f {
+            f.sync_all().map_err(|e| Error::io(part, e))?;
+        }
         Ok((sha256, bytes))
     }
 
@@ -262,12 +308,22 @@ fn staging_sibling(dest: &Path, overwrite: bool) -> Result<(String, PathBuf)> {
 impl OutputDir {
     /// Start (or, with `resume`, continue) building `dest`.
     pub fn begin(dest: &Path, opts: OutputOptions) -> Result<Self> {
+        if opts.dry_run {
+            return Ok(OutputDir {
+                dest: dest.to_owned(),
+                staging: dest.to_owned(),
+                done: BTreeMap::new(),
+                resumed: Vec::new(),
+                dry_run: true,
+            });
+        }
         let (_, staging) = staging_sibling(dest, opts.overwrite)?;
         let mut out = OutputDir {
             dest: dest.to_owned(),
             staging,
             done: BTreeMap::new(),
             resumed: Vec::new(),
+            dry_run: false,
         };
         if out.staging.exists() {
             if opts.resume {
@@ -311,18 +367,52 @@ impl OutputDir {
         self.done.get(name)
     }
 
+    /// Whether this is a dry run (nothing is written; see the module docs).
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
     /// Start writing `name`.
     pub fn create(&self, name: &str) -> Result<StagedFile> {
         check_name(&self.dest, name)?;
-        StagedFile::new(name.to_owned(), self.staging.join(format!("{name}.part")))
+        let part = self.staging.join(format!("{name}.part"));
+        if self.dry_run {
+            return Ok(StagedFile {
+                name: name.to_owned(),
+                part,
+                writer: Some(HashingWriter::new(BufWriter::with_capacity(0, Sink::Null))),
+            });
+        }
+        StagedFile::new(name.to_owned(), part)
+    }
+
+    /// Record a file of a dry run by its planned size, without producing its bytes.
+    ///
+    /// # Panics
+    /// When this is not a dry run (a caller bug: real files are written with `create`).
+    pub fn finish_planned(&mut self, name: &str, bytes: u64, tensor_bytes: u64) -> FileRecord {
+        assert!(self.dry_run, "finish_planned outside a dry run");
+        let record = FileRecord {
+            path: name.to_owned(),
+            bytes,
+            sha256: DRY_RUN_SHA256.to_owned(),
+            tensor_bytes,
+        };
+        self.done.insert(name.to_owned(), record.clone());
+        record
     }
 
     /// Finish a file: flush, fsync, rename into place and record it.
     pub fn finish(&mut self, file: StagedFile) -> Result<FileRecord> {
+        if self.dry_run {
+            let (name, _, _, bytes) = file.close()?;
+            return Ok(self.finish_planned(&name, bytes, 0));
+        }
         let (name, part, sha256, bytes) = file.close()?;
         let final_path = self.staging.join(&name);
         std::fs::rename(&part, &final_path).map_err(|e| Error::io(&final_path, e))?;
         let record = FileRecord {
+            tensor_bytes: 0,
             path: name.clone(),
             bytes,
             sha256,
@@ -343,7 +433,8 @@ impl OutputDir {
     }
 
     /// Write `manifest.json` (every file with its size and sha256, plus `extra` fields) and move
-    /// the finished directory to its destination.
+    /// the finished directory to its destination. A dry run writes nothing and returns the
+    /// files with `manifest.json` (its planned size) appended.
     pub fn commit(
         self,
         extra: serde_json::Map<String, serde_json::Value>,
@@ -359,6 +450,18 @@ impl OutputDir {
             "files".into(),
             serde_json::to_value(&files).map_err(|e| Error::io(&self.dest, io::Error::other(e)))?,
         );
+        if self.dry_run {
+            let text = serde_json::to_vec_pretty(&manifest)
+                .map_err(|e| Error::io(&self.dest, io::Error::other(e)))?;
+            let mut files = files;
+            files.push(FileRecord {
+                tensor_bytes: 0,
+                path: MANIFEST.into(),
+                bytes: text.len() as u64 + 1,
+                sha256: DRY_RUN_SHA256.to_owned(),
+            });
+            return Ok(files);
+        }
         write_json_atomic(&self.staging.join(MANIFEST), &manifest)?;
         let progress = self.staging.join(PROGRESS);
         std::fs::remove_file(&progress).map_err(|e| Error::io(&progress, e))?;
@@ -380,6 +483,18 @@ impl OutputDir {
             sync_dir(parent);
         }
         Ok(files)
+    }
+}
+
+/// The record of a single-file output of a dry run: its planned size, a placeholder hash.
+pub fn planned_file(dest: &Path, bytes: u64, tensor_bytes: u64) -> FileRecord {
+    FileRecord {
+        tensor_bytes,
+        path: dest
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        bytes,
+        sha256: DRY_RUN_SHA256.to_owned(),
     }
 }
 
@@ -412,6 +527,7 @@ impl AtomicFile {
             sync_dir(parent);
         }
         Ok(FileRecord {
+            tensor_bytes: 0,
             path: name,
             bytes,
             sha256,
@@ -441,6 +557,7 @@ mod tests {
             OutputOptions {
                 resume: true,
                 overwrite: false,
+                dry_run: false,
             },
         )
         .unwrap();
@@ -477,6 +594,7 @@ mod tests {
             OutputOptions {
                 resume: true,
                 overwrite: false,
+                dry_run: false,
             },
         )
         .unwrap();

@@ -1,0 +1,562 @@
+//! `qforge plan` and `--dry-run`: what a conversion, quantization or pipeline would write, from
+//! configs and headers alone.
+//!
+//! Sizes are not estimated: the real writers run in dry-run mode (see
+//! `qforge_convert::write`), planning every safetensors header, index, config, tokenizer file,
+//! manifest and GGUF header exactly as a real run lays them out, without producing tensor data.
+//! A model that is only a `config.json` is planned from the shapes the config implies
+//! ([`Checkpoint::from_config`]).
+//!
+//! Peak memory and time are models, documented in BENCHMARKS.md ("Plan: memory and time
+//! model") with the measurements they come from:
+//! - memory: a fixed base (the process, its thread pool and I/O buffers) plus, for the most
+//!   demanding tensor, what the writer holds while producing it: the source tensor's mapped
+//!   pages, the output bytes, and for INT4 the whole-tensor `f32` decode and codes;
+//! - time: bytes of source tensor data over the throughput measured per kind of work on the
+//!   2-core reference machine, scaled by the number of cores for compute-bound work.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use qforge_convert::names::{TensorId, TensorKey};
+use qforge_convert::write::FileRecord;
+use qforge_convert::Checkpoint;
+use qforge_quantize::DType;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::{ConvertArgs, ConvertTarget, FloatDtype, PlanArgs, QuantizeArgs};
+use crate::commands::quantize::{parse_scheme, Scheme};
+use crate::recipe::Recipe;
+
+/// Resident memory of the process before the largest tensor: binary, thread pool, 8 MiB write
+/// buffer, allocator slack (measured, BENCHMARKS.md).
+pub const BASE_RSS: u64 = 24 << 20;
+
+/// Measured throughputs on the 2-core reference machine, bytes of source tensor data per
+/// second (BENCHMARKS.md, "Quantization throughput" and "Plan: memory and time model").
+mod rate {
+    /// Copy / float conversion to safetensors or GGUF.
+    pub const COPY: f64 = 450e6;
+    /// FP8 rowwise (two passes over the source).
+    pub const FP8: f64 = 290e6;
+    /// INT4 (whole-tensor f32 decode, three producers).
+    pub const INT4: f64 = 60e6;
+    /// GGUF Q8_0 / Q4_0-style blocks.
+    pub const GGUF_SIMPLE: f64 = 284e6;
+    /// GGUF K-quant mixes (ggml's scale search).
+    pub const GGUF_K: f64 = 24e6;
+    /// Reference forward of verify, multiply-adds per second (f32).
+    pub const VERIFY_MACS: f64 = 6e9;
+    /// The cores these were measured on.
+    pub const CORES: f64 = 2.0;
+}
+
+/// One planned output.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputPlan {
+    /// What makes it (`convert`, `quantize`).
+    pub step: String,
+    /// Destination.
+    pub output: PathBuf,
+    /// Every file with its exact size.
+    pub files: Vec<PlannedFile>,
+    /// Sum of the file sizes.
+    pub file_bytes: u64,
+    /// Bytes of tensor data (headers, metadata and padding excluded).
+    pub tensor_bytes: u64,
+    /// Predicted peak resident memory of the step.
+    pub peak_memory_bytes: u64,
+    /// Disk needed while writing (the output; staging is renamed, not copied).
+    pub disk_bytes: u64,
+    /// Predicted wall time.
+    pub seconds: f64,
+}
+
+/// A planned file.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedFile {
+    /// Name inside the output (or the file name of a single-file output).
+    pub path: String,
+    /// Exact size.
+    pub bytes: u64,
+}
+
+fn files_of(records: &[FileRecord]) -> (Vec<PlannedFile>, u64, u64) {
+    let files: Vec<PlannedFile> = records
+        .iter()
+        .map(|r| PlannedFile {
+            path: r.path.clone(),
+            bytes: r.bytes,
+        })
+        .collect();
+    let bytes = records.iter().map(|r| r.bytes).sum();
+    let tensor = records.iter().map(|r| r.tensor_bytes).sum();
+    (files, bytes, tensor)
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+/// Open a model for planning: headers only, or a config-only directory's implied shapes.
+pub fn open_for_plan(s: &str) -> Result<Checkpoint> {
+    let path = crate::modelref::resolve(s)?;
+    let has_weights = path.is_file()
+        || std::fs::read_dir(&path).is_ok_and(|d| {
+            d.filter_map(std::result::Result::ok).any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.ends_with(".safetensors")
+                    || n.ends_with(".gguf")
+                    || n.ends_with(".pth")
+                    || n == "params.json"
+            })
+        });
+    if !has_weights && path.join("config.json").is_file() {
+        return Ok(Checkpoint::from_config(&path)?);
+    }
+    Ok(Checkpoint::open(&path)?)
+}
+
+/// Bytes of a role's source tensors (all parts).
+fn source_bytes(ckpt: &Checkpoint, id: TensorId) -> u64 {
+    ckpt.tensors
+        .iter()
+        .filter(|t| t.key.id == id)
+        .map(qforge_convert::TensorEntry::nbytes)
+        .sum()
+}
+
+fn numel(ckpt: &Checkpoint, id: TensorId) -> u64 {
+    ckpt.config.expected_shape(id).iter().product()
+}
+
+fn roles(ckpt: &Checkpoint) -> Vec<TensorId> {
+    let mut ids: Vec<TensorId> = ckpt.tensors.iter().map(|t| t.key.id).collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Memory held while `qforge quantize` copies or converts a kept tensor into its shard. A tensor
+/// kept in its own dtype measures three times its size (BENCHMARKS.md: mapped source pages, the
+/// owned copy handed to the writer, and an earlier tensor's buffer not yet returned to the OS);
+/// a conversion holds the source pages and the converted bytes.
+fn kept_work(ckpt: &Checkpoint, id: TensorId, out_dtype: DType, src: u64, out: u64) -> u64 {
+    let same = ckpt
+        .tensors
+        .iter()
+        .find(|t| t.key == TensorKey::weight(id))
+        .is_some_and(|t| t.dtype == out_dtype);
+    if same {
+        3 * src
+    } else {
+        src + out
+    }
+}
+
+/// Plan a quantization of `ckpt`.
+pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPlan> {
+    let mut a = clone_quantize(args);
+    a.dry_run = true;
+    let q = crate::commands::quantize::execute_on(ckpt, &a)?;
+    let (files, file_bytes, tensor_bytes) = files_of(&q.files);
+    let scheme = parse_scheme(&args.scheme, args.asym)?;
+    let model_dtype = match args.dtype {
+        FloatDtype::F32 => DType::F32,
+        _ => DType::BF16,
+    };
+    // Per role: (working memory while producing it, seconds).
+    let mut worst = 0u64;
+    let mut seconds = 0f64;
+    let c = cores();
+    for id in roles(ckpt) {
+        if id == TensorId::RopeFreqs {
+            continue;
+        }
+        let src = source_bytes(ckpt, id);
+        let n = numel(ckpt, id);
+        let (work, secs) = match scheme {
+            Scheme::Gguf(_) => {
+                let name = qforge_convert::names::NameScheme::Gguf
+                    .name(TensorKey::weight(id))
+                    .unwrap_or_default();
+                let dt = q
+                    .gguf_types
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(DType::F32, |(_, t)| *t);
+                let out = dt.bytes_for(n).unwrap_or(0);
+                let r = match dt {
+                    DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
+                        rate::GGUF_K * c / rate::CORES
+                    }
+                    d if d.is_block() => rate::GGUF_SIMPLE,
+                    _ => rate::COPY,
+                };
+                (src + out, src as f64 / r)
+            }
+            Scheme::Hf(hf) => {
+                let module = qforge_convert::layout::hf_module(id);
+                if q.modules.contains(&module) {
+                    match hf {
+                        qforge_convert::layout::HfScheme::Int4 { .. } => {
+                            // f32 decode + codes (one byte each) + packed nibbles + scales
+                            (
+                                src + 4 * n + n + n / 2,
+                                src as f64 / (rate::INT4 * c / rate::CORES),
+                            )
+                        }
+                        _ => (src + n, src as f64 / rate::FP8),
+                    }
+                } else {
+                    let out = model_dtype.bytes_for(n).unwrap_or(0);
+                    (
+                        kept_work(ckpt, id, model_dtype, src, out),
+                        src as f64 / rate::COPY,
+                    )
+                }
+            }
+        };
+        worst = worst.max(work);
+        seconds += secs;
+    }
+    Ok(OutputPlan {
+        step: "quantize".into(),
+        output: args.output.clone(),
+        files,
+        file_bytes,
+        tensor_bytes,
+        peak_memory_bytes: BASE_RSS + worst,
+        disk_bytes: file_bytes,
+        seconds,
+    })
+}
+
+/// Plan a conversion of `ckpt`.
+pub fn plan_convert(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<OutputPlan> {
+    let a = ConvertArgs {
+        input: args.input.clone(),
+        output: args.output.clone(),
+        to: args.to,
+        dtype: args.dtype,
+        shard_size: args.shard_size,
+        mp: args.mp,
+        resume: false,
+        overwrite: true,
+        dry_run: true,
+    };
+    let w = crate::commands::convert::execute_on(ckpt, &a)?;
+    let (files, file_bytes, tensor_bytes) = files_of(&w.files);
+    let mut worst = 0u64;
+    let mut seconds = 0f64;
+    for t in &ckpt.tensors {
+        let out = match (args.dtype, args.to) {
+            (Some(FloatDtype::Bf16 | FloatDtype::F16), _) | (None, ConvertTarget::Gguf) => {
+                2 * t.numel()
+            }
+            (Some(FloatDtype::F32), _) => 4 * t.numel(),
+            (None, _) if t.dtype.is_block() => 4 * t.numel(),
+            (None, _) => t.nbytes(),
+        };
+        // the mapped source pages and the converted (or copied) bytes (BENCHMARKS.md)
+        worst = worst.max(t.nbytes() + out);
+        seconds += t.nbytes() as f64 / rate::COPY;
+    }
+    Ok(OutputPlan {
+        step: "convert".into(),
+        output: args.output.clone(),
+        files,
+        file_bytes,
+        tensor_bytes,
+        peak_memory_bytes: BASE_RSS + worst,
+        disk_bytes: file_bytes,
+        seconds,
+    })
+}
+
+fn clone_quantize(a: &QuantizeArgs) -> QuantizeArgs {
+    QuantizeArgs {
+        input: a.input.clone(),
+        output: a.output.clone(),
+        scheme: a.scheme.clone(),
+        layout: a.layout,
+        policy: a.policy,
+        ignore: a.ignore.clone(),
+        asym: a.asym,
+        dtype: a.dtype,
+        activation_scale_ub: a.activation_scale_ub,
+        calib: a.calib.clone(),
+        imatrix: a.imatrix.clone(),
+        shard_size: a.shard_size,
+        bad_weights: a.bad_weights,
+        max_abs_weight: a.max_abs_weight,
+        resume: false,
+        overwrite: true,
+        json: a.json,
+        dry_run: true,
+    }
+}
+
+/// Verification time: two forwards (base and quantized) over the evaluated tokens.
+fn verify_seconds(ckpt: &Checkpoint, tokens: u64) -> f64 {
+    let cfg = &ckpt.config;
+    let per_token: u64 = roles(ckpt)
+        .into_iter()
+        .filter(|id| matches!(id, TensorId::Layer { .. } | TensorId::Output))
+        .map(|id| numel(ckpt, id))
+        .sum::<u64>()
+        + if cfg.tie_word_embeddings {
+            numel(ckpt, TensorId::TokenEmbedding)
+        } else {
+            0
+        };
+    2.0 * (per_token * tokens) as f64 / (rate::VERIFY_MACS * cores() / rate::CORES)
+}
+
+/// The whole plan of a recipe.
+pub fn plan_recipe(path: &Path) -> Result<serde_json::Value> {
+    let r = Recipe::load(path)?;
+    let input = open_for_plan(&r.input.model)?;
+    let mut outputs = Vec::new();
+    let mut notes = Vec::new();
+    let base_dir = match &r.convert {
+        Some(c) => r.output.dir.join(&c.name),
+        None => input.path.clone(),
+    };
+    let converted;
+    let base: &Checkpoint =
+        if let Some(a) = crate::commands::pipeline::convert_args(&r, &input.path, false)? {
+            outputs.push(plan_convert(&input, &a)?);
+            // Plan the later steps on the shapes the conversion will write.
+            converted = virtual_converted(&input, &a)?;
+            &converted
+        } else {
+            &input
+        };
+    if r.calibrate.is_some() {
+        notes.push("calibration is not planned (its output is small)".to_owned());
+    }
+    for q in &r.quantize {
+        let calib = r.calibrate.as_ref().map(|c| r.output.dir.join(&c.name));
+        let mut a = crate::commands::pipeline::quantize_args(&r, q, &base_dir, None, false)?;
+        if calib.is_some() && a.scheme.eq_ignore_ascii_case("fp8-static") {
+            notes.push(format!(
+                "{}: fp8-static is planned without its calibration file",
+                q.name
+            ));
+            a.scheme = "fp8-rowwise".into();
+        }
+        outputs.push(plan_quantize(base, &a)?);
+    }
+    let mut verify_s = 0.0;
+    if let Some(v) = &r.verify {
+        let ctx = v.ctx.unwrap_or(512) as u64;
+        let chunks = v.chunks.map_or(0, |c| c as u64);
+        if chunks == 0 {
+            notes.push("verify without `chunks` evaluates the whole text: time not planned".into());
+        }
+        verify_s = verify_seconds(base, ctx * chunks)
+            * r.quantize
+                .iter()
+                .filter(|q| q.verify != Some(false))
+                .count() as f64;
+    }
+    let disk: u64 = outputs.iter().map(|o| o.disk_bytes).sum();
+    let peak = outputs
+        .iter()
+        .map(|o| o.peak_memory_bytes)
+        .max()
+        .unwrap_or(0);
+    let secs: f64 = outputs.iter().map(|o| o.seconds).sum::<f64>() + verify_s;
+    Ok(json!({
+        "recipe": path,
+        "input": r.input.model,
+        "outputs": outputs,
+        "verify_seconds": verify_s,
+        "total": {"disk_bytes": disk, "peak_memory_bytes": peak, "seconds": secs},
+        "notes": notes,
+    }))
+}
+
+/// The shapes a conversion to HF will write, as a config-only checkpoint in a temporary
+/// directory (so quantization can be planned before the conversion exists).
+fn virtual_converted(input: &Checkpoint, a: &ConvertArgs) -> Result<Checkpoint> {
+    let dtype = match a.dtype {
+        Some(FloatDtype::F16) => DType::F16,
+        Some(FloatDtype::F32) => DType::F32,
+        _ => DType::BF16,
+    };
+    let dir = std::env::temp_dir().join(format!("qforge-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = qforge_convert::export::hf_config_json(&input.config, dtype);
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg)?)?;
+    let r = Checkpoint::from_config(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut c = r?;
+    // The tokenizer files come along with the conversion.
+    c.path.clone_from(&input.path);
+    c.tokenizer = input.tokenizer.clone();
+    Ok(c)
+}
+
+pub fn run_recipe(path: &Path, as_json: bool) -> Result<()> {
+    let plan = plan_recipe(path)?;
+    print_plan(&plan, as_json)
+}
+
+pub fn run_quantize(args: &QuantizeArgs) -> Result<()> {
+    let ckpt = open_for_plan(&args.input.to_string_lossy())?;
+    let p = plan_quantize(&ckpt, args)?;
+    print_plan(&json!({"outputs": [p]}), args.json)
+}
+
+pub fn run_convert(args: &ConvertArgs) -> Result<()> {
+    let ckpt = open_for_plan(&args.input.to_string_lossy())?;
+    let p = plan_convert(&ckpt, args)?;
+    print_plan(&json!({"outputs": [p]}), false)
+}
+
+pub fn run(args: &PlanArgs) -> Result<()> {
+    let t = args.target.to_string_lossy();
+    if t.ends_with(".toml") {
+        return run_recipe(&args.target, args.json);
+    }
+    let ckpt = open_for_plan(&t)?;
+    let name = args
+        .target
+        .file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+    let p = if let Some(scheme) = &args.scheme {
+        let gguf = matches!(parse_scheme(scheme, args.asym)?, Scheme::Gguf(_));
+        let out = PathBuf::from(format!(
+            "{name}-{}{}",
+            scheme.replace(':', "-"),
+            if gguf { ".gguf" } else { "" }
+        ));
+        plan_quantize(
+            &ckpt,
+            &QuantizeArgs {
+                input: args.target.clone(),
+                output: out,
+                scheme: scheme.clone(),
+                layout: args.layout,
+                policy: args.policy,
+                ignore: args.ignore.clone(),
+                asym: args.asym,
+                dtype: args.dtype.unwrap_or(FloatDtype::Bf16),
+                activation_scale_ub: qforge_convert::layout::META_ACTIVATION_SCALE_UB,
+                calib: None,
+                imatrix: None,
+                shard_size: args.shard_size,
+                bad_weights: qforge_convert::numerics::WeightPolicy::Error,
+                max_abs_weight: qforge_convert::numerics::DEFAULT_MAX_ABS,
+                resume: false,
+                overwrite: true,
+                json: args.json,
+                dry_run: true,
+            },
+        )?
+    } else if let Some(to) = args.to {
+        let ext = if to == ConvertTarget::Gguf {
+            ".gguf"
+        } else {
+            ""
+        };
+        plan_convert(
+            &ckpt,
+            &ConvertArgs {
+                input: args.target.clone(),
+                output: PathBuf::from(format!("{name}-converted{ext}")),
+                to,
+                dtype: args.dtype,
+                shard_size: args.shard_size,
+                mp: 1,
+                resume: false,
+                overwrite: true,
+                dry_run: true,
+            },
+        )?
+    } else {
+        bail!(
+            "nothing to plan for a model without --scheme or --to\n  hint: qforge plan {t} --scheme fp8-rowwise, \
+             or qforge plan recipe.toml"
+        );
+    };
+    print_plan(&json!({"outputs": [p]}), args.json)
+}
+
+fn human(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e12 {
+        format!("{:.2} TB", b / 1e12)
+    } else if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.1} kB", b / 1e3)
+    }
+}
+
+fn human_secs(s: f64) -> String {
+    if s >= 3600.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else if s >= 60.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+fn print_plan(plan: &serde_json::Value, as_json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        serde_json::to_writer_pretty(&mut out, plan)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for o in plan["outputs"].as_array().into_iter().flatten() {
+        let u = |k: &str| o[k].as_u64().unwrap_or(0);
+        writeln!(
+            out,
+            "{} {}",
+            o["step"].as_str().unwrap_or(""),
+            o["output"].as_str().unwrap_or("")
+        )?;
+        for f in o["files"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  {:<44} {:>16} bytes",
+                f["path"].as_str().unwrap_or(""),
+                f["bytes"].as_u64().unwrap_or(0)
+            )?;
+        }
+        writeln!(
+            out,
+            "  files {} bytes ({}), tensor data {} bytes; peak memory ~{}, disk {}, time ~{}",
+            u("file_bytes"),
+            human(u("file_bytes")),
+            u("tensor_bytes"),
+            human(u("peak_memory_bytes")),
+            human(u("disk_bytes")),
+            human_secs(o["seconds"].as_f64().unwrap_or(0.0))
+        )?;
+    }
+    if let Some(t) = plan.get("total") {
+        writeln!(
+            out,
+            "total: disk {}, peak memory ~{}, time ~{} (verify ~{})",
+            human(t["disk_bytes"].as_u64().unwrap_or(0)),
+            human(t["peak_memory_bytes"].as_u64().unwrap_or(0)),
+            human_secs(t["seconds"].as_f64().unwrap_or(0.0)),
+            human_secs(plan["verify_seconds"].as_f64().unwrap_or(0.0)),
+        )?;
+    }
+    for n in plan["notes"].as_array().into_iter().flatten() {
+        writeln!(out, "note: {}", n.as_str().unwrap_or(""))?;
+    }
+    Ok(())
+}

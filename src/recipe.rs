@@ -1,0 +1,360 @@
+//! Pipeline recipes: one TOML file that says what goes in (a model path or a Hugging Face cache
+//! reference), an optional conversion and calibration, one or more quantized outputs, and how to
+//! verify them (evaluation text and budgets). Unknown keys are errors, so a typo never silently
+//! drops a budget. Relative paths are relative to the recipe file.
+//!
+//! ```toml
+//! [input]
+//! model = "HuggingFaceTB/SmolLM2-135M-Instruct"   # or ./path/to/model
+//!
+//! [output]
+//! dir = "out"                 # every artifact, the state file and report.json go here
+//!
+//! [convert]                   # optional: make an HF BF16 base first (e.g. from a GGUF)
+//! to = "hf"
+//! dtype = "bf16"
+//!
+//! [[quantize]]
+//! name = "fp8"                # the artifact's name in out/ (".gguf" is added for GGUF mixes)
+//! scheme = "fp8-rowwise"
+//!
+//! [verify]                    # optional
+//! data = "hamlet.txt"
+//! chunks = 4
+//! max_ppl_drift = "2%"
+//! max_kld = 0.05
+//! min_top1 = 90.0
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// A whole recipe.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// What goes in.
+    pub input: Input,
+    /// Where everything goes.
+    pub output: Output,
+    /// Optional conversion of the input before quantization.
+    #[serde(default)]
+    pub convert: Option<ConvertStep>,
+    /// Optional calibration (static FP8 scales, importance matrix, GPTQ).
+    #[serde(default)]
+    pub calibrate: Option<CalibrateStep>,
+    /// The quantized artifacts.
+    #[serde(default)]
+    pub quantize: Vec<QuantizeStep>,
+    /// Verification of every artifact against the base.
+    #[serde(default)]
+    pub verify: Option<VerifyStep>,
+}
+
+/// `[input]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// A path (file or directory) or a Hugging Face cache reference `org/name[@revision]`.
+    pub model: String,
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Directory for the artifacts, the state file and the report.
+    pub dir: PathBuf,
+    /// Report file name inside `dir` [default: report.json].
+    #[serde(default = "default_report")]
+    pub report: String,
+}
+
+fn default_report() -> String {
+    "report.json".into()
+}
+
+/// `[convert]`: the input converted before quantization (and used as the verification base).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvertStep {
+    /// `hf` (the only target the later steps read back as a base; `gguf` and `meta` work too).
+    #[serde(default = "default_to")]
+    pub to: String,
+    /// `bf16`, `f16` or `f32` [default: keep].
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// Output name inside the output directory [default: base].
+    #[serde(default = "default_base")]
+    pub name: String,
+    /// Largest safetensors shard (e.g. 5GB).
+    #[serde(default)]
+    pub shard_size: Option<String>,
+}
+
+fn default_to() -> String {
+    "hf".into()
+}
+
+fn default_base() -> String {
+    "base".into()
+}
+
+/// `[calibrate]`: runs `qforge calibrate` / `qforge imatrix` once; every quantize step that
+/// needs calibration results (fp8-static, imatrix-aware GGUF mixes) gets them as `--calib`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrateStep {
+    /// `fp8-static`, `gptq`, `awq` or `imatrix`.
+    pub method: String,
+    /// Calibration text (a different text from the evaluation text).
+    pub data: PathBuf,
+    /// Tokens per calibration chunk.
+    #[serde(default)]
+    pub ctx: Option<usize>,
+    /// Number of calibration chunks.
+    #[serde(default)]
+    pub chunks: Option<usize>,
+    /// Output file name inside the output directory [default: calib.json].
+    #[serde(default = "default_calib")]
+    pub name: String,
+}
+
+fn default_calib() -> String {
+    "calib.json".into()
+}
+
+/// One `[[quantize]]` artifact (the options of `qforge quantize`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeStep {
+    /// Artifact name inside the output directory (a GGUF mix gets `.gguf` appended if missing).
+    pub name: String,
+    /// fp8-rowwise, fp8-static, int4-g<N>, int4-row, gguf:<mix>.
+    pub scheme: String,
+    /// compressed-tensors, fbgemm or gguf.
+    #[serde(default)]
+    pub layout: Option<String>,
+    /// all-linear or meta-405b.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Modules left unquantized (HF module names or `re:<regex>`).
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// INT4 with zero points.
+    #[serde(default)]
+    pub asym: bool,
+    /// Model dtype of unquantized tensors (bf16, f32).
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// Largest safetensors shard (e.g. 5GB).
+    #[serde(default)]
+    pub shard_size: Option<String>,
+    /// fbgemm activation_scale_ub.
+    #[serde(default)]
+    pub activation_scale_ub: Option<f32>,
+    /// Budgets for this artifact, overriding `[verify]`'s.
+    #[serde(default)]
+    pub max_ppl_drift: Option<Percent>,
+    /// Mean KLD budget override.
+    #[serde(default)]
+    pub max_kld: Option<f64>,
+    /// Top-1 agreement budget override (percent).
+    #[serde(default)]
+    pub min_top1: Option<f64>,
+    /// Skip verification of this artifact.
+    #[serde(default)]
+    pub verify: Option<bool>,
+}
+
+/// `[verify]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyStep {
+    /// Evaluation text.
+    pub data: PathBuf,
+    /// Tokens per chunk [default: 512].
+    #[serde(default)]
+    pub ctx: Option<usize>,
+    /// Chunks evaluated [default: all].
+    #[serde(default)]
+    pub chunks: Option<usize>,
+    /// Largest allowed perplexity increase ("1%" or 1.0).
+    #[serde(default)]
+    pub max_ppl_drift: Option<Percent>,
+    /// Largest allowed mean KL divergence (nats per token).
+    #[serde(default)]
+    pub max_kld: Option<f64>,
+    /// Smallest allowed top-1 agreement, percent.
+    #[serde(default)]
+    pub min_top1: Option<f64>,
+}
+
+/// A percentage written as `"1%"`, `"0.5"` or `1.0`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Percent(pub f64);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(f64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(v) if v.is_finite() && v >= 0.0 => Ok(Percent(v)),
+            Raw::N(v) => Err(serde::de::Error::custom(format!("{v} is not a percentage"))),
+            Raw::S(s) => crate::cli::parse_percent(&s)
+                .map(Percent)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Recipe {
+    /// Parse a recipe from TOML text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let r: Recipe = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Read and parse a recipe file, resolving relative paths against its directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading recipe {}", path.display()))?;
+        let mut r = Recipe::parse(&text).with_context(|| {
+            format!(
+                "{}: not a valid recipe\n  hint: see `qforge pipeline --help` and examples/*.toml",
+                path.display()
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rel = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rel(&mut r.output.dir);
+        if let Some(c) = &mut r.calibrate {
+            rel(&mut c.data);
+        }
+        if let Some(v) = &mut r.verify {
+            rel(&mut v.data);
+        }
+        if crate::modelref::looks_like_path(&r.input.model) {
+            let p = base.join(&r.input.model);
+            r.input.model = p.to_string_lossy().into_owned();
+        }
+        Ok(r)
+    }
+
+    /// Checks serde cannot express: names are plain file names and unique; schemes parse.
+    fn validate(&self) -> Result<()> {
+        let mut names = std::collections::BTreeSet::new();
+        let plain = |n: &str| {
+            !n.is_empty() && !n.starts_with('.') && !n.contains(['/', '\\', '\0']) && n != ".."
+        };
+        let mut check = |n: &str, what: &str| -> Result<()> {
+            if !plain(n) {
+                bail!(
+                    "{what} name {n:?} must be a plain file name (no '/', not starting with '.')"
+                );
+            }
+            if !names.insert(n.to_owned()) {
+                bail!("{what} name {n:?} is used twice");
+            }
+            Ok(())
+        };
+        check(&self.output.report, "report")?;
+        if let Some(c) = &self.convert {
+            check(&c.name, "[convert]")?;
+            if !matches!(c.to.as_str(), "hf" | "gguf" | "meta") {
+                bail!(
+                    "[convert] to = {:?}: use \"hf\", \"gguf\" or \"meta\"",
+                    c.to
+                );
+            }
+        }
+        if let Some(c) = &self.calibrate {
+            check(&c.name, "[calibrate]")?;
+        }
+        for q in &self.quantize {
+            check(&Recipe::artifact_name(q), "[[quantize]]")?;
+            crate::commands::quantize::parse_scheme(&q.scheme, q.asym)
+                .with_context(|| format!("[[quantize]] {:?}", q.name))?;
+        }
+        if self.quantize.is_empty() && self.convert.is_none() {
+            bail!("the recipe makes nothing: add a [[quantize]] or a [convert] section");
+        }
+        Ok(())
+    }
+
+    /// The file or directory name of a quantize step's artifact.
+    pub fn artifact_name(q: &QuantizeStep) -> String {
+        let gguf = q.scheme.to_ascii_lowercase().starts_with("gguf:")
+            || q.layout.as_deref() == Some("gguf");
+        if gguf && !q.name.to_ascii_lowercase().ends_with(".gguf") {
+            format!("{}.gguf", q.name)
+        } else {
+            q.name.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+[input]
+model = "org/name@main"
+[output]
+dir = "out"
+[convert]
+dtype = "bf16"
+[[quantize]]
+name = "fp8"
+scheme = "fp8-rowwise"
+[[quantize]]
+name = "q4"
+scheme = "gguf:q4_k_m"
+max_ppl_drift = 5
+[verify]
+data = "hamlet.txt"
+chunks = 2
+max_ppl_drift = "1.5%"
+"#;
+
+    #[test]
+    fn parses_and_names_artifacts() {
+        let r = Recipe::parse(FULL).unwrap();
+        assert_eq!(r.quantize.len(), 2);
+        assert_eq!(Recipe::artifact_name(&r.quantize[1]), "q4.gguf");
+        assert_eq!(r.verify.as_ref().unwrap().max_ppl_drift, Some(Percent(1.5)));
+        assert_eq!(r.quantize[1].max_ppl_drift, Some(Percent(5.0)));
+        assert_eq!(r.output.report, "report.json");
+        assert_eq!(r.convert.as_ref().unwrap().name, "base");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let typo = FULL.replace("max_ppl_drift = \"1.5%\"", "max_ppl_drfit = \"1.5%\"");
+        let e = format!("{:#}", Recipe::parse(&typo).unwrap_err());
+        assert!(e.contains("unknown field `max_ppl_drfit`"), "{e}");
+        let bad = FULL.replace("fp8-rowwise", "fp9");
+        assert!(Recipe::parse(&bad).is_err());
+        let dup = FULL
+            .replace("name = \"q4\"", "name = \"fp8\"")
+            .replace("gguf:q4_k_m", "int4-g64");
+        assert!(format!("{:#}", Recipe::parse(&dup).unwrap_err()).contains("used twice"));
+        let esc = FULL.replace("name = \"fp8\"", "name = \"../x\"");
+        assert!(Recipe::parse(&esc).is_err());
+        let pct = FULL.replace("\"1.5%\"", "\"lots\"");
+        assert!(Recipe::parse(&pct).is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! Snapshots (insta) of every subcommand's `--help` (each must show an example) and of the
+//! one-line usage errors with their hints (exit status 2).
+
+use std::process::Command;
+
+const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
+
+const SUBCOMMANDS: &[&[&str]] = &[
+    &[],
+    &["inspect"],
+    &["convert"],
+    &["quantize"],
+    &["perplexity"],
+    &["verify"],
+    &["pipeline"],
+    &["plan"],
+    &["completions"],
+    &["bench"],
+    &["bench", "gemm"],
+];
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(QFORGE)
+        .args(args)
+        .env("COLUMNS", "100")
+        .env_remove("CLICOLOR_FORCE")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_subcommand_has_help_with_an_example() {
+    for sub in SUBCOMMANDS {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let o = run(&args);
+        assert!(o.status.success(), "{args:?}");
+        let help = String::from_utf8(o.stdout).unwrap();
+        if !sub.is_empty() && *sub != ["bench"] {
+            assert!(
+                help.contains("Examples:"),
+                "{args:?} has no example:\n{help}"
+            );
+        }
+        let name = if sub.is_empty() {
+            "qforge".to_owned()
+        } else {
+            format!("qforge {}", sub.join(" "))
+        };
+        insta::assert_snapshot!(format!("help-{}", name.replace(' ', "-")), help);
+    }
+}
+
+#[test]
+fn usage_errors_are_one_line_with_a_hint() {
+    let cases: &[(&str, &[&str])] = &[
+        ("unknown subcommand", &["frobnicate"]),
+        ("bad value", &["convert", "in", "out", "--to", "onnx"]),
+        ("missing required", &["quantize", "in", "out"]),
+        (
+            "misspelled flag",
+            &["quantize", "in", "out", "--scheme", "fp8", "--dryrun"],
+        ),
+        (
+            "bad size",
+            &["convert", "in", "out", "--to", "hf", "--shard-size", "5XB"],
+        ),
+        (
+            "bad percent",
+            &["verify", "a", "b", "--data", "t", "--max-ppl-drift", "lots"],
+        ),
+        ("bad shell", &["completions", "tcsh"]),
+    ];
+    for (name, args) in cases {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(o.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("hint:"), "{args:?}: {err}");
+        insta::assert_snapshot!(format!("usage-error-{}", name.replace(' ', "-")), err);
+    }
+}
+
+#[test]
+fn completions_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = run(&["completions", shell]);
+        assert!(o.status.success());
+        let s = String::from_utf8(o.stdout).unwrap();
+        assert!(s.contains("pipeline") && s.contains("dry-run"), "{shell}");
+    }
+}
