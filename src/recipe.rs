@@ -103,7 +103,8 @@ fn default_base() -> String {
 }
 
 /// `[calibrate]`: runs `qforge calibrate` / `qforge imatrix` once; every quantize step that
-/// needs calibration results (fp8-static, imatrix-aware GGUF mixes) gets them as `--calib`.
+/// uses the result gets it: fp8-static and GPTQ (int4/int8) steps as `--calib`, GGUF mixes
+/// an imatrix as `--imatrix`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CalibrateStep {
@@ -114,9 +115,12 @@ pub struct CalibrateStep {
     /// Tokens per calibration chunk.
     #[serde(default)]
     pub ctx: Option<usize>,
-    /// Number of calibration chunks.
+    /// Number of calibration chunks (samples).
     #[serde(default)]
     pub chunks: Option<usize>,
+    /// GPTQ scheme (int4-g<N>, int4-row, ...); must match the quantize steps that use it.
+    #[serde(default)]
+    pub scheme: Option<String>,
     /// Output file name inside the output directory [default: calib.json].
     #[serde(default = "default_calib")]
     pub name: String,

@@ -420,3 +420,87 @@ fn toml_dir(recipe: &Path) -> PathBuf {
         .unwrap();
     recipe.parent().unwrap().join(dir)
 }
+
+#[test]
+fn pipeline_calibration_steps_feed_the_quantize_steps_that_use_them() {
+    let root = tempfile::tempdir().unwrap();
+    let input = root.path().join("model");
+    model_with_tokenizer(&input, model::SMALL);
+    let data = text(root.path());
+    for (method, scheme, extra) in [
+        ("imatrix", "gguf:q4_k_m", "ctx = 64\nchunks = 2"),
+        ("fp8-static", "fp8-static", "ctx = 32\nchunks = 4"),
+        (
+            "gptq",
+            "int4-g32",
+            "ctx = 32\nchunks = 4\nscheme = \"int4-g32\"",
+        ),
+    ] {
+        let out = root.path().join(format!("out-{method}"));
+        let r = format!(
+            "[input]\nmodel = \"{}\"\n[output]\ndir = \"{}\"\n[calibrate]\nmethod = \"{method}\"\n\
+             data = \"{}\"\nname = \"calib-{method}\"\n{extra}\n[[quantize]]\nname = \"q\"\n\
+             scheme = \"{scheme}\"\n[[quantize]]\nname = \"plain\"\nscheme = \"fp8-rowwise\"\n",
+            input.display(),
+            out.display(),
+            data.display()
+        );
+        let rp = root.path().join(format!("{method}.toml"));
+        std::fs::write(&rp, r).unwrap();
+        let o = qforge(&["pipeline", rp.to_str().unwrap()]);
+        assert!(
+            o.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.join(format!("calib-{method}")).exists(), "{method}");
+        let q = if scheme.starts_with("gguf") {
+            "q.gguf"
+        } else {
+            "q"
+        };
+        assert!(out.join(q).exists(), "{method}: {q}");
+        // the calibrated artifact equals what the commands give by hand
+        let by_hand = root.path().join(format!("by-hand-{method}"));
+        let mut args = vec![
+            "quantize".to_owned(),
+            input.to_string_lossy().into_owned(),
+            by_hand.to_string_lossy().into_owned(),
+            "--scheme".into(),
+            scheme.into(),
+        ];
+        let calib = out
+            .join(format!("calib-{method}"))
+            .to_string_lossy()
+            .into_owned();
+        args.extend([
+            if method == "imatrix" {
+                "--imatrix"
+            } else {
+                "--calib"
+            }
+            .to_owned(),
+            calib,
+        ]);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&a);
+        assert_eq!(
+            model::files(&by_hand)
+                .into_values()
+                .collect::<Vec<_>>()
+                .len(),
+            model::files(&out.join(q)).len(),
+            "{method}"
+        );
+        let strip = |m: BTreeMap<String, Vec<u8>>| {
+            m.into_iter()
+                .filter(|(k, _)| k != "manifest.json")
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(
+            strip(model::files(&by_hand)),
+            strip(model::files(&out.join(q))),
+            "{method}: pipeline and hand-run outputs differ"
+        );
+    }
+}

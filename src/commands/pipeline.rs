@@ -40,17 +40,64 @@ pub trait Calibrator {
     fn calibrate(&self, model: &Path, step: &CalibrateStep, out: &Path) -> Result<()>;
 }
 
-/// The calibrator of this build: calibration is not wired into the pipeline yet.
-pub struct NotYetAvailable;
+/// The calibrator of this build: `qforge calibrate` (fp8-static, gptq) and `qforge imatrix`,
+/// run in-process with the recipe's settings.
+pub struct Builtin;
 
-impl Calibrator for NotYetAvailable {
-    fn calibrate(&self, _model: &Path, step: &CalibrateStep, _out: &Path) -> Result<()> {
-        bail!(
-            "[calibrate] method {:?}: calibration is not yet available in `qforge pipeline`\n  \
-             hint: run `qforge calibrate` (or `qforge imatrix`) yourself and pass the result to \
-             `qforge quantize --calib`, or remove the [calibrate] section",
-            step.method
-        )
+impl Calibrator for Builtin {
+    fn calibrate(&self, model: &Path, step: &CalibrateStep, out: &Path) -> Result<()> {
+        let model = model.to_string_lossy().into_owned();
+        let data = step.data.to_string_lossy().into_owned();
+        let out = out.to_string_lossy().into_owned();
+        let mut argv: Vec<String> = Vec::new();
+        match step.method.as_str() {
+            "fp8-static" | "gptq" => {
+                argv.extend(["qforge", "calibrate", &model, "--data", &data, "-o", &out]
+                    .map(str::to_owned));
+                argv.extend(["--method".into(), step.method.clone(), "--overwrite".into()]);
+                if let Some(n) = step.chunks {
+                    argv.extend(["--samples".into(), n.to_string()]);
+                }
+                if let Some(n) = step.ctx {
+                    argv.extend(["--seq-len".into(), n.to_string()]);
+                }
+                if let Some(sch) = &step.scheme {
+                    argv.extend(["--scheme".into(), sch.clone()]);
+                }
+            }
+            "imatrix" => {
+                argv.extend(["qforge", "imatrix", &model, "--data", &data, "-o", &out]
+                    .map(str::to_owned));
+                argv.extend(["--overwrite".into(), "--quiet".into()]);
+                if let Some(n) = step.chunks {
+                    argv.extend(["--chunks".into(), n.to_string()]);
+                }
+                if let Some(n) = step.ctx {
+                    argv.extend(["--ctx".into(), n.to_string()]);
+                }
+            }
+            other => bail!(
+                "[calibrate] method {other:?} is not available\n  hint: use fp8-static, gptq or imatrix"
+            ),
+        }
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv)
+            .map_err(|e| anyhow::anyhow!("[calibrate]: {}", e.to_string().trim()))?;
+        match cli.command {
+            crate::cli::Command::Calibrate(a) => crate::commands::calibrate::run(&a),
+            crate::cli::Command::Imatrix(a) => crate::commands::imatrix::run(&a),
+            _ => unreachable!("built above"),
+        }
+    }
+}
+
+/// Whether the `[calibrate]` result applies to a quantize step with `scheme`, and how it is
+/// passed: `Some(true)` as `--imatrix`, `Some(false)` as `--calib`, `None` not at all.
+pub fn calib_use(method: &str, scheme: &str) -> Option<bool> {
+    match method {
+        "imatrix" => scheme.starts_with("gguf:").then_some(true),
+        "fp8-static" => (scheme == "fp8-static").then_some(false),
+        "gptq" => (scheme.starts_with("int4") || scheme.starts_with("int8")).then_some(false),
+        _ => None,
     }
 }
 
@@ -377,7 +424,7 @@ pub fn run(args: &PipelineArgs) -> Result<()> {
     if args.dry_run {
         return crate::commands::plan::run_recipe(&args.recipe, args.json);
     }
-    run_with(args, &NotYetAvailable)
+    run_with(args, &Builtin)
 }
 
 /// Run a recipe with calibration done by `calibrator`.
@@ -474,7 +521,14 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
             &key,
             &out,
             |resume| {
-                let a = quantize_args(&r, q, &base, calib.clone(), resume)?;
+                let method = r.calibrate.as_ref().map_or("", |c| c.method.as_str());
+                let (c, im) = match (calib_use(method, &q.scheme), &calib) {
+                    (Some(true), Some(p)) => (None, Some(p.clone())),
+                    (Some(false), Some(p)) => (Some(p.clone()), None),
+                    _ => (None, None),
+                };
+                let mut a = quantize_args(&r, q, &base, c, resume)?;
+                a.imatrix = im;
                 crate::commands::quantize::execute(&a).map(drop)
             },
             describe_output,
