@@ -31,7 +31,10 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
     });
     let first = lines.next().unwrap_or("error: bad arguments").to_owned();
-    let rest: Vec<&str> = lines.collect();
+    // clap's own suggestions start with "tip: "; the hint says it once
+    let rest: Vec<&str> = lines
+        .map(|l| l.strip_prefix("tip: ").unwrap_or(l))
+        .collect();
     let hint = if rest.is_empty() {
         String::new()
     } else {

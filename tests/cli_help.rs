@@ -12,6 +12,8 @@ const SUBCOMMANDS: &[&[&str]] = &[
     &["quantize"],
     &["perplexity"],
     &["verify"],
+    &["imatrix"],
+    &["calibrate"],
     &["pipeline"],
     &["plan"],
     &["completions"],
@@ -30,6 +32,23 @@ fn run(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn every_subcommand_has_help_with_an_example() {
+    // the list above covers every subcommand `qforge --help` shows
+    let top = String::from_utf8(run(&["--help"]).stdout).unwrap();
+    let listed: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(listed.len() >= 10, "{top}");
+    for c in &listed {
+        assert!(
+            SUBCOMMANDS.iter().any(|s| s.first() == Some(c)),
+            "qforge {c} is not in SUBCOMMANDS"
+        );
+    }
     for sub in SUBCOMMANDS {
         let mut args = sub.to_vec();
         args.push("--help");

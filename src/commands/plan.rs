@@ -145,16 +145,46 @@ fn roles(ckpt: &Checkpoint) -> Vec<TensorId> {
 /// owned copy handed to the writer, and an earlier tensor's buffer not yet returned to the OS);
 /// a conversion holds the source pages and the converted bytes.
 fn kept_work(ckpt: &Checkpoint, id: TensorId, out_dtype: DType, src: u64, out: u64) -> u64 {
-    let same = ckpt
-        .tensors
+    let t = ckpt.tensors.iter().find(|t| t.key == TensorKey::weight(id));
+    match t {
+        // same dtype: the bytes are copied (a mapped source) or moved (a merged one, whose
+        // gathered copy `source_resident` already counts)
+        Some(t) if t.dtype == out_dtype => match t.layout {
+            qforge_convert::TensorLayout::Contiguous(_) => source_resident(t) + src,
+            _ => source_resident(t),
+        },
+        Some(t) => source_resident(t) + out,
+        None => src + out,
+    }
+}
+
+/// Bytes of a source tensor resident while it is being worked on: the mapped pages (released
+/// shard by shard in a dim-0 model-parallel merge, else at the end) plus, for a merged or
+/// strided tensor, the gathered copy (BENCHMARKS.md, "Plan").
+fn source_resident(t: &qforge_convert::TensorEntry) -> u64 {
+    use qforge_convert::TensorLayout;
+    let n = t.nbytes();
+    match &t.layout {
+        TensorLayout::Contiguous(_) => n,
+        TensorLayout::Concat { dim: 0, parts } => {
+            let esize = t.dtype.block_bytes();
+            let shard = parts
+                .iter()
+                .map(|(s, _)| s.iter().product::<u64>() * esize)
+                .max()
+                .unwrap_or(n);
+            n + shard
+        }
+        _ => 2 * n,
+    }
+}
+
+/// [`source_resident`] of a role's weight (its byte count when the role has no plain weight).
+fn resident_of(ckpt: &Checkpoint, id: TensorId, src: u64) -> u64 {
+    ckpt.tensors
         .iter()
         .find(|t| t.key == TensorKey::weight(id))
-        .is_some_and(|t| t.dtype == out_dtype);
-    if same {
-        3 * src
-    } else {
-        src + out
-    }
+        .map_or(src, source_resident)
 }
 
 /// Plan a quantization of `ckpt`.
@@ -196,7 +226,7 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
                     d if d.is_block() => rate::GGUF_SIMPLE,
                     _ => rate::COPY,
                 };
-                (src + out, src as f64 / r)
+                (resident_of(ckpt, id, src) + out, src as f64 / r)
             }
             Scheme::Hf(hf) => {
                 let module = qforge_convert::layout::hf_module(id);
@@ -205,11 +235,11 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
                         qforge_convert::layout::HfScheme::Int4 { .. } => {
                             // f32 decode + codes (one byte each) + packed nibbles + scales
                             (
-                                src + 4 * n + n + n / 2,
+                                resident_of(ckpt, id, src) + 4 * n + n + n / 2,
                                 src as f64 / (rate::INT4 * c / rate::CORES),
                             )
                         }
-                        _ => (src + n, src as f64 / rate::FP8),
+                        _ => (resident_of(ckpt, id, src) + n, src as f64 / rate::FP8),
                     }
                 } else {
                     let out = model_dtype.bytes_for(n).unwrap_or(0);
@@ -261,8 +291,11 @@ pub fn plan_convert(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<OutputPlan>
             (None, _) if t.dtype.is_block() => 4 * t.numel(),
             (None, _) => t.nbytes(),
         };
-        // the mapped source pages and the converted (or copied) bytes (BENCHMARKS.md)
-        worst = worst.max(t.nbytes() + out);
+        // the resident source (mapped pages, merged copy) and the converted bytes; a same-dtype
+        // merged tensor is moved, not copied (BENCHMARKS.md)
+        let merged = !matches!(t.layout, qforge_convert::TensorLayout::Contiguous(_));
+        let extra = if merged && out == t.nbytes() { 0 } else { out };
+        worst = worst.max(source_resident(t) + extra);
         seconds += t.nbytes() as f64 / rate::COPY;
     }
     Ok(OutputPlan {
