@@ -24,8 +24,9 @@ use std::time::Instant;
 use qforge_convert::layout::hf_module;
 use qforge_convert::write::{OutputDir, OutputOptions};
 use qforge_convert::{Format, LayerTensor, TensorId};
+use qforge_verify::eval::run_layer_observed;
 use qforge_verify::matmul::matmul_t;
-use qforge_verify::ops::{attention, rms_norm, swiglu, RopeTable};
+use qforge_verify::ops::RopeTable;
 use qforge_verify::{LayerWeights, Model};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -108,14 +109,8 @@ impl Site {
     }
 }
 
-fn add(h: &mut [f32], d: &[f32]) {
-    for (a, b) in h.iter_mut().zip(d) {
-        *a += b;
-    }
-}
-
 /// One sample through one layer, in place on `hc` (`[seq, hidden]`), showing each linear's
-/// input to `sink` (the same arithmetic as `qforge verify`'s layer-major forward).
+/// input to `sink`: `qforge verify`'s layer forward, observed.
 pub fn layer_forward(
     model: &Model,
     lw: &LayerWeights,
@@ -124,46 +119,15 @@ pub fn layer_forward(
     seq: usize,
     sink: &mut dyn FnMut(Site, &[f32]),
 ) {
-    let cfg = model.config();
-    let hid = cfg.hidden_size as usize;
-    let (heads, kvh, hd) = (
-        cfg.num_heads as usize,
-        cfg.num_kv_heads as usize,
-        cfg.head_dim as usize,
-    );
-    let eps = cfg.rms_norm_eps as f32;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let ffn = cfg.intermediate_size as usize;
-    let mut x = hc.to_vec();
-    let mut q = vec![0f32; seq * heads * hd];
-    let mut k = vec![0f32; seq * kvh * hd];
-    let mut v = vec![0f32; seq * kvh * hd];
-    let mut att = vec![0f32; seq * heads * hd];
-    rms_norm(&mut x, hid, &lw.attn_norm, eps);
-    sink(Site::Qkv, &x);
-    lw.q.forward(&x, seq, &mut q);
-    lw.k.forward(&x, seq, &mut k);
-    lw.v.forward(&x, seq, &mut v);
-    rope.apply(&mut q, heads, model.rope_layout);
-    rope.apply(&mut k, kvh, model.rope_layout);
-    attention(&q, &k, &v, seq, heads, kvh, hd, scale, &mut att);
-    drop((q, k, v));
-    sink(Site::O, &att);
-    lw.o.forward(&att, seq, &mut x);
-    drop(att);
-    add(hc, &x);
-    x.copy_from_slice(hc);
-    rms_norm(&mut x, hid, &lw.ffn_norm, eps);
-    sink(Site::GateUp, &x);
-    let mut g = vec![0f32; seq * ffn];
-    let mut u = vec![0f32; seq * ffn];
-    lw.gate.forward(&x, seq, &mut g);
-    lw.up.forward(&x, seq, &mut u);
-    swiglu(&mut g, &u);
-    drop(u);
-    sink(Site::Down, &g);
-    lw.down.forward(&g, seq, &mut x);
-    add(hc, &x);
+    run_layer_observed(model, lw, rope, hc, seq, &mut |kinds, x| {
+        let site = match kinds.first() {
+            Some(LayerTensor::O) => Site::O,
+            Some(LayerTensor::Gate | LayerTensor::Up) => Site::GateUp,
+            Some(LayerTensor::Down) => Site::Down,
+            _ => Site::Qkv,
+        };
+        sink(site, x);
+    });
 }
 
 /// `H = Σ 2·x·xᵀ` over samples, then `/N` (llm-compressor 0.14 `accumulate_hessian` with

@@ -45,9 +45,11 @@ fn run_layer(model: &Model, lw: &LayerWeights, rope: &RopeTable, h: &mut [f32], 
     run_layer_observed(model, lw, rope, h, ctx, &mut |_, _| {});
 }
 
-/// [`run_layer`], showing `observe` each linear's input (`[ctx, inp]`, before any activation
-/// quantization) with the linears that read it, chunk after chunk.
-fn run_layer_observed(
+/// One layer over `h` (chunks of `ctx` tokens, in place), showing `observe` each linear's
+/// input (`[ctx, inp]`, before any activation quantization) with the linears that read it,
+/// chunk after chunk. The forward of [`perplexity`] and [`compare`]; calibration and the
+/// importance matrix observe through it.
+pub fn run_layer_observed(
     model: &Model,
     lw: &LayerWeights,
     rope: &RopeTable,
