@@ -160,16 +160,10 @@ pub fn write_safetensors_shards(
             let t = by_name
                 .remove(&tname)
                 .ok_or_else(|| Error::NoSuchTensor(tname.clone()))?;
-            buf.clear();
+            reset_buffer(&mut buf);
             (t.produce)(&mut buf)?;
             w.write_tensor(&tname, &buf)
                 .map_err(|e| Error::io(&path, e))?;
-            // A buffer the size of a big tensor is given back rather than kept for the next
-            // one: the next big tensor gathers into a fresh buffer of its own, and holding both
-            // would make peak memory twice the largest tensor.
-            if buf.capacity() > RETAINED_BUFFER {
-                buf = Vec::new();
-            }
         }
         let file = w.finish().map_err(|e| Error::io(&path, e))?;
         records.push(out.finish(file)?);
@@ -251,7 +245,18 @@ pub(crate) fn rope_heads(cfg: &ModelConfig, key: TensorKey) -> Option<usize> {
 }
 
 /// Largest per-tensor buffer kept between tensors by the writers (64 MiB).
-pub(crate) const RETAINED_BUFFER: usize = 64 << 20;
+const RETAINED_BUFFER: usize = 64 << 20;
+
+/// Empty the writers' per-tensor buffer for the next tensor. A buffer the size of a big tensor
+/// is given back rather than kept: the next big tensor gathers into a fresh buffer of its own
+/// (or is moved in), and holding both would make peak memory twice the largest tensor.
+pub(crate) fn reset_buffer(buf: &mut Vec<u8>) {
+    if buf.capacity() > RETAINED_BUFFER {
+        *buf = Vec::new();
+    } else {
+        buf.clear();
+    }
+}
 
 /// The bytes of `t` in `dtype` (converted through f32 when it differs), with Q/K rows permuted
 /// in direction `rope` when given.

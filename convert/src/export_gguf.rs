@@ -278,17 +278,13 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
     }
     let mut buf = Vec::new();
     for t in &entries {
-        buf.clear();
+        crate::export::reset_buffer(&mut buf);
         tensor_bytes(ckpt, t, out_dtype(t), rope, &mut buf)?;
         let name = NameScheme::Gguf
             .name(t.key)
             .unwrap_or_else(|| t.name.clone());
         w.write_tensor(&name, &buf)
             .map_err(|e| Error::io(&path, e))?;
-        // don't hold a big tensor's buffer while the next one is gathered
-        if buf.capacity() > crate::export::RETAINED_BUFFER {
-            buf = Vec::new();
-        }
     }
     let file = w.finish().map_err(|e| Error::io(&path, e))?;
     let record = target.commit(file)?;

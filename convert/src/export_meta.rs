@@ -468,6 +468,7 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
     if !writers.is_empty() {
         let mut buf = Vec::new();
         for p in &planned {
+            crate::export::reset_buffer(&mut buf);
             // Bytes that pass through unchanged are sliced straight from the mapped source;
             // anything converted or permuted is produced once into `buf`.
             let permuted = rope.is_some() && rope_heads(cfg, p.source.key).is_some();
@@ -476,7 +477,6 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
                 direct = ckpt.bytes(p.source)?;
                 &direct
             } else {
-                buf.clear();
                 tensor_bytes(ckpt, p.source, p.dtype, rope, &mut buf)?;
                 &buf
             };
@@ -484,10 +484,6 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
                 write_slice(w, p, data, *r, mp)?;
             }
             ckpt.release(p.source);
-            // don't hold a big tensor's buffer while the next one is gathered
-            if buf.capacity() > crate::export::RETAINED_BUFFER {
-                buf = Vec::new();
-            }
         }
     }
     for (_, w) in writers {

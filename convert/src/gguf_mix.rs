@@ -607,7 +607,7 @@ pub fn quantize_to_gguf(
     for t in &entries {
         let (mt, c) = (&mix_tensors[idx], choices[idx]);
         idx += 1;
-        buf.clear();
+        crate::export::reset_buffer(&mut buf);
         let same_layout = rope_direction(ckpt.format, Format::Gguf).is_none()
             || rope_heads(&ckpt.config, t.key).is_none();
         if t.dtype == c.dtype && t.key.part == Part::Weight && same_layout {
@@ -660,10 +660,6 @@ pub fn quantize_to_gguf(
         }
         w.write_tensor(&mt.name, &buf)
             .map_err(|e| Error::io(&path, e))?;
-        // don't hold a big tensor's buffer while the next one is gathered
-        if buf.capacity() > crate::export::RETAINED_BUFFER {
-            buf = Vec::new();
-        }
     }
     let file = w.finish().map_err(|e| Error::io(&path, e))?;
     let record = target.commit(file)?;
