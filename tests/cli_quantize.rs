@@ -8,6 +8,10 @@ use std::process::{Command, Output};
 use qforge_convert::{Checkpoint, LayerTensor, Part, TensorId};
 use qforge_quantize::DType;
 
+#[path = "support/model.rs"]
+mod model;
+use model::remove;
+
 const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
 
 fn fixture(rel: &str) -> PathBuf {
@@ -287,13 +291,5 @@ fn bad_weights_stop_the_run_unless_a_policy_is_chosen() {
             assert_ne!(other, want, "{scheme}: the clean tensors are quantized");
             remove(&out);
         }
-    }
-}
-
-fn remove(p: &Path) {
-    if p.is_dir() {
-        std::fs::remove_dir_all(p).unwrap();
-    } else {
-        std::fs::remove_file(p).unwrap();
     }
 }
