@@ -45,6 +45,7 @@ pub enum Command {
         fp8-static       FP8 weights with per-tensor scales + calibrated static activation scales (--calib)\n  \
         int4-g<N>        INT4 weights, one scale per N input columns (int4 = int4-g128); --asym for zero points\n  \
         int4-row         INT4 weights, one scale per output row\n  \
+        int8-g<N>, int8-row  INT8 weights (W8A16, 4 codes a word), same options as INT4\n  \
         gguf:<mix>       llama.cpp mix: q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k\n\
         \nExamples:\n  \
         qforge quantize ./Llama-3.1-8B ./Llama-3.1-8B-FP8 --scheme fp8-rowwise\n  \
@@ -78,7 +79,7 @@ pub enum Command {
     /// Calibrate layer by layer on text: static FP8 activation scales or GPTQ INT4/INT8 codes.
     #[command(after_help = "Methods:\n  \
         fp8-static   per-tensor static input scales (amax/448); -o FILE (JSON) for quantize --scheme fp8-static --calib FILE\n  \
-        gptq         GPTQ codes and scales; -o DIR for quantize --scheme int4-g<N>|int4-row --calib DIR\n\
+        gptq         GPTQ codes and scales; -o DIR for quantize --scheme int4-g<N>|int4-row|int8-… --calib DIR\n\
         \nSamples: the texts are tokenized with the model's tokenizer, concatenated, cut into windows of\n\
         --seq-len tokens and --samples of them drawn with a seeded shuffle (--seed). An interrupted run\n\
         resumes from <output>.qforge-state at the next layer.\n\
@@ -406,7 +407,7 @@ pub struct QuantizeArgs {
     pub input: PathBuf,
     /// Output directory (HF layouts) or .gguf file (gguf:<mix>); appears only when complete.
     pub output: PathBuf,
-    /// fp8-rowwise, fp8-static, int4-g<N>, int4-row or gguf:<mix> (see below).
+    /// fp8-rowwise, fp8-static, int4-g<N>, int4-row, int8-g<N>, int8-row or gguf:<mix> (see below).
     #[arg(long)]
     pub scheme: String,
     /// On-disk layout [default: compressed-tensors for FP8/INT4, gguf for gguf:<mix>].

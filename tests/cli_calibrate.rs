@@ -218,3 +218,85 @@ fn gptq_resumes_to_identical_bytes_and_quantize_writes_its_codes() {
     ]);
     assert!(!o.status.success());
 }
+
+/// INT8 GPTQ (W8A16): `quantize --scheme int8-g64 --calib` writes compressed-tensors
+/// `pack-quantized` 8-bit words (four codes a word) holding exactly the GPTQ codes, the config
+/// says `num_bits: 8`, and reading the checkpoint back dequantizes to `s·q`.
+#[test]
+fn gptq_int8_codes_are_written_as_8_bit_pack_quantized() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (m, t, a, q) = (d.join("m"), d.join("t.json"), d.join("a"), d.join("q"));
+    make_model(&m, SMALL);
+    tokens(&t, 3, 24, 4096);
+    let mut args = gptq_args(p(&m), p(&t), p(&a), "2");
+    args[7] = "int8-g64";
+    let o = run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&[
+        "quantize",
+        p(&m),
+        p(&q),
+        "--scheme",
+        "int8-g64",
+        "--calib",
+        p(&a),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(q.join("config.json")).unwrap()).unwrap();
+    let w = &cfg["quantization_config"]["config_groups"]["group_0"]["weights"];
+    assert_eq!(w["num_bits"], 8);
+    assert_eq!(w["group_size"], 64);
+    assert_eq!(cfg["quantization_config"]["format"], "pack-quantized");
+
+    let codes = qforge_calibrate::output::GptqCodes::open(&a).unwrap();
+    assert_eq!(codes.bits(), 8);
+    let ck = qforge_convert::Checkpoint::open(&q).unwrap();
+    let module = "model.layers.1.mlp.down_proj";
+    let want = codes.int4(module).unwrap().unwrap();
+    assert!(
+        want.q.iter().any(|&c| !(-8..=7).contains(&c)),
+        "8-bit codes"
+    );
+    let packed = ck
+        .tensors
+        .iter()
+        .find(|t| t.name == format!("{module}.weight_packed"))
+        .unwrap();
+    assert_eq!(packed.shape, [want.rows as u64, want.cols as u64 / 4]);
+    let got: Vec<i32> = ck
+        .bytes(packed)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(
+        got,
+        qforge_quantize::int4::pack_ct_bits(&want.q, want.rows, want.cols, 8).unwrap()
+    );
+    let id = qforge_convert::TensorId::Layer {
+        index: 1,
+        kind: qforge_convert::LayerTensor::Down,
+    };
+    assert_eq!(
+        ck.weight_storage(id).unwrap(),
+        qforge_convert::dequant::WeightStorage::Int4Packed {
+            bits: 8,
+            group_size: 64,
+            asymmetric: false
+        }
+    );
+    assert_eq!(ck.weight_f32(id).unwrap(), want.dequantize());
+    // int4 codes cannot be written as int8
+    let o = run(&[
+        "quantize",
+        p(&m),
+        p(&d.join("r")),
+        "--scheme",
+        "int4-g64",
+        "--calib",
+        p(&a),
+    ]);
+    assert!(!o.status.success());
+}

@@ -134,7 +134,6 @@ pub fn layer_forward(
 /// `N` = number of sequences), `f32`.
 struct Hessian {
     h: Vec<f32>,
-    tmp: Vec<f32>,
     xt: Vec<f32>,
     w: usize,
     n: usize,
@@ -144,14 +143,15 @@ impl Hessian {
     fn new(w: usize) -> Self {
         Hessian {
             h: vec![0f32; w * w],
-            tmp: vec![0f32; w * w],
             xt: Vec::new(),
             w,
             n: 0,
         }
     }
 
-    fn add(&mut self, x: &[f32]) {
+    /// Add the `[t, w]` inputs `x`; `tmp` is scratch shared by the layer's Hessians (one
+    /// `w × w` product buffer for all of them instead of one each).
+    fn add(&mut self, x: &[f32], tmp: &mut Vec<f32>) {
         let w = self.w;
         let t = x.len() / w;
         self.xt.resize(w * t, 0.0);
@@ -160,10 +160,11 @@ impl Hessian {
                 self.xt[c * t + r] = v;
             }
         }
-        matmul_t(&self.xt, w, t, &self.xt, w, &mut self.tmp);
+        tmp.resize(w * w, 0.0);
+        matmul_t(&self.xt, w, t, &self.xt, w, tmp);
         self.h
             .par_chunks_mut(4096)
-            .zip(self.tmp.par_chunks(4096))
+            .zip(tmp.par_chunks(4096))
             .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += 2.0 * b));
         self.n += 1;
     }
@@ -359,12 +360,14 @@ pub fn calibrate(
                 let widths = [hid, lw.o.inp, hid, lw.down.inp];
                 let mut hs: Vec<Hessian> = widths.iter().map(|&w| Hessian::new(w)).collect();
                 let mut scratch = vec![0f32; seq * hid];
+                let mut tmp = Vec::new();
                 for hc in h.chunks(seq * hid) {
                     scratch.copy_from_slice(hc);
                     layer_forward(model, &lw, &rope, &mut scratch, seq, &mut |site, x| {
-                        hs[site.index()].add(x);
+                        hs[site.index()].add(x, &mut tmp);
                     });
                 }
+                drop(tmp);
                 let mut results: Vec<(String, GptqResult)> = Vec::new();
                 for (site, hess) in SITES.into_iter().zip(hs) {
                     let hm = hess.finish();

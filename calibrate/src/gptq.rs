@@ -23,7 +23,7 @@ use qforge_quantize::int4::{self, Int4Arith, Int4Config, Int4Scheme};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::linalg::inverse_upper_cholesky;
+use crate::linalg::inverse_upper_cholesky_reversed;
 
 /// How many times the damping is multiplied by 10 when the Cholesky fails.
 pub const MAX_DAMPING_RETRIES: u32 = 4;
@@ -118,42 +118,21 @@ pub fn rtn(w: &[f32], rows: usize, cols: usize, cfg: &GptqConfig) -> Result<(Vec
             w.len()
         )));
     }
-    if cfg.bits == 4 {
-        let t = int4::quantize_int4(
-            w,
-            cols,
-            &Int4Config {
-                scheme: Int4Scheme::Symmetric,
-                group_size: Some(gs),
-                arith: if cfg.bf16 {
-                    Int4Arith::Bf16
-                } else {
-                    Int4Arith::F32
-                },
+    let t = int4::quantize_int4(
+        w,
+        cols,
+        &Int4Config {
+            bits: cfg.bits,
+            scheme: Int4Scheme::Symmetric,
+            group_size: Some(gs),
+            arith: if cfg.bf16 {
+                Int4Arith::Bf16
+            } else {
+                Int4Arith::F32
             },
-        )?;
-        return Ok((t.q, t.scales));
-    }
-    // 8 bits: the same rule with 127.5 (compressed-tensors `calculate_qparams`).
-    let r = |x: f32| if cfg.bf16 { r16(x) } else { x };
-    let (qmin, qmax) = qrange(cfg.bits);
-    let ng = cols / gs;
-    let mut q = vec![0i8; rows * cols];
-    let mut s = vec![0f32; rows * ng];
-    q.par_chunks_mut(cols)
-        .zip(s.par_chunks_mut(ng))
-        .zip(w.par_chunks(cols))
-        .for_each(|((qr, sr), wr)| {
-            for (g, (qg, wg)) in qr.chunks_mut(gs).zip(wr.chunks(gs)).enumerate() {
-                let amax = wg.iter().fold(0f32, |m, &x| m.max(r(x).abs()));
-                let sc = r(amax / ((qmax - qmin) / 2.0)).max(int4::MIN_SCALE);
-                sr[g] = sc;
-                for (o, &x) in qg.iter_mut().zip(wg) {
-                    *o = r(r(x) / sc).clamp(qmin, qmax).round_ties_even() as i8;
-                }
-            }
-        });
-    Ok((q, s))
+        },
+    )?;
+    Ok((t.q, t.scales))
 }
 
 /// Run GPTQ on `w` (`[rows, cols]` row-major) with the normalised Hessian `h` (`[cols, cols]`,
@@ -206,12 +185,13 @@ pub fn gptq(
     let gs = int4::check_group(cols, cfg.group_size)?;
     let ng = cols / gs;
 
-    // Dead columns, then the processing order.
-    let mut hd: Vec<f64> = h.iter().map(|&x| f64::from(x)).collect();
+    // Dead columns, then the processing order. The permuted, damped Hessian is built straight
+    // from `h` for each attempt (no full `f64` copies kept beside it: memory on wide layers).
+    let mut diag: Vec<f64> = (0..cols).map(|i| f64::from(h[i * cols + i])).collect();
     let mut dead = vec![false; cols];
-    for (i, d) in dead.iter_mut().enumerate() {
-        if hd[i * cols + i] == 0.0 {
-            hd[i * cols + i] = 1.0;
+    for (d, x) in dead.iter_mut().zip(diag.iter_mut()) {
+        if *x == 0.0 {
+            *x = 1.0;
             *d = true;
         }
     }
@@ -219,32 +199,32 @@ pub fn gptq(
     let mut perm: Vec<usize> = (0..cols).collect();
     if cfg.actorder {
         // descending diag H, ties by column index (a stable, thread-independent order)
-        perm.sort_by(|&a, &b| {
-            hd[b * cols + b]
-                .total_cmp(&hd[a * cols + a])
-                .then(a.cmp(&b))
-        });
+        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]).then(a.cmp(&b)));
     }
-    let mut hp = vec![0f64; cols * cols];
-    hp.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
-        let src = &hd[perm[i] * cols..(perm[i] + 1) * cols];
-        for (v, &p) in row.iter_mut().zip(&perm) {
-            *v = src[p];
-        }
-    });
-    drop(hd);
-    let mean_diag = (0..cols).map(|i| hp[i * cols + i]).sum::<f64>() / cols as f64;
+    let mean_diag = perm.iter().map(|&p| diag[p]).sum::<f64>() / cols as f64;
+    // m = J·(P·H·Pᵀ + damp·I)·J, J the reversal (see `linalg`)
+    let reversed = |damp: f64| -> Vec<f64> {
+        let mut m = vec![0f64; cols * cols];
+        m.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
+            let a = perm[cols - 1 - i];
+            let src = &h[a * cols..(a + 1) * cols];
+            for (j, v) in row.iter_mut().enumerate() {
+                let b = perm[cols - 1 - j];
+                *v = if a == b {
+                    diag[a] + damp
+                } else {
+                    f64::from(src[b])
+                };
+            }
+        });
+        m
+    };
 
     // Damping with retries.
     let mut damping = cfg.dampening;
     let mut retries = 0;
     let u = loop {
-        let mut hh = hp.clone();
-        let damp = damping * mean_diag;
-        for i in 0..cols {
-            hh[i * cols + i] += damp;
-        }
-        match inverse_upper_cholesky(&hh, cols) {
+        match inverse_upper_cholesky_reversed(reversed(damping * mean_diag), cols) {
             Ok(u) if u.iter().all(|x| x.is_finite()) => break u,
             Ok(_) | Err(_) if retries < MAX_DAMPING_RETRIES => {
                 retries += 1;
@@ -266,8 +246,7 @@ pub fn gptq(
             }
         }
     };
-    drop(hp);
-    let u: Vec<f32> = u.iter().map(|&x| x as f32).collect();
+    let u: Vec<f32> = u.into_iter().map(|x| x as f32).collect();
 
     let (qmin, qmax) = qrange(cfg.bits);
     let bs = cfg.block_size;

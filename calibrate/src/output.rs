@@ -133,22 +133,14 @@ pub fn layer_file_bytes(results: &[(String, GptqResult)], bits: u8) -> Result<Ve
             vec![r.rows, ng],
             r.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
         ));
-        if bits == 4 {
-            let p = int4::pack_ct(&r.q, r.rows, r.cols)?;
-            bufs.push((
-                format!("{m}.weight_packed"),
-                Dtype::I32,
-                vec![r.rows, r.cols.div_ceil(8)],
-                p.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ));
-        } else {
-            bufs.push((
-                format!("{m}.weight_q"),
-                Dtype::I8,
-                vec![r.rows, r.cols],
-                r.q.iter().map(|&v| v as u8).collect(),
-            ));
-        }
+        // compressed-tensors packing: 8 codes a word for 4 bits, 4 for 8 bits
+        let p = int4::pack_ct_bits(&r.q, r.rows, r.cols, bits)?;
+        bufs.push((
+            format!("{m}.weight_packed"),
+            Dtype::I32,
+            vec![r.rows, p.len() / r.rows.max(1)],
+            p.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
     }
     let views: Vec<(String, TensorView<'_>)> = bufs
         .iter()
@@ -242,7 +234,7 @@ impl GptqCodes {
         self.calib.modules.iter().any(|m| m.module == module)
     }
 
-    /// The 4-bit codes and scales of `module`.
+    /// The codes (4 or 8 bits, [`GptqCodes::bits`]) and scales of `module`.
     pub fn int4(&self, module: &str) -> Result<Option<Int4Tensor>> {
         if !self.has(module) {
             return Ok(None);
@@ -251,11 +243,9 @@ impl GptqCodes {
             path: path.into(),
             reason,
         };
-        if self.scheme.bits != 4 {
-            return Err(bad(
-                &self.dir,
-                format!("{}-bit codes cannot be written as INT4", self.scheme.bits),
-            ));
+        let bits = self.scheme.bits;
+        if !matches!(bits, 4 | 8) {
+            return Err(bad(&self.dir, format!("{bits}-bit codes")));
         }
         let layer = layer_of(module)
             .ok_or_else(|| bad(&self.dir, format!("{module} is not a decoder-layer linear")))?;
@@ -287,7 +277,8 @@ impl GptqCodes {
         if ps[0] != rows || ng == 0 {
             return Err(bad(&path, format!("{module}: shapes {ss:?} / {ps:?}")));
         }
-        let cols = words * 8;
+        // the column count is the config's; a partial last word is padding
+        let cols = words * (32 / usize::from(bits));
         if cols % ng != 0 {
             return Err(bad(&path, format!("{module}: {cols} columns, {ng} groups")));
         }
@@ -302,8 +293,9 @@ impl GptqCodes {
         if scales.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return Err(bad(&path, format!("{module}: non-positive scale")));
         }
-        let q = int4::unpack_ct(&packed, rows, cols)?;
+        let q = int4::unpack_ct_bits(&packed, rows, cols, bits)?;
         Ok(Some(Int4Tensor {
+            bits,
             rows,
             cols,
             group_size: cols / ng,

@@ -27,8 +27,11 @@ pub enum WeightStorage {
     Fp8Rowwise,
     /// FP8 codes with a single scale (`weight_scale` `[1]` or `[]`).
     Fp8PerTensor,
-    /// compressed-tensors `pack-quantized` INT4 with `group_size` columns per scale.
+    /// compressed-tensors `pack-quantized` INT4 (or INT8, `bits: 8`) with `group_size`
+    /// columns per scale.
     Int4Packed {
+        /// code width, 4 or 8 (from the packed tensor's shape: `ceil(cols·bits/32)` words a row)
+        bits: u8,
         /// columns per scale (the row length for per-channel scales)
         group_size: u64,
         /// whether zero points are stored
@@ -45,7 +48,7 @@ impl Checkpoint {
     /// How `id`'s weight is stored.
     pub fn weight_storage(&self, id: TensorId) -> Result<WeightStorage> {
         if let Some(packed) = self.part(id, Part::WeightPacked) {
-            let (rows, cols) = self.packed_dims(id, packed)?;
+            let (rows, cols, bits) = self.packed_dims(id, packed)?;
             let scale = self.required(id, Part::WeightScale, packed)?;
             let groups = match scale.shape.as_slice() {
                 [r, g] if *r == rows && *g > 0 && cols % g == 0 => *g,
@@ -59,6 +62,7 @@ impl Checkpoint {
                 }
             };
             return Ok(WeightStorage::Int4Packed {
+                bits,
                 group_size: cols / groups,
                 asymmetric: self.part(id, Part::WeightZeroPoint).is_some(),
             });
@@ -121,9 +125,11 @@ impl Checkpoint {
                 }
                 Ok(out)
             }
-            WeightStorage::Int4Packed { group_size, .. } => {
+            WeightStorage::Int4Packed {
+                group_size, bits, ..
+            } => {
                 let packed = self.part(id, Part::WeightPacked).expect("checked");
-                let (rows, cols) = self.packed_dims(id, packed)?;
+                let (rows, cols, _) = self.packed_dims(id, packed)?;
                 let scale = self.part(id, Part::WeightScale).expect("checked");
                 let weight_scale = self.to_f32(scale)?;
                 check_finite_scales(self, scale, &weight_scale)?;
@@ -133,6 +139,7 @@ impl Checkpoint {
                     None => None,
                 };
                 let p = int4::CtPacked {
+                    bits,
                     weight_packed: words,
                     weight_scale,
                     weight_zero_point,
@@ -243,8 +250,10 @@ impl Checkpoint {
     }
 
     /// `[rows, cols]` of a packed weight, from its `weight_shape` (checked against the config
-    /// and against the packed tensor's own shape).
-    fn packed_dims(&self, id: TensorId, packed: &TensorEntry) -> Result<(u64, u64)> {
+    /// and against the packed tensor's own shape), and the code width the packed shape implies:
+    /// `[rows, ceil(cols/8)]` words hold 4-bit codes, `[rows, ceil(cols/4)]` 8-bit ones (the
+    /// two coincide only for rows of at most 4, read as 4-bit).
+    fn packed_dims(&self, id: TensorId, packed: &TensorEntry) -> Result<(u64, u64, u8)> {
         let shape_t = self.required(id, Part::WeightShape, packed)?;
         let dims = self
             .to_f32(shape_t)
@@ -261,18 +270,23 @@ impl Checkpoint {
                 got: vec![rows, cols],
             });
         }
-        if packed.dtype != DType::I32 || packed.shape != [rows, cols.div_ceil(8)] {
-            return Err(self.bad(
-                packed,
-                format!(
-                    "weight_packed must be I32 [{rows}, {}] for weight_shape [{rows}, {cols}], found {} {:?}",
-                    cols.div_ceil(8),
-                    packed.dtype,
-                    packed.shape
-                ),
-            ));
-        }
-        Ok((rows, cols))
+        let bits = match packed.shape.as_slice() {
+            [r, w] if packed.dtype == DType::I32 && *r == rows && *w == cols.div_ceil(8) => 4,
+            [r, w] if packed.dtype == DType::I32 && *r == rows && *w == cols.div_ceil(4) => 8,
+            _ => {
+                return Err(self.bad(
+                    packed,
+                    format!(
+                        "weight_packed must be I32 [{rows}, {}] (4-bit) or [{rows}, {}] (8-bit) for weight_shape [{rows}, {cols}], found {} {:?}",
+                        cols.div_ceil(8),
+                        cols.div_ceil(4),
+                        packed.dtype,
+                        packed.shape
+                    ),
+                ))
+            }
+        };
+        Ok((rows, cols, bits))
     }
 
     fn required(&self, id: TensorId, part: Part, beside: &TensorEntry) -> Result<&TensorEntry> {

@@ -48,11 +48,14 @@ pub enum HfScheme {
     /// FP8 E4M3 weights with one scale per tensor and a static per-tensor activation scale from
     /// calibration (compressed-tensors FP8).
     Fp8Static,
-    /// INT4 weights, 16-bit activations (compressed-tensors W4A16 `pack-quantized`).
+    /// INT4 (or INT8) weights, 16-bit activations (compressed-tensors W4A16 / W8A16
+    /// `pack-quantized`).
     Int4 {
+        /// code width: 4 or 8
+        bits: u8,
         /// columns per scale; `None` = one scale per row (`strategy: "channel"`)
         group_size: Option<usize>,
-        /// symmetric (`s = amax/7.5`) or asymmetric with zero points
+        /// symmetric (`s = amax/7.5`, `amax/127.5` for 8 bits) or asymmetric with zero points
         symmetric: bool,
     },
 }
@@ -372,9 +375,11 @@ fn fp8_options(opts: &HfQuantOptions) -> Fp8Options {
 fn int4_config(opts: &HfQuantOptions) -> Option<Int4Config> {
     match opts.scheme {
         HfScheme::Int4 {
+            bits,
             group_size,
             symmetric,
         } => Some(Int4Config {
+            bits,
             scheme: if symmetric {
                 Int4Scheme::Symmetric
             } else {
@@ -449,7 +454,7 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<Tensor
                 }
             ) {
                 return Err(bad(
-                    "calibrated INT4 codes need a symmetric int4 scheme".into()
+                    "calibrated codes need a symmetric int4 or int8 scheme".into()
                 ));
             }
             if !p.has(&m) {
@@ -504,11 +509,12 @@ pub fn quantization_config(opts: &HfQuantOptions, not_converted: &[String]) -> V
                    "strategy": "tensor", "symmetric": true, "type": "float"}),
         ),
         HfScheme::Int4 {
+            bits,
             group_size,
             symmetric,
         } => (
             "pack-quantized",
-            json!({"dynamic": false, "group_size": group_size, "num_bits": 4,
+            json!({"dynamic": false, "group_size": group_size, "num_bits": bits,
                    "strategy": if group_size.is_some() { "group" } else { "channel" },
                    "symmetric": symmetric, "type": "int"}),
             Value::Null,
@@ -715,6 +721,9 @@ pub fn quantize_to_hf(
                 let gs =
                     int4::check_group(k, cfg4.group_size).map_err(|e| codec_err(ckpt, id, e))?;
                 let groups = k / gs;
+                // codes per 32-bit word: 8 for INT4, 4 for INT8
+                let per_word = 32 / usize::from(cfg4.bits);
+                let bits = cfg4.bits;
                 let pre = opts.precomputed_int4.as_deref();
                 let quant = move || -> Result<int4::CtPacked> {
                     if let Some(p) = pre {
@@ -724,13 +733,13 @@ pub fn quantize_to_hf(
                             reason,
                         };
                         let t = p.int4(&hf_module(id)).map_err(bad)?;
-                        if (t.rows, t.cols, t.group_size) != (rows, k, gs)
+                        if (t.rows, t.cols, t.group_size, t.bits) != (rows, k, gs, bits)
                             || t.zero_points.is_some()
                         {
                             return Err(bad(format!(
-                                "calibrated codes are {}x{} in groups of {}, the scheme wants \
-                                 {rows}x{k} in groups of {gs} (symmetric)",
-                                t.rows, t.cols, t.group_size
+                                "calibrated codes are {}-bit {}x{} in groups of {}, the scheme \
+                                 wants {bits}-bit {rows}x{k} in groups of {gs} (symmetric)",
+                                t.bits, t.rows, t.cols, t.group_size
                             )));
                         }
                         return int4::pack_compressed_tensors(&t)
@@ -745,7 +754,7 @@ pub fn quantize_to_hf(
                     spec: TensorSpec {
                         name: format!("{module}.weight_packed"),
                         dtype: DType::I32,
-                        shape: vec![rows as u64, k.div_ceil(8) as u64],
+                        shape: vec![rows as u64, k.div_ceil(per_word) as u64],
                     },
                     produce: Box::new(move |buf: &mut Vec<u8>| {
                         push_i32s(&quant()?.weight_packed, buf);
@@ -780,7 +789,7 @@ pub fn quantize_to_hf(
                         spec: TensorSpec {
                             name: format!("{module}.weight_zero_point"),
                             dtype: DType::I32,
-                            shape: vec![rows.div_ceil(8) as u64, groups as u64],
+                            shape: vec![rows.div_ceil(per_word) as u64, groups as u64],
                         },
                         produce: Box::new(move |buf: &mut Vec<u8>| {
                             let p = quant()?;

@@ -263,6 +263,7 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
     let src = Checkpoint::open(&src_dir).unwrap();
     let o = opts(
         HfScheme::Int4 {
+            bits: 4,
             group_size: Some(128),
             symmetric: true,
         },
@@ -285,6 +286,7 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
     // group 32 works, dequantizes within half a step
     let o = opts(
         HfScheme::Int4 {
+            bits: 4,
             group_size: Some(32),
             symmetric: false,
         },
@@ -301,6 +303,7 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
     assert_eq!(
         out.weight_storage(id).unwrap(),
         WeightStorage::Int4Packed {
+            bits: 4,
             group_size: 32,
             asymmetric: true
         }
@@ -351,6 +354,7 @@ fn same_bytes_for_any_thread_count_and_static_scales_are_required() {
                 &dest,
                 &opts(
                     HfScheme::Int4 {
+                        bits: 4,
                         group_size: Some(64),
                         symmetric: true,
                     },

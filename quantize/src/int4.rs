@@ -1,5 +1,11 @@
-//! INT4 weight quantization (compressed-tensors min-max rule) and the three packed layouts
-//! that serving engines read: compressed-tensors `pack-quantized`, GPTQ and AWQ.
+//! INT4 (and INT8) weight quantization (compressed-tensors min-max rule) and the three packed
+//! layouts that serving engines read: compressed-tensors `pack-quantized` (4 or 8 bits), GPTQ
+//! and AWQ (4 bits).
+//!
+//! INT8 (`bits: 8`, W8A16) is the same rule with `q ∈ [−128, 127]`, `s = amax/127.5`
+//! (asymmetric: `(max − min)/255`, zero point `−128 − min/s`) and four codes per `pack-quantized`
+//! word, u = q + 128 (compressed-tensors `pack_to_int32(value, 8)`: element `i` of a run of four
+//! at bits `8i..8i+7`).
 //!
 //! # Quantization rule
 //!
@@ -109,6 +115,8 @@ pub enum Int4Arith {
 /// What to quantize to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Int4Config {
+    /// Code width: 4 (default) or 8.
+    pub bits: u8,
     /// Symmetric or asymmetric.
     pub scheme: Int4Scheme,
     /// Group size along the row; `None` = one group per row (CT `strategy: "channel"`).
@@ -121,6 +129,7 @@ impl Default for Int4Config {
     /// compressed-tensors W4A16 on a BF16 model: symmetric, groups of 128, BF16 arithmetic.
     fn default() -> Self {
         Int4Config {
+            bits: 4,
             scheme: Int4Scheme::Symmetric,
             group_size: Some(DEFAULT_GROUP_SIZE),
             arith: Int4Arith::Bf16,
@@ -131,13 +140,15 @@ impl Default for Int4Config {
 /// A quantized `[rows, cols]` matrix in its unpacked form.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Int4Tensor {
+    /// Code width: 4 or 8.
+    pub bits: u8,
     /// Rows (output features).
     pub rows: usize,
     /// Columns (input features).
     pub cols: usize,
     /// Elements per group along a row (`cols` for per-row quantization).
     pub group_size: usize,
-    /// Signed codes in [−8, 7], row-major `[rows, cols]`.
+    /// Signed codes in [−8, 7] ([−128, 127] for 8 bits), row-major `[rows, cols]`.
     pub q: Vec<i8>,
     /// Scales, `[rows, cols/group_size]`.
     pub scales: Vec<f32>,
@@ -151,7 +162,7 @@ impl Int4Tensor {
         self.cols / self.group_size
     }
 
-    /// `x = s·(q − zp)` in `f32` (exact: a 5-bit integer times the scale), row-major.
+    /// `x = s·(q − zp)` in `f32` (exact: a ≤ 9-bit integer times the scale), row-major.
     pub fn dequantize(&self) -> Vec<f32> {
         let ng = self.n_groups();
         let mut out = vec![0f32; self.rows * self.cols];
@@ -209,8 +220,26 @@ impl Int4Arith {
     }
 }
 
+/// `[q_min, q_max]` of a signed `bits`-bit code.
+pub fn code_range(bits: u8) -> (f32, f32) {
+    let half = f32::from(1u16 << (bits - 1));
+    (-half, half - 1.0)
+}
+
+fn check_bits(bits: u8) -> Result<()> {
+    if matches!(bits, 4 | 8) {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            name: "bits",
+            detail: format!("{bits}: pack-quantized codes are 4 or 8 bits"),
+        })
+    }
+}
+
 /// Scale and (float) zero point of one group, compressed-tensors `calculate_qparams`.
-fn group_params(g: &[f32], scheme: Int4Scheme, a: Int4Arith) -> (f32, f32) {
+fn group_params(g: &[f32], bits: u8, scheme: Int4Scheme, a: Int4Arith) -> (f32, f32) {
+    let (qmin, qmax) = code_range(bits);
     let (mut mn, mut mx) = (0f32, 0f32);
     for &x in g {
         mn = mn.min(x);
@@ -219,11 +248,11 @@ fn group_params(g: &[f32], scheme: Int4Scheme, a: Int4Arith) -> (f32, f32) {
     match scheme {
         Int4Scheme::Symmetric => {
             let amax = mn.abs().max(mx);
-            (a.r(amax / 7.5).max(MIN_SCALE), 0.0)
+            (a.r(amax / ((qmax - qmin) / 2.0)).max(MIN_SCALE), 0.0)
         }
         Int4Scheme::Asymmetric => {
-            let s = a.r(a.r(mx - mn) / 15.0).max(MIN_SCALE);
-            let zp = a.r(-8.0 - a.r(mn / s)).clamp(-8.0, 7.0).round_ties_even();
+            let s = a.r(a.r(mx - mn) / (qmax - qmin)).max(MIN_SCALE);
+            let zp = a.r(qmin - a.r(mn / s)).clamp(qmin, qmax).round_ties_even();
             (s, zp)
         }
     }
@@ -250,6 +279,8 @@ pub fn quantize_int4(w: &[f32], k: usize, cfg: &Int4Config) -> Result<Int4Tensor
         });
     }
     let gs = check_group(k, cfg.group_size)?;
+    check_bits(cfg.bits)?;
+    let (qmin, qmax) = code_range(cfg.bits);
     if let Some(i) = w.iter().position(|x| !x.is_finite()) {
         return Err(Error::NonFinite {
             row: (i / k) as u64,
@@ -272,16 +303,17 @@ pub fn quantize_int4(w: &[f32], k: usize, cfg: &Int4Config) -> Result<Int4Tensor
                 for (d, &x) in xs.iter_mut().zip(wg) {
                     *d = a.r(x);
                 }
-                let (s, zp) = group_params(&xs, cfg.scheme, a);
+                let (s, zp) = group_params(&xs, cfg.bits, cfg.scheme, a);
                 sr[g] = s;
                 zr[g] = zp as i8;
                 for (o, &x) in qg.iter_mut().zip(&xs) {
                     let v = a.r(a.r(x / s) + zp);
-                    *o = v.clamp(-8.0, 7.0).round_ties_even() as i8;
+                    *o = v.clamp(qmin, qmax).round_ties_even() as i8;
                 }
             }
         });
     Ok(Int4Tensor {
+        bits: cfg.bits,
         rows,
         cols: k,
         group_size: gs,
@@ -296,34 +328,60 @@ fn nibble(q: i8) -> u8 {
     (q + 8) as u8
 }
 
-fn signed(u: u8) -> i8 {
-    u as i8 - 8
-}
-
-fn check_codes(q: &[i8]) -> Result<()> {
-    match q.iter().position(|v| !(-8..=7).contains(v)) {
+fn check_codes(q: &[i8], bits: u8) -> Result<()> {
+    let (lo, hi) = code_range(bits);
+    match q.iter().position(|&v| !(lo..=hi).contains(&f32::from(v))) {
         None => Ok(()),
         Some(i) => Err(Error::InvalidParameter {
             name: "q",
-            detail: format!("code {} at index {i} is outside [-8, 7]", q[i]),
+            detail: format!("code {} at index {i} is outside [{lo}, {hi}]", q[i]),
         }),
     }
+}
+
+/// Codes per 32-bit word.
+fn per_word(bits: u8) -> usize {
+    32 / usize::from(bits)
+}
+
+/// `u = q + 2^(bits−1)` of run `vals` (at most `32/bits`) in one word, element `i` at bits
+/// `bits·i`.
+fn pack_word(vals: impl Iterator<Item = i8>, bits: u8) -> i32 {
+    let off = 1i16 << (bits - 1);
+    let mut w = 0u32;
+    for (i, v) in vals.enumerate() {
+        w |= u32::from((i16::from(v) + off) as u16 as u8) << (usize::from(bits) * i);
+    }
+    w as i32
+}
+
+fn unpack_field(word: i32, i: usize, bits: u8) -> i8 {
+    let mask = (1u32 << bits) - 1;
+    let u = ((word as u32) >> (usize::from(bits) * i)) & mask;
+    (i16::try_from(u).unwrap_or(0) - (1i16 << (bits - 1))) as i8
 }
 
 /// compressed-tensors `pack_to_int32(q, 4)` along dim 1: `[rows, cols]` signed codes →
 /// `[rows, ceil(cols/8)]` words, u = q + 8, a partial last word padded with u = 0.
 pub fn pack_ct(q: &[i8], rows: usize, cols: usize) -> Result<Vec<i32>> {
+    pack_ct_bits(q, rows, cols, 4)
+}
+
+/// compressed-tensors `pack_to_int32(q, bits)` along dim 1 for 4 or 8 bits: `[rows,
+/// ceil(cols·bits/32)]` words.
+pub fn pack_ct_bits(q: &[i8], rows: usize, cols: usize, bits: u8) -> Result<Vec<i32>> {
+    check_bits(bits)?;
     check_len("q", rows * cols, q.len())?;
-    check_codes(q)?;
-    let wpr = cols.div_ceil(8);
+    check_codes(q, bits)?;
+    let pw = per_word(bits);
+    let wpr = cols.div_ceil(pw);
     let mut out = vec![0i32; rows * wpr];
-    for r in 0..rows {
-        for (w, chunk) in q[r * cols..(r + 1) * cols].chunks(8).enumerate() {
-            let mut u = [0u8; 8];
-            for (d, &v) in u.iter_mut().zip(chunk) {
-                *d = nibble(v);
-            }
-            out[r * wpr + w] = PackedInt4::from_nibbles(u).as_i32();
+    if cols == 0 {
+        return Ok(out);
+    }
+    for (o, qr) in out.chunks_mut(wpr.max(1)).zip(q.chunks(cols)) {
+        for (w, chunk) in o.iter_mut().zip(qr.chunks(pw)) {
+            *w = pack_word(chunk.iter().copied(), bits);
         }
     }
     Ok(out)
@@ -331,12 +389,19 @@ pub fn pack_ct(q: &[i8], rows: usize, cols: usize) -> Result<Vec<i32>> {
 
 /// Inverse of [`pack_ct`] (CT `unpack_from_int32`): words → signed codes, padding dropped.
 pub fn unpack_ct(packed: &[i32], rows: usize, cols: usize) -> Result<Vec<i8>> {
-    let wpr = cols.div_ceil(8);
+    unpack_ct_bits(packed, rows, cols, 4)
+}
+
+/// Inverse of [`pack_ct_bits`].
+pub fn unpack_ct_bits(packed: &[i32], rows: usize, cols: usize, bits: u8) -> Result<Vec<i8>> {
+    check_bits(bits)?;
+    let pw = per_word(bits);
+    let wpr = cols.div_ceil(pw);
     check_len("weight_packed", rows * wpr, packed.len())?;
     let mut q = vec![0i8; rows * cols];
     for r in 0..rows {
         for c in 0..cols {
-            q[r * cols + c] = signed(PackedInt4(packed[r * wpr + c / 8] as u32).get(c % 8));
+            q[r * cols + c] = unpack_field(packed[r * wpr + c / pw], c % pw, bits);
         }
     }
     Ok(q)
@@ -345,20 +410,26 @@ pub fn unpack_ct(packed: &[i32], rows: usize, cols: usize) -> Result<Vec<i8>> {
 /// compressed-tensors zero points: `[rows, n_groups]` signed → `[ceil(rows/8), n_groups]`,
 /// packed along dim 0 (field `i` of word `[w, g]` is row `8w + i`), u = zp + 8, zero-padded.
 pub fn pack_ct_zero_points(zp: &[i8], rows: usize, n_groups: usize) -> Result<Vec<i32>> {
+    pack_ct_zero_points_bits(zp, rows, n_groups, 4)
+}
+
+/// [`pack_ct_zero_points`] for 4 or 8 bits: `[ceil(rows·bits/32), n_groups]`.
+pub fn pack_ct_zero_points_bits(
+    zp: &[i8],
+    rows: usize,
+    n_groups: usize,
+    bits: u8,
+) -> Result<Vec<i32>> {
+    check_bits(bits)?;
     check_len("zero_points", rows * n_groups, zp.len())?;
-    check_codes(zp)?;
-    let wr = rows.div_ceil(8);
+    check_codes(zp, bits)?;
+    let pw = per_word(bits);
+    let wr = rows.div_ceil(pw);
     let mut out = vec![0i32; wr * n_groups];
     for w in 0..wr {
         for g in 0..n_groups {
-            let mut u = [0u8; 8];
-            for (i, d) in u.iter_mut().enumerate() {
-                let r = 8 * w + i;
-                if r < rows {
-                    *d = nibble(zp[r * n_groups + g]);
-                }
-            }
-            out[w * n_groups + g] = PackedInt4::from_nibbles(u).as_i32();
+            let r1 = (pw * w + pw).min(rows);
+            out[w * n_groups + g] = pack_word((pw * w..r1).map(|r| zp[r * n_groups + g]), bits);
         }
     }
     Ok(out)
@@ -366,16 +437,27 @@ pub fn pack_ct_zero_points(zp: &[i8], rows: usize, n_groups: usize) -> Result<Ve
 
 /// Inverse of [`pack_ct_zero_points`].
 pub fn unpack_ct_zero_points(packed: &[i32], rows: usize, n_groups: usize) -> Result<Vec<i8>> {
+    unpack_ct_zero_points_bits(packed, rows, n_groups, 4)
+}
+
+/// Inverse of [`pack_ct_zero_points_bits`].
+pub fn unpack_ct_zero_points_bits(
+    packed: &[i32],
+    rows: usize,
+    n_groups: usize,
+    bits: u8,
+) -> Result<Vec<i8>> {
+    check_bits(bits)?;
+    let pw = per_word(bits);
     check_len(
         "weight_zero_point",
-        rows.div_ceil(8) * n_groups,
+        rows.div_ceil(pw) * n_groups,
         packed.len(),
     )?;
     let mut zp = vec![0i8; rows * n_groups];
     for r in 0..rows {
         for g in 0..n_groups {
-            zp[r * n_groups + g] =
-                signed(PackedInt4(packed[(r / 8) * n_groups + g] as u32).get(r % 8));
+            zp[r * n_groups + g] = unpack_field(packed[(r / pw) * n_groups + g], r % pw, bits);
         }
     }
     Ok(zp)
@@ -385,11 +467,13 @@ pub fn unpack_ct_zero_points(packed: &[i32], rows: usize, n_groups: usize) -> Re
 /// the writer stores them in the model dtype, BF16).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CtPacked {
-    /// `weight_packed`, `[rows, ceil(cols/8)]`.
+    /// Code width: 4 or 8.
+    pub bits: u8,
+    /// `weight_packed`, `[rows, ceil(cols·bits/32)]`.
     pub weight_packed: Vec<i32>,
     /// `weight_scale`, `[rows, n_groups]`.
     pub weight_scale: Vec<f32>,
-    /// `weight_zero_point`, `[ceil(rows/8), n_groups]`, asymmetric only.
+    /// `weight_zero_point`, `[ceil(rows·bits/32), n_groups]`, asymmetric only.
     pub weight_zero_point: Option<Vec<i32>>,
     /// `weight_shape` = `[rows, cols]`.
     pub weight_shape: [i64; 2],
@@ -401,10 +485,11 @@ pub struct CtPacked {
 pub fn pack_compressed_tensors(t: &Int4Tensor) -> Result<CtPacked> {
     let ng = t.n_groups();
     Ok(CtPacked {
-        weight_packed: pack_ct(&t.q, t.rows, t.cols)?,
+        bits: t.bits,
+        weight_packed: pack_ct_bits(&t.q, t.rows, t.cols, t.bits)?,
         weight_scale: t.scales.clone(),
         weight_zero_point: match &t.zero_points {
-            Some(z) => Some(pack_ct_zero_points(z, t.rows, ng)?),
+            Some(z) => Some(pack_ct_zero_points_bits(z, t.rows, ng, t.bits)?),
             None => None,
         },
         weight_shape: [t.rows as i64, t.cols as i64],
@@ -418,12 +503,13 @@ pub fn dequantize_compressed_tensors(p: &CtPacked) -> Result<Vec<f32>> {
     let gs = check_group(cols, Some(p.group_size))?;
     let ng = cols / gs;
     check_len("weight_scale", rows * ng, p.weight_scale.len())?;
-    let q = unpack_ct(&p.weight_packed, rows, cols)?;
+    let q = unpack_ct_bits(&p.weight_packed, rows, cols, p.bits)?;
     let zero_points = match &p.weight_zero_point {
-        Some(z) => Some(unpack_ct_zero_points(z, rows, ng)?),
+        Some(z) => Some(unpack_ct_zero_points_bits(z, rows, ng, p.bits)?),
         None => None,
     };
     Ok(Int4Tensor {
+        bits: p.bits,
         rows,
         cols,
         group_size: gs,
@@ -482,6 +568,20 @@ pub struct GptqPacked {
     pub format: GptqFormat,
 }
 
+fn need_4_bits(t: &Int4Tensor) -> Result<()> {
+    if t.bits == 4 {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            name: "bits",
+            detail: format!(
+                "{} bits: the GPTQ and AWQ packings hold 4-bit codes",
+                t.bits
+            ),
+        })
+    }
+}
+
 fn need_multiple_of_8(name: &'static str, v: usize) -> Result<()> {
     if v % 8 == 0 {
         Ok(())
@@ -495,6 +595,7 @@ fn need_multiple_of_8(name: &'static str, v: usize) -> Result<()> {
 
 /// Pack an [`Int4Tensor`] (`[out, in]`) in GPTQ form. Needs `in % 8 == 0` and `out % 8 == 0`.
 pub fn pack_gptq(t: &Int4Tensor, format: GptqFormat) -> Result<GptqPacked> {
+    need_4_bits(t)?;
     let (out, inp, gs, ng) = (t.rows, t.cols, t.group_size, t.n_groups());
     need_multiple_of_8("in_features", inp)?;
     need_multiple_of_8("out_features", out)?;
@@ -616,6 +717,7 @@ fn awq_word(get: impl Fn(usize) -> u8) -> i32 {
 /// same value; note AutoAWQ's own quantizer uses a different rule (`s = (max−min)/15` without
 /// extending the range to 0).
 pub fn pack_awq(t: &Int4Tensor) -> Result<AwqPacked> {
+    need_4_bits(t)?;
     let (out, inp, ng) = (t.rows, t.cols, t.n_groups());
     need_multiple_of_8("out_features", out)?;
     let mut qweight = vec![0i32; inp * out / 8];
@@ -701,6 +803,7 @@ mod tests {
         assert_eq!(p[0], -1_676_703_395);
         // the same codes in AWQ order (spec §3.2) — pad to 8 rows to satisfy out % 8
         let t8 = Int4Tensor {
+            bits: 4,
             rows: 8,
             cols: 1,
             group_size: 1,
@@ -731,6 +834,7 @@ mod tests {
         // min 0 (range extended to include 0) .. max 15 → s = 1, zp = −8
         let w: Vec<f32> = (0..16).map(|i| i as f32).collect();
         let cfg = Int4Config {
+            bits: 4,
             scheme: Int4Scheme::Asymmetric,
             group_size: Some(16),
             arith: Int4Arith::F32,
@@ -815,6 +919,7 @@ mod tests {
             &[1.0; 64],
             8,
             &Int4Config {
+                bits: 4,
                 scheme: Int4Scheme::Asymmetric,
                 group_size: None,
                 arith: Int4Arith::F32,
@@ -867,6 +972,7 @@ mod tests {
                 .prop_map(move |(q, z, s)| {
                     (
                         Int4Tensor {
+                            bits: 4,
                             rows,
                             cols,
                             group_size: gs,
@@ -916,6 +1022,7 @@ mod tests {
             asym in any::<bool>(),
         ) {
             let cfg = Int4Config {
+                bits: 4,
                 scheme: if asym { Int4Scheme::Asymmetric } else { Int4Scheme::Symmetric },
                 group_size: Some(16),
                 arith: Int4Arith::F32,
@@ -938,6 +1045,7 @@ mod tests {
                 &w,
                 128,
                 &Int4Config {
+                    bits: 4,
                     scheme,
                     group_size: Some(32),
                     arith: Int4Arith::Bf16,
@@ -959,5 +1067,88 @@ mod tests {
                 .install(|| quantize_int4(&w, 128, &Int4Config::default()).unwrap())
         };
         assert_eq!(run(1), run(3));
+    }
+
+    /// INT8: compressed-tensors' rule with q ∈ [−128, 127] (`s = amax/127.5`; asymmetric
+    /// `s = (max − min)/255`, `zp = round(clamp(−128 − min/s))`), written out independently.
+    #[test]
+    fn int8_follows_the_compressed_tensors_rule() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+        };
+        let (rows, k, gs) = (7, 96, 32);
+        let mut w: Vec<f32> = (0..rows * k).map(|_| next() * 0.05).collect();
+        w[5] = 0.0;
+        w[40] = 0.3; // an outlier
+        for scheme in [Int4Scheme::Symmetric, Int4Scheme::Asymmetric] {
+            let cfg = Int4Config {
+                bits: 8,
+                scheme,
+                group_size: Some(gs),
+                arith: Int4Arith::F32,
+            };
+            let t = quantize_int4(&w, k, &cfg).unwrap();
+            assert_eq!(t.bits, 8);
+            for (gi, g) in w.chunks(gs).enumerate() {
+                let mn = g.iter().fold(0f32, |m, &x| m.min(x));
+                let mx = g.iter().fold(0f32, |m, &x| m.max(x));
+                let (s, zp) = match scheme {
+                    Int4Scheme::Symmetric => ((mn.abs().max(mx) / 127.5).max(MIN_SCALE), 0.0),
+                    Int4Scheme::Asymmetric => {
+                        let s = ((mx - mn) / 255.0).max(MIN_SCALE);
+                        (s, (-128.0 - mn / s).clamp(-128.0, 127.0).round_ties_even())
+                    }
+                };
+                assert_eq!(t.scales[gi], s, "group {gi}");
+                let z = t.zero_points.as_ref().map_or(0, |z| z[gi]);
+                assert_eq!(f32::from(z), zp, "group {gi}");
+                for (j, &x) in g.iter().enumerate() {
+                    let q = (x / s + zp).clamp(-128.0, 127.0).round_ties_even();
+                    assert_eq!(f32::from(t.q[gi * gs + j]), q, "group {gi} element {j}");
+                }
+            }
+            let deq = t.dequantize();
+            let err = w
+                .iter()
+                .zip(&deq)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            let smax = t.scales.iter().fold(0f32, |m, &x| m.max(x));
+            assert!(err <= smax * 0.5 + 1e-7, "max error {err} vs scale {smax}");
+            // packed and back
+            let p = pack_compressed_tensors(&t).unwrap();
+            assert_eq!(p.weight_packed.len(), rows * k / 4);
+            if let Some(z) = &p.weight_zero_point {
+                assert_eq!(z.len(), rows.div_ceil(4) * (k / gs));
+            }
+            assert_eq!(dequantize_compressed_tensors(&p).unwrap(), deq);
+        }
+    }
+
+    /// `pack_to_int32(value, 8)`: four codes per word, u = q + 128, element i at bits 8i.
+    #[test]
+    fn int8_words_hold_four_offset_bytes_low_first() {
+        let q = [-128i8, -1, 0, 127, 5, 0, 0, 0, 1];
+        let p = pack_ct_bits(&q, 1, 9, 8).unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[0] as u32, 0xFF80_7F00);
+        assert_eq!(p[1] as u32, 0x8080_8085);
+        assert_eq!(p[2] as u32, 0x0000_0081, "a partial word is zero-padded");
+        assert_eq!(unpack_ct_bits(&p, 1, 9, 8).unwrap(), q);
+        let z = pack_ct_zero_points_bits(&[-128, 3, 127, 0, -1], 5, 1, 8).unwrap();
+        assert_eq!(z.len(), 2);
+        assert_eq!(z[0] as u32, 0x80FF_8300);
+        assert_eq!(
+            unpack_ct_zero_points_bits(&z, 5, 1, 8).unwrap(),
+            [-128, 3, 127, 0, -1]
+        );
+        assert!(
+            pack_ct_bits(&[0i8; 4], 1, 4, 6).is_err(),
+            "only 4 and 8 bits"
+        );
     }
 }

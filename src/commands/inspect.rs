@@ -151,10 +151,11 @@ fn quantization(ckpt: &Checkpoint) -> Result<Value> {
             WeightStorage::Fp8Rowwise => "fp8-rowwise".into(),
             WeightStorage::Fp8PerTensor => "fp8-tensor".into(),
             WeightStorage::Int4Packed {
+                bits,
                 group_size,
                 asymmetric,
             } => format!(
-                "int4-g{group_size}{}",
+                "int{bits}-g{group_size}{}",
                 if asymmetric { "-asym" } else { "" }
             ),
         };

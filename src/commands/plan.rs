@@ -232,10 +232,10 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
                 let module = qforge_convert::layout::hf_module(id);
                 if q.modules.contains(&module) {
                     match hf {
-                        qforge_convert::layout::HfScheme::Int4 { .. } => {
-                            // f32 decode + codes (one byte each) + packed nibbles + scales
+                        qforge_convert::layout::HfScheme::Int4 { bits, .. } => {
+                            // f32 decode + codes (one byte each) + packed codes + scales
                             (
-                                resident_of(ckpt, id, src) + 4 * n + n + n / 2,
+                                resident_of(ckpt, id, src) + 4 * n + n + n * u64::from(bits) / 8,
                                 src as f64 / (rate::INT4 * c / rate::CORES),
                             )
                         }

@@ -29,8 +29,9 @@ pub enum Scheme {
 /// Parse `--scheme` (see `qforge quantize --help`).
 pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
     let t = s.trim().to_ascii_lowercase();
-    let int4 = |group_size| {
+    let int = |bits, group_size| {
         Ok(Scheme::Hf(HfScheme::Int4 {
+            bits,
             group_size,
             symmetric: !asym,
         }))
@@ -38,17 +39,20 @@ pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
     match t.as_str() {
         "fp8-rowwise" | "fp8" | "fp8-dynamic" => return Ok(Scheme::Hf(HfScheme::Fp8Rowwise)),
         "fp8-static" => return Ok(Scheme::Hf(HfScheme::Fp8Static)),
-        "int4" => return int4(Some(qforge_quantize::int4::DEFAULT_GROUP_SIZE)),
-        "int4-row" | "int4-channel" => return int4(None),
+        "int4" => return int(4, Some(qforge_quantize::int4::DEFAULT_GROUP_SIZE)),
+        "int4-row" | "int4-channel" => return int(4, None),
+        "int8" => return int(8, Some(qforge_quantize::int4::DEFAULT_GROUP_SIZE)),
+        "int8-row" | "int8-channel" => return int(8, None),
         _ => {}
     }
-    if let Some(g) = t.strip_prefix("int4-g") {
-        let g: usize = g
-            .parse()
-            .ok()
-            .filter(|g| *g > 0)
-            .with_context(|| format!("--scheme {s}: group size must be a positive integer"))?;
-        return int4(Some(g));
+    for (prefix, bits) in [("int4-g", 4), ("int8-g", 8)] {
+        if let Some(g) = t.strip_prefix(prefix) {
+            let g: usize =
+                g.parse().ok().filter(|g| *g > 0).with_context(|| {
+                    format!("--scheme {s}: group size must be a positive integer")
+                })?;
+            return int(bits, Some(g));
+        }
     }
     let mix = t.strip_prefix("gguf:").unwrap_or(&t);
     if let Some(m) = GgufMix::parse(mix) {
@@ -56,7 +60,7 @@ pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
     }
     bail!(
         "unknown --scheme {s:?}\n  hint: use fp8-rowwise, fp8-static, int4-g<N> (e.g. int4-g128), int4-row, \
-         or gguf:<mix> (q8_0, q4_0, q4_k_m, q5_k_m, q6_k, …)"
+         int8-g<N>, int8-row, or gguf:<mix> (q8_0, q4_0, q4_k_m, q5_k_m, q6_k, …)"
     )
 }
 
@@ -138,16 +142,18 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             // a GPTQ calibration directory (qforge calibrate --method gptq)
             let codes = qforge_calibrate::output::GptqCodes::open(p)?;
             let Scheme::Hf(HfScheme::Int4 {
+                bits,
                 group_size: want,
                 symmetric: true,
             }) = scheme
             else {
                 bail!(
-                    "{} holds GPTQ codes: use --scheme int4-g<N> or int4-row (symmetric)",
+                    "{} holds GPTQ codes: use --scheme int4-g<N>, int4-row, int8-g<N> or int8-row \
+                     (symmetric)",
                     p.display()
                 )
             };
-            if codes.bits() != 4 || codes.group_size() != want {
+            if codes.bits() != bits || codes.group_size() != want {
                 bail!(
                     "{} was calibrated for int{} with group {:?}, not --scheme {}",
                     p.display(),
@@ -344,10 +350,20 @@ mod tests {
         assert_eq!(
             parse_scheme("int4-g64", false).unwrap(),
             Scheme::Hf(HfScheme::Int4 {
+                bits: 4,
                 group_size: Some(64),
                 symmetric: true
             })
         );
+        assert_eq!(
+            parse_scheme("int8-row", false).unwrap(),
+            Scheme::Hf(HfScheme::Int4 {
+                bits: 8,
+                group_size: None,
+                symmetric: true
+            })
+        );
+        assert!(parse_scheme("int8-g0", false).is_err());
         assert_eq!(
             parse_scheme("gguf:Q4_K_M", false).unwrap(),
             Scheme::Gguf(GgufMix::Q4_K_M)

@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Run llm-compressor 0.14 oneshot on token-id samples written by `qforge calibrate --samples-out`.
 
-    python llmcompressor_calibrate.py gptq-g64 BASE_HF_DIR SAMPLES.json OUT_DIR
-    python llmcompressor_calibrate.py fp8-static BASE_HF_DIR SAMPLES.json OUT_DIR
+    python llmcompressor_calibrate.py gptq-g64 BASE_HF_DIR SAMPLES.json OUT_DIR [DTYPE]
+    python llmcompressor_calibrate.py fp8-static BASE_HF_DIR SAMPLES.json OUT_DIR [DTYPE]
 
+DTYPE (default float32) is the torch dtype the model is loaded in. float32 on CPU: BF16 CPU
+matmuls make the same GPTQ run take about an hour instead of about 1.5 minutes, and qforge's
+forward is f32 too (for GPTQ, run qforge on an F32 copy of the base so both sides compute scales
+and codes in f32). float64 gives the exact min-max values, to measure how far llm-compressor's
+own f32 run is from them.
 gptq-g64: GPTQModifier, int4 symmetric group 64, dampening 0.01, block 128, actorder static
-(llm-compressor's default), lm_head ignored; model loaded in its BF16 dtype; saved compressed
-(pack-quantized) with the base's tokenizer files, so `qforge verify` can read it.
+(llm-compressor's default), lm_head ignored; saved compressed (pack-quantized) with the base's
+tokenizer files, so `qforge verify` can read it.
 fp8-static: QuantizationModifier FP8 preset (per-tensor weights, static per-tensor input scales,
-observer static_minmax); model loaded in float32 so the activations are f32 like qforge's
-forward; writes OUT_DIR/input_scales.json {module: scale}.
+observer static_minmax); writes OUT_DIR/input_scales.json {module: scale}.
 Needs the heavy venv with the llm-compressor layer first on PYTHONPATH
 (scripts/pylayer-llmcompressor.sh).
 """
@@ -47,11 +51,11 @@ def _no_dill_fingerprints() -> None:
 def main() -> None:
     _no_dill_fingerprints()
     method, base, samples_path, out = sys.argv[1:5]
+    dtype = getattr(torch, sys.argv[5] if len(sys.argv) > 5 else "float32")
     torch.manual_seed(0)
     s = json.loads(Path(samples_path).read_text())
     ids = s["samples"]
     ds = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]})
-    dtype = torch.float32 if method == "fp8-static" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     if method == "gptq-g64":
         recipe = GPTQModifier(

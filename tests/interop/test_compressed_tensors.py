@@ -31,6 +31,9 @@ SCHEMES = {
     "int4-g64": [],
     "int4-g64-asym": ["--asym"],
     "int4-row": [],
+    "int8-g64": [],
+    "int8-g64-asym": ["--asym"],
+    "int8-row": [],
 }
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
@@ -92,7 +95,7 @@ def test_library_decompresses_to_our_dequantization(checkpoints, name):
     assert "lm_head.weight" not in sd and "lm_head.weight_scale" not in sd
 
 
-@pytest.mark.parametrize("name", ["fp8-rowwise", "int4-g64"])
+@pytest.mark.parametrize("name", ["fp8-rowwise", "int4-g64", "int8-g64"])
 def test_transformers_loads_and_runs(checkpoints, name):
     transformers = pytest.importorskip("transformers")
     dest, _ = checkpoints[name]
