@@ -9,6 +9,11 @@ Hamlet, evaluation with `qforge verify` on Hamlet (ctx 512, 4 chunks).
   float32 on the Python side) within 1e-6 relative, and the fp8-static checkpoint's
   quantization_config validates with compressed-tensors.
 
+* AWQ W4A16 group 64 (symmetric, and asymmetric as llm-compressor's W4A16_ASYM AWQ example):
+  both sides on a float32 copy of the base (llm-compressor on CPU is slow in BF16); our PPL
+  drift < RTN's, and at most llm-compressor's + AWQ_TOLERANCE_PCT; drift measured against the
+  BF16 base.
+
 Slow on CPU (two 30-layer GPTQ runs): QFORGE_CALIB_SAMPLES / QFORGE_CALIB_SEQ_LEN shrink it.
 """
 import json
@@ -32,6 +37,7 @@ SAMPLES = os.environ.get("QFORGE_CALIB_SAMPLES", "16")
 SEQ_LEN = os.environ.get("QFORGE_CALIB_SEQ_LEN", "256")
 # PPL drift points (percent of PPL) by which ours may exceed llm-compressor's
 GPTQ_TOLERANCE_PCT = 0.5
+AWQ_TOLERANCE_PCT = 0.5
 
 
 def _layer() -> str:
@@ -104,3 +110,28 @@ def test_fp8_static_scales_match_llmcompressor(qforge, base, tmp_path):
     cfg = json.loads((t / "q" / "config.json").read_text())["quantization_config"]
     qc = QuantizationConfig.model_validate(cfg)
     assert qc.config_groups["group_0"].input_activations.dynamic is False
+
+
+@pytest.mark.parametrize("asym", [False, True], ids=["sym", "asym"])
+def test_awq_beats_rtn_and_matches_llmcompressor(qforge, base, tmp_path, asym):
+    t = tmp_path
+    b32 = t / "base32"
+    subprocess.run([str(qforge), "convert", str(base), str(b32), "--to", "hf", "--dtype", "f32"],
+                   check=True)
+    a = ["--asym"] if asym else []
+    subprocess.run([str(qforge), "calibrate", str(b32), "--data", *_data(), "--method", "awq",
+                    "--scheme", "int4-g64", *a, "--samples", SAMPLES, "--seq-len", SEQ_LEN,
+                    "--samples-out", str(t / "samples.json"), "-o", str(t / "awq")], check=True)
+    subprocess.run([str(qforge), "quantize", str(b32), str(t / "ours"), "--scheme", "int4-g64",
+                    *a, "--calib", str(t / "awq"), "--dtype", "f32"], check=True)
+    subprocess.run([str(qforge), "quantize", str(b32), str(t / "rtn"), "--scheme", "int4-g64",
+                    *a, "--dtype", "f32"], check=True)
+    _llmc("awq-g64-asym" if asym else "awq-g64", str(b32), str(t / "samples.json"),
+          str(t / "llmc"))
+    ours = _drift(qforge, base, t / "ours", t / "ours.json")
+    rtn = _drift(qforge, base, t / "rtn", t / "rtn.json")
+    llmc = _drift(qforge, base, t / "llmc", t / "llmc.json")
+    print(f"PPL drift % ({'asym' if asym else 'sym'}): rtn {rtn:.3f}  qforge-awq {ours:.3f}  "
+          f"llm-compressor-awq {llmc:.3f}")
+    assert ours < rtn
+    assert ours <= llmc + AWQ_TOLERANCE_PCT
