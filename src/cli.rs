@@ -181,6 +181,9 @@ pub enum CalibMethod {
     Fp8Static,
     /// GPTQ weight quantization.
     Gptq,
+    /// AWQ smoothing scales (llm-compressor's search); `qforge quantize --calib` folds them
+    /// and quantizes round-to-nearest.
+    Awq,
 }
 
 /// Activation-scale observers.
@@ -250,6 +253,10 @@ pub struct CalibrateArgs {
     /// Stop after checkpointing this layer (testing resume).
     #[arg(long, hide = true)]
     pub stop_after_layer: Option<u32>,
+    /// AWQ: search for asymmetric INT4 (zero points; llm-compressor W4A16_ASYM), to be
+    /// quantized with `qforge quantize --asym`.
+    #[arg(long)]
+    pub asym: bool,
 }
 
 /// `qforge bench` subcommands.

@@ -1,7 +1,8 @@
 //! `qforge calibrate` end to end on a small random model: fp8-static scales are the max-abs of
 //! each linear's captured input / 448; a GPTQ run stopped after a layer resumes to the same
 //! bytes as an uninterrupted run (at any thread count); `qforge quantize --calib DIR` writes
-//! exactly the GPTQ codes and scales.
+//! exactly the GPTQ codes and scales; AWQ likewise resumes to the same bytes and its scales are
+//! folded by `qforge quantize --calib DIR`.
 
 use std::path::Path;
 use std::process::Command;
@@ -213,6 +214,109 @@ fn gptq_resumes_to_identical_bytes_and_quantize_writes_its_codes() {
         p(&d.join("r")),
         "--scheme",
         "int4-g128",
+        "--calib",
+        p(&a),
+    ]);
+    assert!(!o.status.success());
+}
+
+fn awq_args<'a>(m: &'a str, t: &'a str, out: &'a str, threads: &'a str) -> Vec<&'a str> {
+    vec![
+        "calibrate",
+        m,
+        "--tokens",
+        t,
+        "--method",
+        "awq",
+        "--scheme",
+        "int4-g64",
+        "--asym",
+        "-o",
+        out,
+        "--threads",
+        threads,
+    ]
+}
+
+/// AWQ: a run stopped after layer 0 resumes to the same bytes at any thread count, every
+/// mapping's best loss is at most its round-to-nearest loss, and `quantize --calib DIR` folds
+/// the scales (norm weight / s, balance columns · s) before round-to-nearest.
+#[test]
+fn awq_resumes_to_identical_bytes_and_quantize_folds_its_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (m, t) = (d.join("m"), d.join("t.json"));
+    make_model(&m, SMALL);
+    tokens(&t, 3, 24, 4096);
+    let (a, b) = (d.join("a"), d.join("b"));
+    let o = run(&awq_args(p(&m), p(&t), p(&a), "1"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut args = awq_args(p(&m), p(&t), p(&b), "3");
+    args.extend(["--stop-after-layer", "0"]);
+    assert!(!run(&args).status.success());
+    assert!(!b.exists());
+    let o = run(&awq_args(p(&m), p(&t), p(&b), "2"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming at layer 2/2"));
+    assert_eq!(files(&a), files(&b));
+
+    let sc = qforge_calibrate::output::AwqScales::open(&a).unwrap();
+    assert!(!sc.scheme.symmetric);
+    assert_eq!(sc.layers.len(), 2);
+    assert!(!sc.scheme.mappings.is_empty());
+    for mp in &sc.scheme.mappings {
+        assert!(mp.result.best_loss <= mp.result.initial_loss, "{mp:?}");
+    }
+
+    let q = d.join("q");
+    let o = run(&[
+        "quantize",
+        p(&m),
+        p(&q),
+        "--scheme",
+        "int4-g64",
+        "--asym",
+        "--calib",
+        p(&a),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let src = qforge_convert::Checkpoint::open(&m).unwrap();
+    let ck = qforge_convert::Checkpoint::open(&q).unwrap();
+    let get = |c: &qforge_convert::Checkpoint, n: &str| {
+        let t = c.tensors.iter().find(|t| t.name == n).unwrap();
+        c.to_f32(t).unwrap()
+    };
+    let s = sc.layers[1].attn.as_ref().unwrap();
+    let n0 = get(&src, "model.layers.1.input_layernorm.weight");
+    let n1 = get(&ck, "model.layers.1.input_layernorm.weight");
+    for ((w0, w1), s) in n0.iter().zip(&n1).zip(s) {
+        let want = (f64::from(*w0) / s) as f32;
+        assert!((w1 - want).abs() <= want.abs() / 256.0, "{w1} vs {want}");
+    }
+    // q_proj's scales are those of round-to-nearest on the folded weight
+    let mut w = get(&src, "model.layers.1.self_attn.q_proj.weight");
+    let cols = n0.len();
+    sc.layers[1]
+        .apply(qforge_convert::LayerTensor::Q, &mut w, cols)
+        .unwrap();
+    let cfg = qforge_quantize::int4::Int4Config {
+        bits: 4,
+        scheme: qforge_quantize::int4::Int4Scheme::Asymmetric,
+        group_size: Some(64),
+        arith: qforge_quantize::int4::Int4Arith::Bf16,
+    };
+    let want = qforge_quantize::int4::quantize_int4(&w, cols, &cfg).unwrap();
+    assert_eq!(
+        get(&ck, "model.layers.1.self_attn.q_proj.weight_scale"),
+        want.scales
+    );
+    // a symmetric scheme does not match an asymmetric calibration
+    let o = run(&[
+        "quantize",
+        p(&m),
+        p(&d.join("r")),
+        "--scheme",
+        "int4-g64",
         "--calib",
         p(&a),
     ]);

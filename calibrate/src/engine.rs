@@ -26,19 +26,20 @@ use qforge_convert::write::{OutputDir, OutputOptions};
 use qforge_convert::{Format, LayerTensor, TensorId};
 use qforge_verify::eval::run_layer_observed;
 use qforge_verify::matmul::matmul_t;
-use qforge_verify::ops::RopeTable;
+use qforge_verify::ops::{attention, round_f16, swiglu, RopeTable};
 use qforge_verify::{LayerWeights, Model};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::awq::{self, ActStats, AwqConfig, LayerScales, SearchResult};
 use crate::data::Samples;
 use crate::error::{Error, Result};
 use crate::gptq::{gptq, GptqConfig, GptqResult};
 use crate::observer::{Observer, ObserverKind};
 use crate::output::{
-    layer_file_bytes, layer_file_name, write_atomic, CalibFile, GptqScheme, ModuleReport,
-    CALIB_JSON, FORMAT,
+    awq_layer_file_bytes, awq_layer_file_name, layer_file_bytes, layer_file_name, write_atomic,
+    AwqMapping, AwqScheme, CalibFile, GptqScheme, ModuleReport, CALIB_JSON, FORMAT,
 };
 
 /// What to calibrate.
@@ -48,6 +49,9 @@ pub enum Method {
     Fp8Static(ObserverKind),
     /// GPTQ weight quantization.
     Gptq(GptqConfig),
+    /// AWQ smoothing-scale search (the weights are then quantized round-to-nearest by
+    /// `qforge quantize --calib`).
+    Awq(AwqConfig),
 }
 
 /// Options of [`calibrate`].
@@ -182,12 +186,15 @@ struct State {
     next_layer: u32,
     modules: Vec<ModuleReport>,
     layer_files: Vec<String>,
+    #[serde(default)]
+    awq_mappings: Vec<AwqMapping>,
 }
 
 fn method_name(m: &Method) -> &'static str {
     match m {
         Method::Fp8Static(_) => "fp8-static",
         Method::Gptq(_) => "gptq",
+        Method::Awq(_) => "awq",
     }
 }
 
@@ -288,6 +295,12 @@ pub fn calibrate(
             qforge_quantize::int4::check_group(s[1] as usize, g.group_size)?;
         }
     }
+    if let Method::Awq(a) = &opts.method {
+        for kind in [LayerTensor::Q, LayerTensor::O, LayerTensor::Down] {
+            let s = cfg.expected_shape(TensorId::Layer { index: 0, kind });
+            qforge_quantize::int4::check_group(s[1] as usize, a.group_size)?;
+        }
+    }
     if dest.exists() && !opts.overwrite {
         return Err(Error::io(
             dest,
@@ -325,6 +338,7 @@ pub fn calibrate(
                 next_layer: 0,
                 modules: Vec::new(),
                 layer_files: Vec::new(),
+                awq_mappings: Vec::new(),
             },
             model.embed(&samples.flat())?,
         ),
@@ -411,6 +425,25 @@ pub fn calibrate(
                 write_atomic(&state_dir.join(&name), &layer_file_bytes(&results, g.bits)?)?;
                 st.layer_files.push(name);
             }
+            Method::Awq(a) => {
+                let (scales, mappings) = awq_layer(model, &mut lw, &rope, &mut h, seq, i, a)?;
+                for site in SITES {
+                    for &kind in site.kinds() {
+                        reports.push(ModuleReport {
+                            module: hf_module(TensorId::Layer { index: i, kind }),
+                            input_amax: None,
+                            loss: None,
+                            damping: None,
+                            damping_retries: None,
+                            dead_columns: None,
+                        });
+                    }
+                }
+                let name = awq_layer_file_name(i);
+                write_atomic(&state_dir.join(&name), &awq_layer_file_bytes(i, &scales)?)?;
+                st.layer_files.push(name);
+                st.awq_mappings.extend(mappings);
+            }
         }
         drop(lw);
         let hb: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -445,6 +478,7 @@ pub fn calibrate(
         samples_sha256: samples_sha(samples),
         input_scales: None,
         gptq: None,
+        awq: None,
         modules: st.modules.clone(),
     };
     match &opts.method {
@@ -465,16 +499,29 @@ pub fn calibrate(
             }
             write_atomic(dest, &calib.to_bytes())?;
         }
-        Method::Gptq(g) => {
-            calib.gptq = Some(GptqScheme {
-                bits: g.bits,
-                group_size: g.group_size,
-                symmetric: true,
-                actorder: g.actorder.then(|| "weight".to_string()),
-                dampening: g.dampening,
-                block_size: g.block_size,
-                layer_files: st.layer_files.clone(),
-            });
+        Method::Gptq(_) | Method::Awq(_) => {
+            if let Method::Awq(a) = &opts.method {
+                calib.awq = Some(AwqScheme {
+                    bits: 4,
+                    group_size: a.group_size,
+                    symmetric: a.symmetric,
+                    duo_scaling: a.duo_scaling,
+                    n_grid: a.n_grid,
+                    layer_files: st.layer_files.clone(),
+                    mappings: st.awq_mappings.clone(),
+                });
+            }
+            if let Method::Gptq(g) = &opts.method {
+                calib.gptq = Some(GptqScheme {
+                    bits: g.bits,
+                    group_size: g.group_size,
+                    symmetric: true,
+                    actorder: g.actorder.then(|| "weight".to_string()),
+                    dampening: g.dampening,
+                    block_size: g.block_size,
+                    layer_files: st.layer_files.clone(),
+                });
+            }
             let mut out = OutputDir::begin(
                 dest,
                 OutputOptions {
@@ -499,4 +546,214 @@ pub fn calibrate(
         modules: st.modules,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// `y = x·Wᵀ` for `t` tokens.
+fn linear(x: &[f32], inp: usize, w: &[f32], out: usize) -> Vec<f32> {
+    let t = x.len() / inp;
+    let mut y = vec![0f32; t * out];
+    matmul_t(x, t, inp, w, out, &mut y);
+    y
+}
+
+/// The self_attn module's output (o_proj's output, before the residual) for normed inputs
+/// `x` (`[samples·seq, hidden]`), with the given q/k/v/o weights: verify's attention
+/// arithmetic, batched over all tokens for the projections.
+#[allow(clippy::too_many_arguments)]
+fn attn_out(
+    model: &Model,
+    lw: &LayerWeights,
+    rope: &RopeTable,
+    x: &[f32],
+    seq: usize,
+    wq: &[f32],
+    wk: &[f32],
+    wv: &[f32],
+    wo: &[f32],
+) -> Vec<f32> {
+    let cfg = model.config();
+    let (heads, kvh, hd) = (
+        cfg.num_heads as usize,
+        cfg.num_kv_heads as usize,
+        cfg.head_dim as usize,
+    );
+    let hid = lw.q.inp;
+    let mut q = linear(x, hid, wq, lw.q.out);
+    let mut k = linear(x, hid, wk, lw.k.out);
+    let mut v = linear(x, hid, wv, lw.v.out);
+    let (qw, kw) = (heads * hd, kvh * hd);
+    let mut att = vec![0f32; q.len()];
+    let scale = 1.0 / (hd as f32).sqrt();
+    for ((qc, kc), (vc, ac)) in q
+        .chunks_mut(seq * qw)
+        .zip(k.chunks_mut(seq * kw))
+        .zip(v.chunks_mut(seq * kw).zip(att.chunks_mut(seq * qw)))
+    {
+        rope.apply(qc, heads, model.rope_layout);
+        rope.apply(kc, kvh, model.rope_layout);
+        if model.opts.kv_f16 {
+            round_f16(kc);
+            round_f16(vc);
+        }
+        attention(qc, kc, vc, seq, heads, kvh, hd, scale, ac);
+    }
+    linear(&att, lw.o.inp, wo, lw.o.out)
+}
+
+/// The mlp module's output `down(silu(gate·x) ⊙ up·x)`.
+fn mlp_out(lw: &LayerWeights, x: &[f32], wg: &[f32], wu: &[f32], wd: &[f32]) -> Vec<f32> {
+    let mut g = linear(x, lw.gate.inp, wg, lw.gate.out);
+    let u = linear(x, lw.up.inp, wu, lw.up.out);
+    swiglu(&mut g, &u);
+    linear(&g, lw.down.inp, wd, lw.down.out)
+}
+
+/// AWQ on one decoder layer (see [`crate::awq`]): capture each mapping's input with the
+/// original weights, search the scales of each mapping in llm-compressor's order, fold them
+/// into `lw`, then run the folded, *unquantized* layer over `h` for the next layer's inputs
+/// (llm-compressor calibrates and propagates under `DisableQuantization`; AWQ only rescales).
+fn awq_layer(
+    model: &Model,
+    lw: &mut LayerWeights,
+    rope: &RopeTable,
+    h: &mut [f32],
+    seq: usize,
+    i: u32,
+    a: &AwqConfig,
+) -> Result<(LayerScales, Vec<AwqMapping>)> {
+    let hid = lw.q.inp;
+    let vo = lw.v.out == lw.o.inp;
+    let (mut x1, mut xo, mut x2, mut xd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut scratch = vec![0f32; seq * hid];
+    for hc in h.chunks(seq * hid) {
+        scratch.copy_from_slice(hc);
+        layer_forward(
+            model,
+            lw,
+            rope,
+            &mut scratch,
+            seq,
+            &mut |site, x| match site {
+                Site::Qkv => x1.extend_from_slice(x),
+                Site::O if vo => xo.extend_from_slice(x),
+                Site::O => {}
+                Site::GateUp => x2.extend_from_slice(x),
+                Site::Down => xd.extend_from_slice(x),
+            },
+        );
+    }
+    drop(scratch);
+    let name = |kind| hf_module(TensorId::Layer { index: i, kind });
+    let stats = |x: &[f32], w: usize| {
+        let mut s = ActStats::new(w);
+        s.add(x);
+        s.mean()
+    };
+    let mut scales = LayerScales::default();
+    let mut maps = Vec::new();
+    let mut record = |smooth: LayerTensor, balance: &[LayerTensor], r: &SearchResult| {
+        maps.push(AwqMapping {
+            smooth: name(smooth),
+            balance: balance.iter().map(|&k| name(k)).collect(),
+            result: r.clone(),
+        });
+    };
+    let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+
+    // input_layernorm -> q, k, v; loss on self_attn's output
+    let fp = attn_out(
+        model, lw, rope, &x1, seq, &lw.q.w, &lw.k.w, &lw.v.w, &lw.o.w,
+    );
+    if finite(&fp) {
+        let r = awq::search(
+            &name(LayerTensor::AttnNorm),
+            &[&lw.q.w, &lw.k.w, &lw.v.w],
+            hid,
+            &stats(&x1, hid),
+            a,
+            &mut |wq| {
+                let y = attn_out(model, lw, rope, &x1, seq, &wq[0], &wq[1], &wq[2], &lw.o.w);
+                Ok(awq::mse(&fp, &y))
+            },
+        )?;
+        record(
+            LayerTensor::AttnNorm,
+            &[LayerTensor::Q, LayerTensor::K, LayerTensor::V],
+            &r,
+        );
+        scales.attn = Some(r.scales);
+    }
+    drop(x1);
+    // v_proj -> o_proj, only when the shapes agree (not under GQA); loss on o_proj's output
+    if vo {
+        let fp = linear(&xo, lw.o.inp, &lw.o.w, lw.o.out);
+        if finite(&fp) {
+            let r = awq::search(
+                &name(LayerTensor::V),
+                &[&lw.o.w],
+                lw.o.inp,
+                &stats(&xo, lw.o.inp),
+                a,
+                &mut |wq| Ok(awq::mse(&fp, &linear(&xo, lw.o.inp, &wq[0], lw.o.out))),
+            )?;
+            record(LayerTensor::V, &[LayerTensor::O], &r);
+            scales.vo = Some(r.scales);
+        }
+    }
+    drop(xo);
+    // post_attention_layernorm -> gate, up; loss on mlp's output
+    let fp = mlp_out(lw, &x2, &lw.gate.w, &lw.up.w, &lw.down.w);
+    if finite(&fp) {
+        let r = awq::search(
+            &name(LayerTensor::FfnNorm),
+            &[&lw.gate.w, &lw.up.w],
+            hid,
+            &stats(&x2, hid),
+            a,
+            &mut |wq| Ok(awq::mse(&fp, &mlp_out(lw, &x2, &wq[0], &wq[1], &lw.down.w))),
+        )?;
+        record(
+            LayerTensor::FfnNorm,
+            &[LayerTensor::Gate, LayerTensor::Up],
+            &r,
+        );
+        scales.mlp = Some(r.scales);
+    }
+    drop(x2);
+    // up_proj -> down_proj; loss on down_proj's output
+    let ffn = lw.down.inp;
+    let fp = linear(&xd, ffn, &lw.down.w, lw.down.out);
+    if finite(&fp) {
+        let r = awq::search(
+            &name(LayerTensor::Up),
+            &[&lw.down.w],
+            ffn,
+            &stats(&xd, ffn),
+            a,
+            &mut |wq| Ok(awq::mse(&fp, &linear(&xd, ffn, &wq[0], lw.down.out))),
+        )?;
+        record(LayerTensor::Up, &[LayerTensor::Down], &r);
+        scales.up_down = Some(r.scales);
+    }
+    drop(xd);
+
+    let n1 = lw.attn_norm.len();
+    scales.apply(LayerTensor::AttnNorm, &mut lw.attn_norm, n1)?;
+    let n2 = lw.ffn_norm.len();
+    scales.apply(LayerTensor::FfnNorm, &mut lw.ffn_norm, n2)?;
+    for (kind, lin) in [
+        (LayerTensor::Q, &mut lw.q),
+        (LayerTensor::K, &mut lw.k),
+        (LayerTensor::V, &mut lw.v),
+        (LayerTensor::O, &mut lw.o),
+        (LayerTensor::Gate, &mut lw.gate),
+        (LayerTensor::Up, &mut lw.up),
+        (LayerTensor::Down, &mut lw.down),
+    ] {
+        scales.apply(kind, &mut lin.w, lin.inp)?;
+    }
+    for hc in h.chunks_mut(seq * hid) {
+        layer_forward(model, lw, rope, hc, seq, &mut |_, _| {});
+    }
+    Ok((scales, maps))
 }

@@ -11,6 +11,7 @@
 //!   interrupted run resumes at the next layer and writes the same bytes.
 //! * [`observer`]: static FP8 input scales (global min/max, llm-compressor's `static_minmax`;
 //!   or a percentile of |x|).
+//! * [`awq`]: the AWQ smoothing-scale search of one mapping and the fold of the scales.
 //! * [`gptq`] on one linear, with the f64 Cholesky factorisation in [`linalg`].
 //! * [`output`]: the calibration files `qforge quantize --calib` reads.
 //!
@@ -18,6 +19,7 @@
 //! arithmetic never depends on the split, and the GEMMs are verify's deterministic ones.
 #![deny(missing_docs)]
 
+pub mod awq;
 pub mod data;
 pub mod engine;
 mod error;
@@ -26,6 +28,7 @@ pub mod linalg;
 pub mod observer;
 pub mod output;
 
+pub use awq::AwqConfig;
 pub use data::Samples;
 pub use engine::{calibrate, CalibOptions, CalibSummary, Method};
 pub use error::{Error, Result};

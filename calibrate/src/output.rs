@@ -8,6 +8,11 @@
 //!   model dtype) and the codes: `<module>.weight_packed` (I32 `[rows, cols/8]`,
 //!   compressed-tensors `pack_to_int32` order) for 4 bits, `<module>.weight_q` (I8
 //!   `[rows, cols]`) for 8 bits. [`GptqCodes`] reads them back for `qforge quantize`.
+//! * `awq`: a directory with `calib.json` ([`CalibFile`] with `awq`) and one safetensors file
+//!   per decoder layer, `awq-<layer:05>.safetensors`, holding `<smooth module>.awq_scales` (F64
+//!   `[channels]`) for each mapping applied (`model.layers.N.input_layernorm`,
+//!   `...self_attn.v_proj`, `...post_attention_layernorm`, `...mlp.up_proj`). [`AwqScales`]
+//!   reads them back; `qforge quantize` folds them into the weights before round-to-nearest.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,8 +23,10 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+use crate::awq::{LayerScales, SearchResult};
 use crate::error::{Error, Result};
 use crate::gptq::GptqResult;
+use qforge_convert::{LayerTensor, TensorId};
 
 /// `format` of every calibration file.
 pub const FORMAT: &str = "qforge-calibration";
@@ -67,6 +74,37 @@ pub struct GptqScheme {
     pub layer_files: Vec<String>,
 }
 
+/// The AWQ scheme recorded in `calib.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AwqScheme {
+    /// 4.
+    pub bits: u8,
+    /// Columns per scale; `None` = per row.
+    pub group_size: Option<usize>,
+    /// Symmetric (W4A16) or asymmetric (W4A16_ASYM) quantization in the search.
+    pub symmetric: bool,
+    /// llm-compressor `duo_scaling`.
+    pub duo_scaling: bool,
+    /// Grid points.
+    pub n_grid: usize,
+    /// One file per layer, in layer order.
+    pub layer_files: Vec<String>,
+    /// Search outcome per mapping, in model order.
+    pub mappings: Vec<AwqMapping>,
+}
+
+/// One AWQ mapping's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AwqMapping {
+    /// HF name of the smooth module (a norm, or a linear whose output rows are divided).
+    pub smooth: String,
+    /// HF names of the balance linears.
+    pub balance: Vec<String>,
+    /// α, duo scaling, RTN and best losses.
+    #[serde(flatten)]
+    pub result: SearchResult,
+}
+
 /// A calibration file (`-o FILE` for fp8-static, `DIR/calib.json` for gptq).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibFile {
@@ -91,6 +129,9 @@ pub struct CalibFile {
     /// GPTQ scheme and files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gptq: Option<GptqScheme>,
+    /// AWQ scheme, files and per-mapping search results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awq: Option<AwqScheme>,
     /// Per-module outcomes, in model order.
     pub modules: Vec<ModuleReport>,
 }
@@ -303,5 +344,142 @@ impl GptqCodes {
             scales,
             zero_points: None,
         }))
+    }
+}
+
+/// File name of layer `i`'s AWQ scales.
+pub fn awq_layer_file_name(i: u32) -> String {
+    format!("awq-{i:05}.safetensors")
+}
+
+fn awq_smooth_kinds() -> [(LayerTensor, &'static str); 4] {
+    [
+        (LayerTensor::AttnNorm, "attn"),
+        (LayerTensor::V, "vo"),
+        (LayerTensor::FfnNorm, "mlp"),
+        (LayerTensor::Up, "up_down"),
+    ]
+}
+
+fn awq_slot<'a>(s: &'a mut LayerScales, which: &str) -> &'a mut Option<Vec<f64>> {
+    match which {
+        "attn" => &mut s.attn,
+        "vo" => &mut s.vo,
+        "mlp" => &mut s.mlp,
+        _ => &mut s.up_down,
+    }
+}
+
+/// Serialize layer `i`'s AWQ scales (see the module docs).
+pub fn awq_layer_file_bytes(i: u32, scales: &LayerScales) -> Result<Vec<u8>> {
+    let mut s = scales.clone();
+    let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (kind, which) in awq_smooth_kinds() {
+        if let Some(v) = awq_slot(&mut s, which) {
+            let m = qforge_convert::layout::hf_module(TensorId::Layer { index: i, kind });
+            bufs.push((
+                format!("{m}.awq_scales"),
+                vec![v.len()],
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+        }
+    }
+    let views: Vec<(String, TensorView<'_>)> = bufs
+        .iter()
+        .map(|(n, sh, b)| {
+            TensorView::new(Dtype::F64, sh.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Unsupported(format!("{n}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "qforge-awq".to_string());
+    safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| Error::Unsupported(format!("serializing AWQ scales: {e}")))
+}
+
+/// AWQ scales of a calibration directory, all layers (one `f64` per channel per mapping).
+#[derive(Debug, Clone)]
+pub struct AwqScales {
+    /// The directory's `calib.json`.
+    pub calib: CalibFile,
+    /// The scheme.
+    pub scheme: AwqScheme,
+    /// Per decoder layer.
+    pub layers: Vec<LayerScales>,
+}
+
+impl AwqScales {
+    /// Open an AWQ calibration directory and read every layer file.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let calib = read_calib(dir)?;
+        let bad = |path: &Path, reason: String| Error::BadFile {
+            path: path.into(),
+            reason,
+        };
+        let scheme = calib.awq.clone().ok_or_else(|| {
+            bad(
+                &dir.join(CALIB_JSON),
+                format!("method {} has no AWQ results", calib.method),
+            )
+        })?;
+        let mut layers = Vec::with_capacity(scheme.layer_files.len());
+        for (i, name) in scheme.layer_files.iter().enumerate() {
+            if name.contains('/') || name.contains('\\') || name.starts_with('.') {
+                return Err(bad(dir, format!("layer file name {name:?}")));
+            }
+            let path = dir.join(name);
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(&path, e.to_string()))?;
+            let mut ls = LayerScales::default();
+            let index = u32::try_from(i).map_err(|_| bad(dir, "too many layers".into()))?;
+            for (kind, which) in awq_smooth_kinds() {
+                let n = format!(
+                    "{}.awq_scales",
+                    qforge_convert::layout::hf_module(TensorId::Layer { index, kind })
+                );
+                let Ok(t) = st.tensor(&n) else { continue };
+                if t.dtype() != Dtype::F64 || t.shape().len() != 1 {
+                    return Err(bad(&path, format!("{n}: {:?} {:?}", t.dtype(), t.shape())));
+                }
+                let v: Vec<f64> = t
+                    .data()
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect();
+                if v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                    return Err(bad(&path, format!("{n}: non-positive or non-finite scale")));
+                }
+                *awq_slot(&mut ls, which) = Some(v);
+            }
+            layers.push(ls);
+        }
+        Ok(AwqScales {
+            calib,
+            scheme,
+            layers,
+        })
+    }
+}
+
+impl qforge_convert::layout::WeightTransform for AwqScales {
+    fn touches(&self, id: TensorId) -> bool {
+        match id {
+            TensorId::Layer { index, kind } => self
+                .layers
+                .get(index as usize)
+                .is_some_and(|l| l.touches(kind)),
+            _ => false,
+        }
+    }
+
+    fn apply(&self, id: TensorId, w: &mut [f32], cols: usize) -> std::result::Result<(), String> {
+        match id {
+            TensorId::Layer { index, kind } => match self.layers.get(index as usize) {
+                Some(l) => l.apply(kind, w, cols).map_err(|e| e.to_string()),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
     }
 }

@@ -163,6 +163,17 @@ pub struct HfQuantOptions {
     /// INT4 codes and scales chosen by calibration (GPTQ) to write instead of
     /// round-to-nearest; every quantized module must have them.
     pub precomputed_int4: Option<std::sync::Arc<dyn PrecomputedInt4>>,
+    /// A change applied to weights before they are written or quantized round-to-nearest
+    /// (AWQ's smoothing scales folded into norms and linears); INT4 schemes only.
+    pub weight_transform: Option<std::sync::Arc<dyn WeightTransform>>,
+}
+
+/// A per-tensor change of the `f32` weights before writing (e.g. AWQ's folded scales).
+pub trait WeightTransform: Send + Sync + std::fmt::Debug {
+    /// Whether `id`'s weight changes.
+    fn touches(&self, id: TensorId) -> bool;
+    /// Change `w` (`[rows, cols]` row-major, HF row order; a norm is one row) in place.
+    fn apply(&self, id: TensorId, w: &mut [f32], cols: usize) -> std::result::Result<(), String>;
 }
 
 /// INT4 codes chosen elsewhere (e.g. by GPTQ in `qforge-calibrate`), per HF module.
@@ -352,6 +363,11 @@ fn shape2(ckpt: &Checkpoint, id: TensorId) -> (usize, usize) {
     (s[0] as usize, s.get(1).copied().unwrap_or(1) as usize)
 }
 
+/// Row length of a role's weight (a 1-D weight is one row).
+fn shape2_cols(ckpt: &Checkpoint, id: TensorId) -> usize {
+    ckpt.config.expected_shape(id).last().copied().unwrap_or(1) as usize
+}
+
 fn codec_err(ckpt: &Checkpoint, id: TensorId, source: qforge_quantize::Error) -> Error {
     Error::Codec {
         path: ckpt.path.clone(),
@@ -432,6 +448,13 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<Tensor
     }
     if !(opts.activation_scale_ub.is_finite() && opts.activation_scale_ub > 0.0) {
         return Err(bad("activation scale upper bound must be positive".into()));
+    }
+    if opts.weight_transform.is_some()
+        && (!matches!(opts.scheme, HfScheme::Int4 { .. }) || opts.precomputed_int4.is_some())
+    {
+        return Err(bad(
+            "folded calibration scales (AWQ) need an int4 scheme quantized round-to-nearest".into(),
+        ));
     }
     let n = ckpt.config.num_layers;
     for id in roles(ckpt) {
@@ -601,6 +624,7 @@ pub fn quantize_to_hf(
             "rope_freqs.weight not written: HF computes rope frequencies from config.json".into(),
         );
     }
+    let transform = opts.weight_transform.as_deref();
     for id in roles(ckpt) {
         let module = hf_module(id);
         let shape = cfg.expected_shape(id);
@@ -617,6 +641,18 @@ pub fn quantize_to_hf(
                     shape,
                 },
                 produce: Box::new(move |buf: &mut Vec<u8>| {
+                    if let Some(tr) = transform.filter(|t| t.touches(id)) {
+                        let mut v = ckpt.role_rows_f32(id, rope)?;
+                        let cols = shape2_cols(ckpt, id);
+                        tr.apply(id, &mut v, cols)
+                            .map_err(|reason| Error::BadQuantization {
+                                path: ckpt.path.clone(),
+                                tensor: hf_module(id),
+                                reason,
+                            })?;
+                        encode_float(&v, model_dtype, buf).expect("float dtype checked");
+                        return Ok(());
+                    }
                     let plain = ckpt.part(id, Part::Weight).filter(|t| {
                         matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32)
                             && ckpt.part(id, Part::WeightScale).is_none()
@@ -745,7 +781,15 @@ pub fn quantize_to_hf(
                         return int4::pack_compressed_tensors(&t)
                             .map_err(|e| codec_err(ckpt, id, e));
                     }
-                    let v = checked_rows(ckpt, id, rope, k, numerics)?;
+                    let mut v = checked_rows(ckpt, id, rope, k, numerics)?;
+                    if let Some(tr) = transform.filter(|t| t.touches(id)) {
+                        tr.apply(id, &mut v, k)
+                            .map_err(|reason| Error::BadQuantization {
+                                path: ckpt.path.clone(),
+                                tensor: hf_module(id),
+                                reason,
+                            })?;
+                    }
                     let t =
                         int4::quantize_int4(&v, k, &cfg4).map_err(|e| codec_err(ckpt, id, e))?;
                     int4::pack_compressed_tensors(&t).map_err(|e| codec_err(ckpt, id, e))

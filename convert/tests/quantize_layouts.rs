@@ -112,6 +112,7 @@ fn opts(scheme: HfScheme, layout: HfLayout, policy: Policy) -> HfQuantOptions {
         output: OutputOptions::default(),
         numerics: Numerics::default(),
         precomputed_int4: None,
+        weight_transform: None,
     }
 }
 

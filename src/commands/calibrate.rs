@@ -1,10 +1,11 @@
-//! `qforge calibrate`: layer-by-layer calibration (static FP8 activation scales, GPTQ).
+//! `qforge calibrate`: layer-by-layer calibration (static FP8 activation scales, GPTQ, AWQ).
 
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use qforge_calibrate::{
-    calibrate, output::write_atomic, CalibOptions, GptqConfig, Method, ObserverKind, Samples,
+    calibrate, output::write_atomic, AwqConfig, CalibOptions, GptqConfig, Method, ObserverKind,
+    Samples,
 };
 use qforge_verify::{ForwardOptions, Model, TextTokenizer, W8a8Mode};
 
@@ -64,7 +65,25 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
                 bf16: true,
             })
         }
+        CalibMethod::Awq => {
+            let (bits, group_size) = parse_gptq_scheme(&args.scheme)?;
+            if bits != 4 {
+                bail!(
+                    "--scheme {}: AWQ searches INT4 schemes (int4-g<N>, int4-row)",
+                    args.scheme
+                );
+            }
+            Method::Awq(AwqConfig {
+                group_size,
+                symmetric: !args.asym,
+                bf16: true,
+                ..AwqConfig::default()
+            })
+        }
     };
+    if args.asym && args.method != CalibMethod::Awq {
+        bail!("--asym applies to --method awq (GPTQ is symmetric)");
+    }
     let model = Model::open(
         &args.model,
         ForwardOptions {
@@ -74,6 +93,17 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         },
     )?;
     let mut method = method;
+    if let Method::Awq(a) = &mut method {
+        // fake quantization in the weights' dtype, as compressed-tensors does
+        let q0 = qforge_convert::TensorId::Layer {
+            index: 0,
+            kind: qforge_convert::LayerTensor::Q,
+        };
+        a.bf16 = matches!(
+            model.ckpt.weight_storage(q0)?,
+            qforge_convert::dequant::WeightStorage::Plain(qforge_quantize::DType::BF16)
+        );
+    }
     if let Method::Gptq(g) = &mut method {
         // compressed-tensors computes scales in the weights' dtype: BF16 arithmetic for a BF16
         // model (the default `quantize --dtype bf16` then stores them exactly), F32 otherwise.

@@ -137,7 +137,44 @@ pub fn execute(args: &QuantizeArgs) -> Result<Quantized> {
 pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
     let scheme = parse_scheme(&args.scheme, args.asym)?;
     let mut gptq_codes = None;
+    let mut awq_scales = None;
     let calib: Calib = match &args.calib {
+        Some(p) if p.is_dir() && qforge_calibrate::output::read_calib(p)?.method == "awq" => {
+            // an AWQ calibration directory (qforge calibrate --method awq): scales folded
+            // into the weights, then round-to-nearest with the same scheme
+            let a = qforge_calibrate::output::AwqScales::open(p)?;
+            let Scheme::Hf(HfScheme::Int4 {
+                bits: 4,
+                group_size,
+                symmetric,
+            }) = scheme
+            else {
+                bail!(
+                    "{} holds AWQ scales (searched for INT4): use --scheme int4-g<N> or int4-row",
+                    p.display()
+                )
+            };
+            if group_size != a.scheme.group_size || symmetric != a.scheme.symmetric {
+                bail!(
+                    "{} was calibrated for int4 with group {:?}{}, not --scheme {}{}",
+                    p.display(),
+                    a.scheme.group_size,
+                    if a.scheme.symmetric { "" } else { " --asym" },
+                    args.scheme,
+                    if args.asym { " --asym" } else { "" }
+                );
+            }
+            if a.layers.len() != ckpt.config.num_layers as usize {
+                bail!(
+                    "{} holds AWQ scales for {} layers, the model has {}",
+                    p.display(),
+                    a.layers.len(),
+                    ckpt.config.num_layers
+                );
+            }
+            awq_scales = Some(std::sync::Arc::new(a));
+            Calib::default()
+        }
         Some(p) if p.is_dir() => {
             // a GPTQ calibration directory (qforge calibrate --method gptq)
             let codes = qforge_calibrate::output::GptqCodes::open(p)?;
@@ -282,6 +319,9 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
                 precomputed_int4: gptq_codes
                     .clone()
                     .map(|c| c as std::sync::Arc<dyn PrecomputedInt4>),
+                weight_transform: awq_scales.clone().map(|a| {
+                    a as std::sync::Arc<dyn qforge_convert::layout::WeightTransform>
+                }),
             };
             let w = quantize_to_hf(ckpt, &args.output, &opts).map_err(bad_weight_hint)?;
             for n in w.written.notes.iter().filter(|_| !args.dry_run) {

@@ -3,6 +3,7 @@
 
     python llmcompressor_calibrate.py gptq-g64 BASE_HF_DIR SAMPLES.json OUT_DIR [DTYPE]
     python llmcompressor_calibrate.py fp8-static BASE_HF_DIR SAMPLES.json OUT_DIR [DTYPE]
+    python llmcompressor_calibrate.py awq-g64[-asym] BASE_HF_DIR SAMPLES.json OUT_DIR [DTYPE]
 
 DTYPE (default float32) is the torch dtype the model is loaded in. float32 on CPU: BF16 CPU
 matmuls make the same GPTQ run take about an hour instead of about 1.5 minutes, and qforge's
@@ -14,6 +15,9 @@ gptq-g64: GPTQModifier, int4 symmetric group 64, dampening 0.01, block 128, acto
 tokenizer files, so `qforge verify` can read it.
 fp8-static: QuantizationModifier FP8 preset (per-tensor weights, static per-tensor input scales,
 observer static_minmax); writes OUT_DIR/input_scales.json {module: scale}.
+awq-g64 / awq-g64-asym: AWQModifier (default Llama mappings, duo_scaling, n_grid 20) then
+QuantizationModifier, int4 group 64 symmetric (W4A16-like) or asymmetric (W4A16_ASYM-like),
+lm_head ignored; saved compressed like gptq-g64.
 Needs the heavy venv with the llm-compressor layer first on PYTHONPATH
 (scripts/pylayer-llmcompressor.sh).
 """
@@ -65,6 +69,23 @@ def main() -> None:
             ignore=["lm_head"], dampening_frac=0.01, block_size=128, actorder="static")
     elif method == "fp8-static":
         recipe = QuantizationModifier(targets="Linear", scheme="FP8", ignore=["lm_head"])
+    elif method in ("awq-g64", "awq-g64-asym"):
+        from llmcompressor.modifiers.transform.awq import AWQModifier
+        from llmcompressor.pipelines.cache import IntermediatesCache
+
+        if not torch.cuda.is_available():
+            # AWQ pins its cached inputs for faster host-to-device copies; pin_memory() needs a
+            # CUDA driver and has no numerical effect, so skip it on a CPU-only machine
+            IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+
+        recipe = [
+            AWQModifier(duo_scaling=True, n_grid=20),
+            QuantizationModifier(
+                config_groups={"group_0": {"targets": ["Linear"], "weights": {
+                    "num_bits": 4, "type": "int", "symmetric": method == "awq-g64",
+                    "strategy": "group", "group_size": 64}}},
+                ignore=["lm_head"]),
+        ]
     else:
         raise SystemExit(f"unknown method {method}")
     oneshot(model=model, dataset=ds, recipe=recipe, max_seq_length=s["seq_len"],

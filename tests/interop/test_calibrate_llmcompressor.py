@@ -13,6 +13,11 @@ runs on an F32 copy of the base so both compute GPTQ scales and codes in f32.
   see the float rounding of 30 layers of forward, so there the budget is max(1e-6, 1.5x the
   distance between llm-compressor's own float32 and float64 runs), measured in the same test.
   The fp8-static checkpoint's quantization_config validates with compressed-tensors.
+* AWQ W4A16 group 64 (symmetric, and asymmetric as llm-compressor's W4A16_ASYM AWQ example):
+  both sides on a float32 copy of the base; our PPL drift < RTN's, and at most llm-compressor's
+  + AWQ_TOLERANCE_PCT; drift measured against the BF16 base.
+
+Slow on CPU (30-layer GPTQ/AWQ runs): QFORGE_CALIB_SAMPLES / QFORGE_CALIB_SEQ_LEN shrink it.
 """
 import json
 import os
@@ -35,6 +40,7 @@ SAMPLES = os.environ.get("QFORGE_CALIB_SAMPLES", "16")
 SEQ_LEN = os.environ.get("QFORGE_CALIB_SEQ_LEN", "256")
 # PPL drift points (percent of PPL) by which ours may exceed llm-compressor's
 GPTQ_TOLERANCE_PCT = 0.5
+AWQ_TOLERANCE_PCT = 0.5
 
 
 def _layer() -> str:
@@ -164,3 +170,26 @@ def test_fp8_static_scales_match_llmcompressor(qforge, base, tmp_path):
     cfg = json.loads((t / "q" / "config.json").read_text())["quantization_config"]
     qc = QuantizationConfig.model_validate(cfg)
     assert qc.config_groups["group_0"].input_activations.dynamic is False
+
+
+@pytest.mark.parametrize("asym", [False, True], ids=["sym", "asym"])
+def test_awq_beats_rtn_and_matches_llmcompressor(qforge, base, base32, tmp_path, asym):
+    t = tmp_path
+    b32 = base32
+    a = ["--asym"] if asym else []
+    subprocess.run([str(qforge), "calibrate", str(b32), "--data", *_data(), "--method", "awq",
+                    "--scheme", "int4-g64", *a, "--samples", SAMPLES, "--seq-len", SEQ_LEN,
+                    "--samples-out", str(t / "samples.json"), "-o", str(t / "awq")], check=True)
+    subprocess.run([str(qforge), "quantize", str(b32), str(t / "ours"), "--scheme", "int4-g64",
+                    *a, "--calib", str(t / "awq"), "--dtype", "f32"], check=True)
+    subprocess.run([str(qforge), "quantize", str(b32), str(t / "rtn"), "--scheme", "int4-g64",
+                    *a, "--dtype", "f32"], check=True)
+    _llmc("awq-g64-asym" if asym else "awq-g64", str(b32), str(t / "samples.json"),
+          str(t / "llmc"))
+    ours = _drift(qforge, base, t / "ours", t / "ours.json")
+    rtn = _drift(qforge, base, t / "rtn", t / "rtn.json")
+    llmc = _drift(qforge, base, t / "llmc", t / "llmc.json")
+    print(f"PPL drift % ({'asym' if asym else 'sym'}): rtn {rtn:.3f}  qforge-awq {ours:.3f}  "
+          f"llm-compressor-awq {llmc:.3f}")
+    assert ours < rtn
+    assert ours <= llmc + AWQ_TOLERANCE_PCT
