@@ -36,6 +36,12 @@
 //!   expressions never leave the target range).
 //! - amax ties: the first element wins (strict `<`/`>` comparisons), which fixes the sign of d.
 //!
+//! - On x86_64 with AVX2 (detected at run time) the K-quant scale searches of Q4_K/Q5_K
+//!   (`make_qkx_quants`) and Q6_K (`make_qx_quants`) run the sub-blocks of a super-block in SIMD
+//!   lanes, one sub-block per lane, each lane doing the scalar port's operations in its order
+//!   (see `ggml_quant/avx2.rs`); the scalar port is the reference and the fallback, and a test
+//!   compares the two byte for byte on random and adversarial super-blocks.
+//!
 //! Non-finite inputs are rejected ([`Error::NonFinite`]) instead of producing whatever C's
 //! undefined float→int conversions give; imatrix weights must be finite and non-negative.
 //!
@@ -254,18 +260,23 @@ fn nearest_int(fval: f32) -> i32 {
 
 // ---------------------------------------------------------------- legacy 32-element blocks
 
-/// C's `roundf` (half away from zero) for |x| < 2^23, without a libm call: truncation by an
-/// integer conversion, then the exact fractional part decides (x − trunc(x) is exact here).
+/// C's `roundf` (half away from zero) for |x| < 2^23, without a libm call or a float→int
+/// conversion (a saturating `as i32` does not vectorize): |x| + 2^23 rounds |x| to the nearest
+/// integer, ties to even, and holds it in its low mantissa bits; |x| − that integer is exact,
+/// so a tie that went down to even is seen and moved away from zero.
 #[inline]
 fn round_half_away(x: f32) -> i32 {
-    let t = x as i32;
-    let f = x - t as f32;
-    if f >= 0.5 {
-        t + 1
-    } else if f <= -0.5 {
-        t - 1
+    let a = x.abs();
+    let big = a + 8_388_608.0;
+    let r = big - 8_388_608.0;
+    let mut i = big.to_bits().wrapping_sub(0x4B00_0000) as i32;
+    if a - r == 0.5 {
+        i += 1;
+    }
+    if x < 0.0 {
+        -i
     } else {
-        t
+        i
     }
 }
 
