@@ -111,7 +111,16 @@ impl Numerics {
     /// callers that know it put it in). Clamps in place under [`WeightPolicy::Clamp`]; under
     /// the other policies the first bad value is an error.
     pub fn row(&self, row: &mut [f32]) -> std::result::Result<(), qforge_quantize::Error> {
-        // The common case, no bad value, costs one comparison per weight.
+        // The common case, no bad value, is one branch-free pass that vectorizes: v is bad
+        // (NaN, or |v| > max_abs) exactly when its bit pattern with the sign cleared is above
+        // the limit's, for any limit ≥ 0 (NaNs sort above inf above every finite value; a NaN
+        // or negative limit takes the slow path).
+        let m = row
+            .iter()
+            .fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF));
+        if self.max_abs >= 0.0 && m <= self.max_abs.abs().to_bits() {
+            return Ok(());
+        }
         let Some(c) = row.iter().position(|&v| self.bad(v)) else {
             return Ok(());
         };
@@ -247,5 +256,44 @@ mod tests {
         let mut v = vec![f32::NAN, f32::INFINITY, -1e9, 5.0, -100.0];
         n.rows(&mut v, 5).unwrap();
         assert_eq!(v, vec![0.0, 100.0, -100.0, 5.0, -100.0]);
+    }
+
+    /// The vectorized fast path of `row` reports exactly what a per-value `bad` scan finds,
+    /// at the limit's boundary and for unusual limits (0, −0, inf, negative, NaN).
+    #[test]
+    fn row_fast_path_agrees_with_per_value_scan() {
+        let vals = [
+            0.0,
+            -0.0,
+            1.0,
+            -100.0,
+            100.0,
+            f32::from_bits(100f32.to_bits() + 1),
+            -f32::from_bits(100f32.to_bits() + 1),
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7F80_0001),
+            1e-45,
+        ];
+        for max_abs in [100.0, 0.0, -0.0, f32::INFINITY, -1.0, f32::NAN] {
+            let n = Numerics {
+                policy: WeightPolicy::Error,
+                max_abs,
+            };
+            for &a in &vals {
+                for &b in &vals {
+                    let mut row = vec![0.5, a, b];
+                    let want = row.iter().position(|&v| n.bad(v));
+                    let got = n.row(&mut row).err();
+                    assert_eq!(got.is_some(), want.is_some(), "{max_abs} {a} {b}");
+                    if let Some(c) = want {
+                        assert_eq!(got, Some(n.error(0, c as u64, row[c])));
+                    }
+                }
+            }
+        }
     }
 }

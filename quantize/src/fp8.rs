@@ -142,7 +142,11 @@ fn encode_e4m3_sat_finite(x: f32) -> u8 {
     let rebased = ab.wrapping_sub(120 << 23);
     let normal = rebased.wrapping_add(0x7_FFFF + ((rebased >> 20) & 1)) >> 20;
     // subnormal: |x|·2^9 rounded to an integer (0..=8; 8 is the smallest normal code)
-    let sub = ((a * 512.0 + 8_388_608.0) - 8_388_608.0) as u32;
+    // (the integer is read from the low mantissa bits of a·2^9 + 2^23, not by a float→int
+    // conversion, so the row loop vectorizes)
+    let sub = (a * 512.0 + 8_388_608.0)
+        .to_bits()
+        .wrapping_sub(0x4B00_0000);
     let code = if ab >= 0x3C80_0000 { normal } else { sub };
     (sign | code) as u8
 }

@@ -36,6 +36,12 @@
 //!   expressions never leave the target range).
 //! - amax ties: the first element wins (strict `<`/`>` comparisons), which fixes the sign of d.
 //!
+//! - On x86_64 with AVX2 (detected at run time) the K-quant scale searches of Q4_K/Q5_K
+//!   (`make_qkx_quants`) and Q6_K (`make_qx_quants`) run the sub-blocks of a super-block in SIMD
+//!   lanes, one sub-block per lane, each lane doing the scalar port's operations in its order
+//!   (see `ggml_quant/avx2.rs`); the scalar port is the reference and the fallback, and a test
+//!   compares the two byte for byte on random and adversarial super-blocks.
+//!
 //! Non-finite inputs are rejected ([`Error::NonFinite`]) instead of producing whatever C's
 //! undefined float→int conversions give; imatrix weights must be finite and non-negative.
 //!
@@ -50,6 +56,22 @@ use rayon::prelude::*;
 
 use crate::float::f16_bits_to_f32;
 use crate::{DType, Error, Result};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+/// Whether the K-quant searches run on SIMD lanes here (AVX2, detected at run time; the
+/// scalar port is the reference and the fallback, and gives the same bytes).
+fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// Elements per block of the legacy formats (Q4_0 … Q8_0).
 pub const QK: usize = 32;
@@ -238,26 +260,31 @@ fn nearest_int(fval: f32) -> i32 {
 
 // ---------------------------------------------------------------- legacy 32-element blocks
 
-/// C's `roundf` (half away from zero) for |x| < 2^23, without a libm call: truncation by an
-/// integer conversion, then the exact fractional part decides (x − trunc(x) is exact here).
+/// C's `roundf` (half away from zero) for |x| < 2^23, without a libm call or a float→int
+/// conversion (a saturating `as i32` does not vectorize): |x| + 2^23 rounds |x| to the nearest
+/// integer, ties to even, and holds it in its low mantissa bits; |x| − that integer is exact,
+/// so a tie that went down to even is seen and moved away from zero.
 #[inline]
 fn round_half_away(x: f32) -> i32 {
-    let t = x as i32;
-    let f = x - t as f32;
-    if f >= 0.5 {
-        t + 1
-    } else if f <= -0.5 {
-        t - 1
+    let a = x.abs();
+    let big = a + 8_388_608.0;
+    let r = big - 8_388_608.0;
+    let mut i = big.to_bits().wrapping_sub(0x4B00_0000) as i32;
+    if a - r == 0.5 {
+        i += 1;
+    }
+    if x < 0.0 {
+        -i
     } else {
-        t
+        i
     }
 }
 
 fn q8_0(x: &[f32]) -> BlockQ8_0 {
-    let mut amax = 0f32;
-    for &v in x {
-        amax = if amax > v.abs() { amax } else { v.abs() }; // MAX(amax, fabsf(v))
-    }
+    // MAX(amax, fabsf(v)) over the block: for the finite values quantized here the order of
+    // |v| is the order of its bit pattern with the sign cleared, and an integer max reduction
+    // vectorizes (a float one cannot be reordered by the compiler).
+    let amax = f32::from_bits(x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF)));
     let d = amax / 127.0;
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
     let mut y = BlockQ8_0::zeroed();
@@ -1012,20 +1039,65 @@ fn q3_k_imatrix(x: &[f32], qw: &[f32]) -> BlockQ3K {
 
 // ---------------------------------------------------------------- Q4_K / Q5_K
 
+/// The eight `make_qkx_quants` searches of a Q4_K/Q5_K super-block: per sub-block its scale,
+/// its min, the sum of its weights (importance path only, else zero) and the provisional
+/// quants. With `simd` the AVX2 lanes run them (same bytes; see `avx2`), else the scalar port.
+fn k4_sub_blocks(
+    x: &[f32],
+    nmax: i32,
+    imatrix: Option<&[f32]>,
+    sigma2: f32,
+    search: Search,
+    simd: bool,
+) -> ([f32; 8], [f32; 8], [f32; 8], [u8; QK_K]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        return avx2::k4_search(x, nmax, imatrix, sigma2, search);
+    }
+    let _ = simd;
+    let mut l = [0u8; QK_K];
+    let mut laux = [0u8; 32];
+    let mut weights = [0f32; 32];
+    let mut mins = [0f32; QK_K / 32];
+    let mut scales = [0f32; QK_K / 32];
+    let mut sw = [0f32; QK_K / 32];
+    for j in 0..QK_K / 32 {
+        let xs = &x[32 * j..32 * j + 32];
+        if let Some(qw) = imatrix {
+            for i in 0..32 {
+                weights[i] = qw[32 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt();
+            }
+            sw[j] = sum(&weights);
+        } else {
+            let av_x = (sum_sq(xs) / 32.0).sqrt();
+            for (w, &v) in weights.iter_mut().zip(xs) {
+                *w = av_x + v.abs();
+            }
+        }
+        scales[j] = make_qkx_quants(
+            32,
+            nmax,
+            xs,
+            Some(&weights),
+            &mut l[32 * j..],
+            &mut mins[j],
+            &mut laux,
+            search,
+            imatrix.is_some(),
+        );
+    }
+    (scales, mins, sw, l)
+}
+
 /// The per-sub-block search of Q4_K/Q5_K, reference (`imatrix == None`) or importance path.
 /// Returns the packed scales, d, dmin and the provisional quants.
 fn k4_scales(
     x: &[f32],
     nmax: i32,
     imatrix: Option<&[f32]>,
+    simd: bool,
 ) -> ([u8; 12], [u8; 2], [u8; 2], [u8; QK_K]) {
-    let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 32];
-    let mut weights = [0f32; 32];
-    let mut mins = [0f32; QK_K / 32];
-    let mut scales = [0f32; QK_K / 32];
     if let Some(qw) = imatrix {
-        let mut sw = [0f32; QK_K / 32];
         let sigma2 = 2.0 * sum_sq(&x[..QK_K]) / QK_K as f32;
         let search = Search {
             rmin: -0.9,
@@ -1033,24 +1105,7 @@ fn k4_scales(
             nstep: 36,
             use_mad: false,
         };
-        for j in 0..QK_K / 32 {
-            for i in 0..32 {
-                let v = x[32 * j + i];
-                weights[i] = qw[32 * j + i] * (sigma2 + v * v).sqrt();
-            }
-            sw[j] = sum(&weights);
-            scales[j] = make_qkx_quants(
-                32,
-                nmax,
-                &x[32 * j..],
-                Some(&weights),
-                &mut l[32 * j..],
-                &mut mins[j],
-                &mut laux,
-                search,
-                true,
-            );
-        }
+        let (scales, mins, sw, l) = k4_sub_blocks(x, nmax, Some(qw), sigma2, search, simd);
         let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
         let d_block = make_qp_quants(QK_K / 32, 63, &scales, &mut ls, &sw);
         let m_block = make_qp_quants(QK_K / 32, 63, &mins, &mut lm, &sw);
@@ -1077,24 +1132,9 @@ fn k4_scales(
                 use_mad: false,
             }
         };
+        let (scales, mins, _, l) = k4_sub_blocks(x, nmax, None, 0.0, search, simd);
         let (mut max_scale, mut max_min) = (0f32, 0f32);
         for j in 0..QK_K / 32 {
-            let xs = &x[32 * j..32 * j + 32];
-            let av_x = (sum_sq(xs) / 32.0).sqrt();
-            for (w, &v) in weights.iter_mut().zip(xs) {
-                *w = av_x + v.abs();
-            }
-            scales[j] = make_qkx_quants(
-                32,
-                nmax,
-                xs,
-                Some(&weights),
-                &mut l[32 * j..],
-                &mut mins[j],
-                &mut laux,
-                search,
-                false,
-            );
             if scales[j] > max_scale {
                 max_scale = scales[j];
             }
@@ -1122,8 +1162,8 @@ fn k4_scales(
     }
 }
 
-fn q4_k(x: &[f32], imatrix: Option<&[f32]>) -> BlockQ4K {
-    let (scales, d, dmin, mut l) = k4_scales(x, 15, imatrix);
+fn q4_k(x: &[f32], imatrix: Option<&[f32]>, simd: bool) -> BlockQ4K {
+    let (scales, d, dmin, mut l) = k4_scales(x, 15, imatrix, simd);
     requantize_k4(x, d, dmin, &scales, 15, &mut l);
     let mut y = BlockQ4K {
         d,
@@ -1139,8 +1179,8 @@ fn q4_k(x: &[f32], imatrix: Option<&[f32]>) -> BlockQ4K {
     y
 }
 
-fn q5_k(x: &[f32], imatrix: Option<&[f32]>) -> BlockQ5K {
-    let (scales, d, dmin, mut l) = k4_scales(x, 31, imatrix);
+fn q5_k(x: &[f32], imatrix: Option<&[f32]>, simd: bool) -> BlockQ5K {
+    let (scales, d, dmin, mut l) = k4_scales(x, 31, imatrix, simd);
     requantize_k4(x, d, dmin, &scales, 31, &mut l);
     let mut y = BlockQ5K {
         d,
@@ -1172,14 +1212,26 @@ fn q5_k(x: &[f32], imatrix: Option<&[f32]>) -> BlockQ5K {
 
 // ---------------------------------------------------------------- Q6_K
 
-fn q6_k(x: &[f32], imatrix: Option<&[f32]>) -> BlockQ6K {
+/// Q6_K's sixteen `make_qx_quants(16, 32, …, 1, qw)` searches: the scales and the quants.
+fn q6_sub_blocks(x: &[f32], imatrix: Option<&[f32]>, simd: bool) -> ([f32; 16], [i8; QK_K]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        return avx2::q6_search(x, imatrix);
+    }
+    let _ = simd;
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
-    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for ib in 0..QK_K / 16 {
         let qw = imatrix.map(|w| &w[16 * ib..16 * ib + 16]);
-        let scale = make_qx_quants(16, 32, &x[16 * ib..], &mut l[16 * ib..], 1, qw);
-        scales[ib] = scale;
+        scales[ib] = make_qx_quants(16, 32, &x[16 * ib..], &mut l[16 * ib..], 1, qw);
+    }
+    (scales, l)
+}
+
+fn q6_k(x: &[f32], imatrix: Option<&[f32]>, simd: bool) -> BlockQ6K {
+    let (scales, mut l) = q6_sub_blocks(x, imatrix, simd);
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for &scale in &scales {
         let abs_scale = scale.abs();
         if abs_scale > max_abs_scale {
             max_abs_scale = abs_scale;
@@ -1367,9 +1419,9 @@ fn quantize_row(dtype: DType, x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]
         (DType::Q2_K, Some(w)) => blocks(x, QK_K, out, |i, b| q2_k_imatrix(b, &w[i * QK_K..])),
         (DType::Q3_K, None) => blocks(x, QK_K, out, |_, b| q3_k_ref(b)),
         (DType::Q3_K, Some(w)) => blocks(x, QK_K, out, |i, b| q3_k_imatrix(b, &w[i * QK_K..])),
-        (DType::Q4_K, _) => blocks(x, QK_K, out, |i, b| q4_k(b, qw(i, QK_K))),
-        (DType::Q5_K, _) => blocks(x, QK_K, out, |i, b| q5_k(b, qw(i, QK_K))),
-        (DType::Q6_K, _) => blocks(x, QK_K, out, |i, b| q6_k(b, qw(i, QK_K))),
+        (DType::Q4_K, _) => blocks(x, QK_K, out, |i, b| q4_k(b, qw(i, QK_K), simd())),
+        (DType::Q5_K, _) => blocks(x, QK_K, out, |i, b| q5_k(b, qw(i, QK_K), simd())),
+        (DType::Q6_K, _) => blocks(x, QK_K, out, |i, b| q6_k(b, qw(i, QK_K), simd())),
         _ => unreachable!("checked by quantize_rows"),
     }
 }
@@ -1834,5 +1886,130 @@ mod tests {
             };
             assert_eq!(run(1), run(4), "{dtype}");
         }
+    }
+
+    /// The AVX2 lanes of the K-quant searches against the scalar port, byte for byte, on
+    /// random and adversarial super-blocks whose sub-blocks (the SIMD lanes) each take their
+    /// own kind, so lanes leave early, tie and overflow independently: zeros, ±0, constants, a
+    /// single outlier, ±huge (x² overflows), subnormals, exact halves, one-signed ramps; with
+    /// no importance weights and with random, zero, partly zero, huge and subnormal ones.
+    #[test]
+    fn simd_k_quants_match_scalar() {
+        fn fill(out: &mut [f32], mut f: impl FnMut(usize) -> f32) {
+            for (i, v) in out.iter_mut().enumerate() {
+                *v = f(i);
+            }
+        }
+        if !simd() {
+            // no AVX2 here: quantize_rows runs the scalar port only, nothing to compare
+            return;
+        }
+        let mut s = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut unit = move || ((next() >> 40) as i32 - (1 << 23)) as f32 / (1 << 23) as f32;
+        let mut kinds = 0u64;
+        let mut sub_block = |kind: u64, out: &mut [f32], unit: &mut dyn FnMut() -> f32| {
+            let n = out.len();
+            let scale = [1e-3f32, 0.02, 1.0, 300.0][(kind >> 8) as usize % 4];
+            match kind % 14 {
+                0 => out.fill(0.0),
+                1 => out
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = if i % 2 == 0 { 0.0 } else { -0.0 }),
+                2 => out.fill(scale),
+                3 => out.fill(-scale),
+                4 => {
+                    out.fill(0.0);
+                    out[(kind as usize >> 4) % n] = scale * 1000.0;
+                }
+                5 => {
+                    fill(out, |_| unit() * 1e-3);
+                    out[(kind as usize >> 4) % n] = -scale * 1000.0;
+                }
+                6 => out
+                    .iter_mut()
+                    .for_each(|v| *v = if unit() > 0.0 { 3.0e38 } else { -3.0e38 }),
+                7 => fill(out, |_| unit() * 2.0e19),
+                8 => fill(out, |_| unit() * 1e-39),
+                9 => out
+                    .iter_mut()
+                    .for_each(|v| *v = (unit() * 16.0).round() / 2.0),
+                10 => out
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = scale * i as f32),
+                11 => out
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = -scale * (n - i) as f32),
+                12 => out
+                    .iter_mut()
+                    .for_each(|v| *v = unit().abs() * scale + scale),
+                _ => fill(out, |_| unit() * scale),
+            }
+            kinds |= 1 << (kind % 14);
+        };
+        let mut blocks = 0;
+        for round in 0..600u64 {
+            let mut x = [0f32; QK_K];
+            // half the super-blocks in 32-element pieces (Q4_K/Q5_K lanes), half in 16 (Q6_K)
+            let piece = if round % 2 == 0 { 32 } else { 16 };
+            for c in x.chunks_mut(piece) {
+                let k = if round < 14 {
+                    round
+                } else {
+                    next() % 1000 + (next() % 4) * 256
+                };
+                sub_block(k, c, &mut unit);
+            }
+            let mut w = [0f32; QK_K];
+            let imatrix = match round % 6 {
+                0 => None,
+                1 => {
+                    fill(&mut w, |_| unit().abs() * 4.0);
+                    Some(w)
+                }
+                2 => Some(w),
+                3 => {
+                    w.iter_mut()
+                        .enumerate()
+                        .for_each(|(i, v)| *v = if i % 3 == 0 { 0.0 } else { 1.0 + unit() });
+                    Some(w)
+                }
+                4 => {
+                    fill(&mut w, |_| unit().abs() * 1e30);
+                    Some(w)
+                }
+                _ => {
+                    fill(&mut w, |_| unit().abs() * 1e-40);
+                    Some(w)
+                }
+            };
+            let im = imatrix.as_ref().map(|w| &w[..]);
+            let (mut a, mut b) = ([0u8; 256], [0u8; 256]);
+            let mut check = |dtype: DType, f: &dyn Fn(bool, &mut [u8])| {
+                let n = dtype.bytes_for(QK_K as u64).unwrap() as usize;
+                f(false, &mut a[..n]);
+                f(true, &mut b[..n]);
+                assert_eq!(
+                    a[..n],
+                    b[..n],
+                    "{dtype} round {round} imatrix {}: {x:?}",
+                    round % 6
+                );
+            };
+            check(DType::Q4_K, &|simd, o| q4_k(&x, im, simd).write_to(o));
+            check(DType::Q5_K, &|simd, o| q5_k(&x, im, simd).write_to(o));
+            check(DType::Q6_K, &|simd, o| q6_k(&x, im, simd).write_to(o));
+            blocks += 1;
+        }
+        assert_eq!(kinds, (1 << 14) - 1, "every sub-block kind was drawn");
+        assert_eq!(blocks, 600);
     }
 }
