@@ -125,21 +125,40 @@ fn fp8_static_scales_are_the_captured_max_abs() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// `qforge calibrate m --tokens t METHOD… -o out --threads n`.
+fn calib_args<'a>(
+    m: &'a str,
+    t: &'a str,
+    method: &[&'a str],
+    out: &'a str,
+    threads: &'a str,
+) -> Vec<&'a str> {
+    let mut v = vec!["calibrate", m, "--tokens", t];
+    v.extend(method);
+    v.extend(["-o", out, "--threads", threads]);
+    v
+}
+
+const GPTQ_G64: &[&str] = &["--method", "gptq", "--scheme", "int4-g64"];
+
 fn gptq_args<'a>(m: &'a str, t: &'a str, out: &'a str, threads: &'a str) -> Vec<&'a str> {
-    vec![
-        "calibrate",
-        m,
-        "--tokens",
-        t,
-        "--method",
-        "gptq",
-        "--scheme",
-        "int4-g64",
-        "-o",
-        out,
-        "--threads",
-        threads,
-    ]
+    calib_args(m, t, GPTQ_G64, out, threads)
+}
+
+/// The `weight_packed` words of `module` in `ck`, with the tensor's shape.
+fn packed_words(ck: &qforge_convert::Checkpoint, module: &str) -> (Vec<u64>, Vec<i32>) {
+    let packed = ck
+        .tensors
+        .iter()
+        .find(|t| t.name == format!("{module}.weight_packed"))
+        .unwrap();
+    let words = ck
+        .bytes(packed)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (packed.shape.clone(), words)
 }
 
 #[test]
@@ -185,17 +204,7 @@ fn gptq_resumes_to_identical_bytes_and_quantize_writes_its_codes() {
         "model.layers.1.mlp.down_proj",
     ] {
         let want = codes.int4(module).unwrap().unwrap();
-        let packed = ck
-            .tensors
-            .iter()
-            .find(|t| t.name == format!("{module}.weight_packed"))
-            .unwrap();
-        let got: Vec<i32> = ck
-            .bytes(packed)
-            .unwrap()
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let (_, got) = packed_words(&ck, module);
         assert_eq!(
             got,
             qforge_quantize::int4::pack_ct(&want.q, want.rows, want.cols).unwrap()
@@ -221,21 +230,8 @@ fn gptq_resumes_to_identical_bytes_and_quantize_writes_its_codes() {
 }
 
 fn awq_args<'a>(m: &'a str, t: &'a str, out: &'a str, threads: &'a str) -> Vec<&'a str> {
-    vec![
-        "calibrate",
-        m,
-        "--tokens",
-        t,
-        "--method",
-        "awq",
-        "--scheme",
-        "int4-g64",
-        "--asym",
-        "-o",
-        out,
-        "--threads",
-        threads,
-    ]
+    let awq = &["--method", "awq", "--scheme", "int4-g64", "--asym"];
+    calib_args(m, t, awq, out, threads)
 }
 
 /// AWQ: a run stopped after layer 0 resumes to the same bytes at any thread count, every
@@ -333,9 +329,8 @@ fn gptq_int8_codes_are_written_as_8_bit_pack_quantized() {
     let (m, t, a, q) = (d.join("m"), d.join("t.json"), d.join("a"), d.join("q"));
     make_model(&m, SMALL);
     tokens(&t, 3, 24, 4096);
-    let mut args = gptq_args(p(&m), p(&t), p(&a), "2");
-    args[7] = "int8-g64";
-    let o = run(&args);
+    let int8 = &["--method", "gptq", "--scheme", "int8-g64"];
+    let o = run(&calib_args(p(&m), p(&t), int8, p(&a), "2"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = run(&[
         "quantize",
@@ -363,18 +358,8 @@ fn gptq_int8_codes_are_written_as_8_bit_pack_quantized() {
         want.q.iter().any(|&c| !(-8..=7).contains(&c)),
         "8-bit codes"
     );
-    let packed = ck
-        .tensors
-        .iter()
-        .find(|t| t.name == format!("{module}.weight_packed"))
-        .unwrap();
-    assert_eq!(packed.shape, [want.rows as u64, want.cols as u64 / 4]);
-    let got: Vec<i32> = ck
-        .bytes(packed)
-        .unwrap()
-        .chunks_exact(4)
-        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let (shape, got) = packed_words(&ck, module);
+    assert_eq!(shape, [want.rows as u64, want.cols as u64 / 4]);
     assert_eq!(
         got,
         qforge_quantize::int4::pack_ct_bits(&want.q, want.rows, want.cols, 8).unwrap()
@@ -392,7 +377,7 @@ fn gptq_int8_codes_are_written_as_8_bit_pack_quantized() {
         }
     );
     assert_eq!(ck.weight_f32(id).unwrap(), want.dequantize());
-    // int4 codes cannot be written as int8
+    // int8 codes cannot be written as int4
     let o = run(&[
         "quantize",
         p(&m),

@@ -14,6 +14,15 @@ use model::remove;
 
 const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
 
+/// One scheme of each codec family: FP8, INT4 per group and per row, a legacy and a K-quant mix.
+const SCHEMES: [&str; 5] = [
+    "fp8-rowwise",
+    "int4-g32",
+    "int4-row",
+    "gguf:q8_0",
+    "gguf:q4_k_m",
+];
+
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/tiny")
@@ -58,13 +67,7 @@ fn every_scheme_from_every_format() {
         if !src.exists() {
             continue;
         }
-        for scheme in [
-            "fp8-rowwise",
-            "int4-g32",
-            "int4-row",
-            "gguf:q8_0",
-            "gguf:q4_k_m",
-        ] {
+        for scheme in SCHEMES {
             let ext = if scheme.starts_with("gguf") {
                 ".gguf"
             } else {
@@ -213,13 +216,7 @@ fn bad_weights_stop_the_run_unless_a_policy_is_chosen() {
         (&nan, "non-finite value at row 1, column 2"),
         (&huge, "row 3, column 5 exceeds the limit"),
     ] {
-        for scheme in [
-            "fp8-rowwise",
-            "int4-g32",
-            "int4-row",
-            "gguf:q8_0",
-            "gguf:q4_k_m",
-        ] {
+        for scheme in SCHEMES {
             let out = t.path().join("out");
             let mut args = vec![
                 "quantize",

@@ -545,28 +545,22 @@ mod tests {
         let mut norm = lcg(cols, 7, 1.0);
         let mut q = lcg(4 * cols, 8, 1.0);
         let x = lcg(cols, 9, 1.0);
-        let y0: Vec<f32> = q
-            .chunks(cols)
-            .map(|r| {
-                r.iter()
-                    .zip(&x)
-                    .zip(&norm)
-                    .map(|((a, b), n)| a * b * n)
-                    .sum()
-            })
-            .collect();
+        // q · (norm ⊙ x), row by row
+        let out = |q: &[f32], norm: &[f32]| -> Vec<f32> {
+            q.chunks(cols)
+                .map(|r| {
+                    r.iter()
+                        .zip(&x)
+                        .zip(norm)
+                        .map(|((a, b), n)| a * b * n)
+                        .sum()
+                })
+                .collect()
+        };
+        let y0 = out(&q, &norm);
         ls.apply(LayerTensor::AttnNorm, &mut norm, cols).unwrap();
         ls.apply(LayerTensor::Q, &mut q, cols).unwrap();
-        let y1: Vec<f32> = q
-            .chunks(cols)
-            .map(|r| {
-                r.iter()
-                    .zip(&x)
-                    .zip(&norm)
-                    .map(|((a, b), n)| a * b * n)
-                    .sum()
-            })
-            .collect();
+        let y1 = out(&q, &norm);
         for (a, b) in y0.iter().zip(&y1) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }

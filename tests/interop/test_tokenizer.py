@@ -125,13 +125,6 @@ def tokenizer_json_bin() -> pathlib.Path:
     )
 
 
-@pytest.fixture(scope="session")
-def hamlet() -> pathlib.Path:
-    p = cache_dir() / "text" / "hamlet.txt"
-    if not p.is_file():
-        pytest.fail(f"{p} missing: run scripts/fetch-data.sh --text-only first")
-    return p
-
 
 def llama_cpp_ids(llama_tokenize: pathlib.Path, model: pathlib.Path, text_file: pathlib.Path) -> list[int]:
     """llama.cpp's ids for a file, BOS as the model says (add_bos_token), specials parsed; the
