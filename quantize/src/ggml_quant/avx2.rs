@@ -278,6 +278,23 @@ unsafe fn k4_search_avx2(
     (to_array(scale), to_array(the_min), to_array(sw), q)
 }
 
+/// One rounding pass of `make_qx_quants` at `iscale`: `l[i] = clamp(nearest_int(iscale·x[i]),
+/// −nmax, nmax−1)` and the weighted sums `(Σ w·x·l, Σ w·l·l)`, in the scalar port's order.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn qx_round(iscale: V, nmax: i32, x: &[V; 16], wt: &[V; 16], l: &mut [V; 16]) -> (V, V) {
+    let zero = _mm256_setzero_ps();
+    let (mut sumlx, mut suml2) = (zero, zero);
+    for i in 0..16 {
+        let lf = clamp_to_f32(nearest_int(_mm256_mul_ps(iscale, x[i])), -nmax, nmax - 1);
+        l[i] = lf;
+        let w = wt[i];
+        sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, x[i]), lf));
+        suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, lf), lf));
+    }
+    (sumlx, suml2)
+}
+
 /// `make_qx_quants(16, 32, x, L, rmse_type 1, qw)` (Q6_K's search) for eight 16-element
 /// sub-blocks at once; returns the scales and the quants (`L + 32`, element order).
 #[inline]
@@ -304,14 +321,7 @@ unsafe fn make_qx_quants_x8(x: &[V; 16], qw: Option<&[V; 16]>) -> (V, [V; 16]) {
     }
     let mut l_out = [zero; 16];
     let iscale = _mm256_div_ps(splat(-nmaxf), max);
-    let (mut sumlx, mut suml2) = (zero, zero);
-    for i in 0..16 {
-        let lf = clamp_to_f32(nearest_int(_mm256_mul_ps(iscale, x[i])), -NMAX, NMAX - 1);
-        l_out[i] = lf;
-        let w = wt[i];
-        sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, x[i]), lf));
-        suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, lf), lf));
-    }
+    let (sumlx, suml2) = qx_round(iscale, NMAX, x, &wt, &mut l_out);
     let mut scale = select(
         _mm256_cmp_ps::<_CMP_EQ_OQ>(suml2, zero),
         zero,
@@ -324,14 +334,7 @@ unsafe fn make_qx_quants_x8(x: &[V; 16], qw: Option<&[V; 16]>) -> (V, [V; 16]) {
             continue;
         }
         let iscale = _mm256_div_ps(splat(-(nmaxf + 0.1 * is as f32)), max);
-        let (mut sumlx, mut suml2) = (zero, zero);
-        for i in 0..16 {
-            let lf = clamp_to_f32(nearest_int(_mm256_mul_ps(iscale, x[i])), -NMAX, NMAX - 1);
-            laux[i] = lf;
-            let w = wt[i];
-            sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, x[i]), lf));
-            suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, lf), lf));
-        }
+        let (sumlx, suml2) = qx_round(iscale, NMAX, x, &wt, &mut laux);
         let better = _mm256_and_ps(
             _mm256_cmp_ps::<_CMP_GT_OQ>(suml2, zero),
             _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumlx, sumlx), _mm256_mul_ps(best, suml2)),
