@@ -318,7 +318,8 @@ impl GptqCodes {
         if ps[0] != rows || ng == 0 {
             return Err(bad(&path, format!("{module}: shapes {ss:?} / {ps:?}")));
         }
-        // the column count is the config's; a partial last word is padding
+        // whole words of codes (4 or 8 bits); a width that is not is caught by the writer,
+        // which compares rows × columns × group with the model's
         let cols = words * (32 / usize::from(bits));
         if cols % ng != 0 {
             return Err(bad(&path, format!("{module}: {cols} columns, {ng} groups")));

@@ -83,17 +83,29 @@ pub struct PlannedFile {
     pub bytes: u64,
 }
 
-fn files_of(records: &[FileRecord]) -> (Vec<PlannedFile>, u64, u64) {
-    let files: Vec<PlannedFile> = records
-        .iter()
-        .map(|r| PlannedFile {
-            path: r.path.clone(),
-            bytes: r.bytes,
-        })
-        .collect();
-    let bytes = records.iter().map(|r| r.bytes).sum();
-    let tensor = records.iter().map(|r| r.tensor_bytes).sum();
-    (files, bytes, tensor)
+impl OutputPlan {
+    /// The plan of `step` writing `records` (the writers' dry run) to `output`, with the
+    /// step's largest working set `worst` (on top of [`BASE_RSS`]) and predicted time.
+    fn new(step: &str, output: &Path, records: &[FileRecord], worst: u64, seconds: f64) -> Self {
+        let files: Vec<PlannedFile> = records
+            .iter()
+            .map(|r| PlannedFile {
+                path: r.path.clone(),
+                bytes: r.bytes,
+            })
+            .collect();
+        let file_bytes = records.iter().map(|r| r.bytes).sum();
+        OutputPlan {
+            step: step.into(),
+            output: output.into(),
+            files,
+            file_bytes,
+            tensor_bytes: records.iter().map(|r| r.tensor_bytes).sum(),
+            peak_memory_bytes: BASE_RSS + worst,
+            disk_bytes: file_bytes,
+            seconds,
+        }
+    }
 }
 
 fn cores() -> f64 {
@@ -192,7 +204,6 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
     let mut a = clone_quantize(args);
     a.dry_run = true;
     let q = crate::commands::quantize::execute_on(ckpt, &a)?;
-    let (files, file_bytes, tensor_bytes) = files_of(&q.files);
     let scheme = parse_scheme(&args.scheme, args.asym)?;
     let model_dtype = match args.dtype {
         FloatDtype::F32 => DType::F32,
@@ -253,16 +264,13 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
         worst = worst.max(work);
         seconds += secs;
     }
-    Ok(OutputPlan {
-        step: "quantize".into(),
-        output: args.output.clone(),
-        files,
-        file_bytes,
-        tensor_bytes,
-        peak_memory_bytes: BASE_RSS + worst,
-        disk_bytes: file_bytes,
+    Ok(OutputPlan::new(
+        "quantize",
+        &args.output,
+        &q.files,
+        worst,
         seconds,
-    })
+    ))
 }
 
 /// Plan a conversion of `ckpt`.
@@ -279,7 +287,6 @@ pub fn plan_convert(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<OutputPlan>
         dry_run: true,
     };
     let w = crate::commands::convert::execute_on(ckpt, &a)?;
-    let (files, file_bytes, tensor_bytes) = files_of(&w.files);
     let mut worst = 0u64;
     let mut seconds = 0f64;
     for t in &ckpt.tensors {
@@ -298,16 +305,13 @@ pub fn plan_convert(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<OutputPlan>
         worst = worst.max(source_resident(t) + extra);
         seconds += t.nbytes() as f64 / rate::COPY;
     }
-    Ok(OutputPlan {
-        step: "convert".into(),
-        output: args.output.clone(),
-        files,
-        file_bytes,
-        tensor_bytes,
-        peak_memory_bytes: BASE_RSS + worst,
-        disk_bytes: file_bytes,
+    Ok(OutputPlan::new(
+        "convert",
+        &args.output,
+        &w.files,
+        worst,
         seconds,
-    })
+    ))
 }
 
 fn clone_quantize(a: &QuantizeArgs) -> QuantizeArgs {
