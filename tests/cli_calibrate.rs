@@ -389,3 +389,80 @@ fn gptq_int8_codes_are_written_as_8_bit_pack_quantized() {
     ]);
     assert!(!o.status.success());
 }
+
+/// Calibration directories are input too: a tampered `calib.json` (a layer file outside the
+/// directory, an unsupported bit width) or a truncated layer file is refused with an error
+/// naming the file, never a panic, and nothing is written.
+#[test]
+fn tampered_calibration_directories_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (m, t) = (d.join("m"), d.join("t.json"));
+    make_model(&m, SMALL);
+    tokens(&t, 2, 16, 4096);
+    let (gptq, awq) = (d.join("gptq"), d.join("awq"));
+    assert!(run(&gptq_args(p(&m), p(&t), p(&gptq), "2"))
+        .status
+        .success());
+    assert!(run(&awq_args(p(&m), p(&t), p(&awq), "2")).status.success());
+
+    let copy = |src: &Path, name: &str| {
+        let dst = d.join(name);
+        std::fs::create_dir(&dst).unwrap();
+        for e in std::fs::read_dir(src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+        dst
+    };
+    let edit_json = |dir: &Path, f: &dyn Fn(&mut serde_json::Value)| {
+        let path = dir.join("calib.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    };
+    let refused = |calib: &Path, extra: &[&str], want: &str| {
+        let out = d.join("out");
+        let mut args = vec!["quantize", p(&m), p(&out), "--scheme", "int4-g64"];
+        args.extend(extra);
+        args.extend(["--calib", p(calib)]);
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{calib:?} was accepted");
+        assert!(err.contains(want), "{calib:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists());
+    };
+
+    let g = copy(&gptq, "g-escape");
+    edit_json(&g, &|v| {
+        v["gptq"]["layer_files"][0] = "../m/config.json".into();
+    });
+    refused(&g, &[], "layer file name");
+    let g = copy(&gptq, "g-bits");
+    edit_json(&g, &|v| v["gptq"]["bits"] = 6.into());
+    refused(&g, &[], "g-bits");
+    let g = copy(&gptq, "g-truncated");
+    let f = g.join("gptq-00000.safetensors");
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    refused(&g, &[], "gptq-00000.safetensors");
+
+    let a = copy(&awq, "a-escape");
+    edit_json(&a, &|v| v["awq"]["layer_files"][1] = "/etc/passwd".into());
+    refused(&a, &["--asym"], "layer file name");
+    let a = copy(&awq, "a-truncated");
+    let f = a.join("awq-00001.safetensors");
+    std::fs::write(&f, b"\x08\0\0\0\0\0\0\0{}").unwrap();
+    refused(&a, &["--asym"], "awq-00001.safetensors");
+    // a layer file with no scales (a valid, empty safetensors) would silently skip smoothing
+    let a = copy(&awq, "a-empty");
+    std::fs::write(a.join("awq-00001.safetensors"), b"\x02\0\0\0\0\0\0\0{}").unwrap();
+    refused(&a, &["--asym"], "no layer file holds model.layers.1.");
+}

@@ -425,6 +425,12 @@ impl AwqScales {
             )
         })?;
         let mut layers = Vec::with_capacity(scheme.layer_files.len());
+        // every mapping calib.json lists must have its scales, and nothing else may be read
+        let mut listed: std::collections::BTreeSet<String> = scheme
+            .mappings
+            .iter()
+            .map(|m| format!("{}.awq_scales", m.smooth))
+            .collect();
         for (i, name) in scheme.layer_files.iter().enumerate() {
             if name.contains('/') || name.contains('\\') || name.starts_with('.') {
                 return Err(bad(dir, format!("layer file name {name:?}")));
@@ -440,6 +446,9 @@ impl AwqScales {
                     qforge_convert::layout::hf_module(TensorId::Layer { index, kind })
                 );
                 let Ok(t) = st.tensor(&n) else { continue };
+                if !listed.remove(&n) {
+                    return Err(bad(&path, format!("{n} is not a mapping of {CALIB_JSON}")));
+                }
                 if t.dtype() != Dtype::F64 || t.shape().len() != 1 {
                     return Err(bad(&path, format!("{n}: {:?} {:?}", t.dtype(), t.shape())));
                 }
@@ -454,6 +463,9 @@ impl AwqScales {
                 *awq_slot(&mut ls, which) = Some(v);
             }
             layers.push(ls);
+        }
+        if let Some(n) = listed.first() {
+            return Err(bad(dir, format!("no layer file holds {n}")));
         }
         Ok(AwqScales {
             calib,
