@@ -211,13 +211,50 @@ impl Checkpoint {
             ) -> std::result::Result<T, qforge_quantize::Error>
             + Sync,
     {
+        let rows = t.shape.first().copied().unwrap_or(0) as usize;
+        let src = self.bytes(t)?;
+        let results = self.par_rows_of(t, (&src, 0..rows), rope, name, out, f);
+        drop(src);
+        self.release(t);
+        results
+    }
+
+    /// [`Checkpoint::par_source_rows`] for output rows `range` only, from `src`, all of `t`'s
+    /// bytes (already at hand: row-block writers call this once per block), with `out`
+    /// holding just those rows; nothing is released. Errors name absolute row numbers.
+    pub(crate) fn par_rows_of<T, F>(
+        &self,
+        t: &TensorEntry,
+        (src, range): (&[u8], std::ops::Range<usize>),
+        rope: Option<RopeLayout>,
+        name: &str,
+        out: Option<(&mut [u8], usize)>,
+        f: F,
+    ) -> Result<Vec<T>>
+    where
+        T: Send,
+        F: Fn(
+                &[u8],
+                &mut Vec<f32>,
+                Option<&mut [u8]>,
+            ) -> std::result::Result<T, qforge_quantize::Error>
+            + Sync,
+    {
         debug_assert!(matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32));
         let (rows, k) = match t.shape.as_slice() {
             [r, k] => (*r as usize, *k as usize),
             _ => return Err(self.bad(t, "row streaming needs a 2-D tensor".into())),
         };
-        let src = self.bytes(t)?;
         let row_len = k * t.dtype.block_bytes() as usize;
+        if range.end > rows || src.len() < rows * row_len {
+            return Err(self.bad(
+                t,
+                format!(
+                    "rows {range:?} asked of a {rows}-row tensor of {} bytes",
+                    src.len()
+                ),
+            ));
+        }
         let heads = rope.zip(rope_heads(&self.config, t.key));
         let hd = self.config.head_dim as usize;
         let one = |scratch: &mut Vec<f32>, r: usize, o: Option<&mut [u8]>| {
@@ -228,15 +265,16 @@ impl Checkpoint {
             Some((bytes, row_bytes)) => bytes
                 .par_chunks_mut(row_bytes)
                 .enumerate()
-                .map_init(|| vec![0f32; k], |b, (r, o)| one(b, r, Some(o)))
+                .map_init(
+                    || vec![0f32; k],
+                    |b, (i, o)| one(b, range.start + i, Some(o)),
+                )
                 .collect(),
-            None => (0..rows)
+            None => range
                 .into_par_iter()
                 .map_init(|| vec![0f32; k], |b, r| one(b, r, None))
                 .collect(),
         };
-        drop(src);
-        self.release(t);
         results
             .into_iter()
             .map(|r| {

@@ -76,8 +76,35 @@ pub fn hf_config_json(cfg: &ModelConfig, dtype: DType) -> Value {
     })
 }
 
-/// Produces one output tensor's bytes into the buffer it is given.
-pub type Producer<'a> = Box<dyn Fn(&mut Vec<u8>) -> Result<()> + 'a>;
+/// Makes a whole tensor's bytes into the (empty) buffer it is given.
+pub type WholeFn<'a> = Box<dyn Fn(&mut Vec<u8>) -> Result<()> + 'a>;
+
+/// Makes output rows `range` into a slice of exactly `range.len() * row_bytes` bytes.
+pub type FillFn<'a> = Box<dyn Fn(std::ops::Range<usize>, &mut [u8]) -> Result<()> + 'a>;
+
+/// How an output tensor's bytes are made.
+pub enum Producer<'a> {
+    /// The whole tensor at once, into the buffer it is given.
+    Whole(WholeFn<'a>),
+    /// Row block by row block (see [`RowProducer`]).
+    Rows(RowProducer<'a>),
+}
+
+/// Makes a 2-D tensor's bytes a block of rows at a time. The writer makes the next block
+/// while a second thread hashes and writes the previous one (see [`write_rows`]), so the
+/// compute overlaps the output and only two blocks are ever held, not the tensor.
+pub struct RowProducer<'a> {
+    /// Bytes per output row (the tensor's size is a whole number of rows).
+    pub row_bytes: usize,
+    /// Makes a block of rows (see [`FillFn`]).
+    pub fill: FillFn<'a>,
+    /// Runs once after the last block, written or not (releases the source's mapped pages).
+    pub done: Box<dyn Fn() + 'a>,
+}
+
+/// Bytes per row block of a [`RowProducer`]: small enough that a block is still in the CPU's
+/// caches when it is hashed and written, large enough to feed every thread.
+pub const ROW_BLOCK_BYTES: usize = 4 << 20;
 
 /// A tensor to write and how to make its bytes.
 pub struct OutTensor<'a> {
@@ -160,10 +187,15 @@ pub fn write_safetensors_shards(
             let t = by_name
                 .remove(&tname)
                 .ok_or_else(|| Error::NoSuchTensor(tname.clone()))?;
-            reset_buffer(&mut buf);
-            (t.produce)(&mut buf)?;
-            w.write_tensor(&tname, &buf)
-                .map_err(|e| Error::io(&path, e))?;
+            match &t.produce {
+                Producer::Whole(produce) => {
+                    reset_buffer(&mut buf);
+                    produce(&mut buf)?;
+                    w.write_tensor(&tname, &buf)
+                        .map_err(|e| Error::io(&path, e))?;
+                }
+                Producer::Rows(rows) => write_rows(&mut w, &tname, rows, &path)?,
+            }
         }
         let file = w.finish().map_err(|e| Error::io(&path, e))?;
         records.push(out.finish(file)?);
@@ -176,6 +208,75 @@ pub fn write_safetensors_shards(
         records.push(out.write_file(crate::hf::INDEX_FILE, &text)?);
     }
     Ok(records)
+}
+
+/// Write the next tensor of `w`, `name`, from `p` a row block at a time: this thread makes
+/// block i+1 while a scoped writer thread hashes and writes block i. Two block buffers go back
+/// and forth between them, so memory is two blocks whatever the tensor's size, and the bytes
+/// written are the same as making the whole tensor first (blocks are written in order).
+fn write_rows<W: std::io::Write + Send>(
+    w: &mut Writer<W>,
+    name: &str,
+    p: &RowProducer<'_>,
+    path: &Path,
+) -> Result<()> {
+    let io = |e| Error::io(path, e);
+    let len = w.begin_tensor(name).map_err(io)?;
+    let row_bytes = p.row_bytes.max(1);
+    let len = usize::try_from(len).map_err(|_| io(std::io::Error::other("tensor too large")))?;
+    if len % row_bytes != 0 {
+        return Err(io(std::io::Error::other(format!(
+            "tensor {name:?}: {len} bytes is not a whole number of {row_bytes}-byte rows"
+        ))));
+    }
+    let rows = len / row_bytes;
+    let block = (ROW_BLOCK_BYTES / row_bytes).max(1);
+    // rendezvous: a block is handed over only when the writer has finished the previous one
+    let (to_writer, blocks) = std::sync::mpsc::sync_channel::<Vec<u8>>(0);
+    let (give_back, returned) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (made, written) = std::thread::scope(|s| {
+        let w = &mut *w;
+        let writer = s.spawn(move || -> std::io::Result<()> {
+            for b in blocks {
+                w.write_part(&b)?;
+                let _ = give_back.send(b);
+            }
+            Ok(())
+        });
+        let mut buffers = 0;
+        let mut made = Ok(());
+        for start in (0..rows).step_by(block) {
+            let end = (start + block).min(rows);
+            let mut b = match returned.try_recv() {
+                Ok(b) => b,
+                Err(_) if buffers < 2 => {
+                    buffers += 1;
+                    Vec::new()
+                }
+                Err(_) => match returned.recv() {
+                    Ok(b) => b,
+                    Err(_) => break, // the writer stopped: its error is reported below
+                },
+            };
+            b.resize((end - start) * row_bytes, 0);
+            if let Err(e) = (p.fill)(start..end, &mut b) {
+                made = Err(e);
+                break;
+            }
+            if to_writer.send(b).is_err() {
+                break;
+            }
+        }
+        drop(to_writer);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked")));
+        (made, written)
+    });
+    (p.done)();
+    made?;
+    written.map_err(io)?;
+    w.end_tensor().map_err(io)
 }
 
 /// Encode f32 values as `dtype` (F32, F16 with IEEE round-to-nearest-even and overflow to ±inf,
@@ -285,6 +386,53 @@ pub fn tensor_bytes(
     }
     ckpt.release(t);
     Ok(())
+}
+
+/// A row-block producer copying `t` unchanged (Q/K rows permuted in direction `rope`), when
+/// it can stream: a 2-D tensor stored contiguously in `dtype` already. `None` otherwise (a
+/// conversion, or a strided or model-parallel source, which is gathered once, whole).
+pub(crate) fn copy_rows<'a>(
+    ckpt: &'a Checkpoint,
+    t: &'a TensorEntry,
+    dtype: DType,
+    rope: Option<RopeLayout>,
+) -> Option<Producer<'a>> {
+    if t.dtype != dtype
+        || t.shape.len() != 2
+        || !matches!(t.layout, crate::checkpoint::TensorLayout::Contiguous(_))
+    {
+        return None;
+    }
+    let src = ckpt.bytes(t).ok()?;
+    let std::borrow::Cow::Borrowed(src) = src else {
+        return None;
+    };
+    let row_bytes = usize::try_from(t.shape[1]).ok()? * dtype.block_bytes() as usize;
+    let heads = rope.zip(rope_heads(&ckpt.config, t.key));
+    let hd = ckpt.config.head_dim as usize;
+    Some(Producer::Rows(RowProducer {
+        row_bytes,
+        fill: Box::new(move |range, out| {
+            let short = || Error::ShapeMismatch {
+                path: ckpt.path.clone(),
+                tensor: t.name.clone(),
+                expected: t.shape.clone(),
+                got: vec![(src.len() / row_bytes.max(1)) as u64],
+            };
+            let rows = |a: usize, b: usize| src.get(a * row_bytes..b * row_bytes).ok_or_else(short);
+            match heads {
+                Some((dir, _)) => {
+                    for (r, o) in range.zip(out.chunks_exact_mut(row_bytes.max(1))) {
+                        let s = crate::rope::source_row(r, hd, dir);
+                        o.copy_from_slice(rows(s, s + 1)?);
+                    }
+                }
+                None => out.copy_from_slice(rows(range.start, range.end)?),
+            }
+            Ok(())
+        }),
+        done: Box::new(move || ckpt.release(t)),
+    }))
 }
 
 /// Decode `src` (all of `t`'s bytes) and re-encode it as `dtype`, appending to `out`, a chunk
@@ -428,7 +576,11 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
                     dtype,
                     shape: t.shape.clone(),
                 },
-                produce: Box::new(move |buf: &mut Vec<u8>| tensor_bytes(ckpt, t, dtype, rope, buf)),
+                produce: copy_rows(ckpt, t, dtype, rope).unwrap_or_else(|| {
+                    Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
+                        tensor_bytes(ckpt, t, dtype, rope, buf)
+                    }))
+                }),
             }
         })
         .collect();

@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 use crate::checkpoint::{Checkpoint, Format};
 use crate::error::{Error, Result};
 use crate::export::{
-    encode_float, hf_config_json, rope_direction, tensor_bytes, write_hf_side_files,
-    write_safetensors_shards, OutTensor, Written,
+    copy_rows, encode_float, hf_config_json, rope_direction, tensor_bytes, write_hf_side_files,
+    write_safetensors_shards, OutTensor, Producer, RowProducer, Written,
 };
 use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
 use crate::numerics::{Numerics, WeightPolicy};
@@ -273,6 +273,50 @@ fn fp8_rows_streamed(
             fp8::quantize_fp8_row(buf, q, opts)
         }),
     )
+}
+
+/// FP8 rowwise codes as a row-block producer (see [`RowProducer`]), when the weight is a
+/// plain float tensor stored contiguously (mapped, so each block reads only its rows). `None`
+/// otherwise: ggml blocks, quantized layouts and model-parallel or strided sources take the
+/// whole-tensor path, which gathers them once.
+fn fp8_code_rows(
+    ckpt: &Checkpoint,
+    id: TensorId,
+    rope: Option<RopeLayout>,
+    opts: Fp8Options,
+    numerics: Numerics,
+) -> Option<Producer<'_>> {
+    let w = ckpt.part(id, Part::Weight)?;
+    if !matches!(w.dtype, DType::BF16 | DType::F16 | DType::F32)
+        || ckpt.part(id, Part::WeightScale).is_some()
+        || !matches!(w.layout, crate::checkpoint::TensorLayout::Contiguous(_))
+    {
+        return None;
+    }
+    let std::borrow::Cow::Borrowed(src) = ckpt.bytes(w).ok()? else {
+        return None;
+    };
+    let k = shape2(ckpt, id).1;
+    let name = hf_module(id) + ".weight";
+    Some(Producer::Rows(RowProducer {
+        row_bytes: k,
+        fill: Box::new(move |range, out| {
+            ckpt.par_rows_of(
+                w,
+                (src, range),
+                rope,
+                &name,
+                Some((out, k)),
+                |bytes, buf, q| {
+                    qforge_quantize::decode_to_f32(w.dtype, bytes, buf)?;
+                    numerics.row(buf)?;
+                    fp8::quantize_fp8_row(buf, q.expect("codes requested"), &opts)
+                },
+            )
+            .map(|_| ())
+        }),
+        done: Box::new(move || ckpt.release(w)),
+    }))
 }
 
 /// Absolute maximum of a row of BF16/F16/F32 values computed on the bit patterns, or the
@@ -634,36 +678,46 @@ pub fn quantize_to_hf(
             if linear {
                 kept.push(module.clone());
             }
+            let streamed = if transform.is_some_and(|t| t.touches(id)) {
+                None
+            } else {
+                ckpt.part(id, Part::Weight)
+                    .filter(|_| ckpt.part(id, Part::WeightScale).is_none())
+                    .and_then(|t| copy_rows(ckpt, t, model_dtype, rope))
+            };
             tensors.push(OutTensor {
                 spec: TensorSpec {
                     name: format!("{module}.weight"),
                     dtype: model_dtype,
                     shape,
                 },
-                produce: Box::new(move |buf: &mut Vec<u8>| {
-                    if let Some(tr) = transform.filter(|t| t.touches(id)) {
-                        let mut v = ckpt.role_rows_f32(id, rope)?;
-                        let cols = shape2_cols(ckpt, id);
-                        tr.apply(id, &mut v, cols)
-                            .map_err(|reason| Error::BadQuantization {
-                                path: ckpt.path.clone(),
-                                tensor: hf_module(id),
-                                reason,
+                produce: streamed.unwrap_or_else(|| {
+                    Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
+                        if let Some(tr) = transform.filter(|t| t.touches(id)) {
+                            let mut v = ckpt.role_rows_f32(id, rope)?;
+                            let cols = shape2_cols(ckpt, id);
+                            tr.apply(id, &mut v, cols).map_err(|reason| {
+                                Error::BadQuantization {
+                                    path: ckpt.path.clone(),
+                                    tensor: hf_module(id),
+                                    reason,
+                                }
                             })?;
+                            encode_float(&v, model_dtype, buf).expect("float dtype checked");
+                            return Ok(());
+                        }
+                        let plain = ckpt.part(id, Part::Weight).filter(|t| {
+                            matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32)
+                                && ckpt.part(id, Part::WeightScale).is_none()
+                        });
+                        if let Some(t) = plain {
+                            // copied (same dtype) or converted in chunks, never a whole f32 copy
+                            return tensor_bytes(ckpt, t, model_dtype, rope, buf);
+                        }
+                        let v = ckpt.role_rows_f32(id, rope)?;
                         encode_float(&v, model_dtype, buf).expect("float dtype checked");
-                        return Ok(());
-                    }
-                    let plain = ckpt.part(id, Part::Weight).filter(|t| {
-                        matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32)
-                            && ckpt.part(id, Part::WeightScale).is_none()
-                    });
-                    if let Some(t) = plain {
-                        // copied (same dtype) or converted in chunks, never a whole f32 copy
-                        return tensor_bytes(ckpt, t, model_dtype, rope, buf);
-                    }
-                    let v = ckpt.role_rows_f32(id, rope)?;
-                    encode_float(&v, model_dtype, buf).expect("float dtype checked");
-                    Ok(())
+                        Ok(())
+                    }))
                 }),
             });
             continue;
@@ -676,30 +730,42 @@ pub fn quantize_to_hf(
         match opts.scheme {
             HfScheme::Fp8Rowwise | HfScheme::Fp8Static => {
                 let per_row = opts.scheme == HfScheme::Fp8Rowwise;
+                let streamed = if per_row {
+                    fp8_code_rows(ckpt, id, rope, fp8_opts, numerics)
+                } else {
+                    None
+                };
                 tensors.push(OutTensor {
                     spec: TensorSpec {
                         name: format!("{module}.weight"),
                         dtype: DType::F8_E4M3,
                         shape: shape.clone(),
                     },
-                    produce: Box::new(move |buf: &mut Vec<u8>| {
-                        if per_row {
-                            buf.resize(rows * k, 0);
-                            if let Some(r) =
-                                fp8_rows_streamed(ckpt, id, rope, &fp8_opts, numerics, Some(buf))
-                            {
-                                return r.map(|_| ());
+                    produce: streamed.unwrap_or_else(|| {
+                        Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
+                            if per_row {
+                                buf.resize(rows * k, 0);
+                                if let Some(r) = fp8_rows_streamed(
+                                    ckpt,
+                                    id,
+                                    rope,
+                                    &fp8_opts,
+                                    numerics,
+                                    Some(buf),
+                                ) {
+                                    return r.map(|_| ());
+                                }
                             }
-                        }
-                        let v = checked_rows(ckpt, id, rope, k, numerics)?;
-                        buf.resize(v.len(), 0);
-                        if per_row {
-                            let mut s = vec![0f32; rows];
-                            fp8::quantize_fp8_rowwise(&v, k, buf, &mut s, &fp8_opts)
-                        } else {
-                            fp8::quantize_fp8_per_tensor(&v, k, buf, &fp8_opts).map(|_| ())
-                        }
-                        .map_err(|e| codec_err(ckpt, id, e))
+                            let v = checked_rows(ckpt, id, rope, k, numerics)?;
+                            buf.resize(v.len(), 0);
+                            if per_row {
+                                let mut s = vec![0f32; rows];
+                                fp8::quantize_fp8_rowwise(&v, k, buf, &mut s, &fp8_opts)
+                            } else {
+                                fp8::quantize_fp8_per_tensor(&v, k, buf, &fp8_opts).map(|_| ())
+                            }
+                            .map_err(|e| codec_err(ckpt, id, e))
+                        }))
                     }),
                 });
                 tensors.push(OutTensor {
@@ -712,7 +778,7 @@ pub fn quantize_to_hf(
                             vec![1]
                         },
                     },
-                    produce: Box::new(move |buf: &mut Vec<u8>| {
+                    produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
                         if per_row {
                             if let Some(r) =
                                 fp8_rows_streamed(ckpt, id, rope, &fp8_opts, numerics, None)
@@ -730,7 +796,7 @@ pub fn quantize_to_hf(
                         .map_err(|e| codec_err(ckpt, id, e))?;
                         scale_out(&s, buf);
                         Ok(())
-                    }),
+                    })),
                 });
                 if !per_row {
                     let s = opts
@@ -745,10 +811,10 @@ pub fn quantize_to_hf(
                             dtype: scale_dtype,
                             shape: vec![1],
                         },
-                        produce: Box::new(move |buf: &mut Vec<u8>| {
+                        produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
                             scale_out(&[s], buf);
                             Ok(())
-                        }),
+                        })),
                     });
                 }
             }
@@ -800,10 +866,10 @@ pub fn quantize_to_hf(
                         dtype: DType::I32,
                         shape: vec![rows as u64, k.div_ceil(per_word) as u64],
                     },
-                    produce: Box::new(move |buf: &mut Vec<u8>| {
+                    produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
                         push_i32s(&quant()?.weight_packed, buf);
                         Ok(())
-                    }),
+                    })),
                 });
                 tensors.push(OutTensor {
                     spec: TensorSpec {
@@ -811,10 +877,10 @@ pub fn quantize_to_hf(
                         dtype: scale_dtype,
                         shape: vec![rows as u64, groups as u64],
                     },
-                    produce: Box::new(move |buf: &mut Vec<u8>| {
+                    produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
                         scale_out(&quant()?.weight_scale, buf);
                         Ok(())
-                    }),
+                    })),
                 });
                 tensors.push(OutTensor {
                     spec: TensorSpec {
@@ -822,11 +888,11 @@ pub fn quantize_to_hf(
                         dtype: DType::I64,
                         shape: vec![2],
                     },
-                    produce: Box::new(move |buf: &mut Vec<u8>| {
+                    produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
                         buf.extend((rows as i64).to_le_bytes());
                         buf.extend((k as i64).to_le_bytes());
                         Ok(())
-                    }),
+                    })),
                 });
                 if !symmetric {
                     tensors.push(OutTensor {
@@ -835,11 +901,11 @@ pub fn quantize_to_hf(
                             dtype: DType::I32,
                             shape: vec![rows.div_ceil(per_word) as u64, groups as u64],
                         },
-                        produce: Box::new(move |buf: &mut Vec<u8>| {
+                        produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
                             let p = quant()?;
                             push_i32s(p.weight_zero_point.as_deref().unwrap_or(&[]), buf);
                             Ok(())
-                        }),
+                        })),
                     });
                 }
             }

@@ -405,3 +405,91 @@ fn same_bytes_for_any_thread_count_and_static_scales_are_required() {
     );
     check_fp8_error(&src, &out, id);
 }
+
+/// Tensors larger than a row block (4 MiB) are made and written a block at a time, in a second
+/// thread: the codes and scales must equal the whole-tensor codec's, kept tensors must be
+/// copied unchanged, and a bad value in a later block must stop the run with its absolute row
+/// and leave nothing behind.
+#[test]
+fn row_block_streaming_equals_the_whole_tensor_codec() {
+    use qforge_quantize::fp8::{self, Fp8Options};
+    let tmp = tempfile::tempdir().unwrap();
+    let src_dir = tmp.path().join("src");
+    std::fs::create_dir(&src_dir).unwrap();
+    // gate/up [5120, 1024] and down [1024, 5120]: 5 MiB of FP8 codes each, two blocks
+    synthetic_model(&src_dir, 1, 1024, 5120, false);
+    let src = Checkpoint::open(&src_dir).unwrap();
+    let dest = tmp.path().join("ct");
+    let mut o = opts(
+        HfScheme::Fp8Rowwise,
+        HfLayout::CompressedTensors,
+        Policy::AllLinear,
+    );
+    o.ignore = IgnoreList::new(&["re:.*up_proj".into()]).unwrap();
+    quantize_to_hf(&src, &dest, &o).unwrap();
+    let out = Checkpoint::open(&dest).unwrap();
+    // BF16 output: the scales are rounded to BF16 before the division, as compressed-tensors does
+    let fopts = Fp8Options {
+        upper_bound: None,
+        scale_rounding: fp8::ScaleRounding::Bf16,
+    };
+    for kind in [LayerTensor::Gate, LayerTensor::Down, LayerTensor::Q] {
+        let id = TensorId::Layer { index: 0, kind };
+        let w = src.weight_f32(id).unwrap();
+        let k = *src.part(id, Part::Weight).unwrap().shape.last().unwrap() as usize;
+        let mut q = vec![0u8; w.len()];
+        let mut s = vec![0f32; w.len() / k];
+        fp8::quantize_fp8_rowwise(&w, k, &mut q, &mut s, &fopts).unwrap();
+        let got = out.bytes(out.part(id, Part::Weight).unwrap()).unwrap();
+        assert!(got.as_ref() == q.as_slice(), "{id}: codes differ");
+        let scales = out
+            .to_f32(out.part(id, Part::WeightScale).unwrap())
+            .unwrap();
+        assert_eq!(scales, s, "{id}: scales differ");
+    }
+    // kept tensors (up_proj ignored, the embedding, the LM head) are the source's bytes
+    for id in [
+        TensorId::Layer {
+            index: 0,
+            kind: LayerTensor::Up,
+        },
+        TensorId::TokenEmbedding,
+        TensorId::Output,
+    ] {
+        let a = src.bytes(src.part(id, Part::Weight).unwrap()).unwrap();
+        let b = out.bytes(out.part(id, Part::Weight).unwrap()).unwrap();
+        assert!(a == b, "{id}: kept bytes differ");
+    }
+
+    // a NaN in row 4500 of gate_proj (in its second block)
+    let file = src_dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + hlen]).unwrap();
+    let start = header["model.layers.0.mlp.gate_proj.weight"]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize;
+    let at = 8 + hlen + start + (4500 * 1024 + 7) * 2;
+    bytes[at..at + 2].copy_from_slice(&0x7FC0u16.to_le_bytes());
+    std::fs::write(&file, &bytes).unwrap();
+    drop(src);
+    let src = Checkpoint::open(&src_dir).unwrap();
+    let dest = tmp.path().join("bad");
+    let e = quantize_to_hf(&src, &dest, &o).unwrap_err().to_string();
+    assert!(
+        e.contains("gate_proj") && e.contains("4500"),
+        "error must name the tensor and its row: {e}"
+    );
+    assert!(!dest.exists());
+    let staged: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().contains("partial"))
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|d| d.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        staged.iter().all(|n| !n.contains(".part")),
+        "a partial file was left behind: {staged:?}"
+    );
+}

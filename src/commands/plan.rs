@@ -152,15 +152,25 @@ fn roles(ckpt: &Checkpoint) -> Vec<TensorId> {
     ids
 }
 
-/// Memory held while `qforge quantize` copies or converts a kept tensor into its shard. A tensor
-/// kept in its own dtype measures three times its size (BENCHMARKS.md: mapped source pages, the
-/// owned copy handed to the writer, and an earlier tensor's buffer not yet returned to the OS);
-/// a conversion holds the source pages and the converted bytes.
+/// Whether the writers make `t` a row block at a time (a 2-D plain float tensor stored
+/// contiguously): then two blocks are held instead of its output bytes.
+fn streams(t: &qforge_convert::TensorEntry) -> bool {
+    t.shape.len() == 2
+        && matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32)
+        && matches!(t.layout, qforge_convert::TensorLayout::Contiguous(_))
+}
+
+/// The two row blocks a streamed tensor holds (see [`streams`]).
+const ROW_BLOCKS: u64 = 2 * qforge_convert::export::ROW_BLOCK_BYTES as u64;
+
+/// Memory held while `qforge quantize` copies or converts a kept tensor into its shard: the
+/// source (mapped pages, or the gathered copy of a merged one) plus, for a copy that streams,
+/// two row blocks, for a conversion the converted bytes (a same-dtype merged tensor is moved,
+/// not copied).
 fn kept_work(ckpt: &Checkpoint, id: TensorId, out_dtype: DType, src: u64, out: u64) -> u64 {
     let t = ckpt.tensors.iter().find(|t| t.key == TensorKey::weight(id));
     match t {
-        // same dtype: the bytes are copied (a mapped source) or moved (a merged one, whose
-        // gathered copy `source_resident` already counts)
+        Some(t) if t.dtype == out_dtype && streams(t) => source_resident(t) + ROW_BLOCKS,
         Some(t) if t.dtype == out_dtype => match t.layout {
             qforge_convert::TensorLayout::Contiguous(_) => source_resident(t) + src,
             _ => source_resident(t),
@@ -250,6 +260,20 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
                                 src as f64 / (rate::INT4 * c / rate::CORES),
                             )
                         }
+                        // FP8 rowwise codes stream from a plain mapped source (two row
+                        // blocks); per-tensor ones, or from another source, one byte each
+                        qforge_convert::layout::HfScheme::Fp8Rowwise
+                            if ckpt
+                                .tensors
+                                .iter()
+                                .find(|t| t.key == TensorKey::weight(id))
+                                .is_some_and(streams) =>
+                        {
+                            (
+                                resident_of(ckpt, id, src) + ROW_BLOCKS,
+                                src as f64 / rate::FP8,
+                            )
+                        }
                         _ => (resident_of(ckpt, id, src) + n, src as f64 / rate::FP8),
                     }
                 } else {
@@ -299,9 +323,22 @@ pub fn plan_convert(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<OutputPlan>
             (None, _) => t.nbytes(),
         };
         // the resident source (mapped pages, merged copy) and the converted bytes; a same-dtype
-        // merged tensor is moved, not copied (BENCHMARKS.md)
+        // merged tensor is moved, not copied, and a same-dtype mapped one streams into
+        // safetensors a row block at a time (BENCHMARKS.md)
         let merged = !matches!(t.layout, qforge_convert::TensorLayout::Contiguous(_));
-        let extra = if merged && out == t.nbytes() { 0 } else { out };
+        let same_dtype = match args.dtype {
+            Some(FloatDtype::Bf16) => t.dtype == DType::BF16,
+            Some(FloatDtype::F16) => t.dtype == DType::F16,
+            Some(FloatDtype::F32) => t.dtype == DType::F32,
+            None => true,
+        };
+        let extra = if merged && out == t.nbytes() {
+            0
+        } else if args.to == ConvertTarget::Hf && same_dtype && streams(t) {
+            ROW_BLOCKS
+        } else {
+            out
+        };
         worst = worst.max(source_resident(t) + extra);
         seconds += t.nbytes() as f64 / rate::COPY;
     }

@@ -77,26 +77,81 @@ pub struct OutputDir {
 #[derive(Debug)]
 pub enum Sink {
     /// A real file.
-    File(File),
+    File {
+        /// The open `.part` file.
+        file: File,
+        /// Bytes handed to the kernel so far.
+        written: u64,
+        /// Bytes whose writeback to disk has been started (see [`start_writeback`]).
+        kicked: u64,
+    },
     /// A dry run: bytes are counted and dropped.
     Null,
 }
 
+impl Sink {
+    fn file(file: File) -> Self {
+        Sink::File {
+            file,
+            written: 0,
+            kicked: 0,
+        }
+    }
+}
+
+/// Bytes between two early-writeback requests.
+const WRITEBACK_EVERY: u64 = 64 << 20;
+
+/// Ask the kernel to start writing `len` bytes at `offset` of `file` to disk now, without
+/// waiting for them. The final `fsync` then finds most of the file already on disk instead of
+/// starting all of it at the end: the disk works while qforge computes the next tensors, rather
+/// than after. Errors are ignored: this is only a hint, the `fsync` that follows is the check.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range(2) reads only its integer arguments; `file` is open for the
+    // duration of the call.
+    #[allow(unsafe_code)]
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Sink::File(f) => f.write(buf),
+            Sink::File {
+                file,
+                written,
+                kicked,
+            } => {
+                let n = file.write(buf)?;
+                *written += n as u64;
+                if *written - *kicked >= WRITEBACK_EVERY {
+                    start_writeback(file, *kicked, *written - *kicked);
+                    *kicked = *written;
+                }
+                Ok(n)
+            }
             Sink::Null => Ok(buf.len()),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Sink::File(f) => f.flush(),
+            Sink::File { file, .. } => file.flush(),
             Sink::Null => Ok(()),
         }
     }
 }
+
+const PIECE: usize = 1 << 20;
 
 /// A writer that hashes and counts what passes through it.
 #[derive(Debug)]
@@ -129,7 +184,7 @@ impl<W: Write> HashingWriter<W> {
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = self.inner.write(&buf[..buf.len().min(PIECE)])?;
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
         Ok(n)
@@ -190,8 +245,8 @@ impl StagedFile {
             name,
             part,
             writer: Some(HashingWriter::new(BufWriter::with_capacity(
-                8 << 20,
-                Sink::File(f),
+                PIECE,
+                Sink::file(f),
             ))),
         })
     }
@@ -218,7 +273,7 @@ impl StagedFile {
         let f = buf
             .into_inner()
             .map_err(|e| Error::io(part, e.into_error()))?;
-        if let Sink::File(f) = f {
+        if let Sink::File { file: f, .. } = f {
             f.sync_all().map_err(|e| Error::io(part, e))?;
         }
         Ok((sha256, bytes))

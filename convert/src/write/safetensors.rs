@@ -131,19 +131,28 @@ pub fn plan(specs: Vec<TensorSpec>, metadata: &BTreeMap<String, String>) -> Resu
     })
 }
 
-/// Writes a planned file: the header, then each tensor's bytes in plan order.
+/// Writes a planned file: the header, then each tensor's bytes in plan order, whole
+/// ([`Writer::write_tensor`]) or in consecutive parts ([`Writer::begin_tensor`],
+/// [`Writer::write_part`], [`Writer::end_tensor`]).
 #[derive(Debug)]
 pub struct Writer<W: Write> {
     out: W,
     plan: Plan,
     next: usize,
+    /// Bytes still due for the tensor begun and not yet ended.
+    open: Option<u64>,
 }
 
 impl<W: Write> Writer<W> {
     /// Write the header of `plan` to `out`.
     pub fn new(mut out: W, plan: Plan) -> std::io::Result<Self> {
         out.write_all(&plan.header)?;
-        Ok(Writer { out, plan, next: 0 })
+        Ok(Writer {
+            out,
+            plan,
+            next: 0,
+            open: None,
+        })
     }
 
     /// The name of the tensor that must be written next, if any.
@@ -154,27 +163,76 @@ impl<W: Write> Writer<W> {
     /// Write the next tensor's bytes. They must be the tensor the plan expects next and have
     /// exactly its size.
     pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let len = self.begin_tensor(name)?;
+        if len != bytes.len() as u64 {
+            return Err(std::io::Error::other(format!(
+                "expected tensor {name:?} of {len} bytes, got {} bytes",
+                bytes.len()
+            )));
+        }
+        self.write_part(bytes)?;
+        self.end_tensor()
+    }
+
+    /// Start the next tensor, which must be `name`; returns its size in bytes, which
+    /// [`Writer::write_part`] calls must then supply before [`Writer::end_tensor`].
+    pub fn begin_tensor(&mut self, name: &str) -> std::io::Result<u64> {
+        if self.open.is_some() {
+            return Err(std::io::Error::other(format!(
+                "tensor {name:?} begun before the previous one ended"
+            )));
+        }
         let Some((spec, start, end)) = self.plan.tensors.get(self.next) else {
             return Err(std::io::Error::other(format!(
                 "tensor {name:?} written after the last planned tensor"
             )));
         };
-        if spec.name != name || (end - start) != bytes.len() as u64 {
+        if spec.name != name {
             return Err(std::io::Error::other(format!(
-                "expected tensor {:?} of {} bytes, got {name:?} of {} bytes",
-                spec.name,
-                end - start,
-                bytes.len()
+                "expected tensor {:?}, got {name:?}",
+                spec.name
+            )));
+        }
+        self.open = Some(end - start);
+        Ok(end - start)
+    }
+
+    /// Write the next bytes of the tensor begun; more than its size is an error.
+    pub fn write_part(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let due = self
+            .open
+            .ok_or_else(|| std::io::Error::other("tensor bytes written outside a tensor"))?;
+        let n = bytes.len() as u64;
+        if n > due {
+            return Err(std::io::Error::other(format!(
+                "{n} bytes written where {due} were due for tensor {:?}",
+                self.plan.tensors[self.next].0.name
             )));
         }
         self.out.write_all(bytes)?;
-        self.next += 1;
+        self.open = Some(due - n);
         Ok(())
+    }
+
+    /// Finish the tensor begun; an error if its bytes fall short of its size.
+    pub fn end_tensor(&mut self) -> std::io::Result<()> {
+        match self.open {
+            Some(0) => {
+                self.open = None;
+                self.next += 1;
+                Ok(())
+            }
+            Some(due) => Err(std::io::Error::other(format!(
+                "tensor {:?} ended {due} bytes short",
+                self.plan.tensors[self.next].0.name
+            ))),
+            None => Err(std::io::Error::other("no tensor begun")),
+        }
     }
 
     /// Check that every planned tensor was written and return the inner writer.
     pub fn finish(self) -> std::io::Result<W> {
-        if self.next != self.plan.tensors.len() {
+        if self.next != self.plan.tensors.len() || self.open.is_some() {
             return Err(std::io::Error::other(format!(
                 "{} of {} planned tensors written",
                 self.next,
@@ -278,7 +336,24 @@ mod tests {
         let mut w = Writer::new(Vec::new(), p.clone()).unwrap();
         assert!(w.write_tensor("y", &[0; 8]).is_err());
         assert!(w.write_tensor("x", &[0; 7]).is_err());
-        let w = Writer::new(Vec::new(), p).unwrap();
+        let w = Writer::new(Vec::new(), p.clone()).unwrap();
+        assert!(w.finish().is_err());
+        // in parts: too many bytes, too few, or a second tensor begun inside the first
+        let mut w = Writer::new(Vec::new(), p.clone()).unwrap();
+        assert_eq!(w.begin_tensor("x").unwrap(), 8);
+        w.write_part(&[1; 5]).unwrap();
+        assert!(w.write_part(&[1; 4]).is_err());
+        assert!(w.end_tensor().is_err());
+        assert!(w.begin_tensor("x").is_err());
+        w.write_part(&[2; 3]).unwrap();
+        w.end_tensor().unwrap();
+        assert_eq!(
+            &w.finish().unwrap()[p.header.len()..],
+            &[1, 1, 1, 1, 1, 2, 2, 2]
+        );
+        let mut w = Writer::new(Vec::new(), p).unwrap();
+        w.begin_tensor("x").unwrap();
+        w.write_part(&[0; 8]).unwrap();
         assert!(w.finish().is_err());
         assert!(plan(
             vec![TensorSpec {
