@@ -258,7 +258,7 @@ fn fp8_rows_streamed(
                 // Scales only: the absolute maximum straight from the bit patterns (for IEEE-style
                 // formats |x| orders like its bits with the sign cleared), no decoding; a row
                 // with a bad value is decoded and goes through the bad-weight policy.
-                if let Ok(amax) = bits_amax(w.dtype, bytes) {
+                if let Ok(amax) = fp8::amax_of_bits(w.dtype, bytes) {
                     if amax <= numerics.max_abs {
                         return fp8::scale_for_amax(amax, opts);
                     }
@@ -308,57 +308,25 @@ fn fp8_code_rows(
                 &name,
                 Some((out, k)),
                 |bytes, buf, q| {
+                    let q = q.expect("codes requested");
+                    // a BF16 row with nothing for the bad-weight policy to do is encoded from
+                    // its bit patterns in one pass (the same codes as decoding it first)
+                    if w.dtype == DType::BF16 {
+                        if let Ok(amax) = fp8::amax_of_bits(w.dtype, bytes) {
+                            if amax <= numerics.max_abs {
+                                return fp8::quantize_fp8_row_bf16(bytes, amax, q, &opts);
+                            }
+                        }
+                    }
                     qforge_quantize::decode_to_f32(w.dtype, bytes, buf)?;
                     numerics.row(buf)?;
-                    fp8::quantize_fp8_row(buf, q.expect("codes requested"), &opts)
+                    fp8::quantize_fp8_row(buf, q, &opts)
                 },
             )
             .map(|_| ())
         }),
         done: Box::new(move || ckpt.release(w)),
     }))
-}
-
-/// Absolute maximum of a row of BF16/F16/F32 values computed on the bit patterns, or the
-/// column of the first NaN/±inf.
-fn bits_amax(dtype: DType, bytes: &[u8]) -> std::result::Result<f32, usize> {
-    match dtype {
-        DType::BF16 | DType::F16 => {
-            let inf = if dtype == DType::BF16 { 0x7F80 } else { 0x7C00 };
-            let mut m = 0u16;
-            for c in bytes.chunks_exact(2) {
-                m = m.max(u16::from_le_bytes([c[0], c[1]]) & 0x7FFF);
-            }
-            if m >= inf {
-                let col = bytes
-                    .chunks_exact(2)
-                    .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7FFF >= inf)
-                    .unwrap_or(0);
-                return Err(col);
-            }
-            Ok(if dtype == DType::BF16 {
-                qforge_quantize::float::bf16_bits_to_f32(m)
-            } else {
-                qforge_quantize::float::f16_bits_to_f32(m)
-            })
-        }
-        _ => {
-            let mut m = 0u32;
-            for c in bytes.chunks_exact(4) {
-                m = m.max(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7FFF_FFFF);
-            }
-            if m >= 0x7F80_0000 {
-                let col = bytes
-                    .chunks_exact(4)
-                    .position(|c| {
-                        u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7FFF_FFFF >= 0x7F80_0000
-                    })
-                    .unwrap_or(0);
-                return Err(col);
-            }
-            Ok(f32::from_bits(m))
-        }
-    }
 }
 
 /// Under an opt-in bad-weight policy, scan every tensor the run would quantize; returns those

@@ -132,7 +132,9 @@ pub fn encode_e4m3_sat(x: f32) -> u8 {
 /// codes (|x| ≥ 2^-6) and with the 2^23 magic-number addition for subnormal ones (|x|·2^9 is
 /// exact and below 8, so adding 2^23 rounds it to an integer with ties to even). Equal to
 /// [`encode`]`(E4M3, x, true)` for every non-NaN input (exhaustive test below).
-#[inline]
+// always: inlined into the AVX2 copy, this loop is compiled for AVX2; called, it is not
+#[allow(clippy::inline_always)]
+#[inline(always)]
 fn encode_e4m3_sat_finite(x: f32) -> u8 {
     let bits = x.to_bits();
     let sign = (bits >> 24) & 0x80;
@@ -281,8 +283,33 @@ fn row_amax(row: &[f32]) -> std::result::Result<f32, usize> {
     Ok(f32::from_bits(m))
 }
 
-/// `q = e4m3_sat(x / s)` for one row, with negative zero written as `0x00`.
+/// `q = e4m3_sat(x / s)` for one row, with negative zero written as `0x00`: the loop below
+/// compiled for AVX2 when the CPU has it (runtime detection), else for the baseline. The two
+/// are the same IEEE operations (a division and integer bit work per element; Rust never
+/// contracts), so the bytes do not depend on the CPU (tested below).
 fn encode_row(row: &[f32], s: f32, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        #[allow(unsafe_code)]
+        unsafe {
+            encode_row_avx2(row, s, out);
+        }
+        return;
+    }
+    encode_row_base(row, s, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn encode_row_avx2(row: &[f32], s: f32, out: &mut [u8]) {
+    encode_row_base(row, s, out);
+}
+
+// always: inlined into the AVX2 copy, this loop is compiled for AVX2; called, it is not
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn encode_row_base(row: &[f32], s: f32, out: &mut [u8]) {
     // Rows reaching here are finite (checked by `row_amax`) and `s` is positive and finite, so
     // `x / s` is never NaN (it may overflow to ±inf, which saturates).
     for (q, &x) in out.iter_mut().zip(row) {
@@ -373,6 +400,122 @@ pub fn quantize_fp8_row(row: &[f32], out: &mut [u8], opts: &Fp8Options) -> Resul
     Ok(s)
 }
 
+/// Absolute maximum of a row of little-endian BF16, F16 or F32 values (any other dtype is
+/// read as F32) computed on the bit patterns (|x| orders like its bits with the sign cleared),
+/// or the column of the first NaN/±inf. Compiled for AVX2 when the CPU has it (an integer max
+/// reduction, exact in any order).
+pub fn amax_of_bits(dtype: crate::DType, bytes: &[u8]) -> std::result::Result<f32, usize> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        #[allow(unsafe_code)]
+        return unsafe { amax_of_bits_avx2(dtype, bytes) };
+    }
+    amax_of_bits_base(dtype, bytes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn amax_of_bits_avx2(dtype: crate::DType, bytes: &[u8]) -> std::result::Result<f32, usize> {
+    amax_of_bits_base(dtype, bytes)
+}
+
+// always: inlined into the AVX2 copy, this loop is compiled for AVX2; called, it is not
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn amax_of_bits_base(dtype: crate::DType, bytes: &[u8]) -> std::result::Result<f32, usize> {
+    use crate::DType;
+    match dtype {
+        DType::BF16 | DType::F16 => {
+            let inf = if dtype == DType::BF16 { 0x7F80 } else { 0x7C00 };
+            let mut m = 0u16;
+            for c in bytes.chunks_exact(2) {
+                m = m.max(u16::from_le_bytes([c[0], c[1]]) & 0x7FFF);
+            }
+            if m >= inf {
+                let col = bytes
+                    .chunks_exact(2)
+                    .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7FFF >= inf)
+                    .unwrap_or(0);
+                return Err(col);
+            }
+            Ok(if dtype == DType::BF16 {
+                bf16_bits_to_f32(m)
+            } else {
+                f16_bits_to_f32(m)
+            })
+        }
+        _ => {
+            let mut m = 0u32;
+            for c in bytes.chunks_exact(4) {
+                m = m.max(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7FFF_FFFF);
+            }
+            if m >= 0x7F80_0000 {
+                let col = bytes
+                    .chunks_exact(4)
+                    .position(|c| {
+                        u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7FFF_FFFF >= 0x7F80_0000
+                    })
+                    .unwrap_or(0);
+                return Err(col);
+            }
+            Ok(f32::from_bits(m))
+        }
+    }
+}
+
+/// [`quantize_fp8_row`] of a row of little-endian BF16 values whose absolute maximum `amax`
+/// is known (from [`amax_of_bits`]) and finite: the values are widened from their bits inside
+/// the encoding loop, so the row is read once. The codes and scale are exactly those of
+/// decoding the row to `f32` and calling [`quantize_fp8_row`] (widening BF16 is exact).
+///
+/// Errors: [`Error::BufferLength`] when `out` does not hold one code per value,
+/// [`Error::InvalidParameter`] for a non-finite `amax` or bad options.
+pub fn quantize_fp8_row_bf16(
+    bytes: &[u8],
+    amax: f32,
+    out: &mut [u8],
+    opts: &Fp8Options,
+) -> Result<f32> {
+    opts.check()?;
+    check_len("out", bytes.len() / 2, out.len())?;
+    if !amax.is_finite() {
+        return Err(Error::InvalidParameter {
+            name: "amax",
+            detail: format!("{amax} is not finite"),
+        });
+    }
+    let s = opts.scale(amax);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        #[allow(unsafe_code)]
+        unsafe {
+            encode_bf16_row_avx2(bytes, s, out);
+        }
+        return Ok(s);
+    }
+    encode_bf16_row_base(bytes, s, out);
+    Ok(s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn encode_bf16_row_avx2(bytes: &[u8], s: f32, out: &mut [u8]) {
+    encode_bf16_row_base(bytes, s, out);
+}
+
+// always: inlined into the AVX2 copy, this loop is compiled for AVX2; called, it is not
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn encode_bf16_row_base(bytes: &[u8], s: f32, out: &mut [u8]) {
+    for (q, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let x = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+        let b = encode_e4m3_sat_finite(x / s);
+        *q = if b == 0x80 { 0 } else { b };
+    }
+}
+
 /// The scales [`quantize_fp8_rowwise`] would produce for the same input, without encoding
 /// (one pass over the data: the row absolute maxima). Writers that must store the scales
 /// before the codes use it; the two always agree because they share the scale rule.
@@ -461,6 +604,69 @@ mod tests {
     /// low 9 mantissa bits are one of {0, 1, 0x100, 0x1FF} (every rounding decision of a
     /// 3-bit mantissa lives in the upper bits; the low bits only act as sticky bits), i.e.
     /// 2^23 · 4 inputs covering every sign, exponent and rounding case.
+    /// The AVX2 row loop gives the baseline loop's bytes: on every non-NaN pattern of the
+    /// sampled set above (scaled by a few row scales, so quotients hit every rounding case and
+    /// overflow to ±inf), in rows of awkward lengths so the vector tails run too.
+    #[test]
+    fn avx2_row_loop_equals_the_baseline() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !std::arch::is_x86_feature_detected!("avx2") {
+                eprintln!("skipped: no AVX2 on this CPU");
+                return;
+            }
+            let xs: Vec<f32> = (0u32..(1 << 23))
+                .step_by(7)
+                .flat_map(|hi| [0u32, 1, 0x100, 0x1FF].map(|lo| f32::from_bits((hi << 9) | lo)))
+                .filter(|x| !x.is_nan())
+                .collect();
+            for s in [1.0f32, 0.75, 3.0e-3, 1.0e-30] {
+                for row in xs.chunks(1021) {
+                    let mut a = vec![0u8; row.len()];
+                    let mut b = vec![0u8; row.len()];
+                    encode_row_base(row, s, &mut a);
+                    // SAFETY: AVX2 checked above.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        encode_row_avx2(row, s, &mut b);
+                    }
+                    assert_eq!(a, b, "scale {s}");
+                }
+            }
+        }
+    }
+
+    /// The one-pass BF16 row encoder equals decoding to f32 and [`quantize_fp8_row`], on
+    /// every finite BF16 pattern (rows of 1021 values, so every row has its own scale), and
+    /// the bit-pattern maximum equals the decoded one.
+    #[test]
+    fn bf16_row_encoder_equals_decode_then_quantize() {
+        let bits: Vec<u16> = (0..=u16::MAX).filter(|b| b & 0x7FFF < 0x7F80).collect();
+        for ub in [None, Some(1200.0f32)] {
+            let opts = Fp8Options {
+                upper_bound: ub,
+                scale_rounding: ScaleRounding::Bf16,
+            };
+            for row in bits.chunks(1021) {
+                let bytes: Vec<u8> = row.iter().flat_map(|b| b.to_le_bytes()).collect();
+                let vals: Vec<f32> = row.iter().map(|&b| bf16_bits_to_f32(b)).collect();
+                let amax = amax_of_bits(crate::DType::BF16, &bytes).unwrap();
+                assert_eq!(amax, row_amax(&vals).unwrap());
+                let (mut a, mut b) = (vec![0u8; row.len()], vec![0u8; row.len()]);
+                let sa = quantize_fp8_row_bf16(&bytes, amax, &mut a, &opts).unwrap();
+                let sb = quantize_fp8_row(&vals, &mut b, &opts).unwrap();
+                assert_eq!((sa, &a), (sb, &b));
+                let mut c = vec![0u8; row.len()];
+                encode_bf16_row_base(&bytes, sa, &mut c);
+                assert_eq!(c, a, "baseline and dispatched loops differ");
+            }
+        }
+        let mut bad = vec![0u8; 64];
+        bad[22..24].copy_from_slice(&0x7FC0u16.to_le_bytes());
+        assert_eq!(amax_of_bits(crate::DType::BF16, &bad), Err(11));
+        assert_eq!(amax_of_bits_base(crate::DType::BF16, &bad), Err(11));
+    }
+
     #[test]
     fn fast_saturating_encoder_equals_reference() {
         for hi in 0u32..(1 << 23) {

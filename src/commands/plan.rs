@@ -30,7 +30,7 @@ use crate::cli::{ConvertArgs, ConvertTarget, FloatDtype, PlanArgs, QuantizeArgs}
 use crate::commands::quantize::{parse_scheme, Scheme};
 use crate::recipe::Recipe;
 
-/// Resident memory of the process before the largest tensor: binary, thread pool, 8 MiB write
+/// Resident memory of the process before the largest tensor: binary, thread pool, 1 MiB write
 /// buffer, allocator slack (measured, BENCHMARKS.md).
 pub const BASE_RSS: u64 = 24 << 20;
 
@@ -39,8 +39,9 @@ pub const BASE_RSS: u64 = 24 << 20;
 mod rate {
     /// Copy / float conversion to safetensors or GGUF.
     pub const COPY: f64 = 450e6;
-    /// FP8 rowwise (two passes over the source).
-    pub const FP8: f64 = 290e6;
+    /// FP8 rowwise (two passes over the source; the median of the three rounds of
+    /// `scripts/bench-quantize.sh`, 2026-11-23, 544 MB/s).
+    pub const FP8: f64 = 540e6;
     /// INT4 (whole-tensor f32 decode, three producers).
     pub const INT4: f64 = 60e6;
     /// GGUF Q8_0 / Q4_0-style blocks.

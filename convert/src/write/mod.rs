@@ -184,8 +184,16 @@ impl<W: Write> HashingWriter<W> {
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(&buf[..buf.len().min(PIECE)])?;
-        self.hasher.update(&buf[..n]);
+        // hash first, then write: the kernel's copy reads the piece from cache
+        let piece = &buf[..buf.len().min(PIECE)];
+        let mut h = self.hasher.clone();
+        h.update(piece);
+        let n = self.inner.write(piece)?;
+        if n == piece.len() {
+            self.hasher = h;
+        } else {
+            self.hasher.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }
