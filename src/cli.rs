@@ -195,6 +195,15 @@ pub enum CalibObserver {
     Percentile,
 }
 
+/// The calibration forward's float type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalibPrecision {
+    /// f32, as `qforge verify` computes.
+    F32,
+    /// f64 weights, activations and matmuls (fp8-static).
+    F64,
+}
+
 #[derive(Debug, Args)]
 pub struct CalibrateArgs {
     /// Model (HF directory for gptq; any format for fp8-static).
@@ -229,6 +238,10 @@ pub struct CalibrateArgs {
     /// Percentile for --observer percentile.
     #[arg(long, default_value_t = 99.99)]
     pub percentile: f64,
+    /// fp8-static: the calibration forward's float type (f64: the model's exact activations,
+    /// free of f32 accumulation-order noise; about 2x the time).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: CalibPrecision,
     /// Calibration samples.
     #[arg(long, default_value_t = 128)]
     pub samples: usize,

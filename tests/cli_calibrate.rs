@@ -125,6 +125,176 @@ fn fp8_static_scales_are_the_captured_max_abs() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// A plain f64 Llama layer, written out loop by loop (HF half-split RoPE, causal GQA), for one
+/// sample `x` (`[seq, hidden]`, in place); returns the max |input| of q/k/v, o, gate/up, down.
+fn naive_f64_layer(lw: &qforge_verify::LayerWeights, x: &mut [f64], seq: usize) -> [f64; 4] {
+    let (hid, heads, kvh, ffn) = (256, 4, 2, 768);
+    let hd = hid / heads;
+    let f = |v: &[f32]| v.iter().map(|&a| f64::from(a)).collect::<Vec<f64>>();
+    let norm = |x: &[f64], w: &[f32]| -> Vec<f64> {
+        x.chunks(hid)
+            .flat_map(|r| {
+                let s = 1.0 / (r.iter().map(|v| v * v).sum::<f64>() / hid as f64 + 1e-5).sqrt();
+                r.iter().zip(w).map(move |(v, g)| v * s * f64::from(*g))
+            })
+            .collect()
+    };
+    let lin = |x: &[f64], l: &qforge_verify::Linear| -> Vec<f64> {
+        let w = f(&l.w);
+        x.chunks(l.inp)
+            .flat_map(|r| {
+                w.chunks(l.inp)
+                    .map(|wr| r.iter().zip(wr).map(|(a, b)| a * b).sum::<f64>())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let amax = |v: &[f64]| v.iter().fold(0f64, |m, a| m.max(a.abs()));
+    let rope = |v: &mut [f64], nh: usize| {
+        for (pos, row) in v.chunks_mut(nh * hd).enumerate() {
+            for head in row.chunks_mut(hd) {
+                for j in 0..hd / 2 {
+                    let inv = 1.0 / 500_000f64.powf((2 * j) as f64 / hd as f64);
+                    let (c, s) = ((pos as f64 * inv).cos(), (pos as f64 * inv).sin());
+                    let (a, b) = (head[j], head[j + hd / 2]);
+                    head[j] = a * c - b * s;
+                    head[j + hd / 2] = b * c + a * s;
+                }
+            }
+        }
+    };
+    let n1 = norm(x, &lw.attn_norm);
+    let (mut q, mut k, v) = (lin(&n1, &lw.q), lin(&n1, &lw.k), lin(&n1, &lw.v));
+    rope(&mut q, heads);
+    rope(&mut k, kvh);
+    let mut att = vec![0f64; seq * hid];
+    for h in 0..heads {
+        let g = h / (heads / kvh);
+        for i in 0..seq {
+            let qi = &q[i * hid + h * hd..][..hd];
+            let sc: Vec<f64> = (0..=i)
+                .map(|j| {
+                    let kj = &k[j * kvh * hd + g * hd..][..hd];
+                    qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()
+                })
+                .collect();
+            let m = sc.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            let e: Vec<f64> = sc.iter().map(|s| (s - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for (j, p) in e.iter().enumerate() {
+                for d in 0..hd {
+                    att[i * hid + h * hd + d] += p / z * v[j * kvh * hd + g * hd + d];
+                }
+            }
+        }
+    }
+    for (a, b) in x.iter_mut().zip(lin(&att, &lw.o)) {
+        *a += b;
+    }
+    let n2 = norm(x, &lw.ffn_norm);
+    let (gt, up) = (lin(&n2, &lw.gate), lin(&n2, &lw.up));
+    let act: Vec<f64> = gt
+        .iter()
+        .zip(&up)
+        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+        .collect();
+    assert_eq!(act.len(), seq * ffn);
+    for (a, b) in x.iter_mut().zip(lin(&act, &lw.down)) {
+        *a += b;
+    }
+    [amax(&n1), amax(&att), amax(&n2), amax(&act)]
+}
+
+#[test]
+fn fp8_static_f64_scales_are_the_exact_max_abs_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (m, t) = (d.join("m"), d.join("t.json"));
+    make_model(&m, SMALL);
+    tokens(&t, 3, 24, 4096);
+    let args = |out: &'static str| -> Vec<String> {
+        [
+            "calibrate",
+            p(&m),
+            "--tokens",
+            p(&t),
+            "--method",
+            "fp8-static",
+            "--precision",
+            "f64",
+            "-o",
+            p(&d.join(out)),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let run_s = |a: &[String]| run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run_s(&args("a.json"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let calib: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("a.json")).unwrap()).unwrap();
+    assert_eq!(calib["precision"], "f64");
+    let scales = &calib["input_scales"];
+
+    // The same statistics from the naive f64 layer above.
+    let model = Model::open(&m, ForwardOptions::default()).unwrap();
+    assert_eq!(model.rope_layout, qforge_verify::ops::RopeLayout::HalfSplit);
+    let s = Samples::from_json_file(&t).unwrap();
+    let mut h: Vec<f64> = model
+        .embed(&s.flat())
+        .unwrap()
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    for i in 0..2u32 {
+        let lw = model.layer(i).unwrap();
+        let mut amax = [0f64; 4];
+        for hc in h.chunks_mut(s.seq_len * 256) {
+            let a = naive_f64_layer(&lw, hc, s.seq_len);
+            for (m, v) in amax.iter_mut().zip(a) {
+                *m = m.max(v);
+            }
+        }
+        for (site, n) in [
+            (0, "self_attn.k_proj"),
+            (1, "self_attn.o_proj"),
+            (2, "mlp.up_proj"),
+            (3, "mlp.down_proj"),
+        ] {
+            // JSON holds the F32 scale's shortest decimal: parse it back to that f32
+            let got = f64::from(scales[format!("model.layers.{i}.{n}")].as_f64().unwrap() as f32);
+            let want = amax[site] / 448.0;
+            // the f64 forward differs from the naive loops by f64 rounding only (~1e-15); the
+            // scale is then rounded once to f32: within one f32 rounding (2^-24 relative)
+            assert!(
+                ((got - want) / want).abs() <= 6.0e-8,
+                "layer {i} {n}: {got} vs {want}"
+            );
+        }
+    }
+
+    // Stopped after layer 0, then resumed from hidden.f64: the same bytes.
+    let mut stop = args("b.json");
+    stop.extend(["--stop-after-layer".to_owned(), "0".to_owned()]);
+    assert!(!run_s(&stop).status.success());
+    assert!(d.join("b.json.qforge-state").join("hidden.f64").exists());
+    let o = run_s(&args("b.json"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming at layer 2/2"));
+    assert_eq!(
+        std::fs::read(d.join("a.json")).unwrap(),
+        std::fs::read(d.join("b.json")).unwrap()
+    );
+
+    // f64 is for fp8-static only.
+    let o = run(&gptq_args(p(&m), p(&t), p(&d.join("g")), "1")
+        .into_iter()
+        .chain(["--precision", "f64"])
+        .collect::<Vec<_>>());
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("fp8-static"));
+}
+
 /// `qforge calibrate m --tokens t METHOD… -o out --threads n`.
 fn calib_args<'a>(
     m: &'a str,

@@ -9,8 +9,13 @@
 //! 3. fp8-static: the outputs of that pass are layer `i+1`'s inputs (llm-compressor calibrates
 //!    with quantization disabled). GPTQ: quantize the seven linears, then run the layer again
 //!    with the dequantized weights; those outputs are layer `i+1`'s inputs;
-//! 4. checkpoint into the state directory: `hidden.f32` (the hidden states), the layer's GPTQ
-//!    file, then `state.json` (the commit point), each written atomically.
+//! 4. checkpoint into the state directory: `hidden.f32` (the hidden states; `hidden.f64` with
+//!    [`Precision::F64`]), the layer's GPTQ file, then `state.json` (the commit point), each
+//!    written atomically.
+//!
+//! fp8-static can run the forward in `f64` ([`Precision::F64`]): the activations are then the
+//! model's to within `f64` rounding, free of the `f32` accumulation-order noise that makes two
+//! `f32` implementations' maxima differ by ~1e-6 relative after 30 layers.
 //!
 //! A run that finds a state directory with the same fingerprint (options, samples, model)
 //! resumes after the last committed layer; since the hidden states are stored bit-exactly the
@@ -27,7 +32,7 @@ use qforge_convert::{Format, LayerTensor, TensorId};
 use qforge_verify::eval::run_layer_observed;
 use qforge_verify::matmul::matmul_t;
 use qforge_verify::ops::{attention, round_f16, swiglu, RopeTable};
-use qforge_verify::{LayerWeights, Model};
+use qforge_verify::{LayerWeights, Model, Project, Real};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -54,6 +59,17 @@ pub enum Method {
     Awq(AwqConfig),
 }
 
+/// The float type the calibration forward runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// `f32` (as `qforge verify`), the default.
+    #[default]
+    F32,
+    /// `f64` weights, activations and matmuls (fp8-static only): about twice the time and the
+    /// layer's weights twice the memory.
+    F64,
+}
+
 /// Options of [`calibrate`].
 #[derive(Debug, Clone)]
 pub struct CalibOptions {
@@ -67,6 +83,8 @@ pub struct CalibOptions {
     pub progress: bool,
     /// Stop with [`Error::Stopped`] after checkpointing this layer (tests of resume).
     pub stop_after_layer: Option<u32>,
+    /// The forward's float type.
+    pub precision: Precision,
 }
 
 /// What [`calibrate`] did.
@@ -115,13 +133,13 @@ impl Site {
 
 /// One sample through one layer, in place on `hc` (`[seq, hidden]`), showing each linear's
 /// input to `sink`: `qforge verify`'s layer forward, observed.
-pub fn layer_forward(
+pub fn layer_forward<T: Real, L: Project<T>>(
     model: &Model,
-    lw: &LayerWeights,
+    lw: &LayerWeights<T, L>,
     rope: &RopeTable,
-    hc: &mut [f32],
+    hc: &mut [T],
     seq: usize,
-    sink: &mut dyn FnMut(Site, &[f32]),
+    sink: &mut dyn FnMut(Site, &[T]),
 ) {
     run_layer_observed(model, lw, rope, hc, seq, &mut |kinds, x| {
         let site = match kinds.first() {
@@ -213,9 +231,12 @@ fn samples_sha(samples: &Samples) -> String {
     hex::encode(h.finalize())
 }
 
-fn fingerprint(model: &Model, samples: &Samples, method: &Method) -> String {
+fn fingerprint(model: &Model, samples: &Samples, method: &Method, precision: Precision) -> String {
     let mut h = Sha256::new();
     h.update(format!("{method:?}\n{:?}\n", model.config()).as_bytes());
+    if precision != Precision::F32 {
+        h.update(format!("{precision:?}\n").as_bytes());
+    }
     let names: Vec<String> = model
         .ckpt
         .tensors
@@ -240,7 +261,59 @@ pub fn default_state_dir(dest: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn read_state(dir: &Path, fp: &str, hidden_len: usize) -> Result<Option<(State, Vec<f32>)>> {
+/// The hidden states between layers, in the forward's type.
+enum Hidden {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Hidden {
+    fn file_name(precision: Precision) -> &'static str {
+        match precision {
+            Precision::F32 => "hidden.f32",
+            Precision::F64 => "hidden.f64",
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Hidden::F32(h) => h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Hidden::F64(h) => h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    fn from_bytes(b: &[u8], precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => Hidden::F32(
+                b.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            Precision::F64 => Hidden::F64(
+                b.chunks_exact(8)
+                    .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The `f32` states GPTQ and AWQ work on (they run in `f32` only; checked up front).
+    fn f32_mut(&mut self) -> Result<&mut Vec<f32>> {
+        match self {
+            Hidden::F32(h) => Ok(h),
+            Hidden::F64(_) => Err(Error::Unsupported(
+                "--precision f64 applies to fp8-static calibration".into(),
+            )),
+        }
+    }
+}
+
+fn read_state(
+    dir: &Path,
+    fp: &str,
+    hidden_len: usize,
+    precision: Precision,
+) -> Result<Option<(State, Hidden)>> {
     let sp = dir.join("state.json");
     let Ok(bytes) = std::fs::read(&sp) else {
         return Ok(None);
@@ -257,19 +330,19 @@ fn read_state(dir: &Path, fp: &str, hidden_len: usize) -> Result<Option<(State, 
                 .into(),
         });
     }
-    let hp = dir.join("hidden.f32");
+    let hp = dir.join(Hidden::file_name(precision));
     let hb = std::fs::read(&hp).map_err(|e| Error::io(&hp, e))?;
-    if hb.len() != hidden_len * 4 {
+    let width = match precision {
+        Precision::F32 => 4,
+        Precision::F64 => 8,
+    };
+    if hb.len() != hidden_len * width {
         return Err(Error::BadFile {
             path: hp,
-            reason: format!("{} bytes, expected {}", hb.len(), hidden_len * 4),
+            reason: format!("{} bytes, expected {}", hb.len(), hidden_len * width),
         });
     }
-    let h = hb
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Ok(Some((st, h)))
+    Ok(Some((st, Hidden::from_bytes(&hb, precision))))
 }
 
 /// Calibrate `model` on `samples`; write the result to `dest` (a JSON file for fp8-static, a
@@ -295,6 +368,11 @@ pub fn calibrate(
             qforge_quantize::int4::check_group(s[1] as usize, g.group_size)?;
         }
     }
+    if opts.precision != Precision::F32 && !matches!(opts.method, Method::Fp8Static(_)) {
+        return Err(Error::Unsupported(
+            "--precision f64 applies to fp8-static calibration (GPTQ and AWQ run in f32)".into(),
+        ));
+    }
     if let Method::Awq(a) = &opts.method {
         for kind in [LayerTensor::Q, LayerTensor::O, LayerTensor::Down] {
             let s = cfg.expected_shape(TensorId::Layer { index: 0, kind });
@@ -314,13 +392,13 @@ pub fn calibrate(
     let seq = samples.seq_len;
     let n = samples.n();
     let nl = cfg.num_layers as u32;
-    let fp = fingerprint(model, samples, &opts.method);
+    let fp = fingerprint(model, samples, &opts.method, opts.precision);
     let state_dir = opts
         .state_dir
         .clone()
         .unwrap_or_else(|| default_state_dir(dest));
     std::fs::create_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
-    let (mut st, mut h) = match read_state(&state_dir, &fp, n * seq * hid)? {
+    let (mut st, mut h) = match read_state(&state_dir, &fp, n * seq * hid, opts.precision)? {
         Some((st, h)) => {
             progress(
                 opts.progress,
@@ -340,7 +418,13 @@ pub fn calibrate(
                 layer_files: Vec::new(),
                 awq_mappings: Vec::new(),
             },
-            model.embed(&samples.flat())?,
+            {
+                let e = model.embed(&samples.flat())?;
+                match opts.precision {
+                    Precision::F32 => Hidden::F32(e),
+                    Precision::F64 => Hidden::F64(e.iter().map(|&v| f64::from(v)).collect()),
+                }
+            },
         ),
     };
     let started_at_layer = st.next_layer;
@@ -351,17 +435,27 @@ pub fn calibrate(
         let mut reports = Vec::new();
         match &opts.method {
             Method::Fp8Static(kind) => {
-                let mut obs = [Observer::new(*kind); 4];
-                for hc in h.chunks_mut(seq * hid) {
-                    layer_forward(model, &lw, &rope, hc, seq, &mut |site, x| {
-                        obs[site.index()].observe(x);
-                    });
-                }
+                let obs = match &mut h {
+                    Hidden::F32(h) => observe_layer(model, &lw, &rope, h, seq, *kind),
+                    Hidden::F64(h) => {
+                        let lw64 = lw.to_f64().ok_or_else(|| {
+                            Error::Unsupported(
+                                "--precision f64 needs a model without activation quantization"
+                                    .into(),
+                            )
+                        })?;
+                        observe_layer(model, &lw64, &rope, h, seq, *kind)
+                    }
+                };
                 for site in SITES {
                     for &kind in site.kinds() {
+                        let o = &obs[site.index()];
                         reports.push(ModuleReport {
                             module: hf_module(TensorId::Layer { index: i, kind }),
-                            input_amax: Some(obs[site.index()].amax()),
+                            #[allow(clippy::cast_possible_truncation)] // reported as f32
+                            input_amax: Some(o.amax() as f32),
+                            input_scale: (opts.precision == Precision::F64)
+                                .then(|| o.scale_f64()),
                             loss: None,
                             damping: None,
                             damping_retries: None,
@@ -371,6 +465,7 @@ pub fn calibrate(
                 }
             }
             Method::Gptq(g) => {
+                let h = h.f32_mut()?;
                 let widths = [hid, lw.o.inp, hid, lw.down.inp];
                 let mut hs: Vec<Hessian> = widths.iter().map(|&w| Hessian::new(w)).collect();
                 let mut scratch = vec![0f32; seq * hid];
@@ -410,6 +505,7 @@ pub fn calibrate(
                         reports.push(ModuleReport {
                             module: module.clone(),
                             input_amax: None,
+                            input_scale: None,
                             loss: Some(r.loss),
                             damping: Some(r.damping),
                             damping_retries: Some(r.retries),
@@ -426,12 +522,13 @@ pub fn calibrate(
                 st.layer_files.push(name);
             }
             Method::Awq(a) => {
-                let (scales, mappings) = awq_layer(model, &mut lw, &rope, &mut h, seq, i, a)?;
+                let (scales, mappings) = awq_layer(model, &mut lw, &rope, h.f32_mut()?, seq, i, a)?;
                 for site in SITES {
                     for &kind in site.kinds() {
                         reports.push(ModuleReport {
                             module: hf_module(TensorId::Layer { index: i, kind }),
                             input_amax: None,
+                            input_scale: None,
                             loss: None,
                             damping: None,
                             damping_retries: None,
@@ -446,8 +543,8 @@ pub fn calibrate(
             }
         }
         drop(lw);
-        let hb: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
-        write_atomic(&state_dir.join("hidden.f32"), &hb)?;
+        let hb = h.to_bytes();
+        write_atomic(&state_dir.join(Hidden::file_name(opts.precision)), &hb)?;
         drop(hb);
         st.modules.extend(reports);
         st.next_layer = i + 1;
@@ -473,6 +570,7 @@ pub fn calibrate(
         version: 1,
         method: method_name(&opts.method).into(),
         observer: None,
+        precision: None,
         samples: n,
         seq_len: seq,
         samples_sha256: samples_sha(samples),
@@ -484,13 +582,14 @@ pub fn calibrate(
     match &opts.method {
         Method::Fp8Static(kind) => {
             calib.observer = Some(observer_name(*kind));
+            calib.precision = (opts.precision == Precision::F64).then(|| "f64".to_string());
             calib.input_scales = Some(
                 st.modules
                     .iter()
                     .map(|m| {
                         let mut o = Observer::new(*kind);
-                        o.max = m.input_amax.unwrap_or(0.0);
-                        (m.module.clone(), o.scale())
+                        o.max = f64::from(m.input_amax.unwrap_or(0.0));
+                        (m.module.clone(), m.input_scale.unwrap_or_else(|| o.scale()))
                     })
                     .collect(),
             );
@@ -546,6 +645,25 @@ pub fn calibrate(
         modules: st.modules,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Run layer `lw` over every sample of `h` (in place), observing each linear's input.
+fn observe_layer<T: Real, L: Project<T>>(
+    model: &Model,
+    lw: &LayerWeights<T, L>,
+    rope: &RopeTable,
+    h: &mut [T],
+    seq: usize,
+    kind: ObserverKind,
+) -> [Observer; 4] {
+    let hid = model.config().hidden_size as usize;
+    let mut obs = [Observer::new(kind); 4];
+    for hc in h.chunks_mut(seq * hid) {
+        layer_forward(model, lw, rope, hc, seq, &mut |site, x| {
+            obs[site.index()].observe(x);
+        });
+    }
+    obs
 }
 
 /// `y = x·Wᵀ` for `t` tokens.

@@ -30,7 +30,7 @@ pub mod output;
 
 pub use awq::AwqConfig;
 pub use data::Samples;
-pub use engine::{calibrate, CalibOptions, CalibSummary, Method};
+pub use engine::{calibrate, CalibOptions, CalibSummary, Method, Precision};
 pub use error::{Error, Result};
 pub use gptq::{GptqConfig, GptqResult};
 pub use observer::ObserverKind;

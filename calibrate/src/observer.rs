@@ -23,14 +23,17 @@ pub enum ObserverKind {
     Percentile(f64),
 }
 
+use qforge_verify::Real;
+
 /// Running statistics of one linear's input.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Observer {
     kind: ObserverKind,
-    /// Running minimum (min-max) — starts at 0 (the range always includes 0).
-    pub min: f32,
+    /// Running minimum (min-max) — starts at 0 (the range always includes 0). `f64` holds the
+    /// `f32` forward's values exactly.
+    pub min: f64,
     /// Running maximum (min-max), or the largest per-sample percentile.
-    pub max: f32,
+    pub max: f64,
     /// Values observed.
     pub count: u64,
 }
@@ -47,41 +50,53 @@ impl Observer {
     }
 
     /// Observe one sample's activations (`x`, all of its tokens).
-    pub fn observe(&mut self, x: &[f32]) {
+    pub fn observe<T: Real>(&mut self, x: &[T]) {
         self.count += x.len() as u64;
         match self.kind {
             ObserverKind::MinMax => {
                 for &v in x {
-                    self.min = self.min.min(v);
-                    self.max = self.max.max(v);
+                    self.min = self.min.min(v.to_f64());
+                    self.max = self.max.max(v.to_f64());
                 }
             }
             ObserverKind::Percentile(p) => {
                 if x.is_empty() {
                     return;
                 }
-                let mut a: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+                let mut a: Vec<f64> = x.iter().map(|v| v.to_f64().abs()).collect();
                 let rank = ((p / 100.0) * a.len() as f64).ceil() as usize;
                 let k = rank.clamp(1, a.len()) - 1;
-                let (_, v, _) = a.select_nth_unstable_by(k, f32::total_cmp);
+                let (_, v, _) = a.select_nth_unstable_by(k, f64::total_cmp);
                 self.max = self.max.max(*v);
             }
         }
     }
 
     /// The largest magnitude the scale must cover.
-    pub fn amax(&self) -> f32 {
+    pub fn amax(&self) -> f64 {
         self.min.abs().max(self.max.abs())
     }
 
-    /// `amax / 448`, or `f32::EPSILON` for an all-zero input.
+    /// `amax / 448` computed in `f32` (the `f32` forward's values, as llm-compressor computes
+    /// it in the activations' dtype), or `f32::EPSILON` for an all-zero input.
+    #[allow(clippy::cast_possible_truncation)] // the f32 forward's amax is an f32 value
     pub fn scale(&self) -> f32 {
-        let s = self.amax() / FP8_MAX;
-        if s == 0.0 {
-            f32::EPSILON
-        } else {
-            s
-        }
+        nonzero((self.amax() as f32) / FP8_MAX)
+    }
+
+    /// `amax / 448` computed in `f64` and rounded once to `f32` (the `f64` forward), or
+    /// `f32::EPSILON` for an all-zero input.
+    #[allow(clippy::cast_possible_truncation)] // the one rounding to the stored F32 scale
+    pub fn scale_f64(&self) -> f32 {
+        nonzero((self.amax() / f64::from(FP8_MAX)) as f32)
+    }
+}
+
+fn nonzero(s: f32) -> f32 {
+    if s == 0.0 {
+        f32::EPSILON
+    } else {
+        s
     }
 }
 

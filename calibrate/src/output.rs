@@ -41,6 +41,10 @@ pub struct ModuleReport {
     /// Largest |x| the observer kept (fp8-static).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_amax: Option<f32>,
+    /// The static input scale when computed in `f64` (`amax / 448` rounded once; fp8-static
+    /// with `--precision f64`). Absent: the scale is `amax / 448` in `f32`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_scale: Option<f32>,
     /// GPTQ loss `Σ e²/2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
@@ -117,6 +121,9 @@ pub struct CalibFile {
     /// `minmax`, `percentile:<p>` (fp8-static).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observer: Option<String>,
+    /// The calibration forward's float type when not `f32` (`f64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     /// Calibration samples.
     pub samples: usize,
     /// Tokens per sample.

@@ -5,11 +5,11 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use qforge_calibrate::{
     calibrate, output::write_atomic, AwqConfig, CalibOptions, GptqConfig, Method, ObserverKind,
-    Samples,
+    Precision, Samples,
 };
 use qforge_verify::{ForwardOptions, Model, TextTokenizer, W8a8Mode};
 
-use crate::cli::{CalibMethod, CalibObserver, CalibrateArgs};
+use crate::cli::{CalibMethod, CalibObserver, CalibPrecision, CalibrateArgs};
 
 /// Parse a GPTQ `--scheme`: int4-g<N>, int4-row, int8-g<N>, int8-row.
 pub fn parse_gptq_scheme(s: &str) -> Result<(u8, Option<usize>)> {
@@ -137,6 +137,10 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         overwrite: args.overwrite,
         progress: !args.json,
         stop_after_layer: args.stop_after_layer,
+        precision: match args.precision {
+            CalibPrecision::F32 => Precision::F32,
+            CalibPrecision::F64 => Precision::F64,
+        },
     };
     let summary = qforge_verify::with_threads(args.threads, || {
         calibrate(&model, &samples, &opts, &args.output)

@@ -8,8 +8,8 @@
 DTYPE (default float32) is the torch dtype the model is loaded in. float32 on CPU: BF16 CPU
 matmuls make the same GPTQ run take about an hour instead of about 1.5 minutes, and qforge's
 forward is f32 too (for GPTQ, run qforge on an F32 copy of the base so both sides compute scales
-and codes in f32). float64 gives the exact min-max values, to measure how far llm-compressor's
-own f32 run is from them.
+and codes in f32). float64 loads it in float64, but transformers still computes RMSNorm and the RoPE tables in
+float32; float64-exact also computes those in float64 (see _exact_float64).
 gptq-g64: GPTQModifier, int4 symmetric group 64, dampening 0.01, block 128, actorder static
 (llm-compressor's default), lm_head ignored; saved compressed (pack-quantized) with the base's
 tokenizer files, so `qforge verify` can read it.
@@ -52,10 +52,38 @@ def _no_dill_fingerprints() -> None:
     datasets.arrow_dataset.generate_fingerprint = unique
 
 
+def _exact_float64() -> None:
+    """transformers' Llama is not float64 throughout when loaded in float64: LlamaRMSNorm casts
+    its input to float32 (variance, rsqrt and product in float32) and the rotary cos/sin come
+    from float32 angles. Compute both in float64, so the activations llm-compressor's observers
+    see are the model's to within float64 rounding (what `qforge calibrate --precision f64`
+    computes)."""
+    import transformers.models.llama.modeling_llama as llama
+
+    def rms_norm(self, x):
+        var = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(var + self.variance_epsilon))
+
+    def rotary(self, x, position_ids):
+        dim = 2 * self.inv_freq.shape[0]
+        theta = self.config.rope_parameters["rope_theta"]
+        inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        freqs = position_ids[..., None].to(torch.float64) * inv
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+    llama.LlamaRMSNorm.forward = rms_norm
+    llama.LlamaRotaryEmbedding.forward = rotary
+
+
 def main() -> None:
     _no_dill_fingerprints()
     method, base, samples_path, out = sys.argv[1:5]
-    dtype = getattr(torch, sys.argv[5] if len(sys.argv) > 5 else "float32")
+    dtype_name = sys.argv[5] if len(sys.argv) > 5 else "float32"
+    if dtype_name == "float64-exact":
+        _exact_float64()
+        dtype_name = "float64"
+    dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
     s = json.loads(Path(samples_path).read_text())
     ids = s["samples"]

@@ -12,8 +12,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::metrics::{kld_row, log_softmax_nll, percentile, top1, Perplexity};
-use crate::model::{LayerWeights, Linear, Model};
+use crate::model::{LayerWeights, Linear, Model, Project};
 use crate::ops::{attention, rms_norm, round_f16, swiglu, RopeTable};
+use crate::real::Real;
 use crate::tokenize::Chunks;
 use qforge_convert::LayerTensor;
 
@@ -49,13 +50,13 @@ fn run_layer(model: &Model, lw: &LayerWeights, rope: &RopeTable, h: &mut [f32], 
 /// input (`[ctx, inp]`, before any activation quantization) with the linears that read it,
 /// chunk after chunk. The forward of [`perplexity`] and [`compare`]; calibration and the
 /// importance matrix observe through it.
-pub fn run_layer_observed(
+pub fn run_layer_observed<T: Real, L: Project<T>>(
     model: &Model,
-    lw: &LayerWeights,
+    lw: &LayerWeights<T, L>,
     rope: &RopeTable,
-    h: &mut [f32],
+    h: &mut [T],
     ctx: usize,
-    observe: &mut dyn FnMut(&[LayerTensor], &[f32]),
+    observe: &mut dyn FnMut(&[LayerTensor], &[T]),
 ) {
     let cfg = model.config();
     let hid = cfg.hidden_size as usize;
@@ -64,23 +65,23 @@ pub fn run_layer_observed(
         cfg.num_kv_heads as usize,
         cfg.head_dim as usize,
     );
-    let eps = cfg.rms_norm_eps as f32;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let eps = T::of_f64(cfg.rms_norm_eps);
+    let scale = T::ONE / T::of_f64(hd as f64).sqrt();
     let ffn = cfg.intermediate_size as usize;
-    let mut x = vec![0f32; ctx * hid];
-    let mut q = vec![0f32; ctx * heads * hd];
-    let mut k = vec![0f32; ctx * kvh * hd];
-    let mut v = vec![0f32; ctx * kvh * hd];
-    let mut att = vec![0f32; ctx * heads * hd];
-    let mut g = vec![0f32; ctx * ffn];
-    let mut u = vec![0f32; ctx * ffn];
+    let mut x = vec![T::ZERO; ctx * hid];
+    let mut q = vec![T::ZERO; ctx * heads * hd];
+    let mut k = vec![T::ZERO; ctx * kvh * hd];
+    let mut v = vec![T::ZERO; ctx * kvh * hd];
+    let mut att = vec![T::ZERO; ctx * heads * hd];
+    let mut g = vec![T::ZERO; ctx * ffn];
+    let mut u = vec![T::ZERO; ctx * ffn];
     for hc in h.chunks_mut(ctx * hid) {
         x.copy_from_slice(hc);
         rms_norm(&mut x, hid, &lw.attn_norm, eps);
         observe(&[LayerTensor::Q, LayerTensor::K, LayerTensor::V], &x);
-        lw.q.forward(&x, ctx, &mut q);
-        lw.k.forward(&x, ctx, &mut k);
-        lw.v.forward(&x, ctx, &mut v);
+        lw.q.project(&x, ctx, &mut q);
+        lw.k.project(&x, ctx, &mut k);
+        lw.v.project(&x, ctx, &mut v);
         rope.apply(&mut q, heads, model.rope_layout);
         rope.apply(&mut k, kvh, model.rope_layout);
         if model.opts.kv_f16 {
@@ -89,24 +90,24 @@ pub fn run_layer_observed(
         }
         attention(&q, &k, &v, ctx, heads, kvh, hd, scale, &mut att);
         observe(&[LayerTensor::O], &att);
-        lw.o.forward(&att, ctx, &mut x);
+        lw.o.project(&att, ctx, &mut x);
         add(hc, &x);
         x.copy_from_slice(hc);
         rms_norm(&mut x, hid, &lw.ffn_norm, eps);
         observe(&[LayerTensor::Gate, LayerTensor::Up], &x);
-        lw.gate.forward(&x, ctx, &mut g);
-        lw.up.forward(&x, ctx, &mut u);
+        lw.gate.project(&x, ctx, &mut g);
+        lw.up.project(&x, ctx, &mut u);
         swiglu(&mut g, &u);
         observe(&[LayerTensor::Down], &g);
-        lw.down.forward(&g, ctx, &mut x);
+        lw.down.project(&g, ctx, &mut x);
         add(hc, &x);
     }
 }
 
-fn add(h: &mut [f32], d: &[f32]) {
+fn add<T: Real>(h: &mut [T], d: &[T]) {
     h.par_chunks_mut(4096)
         .zip(d.par_chunks(4096))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += y));
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += *y));
 }
 
 /// Logits of the scored positions of one chunk: `[ctx−1−first, vocab]`.

@@ -9,7 +9,8 @@
 //!   ggml-cpu's activation quantization ([`actquant`]), and llama.cpp's F16 KV cache.
 //!
 //! Numbers: weights and activations in `f32`, matmuls accumulate in `f32`, norms, softmax sums
-//! and the metrics in `f64`. Results are bit-identical for any thread count (see
+//! and the metrics in `f64`. The layer forward is generic over [`Real`], so calibration can run
+//! it in `f64` ([`LayerWeights::to_f64`]). Results are bit-identical for any thread count (see
 //! [`matmul`]).
 #![deny(missing_docs)]
 
@@ -20,13 +21,15 @@ pub mod matmul;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod real;
 pub mod tokenize;
 
 pub use error::{Error, Result};
 pub use eval::{
     collect_imatrix, compare, perplexity, Comparison, EvalOptions, LayerError, PerplexityResult,
 };
-pub use model::{ActQuant, ForwardOptions, LayerWeights, Linear, Model, W8a8Mode};
+pub use model::{ActQuant, Dense, ForwardOptions, LayerWeights, Linear, Model, Project, W8a8Mode};
+pub use real::Real;
 pub use tokenize::{Chunks, TextTokenizer};
 
 /// Run `f` on a rayon pool of `threads` threads (the global pool when `None`).

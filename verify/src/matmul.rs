@@ -1,5 +1,5 @@
-//! `y = x · Wᵀ` in `f32` on the CPU: `matrixmultiply`'s packed, FMA-vectorized `sgemm`, split
-//! into fixed blocks that rayon runs in parallel.
+//! `y = x · Wᵀ` on the CPU: `matrixmultiply`'s packed, FMA-vectorized `sgemm` (`dgemm` for the
+//! `f64` forward), split into fixed blocks that rayon runs in parallel.
 //!
 //! Determinism: the blocks depend only on the shapes (never on the thread count), and each
 //! output element is computed entirely inside one block by `sgemm`, whose reduction order over
@@ -8,6 +8,8 @@
 //! shapes; see BENCHMARKS.md.)
 
 use rayon::prelude::*;
+
+use crate::real::Real;
 
 /// Rows of `x` per parallel block when splitting over rows.
 const ROW_BLOCK: usize = 64;
@@ -21,7 +23,7 @@ const COL_BLOCK: usize = 512;
 ///
 /// # Panics
 /// If a slice is shorter than its shape says (a caller bug).
-pub fn matmul_t(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32]) {
+pub fn matmul_t<T: Real>(x: &[T], m: usize, k: usize, w: &[T], n: usize, y: &mut [T]) {
     assert!(
         x.len() >= m * k && w.len() >= n * k && y.len() >= m * n,
         "matmul shapes"
@@ -30,7 +32,7 @@ pub fn matmul_t(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32
         return;
     }
     if k == 0 {
-        y[..m * n].fill(0.0);
+        y[..m * n].fill(T::ZERO);
         return;
     }
     let y = &mut y[..m * n];
@@ -42,24 +44,21 @@ pub fn matmul_t(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32
             let nc = COL_BLOCK.min(n - c0);
             let yp = &yp;
             // SAFETY: blocks write disjoint column ranges of `y`, which outlives the loop;
-            // `sgemm` reads `x` and `w` within the asserted bounds (row stride k, col stride 1).
+            // `gemm` reads `x` and `w` within the asserted bounds (row stride k, col stride 1).
             #[allow(unsafe_code)]
             unsafe {
-                matrixmultiply::sgemm(
+                T::gemm(
                     m,
                     k,
                     nc,
-                    1.0,
                     x.as_ptr(),
                     k as isize,
                     1,
                     w.as_ptr().add(c0 * k),
                     1,
                     k as isize,
-                    0.0,
                     yp.0.add(c0),
                     n as isize,
-                    1,
                 );
             }
         });
@@ -73,56 +72,30 @@ pub fn matmul_t(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, y: &mut [f32
                 // bounds by the assertion above.
                 #[allow(unsafe_code)]
                 unsafe {
-                    matrixmultiply::sgemm(
+                    T::gemm(
                         mr,
                         k,
                         n,
-                        1.0,
                         x.as_ptr().add(r0 * k),
                         k as isize,
                         1,
                         w.as_ptr(),
                         1,
                         k as isize,
-                        0.0,
                         yb.as_mut_ptr(),
                         n as isize,
-                        1,
                     );
                 }
             });
     }
 }
 
-/// General strided single-threaded `C = A·B` (`beta = 0`) for the attention blocks.
-///
-/// # Safety
-/// Every element addressed through the given strides must lie inside the pointed-to buffers,
-/// and `c` must not alias `a` or `b`.
-#[allow(unsafe_code, clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm_strided(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: *const f32,
-    rsa: isize,
-    csa: isize,
-    b: *const f32,
-    rsb: isize,
-    csb: isize,
-    c: *mut f32,
-    rsc: isize,
-) {
-    // SAFETY: forwarded to the caller's contract.
-    unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, 1) }
-}
-
-struct SendPtr(*mut f32);
+struct SendPtr<T>(*mut T);
 // SAFETY: only used to hand disjoint column ranges of one buffer to rayon workers.
 #[allow(unsafe_code)]
-unsafe impl Sync for SendPtr {}
+unsafe impl<T> Sync for SendPtr<T> {}
 #[allow(unsafe_code)]
-unsafe impl Send for SendPtr {}
+unsafe impl<T> Send for SendPtr<T> {}
 
 #[cfg(test)]
 mod tests {

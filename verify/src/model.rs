@@ -11,6 +11,7 @@ use crate::actquant::{fp8_per_token, ggml_quantize, GgmlActType};
 use crate::error::{Error, Result};
 use crate::matmul::matmul_t;
 use crate::ops::{inv_freqs, Llama3Scaling, RopeLayout};
+use crate::real::Real;
 
 /// Whether to emulate dynamic per-token FP8 activations (W8A8) on quantized linears.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,26 +100,80 @@ impl Linear {
     }
 }
 
-/// One transformer block's weights, dequantized.
-pub struct LayerWeights {
+/// A linear layer the generic forward can run: `y[t, out] = x[t, inp] · Wᵀ` in `T`.
+pub trait Project<T> {
+    /// `y = x · Wᵀ` for `t` tokens.
+    fn project(&self, x: &[T], t: usize, y: &mut [T]);
+}
+
+impl Project<f32> for Linear {
+    fn project(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        self.forward(x, t, y);
+    }
+}
+
+/// A plain linear layer in `T` (no activation quantization): the `f64` forward's weights.
+pub struct Dense<T> {
+    /// Weights, `[out, inp]` row-major.
+    pub w: Vec<T>,
+    /// Output features.
+    pub out: usize,
+    /// Input features.
+    pub inp: usize,
+}
+
+impl<T: Real> Project<T> for Dense<T> {
+    fn project(&self, x: &[T], t: usize, y: &mut [T]) {
+        matmul_t(x, t, self.inp, &self.w, self.out, y);
+    }
+}
+
+/// One transformer block's weights, dequantized (`f32` [`Linear`]s by default).
+pub struct LayerWeights<T = f32, L = Linear> {
     /// `input_layernorm` weight.
-    pub attn_norm: Vec<f32>,
+    pub attn_norm: Vec<T>,
     /// `q_proj`.
-    pub q: Linear,
+    pub q: L,
     /// `k_proj`.
-    pub k: Linear,
+    pub k: L,
     /// `v_proj`.
-    pub v: Linear,
+    pub v: L,
     /// `o_proj`.
-    pub o: Linear,
+    pub o: L,
     /// `post_attention_layernorm` weight.
-    pub ffn_norm: Vec<f32>,
+    pub ffn_norm: Vec<T>,
     /// `gate_proj`.
-    pub gate: Linear,
+    pub gate: L,
     /// `up_proj`.
-    pub up: Linear,
+    pub up: L,
     /// `down_proj`.
-    pub down: Linear,
+    pub down: L,
+}
+
+impl LayerWeights {
+    /// The same weights in `f64` (exact), or `None` when a linear quantizes its activations
+    /// (the `f64` forward computes the unquantized model only).
+    pub fn to_f64(&self) -> Option<LayerWeights<f64, Dense<f64>>> {
+        let d = |l: &Linear| {
+            matches!(l.act, ActQuant::None | ActQuant::Ggml(GgmlActType::F32)).then(|| Dense {
+                w: l.w.iter().map(|&v| f64::from(v)).collect(),
+                out: l.out,
+                inp: l.inp,
+            })
+        };
+        let n = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect();
+        Some(LayerWeights {
+            attn_norm: n(&self.attn_norm),
+            q: d(&self.q)?,
+            k: d(&self.k)?,
+            v: d(&self.v)?,
+            o: d(&self.o)?,
+            ffn_norm: n(&self.ffn_norm),
+            gate: d(&self.gate)?,
+            up: d(&self.up)?,
+            down: d(&self.down)?,
+        })
+    }
 }
 
 /// A model ready for evaluation.

@@ -1,20 +1,21 @@
 //! The building blocks of the Llama forward pass, in `f32` with wider accumulation where
 //! llama.cpp uses it: RMSNorm, rotary embeddings (both row layouts, llama3 frequency scaling),
-//! causal grouped-query attention, SwiGLU.
+//! causal grouped-query attention, SwiGLU. Generic over [`Real`]: the same code runs in `f64`
+//! for exact calibration statistics.
 
 use rayon::prelude::*;
 
-use crate::matmul::sgemm_strided;
+use crate::real::Real;
 
 /// `y = x · (mean(x²) + eps)^(-1/2) · w` per row of `width` (sum of squares in `f64`, as
 /// ggml's `rms_norm`), in place.
-pub fn rms_norm(x: &mut [f32], width: usize, w: &[f32], eps: f32) {
+pub fn rms_norm<T: Real>(x: &mut [T], width: usize, w: &[T], eps: T) {
     x.par_chunks_mut(width).for_each(|row| {
-        let ss: f64 = row.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
-        let mean = (ss / width as f64) as f32;
-        let scale = 1.0 / (mean + eps).sqrt();
+        let ss: f64 = row.iter().map(|v| v.to_f64() * v.to_f64()).sum();
+        let mean = T::of_f64(ss / width as f64);
+        let scale = T::ONE / (mean + eps).sqrt();
         for (v, g) in row.iter_mut().zip(w) {
-            *v = (*v * scale) * g;
+            *v = (*v * scale) * *g;
         }
     });
 }
@@ -79,12 +80,12 @@ pub fn inv_freqs(
 }
 
 /// `cos`/`sin` of `p · inv_freq_i` for positions `0..positions` (angles in `f64`, rounded
-/// once to `f32`), row-major `[p][i]`.
+/// once to the forward's type when applied), row-major `[p][i]`.
 #[derive(Debug, Clone)]
 pub struct RopeTable {
     half: usize,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    cos: Vec<f64>,
+    sin: Vec<f64>,
 }
 
 impl RopeTable {
@@ -96,15 +97,15 @@ impl RopeTable {
         for p in 0..positions {
             for f in inv_freq {
                 let a = p as f64 * f;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
+                cos.push(a.cos());
+                sin.push(a.sin());
             }
         }
         RopeTable { half, cos, sin }
     }
 
     /// Rotate every head of `x` (`[tokens, heads·hd]`, token `t` at position `t`), in place.
-    pub fn apply(&self, x: &mut [f32], heads: usize, layout: RopeLayout) {
+    pub fn apply<T: Real>(&self, x: &mut [T], heads: usize, layout: RopeLayout) {
         let hd = 2 * self.half;
         let half = self.half;
         x.par_chunks_mut(heads * hd)
@@ -112,6 +113,8 @@ impl RopeTable {
             .for_each(|(p, row)| {
                 let c = &self.cos[p * half..(p + 1) * half];
                 let s = &self.sin[p * half..(p + 1) * half];
+                let c: Vec<T> = c.iter().map(|&v| T::of_f64(v)).collect();
+                let s: Vec<T> = s.iter().map(|&v| T::of_f64(v)).collect();
                 for head in row.chunks_exact_mut(hd) {
                     for j in 0..half {
                         let (ia, ib) = match layout {
@@ -134,18 +137,21 @@ impl RopeTable {
 
 /// Numerically stable softmax of `x` in place (max subtracted, sum in `f64`); returns the
 /// sum of `exp(x − max)`.
-pub fn softmax(x: &mut [f32]) -> f64 {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        x.fill(0.0);
+pub fn softmax<T: Real>(x: &mut [T]) -> f64 {
+    let max = x
+        .iter()
+        .copied()
+        .fold(T::NEG_INFINITY, |a, b| if b > a { b } else { a });
+    if max == T::NEG_INFINITY {
+        x.fill(T::ZERO);
         return 0.0;
     }
     let mut sum = 0f64;
     for v in x.iter_mut() {
         *v = (*v - max).exp();
-        sum += f64::from(*v);
+        sum += v.to_f64();
     }
-    let inv = (1.0 / sum) as f32;
+    let inv = T::of_f64(1.0 / sum);
     for v in x.iter_mut() {
         *v *= inv;
     }
@@ -165,16 +171,16 @@ const Q_BLOCK: usize = 64;
 /// # Panics
 /// If the slices do not match the shapes (a caller bug).
 #[allow(clippy::too_many_arguments)]
-pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+pub fn attention<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
     t: usize,
     heads: usize,
     kv_heads: usize,
     hd: usize,
-    scale: f32,
-    out: &mut [f32],
+    scale: T,
+    out: &mut [T],
 ) {
     let qw = heads * hd;
     let kw = kv_heads * hd;
@@ -186,7 +192,7 @@ pub fn attention(
     let group = heads / kv_heads;
     let nblocks = t.div_ceil(Q_BLOCK);
     // One task per (query block, head); each returns its [rows, hd] output.
-    let parts: Vec<(usize, usize, Vec<f32>)> = (0..nblocks * heads)
+    let parts: Vec<(usize, usize, Vec<T>)> = (0..nblocks * heads)
         .into_par_iter()
         .map(|task| {
             let (b, h) = (task / heads, task % heads);
@@ -194,13 +200,13 @@ pub fn attention(
             let rows = Q_BLOCK.min(t - r0);
             let keys = r0 + rows;
             let kvh = h / group;
-            let mut s = vec![0f32; rows * keys];
+            let mut s = vec![T::ZERO; rows * keys];
             // SAFETY: q rows r0..r0+rows of head h (stride qw), k rows 0..keys of head kvh
             // (stride kw, read as the transposed operand), s is [rows, keys]; all in bounds
             // by the shape assertion above.
             #[allow(unsafe_code)]
             unsafe {
-                sgemm_strided(
+                T::gemm(
                     rows,
                     hd,
                     keys,
@@ -219,15 +225,15 @@ pub fn attention(
                 for x in &mut row[..visible] {
                     *x *= scale;
                 }
-                row[visible..].fill(f32::NEG_INFINITY);
+                row[visible..].fill(T::NEG_INFINITY);
                 softmax(row);
             }
-            let mut o = vec![0f32; rows * hd];
+            let mut o = vec![T::ZERO; rows * hd];
             // SAFETY: s is [rows, keys]; v rows 0..keys of head kvh (stride kw); o is
             // [rows, hd].
             #[allow(unsafe_code)]
             unsafe {
-                sgemm_strided(
+                T::gemm(
                     rows,
                     keys,
                     hd,
@@ -252,24 +258,22 @@ pub fn attention(
 }
 
 /// SwiGLU: `gate ← silu(gate) ⊙ up` with `silu(z) = z / (1 + e^(−z))`.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+pub fn swiglu<T: Real>(gate: &mut [T], up: &[T]) {
     gate.par_chunks_mut(4096)
         .zip(up.par_chunks(4096))
         .for_each(|(g, u)| {
             for (a, b) in g.iter_mut().zip(u) {
-                *a = *a / (1.0 + (-*a).exp()) * b;
+                *a = *a / (T::ONE + (-*a).exp()) * *b;
             }
         });
 }
 
 /// Round every value to the nearest `f16` (RNE), as llama.cpp's default F16 KV cache stores
 /// K and V.
-pub fn round_f16(x: &mut [f32]) {
+pub fn round_f16<T: Real>(x: &mut [T]) {
     x.par_chunks_mut(4096).for_each(|c| {
         for v in c {
-            *v = qforge_quantize::float::f16_bits_to_f32(qforge_quantize::float::f32_to_f16_bits(
-                *v,
-            ));
+            *v = v.round_f16();
         }
     });
 }
