@@ -4,7 +4,7 @@
 //! exactly the GPTQ codes and scales; AWQ likewise resumes to the same bytes and its scales are
 //! folded by `qforge quantize --calib DIR`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use qforge_calibrate::engine::{layer_forward, Site};
@@ -37,6 +37,16 @@ fn tokens(path: &Path, n: usize, seq: usize, vocab: u32) {
         serde_json::json!({"seq_len": seq, "samples": samples}).to_string(),
     )
     .unwrap();
+}
+
+/// A temporary directory holding the SMALL random model `m` and `n` token samples `t.json` of
+/// `seq` tokens.
+fn small_model_and_tokens(n: usize, seq: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, t) = (dir.path().join("m"), dir.path().join("t.json"));
+    make_model(&m, SMALL);
+    tokens(&t, n, seq, 4096);
+    (dir, m, t)
 }
 
 fn run(args: &[&str]) -> std::process::Output {
@@ -207,11 +217,8 @@ fn naive_f64_layer(lw: &qforge_verify::LayerWeights, x: &mut [f64], seq: usize) 
 
 #[test]
 fn fp8_static_f64_scales_are_the_exact_max_abs_and_resume() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, m, t) = small_model_and_tokens(3, 24);
     let d = dir.path();
-    let (m, t) = (d.join("m"), d.join("t.json"));
-    make_model(&m, SMALL);
-    tokens(&t, 3, 24, 4096);
     let args = |out: &'static str| -> Vec<String> {
         [
             "calibrate",
@@ -333,11 +340,8 @@ fn packed_words(ck: &qforge_convert::Checkpoint, module: &str) -> (Vec<u64>, Vec
 
 #[test]
 fn gptq_resumes_to_identical_bytes_and_quantize_writes_its_codes() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, m, t) = small_model_and_tokens(3, 24);
     let d = dir.path();
-    let (m, t) = (d.join("m"), d.join("t.json"));
-    make_model(&m, SMALL);
-    tokens(&t, 3, 24, 4096);
     let (a, b) = (d.join("a"), d.join("b"));
     let o = run(&gptq_args(p(&m), p(&t), p(&a), "1"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -409,11 +413,8 @@ fn awq_args<'a>(m: &'a str, t: &'a str, out: &'a str, threads: &'a str) -> Vec<&
 /// the scales (norm weight / s, balance columns · s) before round-to-nearest.
 #[test]
 fn awq_resumes_to_identical_bytes_and_quantize_folds_its_scales() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, m, t) = small_model_and_tokens(3, 24);
     let d = dir.path();
-    let (m, t) = (d.join("m"), d.join("t.json"));
-    make_model(&m, SMALL);
-    tokens(&t, 3, 24, 4096);
     let (a, b) = (d.join("a"), d.join("b"));
     let o = run(&awq_args(p(&m), p(&t), p(&a), "1"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -494,11 +495,9 @@ fn awq_resumes_to_identical_bytes_and_quantize_folds_its_scales() {
 /// says `num_bits: 8`, and reading the checkpoint back dequantizes to `s·q`.
 #[test]
 fn gptq_int8_codes_are_written_as_8_bit_pack_quantized() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, m, t) = small_model_and_tokens(3, 24);
     let d = dir.path();
-    let (m, t, a, q) = (d.join("m"), d.join("t.json"), d.join("a"), d.join("q"));
-    make_model(&m, SMALL);
-    tokens(&t, 3, 24, 4096);
+    let (a, q) = (d.join("a"), d.join("q"));
     let int8 = &["--method", "gptq", "--scheme", "int8-g64"];
     let o = run(&calib_args(p(&m), p(&t), int8, p(&a), "2"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -565,11 +564,8 @@ fn gptq_int8_codes_are_written_as_8_bit_pack_quantized() {
 /// naming the file, never a panic, and nothing is written.
 #[test]
 fn tampered_calibration_directories_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, m, t) = small_model_and_tokens(2, 16);
     let d = dir.path();
-    let (m, t) = (d.join("m"), d.join("t.json"));
-    make_model(&m, SMALL);
-    tokens(&t, 2, 16, 4096);
     let (gptq, awq) = (d.join("gptq"), d.join("awq"));
     assert!(run(&gptq_args(p(&m), p(&t), p(&gptq), "2"))
         .status

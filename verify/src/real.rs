@@ -29,8 +29,6 @@ pub trait Real:
 
     /// `v` rounded to nearest.
     fn of_f64(v: f64) -> Self;
-    /// `v` rounded to nearest (exact for both types).
-    fn of_f32(v: f32) -> Self;
     /// The value as `f64` (exact).
     fn to_f64(self) -> f64;
     /// `eˣ`.
@@ -64,87 +62,64 @@ pub trait Real:
     );
 }
 
+/// The members both impls share: constants, `exp`, `sqrt` and the gemm.
+macro_rules! shared {
+    ($t:ident, $gemm:path) => {
+        const ZERO: Self = 0.0;
+        const ONE: Self = 1.0;
+        const NEG_INFINITY: Self = $t::NEG_INFINITY;
+
+        fn exp(self) -> Self {
+            $t::exp(self)
+        }
+        fn sqrt(self) -> Self {
+            $t::sqrt(self)
+        }
+        #[allow(unsafe_code)]
+        unsafe fn gemm(
+            m: usize,
+            k: usize,
+            n: usize,
+            a: *const Self,
+            rsa: isize,
+            csa: isize,
+            b: *const Self,
+            rsb: isize,
+            csb: isize,
+            c: *mut Self,
+            rsc: isize,
+        ) {
+            // SAFETY: forwarded from the caller's contract.
+            unsafe { $gemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, 1) }
+        }
+    };
+}
+
 impl Real for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+    shared!(f32, matrixmultiply::sgemm);
 
     #[allow(clippy::cast_possible_truncation)] // rounding to f32 is the point
     fn of_f64(v: f64) -> Self {
         v as f32
     }
-    fn of_f32(v: f32) -> Self {
-        v
-    }
     fn to_f64(self) -> f64 {
         f64::from(self)
-    }
-    fn exp(self) -> Self {
-        f32::exp(self)
-    }
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
     }
     fn round_f16(self) -> Self {
         qforge_quantize::float::f16_bits_to_f32(qforge_quantize::float::f32_to_f16_bits(self))
     }
-    #[allow(unsafe_code)]
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        c: *mut Self,
-        rsc: isize,
-    ) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, 1) }
-    }
 }
 
 impl Real for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+    shared!(f64, matrixmultiply::dgemm);
 
     fn of_f64(v: f64) -> Self {
         v
     }
-    fn of_f32(v: f32) -> Self {
-        f64::from(v)
-    }
     fn to_f64(self) -> f64 {
         self
     }
-    fn exp(self) -> Self {
-        f64::exp(self)
-    }
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
-    }
     fn round_f16(self) -> Self {
         f64::from(half::f16::from_f64(self))
-    }
-    #[allow(unsafe_code)]
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        c: *mut Self,
-        rsc: isize,
-    ) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, 1) }
     }
 }
