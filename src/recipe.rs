@@ -103,8 +103,8 @@ fn default_base() -> String {
 }
 
 /// `[calibrate]`: runs `qforge calibrate` / `qforge imatrix` once; every quantize step that
-/// uses the result gets it: fp8-static and GPTQ (int4/int8) steps as `--calib`, GGUF mixes
-/// an imatrix as `--imatrix`.
+/// uses the result gets it: fp8-static, GPTQ (int4/int8) and AWQ (int4) steps as `--calib`,
+/// GGUF mixes an imatrix as `--imatrix`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CalibrateStep {
@@ -118,9 +118,15 @@ pub struct CalibrateStep {
     /// Number of calibration chunks (samples).
     #[serde(default)]
     pub chunks: Option<usize>,
-    /// GPTQ scheme (int4-g<N>, int4-row, ...); must match the quantize steps that use it.
+    /// GPTQ/AWQ scheme (int4-g<N>, int4-row, ...); must match the quantize steps that use it.
     #[serde(default)]
     pub scheme: Option<String>,
+    /// AWQ: asymmetric INT4 (zero points); the quantize steps that use it set `asym = true`.
+    #[serde(default)]
+    pub asym: bool,
+    /// fp8-static: the calibration forward's float type, `f32` (default) or `f64`.
+    #[serde(default)]
+    pub precision: Option<String>,
     /// Output file name inside the output directory [default: calib.json].
     #[serde(default = "default_calib")]
     pub name: String,
@@ -286,6 +292,22 @@ impl Recipe {
         }
         if let Some(c) = &self.calibrate {
             check(&c.name, "[calibrate]")?;
+            if !matches!(c.method.as_str(), "fp8-static" | "gptq" | "awq" | "imatrix") {
+                bail!(
+                    "[calibrate] method = {:?}: use \"fp8-static\", \"gptq\", \"awq\" or \"imatrix\"",
+                    c.method
+                );
+            }
+            if c.asym && c.method != "awq" {
+                bail!("[calibrate] asym applies to method = \"awq\"");
+            }
+            match (c.precision.as_deref(), c.method.as_str()) {
+                (None | Some("f32"), _) | (Some("f64"), "fp8-static") => {}
+                (Some("f64"), m) => {
+                    bail!("[calibrate] precision = \"f64\" applies to fp8-static, not {m:?}")
+                }
+                (Some(p), _) => bail!("[calibrate] precision = {p:?}: use \"f32\" or \"f64\""),
+            }
         }
         for q in &self.quantize {
             check(&Recipe::artifact_name(q), "[[quantize]]")?;
@@ -343,6 +365,33 @@ max_ppl_drift = "1.5%"
         assert_eq!(r.quantize[1].max_ppl_drift, Some(Percent(5.0)));
         assert_eq!(r.output.report, "report.json");
         assert_eq!(r.convert.as_ref().unwrap().name, "base");
+    }
+
+    #[test]
+    fn calibrate_options_are_checked_against_the_method() {
+        let base = "[input]\nmodel = \"m\"\n[output]\ndir = \"o\"\n[[quantize]]\nname = \"q\"\n\
+                    scheme = \"int4-g64\"\n[calibrate]\ndata = \"t.txt\"\n";
+        let parse = |extra: &str| Recipe::parse(&format!("{base}{extra}"));
+        let awq = parse("method = \"awq\"\nscheme = \"int4-g64\"\nasym = true").unwrap();
+        let c = awq.calibrate.unwrap();
+        assert!(c.asym && c.precision.is_none());
+        let f64 = parse("method = \"fp8-static\"\nprecision = \"f64\"").unwrap();
+        assert_eq!(f64.calibrate.unwrap().precision.as_deref(), Some("f64"));
+        for (bad, says) in [
+            (
+                "method = \"gptq\"\nprecision = \"f64\"",
+                "applies to fp8-static",
+            ),
+            (
+                "method = \"fp8-static\"\nprecision = \"f16\"",
+                "use \"f32\" or \"f64\"",
+            ),
+            ("method = \"gptq\"\nasym = true", "asym applies"),
+            ("method = \"smoothquant\"", "method = \"smoothquant\""),
+        ] {
+            let e = format!("{:#}", parse(bad).unwrap_err());
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

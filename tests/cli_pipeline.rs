@@ -435,6 +435,11 @@ fn pipeline_calibration_steps_feed_the_quantize_steps_that_use_them() {
             "int4-g32",
             "ctx = 32\nchunks = 4\nscheme = \"int4-g32\"",
         ),
+        (
+            "awq",
+            "int4-g32",
+            "ctx = 32\nchunks = 4\nscheme = \"int4-g32\"",
+        ),
     ] {
         let out = root.path().join(format!("out-{method}"));
         let r = format!(

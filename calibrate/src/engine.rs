@@ -65,8 +65,9 @@ pub enum Precision {
     /// `f32` (as `qforge verify`), the default.
     #[default]
     F32,
-    /// `f64` weights, activations and matmuls (fp8-static only): about twice the time and the
-    /// layer's weights twice the memory.
+    /// `f64` weights, activations and matmuls (fp8-static only): about twice the time; the
+    /// hidden states take twice the memory, and the layer being run is held in `f64` beside its
+    /// `f32` copy (three times one layer's `f32` weights).
     F64,
 }
 

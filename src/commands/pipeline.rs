@@ -40,7 +40,7 @@ pub trait Calibrator {
     fn calibrate(&self, model: &Path, step: &CalibrateStep, out: &Path) -> Result<()>;
 }
 
-/// The calibrator of this build: `qforge calibrate` (fp8-static, gptq) and `qforge imatrix`,
+/// The calibrator of this build: `qforge calibrate` (fp8-static, gptq, awq) and `qforge imatrix`,
 /// run in-process with the recipe's settings.
 pub struct Builtin;
 
@@ -51,7 +51,7 @@ impl Calibrator for Builtin {
         let out = out.to_string_lossy().into_owned();
         let mut argv: Vec<String> = Vec::new();
         match step.method.as_str() {
-            "fp8-static" | "gptq" => {
+            "fp8-static" | "gptq" | "awq" => {
                 argv.extend(["qforge", "calibrate", &model, "--data", &data, "-o", &out]
                     .map(str::to_owned));
                 argv.extend(["--method".into(), step.method.clone(), "--overwrite".into()]);
@@ -63,6 +63,12 @@ impl Calibrator for Builtin {
                 }
                 if let Some(sch) = &step.scheme {
                     argv.extend(["--scheme".into(), sch.clone()]);
+                }
+                if step.asym {
+                    argv.push("--asym".into());
+                }
+                if let Some(p) = &step.precision {
+                    argv.extend(["--precision".into(), p.clone()]);
                 }
             }
             "imatrix" => {
@@ -77,7 +83,7 @@ impl Calibrator for Builtin {
                 }
             }
             other => bail!(
-                "[calibrate] method {other:?} is not available\n  hint: use fp8-static, gptq or imatrix"
+                "[calibrate] method {other:?} is not available\n  hint: use fp8-static, gptq, awq or imatrix"
             ),
         }
         let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv)
@@ -97,6 +103,7 @@ pub fn calib_use(method: &str, scheme: &str) -> Option<bool> {
         "imatrix" => scheme.starts_with("gguf:").then_some(true),
         "fp8-static" => (scheme == "fp8-static").then_some(false),
         "gptq" => (scheme.starts_with("int4") || scheme.starts_with("int8")).then_some(false),
+        "awq" => scheme.starts_with("int4").then_some(false),
         _ => None,
     }
 }
