@@ -79,6 +79,9 @@ pub fn hf_config_json(cfg: &ModelConfig, dtype: DType) -> Value {
 /// Makes a whole tensor's bytes into the (empty) buffer it is given.
 pub type WholeFn<'a> = Box<dyn Fn(&mut Vec<u8>) -> Result<()> + 'a>;
 
+/// A [`WholeFn`] that may run on another thread, ahead of the write order.
+pub type AheadFn<'a> = Box<dyn Fn(&mut Vec<u8>) -> Result<()> + Send + Sync + 'a>;
+
 /// Makes output rows `range` into a slice of exactly `range.len() * row_bytes` bytes.
 pub type FillFn<'a> = Box<dyn Fn(std::ops::Range<usize>, &mut [u8]) -> Result<()> + 'a>;
 
@@ -88,7 +91,15 @@ pub enum Producer<'a> {
     Whole(WholeFn<'a>),
     /// Row block by row block (see [`RowProducer`]).
     Rows(RowProducer<'a>),
+    /// The whole tensor, small and computed from the source alone (e.g. FP8 row scales, which
+    /// the file order puts before their codes): a helper thread makes these in write order
+    /// ahead of the writer, so their reading of the source overlaps the hashing and writing of
+    /// the large tensors before them (at most [`AHEAD_TENSORS`] held).
+    Ahead(AheadFn<'a>),
 }
+
+/// How many [`Producer::Ahead`] results may wait for the writer.
+pub const AHEAD_TENSORS: usize = 64;
 
 /// Makes a 2-D tensor's bytes a block of rows at a time. The writer makes the next block
 /// while a second thread hashes and writes the previous one (see [`write_rows`]), so the
@@ -179,25 +190,78 @@ pub fn write_safetensors_shards(
             .into_iter()
             .map(|t| (t.spec.name.clone(), t))
             .collect();
+        // the Ahead producers, taken out in write order
+        let mut ahead: Vec<AheadFn<'_>> = Vec::new();
+        let mut ahead_names = std::collections::BTreeSet::new();
+        for (spec, _, _) in &p.tensors {
+            if matches!(by_name.get(&spec.name), Some(t) if matches!(t.produce, Producer::Ahead(_)))
+            {
+                if let Some(OutTensor {
+                    produce: Producer::Ahead(f),
+                    ..
+                }) = by_name.remove(&spec.name)
+                {
+                    ahead.push(f);
+                    ahead_names.insert(spec.name.clone());
+                }
+            }
+        }
         let file = out.create(name)?;
         let path = file.path().to_owned();
         let mut w = Writer::new(file, p).map_err(|e| Error::io(&path, e))?;
-        let mut buf = Vec::new();
-        while let Some(tname) = w.next_name().map(str::to_owned) {
-            let t = by_name
-                .remove(&tname)
-                .ok_or_else(|| Error::NoSuchTensor(tname.clone()))?;
-            match &t.produce {
-                Producer::Whole(produce) => {
-                    reset_buffer(&mut buf);
-                    produce(&mut buf)?;
-                    w.write_tensor(&tname, &buf)
-                        .map_err(|e| Error::io(&path, e))?;
-                }
-                Producer::Rows(rows) => write_rows(&mut w, &tname, rows, &path)?,
+        let file = std::thread::scope(|scope| -> Result<_> {
+            // The helper makes the Ahead tensors in write order; the writer takes them in the
+            // same order. If the writer stops early, dropping the receiver ends the helper.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(AHEAD_TENSORS);
+            if !ahead.is_empty() {
+                scope.spawn(move || {
+                    for f in ahead {
+                        let mut b = Vec::new();
+                        let r = f(&mut b).map(|()| b);
+                        let failed = r.is_err();
+                        if tx.send(r).is_err() || failed {
+                            return;
+                        }
+                    }
+                });
             }
-        }
-        let file = w.finish().map_err(|e| Error::io(&path, e))?;
+            let mut buf = Vec::new();
+            let written = (|| -> Result<()> {
+                while let Some(tname) = w.next_name().map(str::to_owned) {
+                    if ahead_names.contains(&tname) {
+                        let b = rx.recv().map_err(|_| {
+                            Error::io(&path, std::io::Error::other("ahead producer stopped"))
+                        })??;
+                        w.write_tensor(&tname, &b)
+                            .map_err(|e| Error::io(&path, e))?;
+                        continue;
+                    }
+                    let t = by_name
+                        .remove(&tname)
+                        .ok_or_else(|| Error::NoSuchTensor(tname.clone()))?;
+                    match &t.produce {
+                        Producer::Whole(produce) => {
+                            reset_buffer(&mut buf);
+                            produce(&mut buf)?;
+                            w.write_tensor(&tname, &buf)
+                                .map_err(|e| Error::io(&path, e))?;
+                        }
+                        Producer::Rows(rows) => write_rows(&mut w, &tname, rows, &path)?,
+                        // (taken out above; made here in order if it ever is not)
+                        Producer::Ahead(produce) => {
+                            reset_buffer(&mut buf);
+                            produce(&mut buf)?;
+                            w.write_tensor(&tname, &buf)
+                                .map_err(|e| Error::io(&path, e))?;
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            drop(rx);
+            written?;
+            w.finish().map_err(|e| Error::io(&path, e))
+        })?;
         records.push(out.finish(file)?);
     }
     if n > 1 && out.finished(crate::hf::INDEX_FILE).is_none() {
@@ -641,4 +705,92 @@ pub(crate) fn write_hf_side_files(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` F32 values made from `name`.
+    fn bytes_of(name: &str, n: usize) -> Vec<u8> {
+        let seed = name
+            .bytes()
+            .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        (0..n as u32)
+            .flat_map(|i| (seed.wrapping_mul(i + 1) as f32).to_le_bytes())
+            .collect()
+    }
+
+    /// Write `tensors` (name, values, made ahead?, fails?) into `dest`; the file's bytes.
+    fn write(dest: &Path, tensors: &[(String, usize, bool, bool)]) -> Result<Vec<u8>> {
+        let out_tensors = tensors
+            .iter()
+            .map(|(name, n, ahead, fails)| {
+                let (b, fails, name2) = (bytes_of(name, *n), *fails, name.clone());
+                let make = move |buf: &mut Vec<u8>| {
+                    if fails {
+                        return Err(Error::NoSuchTensor(format!("{name2} failed")));
+                    }
+                    buf.extend_from_slice(&b);
+                    Ok(())
+                };
+                OutTensor {
+                    spec: TensorSpec {
+                        name: name.clone(),
+                        dtype: DType::F32,
+                        shape: vec![*n as u64],
+                    },
+                    produce: if *ahead {
+                        Producer::Ahead(Box::new(make))
+                    } else {
+                        Producer::Whole(Box::new(make))
+                    },
+                }
+            })
+            .collect();
+        let mut out = OutputDir::begin(dest, OutputOptions::default())?;
+        write_safetensors_shards(&mut out, out_tensors, u64::MAX)?;
+        out.commit(serde_json::Map::new())?;
+        Ok(std::fs::read(dest.join("model.safetensors")).unwrap())
+    }
+
+    #[test]
+    fn ahead_producers_write_the_same_bytes_and_errors_keep_the_write_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // more Ahead tensors than the helper may hold, interleaved with Whole ones
+        let many: Vec<(String, usize, bool, bool)> = (0..3 * AHEAD_TENSORS)
+            .map(|i| (format!("t.{i:04}"), 1 + i % 7, i % 3 != 0, false))
+            .collect();
+        let whole: Vec<_> = many
+            .iter()
+            .map(|(n, k, _, f)| (n.clone(), *k, false, *f))
+            .collect();
+        let a = write(&dir.path().join("ahead"), &many).unwrap();
+        let b = write(&dir.path().join("whole"), &whole).unwrap();
+        assert_eq!(a, b);
+
+        // The first failure in write order is the one reported, whichever thread made it, and
+        // nothing is left at the destination.
+        let t = |n: &str, ahead: bool, fails: bool| (n.to_owned(), 4, ahead, fails);
+        for (set, first) in [
+            (vec![t("a", false, true), t("b", true, true)], "a failed"),
+            (
+                vec![
+                    t("a", false, false),
+                    t("b", true, true),
+                    t("c", false, true),
+                ],
+                "b failed",
+            ),
+            (
+                vec![t("a", true, false), t("b", false, true), t("c", true, true)],
+                "b failed",
+            ),
+        ] {
+            let dest = dir.path().join(format!("fail-{first}-{}", set.len()));
+            let e = write(&dest, &set).unwrap_err().to_string();
+            assert!(e.contains(first), "{e}");
+            assert!(!dest.exists());
+        }
+    }
 }

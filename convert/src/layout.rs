@@ -11,6 +11,9 @@
 //! then name), so a module's scales are written before its codes. The scale producers therefore
 //! compute the scales alone (FP8: one pass of row maxima) and the code producers recompute them
 //! with the codes; both use the same rule, so they always agree. Memory stays at one tensor.
+//! FP8 row scales are [`Producer::Ahead`]: a helper thread makes them in write order while the
+//! writer is still hashing and writing the large tensors the order puts first (embeddings, LM
+//! head), so that pass over the linears no longer waits its turn.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -244,12 +247,10 @@ fn fp8_rows_streamed(
     numerics: Numerics,
     out_q: Option<&mut [u8]>,
 ) -> Option<Result<Vec<f32>>> {
-    let w = ckpt.part(id, Part::Weight)?;
-    if !matches!(w.dtype, DType::BF16 | DType::F16 | DType::F32)
-        || ckpt.part(id, Part::WeightScale).is_some()
-    {
+    if !plain_float_weight(ckpt, id) {
         return None;
     }
+    let w = ckpt.part(id, Part::Weight)?;
     let k = shape2(ckpt, id).1;
     let name = hf_module(id) + ".weight";
     Some(
@@ -273,6 +274,14 @@ fn fp8_rows_streamed(
             fp8::quantize_fp8_row(buf, q, opts)
         }),
     )
+}
+
+/// Whether `id`'s weight is a plain float tensor (BF16/F16/F32, no scale of its own), which
+/// [`fp8_rows_streamed`] reads a row at a time.
+fn plain_float_weight(ckpt: &Checkpoint, id: TensorId) -> bool {
+    ckpt.part(id, Part::Weight)
+        .is_some_and(|w| matches!(w.dtype, DType::BF16 | DType::F16 | DType::F32))
+        && ckpt.part(id, Part::WeightScale).is_none()
 }
 
 /// FP8 rowwise codes as a row-block producer (see [`RowProducer`]), when the weight is a
@@ -746,25 +755,35 @@ pub fn quantize_to_hf(
                             vec![1]
                         },
                     },
-                    produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                        if per_row {
-                            if let Some(r) =
-                                fp8_rows_streamed(ckpt, id, rope, &fp8_opts, numerics, None)
-                            {
-                                scale_out(&r?, buf);
-                                return Ok(());
+                    produce: {
+                        let make = move |buf: &mut Vec<u8>| {
+                            if per_row {
+                                if let Some(r) =
+                                    fp8_rows_streamed(ckpt, id, rope, &fp8_opts, numerics, None)
+                                {
+                                    scale_out(&r?, buf);
+                                    return Ok(());
+                                }
                             }
-                        }
-                        let v = checked_rows(ckpt, id, rope, k, numerics)?;
-                        let s = if per_row {
-                            fp8::rowwise_scales(&v, k, &fp8_opts)
+                            let v = checked_rows(ckpt, id, rope, k, numerics)?;
+                            let s = if per_row {
+                                fp8::rowwise_scales(&v, k, &fp8_opts)
+                            } else {
+                                fp8::per_tensor_scale(&v, k, &fp8_opts).map(|s| vec![s])
+                            }
+                            .map_err(|e| codec_err(ckpt, id, e))?;
+                            scale_out(&s, buf);
+                            Ok(())
+                        };
+                        // Row scales from a plain float source read it a row at a time (small
+                        // buffers, pages released after): made ahead of the write order. The
+                        // rest decodes the whole tensor, so it runs in turn.
+                        if per_row && plain_float_weight(ckpt, id) {
+                            Producer::Ahead(Box::new(make))
                         } else {
-                            fp8::per_tensor_scale(&v, k, &fp8_opts).map(|s| vec![s])
+                            Producer::Whole(Box::new(make))
                         }
-                        .map_err(|e| codec_err(ckpt, id, e))?;
-                        scale_out(&s, buf);
-                        Ok(())
-                    })),
+                    },
                 });
                 if !per_row {
                     let s = opts
