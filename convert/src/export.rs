@@ -186,26 +186,19 @@ pub fn write_safetensors_shards(
             records.push(out.finish_planned(name, p.file_size(), data));
             continue;
         }
-        let mut by_name: BTreeMap<String, OutTensor<'_>> = tensors
+        let by_name: BTreeMap<String, OutTensor<'_>> = tensors
             .into_iter()
             .map(|t| (t.spec.name.clone(), t))
             .collect();
-        // the Ahead producers, taken out in write order
-        let mut ahead: Vec<AheadFn<'_>> = Vec::new();
-        let mut ahead_names = std::collections::BTreeSet::new();
-        for (spec, _, _) in &p.tensors {
-            if matches!(by_name.get(&spec.name), Some(t) if matches!(t.produce, Producer::Ahead(_)))
-            {
-                if let Some(OutTensor {
-                    produce: Producer::Ahead(f),
-                    ..
-                }) = by_name.remove(&spec.name)
-                {
-                    ahead.push(f);
-                    ahead_names.insert(spec.name.clone());
-                }
-            }
-        }
+        // the Ahead producers, in write order
+        let ahead: Vec<&AheadFn<'_>> = p
+            .tensors
+            .iter()
+            .filter_map(|(spec, _, _)| match &by_name.get(&spec.name)?.produce {
+                Producer::Ahead(f) => Some(f),
+                _ => None,
+            })
+            .collect();
         let file = out.create(name)?;
         let path = file.path().to_owned();
         let mut w = Writer::new(file, p).map_err(|e| Error::io(&path, e))?;
@@ -228,16 +221,8 @@ pub fn write_safetensors_shards(
             let mut buf = Vec::new();
             let written = (|| -> Result<()> {
                 while let Some(tname) = w.next_name().map(str::to_owned) {
-                    if ahead_names.contains(&tname) {
-                        let b = rx.recv().map_err(|_| {
-                            Error::io(&path, std::io::Error::other("ahead producer stopped"))
-                        })??;
-                        w.write_tensor(&tname, &b)
-                            .map_err(|e| Error::io(&path, e))?;
-                        continue;
-                    }
                     let t = by_name
-                        .remove(&tname)
+                        .get(&tname)
                         .ok_or_else(|| Error::NoSuchTensor(tname.clone()))?;
                     match &t.produce {
                         Producer::Whole(produce) => {
@@ -247,11 +232,11 @@ pub fn write_safetensors_shards(
                                 .map_err(|e| Error::io(&path, e))?;
                         }
                         Producer::Rows(rows) => write_rows(&mut w, &tname, rows, &path)?,
-                        // (taken out above; made here in order if it ever is not)
-                        Producer::Ahead(produce) => {
-                            reset_buffer(&mut buf);
-                            produce(&mut buf)?;
-                            w.write_tensor(&tname, &buf)
+                        Producer::Ahead(_) => {
+                            let b = rx.recv().map_err(|_| {
+                                Error::io(&path, std::io::Error::other("ahead producer stopped"))
+                            })??;
+                            w.write_tensor(&tname, &b)
                                 .map_err(|e| Error::io(&path, e))?;
                         }
                     }

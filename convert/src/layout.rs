@@ -296,8 +296,7 @@ fn fp8_code_rows(
     numerics: Numerics,
 ) -> Option<Producer<'_>> {
     let w = ckpt.part(id, Part::Weight)?;
-    if !matches!(w.dtype, DType::BF16 | DType::F16 | DType::F32)
-        || ckpt.part(id, Part::WeightScale).is_some()
+    if !plain_float_weight(ckpt, id)
         || !matches!(w.layout, crate::checkpoint::TensorLayout::Contiguous(_))
     {
         return None;

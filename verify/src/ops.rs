@@ -113,8 +113,6 @@ impl RopeTable {
             .for_each(|(p, row)| {
                 let c = &self.cos[p * half..(p + 1) * half];
                 let s = &self.sin[p * half..(p + 1) * half];
-                let c: Vec<T> = c.iter().map(|&v| T::of_f64(v)).collect();
-                let s: Vec<T> = s.iter().map(|&v| T::of_f64(v)).collect();
                 for head in row.chunks_exact_mut(hd) {
                     for j in 0..half {
                         let (ia, ib) = match layout {
@@ -122,8 +120,9 @@ impl RopeTable {
                             RopeLayout::HalfSplit => (j, j + half),
                         };
                         let (a, b) = (head[ia], head[ib]);
-                        head[ia] = a * c[j] - b * s[j];
-                        head[ib] = b * c[j] + a * s[j];
+                        let (c, s) = (T::of_f64(c[j]), T::of_f64(s[j]));
+                        head[ia] = a * c - b * s;
+                        head[ib] = b * c + a * s;
                     }
                 }
             });
