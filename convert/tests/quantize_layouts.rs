@@ -35,6 +35,14 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
 }
 
 /// A Llama HF directory with `layers` blocks of tiny widths and random BF16 weights.
+/// `synthetic_model` written into `<tmp>/src`, and that directory opened.
+fn source(tmp: &Path, layers: u32, hidden: usize, ffn: usize, tied: bool) -> Checkpoint {
+    let dir = tmp.join("src");
+    std::fs::create_dir(&dir).unwrap();
+    synthetic_model(&dir, layers, hidden, ffn, tied);
+    Checkpoint::open(&dir).unwrap()
+}
+
 fn synthetic_model(dir: &Path, layers: u32, hidden: usize, ffn: usize, tied: bool) {
     let (heads, kv, vocab) = (4usize, 2usize, 96usize);
     let hd = hidden / heads;
@@ -146,10 +154,7 @@ fn check_fp8_error(src: &Checkpoint, out: &Checkpoint, id: TensorId) {
 #[test]
 fn fbgemm_meta_405b_policy_on_126_layers() {
     let tmp = tempfile::tempdir().unwrap();
-    let src_dir = tmp.path().join("src");
-    std::fs::create_dir(&src_dir).unwrap();
-    synthetic_model(&src_dir, 126, 32, 64, false);
-    let src = Checkpoint::open(&src_dir).unwrap();
+    let src = source(tmp.path(), 126, 32, 64, false);
     let dest = tmp.path().join("fp8");
     let w = quantize_to_hf(
         &src,
@@ -210,10 +215,7 @@ fn fbgemm_meta_405b_policy_on_126_layers() {
 #[test]
 fn compressed_tensors_fp8_rowwise_config_and_tensors() {
     let tmp = tempfile::tempdir().unwrap();
-    let src_dir = tmp.path().join("src");
-    std::fs::create_dir(&src_dir).unwrap();
-    synthetic_model(&src_dir, 2, 64, 128, true);
-    let src = Checkpoint::open(&src_dir).unwrap();
+    let src = source(tmp.path(), 2, 64, 128, true);
     let dest = tmp.path().join("ct");
     let mut o = opts(
         HfScheme::Fp8Rowwise,
@@ -258,10 +260,7 @@ fn compressed_tensors_fp8_rowwise_config_and_tensors() {
 #[test]
 fn int4_group_must_divide_rows_and_names_the_tensor() {
     let tmp = tempfile::tempdir().unwrap();
-    let src_dir = tmp.path().join("src");
-    std::fs::create_dir(&src_dir).unwrap();
-    synthetic_model(&src_dir, 1, 96, 192, true);
-    let src = Checkpoint::open(&src_dir).unwrap();
+    let src = source(tmp.path(), 1, 96, 192, true);
     let o = opts(
         HfScheme::Int4 {
             bits: 4,
@@ -338,10 +337,7 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
 #[test]
 fn same_bytes_for_any_thread_count_and_static_scales_are_required() {
     let tmp = tempfile::tempdir().unwrap();
-    let src_dir = tmp.path().join("src");
-    std::fs::create_dir(&src_dir).unwrap();
-    synthetic_model(&src_dir, 2, 64, 128, false);
-    let src = Checkpoint::open(&src_dir).unwrap();
+    let src = source(tmp.path(), 2, 64, 128, false);
     let mut hashes = Vec::new();
     for threads in [1, 2, 3] {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -414,11 +410,8 @@ fn same_bytes_for_any_thread_count_and_static_scales_are_required() {
 fn row_block_streaming_equals_the_whole_tensor_codec() {
     use qforge_quantize::fp8::{self, Fp8Options};
     let tmp = tempfile::tempdir().unwrap();
-    let src_dir = tmp.path().join("src");
-    std::fs::create_dir(&src_dir).unwrap();
     // gate/up [5120, 1024] and down [1024, 5120]: 5 MiB of FP8 codes each, two blocks
-    synthetic_model(&src_dir, 1, 1024, 5120, false);
-    let src = Checkpoint::open(&src_dir).unwrap();
+    let src = source(tmp.path(), 1, 1024, 5120, false);
     let dest = tmp.path().join("ct");
     let mut o = opts(
         HfScheme::Fp8Rowwise,
@@ -462,6 +455,7 @@ fn row_block_streaming_equals_the_whole_tensor_codec() {
     }
 
     // a NaN in row 4500 of gate_proj (in its second block)
+    let src_dir = tmp.path().join("src");
     let file = src_dir.join("model.safetensors");
     let mut bytes = std::fs::read(&file).unwrap();
     let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
