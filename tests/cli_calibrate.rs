@@ -284,7 +284,19 @@ fn fp8_static_f64_scales_are_the_exact_max_abs_and_resume() {
     let mut stop = args("b.json");
     stop.extend(["--stop-after-layer".to_owned(), "0".to_owned()]);
     assert!(!run_s(&stop).status.success());
-    assert!(d.join("b.json.qforge-state").join("hidden.f64").exists());
+    let hidden = d.join("b.json.qforge-state").join("hidden.f64");
+    let good = std::fs::read(&hidden).unwrap();
+    // a truncated state file is refused with its name and sizes, nothing written
+    std::fs::write(&hidden, &good[..good.len() - 3]).unwrap();
+    let o = run_s(&args("b.json"));
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("hidden.f64") && e.contains(&format!("expected {}", good.len())),
+        "{e}"
+    );
+    assert!(!d.join("b.json").exists());
+    std::fs::write(&hidden, &good).unwrap();
     let o = run_s(&args("b.json"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("resuming at layer 2/2"));
