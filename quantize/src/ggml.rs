@@ -25,6 +25,7 @@ pub(crate) fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<
         DType::Q4_K => q4_k,
         DType::Q5_K => q5_k,
         DType::Q6_K => q6_k,
+        DType::MXFP4 => crate::fp4::dequantize_mxfp4_ggml_block,
         other => return Err(Error::Unsupported(other)),
     };
     let bb = dtype.block_bytes() as usize;

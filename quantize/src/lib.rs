@@ -11,6 +11,10 @@
 //! The encoders:
 //! - [`fp8`]: `f32`/BF16/F16 → FP8 E4M3FN and E5M2 (ml_dtypes-exact and saturating variants),
 //!   and FBGEMM-style row-wise / per-tensor FP8 quantization with scales.
+//! - [`fp4`]: FP4 E2M1 and E8M0 (ml_dtypes-exact), NVFP4 and MXFP4 blocks with
+//!   compressed-tensors' arithmetic, and ggml's MXFP4 block.
+//! - [`fp8_ct`]: FP8 per channel and per 128×128 block with compressed-tensors' (llm-compressor's)
+//!   arithmetic.
 //! - [`int4`]: compressed-tensors min-max INT4 (symmetric and asymmetric, per row or per
 //!   group) with the `pack-quantized`, GPTQ and AWQ packings and their dequantizers.
 //! - [`ggml_quant`]: llama.cpp's reference quantizers for Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
@@ -20,7 +24,9 @@
 mod dtype;
 mod error;
 pub mod float;
+pub mod fp4;
 pub mod fp8;
+pub mod fp8_ct;
 pub mod ggml;
 pub mod ggml_quant;
 pub mod int4;
