@@ -3,8 +3,16 @@
 //! ```text
 //! codec encode   <F8_E4M3|F8_E4M3_SAT|F8_E5M2|F8_E5M2_SAT|BF16|F16> IN OUT
 //! codec quantize <Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q2_K|Q3_K|Q4_K|Q5_K|Q6_K> IN OUT --row N [--imatrix FILE]
-//! codec decode   <DTYPE> IN OUT
+//! codec decode   <DTYPE|E2M1|E8M0> IN OUT
+//! codec ct       <NVFP4|MXFP4|FP8_CHANNEL|FP8_BLOCK> IN OUT --row K [--arith bf16|f32]
 //! ```
+//!
+//! `encode` also takes `E2M1` and `E8M0` (one code per byte, ml_dtypes' rules) and `quantize`
+//! takes `MXFP4` (ggml blocks). `ct` quantizes a row-major `[n, K]` matrix with
+//! compressed-tensors' arithmetic (default `--arith bf16`: the input holds BF16 values) and writes
+//! OUT (`weight_packed` bytes, or FP8 codes), OUT.scale (`weight_scale`: FP8/E8M0 bytes for the
+//! FP4 formats, f32 for FP8), OUT.deq (the dequantized values, f32) and, for NVFP4, OUT.gs (the
+//! f32 global scale from the input's amax).
 //!
 //! IN for `encode`/`quantize` is raw little-endian f32 (the imatrix file too); OUT of `encode`
 //! is one code per value (2 bytes LE for BF16/F16), of `quantize` the ggml blocks in GGUF
@@ -14,11 +22,13 @@
 use std::process::ExitCode;
 
 use qforge_quantize::fp8::Fp8Encoding;
-use qforge_quantize::{decode_to_f32, float, ggml_quant, DType};
+use qforge_quantize::int4::Int4Arith;
+use qforge_quantize::{decode_to_f32, float, fp4, fp8_ct, ggml_quant, DType};
 
 const USAGE: &str = "usage: codec encode <F8_E4M3|F8_E4M3_SAT|F8_E5M2|F8_E5M2_SAT|BF16|F16> IN OUT
        codec quantize <Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q2_K|Q3_K|Q4_K|Q5_K|Q6_K> IN OUT --row N [--imatrix FILE]
-       codec decode <DTYPE> IN OUT";
+       codec decode <DTYPE|E2M1|E8M0> IN OUT
+       codec ct <NVFP4|MXFP4|FP8_CHANNEL|FP8_BLOCK> IN OUT --row K [--arith bf16|f32]";
 
 enum Failure {
     Usage(String),
@@ -66,12 +76,19 @@ fn encode(name: &str, input: &str, output: &str) -> Result<(), Failure> {
             .iter()
             .flat_map(|&v| float::f32_to_f16_bits(v).to_le_bytes())
             .collect(),
+        (None, "E2M1") => x.iter().map(|&v| fp4::encode_e2m1(v)).collect(),
+        (None, "E8M0") => x.iter().map(|&v| fp4::encode_e8m0(v)).collect(),
         _ => return Err(Failure::Usage(format!("encode: unknown format {name}"))),
     };
     write(output, &out)
 }
 
 fn quantize(name: &str, input: &str, output: &str, opts: &[String]) -> Result<(), Failure> {
+    if name.eq_ignore_ascii_case("MXFP4") {
+        let q = fp4::quantize_mxfp4_ggml(&read_f32(input)?)
+            .map_err(|e| Failure::Data(format!("{e}")))?;
+        return write(output, &q);
+    }
     let dtype = DType::from_name(name)
         .filter(|d| ggml_quant::supports(*d))
         .ok_or_else(|| Failure::Usage(format!("quantize: unsupported type {name}")))?;
@@ -101,6 +118,17 @@ fn quantize(name: &str, input: &str, output: &str, opts: &[String]) -> Result<()
 }
 
 fn decode(name: &str, input: &str, output: &str) -> Result<(), Failure> {
+    let scalar: Option<fn(u8) -> f32> = match name.to_ascii_uppercase().as_str() {
+        "E2M1" => Some(fp4::e2m1_to_f32),
+        "E8M0" => Some(fp4::e8m0_to_f32),
+        _ => None,
+    };
+    if let Some(f) = scalar {
+        let bytes =
+            std::fs::read(input).map_err(|e| Failure::Data(format!("reading {input}: {e}")))?;
+        let raw: Vec<u8> = bytes.iter().flat_map(|&b| f(b).to_le_bytes()).collect();
+        return write(output, &raw);
+    }
     let base = name
         .strip_suffix("_SAT")
         .or_else(|| name.strip_suffix("_sat"))
@@ -123,12 +151,81 @@ fn decode(name: &str, input: &str, output: &str) -> Result<(), Failure> {
     write(output, &raw)
 }
 
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `ct`: compressed-tensors' quantizers (see the module docs for the files written).
+fn ct(name: &str, input: &str, output: &str, opts: &[String]) -> Result<(), Failure> {
+    let (mut row, mut arith) = (None, Int4Arith::Bf16);
+    let mut it = opts.iter();
+    while let Some(o) = it.next() {
+        let val = it
+            .next()
+            .ok_or_else(|| Failure::Usage(format!("{o} needs a value")))?;
+        match (o.as_str(), val.as_str()) {
+            ("--row", v) => {
+                row = Some(
+                    v.parse::<usize>()
+                        .map_err(|_| Failure::Usage(format!("--row: not a number: {v}")))?,
+                );
+            }
+            ("--arith", "bf16") => arith = Int4Arith::Bf16,
+            ("--arith", "f32") => arith = Int4Arith::F32,
+            _ => return Err(Failure::Usage(format!("bad option {o} {val}"))),
+        }
+    }
+    let k = row.ok_or_else(|| Failure::Usage("ct needs --row K".into()))?;
+    let x = read_f32(input)?;
+    let data = |e: qforge_quantize::Error| Failure::Data(format!("{e}"));
+    let side = |ext: &str, bytes: &[u8]| write(&format!("{output}.{ext}"), bytes);
+    match name.to_ascii_uppercase().as_str() {
+        "NVFP4" => {
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let gs = fp4::nvfp4_global_scale(amax, arith);
+            let p = fp4::quantize_nvfp4(&x, k, gs, arith).map_err(data)?;
+            side(
+                "deq",
+                &f32_bytes(&fp4::dequantize_nvfp4(&p, gs).map_err(data)?),
+            )?;
+            side("gs", &gs.to_le_bytes())?;
+            side("scale", &p.scales)?;
+            write(output, &p.packed)
+        }
+        "MXFP4" => {
+            let p = fp4::quantize_mxfp4_ct(&x, k, arith).map_err(data)?;
+            side(
+                "deq",
+                &f32_bytes(&fp4::dequantize_mxfp4_ct(&p, arith).map_err(data)?),
+            )?;
+            side("scale", &p.scales)?;
+            write(output, &p.packed)
+        }
+        "FP8_CHANNEL" => {
+            let (q, s) = fp8_ct::quantize_fp8_channel_ct(&x, k, arith).map_err(data)?;
+            side("scale", &f32_bytes(&s))?;
+            write(output, &q)
+        }
+        "FP8_BLOCK" => {
+            let b = fp8_ct::quantize_fp8_block_ct(&x, k, fp8_ct::CT_BLOCK, arith).map_err(data)?;
+            side(
+                "deq",
+                &f32_bytes(&fp8_ct::dequantize_fp8_block_ct(&b, arith).map_err(data)?),
+            )?;
+            side("scale", &f32_bytes(&b.scales))?;
+            write(output, &b.codes)
+        }
+        _ => Err(Failure::Usage(format!("ct: unknown format {name}"))),
+    }
+}
+
 fn run(args: &[String]) -> Result<(), Failure> {
     match args {
         [op, name, input, output, rest @ ..] => match op.as_str() {
             "encode" if rest.is_empty() => encode(name, input, output),
             "quantize" => quantize(name, input, output, rest),
             "decode" if rest.is_empty() => decode(name, input, output),
+            "ct" => ct(name, input, output, rest),
             _ => Err(Failure::Usage(format!(
                 "unknown operation or extra arguments: {op}"
             ))),

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`encode_e2m1`] | ml_dtypes 0.6.0 `astype(float4_e2m1fn)`: RNE, saturating at ±6 (±inf too); NaN gives `0x8` for a positive sign bit and `0x0` for a negative one (what ml_dtypes does) |
 //! | [`e2m1_to_f32`] | the 16 codes: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives (`0x8` is −0) |
-//! | [`encode_e8m0`] | ml_dtypes 0.6.0 `astype(float8_e8m0fnu)`: `2^(c−127)`, the mantissa rounded half *up*; 0, negatives, ±inf, NaN and results above `2^127` give `0xFF` (NaN); below `2^−127` gives `0x00` |
+//! | [`encode_e8m0`] | ml_dtypes 0.6.0 `astype(float8_e8m0fnu)`: `2^(c−127)`, the mantissa rounded half *up* (for `f32` subnormal inputs: above `2^−127` gives `2^−126`); 0, negatives, ±inf, NaN and results above `2^127` give `0xFF` (NaN); below `2^−127` gives `0x00` |
 //! | [`e8m0_to_f32`] | `2^(c−127)`, `0xFF` is NaN (ml_dtypes `float8_e8m0fnu`) |
 //!
 //! Both are checked over every BF16 and F16 code and 10⁷ `f32` values against ml_dtypes in
@@ -148,8 +148,9 @@ pub fn encode_e8m0(x: f32) -> u8 {
     let bits = x.to_bits();
     let exp = bits >> 23;
     if exp == 0 {
-        // below 2^-126: 2^-127 unless it rounds (half up) to 2^-126
-        return u8::from(bits >= 0x0060_0000);
+        // f32 subnormals (below 2^-126): 2^-127 itself and anything smaller give code 0,
+        // anything above 2^-127 gives code 1 (what ml_dtypes does)
+        return u8::from(bits > 0x0040_0000);
     }
     let code = exp + u32::from(bits & 0x0040_0000 != 0);
     if code > 254 {
