@@ -109,6 +109,19 @@ def mxfp4_inputs(rng):
     return np.asarray(rows, dtype=np.float32)
 
 
+def test_ggml_mxfp4_tiny_blocks(codec, work):
+    """amax below 2^-125: floor(log2) - 2 + 127 is negative and its uint8 conversion wraps."""
+    x = np.zeros((4, 32), np.float32)
+    x[0, 3] = 1e-39
+    x[1, 5] = -2.0**-126
+    x[2, 7] = 2.0**-149
+    x[3, :] = 3e-38
+    got = run_codec(codec, work, "quantize", "MXFP4", x)
+    with np.errstate(all="ignore"):
+        want = gq.quantize(x, GQ.MXFP4).reshape(-1)
+    assert np.array_equal(got, want), f"{got.reshape(-1, 17)[:, 0]} vs {want.reshape(-1, 17)[:, 0]}"
+
+
 def check_ggml_mxfp4(codec, work, xs):  # noqa: F811
     blocks = 0
     for x in xs:
@@ -167,8 +180,13 @@ def ct_cast_to_fp4(x):
     return (idx[:, 0] | (idx[:, 1] << 4)).astype(np.uint8)
 
 
-def ct_nvfp4(w):
-    """NVFP4 for a BF16 weight `w` (f32 array holding BF16 values)."""
+def f32(x):
+    """torch's F32 result (an F32 model: no extra rounding)."""
+    return np.asarray(x, np.float32)
+
+
+def ct_nvfp4(w, r=bf16):
+    """NVFP4 for a weight `w` whose dtype rounds with `r` (bf16: a BF16 model, f32: an F32 one)."""
     rows, k = w.shape
     g = w.reshape(rows, k // 16, 16)
     # llm-compressor observers/min_max.py: amin/amax per group (BF16); base.py get_global_scale
@@ -178,13 +196,13 @@ def ct_nvfp4(w):
     # Tensor.__rtruediv__ = t.reciprocal() * 2688, both BF16; nan_to_num(.., 1.0); .to(float32)
     t = np.maximum(np.float32(amax_t), np.float32(2.0**-126))
     with np.errstate(over="ignore", divide="ignore"):
-        gs = bf16(bf16(np.float32(1) / t) * np.float32(2688))
+        gs = r(r(np.float32(1) / t) * np.float32(2688))
     gs = np.float32(1.0) if not np.isfinite(gs) else np.float32(gs)
     # calculate_qparams: max_val_pos / (bit_range.to(bf16) / 2) in BF16; global_scale * scales in
     # F32 (a [1] F32 tensor promotes); round_to_quantized_type_dtype: clamp to +-448, .to(fp8);
     # _get_dtype_eps(float8_e4m3fn) = 0.125 replaces zeros
     amax_g = np.maximum(np.abs(mn), np.abs(mx))
-    s = gs * bf16(amax_g / np.float32(6))
+    s = gs * r(amax_g / np.float32(6))
     s8 = np.clip(s, -448, 448).astype(np.float32).astype(E4M3).astype(np.float32)
     s8 = np.where(s8 == 0, np.float32(0.125), s8)
     # forward_helpers.py _quantize: scale / global_scale (F32), x / scale (F32), + zero point 0,
@@ -202,31 +220,37 @@ def unpack(packed):
     return np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)
 
 
-def ct_mxfp4(w):
-    """MXFP4 for a BF16 weight."""
+def ct_mxfp4(w, r=bf16):
+    """MXFP4 for a BF16 (r=bf16) or F32 (r=f32) weight."""
     rows, k = w.shape
     g = w.reshape(rows, k // 32, 32)
     mn, mx = np.minimum(g.min(-1), 0), np.maximum(g.max(-1), 0)
-    amax = np.maximum(np.abs(mn), np.abs(mx)).astype(BF16)
-    # utils/mxfp_utils.py round_to_power_2 on the BF16 bits: + (1 << (7 - 1 - 1)), & sign|exponent
-    p = ((amax.view(np.uint16).astype(np.int32) + 32) & (((1 << 9) - 1) << 7)).astype(np.uint16).view(BF16)
+    amax = np.maximum(np.abs(mn), np.abs(mx))
+    # utils/mxfp_utils.py round_to_power_2 on the dtype's bits: + (1 << (mantissa - 1 - 1)),
+    # & sign|exponent
+    if r is bf16:
+        b = amax.astype(BF16).view(np.uint16).astype(np.int32)
+        p = ((b + 32) & (((1 << 9) - 1) << 7)).astype(np.uint16).view(BF16)
+    else:
+        b = amax.astype(np.float32).view(np.uint32).astype(np.int64)
+        p = ((b + (1 << 21)) & (((1 << 9) - 1) << 23)).astype(np.uint32).view(np.float32)
     # generate_mx_scales: 127 + floor(log2(p)) - 2 (BF16); round_to_quantized_type_dtype(uint8):
     # round(clamp(., 0, 255)); maybe_convert_from_mx_exp: 2.0 ** (e - 127) (F32) -> BF16
     with np.errstate(divide="ignore"):
-        e = bf16(127 + np.floor(np.log2(p.astype(np.float32))) - 2)
+        e = r(127 + np.floor(np.log2(p.astype(np.float32))) - 2)
     e = np.round(np.clip(e, 0, 255)).astype(np.uint8)
     with np.errstate(over="ignore"):
-        scale = bf16(np.float32(2.0) ** (e.astype(np.int32) - 127).astype(np.float32))
+        scale = r(np.float32(2.0) ** (e.astype(np.int32) - 127).astype(np.float32))
     # _quantize: BF16 / BF16, + zero point 0, clamp, cast_to_fp4
-    scaled = bf16(g / scale[..., None]) + np.float32(0)
+    scaled = r(g / scale[..., None]) + np.float32(0)
     packed = ct_cast_to_fp4(np.clip(scaled, -6, 6).reshape(rows, k))
     # decompress_mx_scale: 2.0 ** (e - 127) in BF16; x_q (BF16) * scale (BF16)
     q = np.arange(16, dtype=np.uint8).view(E2M1).astype(np.float32)[unpack(packed)].reshape(rows, k // 32, 32)
-    deq = bf16(q * scale[..., None])
+    deq = r(q * scale[..., None])
     return packed, e.reshape(-1), deq.reshape(-1)
 
 
-def ct_fp8(w, block=None):
+def ct_fp8(w, block=None, r=bf16):
     """FP8 per channel (block None) or per block for a BF16 weight; returns codes, scales."""
     rows, k = w.shape
     bh, bw = block if block else (1, k)
@@ -236,14 +260,14 @@ def ct_fp8(w, block=None):
     b = wp.reshape(wp.shape[0] // bh, bh, wp.shape[1] // bw, bw).transpose(0, 2, 1, 3)
     mn, mx = np.minimum(b.min((-1, -2)), 0), np.maximum(b.max((-1, -2)), 0)
     # calculate_qparams: max_val_pos / (896.to(bf16) / 2) in BF16; eps = finfo(bf16).eps = 2^-7
-    s = bf16(np.maximum(np.abs(mn), np.abs(mx)) / np.float32(448))
-    s = np.where(s == 0, np.float32(2.0**-7), s)
+    s = r(np.maximum(np.abs(mn), np.abs(mx)) / np.float32(448))
+    s = np.where(s == 0, np.float32(2.0**-7 if r is bf16 else 2.0**-23), s)
     # _quantize: x / scale in BF16, + zero point (+0), clamp +-448 (BF16), .to(float8_e4m3fn)
-    scaled = bf16(b / s[..., None, None]) + np.float32(0)
+    scaled = r(b / s[..., None, None]) + np.float32(0)
     q = np.clip(scaled, -448, 448).astype(E4M3)
     qp = q.view(np.uint8).transpose(0, 2, 1, 3).reshape(wp.shape)[:rows, :k]
     # decompress: x_q.to(bf16) * scale (BF16)
-    deq = bf16(q.astype(np.float32) * s[..., None, None]).transpose(0, 2, 1, 3).reshape(wp.shape)[:rows, :k]
+    deq = r(q.astype(np.float32) * s[..., None, None]).transpose(0, 2, 1, 3).reshape(wp.shape)[:rows, :k]
     return qp.reshape(-1), s.reshape(-1), deq.reshape(-1)
 
 
@@ -264,12 +288,13 @@ def ct_matrices(rng):
     return [bf16(np.asarray(m, np.float32)) for m in mats]
 
 
-def check_ct(codec, work, mats):  # noqa: F811
+def check_ct(codec, work, mats, arith="bf16"):  # noqa: F811
+    r = bf16 if arith == "bf16" else f32
     counts = {"NVFP4": 0, "MXFP4": 0, "FP8_CHANNEL": 0, "FP8_BLOCK": 0}
     for w in mats:
         rows, k = w.shape
         def run(name):
-            return run_codec(codec, work, "ct", name, w, "--row", k)
+            return run_codec(codec, work, "ct", name, w, "--row", k, "--arith", arith)
 
         def side(ext, dtype):
             return np.fromfile(work / f"ct-{name}.out.{ext}", dtype=dtype)
@@ -277,7 +302,7 @@ def check_ct(codec, work, mats):  # noqa: F811
         name = "NVFP4"
         if k % 16 == 0:
             got = run(name)
-            packed, scales, gs, deq = ct_nvfp4(w)
+            packed, scales, gs, deq = ct_nvfp4(w, r)
             assert np.array_equal(got, packed), f"NVFP4 packed: {(got != packed).sum()} bytes differ"
             assert np.array_equal(side("scale", np.uint8), scales)
             assert side("gs", np.float32)[0].view(np.uint32) == np.float32(gs).view(np.uint32)
@@ -286,20 +311,20 @@ def check_ct(codec, work, mats):  # noqa: F811
         name = "MXFP4"
         if k % 32 == 0:
             got = run(name)
-            packed, scales, deq = ct_mxfp4(w)
+            packed, scales, deq = ct_mxfp4(w, r)
             assert np.array_equal(got, packed), f"MXFP4 packed: {(got != packed).sum()} bytes differ"
             assert np.array_equal(side("scale", np.uint8), scales)
             assert np.array_equal(side("deq", np.float32).view(np.uint32), deq.view(np.uint32))
             counts[name] += w.size
         name = "FP8_CHANNEL"
         got = run(name)
-        q, s, _ = ct_fp8(w)
+        q, s, _ = ct_fp8(w, r=r)
         assert np.array_equal(got, q), f"FP8 channel: {(got != q).sum()} codes differ"
         assert np.array_equal(side("scale", np.float32).view(np.uint32), s.view(np.uint32))
         counts[name] += w.size
         name = "FP8_BLOCK"
         got = run(name)
-        q, s, deq = ct_fp8(w, (128, 128))
+        q, s, deq = ct_fp8(w, (128, 128), r)
         assert np.array_equal(got, q), f"FP8 block: {(got != q).sum()} codes differ"
         assert np.array_equal(side("scale", np.float32).view(np.uint32), s.view(np.uint32))
         assert np.array_equal(side("deq", np.float32).view(np.uint32), deq.view(np.uint32))
@@ -310,6 +335,14 @@ def check_ct(codec, work, mats):  # noqa: F811
 def test_ct_fp4_and_fp8_match_compressed_tensors_arithmetic(codec, work):  # noqa: F811
     counts = check_ct(codec, work, ct_matrices(np.random.default_rng(SEED + 42)))
     print("compressed-tensors arithmetic, values identical (codes, scales, dequantized):", counts)
+
+
+def test_ct_fp4_and_fp8_for_an_f32_model(codec, work):  # noqa: F811
+    rng = np.random.default_rng(SEED + 43)
+    mats = [np.asarray(m, np.float32) for m in (rng.standard_normal((48, 384)) * 0.02,
+                                                rng.uniform(-5, 5, (130, 256)))]
+    counts = check_ct(codec, work, mats, "f32")
+    print("compressed-tensors arithmetic, F32 model:", counts)
 
 
 def test_ct_fp4_and_fp8_on_real_weights(codec, work, smollm2_weights):  # noqa: F811
