@@ -5,6 +5,7 @@
 //! codec quantize <Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q2_K|Q3_K|Q4_K|Q5_K|Q6_K> IN OUT --row N [--imatrix FILE]
 //! codec decode   <DTYPE|E2M1|E8M0> IN OUT
 //! codec ct       <NVFP4|MXFP4|FP8_CHANNEL|FP8_BLOCK> IN OUT --row K [--arith bf16|f32]
+//! codec mlx      <4|8> IN OUT --row K --group G [--arith bf16|f32]
 //! ```
 //!
 //! `encode` also takes `E2M1` and `E8M0` (one code per byte, ml_dtypes' rules) and `quantize`
@@ -12,7 +13,8 @@
 //! compressed-tensors' arithmetic (default `--arith bf16`: the input holds BF16 values) and writes
 //! OUT (`weight_packed` bytes, or FP8 codes), OUT.scale (`weight_scale`: FP8/E8M0 bytes for the
 //! FP4 formats, f32 for FP8), OUT.deq (the dequantized values, f32) and, for NVFP4, OUT.gs (the
-//! f32 global scale from the input's amax).
+//! f32 global scale from the input's amax). `mlx` writes OUT (the `uint32` words, LE),
+//! OUT.scale, OUT.bias and OUT.deq (f32).
 //!
 //! IN for `encode`/`quantize` is raw little-endian f32 (the imatrix file too); OUT of `encode`
 //! is one code per value (2 bytes LE for BF16/F16), of `quantize` the ggml blocks in GGUF
@@ -28,7 +30,8 @@ use qforge_quantize::{decode_to_f32, float, fp4, fp8_ct, ggml_quant, DType};
 const USAGE: &str = "usage: codec encode <F8_E4M3|F8_E4M3_SAT|F8_E5M2|F8_E5M2_SAT|BF16|F16> IN OUT
        codec quantize <Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q2_K|Q3_K|Q4_K|Q5_K|Q6_K> IN OUT --row N [--imatrix FILE]
        codec decode <DTYPE|E2M1|E8M0> IN OUT
-       codec ct <NVFP4|MXFP4|FP8_CHANNEL|FP8_BLOCK> IN OUT --row K [--arith bf16|f32]";
+       codec ct <NVFP4|MXFP4|FP8_CHANNEL|FP8_BLOCK> IN OUT --row K [--arith bf16|f32]
+       codec mlx <4|8> IN OUT --row K --group G [--arith bf16|f32]";
 
 enum Failure {
     Usage(String),
@@ -156,25 +159,51 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// `ct`: compressed-tensors' quantizers (see the module docs for the files written).
-fn ct(name: &str, input: &str, output: &str, opts: &[String]) -> Result<(), Failure> {
-    let (mut row, mut arith) = (None, Int4Arith::Bf16);
+/// `--row K`, `--group G` and `--arith bf16|f32` of `ct` and `mlx`.
+fn block_opts(opts: &[String]) -> Result<(Option<usize>, Option<usize>, Int4Arith), Failure> {
+    let (mut row, mut group, mut arith) = (None, None, Int4Arith::Bf16);
     let mut it = opts.iter();
     while let Some(o) = it.next() {
         let val = it
             .next()
             .ok_or_else(|| Failure::Usage(format!("{o} needs a value")))?;
+        let num = || {
+            val.parse::<usize>()
+                .map_err(|_| Failure::Usage(format!("{o}: not a number: {val}")))
+        };
         match (o.as_str(), val.as_str()) {
-            ("--row", v) => {
-                row = Some(
-                    v.parse::<usize>()
-                        .map_err(|_| Failure::Usage(format!("--row: not a number: {v}")))?,
-                );
-            }
+            ("--row", _) => row = Some(num()?),
+            ("--group", _) => group = Some(num()?),
             ("--arith", "bf16") => arith = Int4Arith::Bf16,
             ("--arith", "f32") => arith = Int4Arith::F32,
             _ => return Err(Failure::Usage(format!("bad option {o} {val}"))),
         }
     }
+    Ok((row, group, arith))
+}
+
+/// `mlx`: MLX affine quantization (see the module docs for the files written).
+fn mlx(bits: &str, input: &str, output: &str, opts: &[String]) -> Result<(), Failure> {
+    let (row, group, arith) = block_opts(opts)?;
+    let (Some(k), Some(g)) = (row, group) else {
+        return Err(Failure::Usage("mlx needs --row K and --group G".into()));
+    };
+    let bits = bits
+        .parse::<u8>()
+        .map_err(|_| Failure::Usage(format!("mlx: bits {bits} is not a number")))?;
+    let data = |e: qforge_quantize::Error| Failure::Data(format!("{e}"));
+    let m = qforge_quantize::mlx::quantize_mlx_affine(&read_f32(input)?, k, bits, g, arith)
+        .map_err(data)?;
+    let deq = qforge_quantize::mlx::dequantize_mlx_affine(&m, arith).map_err(data)?;
+    write(&format!("{output}.deq"), &f32_bytes(&deq))?;
+    write(&format!("{output}.scale"), &f32_bytes(&m.scales))?;
+    write(&format!("{output}.bias"), &f32_bytes(&m.biases))?;
+    let words: Vec<u8> = m.packed.iter().flat_map(|w| w.to_le_bytes()).collect();
+    write(output, &words)
+}
+
+fn ct(name: &str, input: &str, output: &str, opts: &[String]) -> Result<(), Failure> {
+    let (row, _, arith) = block_opts(opts)?;
     let k = row.ok_or_else(|| Failure::Usage("ct needs --row K".into()))?;
     let x = read_f32(input)?;
     let data = |e: qforge_quantize::Error| Failure::Data(format!("{e}"));
@@ -226,6 +255,7 @@ fn run(args: &[String]) -> Result<(), Failure> {
             "quantize" => quantize(name, input, output, rest),
             "decode" if rest.is_empty() => decode(name, input, output),
             "ct" => ct(name, input, output, rest),
+            "mlx" => mlx(name, input, output, rest),
             _ => Err(Failure::Usage(format!(
                 "unknown operation or extra arguments: {op}"
             ))),

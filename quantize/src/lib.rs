@@ -17,6 +17,7 @@
 //!   arithmetic.
 //! - [`int4`]: compressed-tensors min-max INT4 (symmetric and asymmetric, per row or per
 //!   group) with the `pack-quantized`, GPTQ and AWQ packings and their dequantizers.
+//! - [`mlx`]: MLX affine 4/8-bit groups (`mx.quantize`), bit for bit.
 //! - [`ggml_quant`]: llama.cpp's reference quantizers for Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
 //!   Q3_K, Q4_K, Q5_K and Q6_K, with and without an importance matrix, bit for bit.
 #![deny(missing_docs)]
@@ -30,6 +31,7 @@ pub mod fp8_ct;
 pub mod ggml;
 pub mod ggml_quant;
 pub mod int4;
+pub mod mlx;
 
 pub use dtype::{DType, DTypeInfo};
 pub use error::{Error, Result};
