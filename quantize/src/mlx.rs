@@ -87,10 +87,10 @@ fn group_params(g: &[f32], n_bins: f32) -> (f32, f32) {
     }
     let edge = if mask { w_min } else { w_max };
     let q0 = (edge / scale).round_ties_even();
-    if q0 != 0.0 {
-        (edge / q0, edge)
-    } else {
+    if q0 == 0.0 {
         (scale, 0.0)
+    } else {
+        (edge / q0, edge)
     }
 }
 
