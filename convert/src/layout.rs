@@ -35,6 +35,8 @@ use crate::rope::RopeLayout;
 use crate::write::safetensors::TensorSpec;
 use crate::write::{OutputDir, OutputOptions};
 
+mod fp4;
+
 /// The compressed-tensors version whose `quantization_config` qforge writes (and validates
 /// against in the interop tests).
 pub const COMPRESSED_TENSORS_VERSION: &str = "0.20.0";
@@ -60,6 +62,17 @@ pub enum HfScheme {
         group_size: Option<usize>,
         /// symmetric (`s = amax/7.5`, `amax/127.5` for 8 bits) or asymmetric with zero points
         symmetric: bool,
+    },
+    /// FP4 E2M1 weights with an FP8 E4M3 scale per 16 and a per-tensor F32 global scale,
+    /// 16-bit activations (compressed-tensors `nvfp4-pack-quantized`, llm-compressor
+    /// `NVFP4A16`; arithmetic in `qforge_quantize::fp4`).
+    Nvfp4A16,
+    /// FP4 E2M1 weights with an E8M0 scale per 32 (compressed-tensors `mxfp4-pack-quantized`):
+    /// llm-compressor `MXFP4` (activations dynamic MXFP4 at run time) or, with
+    /// `a16`, `MXFP4A16`.
+    Mxfp4 {
+        /// 16-bit activations (no `input_activations` in the config)
+        a16: bool,
     },
 }
 
@@ -482,6 +495,13 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<Tensor
             continue;
         }
         let (_, k) = shape2(ckpt, id);
+        if matches!(opts.scheme, HfScheme::Nvfp4A16 | HfScheme::Mxfp4 { .. }) {
+            fp4::check_columns(opts.scheme, k).map_err(|reason| Error::BadQuantization {
+                path: ckpt.path.clone(),
+                tensor: hf_module(id),
+                reason,
+            })?;
+        }
         if let Some(cfg) = int4_config(opts) {
             if let Err(e) = int4::check_group(k, cfg.group_size) {
                 return Err(codec_err(ckpt, id, e));
@@ -561,6 +581,28 @@ pub fn quantization_config(opts: &HfQuantOptions, not_converted: &[String]) -> V
                    "strategy": if group_size.is_some() { "group" } else { "channel" },
                    "symmetric": symmetric, "type": "int"}),
             Value::Null,
+        ),
+        // quantization/quant_scheme.py NVFP4A16 / MXFP4 / MXFP4A16 as QuantizationArgs
+        // serializes them (zp_dtype is dropped for symmetric args, scale_dtype is kept)
+        HfScheme::Nvfp4A16 => (
+            "nvfp4-pack-quantized",
+            json!({"dynamic": false, "group_size": 16, "num_bits": 4,
+                   "scale_dtype": "torch.float8_e4m3fn", "strategy": "tensor_group",
+                   "symmetric": true, "type": "float"}),
+            Value::Null,
+        ),
+        HfScheme::Mxfp4 { a16 } => (
+            "mxfp4-pack-quantized",
+            json!({"dynamic": false, "group_size": 32, "num_bits": 4,
+                   "scale_dtype": "torch.uint8", "strategy": "group", "symmetric": true,
+                   "type": "float"}),
+            if a16 {
+                Value::Null
+            } else {
+                json!({"dynamic": true, "group_size": 32, "num_bits": 4,
+                       "scale_dtype": "torch.uint8", "strategy": "group", "symmetric": true,
+                       "type": "float"})
+            },
         ),
     };
     let mut ignore: Vec<String> = opts.ignore.patterns().map(str::to_owned).collect();
@@ -803,6 +845,26 @@ pub fn quantize_to_hf(
                         })),
                     });
                 }
+            }
+            HfScheme::Nvfp4A16 | HfScheme::Mxfp4 { .. } => {
+                let src = fp4::Source {
+                    ckpt,
+                    rope,
+                    numerics,
+                    arith: if model_dtype == DType::BF16 {
+                        Int4Arith::Bf16
+                    } else {
+                        Int4Arith::F32
+                    },
+                };
+                let group = fp4::fused_group(id)
+                    .into_iter()
+                    .filter(|m| {
+                        ckpt.part(*m, Part::Weight).is_some()
+                            && treatment(*m, opts, cfg.num_layers, &skipped) == Treatment::Quantize
+                    })
+                    .collect();
+                tensors.extend(fp4::tensors(src, id, &module, opts.scheme, group));
             }
             HfScheme::Int4 { symmetric, .. } => {
                 let cfg4 = int4_cfg.expect("int4 scheme");
