@@ -39,6 +39,9 @@ pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
     match t.as_str() {
         "fp8-rowwise" | "fp8" | "fp8-dynamic" => return Ok(Scheme::Hf(HfScheme::Fp8Rowwise)),
         "fp8-static" => return Ok(Scheme::Hf(HfScheme::Fp8Static)),
+        "nvfp4a16" => return Ok(Scheme::Hf(HfScheme::Nvfp4A16)),
+        "mxfp4" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: false })),
+        "mxfp4a16" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: true })),
         "int4" => return int(4, Some(qforge_quantize::int4::DEFAULT_GROUP_SIZE)),
         "int4-row" | "int4-channel" => return int(4, None),
         "int8" => return int(8, Some(qforge_quantize::int4::DEFAULT_GROUP_SIZE)),
@@ -60,7 +63,7 @@ pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
     }
     bail!(
         "unknown --scheme {s:?}\n  hint: use fp8-rowwise, fp8-static, int4-g<N> (e.g. int4-g128), int4-row, \
-         int8-g<N>, int8-row, or gguf:<mix> (q8_0, q4_0, q4_k_m, q5_k_m, q6_k, …)"
+         int8-g<N>, int8-row, nvfp4a16, mxfp4, mxfp4a16, or gguf:<mix> (q8_0, q4_0, q4_k_m, q5_k_m, q6_k, …)"
     )
 }
 
@@ -414,5 +417,13 @@ mod tests {
         );
         assert!(parse_scheme("int4-g0", false).is_err());
         assert!(parse_scheme("fp4", false).is_err());
+        assert_eq!(
+            parse_scheme("NVFP4A16", false).unwrap(),
+            Scheme::Hf(HfScheme::Nvfp4A16)
+        );
+        assert_eq!(
+            parse_scheme("mxfp4", false).unwrap(),
+            Scheme::Hf(HfScheme::Mxfp4 { a16: false })
+        );
     }
 }
