@@ -112,7 +112,7 @@ fn opts(scheme: HfScheme) -> HfQuantOptions {
 
 /// `quantization_config` with the given format and argument objects, as compressed-tensors 0.20
 /// writes it for a model whose only ignored module is the LM head.
-fn ct_config(format: &str, weights: Value, input: Value) -> Value {
+fn ct_config(format: &str, weights: &Value, input: &Value) -> Value {
     json!({
         "config_groups": {"group_0": {
             "format": null, "input_activations": input, "output_activations": null,
@@ -167,7 +167,7 @@ fn nvfp4a16_config_tensors_and_fused_global_scales() {
         "type": "float"});
     assert_eq!(
         cfg["quantization_config"],
-        ct_config("nvfp4-pack-quantized", weights, Value::Null)
+        ct_config("nvfp4-pack-quantized", &weights, &Value::Null)
     );
     let out = read_out(&dest);
     let groups: [&[&str]; 3] = [
@@ -224,7 +224,7 @@ fn mxfp4_and_mxfp4a16_config_and_tensors() {
             serde_json::from_slice(&std::fs::read(dest.join("config.json")).unwrap()).unwrap();
         assert_eq!(
             cfg["quantization_config"],
-            ct_config("mxfp4-pack-quantized", weights.clone(), want_input)
+            ct_config("mxfp4-pack-quantized", &weights, &want_input)
         );
         let out = read_out(&dest);
         for m in ["self_attn.q_proj", "mlp.up_proj", "mlp.down_proj"] {
