@@ -19,10 +19,28 @@ pub struct Cli {
 /// Exit statuses, the same for every subcommand (shown in `qforge --help`).
 pub const EXIT_CODES: &str = "Exit status:\n  \
     0  success\n  \
-    1  error (bad input or arguments, I/O, unsupported model); the message names the file,\n     \
-    tensor and offset where it can, and a hint\n  \
-    2  bad command-line usage\n  \
+    1  error (bad input, I/O, unsupported model); the message names the file, tensor and\n     \
+    offset where it can, and a hint\n  \
+    2  bad command-line usage (unknown flag or scheme, missing or out-of-range value)\n  \
     3  a verification budget was exceeded (verify, pipeline)";
+
+/// A bad command-line value found after clap parsed the line (an unknown `--scheme`, say):
+/// `main` prints it like clap's own errors and exits with status 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Turn an error about a command-line value into a [`UsageError`] (exit status 2).
+pub fn usage(e: anyhow::Error) -> anyhow::Error {
+    UsageError(format!("{e:#}")).into()
+}
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -533,10 +551,10 @@ pub struct EvalArgs {
     #[arg(long, value_name = "TEXT")]
     pub data: PathBuf,
     /// Tokens per chunk (llama-perplexity -c).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = positive)]
     pub ctx: usize,
     /// Evaluate at most N chunks [default: all].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive)]
     pub chunks: Option<usize>,
     /// Worker threads [default: all cores].
     #[arg(long, value_name = "T")]
@@ -595,6 +613,15 @@ pub struct VerifyArgs {
     pub min_top1: Option<f64>,
 }
 
+/// Parse a count that must be at least 1 (`--ctx`, `--chunks`).
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
 /// Parse "1%", "0.5 %" or "1" as a percentage.
 pub fn parse_percent(s: &str) -> Result<f64, String> {
     let t = s.trim().trim_end_matches('%').trim();
@@ -624,10 +651,10 @@ pub struct ImatrixArgs {
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Tokens per chunk (llama-imatrix -c).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = positive)]
     pub ctx: usize,
     /// Process at most N chunks [default: all].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive)]
     pub chunks: Option<usize>,
     /// Worker threads [default: all cores].
     #[arg(long, value_name = "T")]

@@ -78,6 +78,17 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
+            if let Some(u) = err.downcast_ref::<cli::UsageError>() {
+                // one line with its hint, as clap's own usage errors
+                let (what, hint) = u.0.split_once("\n  hint: ").unwrap_or((u.0.as_str(), ""));
+                let hint = if hint.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}; ", hint.replace('\n', " "))
+                };
+                let _ = writeln!(std::io::stderr(), "error: {what} (hint: {hint}see --help)");
+                return ExitCode::from(2);
+            }
             let _ = writeln!(std::io::stderr(), "error: {err:#}");
             if err
                 .downcast_ref::<commands::verify::BudgetExceeded>()

@@ -499,6 +499,9 @@ pub fn run(args: &PlanArgs) -> Result<()> {
     if t.ends_with(".toml") {
         return run_recipe(&args.target, args.json);
     }
+    if let Some(scheme) = &args.scheme {
+        parse_scheme(scheme, args.asym).map_err(crate::cli::usage)?;
+    }
     let ckpt = open_for_plan(&t)?;
     let name = args
         .target

@@ -107,6 +107,8 @@ fn bad_weight_hint(e: qforge_convert::Error) -> anyhow::Error {
 }
 
 pub fn run(args: &QuantizeArgs) -> Result<()> {
+    // a bad --scheme is a usage error (exit status 2), found before the model is opened
+    parse_scheme(&args.scheme, args.asym).map_err(crate::cli::usage)?;
     if args.dry_run {
         return crate::commands::plan::run_quantize(args);
     }
