@@ -96,6 +96,8 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
             kv_f16: false,
         },
     )?;
+    crate::commands::warn_long_ctx(model.config(), "--seq-len", args.seq_len);
+    crate::commands::log_read("model", &model.ckpt);
     let mut method = method;
     if let Method::Awq(a) = &mut method {
         // fake quantization in the weights' dtype, as compressed-tensors does
@@ -126,8 +128,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         let tok = TextTokenizer::for_checkpoint(&model.ckpt)?;
         let mut ids = Vec::new();
         for p in &args.data {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text = crate::commands::read_text(p)?;
             ids.extend(tok.encode(&text)?);
         }
         Samples::draw(&ids, args.seq_len, args.samples, args.seed, tok.bos)?

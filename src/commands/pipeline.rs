@@ -366,6 +366,10 @@ pub fn convert_args(r: &Recipe, input: &Path, resume: bool) -> Result<Option<Con
         resume,
         overwrite: false,
         dry_run: false,
+        json: false,
+        quiet: true,
+        output_arg: None,
+        output_flag: None,
     }))
 }
 
@@ -414,6 +418,10 @@ pub fn quantize_args(
         overwrite: false,
         json: false,
         dry_run: false,
+        quiet: true,
+        output_arg: None,
+        output_flag: None,
+        allow_requantize: false,
     })
 }
 

@@ -142,14 +142,22 @@ pub struct PerplexityResult {
     pub chunks: usize,
     /// Tokens per chunk.
     pub ctx: usize,
-    /// Running PPL after each chunk (llama.cpp's `[i]x.xxxx` line).
-    pub per_chunk_ppl: Vec<f64>,
+    /// Running (cumulative) PPL over chunks `0..=i`, after each chunk `i`: llama.cpp's
+    /// `[i]x.xxxx` line. (Named `per_chunk_ppl` before; nothing outside qforge read it.)
+    pub running_ppl: Vec<f64>,
+    /// Each chunk's own PPL, `exp` of the mean NLL of that chunk's scored tokens alone.
+    pub chunk_ppl: Vec<f64>,
     /// Tokens evaluated (`chunks·ctx`).
     pub tokens_evaluated: usize,
     /// Wall time of the evaluation (tokenization excluded).
     pub seconds: f64,
     /// `tokens_evaluated / seconds`.
     pub tokens_per_second: f64,
+}
+
+/// One chunk's own perplexity: `exp` of the mean of its tokens' NLLs.
+fn chunk_ppl(nll: &[f64]) -> f64 {
+    (nll.iter().sum::<f64>() / nll.len().max(1) as f64).exp()
 }
 
 fn progress(on: bool, msg: std::fmt::Arguments<'_>) {
@@ -167,6 +175,7 @@ pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<
     let bsz = batch_size(model, chunks, opts, 1);
     let mut ppl = Perplexity::default();
     let mut per_chunk = Vec::with_capacity(chunks.n);
+    let mut own = Vec::with_capacity(chunks.n);
     for b0 in (0..chunks.n).step_by(bsz) {
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
@@ -196,6 +205,7 @@ pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<
                 .collect();
             ppl.add(&nll);
             per_chunk.push(ppl.ppl());
+            own.push(chunk_ppl(&nll));
         }
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -207,7 +217,8 @@ pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<
         scored_tokens: ppl.count,
         chunks: chunks.n,
         ctx: chunks.ctx,
-        per_chunk_ppl: per_chunk,
+        running_ppl: per_chunk,
+        chunk_ppl: own,
         tokens_evaluated: tokens,
         seconds,
         tokens_per_second: tokens as f64 / seconds,
@@ -272,6 +283,7 @@ pub fn compare(
     let bsz = batch_size(base, chunks, opts, 2);
     let (mut pb, mut pq) = (Perplexity::default(), Perplexity::default());
     let (mut per_b, mut per_q) = (Vec::new(), Vec::new());
+    let (mut own_b, mut own_q) = (Vec::new(), Vec::new());
     let mut kld = Vec::new();
     let mut same_top = 0usize;
     let mut diff2 = vec![0f64; nl as usize];
@@ -344,10 +356,14 @@ pub fn compare(
                     )
                 })
                 .collect();
-            pb.add(&rows.iter().map(|r| r.0).collect::<Vec<_>>());
-            pq.add(&rows.iter().map(|r| r.1).collect::<Vec<_>>());
+            let nll_b: Vec<f64> = rows.iter().map(|r| r.0).collect();
+            let nll_q: Vec<f64> = rows.iter().map(|r| r.1).collect();
+            pb.add(&nll_b);
+            pq.add(&nll_q);
             per_b.push(pb.ppl());
             per_q.push(pq.ppl());
+            own_b.push(chunk_ppl(&nll_b));
+            own_q.push(chunk_ppl(&nll_q));
             kld.extend(rows.iter().map(|r| r.2));
             same_top += rows.iter().filter(|r| r.3).count();
         }
@@ -357,14 +373,15 @@ pub fn compare(
     }
     let _ = start;
     let tokens = chunks.n * chunks.ctx;
-    let result = |p: &Perplexity, per: Vec<f64>, secs: f64| PerplexityResult {
+    let result = |p: &Perplexity, per: Vec<f64>, own: Vec<f64>, secs: f64| PerplexityResult {
         ppl: p.ppl(),
         ppl_stderr: p.stderr(),
         nll_mean: p.mean(),
         scored_tokens: p.count,
         chunks: chunks.n,
         ctx: chunks.ctx,
-        per_chunk_ppl: per,
+        running_ppl: per,
+        chunk_ppl: own,
         tokens_evaluated: tokens,
         seconds: secs,
         tokens_per_second: tokens as f64 / secs,
@@ -391,8 +408,8 @@ pub fn compare(
             _ => Some(l),
         })
         .map_or(0, |l| l.layer);
-    let base_r = result(&pb, per_b, tb);
-    let quant_r = result(&pq, per_q, tq);
+    let base_r = result(&pb, per_b, own_b, tb);
+    let quant_r = result(&pq, per_q, own_q, tq);
     let mut sorted = kld.clone();
     sorted.sort_by(f64::total_cmp);
     Ok(Comparison {
