@@ -86,8 +86,9 @@ impl Calibrator for Builtin {
                 "[calibrate] method {other:?} is not available\n  hint: use fp8-static, gptq, awq or imatrix"
             ),
         }
-        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv)
+        let mut cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv)
             .map_err(|e| anyhow::anyhow!("[calibrate]: {}", e.to_string().trim()))?;
+        cli.command.resolve_outputs();
         match cli.command {
             crate::cli::Command::Calibrate(a) => crate::commands::calibrate::run(&a),
             crate::cli::Command::Imatrix(a) => crate::commands::imatrix::run(&a),

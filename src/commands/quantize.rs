@@ -386,8 +386,9 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
     } else {
         Box::new(std::io::stderr())
     };
-    check_output_name(&args.output, scheme, &mut warn)?;
-    check_groups(ckpt, scheme, &mut warn)?;
+    if let Scheme::Hf(_) = scheme {
+        check_output_name(&args.output, scheme, &mut warn)?;
+    }
     Ok(match scheme {
         Scheme::Gguf(mix) => {
             if matches!(args.layout, Some(l) if l != QuantLayout::Gguf) {
@@ -396,6 +397,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             if args.policy != QuantPolicy::AllLinear || !args.ignore.is_empty() {
                 bail!("--policy and --ignore apply to HF layouts; GGUF mixes follow llama.cpp's rules");
             }
+            check_output_name(&args.output, scheme, &mut warn)?;
             let (imatrix, extra_metadata) = match (&args.imatrix, calib.imatrix) {
                 (Some(_), Some(_)) => bail!(
                     "--imatrix and an \"imatrix\" in --calib both give an importance matrix\n  hint: pass one of them"
@@ -465,6 +467,10 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
                     "--layout gguf needs a gguf:<mix> scheme\n  hint: e.g. --scheme gguf:q4_k_m"
                 ),
             };
+            if layout == HfLayout::CompressedTensors {
+                // (fbgemm is FP8 only: the writer refuses INT4 there, with its own message)
+                check_groups(ckpt, scheme, &mut warn)?;
+            }
             let ignore = IgnoreList::new(&args.ignore).map_err(anyhow::Error::msg)?;
             let opts = HfQuantOptions {
                 scheme: hf,
