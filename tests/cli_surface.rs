@@ -645,3 +645,49 @@ fn inspect_prints_no_debug_formatting_and_counts_parameters() {
         "{one}"
     );
 }
+
+#[test]
+fn gguf_to_hf_writes_generation_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("hf");
+    ok(&[
+        "convert",
+        s(&fixture("gguf/tiny.gguf")),
+        s(&out),
+        "--to",
+        "hf",
+    ]);
+    let g: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("generation_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        g,
+        serde_json::json!({"_from_model_config": true, "bos_token_id": 0, "eos_token_id": 1})
+    );
+}
+
+#[test]
+fn evaluation_progress_has_an_eta_and_quiet_hides_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = text(tmp.path());
+    let hf = fixture("hf");
+    let args = [
+        "perplexity",
+        s(&hf),
+        "-f",
+        s(&t),
+        "-c",
+        "16",
+        "--chunks",
+        "2",
+    ];
+    let o = ok(&args);
+    let e = stderr(&o);
+    // not a terminal: plain lines at most every 5 s, and always the last one
+    assert!(e.contains("layer 2/2 (chunks 0..2): 100%"), "{e}");
+    assert!(e.lines().all(|l| l.contains("ETA")), "{e}");
+    assert!(!e.contains('\r'), "{e:?}");
+    let mut q = args.to_vec();
+    q.push("-q");
+    assert!(stderr(&ok(&q)).is_empty());
+}

@@ -688,6 +688,31 @@ pub(crate) fn write_hf_side_files(
             }
             None => notes.push("the source has no tokenizer: none written".into()),
         }
+        // transformers' `GenerationConfig.from_model_config` (generation/configuration_utils.py):
+        // the special token ids of the model config, which generate() reads from here
+        let c = &ckpt.config;
+        if out.finished("generation_config.json").is_none()
+            && (c.bos_token_id.is_some() || !c.eos_token_ids.is_empty())
+        {
+            let mut g = serde_json::Map::new();
+            g.insert("_from_model_config".into(), json!(true));
+            if let Some(b) = c.bos_token_id {
+                g.insert("bos_token_id".into(), json!(b));
+            }
+            match c.eos_token_ids.as_slice() {
+                [] => {}
+                [one] => {
+                    g.insert("eos_token_id".into(), json!(one));
+                }
+                many => {
+                    g.insert("eos_token_id".into(), json!(many));
+                }
+            }
+            let mut text = serde_json::to_vec_pretty(&serde_json::Value::Object(g))
+                .map_err(|e| Error::io(out.staging(), std::io::Error::other(e)))?;
+            text.push(b'\n');
+            out.write_file("generation_config.json", &text)?;
+        }
     }
     Ok(())
 }

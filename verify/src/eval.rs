@@ -160,9 +160,59 @@ fn chunk_ppl(nll: &[f64]) -> f64 {
     (nll.iter().sum::<f64>() / nll.len().max(1) as f64).exp()
 }
 
-fn progress(on: bool, msg: std::fmt::Arguments<'_>) {
-    if on {
-        let _ = writeln!(std::io::stderr(), "{msg}");
+/// Progress of a layer-major evaluation on stderr: on a terminal one line rewritten in place
+/// (step, percent, rate, ETA); otherwise a plain line at most every 5 s (and the last step);
+/// nothing unless `on`.
+struct Progress {
+    on: bool,
+    tty: bool,
+    start: Instant,
+    last: Option<Instant>,
+    total: usize,
+    done: usize,
+}
+
+impl Progress {
+    fn new(on: bool, chunks: usize, batch: usize, layers: u32) -> Self {
+        use std::io::IsTerminal;
+        Progress {
+            on,
+            tty: std::io::stderr().is_terminal(),
+            start: Instant::now(),
+            last: None,
+            total: chunks.div_ceil(batch.max(1)) * layers as usize,
+            done: 0,
+        }
+    }
+
+    /// One layer of one batch done.
+    fn step(&mut self, what: std::fmt::Arguments<'_>) {
+        self.done += 1;
+        if !self.on {
+            return;
+        }
+        let secs = self.start.elapsed().as_secs_f64();
+        let frac = self.done as f64 / self.total.max(1) as f64;
+        let eta = if frac > 0.0 {
+            secs * (1.0 - frac) / frac
+        } else {
+            0.0
+        };
+        let line = format!("{what}: {:.0}%, {secs:.0} s, ETA {eta:.0} s", 100.0 * frac);
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K{line}");
+            if self.done >= self.total {
+                let _ = write!(err, "\r\x1b[2K");
+            }
+        } else if self.done >= self.total
+            || self
+                .last
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5))
+        {
+            self.last = Some(Instant::now());
+            let _ = writeln!(err, "{line}");
+        }
     }
 }
 
@@ -176,6 +226,7 @@ pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<
     let mut ppl = Perplexity::default();
     let mut per_chunk = Vec::with_capacity(chunks.n);
     let mut own = Vec::with_capacity(chunks.n);
+    let mut bar = Progress::new(opts.progress, chunks.n, bsz, nl);
     for b0 in (0..chunks.n).step_by(bsz) {
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
@@ -183,10 +234,11 @@ pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<
         for i in 0..nl {
             let lw = model.layer(i)?;
             run_layer(model, &lw, &rope, &mut h, chunks.ctx);
-            progress(
-                opts.progress,
-                format_args!("layer {}/{nl} (chunks {b0}..{})", i + 1, b0 + nb),
-            );
+            bar.step(format_args!(
+                "layer {}/{nl} (chunks {b0}..{})",
+                i + 1,
+                b0 + nb
+            ));
         }
         let (norm, head) = model.head()?;
         for c in 0..nb {
@@ -289,6 +341,7 @@ pub fn compare(
     let mut diff2 = vec![0f64; nl as usize];
     let mut base2 = vec![0f64; nl as usize];
     let (mut tb, mut tq) = (0f64, 0f64);
+    let mut bar = Progress::new(opts.progress, chunks.n, bsz, nl);
     for b0 in (0..chunks.n).step_by(bsz) {
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
@@ -319,10 +372,11 @@ pub fn compare(
                 .fold((0.0, 0.0), |(a, b), (c, e)| (a + c, b + e));
             diff2[i as usize] += d;
             base2[i as usize] += n;
-            progress(
-                opts.progress,
-                format_args!("layer {}/{nl} (chunks {b0}..{})", i + 1, b0 + nb),
-            );
+            bar.step(format_args!(
+                "layer {}/{nl} (chunks {b0}..{})",
+                i + 1,
+                b0 + nb
+            ));
         }
         let t = Instant::now();
         let (norm_b, head_b) = base.head()?;
@@ -519,6 +573,7 @@ pub fn collect_imatrix(
             .is_some();
     let with_output = process_output && untied;
     let mut out_sums = vec![0f32; if with_output { hid } else { 0 }];
+    let mut bar = Progress::new(opts.progress, chunks.n, bsz, nl);
     for b0 in (0..chunks.n).step_by(bsz) {
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
@@ -536,10 +591,11 @@ pub fn collect_imatrix(
                     layer[slot(k)].copy_from_slice(&total);
                 }
             });
-            progress(
-                opts.progress,
-                format_args!("layer {}/{nl} (chunks {b0}..{})", i + 1, b0 + nb),
-            );
+            bar.step(format_args!(
+                "layer {}/{nl} (chunks {b0}..{})",
+                i + 1,
+                b0 + nb
+            ));
         }
         if with_output {
             let norm = model.output_norm()?;
