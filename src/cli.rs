@@ -63,6 +63,7 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 /// Turn an error about a command-line value into a [`UsageError`] (exit status 2).
+#[allow(clippy::needless_pass_by_value)] // the shape `map_err` hands over
 pub fn usage(e: anyhow::Error) -> anyhow::Error {
     UsageError(format!("{e:#}")).into()
 }

@@ -104,7 +104,7 @@ fn a_pipe_gets_plain_periodic_lines() {
     let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("quantize: ")).collect();
     assert!(!lines.is_empty(), "{e}");
     assert!(
-        lines.iter().all(|l| l.contains("%") && l.contains("ETA")),
+        lines.iter().all(|l| l.contains('%') && l.contains("ETA")),
         "{e}"
     );
     assert!(!e.contains('\r') && !e.contains('\u{1b}'), "{e:?}");

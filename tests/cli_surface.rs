@@ -691,3 +691,35 @@ fn evaluation_progress_has_an_eta_and_quiet_hides_it() {
     q.push("-q");
     assert!(stderr(&ok(&q)).is_empty());
 }
+
+#[test]
+fn general_name_survives_gguf_to_hf_to_gguf_through_the_model_card() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = |gguf: &Path| -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_slice(&ok(&["inspect", s(gguf), "--json"]).stdout).unwrap();
+        v["metadata"]["kv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["key"] == "general.name")
+            .map_or(serde_json::Value::Null, |e| e["value"].clone())
+    };
+    let src = fixture("gguf/tiny.gguf");
+    let want = name(&src);
+    assert!(want.is_string());
+    let hf = tmp.path().join("hf");
+    ok(&["convert", s(&src), s(&hf), "--to", "hf"]);
+    let card = std::fs::read_to_string(hf.join("README.md")).unwrap();
+    assert!(card.starts_with("---\nmodel_name: "), "{card}");
+    let back = tmp.path().join("back.gguf");
+    ok(&["convert", s(&hf), s(&back), "--to", "gguf"]);
+    assert_eq!(name(&back), want);
+    // and an HF -> HF conversion carries the card over
+    let hf2 = tmp.path().join("hf2");
+    ok(&["convert", s(&hf), s(&hf2), "--to", "hf"]);
+    assert_eq!(
+        std::fs::read_to_string(hf2.join("README.md")).unwrap(),
+        card
+    );
+}

@@ -264,15 +264,19 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
             shape: t.shape.clone(),
         });
     }
-    let general_name = ckpt
-        .gguf
-        .as_ref()
-        .and_then(|m| m.get("general.name"))
-        .and_then(GgufValue::as_str)
-        .map(str::to_owned);
+    // general.name from the source GGUF, or from an HF source's model card (as
+    // convert_hf_to_gguf.py names the file from it)
+    let card = crate::export::model_card_fields(ckpt);
+    let general_name = card
+        .iter()
+        .find(|(k, _)| *k == "model_name")
+        .map(|(_, v)| v.clone());
     let mut metadata = llama_metadata(&ckpt.config, general_name.as_deref(), file_type(main_dtype));
     metadata.extend(tokenizer_metadata(ckpt, &mut notes)?);
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
+    if let Some((_, license)) = card.iter().find(|(k, _)| *k == "license") {
+        metadata.push(("general.license".into(), GgufValue::String(license.clone())));
+    }
 
     let p = plan(&metadata, specs)?;
     if opts.dry_run {
