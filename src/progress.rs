@@ -58,8 +58,12 @@ fn line_every() -> std::time::Duration {
 }
 
 /// Bytes the staging output of `dest` holds now.
-fn staged_bytes(dest: &std::path::Path) -> u64 {
+fn staged_bytes(dest: &std::path::Path, total: Option<u64>) -> u64 {
     let staging = crate::interrupt::staging_of(dest);
+    if !staging.exists() && dest.exists() {
+        // renamed into place: finished
+        return total.unwrap_or(0);
+    }
     match std::fs::metadata(&staging) {
         Ok(m) if m.is_dir() => std::fs::read_dir(&staging).map_or(0, |d| {
             d.filter_map(Result::ok)
@@ -97,7 +101,7 @@ impl OutputWatch {
                 if start.elapsed() < std::time::Duration::from_secs(1).min(every) {
                     continue;
                 }
-                let done = staged_bytes(&dest);
+                let done = staged_bytes(&dest, total);
                 if tty {
                     let bar = pb.get_or_insert_with(|| {
                         let b = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());

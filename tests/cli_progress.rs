@@ -49,6 +49,8 @@ fn under_pty(args: &[String]) -> (bool, String) {
     };
     let mut child = Command::new(QFORGE)
         .args(args)
+        // the bar from 100 ms on (not 1 s): the job is short on a fast machine
+        .env("QFORGE_PROGRESS_EVERY_MS", "100")
         .stdout(Stdio::null())
         .stderr(Stdio::from(slave))
         .spawn()
@@ -80,8 +82,11 @@ fn a_terminal_gets_a_bar_with_bytes_rate_and_eta() {
     assert!(ok, "{screen}");
     assert!(screen.contains("quantize "), "{screen}");
     assert!(screen.contains("ETA"), "{screen}");
-    assert!(screen.contains("MiB/"), "{screen}"); // bytes of a total, and a rate
-                                                  // --quiet: nothing on the terminal
+    assert!(
+        screen.contains(" MiB (") && screen.contains("/s, ETA"),
+        "{screen}"
+    ); // bytes of a total, a rate
+       // --quiet: nothing on the terminal
     let mut quiet = job(&input, &tmp.path().join("b.gguf"));
     quiet.push("--quiet".into());
     let (ok, screen) = under_pty(&quiet);
