@@ -21,12 +21,14 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         )
         .into());
     }
-    check_output_name(args, &mut std::io::stderr().lock())?;
+    check_output_name(args, &mut std::io::sink())?;
     if args.dry_run {
         return crate::commands::plan::run_convert(args);
     }
     crate::commands::note_partial(&args.output, args.resume, args.quiet);
     let written = execute(args)?;
+    // the name warning after the run, so that a failing run prints its one error line only
+    check_output_name(args, &mut std::io::stderr().lock())?;
     report(args, &written, &mut std::io::stderr().lock())?;
     if args.json {
         let mut out = std::io::stdout().lock();

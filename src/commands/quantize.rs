@@ -242,6 +242,11 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     }
     crate::commands::note_partial(&args.output, args.resume, args.quiet);
     let summary = execute(args)?.summary;
+    // after the run, so that a failing run prints its one error line only
+    let scheme = parse_scheme(&args.scheme, args.asym)?;
+    if matches!(scheme, Scheme::Gguf(_)) && !args.quiet {
+        check_output_name(&args.output, scheme, &mut std::io::stderr())?;
+    }
     print_summary(args, &summary)
 }
 
@@ -397,7 +402,6 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             if args.policy != QuantPolicy::AllLinear || !args.ignore.is_empty() {
                 bail!("--policy and --ignore apply to HF layouts; GGUF mixes follow llama.cpp's rules");
             }
-            check_output_name(&args.output, scheme, &mut warn)?;
             let (imatrix, extra_metadata) = match (&args.imatrix, calib.imatrix) {
                 (Some(_), Some(_)) => bail!(
                     "--imatrix and an \"imatrix\" in --calib both give an importance matrix\n  hint: pass one of them"
