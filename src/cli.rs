@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// Convert, quantize and verify Llama-family checkpoints (HF safetensors, Meta .pth, GGUF).
 #[derive(Debug, Parser)]
-#[command(name = "qforge", version, about, propagate_version = true, after_help = EXIT_CODES)]
+#[command(name = "qforge", version = VERSION, about, propagate_version = true, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -16,13 +16,57 @@ pub struct Cli {
     pub verbose: u8,
 }
 
+/// `qforge --version`: the package version and the git commit it was built from (build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("QFORGE_GIT_COMMIT"),
+    ")"
+);
+
 /// Exit statuses, the same for every subcommand (shown in `qforge --help`).
 pub const EXIT_CODES: &str = "Exit status:\n  \
     0  success\n  \
-    1  error (bad input or arguments, I/O, unsupported model); the message names the file,\n     \
-    tensor and offset where it can, and a hint\n  \
-    2  bad command-line usage\n  \
+    1  error (bad input, I/O, unsupported model); the message names the file, tensor and\n     \
+    offset where it can, and a hint\n  \
+    2  bad command-line usage (unknown flag or scheme, missing or out-of-range value)\n  \
     3  a verification budget was exceeded (verify, pipeline)";
+
+impl Command {
+    /// Fill each command's `output` from its positional OUTPUT or its `-o`/`--output` (clap
+    /// requires exactly one of them).
+    pub fn resolve_outputs(&mut self) {
+        fn pick(arg: &mut Option<PathBuf>, flag: &mut Option<PathBuf>) -> PathBuf {
+            arg.take().or_else(|| flag.take()).unwrap_or_default()
+        }
+        match self {
+            Command::Convert(a) => a.output = pick(&mut a.output_arg, &mut a.output_flag),
+            Command::Quantize(a) => a.output = pick(&mut a.output_arg, &mut a.output_flag),
+            Command::Calibrate(a) => a.output = pick(&mut a.output_arg, &mut a.output_flag),
+            Command::Imatrix(a) => a.output = pick(&mut a.output_arg, &mut a.output_flag),
+            _ => {}
+        }
+    }
+}
+
+/// A bad command-line value found after clap parsed the line (an unknown `--scheme`, say):
+/// `main` prints it like clap's own errors and exits with status 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Turn an error about a command-line value into a [`UsageError`] (exit status 2).
+#[allow(clippy::needless_pass_by_value)] // the shape `map_err` hands over
+pub fn usage(e: anyhow::Error) -> anyhow::Error {
+    UsageError(format!("{e:#}")).into()
+}
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -79,7 +123,8 @@ pub enum Command {
     /// Calibrate layer by layer on text: static FP8 activation scales or GPTQ INT4/INT8 codes.
     #[command(after_help = "Methods:\n  \
         fp8-static   per-tensor static input scales (amax/448); -o FILE (JSON) for quantize --scheme fp8-static --calib FILE\n  \
-        gptq         GPTQ codes and scales; -o DIR for quantize --scheme int4-g<N>|int4-row|int8-… --calib DIR\n\
+        gptq         GPTQ codes and scales; -o DIR for quantize --scheme int4-g<N>|int4-row|int8-… --calib DIR\n  \
+        awq          AWQ smoothing scales (llm-compressor's search); -o DIR for quantize --scheme int4-g<N>|int4-row --calib DIR\n\
         \nSamples: the texts are tokenized with the model's tokenizer, concatenated, cut into windows of\n\
         --seq-len tokens and --samples of them drawn with a seeded shuffle (--seed). An interrupted run\n\
         resumes from <output>.qforge-state at the next layer.\n\
@@ -208,8 +253,14 @@ pub enum CalibPrecision {
 pub struct CalibrateArgs {
     /// Model (HF directory for gptq; any format for fp8-static).
     pub model: PathBuf,
-    /// Calibration text files.
-    #[arg(long, num_args = 1.., value_name = "TEXT", required_unless_present = "tokens")]
+    /// Calibration text files (llama.cpp's -f).
+    #[arg(
+        long,
+        short = 'f',
+        num_args = 1..,
+        value_name = "TEXT",
+        required_unless_present = "tokens"
+    )]
     pub data: Vec<PathBuf>,
     /// Read the samples' token ids from this JSON file instead of --data (as --samples-out writes).
     #[arg(long, value_name = "FILE", conflicts_with = "data")]
@@ -251,14 +302,26 @@ pub struct CalibrateArgs {
     /// Seed of the sample draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output: a JSON file (fp8-static) or a directory (gptq).
-    #[arg(short, long)]
+    /// Output: a JSON file (fp8-static) or a directory (gptq, awq); also -o.
+    #[arg(value_name = "OUTPUT", required_unless_present = "output_flag")]
+    pub output_arg: Option<PathBuf>,
+    /// The output, as an option (instead of the positional OUTPUT).
+    #[arg(
+        short = 'o',
+        long = "output",
+        id = "output_flag",
+        value_name = "OUTPUT",
+        conflicts_with = "output_arg"
+    )]
+    pub output_flag: Option<PathBuf>,
+    /// OUTPUT or -o, whichever was given (filled by [`Command::resolve_outputs`]).
+    #[arg(skip)]
     pub output: PathBuf,
     /// Replace an existing output.
     #[arg(long)]
     pub overwrite: bool,
     /// Threads (default: all cores); results do not depend on it.
-    #[arg(long)]
+    #[arg(long, short = 't')]
     pub threads: Option<usize>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
@@ -364,7 +427,21 @@ pub enum FloatDtype {
 pub struct ConvertArgs {
     /// Input checkpoint (.gguf file, HF directory or Meta directory).
     pub input: PathBuf,
-    /// Output directory (created atomically: it appears only when complete).
+    /// Output directory (--to hf, meta) or .gguf file (--to gguf), also -o; it appears
+    /// only when complete.
+    #[arg(value_name = "OUTPUT", required_unless_present = "output_flag")]
+    pub output_arg: Option<PathBuf>,
+    /// The output, as an option (instead of the positional OUTPUT).
+    #[arg(
+        short = 'o',
+        long = "output",
+        id = "output_flag",
+        value_name = "OUTPUT",
+        conflicts_with = "output_arg"
+    )]
+    pub output_flag: Option<PathBuf>,
+    /// OUTPUT or -o, whichever was given (filled by [`Command::resolve_outputs`]).
+    #[arg(skip)]
     pub output: PathBuf,
     /// Output format.
     #[arg(long)]
@@ -384,9 +461,16 @@ pub struct ConvertArgs {
     /// Replace the output if it exists.
     #[arg(long)]
     pub overwrite: bool,
-    /// Print what would be written (exact sizes, peak memory, disk, time) and write nothing.
+    /// Print what would be written (exact sizes, peak memory, disk, time) and write nothing
+    /// (--to hf and --to gguf; Meta's .pth containers are not planned).
     #[arg(long)]
     pub dry_run: bool,
+    /// Print a machine-readable summary (JSON) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress, notes or status lines on stderr (errors still appear).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 impl FloatDtype {
@@ -425,7 +509,21 @@ pub enum QuantPolicy {
 pub struct QuantizeArgs {
     /// Input checkpoint (.gguf file, HF directory or Meta directory).
     pub input: PathBuf,
-    /// Output directory (HF layouts) or .gguf file (gguf:<mix>); appears only when complete.
+    /// Output directory (HF layouts) or .gguf file (gguf:<mix>), also -o; it appears only
+    /// when complete.
+    #[arg(value_name = "OUTPUT", required_unless_present = "output_flag")]
+    pub output_arg: Option<PathBuf>,
+    /// The output, as an option (instead of the positional OUTPUT).
+    #[arg(
+        short = 'o',
+        long = "output",
+        id = "output_flag",
+        value_name = "OUTPUT",
+        conflicts_with = "output_arg"
+    )]
+    pub output_flag: Option<PathBuf>,
+    /// OUTPUT or -o, whichever was given (filled by [`Command::resolve_outputs`]).
+    #[arg(skip)]
     pub output: PathBuf,
     /// fp8-rowwise, fp8-static, int4-g<N>, int4-row, int8-g<N>, int8-row or gguf:<mix> (see below).
     #[arg(long)]
@@ -449,9 +547,9 @@ pub struct QuantizeArgs {
     /// fbgemm_fp8 activation_scale_ub (per-token activation amax cap).
     #[arg(long, default_value_t = 1200.0)]
     pub activation_scale_ub: f32,
-    /// Calibration results: a JSON file from `qforge calibrate` with "input_scales"
-    /// (fp8-static) and/or "imatrix" entries.
-    #[arg(long, value_name = "FILE")]
+    /// Calibration results from `qforge calibrate`: its JSON file (--method fp8-static, with
+    /// "input_scales") or its directory (--method gptq or awq).
+    #[arg(long, value_name = "PATH")]
     pub calib: Option<PathBuf>,
     /// A llama.cpp importance matrix (llama-imatrix's GGUF or legacy .dat, or `qforge imatrix`'s)
     /// for gguf:<mix> schemes, used as `llama-quantize --imatrix` uses it.
@@ -480,6 +578,13 @@ pub struct QuantizeArgs {
     /// Print what would be written (exact sizes, peak memory, disk, time) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// No progress, notes or status lines on stderr (errors still appear).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Quantize a model whose weights are already quantized (Q4_1, FP8, INT4 …): the error
+    /// compounds, so it is refused without this (llama-quantize's --allow-requantize).
+    #[arg(long)]
+    pub allow_requantize: bool,
 }
 
 /// Parse a byte size with an optional decimal (KB, MB, GB, TB) or binary (KiB, MiB, GiB) unit.
@@ -529,17 +634,17 @@ pub enum W8a8Arg {
 /// Evaluation options shared by `perplexity` and `verify`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Evaluation text (UTF-8), tokenized with the (base) model's tokenizer.
-    #[arg(long, value_name = "TEXT")]
+    /// Evaluation text (UTF-8; llama.cpp's -f), tokenized with the (base) model's tokenizer.
+    #[arg(long, short = 'f', value_name = "TEXT")]
     pub data: PathBuf,
     /// Tokens per chunk (llama-perplexity -c).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, short = 'c', default_value_t = 512, value_parser = chunk_tokens)]
     pub ctx: usize,
     /// Evaluate at most N chunks [default: all].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive)]
     pub chunks: Option<usize>,
     /// Worker threads [default: all cores].
-    #[arg(long, value_name = "T")]
+    #[arg(long, short = 't', value_name = "T")]
     pub threads: Option<usize>,
     /// Chunks evaluated together layer-major [default: as many as fit 2 GiB of activations].
     #[arg(long, value_name = "N")]
@@ -595,6 +700,23 @@ pub struct VerifyArgs {
     pub min_top1: Option<f64>,
 }
 
+/// Parse a count that must be at least 1 (`--ctx`, `--chunks`).
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
+/// Parse `--ctx`: tokens per chunk, at least 4 (half of each chunk is scored).
+pub fn chunk_tokens(s: &str) -> Result<usize, String> {
+    match positive(s)? {
+        n if n < 4 => Err(format!("{n} is too small (at least 4 tokens per chunk)")),
+        n => Ok(n),
+    }
+}
+
 /// Parse "1%", "0.5 %" or "1" as a percentage.
 pub fn parse_percent(s: &str) -> Result<f64, String> {
     let t = s.trim().trim_end_matches('%').trim();
@@ -617,20 +739,32 @@ pub enum ImatrixFormatArg {
 pub struct ImatrixArgs {
     /// Model (.gguf file, HF directory or Meta directory).
     pub model: PathBuf,
-    /// Calibration text(s) (UTF-8); several are tokenized one after the other.
-    #[arg(long, value_name = "TEXT", num_args = 1.., required = true)]
+    /// Calibration text(s) (UTF-8; llama.cpp's -f); several are tokenized one after the other.
+    #[arg(long, short = 'f', value_name = "TEXT", num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
-    /// Output file.
-    #[arg(short, long, value_name = "FILE")]
+    /// Output file (.gguf, or .dat for the legacy format); also -o.
+    #[arg(value_name = "OUTPUT", required_unless_present = "output_flag")]
+    pub output_arg: Option<PathBuf>,
+    /// The output, as an option (instead of the positional OUTPUT).
+    #[arg(
+        short = 'o',
+        long = "output",
+        id = "output_flag",
+        value_name = "OUTPUT",
+        conflicts_with = "output_arg"
+    )]
+    pub output_flag: Option<PathBuf>,
+    /// OUTPUT or -o, whichever was given (filled by [`Command::resolve_outputs`]).
+    #[arg(skip)]
     pub output: PathBuf,
     /// Tokens per chunk (llama-imatrix -c).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, short = 'c', default_value_t = 512, value_parser = chunk_tokens)]
     pub ctx: usize,
     /// Process at most N chunks [default: all].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive)]
     pub chunks: Option<usize>,
     /// Worker threads [default: all cores].
-    #[arg(long, value_name = "T")]
+    #[arg(long, short = 't', value_name = "T")]
     pub threads: Option<usize>,
     /// Chunks processed together layer-major [default: as many as fit 2 GiB of activations].
     #[arg(long, value_name = "N")]

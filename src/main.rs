@@ -6,6 +6,7 @@
 
 mod cli;
 mod commands;
+mod interrupt;
 mod modelref;
 mod progress;
 mod recipe;
@@ -30,10 +31,25 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     let mut lines = text.lines().map(str::trim).filter(|l| {
         !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
     });
-    let first = lines.next().unwrap_or("error: bad arguments").to_owned();
+    let mut first = lines.next().unwrap_or("error: bad arguments").to_owned();
+    let mut lines = lines.peekable();
+    // "the following required arguments were not provided:" lists them on the next lines
+    if first.ends_with(':') {
+        let mut missing = Vec::new();
+        while let Some(l) = lines.next_if(|l| l.starts_with('-') || l.starts_with('<')) {
+            missing.push(l);
+        }
+        first = format!("{first} {}", missing.join(", "));
+    }
     // clap's own suggestions start with "tip: "; the hint says it once
-    let rest: Vec<&str> = lines
+    let rest: Vec<String> = lines
         .map(|l| l.strip_prefix("tip: ").unwrap_or(l))
+        .map(|l| {
+            l.strip_prefix('[')
+                .and_then(|l| l.strip_suffix(']'))
+                .unwrap_or(l)
+                .to_owned()
+        })
         .collect();
     let hint = if rest.is_empty() {
         String::new()
@@ -44,11 +60,30 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// An error with its causes, each said once: a cause whose text the message already holds
+/// (the OS error an `Io` error quotes, say) is not repeated.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let c = cause.to_string();
+        if text.contains(&c) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    text
+}
+
 fn main() -> ExitCode {
-    let cli = match cli::Cli::try_parse() {
+    let mut cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return usage_error(&e),
     };
+    cli.command.resolve_outputs();
+    interrupt::install(&cli.command);
     progress::init_logging(cli.verbose);
     let result = match cli.command {
         cli::Command::Inspect(args) => commands::inspect::run(&args),
@@ -78,7 +113,18 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(std::io::stderr(), "error: {err:#}");
+            if let Some(u) = err.downcast_ref::<cli::UsageError>() {
+                // one line with its hint, as clap's own usage errors
+                let (what, hint) = u.0.split_once("\n  hint: ").unwrap_or((u.0.as_str(), ""));
+                let hint = if hint.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}; ", hint.replace('\n', " "))
+                };
+                let _ = writeln!(std::io::stderr(), "error: {what} (hint: {hint}see --help)");
+                return ExitCode::from(2);
+            }
+            let _ = writeln!(std::io::stderr(), "error: {}", error_text(&err));
             if err
                 .downcast_ref::<commands::verify::BudgetExceeded>()
                 .is_some()

@@ -89,6 +89,40 @@ fn usage_errors_are_one_line_with_a_hint() {
             &["verify", "a", "b", "--data", "t", "--max-ppl-drift", "lots"],
         ),
         ("bad shell", &["completions", "tcsh"]),
+        (
+            "unknown scheme",
+            &["quantize", "in", "out", "--scheme", "fp4"],
+        ),
+        ("unknown plan scheme", &["plan", "in", "--scheme", "fp4"]),
+        (
+            "zero ctx",
+            &["perplexity", "m.gguf", "--data", "t.txt", "--ctx", "0"],
+        ),
+        (
+            "zero chunks",
+            &["verify", "a", "b", "--data", "t.txt", "--chunks", "0"],
+        ),
+        (
+            "zero imatrix chunks",
+            &[
+                "imatrix", "m.gguf", "--data", "t.txt", "-o", "i.gguf", "--chunks", "0",
+            ],
+        ),
+        (
+            "calibrate bad scheme",
+            &[
+                "calibrate",
+                "m",
+                "--data",
+                "t.txt",
+                "--method",
+                "gptq",
+                "--scheme",
+                "int5",
+                "-o",
+                "x",
+            ],
+        ),
     ];
     for (name, args) in cases {
         let o = run(args);

@@ -15,7 +15,7 @@ use crate::pth::PthError;
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system error on a file.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", crate::error::shown(path))]
     Io {
         /// the file or directory
         path: PathBuf,
@@ -23,7 +23,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The path is not a checkpoint qforge recognizes.
-    #[error("{}: not a model: {reason}", path.display())]
+    #[error("{}: not a model: {reason}", crate::error::shown(path))]
     NotAModel {
         /// the path given
         path: PathBuf,
@@ -31,7 +31,7 @@ pub enum Error {
         reason: String,
     },
     /// A malformed safetensors file or index.
-    #[error("{}: {kind}", path.display())]
+    #[error("{}: {kind}", crate::error::shown(path))]
     Safetensors {
         /// the file
         path: PathBuf,
@@ -39,7 +39,7 @@ pub enum Error {
         kind: SafetensorsError,
     },
     /// A malformed GGUF file.
-    #[error("{}: {kind}", path.display())]
+    #[error("{}: {kind}", crate::error::shown(path))]
     Gguf {
         /// the file
         path: PathBuf,
@@ -47,7 +47,7 @@ pub enum Error {
         kind: GgufError,
     },
     /// A malformed importance-matrix file (llama-imatrix GGUF or legacy `.dat`).
-    #[error("{}: importance matrix: {kind}", path.display())]
+    #[error("{}: importance matrix: {kind}", crate::error::shown(path))]
     Imatrix {
         /// the file
         path: PathBuf,
@@ -55,7 +55,7 @@ pub enum Error {
         kind: crate::imatrix::ImatrixError,
     },
     /// A malformed or unsafe `.pth` file (ZIP container or pickle stream).
-    #[error("{}: {kind}", path.display())]
+    #[error("{}: {kind}", crate::error::shown(path))]
     Pth {
         /// the file
         path: PathBuf,
@@ -63,7 +63,7 @@ pub enum Error {
         kind: PthError,
     },
     /// A missing, malformed or inconsistent model configuration.
-    #[error("{}: {kind}", path.display())]
+    #[error("{}: {kind}", crate::error::shown(path))]
     Config {
         /// the configuration file (or the model file its values came from)
         path: PathBuf,
@@ -72,7 +72,10 @@ pub enum Error {
     },
     /// A checkpoint planned from its configuration alone (`Checkpoint::from_config`) has shapes
     /// but no tensor data.
-    #[error("{}: tensor {tensor}: no data (the model was opened from its config alone, for planning)", path.display())]
+    #[error(
+        "{}: tensor {tensor}: no data (the model was opened from its config alone, for planning)",
+        crate::error::shown(path)
+    )]
     NoTensorData {
         /// the model directory
         path: PathBuf,
@@ -80,7 +83,10 @@ pub enum Error {
         tensor: String,
     },
     /// A tensor name that no name table knows. qforge never drops tensors silently.
-    #[error("{}: unknown tensor name {name:?} for the {scheme} naming scheme", path.display())]
+    #[error(
+        "{}: unknown tensor name {name:?} for the {scheme} naming scheme",
+        crate::error::shown(path)
+    )]
     UnknownTensor {
         /// the file holding it
         path: PathBuf,
@@ -90,7 +96,7 @@ pub enum Error {
         scheme: &'static str,
     },
     /// Two tensors with the same name, or two names for the same tensor role.
-    #[error("{}: duplicate tensor {name:?}", path.display())]
+    #[error("{}: duplicate tensor {name:?}", crate::error::shown(path))]
     DuplicateTensor {
         /// the file holding the second occurrence
         path: PathBuf,
@@ -98,7 +104,7 @@ pub enum Error {
         name: String,
     },
     /// A tensor the configuration requires is absent.
-    #[error("{}: missing tensor {name:?}", path.display())]
+    #[error("{}: missing tensor {name:?}", crate::error::shown(path))]
     MissingTensor {
         /// the model path
         path: PathBuf,
@@ -106,7 +112,10 @@ pub enum Error {
         name: String,
     },
     /// A tensor whose shape disagrees with the configuration.
-    #[error("{}: tensor {tensor:?} has shape {got:?}, the config implies {expected:?}", path.display())]
+    #[error(
+        "{}: tensor {tensor:?} has shape {got:?}, the config implies {expected:?}",
+        crate::error::shown(path)
+    )]
     ShapeMismatch {
         /// the file holding it
         path: PathBuf,
@@ -118,7 +127,10 @@ pub enum Error {
         got: Vec<u64>,
     },
     /// Model-parallel shards that cannot be merged.
-    #[error("{}: shards of {tensor:?} cannot be merged: {reason}", path.display())]
+    #[error(
+        "{}: shards of {tensor:?} cannot be merged: {reason}",
+        crate::error::shown(path)
+    )]
     ShardMismatch {
         /// the model directory
         path: PathBuf,
@@ -128,7 +140,7 @@ pub enum Error {
         reason: String,
     },
     /// A tensor could not be decoded.
-    #[error("{}: tensor {tensor:?}: {source}", path.display())]
+    #[error("{}: tensor {tensor:?}: {source}", crate::error::shown(path))]
     Codec {
         /// the file holding it
         path: PathBuf,
@@ -138,7 +150,10 @@ pub enum Error {
         source: qforge_quantize::Error,
     },
     /// A tensor's dtype cannot be used for the requested operation.
-    #[error("{}: tensor {tensor:?}: dtype {dtype} is not supported here: {reason}", path.display())]
+    #[error(
+        "{}: tensor {tensor:?}: dtype {dtype} is not supported here: {reason}",
+        crate::error::shown(path)
+    )]
     UnsupportedDType {
         /// the file holding it
         path: PathBuf,
@@ -150,14 +165,17 @@ pub enum Error {
         reason: &'static str,
     },
     /// The output path exists and overwriting was not asked for.
-    #[error("{}: output already exists (pass --overwrite to replace it, or choose another path)", path.display())]
+    #[error(
+        "{}: output already exists (pass --overwrite to replace it, or choose another path)",
+        crate::error::shown(path)
+    )]
     OutputExists {
         /// the destination
         path: PathBuf,
     },
     /// A quantized module whose companion tensors (scales, packed words, shape) do not fit
     /// together.
-    #[error("{}: tensor {tensor:?}: {reason}", path.display())]
+    #[error("{}: tensor {tensor:?}: {reason}", crate::error::shown(path))]
     BadQuantization {
         /// the checkpoint
         path: PathBuf,
@@ -170,7 +188,7 @@ pub enum Error {
     #[error("no tensor named {0:?} in this checkpoint")]
     NoSuchTensor(String),
     /// A tokenizer that cannot be read, or cannot be converted to the requested form.
-    #[error("{}: tokenizer: {reason}", path.display())]
+    #[error("{}: tokenizer: {reason}", crate::error::shown(path))]
     Tokenizer {
         /// the tokenizer file or directory (or what the tokenizer was being turned into)
         path: PathBuf,
@@ -215,4 +233,13 @@ impl Error {
             source,
         }
     }
+}
+
+/// A path as error messages show it: absolute (the working directory joined to a relative
+/// one, symlinks kept), so the message names the file wherever the user reads it.
+pub fn shown(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string()
 }

@@ -653,6 +653,59 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
     })
 }
 
+/// The model card's front matter keys qforge carries between formats: `model_name` and
+/// `license`. From a GGUF source, its `general.name` and `general.license`; from an HF source,
+/// the YAML front matter of its `README.md` (as llama.cpp's gguf-py reads a model card:
+/// `Metadata.load` in gguf-py/gguf/metadata.py takes `model_name` and `license` from it).
+pub fn model_card_fields(ckpt: &Checkpoint) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(m) = &ckpt.gguf {
+        for (key, field) in [
+            ("general.name", "model_name"),
+            ("general.license", "license"),
+        ] {
+            if let Some(v) = m.get(key).and_then(crate::gguf::GgufValue::as_str) {
+                out.push((field, v.to_owned()));
+            }
+        }
+    } else if ckpt.format == Format::Hf {
+        let card = std::fs::read_to_string(ckpt.dir().join("README.md")).unwrap_or_default();
+        let mut lines = card.lines();
+        if lines.next().map(str::trim_end) == Some("---") {
+            for l in lines.take_while(|l| l.trim_end() != "---") {
+                if let Some((k, v)) = l.split_once(':') {
+                    let v = v.trim().trim_matches(|c| c == '"' || c == '\'');
+                    for field in ["model_name", "license"] {
+                        if k.trim() == field && !v.is_empty() {
+                            out.push((field, v.to_owned()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A model card (`README.md`) for an HF output of a non-HF source that has a name or license:
+/// YAML front matter with both (quoted), then the name as its title.
+fn model_card(fields: &[(&str, String)]) -> Option<Vec<u8>> {
+    use std::fmt::Write as _;
+    if fields.is_empty() {
+        return None;
+    }
+    let mut card = String::from("---\n");
+    for (k, v) in fields {
+        let quoted = serde_json::to_string(v).unwrap_or_default();
+        let _ = writeln!(card, "{k}: {quoted}");
+    }
+    card.push_str("---\n");
+    if let Some((_, name)) = fields.iter().find(|(k, _)| *k == "model_name") {
+        let _ = write!(card, "\n# {name}\n");
+    }
+    Some(card.into_bytes())
+}
+
 /// Tokenizer and generation files of an HF output: carried over unchanged from an HF source,
 /// converted from the source's tokenizer otherwise.
 pub(crate) fn write_hf_side_files(
@@ -670,6 +723,7 @@ pub(crate) fn write_hf_side_files(
             "generation_config.json",
             "chat_template.jinja",
             "tokenizer.model",
+            "README.md",
         ] {
             let p = dir.join(name);
             if p.is_file() {
@@ -687,6 +741,36 @@ pub(crate) fn write_hf_side_files(
                 }
             }
             None => notes.push("the source has no tokenizer: none written".into()),
+        }
+        if let Some(card) = model_card(&model_card_fields(ckpt)) {
+            if out.finished("README.md").is_none() {
+                out.write_file("README.md", &card)?;
+            }
+        }
+        // transformers' `GenerationConfig.from_model_config` (generation/configuration_utils.py):
+        // the special token ids of the model config, which generate() reads from here
+        let c = &ckpt.config;
+        if out.finished("generation_config.json").is_none()
+            && (c.bos_token_id.is_some() || !c.eos_token_ids.is_empty())
+        {
+            let mut g = serde_json::Map::new();
+            g.insert("_from_model_config".into(), json!(true));
+            if let Some(b) = c.bos_token_id {
+                g.insert("bos_token_id".into(), json!(b));
+            }
+            match c.eos_token_ids.as_slice() {
+                [] => {}
+                [one] => {
+                    g.insert("eos_token_id".into(), json!(one));
+                }
+                many => {
+                    g.insert("eos_token_id".into(), json!(many));
+                }
+            }
+            let mut text = serde_json::to_vec_pretty(&serde_json::Value::Object(g))
+                .map_err(|e| Error::io(out.staging(), std::io::Error::other(e)))?;
+            text.push(b'\n');
+            out.write_file("generation_config.json", &text)?;
         }
     }
     Ok(())

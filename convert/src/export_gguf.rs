@@ -158,8 +158,9 @@ pub(crate) fn gguf_order(key: &TensorKey) -> (u32, u32) {
 /// Options for [`convert_to_gguf`].
 #[derive(Debug, Clone, Copy)]
 pub struct GgufOptions {
-    /// Type of the 2-D tensors (F32, F16 or BF16); 1-D tensors are always F32.
-    pub dtype: DType,
+    /// Type of the 2-D tensors (F32, F16 or BF16); 1-D tensors are always F32. `None` keeps
+    /// each float tensor's own type and decodes quantized ones to F32.
+    pub dtype: Option<DType>,
     /// Replace an existing output file.
     pub overwrite: bool,
     /// Plan the file and report its exact size; write nothing, read no tensor data.
@@ -192,11 +193,14 @@ pub(crate) fn tokenizer_metadata(
 
 /// Convert any checkpoint to a GGUF file at `dest`.
 pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Result<Written> {
-    if !matches!(opts.dtype, DType::F32 | DType::F16 | DType::BF16) {
+    if let Some(d) = opts
+        .dtype
+        .filter(|d| !matches!(d, DType::F32 | DType::F16 | DType::BF16))
+    {
         return Err(Error::UnsupportedDType {
             path: dest.into(),
             tensor: String::new(),
-            dtype: opts.dtype,
+            dtype: d,
             reason: "GGUF conversion writes F32, F16 or BF16; use `qforge quantize` for ggml types",
         });
     }
@@ -220,13 +224,27 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
         llama3_rope_factors(&ckpt.config)
     };
     entries.sort_by_key(|t| gguf_order(&t.key));
-    let out_dtype = |t: &TensorEntry| {
-        if t.shape.len() == 1 {
-            DType::F32
-        } else {
-            opts.dtype
-        }
+    let out_dtype = |t: &TensorEntry| match opts.dtype {
+        _ if t.shape.len() == 1 => DType::F32,
+        Some(d) => d,
+        None if matches!(t.dtype, DType::F16 | DType::BF16) => t.dtype,
+        None => DType::F32,
     };
+    // general.file_type: the type most 2-D tensors are written in (llama.cpp's "mostly …")
+    let main_dtype = opts.dtype.unwrap_or_else(|| {
+        let mut counts: Vec<(DType, usize)> = Vec::new();
+        for t in entries.iter().filter(|t| t.shape.len() == 2) {
+            let d = out_dtype(t);
+            match counts.iter_mut().find(|(c, _)| *c == d) {
+                Some(c) => c.1 += 1,
+                None => counts.push((d, 1)),
+            }
+        }
+        counts
+            .iter()
+            .max_by_key(|(_, n)| *n)
+            .map_or(DType::F32, |(d, _)| *d)
+    });
 
     let mut specs = Vec::new();
     if let Some(f) = &rope_factors {
@@ -246,15 +264,19 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
             shape: t.shape.clone(),
         });
     }
-    let general_name = ckpt
-        .gguf
-        .as_ref()
-        .and_then(|m| m.get("general.name"))
-        .and_then(GgufValue::as_str)
-        .map(str::to_owned);
-    let mut metadata = llama_metadata(&ckpt.config, general_name.as_deref(), file_type(opts.dtype));
+    // general.name from the source GGUF, or from an HF source's model card (as
+    // convert_hf_to_gguf.py names the file from it)
+    let card = crate::export::model_card_fields(ckpt);
+    let general_name = card
+        .iter()
+        .find(|(k, _)| *k == "model_name")
+        .map(|(_, v)| v.clone());
+    let mut metadata = llama_metadata(&ckpt.config, general_name.as_deref(), file_type(main_dtype));
     metadata.extend(tokenizer_metadata(ckpt, &mut notes)?);
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
+    if let Some((_, license)) = card.iter().find(|(k, _)| *k == "license") {
+        metadata.push(("general.license".into(), GgufValue::String(license.clone())));
+    }
 
     let p = plan(&metadata, specs)?;
     if opts.dry_run {

@@ -513,7 +513,9 @@ pub enum GgufError {
     /// A count that cannot be right: its items would take more bytes than are left in the file,
     /// or it is above its cap (ggml's 2^30 for array elements, [`MAX_KV_COUNT`],
     /// [`MAX_TENSOR_COUNT`]).
-    #[error("{what} {count} at offset {offset} is larger than the file can hold")]
+    #[error(
+        "{what} {count} at offset {offset} is larger than the file can hold (truncated or corrupt)"
+    )]
     CountTooLarge {
         /// which count: `"tensor_count"`, `"kv_count"` or `"array elements"`
         what: &'static str,
@@ -525,7 +527,7 @@ pub enum GgufError {
     /// A string's declared length is above ggml's 2^30-byte cap or longer than the rest of
     /// the file.
     #[error(
-        "string at offset {offset} declares {len} bytes, more than the file holds or the 2^30 cap"
+        "string at offset {offset} declares {len} bytes, more than the file holds or the 2^30 cap (truncated or corrupt)"
     )]
     StringTooLong {
         /// the declared length
@@ -671,7 +673,7 @@ pub enum GgufError {
     },
     /// A tensor whose data runs past the end of the file.
     #[error(
-        "tensor {tensor:?} data ends at byte {end}, past the end of the file ({file_len} bytes)"
+        "file truncated: tensor {tensor:?} data ends at byte {end}, past the end of the file ({file_len} bytes)"
     )]
     DataPastEof {
         /// the tensor

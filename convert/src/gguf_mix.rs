@@ -547,15 +547,17 @@ pub fn quantize_to_gguf(
             shape: shape.clone(),
         })
         .collect();
-    let general_name = ckpt
-        .gguf
-        .as_ref()
-        .and_then(|m| m.get("general.name"))
-        .and_then(GgufValue::as_str)
-        .map(str::to_owned);
+    // general.name from the source GGUF, or from an HF source's model card (as
+    // convert_hf_to_gguf.py names the file from it)
+    let card = crate::export::model_card_fields(ckpt);
+    let general_name = card
+        .iter()
+        .find(|(k, _)| *k == "model_name")
+        .map(|(_, v)| v.clone());
     let mut metadata = llama_metadata(&ckpt.config, general_name.as_deref(), Some(mix.file_type()));
     metadata.extend(tokenizer_metadata(ckpt, &mut notes)?);
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
+    metadata.extend(source_general_keys(ckpt, &metadata));
     metadata.extend(opts.extra_metadata.iter().cloned());
     // One note per kind of fallback (the per-tensor list is in the returned types).
     let mut fallbacks: BTreeMap<(u64, String, String), usize> = BTreeMap::new();
@@ -671,6 +673,24 @@ pub fn quantize_to_gguf(
         },
         types,
     })
+}
+
+/// The source GGUF's other `general.*` keys (license, organization, basename, size_label,
+/// finetune, languages, …), which llama-quantize carries over: it copies every key of the
+/// input (`gguf_set_kv` in `llama_model_quantize_impl`, llama.cpp's src/llama-quant.cpp) and
+/// then sets the file type and quantization version. Keys already in `metadata` stay as set.
+fn source_general_keys(
+    ckpt: &Checkpoint,
+    metadata: &[(String, GgufValue)],
+) -> Vec<(String, GgufValue)> {
+    let Some(src) = &ckpt.gguf else {
+        return Vec::new();
+    };
+    src.entries
+        .iter()
+        .filter(|(k, _)| k.starts_with("general.") && !metadata.iter().any(|(m, _)| m == k))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

@@ -38,6 +38,13 @@ pub enum SafetensorsError {
     /// Header length above the safetensors limit (100 MB).
     #[error("header length is above the 100 MB limit")]
     HeaderTooLarge,
+    /// The file does not start as a safetensors file does (an 8-byte little-endian header
+    /// length, then the JSON header): its first bytes are text.
+    #[error(
+        "not a safetensors file: it starts with the text {0:?}, not an 8-byte header length and \
+         a JSON header\n  hint: is it a text file, or a Git LFS pointer that was never downloaded?"
+    )]
+    NotSafetensors(String),
     /// Header length reaches past the end of the file.
     #[error("header length reaches past the end of the file")]
     HeaderPastEof,
@@ -171,6 +178,16 @@ struct HeaderTensor<'h> {
     offsets: (u64, u64),
 }
 
+/// [`SafetensorsError::NotSafetensors`] when the first 8 bytes, which a safetensors file
+/// holds its header length in, are printable text (no real header is that long: text makes a
+/// length above 10^17).
+fn text_not_safetensors(head: &[u8]) -> Option<SafetensorsError> {
+    let len = head.get(..8)?;
+    len.iter()
+        .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+        .then(|| SafetensorsError::NotSafetensors(String::from_utf8_lossy(head).into_owned()))
+}
+
 /// Parse and validate the header of the safetensors file `buf`: the header length and the
 /// tensors in data-offset order.
 ///
@@ -183,13 +200,21 @@ fn read_header(buf: &[u8]) -> std::result::Result<(u64, Vec<HeaderTensor<'_>>), 
         len.try_into()
             .map_err(|_| SafetensorsError::HeaderTooSmall)?,
     );
-    if n > MAX_HEADER_LEN {
-        return Err(SafetensorsError::HeaderTooLarge);
-    }
     let header = usize::try_from(n)
         .ok()
-        .and_then(|n| buf.get(8..8 + n))
-        .ok_or(SafetensorsError::HeaderPastEof)?;
+        .filter(|_| n <= MAX_HEADER_LEN)
+        .and_then(|n| buf.get(8..8 + n));
+    let Some(header) = header else {
+        // a length that cannot be right, made of printable text: not a safetensors file at all
+        if let Some(e) = text_not_safetensors(&buf[..buf.len().min(24)]) {
+            return Err(e);
+        }
+        return Err(if n > MAX_HEADER_LEN {
+            SafetensorsError::HeaderTooLarge
+        } else {
+            SafetensorsError::HeaderPastEof
+        });
+    };
     let text = std::str::from_utf8(header)
         .map_err(|e| SafetensorsError::InvalidHeader(format!("invalid UTF-8 in header: {e}")))?;
     let entries = header_json(text, CountEntries)?;
@@ -1024,6 +1049,32 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         (path.to_path_buf(), None)
     };
     let config_path = dir.join("config.json");
+    if let Some(file) = &single {
+        // a text file named .safetensors says so before anything is asked of its directory
+        let mut head = [0u8; 24];
+        let n = {
+            use std::io::Read;
+            let mut f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+            f.read(&mut head).map_err(|e| Error::io(file, e))?
+        };
+        if let Some(kind) = text_not_safetensors(&head[..n]) {
+            return Err(Error::Safetensors {
+                path: file.clone(),
+                kind,
+            });
+        }
+    }
+    if let (Some(file), false) = (&single, config_path.exists()) {
+        return Err(Error::NotAModel {
+            path: file.clone(),
+            reason: format!(
+                "a lone .safetensors file: its model config, {}, is missing\n  hint: put the \
+                 model's config.json (and tokenizer files) beside it, or pass the directory of \
+                 the full Hugging Face checkpoint",
+                crate::error::shown(&config_path)
+            ),
+        });
+    }
     let config = read_json_config(&config_path, ModelConfig::from_hf_json)?;
     let index_path = dir.join(INDEX_FILE);
     let mut expected: Option<BTreeMap<String, Vec<String>>> = None;

@@ -35,5 +35,5 @@ pub mod write;
 
 pub use checkpoint::{Checkpoint, Format, TensorEntry, TensorLayout, TokenizerInfo};
 pub use config::{ModelConfig, RopeScaling};
-pub use error::{ConfigError, Error, Result};
+pub use error::{shown, ConfigError, Error, Result};
 pub use names::{LayerTensor, NameMatch, NameScheme, Part, TensorId, TensorKey};

@@ -40,13 +40,17 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
             CalibObserver::Minmax => ObserverKind::MinMax,
             CalibObserver::Percentile => {
                 if !(args.percentile > 0.0 && args.percentile <= 100.0) {
-                    bail!("--percentile {} must be in (0, 100]", args.percentile);
+                    return Err(crate::cli::UsageError(format!(
+                        "--percentile {} must be in (0, 100]",
+                        args.percentile
+                    ))
+                    .into());
                 }
                 ObserverKind::Percentile(args.percentile)
             }
         }),
         CalibMethod::Gptq => {
-            let (bits, group_size) = parse_gptq_scheme(&args.scheme)?;
+            let (bits, group_size) = parse_gptq_scheme(&args.scheme).map_err(crate::cli::usage)?;
             let actorder = match args.actorder.to_ascii_lowercase().as_str() {
                 "weight" | "static" => true,
                 "none" | "false" => false,
@@ -66,7 +70,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
             })
         }
         CalibMethod::Awq => {
-            let (bits, group_size) = parse_gptq_scheme(&args.scheme)?;
+            let (bits, group_size) = parse_gptq_scheme(&args.scheme).map_err(crate::cli::usage)?;
             if bits != 4 {
                 bail!(
                     "--scheme {}: AWQ searches INT4 schemes (int4-g<N>, int4-row)",
@@ -92,6 +96,8 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
             kv_f16: false,
         },
     )?;
+    crate::commands::warn_long_ctx(model.config(), "--seq-len", args.seq_len);
+    crate::commands::log_read("model", &model.ckpt);
     let mut method = method;
     if let Method::Awq(a) = &mut method {
         // fake quantization in the weights' dtype, as compressed-tensors does
@@ -122,8 +128,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         let tok = TextTokenizer::for_checkpoint(&model.ckpt)?;
         let mut ids = Vec::new();
         for p in &args.data {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text = crate::commands::read_text(p)?;
             ids.extend(tok.encode(&text)?);
         }
         Samples::draw(&ids, args.seq_len, args.samples, args.seed, tok.bos)?

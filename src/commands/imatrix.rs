@@ -2,7 +2,9 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+use anyhow::Result;
 use qforge_verify::{Chunks, EvalOptions, ForwardOptions, Model, TextTokenizer, W8a8Mode};
 use serde_json::json;
 
@@ -17,18 +19,22 @@ pub fn run(args: &ImatrixArgs) -> Result<()> {
             kv_f16: args.kv_f16,
         },
     )?;
+    crate::commands::warn_long_ctx(model.config(), "--ctx", args.ctx);
+    crate::commands::log_read("model", &model.ckpt);
     let tok = TextTokenizer::for_checkpoint(&model.ckpt)?;
     let mut ids = Vec::new();
     for p in &args.data {
-        let mut text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let mut text = crate::commands::read_text(p)?;
         // llama.cpp's -f drops one trailing newline.
         if text.ends_with('\n') {
             text.pop();
         }
         ids.extend(tok.encode(&text)?);
     }
-    let chunks = Chunks::new(&ids, args.ctx, args.chunks, tok.bos)?;
+    let chunks = Chunks::new(&ids, args.ctx, args.chunks, tok.bos).map_err(|e| {
+        let paths: Vec<&std::path::Path> = args.data.iter().map(PathBuf::as_path).collect();
+        crate::commands::name_texts(e, &paths)
+    })?;
     let opts = EvalOptions {
         batch_chunks: args.batch_chunks,
         logits_out: None,
@@ -49,6 +55,12 @@ pub fn run(args: &ImatrixArgs) -> Result<()> {
         None => args.output.extension().is_some_and(|e| e == "dat"),
     };
     let rec = m.write(&args.output, legacy, args.overwrite)?;
+    tracing::info!(
+        "wrote {}: {} entries, {} bytes",
+        args.output.display(),
+        m.entries.len(),
+        rec.bytes
+    );
     if args.json {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer_pretty(

@@ -15,6 +15,7 @@ use crate::cli::InspectArgs;
 
 pub fn run(args: &InspectArgs) -> Result<()> {
     let ckpt = Checkpoint::open(crate::modelref::resolve(&args.model.to_string_lossy())?)?;
+    crate::commands::log_read("model", &ckpt);
     let selected: Vec<&TensorEntry> = if args.tensors.is_empty() {
         ckpt.tensors.iter().collect()
     } else {
@@ -51,8 +52,11 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
     } else {
-        print_human(&mut out, &ckpt, &selected, &stats)?;
-        print_quantization(&mut out, &quant)?;
+        let whole = args.tensors.is_empty();
+        print_human(&mut out, &ckpt, &selected, &stats, whole)?;
+        if whole {
+            print_quantization(&mut out, &quant)?;
+        }
     }
     out.flush()?;
     Ok(())
@@ -353,6 +357,62 @@ fn to_json(ckpt: &Checkpoint, tensors: &[&TensorEntry]) -> Value {
     v
 }
 
+/// "1 file", "3 files".
+fn count(n: u64, what: &str) -> String {
+    format!("{} {what}{}", thousands(n), if n == 1 { "" } else { "s" })
+}
+
+/// 134515008 as "134,515,008".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Hf => "Hugging Face safetensors",
+        Format::Meta => "Meta .pth",
+        Format::Gguf => "GGUF",
+    }
+}
+
+fn rope_scaling_text(r: Option<&qforge_convert::config::RopeScaling>) -> String {
+    use qforge_convert::config::RopeScaling;
+    match r {
+        None => "none".into(),
+        Some(RopeScaling::Linear { factor }) => format!("linear × {factor}"),
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => format!(
+            "llama3 × {factor} (low {low_freq_factor}, high {high_freq_factor}, original ctx \
+             {original_max_position_embeddings})"
+        ),
+    }
+}
+
+/// The model's parameters: the logical elements of each weight (a packed INT4 weight counts
+/// its `weight_shape`, not its 32-bit words), not scales, zero points or shapes.
+fn parameters(ckpt: &Checkpoint, tensors: &[&TensorEntry]) -> u64 {
+    tensors
+        .iter()
+        .map(|t| match t.key.part {
+            Part::Weight => t.numel(),
+            Part::WeightPacked => ckpt.config.expected_shape(t.key.id).iter().product::<u64>(),
+            _ => 0,
+        })
+        .sum()
+}
+
 fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut x = b as f64;
@@ -373,14 +433,16 @@ fn print_human(
     ckpt: &Checkpoint,
     tensors: &[&TensorEntry],
     stats: &BTreeMap<String, Stats>,
+    whole: bool,
 ) -> Result<()> {
     let c = &ckpt.config;
+    let files = ckpt.files().count();
     writeln!(
         out,
-        "{}  ({:?}, {} file(s))",
+        "{}  ({}, {})",
         ckpt.path.display(),
-        ckpt.format,
-        ckpt.files().count()
+        format_name(ckpt.format),
+        count(files as u64, "file")
     )?;
     writeln!(
         out,
@@ -389,13 +451,21 @@ fn print_human(
     )?;
     writeln!(
         out,
-        "           rope theta {}, scaling {}, rms eps {:e}, tied embeddings {}, bos {:?}, eos {:?}",
+        "           rope theta {}, scaling {}, rms eps {:e}, tied embeddings {}, bos {}, eos {}",
         c.rope_theta,
-        c.rope_scaling.as_ref().map_or("none".to_owned(), |r| format!("{r:?}")),
+        rope_scaling_text(c.rope_scaling.as_ref()),
         c.rms_norm_eps,
-        c.tie_word_embeddings,
-        c.bos_token_id,
-        c.eos_token_ids
+        if c.tie_word_embeddings { "yes" } else { "no" },
+        c.bos_token_id.map_or("none".to_owned(), |b| b.to_string()),
+        if c.eos_token_ids.is_empty() {
+            "none".to_owned()
+        } else {
+            c.eos_token_ids
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
     )?;
     let t = &ckpt.tokenizer;
     writeln!(
@@ -433,29 +503,47 @@ fn print_human(
         .max()
         .unwrap_or(4)
         .max(4);
+    let role = |t: &TensorEntry| {
+        format!(
+            "{}{}",
+            t.key.id,
+            if t.key.part == qforge_convert::Part::Weight {
+                String::new()
+            } else {
+                format!(".{}", t.key.part.suffix())
+            }
+        )
+    };
+    let shape = |t: &TensorEntry| {
+        let dims: Vec<String> = t.shape.iter().map(ToString::to_string).collect();
+        format!("[{}]", dims.join(", "))
+    };
+    let role_w = tensors
+        .iter()
+        .map(|t| role(t).len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let shape_w = tensors
+        .iter()
+        .map(|t| shape(t).len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     writeln!(
         out,
-        "{:<name_w$}  {:<20}  {:<8}  {:<18}  {:>12}  {:>14}",
+        "{:<name_w$}  {:<role_w$}  {:<8}  {:<shape_w$}  {:>12}  {:>14}",
         "name", "role", "dtype", "shape", "bytes", "offset"
     )?;
     for t in tensors {
         let (_, offset) = location(ckpt, &t.layout);
-        let shape = format!("{:?}", t.shape);
         writeln!(
             out,
-            "{:<name_w$}  {:<20}  {:<8}  {:<18}  {:>12}  {:>14}",
+            "{:<name_w$}  {:<role_w$}  {:<8}  {:<shape_w$}  {:>12}  {:>14}",
             t.name,
-            format!(
-                "{}{}",
-                t.key.id,
-                if t.key.part == qforge_convert::Part::Weight {
-                    String::new()
-                } else {
-                    format!(".{}", t.key.part.suffix())
-                }
-            ),
+            role(t),
             t.dtype.name(),
-            shape,
+            shape(t),
             t.nbytes(),
             offset
         )?;
@@ -467,14 +555,17 @@ fn print_human(
             )?;
         }
     }
+    if !whole {
+        // the footer sums the whole model; a --tensor selection has its rows above
+        return Ok(());
+    }
     writeln!(out)?;
     let total_b: u64 = tensors.iter().map(|t| t.nbytes()).sum();
-    let total_e: u64 = tensors.iter().map(|t| t.numel()).sum();
     writeln!(
         out,
-        "{} tensors, {} parameters, {}",
-        tensors.len(),
-        total_e,
+        "{}, {} parameters, {}",
+        count(tensors.len() as u64, "tensor"),
+        thousands(parameters(ckpt, tensors)),
         human_bytes(total_b)
     )?;
     for (d, (n, el, b)) in histogram(tensors) {

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use qforge_verify::{Chunks, EvalOptions, ForwardOptions, Model, TextTokenizer, W8a8Mode};
 
 use crate::cli::{EvalArgs, PerplexityArgs, W8a8Arg};
@@ -31,11 +31,21 @@ pub fn eval_options(e: &EvalArgs) -> EvalOptions {
 
 /// Tokenize the evaluation text with `model`'s tokenizer and cut it into chunks.
 pub fn chunks_for(model: &Model, e: &EvalArgs) -> Result<Chunks> {
-    let text = std::fs::read_to_string(&e.data)
-        .with_context(|| format!("reading {}", e.data.display()))?;
+    crate::commands::warn_long_ctx(model.config(), "--ctx", e.ctx);
+    crate::commands::log_read("model", &model.ckpt);
+    let text = crate::commands::read_text(&e.data)?;
     let tok = TextTokenizer::for_checkpoint(&model.ckpt)?;
     let ids = tok.encode(&text)?;
-    Ok(Chunks::new(&ids, e.ctx, e.chunks, tok.bos)?)
+    tracing::info!(
+        "read {}: {} bytes, {} tokens; chunks of {} tokens, at most {:?}",
+        e.data.display(),
+        text.len(),
+        ids.len(),
+        e.ctx,
+        e.chunks
+    );
+    Chunks::new(&ids, e.ctx, e.chunks, tok.bos)
+        .map_err(|err| crate::commands::name_texts(err, &[&e.data]))
 }
 
 pub fn run(args: &PerplexityArgs) -> Result<()> {
@@ -63,7 +73,7 @@ pub fn run(args: &PerplexityArgs) -> Result<()> {
             r.scored_tokens
         )?;
         let running: Vec<String> = r
-            .per_chunk_ppl
+            .running_ppl
             .iter()
             .enumerate()
             .map(|(i, p)| format!("[{}]{p:.4}", i + 1))

@@ -86,8 +86,9 @@ impl Calibrator for Builtin {
                 "[calibrate] method {other:?} is not available\n  hint: use fp8-static, gptq, awq or imatrix"
             ),
         }
-        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv)
+        let mut cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv)
             .map_err(|e| anyhow::anyhow!("[calibrate]: {}", e.to_string().trim()))?;
+        cli.command.resolve_outputs();
         match cli.command {
             crate::cli::Command::Calibrate(a) => crate::commands::calibrate::run(&a),
             crate::cli::Command::Imatrix(a) => crate::commands::imatrix::run(&a),
@@ -366,6 +367,10 @@ pub fn convert_args(r: &Recipe, input: &Path, resume: bool) -> Result<Option<Con
         resume,
         overwrite: false,
         dry_run: false,
+        json: false,
+        quiet: true,
+        output_arg: None,
+        output_flag: None,
     }))
 }
 
@@ -414,6 +419,10 @@ pub fn quantize_args(
         overwrite: false,
         json: false,
         dry_run: false,
+        quiet: true,
+        output_arg: None,
+        output_flag: None,
+        allow_requantize: false,
     })
 }
 

@@ -310,15 +310,17 @@ pub fn plan_convert(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<OutputPlan>
         resume: false,
         overwrite: true,
         dry_run: true,
+        json: false,
+        quiet: true,
+        output_arg: None,
+        output_flag: None,
     };
     let w = crate::commands::convert::execute_on(ckpt, &a)?;
     let mut worst = 0u64;
     let mut seconds = 0f64;
     for t in &ckpt.tensors {
         let out = match (args.dtype, args.to) {
-            (Some(FloatDtype::Bf16 | FloatDtype::F16), _) | (None, ConvertTarget::Gguf) => {
-                2 * t.numel()
-            }
+            (Some(FloatDtype::Bf16 | FloatDtype::F16), _) => 2 * t.numel(),
             (Some(FloatDtype::F32), _) => 4 * t.numel(),
             (None, _) if t.dtype.is_block() => 4 * t.numel(),
             (None, _) => t.nbytes(),
@@ -372,6 +374,10 @@ fn clone_quantize(a: &QuantizeArgs) -> QuantizeArgs {
         overwrite: true,
         json: a.json,
         dry_run: true,
+        quiet: true,
+        output_arg: None,
+        output_flag: None,
+        allow_requantize: a.allow_requantize,
     }
 }
 
@@ -499,6 +505,9 @@ pub fn run(args: &PlanArgs) -> Result<()> {
     if t.ends_with(".toml") {
         return run_recipe(&args.target, args.json);
     }
+    if let Some(scheme) = &args.scheme {
+        parse_scheme(scheme, args.asym).map_err(crate::cli::usage)?;
+    }
     let ckpt = open_for_plan(&t)?;
     let name = args
         .target
@@ -532,6 +541,10 @@ pub fn run(args: &PlanArgs) -> Result<()> {
                 overwrite: true,
                 json: args.json,
                 dry_run: true,
+                quiet: true,
+                output_arg: None,
+                output_flag: None,
+                allow_requantize: true,
             },
         )?
     } else if let Some(to) = args.to {
@@ -552,6 +565,10 @@ pub fn run(args: &PlanArgs) -> Result<()> {
                 resume: false,
                 overwrite: true,
                 dry_run: true,
+                json: false,
+                quiet: true,
+                output_arg: None,
+                output_flag: None,
             },
         )?
     } else {

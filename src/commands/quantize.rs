@@ -67,6 +67,134 @@ pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
     )
 }
 
+/// Refuse a model whose linear weights are already quantized (llama-quantize refuses the same
+/// without --allow-requantize: `llama_model_quantize_impl` in llama.cpp's src/llama-quant.cpp).
+fn refuse_requantize(ckpt: &Checkpoint) -> Result<()> {
+    let mut found: Vec<&str> = ckpt
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.key.id, qforge_convert::TensorId::Layer { .. }))
+        .filter(|t| match t.key.part {
+            qforge_convert::Part::WeightPacked => true,
+            qforge_convert::Part::Weight => {
+                t.shape.len() == 2 && !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16)
+            }
+            _ => false,
+        })
+        .map(|t| {
+            if t.key.part == qforge_convert::Part::WeightPacked {
+                "packed INT4/INT8"
+            } else {
+                t.dtype.name()
+            }
+        })
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    if found.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{}: the model is already quantized ({} weights); quantizing it again compounds the \
+         error\n  hint: start from the unquantized model, or pass --allow-requantize to do it anyway",
+        qforge_convert::shown(&ckpt.path),
+        found.join(", ")
+    )
+}
+
+/// An output named for the other kind of output: a directory named `.gguf` is refused; a GGUF
+/// file without the extension gets a warning.
+fn check_output_name(out: &std::path::Path, scheme: Scheme, err: &mut impl Write) -> Result<()> {
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match (scheme, ext.as_deref()) {
+        (Scheme::Hf(_), Some(e @ ("gguf" | "safetensors" | "json" | "bin"))) => {
+            Err(crate::cli::UsageError(format!(
+                "{} ends in .{e}, but this scheme writes a Hugging Face directory\n  hint: name \
+                 the output without .{e}, or use --scheme gguf:<mix> for a GGUF file",
+                out.display()
+            ))
+            .into())
+        }
+        (Scheme::Gguf(_), e) if e != Some("gguf") => {
+            writeln!(
+                err,
+                "warning: {} is a GGUF file; its name does not end in .gguf (llama.cpp's tools \
+                 and most UIs look for the extension)",
+                out.display()
+            )?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Group sizes the INT4/INT8 kernels of serving engines run (vLLM's Marlin and Machete:
+/// `MARLIN_SUPPORTED_GROUP_SIZES` in vllm/model_executor/layers/quantization/utils/
+/// marlin_utils.py is [-1, 32, 64, 128], -1 meaning per row).
+pub const SERVED_GROUPS: [usize; 3] = [128, 64, 32];
+
+/// Check an integer scheme's group size against every linear's row length before anything is
+/// written: a group that divides none of the rows is refused once, naming a row and
+/// suggesting the groups servers run that divide every row (or per-row); a group servers do not
+/// run gets a warning.
+fn check_groups(ckpt: &Checkpoint, scheme: Scheme, out: &mut impl Write) -> Result<()> {
+    let Scheme::Hf(HfScheme::Int4 {
+        bits,
+        group_size: Some(g),
+        ..
+    }) = scheme
+    else {
+        return Ok(());
+    };
+    let rows: Vec<(&str, u64)> = ckpt
+        .tensors
+        .iter()
+        .filter(|t| {
+            matches!(t.key.id, qforge_convert::TensorId::Layer { .. })
+                && matches!(
+                    t.key.part,
+                    qforge_convert::Part::Weight | qforge_convert::Part::WeightPacked
+                )
+        })
+        .filter_map(|t| match ckpt.config.expected_shape(t.key.id).as_slice() {
+            [_, k] => Some((t.name.as_str(), *k)),
+            _ => None,
+        })
+        .collect();
+    let fits = |g: usize| rows.iter().all(|(_, k)| k % g as u64 == 0);
+    if let Some((name, k)) = rows.iter().find(|(_, k)| k % g as u64 != 0) {
+        let mut ok: Vec<String> = SERVED_GROUPS
+            .iter()
+            .filter(|&&s| fits(s))
+            .map(|&s| format!("int{bits}-g{s}"))
+            .collect();
+        ok.push(format!("int{bits}-row"));
+        bail!(
+            "--scheme int{bits}-g{g}: group {g} does not divide the row length {k} of {name}\n  \
+             hint: use --scheme {} (groups vLLM's kernels run: 32, 64, 128 and per-row)",
+            ok.join(" or --scheme ")
+        );
+    }
+    if !SERVED_GROUPS.contains(&g) {
+        writeln!(
+            out,
+            "warning: group {g} is not one vLLM's INT{bits} kernels run (32, 64, 128, per-row); \
+             the checkpoint may not load there"
+        )?;
+    }
+    Ok(())
+}
+
+/// The `--scheme` spelling of an integer scheme: `int4-g64`, `int8-row`.
+fn scheme_name(bits: u8, group_size: Option<usize>) -> String {
+    match group_size {
+        Some(g) => format!("int{bits}-g{g}"),
+        None => format!("int{bits}-row"),
+    }
+}
+
 /// GPTQ codes of a calibration directory, handed to the HF writer.
 #[derive(Debug)]
 struct CalibCodes(qforge_calibrate::output::GptqCodes);
@@ -110,10 +238,18 @@ fn bad_weight_hint(e: qforge_convert::Error) -> anyhow::Error {
 }
 
 pub fn run(args: &QuantizeArgs) -> Result<()> {
+    // a bad --scheme is a usage error (exit status 2), found before the model is opened
+    parse_scheme(&args.scheme, args.asym).map_err(crate::cli::usage)?;
     if args.dry_run {
         return crate::commands::plan::run_quantize(args);
     }
+    crate::commands::note_partial(&args.output, args.resume, args.quiet);
     let summary = execute(args)?.summary;
+    // after the run, so that a failing run prints its one error line only
+    let scheme = parse_scheme(&args.scheme, args.asym)?;
+    if matches!(scheme, Scheme::Gguf(_)) && !args.quiet {
+        check_output_name(&args.output, scheme, &mut std::io::stderr())?;
+    }
     print_summary(args, &summary)
 }
 
@@ -132,13 +268,46 @@ pub struct Quantized {
 /// Quantize as `args` say; returns the summary `--json` prints (notes go to stderr).
 pub fn execute(args: &QuantizeArgs) -> Result<Quantized> {
     let ckpt = Checkpoint::open(crate::modelref::resolve(&args.input.to_string_lossy())?)?;
-    execute_on(&ckpt, args)
+    crate::commands::log_read("input", &ckpt);
+    let total = if args.dry_run {
+        None
+    } else {
+        crate::commands::plan::plan_quantize(&ckpt, args)
+            .ok()
+            .map(|p| p.file_bytes)
+    };
+    let watch = crate::progress::OutputWatch::start("quantize", &args.output, total, args.quiet);
+    let q = execute_on(&ckpt, args);
+    drop(watch);
+    let q = q?;
+    for (name, t) in &q.gguf_types {
+        tracing::debug!("  {name} -> {t}");
+    }
+    for m in &q.modules {
+        tracing::debug!("  {m} -> {}", args.scheme);
+    }
+    crate::commands::log_written(&args.output, &q.files);
+    Ok(q)
 }
 
 /// Quantize an open checkpoint as `args` say (`args.dry_run`: plan only, nothing read or
 /// written).
 pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
     let scheme = parse_scheme(&args.scheme, args.asym)?;
+    tracing::info!(
+        "chose: scheme {}, layout {}, policy {}, {} ignore pattern(s), calib {}, imatrix {}",
+        args.scheme,
+        args.layout
+            .map_or_else(|| "default".to_owned(), |l| crate::commands::value_name(&l)),
+        crate::commands::value_name(&args.policy),
+        args.ignore.len(),
+        args.calib
+            .as_ref()
+            .map_or("none".into(), |p| p.display().to_string()),
+        args.imatrix
+            .as_ref()
+            .map_or("none".into(), |p| p.display().to_string())
+    );
     let mut gptq_codes = None;
     let mut awq_scales = None;
     let calib: Calib = match &args.calib {
@@ -159,9 +328,9 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             };
             if group_size != a.scheme.group_size || symmetric != a.scheme.symmetric {
                 bail!(
-                    "{} was calibrated for int4 with group {:?}{}, not --scheme {}{}",
-                    p.display(),
-                    a.scheme.group_size,
+                    "{} was calibrated for --scheme {}{}, not --scheme {}{}",
+                    qforge_convert::shown(p),
+                    scheme_name(4, a.scheme.group_size),
                     if a.scheme.symmetric { "" } else { " --asym" },
                     args.scheme,
                     if args.asym { " --asym" } else { "" }
@@ -195,10 +364,9 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             };
             if codes.bits() != bits || codes.group_size() != want {
                 bail!(
-                    "{} was calibrated for int{} with group {:?}, not --scheme {}",
-                    p.display(),
-                    codes.bits(),
-                    codes.group_size(),
+                    "{} was calibrated for --scheme {}, not --scheme {}",
+                    qforge_convert::shown(p),
+                    scheme_name(codes.bits(), codes.group_size()),
                     args.scheme
                 );
             }
@@ -217,6 +385,18 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
         max_abs: args.max_abs_weight,
     };
     let mut err = std::io::stderr().lock();
+    if !args.allow_requantize {
+        refuse_requantize(ckpt)?;
+    }
+    // warnings: not with --quiet (nor from the plan a run makes of itself for its progress)
+    let mut warn: Box<dyn Write> = if args.quiet {
+        Box::new(std::io::sink())
+    } else {
+        Box::new(std::io::stderr())
+    };
+    if let Scheme::Hf(_) = scheme {
+        check_output_name(&args.output, scheme, &mut warn)?;
+    }
     Ok(match scheme {
         Scheme::Gguf(mix) => {
             if matches!(args.layout, Some(l) if l != QuantLayout::Gguf) {
@@ -260,7 +440,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             for (_, t, _) in &w.types {
                 *counts.entry(t.to_string()).or_default() += 1;
             }
-            if !args.dry_run {
+            if !args.dry_run && !args.quiet {
                 for n in &w.written.notes {
                     writeln!(err, "note: {n}")?;
                 }
@@ -294,6 +474,10 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
                     "--layout gguf needs a gguf:<mix> scheme\n  hint: e.g. --scheme gguf:q4_k_m"
                 ),
             };
+            if layout == HfLayout::CompressedTensors {
+                // (fbgemm is FP8 only: the writer refuses INT4 there, with its own message)
+                check_groups(ckpt, scheme, &mut warn)?;
+            }
             let ignore = IgnoreList::new(&args.ignore).map_err(anyhow::Error::msg)?;
             let opts = HfQuantOptions {
                 scheme: hf,
@@ -327,10 +511,15 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
                 }),
             };
             let w = quantize_to_hf(ckpt, &args.output, &opts).map_err(bad_weight_hint)?;
-            for n in w.written.notes.iter().filter(|_| !args.dry_run) {
+            for n in w
+                .written
+                .notes
+                .iter()
+                .filter(|_| !args.dry_run && !args.quiet)
+            {
                 writeln!(err, "note: {n}")?;
             }
-            if !w.written.resumed.is_empty() {
+            if !w.written.resumed.is_empty() && !args.quiet {
                 writeln!(
                     err,
                     "resumed: kept {} verified file(s) from the interrupted run",
@@ -362,9 +551,10 @@ fn print_summary(args: &QuantizeArgs, summary: &serde_json::Value) -> Result<()>
         let mut out = std::io::stdout().lock();
         serde_json::to_writer_pretty(&mut out, summary)?;
         writeln!(out)?;
-    } else {
-        if let Some(types) = summary.get("types") {
-            writeln!(err, "tensor types: {types}")?;
+    } else if !args.quiet {
+        if let Some(types) = summary.get("types").and_then(serde_json::Value::as_object) {
+            let list: Vec<String> = types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+            writeln!(err, "tensor types: {}", list.join(", "))?;
         }
         if let Some(n) = summary.get("quantized_modules") {
             writeln!(

@@ -49,7 +49,7 @@ def checkpoints(qforge, smollm2_gguf, tmp_path_factory):
         dest = work / name
         scheme = name.removesuffix("-asym")
         args = [a if a != "CALIB" else str(calib) for a in extra]
-        subprocess.run([str(qforge), "quantize", str(smollm2_gguf), str(dest), "--scheme", scheme, *args], check=True, capture_output=True)
+        subprocess.run([str(qforge), "quantize", str(smollm2_gguf), str(dest), "--scheme", scheme, "--allow-requantize", *args], check=True, capture_output=True)
         dump = work / f"{name}-dump"
         subprocess.run([str(qforge), "inspect", str(dest), "--dump", str(dump)], check=True, capture_output=True)
         out[name] = (dest, dump)
@@ -112,7 +112,7 @@ def test_fbgemm_config_parses_in_transformers(qforge, smollm2_gguf, tmp_path):
     fbgemm-gpu and an SM90 GPU, so only the config is checked here)."""
     transformers = pytest.importorskip("transformers")
     dest = tmp_path / "fbgemm"
-    subprocess.run([str(qforge), "quantize", str(smollm2_gguf), str(dest), "--scheme", "fp8-rowwise", "--layout", "fbgemm", "--policy", "meta-405b"], check=True, capture_output=True)
+    subprocess.run([str(qforge), "quantize", str(smollm2_gguf), str(dest), "--scheme", "fp8-rowwise", "--layout", "fbgemm", "--policy", "meta-405b", "--allow-requantize"], check=True, capture_output=True)
     cfg = json.loads((dest / "config.json").read_text())["quantization_config"]
     qc = transformers.FbgemmFp8Config.from_dict(cfg)
     assert qc.activation_scale_ub == 1200.0

@@ -142,8 +142,11 @@ pub struct PerplexityResult {
     pub chunks: usize,
     /// Tokens per chunk.
     pub ctx: usize,
-    /// Running PPL after each chunk (llama.cpp's `[i]x.xxxx` line).
-    pub per_chunk_ppl: Vec<f64>,
+    /// Running (cumulative) PPL over chunks `0..=i`, after each chunk `i`: llama.cpp's
+    /// `[i]x.xxxx` line. (Named `per_chunk_ppl` before; nothing outside qforge read it.)
+    pub running_ppl: Vec<f64>,
+    /// Each chunk's own PPL, `exp` of the mean NLL of that chunk's scored tokens alone.
+    pub chunk_ppl: Vec<f64>,
     /// Tokens evaluated (`chunks·ctx`).
     pub tokens_evaluated: usize,
     /// Wall time of the evaluation (tokenization excluded).
@@ -152,9 +155,64 @@ pub struct PerplexityResult {
     pub tokens_per_second: f64,
 }
 
-fn progress(on: bool, msg: std::fmt::Arguments<'_>) {
-    if on {
-        let _ = writeln!(std::io::stderr(), "{msg}");
+/// One chunk's own perplexity: `exp` of the mean of its tokens' NLLs.
+fn chunk_ppl(nll: &[f64]) -> f64 {
+    (nll.iter().sum::<f64>() / nll.len().max(1) as f64).exp()
+}
+
+/// Progress of a layer-major evaluation on stderr: on a terminal one line rewritten in place
+/// (step, percent, rate, ETA); otherwise a plain line at most every 5 s (and the last step);
+/// nothing unless `on`.
+struct Progress {
+    on: bool,
+    tty: bool,
+    start: Instant,
+    last: Option<Instant>,
+    total: usize,
+    done: usize,
+}
+
+impl Progress {
+    fn new(on: bool, chunks: usize, batch: usize, layers: u32) -> Self {
+        use std::io::IsTerminal;
+        Progress {
+            on,
+            tty: std::io::stderr().is_terminal(),
+            start: Instant::now(),
+            last: None,
+            total: chunks.div_ceil(batch.max(1)) * layers as usize,
+            done: 0,
+        }
+    }
+
+    /// One layer of one batch done.
+    fn step(&mut self, what: std::fmt::Arguments<'_>) {
+        self.done += 1;
+        if !self.on {
+            return;
+        }
+        let secs = self.start.elapsed().as_secs_f64();
+        let frac = self.done as f64 / self.total.max(1) as f64;
+        let eta = if frac > 0.0 {
+            secs * (1.0 - frac) / frac
+        } else {
+            0.0
+        };
+        let line = format!("{what}: {:.0}%, {secs:.0} s, ETA {eta:.0} s", 100.0 * frac);
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K{line}");
+            if self.done >= self.total {
+                let _ = write!(err, "\r\x1b[2K");
+            }
+        } else if self.done >= self.total
+            || self
+                .last
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5))
+        {
+            self.last = Some(Instant::now());
+            let _ = writeln!(err, "{line}");
+        }
     }
 }
 
@@ -167,6 +225,8 @@ pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<
     let bsz = batch_size(model, chunks, opts, 1);
     let mut ppl = Perplexity::default();
     let mut per_chunk = Vec::with_capacity(chunks.n);
+    let mut own = Vec::with_capacity(chunks.n);
+    let mut bar = Progress::new(opts.progress, chunks.n, bsz, nl);
     for b0 in (0..chunks.n).step_by(bsz) {
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
@@ -174,10 +234,11 @@ pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<
         for i in 0..nl {
             let lw = model.layer(i)?;
             run_layer(model, &lw, &rope, &mut h, chunks.ctx);
-            progress(
-                opts.progress,
-                format_args!("layer {}/{nl} (chunks {b0}..{})", i + 1, b0 + nb),
-            );
+            bar.step(format_args!(
+                "layer {}/{nl} (chunks {b0}..{})",
+                i + 1,
+                b0 + nb
+            ));
         }
         let (norm, head) = model.head()?;
         for c in 0..nb {
@@ -196,6 +257,7 @@ pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<
                 .collect();
             ppl.add(&nll);
             per_chunk.push(ppl.ppl());
+            own.push(chunk_ppl(&nll));
         }
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -207,7 +269,8 @@ pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<
         scored_tokens: ppl.count,
         chunks: chunks.n,
         ctx: chunks.ctx,
-        per_chunk_ppl: per_chunk,
+        running_ppl: per_chunk,
+        chunk_ppl: own,
         tokens_evaluated: tokens,
         seconds,
         tokens_per_second: tokens as f64 / seconds,
@@ -272,11 +335,13 @@ pub fn compare(
     let bsz = batch_size(base, chunks, opts, 2);
     let (mut pb, mut pq) = (Perplexity::default(), Perplexity::default());
     let (mut per_b, mut per_q) = (Vec::new(), Vec::new());
+    let (mut own_b, mut own_q) = (Vec::new(), Vec::new());
     let mut kld = Vec::new();
     let mut same_top = 0usize;
     let mut diff2 = vec![0f64; nl as usize];
     let mut base2 = vec![0f64; nl as usize];
     let (mut tb, mut tq) = (0f64, 0f64);
+    let mut bar = Progress::new(opts.progress, chunks.n, bsz, nl);
     for b0 in (0..chunks.n).step_by(bsz) {
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
@@ -307,10 +372,11 @@ pub fn compare(
                 .fold((0.0, 0.0), |(a, b), (c, e)| (a + c, b + e));
             diff2[i as usize] += d;
             base2[i as usize] += n;
-            progress(
-                opts.progress,
-                format_args!("layer {}/{nl} (chunks {b0}..{})", i + 1, b0 + nb),
-            );
+            bar.step(format_args!(
+                "layer {}/{nl} (chunks {b0}..{})",
+                i + 1,
+                b0 + nb
+            ));
         }
         let t = Instant::now();
         let (norm_b, head_b) = base.head()?;
@@ -344,10 +410,14 @@ pub fn compare(
                     )
                 })
                 .collect();
-            pb.add(&rows.iter().map(|r| r.0).collect::<Vec<_>>());
-            pq.add(&rows.iter().map(|r| r.1).collect::<Vec<_>>());
+            let nll_b: Vec<f64> = rows.iter().map(|r| r.0).collect();
+            let nll_q: Vec<f64> = rows.iter().map(|r| r.1).collect();
+            pb.add(&nll_b);
+            pq.add(&nll_q);
             per_b.push(pb.ppl());
             per_q.push(pq.ppl());
+            own_b.push(chunk_ppl(&nll_b));
+            own_q.push(chunk_ppl(&nll_q));
             kld.extend(rows.iter().map(|r| r.2));
             same_top += rows.iter().filter(|r| r.3).count();
         }
@@ -357,14 +427,15 @@ pub fn compare(
     }
     let _ = start;
     let tokens = chunks.n * chunks.ctx;
-    let result = |p: &Perplexity, per: Vec<f64>, secs: f64| PerplexityResult {
+    let result = |p: &Perplexity, per: Vec<f64>, own: Vec<f64>, secs: f64| PerplexityResult {
         ppl: p.ppl(),
         ppl_stderr: p.stderr(),
         nll_mean: p.mean(),
         scored_tokens: p.count,
         chunks: chunks.n,
         ctx: chunks.ctx,
-        per_chunk_ppl: per,
+        running_ppl: per,
+        chunk_ppl: own,
         tokens_evaluated: tokens,
         seconds: secs,
         tokens_per_second: tokens as f64 / secs,
@@ -391,8 +462,8 @@ pub fn compare(
             _ => Some(l),
         })
         .map_or(0, |l| l.layer);
-    let base_r = result(&pb, per_b, tb);
-    let quant_r = result(&pq, per_q, tq);
+    let base_r = result(&pb, per_b, own_b, tb);
+    let quant_r = result(&pq, per_q, own_q, tq);
     let mut sorted = kld.clone();
     sorted.sort_by(f64::total_cmp);
     Ok(Comparison {
@@ -502,6 +573,7 @@ pub fn collect_imatrix(
             .is_some();
     let with_output = process_output && untied;
     let mut out_sums = vec![0f32; if with_output { hid } else { 0 }];
+    let mut bar = Progress::new(opts.progress, chunks.n, bsz, nl);
     for b0 in (0..chunks.n).step_by(bsz) {
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
@@ -519,10 +591,11 @@ pub fn collect_imatrix(
                     layer[slot(k)].copy_from_slice(&total);
                 }
             });
-            progress(
-                opts.progress,
-                format_args!("layer {}/{nl} (chunks {b0}..{})", i + 1, b0 + nb),
-            );
+            bar.step(format_args!(
+                "layer {}/{nl} (chunks {b0}..{})",
+                i + 1,
+                b0 + nb
+            ));
         }
         if with_output {
             let norm = model.output_norm()?;
