@@ -387,6 +387,10 @@ pub struct ConvertArgs {
     /// Print what would be written (exact sizes, peak memory, disk, time) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write the output even when it would compute something other than the input (RoPE
+    /// scaling or a tokenizer the target cannot hold); the changes are recorded in it.
+    #[arg(long)]
+    pub allow_lossy: bool,
 }
 
 impl FloatDtype {
@@ -474,6 +478,10 @@ pub struct QuantizeArgs {
     /// Replace the output if it exists.
     #[arg(long)]
     pub overwrite: bool,
+    /// Write HF output even when it would compute something other than the input (a GGUF
+    /// input's rope_freqs that are not Llama 3.1 scaling); the changes are recorded in it.
+    #[arg(long)]
+    pub allow_lossy: bool,
     /// Print a machine-readable summary (JSON) on stdout.
     #[arg(long)]
     pub json: bool,

@@ -281,6 +281,7 @@ fn resume_keeps_a_finished_shard_and_writes_the_rest() {
             resume: true,
             overwrite: false,
             dry_run: false,
+            allow_lossy: false,
         },
     )
     .unwrap();

@@ -40,6 +40,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<Written> {
         resume: args.resume,
         overwrite: args.overwrite,
         dry_run: args.dry_run,
+        allow_lossy: args.allow_lossy,
     };
     Ok(match args.to {
         ConvertTarget::Hf => convert_to_hf(
@@ -59,6 +60,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<Written> {
                 dtype: dtype.unwrap_or(DType::F16),
                 overwrite: args.overwrite,
                 dry_run: args.dry_run,
+                allow_lossy: args.allow_lossy,
             },
         )?,
         ConvertTarget::Meta => convert_to_meta_with(
@@ -75,7 +77,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<Written> {
 
 fn report(args: &ConvertArgs, written: &Written, err: &mut impl Write) -> Result<()> {
     for n in &written.notes {
-        writeln!(err, "note: {n}")?;
+        writeln!(err, "{}: {n}", n.label())?;
     }
     if !written.resumed.is_empty() {
         writeln!(

@@ -366,6 +366,7 @@ pub fn convert_args(r: &Recipe, input: &Path, resume: bool) -> Result<Option<Con
         resume,
         overwrite: false,
         dry_run: false,
+        allow_lossy: false,
     }))
 }
 
@@ -412,6 +413,7 @@ pub fn quantize_args(
         max_abs_weight: qforge_convert::numerics::DEFAULT_MAX_ABS,
         resume,
         overwrite: false,
+        allow_lossy: false,
         json: false,
         dry_run: false,
     })

@@ -310,6 +310,7 @@ pub fn plan_convert(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<OutputPlan>
         resume: false,
         overwrite: true,
         dry_run: true,
+        allow_lossy: args.allow_lossy,
     };
     let w = crate::commands::convert::execute_on(ckpt, &a)?;
     let mut worst = 0u64;
@@ -370,6 +371,7 @@ fn clone_quantize(a: &QuantizeArgs) -> QuantizeArgs {
         max_abs_weight: a.max_abs_weight,
         resume: false,
         overwrite: true,
+        allow_lossy: a.allow_lossy,
         json: a.json,
         dry_run: true,
     }
@@ -530,6 +532,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
                 max_abs_weight: qforge_convert::numerics::DEFAULT_MAX_ABS,
                 resume: false,
                 overwrite: true,
+                allow_lossy: false,
                 json: args.json,
                 dry_run: true,
             },
@@ -552,6 +555,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
                 resume: false,
                 overwrite: true,
                 dry_run: true,
+                allow_lossy: false,
             },
         )?
     } else {
