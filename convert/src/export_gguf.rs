@@ -422,3 +422,31 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
         notes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_scaling_comes_back_from_its_factors() {
+        for (head_dim, theta) in [(16u64, 500_000.0), (64, 500_000.0), (128, 500_000.0)] {
+            for (factor, high, old) in [(8.0, 4.0, 8192u64), (32.0, 4.0, 8192), (8.0, 4.0, 2048)] {
+                let s = RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: high,
+                    original_max_position_embeddings: old,
+                };
+                let f = llama3_factors(theta, head_dim, &s).unwrap();
+                let back = llama3_from_factors(theta, head_dim, &f, None).unwrap();
+                // The same factors, bit for bit; the parameters themselves when they are
+                // Llama 3's or found first among the tried contexts.
+                assert_eq!(llama3_factors(theta, head_dim, &back).unwrap(), f);
+                assert_eq!(back, s, "{head_dim} {factor} {old}");
+            }
+        }
+        // Not llama3 scaling: a factor below 1, or the wrong count.
+        assert_eq!(llama3_from_factors(500_000.0, 16, &[0.5; 8], None), None);
+        assert_eq!(llama3_from_factors(500_000.0, 16, &[8.0; 4], None), None);
+    }
+}

@@ -637,6 +637,7 @@ fn write_slice(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notes::NoteKind;
 
     #[test]
     fn floats_print_like_python_repr() {
@@ -705,7 +706,42 @@ mod tests {
         );
         assert!(notes.is_empty(), "{notes:?}");
         let linear = text.replace(r#""rope_type":"llama3""#, r#""rope_type":"linear""#);
-        assert!(meta_params_json(&ModelConfig::from_hf_json(&linear).unwrap()).is_err());
+        let (_, notes) = meta_params_json(&ModelConfig::from_hf_json(&linear).unwrap()).unwrap();
+        assert!(
+            notes.iter().any(|n| n.kind == NoteKind::ChangesMath && n.what.contains("linear")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn params_json_says_llama32_scaling_and_reads_it_back() {
+        // Llama 3.2 1B's config.json (factor 32).
+        let text = r#"{"model_type":"llama","hidden_size":2048,"intermediate_size":8192,
+            "num_attention_heads":32,"num_hidden_layers":16,"num_key_value_heads":8,
+            "rms_norm_eps":1e-05,"rope_theta":500000.0,"vocab_size":128256,
+            "max_position_embeddings":131072,"rope_scaling":{"factor":32.0,"low_freq_factor":1.0,
+            "high_freq_factor":4.0,"original_max_position_embeddings":8192,"rope_type":"llama3"}}"#;
+        let cfg = ModelConfig::from_hf_json(text).unwrap();
+        let (params, notes) = meta_params_json(&cfg).unwrap();
+        assert_eq!(
+            params,
+            r#"{"dim": 2048, "ffn_dim_multiplier": 1.5, "multiple_of": 256, "n_heads": 32, "n_kv_heads": 8, "n_layers": 16, "norm_eps": 1e-05, "rope_high_freq_factor": 4.0, "rope_scaling_factor": 32.0, "rope_theta": 500000.0, "use_scaled_rope": true, "vocab_size": 128256}"#
+        );
+        assert!(notes.iter().all(|n| n.kind == NoteKind::Lossless), "{notes:?}");
+        let back = ModelConfig::from_meta_params(&params, None).unwrap();
+        assert_eq!(back.rope_scaling, cfg.rope_scaling);
+
+        // Another original context: no factor/high-frequency factor gives its frequencies
+        // with Meta's fixed 8192 and low factor 1 (head_dim 64: some frequencies fall between).
+        let other = text.replace(
+            r#""original_max_position_embeddings":8192"#,
+            r#""original_max_position_embeddings":2048"#,
+        );
+        let (_, notes) = meta_params_json(&ModelConfig::from_hf_json(&other).unwrap()).unwrap();
+        assert!(
+            notes.iter().any(|n| n.kind == NoteKind::ChangesMath && n.what.contains("RoPE")),
+            "{notes:?}"
+        );
     }
 
     #[test]
