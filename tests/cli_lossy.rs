@@ -259,14 +259,20 @@ fn convert(input: &Path, output: &Path, step: Step) -> Option<String> {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         err.contains("--allow-lossy"),
-        "{input:?} -> {step:?}: {err}",
-        step = step.to
+        "{} -> {}: {err}",
+        input.display(),
+        step.to
     );
-    assert!(!output.exists(), "a refused conversion wrote {output:?}");
+    assert!(
+        !output.exists(),
+        "a refused conversion wrote {}",
+        output.display()
+    );
     let out = run(&["--allow-lossy"]);
     assert!(
         out.status.success(),
-        "{input:?} --allow-lossy: {}",
+        "{} --allow-lossy: {}",
+        input.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     Some(err)

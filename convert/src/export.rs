@@ -763,12 +763,10 @@ pub(crate) fn write_hf_side_files(ckpt: &Checkpoint, out: &mut OutputDir) -> Res
                 out.write_file(name, &bytes)?;
             }
         }
-    } else {
-        if let Some(vocab) = source_vocab(ckpt)? {
-            for (name, bytes) in vocab.hf_files()? {
-                if out.finished(name).is_none() {
-                    out.write_file(name, &bytes)?;
-                }
+    } else if let Some(vocab) = source_vocab(ckpt)? {
+        for (name, bytes) in vocab.hf_files()? {
+            if out.finished(name).is_none() {
+                out.write_file(name, &bytes)?;
             }
         }
     }

@@ -108,14 +108,13 @@ pub fn llama3_from_factors(
         let freq = 1.0 / (theta as f32).powf((2 * i) as f32 / hd);
         f64::from(2.0 * std::f32::consts::PI / freq)
     };
-    let mut starts: Vec<(f64, u64)> = Vec::new();
-    match fixed {
-        Some(f) => starts.push(f),
-        None => {
-            starts.push((1.0, 8192));
-            starts.extend((9..=20).map(|k| (1.0, 1u64 << k)));
-        }
-    }
+    let starts: Vec<(f64, u64)> = if let Some(f) = fixed {
+        vec![f]
+    } else {
+        std::iter::once((1.0, 8192))
+            .chain((9..=20).map(|k| (1.0, 1u64 << k)))
+            .collect()
+    };
     let mut best: Option<(f64, RopeScaling)> = None;
     for (low, old) in starts {
         let mut highs = vec![4.0, 2.0, 8.0, 16.0, 32.0, 1.5, 3.0, 6.0];

@@ -708,7 +708,9 @@ mod tests {
         let linear = text.replace(r#""rope_type":"llama3""#, r#""rope_type":"linear""#);
         let (_, notes) = meta_params_json(&ModelConfig::from_hf_json(&linear).unwrap()).unwrap();
         assert!(
-            notes.iter().any(|n| n.kind == NoteKind::ChangesMath && n.what.contains("linear")),
+            notes
+                .iter()
+                .any(|n| n.kind == NoteKind::ChangesMath && n.what.contains("linear")),
             "{notes:?}"
         );
     }
@@ -727,7 +729,10 @@ mod tests {
             params,
             r#"{"dim": 2048, "ffn_dim_multiplier": 1.5, "multiple_of": 256, "n_heads": 32, "n_kv_heads": 8, "n_layers": 16, "norm_eps": 1e-05, "rope_high_freq_factor": 4.0, "rope_scaling_factor": 32.0, "rope_theta": 500000.0, "use_scaled_rope": true, "vocab_size": 128256}"#
         );
-        assert!(notes.iter().all(|n| n.kind == NoteKind::Lossless), "{notes:?}");
+        assert!(
+            notes.iter().all(|n| n.kind == NoteKind::Lossless),
+            "{notes:?}"
+        );
         let back = ModelConfig::from_meta_params(&params, None).unwrap();
         assert_eq!(back.rope_scaling, cfg.rope_scaling);
 
@@ -739,7 +744,9 @@ mod tests {
         );
         let (_, notes) = meta_params_json(&ModelConfig::from_hf_json(&other).unwrap()).unwrap();
         assert!(
-            notes.iter().any(|n| n.kind == NoteKind::ChangesMath && n.what.contains("RoPE")),
+            notes
+                .iter()
+                .any(|n| n.kind == NoteKind::ChangesMath && n.what.contains("RoPE")),
             "{notes:?}"
         );
     }

@@ -103,15 +103,11 @@ pub fn from_reading(notes: &[String]) -> Vec<Note> {
 
 /// Stop before writing when a note changes the math and that was not allowed.
 pub fn gate(notes: &[Note], allow_lossy: bool) -> Result<()> {
-    let lossy: Vec<&Note> = notes
-        .iter()
-        .filter(|n| n.kind == NoteKind::ChangesMath)
-        .collect();
-    if lossy.is_empty() || allow_lossy {
+    if allow_lossy || !notes.iter().any(|n| n.kind == NoteKind::ChangesMath) {
         return Ok(());
     }
     Err(Error::Lossy {
-        changes: lossy.iter().map(|n| n.to_string()).collect(),
+        changes: lossy_lines(notes),
     })
 }
 
@@ -141,7 +137,7 @@ pub fn lossy_lines(notes: &[Note]) -> Vec<String> {
     notes
         .iter()
         .filter(|n| n.kind == NoteKind::ChangesMath)
-        .map(|n| n.to_string())
+        .map(ToString::to_string)
         .collect()
 }
 

@@ -147,7 +147,10 @@ fn gguf_to_meta_keeps_floats_and_decodes_quantized_to_f32() {
     // The GGUF tokenizer cannot be written: refused, then allowed and recorded.
     let err = convert_to_meta(&src, &dest, 2, OutputOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Lossy { .. }), "{err}");
-    assert!(err.to_string().contains("tokenizer is not written"), "{err}");
+    assert!(
+        err.to_string().contains("tokenizer is not written"),
+        "{err}"
+    );
     assert!(!dest.exists());
     let written = convert_to_meta(&src, &dest, 2, LOSSY).unwrap();
     let manifest: serde_json::Value =
@@ -156,7 +159,10 @@ fn gguf_to_meta_keeps_floats_and_decodes_quantized_to_f32() {
         .as_str()
         .is_some_and(|w| w.contains("tokenizer")));
     assert!(
-        written.notes.iter().any(|n| n.what.contains("decoded to F32")),
+        written
+            .notes
+            .iter()
+            .any(|n| n.what.contains("decoded to F32")),
         "{:?}",
         written.notes
     );
