@@ -406,38 +406,15 @@ fn meta_params_and_notes(ckpt: &Checkpoint) -> Result<(Vec<u8>, Vec<Note>)> {
     Ok((text.into_bytes(), notes))
 }
 
-/// Convert any checkpoint to a Meta directory at `dest` with `mp` model-parallel shards,
-/// keeping float dtypes (see [`convert_to_meta_with`]).
-pub fn convert_to_meta(
-    ckpt: &Checkpoint,
+/// The output's tensors in Meta's names and order, with their dtypes and split dimensions
+/// (a tied embedding gets an `output.weight` copy); fails on dtypes Meta export does not write
+/// and on tensors that do not split into `opts.mp` equal parts.
+fn plan_tensors<'a>(
+    ckpt: &'a Checkpoint,
     dest: &Path,
-    mp: usize,
-    output: OutputOptions,
-) -> Result<Written> {
-    convert_to_meta_with(
-        ckpt,
-        dest,
-        MetaOptions {
-            mp,
-            dtype: None,
-            output,
-        },
-    )
-}
-
-/// Convert any checkpoint to a Meta directory at `dest`: `consolidated.00.pth …
-/// consolidated.{mp-1}.pth`, `params.json` (the source's own file when it is Meta), and
-/// `tokenizer.model` when the source has one. Fails before writing anything when the model does
-/// not split into `opts.mp` ranks (heads, vocabulary and FFN width must divide; more ranks than
-/// key/value heads is not supported), for quantized HF layouts, and for RoPE scaling
-/// `params.json` cannot express.
-pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -> Result<Written> {
-    let cfg = &ckpt.config;
-    let mp = opts.mp;
-    check_mp(&ckpt.path, cfg, mp)?;
-    let (params, mut notes) = meta_params_and_notes(ckpt)?;
-    let rope = rope_direction(ckpt.format, Format::Meta);
-
+    opts: MetaOptions,
+    notes: &mut Vec<Note>,
+) -> Result<Vec<Planned<'a>>> {
     if let Some(d) = opts.dtype {
         if !matches!(d, DType::F32 | DType::F16 | DType::BF16) {
             return Err(Error::UnsupportedDType {
@@ -453,6 +430,7 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
         None if matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) => t.dtype,
         None => DType::F32,
     };
+    let mp = opts.mp;
     let mut planned: Vec<Planned<'_>> = Vec::with_capacity(ckpt.tensors.len() + 1);
     let mut decoded = 0usize;
     for t in &ckpt.tensors {
@@ -520,6 +498,42 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
         }
     }
 
+    Ok(planned)
+}
+
+/// Convert any checkpoint to a Meta directory at `dest` with `mp` model-parallel shards,
+/// keeping float dtypes (see [`convert_to_meta_with`]).
+pub fn convert_to_meta(
+    ckpt: &Checkpoint,
+    dest: &Path,
+    mp: usize,
+    output: OutputOptions,
+) -> Result<Written> {
+    convert_to_meta_with(
+        ckpt,
+        dest,
+        MetaOptions {
+            mp,
+            dtype: None,
+            output,
+        },
+    )
+}
+
+/// Convert any checkpoint to a Meta directory at `dest`: `consolidated.00.pth …
+/// consolidated.{mp-1}.pth`, `params.json` (the source's own file when it is Meta), and
+/// `tokenizer.model` when the source has one. Fails before writing anything when the model does
+/// not split into `opts.mp` ranks (heads, vocabulary and FFN width must divide; more ranks than
+/// key/value heads is not supported), for quantized HF layouts, and for RoPE scaling
+/// `params.json` cannot express.
+pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -> Result<Written> {
+    let cfg = &ckpt.config;
+    let mp = opts.mp;
+    check_mp(&ckpt.path, cfg, mp)?;
+    let (params, mut notes) = meta_params_and_notes(ckpt)?;
+    let rope = rope_direction(ckpt.format, Format::Meta);
+
+    let planned = plan_tensors(ckpt, dest, opts, &mut notes)?;
     crate::notes::gate(&notes, opts.output.allow_lossy)?;
 
     // Plan every shard before touching the destination.
