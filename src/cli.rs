@@ -471,6 +471,10 @@ pub struct ConvertArgs {
     /// No progress, notes or status lines on stderr (errors still appear).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Write the output even when it would compute something other than the input (RoPE
+    /// scaling or a tokenizer the target cannot hold); the changes are recorded in it.
+    #[arg(long)]
+    pub allow_lossy: bool,
 }
 
 impl FloatDtype {
@@ -572,6 +576,10 @@ pub struct QuantizeArgs {
     /// Replace the output if it exists.
     #[arg(long)]
     pub overwrite: bool,
+    /// Write HF output even when it would compute something other than the input (a GGUF
+    /// input's rope_freqs that are not Llama 3.1 scaling); the changes are recorded in it.
+    #[arg(long)]
+    pub allow_lossy: bool,
     /// Print a machine-readable summary (JSON) on stdout.
     #[arg(long)]
     pub json: bool,

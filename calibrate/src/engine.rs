@@ -628,6 +628,7 @@ pub fn calibrate(
                     resume: false,
                     overwrite: opts.overwrite,
                     dry_run: false,
+                    allow_lossy: false,
                 },
             )?;
             for name in &st.layer_files {

@@ -282,10 +282,21 @@ impl ModelConfig {
             _ => vocab_from_tensors.ok_or(ConfigError::Missing("vocab_size"))?,
         };
         let use_scaled_rope = o.bool("use_scaled_rope")?.unwrap_or(false);
+        // llama-models: Llama 3 (models/llama3/model.py apply_scaling) fixes factor 8 and
+        // high_freq_factor 4; Llama 4 (models/llama4/args.py ModelArgs) reads them as
+        // rope_scaling_factor and rope_high_freq_factor. Both fix low_freq_factor 1 and
+        // old_context_len 8192.
+        let positive = |k: &'static str, default: f64| match o.f64(k)? {
+            None => Ok(default),
+            Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+            Some(v) => Err(invalid(k, format!("{v} is not a positive number"))),
+        };
+        let factor = positive("rope_scaling_factor", 8.0)?;
+        let high_freq_factor = positive("rope_high_freq_factor", 4.0)?;
         let rope_scaling = use_scaled_rope.then_some(RopeScaling::Llama3 {
-            factor: 8.0,
+            factor,
             low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
+            high_freq_factor,
             original_max_position_embeddings: 8192,
         });
         // params.json carries no context length. Meta's releases: Llama 3.1 (scaled rope)

@@ -22,6 +22,12 @@ pub enum Error {
         /// what the OS said
         source: std::io::Error,
     },
+    /// The conversion would change what the model computes and that was not allowed.
+    #[error("refused: the output would compute something other than the source:\n  - {}\npass --allow-lossy to write it anyway (the changes are recorded in the output)", changes.join("\n  - "))]
+    Lossy {
+        /// each change, with how to keep what it loses
+        changes: Vec<String>,
+    },
     /// The path is not a checkpoint qforge recognizes.
     #[error("{}: not a model: {reason}", crate::error::shown(path))]
     NotAModel {

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use crate::checkpoint::{Checkpoint, Format, TensorEntry};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
+use crate::export_gguf::llama3_from_factors;
 use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
+use crate::notes::Note;
 use crate::rope::{permute_rows_into, RopeLayout};
 use crate::write::safetensors::{plan, TensorSpec, Writer};
 use crate::write::{FileRecord, OutputDir, OutputOptions};
@@ -572,14 +574,104 @@ pub struct Written {
     pub files: Vec<FileRecord>,
     /// Files kept from an interrupted run.
     pub resumed: Vec<String>,
-    /// Things the user should know (skipped tensors, assumptions).
-    pub notes: Vec<String>,
+    /// Things the user should know, classified by what they cost (see [`crate::notes`]).
+    pub notes: Vec<Note>,
+}
+
+/// The RoPE scaling an output that computes its frequencies from its config (HF, Meta) must
+/// say to compute what the source computes, and what writing it costs. A GGUF source carries
+/// Llama 3.1 scaling only as `rope_freqs.weight` (llama.cpp's `freq_factors`; its converter,
+/// `LlamaModel.generate_extra_tensors` in `convert_hf_to_gguf.py`, writes no scaling keys):
+/// the scaling is recovered from those factors ([`llama3_from_factors`]); factors that are not
+/// Llama 3.1 scaling cannot be said in a config and changing them changes the math.
+pub(crate) fn target_rope_scaling(
+    ckpt: &Checkpoint,
+    target: &str,
+) -> Result<(Option<RopeScaling>, Vec<Note>)> {
+    let cfg = &ckpt.config;
+    let Some(t) = ckpt.tensor_by_key(TensorKey::weight(TensorId::RopeFreqs)) else {
+        return Ok((cfg.rope_scaling.clone(), Vec::new()));
+    };
+    let factors = ckpt.to_f32(t)?;
+    ckpt.release(t);
+    let unscaled = factors.iter().all(|&f| f == 1.0);
+    let from_config = crate::export_gguf::llama3_rope_factors(cfg);
+    if from_config.as_deref() == Some(&factors[..]) || (unscaled && cfg.rope_scaling.is_none()) {
+        let why = format!(
+            "{} not written: {target} computes the same rope frequencies from its config",
+            t.name
+        );
+        return Ok((cfg.rope_scaling.clone(), vec![Note::lossless(why)]));
+    }
+    if cfg.rope_scaling.is_none() {
+        if let Some(s) = llama3_from_factors(cfg.rope_theta, cfg.head_dim, &factors, None) {
+            let why = format!(
+                "{} not written: its factors are Llama 3.1 scaling, written to the config as {s:?} (the same frequencies)",
+                t.name
+            );
+            return Ok((Some(s), vec![Note::lossless(why)]));
+        }
+    }
+    let what = format!(
+        "{} (per-frequency RoPE factors {:?}…) is not Llama 3.1 scaling qforge can write to {target} alongside {:?}: the output would rotate with other frequencies",
+        t.name,
+        &factors[..factors.len().min(4)],
+        cfg.rope_scaling
+    );
+    Ok((
+        cfg.rope_scaling.clone(),
+        vec![Note::changes_math(
+            what,
+            "keep the GGUF file, or convert from the original HF or Meta checkpoint",
+        )],
+    ))
+}
+
+/// Whether the output may drop `output.weight` and tie it to the embedding: the source does
+/// not say it is tied (Meta files always carry `output.weight`, qforge's Meta export writes a
+/// copy of a tied embedding), and the two tensors are identical (dtype, shape and every byte).
+/// An HF source is kept as it says.
+pub(crate) fn retie(ckpt: &Checkpoint) -> Result<Option<Note>> {
+    if ckpt.format == Format::Hf || ckpt.config.tie_word_embeddings {
+        return Ok(None);
+    }
+    let (Some(out), Some(emb)) = (
+        ckpt.tensor_by_key(TensorKey::weight(TensorId::Output)),
+        ckpt.tensor_by_key(TensorKey::weight(TensorId::TokenEmbedding)),
+    ) else {
+        return Ok(None);
+    };
+    if out.dtype != emb.dtype || out.shape != emb.shape {
+        return Ok(None);
+    }
+    let same = ckpt.bytes(out)? == ckpt.bytes(emb)?;
+    ckpt.release(out);
+    ckpt.release(emb);
+    Ok(same.then(|| {
+        Note::lossless(format!(
+            "{} equals {} bit for bit: written as tied embeddings",
+            out.name, emb.name
+        ))
+    }))
 }
 
 /// Convert any checkpoint to a Hugging Face directory at `dest`.
 pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<Written> {
-    let mut notes = ckpt.notes.clone();
+    let mut notes = crate::notes::from_reading(&ckpt.notes);
     let rope = rope_direction(ckpt.format, Format::Hf);
+    let mut config = ckpt.config.clone();
+    let (rope_scaling, rope_notes) = target_rope_scaling(ckpt, "config.json")?;
+    config.rope_scaling = rope_scaling;
+    notes.extend(rope_notes);
+    let tied = retie(ckpt)?;
+    if let Some(n) = tied {
+        config.tie_word_embeddings = true;
+        notes.push(n);
+    }
+    if !has_tokenizer(ckpt) {
+        notes.push(Note::lossless("the source has no tokenizer: none written"));
+    }
+    crate::notes::gate(&notes, opts.output.allow_lossy)?;
     let mut entries: Vec<&TensorEntry> = Vec::new();
     for t in &ckpt.tensors {
         if t.key.part != Part::Weight {
@@ -590,11 +682,9 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
                 reason: "quantized HF checkpoints must be dequantized before conversion",
             });
         }
-        if t.key.id == TensorId::RopeFreqs {
-            notes.push(format!(
-                "{} not written: HF computes rope frequencies from config.json",
-                t.name
-            ));
+        if t.key.id == TensorId::RopeFreqs
+            || (config.tie_word_embeddings && t.key.id == TensorId::Output)
+        {
             continue;
         }
         entries.push(t);
@@ -636,14 +726,14 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
     let mut out = OutputDir::begin(dest, opts.output)?;
     let resumed = out.resumed.clone();
     write_safetensors_shards(&mut out, tensors, opts.shard_size)?;
-    let config = hf_config_json(&ckpt.config, main_dtype);
+    let config = hf_config_json(&config, main_dtype);
     let mut text = serde_json::to_vec_pretty(&config)
         .map_err(|e| Error::io(dest, std::io::Error::other(e)))?;
     text.push(b'\n');
     out.write_file("config.json", &text)?;
-    write_hf_side_files(ckpt, &mut out, &mut notes)?;
+    write_hf_side_files(ckpt, &mut out)?;
     // No paths or times in the manifest: the same input gives the same bytes wherever it lives.
-    let mut extra = serde_json::Map::new();
+    let mut extra = crate::notes::record(&notes);
     extra.insert("source_format".into(), json!(ckpt.format));
     let files = out.commit(extra)?;
     Ok(Written {
@@ -708,11 +798,7 @@ fn model_card(fields: &[(&str, String)]) -> Option<Vec<u8>> {
 
 /// Tokenizer and generation files of an HF output: carried over unchanged from an HF source,
 /// converted from the source's tokenizer otherwise.
-pub(crate) fn write_hf_side_files(
-    ckpt: &Checkpoint,
-    out: &mut OutputDir,
-    notes: &mut Vec<String>,
-) -> Result<()> {
+pub(crate) fn write_hf_side_files(ckpt: &Checkpoint, out: &mut OutputDir) -> Result<()> {
     if ckpt.format == Format::Hf {
         // Carry tokenizer and generation files over unchanged.
         let dir = ckpt.dir();
@@ -731,16 +817,11 @@ pub(crate) fn write_hf_side_files(
                 out.write_file(name, &bytes)?;
             }
         }
-    } else {
-        match source_vocab(ckpt)? {
-            Some(vocab) => {
-                for (name, bytes) in vocab.hf_files()? {
-                    if out.finished(name).is_none() {
-                        out.write_file(name, &bytes)?;
-                    }
-                }
+    } else if let Some(vocab) = source_vocab(ckpt)? {
+        for (name, bytes) in vocab.hf_files()? {
+            if out.finished(name).is_none() {
+                out.write_file(name, &bytes)?;
             }
-            None => notes.push("the source has no tokenizer: none written".into()),
         }
         if let Some(card) = model_card(&model_card_fields(ckpt)) {
             if out.finished("README.md").is_none() {
@@ -774,6 +855,19 @@ pub(crate) fn write_hf_side_files(
         }
     }
     Ok(())
+}
+
+/// Whether the source has a tokenizer (GGUF `tokenizer.ggml.*` keys, an HF `tokenizer.json`,
+/// a Meta `tokenizer.model`).
+pub(crate) fn has_tokenizer(ckpt: &Checkpoint) -> bool {
+    match ckpt.format {
+        Format::Hf => ckpt.dir().join("tokenizer.json").is_file(),
+        Format::Meta => ckpt.dir().join("tokenizer.model").is_file(),
+        Format::Gguf => ckpt
+            .gguf
+            .as_ref()
+            .is_some_and(|m| m.get("tokenizer.ggml.model").is_some()),
+    }
 }
 
 #[cfg(test)]

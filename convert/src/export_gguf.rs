@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::export::{rope_direction, tensor_bytes, Written};
 use crate::gguf::GgufValue;
 use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
+use crate::notes::Note;
 use crate::write::gguf::{plan, GgufTensorSpec, GgufWriter};
 use crate::write::AtomicFile;
 
@@ -36,17 +37,26 @@ pub fn file_type(dtype: DType) -> Option<u32> {
 /// Llama 3.1 rope frequency factors as `convert_hf_to_gguf.py` computes them (f32 arithmetic,
 /// `freqs = 1 / base^(arange(0, hd, 2) / hd)`, then the piecewise wavelength rule).
 pub fn llama3_rope_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
-    let Some(RopeScaling::Llama3 {
+    match &cfg.rope_scaling {
+        Some(s @ RopeScaling::Llama3 { .. }) => llama3_factors(cfg.rope_theta, cfg.head_dim, s),
+        _ => None,
+    }
+}
+
+/// [`llama3_rope_factors`] for RoPE base `theta`, head width `head_dim` and scaling `s`
+/// (`None` unless `s` is llama3 scaling).
+fn llama3_factors(theta: f64, head_dim: u64, s: &RopeScaling) -> Option<Vec<f32>> {
+    let RopeScaling::Llama3 {
         factor,
         low_freq_factor,
         high_freq_factor,
         original_max_position_embeddings,
-    }) = cfg.rope_scaling
+    } = *s
     else {
         return None;
     };
-    let hd = cfg.head_dim as f32;
-    let base = cfg.rope_theta as f32;
+    let hd = head_dim as f32;
+    let base = theta as f32;
     let (factor, low, high) = (
         factor as f32,
         low_freq_factor as f32,
@@ -55,7 +65,7 @@ pub fn llama3_rope_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
     let old = original_max_position_embeddings as f32;
     let (low_wavelen, high_wavelen) = (old / low, old / high);
     Some(
-        (0..cfg.head_dim / 2)
+        (0..head_dim / 2)
             .map(|i| {
                 let freq = 1.0 / base.powf((2 * i) as f32 / hd);
                 let wavelen = 2.0 * std::f32::consts::PI / freq;
@@ -70,6 +80,81 @@ pub fn llama3_rope_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
             })
             .collect(),
     )
+}
+
+/// Llama 3.1 scaling parameters whose [`llama3_rope_factors`] are `factors` (for RoPE base
+/// `theta` and head width `head_dim`), or `None` when there are none qforge can find. The
+/// factors fix `factor` (the lowest frequency's) and only the ratios of
+/// `original_max_position_embeddings`, `low_freq_factor` and `high_freq_factor` (the rule
+/// uses `old/low`, `old/high` and `(old/wavelen - low)/(high - low)`), so one triple is as good
+/// as another: `fixed = Some((low, old))` asks for those two (Meta's reference code fixes
+/// `low_freq_factor = 1`, `old_context_len = 8192`); otherwise Llama 3's own values are tried
+/// first, then `low = 1` with power-of-two context lengths. `high_freq_factor` is taken from
+/// Llama 3's 4 and a few round values, then solved from each factor strictly between 1 and
+/// `factor`. Parameters whose factors match bit for bit win; failing that, any within 1e-6
+/// relative (a solved `high_freq_factor` may round differently in the last bit).
+pub fn llama3_from_factors(
+    theta: f64,
+    head_dim: u64,
+    factors: &[f32],
+    fixed: Option<(f64, u64)>,
+) -> Option<RopeScaling> {
+    let factor = f64::from(*factors.last()?);
+    if factors.len() as u64 != head_dim / 2 || !(factor > 1.0 && factor.is_finite()) {
+        return None;
+    }
+    let hd = head_dim as f32;
+    let wavelen = |i: usize| {
+        let freq = 1.0 / (theta as f32).powf((2 * i) as f32 / hd);
+        f64::from(2.0 * std::f32::consts::PI / freq)
+    };
+    let starts: Vec<(f64, u64)> = if let Some(f) = fixed {
+        vec![f]
+    } else {
+        std::iter::once((1.0, 8192))
+            .chain((9..=20).map(|k| (1.0, 1u64 << k)))
+            .collect()
+    };
+    let mut best: Option<(f64, RopeScaling)> = None;
+    for (low, old) in starts {
+        let mut highs = vec![4.0, 2.0, 8.0, 16.0, 32.0, 1.5, 3.0, 6.0];
+        for (i, &f) in factors.iter().enumerate() {
+            let f = f64::from(f);
+            if f > 1.0 && f < factor {
+                // 1/f = (1 - s)/factor + s  =>  s; s = (old/wavelen - low)/(high - low)
+                let s = (1.0 / f - 1.0 / factor) / (1.0 - 1.0 / factor);
+                if s > 0.0 {
+                    highs.push(low + (old as f64 / wavelen(i) - low) / s);
+                }
+            }
+        }
+        for high in highs {
+            if !(high.is_finite() && high > low) {
+                continue;
+            }
+            let s = RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: old,
+            };
+            let Some(got) = llama3_factors(theta, head_dim, &s) else {
+                continue;
+            };
+            let err = got
+                .iter()
+                .zip(factors)
+                .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs() / f64::from(*b).abs())
+                .fold(0.0, f64::max);
+            if err == 0.0 {
+                return Some(s);
+            }
+            if err <= 1e-6 && best.as_ref().is_none_or(|(e, _)| err < *e) {
+                best = Some((err, s));
+            }
+        }
+    }
+    best.map(|(_, s)| s)
 }
 
 /// `general.*` and `llama.*` keys for a config, in `convert_hf_to_gguf.py`'s order.
@@ -155,6 +240,33 @@ pub(crate) fn gguf_order(key: &TensorKey) -> (u32, u32) {
     }
 }
 
+/// What GGUF loses when it keeps Llama 3.1 scaling as the `rope_freqs.weight` factors `f`
+/// (llama.cpp's form: no keys for the parameters): nothing when the parameters read back from
+/// the factors ([`llama3_from_factors`]) are the config's.
+pub(crate) fn rope_metadata_lost(cfg: &ModelConfig, f: &[f32]) -> Option<Note> {
+    let back = llama3_from_factors(cfg.rope_theta, cfg.head_dim, f, None);
+    (back != cfg.rope_scaling).then(|| {
+        Note::metadata_lost(
+            format!(
+                "GGUF keeps llama3 RoPE scaling only as rope_freqs.weight factors: read back they give {back:?} instead of {:?} (the same frequencies)",
+                cfg.rope_scaling
+            ),
+            "keep the source's config.json or params.json next to the GGUF file",
+        )
+    })
+}
+
+/// The [`crate::notes::LOSSY_KEY`] entry listing the allowed changes to the math, if any.
+pub(crate) fn lossy_metadata(notes: &[Note]) -> Option<(String, GgufValue)> {
+    let lines = crate::notes::lossy_lines(notes);
+    (!lines.is_empty()).then(|| {
+        (
+            crate::notes::LOSSY_KEY.to_owned(),
+            GgufValue::Array(crate::gguf::GgufArray::String(lines.iter().collect())),
+        )
+    })
+}
+
 /// Options for [`convert_to_gguf`].
 #[derive(Debug, Clone, Copy)]
 pub struct GgufOptions {
@@ -165,13 +277,16 @@ pub struct GgufOptions {
     pub overwrite: bool,
     /// Plan the file and report its exact size; write nothing, read no tensor data.
     pub dry_run: bool,
+    /// Write an output that computes something other than the source (see
+    /// [`crate::notes::gate`]); the changes are listed under [`crate::notes::LOSSY_KEY`].
+    pub allow_lossy: bool,
 }
 
 /// Tokenizer metadata for the output: carried over from a GGUF source, otherwise converted from
 /// the source's tokenizer files.
 pub(crate) fn tokenizer_metadata(
     ckpt: &Checkpoint,
-    notes: &mut Vec<String>,
+    notes: &mut Vec<Note>,
 ) -> Result<Vec<(String, GgufValue)>> {
     if let Some(meta) = &ckpt.gguf {
         return Ok(meta
@@ -182,10 +297,9 @@ pub(crate) fn tokenizer_metadata(
             .collect());
     }
     let Some(vocab) = crate::export::source_vocab(ckpt)? else {
-        notes.push(
-            "the source has no tokenizer: llama.cpp needs tokenizer.ggml.* keys to load the file"
-                .into(),
-        );
+        notes.push(Note::lossless(
+            "the source has no tokenizer: llama.cpp needs tokenizer.ggml.* keys to load the file",
+        ));
         return Ok(Vec::new());
     };
     Ok(vocab.to_gguf_metadata())
@@ -204,8 +318,9 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
             reason: "GGUF conversion writes F32, F16 or BF16; use `qforge quantize` for ggml types",
         });
     }
-    let mut notes = ckpt.notes.clone();
+    let mut notes = crate::notes::from_reading(&ckpt.notes);
     let rope = rope_direction(ckpt.format, Format::Gguf);
+    let tied = crate::export::retie(ckpt)?;
     let mut entries: Vec<&TensorEntry> = Vec::new();
     for t in &ckpt.tensors {
         if t.key.part != Part::Weight {
@@ -216,13 +331,23 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
                 reason: "quantized HF checkpoints must be dequantized before conversion",
             });
         }
+        if tied.is_some() && t.key.id == TensorId::Output {
+            continue; // llama.cpp uses token_embd for a missing output.weight
+        }
         entries.push(t);
     }
+    notes.extend(tied);
     let rope_factors = if entries.iter().any(|t| t.key.id == TensorId::RopeFreqs) {
         None
     } else {
         llama3_rope_factors(&ckpt.config)
     };
+    if let Some(n) = rope_factors
+        .as_deref()
+        .and_then(|f| rope_metadata_lost(&ckpt.config, f))
+    {
+        notes.push(n);
+    }
     entries.sort_by_key(|t| gguf_order(&t.key));
     let out_dtype = |t: &TensorEntry| match opts.dtype {
         _ if t.shape.len() == 1 => DType::F32,
@@ -277,6 +402,8 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
     if let Some((_, license)) = card.iter().find(|(k, _)| *k == "license") {
         metadata.push(("general.license".into(), GgufValue::String(license.clone())));
     }
+    crate::notes::gate(&notes, opts.allow_lossy)?;
+    metadata.extend(lossy_metadata(&notes));
 
     let p = plan(&metadata, specs)?;
     if opts.dry_run {
@@ -315,4 +442,32 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
         resumed: Vec::new(),
         notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_scaling_comes_back_from_its_factors() {
+        for (head_dim, theta) in [(16u64, 500_000.0), (64, 500_000.0), (128, 500_000.0)] {
+            for (factor, high, old) in [(8.0, 4.0, 8192u64), (32.0, 4.0, 8192), (8.0, 4.0, 2048)] {
+                let s = RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: high,
+                    original_max_position_embeddings: old,
+                };
+                let f = llama3_factors(theta, head_dim, &s).unwrap();
+                let back = llama3_from_factors(theta, head_dim, &f, None).unwrap();
+                // The same factors, bit for bit; the parameters themselves when they are
+                // Llama 3's or found first among the tried contexts.
+                assert_eq!(llama3_factors(theta, head_dim, &back).unwrap(), f);
+                assert_eq!(back, s, "{head_dim} {factor} {old}");
+            }
+        }
+        // Not llama3 scaling: a factor below 1, or the wrong count.
+        assert_eq!(llama3_from_factors(500_000.0, 16, &[0.5; 8], None), None);
+        assert_eq!(llama3_from_factors(500_000.0, 16, &[8.0; 4], None), None);
+    }
 }

@@ -22,8 +22,12 @@ use serde_json::json;
 use crate::checkpoint::{Checkpoint, Format, TensorEntry};
 use crate::config::{meta_ffn_dim, ModelConfig, RopeScaling};
 use crate::error::{ConfigError, Error, Result};
-use crate::export::{rope_direction, rope_heads, tensor_bytes, Written};
+use crate::export::{
+    has_tokenizer, rope_direction, rope_heads, target_rope_scaling, tensor_bytes, Written,
+};
+use crate::export_gguf::{llama3_from_factors, llama3_rope_factors};
 use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
+use crate::notes::Note;
 use crate::write::pth::{archive_name, plan, PthWriter};
 use crate::write::safetensors::TensorSpec;
 use crate::write::{OutputDir, OutputOptions, StagedFile};
@@ -176,9 +180,85 @@ fn py_float(v: f64) -> String {
     }
 }
 
+/// How `params.json` says `cfg`'s RoPE scaling: `use_scaled_rope`, and the
+/// `(rope_scaling_factor, rope_high_freq_factor)` to write (none for Llama 3.1's 8 and 4), with
+/// what that costs.
+///
+/// Meta's Llama 3 reference code (llama-models `models/llama3/args.py` `ModelArgs`,
+/// `models/llama3/model.py` `apply_scaling`) reads only `use_scaled_rope` and fixes factor 8,
+/// `low_freq_factor` 1, `high_freq_factor` 4 and `old_context_len` 8192; its Llama 4 code
+/// (`models/llama4/args.py` `ModelArgs`, `models/llama4/model.py` `apply_scaling`) also reads
+/// `rope_scaling_factor` and `rope_high_freq_factor` with the same fixed low factor and 8192.
+/// Those are the keys written: qforge reads them back. Any other llama3 scaling is written as
+/// the factor/high-frequency factor giving the same frequencies for this head width and θ
+/// ([`llama3_from_factors`]) when there is one; otherwise it cannot be said.
+fn meta_rope(cfg: &ModelConfig) -> (bool, Option<(f64, f64)>, Vec<Note>) {
+    let keep = "convert to HF or GGUF, which keep it";
+    let s = match &cfg.rope_scaling {
+        None => return (false, None, Vec::new()),
+        Some(RopeScaling::Linear { factor }) => {
+            let what = format!(
+                "params.json cannot say linear RoPE scaling (factor {factor}): Meta's format knows only Llama 3.1 scaling (use_scaled_rope); written without scaling"
+            );
+            return (false, None, vec![Note::changes_math(what, keep)]);
+        }
+        Some(s @ RopeScaling::Llama3 { .. }) => s,
+    };
+    let factors = llama3_rope_factors(cfg).unwrap_or_default();
+    let meta = llama3_from_factors(cfg.rope_theta, cfg.head_dim, &factors, Some((1.0, 8192)));
+    let mut notes = Vec::new();
+    let (factor, high) = match (&meta, s) {
+        (
+            Some(RopeScaling::Llama3 {
+                factor,
+                high_freq_factor,
+                ..
+            }),
+            _,
+        ) => {
+            if meta.as_ref() != Some(s) {
+                notes.push(Note::metadata_lost(
+                    format!(
+                        "params.json says the RoPE scaling as {meta:?} (Meta's code fixes low_freq_factor 1 and original context 8192), the source said {s:?}: the same frequencies for head_dim {} and rope_theta {}",
+                        cfg.head_dim, cfg.rope_theta
+                    ),
+                    "keep the source's config.json",
+                ));
+            }
+            (*factor, *high_freq_factor)
+        }
+        (
+            None,
+            RopeScaling::Llama3 {
+                factor,
+                high_freq_factor,
+                ..
+            },
+        ) => {
+            notes.push(Note::changes_math(
+                format!(
+                    "params.json cannot say this llama3 RoPE scaling ({s:?}): Meta's code fixes low_freq_factor 1 and original context 8192 (llama-models models/llama3/model.py apply_scaling) and no rope_scaling_factor/rope_high_freq_factor gives the same frequencies; written as factor {factor}, high-frequency factor {high_freq_factor} with those"
+                ),
+                keep,
+            ));
+            (*factor, *high_freq_factor)
+        }
+        _ => return (false, None, notes),
+    };
+    if (factor, high) == (8.0, 4.0) {
+        return (true, None, notes);
+    }
+    notes.push(Note::lossless(format!(
+        "params.json says rope_scaling_factor {factor} and rope_high_freq_factor {high} (read by qforge and Meta's Llama 4 code); Meta's Llama 3 reference code ignores them and applies factor 8, as it does for Meta's own Llama 3.2 releases"
+    )));
+    (true, Some((factor, high)), notes)
+}
+
 /// `params.json` for `cfg` (one line, keys sorted, Python `json.dump` spelling, as in Meta's
-/// Llama 3.1 releases), plus notes on settings `params.json` cannot carry.
-pub fn meta_params_json(cfg: &ModelConfig) -> Result<(String, Vec<String>)> {
+/// Llama 3.1 releases), plus notes on what it costs (see [`meta_rope`]; there is no context
+/// length key: Meta's `Llama.build` passes `max_seq_len` to `ModelArgs` itself, next to the
+/// file's keys, so a `max_seq_len` in the file would be a duplicate argument).
+pub fn meta_params_json(cfg: &ModelConfig) -> Result<(String, Vec<Note>)> {
     let config_error = |reason: String| Error::Config {
         path: "params.json".into(),
         kind: ConfigError::Inconsistent(reason),
@@ -189,15 +269,7 @@ pub fn meta_params_json(cfg: &ModelConfig) -> Result<(String, Vec<String>)> {
             cfg.intermediate_size, cfg.hidden_size
         ))
     })?;
-    let use_scaled_rope = match &cfg.rope_scaling {
-        None => false,
-        Some(RopeScaling::Llama3 { .. }) => true,
-        Some(RopeScaling::Linear { factor }) => {
-            return Err(config_error(format!(
-                "linear RoPE scaling (factor {factor}) cannot be written to params.json: Meta's format knows only Llama 3.1 scaling (use_scaled_rope)"
-            )));
-        }
-    };
+    let (use_scaled_rope, scaling, mut notes) = meta_rope(cfg);
     let mut fields = vec![("dim", cfg.hidden_size.to_string())];
     if let Some(m) = mult {
         fields.push(("ffn_dim_multiplier", py_float(m)));
@@ -208,6 +280,12 @@ pub fn meta_params_json(cfg: &ModelConfig) -> Result<(String, Vec<String>)> {
         ("n_kv_heads", cfg.num_kv_heads.to_string()),
         ("n_layers", cfg.num_layers.to_string()),
         ("norm_eps", py_float(cfg.rms_norm_eps)),
+    ]);
+    if let Some((factor, high)) = scaling {
+        fields.push(("rope_high_freq_factor", py_float(high)));
+        fields.push(("rope_scaling_factor", py_float(factor)));
+    }
+    fields.extend([
         ("rope_theta", py_float(cfg.rope_theta)),
         ("use_scaled_rope", use_scaled_rope.to_string()),
         ("vocab_size", cfg.vocab_size.to_string()),
@@ -223,23 +301,19 @@ pub fn meta_params_json(cfg: &ModelConfig) -> Result<(String, Vec<String>)> {
         path: "params.json".into(),
         kind,
     })?;
-    let mut notes = Vec::new();
     if back.intermediate_size != cfg.intermediate_size {
         return Err(config_error(format!(
             "params.json gives FFN width {}, the model has {}",
             back.intermediate_size, cfg.intermediate_size
         )));
     }
-    if back.rope_scaling != cfg.rope_scaling {
-        notes.push(format!(
-            "params.json can only say use_scaled_rope; Meta's reference code then applies {:?}, the source had {:?}",
-            back.rope_scaling, cfg.rope_scaling
-        ));
-    }
     if back.max_position_embeddings != cfg.max_position_embeddings {
-        notes.push(format!(
-            "params.json has no context length: readers assume {} (the source said {})",
-            back.max_position_embeddings, cfg.max_position_embeddings
+        notes.push(Note::metadata_lost(
+            format!(
+                "params.json has no context length: readers assume {} (the source said {})",
+                back.max_position_embeddings, cfg.max_position_embeddings
+            ),
+            "keep the source's config.json (max_position_embeddings) or GGUF (context_length)",
         ));
     }
     Ok((text, notes))
@@ -302,6 +376,131 @@ fn check_mp(path: &Path, cfg: &ModelConfig, mp: usize) -> Result<()> {
     Ok(())
 }
 
+/// The output's `params.json` (the source's own file when it is Meta) and the notes on what
+/// the output keeps: the reading's notes, the RoPE scaling (a GGUF source's `rope_freqs`
+/// recovered as Llama 3.1 scaling, see [`target_rope_scaling`]; then [`meta_params_json`]),
+/// the embeddings re-tied or not, and the tokenizer (qforge writes no `tokenizer.model` from
+/// another format's tokenizer: dropping one changes what a reader tokenizes, since Meta's
+/// reference code then uses the Llama 3 tokenizer it ships, llama-models
+/// `models/llama3/tokenizer.py` `Tokenizer.get_instance`).
+fn meta_params_and_notes(ckpt: &Checkpoint) -> Result<(Vec<u8>, Vec<Note>)> {
+    let mut notes = crate::notes::from_reading(&ckpt.notes);
+    if ckpt.format == Format::Meta {
+        let p = ckpt.path.join("params.json");
+        return Ok((std::fs::read(&p).map_err(|e| Error::io(&p, e))?, notes));
+    }
+    let mut cfg = ckpt.config.clone();
+    let (rope_scaling, rope_notes) = target_rope_scaling(ckpt, "params.json")?;
+    cfg.rope_scaling = rope_scaling;
+    notes.extend(rope_notes);
+    let (text, more) = meta_params_json(&cfg)?;
+    notes.extend(more);
+    if has_tokenizer(ckpt) {
+        notes.push(Note::changes_math(
+            "the source's tokenizer is not written: qforge writes no tokenizer.model from another format's tokenizer, and a Meta reader then tokenizes with another one (Meta's reference code loads the Llama 3 tokenizer it ships)",
+            "copy the original release's tokenizer.model into the output, or convert to HF or GGUF, which keep the tokenizer",
+        ));
+    } else {
+        notes.push(Note::lossless("the source has no tokenizer: none written"));
+    }
+    Ok((text.into_bytes(), notes))
+}
+
+/// The output's tensors in Meta's names and order, with their dtypes and split dimensions
+/// (a tied embedding gets an `output.weight` copy); fails on dtypes Meta export does not write
+/// and on tensors that do not split into `opts.mp` equal parts.
+fn plan_tensors<'a>(
+    ckpt: &'a Checkpoint,
+    dest: &Path,
+    opts: MetaOptions,
+    notes: &mut Vec<Note>,
+) -> Result<Vec<Planned<'a>>> {
+    if let Some(d) = opts.dtype {
+        if !matches!(d, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::UnsupportedDType {
+                path: dest.into(),
+                tensor: "(every tensor)".into(),
+                dtype: d,
+                reason: "Meta export writes F32, F16 or BF16",
+            });
+        }
+    }
+    let out_dtype = |t: &TensorEntry| match opts.dtype {
+        Some(d) => d,
+        None if matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) => t.dtype,
+        None => DType::F32,
+    };
+    let mp = opts.mp;
+    let mut planned: Vec<Planned<'_>> = Vec::with_capacity(ckpt.tensors.len() + 1);
+    let mut decoded = 0usize;
+    for t in &ckpt.tensors {
+        if t.key.part != Part::Weight {
+            return Err(Error::UnsupportedDType {
+                path: ckpt.path.clone(),
+                tensor: t.name.clone(),
+                dtype: t.dtype,
+                reason: "quantized HF checkpoints must be dequantized before conversion",
+            });
+        }
+        let Some(name) = NameScheme::Meta.name(t.key) else {
+            continue; // rope_freqs: see meta_params_and_notes
+        };
+        let dtype = out_dtype(t);
+        if opts.dtype.is_none() && dtype != t.dtype {
+            decoded += 1;
+        }
+        planned.push(Planned {
+            id: t.key.id,
+            name,
+            source: t,
+            dtype,
+            shape: t.shape.clone(),
+            split: split_dim(t.key.id),
+        });
+    }
+    if ckpt
+        .tensor_by_key(TensorKey::weight(TensorId::Output))
+        .is_none()
+    {
+        // Tied embeddings (Llama 3.2 1B/3B, GGUF files without output.weight): Meta's files
+        // carry output.weight anyway.
+        if let Some(emb) = ckpt.tensor_by_key(TensorKey::weight(TensorId::TokenEmbedding)) {
+            notes.push(Note::lossless(
+                "tied embeddings: output.weight written as a copy of tok_embeddings.weight",
+            ));
+            planned.push(Planned {
+                id: TensorId::Output,
+                name: NameScheme::Meta
+                    .name(TensorKey::weight(TensorId::Output))
+                    .unwrap_or_else(|| "output.weight".into()),
+                source: emb,
+                dtype: out_dtype(emb),
+                shape: emb.shape.clone(),
+                split: split_dim(TensorId::Output),
+            });
+        }
+    }
+    planned.sort_by_key(|p| meta_order(p.id));
+    if decoded > 0 {
+        notes.push(Note::lossless(format!(
+            "{decoded} quantized tensor(s) decoded to F32 (exact); pass a dtype to choose another"
+        )));
+    }
+    for p in &planned {
+        if let Some(dim) = p.split {
+            if p.shape.get(dim).is_none_or(|&n| n % mp as u64 != 0) {
+                return Err(mp_error(
+                    &ckpt.path,
+                    mp,
+                    &format!("{} has shape {:?}, split on dim {dim}", p.name, p.shape),
+                ));
+            }
+        }
+    }
+
+    Ok(planned)
+}
+
 /// Convert any checkpoint to a Meta directory at `dest` with `mp` model-parallel shards,
 /// keeping float dtypes (see [`convert_to_meta_with`]).
 pub fn convert_to_meta(
@@ -331,103 +530,11 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
     let cfg = &ckpt.config;
     let mp = opts.mp;
     check_mp(&ckpt.path, cfg, mp)?;
-    let mut notes = ckpt.notes.clone();
+    let (params, mut notes) = meta_params_and_notes(ckpt)?;
     let rope = rope_direction(ckpt.format, Format::Meta);
 
-    if let Some(d) = opts.dtype {
-        if !matches!(d, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(Error::UnsupportedDType {
-                path: dest.into(),
-                tensor: "(every tensor)".into(),
-                dtype: d,
-                reason: "Meta export writes F32, F16 or BF16",
-            });
-        }
-    }
-    let out_dtype = |t: &TensorEntry| match opts.dtype {
-        Some(d) => d,
-        None if matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) => t.dtype,
-        None => DType::F32,
-    };
-    let mut planned: Vec<Planned<'_>> = Vec::with_capacity(ckpt.tensors.len() + 1);
-    let mut decoded = 0usize;
-    for t in &ckpt.tensors {
-        if t.key.part != Part::Weight {
-            return Err(Error::UnsupportedDType {
-                path: ckpt.path.clone(),
-                tensor: t.name.clone(),
-                dtype: t.dtype,
-                reason: "quantized HF checkpoints must be dequantized before conversion",
-            });
-        }
-        let Some(name) = NameScheme::Meta.name(t.key) else {
-            notes.push(format!(
-                "{} not written: Meta computes rope frequencies from params.json",
-                t.name
-            ));
-            continue;
-        };
-        let dtype = out_dtype(t);
-        if opts.dtype.is_none() && dtype != t.dtype {
-            decoded += 1;
-        }
-        planned.push(Planned {
-            id: t.key.id,
-            name,
-            source: t,
-            dtype,
-            shape: t.shape.clone(),
-            split: split_dim(t.key.id),
-        });
-    }
-    if ckpt
-        .tensor_by_key(TensorKey::weight(TensorId::Output))
-        .is_none()
-    {
-        // Tied embeddings (Llama 3.2 1B/3B, GGUF files without output.weight): Meta's files
-        // carry output.weight anyway.
-        if let Some(emb) = ckpt.tensor_by_key(TensorKey::weight(TensorId::TokenEmbedding)) {
-            notes.push(
-                "tied embeddings: output.weight written as a copy of tok_embeddings.weight".into(),
-            );
-            planned.push(Planned {
-                id: TensorId::Output,
-                name: NameScheme::Meta
-                    .name(TensorKey::weight(TensorId::Output))
-                    .unwrap_or_else(|| "output.weight".into()),
-                source: emb,
-                dtype: out_dtype(emb),
-                shape: emb.shape.clone(),
-                split: split_dim(TensorId::Output),
-            });
-        }
-    }
-    planned.sort_by_key(|p| meta_order(p.id));
-    if decoded > 0 {
-        notes.push(format!(
-            "{decoded} quantized tensor(s) decoded to F32 (exact); pass a dtype to choose another"
-        ));
-    }
-    for p in &planned {
-        if let Some(dim) = p.split {
-            if p.shape.get(dim).is_none_or(|&n| n % mp as u64 != 0) {
-                return Err(mp_error(
-                    &ckpt.path,
-                    mp,
-                    &format!("{} has shape {:?}, split on dim {dim}", p.name, p.shape),
-                ));
-            }
-        }
-    }
-
-    let params = if ckpt.format == Format::Meta {
-        let p = ckpt.path.join("params.json");
-        std::fs::read(&p).map_err(|e| Error::io(&p, e))?
-    } else {
-        let (text, more) = meta_params_json(cfg)?;
-        notes.extend(more);
-        text.into_bytes()
-    };
+    let planned = plan_tensors(ckpt, dest, opts, &mut notes)?;
+    crate::notes::gate(&notes, opts.output.allow_lossy)?;
 
     // Plan every shard before touching the destination.
     let names: Vec<String> = (0..mp)
@@ -500,13 +607,8 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
             let bytes = std::fs::read(&tok).map_err(|e| Error::io(&tok, e))?;
             out.write_file("tokenizer.model", &bytes)?;
         }
-    } else {
-        notes.push(
-            "tokenizer files are not converted to tokenizer.model: copy or convert the tokenizer separately"
-                .into(),
-        );
     }
-    let mut extra = serde_json::Map::new();
+    let mut extra = crate::notes::record(&notes);
     extra.insert("source_format".into(), json!(ckpt.format));
     extra.insert("model_parallel".into(), json!(mp));
     let files = out.commit(extra)?;
@@ -549,6 +651,7 @@ fn write_slice(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notes::NoteKind;
 
     #[test]
     fn floats_print_like_python_repr() {
@@ -617,7 +720,49 @@ mod tests {
         );
         assert!(notes.is_empty(), "{notes:?}");
         let linear = text.replace(r#""rope_type":"llama3""#, r#""rope_type":"linear""#);
-        assert!(meta_params_json(&ModelConfig::from_hf_json(&linear).unwrap()).is_err());
+        let (_, notes) = meta_params_json(&ModelConfig::from_hf_json(&linear).unwrap()).unwrap();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.kind == NoteKind::ChangesMath && n.what.contains("linear")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn params_json_says_llama32_scaling_and_reads_it_back() {
+        // Llama 3.2 1B's config.json (factor 32).
+        let text = r#"{"model_type":"llama","hidden_size":2048,"intermediate_size":8192,
+            "num_attention_heads":32,"num_hidden_layers":16,"num_key_value_heads":8,
+            "rms_norm_eps":1e-05,"rope_theta":500000.0,"vocab_size":128256,
+            "max_position_embeddings":131072,"rope_scaling":{"factor":32.0,"low_freq_factor":1.0,
+            "high_freq_factor":4.0,"original_max_position_embeddings":8192,"rope_type":"llama3"}}"#;
+        let cfg = ModelConfig::from_hf_json(text).unwrap();
+        let (params, notes) = meta_params_json(&cfg).unwrap();
+        assert_eq!(
+            params,
+            r#"{"dim": 2048, "ffn_dim_multiplier": 1.5, "multiple_of": 256, "n_heads": 32, "n_kv_heads": 8, "n_layers": 16, "norm_eps": 1e-05, "rope_high_freq_factor": 4.0, "rope_scaling_factor": 32.0, "rope_theta": 500000.0, "use_scaled_rope": true, "vocab_size": 128256}"#
+        );
+        assert!(
+            notes.iter().all(|n| n.kind == NoteKind::Lossless),
+            "{notes:?}"
+        );
+        let back = ModelConfig::from_meta_params(&params, None).unwrap();
+        assert_eq!(back.rope_scaling, cfg.rope_scaling);
+
+        // Another original context: no factor/high-frequency factor gives its frequencies
+        // with Meta's fixed 8192 and low factor 1 (head_dim 64: some frequencies fall between).
+        let other = text.replace(
+            r#""original_max_position_embeddings":8192"#,
+            r#""original_max_position_embeddings":2048"#,
+        );
+        let (_, notes) = meta_params_json(&ModelConfig::from_hf_json(&other).unwrap()).unwrap();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.kind == NoteKind::ChangesMath && n.what.contains("RoPE")),
+            "{notes:?}"
+        );
     }
 
     #[test]

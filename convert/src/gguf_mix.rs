@@ -20,6 +20,7 @@ use crate::export::{encode_float, rope_direction, rope_heads, Written};
 use crate::export_gguf::{gguf_order, llama3_rope_factors, llama_metadata, tokenizer_metadata};
 use crate::gguf::GgufValue;
 use crate::names::{NameScheme, Part, TensorId, TensorKey};
+use crate::notes::Note;
 use crate::numerics::{Numerics, WeightPolicy};
 use crate::write::gguf::{plan, GgufTensorSpec, GgufWriter};
 use crate::write::AtomicFile;
@@ -452,7 +453,7 @@ pub fn quantize_to_gguf(
     mix: GgufMix,
     opts: &GgufQuantOptions,
 ) -> Result<GgufQuantWritten> {
-    let mut notes = ckpt.notes.clone();
+    let mut notes = crate::notes::from_reading(&ckpt.notes);
     let mut entries: Vec<&TensorEntry> = ckpt
         .tensors
         .iter()
@@ -463,6 +464,11 @@ pub fn quantize_to_gguf(
     } else {
         llama3_rope_factors(&ckpt.config)
     };
+    notes.extend(
+        rope_factors
+            .as_deref()
+            .and_then(|f| crate::export_gguf::rope_metadata_lost(&ckpt.config, f)),
+    );
     entries.sort_by_key(|t| gguf_order(&t.key));
     let name_of = |t: &TensorEntry| {
         NameScheme::Gguf
@@ -511,7 +517,9 @@ pub fn quantize_to_gguf(
                 continue;
             }
             if let Some(f) = opts.numerics.scan(ckpt, t.key.id)? {
-                notes.push(opts.numerics.note(&mix_tensors[i + offset].name, &f));
+                notes.push(Note::requested(
+                    opts.numerics.note(&mix_tensors[i + offset].name, &f),
+                ));
                 if opts.numerics.policy == WeightPolicy::Skip {
                     c.dtype = DType::F32;
                     c.fallback_from = None;
@@ -569,10 +577,10 @@ pub fn quantize_to_gguf(
         }
     }
     for ((ne0, from, to), n) in fallbacks {
-        notes.push(format!(
+        notes.push(Note::requested(format!(
             "{n} tensor(s) with rows of {ne0}, not a multiple of {from}'s 256-block: {to} instead \
              (llama-quantize's fallback)"
-        ));
+        )));
     }
 
     let p = plan(&metadata, specs)?;

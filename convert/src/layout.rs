@@ -26,10 +26,11 @@ use serde_json::{json, Value};
 use crate::checkpoint::{Checkpoint, Format};
 use crate::error::{Error, Result};
 use crate::export::{
-    copy_rows, encode_float, hf_config_json, rope_direction, tensor_bytes, write_hf_side_files,
-    write_safetensors_shards, OutTensor, Producer, RowProducer, Written,
+    copy_rows, encode_float, hf_config_json, rope_direction, target_rope_scaling, tensor_bytes,
+    write_hf_side_files, write_safetensors_shards, OutTensor, Producer, RowProducer, Written,
 };
 use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
+use crate::notes::Note;
 use crate::numerics::{Numerics, WeightPolicy};
 use crate::rope::RopeLayout;
 use crate::write::safetensors::TensorSpec;
@@ -355,7 +356,7 @@ fn fp8_code_rows(
 fn scan_policy(
     ckpt: &Checkpoint,
     opts: &HfQuantOptions,
-    notes: &mut Vec<String>,
+    notes: &mut Vec<Note>,
 ) -> Result<BTreeSet<TensorId>> {
     let mut skipped = BTreeSet::new();
     if opts.numerics.policy == WeightPolicy::Error {
@@ -367,7 +368,9 @@ fn scan_policy(
             continue;
         }
         if let Some(f) = opts.numerics.scan(ckpt, id)? {
-            notes.push(opts.numerics.note(&(hf_module(id) + ".weight"), &f));
+            notes.push(Note::requested(
+                opts.numerics.note(&(hf_module(id) + ".weight"), &f),
+            ));
             if opts.numerics.policy == WeightPolicy::Skip {
                 skipped.insert(id);
             }
@@ -665,7 +668,12 @@ pub fn quantize_to_hf(
             ),
         });
     }
-    let mut notes = ckpt.notes.clone();
+    let mut notes = crate::notes::from_reading(&ckpt.notes);
+    let mut hf_cfg = ckpt.config.clone();
+    let (rope_scaling, rope_notes) = target_rope_scaling(ckpt, "config.json")?;
+    hf_cfg.rope_scaling = rope_scaling;
+    notes.extend(rope_notes);
+    crate::notes::gate(&notes, opts.output.allow_lossy)?;
     let numerics = opts.numerics;
     let skipped = scan_policy(ckpt, opts, &mut notes)?;
     preflight(ckpt, opts, &skipped)?;
@@ -681,11 +689,6 @@ pub fn quantize_to_hf(
     let mut quantized = Vec::new();
     let mut kept = Vec::new();
     let mut tensors: Vec<OutTensor<'_>> = Vec::new();
-    if ckpt.tensors.iter().any(|t| t.key.id == TensorId::RopeFreqs) {
-        notes.push(
-            "rope_freqs.weight not written: HF computes rope frequencies from config.json".into(),
-        );
-    }
     let transform = opts.weight_transform.as_deref();
     for id in roles(ckpt) {
         let module = hf_module(id);
@@ -976,14 +979,14 @@ pub fn quantize_to_hf(
     let mut out = OutputDir::begin(dest, opts.output)?;
     let resumed = out.resumed.clone();
     write_safetensors_shards(&mut out, tensors, opts.shard_size)?;
-    let mut config = hf_config_json(cfg, model_dtype);
+    let mut config = hf_config_json(&hf_cfg, model_dtype);
     config["quantization_config"] = quantization_config(opts, &not_converted);
     let mut text = serde_json::to_vec_pretty(&sort_keys(config))
         .map_err(|e| Error::io(dest, std::io::Error::other(e)))?;
     text.push(b'\n');
     out.write_file("config.json", &text)?;
-    write_hf_side_files(ckpt, &mut out, &mut notes)?;
-    let mut extra = serde_json::Map::new();
+    write_hf_side_files(ckpt, &mut out)?;
+    let mut extra = crate::notes::record(&notes);
     extra.insert("source_format".into(), json!(ckpt.format));
     let files = out.commit(extra)?;
     Ok(QuantWritten {

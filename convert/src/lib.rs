@@ -27,6 +27,7 @@ pub mod layout;
 pub mod meta;
 mod mmap;
 pub mod names;
+pub mod notes;
 pub mod numerics;
 pub mod pth;
 pub mod rope;
@@ -37,3 +38,4 @@ pub use checkpoint::{Checkpoint, Format, TensorEntry, TensorLayout, TokenizerInf
 pub use config::{ModelConfig, RopeScaling};
 pub use error::{shown, ConfigError, Error, Result};
 pub use names::{LayerTensor, NameMatch, NameScheme, Part, TensorId, TensorKey};
+pub use notes::{Note, NoteKind};

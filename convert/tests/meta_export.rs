@@ -23,9 +23,17 @@ fn open(p: impl AsRef<Path>) -> Checkpoint {
     Checkpoint::open(p.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", p.as_ref().display()))
 }
 
+/// The Meta conversion of `src` (whose tokenizer, if any, Meta's format cannot hold: allowed).
 fn meta(src: &Checkpoint, dest: &Path, mp: usize) {
-    convert_to_meta(src, dest, mp, OutputOptions::default()).unwrap();
+    convert_to_meta(src, dest, mp, LOSSY).unwrap();
 }
+
+const LOSSY: OutputOptions = OutputOptions {
+    resume: false,
+    overwrite: false,
+    dry_run: false,
+    allow_lossy: true,
+};
 
 /// Same tensors, name by name: dtype, shape and contiguous bytes.
 fn assert_same_tensors(got: &Checkpoint, want: &Checkpoint) {
@@ -136,9 +144,25 @@ fn gguf_to_meta_keeps_floats_and_decodes_quantized_to_f32() {
     let tmp = tempfile::tempdir().unwrap();
     let src = open(fixture("gguf/tiny.gguf"));
     let dest = tmp.path().join("meta");
-    let written = convert_to_meta(&src, &dest, 2, OutputOptions::default()).unwrap();
+    // The GGUF tokenizer cannot be written: refused, then allowed and recorded.
+    let err = convert_to_meta(&src, &dest, 2, OutputOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Lossy { .. }), "{err}");
     assert!(
-        written.notes.iter().any(|n| n.contains("decoded to F32")),
+        err.to_string().contains("tokenizer is not written"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    let written = convert_to_meta(&src, &dest, 2, LOSSY).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dest.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["lossy"][0]["what"]
+        .as_str()
+        .is_some_and(|w| w.contains("tokenizer")));
+    assert!(
+        written
+            .notes
+            .iter()
+            .any(|n| n.what.contains("decoded to F32")),
         "{:?}",
         written.notes
     );
@@ -279,8 +303,7 @@ fn resume_keeps_a_finished_shard_and_writes_the_rest() {
         2,
         OutputOptions {
             resume: true,
-            overwrite: false,
-            dry_run: false,
+            ..LOSSY
         },
     )
     .unwrap();

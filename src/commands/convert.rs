@@ -124,6 +124,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<Written> {
         resume: args.resume,
         overwrite: args.overwrite,
         dry_run: args.dry_run,
+        allow_lossy: args.allow_lossy,
     };
     Ok(match args.to {
         ConvertTarget::Hf => convert_to_hf(
@@ -144,6 +145,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<Written> {
                 dtype,
                 overwrite: args.overwrite,
                 dry_run: args.dry_run,
+                allow_lossy: args.allow_lossy,
             },
         )?,
         ConvertTarget::Meta => convert_to_meta_with(
@@ -163,7 +165,7 @@ fn report(args: &ConvertArgs, written: &Written, err: &mut impl Write) -> Result
         return Ok(());
     }
     for n in &written.notes {
-        writeln!(err, "note: {n}")?;
+        writeln!(err, "{}: {n}", n.label())?;
     }
     if args.json {
         return Ok(());

@@ -371,6 +371,7 @@ pub fn convert_args(r: &Recipe, input: &Path, resume: bool) -> Result<Option<Con
         quiet: true,
         output_arg: None,
         output_flag: None,
+        allow_lossy: false,
     }))
 }
 
@@ -417,6 +418,7 @@ pub fn quantize_args(
         max_abs_weight: qforge_convert::numerics::DEFAULT_MAX_ABS,
         resume,
         overwrite: false,
+        allow_lossy: false,
         json: false,
         dry_run: false,
         quiet: true,

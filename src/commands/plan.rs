@@ -314,6 +314,7 @@ pub fn plan_convert(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<OutputPlan>
         quiet: true,
         output_arg: None,
         output_flag: None,
+        allow_lossy: args.allow_lossy,
     };
     let w = crate::commands::convert::execute_on(ckpt, &a)?;
     let mut worst = 0u64;
@@ -372,6 +373,7 @@ fn clone_quantize(a: &QuantizeArgs) -> QuantizeArgs {
         max_abs_weight: a.max_abs_weight,
         resume: false,
         overwrite: true,
+        allow_lossy: a.allow_lossy,
         json: a.json,
         dry_run: true,
         quiet: true,
@@ -539,6 +541,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
                 max_abs_weight: qforge_convert::numerics::DEFAULT_MAX_ABS,
                 resume: false,
                 overwrite: true,
+                allow_lossy: false,
                 json: args.json,
                 dry_run: true,
                 quiet: true,
@@ -569,6 +572,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
                 quiet: true,
                 output_arg: None,
                 output_flag: None,
+                allow_lossy: false,
             },
         )?
     } else {

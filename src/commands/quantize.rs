@@ -501,6 +501,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
                     resume: args.resume,
                     overwrite: args.overwrite,
                     dry_run: args.dry_run,
+                    allow_lossy: args.allow_lossy,
                 },
                 numerics,
                 precomputed_int4: gptq_codes

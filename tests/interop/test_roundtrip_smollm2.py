@@ -2,10 +2,12 @@
 
 GGUF (Q4_1) -> HF f32 (A) -> GGUF F32 -> HF f32 (B): A == B byte for byte, tokenizer included.
 A -> Meta MP3 -> HF f32 (C): every tensor of A is in C unchanged (SmolLM2's 9 query and 3
-key/value heads allow MP 1 or 3, not 2; Meta has no tied embeddings, so C gains an lm_head equal
-to the embedding).
+key/value heads allow MP 1 or 3, not 2; Meta has no tied embeddings, so the Meta files carry a
+copy of the embedding as output.weight, which comes back tied in C). Converting A to Meta drops
+the tokenizer, so it is refused without --allow-lossy.
 """
 
+import json
 import subprocess
 
 import numpy as np
@@ -35,11 +37,17 @@ def test_gguf_hf_gguf_hf_is_byte_identical(qforge, smollm2_gguf, tmp_path):
 def test_hf_meta_mp3_hf_keeps_every_tensor(qforge, smollm2_gguf, tmp_path):
     a, m, c = tmp_path / "a", tmp_path / "meta", tmp_path / "c"
     run(qforge, "convert", smollm2_gguf, a, "--to", "hf", "--dtype", "f32")
-    run(qforge, "convert", a, m, "--to", "meta", "--mp", "3")
+    # Meta's format cannot hold SmolLM2's tokenizer: refused unless allowed, then recorded.
+    refused = subprocess.run([str(qforge), "convert", str(a), str(m), "--to", "meta", "--mp", "3"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and "--allow-lossy" in refused.stderr and not m.exists(), refused.stderr
+    run(qforge, "convert", a, m, "--to", "meta", "--mp", "3", "--allow-lossy")
+    assert "tokenizer" in json.loads((m / "manifest.json").read_text())["lossy"][0]["what"]
     assert sorted(p.name for p in m.glob("consolidated.*.pth")) == [f"consolidated.0{i}.pth" for i in range(3)]
     run(qforge, "convert", m, c, "--to", "hf", "--dtype", "f32")
     ta, tc = tensors(a), tensors(c)
-    assert set(ta) | {"lm_head.weight"} == set(tc)
+    # Meta files carry output.weight as a copy of the tied embedding; it comes back tied.
+    assert set(ta) == set(tc)
+    assert json.loads((c / "config.json").read_text())["tie_word_embeddings"] is True
     for name, x in ta.items():
         assert np.array_equal(x.view(np.uint32), tc[name].view(np.uint32)), name
-    assert np.array_equal(tc["lm_head.weight"], ta["model.embed_tokens.weight"])

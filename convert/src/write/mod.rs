@@ -56,6 +56,9 @@ pub struct OutputOptions {
     pub overwrite: bool,
     /// Write nothing: plan every file and report its exact size (see the module docs).
     pub dry_run: bool,
+    /// Write an output that computes something other than the source (see
+    /// [`crate::notes::gate`]); the changes are recorded in its manifest.
+    pub allow_lossy: bool,
 }
 
 /// The sha256 recorded for files of a dry run: as long as a real one, so manifests planned
@@ -621,6 +624,7 @@ mod tests {
                 resume: true,
                 overwrite: false,
                 dry_run: false,
+                allow_lossy: false,
             },
         )
         .unwrap();
@@ -658,6 +662,7 @@ mod tests {
                 resume: true,
                 overwrite: false,
                 dry_run: false,
+                allow_lossy: false,
             },
         )
         .unwrap();

@@ -1,0 +1,436 @@
+//! Round trips are checked by what the model computes: tiny Llama 3.1-style (llama3 RoPE
+//! scaling, factor 8, `original_max_position_embeddings` 2048 instead of Llama 3's 8192) and
+//! Llama 3.2-style (factor 32, tied embeddings) checkpoints go through every format (HF, GGUF
+//! F32, Meta MP1 and MP2) and back, and `qforge perplexity` on a fixed text must stay within
+//! 1e-6 relative of the source's, or the conversion must refuse without `--allow-lossy` (and
+//! with it succeed, listing the change in the output).
+//!
+//! The fixtures are written here, deterministically (xorshift weights, stored as BF16), with
+//! the committed tiny byte-level tokenizer (`tests/fixtures/tiny/hf`). Meta's format holds no
+//! tokenizer qforge can write, so every conversion into it refuses for that reason alone
+//! unless allowed; the chains through Meta put the source's tokenizer files back into their
+//! final HF directory before measuring (what the weights and config compute is under test).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qforge_convert::write::safetensors::{plan, TensorSpec, Writer};
+use qforge_quantize::DType;
+use serde_json::{json, Value};
+
+const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
+/// Largest relative perplexity change of a conversion that keeps the math.
+const SAME: f64 = 1e-6;
+/// Smallest relative change the refused RoPE conversion must make (it is refused for a reason).
+const CHANGED: f64 = 1e-4;
+
+struct Style {
+    name: &'static str,
+    rope_scaling: Value,
+    tied: bool,
+    /// Meta's params.json can say this RoPE scaling (factor, high-frequency factor with Meta's
+    /// fixed low-frequency factor 1 and original context 8192).
+    meta_expresses_rope: bool,
+}
+
+fn styles() -> [Style; 2] {
+    [
+        Style {
+            name: "llama31",
+            rope_scaling: json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 2048}),
+            tied: false,
+            meta_expresses_rope: false,
+        },
+        Style {
+            name: "llama32",
+            rope_scaling: json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+            tied: true,
+            meta_expresses_rope: true,
+        },
+    ]
+}
+
+const HIDDEN: u64 = 64;
+const LAYERS: u64 = 2;
+const HEADS: u64 = 4;
+const KV: u64 = 2;
+const FFN: u64 = 128;
+const VOCAB: u64 = 128;
+
+/// An HF checkpoint of `style` in `dir`: config.json, model.safetensors (BF16) and the tiny
+/// tokenizer. Weights are uniform in ±scale (norms 1 ± 0.1), large enough for sharp attention
+/// so the rotary frequencies matter.
+fn make_fixture(dir: &Path, style: &Style) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
+        "intermediate_size": FFN, "num_attention_heads": HEADS, "num_hidden_layers": LAYERS,
+        "num_key_value_heads": KV, "head_dim": HIDDEN / HEADS, "rms_norm_eps": 1e-5,
+        "rope_theta": 500_000.0, "vocab_size": VOCAB, "max_position_embeddings": 131_072,
+        "rope_scaling": style.rope_scaling, "tie_word_embeddings": style.tied,
+        "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "bfloat16",
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/hf");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tiny.join(f), dir.join(f)).unwrap();
+    }
+    let hd = HIDDEN / HEADS;
+    let mut specs: Vec<(String, Vec<u64>, f32)> =
+        vec![("model.embed_tokens.weight".into(), vec![VOCAB, HIDDEN], 0.3)];
+    for l in 0..LAYERS {
+        let p = format!("model.layers.{l}");
+        specs.extend([
+            (format!("{p}.input_layernorm.weight"), vec![HIDDEN], 0.0),
+            (
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![HIDDEN],
+                0.0,
+            ),
+            (
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![HEADS * hd, HIDDEN],
+                0.6,
+            ),
+            (
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![KV * hd, HIDDEN],
+                0.6,
+            ),
+            (
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![KV * hd, HIDDEN],
+                0.3,
+            ),
+            (
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![HIDDEN, HEADS * hd],
+                0.3,
+            ),
+            (format!("{p}.mlp.gate_proj.weight"), vec![FFN, HIDDEN], 0.3),
+            (format!("{p}.mlp.up_proj.weight"), vec![FFN, HIDDEN], 0.3),
+            (format!("{p}.mlp.down_proj.weight"), vec![HIDDEN, FFN], 0.2),
+        ]);
+    }
+    specs.push(("model.norm.weight".into(), vec![HIDDEN], 0.0));
+    if !style.tied {
+        specs.push(("lm_head.weight".into(), vec![VOCAB, HIDDEN], 0.3));
+    }
+    let scale: BTreeMap<String, f32> = specs.iter().map(|(n, _, s)| (n.clone(), *s)).collect();
+    let p = plan(
+        specs
+            .into_iter()
+            .map(|(name, shape, _)| TensorSpec {
+                name,
+                dtype: DType::BF16,
+                shape,
+            })
+            .collect(),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let f = std::io::BufWriter::new(std::fs::File::create(dir.join("model.safetensors")).unwrap());
+    let mut w = Writer::new(f, p.clone()).unwrap();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for (spec, start, end) in &p.tensors {
+        let s = scale[&spec.name];
+        let bytes: Vec<u8> = (0..(end - start) / 2)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let u = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0; // [-1, 1)
+                let v = if s == 0.0 { 1.0 + 0.1 * u } else { s * u };
+                ((v.to_bits() >> 16) as u16).to_le_bytes()
+            })
+            .collect();
+        w.write_tensor(&spec.name, &bytes).unwrap();
+    }
+    use std::io::Write;
+    w.finish().unwrap().flush().unwrap();
+}
+
+/// About 4,000 characters of lower-case words, fixed.
+fn text() -> String {
+    let words = [
+        "the",
+        "king",
+        "is",
+        "dead",
+        "long",
+        "live",
+        "queen",
+        "and",
+        "in",
+        "that",
+        "sleep",
+        "of",
+        "death",
+        "what",
+        "dreams",
+        "may",
+        "come",
+        "to",
+        "be",
+        "or",
+        "not",
+        "question",
+        "whether",
+        "nobler",
+        "mind",
+        "suffer",
+        "slings",
+        "arrows",
+        "outrageous",
+        "fortune",
+    ];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut out = String::new();
+    while out.len() < 4000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.push_str(words[(state % words.len() as u64) as usize]);
+        out.push_str(if state % 11 == 0 { ". " } else { " " });
+    }
+    out
+}
+
+fn perplexity(model: &Path, data: &Path) -> f64 {
+    let out = Command::new(QFORGE)
+        .args(["perplexity", model.to_str().unwrap(), "--data"])
+        .arg(data)
+        .args(["--ctx", "64", "--chunks", "8", "--json", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "perplexity {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["ppl"].as_f64().unwrap()
+}
+
+/// One conversion: `--to` and extra arguments.
+#[derive(Clone, Copy)]
+struct Step {
+    to: &'static str,
+    args: &'static [&'static str],
+}
+
+const GGUF: Step = Step {
+    to: "gguf",
+    args: &["--dtype", "f32"],
+};
+const HF: Step = Step {
+    to: "hf",
+    args: &[],
+};
+const META1: Step = Step {
+    to: "meta",
+    args: &["--mp", "1"],
+};
+const META2: Step = Step {
+    to: "meta",
+    args: &["--mp", "2"],
+};
+
+/// Convert `input` into `output`; on refusal (exit status 1 naming --allow-lossy, nothing
+/// written) retry with `--allow-lossy`. Returns the refusal's message, if there was one.
+fn convert(input: &Path, output: &Path, step: Step) -> Option<String> {
+    let run = |extra: &[&str]| {
+        Command::new(QFORGE)
+            .args(["convert", input.to_str().unwrap(), output.to_str().unwrap()])
+            .args(["--to", step.to])
+            .args(step.args)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    if out.status.success() {
+        return None;
+    }
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains("--allow-lossy"),
+        "{} -> {}: {err}",
+        input.display(),
+        step.to
+    );
+    assert!(
+        !output.exists(),
+        "a refused conversion wrote {}",
+        output.display()
+    );
+    let out = run(&["--allow-lossy"]);
+    assert!(
+        out.status.success(),
+        "{} --allow-lossy: {}",
+        input.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(err)
+}
+
+/// The allowed changes an output records: `manifest.json`'s `lossy` (HF, Meta) or the
+/// `qforge.lossy` key (GGUF).
+fn recorded_lossy(output: &Path) -> Vec<String> {
+    if output.is_dir() {
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(output.join("manifest.json")).unwrap()).unwrap();
+        return m["lossy"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|n| n["what"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
+    let ckpt = qforge_convert::Checkpoint::open(output).unwrap();
+    match ckpt.gguf.unwrap().get(qforge_convert::notes::LOSSY_KEY) {
+        Some(qforge_convert::gguf::GgufValue::Array(qforge_convert::gguf::GgufArray::String(
+            a,
+        ))) => a.iter().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn round_trips_keep_perplexity_or_refuse() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("text.txt");
+    std::fs::write(&data, text()).unwrap();
+    let chains: [(&str, &[Step]); 7] = [
+        ("hf-gguf", &[GGUF]),
+        ("hf-gguf-hf", &[GGUF, HF]),
+        ("hf-meta1-hf", &[META1, HF]),
+        ("hf-meta2-hf", &[META2, HF]),
+        ("hf-gguf-meta2-hf", &[GGUF, META2, HF]),
+        ("hf-meta1-gguf-hf", &[META1, GGUF, HF]),
+        ("hf-meta2-meta1-hf", &[META2, META1, HF]),
+    ];
+    let mut report = Vec::new();
+    for style in styles() {
+        let style = &style;
+        let src = t.path().join(style.name).join("src");
+        make_fixture(&src, style);
+        let base = perplexity(&src, &data);
+        // The measure sees the change the issue reported: the same weights with the RoPE
+        // scaling Meta's Llama 3 code would apply (factor 8, original context 8192).
+        let control = t.path().join(style.name).join("control");
+        make_fixture(
+            &control,
+            &Style {
+                rope_scaling: json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+                ..*style
+            },
+        );
+        let moved = (perplexity(&control, &data) - base).abs() / base;
+        report.push(format!(
+            "{}/control (factor 8, context 8192): rel {moved:.2e}",
+            style.name
+        ));
+        assert!(moved > CHANGED, "{}: {moved:e}", style.name);
+        for (name, steps) in chains {
+            let mut input = src.clone();
+            let mut refusals = Vec::new();
+            let mut recorded = Vec::new();
+            let mut through_meta = false;
+            for (i, step) in steps.iter().enumerate() {
+                let ext = if step.to == "gguf" { ".gguf" } else { "" };
+                let output: PathBuf = t
+                    .path()
+                    .join(style.name)
+                    .join(format!("{name}-{i}-{}{ext}", step.to));
+                refusals.extend(convert(&input, &output, *step));
+                recorded.extend(recorded_lossy(&output));
+                through_meta |= step.to == "meta";
+                input = output;
+            }
+            if through_meta {
+                // Meta's format dropped the tokenizer (refused and recorded below); put the
+                // source's back to measure what the weights and config compute.
+                for f in ["tokenizer.json", "tokenizer_config.json"] {
+                    std::fs::copy(src.join(f), input.join(f)).unwrap();
+                }
+            }
+            let ppl = perplexity(&input, &data);
+            let rel = (ppl - base).abs() / base;
+            report.push(format!(
+                "{}/{name}: ppl {ppl:.9} vs {base:.9}, rel {rel:.2e}, refusals {}",
+                style.name,
+                refusals.len()
+            ));
+            let rope_refused = refusals.iter().any(|e| e.contains("RoPE scaling"));
+            let tok_refused = refusals
+                .iter()
+                .any(|e| e.contains("tokenizer is not written"));
+            // Every conversion into Meta refuses for the tokenizer; only the RoPE scaling
+            // params.json cannot say changes the math.
+            assert_eq!(
+                tok_refused, through_meta,
+                "{}/{name}: {refusals:?}",
+                style.name
+            );
+            // Only the first conversion into Meta has a tokenizer to drop.
+            assert_eq!(
+                refusals.len(),
+                usize::from(through_meta),
+                "{}/{name}: {refusals:?}",
+                style.name
+            );
+            assert_eq!(
+                rope_refused,
+                through_meta && !style.meta_expresses_rope,
+                "{}/{name}: {refusals:?}",
+                style.name
+            );
+            // What was allowed is recorded in the output it changed.
+            for e in &refusals {
+                assert!(
+                    recorded.iter().any(|r| e.contains(r.as_str())),
+                    "{}/{name}: {e} not recorded in {recorded:?}",
+                    style.name
+                );
+            }
+            if rope_refused {
+                assert!(
+                    rel > CHANGED,
+                    "{}/{name}: the refused change is real: {rel:e}",
+                    style.name
+                );
+            } else {
+                assert!(
+                    rel <= SAME,
+                    "{}/{name}: {ppl} vs {base} ({rel:e})",
+                    style.name
+                );
+            }
+            if input.join("config.json").is_file() && !rope_refused {
+                // The config says what the source's said: RoPE scaling, tied embeddings.
+                let c: Value =
+                    serde_json::from_slice(&std::fs::read(input.join("config.json")).unwrap())
+                        .unwrap();
+                assert_eq!(
+                    c["tie_word_embeddings"], style.tied,
+                    "{}/{name}",
+                    style.name
+                );
+                assert_eq!(
+                    c["rope_scaling"], style.rope_scaling,
+                    "{}/{name}",
+                    style.name
+                );
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
