@@ -9,9 +9,9 @@
 #
 # Steps, each under its own time limit:
 #   1. build (release): qforge and the kernels' test binaries (gpu, nvrtc_compile);
-#   2. libraries: NVRTC 13 and cuBLASLt 13 are taken from the system (ldconfig), else from any
-#      Python environment's nvidia/*/lib (CUDA wheels, as on an image with PyTorch), else from
-#      scripts/cuda-env.sh (the pinned compiler wheels: NVRTC only);
+#   2. libraries: NVRTC 13 and cuBLASLt 13 are taken from LD_LIBRARY_PATH as set (e.g. by
+#      eval "$(scripts/cuda-env.sh)"), else the system (ldconfig), else any Python environment's
+#      nvidia/*/lib (CUDA wheels, as on an image with PyTorch); nothing is installed;
 #   3. every CUDA test (kernels/tests/gpu.rs) with QFORGE_REQUIRE_GPU=1: a missing device or
 #      cuBLASLt is a failure, never an "ignored";
 #   4. `qforge bench gemm` on the Llama 3.1 8B/70B/405B projection shapes, ours vs cuBLASLt
@@ -98,15 +98,20 @@ PY
     [[ -n "$hit" ]] && { echo "$hit"; return; }
   done
 }
+on_ld_path() {  # whether a directory of LD_LIBRARY_PATH holds $1*
+  local d IFS=:
+  for d in ${LD_LIBRARY_PATH:-}; do compgen -G "$d/$1*" >/dev/null && return 0; done
+  return 1
+}
 for lib in libnvrtc.so.13 libcublasLt.so.13; do
+  if on_ld_path "$lib"; then say "$lib: on LD_LIBRARY_PATH"; continue; fi
   d="$(lib_dir_of "$lib")"
   if [[ -n "$d" ]]; then
     say "$lib: $d"
     export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  elif [[ "$lib" == libnvrtc* ]] && cuda_env="$(scripts/cuda-env.sh 2>/dev/null)"; then
-    eval "$cuda_env"
-    say "$lib: from scripts/cuda-env.sh ($QFORGE_CUDA_HOME/lib)"
   else
+    # No install here (a device machine may have no network): eval "$(scripts/cuda-env.sh)"
+    # first to use the pinned NVRTC wheel.
     say "$lib: NOT FOUND (the steps that need it fail)"
   fi
 done
