@@ -4,6 +4,10 @@ GGUF (Q4_1) -> HF f32 (A) -> GGUF F32 -> HF f32 (B): A == B byte for byte, token
 A -> Meta MP3 -> HF f32 (C): every tensor of A is in C unchanged (SmolLM2's 9 query and 3
 key/value heads allow MP 1 or 3, not 2; Meta has no tied embeddings, so C gains an lm_head equal
 to the embedding).
+
+Self-consistency only: qforge's outputs are compared with qforge's own, no peer tool takes part.
+The peers check each format separately: gguf-py (test_gguf_inspect.py), transformers' GGUF
+loader (test_transformers_gguf.py, heavy), torch.load (test_pth_torch.py, heavy).
 """
 
 import subprocess
