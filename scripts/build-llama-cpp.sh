@@ -18,19 +18,28 @@
 #   $QFORGE_CACHE/llama.cpp-<V>/src                        vendor/llama.cpp (also convert_hf_to_gguf.py, gguf-py/)
 #   $QFORGE_CACHE/llama.cpp-<V>/build/bin                  llama-quantize llama-perplexity llama-imatrix
 #                                                          llama-tokenize llama-completion llama-bench
-#   $QFORGE_CACHE/llama.cpp-<V>/build/bin/build-info.txt   compiler, cmake cache flags, resolved -march=native
+#   $QFORGE_CACHE/llama.cpp-<V>/build/bin/build-info.txt   compiler, ISA, cmake cache flags
 #   $QFORGE_CACHE/venv-cmake-<CMAKE_VERSION>               only if cmake is not on PATH (pip-installed cmake)
 #
-# Build: Release, CPU only, static libs, GGML_NATIVE left at its default (ON: -march=native), so
-# the binaries are tuned to (and only guaranteed to run on) this machine's CPU. Nothing is fetched
-# at configure/build time (no curl/OpenSSL/BoringSSL, no server/web UI, no examples/tests).
-# Idempotent: skipped when every binary exists and the stamp matches the pinned inputs and flags.
+# Build: Release, CPU only, static libs, GGML_NATIVE=OFF with the instruction sets this CPU has
+# (from /proc/cpuinfo: SSE4.2, AVX, AVX2, FMA, F16C, BMI2, AVX-VNNI, and the AVX-512 family when
+# present), never AMX: with -march=native on an AMX machine (Sapphire Rapids class, e.g. a VM)
+# every llama-perplexity run died with SIGSEGV right after "threadpool init". The ISA chosen is
+# written to build-info.txt and is part of the stamp, so a cache moved to another CPU rebuilds.
+# QFORGE_LLAMA_ISA=avx2 caps the build at AVX2 on an AVX-512 machine (the AVX-512 build's
+# perplexity on the SmolLM2 Q4_1 test differs from the AVX2 build's: 3.0e-3 vs 6e-5 relative gap
+# to qforge, measured on a 2-core AVX-512 Xeon); scripts/test.sh sets it for the reference tests.
+# On a non-x86 CPU GGML_NATIVE stays at its default.
+# Nothing is fetched at configure/build time (no curl/OpenSSL/BoringSSL, no server/web UI, no
+# examples/tests). Idempotent: skipped when every binary exists and the stamp matches the pinned
+# inputs, the ISA and the flags.
 #
 # Python converter: $QFORGE_CACHE/llama.cpp-<V>/src/convert_hf_to_gguf.py (uses the bundled
 # gguf-py); its venv: scripts/pyenv.sh --llamacpp-convert (scripts/requirements-llamacpp-convert.txt).
 #
 # Env: QFORGE_CACHE, PYTHON (default python3; needs pip), JOBS (default: nproc),
-#      CMAKE (a cmake binary to use instead of the one on PATH).
+#      CMAKE (a cmake binary to use instead of the one on PATH),
+#      QFORGE_LLAMA_ISA (detected | avx2; default detected).
 set -euo pipefail
 
 # ---- pinned inputs ---------------------------------------------------------------------------
@@ -55,13 +64,57 @@ CMAKE_FLAGS=(
 )
 # ----------------------------------------------------------------------------------------------
 
+# The ggml x86 options for the instruction sets in this CPU's /proc/cpuinfo flags (ggml's
+# option names: ggml/CMakeLists.txt; what each turns on: ggml/src/ggml-cpu/CMakeLists.txt),
+# AMX always off. Sets ISA (a short description) and appends to CMAKE_FLAGS.
+detect_isa() {
+  local cap="${QFORGE_LLAMA_ISA:-detected}"
+  [[ "$cap" == detected || "$cap" == avx2 ]] \
+    || { echo "build-llama-cpp.sh: QFORGE_LLAMA_ISA must be 'detected' or 'avx2', not '$cap'" >&2; exit 2; }
+  case "$(uname -m)" in
+    x86_64|amd64) ;;
+    *) ISA="native ($(uname -m): GGML_NATIVE default)"; return 0 ;;
+  esac
+  local flags on=() opt
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  have() { local f; for f in "$@"; do [[ "$flags" == *" $f "* ]] || return 1; done; }
+  # option:cpuinfo flags it needs
+  local table=(
+    "GGML_SSE42:sse4_2" "GGML_AVX:avx" "GGML_AVX2:avx2" "GGML_FMA:fma" "GGML_F16C:f16c"
+    "GGML_BMI2:bmi2" "GGML_AVX_VNNI:avx_vnni"
+    "GGML_AVX512:avx512f avx512cd avx512vl avx512dq avx512bw"
+    "GGML_AVX512_VBMI:avx512vbmi" "GGML_AVX512_VNNI:avx512_vnni" "GGML_AVX512_BF16:avx512_bf16"
+  )
+  CMAKE_FLAGS+=(-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+  local capped=0
+  for opt in "${table[@]}"; do
+    local name="${opt%%:*}" need="${opt#*:}" value=OFF
+    # shellcheck disable=SC2086  # $need is a list of flags
+    if have $need; then
+      if [[ "$cap" == avx2 && "$name" == GGML_AVX512* ]]; then
+        capped=1
+      else
+        value=ON
+        on+=("${name#GGML_}")
+      fi
+    fi
+    CMAKE_FLAGS+=("-D$name=$value")
+  done
+  ISA="${on[*]:-baseline x86-64} (GGML_NATIVE=OFF, AMX off)"
+  # Only when the cap changed something, so that on an AVX2 machine both settings share a stamp.
+  if ((capped)); then ISA+=", AVX-512 left off (QFORGE_LLAMA_ISA=avx2)"; fi
+  return 0
+}
+ISA=""
+detect_isa
+
 print_bin=0 force=0 strict=0
 for arg in "$@"; do
   case "$arg" in
     --print-bin-dir) print_bin=1 ;;
     --force) force=1 ;;
     --strict) strict=1 ;;
-    -h|--help) sed -n '2,29p' "$0" >&2; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo pipefail/{/^set/d;p}' "$0" >&2; exit 0 ;;
     *) echo "build-llama-cpp.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -108,7 +161,8 @@ PY
 
 # What the stamp records: any change to the pinned inputs, targets or flags forces a rebuild.
 stamp_text() {
-  printf '%s\n' "$LCP_REQ" "sdist-sha256=$LCP_SDIST_SHA256" "targets=${TARGETS[*]}" "flags=${CMAKE_FLAGS[*]}"
+  printf '%s\n' "$LCP_REQ" "sdist-sha256=$LCP_SDIST_SHA256" "targets=${TARGETS[*]}" "isa=$ISA" \
+    "flags=${CMAKE_FLAGS[*]}"
 }
 
 is_built() {
@@ -210,6 +264,7 @@ write_build_info() {
     echo "C compiler:          $cc ($("$cc" --version | head -1))"
     echo "C++ compiler:        $cxx ($("$cxx" --version | head -1))"
     echo "targets:             ${TARGETS[*]}"
+    echo "isa:                 $ISA"
     echo
     echo "## cmake command-line flags"
     printf '%s\n' "${CMAKE_FLAGS[@]}"
@@ -226,7 +281,7 @@ write_build_info() {
     fm="$(find "$BUILD/ggml/src" -path '*ggml-cpu.dir/flags.make' | head -1)"
     if [[ -n "$fm" ]]; then grep -E '^(C_FLAGS|CXX_FLAGS|C_DEFINES|CXX_DEFINES)' "$fm"; else echo "(not found)"; fi
     echo
-    echo "## what -march=native resolves to on this machine"
+    echo "## what -march=native would resolve to on this machine (not used: GGML_NATIVE=OFF on x86-64)"
     "$cc" -march=native -E -v - </dev/null 2>&1 | grep -E 'cc1 ' | sed 's/^ *//' || true
   } > "$info"
   log "wrote $info"
@@ -239,7 +294,7 @@ build() {
   log "using $("$CMAKE" --version | head -1) ($CMAKE), $JOBS jobs"
   rm -f "$STAMP"
   mkdir -p "$BUILD"
-  log "configuring (Release, CPU only, GGML_NATIVE default) ..."
+  log "configuring (Release, CPU only, ISA: $ISA) ..."
   if ! "$CMAKE" -S "$SRC" -B "$BUILD" "${CMAKE_FLAGS[@]}" > "$BUILD/.qforge-configure.log" 2>&1; then
     cat "$BUILD/.qforge-configure.log" >&2
     die "cmake configure failed (log: $BUILD/.qforge-configure.log)"

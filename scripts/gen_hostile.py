@@ -216,7 +216,9 @@ def kv_str(key, v):
 arch = kv_str("general.architecture", "llama")
 put("gguf_tensor_count_2e63.gguf", gguf(1 << 63, 0))
 put("gguf_kv_count_2e63.gguf", gguf(0, 1 << 63))
-put("gguf_key_length_2e63.gguf", gguf(0, 1, u64(1 << 63) + b"abc"))
+# one key/value whose key declares 2^63 bytes; padded so that kv_count = 1 fits the file and the
+# reader reaches the key's length (unpadded, the kv_count check rejected it first)
+put("gguf_key_length_2e63.gguf", gguf(0, 1, u64(1 << 63) + b"abc" + b"\0" * 32))
 put("gguf_string_value_length_huge.gguf", gguf(0, 1, gstr("k") + u32(8) + u64((1 << 64) - 1) + b"x"))
 put("gguf_array_count_huge.gguf", gguf(0, 1, gstr("k") + u32(9) + u32(10) + u64(1 << 61) + b"\0" * 8))
 put("gguf_string_array_bomb.gguf", gguf(0, 1, gstr("tokenizer.ggml.tokens") + u32(9) + u32(8)

@@ -539,22 +539,43 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 #[test]
-fn real_files() {
+fn real_fixture_files() {
     for name in ["tiny.gguf", "kquants.gguf"] {
         let bytes = std::fs::read(fixture(name)).unwrap();
         check(name, &bytes, true, Bound::FileSize);
     }
-    let cache = std::env::var_os("QFORGE_CACHE").map_or_else(
-        || {
-            let home = std::env::var_os("HOME").unwrap_or_default();
-            Path::new(&home).join(".cache/qforge")
-        },
+}
+
+/// `$QFORGE_CACHE`, else `$XDG_CACHE_HOME/qforge`, else `$HOME/.cache/qforge`: the same rule as
+/// scripts/cache-dir.sh.
+fn cache_dir() -> PathBuf {
+    let nonempty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
+    if let Some(c) = nonempty("QFORGE_CACHE") {
+        return PathBuf::from(c);
+    }
+    let base = nonempty("XDG_CACHE_HOME").map_or_else(
+        || Path::new(&nonempty("HOME").unwrap_or_default()).join(".cache"),
         PathBuf::from,
     );
-    let smol = cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    base.join("qforge")
+}
+
+#[test]
+fn real_smollm2_file() {
+    let smol = cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     if !smol.is_file() {
+        // scripts/test.sh fetches the data before `cargo test`, so under CI a missing file is a
+        // broken setup, not a skip.
+        let required = std::env::var("CI").as_deref() == Ok("true")
+            || std::env::var("QFORGE_REQUIRE_DATA").as_deref() == Ok("1");
+        assert!(
+            !required,
+            "{} not found (CI=true or QFORGE_REQUIRE_DATA=1): run scripts/fetch-data.sh",
+            smol.display()
+        );
         eprintln!(
-            "gguf_alloc: {} not found, skipping (scripts/fetch-data.sh fetches it)",
+            "gguf_alloc: NOT RUN: {} not found (scripts/fetch-data.sh fetches it; \
+             CI=true or QFORGE_REQUIRE_DATA=1 makes this a failure)",
             smol.display()
         );
         return;

@@ -6,8 +6,12 @@
 //! fixture's model directory (on tmpfs when there is one), and runs the reader in-process:
 //!
 //! * under `catch_unwind`: a panic is a finding;
-//! * with a watchdog: an input running longer than the time limit is a hang (the watchdog saves
-//!   it and ends the process, since a thread cannot be stopped);
+//! * with a watchdog: an input that uses more CPU time than the limit is a hang (the watchdog
+//!   saves it and ends the process, since a thread cannot be stopped). CPU time of the fuzzing
+//!   thread, not wall time: on a busy machine a starved thread gains wall time but no CPU time,
+//!   and once gave a false "hang" (README). An input that makes no progress for
+//!   [`Limits::wall`] of wall time (blocked, or starved for that long) is reported as such:
+//!   the message gives both times;
 //! * under a counting global allocator ([`alloc`]): more than the cap live at once, or in one
 //!   request, is a finding; a request above [`alloc::HARD_LIMIT`] is refused, which aborts with
 //!   the input still on disk as `current.*`.
@@ -181,8 +185,10 @@ pub fn fixtures_dir() -> PathBuf {
 /// Limits an input must stay within.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// wall-clock time for one input
+    /// CPU time of the fuzzing thread for one input (wall time where `/proc` cannot tell)
     pub time: Duration,
+    /// wall-clock time for one input, however little CPU it used: a blocked input
+    pub wall: Duration,
     /// bytes live at once, and bytes in one request
     pub alloc_cap: usize,
 }
@@ -191,6 +197,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             time: Duration::from_secs(2),
+            wall: Duration::from_secs(300),
             alloc_cap: 256 << 20,
         }
     }
@@ -283,11 +290,89 @@ fn install_panic_hook() {
 }
 
 /// Shared with the watchdog thread: when the running input started (ms since `epoch`, 0 when
-/// idle), and where its bytes are.
+/// idle), the fuzzing thread's CPU time then, and where that thread's CPU time is read.
 struct Watch {
     epoch: Instant,
     started_ms: AtomicU64,
+    /// CPU time (ms) of the fuzzing thread when the input started
+    cpu_start_ms: AtomicU64,
+    /// `/proc/<pid>/task/<tid>/stat` of the thread running the input
+    stat: Mutex<Option<PathBuf>>,
     stop: AtomicBool,
+}
+
+/// CPU time (user + system, ms) of the thread whose `/proc/<pid>/task/<tid>/stat` is `stat`;
+/// `None` where `/proc` is missing or unreadable. The counters are in USER_HZ ticks, which the
+/// kernel fixes at 100 per second for user space (proc(5), `/proc/pid/stat` fields 14 and 15).
+fn thread_cpu_ms(stat: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    // fields after the command name, which is in parentheses and may hold spaces
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut f = rest.split_ascii_whitespace().skip(11); // field 3 is the first after ')'
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some((utime + stime) * 10)
+}
+
+/// `/proc/<pid>/task/<tid>/stat` of the calling thread.
+fn own_thread_stat() -> Option<PathBuf> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?; // "<pid>/task/<tid>"
+    let stat = Path::new("/proc").join(link).join("stat");
+    thread_cpu_ms(&stat).map(|_| stat)
+}
+
+impl Watch {
+    /// Called by the fuzzing thread before each input: note the time and its CPU time.
+    fn start_input(&self) {
+        // Read each time: a Fuzzer may be driven from more than one thread in turn.
+        let stat = own_thread_stat();
+        let cpu = stat.as_deref().and_then(thread_cpu_ms).unwrap_or(0);
+        *self.stat.lock().unwrap_or_else(PoisonError::into_inner) = stat;
+        self.cpu_start_ms.store(cpu, Ordering::Relaxed);
+        let start = (self.epoch.elapsed().as_millis() as u64).max(1);
+        self.started_ms.store(start, Ordering::Release);
+    }
+
+    /// Called by the watchdog: why the running input is over its limits, if it is. CPU time
+    /// over `limits.time` is a hang; wall time over `limits.wall` with CPU under it is an input
+    /// that made no progress (blocked, or the machine starved the thread that long). Where the
+    /// thread's CPU time cannot be read, wall time stands in for it.
+    fn overrun(&self, limits: &Limits) -> Option<String> {
+        let s = self.started_ms.load(Ordering::Acquire);
+        if s == 0 {
+            return None;
+        }
+        let wall =
+            Duration::from_millis((self.epoch.elapsed().as_millis() as u64).saturating_sub(s));
+        let stat = self
+            .stat
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let cpu = stat.as_deref().and_then(thread_cpu_ms).map(|now| {
+            Duration::from_millis(now.saturating_sub(self.cpu_start_ms.load(Ordering::Relaxed)))
+        });
+        // The input may have finished while the clocks were read.
+        if self.started_ms.load(Ordering::Acquire) != s {
+            return None;
+        }
+        match cpu {
+            Some(cpu) if cpu > limits.time => Some(format!(
+                "used {cpu:?} of CPU time, over the {:?} limit ({wall:?} wall)",
+                limits.time
+            )),
+            Some(cpu) if wall > limits.wall => Some(format!(
+                "made no progress: {wall:?} wall but only {cpu:?} of CPU time (blocked, or \
+                 starved of CPU for longer than the {:?} wall limit)",
+                limits.wall
+            )),
+            None if wall > limits.time => Some(format!(
+                "ran over {:?} of wall time (CPU time unreadable here; starved of CPU?)",
+                limits.time
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// One target's fuzzing state: its seeds and a scratch copy of the model directory.
@@ -348,28 +433,26 @@ impl Fuzzer {
         let watch = Arc::new(Watch {
             epoch: Instant::now(),
             started_ms: AtomicU64::new(0),
+            cpu_start_ms: AtomicU64::new(0),
+            stat: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
         let watchdog = {
             let watch = Arc::clone(&watch);
             let file = file.clone();
             let findings = findings_dir.to_path_buf();
-            let limit = limits.time;
             std::thread::spawn(move || loop {
                 std::thread::sleep(Duration::from_millis(50));
                 if watch.stop.load(Ordering::Relaxed) {
                     return;
                 }
-                let s = watch.started_ms.load(Ordering::Relaxed);
-                let now = watch.epoch.elapsed().as_millis() as u64;
-                if s != 0 && now.saturating_sub(s) > limit.as_millis() as u64 {
+                if let Some(what) = watch.overrun(&limits) {
                     let _ = std::fs::create_dir_all(&findings);
                     let saved = findings.join(format!("{}-hang.bin", target.name()));
                     let _ = std::fs::copy(&file, &saved);
                     eprintln!(
-                        "HANG: {} input ran over {:?}; saved to {}",
+                        "HANG: {} input {what}; saved to {}",
                         target.name(),
-                        limit,
                         saved.display()
                     );
                     std::process::exit(3);
@@ -402,8 +485,7 @@ impl Fuzzer {
                 alloc::Usage::default(),
             );
         }
-        let start = (self.watch.epoch.elapsed().as_millis() as u64).max(1);
-        self.watch.started_ms.store(start, Ordering::Relaxed);
+        self.watch.start_input();
         let (r, usage) = alloc::measure(|| {
             std::panic::catch_unwind(AssertUnwindSafe(|| {
                 read(self.target, &self.model, &self.file, input)

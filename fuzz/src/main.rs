@@ -8,6 +8,8 @@
 //! ```
 //! Prints one line per target (inputs, ok, rejected, panics, hangs, alloc-cap hits, peak
 //! memory, rate) and exits 1 if anything was found (3 from the watchdog on a hang).
+//! `--time-limit-ms` is CPU time of the fuzzing thread per input (default 2000); an input is
+//! also stopped after 300 s of wall time with no more CPU than that (blocked or starved).
 #![allow(clippy::print_stdout)]
 
 use std::path::PathBuf;

@@ -1,8 +1,10 @@
 //! CUDA kernels against the CPU reference, on the benchmark shapes (Llama 3.1 8B projections at
 //! M ∈ {1, 16, 128, 2048}, 70B/405B at M = 16) and odd shapes that exercise every bound.
 //!
-//! Without a device each test prints `skipped: no CUDA device` to stderr and passes;
-//! `QFORGE_REQUIRE_GPU=1` turns that into a failure (for GPU machines).
+//! Own harness (libtest-mimic, `harness = false`): without a device every test is reported as
+//! `ignored` with the reason in the runner's own output (never as passed), and so is the cuBLASLt
+//! comparison when cuBLASLt cannot be loaded or has no outer-vector FP8 algorithm.
+//! `QFORGE_REQUIRE_GPU=1` (set by `scripts/gpu-check.sh`) turns each of those into a failure.
 //!
 //! Budgets (the CPU reference is exact up to its final rounding, see kernels/src/cpu.rs):
 //! - activation quantization: bit-identical codes and scales;
@@ -16,12 +18,12 @@
 //!
 //! The CPU reference is evaluated on a sample of at most 48 activation rows × 192 weight rows
 //! (always including the first and last, so the tile edges are covered).
-#![cfg(feature = "cuda")]
 
 mod support;
 
 use std::sync::OnceLock;
 
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use qforge_kernels::cpu::CpuGemm;
 use qforge_kernels::cuda::cublaslt::CublasLtFp8;
 use qforge_kernels::cuda::{CudaGemm, DeviceOut};
@@ -29,27 +31,72 @@ use qforge_kernels::{linear_fp8, Error, Fp8Rows, Gemm, Int4Rows, OutputMut};
 use qforge_quantize::float::{bf16_bits_to_f32, f32_to_bf16_bits};
 use support::{activations, Rng};
 
-fn device() -> Option<&'static CudaGemm> {
-    static DEV: OnceLock<Option<CudaGemm>> = OnceLock::new();
+fn main() {
+    let args = Arguments::from_args();
+    let trials = vec![
+        gpu_test(
+            "quantize_activations_bit_exact",
+            quantize_activations_bit_exact,
+        ),
+        gpu_test(
+            "fp8_gemm_matches_cpu_reference",
+            fp8_gemm_matches_cpu_reference,
+        ),
+        gpu_test("w4a16_matches_cpu_reference", w4a16_matches_cpu_reference),
+        gpu_test(
+            "gemm_trait_object_and_backend_checks",
+            gemm_trait_object_and_backend_checks,
+        ),
+        Trial::ignorable_test("cublaslt_baseline_agrees", || {
+            with_device(cublaslt_baseline_agrees)
+        }),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// The device, created once for all tests; `Err` holds why there is none.
+fn device() -> Result<&'static CudaGemm, String> {
+    static DEV: OnceLock<Result<CudaGemm, String>> = OnceLock::new();
     let dev = DEV.get_or_init(|| match CudaGemm::new(0) {
         Ok(g) => {
             eprintln!("gpu tests on {}", g.device_name());
-            Some(g)
+            Ok(g)
         }
-        Err(Error::NoDevice { reason }) => {
-            assert!(
-                std::env::var("QFORGE_REQUIRE_GPU").as_deref() != Ok("1"),
-                "QFORGE_REQUIRE_GPU=1 but no CUDA device: {reason}"
-            );
-            eprintln!("  (reason: {reason})");
-            None
-        }
+        Err(Error::NoDevice { reason }) => Err(reason),
         Err(e) => panic!("CUDA backend failed to start: {e}"),
     });
-    if dev.is_none() {
-        eprintln!("skipped: no CUDA device");
+    match dev {
+        Ok(g) => Ok(g),
+        Err(reason) => Err(format!("no CUDA device: {reason}")),
     }
-    dev.as_ref()
+}
+
+/// A test that cannot run here: ignored with `why`, or a failure under `QFORGE_REQUIRE_GPU=1`.
+fn cannot_run(why: &str) -> Result<Completion, Failed> {
+    if std::env::var("QFORGE_REQUIRE_GPU").as_deref() == Ok("1") {
+        Err(format!("QFORGE_REQUIRE_GPU=1 but {why}").into())
+    } else {
+        Ok(Completion::ignored_with(why))
+    }
+}
+
+fn with_device(
+    body: impl FnOnce(&CudaGemm) -> Result<Completion, Failed>,
+) -> Result<Completion, Failed> {
+    match device() {
+        Ok(g) => body(g),
+        Err(why) => cannot_run(&why),
+    }
+}
+
+/// A test that needs only the device; its assertions panic (a failure).
+fn gpu_test(name: &'static str, body: fn(&CudaGemm)) -> Trial {
+    Trial::ignorable_test(name, move || {
+        with_device(|g| {
+            body(g);
+            Ok(Completion::Completed)
+        })
+    })
 }
 
 /// Up to `cap` indices in `0..len`, evenly spread, including 0 and len − 1.
@@ -101,9 +148,7 @@ const FP8_SHAPES: &[(usize, usize, usize)] = &[
     (16, 16384, 53248),
 ];
 
-#[test]
-fn quantize_activations_bit_exact() {
-    let Some(g) = device() else { return };
+fn quantize_activations_bit_exact(g: &CudaGemm) {
     let cpu = CpuGemm::new();
     let mut rng = Rng::new(1);
     for &(m, k) in &[(1usize, 4096usize), (16, 14336), (37, 203), (2048, 4096)] {
@@ -130,9 +175,7 @@ fn quantize_activations_bit_exact() {
     }
 }
 
-#[test]
-fn fp8_gemm_matches_cpu_reference() {
-    let Some(g) = device() else { return };
+fn fp8_gemm_matches_cpu_reference(g: &CudaGemm) {
     let mut rng = Rng::new(2);
     for &(m, n, k) in FP8_SHAPES {
         let x = random_fp8(&mut rng, m, k);
@@ -179,9 +222,7 @@ fn fp8_gemm_matches_cpu_reference() {
     }
 }
 
-#[test]
-fn w4a16_matches_cpu_reference() {
-    let Some(g) = device() else { return };
+fn w4a16_matches_cpu_reference(g: &CudaGemm) {
     let cpu = CpuGemm::new();
     let mut rng = Rng::new(3);
     let shapes: &[(usize, usize, usize, usize)] = &[
@@ -227,9 +268,7 @@ fn w4a16_matches_cpu_reference() {
     }
 }
 
-#[test]
-fn gemm_trait_object_and_backend_checks() {
-    let Some(g) = device() else { return };
+fn gemm_trait_object_and_backend_checks(g: &CudaGemm) {
     let cpu = CpuGemm::new();
     let mut rng = Rng::new(4);
     let (m, n, k) = (5, 40, 256);
@@ -260,14 +299,11 @@ fn gemm_trait_object_and_backend_checks() {
     ));
 }
 
-#[test]
-fn cublaslt_baseline_agrees() {
-    let Some(g) = device() else { return };
+fn cublaslt_baseline_agrees(g: &CudaGemm) -> Result<Completion, Failed> {
     let lt = match CublasLtFp8::new(g) {
         Ok(lt) => lt,
         Err(Error::NoDevice { reason }) => {
-            eprintln!("skipped: cuBLASLt baseline unavailable ({reason})");
-            return;
+            return cannot_run(&format!("cuBLASLt baseline unavailable: {reason}"));
         }
         Err(e) => panic!("{e}"),
     };
@@ -282,8 +318,9 @@ fn cublaslt_baseline_agrees() {
         let plan = match lt.plan(m, n, k, false) {
             Ok(p) => p,
             Err(Error::Unsupported { detail, .. }) => {
-                eprintln!("skipped: cuBLASLt has no outer-vector FP8 algorithm here: {detail}");
-                return;
+                return cannot_run(&format!(
+                    "cuBLASLt has no outer-vector FP8 algorithm here: {detail}"
+                ));
             }
             Err(e) => panic!("{e}"),
         };
@@ -319,4 +356,5 @@ fn cublaslt_baseline_agrees() {
             }
         }
     }
+    Ok(Completion::Completed)
 }

@@ -77,7 +77,9 @@ def test_w8a8_matches_simulation_within_activation_noise(qforge, base_f32, hamle
     assert rel(r["quant"]["ppl"], s["ppl_quant"]) < 0.025
     assert rel(r["kld_mean"], s["kld_mean"]) < 0.10
     assert abs(r["top1_pct"] - s["top1_pct"]) < 4.0
-    # activation quantization adds drift on top of the weights' (by far more than the noise)
+    # A sanity check of the reference, not of qforge: in the simulation, activation quantization
+    # adds drift on top of the weights' (by far more than the noise). qforge is checked against
+    # the simulation by the budgets above and the layer-0 check below.
     assert s["kld_mean"] > 1.3 * sim["schemes"]["fp8"]["kld_mean"]
     # layer 0: no compounding yet, so qforge and the simulation agree closely
     cfg = json.loads((base_f32 / "config.json").read_text())

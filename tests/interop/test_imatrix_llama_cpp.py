@@ -33,8 +33,8 @@ THREADS = 2
 # Mixes that together reach every codec reading the importance weights on SmolLM2 (576-wide
 # rows fall back to Q5_0/Q5_1/Q4_0, 1536-wide ffn_down keeps the K-quant): Q4_K_M → Q4_K,
 # Q6_K, Q5_0; Q4_1 → Q4_1; Q5_K_M → Q5_K, Q5_1; Q3_K_M → Q3_K, Q4_0; Q2_K → Q2_K.
-# (Q4_0, Q5_0, Q5_1 and Q6_K mixes were checked byte-identical too; QFORGE_IMATRIX_ALL_MIXES=1
-# runs them.)
+# The Q4_0, Q5_0, Q5_1 and Q6_K mixes run with QFORGE_IMATRIX_ALL_MIXES=1, which
+# scripts/test-heavy.sh sets.
 MIXES = ["Q4_K_M", "Q4_1", "Q5_K_M", "Q3_K_M", "Q2_K"]
 if os.environ.get("QFORGE_IMATRIX_ALL_MIXES"):
     MIXES += ["Q4_0", "Q5_0", "Q5_1", "Q6_K"]

@@ -7,8 +7,11 @@ activations to the weight type's vec_dot_type (Q8_1 for Q4_1, Q8_0 for Q8_0) and
 F16 cache, so qforge runs with `--ggml-act-quant --kv-f16` to emulate both; on the F32 file there
 is no activation quantization and only the F16 KV cache is emulated.
 
-Budgets (measured figures are in BENCHMARKS.md / the verify report):
-* PPL within 0.1 % of llama-perplexity's "Final estimate".
+Budgets (measured figures are in BENCHMARKS.md / the verify report), against llama.cpp built for
+the CPU's ISA with AVX-512 left off (scripts/test.sh sets QFORGE_LLAMA_ISA=avx2: the
+`--ggml-act-quant` emulation follows the AVX2 path; an AVX-512 build differs by 3.0e-3 on Q4_1):
+* PPL relative difference to llama-perplexity's "Final estimate" below 1e-4 on the Q4_1 file
+  (measured 6.0e-5) and below 5e-5 on the F32 file (measured 2.6e-5): the README's claim.
 * Chunk 0's log-probabilities: llama.cpp's `--kl-divergence-base` file stores them as uint16
   over [max−16, max] (step ≤ 16/65535 ≈ 2.4e-4 nats); ours (f32 logits written by
   `--logits-out`) are compared on every entry the file resolves.
@@ -39,7 +42,8 @@ from conftest import cache_dir, run_json
 CTX = 512
 CHUNKS = 4
 THREADS = 2
-PPL_REL_BUDGET = 1e-3
+# relative PPL difference, per file (README: "within 1e-4 ... and 5e-5")
+PPL_REL_BUDGET = {"q4_1": 1e-4, "f32": 5e-5}
 # (max abs, mean abs) log-prob difference on chunk 0, and the least top-1 agreement
 LOGPROB_BUDGET = {"q4_1": (None, 0.15, 0.93), "f32": (0.02, 0.002, 0.99)}
 
@@ -104,7 +108,7 @@ def compare(qforge, llama_bin, model, hamlet, tmp_path, extra, kind):
     print(f"{kind}: qforge PPL {ours['ppl']:.4f} ± {ours['ppl_stderr']:.5f}, "
           f"llama.cpp {ppl_ref:.4f} ± {err_ref:.5f}, rel diff {rel:.2e}")
     assert ours["chunks"] == CHUNKS and ours["scored_tokens"] == CHUNKS * (CTX - 1 - CTX // 2)
-    assert rel < PPL_REL_BUDGET
+    assert rel < PPL_REL_BUDGET[kind], f"{kind}: relative PPL difference {rel:.2e} over {PPL_REL_BUDGET[kind]:.0e}"
     assert abs(ours["ppl_stderr"] / err_ref - 1) < 0.01
 
     _, scale, minlp, q, n_vocab = read_kld_base(base_file)

@@ -5,6 +5,10 @@ A -> Meta MP3 -> HF f32 (C): every tensor of A is in C unchanged (SmolLM2's 9 qu
 key/value heads allow MP 1 or 3, not 2; Meta has no tied embeddings, so the Meta files carry a
 copy of the embedding as output.weight, which comes back tied in C). Converting A to Meta drops
 the tokenizer, so it is refused without --allow-lossy.
+
+Self-consistency only: qforge's outputs are compared with qforge's own, no peer tool takes part.
+The peers check each format separately: gguf-py (test_gguf_inspect.py), transformers' GGUF
+loader (test_transformers_gguf.py, heavy), torch.load (test_pth_torch.py, heavy).
 """
 
 import json

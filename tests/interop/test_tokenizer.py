@@ -33,7 +33,10 @@ import pytest
 from conftest import ROOT, cache_dir
 
 HAMLET_TOKENS_LLAMA_CPP = 52_755  # SmolLM2 GGUF, llama-tokenize, no BOS (add_bos_token = false)
-HAMLET_TOKENS_GPT2_SPLIT = 52_803  # the same vocabulary with transformers' plain GPT-2 splitting
+# The same vocabulary and merges with plain GPT-2 ByteLevel splitting (our tokenizer.json without
+# its Digits step, run by the `tokenizers` library): a figure of this test's own making, showing
+# what the Digits step changes, not a measurement of transformers.
+HAMLET_TOKENS_GPT2_SPLIT = 52_803
 PROBE_TEXT_SHA256 = "a36179c1e2b1cfcfbfad1dc779addad2ffc778201e4cf0d538bddeafa2c526da"  # = Rust's
 
 # llama.cpp conversion/base.py get_vocab_base_pre: hash -> name (mpt and olmo share one hash;
@@ -230,7 +233,8 @@ def test_smollm2_hamlet_ids_equal_llama_cpp(smollm2_gguf, tokenizer_json_bin, ll
     assert len(ref) == HAMLET_TOKENS_LLAMA_CPP
     assert ref[0] != 1, "no BOS: SmolLM2's GGUF has add_bos_token = false"
 
-    # The gap this closes: plain GPT-2 splitting (transformers 5.23's reading of "smollm").
+    # The gap the Digits step closes: plain GPT-2 splitting (the `tokenizers` library on our
+    # tokenizer.json without Digits; transformers itself is not run here).
     from tokenizers import Tokenizer
 
     tj["pre_tokenizer"] = tj["pre_tokenizer"]["pretokenizers"][1]

@@ -139,3 +139,43 @@ pub fn remove(path: &Path) {
         std::fs::remove_file(path).unwrap();
     }
 }
+
+/// Bytes in every file under each of `paths` (recursively; a path that does not exist, or a file
+/// that vanishes while being counted, counts 0).
+pub fn bytes_under(paths: &[&Path]) -> u64 {
+    let mut total = 0;
+    let mut stack: Vec<PathBuf> = paths.iter().map(|p| p.to_path_buf()).collect();
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+            }
+        } else {
+            total += meta.len();
+        }
+    }
+    total
+}
+
+/// SIGKILL `child` once `target` bytes are under `paths` (its output and staging directory),
+/// then reap it. `true` when the kill interrupted it (it died by the signal), `false` when it
+/// finished first. The kill point is a quantity of work (bytes written), not a time, so a busy
+/// machine that slows the child moves the kill nowhere; only this polling thread being starved
+/// of CPU for as long as the child writes the rest can let the child finish first.
+pub fn kill_after_bytes(child: &mut std::process::Child, paths: &[&Path], target: u64) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if bytes_under(paths) >= target {
+            child.kill().unwrap(); // SIGKILL on Unix
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.wait().unwrap().signal() == Some(9)
+}

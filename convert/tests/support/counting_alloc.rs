@@ -3,7 +3,8 @@
 //!
 //! It counts only the allocations of a thread that is measuring (a thread-local flag), and
 //! measurements are serialized by a mutex, so test threads that build inputs meanwhile do not
-//! disturb the figures.
+//! disturb the figures. The time of a measurement is the measuring thread's CPU time
+//! ([`thread_cpu_time`]), which a busy machine does not inflate (wall time only as a figure).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -84,17 +85,65 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+/// CPU time used by the calling thread (`CLOCK_THREAD_CPUTIME_ID`). Unlike wall time it does
+/// not grow while the thread waits for a core, so a limit on it fails only when the work grew.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and the clock id a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// What one measured call cost in time (`gguf_alloc.rs` bounds memory only).
+#[derive(Clone, Copy, Debug)]
+#[allow(dead_code)]
+pub struct Cost {
+    /// CPU time of the measuring thread (the reader under test runs on it).
+    pub cpu: Duration,
+    /// Wall time: a figure only, inflated by other processes on a busy machine.
+    pub wall: Duration,
+}
+
+#[allow(dead_code)]
+impl Cost {
+    /// `Err` with a message when the CPU time is over `limit`; wall time over the limit alone
+    /// is not a failure (the thread was starved of CPU, not doing more work).
+    pub fn check(&self, limit: Duration) -> Result<(), String> {
+        if self.cpu > limit {
+            Err(format!(
+                "used {:?} of CPU time (wall {:?}), more than the {limit:?} limit",
+                self.cpu, self.wall
+            ))
+        } else {
+            if self.wall > limit {
+                eprintln!(
+                    "note: starved of CPU: {:?} wall for {:?} of CPU time (not a failure)",
+                    self.wall, self.cpu
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Peak bytes allocated while `f` runs (its result included, which the caller drops after the
 /// measurement), the result, and how long it took.
-pub fn measure<T>(f: impl FnOnce() -> T) -> (usize, T, Duration) {
+pub fn measure<T>(f: impl FnOnce() -> T) -> (usize, T, Cost) {
     let _one_at_a_time = MEASURE.lock().unwrap_or_else(PoisonError::into_inner);
     CURRENT.store(0, Ordering::SeqCst);
     PEAK.store(0, Ordering::SeqCst);
-    let start = Instant::now();
+    let (start, cpu0) = (Instant::now(), thread_cpu_time());
     MEASURING.set(true);
     let result = f();
     MEASURING.set(false);
-    let elapsed = start.elapsed();
+    let cost = Cost {
+        cpu: thread_cpu_time().saturating_sub(cpu0),
+        wall: start.elapsed(),
+    };
     let peak = PEAK.load(Ordering::SeqCst).max(0) as usize;
-    (peak, result, elapsed)
+    (peak, result, cost)
 }
