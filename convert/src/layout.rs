@@ -36,6 +36,7 @@ use crate::write::safetensors::TensorSpec;
 use crate::write::{OutputDir, OutputOptions};
 
 mod fp4;
+pub mod fp8_block;
 
 /// The compressed-tensors version whose `quantization_config` qforge writes (and validates
 /// against in the interop tests).
@@ -63,6 +64,10 @@ pub enum HfScheme {
         /// symmetric (`s = amax/7.5`, `amax/127.5` for 8 bits) or asymmetric with zero points
         symmetric: bool,
     },
+    /// FP8 E4M3 weights with one scale per 128×128 block, activations FP8 dynamic per token
+    /// group of 128 (compressed-tensors `strategy: block`, llm-compressor `FP8_BLOCK`;
+    /// arithmetic in `qforge_quantize::fp8_ct`).
+    Fp8Block,
     /// FP4 E2M1 weights with an FP8 E4M3 scale per 16 and a per-tensor F32 global scale,
     /// 16-bit activations (compressed-tensors `nvfp4-pack-quantized`, llm-compressor
     /// `NVFP4A16`; arithmetic in `qforge_quantize::fp4`).
@@ -582,6 +587,14 @@ pub fn quantization_config(opts: &HfQuantOptions, not_converted: &[String]) -> V
                    "symmetric": symmetric, "type": "int"}),
             Value::Null,
         ),
+        // quantization/quant_scheme.py FP8_BLOCK as QuantizationArgs serializes it
+        HfScheme::Fp8Block => (
+            "float-quantized",
+            json!({"block_structure": [128, 128], "dynamic": false, "group_size": null,
+                   "num_bits": 8, "strategy": "block", "symmetric": true, "type": "float"}),
+            json!({"dynamic": true, "group_size": 128, "num_bits": 8, "strategy": "group",
+                   "symmetric": true, "type": "float"}),
+        ),
         // quantization/quant_scheme.py NVFP4A16 / MXFP4 / MXFP4A16 as QuantizationArgs
         // serializes them (zp_dtype is dropped for symmetric args, scale_dtype is kept)
         HfScheme::Nvfp4A16 => (
@@ -687,6 +700,16 @@ pub fn quantize_to_hf(
         );
     }
     let transform = opts.weight_transform.as_deref();
+    let src = fp4::Source {
+        ckpt,
+        rope,
+        numerics,
+        arith: if model_dtype == DType::BF16 {
+            Int4Arith::Bf16
+        } else {
+            Int4Arith::F32
+        },
+    };
     for id in roles(ckpt) {
         let module = hf_module(id);
         let shape = cfg.expected_shape(id);
@@ -846,17 +869,10 @@ pub fn quantize_to_hf(
                     });
                 }
             }
+            HfScheme::Fp8Block => {
+                tensors.extend(fp8_block::tensors(src, id, &module, scale_dtype));
+            }
             HfScheme::Nvfp4A16 | HfScheme::Mxfp4 { .. } => {
-                let src = fp4::Source {
-                    ckpt,
-                    rope,
-                    numerics,
-                    arith: if model_dtype == DType::BF16 {
-                        Int4Arith::Bf16
-                    } else {
-                        Int4Arith::F32
-                    },
-                };
                 let group = fp4::fused_group(id)
                     .into_iter()
                     .filter(|m| {
