@@ -37,6 +37,7 @@ use crate::write::{OutputDir, OutputOptions};
 
 mod fp4;
 pub mod fp8_block;
+pub mod mlx;
 
 /// The compressed-tensors version whose `quantization_config` qforge writes (and validates
 /// against in the interop tests).
@@ -88,6 +89,10 @@ pub enum HfLayout {
     CompressedTensors,
     /// `fbgemm_fp8` (FP8 rowwise only).
     Fbgemm,
+    /// mlx-lm's affine layout (`weight` U32, `scales`, `biases`; [`mlx`]): the scheme must be
+    /// `Int4 { bits: 4 | 8, group_size: Some(32 | 64 | 128), .. }` (MLX's affine codes are
+    /// always asymmetric; `symmetric` is not used).
+    Mlx,
 }
 
 /// Which linears are quantized.
@@ -227,7 +232,10 @@ fn treatment(
     num_layers: u64,
     skipped: &BTreeSet<TensorId>,
 ) -> Treatment {
-    if opts.policy.selects(id, num_layers)
+    let mlx_extra = opts.layout == HfLayout::Mlx
+        && opts.policy == Policy::AllLinear
+        && matches!(id, TensorId::TokenEmbedding | TensorId::Output);
+    if (opts.policy.selects(id, num_layers) || mlx_extra)
         && !opts.ignore.matches(&hf_module(id))
         && !skipped.contains(&id)
     {
@@ -484,6 +492,9 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<Tensor
             "the fbgemm_fp8 layout holds FP8 rowwise weights only (--scheme fp8-rowwise)".into(),
         ));
     }
+    if let Some(reason) = mlx_params(opts).err() {
+        return Err(bad(reason));
+    }
     if !(opts.activation_scale_ub.is_finite() && opts.activation_scale_ub > 0.0) {
         return Err(bad("activation scale upper bound must be positive".into()));
     }
@@ -548,6 +559,28 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<Tensor
         }
     }
     Ok(())
+}
+
+/// The `(bits, group_size)` of an [`HfLayout::Mlx`] run (`Ok(None)` for other layouts), or why
+/// the options do not make one.
+fn mlx_params(opts: &HfQuantOptions) -> std::result::Result<Option<(u8, usize)>, String> {
+    if opts.layout != HfLayout::Mlx {
+        return Ok(None);
+    }
+    match opts.scheme {
+        HfScheme::Int4 {
+            bits: bits @ (4 | 8),
+            group_size: Some(g @ (32 | 64 | 128)),
+            ..
+        } if opts.precomputed_int4.is_none() && opts.weight_transform.is_none() => {
+            Ok(Some((bits, g)))
+        }
+        _ => Err(
+            "the mlx layout holds MLX affine weights: --scheme int4-g<N> or int8-g<N> \
+                  with N = 32, 64 or 128 (round to nearest, no calibration results)"
+                .into(),
+        ),
+    }
 }
 
 /// `quantization_config` for config.json, exactly as compressed-tensors 0.20 / llm-compressor
@@ -680,13 +713,21 @@ pub fn quantize_to_hf(
     }
     let mut notes = ckpt.notes.clone();
     let numerics = opts.numerics;
-    let skipped = scan_policy(ckpt, opts, &mut notes)?;
+    let mut skipped = scan_policy(ckpt, opts, &mut notes)?;
+    if let Ok(Some((_, g))) = mlx_params(opts) {
+        // mlx-lm leaves modules whose rows do not split into whole groups unquantized
+        skipped.extend(
+            roles(ckpt)
+                .into_iter()
+                .filter(|&id| !mlx::quantizes(id, shape2_cols(ckpt, id), g)),
+        );
+    }
     preflight(ckpt, opts, &skipped)?;
     let cfg = &ckpt.config;
     let rope = rope_direction(ckpt.format, Format::Hf);
     let model_dtype = opts.dtype;
     let scale_dtype = match opts.layout {
-        HfLayout::CompressedTensors => model_dtype,
+        HfLayout::CompressedTensors | HfLayout::Mlx => model_dtype,
         HfLayout::Fbgemm => DType::F32,
     };
     let fp8_opts = fp8_options(opts);
@@ -765,6 +806,10 @@ pub fn quantize_to_hf(
         }
         quantized.push(module.clone());
         let (rows, k) = shape2(ckpt, id);
+        if let Ok(Some((bits, g))) = mlx_params(opts) {
+            tensors.extend(mlx::tensors(src, id, &module, bits, g, model_dtype));
+            continue;
+        }
         let scale_out = move |s: &[f32], buf: &mut Vec<u8>| {
             encode_float(s, scale_dtype, buf).expect("float dtype checked");
         };
@@ -983,7 +1028,7 @@ pub fn quantize_to_hf(
             v.push("lm_head".into());
             v
         }
-        HfLayout::CompressedTensors => kept
+        HfLayout::CompressedTensors | HfLayout::Mlx => kept
             .iter()
             .filter(|m| *m != "lm_head" && !opts.ignore.matches(m))
             .cloned()
@@ -993,7 +1038,13 @@ pub fn quantize_to_hf(
     let resumed = out.resumed.clone();
     write_safetensors_shards(&mut out, tensors, opts.shard_size)?;
     let mut config = hf_config_json(cfg, model_dtype);
-    config["quantization_config"] = quantization_config(opts, &not_converted);
+    if let Ok(Some((bits, g))) = mlx_params(opts) {
+        // mlx_lm/utils.py save_config: quantization_config is a copy of quantization
+        config["quantization"] = mlx::config(bits, g);
+        config["quantization_config"] = mlx::config(bits, g);
+    } else {
+        config["quantization_config"] = quantization_config(opts, &not_converted);
+    }
     let mut text = serde_json::to_vec_pretty(&sort_keys(config))
         .map_err(|e| Error::io(dest, std::io::Error::other(e)))?;
     text.push(b'\n');

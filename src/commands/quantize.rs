@@ -291,6 +291,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             let layout = match args.layout {
                 None | Some(QuantLayout::CompressedTensors) => HfLayout::CompressedTensors,
                 Some(QuantLayout::Fbgemm) => HfLayout::Fbgemm,
+                Some(QuantLayout::Mlx) => HfLayout::Mlx,
                 Some(QuantLayout::Gguf) => bail!(
                     "--layout gguf needs a gguf:<mix> scheme\n  hint: e.g. --scheme gguf:q4_k_m"
                 ),
@@ -341,7 +342,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             let summary = json!({
                 "output": args.output,
                 "scheme": args.scheme,
-                "layout": match layout { HfLayout::CompressedTensors => "compressed-tensors", HfLayout::Fbgemm => "fbgemm" },
+                "layout": match layout { HfLayout::CompressedTensors => "compressed-tensors", HfLayout::Fbgemm => "fbgemm", HfLayout::Mlx => "mlx" },
                 "quantized_modules": w.quantized.len(),
                 "kept_modules": w.kept,
                 "bytes": w.written.files.iter().map(|f| f.bytes).sum::<u64>(),

@@ -1,8 +1,12 @@
-//! compressed-tensors FP8_BLOCK output on a synthetic BF16 Llama whose dimensions are not
-//! multiples of 128 (192 = 1.5 blocks, 320 = 2.5 blocks, as SmolLM2's 576 is 4.5): the
-//! `quantization_config` as compressed-tensors 0.20 serializes llm-compressor's `FP8_BLOCK`
-//! preset, the tensors its `FloatQuantizationCompressor` writes (names, dtypes, scale grids with
-//! partial edge blocks), and bytes equal to `qforge_quantize::fp8_ct`'s block codec.
+//! FP8_BLOCK (compressed-tensors) and mlx-lm output on a synthetic BF16 Llama whose dimensions
+//! are not multiples of 128 (192 = 1.5 blocks, 320 = 2.5 blocks, as SmolLM2's 576 is 4.5).
+//!
+//! FP8_BLOCK: the `quantization_config` as compressed-tensors 0.20 serializes llm-compressor's
+//! `FP8_BLOCK` preset, the tensors its `FloatQuantizationCompressor` writes (names, dtypes,
+//! scale grids with partial edge blocks), and bytes equal to `qforge_quantize::fp8_ct`'s block
+//! codec. MLX: `quantization` as mlx-lm writes it, the modules it quantizes (linears and the
+//! embedding, only where rows split into whole groups) and bytes equal to
+//! `qforge_quantize::mlx`.
 
 use std::path::Path;
 
@@ -14,6 +18,7 @@ use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
 use qforge_quantize::fp8_ct::{self, CT_BLOCK};
 use qforge_quantize::int4::Int4Arith;
+use qforge_quantize::mlx;
 use qforge_quantize::DType;
 use serde_json::{json, Value};
 
@@ -182,5 +187,93 @@ fn fp8_block_config_tensors_and_partial_edge_blocks() {
         // embeddings and norms stay in the model dtype
         let emb = st.tensor("model.embed_tokens.weight").unwrap();
         assert_eq!(format!("{:?}", emb.dtype()), st_dtype);
+    }
+}
+
+fn mlx_opts(bits: u8, group: usize) -> HfQuantOptions {
+    HfQuantOptions {
+        scheme: HfScheme::Int4 {
+            bits,
+            group_size: Some(group),
+            symmetric: true,
+        },
+        layout: HfLayout::Mlx,
+        ..opts(DType::BF16)
+    }
+}
+
+fn bf16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+        .collect()
+}
+
+#[test]
+fn mlx_config_modules_and_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(&tmp.path().join("src"));
+    for (bits, group) in [(4u8, 64usize), (8, 32), (4, 128)] {
+        let dest = tmp.path().join(format!("mlx-{bits}-{group}"));
+        quantize_to_hf(&src, &dest, &mlx_opts(bits, group)).unwrap();
+        let cfg: Value =
+            serde_json::from_slice(&std::fs::read(dest.join("config.json")).unwrap()).unwrap();
+        let q = json!({"bits": bits, "group_size": group, "mode": "affine"});
+        assert_eq!(cfg["quantization"], q);
+        assert_eq!(cfg["quantization_config"], q);
+        let bytes = std::fs::read(dest.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (mut quantized, mut kept) = (0, 0);
+        for (name, shape, w) in tensors() {
+            let base = name.strip_suffix(".weight").unwrap();
+            let k = *shape.last().unwrap();
+            let module = base.contains("_proj") || base.ends_with("embed_tokens");
+            if !(module && k % group == 0) {
+                // norms, and modules mlx-lm's predicate leaves out, stay BF16
+                let t = st.tensor(&name).unwrap();
+                assert_eq!(format!("{:?}", t.dtype()), "BF16", "{name}");
+                assert_eq!(t.data(), &bf16_bytes(&w)[..], "{name}");
+                assert!(st.tensor(&format!("{base}.scales")).is_err());
+                kept += 1;
+                continue;
+            }
+            let rows = shape[0];
+            let m = mlx::quantize_mlx_affine(&w, k, bits, group, Int4Arith::Bf16).unwrap();
+            let t = st.tensor(&name).unwrap();
+            assert_eq!(format!("{:?}", t.dtype()), "U32");
+            assert_eq!(t.shape(), &[rows, k * usize::from(bits) / 32]);
+            let packed: Vec<u8> = m.packed.iter().flat_map(|x| x.to_le_bytes()).collect();
+            assert_eq!(t.data(), &packed[..], "{name}");
+            for (part, v) in [("scales", &m.scales), ("biases", &m.biases)] {
+                let t = st.tensor(&format!("{base}.{part}")).unwrap();
+                assert_eq!(format!("{:?}", t.dtype()), "BF16");
+                assert_eq!(t.shape(), &[rows, k / group]);
+                assert_eq!(t.data(), &bf16_bytes(v)[..], "{base}.{part}");
+            }
+            quantized += 1;
+        }
+        // 7 linears + the embedding; at 128 only down_proj... none split (192, 320): all kept
+        let want = if group == 128 { 0 } else { 8 };
+        assert_eq!((quantized, kept), (want, 11 - want), "{bits} {group}");
+    }
+    // other schemes, group sizes and calibration results are refused
+    for scheme in [
+        HfScheme::Fp8Rowwise,
+        HfScheme::Int4 {
+            bits: 4,
+            group_size: Some(16),
+            symmetric: true,
+        },
+        HfScheme::Int4 {
+            bits: 4,
+            group_size: None,
+            symmetric: false,
+        },
+    ] {
+        let o = HfQuantOptions {
+            scheme,
+            ..mlx_opts(4, 64)
+        };
+        let err = quantize_to_hf(&src, &tmp.path().join("bad"), &o).unwrap_err();
+        assert!(err.to_string().contains("mlx layout"), "{err}");
     }
 }
