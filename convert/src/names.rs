@@ -89,10 +89,12 @@ pub enum Part {
     WeightShape,
     /// `weight_g_idx`
     WeightGIdx,
+    /// `weight_global_scale` (compressed-tensors NVFP4's per-tensor F32 scale)
+    WeightGlobalScale,
 }
 
 impl Part {
-    const ALL: [Part; 7] = [
+    const ALL: [Part; 8] = [
         Part::Weight,
         Part::WeightScale,
         Part::InputScale,
@@ -100,6 +102,7 @@ impl Part {
         Part::WeightZeroPoint,
         Part::WeightShape,
         Part::WeightGIdx,
+        Part::WeightGlobalScale,
     ];
 
     /// The suffix after the module name.
@@ -112,6 +115,7 @@ impl Part {
             Part::WeightZeroPoint => "weight_zero_point",
             Part::WeightShape => "weight_shape",
             Part::WeightGIdx => "weight_g_idx",
+            Part::WeightGlobalScale => "weight_global_scale",
         }
     }
 

@@ -10,12 +10,15 @@
 
 use std::path::Path;
 
+use qforge_convert::dequant::WeightStorage;
 use qforge_convert::layout::{
     quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
 };
+use qforge_convert::names::{LayerTensor, TensorId};
 use qforge_convert::numerics::Numerics;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
+use qforge_quantize::fp4;
 use qforge_quantize::fp8_ct::{self, CT_BLOCK};
 use qforge_quantize::int4::Int4Arith;
 use qforge_quantize::mlx;
@@ -275,5 +278,107 @@ fn mlx_config_modules_and_bytes() {
         };
         let err = quantize_to_hf(&src, &tmp.path().join("bad"), &o).unwrap_err();
         assert!(err.to_string().contains("mlx layout"), "{err}");
+    }
+}
+
+fn linears() -> [(LayerTensor, &'static str); 7] {
+    [
+        (LayerTensor::Q, "self_attn.q_proj"),
+        (LayerTensor::K, "self_attn.k_proj"),
+        (LayerTensor::V, "self_attn.v_proj"),
+        (LayerTensor::O, "self_attn.o_proj"),
+        (LayerTensor::Gate, "mlp.gate_proj"),
+        (LayerTensor::Up, "mlp.up_proj"),
+        (LayerTensor::Down, "mlp.down_proj"),
+    ]
+}
+
+/// The checkpoint reader (what verify and inspect use) reads FP8_BLOCK, NVFP4A16 and MXFP4
+/// outputs back: its storage detection names them, and its `f32` weights equal the codecs'
+/// decoding of the written tensors bit for bit (and, rounded to BF16, compressed-tensors' BF16
+/// decompression as the codecs state it).
+#[test]
+fn fp8_block_and_fp4_outputs_read_back_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(&tmp.path().join("src"));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let bf16 = |v: &[f32]| {
+        v.iter()
+            .map(|x| half::bf16::from_f32(*x).to_bits())
+            .collect::<Vec<_>>()
+    };
+    for (scheme, storage) in [
+        (HfScheme::Fp8Block, WeightStorage::Fp8Block),
+        (HfScheme::Nvfp4A16, WeightStorage::Nvfp4),
+        (HfScheme::Mxfp4 { a16: false }, WeightStorage::Mxfp4),
+    ] {
+        let dest = tmp.path().join(format!("{storage:?}"));
+        let o = HfQuantOptions {
+            scheme,
+            ..opts(DType::BF16)
+        };
+        quantize_to_hf(&src, &dest, &o).unwrap();
+        let back = Checkpoint::open(&dest).unwrap();
+        let bytes = std::fs::read(dest.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (kind, m) in linears() {
+            let id = TensorId::Layer { index: 0, kind };
+            assert_eq!(back.weight_storage(id).unwrap(), storage, "{m}");
+            let got = back.weight_f32(id).unwrap();
+            let base = format!("model.layers.0.{m}");
+            let data = |part: &str| {
+                st.tensor(&format!("{base}.{part}"))
+                    .unwrap()
+                    .data()
+                    .to_vec()
+            };
+            let shape = st
+                .tensor(&format!("{base}.weight_scale"))
+                .unwrap()
+                .shape()
+                .to_vec();
+            let (want, want_bf16) = match storage {
+                WeightStorage::Fp8Block => {
+                    let w = st.tensor(&format!("{base}.weight")).unwrap();
+                    let (rows, cols) = (w.shape()[0], w.shape()[1]);
+                    let scales: Vec<f32> = data("weight_scale")
+                        .chunks(2)
+                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect();
+                    let b = fp8_ct::Fp8Blocks {
+                        rows,
+                        cols,
+                        block: CT_BLOCK,
+                        codes: w.data().to_vec(),
+                        scales,
+                    };
+                    (
+                        fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::F32).unwrap(),
+                        fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::Bf16).unwrap(),
+                    )
+                }
+                _ => {
+                    let p = fp4::Fp4Packed {
+                        rows: shape[0],
+                        cols: data("weight_packed").len() * 2 / shape[0],
+                        packed: data("weight_packed"),
+                        scales: data("weight_scale"),
+                    };
+                    if storage == WeightStorage::Nvfp4 {
+                        let g = data("weight_global_scale");
+                        let gs = f32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+                        let v = fp4::dequantize_nvfp4(&p, gs).unwrap();
+                        (v.clone(), v)
+                    } else {
+                        (
+                            fp4::dequantize_mxfp4_ct(&p, Int4Arith::F32).unwrap(),
+                            fp4::dequantize_mxfp4_ct(&p, Int4Arith::Bf16).unwrap(),
+                        )
+                    }
+                }
+            };
+            assert_eq!(bits(&got), bits(&want), "{storage:?} {m}");
+            assert_eq!(bf16(&got), bf16(&want_bf16), "{storage:?} {m}");
+        }
     }
 }
