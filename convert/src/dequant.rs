@@ -11,7 +11,7 @@
 //! model dtype.
 
 use qforge_quantize::int4::Int4Arith;
-use qforge_quantize::{fp4, fp8_ct, int4, DType};
+use qforge_quantize::{fp4, fp8_ct, int4, mlx, DType};
 use rayon::prelude::*;
 
 use crate::checkpoint::{Checkpoint, TensorEntry};
@@ -48,6 +48,13 @@ pub enum WeightStorage {
     /// compressed-tensors `mxfp4-pack-quantized`: U8 `weight_packed`, U8 (E8M0) `weight_scale`
     /// per 32.
     Mxfp4,
+    /// mlx-lm affine: U32 `weight` (packed codes), `scales` and `biases` per group.
+    MlxAffine {
+        /// code width, 4 or 8
+        bits: u8,
+        /// columns per scale and bias
+        group_size: u64,
+    },
 }
 
 impl Checkpoint {
@@ -84,6 +91,9 @@ impl Checkpoint {
         let w = self
             .part(id, Part::Weight)
             .ok_or_else(|| Error::NoSuchTensor(id.to_string()))?;
+        if w.dtype == DType::U32 || self.part(id, Part::Scales).is_some() {
+            return self.mlx_storage(id, w);
+        }
         let Some(scale) = self.part(id, Part::WeightScale) else {
             return Ok(WeightStorage::Plain(w.dtype));
         };
@@ -146,6 +156,9 @@ impl Checkpoint {
             }
             WeightStorage::Fp8Block => self.fp8_block_f32(id),
             WeightStorage::Nvfp4 | WeightStorage::Mxfp4 => self.fp4_f32(id),
+            WeightStorage::MlxAffine { bits, group_size } => {
+                self.mlx_f32(id, bits, group_size as usize)
+            }
             WeightStorage::Int4Packed {
                 group_size, bits, ..
             } => {
@@ -190,6 +203,8 @@ impl Checkpoint {
             Part::WeightScale,
             Part::WeightZeroPoint,
             Part::WeightGlobalScale,
+            Part::Scales,
+            Part::Biases,
         ] {
             if let Some(t) = self.part(id, part) {
                 self.release(t);
@@ -435,6 +450,84 @@ impl Checkpoint {
             return Err(self.bad(g, format!("global scale is {gs} (must be finite and > 0)")));
         }
         fp4::dequantize_nvfp4(&p, gs).map_err(codec)
+    }
+
+    /// mlx-lm affine storage: U32 `weight` `[rows, cols·bits/32]` with `scales` and `biases`
+    /// `[rows, cols/group]` in one float dtype; bits and group size follow from the shapes.
+    fn mlx_storage(&self, id: TensorId, w: &TensorEntry) -> Result<WeightStorage> {
+        let scales = self.required(id, Part::Scales, w)?;
+        let biases = self.required(id, Part::Biases, w)?;
+        let [rows, cols] = match self.config.expected_shape(id).as_slice() {
+            [r, c] => [*r, *c],
+            _ => return Err(self.bad(w, "MLX weights must be 2-D".into())),
+        };
+        let (words, groups) = match (w.shape.as_slice(), scales.shape.as_slice()) {
+            ([r, wd], [r2, g]) if *r == rows && *r2 == rows && *wd > 0 && *g > 0 => (*wd, *g),
+            _ => {
+                return Err(self.bad(
+                    w,
+                    format!(
+                        "MLX weight {:?} / scales {:?} do not fit [{rows}, {cols}]",
+                        w.shape, scales.shape
+                    ),
+                ))
+            }
+        };
+        let bits = (words * 32).checked_div(cols).unwrap_or(0);
+        let ok = w.dtype == DType::U32
+            && matches!(scales.dtype, DType::BF16 | DType::F16 | DType::F32)
+            && biases.dtype == scales.dtype
+            && biases.shape == scales.shape
+            && matches!(bits, 4 | 8)
+            && words * 32 == cols * bits
+            && cols % groups == 0
+            && matches!(cols / groups, 32 | 64 | 128);
+        if !ok {
+            return Err(self.bad(
+                w,
+                format!(
+                    "MLX weight {} {:?}, scales {} {:?}, biases {} {:?} do not make a 4/8-bit \
+                     affine [{rows}, {cols}] in groups of 32/64/128",
+                    w.dtype, w.shape, scales.dtype, scales.shape, biases.dtype, biases.shape
+                ),
+            ));
+        }
+        Ok(WeightStorage::MlxAffine {
+            bits: bits as u8,
+            group_size: cols / groups,
+        })
+    }
+
+    /// mlx-lm affine weights as `mx.dequantize` computes them, `r(r(s·q) + b)` in the scales'
+    /// dtype (`qforge_quantize::mlx::dequantize_mlx_affine`).
+    fn mlx_f32(&self, id: TensorId, bits: u8, group: usize) -> Result<Vec<f32>> {
+        let w = self.part(id, Part::Weight).expect("checked");
+        let scales = self.part(id, Part::Scales).expect("checked");
+        let biases = self.part(id, Part::Biases).expect("checked");
+        let shape = self.config.expected_shape(id);
+        let m = mlx::MlxAffine {
+            rows: shape[0] as usize,
+            cols: shape[1] as usize,
+            bits,
+            group_size: group,
+            packed: self
+                .bytes(w)?
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            scales: self.to_f32(scales)?,
+            biases: self.to_f32(biases)?,
+        };
+        let arith = if scales.dtype == DType::BF16 {
+            Int4Arith::Bf16
+        } else {
+            Int4Arith::F32
+        };
+        mlx::dequantize_mlx_affine(&m, arith).map_err(|source| Error::Codec {
+            path: self.path.clone(),
+            tensor: w.name.clone(),
+            source,
+        })
     }
 
     fn required(&self, id: TensorId, part: Part, beside: &TensorEntry) -> Result<&TensorEntry> {

@@ -91,10 +91,14 @@ pub enum Part {
     WeightGIdx,
     /// `weight_global_scale` (compressed-tensors NVFP4's per-tensor F32 scale)
     WeightGlobalScale,
+    /// `scales` (mlx-lm affine quantization)
+    Scales,
+    /// `biases` (mlx-lm affine quantization)
+    Biases,
 }
 
 impl Part {
-    const ALL: [Part; 8] = [
+    const ALL: [Part; 10] = [
         Part::Weight,
         Part::WeightScale,
         Part::InputScale,
@@ -103,6 +107,8 @@ impl Part {
         Part::WeightShape,
         Part::WeightGIdx,
         Part::WeightGlobalScale,
+        Part::Scales,
+        Part::Biases,
     ];
 
     /// The suffix after the module name.
@@ -116,6 +122,8 @@ impl Part {
             Part::WeightShape => "weight_shape",
             Part::WeightGIdx => "weight_g_idx",
             Part::WeightGlobalScale => "weight_global_scale",
+            Part::Scales => "scales",
+            Part::Biases => "biases",
         }
     }
 

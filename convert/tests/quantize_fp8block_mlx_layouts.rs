@@ -382,3 +382,51 @@ fn fp8_block_and_fp4_outputs_read_back_bit_for_bit() {
         }
     }
 }
+
+/// The checkpoint reader reads the mlx layout back (linears and the quantized embedding):
+/// storage named with its bits and group size, weights equal to `mx.dequantize`'s rule
+/// (`qforge_quantize::mlx::dequantize_mlx_affine` in BF16) bit for bit.
+#[test]
+fn mlx_output_reads_back_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(&tmp.path().join("src"));
+    let dest = tmp.path().join("mlx");
+    quantize_to_hf(&src, &dest, &mlx_opts(4, 64)).unwrap();
+    let back = Checkpoint::open(&dest).unwrap();
+    let mut ids: Vec<(TensorId, String)> = linears()
+        .into_iter()
+        .map(|(kind, m)| {
+            (
+                TensorId::Layer { index: 0, kind },
+                format!("model.layers.0.{m}.weight"),
+            )
+        })
+        .collect();
+    ids.push((TensorId::TokenEmbedding, "model.embed_tokens.weight".into()));
+    let all = tensors();
+    for (id, name) in ids {
+        assert_eq!(
+            back.weight_storage(id).unwrap(),
+            WeightStorage::MlxAffine {
+                bits: 4,
+                group_size: 64
+            },
+            "{name}"
+        );
+        let (_, shape, w) = all.iter().find(|t| t.0 == name).unwrap();
+        let k = shape[1];
+        let m = mlx::quantize_mlx_affine(w, k, 4, 64, Int4Arith::Bf16).unwrap();
+        let want = mlx::dequantize_mlx_affine(&m, Int4Arith::Bf16).unwrap();
+        let got = back.weight_f32(id).unwrap();
+        assert_eq!(
+            got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            "{name}"
+        );
+    }
+    // norms stay plain
+    assert_eq!(
+        back.weight_storage(TensorId::OutputNorm).unwrap(),
+        WeightStorage::Plain(DType::BF16)
+    );
+}
