@@ -337,44 +337,41 @@ fn fp8_block_and_fp4_outputs_read_back_bit_for_bit() {
                 .unwrap()
                 .shape()
                 .to_vec();
-            let (want, want_bf16) = match storage {
-                WeightStorage::Fp8Block => {
-                    let w = st.tensor(&format!("{base}.weight")).unwrap();
-                    let (rows, cols) = (w.shape()[0], w.shape()[1]);
-                    let scales: Vec<f32> = data("weight_scale")
-                        .chunks(2)
-                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                        .collect();
-                    let b = fp8_ct::Fp8Blocks {
-                        rows,
-                        cols,
-                        block: CT_BLOCK,
-                        codes: w.data().to_vec(),
-                        scales,
-                    };
+            let (want, want_bf16) = if storage == WeightStorage::Fp8Block {
+                let w = st.tensor(&format!("{base}.weight")).unwrap();
+                let (rows, cols) = (w.shape()[0], w.shape()[1]);
+                let scales: Vec<f32> = data("weight_scale")
+                    .chunks(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect();
+                let b = fp8_ct::Fp8Blocks {
+                    rows,
+                    cols,
+                    block: CT_BLOCK,
+                    codes: w.data().to_vec(),
+                    scales,
+                };
+                (
+                    fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::F32).unwrap(),
+                    fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::Bf16).unwrap(),
+                )
+            } else {
+                let p = fp4::Fp4Packed {
+                    rows: shape[0],
+                    cols: data("weight_packed").len() * 2 / shape[0],
+                    packed: data("weight_packed"),
+                    scales: data("weight_scale"),
+                };
+                if storage == WeightStorage::Nvfp4 {
+                    let g = data("weight_global_scale");
+                    let gs = f32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+                    let v = fp4::dequantize_nvfp4(&p, gs).unwrap();
+                    (v.clone(), v)
+                } else {
                     (
-                        fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::F32).unwrap(),
-                        fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::Bf16).unwrap(),
+                        fp4::dequantize_mxfp4_ct(&p, Int4Arith::F32).unwrap(),
+                        fp4::dequantize_mxfp4_ct(&p, Int4Arith::Bf16).unwrap(),
                     )
-                }
-                _ => {
-                    let p = fp4::Fp4Packed {
-                        rows: shape[0],
-                        cols: data("weight_packed").len() * 2 / shape[0],
-                        packed: data("weight_packed"),
-                        scales: data("weight_scale"),
-                    };
-                    if storage == WeightStorage::Nvfp4 {
-                        let g = data("weight_global_scale");
-                        let gs = f32::from_le_bytes([g[0], g[1], g[2], g[3]]);
-                        let v = fp4::dequantize_nvfp4(&p, gs).unwrap();
-                        (v.clone(), v)
-                    } else {
-                        (
-                            fp4::dequantize_mxfp4_ct(&p, Int4Arith::F32).unwrap(),
-                            fp4::dequantize_mxfp4_ct(&p, Int4Arith::Bf16).unwrap(),
-                        )
-                    }
                 }
             };
             assert_eq!(bits(&got), bits(&want), "{storage:?} {m}");

@@ -55,16 +55,12 @@ pub(super) fn tensors<'a>(
             dtype: DType::U32,
             shape: vec![rows as u64, words as u64],
         },
-        produce: Producer::Whole(Box::new({
-            let quant = quant.clone();
-            move |buf: &mut Vec<u8>| {
-                buf.extend(quant()?.packed.iter().flat_map(|w| w.to_le_bytes()));
-                Ok(())
-            }
+        produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
+            buf.extend(quant()?.packed.iter().flat_map(|w| w.to_le_bytes()));
+            Ok(())
         })),
     }];
     for (part, biases) in [("scales", false), ("biases", true)] {
-        let quant = quant.clone();
         out.push(OutTensor {
             spec: TensorSpec {
                 name: format!("{module}.{part}"),
