@@ -497,6 +497,8 @@ pub enum QuantLayout {
     Fbgemm,
     /// A GGUF file (llama.cpp), for gguf:<mix> schemes.
     Gguf,
+    /// mlx-lm (Apple silicon): MLX affine weights, with --scheme int4-g<N> / int8-g<N>, N = 32, 64, 128.
+    Mlx,
 }
 
 /// Which linears `qforge quantize` converts.

@@ -1,6 +1,7 @@
 //! Reading a linear's weight as `f32`, whatever its storage: plain floats, ggml blocks, FP8
-//! with per-row or per-tensor scales (compressed-tensors `float-quantized`/`naive-quantized`,
-//! `fbgemm_fp8`), or INT4 `pack-quantized` with group scales and optional zero points.
+//! with per-row, per-tensor or 128×128-block scales (compressed-tensors
+//! `float-quantized`/`naive-quantized`, `fbgemm_fp8`), INT4 `pack-quantized` with group scales
+//! and optional zero points, or FP4 (`nvfp4-pack-quantized`, `mxfp4-pack-quantized`).
 //!
 //! This is the one place that knows how each stored layout dequantizes; `verify`, `convert` and
 //! `inspect` all go through [`Checkpoint::weight_f32`]. The arithmetic is exactly the
@@ -9,7 +10,8 @@
 //! BF16/F32 scale), so rounding the result to BF16 gives what compressed-tensors computes in the
 //! model dtype.
 
-use qforge_quantize::{int4, DType};
+use qforge_quantize::int4::Int4Arith;
+use qforge_quantize::{fp4, fp8_ct, int4, mlx, DType};
 use rayon::prelude::*;
 
 use crate::checkpoint::{Checkpoint, TensorEntry};
@@ -37,6 +39,22 @@ pub enum WeightStorage {
         /// whether zero points are stored
         asymmetric: bool,
     },
+    /// FP8 codes with one scale per 128×128 block (compressed-tensors `strategy: block`,
+    /// `weight_scale` `[ceil(out/128), ceil(in/128)]`).
+    Fp8Block,
+    /// compressed-tensors `nvfp4-pack-quantized`: U8 `weight_packed` (two E2M1 codes a byte),
+    /// F8_E4M3 `weight_scale` per 16, F32 `weight_global_scale`.
+    Nvfp4,
+    /// compressed-tensors `mxfp4-pack-quantized`: U8 `weight_packed`, U8 (E8M0) `weight_scale`
+    /// per 32.
+    Mxfp4,
+    /// mlx-lm affine: U32 `weight` (packed codes), `scales` and `biases` per group.
+    MlxAffine {
+        /// code width, 4 or 8
+        bits: u8,
+        /// columns per scale and bias
+        group_size: u64,
+    },
 }
 
 impl Checkpoint {
@@ -48,6 +66,9 @@ impl Checkpoint {
     /// How `id`'s weight is stored.
     pub fn weight_storage(&self, id: TensorId) -> Result<WeightStorage> {
         if let Some(packed) = self.part(id, Part::WeightPacked) {
+            if packed.dtype == DType::U8 {
+                return self.fp4_storage(id, packed);
+            }
             let (rows, cols, bits) = self.packed_dims(id, packed)?;
             let scale = self.required(id, Part::WeightScale, packed)?;
             let groups = match scale.shape.as_slice() {
@@ -70,6 +91,9 @@ impl Checkpoint {
         let w = self
             .part(id, Part::Weight)
             .ok_or_else(|| Error::NoSuchTensor(id.to_string()))?;
+        if w.dtype == DType::U32 || self.part(id, Part::Scales).is_some() {
+            return self.mlx_storage(id, w);
+        }
         let Some(scale) = self.part(id, Part::WeightScale) else {
             return Ok(WeightStorage::Plain(w.dtype));
         };
@@ -86,9 +110,14 @@ impl Checkpoint {
         match scale.shape.as_slice() {
             [r, 1] if *r == rows && rows > 1 => Ok(WeightStorage::Fp8Rowwise),
             [] | [1] | [1, 1] => Ok(WeightStorage::Fp8PerTensor),
+            other if *other == fp8_block_grid(&w.shape) => Ok(WeightStorage::Fp8Block),
             other => Err(self.bad(
                 scale,
-                format!("weight_scale shape {other:?} is neither [{rows}, 1] nor [1]"),
+                format!(
+                    "weight_scale shape {other:?} is neither [{rows}, 1], [1] nor the \
+                     128×128 block grid {:?}",
+                    fp8_block_grid(&w.shape)
+                ),
             )),
         }
     }
@@ -124,6 +153,11 @@ impl Checkpoint {
                     }
                 }
                 Ok(out)
+            }
+            WeightStorage::Fp8Block => self.fp8_block_f32(id),
+            WeightStorage::Nvfp4 | WeightStorage::Mxfp4 => self.fp4_f32(id),
+            WeightStorage::MlxAffine { bits, group_size } => {
+                self.mlx_f32(id, bits, group_size as usize)
             }
             WeightStorage::Int4Packed {
                 group_size, bits, ..
@@ -168,6 +202,9 @@ impl Checkpoint {
             Part::WeightPacked,
             Part::WeightScale,
             Part::WeightZeroPoint,
+            Part::WeightGlobalScale,
+            Part::Scales,
+            Part::Biases,
         ] {
             if let Some(t) = self.part(id, part) {
                 self.release(t);
@@ -327,6 +364,172 @@ impl Checkpoint {
         Ok((rows, cols, bits))
     }
 
+    /// NVFP4 or MXFP4 from a U8 `weight_packed`, its shapes checked against the config.
+    fn fp4_storage(&self, id: TensorId, packed: &TensorEntry) -> Result<WeightStorage> {
+        let scale = self.required(id, Part::WeightScale, packed)?;
+        let (storage, group) = match scale.dtype {
+            DType::F8_E4M3 => (WeightStorage::Nvfp4, fp4::NVFP4_GROUP as u64),
+            DType::U8 => (WeightStorage::Mxfp4, fp4::MXFP4_GROUP as u64),
+            d => return Err(self.bad(scale, format!("FP4 scales must be F8_E4M3 or U8, not {d}"))),
+        };
+        let [rows, cols] = match self.config.expected_shape(id).as_slice() {
+            [r, c] => [*r, *c],
+            _ => return Err(self.bad(packed, "FP4 weights must be 2-D".into())),
+        };
+        if cols % group != 0
+            || packed.shape != [rows, cols / 2]
+            || scale.shape != [rows, cols / group]
+        {
+            return Err(self.bad(
+                packed,
+                format!(
+                    "FP4 weight_packed {:?} / weight_scale {:?} do not fit [{rows}, {cols}] in \
+                     groups of {group}",
+                    packed.shape, scale.shape
+                ),
+            ));
+        }
+        if storage == WeightStorage::Nvfp4 {
+            let g = self.required(id, Part::WeightGlobalScale, packed)?;
+            if g.dtype != DType::F32 || g.shape.iter().product::<u64>() != 1 {
+                return Err(self.bad(g, "weight_global_scale must be one F32".into()));
+            }
+        }
+        Ok(storage)
+    }
+
+    /// Block FP8: `f8(q) · s` in `f32` (`qforge_quantize::fp8_ct::dequantize_fp8_block_ct`
+    /// with `f32` arithmetic; exact, so its BF16 rounding is compressed-tensors' BF16 result).
+    fn fp8_block_f32(&self, id: TensorId) -> Result<Vec<f32>> {
+        let w = self.part(id, Part::Weight).expect("checked");
+        let scale = self.part(id, Part::WeightScale).expect("checked");
+        let scales = self.to_f32(scale)?;
+        check_finite_scales(self, scale, &scales)?;
+        let [rows, cols] = match w.shape.as_slice() {
+            [r, c] => [*r as usize, *c as usize],
+            _ => return Err(self.bad(w, "block FP8 weights must be 2-D".into())),
+        };
+        let b = fp8_ct::Fp8Blocks {
+            rows,
+            cols,
+            block: fp8_ct::CT_BLOCK,
+            codes: self.bytes(w)?.into_owned(),
+            scales,
+        };
+        fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::F32).map_err(|source| Error::Codec {
+            path: self.path.clone(),
+            tensor: w.name.clone(),
+            source,
+        })
+    }
+
+    /// NVFP4 / MXFP4 in `f32` as compressed-tensors computes them before the cast to the model
+    /// dtype (`qforge_quantize::fp4::dequantize_nvfp4`, `dequantize_mxfp4_ct` with `f32`
+    /// arithmetic).
+    fn fp4_f32(&self, id: TensorId) -> Result<Vec<f32>> {
+        let packed = self.part(id, Part::WeightPacked).expect("checked");
+        let scale = self.part(id, Part::WeightScale).expect("checked");
+        let shape = self.config.expected_shape(id);
+        let p = fp4::Fp4Packed {
+            rows: shape[0] as usize,
+            cols: shape[1] as usize,
+            packed: self.bytes(packed)?.into_owned(),
+            scales: self.bytes(scale)?.into_owned(),
+        };
+        let codec = |source| Error::Codec {
+            path: self.path.clone(),
+            tensor: packed.name.clone(),
+            source,
+        };
+        if scale.dtype == DType::U8 {
+            return fp4::dequantize_mxfp4_ct(&p, Int4Arith::F32).map_err(codec);
+        }
+        let g = self.part(id, Part::WeightGlobalScale).expect("checked");
+        let gs = self.to_f32(g)?[0];
+        if !(gs.is_finite() && gs > 0.0) {
+            return Err(self.bad(g, format!("global scale is {gs} (must be finite and > 0)")));
+        }
+        fp4::dequantize_nvfp4(&p, gs).map_err(codec)
+    }
+
+    /// mlx-lm affine storage: U32 `weight` `[rows, cols·bits/32]` with `scales` and `biases`
+    /// `[rows, cols/group]` in one float dtype; bits and group size follow from the shapes.
+    fn mlx_storage(&self, id: TensorId, w: &TensorEntry) -> Result<WeightStorage> {
+        let scales = self.required(id, Part::Scales, w)?;
+        let biases = self.required(id, Part::Biases, w)?;
+        let [rows, cols] = match self.config.expected_shape(id).as_slice() {
+            [r, c] => [*r, *c],
+            _ => return Err(self.bad(w, "MLX weights must be 2-D".into())),
+        };
+        let (words, groups) = match (w.shape.as_slice(), scales.shape.as_slice()) {
+            ([r, wd], [r2, g]) if *r == rows && *r2 == rows && *wd > 0 && *g > 0 => (*wd, *g),
+            _ => {
+                return Err(self.bad(
+                    w,
+                    format!(
+                        "MLX weight {:?} / scales {:?} do not fit [{rows}, {cols}]",
+                        w.shape, scales.shape
+                    ),
+                ))
+            }
+        };
+        let bits = (words * 32).checked_div(cols).unwrap_or(0);
+        let ok = w.dtype == DType::U32
+            && matches!(scales.dtype, DType::BF16 | DType::F16 | DType::F32)
+            && biases.dtype == scales.dtype
+            && biases.shape == scales.shape
+            && matches!(bits, 4 | 8)
+            && words * 32 == cols * bits
+            && cols % groups == 0
+            && matches!(cols / groups, 32 | 64 | 128);
+        if !ok {
+            return Err(self.bad(
+                w,
+                format!(
+                    "MLX weight {} {:?}, scales {} {:?}, biases {} {:?} do not make a 4/8-bit \
+                     affine [{rows}, {cols}] in groups of 32/64/128",
+                    w.dtype, w.shape, scales.dtype, scales.shape, biases.dtype, biases.shape
+                ),
+            ));
+        }
+        Ok(WeightStorage::MlxAffine {
+            bits: bits as u8,
+            group_size: cols / groups,
+        })
+    }
+
+    /// mlx-lm affine weights as `mx.dequantize` computes them, `r(r(s·q) + b)` in the scales'
+    /// dtype (`qforge_quantize::mlx::dequantize_mlx_affine`).
+    fn mlx_f32(&self, id: TensorId, bits: u8, group: usize) -> Result<Vec<f32>> {
+        let w = self.part(id, Part::Weight).expect("checked");
+        let scales = self.part(id, Part::Scales).expect("checked");
+        let biases = self.part(id, Part::Biases).expect("checked");
+        let shape = self.config.expected_shape(id);
+        let m = mlx::MlxAffine {
+            rows: shape[0] as usize,
+            cols: shape[1] as usize,
+            bits,
+            group_size: group,
+            packed: self
+                .bytes(w)?
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            scales: self.to_f32(scales)?,
+            biases: self.to_f32(biases)?,
+        };
+        let arith = if scales.dtype == DType::BF16 {
+            Int4Arith::Bf16
+        } else {
+            Int4Arith::F32
+        };
+        mlx::dequantize_mlx_affine(&m, arith).map_err(|source| Error::Codec {
+            path: self.path.clone(),
+            tensor: w.name.clone(),
+            source,
+        })
+    }
+
     fn required(&self, id: TensorId, part: Part, beside: &TensorEntry) -> Result<&TensorEntry> {
         self.part(id, part)
             .ok_or_else(|| self.bad(beside, format!("has no companion {} tensor", part.suffix())))
@@ -348,6 +551,17 @@ impl Checkpoint {
             tensor: t.name.clone(),
             reason,
         }
+    }
+}
+
+/// The compressed-tensors block-FP8 scale grid of a `[rows, cols]` weight.
+fn fp8_block_grid(shape: &[u64]) -> Vec<u64> {
+    match shape {
+        [r, c] => vec![
+            r.div_ceil(fp8_ct::CT_BLOCK[0] as u64),
+            c.div_ceil(fp8_ct::CT_BLOCK[1] as u64),
+        ],
+        _ => vec![],
     }
 }
 

@@ -37,6 +37,8 @@ use crate::write::safetensors::TensorSpec;
 use crate::write::{OutputDir, OutputOptions};
 
 mod fp4;
+pub mod fp8_block;
+pub mod mlx;
 
 /// The compressed-tensors version whose `quantization_config` qforge writes (and validates
 /// against in the interop tests).
@@ -64,6 +66,10 @@ pub enum HfScheme {
         /// symmetric (`s = amax/7.5`, `amax/127.5` for 8 bits) or asymmetric with zero points
         symmetric: bool,
     },
+    /// FP8 E4M3 weights with one scale per 128×128 block, activations FP8 dynamic per token
+    /// group of 128 (compressed-tensors `strategy: block`, llm-compressor `FP8_BLOCK`;
+    /// arithmetic in `qforge_quantize::fp8_ct`).
+    Fp8Block,
     /// FP4 E2M1 weights with an FP8 E4M3 scale per 16 and a per-tensor F32 global scale,
     /// 16-bit activations (compressed-tensors `nvfp4-pack-quantized`, llm-compressor
     /// `NVFP4A16`; arithmetic in `qforge_quantize::fp4`).
@@ -84,6 +90,10 @@ pub enum HfLayout {
     CompressedTensors,
     /// `fbgemm_fp8` (FP8 rowwise only).
     Fbgemm,
+    /// mlx-lm's affine layout (`weight` U32, `scales`, `biases`; [`mlx`]): the scheme must be
+    /// `Int4 { bits: 4 | 8, group_size: Some(32 | 64 | 128), .. }` (MLX's affine codes are
+    /// always asymmetric; `symmetric` is not used).
+    Mlx,
 }
 
 /// Which linears are quantized.
@@ -223,7 +233,10 @@ fn treatment(
     num_layers: u64,
     skipped: &BTreeSet<TensorId>,
 ) -> Treatment {
-    if opts.policy.selects(id, num_layers)
+    let mlx_extra = opts.layout == HfLayout::Mlx
+        && opts.policy == Policy::AllLinear
+        && matches!(id, TensorId::TokenEmbedding | TensorId::Output);
+    if (opts.policy.selects(id, num_layers) || mlx_extra)
         && !opts.ignore.matches(&hf_module(id))
         && !skipped.contains(&id)
     {
@@ -482,6 +495,9 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<Tensor
             "the fbgemm_fp8 layout holds FP8 rowwise weights only (--scheme fp8-rowwise)".into(),
         ));
     }
+    if let Some(reason) = mlx_params(opts).err() {
+        return Err(bad(reason));
+    }
     if !(opts.activation_scale_ub.is_finite() && opts.activation_scale_ub > 0.0) {
         return Err(bad("activation scale upper bound must be positive".into()));
     }
@@ -548,6 +564,28 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<Tensor
     Ok(())
 }
 
+/// The `(bits, group_size)` of an [`HfLayout::Mlx`] run (`Ok(None)` for other layouts), or why
+/// the options do not make one.
+fn mlx_params(opts: &HfQuantOptions) -> std::result::Result<Option<(u8, usize)>, String> {
+    if opts.layout != HfLayout::Mlx {
+        return Ok(None);
+    }
+    match opts.scheme {
+        HfScheme::Int4 {
+            bits: bits @ (4 | 8),
+            group_size: Some(g @ (32 | 64 | 128)),
+            ..
+        } if opts.precomputed_int4.is_none() && opts.weight_transform.is_none() => {
+            Ok(Some((bits, g)))
+        }
+        _ => Err(
+            "the mlx layout holds MLX affine weights: --scheme int4-g<N> or int8-g<N> \
+                  with N = 32, 64 or 128 (round to nearest, no calibration results)"
+                .into(),
+        ),
+    }
+}
+
 /// `quantization_config` for config.json, exactly as compressed-tensors 0.20 / llm-compressor
 /// write it (keys sorted; `QuantizationArgs` fields that the library omits are omitted), or as
 /// transformers' `FbgemmFp8Config` writes it.
@@ -584,6 +622,14 @@ pub fn quantization_config(opts: &HfQuantOptions, not_converted: &[String]) -> V
                    "strategy": if group_size.is_some() { "group" } else { "channel" },
                    "symmetric": symmetric, "type": "int"}),
             Value::Null,
+        ),
+        // quantization/quant_scheme.py FP8_BLOCK as QuantizationArgs serializes it
+        HfScheme::Fp8Block => (
+            "float-quantized",
+            json!({"block_structure": [128, 128], "dynamic": false, "group_size": null,
+                   "num_bits": 8, "strategy": "block", "symmetric": true, "type": "float"}),
+            json!({"dynamic": true, "group_size": 128, "num_bits": 8, "strategy": "group",
+                   "symmetric": true, "type": "float"}),
         ),
         // quantization/quant_scheme.py NVFP4A16 / MXFP4 / MXFP4A16 as QuantizationArgs
         // serializes them (zp_dtype is dropped for symmetric args, scale_dtype is kept)
@@ -675,13 +721,21 @@ pub fn quantize_to_hf(
     notes.extend(rope_notes);
     crate::notes::gate(&notes, opts.output.allow_lossy)?;
     let numerics = opts.numerics;
-    let skipped = scan_policy(ckpt, opts, &mut notes)?;
+    let mut skipped = scan_policy(ckpt, opts, &mut notes)?;
+    if let Ok(Some((_, g))) = mlx_params(opts) {
+        // mlx-lm leaves modules whose rows do not split into whole groups unquantized
+        skipped.extend(
+            roles(ckpt)
+                .into_iter()
+                .filter(|&id| !mlx::quantizes(id, shape2_cols(ckpt, id), g)),
+        );
+    }
     preflight(ckpt, opts, &skipped)?;
     let cfg = &ckpt.config;
     let rope = rope_direction(ckpt.format, Format::Hf);
     let model_dtype = opts.dtype;
     let scale_dtype = match opts.layout {
-        HfLayout::CompressedTensors => model_dtype,
+        HfLayout::CompressedTensors | HfLayout::Mlx => model_dtype,
         HfLayout::Fbgemm => DType::F32,
     };
     let fp8_opts = fp8_options(opts);
@@ -690,6 +744,16 @@ pub fn quantize_to_hf(
     let mut kept = Vec::new();
     let mut tensors: Vec<OutTensor<'_>> = Vec::new();
     let transform = opts.weight_transform.as_deref();
+    let src = fp4::Source {
+        ckpt,
+        rope,
+        numerics,
+        arith: if model_dtype == DType::BF16 {
+            Int4Arith::Bf16
+        } else {
+            Int4Arith::F32
+        },
+    };
     for id in roles(ckpt) {
         let module = hf_module(id);
         let shape = cfg.expected_shape(id);
@@ -745,6 +809,10 @@ pub fn quantize_to_hf(
         }
         quantized.push(module.clone());
         let (rows, k) = shape2(ckpt, id);
+        if let Ok(Some((bits, g))) = mlx_params(opts) {
+            tensors.extend(mlx::tensors(src, id, &module, bits, g, model_dtype));
+            continue;
+        }
         let scale_out = move |s: &[f32], buf: &mut Vec<u8>| {
             encode_float(s, scale_dtype, buf).expect("float dtype checked");
         };
@@ -849,17 +917,10 @@ pub fn quantize_to_hf(
                     });
                 }
             }
+            HfScheme::Fp8Block => {
+                tensors.extend(fp8_block::tensors(src, id, &module, scale_dtype));
+            }
             HfScheme::Nvfp4A16 | HfScheme::Mxfp4 { .. } => {
-                let src = fp4::Source {
-                    ckpt,
-                    rope,
-                    numerics,
-                    arith: if model_dtype == DType::BF16 {
-                        Int4Arith::Bf16
-                    } else {
-                        Int4Arith::F32
-                    },
-                };
                 let group = fp4::fused_group(id)
                     .into_iter()
                     .filter(|m| {
@@ -970,7 +1031,7 @@ pub fn quantize_to_hf(
             v.push("lm_head".into());
             v
         }
-        HfLayout::CompressedTensors => kept
+        HfLayout::CompressedTensors | HfLayout::Mlx => kept
             .iter()
             .filter(|m| *m != "lm_head" && !opts.ignore.matches(m))
             .cloned()
@@ -980,7 +1041,13 @@ pub fn quantize_to_hf(
     let resumed = out.resumed.clone();
     write_safetensors_shards(&mut out, tensors, opts.shard_size)?;
     let mut config = hf_config_json(&hf_cfg, model_dtype);
-    config["quantization_config"] = quantization_config(opts, &not_converted);
+    if let Ok(Some((bits, g))) = mlx_params(opts) {
+        // mlx_lm/utils.py save_config: quantization_config is a copy of quantization
+        config["quantization"] = mlx::config(bits, g);
+        config["quantization_config"] = mlx::config(bits, g);
+    } else {
+        config["quantization_config"] = quantization_config(opts, &not_converted);
+    }
     let mut text = serde_json::to_vec_pretty(&sort_keys(config))
         .map_err(|e| Error::io(dest, std::io::Error::other(e)))?;
     text.push(b'\n');

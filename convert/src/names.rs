@@ -89,10 +89,16 @@ pub enum Part {
     WeightShape,
     /// `weight_g_idx`
     WeightGIdx,
+    /// `weight_global_scale` (compressed-tensors NVFP4's per-tensor F32 scale)
+    WeightGlobalScale,
+    /// `scales` (mlx-lm affine quantization)
+    Scales,
+    /// `biases` (mlx-lm affine quantization)
+    Biases,
 }
 
 impl Part {
-    const ALL: [Part; 7] = [
+    const ALL: [Part; 10] = [
         Part::Weight,
         Part::WeightScale,
         Part::InputScale,
@@ -100,6 +106,9 @@ impl Part {
         Part::WeightZeroPoint,
         Part::WeightShape,
         Part::WeightGIdx,
+        Part::WeightGlobalScale,
+        Part::Scales,
+        Part::Biases,
     ];
 
     /// The suffix after the module name.
@@ -112,6 +121,9 @@ impl Part {
             Part::WeightZeroPoint => "weight_zero_point",
             Part::WeightShape => "weight_shape",
             Part::WeightGIdx => "weight_g_idx",
+            Part::WeightGlobalScale => "weight_global_scale",
+            Part::Scales => "scales",
+            Part::Biases => "biases",
         }
     }
 

@@ -154,6 +154,10 @@ fn quantization(ckpt: &Checkpoint) -> Result<Value> {
             WeightStorage::Plain(d) => d.name().to_owned(),
             WeightStorage::Fp8Rowwise => "fp8-rowwise".into(),
             WeightStorage::Fp8PerTensor => "fp8-tensor".into(),
+            WeightStorage::Fp8Block => "fp8-block".into(),
+            WeightStorage::Nvfp4 => "nvfp4".into(),
+            WeightStorage::Mxfp4 => "mxfp4".into(),
+            WeightStorage::MlxAffine { bits, group_size } => format!("mlx-{bits}bit-g{group_size}"),
             WeightStorage::Int4Packed {
                 bits,
                 group_size,

@@ -39,6 +39,7 @@ pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
     match t.as_str() {
         "fp8-rowwise" | "fp8" | "fp8-dynamic" => return Ok(Scheme::Hf(HfScheme::Fp8Rowwise)),
         "fp8-static" => return Ok(Scheme::Hf(HfScheme::Fp8Static)),
+        "fp8-block" | "fp8_block" => return Ok(Scheme::Hf(HfScheme::Fp8Block)),
         "nvfp4a16" => return Ok(Scheme::Hf(HfScheme::Nvfp4A16)),
         "mxfp4" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: false })),
         "mxfp4a16" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: true })),
@@ -63,7 +64,7 @@ pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
     }
     bail!(
         "unknown --scheme {s:?}\n  hint: use fp8-rowwise, fp8-static, int4-g<N> (e.g. int4-g128), int4-row, \
-         int8-g<N>, int8-row, nvfp4a16, mxfp4, mxfp4a16, or gguf:<mix> (q8_0, q4_0, q4_k_m, q5_k_m, q6_k, …)"
+         int8-g<N>, int8-row, fp8-block, nvfp4a16, mxfp4, mxfp4a16, or gguf:<mix> (q8_0, q4_0, q4_k_m, q5_k_m, q6_k, …)"
     )
 }
 
@@ -470,6 +471,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             let layout = match args.layout {
                 None | Some(QuantLayout::CompressedTensors) => HfLayout::CompressedTensors,
                 Some(QuantLayout::Fbgemm) => HfLayout::Fbgemm,
+                Some(QuantLayout::Mlx) => HfLayout::Mlx,
                 Some(QuantLayout::Gguf) => bail!(
                     "--layout gguf needs a gguf:<mix> scheme\n  hint: e.g. --scheme gguf:q4_k_m"
                 ),
@@ -530,7 +532,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             let summary = json!({
                 "output": args.output,
                 "scheme": args.scheme,
-                "layout": match layout { HfLayout::CompressedTensors => "compressed-tensors", HfLayout::Fbgemm => "fbgemm" },
+                "layout": match layout { HfLayout::CompressedTensors => "compressed-tensors", HfLayout::Fbgemm => "fbgemm", HfLayout::Mlx => "mlx" },
                 "quantized_modules": w.quantized.len(),
                 "kept_modules": w.kept,
                 "bytes": w.written.files.iter().map(|f| f.bytes).sum::<u64>(),

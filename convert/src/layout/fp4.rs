@@ -40,7 +40,8 @@ pub(super) fn fused_group(id: TensorId) -> Vec<TensorId> {
         .collect()
 }
 
-/// How the writer reads a linear: the source, its RoPE order and the numeric checks.
+/// How the writers read a linear: the source, its RoPE order, the numeric checks and the
+/// model dtype's arithmetic (shared by the FP4, FP8-block and MLX writers).
 #[derive(Clone, Copy)]
 pub(super) struct Source<'a> {
     pub ckpt: &'a Checkpoint,
@@ -51,7 +52,7 @@ pub(super) struct Source<'a> {
 
 impl Source<'_> {
     /// The weight in HF row order, rounded to the model dtype (what llm-compressor sees).
-    fn rows(&self, id: TensorId) -> Result<Vec<f32>> {
+    pub(super) fn rows(&self, id: TensorId) -> Result<Vec<f32>> {
         let (_, k) = shape2(self.ckpt, id);
         let mut v = checked_rows(self.ckpt, id, self.rope, k, self.numerics)?;
         if self.arith == Int4Arith::Bf16 {
