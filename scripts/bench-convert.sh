@@ -19,7 +19,7 @@ measure() { /usr/bin/time -f "%e s wall, %M KiB peak RSS" "$@" 2>&1 >/dev/null |
 
 echo "## HF -> GGUF F16 (SmolLM2-135M)"
 hf="$work/smollm2-hf"
-[[ -d "$hf" ]] || "$qf" convert "$QFORGE_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$hf" --to hf --dtype bf16 >&2
+[[ -d "$hf" ]] || "$qf" convert "$QFORGE_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$hf" --to hf --dtype bf16 --allow-lossy >&2
 rm -f "$work/qforge-f16.gguf" "$work/llamacpp-f16.gguf"
 echo "qforge:               $(measure "$qf" convert "$hf" "$work/qforge-f16.gguf" --to gguf --dtype f16)"
 bin="$(scripts/build-llama-cpp.sh --print-bin-dir)"

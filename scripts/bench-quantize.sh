@@ -23,7 +23,7 @@ cargo build --release --locked --bin qforge >&2
 qforge="$PWD/target/release/qforge"
 LQ="$(scripts/build-llama-cpp.sh --print-bin-dir)/llama-quantize"
 gguf="$bench/$(basename "$model")-f16.gguf"
-[[ -f "$gguf" ]] || "$qforge" convert "$model" "$gguf" --to gguf --dtype f16 >&2
+[[ -f "$gguf" ]] || "$qforge" convert "$model" "$gguf" --to gguf --dtype f16 --allow-lossy >&2
 
 bytes_of() { du -sb "$1" | cut -f1; }
 # run NAME CMD...: prints "NAME seconds peak_kib"

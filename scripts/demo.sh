@@ -17,7 +17,7 @@ mkdir -p "$work"
 "$qforge" inspect "$model"
 "$qforge" inspect "$model" --tensor blk.0.attn_q.weight --stats
 echo "== GGUF (Q4_1) -> Hugging Face (bf16)"
-"$qforge" convert "$model" "$work/smollm2-hf" --to hf --dtype bf16 --overwrite
+"$qforge" convert "$model" "$work/smollm2-hf" --to hf --dtype bf16 --allow-lossy --overwrite
 echo "== quantize: FP8 rowwise (compressed-tensors W8A8 dynamic)"
 "$qforge" quantize "$work/smollm2-hf" "$work/smollm2-fp8" --scheme fp8-rowwise --overwrite
 "$qforge" inspect "$work/smollm2-fp8" | tail -3

@@ -13,6 +13,7 @@
 //! [convert]                   # optional: make an HF BF16 base first (e.g. from a GGUF)
 //! to = "hf"
 //! dtype = "bf16"
+//! allow_lossy = true          # BF16 cannot hold every value a GGUF's blocks decode to
 //!
 //! [[quantize]]
 //! name = "fp8"                # the artifact's name in out/ (".gguf" is added for GGUF mixes)
@@ -92,6 +93,10 @@ pub struct ConvertStep {
     /// Largest safetensors shard (e.g. 5GB).
     #[serde(default)]
     pub shard_size: Option<String>,
+    /// Write a conversion that changes what the model computes (e.g. a `dtype` that cannot hold
+    /// every value of a GGUF source's decoded blocks), as `qforge convert --allow-lossy`.
+    #[serde(default)]
+    pub allow_lossy: bool,
 }
 
 fn default_to() -> String {

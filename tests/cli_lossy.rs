@@ -64,6 +64,12 @@ const VOCAB: u64 = 128;
 /// tokenizer. Weights are uniform in ±scale (norms 1 ± 0.1), large enough for sharp attention
 /// so the rotary frequencies matter.
 fn make_fixture(dir: &Path, style: &Style) {
+    make_fixture_as(dir, style, DType::BF16);
+}
+
+/// [`make_fixture`] with the weights stored as `dtype` (BF16, or F32 holding values BF16
+/// cannot: the full 24 random bits).
+fn make_fixture_as(dir: &Path, style: &Style, dtype: DType) {
     std::fs::create_dir_all(dir).unwrap();
     let config = json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
@@ -123,11 +129,7 @@ fn make_fixture(dir: &Path, style: &Style) {
     let p = plan(
         specs
             .into_iter()
-            .map(|(name, shape, _)| TensorSpec {
-                name,
-                dtype: DType::BF16,
-                shape,
-            })
+            .map(|(name, shape, _)| TensorSpec { name, dtype, shape })
             .collect(),
         &BTreeMap::new(),
     )
@@ -137,14 +139,20 @@ fn make_fixture(dir: &Path, style: &Style) {
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     for (spec, start, end) in &p.tensors {
         let s = scale[&spec.name];
-        let bytes: Vec<u8> = (0..(end - start) / 2)
+        let width = if dtype == DType::F32 { 4 } else { 2 };
+        let bytes: Vec<u8> = (0..(end - start) / width)
             .flat_map(|_| {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
                 let u = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0; // [-1, 1)
                 let v = if s == 0.0 { 1.0 + 0.1 * u } else { s * u };
-                ((v.to_bits() >> 16) as u16).to_le_bytes()
+                let b = v.to_bits().to_le_bytes();
+                if dtype == DType::F32 {
+                    b.to_vec()
+                } else {
+                    b[2..].to_vec()
+                }
             })
             .collect();
         w.write_tensor(&spec.name, &bytes).unwrap();
@@ -433,4 +441,101 @@ fn round_trips_keep_perplexity_or_refuse() {
         }
     }
     eprintln!("{}", report.join("\n"));
+}
+
+/// Every tensor of the checkpoint at `path`, by name: dtype and bytes.
+fn tensors(path: &Path) -> BTreeMap<String, (DType, Vec<u8>)> {
+    let ckpt = qforge_convert::Checkpoint::open(path).unwrap();
+    ckpt.tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                (t.dtype, ckpt.bytes(t).unwrap().into_owned()),
+            )
+        })
+        .collect()
+}
+
+/// A narrowed `--dtype` is checked value by value: F32 weights BF16 cannot hold are refused
+/// (nothing written; the message names the counts and the worst tensor), written and recorded
+/// with `--allow-lossy`; F32 weights that are BF16 values (a BF16 → F32 round trip) narrow back
+/// to BF16 without a word, bit for bit.
+#[test]
+fn a_narrowed_dtype_is_refused_only_when_it_changes_values() {
+    let t = tempfile::tempdir().unwrap();
+    let style = &styles()[1];
+    let run = |input: &Path, output: &Path, args: &[&str]| {
+        Command::new(QFORGE)
+            .args(["convert", input.to_str().unwrap(), output.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // exact: BF16 -> F32 -> BF16, HF and GGUF
+    let bf16 = t.path().join("bf16");
+    make_fixture(&bf16, style);
+    let f32_dir = t.path().join("f32");
+    let out = run(&bf16, &f32_dir, &["--to", "hf", "--dtype", "f32"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let source = tensors(&bf16);
+    for (to, name) in [("hf", "back"), ("gguf", "back.gguf")] {
+        let back = t.path().join(name);
+        let out = run(&f32_dir, &back, &["--to", to, "--dtype", "bf16"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{to}: {err}");
+        assert!(!err.contains("lossy"), "{to}: {err}");
+        assert!(recorded_lossy(&back).is_empty(), "{to}");
+        if to == "hf" {
+            assert_eq!(tensors(&back), source);
+        }
+    }
+    // changed: F32 values BF16 (and F16) cannot hold
+    let full = t.path().join("full");
+    make_fixture_as(&full, style, DType::F32);
+    for (to, dtype, name) in [
+        ("hf", "bf16", "narrow"),
+        ("gguf", "f16", "narrow.gguf"),
+        ("meta", "bf16", "narrow-meta"),
+    ] {
+        let narrow = t.path().join(name);
+        let out = run(&full, &narrow, &["--to", to, "--dtype", dtype]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{to} {dtype}");
+        assert!(err.contains("--allow-lossy"), "{to} {dtype}: {err}");
+        assert!(err.contains("omit --dtype"), "{to} {dtype}: {err}");
+        // every tensor changes: 15 matrices (tied embeddings) and 5 norms, which GGUF keeps F32
+        let want = if to == "gguf" {
+            "in 15 tensor(s)"
+        } else {
+            "in 20 tensor(s)"
+        };
+        assert!(err.contains(want), "{to} {dtype}: {err}");
+        assert!(err.contains("most in "), "{to} {dtype}: {err}");
+        assert!(
+            !narrow.exists(),
+            "a refused conversion wrote {}",
+            narrow.display()
+        );
+        if to == "meta" {
+            continue; // Meta also refuses for its tokenizer; the rest is the same code
+        }
+        let out = run(
+            &full,
+            &narrow,
+            &["--to", to, "--dtype", dtype, "--allow-lossy"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lossy = recorded_lossy(&narrow);
+        assert_eq!(lossy.len(), 1, "{lossy:?}");
+        assert!(lossy[0].contains("value(s)"), "{lossy:?}");
+    }
 }

@@ -671,7 +671,6 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
     if !has_tokenizer(ckpt) {
         notes.push(Note::lossless("the source has no tokenizer: none written"));
     }
-    crate::notes::gate(&notes, opts.output.allow_lossy)?;
     let mut entries: Vec<&TensorEntry> = Vec::new();
     for t in &ckpt.tensors {
         if t.key.part != Part::Weight {
@@ -695,6 +694,11 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
         None if matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) => t.dtype,
         None => DType::F32,
     };
+    if !opts.output.dry_run {
+        let narrowed = entries.iter().map(|&t| (t, out_dtype(t)));
+        notes.extend(crate::narrow::narrowing_note(ckpt, narrowed)?);
+    }
+    crate::notes::gate(&notes, opts.output.allow_lossy)?;
     let main_dtype = opts.dtype.unwrap_or_else(|| {
         let mut h: BTreeMap<DType, u64> = BTreeMap::new();
         for t in &entries {

@@ -402,6 +402,10 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
     if let Some((_, license)) = card.iter().find(|(k, _)| *k == "license") {
         metadata.push(("general.license".into(), GgufValue::String(license.clone())));
     }
+    if !opts.dry_run {
+        let narrowed = entries.iter().map(|&t| (t, out_dtype(t)));
+        notes.extend(crate::narrow::narrowing_note(ckpt, narrowed)?);
+    }
     crate::notes::gate(&notes, opts.allow_lossy)?;
     metadata.extend(lossy_metadata(&notes));
 

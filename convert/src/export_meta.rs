@@ -534,6 +534,8 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
     let rope = rope_direction(ckpt.format, Format::Meta);
 
     let planned = plan_tensors(ckpt, dest, opts, &mut notes)?;
+    let narrowed = planned.iter().map(|p| (p.source, p.dtype));
+    notes.extend(crate::narrow::narrowing_note(ckpt, narrowed)?);
     crate::notes::gate(&notes, opts.output.allow_lossy)?;
 
     // Plan every shard before touching the destination.

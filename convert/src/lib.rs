@@ -27,6 +27,7 @@ pub mod layout;
 pub mod meta;
 mod mmap;
 pub mod names;
+pub mod narrow;
 pub mod notes;
 pub mod numerics;
 pub mod pth;

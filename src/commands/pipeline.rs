@@ -371,7 +371,7 @@ pub fn convert_args(r: &Recipe, input: &Path, resume: bool) -> Result<Option<Con
         quiet: true,
         output_arg: None,
         output_flag: None,
-        allow_lossy: false,
+        allow_lossy: c.allow_lossy,
     }))
 }
 

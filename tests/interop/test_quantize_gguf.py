@@ -60,7 +60,8 @@ def float_gguf(qforge, smollm2_gguf, work):
     out = {}
     for dtype in ["f32", "f16"]:
         p = work / f"smollm2-{dtype}.gguf"
-        subprocess.run([str(qforge), "convert", str(smollm2_gguf), str(p), "--to", "gguf", "--dtype", dtype], check=True)
+        subprocess.run([str(qforge), "convert", str(smollm2_gguf), str(p), "--to", "gguf", "--dtype", dtype,
+                        *([] if dtype == "f32" else ["--allow-lossy"])], check=True)
         out[dtype] = p
     return out
 
