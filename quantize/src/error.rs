@@ -113,3 +113,23 @@ pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Resu
         })
     }
 }
+
+/// The number of rows of a row-major weight matrix with rows of `k > 0` values: [`Error::BufferLength`]
+/// unless `w` holds whole rows, [`Error::NonFinite`] at the first NaN/inf in row-major order.
+pub(crate) fn finite_rows(w: &[f32], k: usize) -> Result<usize> {
+    debug_assert!(k > 0, "callers check the row length first");
+    if w.len() % k != 0 {
+        return Err(Error::BufferLength {
+            what: "weights (a whole number of rows)",
+            expected: (w.len() / k * k) as u64,
+            got: w.len() as u64,
+        });
+    }
+    if let Some(i) = w.iter().position(|x| !x.is_finite()) {
+        return Err(Error::NonFinite {
+            row: (i / k) as u64,
+            col: (i % k) as u64,
+        });
+    }
+    Ok(w.len() / k)
+}

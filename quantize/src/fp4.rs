@@ -189,20 +189,7 @@ fn check_matrix(w: &[f32], k: usize, group: usize) -> Result<usize> {
             suggested: group as u64,
         });
     }
-    if w.len() % k != 0 {
-        return Err(Error::BufferLength {
-            what: "weights (a whole number of rows)",
-            expected: (w.len() / k * k) as u64,
-            got: w.len() as u64,
-        });
-    }
-    if let Some(i) = w.iter().position(|x| !x.is_finite()) {
-        return Err(Error::NonFinite {
-            row: (i / k) as u64,
-            col: (i % k) as u64,
-        });
-    }
-    Ok(w.len() / k)
+    crate::error::finite_rows(w, k)
 }
 
 /// `max(|min(g, 0)|, max(g, 0))`, compressed-tensors' symmetric amax.

@@ -82,20 +82,7 @@ fn check(w: &[f32], k: usize, block: [usize; 2]) -> Result<usize> {
             detail: format!("row length {k} and block {block:?} must be positive"),
         });
     }
-    if w.len() % k != 0 {
-        return Err(Error::BufferLength {
-            what: "weights (a whole number of rows)",
-            expected: (w.len() / k * k) as u64,
-            got: w.len() as u64,
-        });
-    }
-    if let Some(i) = w.iter().position(|x| !x.is_finite()) {
-        return Err(Error::NonFinite {
-            row: (i / k) as u64,
-            col: (i % k) as u64,
-        });
-    }
-    Ok(w.len() / k)
+    crate::error::finite_rows(w, k)
 }
 
 /// Quantize a row-major `[n, k]` matrix with one scale per row (compressed-tensors

@@ -107,19 +107,7 @@ pub fn quantize_mlx_affine(
     arith: Int4Arith,
 ) -> Result<MlxAffine> {
     check_params(k, bits, group)?;
-    if w.len() % k != 0 {
-        return Err(Error::BufferLength {
-            what: "weights (a whole number of rows)",
-            expected: (w.len() / k * k) as u64,
-            got: w.len() as u64,
-        });
-    }
-    if let Some(i) = w.iter().position(|x| !x.is_finite()) {
-        return Err(Error::NonFinite {
-            row: (i / k) as u64,
-            col: (i % k) as u64,
-        });
-    }
+    crate::error::finite_rows(w, k)?;
     let per = 32 / usize::from(bits);
     let n_bins = f32::from((1u16 << bits) - 1);
     let ng = w.len() / group;
