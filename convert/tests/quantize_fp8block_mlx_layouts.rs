@@ -427,3 +427,88 @@ fn mlx_output_reads_back_bit_for_bit() {
         WeightStorage::Plain(DType::BF16)
     );
 }
+
+/// Rewrite `dir/model.safetensors` with one tensor's shape changed (its bytes cut or padded to
+/// fit, so the file itself stays well formed).
+fn tamper_shape(dir: &Path, name: &str, shape: Vec<usize>) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let t = owned.iter_mut().find(|t| t.0 == name).expect(name);
+    let elem = t.3.len() / t.2.iter().product::<usize>();
+    t.3.resize(shape.iter().product::<usize>() * elem, 0);
+    t.2 = shape;
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            let v = safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap();
+            (n.clone(), v)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
+
+/// Hostile input: a checkpoint of each new layout whose scale tensor does not fit its weight is
+/// refused with an error naming the tensor (at open or when the weight is read), never a panic.
+#[test]
+fn new_layouts_with_mismatched_scales_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(&tmp.path().join("src"));
+    let q = "model.layers.0.self_attn.q_proj";
+    let id = TensorId::Layer {
+        index: 0,
+        kind: linears()[0].0,
+    };
+    assert!(linears()[0].1.ends_with("q_proj"));
+    let cases = [
+        ("fp8block", opts(DType::BF16), "weight_scale"),
+        (
+            "nvfp4",
+            HfQuantOptions {
+                scheme: HfScheme::Nvfp4A16,
+                ..opts(DType::BF16)
+            },
+            "weight_scale",
+        ),
+        (
+            "mxfp4",
+            HfQuantOptions {
+                scheme: HfScheme::Mxfp4 { a16: false },
+                ..opts(DType::BF16)
+            },
+            "weight_scale",
+        ),
+        ("mlx", mlx_opts(4, 64), "scales"),
+    ];
+    for (label, o, part) in cases {
+        let dest = tmp.path().join(label);
+        quantize_to_hf(&src, &dest, &o).unwrap();
+        let name = format!("{q}.{part}");
+        let bytes = std::fs::read(dest.join("model.safetensors")).unwrap();
+        let shape = safetensors::SafeTensors::deserialize(&bytes)
+            .unwrap()
+            .tensor(&name)
+            .unwrap()
+            .shape()
+            .to_vec();
+        let mut bad = shape.clone();
+        *bad.last_mut().unwrap() += 1;
+        tamper_shape(&dest, &name, bad);
+        let err = match Checkpoint::open(&dest) {
+            Err(e) => e.to_string(),
+            Ok(ck) => match ck.weight_storage(id).and_then(|_| ck.weight_f32(id)) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{label}: a {part} of the wrong shape was accepted"),
+            },
+        };
+        assert!(
+            err.contains(q),
+            "{label}: error does not name the tensor: {err}"
+        );
+    }
+}
