@@ -367,8 +367,42 @@ fn hostile_vocabularies_are_errors() {
     let base = synthetic("gpt-2", &["a b"]);
     type Edit = Box<dyn Fn(&mut Vocab)>;
     let cases: Vec<(&str, Edit)> = vec![
-        ("unknown pre", Box::new(|v| v.pre = Some("falcon".into()))),
-        ("spm", Box::new(|v| v.model = "llama".into())),
+        (
+            "unknown pre",
+            Box::new(|v| v.pre = Some("chatglm-bpe".into())),
+        ),
+        ("spm without scores", Box::new(|v| v.model = "llama".into())),
+        (
+            "spm with short scores",
+            Box::new(|v| {
+                v.model = "llama".into();
+                v.scores = Some(vec![0.0; 3]);
+            }),
+        ),
+        (
+            "spm with a NaN score",
+            Box::new(|v| {
+                v.model = "llama".into();
+                v.scores = Some(vec![f32::NAN; v.tokens.len()]);
+            }),
+        ),
+        (
+            "spm with a bad token type",
+            Box::new(|v| {
+                v.model = "llama".into();
+                v.scores = Some(vec![0.0; v.tokens.len()]);
+                v.token_types[0] = 9;
+            }),
+        ),
+        (
+            "spm with unk out of range",
+            Box::new(|v| {
+                v.model = "llama".into();
+                v.scores = Some(vec![0.0; v.tokens.len()]);
+                v.unk = Some(1 << 20);
+            }),
+        ),
+        ("unknown model", Box::new(|v| v.model = "bert".into())),
         (
             "merge without space",
             Box::new(|v| v.merges.push("ab".into())),
@@ -458,10 +492,17 @@ fn hostile_tokenizer_json_is_an_error() {
             format!(r#"{{"model": {{"type": "WordPiece", "vocab": {{}}}}, {bl}}}"#),
         ),
         (
-            "byte fallback",
-            format!(
-                r#"{{"model": {{"type": "BPE", "byte_fallback": true, "vocab": {{"a": 0}}}}, {bl}}}"#
-            ),
+            // SentencePiece-style: a merge whose result is not a token
+            "byte fallback, bad merge",
+            r#"{"model": {"type": "BPE", "byte_fallback": true, "vocab": {"a": 0, "b": 1},
+                "merges": [["a", "b"]]}}"#
+                .to_owned(),
+        ),
+        (
+            "byte fallback, unknown prepend scheme",
+            r#"{"model": {"type": "BPE", "byte_fallback": true, "vocab": {"a": 0}},
+                "pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "odd"}}"#
+                .to_owned(),
         ),
         (
             "not byte-level",
@@ -511,7 +552,7 @@ fn pre_table_is_consistent() {
         assert_eq!(PreTokenizer::from_pre(Some(name)), Some(*kind));
     }
     assert_eq!(PreTokenizer::from_pre(None), Some(PreTokenizer::Default));
-    assert_eq!(PreTokenizer::from_pre(Some("qwen2")), None);
+    assert_eq!(PreTokenizer::from_pre(Some("chatglm-bpe")), None);
 }
 
 #[test]

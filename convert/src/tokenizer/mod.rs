@@ -34,6 +34,15 @@ use crate::error::{Error, Result};
 use crate::gguf::{self, GgufArray, GgufMetadata, GgufValue, StringArray};
 use crate::mmap::MappedFile;
 
+mod pretok;
+mod spm;
+pub use pretok::{
+    PreTokenizer, DEEPSEEK3_PATTERNS, DEEPSEEK_CODER_PATTERNS, DEEPSEEK_LLM_PATTERNS,
+    DEFAULT_PATTERNS, FALCON_PATTERNS, GPT2_PATTERN, LLAMA3_PATTERN, PRE_TOKENIZERS, QWEN2_PATTERN,
+    QWEN35_PATTERN,
+};
+pub use spm::{is_byte_token, spm_merges, SPM_SPACE};
+
 /// GGUF token type: a normal token (`tokenizer.ggml.token_type`, gguf-py `TokenType`).
 pub const TOKEN_TYPE_NORMAL: i32 = 1;
 /// GGUF token type: the unknown token.
@@ -46,28 +55,6 @@ pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 pub const TOKEN_TYPE_UNUSED: i32 = 5;
 /// GGUF token type: a byte token (`<0x41>`, SentencePiece byte fallback).
 pub const TOKEN_TYPE_BYTE: i32 = 6;
-
-/// The Llama 3 pre-tokenizer regex, exactly as in Meta's `tokenizer.py` (`pat_str`), the
-/// official HF `tokenizer.json` and transformers' `TikTokenConverter`.
-///
-/// llama.cpp runs the same expression with the contractions spelt `'[sS]|'[tT]|…` instead of
-/// `(?i:'s|'t|…)`; the two differ only where Unicode case folding matters, i.e. `'ſ` (U+017F
-/// LATIN SMALL LETTER LONG S, which folds to `s`): Meta and HF split it off as a contraction,
-/// llama.cpp does not. We follow the model's own tokenizer there.
-pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// GPT-2's pre-tokenizer regex (the one built into the `tokenizers` ByteLevel pre-tokenizer).
-pub const GPT2_PATTERN: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-
-/// llama.cpp's regexes for a BPE vocabulary whose `tokenizer.ggml.pre` is `default` or absent
-/// (applied in turn, each splitting the pieces of the previous one, matches and gaps alike).
-pub const DEFAULT_PATTERNS: [&str; 4] = [
-    r"[\p{P}\$\+<=>\^~\|]+",
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
-    r"\p{N}+",
-    r"[0-9][0-9][0-9]",
-];
 
 /// The probe text llama.cpp's `convert_hf_to_gguf.py` (`get_vocab_base_pre`, conversion/base.py)
 /// tokenizes to identify a BPE pre-tokenizer: the sha256 of the Python `str()` of the token id
@@ -231,104 +218,62 @@ pub const KNOWN_PRE_HASHES: &[(&str, &str)] = &[
         "9dcf830ee9990cdbf78cc523a5f7bd9ad8f3f9890c2d3581d2785ad10f07049d",
         "mellum2",
     ),
+    // ref: https://huggingface.co/Qwen/Qwen1.5-7B
+    (
+        "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea",
+        "qwen2",
+    ),
+    // ref: https://huggingface.co/Qwen/Qwen3-Embedding-0.6B
+    (
+        "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c",
+        "qwen2",
+    ),
+    // ref: https://huggingface.co/Qwen/Qwen3.5-9B-Instruct
+    (
+        "d30d75d9059f1aa2c19359de71047b3ae408c70875e8a3ccf8c5fba56c9d8af4",
+        "qwen35",
+    ),
+    // ref: https://huggingface.co/openbmb/MiniCPM-V-4_6
+    (
+        "1444df51289cfa8063b96f0e62b1125440111bc79a52003ea14b6eac7016fd5f",
+        "qwen35",
+    ),
+    // ref: https://huggingface.co/deepseek-ai/deepseek-llm-7b-base
+    (
+        "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754",
+        "deepseek-llm",
+    ),
+    // ref: https://huggingface.co/deepseek-ai/deepseek-coder-6.7b-base
+    (
+        "347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821",
+        "deepseek-coder",
+    ),
+    // ref: https://huggingface.co/deepseek-ai/DeepSeek-V3
+    (
+        "877081d19cf6996e2c4ff0e1236341e9b7bde288f5311a56a937f0afbbb3aeb5",
+        "deepseek-v3",
+    ),
+    // ref: https://huggingface.co/deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B
+    (
+        "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5",
+        "deepseek-r1-qwen",
+    ),
+    // ref: https://huggingface.co/tiiuae/falcon-7b
+    (
+        "8aeee3860c56296a157a1fe2fad249ec40aa59b1bb5709f4ade11c4e6fe652ed",
+        "falcon",
+    ),
+    // ref: https://huggingface.co/stabilityai/stablelm-2-zephyr-1_6b
+    (
+        "32d85c31273f8019248f2559fed492d929ea28b17e51d81d3bb36fff23ca72b3",
+        "stablelm2",
+    ),
+    // ref: https://huggingface.co/Infinigence/Megrez-3B-Instruct
+    (
+        "d4c8f286ea6b520b3d495c4455483cfa2302c0cfcd4be05d781b6a8a0a7cdaf1",
+        "megrez",
+    ),
 ];
-
-/// How a family of `tokenizer.ggml.pre` names pre-tokenizes, in llama.cpp and in the
-/// `tokenizer.json` we write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreTokenizer {
-    /// [`LLAMA3_PATTERN`] with `ignore_merges` (a piece that is itself a token is emitted whole)
-    /// and BOS added by default: `Sequence[Split(LLAMA3, Isolated), ByteLevel(use_regex=false)]`.
-    Llama3,
-    /// Every number character alone, then GPT-2 splitting (llama.cpp: `\p{N}` then
-    /// [`GPT2_PATTERN`]); written as the original SmolLM `tokenizer.json` does:
-    /// `Sequence[Digits(individual_digits=true), ByteLevel(use_regex=true)]`.
-    DigitsThenGpt2,
-    /// Plain GPT-2 splitting: `ByteLevel(use_regex=true)`.
-    Gpt2,
-    /// llama.cpp's fallback for a missing or `default` pre: the four [`DEFAULT_PATTERNS`] as
-    /// isolated splits, then `ByteLevel(use_regex=false)`.
-    Default,
-}
-
-/// The `tokenizer.ggml.pre` names understood by [`Vocab::to_tokenizer_json`], with the
-/// pre-tokenizer each means in llama.cpp (same regexes there; names not listed are refused).
-pub const PRE_TOKENIZERS: &[(&str, PreTokenizer)] = &[
-    ("llama-bpe", PreTokenizer::Llama3),
-    ("llama3", PreTokenizer::Llama3),
-    ("llama-v3", PreTokenizer::Llama3),
-    ("falcon3", PreTokenizer::Llama3),
-    ("falcon-h1", PreTokenizer::Llama3),
-    ("pixtral", PreTokenizer::Llama3),
-    ("midm-2.0", PreTokenizer::Llama3),
-    ("lfm2", PreTokenizer::Llama3),
-    ("jina-v5-nano", PreTokenizer::Llama3),
-    ("smollm", PreTokenizer::DigitsThenGpt2),
-    ("starcoder", PreTokenizer::DigitsThenGpt2),
-    ("refact", PreTokenizer::DigitsThenGpt2),
-    ("command-r", PreTokenizer::DigitsThenGpt2),
-    ("codeshell", PreTokenizer::DigitsThenGpt2),
-    ("exaone", PreTokenizer::DigitsThenGpt2),
-    ("minerva-7b", PreTokenizer::DigitsThenGpt2),
-    ("mellum2", PreTokenizer::DigitsThenGpt2),
-    ("gpt-2", PreTokenizer::Gpt2),
-    ("phi-2", PreTokenizer::Gpt2),
-    ("gigachat", PreTokenizer::Gpt2),
-    ("a.x-4.0", PreTokenizer::Gpt2),
-    ("mellum", PreTokenizer::Gpt2),
-    ("exaone4", PreTokenizer::Gpt2),
-    ("mpt", PreTokenizer::Gpt2),
-    ("olmo", PreTokenizer::Gpt2),
-    ("default", PreTokenizer::Default),
-];
-
-impl PreTokenizer {
-    /// The pre-tokenizer for a `tokenizer.ggml.pre` value (`None`: absent, which llama.cpp
-    /// treats as `default`), or `None` for a name this module cannot write.
-    pub fn from_pre(pre: Option<&str>) -> Option<Self> {
-        let Some(pre) = pre else {
-            return Some(PreTokenizer::Default);
-        };
-        PRE_TOKENIZERS
-            .iter()
-            .find(|(name, _)| *name == pre)
-            .map(|&(_, kind)| kind)
-    }
-
-    /// Whether llama.cpp sets `ignore_merges` for this family.
-    pub fn ignore_merges(self) -> bool {
-        self == PreTokenizer::Llama3
-    }
-
-    /// llama.cpp's `add_bos` when the file has no `tokenizer.ggml.add_bos_token`.
-    pub fn default_add_bos(self) -> bool {
-        self == PreTokenizer::Llama3
-    }
-
-    /// The `pre_tokenizer` object of a `tokenizer.json`.
-    pub fn to_json(self) -> Value {
-        let byte_level = |use_regex: bool| {
-            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
-                   "use_regex": use_regex})
-        };
-        let split = |re: &str| {
-            json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated",
-                   "invert": false})
-        };
-        match self {
-            PreTokenizer::Llama3 => json!({"type": "Sequence", "pretokenizers": [
-                split(LLAMA3_PATTERN), byte_level(false)]}),
-            PreTokenizer::DigitsThenGpt2 => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-            PreTokenizer::Gpt2 => byte_level(true),
-            PreTokenizer::Default => {
-                let mut steps: Vec<Value> = DEFAULT_PATTERNS.iter().map(|re| split(re)).collect();
-                steps.push(byte_level(false));
-                json!({"type": "Sequence", "pretokenizers": steps})
-            }
-        }
-    }
-}
 
 /// Which release's names the 256 Llama 3 special tokens get (specs/meta.md §3.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -498,6 +443,8 @@ pub struct Vocab {
     pub add_bos: Option<bool>,
     /// `tokenizer.ggml.add_eos_token`
     pub add_eos: Option<bool>,
+    /// `tokenizer.ggml.add_space_prefix` (SentencePiece; absent: llama.cpp's default, true).
+    pub add_space_prefix: Option<bool>,
     /// `tokenizer.chat_template` (Jinja).
     pub chat_template: Option<String>,
 }
@@ -629,6 +576,7 @@ impl Vocab {
             pad: id_key("tokenizer.ggml.padding_token_id")?,
             add_bos: bool_key("tokenizer.ggml.add_bos_token")?,
             add_eos: bool_key("tokenizer.ggml.add_eos_token")?,
+            add_space_prefix: bool_key("tokenizer.ggml.add_space_prefix")?,
             chat_template: str_key("tokenizer.chat_template")?,
         })
     }
@@ -678,6 +626,7 @@ impl Vocab {
         for (key, flag) in [
             ("add_bos_token", self.add_bos),
             ("add_eos_token", self.add_eos),
+            ("add_space_prefix", self.add_space_prefix),
         ] {
             if let Some(flag) = flag {
                 out.push((format!("tokenizer.ggml.{key}"), GgufValue::Bool(flag)));
@@ -738,10 +687,13 @@ impl Vocab {
     }
 
     fn json_inner(&self) -> Why<Value> {
+        if self.model == "llama" {
+            return self.spm_json_inner();
+        }
         if self.model != "gpt2" {
             return Err(format!(
-                "only byte-level BPE vocabularies (tokenizer.ggml.model \"gpt2\") can be written \
-                 as tokenizer.json; this one is {:?}",
+                "only byte-level BPE (tokenizer.ggml.model \"gpt2\") and SentencePiece \
+                 (\"llama\") vocabularies can be written as tokenizer.json; this one is {:?}",
                 self.model
             ));
         }
@@ -837,6 +789,15 @@ impl Vocab {
     fn post_processor(&self) -> Why<Value> {
         let byte_level = json!({"type": "ByteLevel", "add_prefix_space": true,
                                 "trim_offsets": false, "use_regex": true});
+        Ok(match self.template_processor()? {
+            Value::Null => byte_level,
+            template => json!({"type": "Sequence", "processors": [byte_level, template]}),
+        })
+    }
+
+    /// A `TemplateProcessing` inserting BOS (and EOS) as [`Vocab::effective_add_bos`]
+    /// (`add_eos`) say, or null when neither is added.
+    fn template_processor(&self) -> Why<Value> {
         let special = |what: &str, id: Option<u32>| -> Why<(String, u32)> {
             let id = id.ok_or_else(|| format!("add_{what}_token is set but no {what} id"))?;
             let text = self
@@ -853,7 +814,7 @@ impl Vocab {
             .then(|| special("eos", self.eos))
             .transpose()?;
         if bos.is_none() && eos.is_none() {
-            return Ok(byte_level);
+            return Ok(Value::Null);
         }
         let tok = |t: &(String, u32), type_id: u32| json!({"SpecialToken": {"id": t.0, "type_id": type_id}});
         let seq = |name: &str, type_id: u32| json!({"Sequence": {"id": name, "type_id": type_id}});
@@ -874,10 +835,10 @@ impl Vocab {
                 json!({"id": t.0, "ids": [t.1], "tokens": [t.0]}),
             );
         }
-        Ok(json!({"type": "Sequence", "processors": [byte_level, {
+        Ok(json!({
             "type": "TemplateProcessing", "single": single, "pair": pair,
             "special_tokens": specials,
-        }]}))
+        }))
     }
 
     /// An HF `tokenizer_config.json`: special token texts, `add_bos_token` / `add_eos_token`,
@@ -902,9 +863,10 @@ impl Vocab {
         if let Some(t) = &self.chat_template {
             cfg.insert("chat_template".into(), t.clone().into());
         }
-        // llama.cpp: clean_spaces = false for smollm (and other DigitsThenGpt2 names), true for
-        // llama-bpe, gpt-2 and default.
-        let clean = self.pre_tokenizer() != Some(PreTokenizer::DigitsThenGpt2);
+        // llama.cpp's clean_spaces for the pre-tokenizer (PreTokenizer::clean_spaces).
+        // A SentencePiece vocabulary: transformers' LlamaTokenizer sets it false.
+        let clean =
+            self.model != "llama" && self.pre_tokenizer().is_none_or(PreTokenizer::clean_spaces);
         cfg.insert("clean_up_tokenization_spaces".into(), clean.into());
         cfg.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
         Ok(Value::Object(cfg))
@@ -993,6 +955,9 @@ impl Vocab {
             Self::hf_inner(&tj, tcfg.as_ref(), cfg.as_ref(), jinja).map_err(tok_err(&path))?;
         let pre = if let Some(p) = pre {
             p.to_owned()
+        } else if vocab.model == "llama" {
+            // SentencePiece: no pre-tokenizer; llama.cpp's converter writes none.
+            return Ok(vocab);
         } else {
             let tok = load_tokenizer(&text)
                 .map_err(|e| format!("the tokenizers library cannot load it: {e}"))
@@ -1009,6 +974,12 @@ impl Vocab {
                 ("smollm", PreTokenizer::DigitsThenGpt2),
                 ("gpt-2", PreTokenizer::Gpt2),
                 ("default", PreTokenizer::Default),
+                ("qwen2", PreTokenizer::Qwen2),
+                ("qwen35", PreTokenizer::Qwen35),
+                ("deepseek-llm", PreTokenizer::DeepseekLlm),
+                ("deepseek-coder", PreTokenizer::DeepseekCoder),
+                ("deepseek-v3", PreTokenizer::Deepseek3),
+                ("falcon", PreTokenizer::Falcon),
             ]
             .into_iter()
             .find(|(_, p)| tj.get("pre_tokenizer") == Some(&p.to_json()))
@@ -1043,14 +1014,11 @@ impl Vocab {
                 "model type {mtype:?}: only byte-level BPE tokenizers are converted"
             ));
         }
-        if model.get("byte_fallback").and_then(Value::as_bool) == Some(true) {
-            return Err(
-                "a BPE model with byte_fallback is SentencePiece-style (Llama 1/2), not \
-                 byte-level; convert its tokenizer.model instead"
-                    .into(),
-            );
-        }
-        if !mentions_byte_level(tj.get("pre_tokenizer")) && !mentions_byte_level(tj.get("decoder"))
+        // A BPE model with byte_fallback is a SentencePiece vocabulary (spm.rs).
+        let spm = model.get("byte_fallback").and_then(Value::as_bool) == Some(true);
+        if !spm
+            && !mentions_byte_level(tj.get("pre_tokenizer"))
+            && !mentions_byte_level(tj.get("decoder"))
         {
             return Err("no ByteLevel pre-tokenizer or decoder: not a byte-level BPE".into());
         }
@@ -1219,21 +1187,45 @@ impl Vocab {
             _ => jinja,
         };
 
+        let mut unk = special_id("unk");
+        let (model_name, merges, scores, add_space_prefix) = if spm {
+            let unk_text = model.get("unk_token").and_then(Value::as_str);
+            unk = unk.or_else(|| {
+                let t = unk_text?;
+                let id = tokens.iter().position(|x| x == t)?;
+                u32::try_from(id).ok()
+            });
+            let pairs = merges
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    split_merge(m)
+                        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                        .ok_or_else(|| format!("merge {i} {m:?} is not two parts"))
+                })
+                .collect::<Why<Vec<_>>>()?;
+            let (scores, prefix) = spm::hf_spm_fields(tj, &tokens, &mut token_types, &pairs, unk)?;
+            ("llama", Vec::new(), Some(scores), Some(prefix))
+        } else {
+            ("gpt2", merges, None, None)
+        };
+
         Ok(Vocab {
-            model: "gpt2".into(),
+            model: model_name.into(),
             pre: None,
             tokens,
             token_types,
             merges,
-            scores: None,
+            scores,
             bos: special_id("bos"),
             eos: special_id("eos"),
             eot: None,
             eom: None,
-            unk: special_id("unk"),
+            unk,
             pad: special_id("pad"),
             add_bos,
             add_eos,
+            add_space_prefix,
             chat_template,
         })
     }
@@ -1373,6 +1365,7 @@ impl Vocab {
             pad: None,
             add_bos: Some(bos.is_some()),
             add_eos: Some(false),
+            add_space_prefix: None,
             chat_template: None,
         })
     }
