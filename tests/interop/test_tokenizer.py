@@ -50,7 +50,15 @@ LLAMA_CPP_PRE_HASHES = {
     "command-r": "9c2227e4dd922002fb81bde4fc02b0483ca4f12911410dee2255e4987644e3f8",
     "olmo": "b6dc8df998e1cfbdc4eac8243701a65afe638679230920b50d6f17d81c098166",
 }
-# llama.cpp vocabulary files whose pre-tokenizer qforge writes, and the probe-hash name for each.
+LLAMA_CPP_PRE_HASHES |= {
+    "qwen2": "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea",
+    "deepseek-llm": "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754",
+    "deepseek-coder": "347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821",
+    "falcon": "8aeee3860c56296a157a1fe2fad249ec40aa59b1bb5709f4ade11c4e6fe652ed",
+}
+# llama.cpp vocabulary files whose pre-tokenizer qforge writes, and the probe-hash name for each
+# (qwen35's file is Qwen2's vocabulary relabelled: its probe hash is Qwen2's, so llama.cpp's
+# converter would name it qwen2 too). SentencePiece files have no probe hash: None.
 VOCAB_FILES = {
     "llama-bpe": "llama-bpe",
     "gpt-2": "gpt-2",
@@ -58,6 +66,31 @@ VOCAB_FILES = {
     "refact": "refact",
     "command-r": "command-r",
     "mpt": "olmo",
+    "qwen2": "qwen2",
+    "qwen35": "qwen2",
+    "deepseek-llm": "deepseek-llm",
+    "deepseek-coder": "deepseek-coder",
+    "falcon": "falcon",
+    "llama-spm": None,
+    "phi-3": None,
+}
+
+# llama.cpp's vocabulary test suite (models/ggml-vocab-*.gguf with .inp/.out) in the pinned
+# llama-cpp-python sdist: the vocabularies qforge refuses to convert, with the reason and a
+# fragment of the refusal. Every other vocabulary with test files must encode every test string
+# to llama.cpp's ids. A refused vocabulary that starts converting fails the test, so this list
+# cannot go stale.
+VOCAB_SUITE_REFUSED = {
+    "bert-bge": (
+        "WordPiece (tokenizer.ggml.model \"bert\", BAAI bge-small embeddings): not a "
+        "Llama-descended family; no WordPiece writer",
+        'this one is "bert"',
+    ),
+    "gemma-4": (
+        "tokenizer.ggml.model \"gemma4\" (llama.cpp's SPM-style BPE over raw UTF-8 with "
+        "512k merges, pre-split on newlines): not implemented",
+        'this one is "gemma4"',
+    ),
 }
 
 
@@ -67,6 +100,33 @@ VOCAB_FILES = {
 def _llama_cpp_root() -> pathlib.Path | None:
     roots = sorted(cache_dir().glob("llama.cpp-*/"))
     return roots[-1] if roots else None
+
+
+def _suite_names() -> list[str]:
+    """The vocabularies with llama.cpp test files in the unpacked sdist (scripts/build-llama-cpp.sh
+    unpacks it to $QFORGE_CACHE/llama.cpp-<V>/src), found at collection time."""
+    root = _llama_cpp_root()
+    models = root / "src" / "models" if root else None
+    if models is None or not models.is_dir():
+        return []
+    return sorted(p.name[len("ggml-vocab-"):-len(".gguf.inp")] for p in models.glob("ggml-vocab-*.gguf.inp"))
+
+
+@pytest.fixture(scope="session")
+def vocab_models() -> pathlib.Path:
+    """llama.cpp's models/ directory (vocabulary files and their test vectors); needs only the
+    unpacked sources, not the llama.cpp build."""
+    root = _llama_cpp_root()
+    models = root / "src" / "models" if root else None
+    if models is None or not models.is_dir():
+        msg = (
+            f"*** SKIPPED: llama.cpp's sources are not unpacked under {cache_dir()}/llama.cpp-*/src; run "
+            "scripts/build-llama-cpp.sh to check qforge's tokenizers against llama.cpp's vocabulary suite ***"
+        )
+        print(msg)
+        warnings.warn(msg)
+        pytest.skip(msg)
+    return models
 
 
 @pytest.fixture(scope="session")
@@ -173,7 +233,9 @@ def probe_text(src: pathlib.Path) -> str:
 
 
 def vocab_vectors(src: pathlib.Path, name: str) -> list[tuple[str, list[int]]]:
-    base = src / "models" / f"ggml-vocab-{name}.gguf"
+    """llama.cpp's test vectors for a vocabulary: `src` is the sources root or its models/."""
+    models = src if src.name == "models" else src / "models"
+    base = models / f"ggml-vocab-{name}.gguf"
     inputs = (base.with_name(base.name + ".inp")).read_bytes().decode("utf-8").split("\n__ggml_vocab_test__\n")
     outputs = (base.with_name(base.name + ".out")).read_text(encoding="utf-8").split("\n")
     assert len(outputs) >= len(inputs)
@@ -304,10 +366,122 @@ def test_llama_cpp_vocab(name, llama_cpp_src, tokenizer_json_bin, llama_tokenize
     print(f"{name}: Hamlet {len(ours)} tokens (llama-tokenize {len(ref)})")
     assert ours == ref, first_difference(ours, ref)
 
-    res = subprocess.run([str(tokenizer_json_bin), "--pre-hash", str(tmp_path)], check=True, capture_output=True,
-                         text=True)
     want = VOCAB_FILES[name]
-    assert json.loads(res.stdout) == {"chkhsh": LLAMA_CPP_PRE_HASHES[want], "pre": want}
+    if want is not None:
+        res = subprocess.run([str(tokenizer_json_bin), "--pre-hash", str(tmp_path)], check=True,
+                             capture_output=True, text=True)
+        assert json.loads(res.stdout) == {"chkhsh": LLAMA_CPP_PRE_HASHES[want], "pre": want}
+
+
+@pytest.mark.parametrize("name", _suite_names() or ["(no llama.cpp sources)"])
+def test_llama_cpp_vocab_suite(name, vocab_models, tokenizer_json_bin, tmp_path, record_property):
+    """llama.cpp's own tokenizer test suite: every vocabulary with .inp/.out files, converted by
+    qforge to tokenizer.json and run by the `tokenizers` library, gives llama.cpp's ids for every
+    test string (no special tokens added: llama.cpp's test-tokenizer-0 encodes with
+    add_special = false) -- or is one of VOCAB_SUITE_REFUSED, refused with its reason."""
+    vectors = vocab_vectors(vocab_models, name)
+    model = vocab_models / f"ggml-vocab-{name}.gguf"
+    res = subprocess.run([str(tokenizer_json_bin), str(model), str(tmp_path)], capture_output=True, text=True)
+    if name in VOCAB_SUITE_REFUSED:
+        reason, fragment = VOCAB_SUITE_REFUSED[name]
+        assert res.returncode != 0, f"{name} now converts: take it off VOCAB_SUITE_REFUSED ({reason})"
+        assert fragment in res.stderr, res.stderr
+        record_property("passed", f"0/{len(vectors)} (refused: {reason})")
+        print(f"{name}: refused, 0/{len(vectors)} strings: {reason}")
+        return
+    assert res.returncode == 0, res.stderr
+    tok = load(tmp_path)
+    bad = [(t, tok.encode(t, add_special_tokens=False).ids, want) for t, want in vectors]
+    bad = [b for b in bad if b[1] != b[2]]
+    record_property("passed", f"{len(vectors) - len(bad)}/{len(vectors)}")
+    print(f"{name}: {len(vectors) - len(bad)}/{len(vectors)} strings equal llama.cpp's ids")
+    assert not bad, f"{len(bad)} of {len(vectors)} test strings differ, e.g. {bad[:3]}"
+
+
+def test_llama_cpp_vocab_suite_covers_the_required_vocabularies():
+    """The issue's floor: these must be in the suite and not refused."""
+    names = _suite_names()
+    if not names:
+        pytest.skip("llama.cpp's sources are not unpacked (see test_llama_cpp_vocab_suite)")
+    for required in ["llama-spm", "llama-bpe", "qwen2", "qwen35", "phi-3", "gpt-2"]:
+        assert required in names and required not in VOCAB_SUITE_REFUSED, required
+    assert set(VOCAB_SUITE_REFUSED) <= set(names), "a refused vocabulary the suite no longer has"
+
+
+def write_vocab_gguf(v: dict, dst: pathlib.Path) -> None:
+    """A vocabulary-only GGUF (gguf-py) of qforge's GGUF view (`tokenizer_json --vocab`)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(dst), "llama")
+    w.add_tokenizer_model(v["model"])
+    if v.get("pre") is not None:
+        w.add_tokenizer_pre(v["pre"])
+    w.add_token_list(v["tokens"])
+    if v.get("scores") is not None:
+        w.add_token_scores(v["scores"])
+    w.add_token_types(v["token_types"])
+    if v["merges"]:
+        w.add_token_merges(v["merges"])
+    for key, fn in [("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("unk", w.add_unk_token_id),
+                    ("pad", w.add_pad_token_id)]:
+        if v.get(key) is not None:
+            fn(v[key])
+    for key, fn in [("add_bos", w.add_add_bos_token), ("add_eos", w.add_add_eos_token),
+                    ("add_space_prefix", w.add_add_space_prefix)]:
+        if v.get(key) is not None:
+            fn(v[key])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("name", ["llama-spm", "phi-3"])
+def test_spm_round_trip_through_llama_cpp(name, llama_cpp_src, tokenizer_json_bin, llama_tokenize, hamlet,
+                                          tmp_path):
+    """SentencePiece GGUF -> tokenizer.json -> GGUF: the tokens and types come back as they
+    were, and llama.cpp tokenizes with our GGUF (scores rebuilt from the merge ranks) exactly as
+    with the original (Hamlet, the test vectors, the probe text); the tokenizer.json rebuilt
+    from our GGUF tokenizes the test vectors like the first one."""
+    import gguf
+
+    model = llama_cpp_src / "models" / f"ggml-vocab-{name}.gguf"
+    write_tokenizer(tokenizer_json_bin, model, tmp_path / "hf")
+    back = qforge_vocab(tokenizer_json_bin, tmp_path / "hf")
+    r = gguf.GGUFReader(str(model))
+    field = lambda k: r.fields[k].contents() if k in r.fields else None  # noqa: E731
+    assert back["model"] == "llama" and back["pre"] is None and back["merges"] == []
+    assert back["tokens"] == field("tokenizer.ggml.tokens")
+    # tokenizer.json has no way to say "unknown" for a token other than the unknown token:
+    # Phi-3's GGUF types its 53 [PAD] fillers unknown (2); they come back normal (1).
+    unk = field("tokenizer.ggml.unknown_token_id")
+    types = field("tokenizer.ggml.token_type")
+    differ = {(i, a, b) for i, (a, b) in enumerate(zip(types, back["token_types"])) if a != b}
+    assert len(back["token_types"]) == len(types)
+    assert all(a == 2 and b == 1 and i != unk for i, a, b in differ), sorted(differ)[:5]
+    assert len(differ) == {"llama-spm": 0, "phi-3": 53}[name]
+    assert back["add_space_prefix"] is True
+    for ours, key in [("bos", "bos_token_id"), ("unk", "unknown_token_id"), ("add_bos", "add_bos_token")]:
+        assert back[ours] == field(f"tokenizer.ggml.{key}"), key
+
+    ours_gguf = tmp_path / "ours.gguf"
+    write_vocab_gguf(back, ours_gguf)
+    texts = {
+        "hamlet": hamlet.read_bytes().decode("utf-8"),
+        "probe": probe_text(llama_cpp_src),
+        "vectors": "\n".join(t for t, _ in vocab_vectors(llama_cpp_src, name)),
+    }
+    for what, text in texts.items():
+        f = tmp_path / f"{what}.txt"
+        f.write_bytes(text.encode("utf-8"))
+        ref = llama_cpp_ids(llama_tokenize, model, f)
+        got = llama_cpp_ids(llama_tokenize, ours_gguf, f)
+        assert got == ref, f"{what}: {first_difference(got, ref)}"
+
+    write_tokenizer(tokenizer_json_bin, ours_gguf, tmp_path / "hf2")
+    tok = load(tmp_path / "hf2")
+    for t, want in vocab_vectors(llama_cpp_src, name):
+        assert tok.encode(t, add_special_tokens=False).ids == want, t
 
 
 @pytest.mark.parametrize("pre", ["default", None, "smollm", "llama-bpe", "gpt-2"])

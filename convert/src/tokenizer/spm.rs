@@ -30,8 +30,8 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
+use super::TOKEN_TYPE_USER_DEFINED;
 use super::{Vocab, Why, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN};
-use super::{TOKEN_TYPE_UNUSED, TOKEN_TYPE_USER_DEFINED};
 
 /// SentencePiece's word-boundary mark, U+2581 LOWER ONE EIGHTH BLOCK.
 pub const SPM_SPACE: &str = "\u{2581}";
@@ -214,7 +214,8 @@ pub(super) fn hf_spm_fields(
         }
     }
     if let Some(slot) = unk.and_then(|u| types.get_mut(u as usize)) {
-        if *slot != TOKEN_TYPE_UNUSED {
+        // An unknown token written as an added token (Phi-3's GGUF types it control) stays so.
+        if *slot == super::TOKEN_TYPE_NORMAL {
             *slot = TOKEN_TYPE_UNKNOWN;
         }
     }
