@@ -198,3 +198,56 @@ fn spm_errors_name_the_key() {
     let err = v.to_tokenizer_json().unwrap_err().to_string();
     assert!(err.contains("tokenizer.ggml.scores"), "{err}");
 }
+
+/// A tiny Gemma 4 vocabulary: <pad> <eos> <bos> <unk>, byte tokens, pieces, newline runs.
+fn tiny_gemma4() -> Vocab {
+    let mut tokens: Vec<String> = vec!["<pad>".into(), "<eos>".into(), "<bos>".into()];
+    let mut types = vec![TOKEN_TYPE_CONTROL; 3];
+    tokens.push("<unk>".into());
+    types.push(TOKEN_TYPE_UNKNOWN);
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(TOKEN_TYPE_BYTE);
+    }
+    for p in ["a", "b", "▁", "ab", "▁ab", "\n", "\n\n\n"] {
+        tokens.push(p.into());
+        types.push(TOKEN_TYPE_NORMAL);
+    }
+    Vocab {
+        model: "gemma4".into(),
+        tokens,
+        token_types: types,
+        merges: vec!["a b".into(), "▁ ab".into()],
+        bos: Some(2),
+        eos: Some(1),
+        unk: Some(3),
+        add_bos: Some(false),
+        ..Vocab::default()
+    }
+}
+
+#[test]
+fn gemma4_tokenizer_json_encodes_as_llama_cpp() {
+    let v = tiny_gemma4();
+    let tok = v.to_tokenizer().unwrap();
+    // No space prefix; spaces escaped; a newline run that is a token taken whole; bytes for the
+    // rest; BOS added even though the file says add_bos = false (llama.cpp forces it).
+    let ids = tok.encode("ab ab\n\n\nc", true).unwrap().get_ids().to_vec();
+    assert_eq!(
+        ids,
+        [
+            2,
+            id(&v, "ab"),
+            id(&v, "▁ab"),
+            id(&v, "\n\n\n"),
+            id(&v, "<0x63>")
+        ]
+    );
+    let mut bad = tiny_gemma4();
+    bad.merges.push("a zz".into());
+    let err = bad.to_tokenizer_json().unwrap_err().to_string();
+    assert!(err.contains("tokenizer.ggml.merges[2]"), "{err}");
+    let mut bad = tiny_gemma4();
+    bad.merges.push("ab".into());
+    assert!(bad.to_tokenizer_json().is_err());
+}

@@ -73,6 +73,7 @@ VOCAB_FILES = {
     "falcon": "falcon",
     "llama-spm": None,
     "phi-3": None,
+    "gemma-4": None,
 }
 
 # llama.cpp's vocabulary test suite (models/ggml-vocab-*.gguf with .inp/.out) in the pinned
@@ -85,11 +86,6 @@ VOCAB_SUITE_REFUSED = {
         "WordPiece (tokenizer.ggml.model \"bert\", BAAI bge-small embeddings): not a "
         "Llama-descended family; no WordPiece writer",
         'this one is "bert"',
-    ),
-    "gemma-4": (
-        "tokenizer.ggml.model \"gemma4\" (llama.cpp's SPM-style BPE over raw UTF-8 with "
-        "512k merges, pre-split on newlines): not implemented",
-        'this one is "gemma4"',
     ),
 }
 

@@ -8,8 +8,10 @@
 //! Meta tokenizer.model ──Vocab::from_tiktoken──┘      └──to_gguf_metadata──► GGUF
 //! ```
 //!
-//! Only byte-level BPE (`tokenizer.ggml.model = "gpt2"`) is converted to `tokenizer.json`; a
-//! SentencePiece (`"llama"`) vocabulary is read into a [`Vocab`] but refused by the writer.
+//! Byte-level BPE (`tokenizer.ggml.model = "gpt2"`), SentencePiece (`"llama"`, spm.rs) and
+//! Gemma 4 (`"gemma4"`, GGUF → HF only) vocabularies are converted to `tokenizer.json`; other
+//! models (WordPiece `"bert"`, Unigram `"t5"`, …) are refused. BPE pre-tokenizers by
+//! llama.cpp name are in pretok.rs.
 //!
 //! The pre-tokenizer written for each `tokenizer.ggml.pre` reproduces what llama.cpp does for
 //! that name (src/llama-vocab.cpp), not what transformers 5.23 does: transformers maps `smollm`
@@ -648,6 +650,10 @@ impl Vocab {
 
     /// Whether BOS is prepended: `add_bos`, else llama.cpp's default for the pre-tokenizer.
     pub fn effective_add_bos(&self) -> bool {
+        // llama.cpp (llama_vocab::impl::load) forces add_bos on for Gemma 4.
+        if self.model == "gemma4" {
+            return true;
+        }
         self.add_bos.unwrap_or_else(|| {
             self.model == "llama"
                 || self
@@ -690,10 +696,14 @@ impl Vocab {
         if self.model == "llama" {
             return self.spm_json_inner();
         }
+        if self.model == "gemma4" {
+            return self.gemma4_json_inner();
+        }
         if self.model != "gpt2" {
             return Err(format!(
-                "only byte-level BPE (tokenizer.ggml.model \"gpt2\") and SentencePiece \
-                 (\"llama\") vocabularies can be written as tokenizer.json; this one is {:?}",
+                "only byte-level BPE (tokenizer.ggml.model \"gpt2\"), SentencePiece \
+                 (\"llama\") and Gemma 4 (\"gemma4\") vocabularies can be written as \
+                 tokenizer.json; this one is {:?}",
                 self.model
             ));
         }
@@ -774,7 +784,7 @@ impl Vocab {
         }))
     }
 
-    fn check_lengths(&self) -> Why<()> {
+    pub(super) fn check_lengths(&self) -> Why<()> {
         if self.token_types.len() != self.tokens.len() {
             return Err(format!(
                 "{} token types for {} tokens",
@@ -797,7 +807,7 @@ impl Vocab {
 
     /// A `TemplateProcessing` inserting BOS (and EOS) as [`Vocab::effective_add_bos`]
     /// (`add_eos`) say, or null when neither is added.
-    fn template_processor(&self) -> Why<Value> {
+    pub(super) fn template_processor(&self) -> Why<Value> {
         let special = |what: &str, id: Option<u32>| -> Why<(String, u32)> {
             let id = id.ok_or_else(|| format!("add_{what}_token is set but no {what} id"))?;
             let text = self
@@ -1373,7 +1383,7 @@ impl Vocab {
 
 /// Split a GGUF merge at its first space after the first character (llama.cpp's
 /// `word.find(' ', 1)`).
-fn split_merge(m: &str) -> Option<(&str, &str)> {
+pub(super) fn split_merge(m: &str) -> Option<(&str, &str)> {
     let first = m.chars().next()?;
     let pos = m[first.len_utf8()..].find(' ')? + first.len_utf8();
     Some((&m[..pos], &m[pos + 1..]))

@@ -1,5 +1,6 @@
 //! SentencePiece vocabularies (`tokenizer.ggml.model = "llama"`: Llama 1/2, Mistral, Phi-3)
-//! as an HF `tokenizer.json` and back.
+//! as an HF `tokenizer.json` and back; Gemma 4's SentencePiece-style BPE (`"gemma4"`) one way,
+//! GGUF → `tokenizer.json` ([`Vocab::gemma4_json_inner`]).
 //!
 //! GGUF → `tokenizer.json` writes what transformers' `LlamaConverter` (convert_slow_tokenizer.py,
 //! legacy mode, the one Llama 2's and Phi-3's published `tokenizer.json` come from) makes of the
@@ -35,6 +36,16 @@ use super::{Vocab, Why, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN}
 
 /// SentencePiece's word-boundary mark, U+2581 LOWER ONE EIGHTH BLOCK.
 pub const SPM_SPACE: &str = "\u{2581}";
+
+/// Gemma 4's only split in llama.cpp: runs of non-newlines and runs of newlines.
+const GEMMA4_PATTERN: &str = r"[^\n]+|[\n]+";
+
+/// Whether a Gemma 4 piece that is itself a token is taken whole. llama.cpp does so for a
+/// run of newlines (its fix for Gemma 4, llama.cpp PR 21343) and runs the merges on other
+/// pieces; `tokenizers` has one switch for all pieces. With it on, our tokenizer.json gives
+/// llama.cpp's ids on its Gemma 4 test vectors and on Hamlet (tests/interop/test_tokenizer.py);
+/// a line that is a token the merges cannot reach would differ.
+const GEMMA4_IGNORE_MERGES: bool = true;
 
 /// The merges transformers' `generate_merges(vocab, vocab_scores)` (convert_slow_tokenizer.py)
 /// derives from a SentencePiece vocabulary: for every token (in id order, a repeated text once,
@@ -93,6 +104,108 @@ pub fn is_byte_token(t: &str) -> bool {
 }
 
 impl Vocab {
+    /// The BPE `vocab` (text → id; a repeated text keeps its last id, as llama.cpp's
+    /// `token_to_id`) and the added tokens (control → special, user-defined → not special; an
+    /// added token whose text resolves to another id is left out).
+    fn vocab_and_added(&self) -> (Map<String, Value>, Vec<Value>) {
+        let mut vocab = Map::with_capacity(self.tokens.len());
+        let mut added = Vec::new();
+        for (id, (text, &ty)) in self.tokens.iter().zip(&self.token_types).enumerate() {
+            vocab.remove(text);
+            vocab.insert(text.clone(), Value::from(id as u64));
+            if (ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED) && !text.is_empty() {
+                added.push(json!({
+                    "id": id, "content": text, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": ty == TOKEN_TYPE_CONTROL,
+                }));
+            }
+        }
+        added.retain(|t| vocab.get(t["content"].as_str().unwrap_or_default()) == Some(&t["id"]));
+        (vocab, added)
+    }
+
+    /// Token types checked against GGUF's range (1..6).
+    fn check_token_types(&self) -> Why<()> {
+        match self
+            .token_types
+            .iter()
+            .enumerate()
+            .find(|(_, &ty)| !(1..=6).contains(&ty))
+        {
+            Some((i, ty)) => Err(format!(
+                "tokenizer.ggml.token_type[{i}] is {ty}, not a GGUF token type (1..6)"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `tokenizer.json` for a Gemma 4 vocabulary (`tokenizer.ggml.model = "gemma4"`), as
+    /// llama.cpp tokenizes it (src/llama-vocab.cpp, `LLAMA_VOCAB_PRE_TYPE_GEMMA4`): spaces
+    /// escaped as `▁` (no prefix), the text split into runs of non-newlines and runs of
+    /// newlines, BPE by the stored merges over raw UTF-8 characters with `<0xXX>` byte
+    /// fallback, a run of newlines that is itself a token taken whole; BOS always added.
+    pub(super) fn gemma4_json_inner(&self) -> Why<Value> {
+        self.check_lengths()?;
+        self.check_token_types()?;
+        let n = self.tokens.len();
+        if u32::try_from(n).is_err() {
+            return Err(format!("{n} tokens do not fit u32 ids"));
+        }
+        let (vocab, added) = self.vocab_and_added();
+        let mut merges = Vec::with_capacity(self.merges.len());
+        let mut seen = std::collections::HashSet::with_capacity(self.merges.len());
+        for (i, m) in self.merges.iter().enumerate() {
+            let (a, b) = super::split_merge(m).ok_or_else(|| {
+                format!("tokenizer.ggml.merges[{i}] {m:?} is not two space-separated parts")
+            })?;
+            for part in [a, b, &format!("{a}{b}")] {
+                if !vocab.contains_key(part) {
+                    return Err(format!(
+                        "tokenizer.ggml.merges[{i}] {m:?}: {part:?} is not a token"
+                    ));
+                }
+            }
+            // llama.cpp's bpe_ranks.emplace keeps a repeated pair's first rank.
+            if seen.insert((a, b)) {
+                merges.push(json!([a, b]));
+            }
+        }
+        let unk = match self.unk {
+            Some(u) => Value::from(
+                self.token(u)
+                    .ok_or_else(|| format!("unknown token id {u} is out of range ({n} tokens)"))?,
+            ),
+            None => Value::Null,
+        };
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": SPM_SPACE},
+            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": GEMMA4_PATTERN},
+                              "behavior": "Isolated", "invert": false},
+            "post_processor": self.template_processor()?,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": SPM_SPACE}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+            ]},
+            "model": {
+                "type": "BPE",
+                "dropout": null,
+                "unk_token": unk,
+                "continuing_subword_prefix": null,
+                "end_of_word_suffix": null,
+                "fuse_unk": false,
+                "byte_fallback": true,
+                "ignore_merges": GEMMA4_IGNORE_MERGES,
+                "vocab": vocab,
+                "merges": merges,
+            },
+        }))
+    }
+
     /// The scores of a SentencePiece vocabulary, checked: one finite value per token.
     pub(super) fn spm_scores(&self) -> Why<&[f32]> {
         let scores = self
@@ -128,29 +241,8 @@ impl Vocab {
         if u32::try_from(n).is_err() {
             return Err(format!("{n} tokens do not fit u32 ids"));
         }
-        if let Some((i, &ty)) = self
-            .token_types
-            .iter()
-            .enumerate()
-            .find(|(_, &ty)| !(1..=6).contains(&ty))
-        {
-            return Err(format!(
-                "tokenizer.ggml.token_type[{i}] is {ty}, not a GGUF token type (1..6)"
-            ));
-        }
-        let mut vocab = Map::with_capacity(n);
-        let mut added = Vec::new();
-        for (id, (text, &ty)) in self.tokens.iter().zip(&self.token_types).enumerate() {
-            vocab.remove(text);
-            vocab.insert(text.clone(), Value::from(id as u64));
-            if (ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED) && !text.is_empty() {
-                added.push(json!({
-                    "id": id, "content": text, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": ty == TOKEN_TYPE_CONTROL,
-                }));
-            }
-        }
-        added.retain(|t| vocab.get(t["content"].as_str().unwrap_or_default()) == Some(&t["id"]));
+        self.check_token_types()?;
+        let (vocab, added) = self.vocab_and_added();
         let unk_id = self.unk.unwrap_or(0);
         let unk = self
             .token(unk_id)
