@@ -14,6 +14,11 @@ pre-tokenizer names (llama.cpp applies the name's regexes to any vocabulary); th
 direction against gguf-py's reading of the original GGUF; and Meta's tiktoken format, with
 Llama 3's merges rebuilt from ranks exactly as in llama.cpp's Llama 3 vocabulary.
 
+llama.cpp's whole vocabulary suite (every models/ggml-vocab-*.gguf with .inp/.out: byte-level
+BPE, SentencePiece, Gemma 4) runs in test_llama_cpp_vocab_suite; the vocabularies still refused
+are listed in VOCAB_SUITE_REFUSED with the reason. SentencePiece vocabularies also go
+GGUF -> tokenizer.json -> GGUF and are tokenized by llama.cpp itself from our GGUF.
+
 Peers: `llama-tokenize` from scripts/build-llama-cpp.sh (tests skip, loudly, only when that
 build is absent), qforge's example binary `tokenizer_json` (built here with cargo, or given as
 QFORGE_TOKENIZER_JSON_BIN).

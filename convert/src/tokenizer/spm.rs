@@ -359,7 +359,7 @@ fn add_space_prefix_of(tj: &Value) -> Why<bool> {
     let pre = tj.get("pre_tokenizer").unwrap_or(&Value::Null);
     if let Some(m) = find(pre, "Metaspace", "pretokenizers") {
         return match m.get("prepend_scheme").and_then(Value::as_str) {
-            Some("always") | Some("first") => Ok(true),
+            Some("always" | "first") => Ok(true),
             Some("never") => Ok(false),
             None => Ok(m.get("add_prefix_space").and_then(Value::as_bool) != Some(false)),
             Some(other) => Err(format!("Metaspace prepend_scheme {other:?} is not known")),
