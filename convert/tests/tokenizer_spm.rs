@@ -251,3 +251,14 @@ fn gemma4_tokenizer_json_encodes_as_llama_cpp() {
     bad.merges.push("ab".into());
     assert!(bad.to_tokenizer_json().is_err());
 }
+
+#[test]
+fn spm_refuses_an_absurdly_long_piece() {
+    let mut v = tiny_spm();
+    v.tokens
+        .push("x".repeat(qforge_convert::tokenizer::SPM_MAX_PIECE_BYTES + 1));
+    v.token_types.push(TOKEN_TYPE_NORMAL);
+    v.scores.as_mut().unwrap().push(-100.0);
+    let err = v.to_tokenizer_json().unwrap_err().to_string();
+    assert!(err.contains("tokenizer.ggml.tokens[266]"), "{err}");
+}

@@ -43,7 +43,7 @@ pub use pretok::{
     DEFAULT_PATTERNS, FALCON_PATTERNS, GPT2_PATTERN, LLAMA3_PATTERN, PRE_TOKENIZERS, QWEN2_PATTERN,
     QWEN35_PATTERN,
 };
-pub use spm::{is_byte_token, spm_merges, SPM_SPACE};
+pub use spm::{is_byte_token, spm_merges, SPM_MAX_PIECE_BYTES, SPM_SPACE};
 
 /// GGUF token type: a normal token (`tokenizer.ggml.token_type`, gguf-py `TokenType`).
 pub const TOKEN_TYPE_NORMAL: i32 = 1;

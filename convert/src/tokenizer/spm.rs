@@ -37,6 +37,9 @@ use super::{Vocab, Why, TOKEN_TYPE_BYTE, TOKEN_TYPE_CONTROL, TOKEN_TYPE_UNKNOWN}
 /// SentencePiece's word-boundary mark, U+2581 LOWER ONE EIGHTH BLOCK.
 pub const SPM_SPACE: &str = "\u{2581}";
 
+/// The longest SentencePiece piece [`Vocab::to_tokenizer_json`] accepts, in bytes.
+pub const SPM_MAX_PIECE_BYTES: usize = 1024;
+
 /// Gemma 4's only split in llama.cpp: runs of non-newlines and runs of newlines.
 const GEMMA4_PATTERN: &str = r"[^\n]+|[\n]+";
 
@@ -247,6 +250,22 @@ impl Vocab {
         let unk = self
             .token(unk_id)
             .ok_or_else(|| format!("unknown token id {unk_id} is out of range ({n} tokens)"))?;
+        // Deriving merges looks up every split of every piece: quadratic in a piece's length.
+        // Real pieces are short (Llama 2, Phi-3: at most 48 bytes); a hostile file must not
+        // turn that into hours.
+        if let Some((i, t)) = self
+            .tokens
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.len() > SPM_MAX_PIECE_BYTES)
+        {
+            return Err(format!(
+                "tokenizer.ggml.tokens[{i}] is {} bytes long; SentencePiece pieces over \
+                 {SPM_MAX_PIECE_BYTES} bytes are refused (deriving the merges is quadratic in \
+                 a piece's length)",
+                t.len()
+            ));
+        }
         let merges: Vec<Value> = spm_merges(&self.tokens, scores)
             .into_iter()
             .map(|(l, r)| json!([l, r]))
