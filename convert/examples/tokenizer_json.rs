@@ -3,8 +3,8 @@
 //! ```text
 //! tokenizer_json SOURCE OUTDIR [--pre NAME] [--llama3 | --llama3.1]
 //!     write OUTDIR/tokenizer.json and OUTDIR/tokenizer_config.json; prints a one-line JSON
-//!     summary. SOURCE is a .gguf file, an HF directory or a tiktoken tokenizer.model (with the
-//!     Llama 3 / 3.1 special tokens when asked); --pre names the pre-tokenizer instead of the
+//!     summary. SOURCE is a .gguf file, an HF directory, a SentencePiece tokenizer.model
+//!     (Llama 2) or a tiktoken tokenizer.model (with the Llama 3 / 3.1 special tokens when asked); --pre names the pre-tokenizer instead of the
 //!     stored one (GGUF, tiktoken) or the one identified by the probe hash (HF)
 //! tokenizer_json --vocab SOURCE [--pre NAME] [--llama3 | --llama3.1]
 //!     print the GGUF view (qforge_convert::tokenizer::Vocab) of SOURCE as JSON
@@ -48,6 +48,10 @@ fn read_vocab(src: &Path, opts: &[String]) -> Result<Vocab, String> {
         Vocab::from_tokenizer_json(src, pre)
     } else if src.extension().is_some_and(|e| e == "gguf") {
         Vocab::from_gguf_file(src)
+    } else if std::fs::read(src).is_ok_and(|b| b.first() == Some(&0x0a)) {
+        // A SentencePiece ModelProto starts with field 1 (a piece, length-delimited): 0x0a;
+        // a tiktoken file starts with base64 text.
+        Vocab::from_sentencepiece_file(src)
     } else {
         let specials = specials.map(llama3_special_tokens).unwrap_or_default();
         Vocab::from_tiktoken_file(src, &specials)

@@ -37,12 +37,14 @@ use crate::gguf::{self, GgufArray, GgufMetadata, GgufValue, StringArray};
 use crate::mmap::MappedFile;
 
 mod pretok;
+mod sentencepiece;
 mod spm;
 pub use pretok::{
     PreTokenizer, DEEPSEEK3_PATTERNS, DEEPSEEK_CODER_PATTERNS, DEEPSEEK_LLM_PATTERNS,
     DEFAULT_PATTERNS, FALCON_PATTERNS, GPT2_PATTERN, LLAMA3_PATTERN, PRE_TOKENIZERS, QWEN2_PATTERN,
     QWEN35_PATTERN,
 };
+pub use sentencepiece::MAX_SENTENCEPIECE_BYTES;
 pub use spm::{is_byte_token, spm_merges, SPM_MAX_PIECE_BYTES, SPM_SPACE};
 
 /// GGUF token type: a normal token (`tokenizer.ggml.token_type`, gguf-py `TokenType`).

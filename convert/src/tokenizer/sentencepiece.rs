@@ -1,0 +1,342 @@
+//! SentencePiece's own model file (`tokenizer.model` of Llama 1/2, Mistral, Phi-3: a
+//! `ModelProto` protobuf, sentencepiece_model.proto) read into the GGUF view, as llama.cpp's
+//! `convert_hf_to_gguf.py` does it (conversion/base.py `_create_vocab_sentencepiece`): every
+//! piece with its score; type unknown, control, unused or byte as SentencePiece says, any other
+//! piece (user-defined included) normal; BOS/EOS/UNK/PAD ids from the trainer spec.
+//!
+//! Only the fields used are decoded; the protobuf wire format is checked as it is read (every
+//! length within the buffer, varints at most ten bytes, known wire types), so a hostile file is
+//! an error naming the file, never a panic.
+
+use std::path::Path;
+
+use super::{tok_err, Vocab, Why, MAX_VOCAB, TOKEN_TYPE_NORMAL};
+use crate::error::{Error, Result};
+
+/// Largest `tokenizer.model` read (Llama 2's is 500 kB, Gemma's 4 MB).
+pub const MAX_SENTENCEPIECE_BYTES: u64 = 64 << 20;
+
+/// One protobuf field: its number and its value.
+enum Field<'a> {
+    Varint(u64),
+    Fixed32(u32),
+    Bytes(&'a [u8]),
+}
+
+/// A protobuf message reader over a byte slice.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn varint(&mut self) -> Why<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or("a varint runs past the end of its message")?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("a varint longer than ten bytes".into())
+    }
+
+    fn take(&mut self, n: usize) -> Why<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or("a field runs past the end of its message")?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// The next field, or `None` at the end of the message.
+    fn next(&mut self) -> Why<Option<(u64, Field<'a>)>> {
+        if self.pos == self.buf.len() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let (num, wire) = (key >> 3, key & 7);
+        let field = match wire {
+            0 => Field::Varint(self.varint()?),
+            1 => {
+                self.take(8)?;
+                Field::Varint(0)
+            }
+            2 => {
+                let n = usize::try_from(self.varint()?).map_err(|_| "a huge length")?;
+                Field::Bytes(self.take(n)?)
+            }
+            5 => {
+                let b = self.take(4)?;
+                Field::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            w => {
+                return Err(format!(
+                    "protobuf wire type {w} (field {num}) is not supported"
+                ))
+            }
+        };
+        Ok(Some((num, field)))
+    }
+}
+
+/// A trainer-spec id (`int32`; -1 = none) as a token id, if in range.
+fn spec_id(v: Option<u64>, default: i64, n: usize) -> Option<u32> {
+    // int32 is sign-extended to 64 bits on the wire.
+    let id = v.map_or(default, |x| x as i64);
+    u32::try_from(id).ok().filter(|&i| (i as usize) < n)
+}
+
+impl Vocab {
+    /// The GGUF view of a SentencePiece `tokenizer.model` (see the module documentation).
+    pub fn from_sentencepiece(bytes: &[u8]) -> Result<Self> {
+        sentencepiece_inner(bytes).map_err(tok_err("tokenizer.model"))
+    }
+
+    /// Read and parse a SentencePiece `tokenizer.model` file.
+    pub fn from_sentencepiece_file(path: &Path) -> Result<Self> {
+        let len = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        if len > MAX_SENTENCEPIECE_BYTES {
+            return Err(tok_err(path)(format!(
+                "{len} bytes, above the {MAX_SENTENCEPIECE_BYTES} accepted"
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        sentencepiece_inner(&bytes).map_err(tok_err(path))
+    }
+}
+
+fn sentencepiece_inner(bytes: &[u8]) -> Why<Vocab> {
+    let mut tokens = Vec::new();
+    let mut types = Vec::new();
+    let mut scores = Vec::new();
+    let (mut model_type, mut byte_fallback) = (None, false);
+    let (mut unk, mut bos, mut eos, mut pad) = (None, None, None, None);
+    let mut add_dummy_prefix = true;
+    let mut top = Reader::new(bytes);
+    while let Some((num, field)) = top.next()? {
+        match (num, field) {
+            (1, Field::Bytes(piece)) => {
+                if tokens.len() >= MAX_VOCAB {
+                    return Err(format!("more than {MAX_VOCAB} pieces"));
+                }
+                let i = tokens.len();
+                let (mut text, mut score, mut ty) = (None, 0.0f32, 1u64);
+                let mut r = Reader::new(piece);
+                while let Some((n, f)) = r.next()? {
+                    match (n, f) {
+                        (1, Field::Bytes(t)) => {
+                            text = Some(
+                                std::str::from_utf8(t)
+                                    .map_err(|_| format!("piece {i} is not UTF-8"))?
+                                    .to_owned(),
+                            )
+                        }
+                        (2, Field::Fixed32(s)) => score = f32::from_bits(s),
+                        (3, Field::Varint(t)) => ty = t,
+                        _ => {}
+                    }
+                }
+                let text = text.ok_or_else(|| format!("piece {i} has no text"))?;
+                if !score.is_finite() {
+                    return Err(format!("piece {i} ({text:?}) has score {score}"));
+                }
+                // sentencepiece_model.proto Type: NORMAL 1, UNKNOWN 2, CONTROL 3,
+                // USER_DEFINED 4, BYTE 6, UNUSED 5 -- GGUF's numbering; user-defined becomes
+                // normal as in convert_hf_to_gguf.py.
+                let ty = match ty {
+                    1 | 4 => TOKEN_TYPE_NORMAL,
+                    2 | 3 | 5 | 6 => ty as i32,
+                    other => return Err(format!("piece {i} ({text:?}) has type {other}")),
+                };
+                tokens.push(text);
+                types.push(ty);
+                scores.push(score);
+            }
+            (2, Field::Bytes(spec)) => {
+                let mut r = Reader::new(spec);
+                while let Some((n, f)) = r.next()? {
+                    if let Field::Varint(v) = f {
+                        match n {
+                            3 => model_type = Some(v),
+                            35 => byte_fallback = v != 0,
+                            40 => unk = Some(v),
+                            41 => bos = Some(v),
+                            42 => eos = Some(v),
+                            43 => pad = Some(v),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            (3, Field::Bytes(spec)) => {
+                let mut r = Reader::new(spec);
+                while let Some((n, f)) = r.next()? {
+                    if let (3, Field::Varint(v)) = (n, f) {
+                        add_dummy_prefix = v != 0;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // TrainerSpec.ModelType: UNIGRAM 1 (the default), BPE 2, WORD 3, CHAR 4.
+    match model_type.unwrap_or(1) {
+        2 => {}
+        1 => {
+            return Err(
+                "a Unigram SentencePiece model (T5-style): only BPE ones (Llama, \
+                        Mistral, Phi-3) are converted"
+                    .into(),
+            )
+        }
+        t => {
+            return Err(format!(
+                "SentencePiece model type {t}: only BPE (2) is converted"
+            ))
+        }
+    }
+    if tokens.is_empty() {
+        return Err("no pieces".into());
+    }
+    if !byte_fallback {
+        return Err(
+            "a BPE SentencePiece model without byte_fallback: llama.cpp's SPM \
+                    tokenizer and transformers' LlamaConverter assume byte fallback"
+                .into(),
+        );
+    }
+    let n = tokens.len();
+    Ok(Vocab {
+        model: "llama".into(),
+        tokens,
+        token_types: types,
+        scores: Some(scores),
+        unk: spec_id(unk, 0, n),
+        bos: spec_id(bos, 1, n),
+        eos: spec_id(eos, 2, n),
+        pad: spec_id(pad, -1, n),
+        add_space_prefix: (!add_dummy_prefix).then_some(false),
+        ..Vocab::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    fn bytes_field(num: u64, body: &[u8], out: &mut Vec<u8>) {
+        varint(num << 3 | 2, out);
+        varint(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+
+    fn piece(text: &str, score: f32, ty: u64) -> Vec<u8> {
+        let mut p = Vec::new();
+        bytes_field(1, text.as_bytes(), &mut p);
+        varint(2 << 3 | 5, &mut p);
+        p.extend_from_slice(&score.to_le_bytes());
+        varint(3 << 3, &mut p);
+        varint(ty, &mut p);
+        p
+    }
+
+    fn model(pieces: &[(&str, f32, u64)], model_type: u64, pad: i64) -> Vec<u8> {
+        let mut m = Vec::new();
+        for &(t, s, ty) in pieces {
+            bytes_field(1, &piece(t, s, ty), &mut m);
+        }
+        let mut spec = Vec::new();
+        for (num, v) in [(3u64, model_type), (35, 1), (43, pad as u64)] {
+            varint(num << 3, &mut spec);
+            varint(v, &mut spec);
+        }
+        bytes_field(2, &spec, &mut m);
+        m
+    }
+
+    #[test]
+    fn reads_pieces_scores_types_and_ids() {
+        let m = model(
+            &[
+                ("<unk>", 0.0, 2),
+                ("<s>", 0.0, 3),
+                ("</s>", 0.0, 3),
+                ("<0x00>", 0.0, 6),
+                ("▁a", -1.5, 1),
+                ("<user>", 0.0, 4),
+            ],
+            2,
+            -1,
+        );
+        let v = Vocab::from_sentencepiece(&m).unwrap();
+        assert_eq!(v.model, "llama");
+        assert_eq!(v.tokens, ["<unk>", "<s>", "</s>", "<0x00>", "▁a", "<user>"]);
+        assert_eq!(v.token_types, [2, 3, 3, 6, 1, 1]);
+        assert_eq!(
+            v.scores.as_deref(),
+            Some(&[0.0, 0.0, 0.0, 0.0, -1.5, 0.0][..])
+        );
+        assert_eq!(
+            (v.unk, v.bos, v.eos, v.pad),
+            (Some(0), Some(1), Some(2), None)
+        );
+        assert_eq!(v.add_space_prefix, None);
+    }
+
+    #[test]
+    fn hostile_models_are_errors() {
+        let good = model(&[("a", 0.0, 1)], 2, -1);
+        assert!(Vocab::from_sentencepiece(&good).is_ok());
+        let unigram = model(&[("a", 0.0, 1)], 1, -1);
+        let nan = model(&[("a", f32::NAN, 1)], 2, -1);
+        let bad_type = model(&[("a", 0.0, 9)], 2, -1);
+        let empty = model(&[], 2, -1);
+        let mut truncated = good.clone();
+        truncated.truncate(good.len() - 3);
+        let mut long_varint = vec![0x08];
+        long_varint.extend([0xff; 11]);
+        let mut over = Vec::new();
+        varint(1 << 3 | 2, &mut over);
+        varint(u64::MAX, &mut over);
+        for (what, bytes) in [
+            ("unigram", unigram),
+            ("nan", nan),
+            ("bad type", bad_type),
+            ("empty", empty),
+            ("truncated", truncated),
+            ("long varint", long_varint),
+            ("huge length", over),
+            ("wire type 3", vec![0x0b]),
+        ] {
+            let err = Vocab::from_sentencepiece(&bytes).expect_err(what);
+            assert!(matches!(err, Error::Tokenizer { .. }), "{what}: {err}");
+        }
+    }
+}
