@@ -968,7 +968,14 @@ impl Vocab {
         let pre = if let Some(p) = pre {
             p.to_owned()
         } else if vocab.model == "llama" {
-            // SentencePiece: no pre-tokenizer; llama.cpp's converter writes none.
+            // SentencePiece: no pre-tokenizer; llama.cpp's converter writes none. With the
+            // model's own tokenizer.model beside it, its scores and types win, as in
+            // convert_hf_to_gguf.py (which reads only that file).
+            let sp_path = dir.join("tokenizer.model");
+            if sp_path.is_file() {
+                let sp = Self::from_sentencepiece_file(&sp_path)?;
+                vocab.adopt_sentencepiece(&sp).map_err(tok_err(&sp_path))?;
+            }
             return Ok(vocab);
         } else {
             let tok = load_tokenizer(&text)

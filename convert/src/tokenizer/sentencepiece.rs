@@ -120,6 +120,33 @@ impl Vocab {
     }
 }
 
+impl Vocab {
+    /// Take the scores and types of `sp` (the directory's `tokenizer.model`) for its pieces;
+    /// ids past them (tokens added in tokenizer.json, `[PAD]` fillers) get the score -1000,
+    /// as convert_hf_to_gguf.py gives them. The pieces must be this vocabulary's first tokens.
+    pub(super) fn adopt_sentencepiece(&mut self, sp: &Vocab) -> Why<()> {
+        let m = sp.tokens.len();
+        if m > self.tokens.len() {
+            return Err(format!(
+                "{m} pieces, more than tokenizer.json's {} tokens",
+                self.tokens.len()
+            ));
+        }
+        if let Some(i) = (0..m).find(|&i| sp.tokens[i] != self.tokens[i]) {
+            return Err(format!(
+                "piece {i} is {:?} but tokenizer.json's token {i} is {:?}",
+                sp.tokens[i], self.tokens[i]
+            ));
+        }
+        let sp_scores = sp.scores.as_deref().unwrap_or_default();
+        let mut scores = vec![-1000.0f32; self.tokens.len()];
+        scores[..m].copy_from_slice(&sp_scores[..m.min(sp_scores.len())]);
+        self.scores = Some(scores);
+        self.token_types[..m].copy_from_slice(&sp.token_types[..m]);
+        Ok(())
+    }
+}
+
 fn sentencepiece_inner(bytes: &[u8]) -> Why<Vocab> {
     let mut tokens = Vec::new();
     let mut types = Vec::new();
@@ -308,6 +335,27 @@ mod tests {
             (Some(0), Some(1), Some(2), None)
         );
         assert_eq!(v.add_space_prefix, None);
+    }
+
+    #[test]
+    fn adopt_takes_scores_and_types_of_matching_pieces() {
+        let sp =
+            Vocab::from_sentencepiece(&model(&[("a", -1.0, 1), ("b", -2.0, 3)], 2, -1)).unwrap();
+        let mut v = Vocab {
+            model: "llama".into(),
+            tokens: vec!["a".into(), "b".into(), "<extra>".into()],
+            token_types: vec![1, 1, 3],
+            scores: Some(vec![0.0; 3]),
+            ..Vocab::default()
+        };
+        v.adopt_sentencepiece(&sp).unwrap();
+        assert_eq!(v.scores.as_deref(), Some(&[-1.0, -2.0, -1000.0][..]));
+        assert_eq!(v.token_types, [1, 3, 3]);
+        v.tokens[1] = "c".into();
+        assert!(v.adopt_sentencepiece(&sp).unwrap_err().contains("piece 1"));
+        v.tokens.truncate(1);
+        v.token_types.truncate(1);
+        assert!(v.adopt_sentencepiece(&sp).is_err());
     }
 
     #[test]
