@@ -498,3 +498,46 @@ fn a_narrowed_dtype_is_refused_only_when_it_changes_values() {
         assert!(lossy[0].contains("value(s)"), "{lossy:?}");
     }
 }
+
+/// HF → Meta writes the tokenizer as Meta's tiktoken `tokenizer.model` when that file holds it
+/// exactly: the tiny Meta checkpoint's tiktoken tokenizer, converted to HF's tokenizer.json,
+/// comes back byte for byte and nothing is refused; the families' fixtures (specials after the
+/// trained ranks, not Meta's layout) are refused for the tokenizer, naming why.
+#[test]
+fn hf_to_meta_keeps_a_tokenizer_tiktoken_can_hold() {
+    let t = tempfile::tempdir().unwrap();
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/meta-mp1");
+    let run = |input: &Path, output: &Path, to: &str| {
+        Command::new(QFORGE)
+            .args(["convert", input.to_str().unwrap(), output.to_str().unwrap()])
+            .args(["--to", to])
+            .output()
+            .unwrap()
+    };
+    let hf = t.path().join("hf");
+    let out = run(&tiny, &hf, "hf");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(hf.join("tokenizer.json").is_file());
+    let meta = t.path().join("meta");
+    let out = run(&hf, &meta, "meta");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("tiktoken tokenizer.model"), "{err}");
+    assert_eq!(
+        std::fs::read(meta.join("tokenizer.model")).unwrap(),
+        std::fs::read(tiny.join("tokenizer.model")).unwrap()
+    );
+    assert!(recorded_lossy(&meta).is_empty());
+
+    let refused = t.path().join("refused");
+    let out = run(&families().join("llama32"), &refused, "meta");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("tokenizer is not written"), "{err}");
+    assert!(err.contains("is a special, added or unused token"), "{err}");
+    assert!(!refused.exists());
+}

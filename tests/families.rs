@@ -326,7 +326,7 @@ fn every_fixture_is_listed_and_discriminates() {
     let mut listed: Vec<String> = FAMILIES
         .iter()
         .chain(PENDING)
-        .map(|s| s.to_string())
+        .map(ToString::to_string)
         .collect();
     listed.sort();
     assert_eq!(found, listed);
