@@ -376,12 +376,16 @@ fn check_mp(path: &Path, cfg: &ModelConfig, mp: usize) -> Result<()> {
     Ok(())
 }
 
+/// `params.json` bytes, `tokenizer.model` bytes to write (none: nothing, or the Meta source's own
+/// file), and the notes.
+type MetaSideFiles = (Vec<u8>, Option<Vec<u8>>, Vec<Note>);
+
 /// The output's `params.json` (the source's own file when it is Meta), the `tokenizer.model`
 /// to write for a non-Meta source, and the notes on what the output keeps: the reading's
 /// notes, the RoPE scaling (a GGUF source's `rope_freqs` recovered as Llama 3.1 scaling, see
 /// [`target_rope_scaling`]; then [`meta_params_json`]), the embeddings re-tied or not, and the
 /// tokenizer (see [`meta_tokenizer`]).
-fn meta_params_and_notes(ckpt: &Checkpoint) -> Result<(Vec<u8>, Option<Vec<u8>>, Vec<Note>)> {
+fn meta_params_and_notes(ckpt: &Checkpoint) -> Result<MetaSideFiles> {
     let mut notes = crate::notes::from_reading(&ckpt.notes);
     if ckpt.format == Format::Meta {
         let p = ckpt.path.join("params.json");

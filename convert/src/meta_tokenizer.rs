@@ -168,11 +168,13 @@ mod tests {
         for t in [&b" t"[..], b"he", b" th", b"the", b" the"] {
             lines.push(t.to_vec());
         }
-        let file: String = lines
-            .iter()
-            .enumerate()
-            .map(|(r, t)| format!("{} {r}\n", base64_encode(t)))
-            .collect();
+        let mut file = String::new();
+        for (r, t) in lines.iter().enumerate() {
+            file.push_str(&base64_encode(t));
+            file.push(' ');
+            file.push_str(&r.to_string());
+            file.push('\n');
+        }
         let vocab = Vocab::from_tiktoken(file.as_bytes(), &[] as &[&str]).unwrap();
         assert_eq!(tiktoken_model(&vocab, true).unwrap(), file.as_bytes());
         // a merge list the ranks do not imply is refused
