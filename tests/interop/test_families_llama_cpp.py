@@ -1,6 +1,11 @@
-"""`llama-perplexity` on qforge's GGUF of each family fixture against `qforge perplexity` on it
-(tests/fixtures/families, made by transformers with scripts/gen_family_fixtures.py; the Rust test
-tests/families.rs checks qforge against transformers' own figures and llama.cpp's converter).
+"""llama.cpp on the family fixtures (tests/fixtures/families, made by transformers with
+scripts/gen_family_fixtures.py; the Rust test tests/families.rs checks qforge against
+transformers' own figures and llama.cpp's converter):
+
+* the fixtures themselves: llama-perplexity on the GGUF llama.cpp's converter made of each
+  equals transformers' perplexity within 1e-4 (for mistral: transformers with the window
+  ignored, which is what llama.cpp computes);
+* `llama-perplexity` on qforge's GGUF of each family qforge handles against `qforge perplexity`.
 
 Same protocol on both sides: ctx 64, 40 chunks of the fixture's eval.txt, 2 threads. llama.cpp keeps
 K/V in an F16 cache, so qforge runs with `--kv-f16`. Budget: relative PPL difference below 1e-3
@@ -66,3 +71,25 @@ def test_llama_perplexity_on_our_gguf(qforge, llama_bin, tmp_path, name):  # noq
           f"transformers f32 {want:.6f}")
     assert ours["scored_tokens"] == e["transformers_f32"]["scored_tokens"]
     assert rel < PPL_REL_BUDGET, (theirs, ours["ppl"], rel)
+
+
+# llama.cpp's converter writes Mistral as `general.architecture = llama`, and llama.cpp's llama
+# graph has no sliding-window attention: on mistral.gguf it computes the model with the window
+# ignored, i.e. expected.json's `window_ignored` wrong forward (measured 37.5386 vs 37.5388).
+LLAMA_CPP_COMPUTES = {"mistral": "window_ignored"}
+
+
+@pytest.mark.parametrize("name", FAMILIES + PENDING)
+def test_llama_cpp_reproduces_transformers_on_the_converters_gguf(llama_bin, name):  # noqa: F811
+    """The fixtures themselves, independently of qforge: llama-perplexity on the GGUF llama.cpp's
+    own converter made (committed beside each fixture) against transformers' float32 figure,
+    within 1e-4 relative (llama.cpp keeps K/V in F16; measured 1.0e-5 to 2.5e-5)."""
+    e = json.loads((FIXTURES / name / "expected.json").read_text())
+    ctx, chunks = str(e["protocol"]["ctx"]), str(e["protocol"]["chunks"])
+    theirs = llama_perplexity(llama_bin, FIXTURES / name / e["gguf"]["file"], FIXTURES / "eval.txt", ctx, chunks)
+    wrong = LLAMA_CPP_COMPUTES.get(name)
+    want = e["wrong_forwards"][wrong]["ppl"] if wrong else e["transformers_f32"]["ppl"]
+    rel = abs(theirs - want) / want
+    print(f"{name}: llama-perplexity on {e['gguf']['file']} {theirs:.4f}, transformers "
+          f"{wrong or 'f32'} {want:.6f}, rel {rel:.2e}")
+    assert rel < 1e-4, (theirs, want, rel)
