@@ -1,15 +1,19 @@
-//! Round trips are checked by what the model computes: tiny Llama 3.1-style (llama3 RoPE
-//! scaling, factor 8, `original_max_position_embeddings` 2048 instead of Llama 3's 8192) and
-//! Llama 3.2-style (factor 32, tied embeddings) checkpoints go through every format (HF, GGUF
-//! F32, Meta MP1 and MP2) and back, and `qforge perplexity` on a fixed text must stay within
-//! 1e-6 relative of the source's, or the conversion must refuse without `--allow-lossy` (and
-//! with it succeed, listing the change in the output).
+//! Round trips are checked by what the model computes: the Llama 3.1-style (llama3 RoPE
+//! scaling, factor 8, `original_max_position_embeddings` 64 instead of Llama 3's 8192) and
+//! Llama 3.2-style (factor 32, original context 8192, tied embeddings) fixtures made by
+//! transformers (`tests/fixtures/families/llama31`, `llama32`; scripts/gen_family_fixtures.py)
+//! go through every format (HF, GGUF F32, Meta MP1 and MP2) and back, and `qforge perplexity`
+//! on their evaluation text (`eval.txt`, ctx 64, 40 chunks) must stay within 1e-6 relative of
+//! the source's, or the conversion must refuse without `--allow-lossy` (and with it succeed,
+//! listing the change in the output).
 //!
-//! The fixtures are written here, deterministically (xorshift weights, stored as BF16), with
-//! the committed tiny byte-level tokenizer (`tests/fixtures/tiny/hf`). Meta's format holds no
-//! tokenizer qforge can write, so every conversion into it refuses for that reason alone
-//! unless allowed; the chains through Meta put the source's tokenizer files back into their
-//! final HF directory before measuring (what the weights and config compute is under test).
+//! The fixtures' tokenizers are byte-level BPEs of 384 tokens, not Meta's Llama 3 vocabulary, so
+//! every conversion into Meta's format refuses for the tokenizer alone unless allowed; the
+//! chains through Meta put the source's tokenizer files back into their final HF directory
+//! before measuring (what the weights and config compute is under test).
+//!
+//! The narrowing test writes its own F32 checkpoint (values BF16 cannot hold), with the
+//! committed tiny byte-level tokenizer (`tests/fixtures/tiny/hf`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,32 +29,38 @@ const SAME: f64 = 1e-6;
 /// Smallest relative change the refused RoPE conversion must make (it is refused for a reason).
 const CHANGED: f64 = 1e-4;
 
+/// One of the transformers-made fixtures.
 struct Style {
     name: &'static str,
-    rope_scaling: Value,
-    tied: bool,
     /// Meta's params.json can say this RoPE scaling (factor, high-frequency factor with Meta's
     /// fixed low-frequency factor 1 and original context 8192).
     meta_expresses_rope: bool,
 }
 
-fn styles() -> [Style; 2] {
-    [
-        Style {
-            name: "llama31",
-            rope_scaling: json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 2048}),
-            tied: false,
-            meta_expresses_rope: false,
-        },
-        Style {
-            name: "llama32",
-            rope_scaling: json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
-            tied: true,
-            meta_expresses_rope: true,
-        },
-    ]
+const STYLES: [Style; 2] = [
+    Style {
+        name: "llama31",
+        meta_expresses_rope: false,
+    },
+    Style {
+        name: "llama32",
+        meta_expresses_rope: true,
+    },
+];
+
+fn families() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families")
+}
+
+/// A fixture's config.json.
+fn config(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap()
+}
+
+/// The Llama 3.2-style scaling the narrowing test's own checkpoint uses.
+fn llama32_rope() -> Value {
+    json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
 }
 
 const HIDDEN: u64 = 64;
@@ -60,23 +70,18 @@ const KV: u64 = 2;
 const FFN: u64 = 128;
 const VOCAB: u64 = 128;
 
-/// An HF checkpoint of `style` in `dir`: config.json, model.safetensors (BF16) and the tiny
-/// tokenizer. Weights are uniform in ±scale (norms 1 ± 0.1), large enough for sharp attention
-/// so the rotary frequencies matter.
-fn make_fixture(dir: &Path, style: &Style) {
-    make_fixture_as(dir, style, DType::BF16);
-}
-
-/// [`make_fixture`] with the weights stored as `dtype` (BF16, or F32 holding values BF16
-/// cannot: the full 24 random bits).
-fn make_fixture_as(dir: &Path, style: &Style, dtype: DType) {
+/// A Llama 3.2-style HF checkpoint (tied embeddings) in `dir`: config.json, model.safetensors
+/// with the weights stored as `dtype` (BF16, or F32 holding values BF16 cannot: the full 24
+/// random bits) and the tiny tokenizer. Weights are uniform in ±scale (norms 1 ± 0.1).
+fn make_fixture_as(dir: &Path, dtype: DType) {
+    let tied = true;
     std::fs::create_dir_all(dir).unwrap();
     let config = json!({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
         "intermediate_size": FFN, "num_attention_heads": HEADS, "num_hidden_layers": LAYERS,
         "num_key_value_heads": KV, "head_dim": HIDDEN / HEADS, "rms_norm_eps": 1e-5,
         "rope_theta": 500_000.0, "vocab_size": VOCAB, "max_position_embeddings": 131_072,
-        "rope_scaling": style.rope_scaling, "tie_word_embeddings": style.tied,
+        "rope_scaling": llama32_rope(), "tie_word_embeddings": tied,
         "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "bfloat16",
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
@@ -122,7 +127,7 @@ fn make_fixture_as(dir: &Path, style: &Style, dtype: DType) {
         ]);
     }
     specs.push(("model.norm.weight".into(), vec![HIDDEN], 0.0));
-    if !style.tied {
+    if !tied {
         specs.push(("lm_head.weight".into(), vec![VOCAB, HIDDEN], 0.3));
     }
     let scale: BTreeMap<String, f32> = specs.iter().map(|(n, _, s)| (n.clone(), *s)).collect();
@@ -161,57 +166,11 @@ fn make_fixture_as(dir: &Path, style: &Style, dtype: DType) {
     w.finish().unwrap().flush().unwrap();
 }
 
-/// About 4,000 characters of lower-case words, fixed.
-fn text() -> String {
-    let words = [
-        "the",
-        "king",
-        "is",
-        "dead",
-        "long",
-        "live",
-        "queen",
-        "and",
-        "in",
-        "that",
-        "sleep",
-        "of",
-        "death",
-        "what",
-        "dreams",
-        "may",
-        "come",
-        "to",
-        "be",
-        "or",
-        "not",
-        "question",
-        "whether",
-        "nobler",
-        "mind",
-        "suffer",
-        "slings",
-        "arrows",
-        "outrageous",
-        "fortune",
-    ];
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut out = String::new();
-    while out.len() < 4000 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.push_str(words[(state % words.len() as u64) as usize]);
-        out.push_str(if state % 11 == 0 { ". " } else { " " });
-    }
-    out
-}
-
 fn perplexity(model: &Path, data: &Path) -> f64 {
     let out = Command::new(QFORGE)
         .args(["perplexity", model.to_str().unwrap(), "--data"])
         .arg(data)
-        .args(["--ctx", "64", "--chunks", "8", "--json", "--quiet"])
+        .args(["--ctx", "64", "--chunks", "40", "--json", "--quiet"])
         .output()
         .unwrap();
     assert!(
@@ -313,8 +272,7 @@ fn recorded_lossy(output: &Path) -> Vec<String> {
 #[test]
 fn round_trips_keep_perplexity_or_refuse() {
     let t = tempfile::tempdir().unwrap();
-    let data = t.path().join("text.txt");
-    std::fs::write(&data, text()).unwrap();
+    let data = families().join("eval.txt");
     let chains: [(&str, &[Step]); 7] = [
         ("hf-gguf", &[GGUF]),
         ("hf-gguf-hf", &[GGUF, HF]),
@@ -325,22 +283,24 @@ fn round_trips_keep_perplexity_or_refuse() {
         ("hf-meta2-meta1-hf", &[META2, META1, HF]),
     ];
     let mut report = Vec::new();
-    for style in styles() {
-        let style = &style;
-        let src = t.path().join(style.name).join("src");
-        make_fixture(&src, style);
+    for style in &STYLES {
+        let src = families().join(style.name);
+        let source_config = config(&src);
         let base = perplexity(&src, &data);
         // The measure sees the change the issue reported: the same weights with the RoPE
         // scaling Meta's Llama 3 code would apply (factor 8, original context 8192).
         let control = t.path().join(style.name).join("control");
-        make_fixture(
-            &control,
-            &Style {
-                rope_scaling: json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
-                ..*style
-            },
-        );
+        std::fs::create_dir_all(&control).unwrap();
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e != "gguf") {
+                std::fs::copy(&f, control.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        let mut c = source_config.clone();
+        c["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        std::fs::write(control.join("config.json"), c.to_string()).unwrap();
         let moved = (perplexity(&control, &data) - base).abs() / base;
         report.push(format!(
             "{}/control (factor 8, context 8192): rel {moved:.2e}",
@@ -428,12 +388,12 @@ fn round_trips_keep_perplexity_or_refuse() {
                     serde_json::from_slice(&std::fs::read(input.join("config.json")).unwrap())
                         .unwrap();
                 assert_eq!(
-                    c["tie_word_embeddings"], style.tied,
+                    c["tie_word_embeddings"], source_config["tie_word_embeddings"],
                     "{}/{name}",
                     style.name
                 );
                 assert_eq!(
-                    c["rope_scaling"], style.rope_scaling,
+                    c["rope_scaling"], source_config["rope_scaling"],
                     "{}/{name}",
                     style.name
                 );
@@ -464,7 +424,6 @@ fn tensors(path: &Path) -> BTreeMap<String, (DType, Vec<u8>)> {
 #[test]
 fn a_narrowed_dtype_is_refused_only_when_it_changes_values() {
     let t = tempfile::tempdir().unwrap();
-    let style = &styles()[1];
     let run = |input: &Path, output: &Path, args: &[&str]| {
         Command::new(QFORGE)
             .args(["convert", input.to_str().unwrap(), output.to_str().unwrap()])
@@ -474,7 +433,7 @@ fn a_narrowed_dtype_is_refused_only_when_it_changes_values() {
     };
     // exact: BF16 -> F32 -> BF16, HF and GGUF
     let bf16 = t.path().join("bf16");
-    make_fixture(&bf16, style);
+    make_fixture_as(&bf16, DType::BF16);
     let f32_dir = t.path().join("f32");
     let out = run(&bf16, &f32_dir, &["--to", "hf", "--dtype", "f32"]);
     assert!(
@@ -496,7 +455,7 @@ fn a_narrowed_dtype_is_refused_only_when_it_changes_values() {
     }
     // changed: F32 values BF16 (and F16) cannot hold
     let full = t.path().join("full");
-    make_fixture_as(&full, style, DType::F32);
+    make_fixture_as(&full, DType::F32);
     for (to, dtype, name) in [
         ("hf", "bf16", "narrow"),
         ("gguf", "f16", "narrow.gguf"),
@@ -538,4 +497,47 @@ fn a_narrowed_dtype_is_refused_only_when_it_changes_values() {
         assert_eq!(lossy.len(), 1, "{lossy:?}");
         assert!(lossy[0].contains("value(s)"), "{lossy:?}");
     }
+}
+
+/// HF → Meta writes the tokenizer as Meta's tiktoken `tokenizer.model` when that file holds it
+/// exactly: the tiny Meta checkpoint's tiktoken tokenizer, converted to HF's tokenizer.json,
+/// comes back byte for byte and nothing is refused; the families' fixtures (specials after the
+/// trained ranks, not Meta's layout) are refused for the tokenizer, naming why.
+#[test]
+fn hf_to_meta_keeps_a_tokenizer_tiktoken_can_hold() {
+    let t = tempfile::tempdir().unwrap();
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/meta-mp1");
+    let run = |input: &Path, output: &Path, to: &str| {
+        Command::new(QFORGE)
+            .args(["convert", input.to_str().unwrap(), output.to_str().unwrap()])
+            .args(["--to", to])
+            .output()
+            .unwrap()
+    };
+    let hf = t.path().join("hf");
+    let out = run(&tiny, &hf, "hf");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(hf.join("tokenizer.json").is_file());
+    let meta = t.path().join("meta");
+    let out = run(&hf, &meta, "meta");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("tiktoken tokenizer.model"), "{err}");
+    assert_eq!(
+        std::fs::read(meta.join("tokenizer.model")).unwrap(),
+        std::fs::read(tiny.join("tokenizer.model")).unwrap()
+    );
+    assert!(recorded_lossy(&meta).is_empty());
+
+    let refused = t.path().join("refused");
+    let out = run(&families().join("llama32"), &refused, "meta");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("tokenizer is not written"), "{err}");
+    assert!(err.contains("is a special, added or unused token"), "{err}");
+    assert!(!refused.exists());
 }

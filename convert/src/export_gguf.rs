@@ -68,13 +68,17 @@ fn llama3_factors(theta: f64, head_dim: u64, s: &RopeScaling) -> Option<Vec<f32>
         (0..head_dim / 2)
             .map(|i| {
                 let freq = 1.0 / base.powf((2 * i) as f32 / hd);
-                let wavelen = 2.0 * std::f32::consts::PI / freq;
+                // convert_hf_to_gguf.py (conversion/llama.py LlamaModel.generate_extra_tensors)
+                // computes in float32 torch, where `scalar / tensor` is `tensor.reciprocal() *
+                // scalar` (Tensor.__rtruediv__): `2 * math.pi / freq` and `old_context_len /
+                // wavelen` round differently from a plain division in the last bit.
+                let wavelen = (1.0 / freq) * (2.0 * std::f32::consts::PI);
                 if wavelen < high_wavelen {
                     1.0
                 } else if wavelen > low_wavelen {
                     factor
                 } else {
-                    let smooth = (old / wavelen - low) / (high - low);
+                    let smooth = ((1.0 / wavelen) * old - low) / (high - low);
                     1.0 / ((1.0 - smooth) / factor + smooth)
                 }
             })
@@ -106,13 +110,16 @@ pub fn llama3_from_factors(
     let hd = head_dim as f32;
     let wavelen = |i: usize| {
         let freq = 1.0 / (theta as f32).powf((2 * i) as f32 / hd);
-        f64::from(2.0 * std::f32::consts::PI / freq)
+        f64::from((1.0 / freq) * (2.0 * std::f32::consts::PI)) // as llama3_factors
     };
     let starts: Vec<(f64, u64)> = if let Some(f) = fixed {
         vec![f]
     } else {
+        // Then 16..256, after the others so that they change no earlier answer (the Llama
+        // 3.1-style test fixture has original context 64).
         std::iter::once((1.0, 8192))
             .chain((9..=20).map(|k| (1.0, 1u64 << k)))
+            .chain((4..=8).map(|k| (1.0, 1u64 << k)))
             .collect()
     };
     let mut best: Option<(f64, RopeScaling)> = None;
@@ -124,7 +131,10 @@ pub fn llama3_from_factors(
                 // 1/f = (1 - s)/factor + s  =>  s; s = (old/wavelen - low)/(high - low)
                 let s = (1.0 / f - 1.0 / factor) / (1.0 - 1.0 / factor);
                 if s > 0.0 {
-                    highs.push(low + (old as f64 / wavelen(i) - low) / s);
+                    let high = low + (old as f64 / wavelen(i) - low) / s;
+                    // A solved value is off in its last bits; the round number it stands for
+                    // (512, not 511.99997) is tried first.
+                    highs.extend([high.round(), high]);
                 }
             }
         }

@@ -376,18 +376,24 @@ fn check_mp(path: &Path, cfg: &ModelConfig, mp: usize) -> Result<()> {
     Ok(())
 }
 
-/// The output's `params.json` (the source's own file when it is Meta) and the notes on what
-/// the output keeps: the reading's notes, the RoPE scaling (a GGUF source's `rope_freqs`
-/// recovered as Llama 3.1 scaling, see [`target_rope_scaling`]; then [`meta_params_json`]),
-/// the embeddings re-tied or not, and the tokenizer (qforge writes no `tokenizer.model` from
-/// another format's tokenizer: dropping one changes what a reader tokenizes, since Meta's
-/// reference code then uses the Llama 3 tokenizer it ships, llama-models
-/// `models/llama3/tokenizer.py` `Tokenizer.get_instance`).
-fn meta_params_and_notes(ckpt: &Checkpoint) -> Result<(Vec<u8>, Vec<Note>)> {
+/// `params.json` bytes, `tokenizer.model` bytes to write (none: nothing, or the Meta source's own
+/// file), and the notes.
+type MetaSideFiles = (Vec<u8>, Option<Vec<u8>>, Vec<Note>);
+
+/// The output's `params.json` (the source's own file when it is Meta), the `tokenizer.model`
+/// to write for a non-Meta source, and the notes on what the output keeps: the reading's
+/// notes, the RoPE scaling (a GGUF source's `rope_freqs` recovered as Llama 3.1 scaling, see
+/// [`target_rope_scaling`]; then [`meta_params_json`]), the embeddings re-tied or not, and the
+/// tokenizer (see [`meta_tokenizer`]).
+fn meta_params_and_notes(ckpt: &Checkpoint) -> Result<MetaSideFiles> {
     let mut notes = crate::notes::from_reading(&ckpt.notes);
     if ckpt.format == Format::Meta {
         let p = ckpt.path.join("params.json");
-        return Ok((std::fs::read(&p).map_err(|e| Error::io(&p, e))?, notes));
+        return Ok((
+            std::fs::read(&p).map_err(|e| Error::io(&p, e))?,
+            None,
+            notes,
+        ));
     }
     let mut cfg = ckpt.config.clone();
     let (rope_scaling, rope_notes) = target_rope_scaling(ckpt, "params.json")?;
@@ -395,15 +401,46 @@ fn meta_params_and_notes(ckpt: &Checkpoint) -> Result<(Vec<u8>, Vec<Note>)> {
     notes.extend(rope_notes);
     let (text, more) = meta_params_json(&cfg)?;
     notes.extend(more);
-    if has_tokenizer(ckpt) {
-        notes.push(Note::changes_math(
-            "the source's tokenizer is not written: qforge writes no tokenizer.model from another format's tokenizer, and a Meta reader then tokenizes with another one (Meta's reference code loads the Llama 3 tokenizer it ships)",
-            "copy the original release's tokenizer.model into the output, or convert to HF or GGUF, which keep the tokenizer",
-        ));
-    } else {
-        notes.push(Note::lossless("the source has no tokenizer: none written"));
+    let (tokenizer, note) = meta_tokenizer(ckpt, &cfg);
+    notes.push(note);
+    Ok((text.into_bytes(), tokenizer, notes))
+}
+
+/// The source's tokenizer as Meta's tiktoken `tokenizer.model`, when that file reads back as
+/// the same tokenizer ([`crate::meta_tokenizer::tiktoken_model`]; `cfg` is the output's
+/// config: Llama 3.1 special-token names with llama3 RoPE scaling). Otherwise nothing is
+/// written and that changes the math: a Meta reader then tokenizes with another tokenizer
+/// (Meta's reference code loads the Llama 3 one it ships, llama-models
+/// `models/llama3/tokenizer.py` `Tokenizer.get_instance`).
+fn meta_tokenizer(ckpt: &Checkpoint, cfg: &ModelConfig) -> (Option<Vec<u8>>, Note) {
+    if !has_tokenizer(ckpt) {
+        return (
+            None,
+            Note::lossless("the source has no tokenizer: none written"),
+        );
     }
-    Ok((text.into_bytes(), notes))
+    let llama31 = matches!(cfg.rope_scaling, Some(RopeScaling::Llama3 { .. }));
+    let why = match crate::export::source_vocab(ckpt) {
+        Ok(Some(v)) => match crate::meta_tokenizer::tiktoken_model(&v, llama31) {
+            Ok(bytes) => {
+                let note = Note::lossless(
+                    "the tokenizer is written as Meta's tiktoken tokenizer.model (it reads back as the same tokenizer)",
+                );
+                return (Some(bytes), note);
+            }
+            Err(why) => why,
+        },
+        Ok(None) => "none found".into(),
+        Err(e) => e.to_string(),
+    };
+    let what = format!(
+        "the source's tokenizer is not written: Meta's tokenizer.model cannot hold it exactly ({why}), and a Meta reader then tokenizes with another one (Meta's reference code loads the Llama 3 tokenizer it ships)"
+    );
+    let note = Note::changes_math(
+        what,
+        "copy the original release's tokenizer.model into the output, or convert to HF or GGUF, which keep the tokenizer",
+    );
+    (None, note)
 }
 
 /// The output's tensors in Meta's names and order, with their dtypes and split dimensions
@@ -530,7 +567,7 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
     let cfg = &ckpt.config;
     let mp = opts.mp;
     check_mp(&ckpt.path, cfg, mp)?;
-    let (params, mut notes) = meta_params_and_notes(ckpt)?;
+    let (params, tokenizer, mut notes) = meta_params_and_notes(ckpt)?;
     let rope = rope_direction(ckpt.format, Format::Meta);
 
     let planned = plan_tensors(ckpt, dest, opts, &mut notes)?;
@@ -607,6 +644,10 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
         let tok = ckpt.path.join("tokenizer.model");
         if tok.is_file() && out.finished("tokenizer.model").is_none() {
             let bytes = std::fs::read(&tok).map_err(|e| Error::io(&tok, e))?;
+            out.write_file("tokenizer.model", &bytes)?;
+        }
+    } else if let Some(bytes) = tokenizer {
+        if out.finished("tokenizer.model").is_none() {
             out.write_file("tokenizer.model", &bytes)?;
         }
     }

@@ -25,6 +25,7 @@ pub mod hf;
 pub mod imatrix;
 pub mod layout;
 pub mod meta;
+pub mod meta_tokenizer;
 mod mmap;
 pub mod names;
 pub mod narrow;

@@ -1,0 +1,50 @@
+//! Meta's tiktoken `tokenizer.model` written from the Llama 3 vocabulary llama.cpp ships
+//! (`models/ggml-vocab-llama-bpe.gguf` of the llama.cpp sources `scripts/build-llama-cpp.sh`
+//! unpacks): 128,000 ranks and Meta's 256 specials read back as the same tokenizer, and the
+//! ranks are the ids (as in Meta's own file, where rank = line number).
+
+use std::path::{Path, PathBuf};
+
+use qforge_convert::meta_tokenizer::tiktoken_model;
+use qforge_convert::tokenizer::{llama3_special_tokens, Llama3Specials, Vocab};
+
+/// `$QFORGE_CACHE`, else `$XDG_CACHE_HOME/qforge`, else `$HOME/.cache/qforge`: the same rule as
+/// scripts/cache-dir.sh.
+fn cache_dir() -> PathBuf {
+    let nonempty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
+    if let Some(c) = nonempty("QFORGE_CACHE") {
+        return PathBuf::from(c);
+    }
+    let base = nonempty("XDG_CACHE_HOME").map_or_else(
+        || Path::new(&nonempty("HOME").unwrap_or_default()).join(".cache"),
+        PathBuf::from,
+    );
+    base.join("qforge")
+}
+
+#[test]
+fn llama3_vocabulary_round_trips_through_tiktoken() {
+    let path = cache_dir().join("llama.cpp-0.3.36/src/models/ggml-vocab-llama-bpe.gguf");
+    if !path.is_file() {
+        eprintln!(
+            "meta_tokenizer: NOT RUN: {} not found (scripts/build-llama-cpp.sh unpacks it)",
+            path.display()
+        );
+        return;
+    }
+    let vocab = Vocab::from_gguf_file(&path).unwrap();
+    assert_eq!(vocab.tokens.len(), 128_256);
+    // Llama 3 (3.0) names: <|reserved_special_token_2..5|> where 3.1 has named tokens.
+    let bytes = tiktoken_model(&vocab, false).unwrap();
+    let lines = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(lines, 128_000);
+    let back = Vocab::from_tiktoken(&bytes, &llama3_special_tokens(Llama3Specials::V3)).unwrap();
+    assert_eq!(back.tokens, vocab.tokens);
+    assert_eq!(back.merges, vocab.merges);
+    // A reader would give them Llama 3.1's names with llama3 RoPE scaling: refused.
+    let err = tiktoken_model(&vocab, true).unwrap_err();
+    assert!(err.contains("special tokens"), "{err}");
+}

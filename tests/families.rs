@@ -1,0 +1,346 @@
+//! Every model family against what transformers computes for it: the tiny fixtures of
+//! `tests/fixtures/families/<name>/` (made by transformers 4.57.6 with
+//! `scripts/gen_family_fixtures.py`; see scripts/README-fixtures.md) carry transformers' float32
+//! perplexity on `eval.txt` with llama-perplexity's protocol (`expected.json`) and the GGUF
+//! llama.cpp's own `convert_hf_to_gguf.py` makes of them (`<name>.gguf`). Per family:
+//!
+//! * `qforge perplexity` on the HF directory equals transformers' within 1e-4 relative;
+//! * `qforge convert --to gguf --dtype f32` equals `convert_hf_to_gguf.py`'s file: every tensor
+//!   (name, type, shape, bytes) and every metadata key but the ones naming the producer;
+//! * `qforge perplexity` on that GGUF equals transformers' within 1e-4 relative;
+//! * HF → GGUF → HF gives the source's tensors bit for bit and its config's model keys.
+//!
+//! llama-perplexity on qforge's GGUF is compared in `tests/interop/test_families_llama_cpp.py`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qforge_convert::gguf::GgufValue;
+use qforge_convert::Checkpoint;
+use qforge_quantize::DType;
+use serde_json::Value;
+
+const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
+/// Largest relative difference to transformers' float32 perplexity.
+const PPL_REL: f64 = 1e-4;
+
+/// Families qforge handles: checked in CI.
+const FAMILIES: &[&str] = &["llama31", "llama32"];
+
+/// Fixtures of families qforge does not handle yet (the model-families work, issue 17). Checked
+/// only by the ignored test below (`cargo test --test families -- --ignored`), which fails
+/// until they work; move each into [`FAMILIES`] when it passes.
+/// Mistral: llama.cpp's converter writes it as `llama` with no sliding-window key (llama.cpp's
+/// llama graph has none, see tests/interop/test_families_llama_cpp.py), so a qforge GGUF that
+/// keeps the window cannot equal the converter's file key for key; that entry will need the
+/// window key named as the one expected difference.
+const PENDING: &[&str] = &["mistral", "qwen2", "qwen3"];
+
+/// GGUF keys that name the producer, not the model (as `scripts/compare_gguf.py` reports them).
+const PRODUCER_KEYS: &[&str] = &[
+    "general.name",
+    "general.basename",
+    "general.size_label",
+    "general.finetune",
+    "general.organization",
+    "general.license",
+    "general.languages",
+    "general.version",
+];
+
+/// config.json keys that describe the model (what a round trip must keep).
+const CONFIG_KEYS: &[&str] = &[
+    "architectures",
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "vocab_size",
+    "tie_word_embeddings",
+    "attention_bias",
+    "sliding_window",
+    "bos_token_id",
+    "eos_token_id",
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/families")
+        .join(name)
+}
+
+fn expected(name: &str) -> Value {
+    let p = fixture(name).join("expected.json");
+    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+}
+
+fn qforge(args: &[&str]) -> std::process::Output {
+    Command::new(QFORGE).args(args).output().unwrap()
+}
+
+fn check(what: &str, out: &std::process::Output) -> Result<(), String> {
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// `qforge perplexity` on `model` with the fixture's protocol: (ppl, scored tokens).
+fn perplexity(model: &Path, e: &Value) -> Result<(f64, u64), String> {
+    let text = fixture("eval.txt");
+    let ctx = e["protocol"]["ctx"].to_string();
+    let chunks = e["protocol"]["chunks"].to_string();
+    let m = model.to_str().unwrap();
+    let args = [
+        "perplexity",
+        m,
+        "--data",
+        text.to_str().unwrap(),
+        "--ctx",
+        &ctx,
+        "--chunks",
+        &chunks,
+        "--json",
+        "--quiet",
+    ];
+    let out = qforge(&args);
+    check(&format!("perplexity {m}"), &out)?;
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok((
+        v["ppl"].as_f64().unwrap(),
+        v["scored_tokens"].as_u64().unwrap(),
+    ))
+}
+
+/// `qforge perplexity` on `model` against transformers' figure in `e`.
+fn same_perplexity(model: &Path, e: &Value, log: &mut Vec<String>) -> Result<(), String> {
+    let want = e["transformers_f32"]["ppl"].as_f64().unwrap();
+    let (ppl, scored) = perplexity(model, e)?;
+    let rel = (ppl - want).abs() / want;
+    log.push(format!(
+        "{}: ppl {ppl:.9} vs transformers {want:.9}, rel {rel:.2e}",
+        model.file_name().unwrap().to_string_lossy()
+    ));
+    if scored != e["transformers_f32"]["scored_tokens"].as_u64().unwrap() {
+        return Err(format!("{}: {scored} scored tokens", model.display()));
+    }
+    if rel > PPL_REL {
+        return Err(format!(
+            "{}: ppl {ppl} vs transformers {want}: rel {rel:e} > {PPL_REL:e}",
+            model.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Every tensor of a checkpoint by name: (dtype, shape, bytes).
+type Tensors = BTreeMap<String, (DType, Vec<u64>, Vec<u8>)>;
+
+fn tensors(path: &Path) -> Result<Tensors, String> {
+    let ckpt = Checkpoint::open(path).map_err(|e| e.to_string())?;
+    ckpt.tensors
+        .iter()
+        .map(|t| {
+            let b = ckpt.bytes(t).map_err(|e| e.to_string())?.into_owned();
+            Ok((t.name.clone(), (t.dtype, t.shape.clone(), b)))
+        })
+        .collect()
+}
+
+fn same_tensors(ours: &Tensors, theirs: &Tensors, what: &str) -> Result<(), String> {
+    let names = |t: &Tensors| t.keys().cloned().collect::<Vec<_>>();
+    if names(ours) != names(theirs) {
+        return Err(format!(
+            "{what}: tensors {:?} vs {:?}",
+            names(ours),
+            names(theirs)
+        ));
+    }
+    let differ: Vec<&String> = ours
+        .iter()
+        .filter(|(n, t)| theirs[*n] != **t)
+        .map(|(n, _)| n)
+        .collect();
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: differ in type, shape or bytes: {differ:?}"
+        ))
+    }
+}
+
+/// The model keys of a GGUF file (producer keys left out), in file order.
+fn gguf_keys(path: &Path) -> Result<Vec<(String, GgufValue)>, String> {
+    let ckpt = Checkpoint::open(path).map_err(|e| e.to_string())?;
+    let meta = ckpt.gguf.ok_or("no GGUF metadata")?;
+    Ok(meta
+        .entries
+        .into_iter()
+        .filter(|(k, _)| !PRODUCER_KEYS.contains(&k.as_str()))
+        .collect())
+}
+
+/// `qforge convert --to gguf` of the HF directory against `convert_hf_to_gguf.py`'s file.
+fn same_as_llama_cpp(ours: &Path, name: &str) -> Result<(), String> {
+    let theirs = fixture(name).join(format!("{name}.gguf"));
+    same_tensors(
+        &tensors(ours)?,
+        &tensors(&theirs)?,
+        "GGUF vs convert_hf_to_gguf.py",
+    )?;
+    let (a, b) = (gguf_keys(ours)?, gguf_keys(&theirs)?);
+    let mut differ = Vec::new();
+    let get = |m: &[(String, GgufValue)], k: &str| m.iter().find(|(x, _)| x == k).cloned();
+    let keys: std::collections::BTreeSet<&String> = a.iter().chain(&b).map(|(k, _)| k).collect();
+    for k in keys {
+        let (x, y) = (get(&a, k).map(|p| p.1), get(&b, k).map(|p| p.1));
+        // gguf-py's SpecialVocab writes add_sep_token false when a TemplateProcessing pair
+        // template has no separator (gguf/vocab.py _try_load_from_tokenizer_json); absent, a
+        // BPE vocabulary's add_sep is false in llama.cpp too (llama-vocab.cpp load: add_sep =
+        // false unless the vocabulary type sets it): the same tokenizer.
+        if k == "tokenizer.ggml.add_sep_token" && x.is_none() && y == Some(GgufValue::Bool(false)) {
+            continue;
+        }
+        if x != y {
+            let short = |v: Option<GgufValue>| {
+                let s = format!("{v:?}");
+                s.chars().take(120).collect::<String>()
+            };
+            differ.push(format!("{k}: {} vs {}", short(x), short(y)));
+        }
+    }
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "GGUF keys vs convert_hf_to_gguf.py:\n  {}",
+            differ.join("\n  ")
+        ))
+    }
+}
+
+fn config(dir: &Path) -> Result<Value, String> {
+    let p = dir.join("config.json");
+    serde_json::from_slice(&std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?)
+        .map_err(|e| e.to_string())
+}
+
+/// All checks for one family; the first failure, with what passed before it.
+fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
+    let mut log = Vec::new();
+    let src = fixture(name);
+    let e = expected(name);
+    let fail = |log: &Vec<String>, err: String| format!("{name}: {err}\n(passed: {log:#?})");
+    same_perplexity(&src, &e, &mut log).map_err(|x| fail(&log, x))?;
+
+    let gguf = work.join(format!("{name}.gguf"));
+    let (s, g) = (src.to_str().unwrap(), gguf.to_str().unwrap());
+    check(
+        "convert --to gguf",
+        &qforge(&["convert", s, g, "--to", "gguf", "--dtype", "f32"]),
+    )
+    .map_err(|x| fail(&log, x))?;
+    same_as_llama_cpp(&gguf, name).map_err(|x| fail(&log, x))?;
+    log.push(format!(
+        "{name}: GGUF equals convert_hf_to_gguf.py's (tensors, model keys)"
+    ));
+    same_perplexity(&gguf, &e, &mut log).map_err(|x| fail(&log, x))?;
+
+    // HF (BF16) -> GGUF (F32) -> HF (BF16): the source's tensors bit for bit.
+    let back = work.join(format!("{name}-back"));
+    let b = back.to_str().unwrap();
+    check(
+        "convert --to hf",
+        &qforge(&["convert", g, b, "--to", "hf", "--dtype", "bf16"]),
+    )
+    .map_err(|x| fail(&log, x))?;
+    same_tensors(&tensors(&back)?, &tensors(&src)?, "HF -> GGUF -> HF")
+        .map_err(|x| fail(&log, x))?;
+    let (c0, c1) = (config(&src)?, config(&back)?);
+    for k in CONFIG_KEYS {
+        if c0.get(*k) != c1.get(*k) {
+            return Err(fail(
+                &log,
+                format!(
+                    "HF -> GGUF -> HF config.json {k}: {:?} vs source {:?}",
+                    c1.get(*k),
+                    c0.get(*k)
+                ),
+            ));
+        }
+    }
+    log.push(format!(
+        "{name}: HF -> GGUF -> HF bit for bit, config keys kept"
+    ));
+    Ok(log)
+}
+
+#[test]
+fn families_match_transformers_and_llama_cpp_converter() {
+    let t = tempfile::tempdir().unwrap();
+    for name in FAMILIES {
+        match check_family(name, t.path()) {
+            Ok(log) => eprintln!("{}", log.join("\n")),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The same checks on the families not handled yet: fails (listing each family's first
+/// failure) until all of them pass; then they belong in [`FAMILIES`].
+#[test]
+#[ignore = "families qforge does not handle yet (issue 17); run with --ignored"]
+fn pending_families() {
+    let t = tempfile::tempdir().unwrap();
+    let failures: Vec<String> = PENDING
+        .iter()
+        .filter_map(|name| check_family(name, t.path()).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Every fixture directory is listed once, and each discriminates: its expected.json records
+/// wrong forwards that move transformers' perplexity by more than 1 %.
+#[test]
+fn every_fixture_is_listed_and_discriminates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families");
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            e.file_type()
+                .unwrap()
+                .is_dir()
+                .then(|| e.file_name().into_string().unwrap())
+        })
+        .collect();
+    found.sort();
+    let mut listed: Vec<String> = FAMILIES
+        .iter()
+        .chain(PENDING)
+        .map(ToString::to_string)
+        .collect();
+    listed.sort();
+    assert_eq!(found, listed);
+    for name in &listed {
+        let e = expected(name);
+        let wrong = e["wrong_forwards"].as_object().unwrap();
+        assert!(!wrong.is_empty(), "{name}");
+        for (how, w) in wrong {
+            let rel = w["rel_change"].as_f64().unwrap();
+            assert!(rel > 0.01, "{name}/{how}: {rel}");
+        }
+    }
+}
