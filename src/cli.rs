@@ -696,7 +696,8 @@ pub struct VerifyArgs {
     pub quantized: PathBuf,
     #[command(flatten)]
     pub eval: EvalArgs,
-    /// Write the JSON report here (atomically).
+    /// Write the JSON report here (atomically), and beside it the same report as a page with
+    /// charts (report.json -> report.html: verdict, per-layer error, per-chunk perplexity).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Largest allowed perplexity increase, in percent ("1%" or "1").

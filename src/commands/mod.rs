@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod quantize;
 pub mod verify;
+pub mod verify_html;
 
 use std::path::Path;
 
