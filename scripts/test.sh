@@ -33,6 +33,11 @@ cargo build --release --locked -p qforge-quantize --example codec
 cargo build --release --locked -p qforge-convert --example tokenizer_json
 phase_done "cargo build --release"
 
+echo "== wheel: maturin packages the release binary; installed into a fresh venv, --version run" >&2
+# --no-strip: the binary just built, as it is (a stripped wheel compiles the qforge crate again)
+scripts/build-wheel.sh --no-strip "${CARGO_TARGET_DIR:-target}/wheels"
+phase_done "wheel"
+
 echo "== llama.cpp reference tools and Python interop environment" >&2
 # The reference build for the tests: the CPU's ISA without AMX, AVX-512 left off. qforge's
 # --ggml-act-quant emulates the AVX2 path of llama.cpp's Q8_1 activation quantization; an
