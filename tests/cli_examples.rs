@@ -39,7 +39,10 @@ fn every_example_is_covered() {
         .unwrap()
         .filter_map(|e| {
             let n = e.unwrap().file_name().to_string_lossy().into_owned();
-            n.ends_with(".toml").then_some(n)
+            Path::new(&n)
+                .extension()
+                .is_some_and(|e| e == "toml")
+                .then_some(n)
         })
         .collect();
     found.sort();

@@ -420,10 +420,10 @@ pub fn plan_recipe(path: &Path) -> Result<serde_json::Value> {
         } else {
             &input
         };
-    let calibrate = match &r.calibrate {
-        Some(c) => Some(plan_calibrate(base, c, &mut notes)),
-        None => None,
-    };
+    let calibrate = r
+        .calibrate
+        .as_ref()
+        .map(|c| plan_calibrate(base, c, &mut notes));
     for q in &r.quantize {
         let calib = r.calibrate.as_ref().map(|c| r.output.dir.join(&c.name));
         let mut a = crate::commands::pipeline::quantize_args(&r, q, &base_dir, None, false)?;
@@ -440,16 +440,15 @@ pub fn plan_recipe(path: &Path) -> Result<serde_json::Value> {
     let mut verify = None;
     if let Some(v) = &r.verify {
         let ctx = v.ctx.unwrap_or(512) as u64;
-        let chunks = match v.chunks {
-            Some(c) => c as u64,
-            None => {
-                notes.push(
-                    "verify without `chunks` evaluates the whole text: its chunks are estimated \
-                     from the text's size (4 bytes a token)"
-                        .into(),
-                );
-                estimated_chunks(&v.data, ctx)
-            }
+        let chunks = if let Some(c) = v.chunks {
+            c as u64
+        } else {
+            notes.push(
+                "verify without `chunks` evaluates the whole text: its chunks are estimated \
+                 from the text's size (4 bytes a token)"
+                    .into(),
+            );
+            estimated_chunks(&v.data, ctx)
         };
         let artifacts = r
             .quantize
