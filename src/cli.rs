@@ -326,6 +326,9 @@ pub struct CalibrateArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
     /// Stop after checkpointing this layer (testing resume).
     #[arg(long, hide = true)]
     pub stop_after_layer: Option<u32>,
