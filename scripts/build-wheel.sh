@@ -2,12 +2,20 @@
 # Build the pip-installable wheel of the qforge binary with maturin (pyproject.toml) and install
 # it into a fresh venv, then check that `qforge --version` runs from the venv's bin/.
 #
-#   scripts/build-wheel.sh [OUT_DIR]     # the wheel is left in OUT_DIR (default: target/wheels)
+#   scripts/build-wheel.sh [--no-strip] [OUT_DIR]   # the wheel is left in OUT_DIR (default: target/wheels)
 #
-# It compiles the release binary (several minutes on a fresh clone, so scripts/test.sh does not
-# run it). Env: PYTHON (base interpreter, default python3).
+# maturin (pinned) compiles the release binary, stripped as pyproject.toml says: the qforge crate
+# is compiled again even after a `cargo build --release` (strip changes its flags). --no-strip
+# packages the binary `cargo build --release --locked --bin qforge` already built, as it is
+# (line tables kept; a bigger wheel, about 16 MB against 4 MB): what scripts/test.sh runs, in
+# seconds. Env: PYTHON (base interpreter, default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+strip=()
+if [[ "${1:-}" == --no-strip ]]; then
+  strip=(--strip false)
+  shift
+fi
 out="${1:-target/wheels}"
 py="${PYTHON:-python3}"
 work="$(mktemp -d)"
@@ -15,8 +23,8 @@ trap 'rm -rf "$work"' EXIT
 
 echo "== maturin build (release)" >&2
 "$py" -m venv "$work/build"
-"$work/build/bin/pip" install -q 'maturin>=1.5,<2'
-"$work/build/bin/maturin" build --release --locked -o "$out" >&2
+"$work/build/bin/pip" install -q 'maturin==1.15.0'
+"$work/build/bin/maturin" build --release --locked "${strip[@]}" -o "$out" >&2
 wheel="$(ls -t "$out"/qforge-*.whl | head -1)"
 echo "built $wheel" >&2
 

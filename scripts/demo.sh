@@ -4,13 +4,21 @@
 # convert it to a Hugging Face checkpoint (BF16), quantize that three ways: FP8 rowwise
 # (compressed-tensors), INT4 group 64 (64 divides SmolLM2's widths 576 and 1536) and GGUF Q4_K_M,
 # and verify each against the BF16 base on Hamlet (perplexity drift, KL divergence, top-1).
-# DEMO_CHUNKS (default 4) sets how many 512-token chunks of Hamlet are evaluated.
+# DEMO_CHUNKS (default 4) sets how many 512-token chunks of Hamlet are evaluated; QFORGE_BIN
+# names a qforge binary to use instead of building one.
+# It leaves in $QFORGE_CACHE/demo (scripts/cache-dir.sh; ~/.cache/qforge by default): smollm2-hf
+# (the BF16 base that examples/ci-gate.toml reads), smollm2-fp8, smollm2-w4a16-g64,
+# smollm2.Q4_K_M.gguf and each one's <name>.verify.json/.html/.log.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/fetch-data.sh
 . scripts/cache-dir.sh
-cargo build --release --locked --bin qforge
-qforge="${CARGO_TARGET_DIR:-target}/release/qforge"
+if [[ -n "${QFORGE_BIN:-}" ]]; then
+  qforge="$QFORGE_BIN"
+else
+  cargo build --release --locked --bin qforge
+  qforge="${CARGO_TARGET_DIR:-target}/release/qforge"
+fi
 model="$QFORGE_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 work="$QFORGE_CACHE/demo"
 mkdir -p "$work"

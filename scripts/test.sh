@@ -33,6 +33,11 @@ cargo build --release --locked -p qforge-quantize --example codec
 cargo build --release --locked -p qforge-convert --example tokenizer_json
 phase_done "cargo build --release"
 
+echo "== wheel: maturin packages the release binary; installed into a fresh venv, --version run" >&2
+# --no-strip: the binary just built, as it is (a stripped wheel compiles the qforge crate again)
+scripts/build-wheel.sh --no-strip "${CARGO_TARGET_DIR:-target}/wheels"
+phase_done "wheel"
+
 echo "== llama.cpp reference tools and Python interop environment" >&2
 # The reference build for the tests: the CPU's ISA without AMX, AVX-512 left off. qforge's
 # --ggml-act-quant emulates the AVX2 path of llama.cpp's Q8_1 activation quantization; an
@@ -41,7 +46,15 @@ echo "== llama.cpp reference tools and Python interop environment" >&2
 export QFORGE_LLAMA_ISA="${QFORGE_LLAMA_ISA:-avx2}"
 scripts/build-llama-cpp.sh --print-bin-dir >/dev/null
 PY="$(scripts/pyenv.sh --print-python)"
-phase_done "llama.cpp + Python venv"
+# Headless Chromium renders verify's report.html (tests/interop/test_report_html.py), from
+# Debian's package; installed here when missing, and required from here on.
+if ! command -v chromium >/dev/null; then
+  if [[ $(id -u) == 0 ]]; then sudo=(); else sudo=(sudo -n); fi
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium
+fi
+export QFORGE_REQUIRE_CHROMIUM=1
+phase_done "llama.cpp + Python venv + chromium"
 
 echo "== interop tests (pytest)" >&2
 QFORGE_BIN="$PWD/target/release/qforge" "$PY" -m pytest -p no:cacheprovider -q -rs tests/interop

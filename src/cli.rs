@@ -326,6 +326,9 @@ pub struct CalibrateArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
     /// Stop after checkpointing this layer (testing resume).
     #[arg(long, hide = true)]
     pub stop_after_layer: Option<u32>,
@@ -696,7 +699,8 @@ pub struct VerifyArgs {
     pub quantized: PathBuf,
     #[command(flatten)]
     pub eval: EvalArgs,
-    /// Write the JSON report here (atomically).
+    /// Write the JSON report here (atomically), and beside it the same report as a page with
+    /// charts (report.json -> report.html: verdict, per-layer error, per-chunk perplexity).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Largest allowed perplexity increase, in percent ("1%" or "1").

@@ -20,6 +20,18 @@ pub fn bar(len: u64, quiet: bool, unit: &str) -> ProgressBar {
     pb
 }
 
+/// The pipeline's bar of steps: position and the step's name, no rate or ETA (steps differ by
+/// orders of magnitude; each step shows its own bar while it runs, this one hidden).
+pub fn steps_bar(len: u64, quiet: bool) -> ProgressBar {
+    let pb = bar(len, quiet, "steps");
+    if let Ok(style) =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len}: {msg}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
 /// Set up `tracing` logs on stderr for `-v` (info), `-vv` (debug), `-vvv` (trace). Silent by
 /// default.
 pub fn init_logging(verbose: u8) {

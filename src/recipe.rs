@@ -1,7 +1,10 @@
 //! Pipeline recipes: one TOML file that says what goes in (a model path or a Hugging Face cache
 //! reference), an optional conversion and calibration, one or more quantized outputs, and how to
 //! verify them (evaluation text and budgets). Unknown keys are errors, so a typo never silently
-//! drops a budget. Relative paths are relative to the recipe file.
+//! drops a budget. Relative paths are relative to the recipe file. Paths may start with `~/` and
+//! name environment variables as `$NAME` or `${NAME}`; `$QFORGE_CACHE` left unset means the
+//! cache the scripts use (`$XDG_CACHE_HOME/qforge`, else `~/.cache/qforge`, as
+//! scripts/cache-dir.sh sets it), so a recipe can name what `scripts/demo.sh` leaves there.
 //!
 //! ```toml
 //! [input]
@@ -249,20 +252,23 @@ impl Recipe {
             )
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let rel = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+        let at = |what: &str| format!("{}: {what}", path.display());
+        let rel = |p: &mut PathBuf, what: &str| -> Result<()> {
+            let e = PathBuf::from(expand_vars(&p.to_string_lossy()).with_context(|| at(what))?);
+            *p = if e.is_relative() { base.join(e) } else { e };
+            Ok(())
         };
-        rel(&mut r.output.dir);
+        rel(&mut r.output.dir, "[output] dir")?;
         if let Some(c) = &mut r.calibrate {
-            rel(&mut c.data);
+            rel(&mut c.data, "[calibrate] data")?;
         }
         if let Some(v) = &mut r.verify {
-            rel(&mut v.data);
+            rel(&mut v.data, "[verify] data")?;
         }
         if crate::modelref::looks_like_path(&r.input.model) {
-            let p = base.join(&r.input.model);
+            let e =
+                PathBuf::from(expand_vars(&r.input.model).with_context(|| at("[input] model"))?);
+            let p = if e.is_relative() { base.join(e) } else { e };
             r.input.model = p.to_string_lossy().into_owned();
         }
         Ok(r)
@@ -337,9 +343,99 @@ impl Recipe {
     }
 }
 
+/// qforge's cache directory when `$QFORGE_CACHE` is unset: `$XDG_CACHE_HOME/qforge`, else
+/// `~/.cache/qforge` (the rule of scripts/cache-dir.sh, which the demo and the tests use).
+fn default_cache(var: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    match var("XDG_CACHE_HOME") {
+        Some(x) => Some(format!("{x}/qforge")),
+        None => var("HOME").map(|h| format!("{h}/.cache/qforge")),
+    }
+}
+
+/// A recipe path with a leading `~/` and `$NAME` / `${NAME}` replaced from the environment.
+/// An unset (or empty) variable is an error naming it, except `QFORGE_CACHE`, which falls back
+/// to [`default_cache`]; `$$` is a literal `$`.
+pub fn expand_vars(s: &str) -> Result<String> {
+    expand_with(s, &|k: &str| {
+        std::env::var(k).ok().filter(|v| !v.is_empty())
+    })
+}
+
+fn expand_with(s: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let lookup = |k: &str| -> Result<String> {
+        match var(k) {
+            Some(v) => Ok(v),
+            None if k == "QFORGE_CACHE" => default_cache(var)
+                .ok_or_else(|| anyhow::anyhow!("$QFORGE_CACHE is unset and so is $HOME")),
+            None => bail!(
+                "${k} is not set\n  hint: export {k}=... before running, or write the path out"
+            ),
+        }
+    };
+    let mut out = String::new();
+    let mut rest = s;
+    if let Some(r) = s.strip_prefix("~/") {
+        out.push_str(&lookup("HOME")?);
+        out.push('/');
+        rest = r;
+    }
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, tail) = if let Some(b) = after.strip_prefix('{') {
+            let Some(end) = b.find('}') else {
+                bail!("{s:?}: `${{` without a closing `}}`");
+            };
+            (&b[..end], &b[end + 1..])
+        } else if let Some(t) = after.strip_prefix('$') {
+            out.push('$');
+            rest = t;
+            continue;
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("{s:?}: `$` must be followed by a variable name (write `$$` for a `$`)");
+        }
+        out.push_str(&lookup(name)?);
+        rest = tail;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_expand_home_and_variables() {
+        let env = |k: &str| match k {
+            "HOME" => Some("/h".to_owned()),
+            "DATA" => Some("/d".to_owned()),
+            _ => None,
+        };
+        let x = |s: &str| expand_with(s, &env);
+        assert_eq!(x("~/m").unwrap(), "/h/m");
+        assert_eq!(x("$DATA/t.txt").unwrap(), "/d/t.txt");
+        assert_eq!(x("${DATA}x/$$y").unwrap(), "/dx/$y");
+        assert_eq!(x("$QFORGE_CACHE/demo").unwrap(), "/h/.cache/qforge/demo");
+        assert_eq!(x("plain/path").unwrap(), "plain/path");
+        let xdg = |k: &str| (k == "XDG_CACHE_HOME").then(|| "/x".to_owned());
+        assert_eq!(expand_with("${QFORGE_CACHE}", &xdg).unwrap(), "/x/qforge");
+        for (bad, says) in [
+            ("$NOPE/a", "$NOPE is not set"),
+            ("${DATA", "without a closing"),
+            ("a$/b", "followed by a variable name"),
+            ("${}", "followed by a variable name"),
+        ] {
+            let e = format!("{:#}", x(bad).unwrap_err());
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     const FULL: &str = r#"
 [input]

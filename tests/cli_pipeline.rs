@@ -182,7 +182,7 @@ fn plan_405b_from_config_alone() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/405b-fp8.toml"),
     )
     .unwrap()
-    .replace("meta-llama/Llama-3.1-405B-Instruct", m);
+    .replace("./configs/Llama-3.1-405B-Instruct", m);
     let rp = root.path().join("405b.toml");
     std::fs::write(&rp, recipe).unwrap();
     let v: Value = serde_json::from_slice(&ok(&["plan", rp.to_str().unwrap(), "--json"])).unwrap();
@@ -378,12 +378,14 @@ fn example_recipes_run_on_a_synthetic_model() {
     text(root.path());
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     for (file, model_ref, artifacts) in [
-        ("edge-8b.toml", "meta-llama/Llama-3.1-8B-Instruct", 2),
-        ("ci-gate.toml", "../smollm2-hf", 1),
+        ("edge-8b.toml", "./configs/Llama-3.1-8B-Instruct", 2),
+        ("ci-gate.toml", "$QFORGE_CACHE/demo/smollm2-hf", 1),
     ] {
         let text = std::fs::read_to_string(examples.join(file))
             .unwrap()
-            .replace(model_ref, input.to_str().unwrap());
+            .replace(model_ref, input.to_str().unwrap())
+            .replace("$QFORGE_CACHE/text/hamlet.txt", "eval.txt");
+        assert!(text.contains("eval.txt"), "{file}");
         let rp = root.path().join(file);
         std::fs::write(&rp, text).unwrap();
         let o = qforge(&["pipeline", rp.to_str().unwrap(), "--quiet"]);

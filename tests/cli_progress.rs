@@ -114,3 +114,69 @@ fn a_pipe_gets_plain_periodic_lines() {
     );
     assert!(!e.contains('\r') && !e.contains('\u{1b}'), "{e:?}");
 }
+
+#[test]
+fn pipeline_steps_show_their_own_bar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("model");
+    model::make_model(&input, model::MEDIUM);
+    let recipe = tmp.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[input]\nmodel = \"{}\"\n[output]\ndir = \"out\"\n[[quantize]]\nname = \"q\"\n\
+             scheme = \"gguf:q4_k_m\"\n",
+            input.display()
+        ),
+    )
+    .unwrap();
+    let args = vec!["pipeline".to_owned(), recipe.to_str().unwrap().to_owned()];
+    let (ok, screen) = under_pty(&args);
+    assert!(ok, "{screen}");
+    // the quantize step's bar (bytes of a total, a rate, ETA), not a frozen steps counter
+    assert!(
+        screen.contains(" MiB (") && screen.contains("/s, ETA"),
+        "{screen}"
+    );
+    assert!(screen.contains("step 1/1"), "{screen}");
+    assert!(!screen.contains("steps ("), "{screen}");
+}
+
+#[test]
+fn calibrate_prints_layer_lines_and_quiet_hides_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/hf");
+    let text = tmp.path().join("t.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(50),
+    )
+    .unwrap();
+    let run = |out: &str, quiet: bool| {
+        let mut c = Command::new(QFORGE);
+        c.args(["calibrate", hf.to_str().unwrap(), "--data"])
+            .arg(&text)
+            .args([
+                "--method",
+                "fp8-static",
+                "--samples",
+                "2",
+                "--seq-len",
+                "16",
+            ])
+            .arg("-o")
+            .arg(tmp.path().join(out));
+        if quiet {
+            c.arg("-q");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let loud = run("a.json", false);
+    assert!(loud.contains("layer 1/2:"), "{loud}");
+    // --quiet: the one-line summary of what was written, no per-layer lines
+    let quiet = run("b.json", true);
+    assert!(!quiet.contains("layer 1/2"), "{quiet:?}");
+    assert_eq!(quiet.lines().count(), 1, "{quiet:?}");
+}

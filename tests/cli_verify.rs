@@ -174,6 +174,12 @@ fn fp8_model_passes_and_broken_layer_is_named() {
     // 0.08 on this random-weight model); layer 1's ×16 scales put it off by orders of magnitude.
     assert!(e0 < 0.15 && e1 > 10.0, "layer errors {e0} {e1}");
     assert!(report.is_file());
+    // the page beside the JSON: the verdict on top, one bar per layer, the worst one red
+    let html = std::fs::read_to_string(report.with_extension("html")).unwrap();
+    assert!(html.contains("class=\"verdict fail\""), "{html}");
+    assert!(html.contains("mean KLD") && html.contains("exceeds 0.01"));
+    assert_eq!(html.matches("fill=\"#cf222e\"><title>layer 1:").count(), 1);
+    assert!(!html.contains("<script"));
 }
 
 #[test]

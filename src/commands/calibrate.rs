@@ -140,7 +140,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         method,
         state_dir: None,
         overwrite: args.overwrite,
-        progress: !args.json,
+        progress: !args.json && !args.quiet,
         stop_after_layer: args.stop_after_layer,
         precision: match args.precision {
             CalibPrecision::F32 => Precision::F32,

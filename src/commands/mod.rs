@@ -8,8 +8,10 @@ pub mod inspect;
 pub mod perplexity;
 pub mod pipeline;
 pub mod plan;
+pub mod plan_forward;
 pub mod quantize;
 pub mod verify;
+pub mod verify_html;
 
 use std::path::Path;
 

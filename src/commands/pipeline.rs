@@ -13,7 +13,7 @@
 //! uninterrupted one, the report included (it holds no timings).
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -312,7 +312,10 @@ impl Runner<'_> {
             "{id}: {}",
             if resume { "resuming" } else { "running" }
         ));
-        run(resume).with_context(|| format!("pipeline step {id}"))?;
+        // the step shows its own progress (bytes or layers, rate, ETA) with the steps bar hidden
+        self.progress
+            .suspend(|| run(resume))
+            .with_context(|| format!("pipeline step {id}"))?;
         let result = describe(out)?;
         self.finish(id, key, fingerprint(out)?, result.clone())?;
         self.ran.push(id.to_owned());
@@ -465,7 +468,8 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
         + u64::from(r.calibrate.is_some())
         + r.quantize.len() as u64
         + verify_n as u64;
-    let progress = crate::progress::bar(total, args.quiet, "steps");
+    let progress = crate::progress::steps_bar(total, args.quiet);
+    let quiet = args.quiet;
     let mut run = Runner {
         dir: r.output.dir.clone(),
         state,
@@ -494,7 +498,8 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
             &key,
             &out,
             |resume| {
-                let a = convert_args(&r, &input, resume)?.expect("has [convert]");
+                let mut a = convert_args(&r, &input, resume)?.expect("has [convert]");
+                a.quiet = quiet;
                 crate::commands::convert::execute(&a).map(drop)
             },
             describe_output,
@@ -547,6 +552,7 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
                 };
                 let mut a = quantize_args(&r, q, &base, c, resume)?;
                 a.imatrix = im;
+                a.quiet = quiet;
                 crate::commands::quantize::execute(&a).map(drop)
             },
             describe_output,
@@ -571,7 +577,6 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
                 max_kld: q.max_kld.or(v.max_kld),
                 min_top1_pct: q.min_top1.or(v.min_top1),
             };
-            let quiet = args.quiet;
             let result = run.step(
                 &id,
                 &key,
@@ -591,7 +596,7 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
                             w8a8: W8a8Arg::Auto,
                             logits_out: None,
                             json: true,
-                            quiet: quiet || !std::io::stderr().is_terminal(),
+                            quiet,
                         },
                         report: None,
                         max_ppl_drift: None,

@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::{ConvertArgs, ConvertTarget, FloatDtype, PlanArgs, QuantizeArgs};
+use crate::commands::plan_forward::{self, Job, Work};
 use crate::commands::quantize::{parse_scheme, Scheme};
 use crate::recipe::Recipe;
 
@@ -419,9 +420,10 @@ pub fn plan_recipe(path: &Path) -> Result<serde_json::Value> {
         } else {
             &input
         };
-    if r.calibrate.is_some() {
-        notes.push("calibration is not planned (its output is small)".to_owned());
-    }
+    let calibrate = r
+        .calibrate
+        .as_ref()
+        .map(|c| plan_calibrate(base, c, &mut notes));
     for q in &r.quantize {
         let calib = r.calibrate.as_ref().map(|c| r.output.dir.join(&c.name));
         let mut a = crate::commands::pipeline::quantize_args(&r, q, &base_dir, None, false)?;
@@ -435,33 +437,117 @@ pub fn plan_recipe(path: &Path) -> Result<serde_json::Value> {
         outputs.push(plan_quantize(base, &a)?);
     }
     let mut verify_s = 0.0;
+    let mut verify = None;
     if let Some(v) = &r.verify {
         let ctx = v.ctx.unwrap_or(512) as u64;
-        let chunks = v.chunks.map_or(0, |c| c as u64);
-        if chunks == 0 {
-            notes.push("verify without `chunks` evaluates the whole text: time not planned".into());
+        let chunks = if let Some(c) = v.chunks {
+            c as u64
+        } else {
+            notes.push(
+                "verify without `chunks` evaluates the whole text: its chunks are estimated \
+                 from the text's size (4 bytes a token)"
+                    .into(),
+            );
+            estimated_chunks(&v.data, ctx)
+        };
+        let artifacts = r
+            .quantize
+            .iter()
+            .filter(|q| q.verify != Some(false))
+            .count();
+        verify_s = verify_seconds(base, ctx * chunks) * artifacts as f64;
+        if artifacts > 0 {
+            verify = Some(json!({
+                "artifacts": artifacts,
+                "peak_memory_bytes": plan_forward::peak_memory(base, Job::Verify, Work { ctx, chunks }),
+                "seconds": verify_s,
+            }));
         }
-        verify_s = verify_seconds(base, ctx * chunks)
-            * r.quantize
-                .iter()
-                .filter(|q| q.verify != Some(false))
-                .count() as f64;
     }
     let disk: u64 = outputs.iter().map(|o| o.disk_bytes).sum();
+    let forward_peaks = [&calibrate, &verify]
+        .into_iter()
+        .flatten()
+        .map(|v| v["peak_memory_bytes"].as_u64().unwrap_or(0));
     let peak = outputs
         .iter()
         .map(|o| o.peak_memory_bytes)
+        .chain(forward_peaks)
         .max()
         .unwrap_or(0);
-    let secs: f64 = outputs.iter().map(|o| o.seconds).sum::<f64>() + verify_s;
+    let calib_s = calibrate
+        .as_ref()
+        .map_or(0.0, |c| c["seconds"].as_f64().unwrap_or(0.0));
+    let secs: f64 = outputs.iter().map(|o| o.seconds).sum::<f64>() + verify_s + calib_s;
     Ok(json!({
         "recipe": path,
         "input": r.input.model,
         "outputs": outputs,
+        "calibrate": calibrate,
+        "verify": verify,
         "verify_seconds": verify_s,
         "total": {"disk_bytes": disk, "peak_memory_bytes": peak, "seconds": secs},
         "notes": notes,
     }))
+}
+
+/// Chunks of `ctx` tokens in the text at `data` when a step does not say: its size over 4
+/// bytes a token (an estimate; 1 when the text is missing).
+fn estimated_chunks(data: &Path, ctx: u64) -> u64 {
+    std::fs::metadata(data).map_or(1, |m| (m.len() / 4 / ctx.max(1)).max(1))
+}
+
+/// Peak memory and time of a recipe's `[calibrate]` on `base` (plan_forward.rs).
+fn plan_calibrate(
+    base: &Checkpoint,
+    c: &crate::recipe::CalibrateStep,
+    notes: &mut Vec<String>,
+) -> serde_json::Value {
+    let (job, ctx, chunks) = match c.method.as_str() {
+        "imatrix" => {
+            let ctx = c.ctx.unwrap_or(512) as u64;
+            let chunks = c
+                .chunks
+                .map_or_else(|| estimated_chunks(&c.data, ctx), |n| n as u64);
+            (Job::Imatrix, ctx, chunks)
+        }
+        m => {
+            let job = match m {
+                "gptq" => {
+                    notes.push(
+                        "calibrate (gptq): time counts the forward only, not GPTQ's solve".into(),
+                    );
+                    Job::CalibGptq
+                }
+                "awq" => {
+                    notes.push(
+                        "calibrate (awq): planned as fp8-static's forward (its search not \
+                         modelled)"
+                            .into(),
+                    );
+                    Job::CalibAwq
+                }
+                _ => Job::CalibFp8 {
+                    f64: c.precision.as_deref() == Some("f64"),
+                },
+            };
+            // qforge calibrate's defaults: --samples 128, --seq-len 512
+            (
+                job,
+                c.ctx.unwrap_or(512) as u64,
+                c.chunks.unwrap_or(128) as u64,
+            )
+        }
+    };
+    let tokens = ctx * chunks;
+    // no logits in calibration or the importance matrix
+    let seconds = (plan_forward::macs_per_token(base, false) * tokens) as f64
+        / (rate::VERIFY_MACS * cores() / rate::CORES);
+    json!({
+        "method": c.method,
+        "peak_memory_bytes": plan_forward::peak_memory(base, job, Work { ctx, chunks }),
+        "seconds": seconds,
+    })
 }
 
 /// The shapes a conversion to HF will write, as a config-only checkpoint in a temporary
@@ -639,6 +725,23 @@ fn print_plan(plan: &serde_json::Value, as_json: bool) -> Result<()> {
             human(u("peak_memory_bytes")),
             human(u("disk_bytes")),
             human_secs(o["seconds"].as_f64().unwrap_or(0.0))
+        )?;
+    }
+    for (k, what) in [("calibrate", "calibrate"), ("verify", "verify")] {
+        let v = &plan[k];
+        if v.is_null() {
+            continue;
+        }
+        let label = match (v["method"].as_str(), v["artifacts"].as_u64()) {
+            (Some(m), _) => format!("{what} ({m})"),
+            (None, Some(n)) => format!("{what} ({n} artifact{})", if n == 1 { "" } else { "s" }),
+            _ => what.to_owned(),
+        };
+        writeln!(
+            out,
+            "{label}: peak memory ~{}, time ~{}",
+            human(v["peak_memory_bytes"].as_u64().unwrap_or(0)),
+            human_secs(v["seconds"].as_f64().unwrap_or(0.0))
         )?;
     }
     if let Some(t) = plan.get("total") {

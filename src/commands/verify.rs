@@ -157,6 +157,13 @@ pub fn run(args: &VerifyArgs) -> Result<()> {
         serde_json::to_writer_pretty(&mut file, &report)?;
         file.write_all(b"\n")?;
         dest.commit(file)?;
+        // the same report as a page with charts, beside it (report.json -> report.html)
+        let html = crate::commands::verify_html::html_path(path);
+        if html != *path {
+            let (dest, mut file) = AtomicFile::create(&html, true)?;
+            file.write_all(crate::commands::verify_html::render(&report).as_bytes())?;
+            dest.commit(file)?;
+        }
     }
     let mut out = std::io::stdout().lock();
     if args.eval.json {

@@ -1,0 +1,221 @@
+//! Peak memory and time of the commands that run the reference forward — `verify`,
+//! `perplexity`, `imatrix` and `calibrate` — from the model's shapes, for `qforge plan` of a
+//! recipe's `[verify]` and `[calibrate]` steps.
+//!
+//! What qforge-verify holds (verify/src/eval.rs `compare`, `perplexity`, `collect_imatrix`;
+//! calibrate/src/engine.rs `calibrate`), layer-major over a batch of chunks:
+//! - the hidden states of the batch, `[batch·ctx, hidden]` f32 per model (f64 for
+//!   `--precision f64`), the batch as many chunks as fit 2 GiB (eval.rs `batch_size`);
+//! - embedding phase: the whole token embedding decoded to f32 while its mapped source pages
+//!   are still resident (`Model::embed`), one model at a time;
+//! - layer phase: one layer's weights in f32 plus their mapped source, and the layer's
+//!   scratch for one chunk (attention and FFN activations); GPTQ adds its Hessians (f32, one
+//!   per distinct linear input) and one f64 copy of the widest;
+//! - head phase (verify, perplexity): every model's LM head in f32 and one chunk's logits per
+//!   model (`[scored, vocab]` f32);
+//! - on top, a fixed part: the process ([`super::plan::BASE_RSS`]), the text, tokens and
+//!   thread pool ([`FIXED_EXTRA`]) and each model's tokenizer ([`TOKENIZER_PER_VOCAB`]).
+//!
+//! Measured on SmolLM2-135M (BF16, Hamlet; peak RSS from `/usr/bin/time -v`, BENCHMARKS.md
+//! "Plan: memory and time model"): verify ctx 512 × 2 chunks 380 MiB (head phase), × 8 chunks
+//! 396 MiB; perplexity 214 MiB and imatrix 207 MiB (embedding phase); calibrate fp8-static
+//! 16 × 256 205 MiB, GPTQ 208 MiB. The constants below come from those runs.
+
+use qforge_convert::names::{LayerTensor, TensorId};
+use qforge_convert::Checkpoint;
+
+use super::plan::BASE_RSS;
+
+/// Resident memory of a forward command besides [`BASE_RSS`] and the terms modelled: the text,
+/// its tokens, the thread pool's stacks, allocator slack (perplexity on SmolLM2: 49 MiB fixed
+/// in all, less one tokenizer).
+pub const FIXED_EXTRA: u64 = 11 << 20;
+
+/// A loaded tokenizer, bytes per vocabulary entry (SmolLM2, 49,152 entries: 14 MiB per model,
+/// from verify's two models against perplexity's one).
+pub const TOKENIZER_PER_VOCAB: u64 = 300;
+
+/// Activation memory eval.rs aims for when `--batch-chunks` is not given (`ACT_BUDGET_BYTES`).
+const ACT_BUDGET: u64 = 2 << 30;
+
+/// What runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Job {
+    /// `qforge verify`: two models in lockstep, logits of both.
+    Verify,
+    /// `qforge perplexity`: one model, logits (no recipe step runs it; the unit test holds the
+    /// model to its measured peaks).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Perplexity,
+    /// `qforge imatrix`: one model, no logits.
+    Imatrix,
+    /// `qforge calibrate --method fp8-static` (`f64`: `--precision f64`).
+    CalibFp8 { f64: bool },
+    /// `qforge calibrate --method gptq`.
+    CalibGptq,
+    /// `qforge calibrate --method awq` (planned with the fp8-static terms; not measured).
+    CalibAwq,
+}
+
+/// A forward job's shape: tokens per chunk and chunks.
+#[derive(Debug, Clone, Copy)]
+pub struct Work {
+    /// Tokens per chunk (`--ctx`, `--seq-len`).
+    pub ctx: u64,
+    /// Chunks (`--chunks`, `--samples`).
+    pub chunks: u64,
+}
+
+fn numel(ckpt: &Checkpoint, id: TensorId) -> u64 {
+    ckpt.config.expected_shape(id).iter().product()
+}
+
+fn source_bytes(ckpt: &Checkpoint, id: TensorId) -> u64 {
+    let b: u64 = ckpt
+        .tensors
+        .iter()
+        .filter(|t| t.key.id == id)
+        .map(qforge_convert::TensorEntry::nbytes)
+        .sum();
+    if b == 0 {
+        // a config-only model: BF16, as the checkpoints are shipped
+        2 * numel(ckpt, id)
+    } else {
+        b
+    }
+}
+
+const LINEARS: [LayerTensor; 7] = [
+    LayerTensor::Q,
+    LayerTensor::K,
+    LayerTensor::V,
+    LayerTensor::O,
+    LayerTensor::Gate,
+    LayerTensor::Up,
+    LayerTensor::Down,
+];
+
+fn layer_ids(index: u32) -> impl Iterator<Item = TensorId> {
+    LINEARS
+        .into_iter()
+        .chain([LayerTensor::AttnNorm, LayerTensor::FfnNorm])
+        .map(move |kind| TensorId::Layer { index, kind })
+}
+
+/// Peak resident memory of `job` on `ckpt` (for verify, the quantized model is taken to have
+/// the base's shapes and no smaller a source: an upper bound by its source bytes).
+pub fn peak_memory(ckpt: &Checkpoint, job: Job, w: Work) -> u64 {
+    let c = &ckpt.config;
+    let hid = c.hidden_size;
+    let ffn = c.intermediate_size;
+    let vocab = c.vocab_size;
+    let heads = c.num_heads;
+    let att = heads * c.head_dim;
+    let kv = c.num_kv_heads * c.head_dim;
+    let models: u64 = if job == Job::Verify { 2 } else { 1 };
+    let elem: u64 = if job == (Job::CalibFp8 { f64: true }) {
+        8
+    } else {
+        4
+    };
+    // hidden states: the batch layer-major runs together (calibration: every sample)
+    let batch = match job {
+        Job::Verify | Job::Perplexity | Job::Imatrix => {
+            (ACT_BUDGET / (w.ctx * hid * 4 * models).max(1)).clamp(1, w.chunks.max(1))
+        }
+        _ => w.chunks.max(1),
+    };
+    let acts = models * batch * w.ctx * hid * elem;
+    let emb = TensorId::TokenEmbedding;
+    let embed_phase = 4 * numel(ckpt, emb) + source_bytes(ckpt, emb);
+    let layer_f32: u64 = layer_ids(0).map(|id| 4 * numel(ckpt, id)).sum();
+    let layer_src: u64 = layer_ids(0).map(|id| source_bytes(ckpt, id)).sum();
+    // one chunk's x, q, k, v, attention output, scores (one row block per head) and FFN
+    let scratch = elem * w.ctx * (2 * hid + 2 * att + 2 * kv + 2 * ffn + heads * w.ctx);
+    let method = match job {
+        Job::CalibGptq => {
+            // Hessians of q/k/v, o, gate/up, down inputs (f32) and one f64 working copy
+            4 * (2 * hid * hid + att * att + ffn * ffn) + 8 * ffn.max(hid).pow(2)
+        }
+        // f64: the layer's weights held in f64 beside their f32 copy
+        Job::CalibFp8 { f64: true } => 2 * layer_f32,
+        _ => 0,
+    };
+    let layer_phase = layer_f32 + layer_src + scratch + method;
+    let head_phase = match job {
+        Job::Verify | Job::Perplexity => {
+            let head = if ckpt.config.tie_word_embeddings {
+                emb
+            } else {
+                TensorId::Output
+            };
+            let scored = w.ctx - 1 - w.ctx / 2;
+            models * (4 * numel(ckpt, head) + scored * vocab * 4)
+        }
+        _ => 0,
+    };
+    BASE_RSS
+        + FIXED_EXTRA
+        + models * TOKENIZER_PER_VOCAB * vocab
+        + acts
+        + embed_phase.max(layer_phase).max(head_phase)
+}
+
+/// Multiply-adds of one token through the model's linears (and the LM head when `head`).
+pub fn macs_per_token(ckpt: &Checkpoint, head: bool) -> u64 {
+    let c = &ckpt.config;
+    let per_layer: u64 = LINEARS
+        .into_iter()
+        .map(|kind| numel(ckpt, TensorId::Layer { index: 0, kind }))
+        .sum();
+    let head_macs = if head {
+        c.vocab_size * c.hidden_size
+    } else {
+        0
+    };
+    per_layer * c.num_layers + head_macs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SmolLM2-135M's shapes (a config-only model: BF16 sources, as the demo's checkpoint).
+    fn smollm2() -> (tempfile::TempDir, Checkpoint) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("config.json"),
+            r#"{"architectures":["LlamaForCausalLM"],"hidden_size":576,"intermediate_size":1536,
+            "num_attention_heads":9,"num_hidden_layers":30,"num_key_value_heads":3,
+            "vocab_size":49152,"rms_norm_eps":1e-05,"rope_theta":100000.0,
+            "max_position_embeddings":8192,"tie_word_embeddings":true,"model_type":"llama"}"#,
+        )
+        .unwrap();
+        let c = Checkpoint::from_config(d.path()).unwrap();
+        (d, c)
+    }
+
+    /// The measured peaks the constants come from (module docs), each within 20 % of the model.
+    #[test]
+    fn model_matches_the_measured_peaks() {
+        let (_d, c) = smollm2();
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        let w = |ctx, chunks| Work { ctx, chunks };
+        for (job, work, measured_mib) in [
+            (Job::Verify, w(512, 2), 379.6),
+            (Job::Verify, w(512, 8), 396.1),
+            (Job::Perplexity, w(512, 2), 213.6),
+            (Job::Perplexity, w(128, 2), 216.3),
+            (Job::Imatrix, w(512, 2), 207.3),
+            (Job::CalibFp8 { f64: false }, w(256, 16), 204.8),
+            (Job::CalibGptq, w(256, 16), 207.8),
+        ] {
+            let p = mib(peak_memory(&c, job, work));
+            let rel = p / measured_mib - 1.0;
+            assert!(
+                rel.abs() < 0.2,
+                "{job:?} {work:?}: planned {p:.1} MiB, measured {measured_mib} MiB"
+            );
+        }
+    }
+}
