@@ -332,10 +332,14 @@ impl LayerScales {
             K::FfnNorm | K::Gate => self.mlp.is_some(),
             K::Up => self.mlp.is_some() || self.up_down.is_some(),
             K::Down => self.up_down.is_some(),
+            // llm-compressor `AWQModifier._smooth` divides the smooth layer's bias too
+            K::VBias => self.vo.is_some(),
+            K::QBias | K::KBias | K::QNorm | K::KNorm => false,
         }
     }
 
-    /// Fold the scales into `kind`'s weight (`[rows, cols]`, HF order; a norm is `[1, cols]`),
+    /// Fold the scales into `kind`'s weight (`[rows, cols]`, HF order; a norm is `[1, cols]`,
+    /// a bias one value per row),
     /// mapping by mapping in llm-compressor's order.
     ///
     /// Errors: [`Error::Unsupported`] when a scale vector does not fit the weight.
@@ -391,6 +395,17 @@ impl LayerScales {
                 rows_by(w, &self.up_down)
             }
             K::Down => cols_by(w, &self.up_down),
+            // v_proj's bias divides with its rows, whatever `cols` says (llm-compressor
+            // `_smooth`: `smooth_layer.bias.div_(scales)`)
+            K::VBias => match &self.vo {
+                Some(s) if s.len() == len => {
+                    div_rows(w, 1, s);
+                    Ok(())
+                }
+                Some(s) => fit(s, len, "rows"),
+                None => Ok(()),
+            },
+            K::QBias | K::KBias | K::QNorm | K::KNorm => Ok(()),
         }
     }
 }

@@ -29,7 +29,7 @@ use std::time::Instant;
 use qforge_convert::layout::hf_module;
 use qforge_convert::write::{OutputDir, OutputOptions};
 use qforge_convert::{Format, LayerTensor, TensorId};
-use qforge_verify::eval::run_layer_observed;
+use qforge_verify::eval::{qkv_extras, run_layer_observed};
 use qforge_verify::matmul::matmul_t;
 use qforge_verify::ops::{attention, round_f16, swiglu, RopeTable};
 use qforge_verify::{LayerWeights, Model, Project, Real};
@@ -709,13 +709,14 @@ fn attn_out(
         .zip(k.chunks_mut(seq * kw))
         .zip(v.chunks_mut(seq * kw).zip(att.chunks_mut(seq * qw)))
     {
+        qkv_extras(lw, qc, kc, vc, hd, cfg.rms_norm_eps as f32);
         rope.apply(qc, heads, model.rope_layout);
         rope.apply(kc, kvh, model.rope_layout);
         if model.opts.kv_f16 {
             round_f16(kc);
             round_f16(vc);
         }
-        attention(qc, kc, vc, seq, heads, kvh, hd, scale, ac);
+        attention(qc, kc, vc, seq, heads, kvh, hd, scale, lw.window, ac);
     }
     linear(&att, lw.o.inp, wo, lw.o.out)
 }
@@ -871,6 +872,9 @@ fn awq_layer(
         (LayerTensor::Down, &mut lw.down),
     ] {
         scales.apply(kind, &mut lin.w, lin.inp)?;
+    }
+    if let Some([_, _, bv]) = &mut lw.qkv_bias {
+        scales.apply(LayerTensor::VBias, bv, 1)?;
     }
     for hc in h.chunks_mut(seq * hid) {
         layer_forward(model, lw, rope, hc, seq, &mut |_, _| {});

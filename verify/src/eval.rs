@@ -82,13 +82,14 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
         lw.q.project(&x, ctx, &mut q);
         lw.k.project(&x, ctx, &mut k);
         lw.v.project(&x, ctx, &mut v);
+        qkv_extras(lw, &mut q, &mut k, &mut v, hd, eps);
         rope.apply(&mut q, heads, model.rope_layout);
         rope.apply(&mut k, kvh, model.rope_layout);
         if model.opts.kv_f16 {
             round_f16(&mut k);
             round_f16(&mut v);
         }
-        attention(&q, &k, &v, ctx, heads, kvh, hd, scale, &mut att);
+        attention(&q, &k, &v, ctx, heads, kvh, hd, scale, lw.window, &mut att);
         observe(&[LayerTensor::O], &att);
         lw.o.project(&att, ctx, &mut x);
         add(hc, &x);
@@ -102,6 +103,36 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
         lw.down.project(&g, ctx, &mut x);
         add(hc, &x);
     }
+}
+
+/// What a family adds between the q/k/v projections and RoPE: the projections' biases
+/// (transformers `Qwen2Attention`: `nn.Linear(..., bias=True)`; llama.cpp `build_qkv` adds
+/// `bq`/`bk`/`bv`) and the per-head RMSNorm of Q and K (`Qwen3Attention.q_norm`/`k_norm` over
+/// `head_dim`, before `apply_rotary_pos_emb`; llama.cpp qwen3.cpp `attn_q_norm` before
+/// `ggml_rope_ext`).
+pub fn qkv_extras<T: Real, L>(
+    lw: &LayerWeights<T, L>,
+    q: &mut [T],
+    k: &mut [T],
+    v: &mut [T],
+    hd: usize,
+    eps: T,
+) {
+    if let Some([bq, bk, bv]) = &lw.qkv_bias {
+        add_rows(q, bq);
+        add_rows(k, bk);
+        add_rows(v, bv);
+    }
+    if let Some([nq, nk]) = &lw.qk_norm {
+        rms_norm(q, hd, nq, eps);
+        rms_norm(k, hd, nk, eps);
+    }
+}
+
+/// `x[t, :] += b` for every row.
+fn add_rows<T: Real>(x: &mut [T], b: &[T]) {
+    x.par_chunks_mut(b.len().max(1))
+        .for_each(|row| row.iter_mut().zip(b).for_each(|(a, c)| *a += *c));
 }
 
 fn add<T: Real>(h: &mut [T], d: &[T]) {
