@@ -74,6 +74,15 @@ fn cases() -> Vec<Case> {
             tied: true,
             window: None,
         },
+        Case {
+            family: Family::Mistral,
+            // v0.1's shape of config: a window on every layer; GGUF writes it as llama
+            config: json!({"architectures": ["MistralForCausalLM"], "model_type": "mistral",
+                "head_dim": 16, "sliding_window": 4, "tie_word_embeddings": false}),
+            head_dim: 16,
+            tied: false,
+            window: Some((4, 0)),
+        },
     ]
 }
 
@@ -529,7 +538,7 @@ fn the_forward_is_the_family_layer_and_each_difference_matters() {
             let skips: &[&str] = match (case.family.spec(), window) {
                 (s, _) if s.qkv_bias => &["bias", "window"],
                 (s, _) if s.qk_norm => &["qk_norm"],
-                _ => &[],
+                _ => &["window"],
             };
             for &skip in skips {
                 if skip == "window" && window.is_none() {
@@ -623,4 +632,68 @@ fn meta_is_refused_for_families_without_it_and_unknown_model_types_are_named() {
     std::fs::write(hf.join("config.json"), cfg.to_string()).unwrap();
     let err = Checkpoint::open(&hf).unwrap_err().to_string();
     assert!(err.contains("gpt_neox"), "{err}");
+}
+
+/// Released configs (their published parameter counts: Qwen2.5-0.5B 494,032,768 with q/k/v
+/// biases and tied embeddings; Qwen3-0.6B 596,049,920 with head_dim 128 × 16 heads over
+/// hidden 1024 and q/k norms; Mistral-7B-v0.1 7,241,732,096) and their windows: Qwen's
+/// `sliding_window` is ignored without `use_sliding_window`, Mistral v0.3 sets none.
+#[test]
+fn released_configs_read_as_their_family() {
+    use qforge_convert::ModelConfig;
+    let qwen25 = r#"{"architectures":["Qwen2ForCausalLM"],"attention_dropout":0.0,"bos_token_id":151643,
+      "eos_token_id":151643,"hidden_act":"silu","hidden_size":896,"initializer_range":0.02,
+      "intermediate_size":4864,"max_position_embeddings":32768,"max_window_layers":24,"model_type":"qwen2",
+      "num_attention_heads":14,"num_hidden_layers":24,"num_key_value_heads":2,"rms_norm_eps":1e-06,
+      "rope_theta":1000000.0,"sliding_window":32768,"tie_word_embeddings":true,"torch_dtype":"bfloat16",
+      "use_cache":true,"use_sliding_window":false,"vocab_size":151936}"#;
+    let qwen3 = r#"{"architectures":["Qwen3ForCausalLM"],"attention_bias":false,"attention_dropout":0.0,
+      "bos_token_id":151643,"eos_token_id":151645,"head_dim":128,"hidden_act":"silu","hidden_size":1024,
+      "initializer_range":0.02,"intermediate_size":3072,"max_position_embeddings":40960,
+      "max_window_layers":28,"model_type":"qwen3","num_attention_heads":16,"num_hidden_layers":28,
+      "num_key_value_heads":8,"rms_norm_eps":1e-06,"rope_scaling":null,"rope_theta":1000000,
+      "sliding_window":null,"tie_word_embeddings":true,"torch_dtype":"bfloat16","use_cache":true,
+      "use_sliding_window":false,"vocab_size":151936}"#;
+    let mistral01 = r#"{"architectures":["MistralForCausalLM"],"bos_token_id":1,"eos_token_id":2,
+      "hidden_act":"silu","hidden_size":4096,"initializer_range":0.02,"intermediate_size":14336,
+      "max_position_embeddings":32768,"model_type":"mistral","num_attention_heads":32,
+      "num_hidden_layers":32,"num_key_value_heads":8,"rms_norm_eps":1e-05,"rope_theta":10000.0,
+      "sliding_window":4096,"tie_word_embeddings":false,"torch_dtype":"bfloat16","vocab_size":32000}"#;
+    let mistral03 = mistral01
+        .replace(r#""sliding_window":4096"#, r#""sliding_window":null"#)
+        .replace("32000", "32768");
+    let c = ModelConfig::from_hf_json(qwen25).unwrap();
+    assert_eq!(
+        (c.family, c.head_dim, c.sliding_window),
+        (Family::Qwen2, 64, None)
+    );
+    assert_eq!(c.parameter_count(), 494_032_768);
+    let c = ModelConfig::from_hf_json(qwen3).unwrap();
+    assert_eq!(
+        (c.family, c.head_dim, c.sliding_window),
+        (Family::Qwen3, 128, None)
+    );
+    assert_eq!(c.parameter_count(), 596_049_920);
+    let c = ModelConfig::from_hf_json(mistral01).unwrap();
+    assert_eq!(c.family, Family::Mistral);
+    assert_eq!(
+        c.sliding_window.map(|w| (w.size, w.first_layer)),
+        Some((4096, 0))
+    );
+    assert_eq!(c.parameter_count(), 7_241_732_096);
+    let c = ModelConfig::from_hf_json(&mistral03).unwrap();
+    assert_eq!((c.family, c.sliding_window), (Family::Mistral, None));
+    // a setting the family's class does not have is refused, naming the family
+    let biased = qwen3.replace(r#""attention_bias":false"#, r#""attention_bias":true"#);
+    let err = ModelConfig::from_hf_json(&biased).unwrap_err().to_string();
+    assert!(
+        err.contains("Qwen3") && err.contains("attention_bias"),
+        "{err}"
+    );
+    let scaled = qwen25.replace(
+        r#""rope_theta""#,
+        r#""rope_scaling":{"rope_type":"llama3","factor":8.0},"rope_theta""#,
+    );
+    let err = ModelConfig::from_hf_json(&scaled).unwrap_err().to_string();
+    assert!(err.contains("Qwen2") && err.contains("llama3"), "{err}");
 }

@@ -26,6 +26,8 @@ pub enum Family {
     Qwen2,
     /// Qwen3 dense: `Qwen3ForCausalLM` (per-head q/k RMSNorm, free `head_dim`).
     Qwen3,
+    /// Mistral: `MistralForCausalLM` (sliding-window attention where the config sets one).
+    Mistral,
 }
 
 /// How a family's rotary embedding pairs a head's values in GGUF (llama.cpp
@@ -189,6 +191,30 @@ pub const FAMILIES: &[FamilySpec] = &[
         gguf_vocab_and_rope_dim: false,
         bos_default: None,
         eos_default: None,
+        meta: false,
+        awq: AwqMappings::Default,
+        quant: QuantRules::Generic,
+    },
+    FamilySpec {
+        family: Family::Mistral,
+        name: "Mistral",
+        hf_classes: &["MistralForCausalLM"],
+        model_type: "mistral",
+        // conversion/llama.py registers MistralForCausalLM with LlamaModel
+        gguf_arch: "llama",
+        gguf_rope: GgufRope::Norm,
+        qkv_bias: false,
+        qk_norm: false,
+        norm: "rms",
+        activation: "silu",
+        rope_scalings: &["linear"],
+        // v0.1 sets 4096; v0.3 null
+        window: WindowRule::EveryLayer,
+        tie_default: false,
+        hf_head_dim: true,
+        gguf_vocab_and_rope_dim: true,
+        bos_default: Some(1),
+        eos_default: Some(2),
         meta: false,
         awq: AwqMappings::Default,
         quant: QuantRules::Generic,
