@@ -19,6 +19,7 @@ use qforge_convert::export::{convert_to_hf, HfOptions};
 use qforge_convert::export_gguf::{convert_to_gguf, GgufOptions};
 use qforge_convert::gguf::GgufValue;
 use qforge_convert::write::safetensors::{plan, TensorSpec, Writer};
+use qforge_convert::write::OutputOptions;
 use qforge_convert::{Checkpoint, Family, LayerTensor, NameScheme, TensorId, TensorKey};
 use qforge_quantize::DType;
 use qforge_verify::eval::{perplexity, run_layer_observed, EvalOptions};
@@ -102,7 +103,7 @@ impl Rng {
 fn tensors(case: &Case) -> Vec<(String, Vec<u64>, Vec<f32>)> {
     let spec = case.family.spec();
     let (hd, q, kv) = (case.head_dim, HEADS * case.head_dim, KV * case.head_dim);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ hd ^ (spec.qkv_bias as u64) << 7);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ hd ^ u64::from(spec.qkv_bias) << 7);
     let mut out = Vec::new();
     let mut add = |name: String, shape: Vec<u64>, scale: f32, offset: f32| {
         let n: u64 = shape.iter().product();
@@ -332,7 +333,7 @@ fn hf_gguf_hf_is_bit_exact_with_the_family_keys_and_tensors() {
             HfOptions {
                 dtype: None,
                 shard_size: qforge_convert::export::DEFAULT_SHARD_SIZE,
-                output: Default::default(),
+                output: OutputOptions::default(),
             },
         )
         .unwrap();
@@ -620,7 +621,7 @@ fn meta_is_refused_for_families_without_it_and_unknown_model_types_are_named() {
         &src,
         &tmp.path().join("meta"),
         1,
-        Default::default(),
+        OutputOptions::default(),
     )
     .unwrap_err()
     .to_string();
@@ -696,4 +697,76 @@ fn released_configs_read_as_their_family() {
     );
     let err = ModelConfig::from_hf_json(&scaled).unwrap_err().to_string();
     assert!(err.contains("Qwen2") && err.contains("llama3"), "{err}");
+}
+
+/// Every `qforge quantize` scheme and layout writes every family, the output reads back as the
+/// family (HF) or its GGUF architecture, evaluates to a finite perplexity, and keeps the biases
+/// and q/k norms unquantized (GGUF: F32, as llama-quantize's `tensor_allows_quantization`
+/// leaves 1-D tensors).
+#[test]
+fn every_scheme_and_layout_writes_every_family() {
+    const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens: Vec<u32> = (0..64u32)
+        .map(|i| (i * 53 + i / 7) % VOCAB as u32)
+        .collect();
+    let chunks = Chunks::new(&tokens, 16, None, None).unwrap();
+    let runs: &[(&str, &[&str])] = &[
+        ("fp8-rowwise", &[]),
+        ("fp8-rowwise", &["--layout", "fbgemm"]),
+        ("fp8-block", &[]),
+        ("nvfp4a16", &[]),
+        ("mxfp4", &[]),
+        ("int4-g32", &[]),
+        ("int4-row", &["--asym"]),
+        ("int8-g32", &[]),
+        ("int4-g32", &["--layout", "mlx"]),
+        ("gguf:q8_0", &[]),
+        ("gguf:q4_k_m", &[]),
+        ("gguf:q6_k", &[]),
+    ];
+    for case in cases() {
+        let name = case.family.spec().model_type;
+        let hf = tmp.path().join(format!("{name}-hf"));
+        write_case(&hf, &case);
+        for (i, (scheme, extra)) in runs.iter().enumerate() {
+            let gguf = scheme.starts_with("gguf:");
+            let out = tmp
+                .path()
+                .join(format!("{name}-{i}{}", if gguf { ".gguf" } else { "" }));
+            let o = std::process::Command::new(QFORGE)
+                .args(["quantize", "-q", "--dtype", "f32", "--scheme", scheme])
+                .args(*extra)
+                .arg(&hf)
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{name} {scheme} {extra:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let ck = Checkpoint::open(&out).unwrap();
+            let family = Family::from_gguf_arch(case.family.spec().gguf_arch).unwrap();
+            let want = if gguf { family } else { case.family };
+            assert_eq!(ck.config.family, want, "{name} {scheme}");
+            for t in &ck.tensors {
+                if let TensorId::Layer { kind, .. } = t.key.id {
+                    if !kind.is_linear() {
+                        assert!(
+                            matches!(t.dtype, DType::F32 | DType::BF16 | DType::F16),
+                            "{name} {scheme}: {} is {}",
+                            t.name,
+                            t.dtype
+                        );
+                    }
+                }
+            }
+            let m = Model::open(&out, ForwardOptions::default()).unwrap();
+            let ppl = perplexity(&m, &chunks, &EvalOptions::default())
+                .unwrap()
+                .ppl;
+            assert!(ppl.is_finite() && ppl > 1.0, "{name} {scheme}: {ppl}");
+        }
+    }
 }

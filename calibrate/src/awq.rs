@@ -328,12 +328,11 @@ impl LayerScales {
         match kind {
             K::AttnNorm | K::Q | K::K => self.attn.is_some(),
             K::V => self.attn.is_some() || self.vo.is_some(),
-            K::O => self.vo.is_some(),
+            // llm-compressor `AWQModifier._smooth` divides the smooth layer's bias too
+            K::O | K::VBias => self.vo.is_some(),
             K::FfnNorm | K::Gate => self.mlp.is_some(),
             K::Up => self.mlp.is_some() || self.up_down.is_some(),
             K::Down => self.up_down.is_some(),
-            // llm-compressor `AWQModifier._smooth` divides the smooth layer's bias too
-            K::VBias => self.vo.is_some(),
             K::QBias | K::KBias | K::QNorm | K::KNorm => false,
         }
     }
