@@ -770,3 +770,71 @@ fn every_scheme_and_layout_writes_every_family() {
         }
     }
 }
+
+/// `qforge calibrate` (fp8-static, GPTQ, AWQ) runs on every family through the one forward, and
+/// `qforge quantize --calib` writes each family from its results.
+#[test]
+fn calibrate_and_quantize_with_calibration_for_every_family() {
+    const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
+    let tmp = tempfile::tempdir().unwrap();
+    let samples: Vec<Vec<u32>> = (0..4u32)
+        .map(|s| {
+            (0..16u32)
+                .map(|i| (i * 37 + s * 101 + 3) % VOCAB as u32)
+                .collect()
+        })
+        .collect();
+    let tokens = tmp.path().join("tokens.json");
+    std::fs::write(
+        &tokens,
+        json!({"seq_len": 16, "samples": samples}).to_string(),
+    )
+    .unwrap();
+    let eval: Vec<u32> = (0..64u32)
+        .map(|i| (i * 53 + i / 7) % VOCAB as u32)
+        .collect();
+    let chunks = Chunks::new(&eval, 16, None, None).unwrap();
+    let run = |args: Vec<std::ffi::OsString>| {
+        let o = std::process::Command::new(QFORGE)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let os = |v: &[&str]| -> Vec<std::ffi::OsString> { v.iter().map(Into::into).collect() };
+    for case in cases() {
+        let name = case.family.spec().model_type;
+        let hf = tmp.path().join(format!("{name}-hf"));
+        write_case(&hf, &case);
+        for (method, scheme, calib) in [
+            ("fp8-static", "fp8-static", format!("{name}-fp8.json")),
+            ("gptq", "int4-g32", format!("{name}-gptq")),
+            ("awq", "int4-g32", format!("{name}-awq")),
+        ] {
+            let calib = tmp.path().join(calib);
+            let mut args = os(&["calibrate", "--method", method]);
+            if method != "fp8-static" {
+                args.extend(os(&["--scheme", scheme]));
+            }
+            args.extend(["--tokens".into(), tokens.clone().into(), hf.clone().into()]);
+            args.push(calib.clone().into());
+            run(args);
+            let out = tmp.path().join(format!("{name}-{method}-q"));
+            let mut args = os(&[
+                "quantize", "-q", "--dtype", "f32", "--scheme", scheme, "--calib",
+            ]);
+            args.extend([calib.into(), hf.clone().into(), out.clone().into()]);
+            run(args);
+            let m = Model::open(&out, ForwardOptions::default()).unwrap();
+            assert_eq!(m.config().family, case.family);
+            let ppl = perplexity(&m, &chunks, &EvalOptions::default())
+                .unwrap()
+                .ppl;
+            assert!(ppl.is_finite() && ppl > 1.0, "{name} {method}: {ppl}");
+        }
+    }
+}
