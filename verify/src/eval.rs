@@ -66,7 +66,6 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
         cfg.head_dim as usize,
     );
     let eps = T::of_f64(cfg.rms_norm_eps);
-    let scale = T::ONE / T::of_f64(hd as f64).sqrt();
     let ffn = cfg.intermediate_size as usize;
     let mut x = vec![T::ZERO; ctx * hid];
     let mut q = vec![T::ZERO; ctx * heads * hd];
@@ -82,14 +81,7 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
         lw.q.project(&x, ctx, &mut q);
         lw.k.project(&x, ctx, &mut k);
         lw.v.project(&x, ctx, &mut v);
-        qkv_extras(lw, &mut q, &mut k, &mut v, hd, eps);
-        rope.apply(&mut q, heads, model.rope_layout);
-        rope.apply(&mut k, kvh, model.rope_layout);
-        if model.opts.kv_f16 {
-            round_f16(&mut k);
-            round_f16(&mut v);
-        }
-        attention(&q, &k, &v, ctx, heads, kvh, hd, scale, lw.window, &mut att);
+        attend(model, lw, rope, &mut q, &mut k, &mut v, ctx, &mut att);
         observe(&[LayerTensor::O], &att);
         lw.o.project(&att, ctx, &mut x);
         add(hc, &x);
@@ -103,6 +95,39 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
         lw.down.project(&g, ctx, &mut x);
         add(hc, &x);
     }
+}
+
+/// Self-attention of one sequence of `ctx` tokens from its q/k/v projections (`[ctx, ·]`,
+/// modified in place): the family's biases and q/k norms ([`qkv_extras`]), RoPE, the F16 KV
+/// cache rounding when asked, causal (windowed where the layer slides) GQA into `att`
+/// (`[ctx, heads·hd]`, o_proj's input). The one copy of this arithmetic: the forward and
+/// calibrate's AWQ search both call it.
+#[allow(clippy::too_many_arguments)]
+pub fn attend<T: Real, L>(
+    model: &Model,
+    lw: &LayerWeights<T, L>,
+    rope: &RopeTable,
+    q: &mut [T],
+    k: &mut [T],
+    v: &mut [T],
+    ctx: usize,
+    att: &mut [T],
+) {
+    let cfg = model.config();
+    let (heads, kvh, hd) = (
+        cfg.num_heads as usize,
+        cfg.num_kv_heads as usize,
+        cfg.head_dim as usize,
+    );
+    let scale = T::ONE / T::of_f64(hd as f64).sqrt();
+    qkv_extras(lw, q, k, v, hd, T::of_f64(cfg.rms_norm_eps));
+    rope.apply(q, heads, model.rope_layout);
+    rope.apply(k, kvh, model.rope_layout);
+    if model.opts.kv_f16 {
+        round_f16(k);
+        round_f16(v);
+    }
+    attention(q, k, v, ctx, heads, kvh, hd, scale, lw.window, att);
 }
 
 /// What a family adds between the q/k/v projections and RoPE: the projections' biases
