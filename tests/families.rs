@@ -319,6 +319,18 @@ fn hf_gguf_hf_is_bit_exact_with_the_family_keys_and_tensors() {
         );
         assert_eq!(names.contains(&"blk.1.attn_k_norm.weight"), spec.qk_norm);
         assert_eq!(names.contains(&"output.weight"), !case.tied);
+        // Q rows: copied for NEOX families (convert_hf_to_gguf's Qwen2Model does not permute),
+        // permuted to consecutive pairs for NORM ones (LlamaModel.permute)
+        let q_hf = src.to_f32(
+            src.tensor("model.layers.0.self_attn.q_proj.weight")
+                .unwrap(),
+        );
+        let q_gguf = g.to_f32(g.tensor("blk.0.attn_q.weight").unwrap());
+        assert_eq!(
+            q_hf.unwrap() == q_gguf.unwrap(),
+            spec.gguf_rope == qforge_convert::family::GgufRope::Neox,
+            "{name}"
+        );
         let per_layer = case.family.layer_tensors().len() as u64;
         assert_eq!(
             g.tensors.len() as u64,

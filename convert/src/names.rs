@@ -501,6 +501,29 @@ mod tests {
             NameScheme::Hf.name(TensorKey::weight(TensorId::RopeFreqs)),
             None
         );
+        // Qwen2's biases and Qwen3's q/k norms (llama.cpp llama-arch.cpp LLM_TENSOR_NAMES)
+        let layer = |kind| TensorKey::weight(TensorId::Layer { index: 5, kind });
+        for (kind, hf, gguf) in [
+            (
+                LayerTensor::QBias,
+                "model.layers.5.self_attn.q_proj.bias",
+                "blk.5.attn_q.bias",
+            ),
+            (
+                LayerTensor::VBias,
+                "model.layers.5.self_attn.v_proj.bias",
+                "blk.5.attn_v.bias",
+            ),
+            (
+                LayerTensor::KNorm,
+                "model.layers.5.self_attn.k_norm.weight",
+                "blk.5.attn_k_norm.weight",
+            ),
+        ] {
+            assert_eq!(NameScheme::Hf.name(layer(kind)).unwrap(), hf);
+            assert_eq!(NameScheme::Gguf.name(layer(kind)).unwrap(), gguf);
+            assert_eq!(NameScheme::Meta.name(layer(kind)), None);
+        }
         assert_eq!(
             TensorId::Layer {
                 index: 2,
