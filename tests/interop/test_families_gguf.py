@@ -58,9 +58,16 @@ def converter():
     from conversion.llama import LlamaModel
     from conversion.qwen import Qwen2Model, Qwen3Model
 
-    for c in (base.TextModel, LlamaModel, Qwen2Model, Qwen3Model):
+    classes = (base.TextModel, LlamaModel, Qwen2Model, Qwen3Model)
+    saved = [c.__dict__.get("set_vocab") for c in classes]
+    for c in classes:
         c.set_vocab = lambda self: None
-    return convert_hf_to_gguf
+    yield convert_hf_to_gguf
+    for c, f in zip(classes, saved):
+        if f is None:
+            del c.set_vocab
+        else:
+            c.set_vocab = f
 
 
 def arch_fields(reader):
