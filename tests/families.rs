@@ -25,17 +25,18 @@ const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
 /// Largest relative difference to transformers' float32 perplexity.
 const PPL_REL: f64 = 1e-4;
 
-/// Families qforge handles: checked in CI.
-const FAMILIES: &[&str] = &["llama31", "llama32"];
+/// Every family fixture, checked in CI.
+const FAMILIES: &[&str] = &["llama31", "llama32", "mistral", "qwen2", "qwen3"];
 
-/// Fixtures of families qforge does not handle yet (the model-families work, issue 17). Checked
-/// only by the ignored test below (`cargo test --test families -- --ignored`), which fails
-/// until they work; move each into [`FAMILIES`] when it passes.
-/// Mistral: llama.cpp's converter writes it as `llama` with no sliding-window key (llama.cpp's
-/// llama graph has none, see tests/interop/test_families_llama_cpp.py), so a qforge GGUF that
-/// keeps the window cannot equal the converter's file key for key; that entry will need the
-/// window key named as the one expected difference.
-const PENDING: &[&str] = &["mistral", "qwen2", "qwen3"];
+/// Fixtures whose sliding window GGUF cannot hold: llama.cpp's converter writes Mistral as
+/// `llama` with no window key and llama.cpp's llama graph has none (convert_hf_to_gguf.py
+/// `LlamaModel`; tests/interop/test_families_llama_cpp.py shows llama-perplexity on its file
+/// computes the window-ignored model). qforge refuses that conversion unless `--allow-lossy`,
+/// then writes what the converter writes plus its `qforge.lossy` record; the GGUF then computes
+/// transformers' "window ignored" perplexity, and GGUF -> HF gives a Llama without the window.
+const WINDOW_LOST: &[&str] = &["mistral"];
+/// config.json keys a window-losing round trip changes (class and window), checked apart.
+const WINDOW_KEYS: &[&str] = &["architectures", "model_type", "sliding_window"];
 
 /// GGUF keys that name the producer, not the model (as `scripts/compare_gguf.py` reports them).
 const PRODUCER_KEYS: &[&str] = &[
@@ -123,9 +124,18 @@ fn perplexity(model: &Path, e: &Value) -> Result<(f64, u64), String> {
     ))
 }
 
-/// `qforge perplexity` on `model` against transformers' figure in `e`.
-fn same_perplexity(model: &Path, e: &Value, log: &mut Vec<String>) -> Result<(), String> {
-    let want = e["transformers_f32"]["ppl"].as_f64().unwrap();
+/// `qforge perplexity` on `model` against transformers' figure in `e` (its true forward, or
+/// the `wrong_forwards` entry `wrong` names).
+fn same_perplexity(
+    model: &Path,
+    e: &Value,
+    wrong: Option<&str>,
+    log: &mut Vec<String>,
+) -> Result<(), String> {
+    let want = match wrong {
+        None => e["transformers_f32"]["ppl"].as_f64().unwrap(),
+        Some(w) => e["wrong_forwards"][w]["ppl"].as_f64().unwrap(),
+    };
     let (ppl, scored) = perplexity(model, e)?;
     let rel = (ppl - want).abs() / want;
     log.push(format!(
@@ -193,7 +203,7 @@ fn gguf_keys(path: &Path) -> Result<Vec<(String, GgufValue)>, String> {
 }
 
 /// `qforge convert --to gguf` of the HF directory against `convert_hf_to_gguf.py`'s file.
-fn same_as_llama_cpp(ours: &Path, name: &str) -> Result<(), String> {
+fn same_as_llama_cpp(ours: &Path, name: &str, lossy: bool) -> Result<(), String> {
     let theirs = fixture(name).join(format!("{name}.gguf"));
     same_tensors(
         &tensors(ours)?,
@@ -211,6 +221,10 @@ fn same_as_llama_cpp(ours: &Path, name: &str) -> Result<(), String> {
         // BPE vocabulary's add_sep is false in llama.cpp too (llama-vocab.cpp load: add_sep =
         // false unless the vocabulary type sets it): the same tokenizer.
         if k == "tokenizer.ggml.add_sep_token" && x.is_none() && y == Some(GgufValue::Bool(false)) {
+            continue;
+        }
+        // an allowed lossy conversion records what it lost; the converter records nothing
+        if lossy && k.starts_with("qforge.") && x.is_some() && y.is_none() {
             continue;
         }
         if x != y {
@@ -243,20 +257,36 @@ fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
     let src = fixture(name);
     let e = expected(name);
     let fail = |log: &Vec<String>, err: String| format!("{name}: {err}\n(passed: {log:#?})");
-    same_perplexity(&src, &e, &mut log).map_err(|x| fail(&log, x))?;
+    same_perplexity(&src, &e, None, &mut log).map_err(|x| fail(&log, x))?;
 
     let gguf = work.join(format!("{name}.gguf"));
     let (s, g) = (src.to_str().unwrap(), gguf.to_str().unwrap());
+    let lossy = WINDOW_LOST.contains(&name);
+    let to_gguf = ["convert", s, g, "--to", "gguf", "--dtype", "f32"];
+    if lossy {
+        // refused without --allow-lossy, naming the window, before anything is written
+        let out = qforge(&to_gguf);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !err.contains("window") || gguf.exists() {
+            return Err(fail(
+                &log,
+                format!("GGUF without --allow-lossy was not refused: {err}"),
+            ));
+        }
+        log.push(format!("{name}: GGUF refused without --allow-lossy"));
+    }
+    let allow: &[&str] = if lossy { &["--allow-lossy"] } else { &[] };
     check(
         "convert --to gguf",
-        &qforge(&["convert", s, g, "--to", "gguf", "--dtype", "f32"]),
+        &qforge(&[&to_gguf[..], allow].concat()),
     )
     .map_err(|x| fail(&log, x))?;
-    same_as_llama_cpp(&gguf, name).map_err(|x| fail(&log, x))?;
+    same_as_llama_cpp(&gguf, name, lossy).map_err(|x| fail(&log, x))?;
     log.push(format!(
         "{name}: GGUF equals convert_hf_to_gguf.py's (tensors, model keys)"
     ));
-    same_perplexity(&gguf, &e, &mut log).map_err(|x| fail(&log, x))?;
+    let wrong = lossy.then_some("window_ignored");
+    same_perplexity(&gguf, &e, wrong, &mut log).map_err(|x| fail(&log, x))?;
 
     // HF (BF16) -> GGUF (F32) -> HF (BF16): the source's tensors bit for bit.
     let back = work.join(format!("{name}-back"));
@@ -270,6 +300,9 @@ fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
         .map_err(|x| fail(&log, x))?;
     let (c0, c1) = (config(&src)?, config(&back)?);
     for k in CONFIG_KEYS {
+        if lossy && WINDOW_KEYS.contains(k) {
+            continue;
+        }
         if c0.get(*k) != c1.get(*k) {
             return Err(fail(
                 &log,
@@ -279,6 +312,13 @@ fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
                     c0.get(*k)
                 ),
             ));
+        }
+    }
+    if lossy {
+        // what GGUF could not hold comes back as the llama.cpp model it computes
+        let lost = (c1["model_type"] == "llama") && c1.get("sliding_window").is_none_or(Value::is_null);
+        if !lost {
+            return Err(fail(&log, format!("HF -> GGUF -> HF: {c1}")));
         }
     }
     log.push(format!(
@@ -298,19 +338,6 @@ fn families_match_transformers_and_llama_cpp_converter() {
     }
 }
 
-/// The same checks on the families not handled yet: fails (listing each family's first
-/// failure) until all of them pass; then they belong in [`FAMILIES`].
-#[test]
-#[ignore = "families qforge does not handle yet (issue 17); run with --ignored"]
-fn pending_families() {
-    let t = tempfile::tempdir().unwrap();
-    let failures: Vec<String> = PENDING
-        .iter()
-        .filter_map(|name| check_family(name, t.path()).err())
-        .collect();
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-}
-
 /// Every fixture directory is listed once, and each discriminates: its expected.json records
 /// wrong forwards that move transformers' perplexity by more than 1 %.
 #[test]
@@ -327,11 +354,7 @@ fn every_fixture_is_listed_and_discriminates() {
         })
         .collect();
     found.sort();
-    let mut listed: Vec<String> = FAMILIES
-        .iter()
-        .chain(PENDING)
-        .map(ToString::to_string)
-        .collect();
+    let mut listed: Vec<String> = FAMILIES.iter().map(ToString::to_string).collect();
     listed.sort();
     assert_eq!(found, listed);
     for name in &listed {

@@ -328,14 +328,17 @@ impl LayerScales {
         match kind {
             K::AttnNorm | K::Q | K::K => self.attn.is_some(),
             K::V => self.attn.is_some() || self.vo.is_some(),
-            K::O => self.vo.is_some(),
+            // llm-compressor `AWQModifier._smooth` divides the smooth layer's bias too
+            K::O | K::VBias => self.vo.is_some(),
             K::FfnNorm | K::Gate => self.mlp.is_some(),
             K::Up => self.mlp.is_some() || self.up_down.is_some(),
             K::Down => self.up_down.is_some(),
+            K::QBias | K::KBias | K::QNorm | K::KNorm => false,
         }
     }
 
-    /// Fold the scales into `kind`'s weight (`[rows, cols]`, HF order; a norm is `[1, cols]`),
+    /// Fold the scales into `kind`'s weight (`[rows, cols]`, HF order; a norm is `[1, cols]`,
+    /// a bias one value per row),
     /// mapping by mapping in llm-compressor's order.
     ///
     /// Errors: [`Error::Unsupported`] when a scale vector does not fit the weight.
@@ -391,6 +394,17 @@ impl LayerScales {
                 rows_by(w, &self.up_down)
             }
             K::Down => cols_by(w, &self.up_down),
+            // v_proj's bias divides with its rows, whatever `cols` says (llm-compressor
+            // `_smooth`: `smooth_layer.bias.div_(scales)`)
+            K::VBias => match &self.vo {
+                Some(s) if s.len() == len => {
+                    div_rows(w, 1, s);
+                    Ok(())
+                }
+                Some(s) => fit(s, len, "rows"),
+                None => Ok(()),
+            },
+            K::QBias | K::KBias | K::QNorm | K::KNorm => Ok(()),
         }
     }
 }
@@ -573,5 +587,43 @@ mod tests {
             bad.apply(LayerTensor::Gate, &mut q, cols),
             Err(Error::Unsupported(_))
         ));
+    }
+
+    /// v_proj → o_proj with a v_proj bias (Qwen2): dividing v's rows and its bias by `s` and
+    /// multiplying o's columns by `s` leaves `o · (v·x + b)` unchanged (llm-compressor
+    /// `_smooth` divides the bias with the weight); the bias is folded whatever `cols` says.
+    #[test]
+    fn vo_scales_fold_into_v_bias() {
+        let (v_rows, cols) = (6, 5);
+        let s: Vec<f64> = (0..v_rows).map(|i| 0.5 + 0.25 * i as f64).collect();
+        let ls = LayerScales {
+            vo: Some(s),
+            ..LayerScales::default()
+        };
+        let mut v = lcg(v_rows * cols, 11, 1.0);
+        let mut b = lcg(v_rows, 12, 1.0);
+        let mut o = lcg(3 * v_rows, 13, 1.0);
+        let x = lcg(cols, 14, 1.0);
+        let out = |v: &[f32], b: &[f32], o: &[f32]| -> Vec<f32> {
+            let y: Vec<f32> = v
+                .chunks(cols)
+                .zip(b)
+                .map(|(r, bb)| r.iter().zip(&x).map(|(a, c)| a * c).sum::<f32>() + bb)
+                .collect();
+            o.chunks(v_rows)
+                .map(|r| r.iter().zip(&y).map(|(a, c)| a * c).sum())
+                .collect()
+        };
+        let y0 = out(&v, &b, &o);
+        assert!(ls.touches(LayerTensor::VBias) && !ls.touches(LayerTensor::QBias));
+        ls.apply(LayerTensor::V, &mut v, cols).unwrap();
+        ls.apply(LayerTensor::VBias, &mut b, v_rows).unwrap();
+        ls.apply(LayerTensor::O, &mut o, v_rows).unwrap();
+        let y1 = out(&v, &b, &o);
+        for (a, c) in y0.iter().zip(&y1) {
+            assert!((a - c).abs() < 1e-5, "{a} vs {c}");
+        }
+        let mut short = vec![1.0; 3];
+        assert!(ls.apply(LayerTensor::VBias, &mut short, 3).is_err());
     }
 }

@@ -29,9 +29,9 @@ use std::time::Instant;
 use qforge_convert::layout::hf_module;
 use qforge_convert::write::{OutputDir, OutputOptions};
 use qforge_convert::{Format, LayerTensor, TensorId};
-use qforge_verify::eval::run_layer_observed;
+use qforge_verify::eval::{attend, run_layer_observed};
 use qforge_verify::matmul::matmul_t;
-use qforge_verify::ops::{attention, round_f16, swiglu, RopeTable};
+use qforge_verify::ops::{swiglu, RopeTable};
 use qforge_verify::{LayerWeights, Model, Project, Real};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -703,19 +703,12 @@ fn attn_out(
     let mut v = linear(x, hid, wv, lw.v.out);
     let (qw, kw) = (heads * hd, kvh * hd);
     let mut att = vec![0f32; q.len()];
-    let scale = 1.0 / (hd as f32).sqrt();
     for ((qc, kc), (vc, ac)) in q
         .chunks_mut(seq * qw)
         .zip(k.chunks_mut(seq * kw))
         .zip(v.chunks_mut(seq * kw).zip(att.chunks_mut(seq * qw)))
     {
-        rope.apply(qc, heads, model.rope_layout);
-        rope.apply(kc, kvh, model.rope_layout);
-        if model.opts.kv_f16 {
-            round_f16(kc);
-            round_f16(vc);
-        }
-        attention(qc, kc, vc, seq, heads, kvh, hd, scale, ac);
+        attend(model, lw, rope, qc, kc, vc, seq, ac);
     }
     linear(&att, lw.o.inp, wo, lw.o.out)
 }
@@ -871,6 +864,9 @@ fn awq_layer(
         (LayerTensor::Down, &mut lw.down),
     ] {
         scales.apply(kind, &mut lin.w, lin.inp)?;
+    }
+    if let Some([_, _, bv]) = &mut lw.qkv_bias {
+        scales.apply(LayerTensor::VBias, bv, 1)?;
     }
     for hc in h.chunks_mut(seq * hid) {
         layer_forward(model, lw, rope, hc, seq, &mut |_, _| {});

@@ -12,7 +12,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gguf::GgufMetadata;
 use crate::mmap::MappedFile;
-use crate::names::{LayerTensor, NameMatch, NameScheme, Part, TensorId, TensorKey};
+use crate::names::{NameMatch, NameScheme, Part, TensorId, TensorKey};
 
 /// The container format of a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -221,9 +221,11 @@ impl Checkpoint {
         }
         for index in 0..u32::try_from(config.num_layers).unwrap_or(u32::MAX) {
             ids.extend(
-                LayerTensor::ALL
-                    .iter()
-                    .map(|&kind| TensorId::Layer { index, kind }),
+                config
+                    .family
+                    .layer_tensors()
+                    .into_iter()
+                    .map(|kind| TensorId::Layer { index, kind }),
             );
         }
         let tensors = ids
@@ -465,6 +467,16 @@ impl Checkpoint {
                     name: format!("{} (same role as {first})", r.name),
                 });
             }
+            if let TensorId::Layer { kind, .. } = key.id {
+                // a tensor another family has (a bias in a Llama checkpoint): not this model's
+                if !config.family.layer_tensors().contains(&kind) {
+                    return Err(Error::UnknownTensor {
+                        path: file_path,
+                        name: r.name,
+                        scheme: scheme.as_str(),
+                    });
+                }
+            }
             if let TensorId::Layer { index, .. } = key.id {
                 if u64::from(index) >= config.num_layers {
                     return Err(Error::ShapeMismatch {
@@ -503,9 +515,11 @@ impl Checkpoint {
         }
         for index in 0..config.num_layers as u32 {
             required.extend(
-                LayerTensor::ALL
-                    .iter()
-                    .map(|&kind| TensorId::Layer { index, kind }),
+                config
+                    .family
+                    .layer_tensors()
+                    .into_iter()
+                    .map(|kind| TensorId::Layer { index, kind }),
             );
         }
         for id in required {

@@ -1,5 +1,6 @@
-//! [`ModelConfig`]: the hyper-parameters of a Llama-family model, parsed and validated from HF
-//! `config.json`, Meta `params.json` or GGUF metadata.
+//! [`ModelConfig`]: the hyper-parameters of a model of one of qforge's families
+//! ([`crate::family`]), parsed and validated from HF `config.json`, Meta `params.json` or GGUF
+//! metadata.
 
 use std::path::Path;
 
@@ -7,6 +8,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::{ConfigError, Error, Result};
+use crate::family::{Family, WindowRule};
 use crate::gguf::{GgufMetadata, GgufValue};
 use crate::names::{LayerTensor, TensorId};
 
@@ -32,12 +34,22 @@ pub enum RopeScaling {
     },
 }
 
-/// Hyper-parameters of a Llama-family model. All counts are validated non-zero and consistent
+/// Sliding-window attention: a query at position `i` sees keys `j` with `i − size < j ≤ i`
+/// (transformers `sliding_window_overlay`), on layers `first_layer..`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SlidingWindow {
+    /// Keys a query sees, itself included.
+    pub size: u64,
+    /// The first layer that slides (Mistral 0; Qwen `max_window_layers`).
+    pub first_layer: u64,
+}
+
+/// Hyper-parameters of a model. All counts are validated non-zero and consistent
 /// (see [`ModelConfig::validate`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelConfig {
-    /// Model architecture (`llama`).
-    pub architecture: String,
+    /// Model family (the row of [`crate::family::FAMILIES`]).
+    pub family: Family,
     /// Residual width.
     pub hidden_size: u64,
     /// Transformer blocks.
@@ -70,6 +82,8 @@ pub struct ModelConfig {
     pub ffn_dim_multiplier: Option<f64>,
     /// Meta `multiple_of`, kept to write `params.json` back.
     pub multiple_of: Option<u64>,
+    /// Sliding-window attention, where the config sets one.
+    pub sliding_window: Option<SlidingWindow>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -212,16 +226,29 @@ impl ModelConfig {
         let model_type = o
             .str("model_type")?
             .ok_or(ConfigError::Missing("model_type"))?;
-        if model_type != "llama" {
-            return Err(ConfigError::Architecture(model_type.to_owned()));
-        }
+        let family = Family::from_model_type(model_type)
+            .ok_or_else(|| ConfigError::Architecture(model_type.to_owned()))?;
+        let spec = family.spec();
         let hidden_size = o.req_u64("hidden_size")?;
         let num_heads = o.req_u64("num_attention_heads")?;
-        let head_dim = match o.u64("head_dim")? {
-            Some(h) => h,
-            None if num_heads > 0 => hidden_size / num_heads,
-            None => 0,
-        };
+        let explicit_head_dim = o.u64("head_dim")?.filter(|_| spec.hf_head_dim);
+        let head_dim =
+            explicit_head_dim.unwrap_or_else(|| implied_head_dim(hidden_size, num_heads));
+        // q/k/v/o biases: a family has them or not (transformers' `attention_bias` switches
+        // them for Llama and Qwen3; no released checkpoint of those sets it).
+        if let Some(true) = o.bool("attention_bias")? {
+            if !spec.qkv_bias {
+                return Err(unsupported(family, "attention_bias: true"));
+            }
+        }
+        if o.bool("mlp_bias")? == Some(true) {
+            return Err(unsupported(family, "mlp_bias: true"));
+        }
+        if let Some(act) = o.str("hidden_act")? {
+            if act != spec.activation {
+                return Err(unsupported(family, format!("hidden_act {act:?}")));
+            }
+        }
         let mut rope_theta = o.f64("rope_theta")?;
         let mut rope_scaling = parse_rope_scaling(&o, "rope_scaling")?;
         if let Some(Value::Object(p)) = o.get("rope_parameters") {
@@ -231,10 +258,12 @@ impl ModelConfig {
                 rope_scaling = parse_rope_scaling(&o, "rope_parameters")?;
             }
         }
+        check_rope_scaling(family, rope_scaling.as_ref())?;
+        let num_layers = o.req_u64("num_hidden_layers")?;
         let cfg = ModelConfig {
-            architecture: model_type.to_owned(),
+            family,
             hidden_size,
-            num_layers: o.req_u64("num_hidden_layers")?,
+            num_layers,
             num_heads,
             num_kv_heads: o.u64("num_key_value_heads")?.unwrap_or(num_heads),
             head_dim,
@@ -244,13 +273,15 @@ impl ModelConfig {
             rope_scaling,
             rms_norm_eps: o.f64("rms_norm_eps")?.unwrap_or(1e-6),
             max_position_embeddings: o.u64("max_position_embeddings")?.unwrap_or(2048),
-            tie_word_embeddings: o.bool("tie_word_embeddings")?.unwrap_or(false),
+            tie_word_embeddings: o.bool("tie_word_embeddings")?.unwrap_or(spec.tie_default),
             bos_token_id: o.u64("bos_token_id")?,
             eos_token_ids: o.ids("eos_token_id")?,
             ffn_dim_multiplier: None,
             multiple_of: None,
+            sliding_window: parse_window(&o, family, num_layers)?,
         };
         cfg.validate()?;
+        cfg.check_implied_head_dim(explicit_head_dim.is_some())?;
         Ok(cfg)
     }
 
@@ -308,7 +339,7 @@ impl ModelConfig {
             None => 4096,
         };
         let cfg = ModelConfig {
-            architecture: "llama".into(),
+            family: Family::Llama,
             hidden_size: dim,
             num_layers: o.req_u64("n_layers")?,
             num_heads,
@@ -325,6 +356,7 @@ impl ModelConfig {
             eos_token_ids: Vec::new(),
             ffn_dim_multiplier,
             multiple_of: Some(multiple_of),
+            sliding_window: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -342,11 +374,12 @@ impl ModelConfig {
             Some(_) => return Err(invalid("general.architecture", "expected a string")),
             None => return Err(ConfigError::Missing("general.architecture")),
         };
-        if arch != "llama" {
-            return Err(ConfigError::Architecture(arch));
-        }
+        let family =
+            Family::from_gguf_arch(&arch).ok_or_else(|| ConfigError::Architecture(arch.clone()))?;
+        let key = |k: &str| family.gguf_key(k);
+        let missing = |k: &str| ConfigError::MissingKey(key(k));
         let int = |k: &'static str| -> std::result::Result<Option<u64>, ConfigError> {
-            match meta.get(&format!("llama.{k}")) {
+            match meta.get(&key(k)) {
                 None => Ok(None),
                 Some(v) => v
                     .as_u64()
@@ -355,7 +388,7 @@ impl ModelConfig {
             }
         };
         let float = |k: &'static str| -> std::result::Result<Option<f64>, ConfigError> {
-            match meta.get(&format!("llama.{k}")) {
+            match meta.get(&key(k)) {
                 None => Ok(None),
                 // An f32 key holds what a writer rounded from a decimal (1e-5 becomes
                 // 9.99999974e-6); take the shortest decimal that rounds to the same f32, so
@@ -367,19 +400,25 @@ impl ModelConfig {
                     .ok_or_else(|| invalid(k, "expected a number")),
             }
         };
-        let hidden_size =
-            int("embedding_length")?.ok_or(ConfigError::Missing("llama.embedding_length"))?;
-        let num_heads = int("attention.head_count")?
-            .ok_or(ConfigError::Missing("llama.attention.head_count"))?;
-        let head_dim = match int("attention.key_length")? {
-            Some(h) => h,
-            None if num_heads > 0 => hidden_size / num_heads,
-            None => 0,
-        };
+        let hidden_size = int("embedding_length")?.ok_or_else(|| missing("embedding_length"))?;
+        let num_heads =
+            int("attention.head_count")?.ok_or_else(|| missing("attention.head_count"))?;
+        let explicit_head_dim = int("attention.key_length")?;
+        let head_dim =
+            explicit_head_dim.unwrap_or_else(|| implied_head_dim(hidden_size, num_heads));
+        if let Some(v) = int("attention.value_length")? {
+            if v != head_dim {
+                return Err(ConfigError::Inconsistent(format!(
+                    "{} {v} differs from head_dim {head_dim}",
+                    key("attention.value_length")
+                )));
+            }
+        }
         if let Some(rot) = int("rope.dimension_count")? {
             if rot != head_dim {
                 return Err(ConfigError::Inconsistent(format!(
-                    "llama.rope.dimension_count {rot} differs from head_dim {head_dim}"
+                    "{} {rot} differs from head_dim {head_dim}",
+                    key("rope.dimension_count")
                 )));
             }
         }
@@ -390,8 +429,9 @@ impl ModelConfig {
         let vocab_size = int("vocab_size")?
             .or(tokens)
             .or(vocab_from_tensors)
-            .ok_or(ConfigError::Missing("llama.vocab_size"))?;
-        let rope_scaling = match meta.get("llama.rope.scaling.type") {
+            .ok_or_else(|| missing("vocab_size"))?;
+        let scaling_key = key("rope.scaling.type");
+        let rope_scaling = match meta.get(&scaling_key) {
             Some(GgufValue::String(t)) if t == "linear" => match float("rope.scaling.factor")? {
                 // a factor of exactly 1 is what writers emit for "no scaling"
                 Some(f) if f != 1.0 => Some(RopeScaling::Linear { factor: f }),
@@ -400,39 +440,58 @@ impl ModelConfig {
             Some(GgufValue::String(t)) if t == "none" => None,
             Some(GgufValue::String(t)) => {
                 return Err(invalid(
-                    "llama.rope.scaling.type",
-                    format!("unsupported {t:?}"),
+                    "rope.scaling.type",
+                    format!("{scaling_key}: unsupported {t:?}"),
                 ));
             }
-            Some(_) => return Err(invalid("llama.rope.scaling.type", "expected a string")),
+            Some(_) => {
+                return Err(invalid(
+                    "rope.scaling.type",
+                    format!("{scaling_key}: expected a string"),
+                ))
+            }
             None => None,
         };
         let tok_id = |k: &str| meta.get(k).and_then(GgufValue::as_u64);
         let cfg = ModelConfig {
-            architecture: arch,
+            family,
             hidden_size,
-            num_layers: int("block_count")?.ok_or(ConfigError::Missing("llama.block_count"))?,
+            num_layers: int("block_count")?.ok_or_else(|| missing("block_count"))?,
             num_heads,
             num_kv_heads: int("attention.head_count_kv")?.unwrap_or(num_heads),
             head_dim,
             intermediate_size: int("feed_forward_length")?
-                .ok_or(ConfigError::Missing("llama.feed_forward_length"))?,
+                .ok_or_else(|| missing("feed_forward_length"))?,
             vocab_size,
             rope_theta: float("rope.freq_base")?.unwrap_or(10000.0),
             rope_scaling,
-            rms_norm_eps: float("attention.layer_norm_rms_epsilon")?.ok_or(
-                ConfigError::Missing("llama.attention.layer_norm_rms_epsilon"),
-            )?,
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon")?
+                .ok_or_else(|| missing("attention.layer_norm_rms_epsilon"))?,
             max_position_embeddings: int("context_length")?
-                .ok_or(ConfigError::Missing("llama.context_length"))?,
+                .ok_or_else(|| missing("context_length"))?,
             tie_word_embeddings: !has_output,
             bos_token_id: tok_id("tokenizer.ggml.bos_token_id"),
             eos_token_ids: tok_id("tokenizer.ggml.eos_token_id").into_iter().collect(),
             ffn_dim_multiplier: None,
             multiple_of: None,
+            // llama.cpp's llama, qwen2 and qwen3 graphs attend over the whole context
+            // (src/models/{llama,qwen2,qwen3}.cpp read no sliding-window key).
+            sliding_window: None,
         };
         cfg.validate()?;
+        cfg.check_implied_head_dim(explicit_head_dim.is_some())?;
         Ok(cfg)
+    }
+
+    /// A head width the config does not name is `hidden_size / num_heads`, which must divide.
+    fn check_implied_head_dim(&self, explicit: bool) -> std::result::Result<(), ConfigError> {
+        if !explicit && self.head_dim * self.num_heads != self.hidden_size {
+            return Err(ConfigError::Inconsistent(format!(
+                "head_dim {} × {} heads ≠ hidden_size {}",
+                self.head_dim, self.num_heads, self.hidden_size
+            )));
+        }
+        Ok(())
     }
 
     /// Check that every count is positive and bounded and that the fields agree with each other.
@@ -463,12 +522,20 @@ impl ModelConfig {
                 self.head_dim
             )));
         }
-        if self.head_dim * self.num_heads != self.hidden_size {
+        // head_dim is free where the family's config names it (Qwen3: 128 × 16 heads with
+        // hidden 1024); otherwise it is hidden_size / num_heads.
+        if !self.family.spec().hf_head_dim && self.head_dim * self.num_heads != self.hidden_size {
             return Err(ConfigError::Inconsistent(format!(
                 "head_dim {} × {} heads ≠ hidden_size {}",
                 self.head_dim, self.num_heads, self.hidden_size
             )));
         }
+        if let Some(w) = self.sliding_window {
+            if w.size == 0 {
+                return Err(invalid("sliding_window", "must be positive"));
+            }
+        }
+        check_rope_scaling(self.family, self.rope_scaling.as_ref())?;
         for (field, v) in [
             ("rope_theta", self.rope_theta),
             ("rms_norm_eps", self.rms_norm_eps),
@@ -498,6 +565,9 @@ impl ModelConfig {
             TensorId::RopeFreqs => vec![self.head_dim / 2],
             TensorId::Layer { kind, .. } => match kind {
                 LayerTensor::AttnNorm | LayerTensor::FfnNorm => vec![d],
+                LayerTensor::QNorm | LayerTensor::KNorm => vec![self.head_dim],
+                LayerTensor::QBias => vec![q],
+                LayerTensor::KBias | LayerTensor::VBias => vec![kv],
                 LayerTensor::Q => vec![q, d],
                 LayerTensor::K | LayerTensor::V => vec![kv, d],
                 LayerTensor::O => vec![d, q],
@@ -513,9 +583,11 @@ impl ModelConfig {
         if !self.tie_word_embeddings {
             ids.push(TensorId::Output);
         }
-        let per_layer: u64 = LayerTensor::ALL
-            .iter()
-            .map(|&kind| {
+        let per_layer: u64 = self
+            .family
+            .layer_tensors()
+            .into_iter()
+            .map(|kind| {
                 self.expected_shape(TensorId::Layer { index: 0, kind })
                     .iter()
                     .product::<u64>()
@@ -525,6 +597,80 @@ impl ModelConfig {
             .map(|&id| self.expected_shape(id).iter().product::<u64>())
             .sum::<u64>()
             + per_layer * self.num_layers
+    }
+}
+
+fn unsupported(family: Family, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Unsupported {
+        family: family.name(),
+        reason: reason.into(),
+    }
+}
+
+/// `hidden_size / num_heads` (0 for no heads: [`ModelConfig::validate`] names the count).
+fn implied_head_dim(hidden: u64, heads: u64) -> u64 {
+    hidden.checked_div(heads).unwrap_or(0)
+}
+
+/// RoPE scaling the family's forward (and llama.cpp's) applies.
+fn check_rope_scaling(
+    family: Family,
+    s: Option<&RopeScaling>,
+) -> std::result::Result<(), ConfigError> {
+    let kind = match s {
+        None => return Ok(()),
+        Some(RopeScaling::Llama3 { .. }) => "llama3",
+        Some(RopeScaling::Linear { .. }) => "linear",
+    };
+    if family.spec().rope_scalings.contains(&kind) {
+        Ok(())
+    } else {
+        Err(unsupported(family, format!("rope_type {kind:?}")))
+    }
+}
+
+/// The sliding window a family's `config.json` sets ([`WindowRule`]).
+fn parse_window(
+    o: &Obj<'_>,
+    family: Family,
+    num_layers: u64,
+) -> std::result::Result<Option<SlidingWindow>, ConfigError> {
+    let size = || o.u64("sliding_window");
+    match family.spec().window {
+        WindowRule::None => Ok(None),
+        WindowRule::EveryLayer => Ok(size()?.map(|size| SlidingWindow {
+            size,
+            first_layer: 0,
+        })),
+        WindowRule::QwenLayers => {
+            if o.bool("use_sliding_window")? != Some(true) {
+                return Ok(None);
+            }
+            let Some(size) = size()? else {
+                return Ok(None);
+            };
+            // transformers Qwen2Config: layer_types[i] = sliding iff i >= max_window_layers
+            let first_layer = match o.get("layer_types") {
+                Some(Value::Array(types)) => {
+                    let sliding: Vec<bool> = types
+                        .iter()
+                        .map(|t| t.as_str() == Some("sliding_attention"))
+                        .collect();
+                    let first = sliding.iter().position(|&s| s).unwrap_or(sliding.len()) as u64;
+                    if sliding.len() as u64 != num_layers
+                        || sliding.iter().skip(first as usize).any(|&s| !s)
+                    {
+                        return Err(unsupported(
+                            family,
+                            "layer_types other than full layers followed by sliding ones",
+                        ));
+                    }
+                    first
+                }
+                _ => o.u64("max_window_layers")?.unwrap_or(28),
+            };
+            Ok((first_layer < num_layers).then_some(SlidingWindow { size, first_layer }))
+        }
     }
 }
 

@@ -224,9 +224,23 @@ pub enum ConfigError {
     /// Fields that contradict each other.
     #[error("inconsistent config: {0}")]
     Inconsistent(String),
-    /// The model architecture is not a Llama-family one.
-    #[error("unsupported architecture {0:?} (qforge handles Llama-family models)")]
+    /// A required metadata key (named with its architecture prefix) is absent.
+    #[error("missing key {0:?}")]
+    MissingKey(String),
+    /// The model architecture is not one of qforge's families.
+    #[error(
+        "unsupported architecture {0:?} (qforge handles {known})",
+        known = crate::family::Family::known_model_types()
+    )]
     Architecture(String),
+    /// The family does not support a setting the config asks for.
+    #[error("{family}: {reason}")]
+    Unsupported {
+        /// the family
+        family: &'static str,
+        /// what it does not support
+        reason: String,
+    },
 }
 
 /// Result alias for this crate.

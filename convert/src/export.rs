@@ -15,6 +15,7 @@ use crate::checkpoint::{Checkpoint, Format, TensorEntry};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::export_gguf::llama3_from_factors;
+use crate::family::WindowRule;
 use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
 use crate::notes::Note;
 use crate::rope::{permute_rows_into, RopeLayout};
@@ -29,9 +30,11 @@ pub fn torch_dtype_name(d: DType) -> &'static str {
     d.info().torch.unwrap_or("float32")
 }
 
-/// `config.json` for a `LlamaForCausalLM` with this configuration (transformers 4.x keys;
-/// transformers 5 reads them too).
+/// `config.json` for this configuration, of its family's class (transformers 4.x keys;
+/// transformers 5 reads them too). The class, `model_type`, `head_dim`, bias switch and
+/// sliding-window keys come from the family's row in [`crate::family::FAMILIES`].
 pub fn hf_config_json(cfg: &ModelConfig, dtype: DType) -> Value {
+    let spec = cfg.family.spec();
     let rope_scaling = match &cfg.rope_scaling {
         None => Value::Null,
         Some(RopeScaling::Llama3 {
@@ -50,20 +53,18 @@ pub fn hf_config_json(cfg: &ModelConfig, dtype: DType) -> Value {
         [one] => json!(one),
         many => json!(many),
     };
-    json!({
-        "architectures": ["LlamaForCausalLM"],
-        "attention_bias": false,
+    let mut v = json!({
+        "architectures": [spec.hf_classes[0]],
         "attention_dropout": 0.0,
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": eos,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
+        "hidden_act": spec.activation,
         "hidden_size": cfg.hidden_size,
         "initializer_range": 0.02,
         "intermediate_size": cfg.intermediate_size,
         "max_position_embeddings": cfg.max_position_embeddings,
         "mlp_bias": false,
-        "model_type": "llama",
+        "model_type": spec.model_type,
         "num_attention_heads": cfg.num_heads,
         "num_hidden_layers": cfg.num_layers,
         "num_key_value_heads": cfg.num_kv_heads,
@@ -75,7 +76,29 @@ pub fn hf_config_json(cfg: &ModelConfig, dtype: DType) -> Value {
         "torch_dtype": torch_dtype_name(dtype),
         "use_cache": true,
         "vocab_size": cfg.vocab_size,
-    })
+    });
+    let m = v.as_object_mut().expect("an object");
+    if !spec.qkv_bias {
+        // the classes with a bias switch (Llama, Qwen3) leave it off
+        m.insert("attention_bias".into(), json!(false));
+    }
+    if spec.hf_head_dim {
+        m.insert("head_dim".into(), json!(cfg.head_dim));
+    }
+    let size = cfg.sliding_window.map(|w| w.size);
+    match spec.window {
+        WindowRule::None => {}
+        WindowRule::EveryLayer => {
+            m.insert("sliding_window".into(), json!(size));
+        }
+        WindowRule::QwenLayers => {
+            m.insert("use_sliding_window".into(), json!(size.is_some()));
+            m.insert("sliding_window".into(), json!(size));
+            let first = cfg.sliding_window.map_or(cfg.num_layers, |w| w.first_layer);
+            m.insert("max_window_layers".into(), json!(first));
+        }
+    }
+    v
 }
 
 /// Makes a whole tensor's bytes into the (empty) buffer it is given.
@@ -353,15 +376,22 @@ pub fn encode_float(values: &[f32], dtype: DType, out: &mut Vec<u8>) -> Option<(
 /// Canonical HF order: embeddings, each layer's tensors, final norm, LM head.
 pub(crate) fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
     let kind_rank = |k: LayerTensor| match k {
+        // transformers' module registration order (`Qwen3Attention`: q, k, v, o, q_norm,
+        // k_norm; a bias right after its weight)
         LayerTensor::Q => 0,
-        LayerTensor::K => 1,
-        LayerTensor::V => 2,
-        LayerTensor::O => 3,
-        LayerTensor::Gate => 4,
-        LayerTensor::Up => 5,
-        LayerTensor::Down => 6,
-        LayerTensor::AttnNorm => 7,
-        LayerTensor::FfnNorm => 8,
+        LayerTensor::QBias => 1,
+        LayerTensor::K => 2,
+        LayerTensor::KBias => 3,
+        LayerTensor::V => 4,
+        LayerTensor::VBias => 5,
+        LayerTensor::O => 6,
+        LayerTensor::QNorm => 7,
+        LayerTensor::KNorm => 8,
+        LayerTensor::Gate => 9,
+        LayerTensor::Up => 10,
+        LayerTensor::Down => 11,
+        LayerTensor::AttnNorm => 12,
+        LayerTensor::FfnNorm => 13,
     };
     match key.id {
         TensorId::TokenEmbedding => (0, 0, 0),
@@ -373,8 +403,9 @@ pub(crate) fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
 }
 
 /// How the source stores Q/K rows relative to HF.
-pub(crate) fn rope_direction(from: Format, to: Format) -> Option<RopeLayout> {
-    match (from == Format::Hf, to == Format::Hf) {
+pub(crate) fn rope_direction(cfg: &ModelConfig, from: Format, to: Format) -> Option<RopeLayout> {
+    let f = cfg.family;
+    match (f.half_split_rope(from), f.half_split_rope(to)) {
         (false, true) => Some(RopeLayout::ToHf),
         (true, false) => Some(RopeLayout::FromHf),
         _ => None,
@@ -658,7 +689,7 @@ pub(crate) fn retie(ckpt: &Checkpoint) -> Result<Option<Note>> {
 /// Convert any checkpoint to a Hugging Face directory at `dest`.
 pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<Written> {
     let mut notes = crate::notes::from_reading(&ckpt.notes);
-    let rope = rope_direction(ckpt.format, Format::Hf);
+    let rope = rope_direction(&ckpt.config, ckpt.format, Format::Hf);
     let mut config = ckpt.config.clone();
     let (rope_scaling, rope_notes) = target_rope_scaling(ckpt, "config.json")?;
     config.rope_scaling = rope_scaling;

@@ -167,19 +167,24 @@ pub fn llama3_from_factors(
     best.map(|(_, s)| s)
 }
 
-/// `general.*` and `llama.*` keys for a config, in `convert_hf_to_gguf.py`'s order.
-pub fn llama_metadata(
+/// `general.*` and `<arch>.*` keys for a config (the prefix and key set from the family's
+/// row in [`crate::family::FAMILIES`]), in `convert_hf_to_gguf.py`'s order: `conversion/base.py`
+/// `TextModel.set_gguf_parameters`, then `conversion/llama.py` `LlamaModel.set_gguf_parameters`
+/// for the families that write `vocab_size` and `rope.dimension_count`.
+pub fn model_metadata(
     cfg: &ModelConfig,
     name: Option<&str>,
     ftype: Option<u32>,
 ) -> Vec<(String, GgufValue)> {
+    let spec = cfg.family.spec();
+    let k = |key: &str| cfg.family.gguf_key(key);
     let u32v = |v: u64| GgufValue::U32(u32::try_from(v).unwrap_or(u32::MAX));
     // Floats round-trip through their shortest decimal form, as Python writes them.
     let f32v = |v: f64| GgufValue::F32(v as f32);
     let mut m: Vec<(String, GgufValue)> = vec![
         (
             "general.architecture".into(),
-            GgufValue::String("llama".into()),
+            GgufValue::String(spec.gguf_arch.into()),
         ),
         ("general.type".into(), GgufValue::String("model".into())),
     ];
@@ -187,59 +192,91 @@ pub fn llama_metadata(
         m.push(("general.name".into(), GgufValue::String(n.into())));
     }
     m.extend([
-        ("llama.block_count".into(), u32v(cfg.num_layers)),
+        (k("block_count"), u32v(cfg.num_layers)),
+        (k("context_length"), u32v(cfg.max_position_embeddings)),
+        (k("embedding_length"), u32v(cfg.hidden_size)),
+        (k("feed_forward_length"), u32v(cfg.intermediate_size)),
+        (k("attention.head_count"), u32v(cfg.num_heads)),
+        (k("attention.head_count_kv"), u32v(cfg.num_kv_heads)),
+    ]);
+    if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
+        m.push((k("rope.scaling.type"), GgufValue::String("linear".into())));
+        m.push((k("rope.scaling.factor"), f32v(factor)));
+    }
+    m.extend([
+        (k("rope.freq_base"), f32v(cfg.rope_theta)),
         (
-            "llama.context_length".into(),
-            u32v(cfg.max_position_embeddings),
-        ),
-        ("llama.embedding_length".into(), u32v(cfg.hidden_size)),
-        (
-            "llama.feed_forward_length".into(),
-            u32v(cfg.intermediate_size),
-        ),
-        ("llama.attention.head_count".into(), u32v(cfg.num_heads)),
-        (
-            "llama.attention.head_count_kv".into(),
-            u32v(cfg.num_kv_heads),
-        ),
-        ("llama.rope.freq_base".into(), f32v(cfg.rope_theta)),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
+            k("attention.layer_norm_rms_epsilon"),
             f32v(cfg.rms_norm_eps),
         ),
     ]);
+    // convert_hf_to_gguf.py writes these whenever config.json has head_dim, as every config
+    // qforge writes for a family whose class has one (and the Llama 3.x, Qwen3 releases do).
+    if spec.hf_head_dim {
+        m.push((k("attention.key_length"), u32v(cfg.head_dim)));
+        m.push((k("attention.value_length"), u32v(cfg.head_dim)));
+    }
     if let Some(ft) = ftype {
         m.push(("general.file_type".into(), GgufValue::U32(ft)));
     }
-    m.push(("llama.vocab_size".into(), u32v(cfg.vocab_size)));
-    m.push(("llama.rope.dimension_count".into(), u32v(cfg.head_dim)));
-    // convert_hf_to_gguf.py writes these whenever config.json has head_dim, as every config
-    // qforge writes and the Llama 3.x releases do.
-    m.push(("llama.attention.key_length".into(), u32v(cfg.head_dim)));
-    m.push(("llama.attention.value_length".into(), u32v(cfg.head_dim)));
-    if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
-        m.push((
-            "llama.rope.scaling.type".into(),
-            GgufValue::String("linear".into()),
-        ));
-        m.push(("llama.rope.scaling.factor".into(), f32v(factor)));
+    if spec.gguf_vocab_and_rope_dim {
+        m.push((k("vocab_size"), u32v(cfg.vocab_size)));
+        m.push((k("rope.dimension_count"), u32v(cfg.head_dim)));
     }
     m
+}
+
+/// A family written under another family's GGUF architecture (`convert_hf_to_gguf.py` writes
+/// `MistralForCausalLM` as `llama`) reads back as that family: its HF class is not kept.
+pub(crate) fn class_lost(cfg: &ModelConfig) -> Option<Note> {
+    let spec = cfg.family.spec();
+    let back = crate::family::Family::from_gguf_arch(spec.gguf_arch)?;
+    (back != cfg.family).then(|| {
+        Note::metadata_lost(
+            format!(
+                "GGUF architecture {:?} reads back as {back}: {} is not kept",
+                spec.gguf_arch, spec.hf_classes[0]
+            ),
+            "keep the source's config.json next to the GGUF file",
+        )
+    })
+}
+
+/// What GGUF cannot say about a config: a sliding window (llama.cpp's llama, qwen2 and qwen3
+/// graphs attend over the whole context, and `convert_hf_to_gguf.py` writes no window key for
+/// them), which changes the math past the window.
+pub(crate) fn window_lost(cfg: &ModelConfig) -> Option<Note> {
+    cfg.sliding_window.map(|w| {
+        Note::changes_math(
+            format!(
+                "{} sliding-window attention ({} tokens from layer {}) has no GGUF form: llama.cpp attends over the whole context, so every position past the window computes otherwise",
+                cfg.family, w.size, w.first_layer
+            ),
+            "evaluate within the window, or keep the HF checkpoint",
+        )
+    })
 }
 
 /// GGUF tensor order: rope factors, embeddings, each block (in the order `convert_hf_to_gguf.py`
 /// emits a block's HF tensors), final norm, output.
 pub(crate) fn gguf_order(key: &TensorKey) -> (u32, u32) {
+    // HF names sorted: input_layernorm, mlp.{down,gate,up}_proj, post_attention_layernorm,
+    // self_attn.{k_norm, k_proj.bias, k_proj.weight, o_proj, q_norm, q_proj.bias, …}
     let kind_rank = |k: LayerTensor| match k {
         LayerTensor::AttnNorm => 0,
         LayerTensor::Down => 1,
         LayerTensor::Gate => 2,
         LayerTensor::Up => 3,
         LayerTensor::FfnNorm => 4,
-        LayerTensor::K => 5,
-        LayerTensor::O => 6,
-        LayerTensor::Q => 7,
-        LayerTensor::V => 8,
+        LayerTensor::KNorm => 5,
+        LayerTensor::KBias => 6,
+        LayerTensor::K => 7,
+        LayerTensor::O => 8,
+        LayerTensor::QNorm => 9,
+        LayerTensor::QBias => 10,
+        LayerTensor::Q => 11,
+        LayerTensor::VBias => 12,
+        LayerTensor::V => 13,
     };
     match key.id {
         TensorId::RopeFreqs => (0, 0),
@@ -329,7 +366,7 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
         });
     }
     let mut notes = crate::notes::from_reading(&ckpt.notes);
-    let rope = rope_direction(ckpt.format, Format::Gguf);
+    let rope = rope_direction(&ckpt.config, ckpt.format, Format::Gguf);
     let tied = crate::export::retie(ckpt)?;
     let mut entries: Vec<&TensorEntry> = Vec::new();
     for t in &ckpt.tensors {
@@ -347,6 +384,8 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
         entries.push(t);
     }
     notes.extend(tied);
+    notes.extend(window_lost(&ckpt.config));
+    notes.extend(class_lost(&ckpt.config));
     let rope_factors = if entries.iter().any(|t| t.key.id == TensorId::RopeFreqs) {
         None
     } else {
@@ -406,7 +445,7 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
         .iter()
         .find(|(k, _)| *k == "model_name")
         .map(|(_, v)| v.clone());
-    let mut metadata = llama_metadata(&ckpt.config, general_name.as_deref(), file_type(main_dtype));
+    let mut metadata = model_metadata(&ckpt.config, general_name.as_deref(), file_type(main_dtype));
     metadata.extend(tokenizer_metadata(ckpt, &mut notes)?);
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
     if let Some((_, license)) = card.iter().find(|(k, _)| *k == "license") {

@@ -68,7 +68,14 @@ pub fn split_dim(id: TensorId) -> Option<usize> {
             | LayerTensor::Gate
             | LayerTensor::Up => Some(0),
             LayerTensor::O | LayerTensor::Down => Some(1),
-            LayerTensor::AttnNorm | LayerTensor::FfnNorm => None,
+            // Meta checkpoints are Llama's: no biases or q/k norms (never asked for)
+            LayerTensor::AttnNorm
+            | LayerTensor::FfnNorm
+            | LayerTensor::QBias
+            | LayerTensor::KBias
+            | LayerTensor::VBias
+            | LayerTensor::QNorm
+            | LayerTensor::KNorm => None,
         },
         TensorId::OutputNorm | TensorId::RopeFreqs => None,
     }
@@ -86,6 +93,12 @@ fn meta_order(id: TensorId) -> (u64, u32) {
         LayerTensor::Up => 6,
         LayerTensor::AttnNorm => 7,
         LayerTensor::FfnNorm => 8,
+        // not in Meta checkpoints (Llama only)
+        LayerTensor::QBias
+        | LayerTensor::KBias
+        | LayerTensor::VBias
+        | LayerTensor::QNorm
+        | LayerTensor::KNorm => 9,
     };
     match id {
         TensorId::TokenEmbedding => (0, 0),
@@ -566,9 +579,26 @@ pub fn convert_to_meta(
 pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -> Result<Written> {
     let cfg = &ckpt.config;
     let mp = opts.mp;
+    let refuse = |reason: &str| Error::Config {
+        path: ckpt.path.clone(),
+        kind: ConfigError::Unsupported {
+            family: cfg.family.name(),
+            reason: reason.into(),
+        },
+    };
+    if !cfg.family.spec().meta {
+        return Err(refuse(
+            "no Meta consolidated.*.pth form (Meta checkpoints are Llama's)",
+        ));
+    }
+    if cfg.head_dim * cfg.num_heads != cfg.hidden_size {
+        return Err(refuse(
+            "params.json has no head_dim other than dim / n_heads",
+        ));
+    }
     check_mp(&ckpt.path, cfg, mp)?;
     let (params, tokenizer, mut notes) = meta_params_and_notes(ckpt)?;
-    let rope = rope_direction(ckpt.format, Format::Meta);
+    let rope = rope_direction(&ckpt.config, ckpt.format, Format::Meta);
 
     let planned = plan_tensors(ckpt, dest, opts, &mut notes)?;
     let narrowed = planned.iter().map(|p| (p.source, p.dtype));

@@ -17,7 +17,7 @@ use qforge_quantize::{ggml_quant, DType};
 use crate::checkpoint::{Checkpoint, Format, TensorEntry};
 use crate::error::{Error, Result};
 use crate::export::{encode_float, rope_direction, rope_heads, Written};
-use crate::export_gguf::{gguf_order, llama3_rope_factors, llama_metadata, tokenizer_metadata};
+use crate::export_gguf::{gguf_order, llama3_rope_factors, model_metadata, tokenizer_metadata};
 use crate::gguf::GgufValue;
 use crate::names::{NameScheme, Part, TensorId, TensorKey};
 use crate::notes::Note;
@@ -431,7 +431,7 @@ fn quantize_streamed(
         .and_then(|m| m.get(gguf_name))
         .map(Vec::as_slice);
     buf.resize(rows * row_bytes, 0);
-    let rope = rope_direction(ckpt.format, Format::Gguf);
+    let rope = rope_direction(&ckpt.config, ckpt.format, Format::Gguf);
     let done = ckpt.par_source_rows(
         t,
         rope,
@@ -469,6 +469,8 @@ pub fn quantize_to_gguf(
             .as_deref()
             .and_then(|f| crate::export_gguf::rope_metadata_lost(&ckpt.config, f)),
     );
+    notes.extend(crate::export_gguf::window_lost(&ckpt.config));
+    notes.extend(crate::export_gguf::class_lost(&ckpt.config));
     entries.sort_by_key(|t| gguf_order(&t.key));
     let name_of = |t: &TensorEntry| {
         NameScheme::Gguf
@@ -562,7 +564,7 @@ pub fn quantize_to_gguf(
         .iter()
         .find(|(k, _)| *k == "model_name")
         .map(|(_, v)| v.clone());
-    let mut metadata = llama_metadata(&ckpt.config, general_name.as_deref(), Some(mix.file_type()));
+    let mut metadata = model_metadata(&ckpt.config, general_name.as_deref(), Some(mix.file_type()));
     metadata.extend(tokenizer_metadata(ckpt, &mut notes)?);
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
     metadata.extend(source_general_keys(ckpt, &metadata));
@@ -618,7 +620,7 @@ pub fn quantize_to_gguf(
         let (mt, c) = (&mix_tensors[idx], choices[idx]);
         idx += 1;
         crate::export::reset_buffer(&mut buf);
-        let same_layout = rope_direction(ckpt.format, Format::Gguf).is_none()
+        let same_layout = rope_direction(&ckpt.config, ckpt.format, Format::Gguf).is_none()
             || rope_heads(&ckpt.config, t.key).is_none();
         if t.dtype == c.dtype && t.key.part == Part::Weight && same_layout {
             // llama-quantize copies a tensor that already has its target type.
@@ -627,8 +629,10 @@ pub fn quantize_to_gguf(
         } else if let Some(r) = quantize_streamed(ckpt, t, c.dtype, &mt.name, opts, &mut buf) {
             r?;
         } else {
-            let mut rows =
-                ckpt.role_rows_f32(t.key.id, rope_direction(ckpt.format, Format::Gguf))?;
+            let mut rows = ckpt.role_rows_f32(
+                t.key.id,
+                rope_direction(&ckpt.config, ckpt.format, Format::Gguf),
+            )?;
             if c.dtype.is_block() {
                 opts.numerics
                     .rows(&mut rows, mt.ne0.max(1) as usize)

@@ -732,7 +732,7 @@ pub fn quantize_to_hf(
     }
     preflight(ckpt, opts, &skipped)?;
     let cfg = &ckpt.config;
-    let rope = rope_direction(ckpt.format, Format::Hf);
+    let rope = rope_direction(&ckpt.config, ckpt.format, Format::Hf);
     let model_dtype = opts.dtype;
     let scale_dtype = match opts.layout {
         HfLayout::CompressedTensors | HfLayout::Mlx => model_dtype,
@@ -770,9 +770,13 @@ pub fn quantize_to_hf(
                     .filter(|_| ckpt.part(id, Part::WeightScale).is_none())
                     .and_then(|t| copy_rows(ckpt, t, model_dtype, rope))
             };
+            // a kept tensor's own HF name (`….q_proj.bias` for a bias)
+            let name = NameScheme::Hf
+                .name(TensorKey::weight(id))
+                .unwrap_or_else(|| format!("{module}.weight"));
             tensors.push(OutTensor {
                 spec: TensorSpec {
-                    name: format!("{module}.weight"),
+                    name,
                     dtype: model_dtype,
                     shape,
                 },

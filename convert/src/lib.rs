@@ -19,6 +19,7 @@ mod error;
 pub mod export;
 pub mod export_gguf;
 pub mod export_meta;
+pub mod family;
 pub mod gguf;
 pub mod gguf_mix;
 pub mod hf;
@@ -37,7 +38,8 @@ pub mod tokenizer;
 pub mod write;
 
 pub use checkpoint::{Checkpoint, Format, TensorEntry, TensorLayout, TokenizerInfo};
-pub use config::{ModelConfig, RopeScaling};
+pub use config::{ModelConfig, RopeScaling, SlidingWindow};
 pub use error::{shown, ConfigError, Error, Result};
+pub use family::{Family, FamilySpec};
 pub use names::{LayerTensor, NameMatch, NameScheme, Part, TensorId, TensorKey};
 pub use notes::{Note, NoteKind};

@@ -159,6 +159,12 @@ fn split_of(name: &str, shard_shape: &[u64], mp: u64, dim: u64) -> Option<(Split
             | LayerTensor::Up => Split::Dim(0),
             LayerTensor::O | LayerTensor::Down => Split::Dim(1),
             LayerTensor::AttnNorm | LayerTensor::FfnNorm => Split::Replicated,
+            // Meta names never parse to these (Llama has none)
+            LayerTensor::QBias
+            | LayerTensor::KBias
+            | LayerTensor::VBias
+            | LayerTensor::QNorm
+            | LayerTensor::KNorm => return None,
         },
         TensorId::RopeFreqs => return None,
     };

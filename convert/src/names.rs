@@ -29,11 +29,22 @@ pub enum LayerTensor {
     Up,
     /// FFN down projection (Meta `w2`).
     Down,
+    /// Query projection bias (Qwen2).
+    QBias,
+    /// Key projection bias (Qwen2).
+    KBias,
+    /// Value projection bias (Qwen2).
+    VBias,
+    /// Per-head RMSNorm on queries before RoPE (Qwen3), `[head_dim]`.
+    QNorm,
+    /// Per-head RMSNorm on keys before RoPE (Qwen3), `[head_dim]`.
+    KNorm,
 }
 
 impl LayerTensor {
-    /// Every block tensor, in the order qforge writes them.
-    pub const ALL: [LayerTensor; 9] = [
+    /// Every block tensor any family has, in the order qforge writes them (a family's own set:
+    /// [`crate::Family::layer_tensors`]).
+    pub const ALL: [LayerTensor; 14] = [
         LayerTensor::AttnNorm,
         LayerTensor::Q,
         LayerTensor::K,
@@ -43,11 +54,45 @@ impl LayerTensor {
         LayerTensor::Gate,
         LayerTensor::Up,
         LayerTensor::Down,
+        LayerTensor::QBias,
+        LayerTensor::KBias,
+        LayerTensor::VBias,
+        LayerTensor::QNorm,
+        LayerTensor::KNorm,
     ];
 
-    /// True for the linear projections (everything but the norms).
+    /// True for the linear projections (not the norms, not the biases).
     pub const fn is_linear(self) -> bool {
-        !matches!(self, LayerTensor::AttnNorm | LayerTensor::FfnNorm)
+        matches!(
+            self,
+            LayerTensor::Q
+                | LayerTensor::K
+                | LayerTensor::V
+                | LayerTensor::O
+                | LayerTensor::Gate
+                | LayerTensor::Up
+                | LayerTensor::Down
+        )
+    }
+
+    /// The projection a bias belongs to (`QBias` → `Q`), for the bias tensors.
+    pub const fn bias_of(self) -> Option<LayerTensor> {
+        match self {
+            LayerTensor::QBias => Some(LayerTensor::Q),
+            LayerTensor::KBias => Some(LayerTensor::K),
+            LayerTensor::VBias => Some(LayerTensor::V),
+            _ => None,
+        }
+    }
+
+    /// The bias of a projection, for the projections that can have one.
+    const fn bias(self) -> Option<LayerTensor> {
+        match self {
+            LayerTensor::Q => Some(LayerTensor::QBias),
+            LayerTensor::K => Some(LayerTensor::KBias),
+            LayerTensor::V => Some(LayerTensor::VBias),
+            _ => None,
+        }
     }
 }
 
@@ -179,8 +224,10 @@ impl fmt::Display for NameScheme {
     }
 }
 
-/// (role, HF module, Meta module, GGUF module) for the block tensors.
-const LAYER_TABLE: [(LayerTensor, &str, &str, &str); 9] = [
+/// (role, HF module, Meta module, GGUF module) for the block tensors (biases are the `bias` of
+/// their projection's module, see [`LayerTensor::bias_of`]). Meta checkpoints (Llama only)
+/// have no q/k norms: their module names are empty and never match.
+const LAYER_TABLE: [(LayerTensor, &str, &str, &str); 11] = [
     (
         LayerTensor::AttnNorm,
         "input_layernorm",
@@ -215,6 +262,8 @@ const LAYER_TABLE: [(LayerTensor, &str, &str, &str); 9] = [
         "feed_forward.w2",
         "ffn_down",
     ),
+    (LayerTensor::QNorm, "self_attn.q_norm", "", "attn_q_norm"),
+    (LayerTensor::KNorm, "self_attn.k_norm", "", "attn_k_norm"),
 ];
 
 /// (role, HF module, Meta module, GGUF module) for the tensors outside the blocks.
@@ -268,6 +317,18 @@ impl NameScheme {
         if self == NameScheme::Meta && name == "rope.freqs" {
             return NameMatch::Ignored("rope.freqs buffer (recomputed from params.json)");
         }
+        // `<projection>.bias` (HF `self_attn.q_proj.bias`, GGUF `attn_q.bias`): a role of its own
+        if suffix == "bias" && self != NameScheme::Meta {
+            return match self.parse(&format!("{module}.weight")) {
+                NameMatch::Tensor(TensorKey {
+                    id: TensorId::Layer { index, kind },
+                    part: Part::Weight,
+                }) => kind.bias().map_or(NameMatch::Unknown, |kind| {
+                    NameMatch::Tensor(TensorKey::weight(TensorId::Layer { index, kind }))
+                }),
+                _ => NameMatch::Unknown,
+            };
+        }
         let Some(part) = Part::from_suffix(suffix) else {
             return NameMatch::Unknown;
         };
@@ -284,7 +345,10 @@ impl NameScheme {
             };
             return LAYER_TABLE
                 .iter()
-                .find(|(_, hf, meta, gguf)| self.pick(hf, meta, gguf) == layer_module)
+                .find(|(_, hf, meta, gguf)| {
+                    let m = self.pick(hf, meta, gguf);
+                    !m.is_empty() && m == layer_module
+                })
                 .map_or(NameMatch::Unknown, |(kind, ..)| {
                     NameMatch::Tensor(TensorKey {
                         id: TensorId::Layer { index, kind: *kind },
@@ -311,8 +375,22 @@ impl NameScheme {
             return None;
         }
         let module = match key.id {
+            TensorId::Layer { index, kind } if kind.bias_of().is_some() => {
+                if self == NameScheme::Meta || key.part != Part::Weight {
+                    return None;
+                }
+                let of = TensorId::Layer {
+                    index,
+                    kind: kind.bias_of()?,
+                };
+                let w = self.name(TensorKey::weight(of))?;
+                return Some(format!("{}.bias", w.strip_suffix(".weight")?));
+            }
             TensorId::Layer { index, kind } => {
                 let (_, hf, meta, gguf) = LAYER_TABLE.iter().find(|row| row.0 == kind)?;
+                if self.pick(hf, meta, gguf).is_empty() {
+                    return None;
+                }
                 format!(
                     "{}{index}.{}",
                     self.layer_prefix(),
@@ -423,6 +501,29 @@ mod tests {
             NameScheme::Hf.name(TensorKey::weight(TensorId::RopeFreqs)),
             None
         );
+        // Qwen2's biases and Qwen3's q/k norms (llama.cpp llama-arch.cpp LLM_TENSOR_NAMES)
+        let layer = |kind| TensorKey::weight(TensorId::Layer { index: 5, kind });
+        for (kind, hf, gguf) in [
+            (
+                LayerTensor::QBias,
+                "model.layers.5.self_attn.q_proj.bias",
+                "blk.5.attn_q.bias",
+            ),
+            (
+                LayerTensor::VBias,
+                "model.layers.5.self_attn.v_proj.bias",
+                "blk.5.attn_v.bias",
+            ),
+            (
+                LayerTensor::KNorm,
+                "model.layers.5.self_attn.k_norm.weight",
+                "blk.5.attn_k_norm.weight",
+            ),
+        ] {
+            assert_eq!(NameScheme::Hf.name(layer(kind)).unwrap(), hf);
+            assert_eq!(NameScheme::Gguf.name(layer(kind)).unwrap(), gguf);
+            assert_eq!(NameScheme::Meta.name(layer(kind)), None);
+        }
         assert_eq!(
             TensorId::Layer {
                 index: 2,
@@ -439,7 +540,9 @@ mod tests {
             "model.layers.01.self_attn.q_proj.weight",
             "model.layers.+1.self_attn.q_proj.weight",
             "model.layers.99999999999.self_attn.q_proj.weight",
-            "model.layers.1.self_attn.q_proj.bias",
+            "model.layers.1.self_attn.o_proj.bias",
+            "model.layers.1.mlp.gate_proj.bias",
+            "model.layers.1.self_attn.q_norm.bias",
             "model.layers.1.self_attn.q_proj",
             "model.layers..self_attn.q_proj.weight",
             "blk.0.attn_q.weight_scale",

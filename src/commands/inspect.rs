@@ -451,7 +451,7 @@ fn print_human(
     writeln!(
         out,
         "config     {}: hidden {}, layers {}, heads {} (kv {}), head_dim {}, ffn {}, vocab {}, ctx {}",
-        c.architecture, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size, c.max_position_embeddings
+        c.family.spec().model_type, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size, c.max_position_embeddings
     )?;
     writeln!(
         out,
@@ -471,6 +471,13 @@ fn print_human(
                 .join(", ")
         }
     )?;
+    if let Some(w) = c.sliding_window {
+        writeln!(
+            out,
+            "           sliding window {} tokens from layer {}",
+            w.size, w.first_layer
+        )?;
+    }
     let t = &ckpt.tokenizer;
     writeln!(
         out,

@@ -482,6 +482,7 @@ pub fn plan_recipe(path: &Path) -> Result<serde_json::Value> {
     Ok(json!({
         "recipe": path,
         "input": r.input.model,
+        "family": family_json(&input),
         "outputs": outputs,
         "calibrate": calibrate,
         "verify": verify,
@@ -579,13 +580,19 @@ pub fn run_recipe(path: &Path, as_json: bool) -> Result<()> {
 pub fn run_quantize(args: &QuantizeArgs) -> Result<()> {
     let ckpt = open_for_plan(&args.input.to_string_lossy())?;
     let p = plan_quantize(&ckpt, args)?;
-    print_plan(&json!({"outputs": [p]}), args.json)
+    print_plan(
+        &json!({"family": family_json(&ckpt), "outputs": [p]}),
+        args.json,
+    )
 }
 
 pub fn run_convert(args: &ConvertArgs) -> Result<()> {
     let ckpt = open_for_plan(&args.input.to_string_lossy())?;
     let p = plan_convert(&ckpt, args)?;
-    print_plan(&json!({"outputs": [p]}), false)
+    print_plan(
+        &json!({"family": family_json(&ckpt), "outputs": [p]}),
+        false,
+    )
 }
 
 pub fn run(args: &PlanArgs) -> Result<()> {
@@ -693,6 +700,12 @@ fn human_secs(s: f64) -> String {
     }
 }
 
+/// The input's model family (its row of `qforge_convert::family::FAMILIES`).
+fn family_json(ckpt: &Checkpoint) -> serde_json::Value {
+    let s = ckpt.config.family.spec();
+    json!({"name": s.name, "hf_class": s.hf_classes[0], "gguf_architecture": s.gguf_arch})
+}
+
 fn print_plan(plan: &serde_json::Value, as_json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if as_json {
@@ -756,6 +769,15 @@ fn print_plan(plan: &serde_json::Value, as_json: bool) -> Result<()> {
     }
     for n in plan["notes"].as_array().into_iter().flatten() {
         writeln!(out, "note: {}", n.as_str().unwrap_or(""))?;
+    }
+    if let Some(f) = plan.get("family") {
+        writeln!(
+            out,
+            "family: {} ({}, GGUF {})",
+            f["name"].as_str().unwrap_or(""),
+            f["hf_class"].as_str().unwrap_or(""),
+            f["gguf_architecture"].as_str().unwrap_or("")
+        )?;
     }
     Ok(())
 }

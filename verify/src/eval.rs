@@ -66,7 +66,6 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
         cfg.head_dim as usize,
     );
     let eps = T::of_f64(cfg.rms_norm_eps);
-    let scale = T::ONE / T::of_f64(hd as f64).sqrt();
     let ffn = cfg.intermediate_size as usize;
     let mut x = vec![T::ZERO; ctx * hid];
     let mut q = vec![T::ZERO; ctx * heads * hd];
@@ -82,13 +81,7 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
         lw.q.project(&x, ctx, &mut q);
         lw.k.project(&x, ctx, &mut k);
         lw.v.project(&x, ctx, &mut v);
-        rope.apply(&mut q, heads, model.rope_layout);
-        rope.apply(&mut k, kvh, model.rope_layout);
-        if model.opts.kv_f16 {
-            round_f16(&mut k);
-            round_f16(&mut v);
-        }
-        attention(&q, &k, &v, ctx, heads, kvh, hd, scale, &mut att);
+        attend(model, lw, rope, &mut q, &mut k, &mut v, ctx, &mut att);
         observe(&[LayerTensor::O], &att);
         lw.o.project(&att, ctx, &mut x);
         add(hc, &x);
@@ -102,6 +95,69 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
         lw.down.project(&g, ctx, &mut x);
         add(hc, &x);
     }
+}
+
+/// Self-attention of one sequence of `ctx` tokens from its q/k/v projections (`[ctx, ·]`,
+/// modified in place): the family's biases and q/k norms ([`qkv_extras`]), RoPE, the F16 KV
+/// cache rounding when asked, causal (windowed where the layer slides) GQA into `att`
+/// (`[ctx, heads·hd]`, o_proj's input). The one copy of this arithmetic: the forward and
+/// calibrate's AWQ search both call it.
+#[allow(clippy::too_many_arguments)]
+pub fn attend<T: Real, L>(
+    model: &Model,
+    lw: &LayerWeights<T, L>,
+    rope: &RopeTable,
+    q: &mut [T],
+    k: &mut [T],
+    v: &mut [T],
+    ctx: usize,
+    att: &mut [T],
+) {
+    let cfg = model.config();
+    let (heads, kvh, hd) = (
+        cfg.num_heads as usize,
+        cfg.num_kv_heads as usize,
+        cfg.head_dim as usize,
+    );
+    let scale = T::ONE / T::of_f64(hd as f64).sqrt();
+    qkv_extras(lw, q, k, v, hd, T::of_f64(cfg.rms_norm_eps));
+    rope.apply(q, heads, model.rope_layout);
+    rope.apply(k, kvh, model.rope_layout);
+    if model.opts.kv_f16 {
+        round_f16(k);
+        round_f16(v);
+    }
+    attention(q, k, v, ctx, heads, kvh, hd, scale, lw.window, att);
+}
+
+/// What a family adds between the q/k/v projections and RoPE: the projections' biases
+/// (transformers `Qwen2Attention`: `nn.Linear(..., bias=True)`; llama.cpp `build_qkv` adds
+/// `bq`/`bk`/`bv`) and the per-head RMSNorm of Q and K (`Qwen3Attention.q_norm`/`k_norm` over
+/// `head_dim`, before `apply_rotary_pos_emb`; llama.cpp qwen3.cpp `attn_q_norm` before
+/// `ggml_rope_ext`).
+pub fn qkv_extras<T: Real, L>(
+    lw: &LayerWeights<T, L>,
+    q: &mut [T],
+    k: &mut [T],
+    v: &mut [T],
+    hd: usize,
+    eps: T,
+) {
+    if let Some([bq, bk, bv]) = &lw.qkv_bias {
+        add_rows(q, bq);
+        add_rows(k, bk);
+        add_rows(v, bv);
+    }
+    if let Some([nq, nk]) = &lw.qk_norm {
+        rms_norm(q, hd, nq, eps);
+        rms_norm(k, hd, nk, eps);
+    }
+}
+
+/// `x[t, :] += b` for every row.
+fn add_rows<T: Real>(x: &mut [T], b: &[T]) {
+    x.par_chunks_mut(b.len().max(1))
+        .for_each(|row| row.iter_mut().zip(b).for_each(|(a, c)| *a += *c));
 }
 
 fn add<T: Real>(h: &mut [T], d: &[T]) {

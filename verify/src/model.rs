@@ -148,6 +148,12 @@ pub struct LayerWeights<T = f32, L = Linear> {
     pub up: L,
     /// `down_proj`.
     pub down: L,
+    /// `q_proj`/`k_proj`/`v_proj` biases, for the families that have them (Qwen2).
+    pub qkv_bias: Option<[Vec<T>; 3]>,
+    /// Per-head `q_norm`/`k_norm` weights (`[head_dim]`), applied before RoPE (Qwen3).
+    pub qk_norm: Option<[Vec<T>; 2]>,
+    /// Keys a query sees on this layer (sliding-window attention), `None`: all before it.
+    pub window: Option<usize>,
 }
 
 impl LayerWeights {
@@ -161,7 +167,7 @@ impl LayerWeights {
                 inp: l.inp,
             })
         };
-        let n = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect();
+        let n = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
         Some(LayerWeights {
             attn_norm: n(&self.attn_norm),
             q: d(&self.q)?,
@@ -172,6 +178,9 @@ impl LayerWeights {
             gate: d(&self.gate)?,
             up: d(&self.up)?,
             down: d(&self.down)?,
+            qkv_bias: self.qkv_bias.as_ref().map(|b| b.each_ref().map(|v| n(v))),
+            qk_norm: self.qk_norm.as_ref().map(|b| b.each_ref().map(|v| n(v))),
+            window: self.window,
         })
     }
 }
@@ -207,9 +216,11 @@ impl Model {
         if cfg.head_dim % 2 != 0 {
             return Err(unsupported(format!("odd head_dim {}", cfg.head_dim)));
         }
-        let rope_layout = match ckpt.format {
-            Format::Hf => RopeLayout::HalfSplit,
-            Format::Meta | Format::Gguf => RopeLayout::Interleaved,
+        // HF pairs (j, j + hd/2); Meta and GGUF per the family's llama.cpp rope type
+        let rope_layout = if cfg.family.half_split_rope(ckpt.format) {
+            RopeLayout::HalfSplit
+        } else {
+            RopeLayout::Interleaved
         };
         let hd = cfg.head_dim as usize;
         let freq_factors = match ckpt.part(TensorId::RopeFreqs, qforge_convert::Part::Weight) {
@@ -354,7 +365,34 @@ impl Model {
     /// Layer `index`'s weights, dequantized (their mapped pages released afterwards).
     pub fn layer(&self, index: u32) -> Result<LayerWeights> {
         let l = |kind| TensorId::Layer { index, kind };
+        let spec = self.ckpt.config.family.spec();
+        let qkv_bias = if spec.qkv_bias {
+            Some([
+                self.norm(l(LayerTensor::QBias))?,
+                self.norm(l(LayerTensor::KBias))?,
+                self.norm(l(LayerTensor::VBias))?,
+            ])
+        } else {
+            None
+        };
+        let qk_norm = if spec.qk_norm {
+            Some([
+                self.norm(l(LayerTensor::QNorm))?,
+                self.norm(l(LayerTensor::KNorm))?,
+            ])
+        } else {
+            None
+        };
+        let window = self
+            .ckpt
+            .config
+            .sliding_window
+            .filter(|w| u64::from(index) >= w.first_layer)
+            .map(|w| usize::try_from(w.size).unwrap_or(usize::MAX));
         Ok(LayerWeights {
+            qkv_bias,
+            qk_norm,
+            window,
             attn_norm: self.norm(l(LayerTensor::AttnNorm))?,
             q: self.linear(index, LayerTensor::Q)?,
             k: self.linear(index, LayerTensor::K)?,

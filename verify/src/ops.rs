@@ -164,8 +164,10 @@ const Q_BLOCK: usize = 64;
 ///
 /// `q` is `[t, heads·hd]`, `k`/`v` are `[t, kv_heads·hd]` (RoPE already applied); query head
 /// `h` reads kv head `h / (heads/kv_heads)`. Scores `q·kᵀ·scale`, keys after the query masked
-/// out, softmax in `f32` with an `f64` sum, output `P·v` written to `out` (`[t, heads·hd]`).
-/// Query blocks only touch the keys they can see, so the masked half is never computed.
+/// out, and with a `window` also keys `window` or more positions before it (transformers
+/// `sliding_window_overlay`: key `j` visible from query `i` iff `i − window < j ≤ i`), softmax
+/// in `f32` with an `f64` sum, output `P·v` written to `out` (`[t, heads·hd]`). Query blocks
+/// only touch the keys up to their last row, so the masked upper half is never computed.
 ///
 /// # Panics
 /// If the slices do not match the shapes (a caller bug).
@@ -179,6 +181,7 @@ pub fn attention<T: Real>(
     kv_heads: usize,
     hd: usize,
     scale: T,
+    window: Option<usize>,
     out: &mut [T],
 ) {
     let qw = heads * hd;
@@ -221,9 +224,11 @@ pub fn attention<T: Real>(
             }
             for (i, row) in s.chunks_exact_mut(keys).enumerate() {
                 let visible = r0 + i + 1;
-                for x in &mut row[..visible] {
+                let first = window.map_or(0, |w| visible.saturating_sub(w));
+                for x in &mut row[first..visible] {
                     *x *= scale;
                 }
+                row[..first].fill(T::NEG_INFINITY);
                 row[visible..].fill(T::NEG_INFINITY);
                 softmax(row);
             }
@@ -448,7 +453,7 @@ mod tests {
         let v = data(t * kvh * hd, 8);
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; t * heads * hd];
-        attention(&q, &k, &v, t, heads, kvh, hd, scale, &mut out);
+        attention(&q, &k, &v, t, heads, kvh, hd, scale, None, &mut out);
         let mut want = vec![0f64; t * heads * hd];
         for h in 0..heads {
             let g = h / (heads / kvh);

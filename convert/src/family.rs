@@ -1,0 +1,316 @@
+//! The model families qforge reads and writes, and the facts in which each differs from Llama:
+//! one row of [`FAMILIES`] per family. Everything family-specific elsewhere (config parsing,
+//! tensor sets, GGUF keys, the HF `config.json`, the forward pass) reads this table; adding a
+//! Llama descendant is one row plus tests.
+//!
+//! Sources: transformers 4.57 `models/{llama,mistral,qwen2,qwen3}` (`configuration_*.py`,
+//! `modeling_*.py`), llama.cpp `convert_hf_to_gguf.py` (`conversion/llama.py` `LlamaModel`,
+//! `conversion/qwen.py` `Qwen2Model`/`Qwen3Model`, `conversion/base.py`
+//! `TextModel.set_gguf_parameters`), `src/llama-model.cpp` (`llama_model_rope_type`),
+//! `src/models/{llama,qwen2,qwen3}.cpp`, `src/llama-quant.cpp`
+//! (`tensor_allows_quantization`), and llm-compressor `modifiers/awq/mappings.py`
+//! (`AWQ_MAPPING_REGISTRY`).
+
+use serde::Serialize;
+
+use crate::checkpoint::Format;
+use crate::names::LayerTensor;
+
+/// A model family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// Llama 3.x (and 1/2): `LlamaForCausalLM`.
+    Llama,
+    /// Qwen2 / Qwen2.5: `Qwen2ForCausalLM` (q/k/v biases).
+    Qwen2,
+    /// Qwen3 dense: `Qwen3ForCausalLM` (per-head q/k RMSNorm, free `head_dim`).
+    Qwen3,
+    /// Mistral: `MistralForCausalLM` (sliding-window attention where the config sets one).
+    Mistral,
+}
+
+/// How a family's rotary embedding pairs a head's values in GGUF (llama.cpp
+/// `llama_model_rope_type`). Hugging Face checkpoints always pair `(j, j + hd/2)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GgufRope {
+    /// `LLAMA_ROPE_TYPE_NORM`: consecutive pairs; `convert_hf_to_gguf.py` permutes Q/K rows
+    /// (`LlamaModel.permute`).
+    Norm,
+    /// `LLAMA_ROPE_TYPE_NEOX`: pairs `n_rot/2` apart, as HF; rows are copied unpermuted.
+    Neox,
+}
+
+/// Where a family's sliding-window attention comes from in `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowRule {
+    /// No sliding window.
+    None,
+    /// `sliding_window` (null or absent: none) on every layer (transformers `MistralAttention`).
+    EveryLayer,
+    /// `sliding_window` only when `use_sliding_window`, on layers `i >= max_window_layers`
+    /// (transformers `Qwen2Config`/`Qwen3Config` `layer_types`), or as `layer_types` says.
+    QwenLayers,
+}
+
+/// The AWQ smoothing mappings llm-compressor uses for a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AwqMappings {
+    /// llm-compressor `_default_mappings`: input_layernorm → q/k/v, v_proj → o_proj,
+    /// post_attention_layernorm → gate/up, up_proj → down_proj (`AWQ_MAPPING_REGISTRY` maps
+    /// `LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM` and `Qwen3ForCausalLM` to
+    /// it).
+    Default,
+}
+
+/// Which llama-quantize type rules a family gets (`llama-quant.cpp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantRules {
+    /// The generic rules keyed on tensor names (`tensor_allows_quantization`: 2-D `*weight`
+    /// not `*_norm.weight`; `llama_tensor_get_type` by category). Biases (`*.bias`) and
+    /// `attn_q_norm`/`attn_k_norm` are 1-D and stay F32. No architecture-specific branch
+    /// applies to llama, qwen2 or qwen3.
+    Generic,
+}
+
+/// The facts of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FamilySpec {
+    /// The family.
+    pub family: Family,
+    /// Display name.
+    pub name: &'static str,
+    /// HF `architectures` classes; the first is written.
+    pub hf_classes: &'static [&'static str],
+    /// HF `model_type`.
+    pub model_type: &'static str,
+    /// GGUF `general.architecture`, also the metadata key prefix (`<arch>.block_count`).
+    /// `convert_hf_to_gguf.py` writes Mistral as `llama`, so a GGUF file reads back as Llama.
+    pub gguf_arch: &'static str,
+    /// Rotary pairing in GGUF.
+    pub gguf_rope: GgufRope,
+    /// q_proj/k_proj/v_proj carry a `bias` (transformers `Qwen2Attention`: `bias=True`).
+    pub qkv_bias: bool,
+    /// Per-head RMSNorm on Q and K before RoPE (`Qwen3Attention.q_norm`/`k_norm`, llama.cpp
+    /// `attn_q_norm`/`attn_k_norm`, `[head_dim]`).
+    pub qk_norm: bool,
+    /// Normalization: RMSNorm (`x · rsqrt(mean(x²) + eps) · w`) for every family here.
+    pub norm: &'static str,
+    /// FFN activation: SwiGLU (`silu(gate) ⊙ up`) for every family here.
+    pub activation: &'static str,
+    /// `rope_scaling` types accepted (`default` always is).
+    pub rope_scalings: &'static [&'static str],
+    /// Sliding-window attention.
+    pub window: WindowRule,
+    /// transformers' `tie_word_embeddings` default for the class.
+    pub tie_default: bool,
+    /// The config class has a `head_dim` (written to `config.json`); `convert_hf_to_gguf.py`
+    /// writes `attention.key_length`/`value_length` only when `config.json` has one.
+    pub hf_head_dim: bool,
+    /// `convert_hf_to_gguf.py` writes `<arch>.vocab_size` and `<arch>.rope.dimension_count`
+    /// (`LlamaModel.set_gguf_parameters`; `Qwen2Model` does not).
+    pub gguf_vocab_and_rope_dim: bool,
+    /// transformers' config defaults for `bos_token_id`/`eos_token_id` (written when the
+    /// source has none).
+    pub bos_default: Option<u64>,
+    /// See [`FamilySpec::bos_default`].
+    pub eos_default: Option<u64>,
+    /// Meta `consolidated.*.pth` checkpoints exist for the family.
+    pub meta: bool,
+    /// AWQ mappings.
+    pub awq: AwqMappings,
+    /// llama-quantize rules.
+    pub quant: QuantRules,
+}
+
+/// The table.
+pub const FAMILIES: &[FamilySpec] = &[
+    FamilySpec {
+        family: Family::Llama,
+        name: "Llama",
+        hf_classes: &["LlamaForCausalLM"],
+        model_type: "llama",
+        gguf_arch: "llama",
+        gguf_rope: GgufRope::Norm,
+        qkv_bias: false,
+        qk_norm: false,
+        norm: "rms",
+        activation: "silu",
+        rope_scalings: &["llama3", "linear"],
+        window: WindowRule::None,
+        tie_default: false,
+        hf_head_dim: true,
+        gguf_vocab_and_rope_dim: true,
+        bos_default: Some(1),
+        eos_default: Some(2),
+        meta: true,
+        awq: AwqMappings::Default,
+        quant: QuantRules::Generic,
+    },
+    FamilySpec {
+        family: Family::Qwen2,
+        name: "Qwen2",
+        hf_classes: &["Qwen2ForCausalLM"],
+        model_type: "qwen2",
+        gguf_arch: "qwen2",
+        gguf_rope: GgufRope::Neox,
+        qkv_bias: true,
+        qk_norm: false,
+        norm: "rms",
+        activation: "silu",
+        rope_scalings: &["linear"],
+        window: WindowRule::QwenLayers,
+        tie_default: false,
+        hf_head_dim: false,
+        gguf_vocab_and_rope_dim: false,
+        bos_default: None,
+        eos_default: None,
+        meta: false,
+        awq: AwqMappings::Default,
+        quant: QuantRules::Generic,
+    },
+    FamilySpec {
+        family: Family::Qwen3,
+        name: "Qwen3",
+        hf_classes: &["Qwen3ForCausalLM"],
+        model_type: "qwen3",
+        gguf_arch: "qwen3",
+        gguf_rope: GgufRope::Neox,
+        qkv_bias: false,
+        qk_norm: true,
+        norm: "rms",
+        activation: "silu",
+        rope_scalings: &["linear"],
+        window: WindowRule::QwenLayers,
+        tie_default: false,
+        hf_head_dim: true,
+        gguf_vocab_and_rope_dim: false,
+        bos_default: None,
+        eos_default: None,
+        meta: false,
+        awq: AwqMappings::Default,
+        quant: QuantRules::Generic,
+    },
+    FamilySpec {
+        family: Family::Mistral,
+        name: "Mistral",
+        hf_classes: &["MistralForCausalLM"],
+        model_type: "mistral",
+        // conversion/llama.py registers MistralForCausalLM with LlamaModel
+        gguf_arch: "llama",
+        gguf_rope: GgufRope::Norm,
+        qkv_bias: false,
+        qk_norm: false,
+        norm: "rms",
+        activation: "silu",
+        rope_scalings: &["linear"],
+        // v0.1 sets 4096; v0.3 null
+        window: WindowRule::EveryLayer,
+        tie_default: false,
+        hf_head_dim: true,
+        gguf_vocab_and_rope_dim: true,
+        bos_default: Some(1),
+        eos_default: Some(2),
+        meta: false,
+        awq: AwqMappings::Default,
+        quant: QuantRules::Generic,
+    },
+];
+
+impl Family {
+    /// This family's row.
+    pub fn spec(self) -> &'static FamilySpec {
+        FAMILIES
+            .iter()
+            .find(|s| s.family == self)
+            .expect("every family has a row")
+    }
+
+    /// The family of an HF `model_type`.
+    pub fn from_model_type(model_type: &str) -> Option<Family> {
+        FAMILIES
+            .iter()
+            .find(|s| s.model_type == model_type)
+            .map(|s| s.family)
+    }
+
+    /// The family a GGUF `general.architecture` reads as (the first row writing it).
+    pub fn from_gguf_arch(arch: &str) -> Option<Family> {
+        FAMILIES
+            .iter()
+            .find(|s| s.gguf_arch == arch)
+            .map(|s| s.family)
+    }
+
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    /// The GGUF metadata key `<arch>.<key>`.
+    pub fn gguf_key(self, key: &str) -> String {
+        format!("{}.{key}", self.spec().gguf_arch)
+    }
+
+    /// The block tensors a model of this family has, in [`LayerTensor::ALL`] order.
+    pub fn layer_tensors(self) -> Vec<LayerTensor> {
+        let s = self.spec();
+        LayerTensor::ALL
+            .into_iter()
+            .filter(|k| match k {
+                LayerTensor::QBias | LayerTensor::KBias | LayerTensor::VBias => s.qkv_bias,
+                LayerTensor::QNorm | LayerTensor::KNorm => s.qk_norm,
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// Whether a checkpoint of this family in `format` pairs RoPE values `(j, j + hd/2)`
+    /// (HF always; GGUF for [`GgufRope::Neox`] families) rather than `(2j, 2j+1)` (Meta, GGUF
+    /// [`GgufRope::Norm`]).
+    pub fn half_split_rope(self, format: Format) -> bool {
+        match format {
+            Format::Hf => true,
+            Format::Meta => false,
+            Format::Gguf => self.spec().gguf_rope == GgufRope::Neox,
+        }
+    }
+
+    /// The model types qforge knows, for error messages.
+    pub fn known_model_types() -> String {
+        FAMILIES
+            .iter()
+            .map(|s| s.model_type)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_one_row_and_reads_back() {
+        for s in FAMILIES {
+            assert_eq!(s.family.spec(), s);
+            assert_eq!(Family::from_model_type(s.model_type), Some(s.family));
+            assert!(Family::from_gguf_arch(s.gguf_arch).is_some());
+        }
+        assert_eq!(Family::Llama.gguf_key("block_count"), "llama.block_count");
+        assert_eq!(Family::Qwen2.gguf_key("block_count"), "qwen2.block_count");
+        assert_eq!(Family::Qwen2.layer_tensors().len(), 12);
+        assert_eq!(Family::Qwen3.layer_tensors().len(), 11);
+        assert_eq!(Family::Llama.layer_tensors().len(), 9);
+    }
+}
