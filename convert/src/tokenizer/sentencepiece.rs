@@ -171,7 +171,7 @@ fn sentencepiece_inner(bytes: &[u8]) -> Why<Vocab> {
                                 std::str::from_utf8(t)
                                     .map_err(|_| format!("piece {i} is not UTF-8"))?
                                     .to_owned(),
-                            )
+                            );
                         }
                         (2, Field::Fixed32(s)) => score = f32::from_bits(s),
                         (3, Field::Varint(t)) => ty = t,
