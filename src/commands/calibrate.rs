@@ -11,27 +11,17 @@ use qforge_verify::{ForwardOptions, Model, TextTokenizer, W8a8Mode};
 
 use crate::cli::{CalibMethod, CalibObserver, CalibPrecision, CalibrateArgs};
 
-/// Parse a GPTQ `--scheme`: int4-g<N>, int4-row, int8-g<N>, int8-row.
+/// Parse a GPTQ `--scheme` (any name `quantize` takes for integer weights: int4-g<N>,
+/// int4-row, int8-g<N>, int8-row, W4A16, …) into (bits, group size).
 pub fn parse_gptq_scheme(s: &str) -> Result<(u8, Option<usize>)> {
-    let t = s.trim().to_ascii_lowercase();
-    let (bits, rest) = if let Some(r) = t.strip_prefix("int4") {
-        (4, r)
-    } else if let Some(r) = t.strip_prefix("int8") {
-        (8, r)
-    } else {
-        bail!("--scheme {s:?}: GPTQ schemes are int4-g<N>, int4-row, int8-g<N>, int8-row");
-    };
-    let group = match rest {
-        "" => Some(128),
-        "-row" | "-channel" => None,
-        g => Some(
-            g.strip_prefix("-g")
-                .and_then(|g| g.parse::<usize>().ok())
-                .filter(|g| *g > 0)
-                .with_context(|| format!("--scheme {s}: group size must be a positive integer"))?,
-        ),
-    };
-    Ok((bits, group))
+    use crate::commands::quantize::{parse_scheme, Scheme};
+    use qforge_convert::layout::HfScheme;
+    match parse_scheme(s, false) {
+        Ok(Scheme::Hf(HfScheme::Int4 {
+            bits, group_size, ..
+        })) => Ok((bits, group_size)),
+        _ => bail!("--scheme {s:?}: GPTQ schemes are int4-g<N>, int4-row, int8-g<N>, int8-row"),
+    }
 }
 
 pub fn run(args: &CalibrateArgs) -> Result<()> {

@@ -100,11 +100,14 @@ impl Calibrator for Builtin {
 /// Whether the `[calibrate]` result applies to a quantize step with `scheme`, and how it is
 /// passed: `Some(true)` as `--imatrix`, `Some(false)` as `--calib`, `None` not at all.
 pub fn calib_use(method: &str, scheme: &str) -> Option<bool> {
-    match method {
-        "imatrix" => scheme.starts_with("gguf:").then_some(true),
-        "fp8-static" => (scheme == "fp8-static").then_some(false),
-        "gptq" => (scheme.starts_with("int4") || scheme.starts_with("int8")).then_some(false),
-        "awq" => scheme.starts_with("int4").then_some(false),
+    use crate::commands::quantize::{parse_scheme, Scheme};
+    use qforge_convert::layout::HfScheme;
+    let scheme = parse_scheme(scheme, false).ok()?;
+    match (method, scheme) {
+        ("imatrix", Scheme::Gguf(_)) => Some(true),
+        ("fp8-static", Scheme::Hf(HfScheme::Fp8Static))
+        | ("gptq", Scheme::Hf(HfScheme::Int4 { .. }))
+        | ("awq", Scheme::Hf(HfScheme::Int4 { bits: 4, .. })) => Some(false),
         _ => None,
     }
 }

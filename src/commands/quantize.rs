@@ -26,9 +26,104 @@ pub enum Scheme {
     Gguf(GgufMix),
 }
 
-/// Parse `--scheme` (see `qforge quantize --help`).
+/// qforge's own scheme names (the fixed ones; `int4-g<N>` and `int8-g<N>` take any group size).
+const NAMES: &[&str] = &[
+    "fp8-rowwise",
+    "fp8-static",
+    "fp8-block",
+    "nvfp4a16",
+    "mxfp4",
+    "mxfp4a16",
+    "int4-g32",
+    "int4-g64",
+    "int4-g128",
+    "int4-row",
+    "int8-g32",
+    "int8-g64",
+    "int8-g128",
+    "int8-row",
+];
+
+/// llm-compressor's preset schemes, accepted with the same meaning (compressed-tensors
+/// `quantization/quant_scheme.py`, `PRESET_SCHEMES`): preset → (qforge scheme, asymmetric).
+/// `FP8` is per-tensor FP8 weights with static per-tensor activations (= `fp8-static`);
+/// `FP8_DYNAMIC` per-channel weights with dynamic per-token activations (= `fp8-rowwise`);
+/// `W4A16`/`W8A16` are group-128 symmetric integer weights. llama.cpp's type names (`Q4_K_M`, …)
+/// are [`GgufMix`]'s own.
+const PRESETS: &[(&str, &str, bool)] = &[
+    ("FP8", "fp8-static", false),
+    ("FP8_DYNAMIC", "fp8-rowwise", false),
+    ("FP8_BLOCK", "fp8-block", false),
+    ("W4A16", "int4-g128", false),
+    ("W4A16_ASYM", "int4-g128", true),
+    ("W8A16", "int8-g128", false),
+    ("NVFP4A16", "nvfp4a16", false),
+    ("MXFP4", "mxfp4", false),
+    ("MXFP4A16", "mxfp4a16", false),
+];
+
+/// Presets qforge does not write, with what to use instead (a same-meaning alias is impossible).
+const NOT_WRITTEN: &[(&str, &str)] = &[
+    (
+        "NVFP4",
+        "NVFP4 (W4A4: FP4 activations with a calibrated input_global_scale) is not written yet; \
+         --scheme nvfp4a16 writes the same weights",
+    ),
+    (
+        "W8A8",
+        "W8A8 (INT8 weights and dynamic INT8 activations) is not written; \
+         --scheme int8-row writes the same weights, --scheme fp8-rowwise is the FP8 W8A8",
+    ),
+    (
+        "INT8",
+        "INT8 (llm-compressor's alias of W8A8) is not written; --scheme int8-row writes the same \
+         weights, --scheme fp8-rowwise is the FP8 W8A8",
+    ),
+    ("W4AFP8", "W4AFP8 (INT4 weights, FP8 activations) is not written; --scheme int4-g128 writes the same weights"),
+];
+
+/// A name compared the way users type them: case and `-`/`_` do not matter.
+fn fold(s: &str) -> String {
+    s.trim().to_ascii_lowercase().replace('_', "-")
+}
+
+/// The valid names closest to `s` (edit distance on folded names), at most three.
+fn closest(s: &str) -> Vec<String> {
+    let t = fold(s);
+    let mut all: Vec<String> = NAMES.iter().map(|n| (*n).to_owned()).collect();
+    all.extend(PRESETS.iter().map(|(p, _, _)| (*p).to_owned()));
+    all.extend(
+        GgufMix::ALL
+            .iter()
+            .map(|m| format!("gguf:{}", m.name().to_ascii_lowercase())),
+    );
+    let mut scored: Vec<(usize, String)> = all
+        .into_iter()
+        .map(|n| {
+            let f = fold(&n);
+            let d = strsim::levenshtein(&t, &f).min(strsim::levenshtein(
+                &t,
+                f.strip_prefix("gguf:").unwrap_or(&f),
+            ));
+            (d, n)
+        })
+        .filter(|(d, n)| *d <= (n.len() / 2).max(2))
+        .collect();
+    scored.sort();
+    scored.into_iter().take(3).map(|(_, n)| n).collect()
+}
+
+/// Parse `--scheme` (see `qforge quantize --help`): qforge's names, llm-compressor's presets
+/// ([`PRESETS`]) and llama.cpp's mix names, with or without `gguf:`.
 pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
-    let t = s.trim().to_ascii_lowercase();
+    let mut t = fold(s);
+    let mut asym = asym;
+    if let Some((_, name, preset_asym)) = PRESETS.iter().find(|(p, _, _)| fold(p) == t) {
+        t = (*name).to_owned();
+        asym |= preset_asym;
+    } else if let Some((_, why)) = NOT_WRITTEN.iter().find(|(p, _)| fold(p) == t) {
+        bail!("--scheme {s}: {why}");
+    }
     let int = |bits, group_size| {
         Ok(Scheme::Hf(HfScheme::Int4 {
             bits,
@@ -37,15 +132,14 @@ pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
         }))
     };
     match t.as_str() {
-        "fp8-rowwise" | "fp8" | "fp8-dynamic" => return Ok(Scheme::Hf(HfScheme::Fp8Rowwise)),
+        "fp8-rowwise" => return Ok(Scheme::Hf(HfScheme::Fp8Rowwise)),
         "fp8-static" => return Ok(Scheme::Hf(HfScheme::Fp8Static)),
-        "fp8-block" | "fp8_block" => return Ok(Scheme::Hf(HfScheme::Fp8Block)),
+        "fp8-block" => return Ok(Scheme::Hf(HfScheme::Fp8Block)),
         "nvfp4a16" => return Ok(Scheme::Hf(HfScheme::Nvfp4A16)),
         "mxfp4" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: false })),
         "mxfp4a16" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: true })),
         "int4" => return int(4, Some(qforge_quantize::int4::DEFAULT_GROUP_SIZE)),
         "int4-row" | "int4-channel" => return int(4, None),
-        "int8" => return int(8, Some(qforge_quantize::int4::DEFAULT_GROUP_SIZE)),
         "int8-row" | "int8-channel" => return int(8, None),
         _ => {}
     }
@@ -58,14 +152,20 @@ pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
             return int(bits, Some(g));
         }
     }
-    let mix = t.strip_prefix("gguf:").unwrap_or(&t);
-    if let Some(m) = GgufMix::parse(mix) {
+    let mix = t.strip_prefix("gguf:").unwrap_or(&t).replace('-', "_");
+    if let Some(m) = GgufMix::parse(&mix) {
         return Ok(Scheme::Gguf(m));
     }
-    bail!(
-        "unknown --scheme {s:?}\n  hint: use fp8-rowwise, fp8-static, int4-g<N> (e.g. int4-g128), int4-row, \
-         int8-g<N>, int8-row, fp8-block, nvfp4a16, mxfp4, mxfp4a16, or gguf:<mix> (q8_0, q4_0, q4_k_m, q5_k_m, q6_k, …)"
-    )
+    let near = closest(s);
+    let hint = if near.is_empty() {
+        "use fp8-rowwise, fp8-static, fp8-block, int4-g<N> (e.g. int4-g128), int4-row, \
+         int8-g<N>, int8-row, nvfp4a16, mxfp4, mxfp4a16, an llm-compressor preset (FP8_DYNAMIC, \
+         W4A16, …) or a llama.cpp type (Q4_K_M, Q8_0, …)"
+            .to_owned()
+    } else {
+        format!("did you mean {}?", near.join(", "))
+    };
+    bail!("unknown --scheme {s:?}\n  hint: {hint}")
 }
 
 /// Refuse a model whose linear weights are already quantized (llama-quantize refuses the same
@@ -618,5 +718,63 @@ mod tests {
             parse_scheme("mxfp4", false).unwrap(),
             Scheme::Hf(HfScheme::Mxfp4 { a16: false })
         );
+    }
+
+    /// llm-compressor's presets mean what compressed-tensors' `PRESET_SCHEMES` says; llama.cpp
+    /// names work with or without `gguf:`; unknown names list the closest valid ones.
+    #[test]
+    fn aliases_and_suggestions() {
+        let int = |bits, g, symmetric| {
+            Scheme::Hf(HfScheme::Int4 {
+                bits,
+                group_size: g,
+                symmetric,
+            })
+        };
+        let cases = [
+            ("FP8_DYNAMIC", Scheme::Hf(HfScheme::Fp8Rowwise)),
+            ("fp8-dynamic", Scheme::Hf(HfScheme::Fp8Rowwise)),
+            ("FP8", Scheme::Hf(HfScheme::Fp8Static)),
+            ("FP8_BLOCK", Scheme::Hf(HfScheme::Fp8Block)),
+            ("W4A16", int(4, Some(128), true)),
+            ("W4A16_ASYM", int(4, Some(128), false)),
+            ("w8a16", int(8, Some(128), true)),
+            ("NVFP4A16", Scheme::Hf(HfScheme::Nvfp4A16)),
+            ("MXFP4", Scheme::Hf(HfScheme::Mxfp4 { a16: false })),
+            ("MXFP4A16", Scheme::Hf(HfScheme::Mxfp4 { a16: true })),
+            ("Q4_K_M", Scheme::Gguf(GgufMix::Q4_K_M)),
+            ("q8_0", Scheme::Gguf(GgufMix::Q8_0)),
+            ("gguf:Q6_K", Scheme::Gguf(GgufMix::Q6_K)),
+        ];
+        for (name, want) in cases {
+            assert_eq!(parse_scheme(name, false).unwrap(), want, "{name}");
+        }
+        for (name, words) in [
+            ("NVFP4", "nvfp4a16"),
+            ("W8A8", "int8-row"),
+            ("int8", "int8-row"),
+        ] {
+            let e = parse_scheme(name, false).unwrap_err().to_string();
+            assert!(
+                e.contains("not written") && e.contains(words),
+                "{name}: {e}"
+            );
+        }
+        for (typo, want) in [
+            ("fp8-rowise", "fp8-rowwise"),
+            ("Q4_K_N", "gguf:q4_k_m"),
+            ("W4A61", "W4A16"),
+            ("nvfp4a8", "nvfp4a16"),
+        ] {
+            let e = parse_scheme(typo, false).unwrap_err().to_string();
+            assert!(
+                e.contains("did you mean") && e.contains(want),
+                "{typo}: {e}"
+            );
+        }
+        let e = parse_scheme("zzzzzzzzzzzzzzzz", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hint: use fp8-rowwise"), "{e}");
     }
 }
