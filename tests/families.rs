@@ -316,7 +316,8 @@ fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
     }
     if lossy {
         // what GGUF could not hold comes back as the llama.cpp model it computes
-        let lost = (c1["model_type"] == "llama") && c1.get("sliding_window").is_none_or(Value::is_null);
+        let lost =
+            (c1["model_type"] == "llama") && c1.get("sliding_window").is_none_or(Value::is_null);
         if !lost {
             return Err(fail(&log, format!("HF -> GGUF -> HF: {c1}")));
         }
