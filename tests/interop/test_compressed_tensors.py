@@ -191,10 +191,14 @@ def test_fp8_dynamic_activations_agree_with_transformers(qforge, checkpoints, ha
         return (x / s).clamp(-448, 448).to(torch.float8_e4m3fn).float() * s
 
     model = hf_model(dest, act_quant=False)
+    # one forward first: the weights are FP8 codes until compressed-tensors decompresses them
+    with torch.no_grad():
+        model(torch.tensor([chunks[0]]))
     for m in model.modules():
         if isinstance(m, torch.nn.Linear) and hasattr(m, "weight_scale"):
+            assert m.weight.dtype == torch.float32
             m.forward = types.MethodType(
-                lambda self, x, w=m.weight: (fake_quant(x).double() @ w.double().T).float(), m)
+                lambda self, x: (fake_quant(x).double() @ self.weight.double().T).float(), m)
     f64 = hf_ppl(model, chunks)
     print(f"fp8 W8A8: ppl qforge {ours:.4f}, transformers (f32) {theirs:.4f} ({ours / theirs - 1:+.2%}), "
           f"same formula with f64 accumulation {f64:.4f} ({ours / f64 - 1:+.2%})")
