@@ -303,7 +303,9 @@ fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
         if lossy && WINDOW_KEYS.contains(k) {
             continue;
         }
-        if c0.get(*k) != c1.get(*k) {
+        // an absent key and an explicit null mean the same to transformers' config classes
+        let get = |c: &Value| c.get(*k).filter(|v| !v.is_null()).cloned();
+        if get(&c0) != get(&c1) {
             return Err(fail(
                 &log,
                 format!(
