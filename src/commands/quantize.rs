@@ -109,8 +109,16 @@ fn closest(s: &str) -> Vec<String> {
         })
         .filter(|(d, n)| *d <= (n.len() / 2).max(2))
         .collect();
-    scored.sort();
-    scored.into_iter().take(3).map(|(_, n)| n).collect()
+    // stable: at equal distance qforge's own names come first; a preset spelling the same
+    // name as one of ours (MXFP4 = mxfp4) is not offered twice
+    scored.sort_by_key(|(d, _)| *d);
+    let mut seen = std::collections::BTreeSet::new();
+    scored
+        .into_iter()
+        .filter(|(_, n)| seen.insert(fold(n)))
+        .take(3)
+        .map(|(_, n)| n)
+        .collect()
 }
 
 /// Parse `--scheme` (see `qforge quantize --help`): qforge's names, llm-compressor's presets
