@@ -35,8 +35,15 @@ const FAMILIES: &[&str] = &["llama31", "llama32", "mistral", "qwen2", "qwen3"];
 /// then writes what the converter writes plus its `qforge.lossy` record; the GGUF then computes
 /// transformers' "window ignored" perplexity, and GGUF -> HF gives a Llama without the window.
 const WINDOW_LOST: &[&str] = &["mistral"];
-/// config.json keys a window-losing round trip changes (class and window), checked apart.
-const WINDOW_KEYS: &[&str] = &["architectures", "model_type", "sliding_window"];
+/// config.json keys a window-losing round trip changes, checked apart: the class and window,
+/// and `attention_bias`, which LlamaConfig states (false) where MistralConfig has no such key
+/// (Mistral has no attention biases either).
+const WINDOW_KEYS: &[&str] = &[
+    "architectures",
+    "model_type",
+    "sliding_window",
+    "attention_bias",
+];
 
 /// GGUF keys that name the producer, not the model (as `scripts/compare_gguf.py` reports them).
 const PRODUCER_KEYS: &[&str] = &[

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use qforge_calibrate::{
     calibrate, output::write_atomic, AwqConfig, CalibOptions, GptqConfig, Method, ObserverKind,
     Precision, Samples,

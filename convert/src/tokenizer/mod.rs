@@ -1001,7 +1001,9 @@ impl Vocab {
                 ("falcon", PreTokenizer::Falcon),
             ]
             .into_iter()
-            .find(|(_, p)| tj.get("pre_tokenizer") == Some(&p.to_json()))
+            .find(|(_, p)| {
+                tj.get("pre_tokenizer").map(split_rules) == Some(split_rules(&p.to_json()))
+            })
             .map(|(n, _)| n);
             let Some(name) = pre_for_hash(&hash).or(structural) else {
                 let known: Vec<&str> = KNOWN_PRE_HASHES.iter().map(|(_, n)| *n).collect();
@@ -1547,5 +1549,21 @@ mod tests {
         assert_eq!(s[255], "<|reserved_special_token_247|>");
         let s = llama3_special_tokens(Llama3Specials::V3);
         assert_eq!(s[255], "<|reserved_special_token_250|>");
+    }
+}
+
+/// A `pre_tokenizer` as far as it decides the split: `trim_offsets` (ByteLevel) only moves the
+/// offsets `tokenizers` reports, never the ids, and Qwen2's own tokenizer.json sets it false
+/// where transformers' GPT-2-style files set it true.
+fn split_rules(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| k.as_str() != "trim_offsets")
+                .map(|(k, v)| (k.clone(), split_rules(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(split_rules).collect()),
+        other => other.clone(),
     }
 }
