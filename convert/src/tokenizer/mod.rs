@@ -1485,6 +1485,22 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A `pre_tokenizer` as far as it decides the split: `trim_offsets` (ByteLevel) only moves the
+/// offsets `tokenizers` reports, never the ids, and Qwen2's own tokenizer.json sets it false
+/// where transformers' GPT-2-style files set it true.
+fn split_rules(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| k.as_str() != "trim_offsets")
+                .map(|(k, v)| (k.clone(), split_rules(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(split_rules).collect()),
+        other => other.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1549,21 +1565,5 @@ mod tests {
         assert_eq!(s[255], "<|reserved_special_token_247|>");
         let s = llama3_special_tokens(Llama3Specials::V3);
         assert_eq!(s[255], "<|reserved_special_token_250|>");
-    }
-}
-
-/// A `pre_tokenizer` as far as it decides the split: `trim_offsets` (ByteLevel) only moves the
-/// offsets `tokenizers` reports, never the ids, and Qwen2's own tokenizer.json sets it false
-/// where transformers' GPT-2-style files set it true.
-fn split_rules(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(k, _)| k.as_str() != "trim_offsets")
-                .map(|(k, v)| (k.clone(), split_rules(v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(split_rules).collect()),
-        other => other.clone(),
     }
 }
