@@ -30,7 +30,7 @@ fn peak_rss(args: &[&str]) -> u64 {
     // SAFETY: `rusage` is plain old data, zero is a valid value; `wait4` writes it for `pid`,
     // our own child, which has not been waited for yet (`child` is never waited on by std).
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let r = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
     assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
