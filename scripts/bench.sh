@@ -114,8 +114,11 @@ json.dump({"samples": [[random.randrange(1, 128000) for _ in range(512)] for _ i
 EOF
   rm -rf "$bench/gptq-4"
   timed gptq "$qf" calibrate "$l1b" --tokens "$tokens" --method gptq --scheme int4-g128 -o "$bench/gptq-4" -q
-  # plan's model of calibrate's peak memory, where this qforge has one (else 0: "n/a" below)
-  plan_mb="$("$qf" plan "$l1b" --calibrate gptq --json 2>/dev/null | "$PY" -c 'import json,sys; print(json.load(sys.stdin).get("peak_memory_bytes", 0) // 1048576)' 2>/dev/null || echo 0)"
+  # plan's model of the same calibration (a recipe's [calibrate] step: 16 chunks of 512)
+  recipe="$bench/gptq-plan.toml"
+  printf '[input]\nmodel = "%s"\n[output]\ndir = "%s"\n[calibrate]\nmethod = "gptq"\ndata = "%s"\nctx = 512\nchunks = 16\nscheme = "int4-g128"\n[[quantize]]\nname = "w4"\nscheme = "int4-g128"\n' \
+    "$l1b" "$bench/gptq-plan-out" "$QFORGE_CACHE/text/macbeth.txt" >"$recipe"
+  plan_mb="$("$qf" plan "$recipe" --json 2>/dev/null | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["calibrate"]["peak_memory_bytes"] // 1048576)' 2>/dev/null || echo 0)"
   row "GPTQ int4-g128, 1B widths, 4 layers" "${T} s, $((KB / 1024)) MiB" "plan's prediction: ${plan_mb} MiB" "$(ratio "$((KB / 1024))" "$plan_mb")× predicted"
 fi
 

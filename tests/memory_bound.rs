@@ -2,7 +2,10 @@
 //! tensor"). Each command runs as a child process on a 500 MB BF16 model whose largest tensor is
 //! 64 MiB; its peak resident set size comes from `wait4`'s `ru_maxrss` for that child alone
 //! (a memory figure, not a time, so a busy machine cannot fail it). Mapped input pages count
-//! towards RSS, so a reader that keeps every tensor's pages resident fails here.
+//! towards RSS, so a reader that keeps every tensor's pages resident fails here. Linux carries a
+//! process's high-water mark across exec (`exec_mmap` records the image it replaces, here this
+//! test process's), so each figure is an upper bound: max(this process's peak at the spawn,
+//! the command's own peak); the test prints its own peak too.
 #![cfg(target_os = "linux")]
 #![allow(unsafe_code)] // wait4(2): the one way to get one child's peak RSS
 
@@ -102,6 +105,16 @@ fn peak_rss_follows_the_largest_tensor_not_the_model() {
             ],
         ),
     ];
+    // SAFETY: as in `peak_rss`; RUSAGE_SELF of this process.
+    let mut me: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut me) },
+        0
+    );
+    eprintln!(
+        "this test process before the runs: peak RSS {:.1} MiB (a floor for the figures below)",
+        me.ru_maxrss as f64 / 1024.0
+    );
     let mut report = Vec::new();
     for (what, args) in &runs {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
