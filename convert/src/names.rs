@@ -61,6 +61,17 @@ impl LayerTensor {
         LayerTensor::KNorm,
     ];
 
+    /// The linear projections of a block, in the order qforge writes them.
+    pub const LINEARS: [LayerTensor; 7] = [
+        LayerTensor::Q,
+        LayerTensor::K,
+        LayerTensor::V,
+        LayerTensor::O,
+        LayerTensor::Gate,
+        LayerTensor::Up,
+        LayerTensor::Down,
+    ];
+
     /// True for the linear projections (not the norms, not the biases).
     pub const fn is_linear(self) -> bool {
         matches!(

@@ -546,19 +546,9 @@ fn real_fixture_files() {
     }
 }
 
-/// `$QFORGE_CACHE`, else `$XDG_CACHE_HOME/qforge`, else `$HOME/.cache/qforge`: the same rule as
-/// scripts/cache-dir.sh.
-fn cache_dir() -> PathBuf {
-    let nonempty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
-    if let Some(c) = nonempty("QFORGE_CACHE") {
-        return PathBuf::from(c);
-    }
-    let base = nonempty("XDG_CACHE_HOME").map_or_else(
-        || Path::new(&nonempty("HOME").unwrap_or_default()).join(".cache"),
-        PathBuf::from,
-    );
-    base.join("qforge")
-}
+#[path = "support/cache_dir.rs"]
+mod cache_dir;
+use cache_dir::cache_dir;
 
 #[test]
 fn real_smollm2_file() {

@@ -3,24 +3,12 @@
 //! unpacks): 128,000 ranks and Meta's 256 specials read back as the same tokenizer, and the
 //! ranks are the ids (as in Meta's own file, where rank = line number).
 
-use std::path::{Path, PathBuf};
-
 use qforge_convert::meta_tokenizer::tiktoken_model;
 use qforge_convert::tokenizer::{llama3_special_tokens, Llama3Specials, Vocab};
 
-/// `$QFORGE_CACHE`, else `$XDG_CACHE_HOME/qforge`, else `$HOME/.cache/qforge`: the same rule as
-/// scripts/cache-dir.sh.
-fn cache_dir() -> PathBuf {
-    let nonempty = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
-    if let Some(c) = nonempty("QFORGE_CACHE") {
-        return PathBuf::from(c);
-    }
-    let base = nonempty("XDG_CACHE_HOME").map_or_else(
-        || Path::new(&nonempty("HOME").unwrap_or_default()).join(".cache"),
-        PathBuf::from,
-    );
-    base.join("qforge")
-}
+#[path = "support/cache_dir.rs"]
+mod cache_dir;
+use cache_dir::cache_dir;
 
 #[test]
 fn llama3_vocabulary_round_trips_through_tiktoken() {

@@ -85,18 +85,8 @@ fn source_bytes(ckpt: &Checkpoint, id: TensorId) -> u64 {
     }
 }
 
-const LINEARS: [LayerTensor; 7] = [
-    LayerTensor::Q,
-    LayerTensor::K,
-    LayerTensor::V,
-    LayerTensor::O,
-    LayerTensor::Gate,
-    LayerTensor::Up,
-    LayerTensor::Down,
-];
-
 fn layer_ids(index: u32) -> impl Iterator<Item = TensorId> {
-    LINEARS
+    LayerTensor::LINEARS
         .into_iter()
         .chain([LayerTensor::AttnNorm, LayerTensor::FfnNorm])
         .map(move |kind| TensorId::Layer { index, kind })
@@ -164,7 +154,7 @@ pub fn peak_memory(ckpt: &Checkpoint, job: Job, w: Work) -> u64 {
 /// Multiply-adds of one token through the model's linears (and the LM head when `head`).
 pub fn macs_per_token(ckpt: &Checkpoint, head: bool) -> u64 {
     let c = &ckpt.config;
-    let per_layer: u64 = LINEARS
+    let per_layer: u64 = LayerTensor::LINEARS
         .into_iter()
         .map(|kind| numel(ckpt, TensorId::Layer { index: 0, kind }))
         .sum();

@@ -607,15 +607,7 @@ pub fn collect_imatrix(
         LayerTensor::Down => ffn,
         _ => hid,
     };
-    let kinds = [
-        LayerTensor::Q,
-        LayerTensor::K,
-        LayerTensor::V,
-        LayerTensor::O,
-        LayerTensor::Gate,
-        LayerTensor::Up,
-        LayerTensor::Down,
-    ];
+    let kinds = LayerTensor::LINEARS;
     let mut sums: Vec<Vec<Vec<f32>>> = (0..nl)
         .map(|_| kinds.iter().map(|&k| vec![0f32; width(k)]).collect())
         .collect();
