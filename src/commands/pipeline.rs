@@ -563,7 +563,9 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
         artifacts.push((q, name, out, res));
     }
 
-    // 4. verify
+    // 4. verify: the base forward runs once for all the outputs (kept in base_cache until
+    // every output is verified, so an interrupted run resumes without it either)
+    let base_cache = r.output.dir.join(".verify-base-cache");
     let mut report_artifacts = Vec::new();
     let mut all_failures = Vec::new();
     for (q, name, out, summary) in artifacts {
@@ -593,6 +595,8 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
                             ctx: v.ctx.unwrap_or(512),
                             chunks: v.chunks,
                             threads: None,
+                            device: qforge_verify::Device::Cpu,
+                            no_prefetch: false,
                             batch_chunks: None,
                             ggml_act_quant: false,
                             kv_f16: false,
@@ -605,6 +609,7 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
                         max_ppl_drift: None,
                         max_kld: None,
                         min_top1: None,
+                        base_cache: Some(base_cache.clone()),
                     };
                     let vr = crate::commands::verify::evaluate(&a)?;
                     let mut res = json!(vr.comparison);
@@ -630,6 +635,10 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
             });
         }
         report_artifacts.push(entry);
+    }
+    if base_cache.exists() {
+        std::fs::remove_dir_all(&base_cache)
+            .with_context(|| format!("removing {}", base_cache.display()))?;
     }
     run.progress.finish_and_clear();
 

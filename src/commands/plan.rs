@@ -604,6 +604,9 @@ pub fn run(args: &PlanArgs) -> Result<()> {
         parse_scheme(scheme, args.asym).map_err(crate::cli::usage)?;
     }
     let ckpt = open_for_plan(&t)?;
+    if let Some(gpu) = &args.gpu {
+        return crate::commands::plan_device::run(&ckpt, args, gpu);
+    }
     let name = args
         .target
         .file_name()
