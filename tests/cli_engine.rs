@@ -38,8 +38,24 @@ fn device_cuda_without_a_backend_is_a_one_line_error() {
     let out = tmp.path().join("out");
     let runs: Vec<Vec<&str>> = vec![
         vec!["perplexity", s(&base), "--data", s(&data), "--ctx", "32"],
-        vec!["verify", s(&base), s(&base), "--data", s(&data), "--ctx", "32"],
-        vec!["imatrix", s(&base), "--data", s(&data), "--ctx", "32", s(&out)],
+        vec![
+            "verify",
+            s(&base),
+            s(&base),
+            "--data",
+            s(&data),
+            "--ctx",
+            "32",
+        ],
+        vec![
+            "imatrix",
+            s(&base),
+            "--data",
+            s(&data),
+            "--ctx",
+            "32",
+            s(&out),
+        ],
         vec![
             "calibrate",
             s(&base),
@@ -62,13 +78,26 @@ fn device_cuda_without_a_backend_is_a_one_line_error() {
             let err = String::from_utf8_lossy(&o.stderr);
             assert_eq!(o.status.code(), Some(1), "{a:?}: {err}");
             assert_eq!(err.trim_end().lines().count(), 1, "{a:?}: one line: {err}");
-            assert!(err.contains(&format!("--device {}", if dev == "cuda" { "cuda:0" } else { dev })), "{err}");
+            assert!(
+                err.contains(&format!(
+                    "--device {}",
+                    if dev == "cuda" { "cuda:0" } else { dev }
+                )),
+                "{err}"
+            );
             assert!(!err.contains("panicked"), "{err}");
             assert!(!out.exists(), "{a:?} wrote an output");
         }
     }
     // A device that is not one is a usage error.
-    let o = qforge(&["perplexity", s(&base), "--data", s(&data), "--device", "gpu"]);
+    let o = qforge(&[
+        "perplexity",
+        s(&base),
+        "--data",
+        s(&data),
+        "--device",
+        "gpu",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cpu, cuda or cuda:N"));
 }
@@ -125,7 +154,11 @@ fn reused_base_and_prefetch_change_no_report_byte() {
         assert!(err.contains("base forward: computed in"), "{err}");
         let prefetched = tmp.path().join(format!("{i}-prefetch.json"));
         verify(&base, q, &data, &prefetched, &[]);
-        assert_eq!(untimed(&plain), untimed(&prefetched), "prefetch changed the report");
+        assert_eq!(
+            untimed(&plain),
+            untimed(&prefetched),
+            "prefetch changed the report"
+        );
 
         let cached = tmp.path().join(format!("{i}-cached.json"));
         let err = verify(&base, q, &data, &cached, &["--base-cache", s(&cache)]);
@@ -136,7 +169,11 @@ fn reused_base_and_prefetch_change_no_report_byte() {
             // every later one reads it back: no base forward runs
             assert!(err.contains("(no base forward)"), "{err}");
         }
-        assert_eq!(untimed(&plain), untimed(&cached), "the cache changed the report");
+        assert_eq!(
+            untimed(&plain),
+            untimed(&cached),
+            "the cache changed the report"
+        );
         // once stored, always reused
         let again = tmp.path().join(format!("{i}-again.json"));
         let err = verify(&base, q, &data, &again, &["--base-cache", s(&cache)]);
@@ -149,8 +186,19 @@ fn reused_base_and_prefetch_change_no_report_byte() {
     // another protocol (ctx) is another entry, not a wrong hit
     let other = tmp.path().join("ctx16.json");
     let o = qforge(&[
-        "verify", s(&base), s(&candidates[0]), "--data", s(&data), "--ctx", "16", "--chunks",
-        "4", "--report", s(&other), "--base-cache", s(&cache),
+        "verify",
+        s(&base),
+        s(&candidates[0]),
+        "--data",
+        s(&data),
+        "--ctx",
+        "16",
+        "--chunks",
+        "4",
+        "--report",
+        s(&other),
+        "--base-cache",
+        s(&cache),
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.contains("stored in"), "{err}");
@@ -167,7 +215,13 @@ fn reused_base_and_prefetch_change_no_report_byte() {
             .unwrap();
     }
     let redo = tmp.path().join("redo.json");
-    let err = verify(&base, &candidates[1], &data, &redo, &["--base-cache", s(&cache)]);
+    let err = verify(
+        &base,
+        &candidates[1],
+        &data,
+        &redo,
+        &["--base-cache", s(&cache)],
+    );
     assert!(err.contains("stored in"), "{err}");
     assert_eq!(untimed(&redo), untimed(&tmp.path().join("1-plain.json")));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&redo).unwrap()).unwrap();

@@ -47,7 +47,11 @@ pub fn log_stream(s: &qforge_verify::StreamStats, prefetch: bool) {
         s.layers,
         s.load_seconds,
         s.wait_seconds,
-        if prefetch { "prefetched" } else { "no prefetch" }
+        if prefetch {
+            "prefetched"
+        } else {
+            "no prefetch"
+        }
     );
 }
 

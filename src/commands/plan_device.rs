@@ -49,8 +49,14 @@ impl Gpu {
     /// achieved), or H200 (141 GB, same compute): specs/gpu.md §2 and §4.
     pub fn named(s: &str) -> Option<Gpu> {
         match s.to_ascii_lowercase().as_str() {
-            "h100" => Some(Gpu::hopper("H100 SXM5 80 GB", 80_000_000_000 - DEVICE_RESERVED)),
-            "h200" => Some(Gpu::hopper("H200 141 GB", 141_000_000_000 - DEVICE_RESERVED)),
+            "h100" => Some(Gpu::hopper(
+                "H100 SXM5 80 GB",
+                80_000_000_000 - DEVICE_RESERVED,
+            )),
+            "h200" => Some(Gpu::hopper(
+                "H200 141 GB",
+                141_000_000_000 - DEVICE_RESERVED,
+            )),
             _ => None,
         }
     }
@@ -93,7 +99,7 @@ pub struct Pass {
     pub weights: Weights,
     /// One layer's weights on the device, bytes.
     pub layer_bytes: u64,
-    /// Embedding + LM head + norms, bytes (the head stays on the device for the logits).
+    /// LM head and final norm, bytes (on the device for the logits).
     pub head_bytes: u64,
     /// Tokens per pass (whole chunks).
     pub tokens_per_pass: u64,
@@ -170,17 +176,14 @@ pub fn plan_pass(
         Weights::Fp8 => params + rows * 4,
         Weights::Bf16 => params * 2,
     } + 2 * c.hidden_size * 2;
-    let embed = c.vocab_size * c.hidden_size * 2;
-    let head_bytes = if c.tie_word_embeddings {
-        embed
-    } else {
-        2 * embed
-    } + c.hidden_size * 2;
+    // The LM head in BF16 (the fp8 layouts keep it unquantized) and the final norm; the
+    // embedding rows are gathered on the host (verify's Model::embed) and copied as activations.
+    let head_bytes = c.vocab_size * c.hidden_size * 2 + c.hidden_size * 2;
     let fixed = 2 * layer_bytes + head_bytes;
     if fixed + activations(c, ctx, ctx) > gpu.free_bytes {
         bail!(
-            "{}: two layer slots ({}) and the embedding and head ({}) with one chunk's activations \
-             do not fit {} free",
+            "{}: two layer slots ({}) and the LM head ({}) with one chunk's activations do not \
+             fit {} free",
             gpu.name,
             human(2 * layer_bytes),
             human(head_bytes),
@@ -206,7 +209,8 @@ pub fn plan_pass(
     let peak_bytes = fixed + act + resident_layers * layer_bytes;
     let tokens = chunks * ctx;
     let att_flops = 2 * ctx * ctx * c.num_heads * c.head_dim; // QKᵀ and PV, causal half
-    let gemm_flops = 2 * params * tokens * nl + 2 * c.vocab_size * c.hidden_size * chunks * (ctx / 2);
+    let gemm_flops =
+        2 * params * tokens * nl + 2 * c.vocab_size * c.hidden_size * chunks * (ctx / 2);
     let peak = match weights {
         Weights::Fp8 => gpu.fp8_flops,
         Weights::Bf16 => gpu.bf16_flops,
@@ -214,12 +218,18 @@ pub fn plan_pass(
     let compute_seconds = (gemm_flops as f64 / (peak * GEMM_EFFICIENCY))
         + (att_flops * chunks * nl) as f64 / (gpu.bf16_flops * GEMM_EFFICIENCY);
     let copy_seconds = copied_bytes as f64 / gpu.h2d_bytes_per_s;
-    let disk_bytes = nl * layer_bytes + head_bytes;
+    let embed = if c.tie_word_embeddings {
+        0
+    } else {
+        c.vocab_size * c.hidden_size * 2
+    };
+    let disk_bytes = nl * layer_bytes + head_bytes + embed;
     let disk_seconds = disk_bytes as f64 / disk_bytes_per_s;
     // Per pass the three overlap; the disk is read once (later passes hit the page cache only
     // if the host holds the model, so the first pass carries the disk).
     let per_pass_compute = compute_seconds / passes as f64;
-    let per_pass_copy = (passes * streamed * layer_bytes) as f64 / gpu.h2d_bytes_per_s / passes as f64;
+    let per_pass_copy =
+        (passes * streamed * layer_bytes) as f64 / gpu.h2d_bytes_per_s / passes as f64;
     let seconds = per_pass_compute.max(per_pass_copy).max(disk_seconds)
         + (passes - 1) as f64 * per_pass_compute.max(per_pass_copy);
     Ok(Pass {
@@ -297,7 +307,10 @@ pub fn run(ckpt: &Checkpoint, args: &crate::cli::PlanArgs, gpu: &str) -> Result<
     }
     let p = plan(&ckpt.config, &g, w, args.ctx, args.chunks, disk)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json!({"device_verify": p}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"device_verify": p}))?
+        );
         return Ok(());
     }
     let c = &ckpt.config;
@@ -313,8 +326,17 @@ pub fn run(ckpt: &Checkpoint, args: &crate::cli::PlanArgs, gpu: &str) -> Result<
     );
     println!(
         "{:<10} {:>9} {:>7} {:>7} {:>8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
-        "forward", "layer", "tok/pass", "passes", "resident", "peak mem", "copied",
-        "compute", "copy", "disk", "estimate"
+        "forward",
+        "layer",
+        "tok/pass",
+        "passes",
+        "resident",
+        "peak mem",
+        "copied",
+        "compute",
+        "copy",
+        "disk",
+        "estimate"
     );
     for (name, q) in [("base bf16", &p.base), ("candidate", &p.candidate)] {
         println!(
@@ -358,11 +380,18 @@ mod tests {
         let g = Gpu::named("h100").unwrap();
         let p = plan_pass(&c, &g, Weights::Fp8, 512, 20, 2e9).unwrap();
         // specs/gpu.md §4: 3.188 B params per layer, 3.19 GB in FP8 (+0.63 MB of row scales).
-        assert!((3.18e9..3.20e9).contains(&(p.layer_bytes as f64)), "{}", p.layer_bytes);
+        assert!(
+            (3.18e9..3.20e9).contains(&(p.layer_bytes as f64)),
+            "{}",
+            p.layer_bytes
+        );
         assert!(p.peak_bytes <= g.free_bytes);
         // 20 chunks × 512 tokens: 671 MB of f32 hidden states fit in one pass.
-        assert_eq!((p.tokens_per_pass, p.passes, p.resident_layers), (10240, 1, 0));
-        // every layer once, plus embedding and head
+        assert_eq!(
+            (p.tokens_per_pass, p.passes, p.resident_layers),
+            (10240, 1, 0)
+        );
+        // every layer once, plus the head
         assert_eq!(p.copied_bytes, 126 * p.layer_bytes + p.head_bytes);
         // ~406 GB at 2 GB/s: the disk bounds the pass
         assert!(p.seconds >= p.disk_seconds && p.disk_seconds > 190.0);
@@ -371,10 +400,18 @@ mod tests {
     #[test]
     fn small_memory_splits_passes_and_keeps_layers_resident() {
         let c = llama405b();
-        // 16 GB free: two 3.19 GB slots + 4.2 GB head leave room for some chunks only.
+        // 16 GB free: two 3.19 GB slots + a 4.2 GB head leave ~5 GB, ~145 chunks of f32
+        // hidden states (64 KiB per token): 400 chunks take 3 passes.
         let g = Gpu::parse("16GB").unwrap();
-        let p = plan_pass(&c, &g, Weights::Fp8, 512, 64, 2e9).unwrap();
-        assert!(p.passes > 1, "{p:?}");
+        let p = plan_pass(&c, &g, Weights::Fp8, 512, 400, 2e9).unwrap();
+        assert_eq!(p.passes, 3, "{p:?}");
+        assert!(p.resident_layers <= 1, "{p:?}");
+        assert_eq!(
+            p.copied_bytes,
+            p.resident_layers * p.layer_bytes
+                + 3 * (126 - p.resident_layers) * p.layer_bytes
+                + p.head_bytes
+        );
         assert!(p.peak_bytes <= g.free_bytes, "{p:?}");
         assert_eq!(p.tokens_per_pass % 512, 0);
         // too small for two slots and the head: refused, not planned

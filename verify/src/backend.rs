@@ -166,7 +166,9 @@ mod tests {
     #[test]
     fn cuda_is_refused_in_one_line() {
         // Without a CUDA backend every machine refuses cuda, with or without a device.
-        let e = backend_for(Device::Cuda(0)).err().expect("cuda must be refused");
+        let e = backend_for(Device::Cuda(0))
+            .err()
+            .expect("cuda must be refused");
         let msg = e.to_string();
         assert!(msg.contains("--device cuda:0"), "{msg}");
         assert!(!msg.contains('\n'), "one line: {msg:?}");

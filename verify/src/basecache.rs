@@ -276,7 +276,12 @@ impl Reader {
         &self.dir
     }
 
-    fn read(r: &mut BufReader<File>, buf: &mut Vec<u8>, out: &mut [f32], path: &Path) -> Result<()> {
+    fn read(
+        r: &mut BufReader<File>,
+        buf: &mut Vec<u8>,
+        out: &mut [f32],
+        path: &Path,
+    ) -> Result<()> {
         buf.resize(out.len() * 4, 0);
         r.read_exact(buf).map_err(io(path))?;
         for (o, b) in out.iter_mut().zip(buf.chunks_exact(4)) {

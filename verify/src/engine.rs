@@ -114,3 +114,71 @@ where
         r
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ForwardOptions;
+
+    fn tiny() -> Model {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/hf");
+        Model::open(&dir, ForwardOptions::default()).expect("tiny fixture")
+    }
+
+    fn weights(lw: &LayerWeights) -> Vec<u32> {
+        [&lw.q, &lw.k, &lw.v, &lw.o, &lw.gate, &lw.up, &lw.down]
+            .iter()
+            .flat_map(|l| l.w.iter().map(|v| v.to_bits()))
+            .chain(lw.attn_norm.iter().map(|v| v.to_bits()))
+            .chain(lw.ffn_norm.iter().map(|v| v.to_bits()))
+            .collect()
+    }
+
+    #[test]
+    fn prefetch_delivers_the_same_layers_in_order() {
+        let m = tiny();
+        let nl = m.config().num_layers as u32;
+        let mut got = [Vec::new(), Vec::new()];
+        for (slot, prefetch) in [false, true].into_iter().enumerate() {
+            let mut stats = StreamStats::default();
+            stream_layers(&[&m, &m], nl, prefetch, &mut stats, |i, w| {
+                assert_eq!(w.len(), 2);
+                assert_eq!(weights(&w[0]), weights(&w[1]));
+                got[slot].push((i, weights(&w[0])));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(stats.layers, u64::from(nl));
+            assert!(stats.wait_seconds <= stats.load_seconds + 1.0);
+        }
+        assert_eq!(got[0], got[1]);
+        assert_eq!(
+            got[0].iter().map(|g| g.0).collect::<Vec<_>>(),
+            (0..nl).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn an_error_ends_the_stream() {
+        let m = tiny();
+        for prefetch in [false, true] {
+            let mut seen = 0;
+            let r = stream_layers(&[&m], 2, prefetch, &mut StreamStats::default(), |i, _| {
+                seen += 1;
+                if i == 0 {
+                    Err(Error::Mismatch("stop".into()))
+                } else {
+                    Ok(())
+                }
+            });
+            assert!(matches!(r, Err(Error::Mismatch(_))));
+            assert_eq!(seen, 1);
+            // a read that fails (a layer past the model) is returned, not a panic
+            let r = stream_layers(&[&m], 3, prefetch, &mut StreamStats::default(), |_, _| {
+                Ok(())
+            });
+            assert!(r.is_err(), "layer 2 of a 2-layer model must fail");
+        }
+    }
+}

@@ -498,7 +498,9 @@ pub fn compare_run(
         let mut hq = quant.embed(toks)?;
         let models: &[&Model] = if cached { &[quant] } else { &[base, quant] };
         stream_layers(models, nl, opts.prefetch, &mut stats, |i, mut lw| {
-            let lq = lw.pop().ok_or_else(|| Error::Mismatch("no layer weights".into()))?;
+            let lq = lw
+                .pop()
+                .ok_or_else(|| Error::Mismatch("no layer weights".into()))?;
             match &mut side {
                 BaseSide::Live(w) => {
                     let t = Instant::now();
@@ -602,8 +604,8 @@ pub fn compare_run(
         BaseSide::Cached(r) => (BaseOrigin::Cached(r.dir().to_path_buf()), 0.0, r.seconds),
     };
     let comparison = summarize(
-        chunks, nl, &pb, &pq, per_b, per_q, own_b, own_q, kld, same_top, &diff2, &base2,
-        tb_report, tq,
+        chunks, nl, &pb, &pq, per_b, per_q, own_b, own_q, kld, same_top, &diff2, &base2, tb_report,
+        tq,
     );
     Ok(CompareRun {
         comparison,

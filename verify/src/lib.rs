@@ -30,9 +30,9 @@ pub mod ops;
 pub mod real;
 pub mod tokenize;
 
-pub use error::{Error, Result};
 pub use backend::{Backend, Device};
 pub use engine::StreamStats;
+pub use error::{Error, Result};
 pub use eval::{
     collect_imatrix, compare, compare_run, perplexity, perplexity_run, BaseOrigin, CompareRun,
     Comparison, EvalOptions, LayerError, PerplexityResult,
