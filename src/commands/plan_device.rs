@@ -371,7 +371,7 @@ mod tests {
     fn llama405b() -> ModelConfig {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("examples/configs/Llama-3.1-405B-Instruct");
-        Checkpoint::open(&dir).expect("405B config").config
+        Checkpoint::from_config(&dir).expect("405B config").config
     }
 
     #[test]
