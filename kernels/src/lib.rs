@@ -333,7 +333,8 @@ impl OutputMut<'_> {
     }
 }
 
-/// A GEMM backend. Object-safe: `verify` holds a `Box<dyn Gemm>` chosen by `--device`.
+/// A GEMM backend. Object-safe, so a caller can hold a `Box<dyn Gemm>` chosen at run time
+/// (`qforge bench gemm` does; `verify --device` does not use it yet: its forward is CPU-only).
 ///
 /// All matrices are row-major; weights are `[n, k]` (K-major, as checkpoints store them), so
 /// every product is `y[m, n] = Σ_k x[m, k] · w[n, k]`.
