@@ -16,6 +16,8 @@
 //! a pass takes the largest of the three. No GPU run has checked these figures (issue 21 ends
 //! blocked on a device).
 
+use std::io::Write;
+
 use anyhow::{bail, Result};
 use qforge_convert::{Checkpoint, ModelConfig};
 use serde::Serialize;
@@ -101,8 +103,8 @@ pub struct Pass {
     pub layer_bytes: u64,
     /// LM head and final norm, bytes (on the device for the logits).
     pub head_bytes: u64,
-    /// Tokens per pass (whole chunks).
-    pub tokens_per_pass: u64,
+    /// Tokens per pass over the layers (whole chunks).
+    pub batch_tokens: u64,
     /// Passes over the layers.
     pub passes: u64,
     /// Layers kept on the device across passes.
@@ -194,9 +196,9 @@ pub fn plan_pass(
     while per_pass > 1 && fixed + activations(c, per_pass * ctx, ctx) > gpu.free_bytes {
         per_pass -= 1;
     }
-    let tokens_per_pass = per_pass * ctx;
+    let batch_tokens = per_pass * ctx;
     let passes = chunks.div_ceil(per_pass);
-    let act = activations(c, tokens_per_pass, ctx);
+    let act = activations(c, batch_tokens, ctx);
     let spare = gpu.free_bytes - fixed - act;
     let nl = c.num_layers;
     let resident_layers = if passes > 1 {
@@ -236,7 +238,7 @@ pub fn plan_pass(
         weights,
         layer_bytes,
         head_bytes,
-        tokens_per_pass,
+        batch_tokens,
         passes,
         resident_layers,
         activation_bytes: act,
@@ -306,15 +308,18 @@ pub fn run(ckpt: &Checkpoint, args: &crate::cli::PlanArgs, gpu: &str) -> Result<
         bail!("--disk-rate must be positive");
     }
     let p = plan(&ckpt.config, &g, w, args.ctx, args.chunks, disk)?;
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::to_string_pretty(&json!({"device_verify": p}))?
-        );
+        )?;
         return Ok(());
     }
     let c = &ckpt.config;
-    println!(
+    writeln!(
+        out,
         "verify {} ({} layers, hidden {}) on {}: {} chunks × {} tokens, disk {}/s",
         args.target.display(),
         c.num_layers,
@@ -323,8 +328,9 @@ pub fn run(ckpt: &Checkpoint, args: &crate::cli::PlanArgs, gpu: &str) -> Result<
         args.chunks,
         args.ctx,
         human(args.disk_rate)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "{:<10} {:>9} {:>7} {:>7} {:>8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "forward",
         "layer",
@@ -337,13 +343,14 @@ pub fn run(ckpt: &Checkpoint, args: &crate::cli::PlanArgs, gpu: &str) -> Result<
         "copy",
         "disk",
         "estimate"
-    );
+    )?;
     for (name, q) in [("base bf16", &p.base), ("candidate", &p.candidate)] {
-        println!(
+        writeln!(
+            out,
             "{:<10} {:>9} {:>7} {:>7} {:>8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
             name,
             human(q.layer_bytes),
-            q.tokens_per_pass,
+            q.batch_tokens,
             q.passes,
             q.resident_layers,
             human(q.peak_bytes),
@@ -352,15 +359,16 @@ pub fn run(ckpt: &Checkpoint, args: &crate::cli::PlanArgs, gpu: &str) -> Result<
             secs(q.copy_seconds),
             secs(q.disk_seconds),
             secs(q.seconds)
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "N candidates: base once + N × candidate = {} + N × {} (the base forward is reused, \
          verify --base-cache); compute at {:.0} % of the dense peak; unmeasured (no GPU run)",
         secs(p.base.seconds),
         secs(p.candidate.seconds),
         GEMM_EFFICIENCY * 100.0
-    );
+    )?;
     Ok(())
 }
 
@@ -387,10 +395,7 @@ mod tests {
         );
         assert!(p.peak_bytes <= g.free_bytes);
         // 20 chunks × 512 tokens: 671 MB of f32 hidden states fit in one pass.
-        assert_eq!(
-            (p.tokens_per_pass, p.passes, p.resident_layers),
-            (10240, 1, 0)
-        );
+        assert_eq!((p.batch_tokens, p.passes, p.resident_layers), (10240, 1, 0));
         // every layer once, plus the head
         assert_eq!(p.copied_bytes, 126 * p.layer_bytes + p.head_bytes);
         // ~406 GB at 2 GB/s: the disk bounds the pass
@@ -413,7 +418,7 @@ mod tests {
                 + p.head_bytes
         );
         assert!(p.peak_bytes <= g.free_bytes, "{p:?}");
-        assert_eq!(p.tokens_per_pass % 512, 0);
+        assert_eq!(p.batch_tokens % 512, 0);
         // too small for two slots and the head: refused, not planned
         assert!(plan_pass(&c, &Gpu::parse("8GB").unwrap(), Weights::Fp8, 512, 4, 2e9).is_err());
     }

@@ -110,7 +110,11 @@ pub fn base_key(model: &Model, chunks: &Chunks, batch: usize, device: Device) ->
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    use std::fmt::Write as _;
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
 }
 
 /// Sizes of an entry's two data files, in bytes.
@@ -128,7 +132,7 @@ impl Layout {
         let c = model.config();
         let tokens = (chunks.n * chunks.ctx) as u64;
         Layout {
-            hidden_bytes: u64::from(c.num_layers) * tokens * c.hidden_size * 4,
+            hidden_bytes: c.num_layers * tokens * c.hidden_size * 4,
             logits_bytes: (chunks.n * chunks.scored_per_chunk()) as u64 * vocab as u64 * 4,
         }
     }

@@ -476,11 +476,7 @@ pub fn compare_run(
             }
         }
     };
-    let (mut pb, mut pq) = (Perplexity::default(), Perplexity::default());
-    let (mut per_b, mut per_q) = (Vec::new(), Vec::new());
-    let (mut own_b, mut own_q) = (Vec::new(), Vec::new());
-    let mut kld = Vec::new();
-    let mut same_top = 0usize;
+    let mut sc = Scores::default();
     let mut diff2 = vec![0f64; nl as usize];
     let mut base2 = vec![0f64; nl as usize];
     let (mut tb, mut tq) = (0f64, 0f64);
@@ -565,29 +561,7 @@ pub fn compare_run(
                 }
             }
             let targets = &chunks.chunk(b0 + c)[chunks.first() + 1..];
-            let rows: Vec<(f64, f64, f64, bool)> = lb
-                .par_chunks(out_b)
-                .zip(lq.par_chunks(head_q.out))
-                .zip(targets.par_iter())
-                .map(|((a, b), &t)| {
-                    (
-                        log_softmax_nll(a, t as usize),
-                        log_softmax_nll(b, t as usize),
-                        kld_row(a, b),
-                        top1(a) == top1(b),
-                    )
-                })
-                .collect();
-            let nll_b: Vec<f64> = rows.iter().map(|r| r.0).collect();
-            let nll_q: Vec<f64> = rows.iter().map(|r| r.1).collect();
-            pb.add(&nll_b);
-            pq.add(&nll_q);
-            per_b.push(pb.ppl());
-            per_q.push(pq.ppl());
-            own_b.push(chunk_ppl(&nll_b));
-            own_q.push(chunk_ppl(&nll_q));
-            kld.extend(rows.iter().map(|r| r.2));
-            same_top += rows.iter().filter(|r| r.3).count();
+            sc.add_chunk(&lb, &lq, head_q.out, targets);
         }
         let secs = t.elapsed().as_secs_f64();
         if cached {
@@ -603,10 +577,7 @@ pub fn compare_run(
         // the report shows the base's seconds when it was computed
         BaseSide::Cached(r) => (BaseOrigin::Cached(r.dir().to_path_buf()), 0.0, r.seconds),
     };
-    let comparison = summarize(
-        chunks, nl, &pb, &pq, per_b, per_q, own_b, own_q, kld, same_top, &diff2, &base2, tb_report,
-        tq,
-    );
+    let comparison = summarize(chunks, nl, sc, &diff2, &base2, tb_report, tq);
     Ok(CompareRun {
         comparison,
         base_origin,
@@ -616,24 +587,68 @@ pub fn compare_run(
     })
 }
 
-/// The figures of a comparison from its sums.
-#[allow(clippy::too_many_arguments)]
-fn summarize(
-    chunks: &Chunks,
-    nl: u32,
-    pb: &Perplexity,
-    pq: &Perplexity,
+/// The running figures of a comparison over its scored positions, chunk after chunk.
+#[derive(Default)]
+struct Scores {
+    pb: Perplexity,
+    pq: Perplexity,
     per_b: Vec<f64>,
     per_q: Vec<f64>,
     own_b: Vec<f64>,
     own_q: Vec<f64>,
     kld: Vec<f64>,
     same_top: usize,
+}
+
+impl Scores {
+    /// One chunk's scored logits of both models (`[rows, vocab]`) and its target tokens.
+    fn add_chunk(&mut self, lb: &[f32], lq: &[f32], vocab: usize, targets: &[u32]) {
+        let rows: Vec<(f64, f64, f64, bool)> = lb
+            .par_chunks(vocab)
+            .zip(lq.par_chunks(vocab))
+            .zip(targets.par_iter())
+            .map(|((a, b), &t)| {
+                (
+                    log_softmax_nll(a, t as usize),
+                    log_softmax_nll(b, t as usize),
+                    kld_row(a, b),
+                    top1(a) == top1(b),
+                )
+            })
+            .collect();
+        let nll_b: Vec<f64> = rows.iter().map(|r| r.0).collect();
+        let nll_q: Vec<f64> = rows.iter().map(|r| r.1).collect();
+        self.pb.add(&nll_b);
+        self.pq.add(&nll_q);
+        self.per_b.push(self.pb.ppl());
+        self.per_q.push(self.pq.ppl());
+        self.own_b.push(chunk_ppl(&nll_b));
+        self.own_q.push(chunk_ppl(&nll_q));
+        self.kld.extend(rows.iter().map(|r| r.2));
+        self.same_top += rows.iter().filter(|r| r.3).count();
+    }
+}
+
+/// The figures of a comparison from its sums.
+fn summarize(
+    chunks: &Chunks,
+    nl: u32,
+    sc: Scores,
     diff2: &[f64],
     base2: &[f64],
     tb: f64,
     tq: f64,
 ) -> Comparison {
+    let Scores {
+        pb,
+        pq,
+        per_b,
+        per_q,
+        own_b,
+        own_q,
+        kld,
+        same_top,
+    } = sc;
     let tokens = chunks.n * chunks.ctx;
     let result = |p: &Perplexity, per: Vec<f64>, own: Vec<f64>, secs: f64| PerplexityResult {
         ppl: p.ppl(),
@@ -670,16 +685,18 @@ fn summarize(
             _ => Some(l),
         })
         .map_or(0, |l| l.layer);
-    let base_r = result(pb, per_b, own_b, tb);
-    let quant_r = result(pq, per_q, own_q, tq);
-    let mut sorted = kld.clone();
+    let base_r = result(&pb, per_b, own_b, tb);
+    let quant_r = result(&pq, per_q, own_q, tq);
+    // the mean sums in scored order, before sorting
+    let kld_mean = kld.iter().sum::<f64>() / kld.len().max(1) as f64;
+    let mut sorted = kld;
     sorted.sort_by(f64::total_cmp);
     Comparison {
         ppl_drift_pct: (quant_r.ppl / base_r.ppl - 1.0) * 100.0,
-        kld_mean: kld.iter().sum::<f64>() / kld.len().max(1) as f64,
+        kld_mean,
         kld_p99: percentile(&sorted, 0.99),
         kld_max: sorted.last().copied().unwrap_or(0.0),
-        top1_pct: same_top as f64 * 100.0 / kld.len().max(1) as f64,
+        top1_pct: same_top as f64 * 100.0 / sorted.len().max(1) as f64,
         base: base_r,
         quant: quant_r,
         layers,
