@@ -226,4 +226,36 @@ fn reused_base_and_prefetch_change_no_report_byte() {
     assert_eq!(untimed(&redo), untimed(&tmp.path().join("1-plain.json")));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&redo).unwrap()).unwrap();
     assert!(v["result"]["kld_mean"].as_f64().unwrap() > 0.0);
+    // a modified entry (same size, one byte changed) is an error, not other figures
+    for e in std::fs::read_dir(&cache).unwrap() {
+        let f = e.unwrap().path().join("hidden.f32");
+        let mut b = std::fs::read(&f).unwrap();
+        b[100] ^= 0x40;
+        std::fs::write(&f, b).unwrap();
+    }
+    let bad = tmp.path().join("bad.json");
+    let o = qforge(&[
+        "verify",
+        s(&base),
+        s(&candidates[0]),
+        "--data",
+        s(&data),
+        "--ctx",
+        "32",
+        "--chunks",
+        "4",
+        "--batch-chunks",
+        "3",
+        "--report",
+        s(&bad),
+        "--base-cache",
+        s(&cache),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("hidden.f32") && err.contains("was modified"),
+        "{err}"
+    );
+    assert!(!bad.exists());
 }

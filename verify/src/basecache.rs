@@ -16,8 +16,9 @@
 //! evaluation tokens (SHA-256 of the ids, which covers text, tokenizer, ctx and chunk count), the
 //! protocol (batch size, KV rounding, activation quantization, device) and the CPU features the
 //! GEMM dispatches on. The key is also stored in the entry and compared on use; an entry whose
-//! files do not have exactly the expected sizes is ignored and rewritten. Entries are written
-//! in a staging directory and renamed into place when complete.
+//! files do not have exactly the expected sizes is ignored and rewritten, and one whose bytes
+//! differ from the SHA-256 recorded at writing (checked as they are read, at no extra pass) is
+//! an error. Entries are written in a staging directory and renamed into place when complete.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -138,14 +139,82 @@ impl Layout {
     }
 }
 
+/// One data file being written, with the SHA-256 of what went in.
+struct Out {
+    path: PathBuf,
+    w: BufWriter<File>,
+    sha: Sha256,
+}
+
+impl Out {
+    fn create(path: PathBuf) -> Result<Out> {
+        let f = File::create(&path).map_err(io(&path))?;
+        Ok(Out {
+            w: BufWriter::with_capacity(1 << 20, f),
+            path,
+            sha: Sha256::new(),
+        })
+    }
+
+    fn put(&mut self, v: &[f32]) -> Result<()> {
+        let mut bytes = Vec::with_capacity(v.len() * 4);
+        for x in v {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        self.sha.update(&bytes);
+        self.w.write_all(&bytes).map_err(io(&self.path))
+    }
+
+    /// Flush and sync; the hex digest.
+    fn close(&mut self) -> Result<String> {
+        self.w.flush().map_err(io(&self.path))?;
+        self.w.get_ref().sync_all().map_err(io(&self.path))?;
+        Ok(hex(&self.sha.clone().finalize()))
+    }
+}
+
+/// One data file being read back, checked against its recorded SHA-256 at the end.
+struct In {
+    path: PathBuf,
+    r: BufReader<File>,
+    sha: Sha256,
+    want: String,
+    buf: Vec<u8>,
+}
+
+impl In {
+    fn get(&mut self, out: &mut [f32]) -> Result<()> {
+        self.buf.resize(out.len() * 4, 0);
+        self.r.read_exact(&mut self.buf).map_err(io(&self.path))?;
+        self.sha.update(&self.buf);
+        for (o, b) in out.iter_mut().zip(self.buf.chunks_exact(4)) {
+            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<()> {
+        if hex(&self.sha.clone().finalize()) == self.want {
+            return Ok(());
+        }
+        Err(Error::Io {
+            path: self.path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the base cache entry does not match the SHA-256 recorded when it was written \
+                 (it was modified); delete its directory and run again",
+            ),
+        })
+    }
+}
+
 /// An entry found complete: read back in the order it was written.
 pub struct Reader {
     dir: PathBuf,
-    hidden: BufReader<File>,
-    logits: BufReader<File>,
+    hidden: In,
+    logits: In,
     /// The base's evaluation seconds when the entry was made.
     pub seconds: f64,
-    buf: Vec<u8>,
 }
 
 /// An entry being written.
@@ -153,8 +222,8 @@ pub struct Writer {
     staging: PathBuf,
     dest: PathBuf,
     key: BaseKey,
-    hidden: BufWriter<File>,
-    logits: BufWriter<File>,
+    hidden: Out,
+    logits: Out,
 }
 
 /// What [`lookup`] found.
@@ -177,16 +246,9 @@ pub fn lookup(root: &Path, key: &BaseKey, layout: Layout) -> Result<Lookup> {
         std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
     }
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    let create = |name: &str| -> Result<BufWriter<File>> {
-        let p = staging.join(name);
-        Ok(BufWriter::with_capacity(
-            1 << 20,
-            File::create(&p).map_err(io(&p))?,
-        ))
-    };
     Ok(Lookup::Miss(Writer {
-        hidden: create("hidden.f32")?,
-        logits: create("logits.f32")?,
+        hidden: Out::create(staging.join("hidden.f32"))?,
+        logits: Out::create(staging.join("logits.f32"))?,
         staging,
         dest,
         key: key.clone(),
@@ -199,52 +261,44 @@ fn open_entry(dir: &Path, key: &BaseKey, layout: Layout) -> Option<Reader> {
         return None;
     }
     let seconds = meta.get("seconds")?.as_f64()?;
-    let open = |name: &str, bytes: u64| -> Option<BufReader<File>> {
-        let f = File::open(dir.join(name)).ok()?;
-        (f.metadata().ok()?.len() == bytes).then(|| BufReader::with_capacity(1 << 20, f))
+    let open = |name: &str, bytes: u64| -> Option<In> {
+        let path = dir.join(name);
+        let f = File::open(&path).ok()?;
+        if f.metadata().ok()?.len() != bytes {
+            return None;
+        }
+        Some(In {
+            r: BufReader::with_capacity(1 << 20, f),
+            want: meta.get("sha256")?.get(name)?.as_str()?.to_owned(),
+            path,
+            sha: Sha256::new(),
+            buf: Vec::new(),
+        })
     };
     Some(Reader {
         hidden: open("hidden.f32", layout.hidden_bytes)?,
         logits: open("logits.f32", layout.logits_bytes)?,
         dir: dir.to_path_buf(),
         seconds,
-        buf: Vec::new(),
     })
-}
-
-fn write_f32(w: &mut BufWriter<File>, v: &[f32], path: &Path) -> Result<()> {
-    let mut bytes = Vec::with_capacity(v.len() * 4);
-    for x in v {
-        bytes.extend_from_slice(&x.to_le_bytes());
-    }
-    w.write_all(&bytes).map_err(io(path))
 }
 
 impl Writer {
     /// Append one layer's output of one batch.
     pub fn hidden(&mut self, h: &[f32]) -> Result<()> {
-        write_f32(&mut self.hidden, h, &self.staging.join("hidden.f32"))
+        self.hidden.put(h)
     }
 
     /// Append one chunk's scored logits.
     pub fn logits(&mut self, l: &[f32]) -> Result<()> {
-        write_f32(&mut self.logits, l, &self.staging.join("logits.f32"))
+        self.logits.put(l)
     }
 
     /// Complete the entry (the base took `seconds`) and move it into place. An entry another
     /// process completed first is kept (the two are identical).
     pub fn finish(mut self, seconds: f64) -> Result<PathBuf> {
-        for name in ["hidden.f32", "logits.f32"] {
-            let p = self.staging.join(name);
-            let w = if name == "hidden.f32" {
-                &mut self.hidden
-            } else {
-                &mut self.logits
-            };
-            w.flush().map_err(io(&p))?;
-            w.get_ref().sync_all().map_err(io(&p))?;
-        }
-        let meta = json!({"key": self.key.desc, "seconds": seconds});
+        let sha = json!({"hidden.f32": self.hidden.close()?, "logits.f32": self.logits.close()?});
+        let meta = json!({"key": self.key.desc, "seconds": seconds, "sha256": sha});
         let p = self.staging.join("base.json");
         let text = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Io {
             path: p.clone(),
@@ -280,31 +334,22 @@ impl Reader {
         &self.dir
     }
 
-    fn read(
-        r: &mut BufReader<File>,
-        buf: &mut Vec<u8>,
-        out: &mut [f32],
-        path: &Path,
-    ) -> Result<()> {
-        buf.resize(out.len() * 4, 0);
-        r.read_exact(buf).map_err(io(path))?;
-        for (o, b) in out.iter_mut().zip(buf.chunks_exact(4)) {
-            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        Ok(())
-    }
-
     /// The next layer output (`out.len()` values).
     pub fn hidden(&mut self, out: &mut [f32]) -> Result<()> {
-        let p = self.dir.join("hidden.f32");
-        Self::read(&mut self.hidden, &mut self.buf, out, &p)
+        self.hidden.get(out)
     }
 
     /// The next chunk's scored logits (`n` values).
     pub fn logits(&mut self, n: usize) -> Result<Vec<f32>> {
         let mut v = vec![0f32; n];
-        let p = self.dir.join("logits.f32");
-        Self::read(&mut self.logits, &mut self.buf, &mut v, &p)?;
+        self.logits.get(&mut v)?;
         Ok(v)
+    }
+
+    /// After the last read: whether every byte read is what was written (the files' recorded
+    /// SHA-256), so a modified entry fails instead of yielding other figures.
+    pub fn check(&self) -> Result<()> {
+        self.hidden.check()?;
+        self.logits.check()
     }
 }

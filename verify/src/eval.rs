@@ -575,7 +575,10 @@ pub fn compare_run(
         BaseSide::Live(None) => (BaseOrigin::Computed, tb, tb),
         BaseSide::Live(Some(w)) => (BaseOrigin::Stored(w.finish(tb)?), tb, tb),
         // the report shows the base's seconds when it was computed
-        BaseSide::Cached(r) => (BaseOrigin::Cached(r.dir().to_path_buf()), 0.0, r.seconds),
+        BaseSide::Cached(r) => {
+            r.check()?;
+            (BaseOrigin::Cached(r.dir().to_path_buf()), 0.0, r.seconds)
+        }
     };
     let comparison = summarize(chunks, nl, sc, &diff2, &base2, tb_report, tq);
     Ok(CompareRun {
