@@ -116,7 +116,8 @@ pub fn evaluate(args: &VerifyArgs) -> Result<Verified> {
         qforge_verify::compare_run(&base, &quant, &chunks, &opts)
     })??;
     log_stream(&run.stream, opts.prefetch);
-    note_base(&run, e.quiet);
+    tracing::info!("base forward: {:?}", run.base_origin);
+    note_base(&run, e.quiet || e.json);
     let c = run.comparison;
     let budgets = Budgets {
         max_ppl_drift_pct: args.max_ppl_drift,
@@ -152,7 +153,8 @@ pub fn evaluate(args: &VerifyArgs) -> Result<Verified> {
     })
 }
 
-/// On stderr (unless quiet): whether the base forward ran, and each side's seconds.
+/// On stderr (as the progress lines: not with --quiet or --json): whether the base forward ran,
+/// and each side's seconds.
 fn note_base(run: &qforge_verify::CompareRun, quiet: bool) {
     use qforge_verify::BaseOrigin;
     if quiet {
