@@ -407,6 +407,9 @@ impl Model {
 
     /// Embedding rows for `tokens` (`[tokens, hidden]`).
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if let Some(rows) = self.embed_rows(tokens)? {
+            return Ok(rows);
+        }
         let h = self.ckpt.config.hidden_size as usize;
         let e = self.ckpt.weight_f32(TensorId::TokenEmbedding)?;
         self.release(TensorId::TokenEmbedding);
@@ -423,6 +426,50 @@ impl Model {
             out.extend_from_slice(&e[t * h..(t + 1) * h]);
         }
         Ok(out)
+    }
+
+    /// [`Model::embed`] decoding only the rows asked for, for an embedding stored plainly
+    /// (any float or ggml block type, `[vocab, hidden]`, rows of whole blocks): the same bits as
+    /// decoding the whole table (each value, or each ggml block, decodes on its own), without
+    /// its `vocab·hidden` f32 copy (8.4 GB for Llama 3.1 405B). `None`: another storage.
+    fn embed_rows(&self, tokens: &[u32]) -> Result<Option<Vec<f32>>> {
+        let id = TensorId::TokenEmbedding;
+        let WeightStorage::Plain(dtype) = self.ckpt.weight_storage(id)? else {
+            return Ok(None);
+        };
+        let Some(t) = self.ckpt.part(id, qforge_convert::Part::Weight) else {
+            return Ok(None);
+        };
+        let h = self.ckpt.config.hidden_size;
+        let (vocab, row_bytes) = match (t.shape.as_slice(), dtype.bytes_for(h)) {
+            ([v, w], Ok(rb)) if *w == h && h > 0 => (*v, rb as usize),
+            _ => return Ok(None),
+        };
+        let bytes = self.ckpt.bytes(t)?;
+        if bytes.len() as u64 != vocab.saturating_mul(row_bytes as u64) {
+            return Ok(None);
+        }
+        let h = h as usize;
+        let mut out = vec![0f32; tokens.len() * h];
+        for (&tok, row) in tokens.iter().zip(out.chunks_exact_mut(h)) {
+            if u64::from(tok) >= vocab {
+                return Err(Error::InvalidOption {
+                    name: "tokens",
+                    reason: format!("token id {tok} is outside the embedding ({vocab} rows)"),
+                });
+            }
+            let at = tok as usize * row_bytes;
+            qforge_quantize::decode_to_f32(dtype, &bytes[at..at + row_bytes], row).map_err(
+                |source| qforge_convert::Error::Codec {
+                    path: self.ckpt.path.clone(),
+                    tensor: t.name.clone(),
+                    source,
+                },
+            )?;
+        }
+        drop(bytes);
+        self.release(id);
+        Ok(Some(out))
     }
 
     /// The final norm's weight.
