@@ -259,3 +259,44 @@ fn reused_base_and_prefetch_change_no_report_byte() {
     );
     assert!(!bad.exists());
 }
+
+#[test]
+fn pipeline_runs_the_base_forward_once_for_its_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    text(tmp.path());
+    let recipe = tmp.path().join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"
+[input]
+model = "{}"
+[output]
+dir = "out"
+[[quantize]]
+name = "fp8"
+scheme = "fp8-rowwise"
+[[quantize]]
+name = "i8"
+scheme = "int8-g32"
+[verify]
+data = "text.txt"
+ctx = 32
+chunks = 3
+"#,
+            fixture().display()
+        ),
+    )
+    .unwrap();
+    let o = qforge(&["pipeline", s(&recipe), "--json", "-v"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // -v logs each verification's base origin: computed and stored once, then reused
+    assert_eq!(err.matches("base forward: Stored(").count(), 1, "{err}");
+    assert_eq!(err.matches("base forward: Cached(").count(), 1, "{err}");
+    assert_eq!(err.matches("base forward: Computed").count(), 0, "{err}");
+    // the stored base does not outlive the run
+    let out = tmp.path().join("out");
+    assert!(out.join("report.json").is_file());
+    assert!(!out.join(".verify-base-cache").exists());
+}
