@@ -3,6 +3,12 @@
 //! so each weight is dequantized once per batch and memory holds one layer plus the
 //! activations. A verify run steps the base and the quantized model through the layers in
 //! lockstep and measures how far their hidden states drift apart after each layer.
+//!
+//! The weights arrive through [`crate::engine::stream_layers`] (layer `i+1` read on a helper
+//! thread while layer `i` computes, `EvalOptions::prefetch`), the arithmetic runs on a
+//! [`crate::backend::Backend`] (`EvalOptions::device`), and [`compare_run`] can read the base's
+//! side back from a [`crate::basecache`] entry instead of computing it. None of the three
+//! changes a result bit.
 
 use std::io::Write;
 use std::time::Instant;
