@@ -62,7 +62,8 @@ pub trait Backend: Sync {
     fn device(&self) -> Device;
 
     /// One transformer layer over `h` (`[chunks·ctx, hidden]`, chunks of `ctx` tokens, in
-    /// place), showing `observe` each linear's input with the linears that read it.
+    /// place), showing `observe` each linear's input with the linears that read it. A device
+    /// error (out of memory, a failed launch) is returned, never a panic.
     fn layer(
         &self,
         model: &Model,
@@ -71,11 +72,11 @@ pub trait Backend: Sync {
         h: &mut [f32],
         ctx: usize,
         observe: &mut dyn FnMut(&[LayerTensor], &[f32]),
-    );
+    ) -> Result<()>;
 
     /// Logits of `rows` positions of `h` (`[rows, hidden]`) through the final norm and the LM
     /// head: `[rows, head.out]`.
-    fn logits(&self, model: &Model, norm: &[f32], head: &Linear, h: &[f32]) -> Vec<f32>;
+    fn logits(&self, model: &Model, norm: &[f32], head: &Linear, h: &[f32]) -> Result<Vec<f32>>;
 }
 
 /// The CPU reference forward.
@@ -95,18 +96,19 @@ impl Backend for Cpu {
         h: &mut [f32],
         ctx: usize,
         observe: &mut dyn FnMut(&[LayerTensor], &[f32]),
-    ) {
+    ) -> Result<()> {
         crate::eval::run_layer_observed(model, lw, rope, h, ctx, observe);
+        Ok(())
     }
 
-    fn logits(&self, model: &Model, norm: &[f32], head: &Linear, h: &[f32]) -> Vec<f32> {
+    fn logits(&self, model: &Model, norm: &[f32], head: &Linear, h: &[f32]) -> Result<Vec<f32>> {
         let hid = model.config().hidden_size as usize;
         let rows = h.len() / hid.max(1);
         let mut x = h.to_vec();
         rms_norm(&mut x, hid, norm, model.config().rms_norm_eps as f32);
         let mut logits = vec![0f32; rows * head.out];
         head.forward(&x, rows, &mut logits);
-        logits
+        Ok(logits)
     }
 }
 

@@ -186,7 +186,7 @@ fn chunk_logits(
     head: &Linear,
     h: &[f32],
     chunks: &Chunks,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let hid = model.config().hidden_size as usize;
     let (first, rows) = (chunks.first(), chunks.scored_per_chunk());
     backend.logits(model, norm, head, &h[first * hid..(first + rows) * hid])
@@ -309,7 +309,7 @@ pub fn perplexity_run(
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
         let mut h = model.embed(toks)?;
         stream_layers(&[model], nl, opts.prefetch, &mut stats, |i, lw| {
-            backend.layer(model, &lw[0], &rope, &mut h, chunks.ctx, &mut |_, _| {});
+            backend.layer(model, &lw[0], &rope, &mut h, chunks.ctx, &mut |_, _| {})?;
             bar.step(format_args!(
                 "layer {}/{nl} (chunks {b0}..{})",
                 i + 1,
@@ -320,7 +320,7 @@ pub fn perplexity_run(
         let (norm, head) = model.head()?;
         for c in 0..nb {
             let hc = &h[c * chunks.ctx * hid..(c + 1) * chunks.ctx * hid];
-            let logits = chunk_logits(backend, model, &norm, &head, hc, chunks);
+            let logits = chunk_logits(backend, model, &norm, &head, hc, chunks)?;
             if b0 + c == 0 {
                 if let Some(p) = &opts.logits_out {
                     write_f32(p, &logits)?;
@@ -506,7 +506,7 @@ pub fn compare_run(
             match &mut side {
                 BaseSide::Live(w) => {
                     let t = Instant::now();
-                    backend.layer(base, &lw[0], &rope_b, &mut hb, chunks.ctx, &mut |_, _| {});
+                    backend.layer(base, &lw[0], &rope_b, &mut hb, chunks.ctx, &mut |_, _| {})?;
                     drop(lw);
                     tb += t.elapsed().as_secs_f64();
                     if let Some(w) = w {
@@ -516,7 +516,7 @@ pub fn compare_run(
                 BaseSide::Cached(r) => r.hidden(&mut hb)?,
             }
             let t = Instant::now();
-            backend.layer(quant, &lq, &rope_q, &mut hq, chunks.ctx, &mut |_, _| {});
+            backend.layer(quant, &lq, &rope_q, &mut hq, chunks.ctx, &mut |_, _| {})?;
             drop(lq);
             tq += t.elapsed().as_secs_f64();
             let (d, n) = drift_sums(&hb, &hq);
@@ -549,7 +549,8 @@ pub fn compare_run(
             let range = c * chunks.ctx * hid..(c + 1) * chunks.ctx * hid;
             let lb = match (&mut side, &base_head) {
                 (BaseSide::Live(w), Some((norm_b, head_b))) => {
-                    let l = chunk_logits(backend, base, norm_b, head_b, &hb[range.clone()], chunks);
+                    let l =
+                        chunk_logits(backend, base, norm_b, head_b, &hb[range.clone()], chunks)?;
                     if let Some(w) = w {
                         w.logits(&l)?;
                     }
@@ -560,7 +561,7 @@ pub fn compare_run(
                     return Err(Error::Mismatch("the base head was not read".into()))
                 }
             };
-            let lq = chunk_logits(backend, quant, &norm_q, &head_q, &hq[range], chunks);
+            let lq = chunk_logits(backend, quant, &norm_q, &head_q, &hq[range], chunks)?;
             if b0 + c == 0 {
                 if let Some(p) = &opts.logits_out {
                     write_f32(p, &lq)?;
@@ -818,7 +819,7 @@ pub fn collect_imatrix(
                 for k in &ks[1..] {
                     layer[slot(k)].copy_from_slice(&total);
                 }
-            });
+            })?;
             bar.step(format_args!(
                 "layer {}/{nl} (chunks {b0}..{})",
                 i + 1,
