@@ -3,9 +3,10 @@
 //! from its config alone.
 //!
 //! The device memory planner: given the GPU's free memory, it picks the tokens per pass (as
-//! many whole chunks as fit beside two layer slots, the LM head and the activations: every pass
+//! many whole chunks as fit beside two weight slots, the LM head and the activations: every pass
 //! streams the weights once, so fewer passes mean fewer copies) and then how many layers stay
-//! resident across passes in what is left. The time model is a bound, not a measurement:
+//! resident across passes in what is left. A slot holds a layer, or, when two layers do not
+//! fit, the layer's largest linear (the layer then streams linear by linear). The time model is a bound, not a measurement:
 //! - compute: `2·params·tokens` of the GEMMs plus the causal attention's `2·ctx²·heads·hd` per
 //!   chunk and layer, at [`GEMM_EFFICIENCY`] of the dense peak (FP8 weights run the FP8 peak);
 //! - host→device copies of the streamed layers at the PCIe rate ([`Gpu::h2d_bytes_per_s`]);
@@ -94,11 +95,41 @@ pub enum Weights {
     Bf16,
 }
 
+/// The unit of the weight stream: what one of the two device slots holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StreamUnit {
+    /// A whole layer.
+    Layer,
+    /// One linear (when two layers do not fit beside the head and the activations).
+    Linear,
+}
+
+/// Bytes of the largest of a layer's seven linears (gate/up/down for Llama shapes).
+fn largest_linear(c: &ModelConfig, weights: Weights) -> u64 {
+    let att = c.num_heads * c.head_dim;
+    let h = c.hidden_size;
+    let (out, inp) = [
+        (att, h),
+        (h, att),
+        (c.intermediate_size, h),
+        (h, c.intermediate_size),
+    ]
+    .into_iter()
+    .max_by_key(|(o, i)| o * i)
+    .unwrap_or((h, h));
+    match weights {
+        Weights::Fp8 => out * inp + out * 4,
+        Weights::Bf16 => out * inp * 2,
+    }
+}
+
 /// One model's forward on the device.
 #[derive(Debug, Clone, Serialize)]
 pub struct Pass {
     /// Weight storage.
     pub weights: Weights,
+    /// What one device slot holds.
+    pub stream_unit: StreamUnit,
     /// One layer's weights on the device, bytes.
     pub layer_bytes: u64,
     /// LM head and final norm, bytes (on the device for the logits).
@@ -181,13 +212,22 @@ pub fn plan_pass(
     // The LM head in BF16 (the fp8 layouts keep it unquantized) and the final norm; the
     // embedding rows are gathered on the host (verify's Model::embed) and copied as activations.
     let head_bytes = c.vocab_size * c.hidden_size * 2 + c.hidden_size * 2;
-    let fixed = 2 * layer_bytes + head_bytes;
-    if fixed + activations(c, ctx, ctx) > gpu.free_bytes {
+    // Double-buffered slots of a whole layer; when two do not fit, of the largest linear
+    // (the layer then streams linear by linear: the same bytes, more and smaller copies).
+    let linear_bytes = largest_linear(c, weights);
+    let one_chunk = activations(c, ctx, ctx);
+    let (stream_unit, slot_bytes) = if 2 * layer_bytes + head_bytes + one_chunk <= gpu.free_bytes {
+        (StreamUnit::Layer, layer_bytes)
+    } else {
+        (StreamUnit::Linear, linear_bytes)
+    };
+    let fixed = 2 * slot_bytes + head_bytes;
+    if fixed + one_chunk > gpu.free_bytes {
         bail!(
-            "{}: two layer slots ({}) and the LM head ({}) with one chunk's activations do not \
-             fit {} free",
+            "{}: two slots of the largest linear ({}) and the LM head ({}) with one chunk's \
+             activations do not fit {} free",
             gpu.name,
-            human(2 * layer_bytes),
+            human(2 * linear_bytes),
             human(head_bytes),
             human(gpu.free_bytes)
         );
@@ -236,6 +276,7 @@ pub fn plan_pass(
         + (passes - 1) as f64 * per_pass_compute.max(per_pass_copy);
     Ok(Pass {
         weights,
+        stream_unit,
         layer_bytes,
         head_bytes,
         batch_tokens,
@@ -331,9 +372,10 @@ pub fn run(ckpt: &Checkpoint, args: &crate::cli::PlanArgs, gpu: &str) -> Result<
     )?;
     writeln!(
         out,
-        "{:<10} {:>9} {:>7} {:>7} {:>8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "{:<10} {:>9} {:>6} {:>7} {:>7} {:>8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "forward",
         "layer",
+        "slot",
         "tok/pass",
         "passes",
         "resident",
@@ -347,9 +389,13 @@ pub fn run(ckpt: &Checkpoint, args: &crate::cli::PlanArgs, gpu: &str) -> Result<
     for (name, q) in [("base bf16", &p.base), ("candidate", &p.candidate)] {
         writeln!(
             out,
-            "{:<10} {:>9} {:>7} {:>7} {:>8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            "{:<10} {:>9} {:>6} {:>7} {:>7} {:>8} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
             name,
             human(q.layer_bytes),
+            match q.stream_unit {
+                StreamUnit::Layer => "layer",
+                StreamUnit::Linear => "linear",
+            },
             q.batch_tokens,
             q.passes,
             q.resident_layers,
@@ -419,7 +465,13 @@ mod tests {
         );
         assert!(p.peak_bytes <= g.free_bytes, "{p:?}");
         assert_eq!(p.batch_tokens % 512, 0);
-        // too small for two slots and the head: refused, not planned
-        assert!(plan_pass(&c, &Gpu::parse("8GB").unwrap(), Weights::Fp8, 512, 4, 2e9).is_err());
+        assert_eq!(p.stream_unit, StreamUnit::Layer);
+        // the BF16 base's two 6.38 GB layers do not fit beside the head: it streams linears
+        // (the largest, gate/up/down, 1.74 GB each)
+        let b = plan_pass(&c, &g, Weights::Bf16, 512, 400, 2e9).unwrap();
+        assert_eq!(b.stream_unit, StreamUnit::Linear, "{b:?}");
+        assert!(b.peak_bytes <= g.free_bytes, "{b:?}");
+        // too small for two linear slots and the head: refused, not planned
+        assert!(plan_pass(&c, &Gpu::parse("6GB").unwrap(), Weights::Fp8, 512, 4, 2e9).is_err());
     }
 }
