@@ -60,7 +60,7 @@ export QFORGE_REQUIRE_CHROMIUM=1
 phase_done "Python venv + chromium"
 
 echo "== interop tests (pytest)" >&2
-QFORGE_BIN="$PWD/target/release/qforge" "$PY" -m pytest -p no:cacheprovider -q -rs tests/interop
+QFORGE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/qforge" "$PY" -m pytest -p no:cacheprovider -q -rs tests/interop
 phase_done "interop (pytest)"
 
 echo "== CUDA kernels, compile-only (no GPU needed): nvcc/ptxas for sm_89 + sm_90a, fail on spills;" >&2
