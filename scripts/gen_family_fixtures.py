@@ -172,6 +172,41 @@ FAMILIES = {
                  "larger, so the norms rescale), head_dim 32 != hidden/heads 16, tied embeddings, "
                  "Qwen2's pre-tokenizer, no BOS",
     },
+    "mixtral": {
+        "config": "MixtralConfig",
+        "tokenizer": "llama3",
+        "seed": 8,
+        # intermediate_size is one expert's width (MixtralBlockSparseTop2MLP)
+        "args": {"head_dim": 16, "rope_theta": 1000000.0, "max_position_embeddings": 4096,
+                 "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "intermediate_size": 16,
+                 "num_local_experts": 8, "num_experts_per_tok": 2, "router_jitter_noise": 0.0},
+        "wrong": ["top1_router", "router_unnormalised"],
+        # With 4 experts at the usual scale the top-2 weights summed near 1 and dropping the
+        # renormalisation moved the perplexity by 0.17 % (0.47 % with the router 10x smaller): 8
+        # experts of width 16 and a 10x smaller router start flat (top-2 weights near 1/8 each),
+        # and 4x larger experts' outputs make the FFN matter.
+        "init_scale": {"gate": 0.1, "w2": 4.0},
+        "about": "Mixtral: 8 experts of width 16, top-2 softmax routing with the top-2 weights "
+                 "renormalised, in every block (router initialised 10x smaller, experts' w2 4x larger); Llama 3's byte-level BPE tokenizer as a stand-in "
+                 "for Mixtral's SentencePiece",
+    },
+    "qwen3moe": {
+        "config": "Qwen3MoeConfig",
+        "tokenizer": "qwen2",
+        "seed": 30,
+        # every block sparse: llama.cpp's qwen3moe has no dense blocks (conversion/qwen.py maps
+        # no mlp.gate_proj for it; src/models/qwen3moe.cpp requires ffn_gate_inp in each block)
+        "args": {"head_dim": 32, "rope_theta": 1000000.0, "max_position_embeddings": 4096,
+                 "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "attention_bias": False,
+                 "use_sliding_window": False, "num_experts": 8, "num_experts_per_tok": 2,
+                 "moe_intermediate_size": 16, "norm_topk_prob": True, "decoder_sparse_step": 1,
+                 "mlp_only_layers": []},
+        "wrong": ["top1_router", "router_unnormalised"],
+        "init_scale": {"q_proj": 8.0, "k_proj": 8.0, "gate": 0.1, "down_proj": 4.0},
+        "about": "Qwen3-MoE: Qwen3 attention (q/k RMSNorm, head_dim 32), 8 experts of width 16, "
+                 "top-2 softmax routing with norm_topk_prob (router 10x smaller, down_proj 4x larger at init), every block sparse (llama.cpp's qwen3moe "
+                 "has no dense blocks), tied embeddings, Qwen2's pre-tokenizer, no BOS",
+    },
 }
 
 DISCRIMINATES = 0.01  # each wrong forward must move the perplexity by more than this, relative
@@ -378,6 +413,10 @@ def wrong_model(name: str, how: str, good_dir: Path):
         cfg.rope_scaling = None
     elif how == "window_ignored":
         cfg.sliding_window = None
+    elif how == "top1_router":
+        cfg.num_experts_per_tok = 1
+    elif how == "router_unnormalised" and hasattr(cfg, "norm_topk_prob"):
+        cfg.norm_topk_prob = False
     m = transformers.AutoModelForCausalLM.from_pretrained(good_dir, config=cfg, dtype=torch.float32,
                                                           attn_implementation="eager")
     if how == "rope_scaling_ignored":
@@ -393,6 +432,22 @@ def wrong_model(name: str, how: str, good_dir: Path):
         for layer in m.model.layers:
             layer.self_attn.q_norm = torch.nn.Identity()
             layer.self_attn.k_norm = torch.nn.Identity()
+    elif how == "top1_router":
+        for layer in m.model.layers:
+            block = getattr(layer, "block_sparse_moe", None) or layer.mlp
+            assert block.top_k == 1
+    elif how == "router_unnormalised":
+        if cfg.model_type == "mixtral":
+            # MixtralSparseMoeBlock.forward always renormalises; Qwen3MoeSparseMoeBlock.forward is
+            # the same computation with the renormalisation under norm_topk_prob
+            import types
+            from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+            for layer in m.model.layers:
+                block = layer.block_sparse_moe
+                block.norm_topk_prob = False
+                block.forward = types.MethodType(Qwen3MoeSparseMoeBlock.forward, block)
+        else:
+            assert all(not layer.mlp.norm_topk_prob for layer in m.model.layers)
     else:
         raise ValueError(how)
     m.eval()

@@ -87,6 +87,12 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
         add(hc, &x);
         x.copy_from_slice(hc);
         rms_norm(&mut x, hid, &lw.ffn_norm, eps);
+        if let Some(m) = &lw.moe {
+            let xn = x.clone();
+            crate::moe::ffn(m, &xn, ctx, hid, &mut x, observe);
+            add(hc, &x);
+            continue;
+        }
         observe(&[LayerTensor::Gate, LayerTensor::Up], &x);
         lw.gate.project(&x, ctx, &mut g);
         lw.up.project(&x, ctx, &mut u);
