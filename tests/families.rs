@@ -26,7 +26,9 @@ const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
 const PPL_REL: f64 = 1e-4;
 
 /// Every family fixture, checked in CI.
-const FAMILIES: &[&str] = &["llama31", "llama32", "mistral", "qwen2", "qwen3"];
+const FAMILIES: &[&str] = &[
+    "llama31", "llama32", "mistral", "qwen2", "qwen3", "mixtral", "qwen3moe",
+];
 
 /// Fixtures whose sliding window GGUF cannot hold: llama.cpp's converter writes Mistral as
 /// `llama` with no window key and llama.cpp's llama graph has none (convert_hf_to_gguf.py
@@ -76,6 +78,14 @@ const CONFIG_KEYS: &[&str] = &[
     "sliding_window",
     "bos_token_id",
     "eos_token_id",
+    // mixtures of experts (MixtralConfig, Qwen3MoeConfig)
+    "num_local_experts",
+    "num_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "norm_topk_prob",
+    "decoder_sparse_step",
+    "mlp_only_layers",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -209,9 +219,38 @@ fn gguf_keys(path: &Path) -> Result<Vec<(String, GgufValue)>, String> {
         .collect())
 }
 
+/// Every tensor of a GGUF file as the file stores it (3-D expert stacks whole, not the
+/// per-expert slices [`Checkpoint`] reads them as): name -> (ne, type, bytes).
+fn gguf_file_tensors(path: &Path) -> Result<BTreeMap<String, (Vec<u64>, DType, Vec<u8>)>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let (_, infos) = qforge_convert::gguf::parse(&bytes).map_err(|e| format!("{e:?}"))?;
+    Ok(infos
+        .into_iter()
+        .map(|t| {
+            let at = t.absolute_offset as usize;
+            let data = bytes[at..at + t.nbytes as usize].to_vec();
+            (t.name, (t.ne, t.dtype, data))
+        })
+        .collect())
+}
+
 /// `qforge convert --to gguf` of the HF directory against `convert_hf_to_gguf.py`'s file.
 fn same_as_llama_cpp(ours: &Path, name: &str, lossy: bool) -> Result<(), String> {
     let theirs = fixture(name).join(format!("{name}.gguf"));
+    let (a, b) = (gguf_file_tensors(ours)?, gguf_file_tensors(&theirs)?);
+    if a.keys().ne(b.keys()) {
+        return Err(format!(
+            "GGUF tensor names vs convert_hf_to_gguf.py: {:?} vs {:?}",
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>()
+        ));
+    }
+    let differ: Vec<&String> = a.iter().filter(|(n, t)| b[*n] != **t).map(|(n, _)| n).collect();
+    if !differ.is_empty() {
+        return Err(format!(
+            "GGUF tensors (ne, type, bytes) differ from convert_hf_to_gguf.py's: {differ:?}"
+        ));
+    }
     same_tensors(
         &tensors(ours)?,
         &tensors(&theirs)?,

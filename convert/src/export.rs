@@ -78,8 +78,9 @@ pub fn hf_config_json(cfg: &ModelConfig, dtype: DType) -> Value {
         "vocab_size": cfg.vocab_size,
     });
     let m = v.as_object_mut().expect("an object");
-    if !spec.qkv_bias {
-        // the classes with a bias switch (Llama, Qwen3) leave it off
+    if !spec.qkv_bias && cfg.family != crate::family::Family::Mixtral {
+        // the classes with a bias switch (Llama, Qwen3, Qwen3-MoE) leave it off; MixtralConfig
+        // has none
         m.insert("attention_bias".into(), json!(false));
     }
     if spec.hf_head_dim {
