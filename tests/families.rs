@@ -416,3 +416,47 @@ fn every_fixture_is_listed_and_discriminates() {
         }
     }
 }
+
+/// The mixture-of-experts fixtures' wrong routers, as config changes qforge reads: top-1
+/// instead of top-2 (`num_experts_per_tok: 1`) and, where the config can say it, no
+/// renormalisation of the top-k weights (Qwen3-MoE `norm_topk_prob: false`). qforge's
+/// perplexity of each equals transformers' for that wrong forward within 1e-4 (so the forward
+/// follows the config), and each moves the perplexity by more than 1 %. Mixtral always
+/// renormalises (MixtralSparseMoeBlock), so its `router_unnormalised` figure is transformers'
+/// alone.
+#[test]
+fn wrong_routers_match_transformers_and_move_perplexity() {
+    let t = tempfile::tempdir().unwrap();
+    let mut log = Vec::new();
+    for (name, how, key, value) in [
+        ("mixtral", "top1_router", "num_experts_per_tok", Value::from(1)),
+        ("qwen3moe", "top1_router", "num_experts_per_tok", Value::from(1)),
+        (
+            "qwen3moe",
+            "router_unnormalised",
+            "norm_topk_prob",
+            Value::from(false),
+        ),
+    ] {
+        let e = expected(name);
+        let dir = t.path().join(format!("{name}-{how}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in std::fs::read_dir(fixture(name)).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|x| x == "gguf") {
+                continue;
+            }
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+        let mut c = config(&dir).unwrap();
+        c[key] = value;
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        same_perplexity(&dir, &e, Some(how), &mut log).unwrap_or_else(|x| panic!("{x}"));
+        let (right, wrong) = (
+            e["transformers_f32"]["ppl"].as_f64().unwrap(),
+            e["wrong_forwards"][how]["ppl"].as_f64().unwrap(),
+        );
+        assert!((wrong - right).abs() / right > 0.01, "{name}/{how}");
+    }
+    eprintln!("{}", log.join("\n"));
+}
