@@ -178,15 +178,15 @@ FAMILIES = {
         "seed": 8,
         # intermediate_size is one expert's width (MixtralBlockSparseTop2MLP)
         "args": {"head_dim": 16, "rope_theta": 1000000.0, "max_position_embeddings": 4096,
-                 "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "intermediate_size": 16,
-                 "num_local_experts": 8, "num_experts_per_tok": 2, "router_jitter_noise": 0.0},
+                 "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "intermediate_size": 32,
+                 "num_local_experts": 6, "num_experts_per_tok": 2, "router_jitter_noise": 0.0},
         "wrong": ["top1_router", "router_unnormalised"],
         # With 4 experts at the usual scale the top-2 weights summed near 1 and dropping the
-        # renormalisation moved the perplexity by 0.17 % (0.47 % with the router 10x smaller): 8
-        # experts of width 16 and a 10x smaller router start flat (top-2 weights near 1/8 each),
-        # and 4x larger experts' outputs make the FFN matter.
+        # renormalisation moved the perplexity by 0.17 % (0.47 % with the router 10x smaller): 6
+        # experts and a 10x smaller router start flat (top-2 weights near 1/6 each), and 4x
+        # larger experts' outputs make the FFN matter. Width 32: whole Q8_0 and INT4 g32 groups.
         "init_scale": {"gate": 0.1, "w2": 4.0},
-        "about": "Mixtral: 8 experts of width 16, top-2 softmax routing with the top-2 weights "
+        "about": "Mixtral: 6 experts of width 32, top-2 softmax routing with the top-2 weights "
                  "renormalised, in every block (router initialised 10x smaller, experts' w2 4x larger); Llama 3's byte-level BPE tokenizer as a stand-in "
                  "for Mixtral's SentencePiece",
     },
@@ -198,12 +198,12 @@ FAMILIES = {
         # no mlp.gate_proj for it; src/models/qwen3moe.cpp requires ffn_gate_inp in each block)
         "args": {"head_dim": 32, "rope_theta": 1000000.0, "max_position_embeddings": 4096,
                  "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "attention_bias": False,
-                 "use_sliding_window": False, "num_experts": 8, "num_experts_per_tok": 2,
-                 "moe_intermediate_size": 16, "norm_topk_prob": True, "decoder_sparse_step": 1,
+                 "use_sliding_window": False, "num_experts": 6, "num_experts_per_tok": 2,
+                 "moe_intermediate_size": 32, "norm_topk_prob": True, "decoder_sparse_step": 1,
                  "mlp_only_layers": []},
         "wrong": ["top1_router", "router_unnormalised"],
         "init_scale": {"q_proj": 8.0, "k_proj": 8.0, "gate": 0.1, "down_proj": 4.0},
-        "about": "Qwen3-MoE: Qwen3 attention (q/k RMSNorm, head_dim 32), 8 experts of width 16, "
+        "about": "Qwen3-MoE: Qwen3 attention (q/k RMSNorm, head_dim 32), 6 experts of width 32, "
                  "top-2 softmax routing with norm_topk_prob (router 10x smaller, down_proj 4x larger at init), every block sparse (llama.cpp's qwen3moe "
                  "has no dense blocks), tied embeddings, Qwen2's pre-tokenizer, no BOS",
     },

@@ -14,7 +14,7 @@
 use serde::Serialize;
 
 use crate::checkpoint::Format;
-use crate::names::{HfMoeNames, LayerTensor, NameScheme, TensorKey};
+use crate::names::{HfMoeNames, LayerTensor, NameMatch, NameScheme, TensorId, TensorKey};
 
 /// A model family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -358,6 +358,33 @@ impl Family {
         match self.spec().moe {
             Some(m) => m.hf_names.name(key),
             None => NameScheme::Hf.name(key),
+        }
+    }
+
+    /// `name` (an HF tensor name, or a module name without a part suffix) in this family's
+    /// spelling of its router and expert modules; any other name unchanged.
+    pub fn hf_spelling(self, name: &str) -> String {
+        let Some(moe) = self.spec().moe else {
+            return name.to_owned();
+        };
+        let (full, module) = match NameScheme::Hf.parse(name) {
+            NameMatch::Tensor(k) => (k, false),
+            _ => match NameScheme::Hf.parse(&format!("{name}.weight")) {
+                NameMatch::Tensor(k) => (k, true),
+                _ => return name.to_owned(),
+            },
+        };
+        let is_moe = matches!(
+            full.id,
+            TensorId::Layer {
+                kind: LayerTensor::Router | LayerTensor::Expert { .. },
+                ..
+            }
+        );
+        match moe.hf_names.name(full).filter(|_| is_moe) {
+            Some(n) if module => n.strip_suffix(".weight").unwrap_or(&n).to_owned(),
+            Some(n) => n,
+            None => name.to_owned(),
         }
     }
 

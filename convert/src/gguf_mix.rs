@@ -17,7 +17,10 @@ use qforge_quantize::{ggml_quant, DType};
 use crate::checkpoint::{Checkpoint, Format, TensorEntry};
 use crate::error::{Error, Result};
 use crate::export::{encode_float, rope_direction, rope_heads, Written};
-use crate::export_gguf::{gguf_order, llama3_rope_factors, model_metadata, tokenizer_metadata};
+use crate::export_gguf::{
+    gguf_order, gguf_specs, gguf_tensor_name, llama3_rope_factors, model_metadata,
+    tokenizer_metadata,
+};
 use crate::gguf::GgufValue;
 use crate::names::{NameScheme, Part, TensorId, TensorKey};
 use crate::notes::Note;
@@ -229,7 +232,11 @@ fn category(name: &str) -> Category {
 
 /// llama.cpp's `tensor_allows_quantization` for a Llama model (no MoE, no multimodal).
 fn allows_quantization(t: &MixTensor) -> bool {
-    t.n_dims >= 2 && t.name.ends_with("weight") && !t.name.contains("_norm.weight")
+    // the MoE router stays as it is (`quantize &= name.find("ffn_gate_inp.weight") == npos`)
+    t.n_dims >= 2
+        && t.name.ends_with("weight")
+        && !t.name.contains("_norm.weight")
+        && !t.name.contains("ffn_gate_inp.weight")
 }
 
 /// `blk.N.` → N, else −1 (llama_model_loader's `weight_name_comparer`).
@@ -471,6 +478,8 @@ pub fn quantize_to_gguf(
     );
     notes.extend(crate::export_gguf::window_lost(&ckpt.config));
     notes.extend(crate::export_gguf::class_lost(&ckpt.config));
+    notes.extend(crate::export_gguf::moe_lost(&ckpt.config));
+    crate::export_gguf::check_moe_gguf(&ckpt.config, &ckpt.path)?;
     entries.sort_by_key(|t| gguf_order(&t.key));
     let name_of = |t: &TensorEntry| {
         NameScheme::Gguf
@@ -488,17 +497,29 @@ pub fn quantize_to_gguf(
             current: DType::F32,
         });
     }
+    // entry → its GGUF tensor in mix_tensors: the experts of a block's projection are one 3-D
+    // stack (one type for the stack, as llama-quantize chooses it), written expert by expert
+    let mut mix_of: Vec<usize> = Vec::with_capacity(entries.len());
     for t in &entries {
+        let (stack, expert) = match gguf_tensor_name(t.key) {
+            Some((n, Some(e))) => (Some(n), e),
+            _ => (None, 0),
+        };
+        if expert > 0 {
+            mix_of.push(mix_tensors.len() - 1);
+            continue;
+        }
         let shape = ckpt.config.expected_shape(t.key.id);
         let current = if shape.len() == 1 || !matches!(t.dtype, DType::F16 | DType::BF16) {
             DType::F32
         } else {
             t.dtype
         };
+        mix_of.push(mix_tensors.len());
         mix_tensors.push(MixTensor {
-            name: name_of(t),
+            n_dims: shape.len() + usize::from(stack.is_some()),
+            name: stack.unwrap_or_else(|| name_of(t)),
             ne0: shape.last().copied().unwrap_or(1),
-            n_dims: shape.len(),
             current,
         });
         shapes.push(shape);
@@ -514,13 +535,13 @@ pub fn quantize_to_gguf(
         // Scan what would be quantized; `skip` keeps the tensors with bad values in F32.
         let offset = usize::from(rope_factors.is_some());
         for (i, t) in entries.iter().enumerate() {
-            let c = &mut choices[i + offset];
+            let c = &mut choices[mix_of[i] + offset];
             if !c.dtype.is_block() || t.key.part != Part::Weight {
                 continue;
             }
             if let Some(f) = opts.numerics.scan(ckpt, t.key.id)? {
                 notes.push(Note::requested(
-                    opts.numerics.note(&mix_tensors[i + offset].name, &f),
+                    opts.numerics.note(&mix_tensors[mix_of[i] + offset].name, &f),
                 ));
                 if opts.numerics.policy == WeightPolicy::Skip {
                     c.dtype = DType::F32;
@@ -547,16 +568,25 @@ pub fn quantize_to_gguf(
             }
         }
     }
-    let specs: Vec<GgufTensorSpec> = mix_tensors
+    let offset = usize::from(rope_factors.is_some());
+    let mut specs: Vec<GgufTensorSpec> = mix_tensors
         .iter()
         .zip(&choices)
         .zip(&shapes)
+        .take(offset)
         .map(|((mt, c), shape)| GgufTensorSpec {
             name: mt.name.clone(),
             dtype: c.dtype,
             shape: shape.clone(),
         })
         .collect();
+    specs.extend(gguf_specs(
+        &ckpt.path,
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| (t, choices[mix_of[i] + offset].dtype)),
+    )?);
     // general.name from the source GGUF, or from an HF source's model card (as
     // convert_hf_to_gguf.py names the file from it)
     let card = crate::export::model_card_fields(ckpt);
@@ -616,9 +646,8 @@ pub fn quantize_to_gguf(
         idx = 1;
     }
     let mut buf = Vec::new();
-    for t in &entries {
-        let (mt, c) = (&mix_tensors[idx], choices[idx]);
-        idx += 1;
+    for (i, t) in entries.iter().enumerate() {
+        let (mt, c) = (&mix_tensors[mix_of[i] + idx], choices[mix_of[i] + idx]);
         crate::export::reset_buffer(&mut buf);
         let same_layout = rope_direction(&ckpt.config, ckpt.format, Format::Gguf).is_none()
             || rope_heads(&ckpt.config, t.key).is_none();
@@ -672,7 +701,8 @@ pub fn quantize_to_gguf(
                 })?;
             }
         }
-        w.write_tensor(&mt.name, &buf)
+        // an expert is one piece of its stack
+        w.write_part(&mt.name, &buf)
             .map_err(|e| Error::io(&path, e))?;
     }
     let file = w.finish().map_err(|e| Error::io(&path, e))?;
