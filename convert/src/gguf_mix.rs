@@ -162,6 +162,8 @@ pub struct MixModel {
     pub n_head_kv: u64,
     /// Whether an importance matrix is used (changes Q4_0/Q5_0 ffn_down of early blocks).
     pub has_imatrix: bool,
+    /// Experts per MoE block (0 for a dense model); 8 (Mixtral) raises attention types.
+    pub n_expert: u64,
 }
 
 /// One tensor as the type rules see it.
@@ -310,7 +312,15 @@ fn mix_type(mix: GgufMix, m: &MixModel, st: &mut State, t: &MixTensor, cat: Cate
         if is_70b && matches!(new, DType::Q3_K | DType::Q4_K) {
             new = DType::Q5_K;
         }
+        // "for the 8-expert model, bumping this to Q8_0 trades just ~128MB"
+        if m.n_expert == 8 {
+            new = DType::Q8_0;
+        }
         st.i_attention_wv += 1;
+    } else if cat == Category::AttnK {
+        if m.n_expert == 8 {
+            new = DType::Q8_0;
+        }
     } else if cat == Category::FfnDown {
         let (i, n) = (st.i_ffn_down, st.n_ffn_down);
         match mix {
@@ -330,11 +340,20 @@ fn mix_type(mix: GgufMix, m: &MixModel, st: &mut State, t: &MixTensor, cat: Cate
         }
         st.i_ffn_down += 1;
     } else if cat == Category::AttnOutput {
-        match mix {
-            F::Q2_K => new = DType::Q3_K,
-            F::Q3_K_M => new = DType::Q4_K,
-            F::Q3_K_L => new = DType::Q5_K,
-            _ => {}
+        if m.n_expert == 8 {
+            if matches!(
+                mix,
+                F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::Q4_K_S | F::Q4_K_M
+            ) {
+                new = DType::Q5_K;
+            }
+        } else {
+            match mix {
+                F::Q2_K => new = DType::Q3_K,
+                F::Q3_K_M => new = DType::Q4_K,
+                F::Q3_K_L => new = DType::Q5_K,
+                _ => {}
+            }
         }
     }
     new
@@ -529,6 +548,7 @@ pub fn quantize_to_gguf(
         n_head: ckpt.config.num_heads,
         n_head_kv: ckpt.config.num_kv_heads,
         has_imatrix: opts.imatrix.as_ref().is_some_and(|m| !m.is_empty()),
+        n_expert: ckpt.config.moe.as_ref().map_or(0, |m| m.num_experts),
     };
     let mut choices = choose_types(mix, &model, &mix_tensors);
     if opts.numerics.policy != WeightPolicy::Error {
@@ -785,6 +805,72 @@ mod tests {
         v
     }
 
+    /// An 8-expert Mixtral-like model (hidden 512, experts of 512, 4 blocks): the types
+    /// llama-quantize (pinned llama.cpp) chose for a transformers-made random model of these
+    /// widths, converted to F32 GGUF by qforge (qforge's bytes were identical too).
+    #[test]
+    fn eight_experts_raise_attention_types_like_llama_cpp() {
+        let mut t = vec![
+            MixTensor {
+                name: "token_embd.weight".into(),
+                ne0: 512,
+                n_dims: 2,
+                current: DType::F32,
+            },
+            MixTensor {
+                name: "output.weight".into(),
+                ne0: 512,
+                n_dims: 2,
+                current: DType::F32,
+            },
+        ];
+        for i in 0..4 {
+            for (n, ne0, d) in [
+                ("attn_q", 512, 2),
+                ("attn_k", 512, 2),
+                ("attn_v", 512, 2),
+                ("attn_output", 512, 2),
+                ("ffn_gate_inp", 512, 2),
+                ("ffn_gate_exps", 512, 3),
+                ("ffn_up_exps", 512, 3),
+                ("ffn_down_exps", 512, 3),
+                ("attn_norm", 512, 1),
+            ] {
+                t.push(MixTensor {
+                    name: format!("blk.{i}.{n}.weight"),
+                    ne0,
+                    n_dims: d,
+                    current: DType::F32,
+                });
+            }
+        }
+        let m = MixModel {
+            n_layers: 4,
+            n_head: 8,
+            n_head_kv: 2,
+            has_imatrix: false,
+            n_expert: 8,
+        };
+        use DType as D;
+        for (mix, attn_out, down0, gate) in [
+            (GgufMix::Q4_K_M, D::Q5_K, D::Q4_K, D::Q4_K),
+            (GgufMix::Q3_K_M, D::Q5_K, D::Q4_K, D::Q3_K),
+            (GgufMix::Q2_K, D::Q5_K, D::Q3_K, D::Q2_K),
+            (GgufMix::Q3_K_L, D::Q3_K, D::Q5_K, D::Q3_K),
+            (GgufMix::Q5_K_M, D::Q5_K, D::Q5_K, D::Q5_K),
+        ] {
+            let c = choose_types(mix, &m, &t);
+            let get = |name: &str| c[t.iter().position(|x| x.name == name).unwrap()].dtype;
+            assert_eq!(get("blk.0.attn_v.weight"), D::Q8_0, "{mix:?}");
+            assert_eq!(get("blk.0.attn_k.weight"), D::Q8_0, "{mix:?}");
+            assert_eq!(get("blk.0.attn_output.weight"), attn_out, "{mix:?}");
+            assert_eq!(get("blk.0.ffn_down_exps.weight"), down0, "{mix:?}");
+            assert_eq!(get("blk.0.ffn_gate_exps.weight"), gate, "{mix:?}");
+            assert_eq!(get("blk.0.ffn_gate_inp.weight"), D::F32, "{mix:?}");
+            assert_eq!(get("output.weight"), D::Q6_K, "{mix:?}");
+        }
+    }
+
     #[test]
     fn q4_k_m_on_a_576_wide_model_falls_back_like_llama_cpp() {
         let t = smollm2_like(true);
@@ -793,6 +879,7 @@ mod tests {
             n_head: 9,
             n_head_kv: 3,
             has_imatrix: false,
+            n_expert: 0,
         };
         let c = choose_types(GgufMix::Q4_K_M, &m, &t);
         let get = |name: &str| c[t.iter().position(|x| x.name == name).unwrap()].dtype;
@@ -821,6 +908,7 @@ mod tests {
             n_head: 9,
             n_head_kv: 3,
             has_imatrix: false,
+            n_expert: 0,
         };
         let c = choose_types(GgufMix::Q4_K_M, &m, &t);
         let get = |name: &str| c[t.iter().position(|x| x.name == name).unwrap()].dtype;
