@@ -221,7 +221,10 @@ fn gguf_keys(path: &Path) -> Result<Vec<(String, GgufValue)>, String> {
 
 /// Every tensor of a GGUF file as the file stores it (3-D expert stacks whole, not the
 /// per-expert slices [`Checkpoint`] reads them as): name -> (ne, type, bytes).
-fn gguf_file_tensors(path: &Path) -> Result<BTreeMap<String, (Vec<u64>, DType, Vec<u8>)>, String> {
+/// GGUF tensors as stored: name -> (ne, type, bytes).
+type FileTensors = BTreeMap<String, (Vec<u64>, DType, Vec<u8>)>;
+
+fn gguf_file_tensors(path: &Path) -> Result<FileTensors, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let (_, infos) = qforge_convert::gguf::parse(&bytes).map_err(|e| format!("{e:?}"))?;
     Ok(infos
@@ -245,7 +248,11 @@ fn same_as_llama_cpp(ours: &Path, name: &str, lossy: bool) -> Result<(), String>
             b.keys().collect::<Vec<_>>()
         ));
     }
-    let differ: Vec<&String> = a.iter().filter(|(n, t)| b[*n] != **t).map(|(n, _)| n).collect();
+    let differ: Vec<&String> = a
+        .iter()
+        .filter(|(n, t)| b[*n] != **t)
+        .map(|(n, _)| n)
+        .collect();
     if !differ.is_empty() {
         return Err(format!(
             "GGUF tensors (ne, type, bytes) differ from convert_hf_to_gguf.py's: {differ:?}"
@@ -429,8 +436,18 @@ fn wrong_routers_match_transformers_and_move_perplexity() {
     let t = tempfile::tempdir().unwrap();
     let mut log = Vec::new();
     for (name, how, key, value) in [
-        ("mixtral", "top1_router", "num_experts_per_tok", Value::from(1)),
-        ("qwen3moe", "top1_router", "num_experts_per_tok", Value::from(1)),
+        (
+            "mixtral",
+            "top1_router",
+            "num_experts_per_tok",
+            Value::from(1),
+        ),
+        (
+            "qwen3moe",
+            "top1_router",
+            "num_experts_per_tok",
+            Value::from(1),
+        ),
         (
             "qwen3moe",
             "router_unnormalised",

@@ -163,7 +163,11 @@ fn gguf_q8_0_writes_expert_stacks_and_keeps_the_router() {
             for proj in FfnProj::ALL {
                 let stack = proj.gguf_stack(index);
                 let t = infos.iter().find(|t| t.name == stack).unwrap();
-                assert_eq!((t.dtype, t.ne.len(), t.ne[2]), (DType::Q8_0, 3, n), "{stack}");
+                assert_eq!(
+                    (t.dtype, t.ne.len(), t.ne[2]),
+                    (DType::Q8_0, 3, n),
+                    "{stack}"
+                );
             }
             let r = format!("blk.{index}.ffn_gate_inp.weight");
             let t = infos.iter().find(|t| t.name == r).unwrap();

@@ -504,25 +504,23 @@ impl ModelConfig {
             // llama.cpp's llama, qwen2 and qwen3 graphs attend over the whole context
             // (src/models/{llama,qwen2,qwen3}.cpp read no sliding-window key).
             sliding_window: None,
-            moe: match family.spec().moe {
-                None => None,
-                Some(_) => {
-                    let n = int("expert_count")?.ok_or_else(|| missing("expert_count"))?;
-                    let used =
-                        int("expert_used_count")?.ok_or_else(|| missing("expert_used_count"))?;
-                    let ffn = int("feed_forward_length")?.unwrap_or(0);
-                    Some(MoeConfig {
-                        num_experts: n,
-                        experts_per_tok: used,
-                        expert_ffn: int("expert_feed_forward_length")?.unwrap_or(ffn),
-                        // llama.cpp's llama (Mixtral) and qwen3moe graphs renormalise the
-                        // top-k weights (src/models/{llama,qwen3moe}.cpp: build_moe_ffn with
-                        // norm_w true); GGUF has no key for it
-                        norm_topk_prob: true,
-                        // which blocks are dense: read from the tensors (crate::gguf::read)
-                        dense_layers: Vec::new(),
-                    })
-                }
+            moe: if family.spec().moe.is_some() {
+                let n = int("expert_count")?.ok_or_else(|| missing("expert_count"))?;
+                let used = int("expert_used_count")?.ok_or_else(|| missing("expert_used_count"))?;
+                let ffn = int("feed_forward_length")?.unwrap_or(0);
+                Some(MoeConfig {
+                    num_experts: n,
+                    experts_per_tok: used,
+                    expert_ffn: int("expert_feed_forward_length")?.unwrap_or(ffn),
+                    // llama.cpp's llama (Mixtral) and qwen3moe graphs renormalise the top-k
+                    // weights (src/models/{llama,qwen3moe}.cpp: build_moe_ffn with norm_w
+                    // true); GGUF has no key for it
+                    norm_topk_prob: true,
+                    // which blocks are dense: read from the tensors (crate::gguf::read)
+                    dense_layers: Vec::new(),
+                })
+            } else {
+                None
             },
         };
         cfg.validate()?;
@@ -885,6 +883,79 @@ mod tests {
         assert_eq!(c.intermediate_size, 53248);
         assert_eq!(c.parameter_count(), 405_853_388_800);
         assert_eq!(c.max_position_embeddings, 131_072);
+    }
+
+    /// transformers `Qwen3MoeDecoderLayer.__init__`: block `i` is sparse iff `i ∉
+    /// mlp_only_layers` and `(i + 1) % decoder_sparse_step == 0`; Mixtral has experts in every
+    /// block and always renormalises.
+    #[test]
+    fn moe_configs() {
+        let qwen = |extra: &str| {
+            ModelConfig::from_hf_json(&format!(
+                r#"{{"model_type": "qwen3_moe", "hidden_size": 64, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 128,
+                "num_hidden_layers": 6, "vocab_size": 384, "num_experts": 8,
+                "num_experts_per_tok": 2, "moe_intermediate_size": 32{extra}}}"#
+            ))
+        };
+        let c = qwen(r#", "decoder_sparse_step": 2, "mlp_only_layers": [3]"#).unwrap();
+        let m = c.moe.clone().unwrap();
+        assert_eq!(m.dense_layers, vec![0, 2, 3, 4]);
+        assert!(!m.norm_topk_prob);
+        assert!(c.is_moe_layer(1) && c.is_moe_layer(5) && !c.is_moe_layer(3));
+        // a sparse block: router and 8 × 3 experts instead of gate/up/down
+        let kinds = c.layer_tensors(1);
+        assert_eq!(kinds.len(), c.family.layer_tensors().len() - 3 + 1 + 24);
+        assert!(!kinds.contains(&LayerTensor::Gate));
+        assert_eq!(
+            c.expected_shape(TensorId::Layer {
+                index: 1,
+                kind: LayerTensor::Expert {
+                    expert: 7,
+                    proj: FfnProj::Down
+                }
+            }),
+            vec![64, 32]
+        );
+        assert_eq!(
+            c.expected_shape(TensorId::Layer {
+                index: 1,
+                kind: LayerTensor::Router
+            }),
+            vec![8, 64]
+        );
+        assert_eq!(c.layer_tensors(0), c.family.layer_tensors());
+        assert!(
+            qwen(r#", "norm_topk_prob": true"#)
+                .unwrap()
+                .moe
+                .unwrap()
+                .norm_topk_prob
+        );
+        for bad in [
+            r#", "num_experts_per_tok": 9"#,
+            r#", "num_experts": 0"#,
+            r#", "decoder_sparse_step": 0"#,
+            r#", "moe_intermediate_size": 0"#,
+        ] {
+            // a repeated key: serde_json keeps the last, the bad value
+            let r = qwen(bad);
+            assert!(r.is_err(), "{bad}");
+        }
+        let mixtral = ModelConfig::from_hf_json(
+            r#"{"model_type": "mixtral", "hidden_size": 64, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "intermediate_size": 32, "num_hidden_layers": 2,
+            "vocab_size": 384, "num_local_experts": 4, "num_experts_per_tok": 2}"#,
+        )
+        .unwrap();
+        let m = mixtral.moe.unwrap();
+        assert!(m.norm_topk_prob && m.dense_layers.is_empty() && m.expert_ffn == 32);
+        // a MoE family without its expert keys is refused
+        assert!(ModelConfig::from_hf_json(
+            r#"{"model_type": "mixtral", "hidden_size": 64, "num_attention_heads": 4,
+            "intermediate_size": 32, "num_hidden_layers": 2, "vocab_size": 384}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -224,7 +224,10 @@ pub fn model_metadata(
         // conversion/qwen.py Qwen2MoeModel.set_gguf_parameters: expert_feed_forward_length
         m.push((k("expert_count"), u32v(moe.num_experts)));
         m.push((k("expert_used_count"), u32v(moe.experts_per_tok)));
-        if spec.moe.is_some_and(|s| s.hf_expert_ffn_key != "intermediate_size") {
+        if spec
+            .moe
+            .is_some_and(|s| s.hf_expert_ffn_key != "intermediate_size")
+        {
             m.push((k("expert_feed_forward_length"), u32v(moe.expert_ffn)));
         }
     }
@@ -402,9 +405,9 @@ pub fn gguf_specs<'a>(
                     }
                     _ => {
                         return Err(bad(format!(
-                            "expert {e} does not follow expert {} of {name} with its type and shape",
-                            e - 1
-                        )))
+                        "expert {e} does not follow expert {} of {name} with its type and shape",
+                        e - 1
+                    )))
                     }
                 }
             }
@@ -606,8 +609,7 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
         tensor_bytes(ckpt, t, out_dtype(t), rope, &mut buf)?;
         let (name, _) = gguf_tensor_name(t.key).unwrap_or_else(|| (t.name.clone(), None));
         // an expert is one piece of its stack: memory holds one expert, never the stack
-        w.write_part(&name, &buf)
-            .map_err(|e| Error::io(&path, e))?;
+        w.write_part(&name, &buf).map_err(|e| Error::io(&path, e))?;
     }
     let file = w.finish().map_err(|e| Error::io(&path, e))?;
     let record = target.commit(file)?;

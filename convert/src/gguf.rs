@@ -1271,7 +1271,10 @@ fn split_expert_stack(
         return Err(bad("an expert stack in a model without experts".into()));
     };
     let &[cols, rows, n] = t.ne.as_slice() else {
-        return Err(bad(format!("expert stack with dims {:?}, expected 3", t.ne)));
+        return Err(bad(format!(
+            "expert stack with dims {:?}, expected 3",
+            t.ne
+        )));
     };
     if n != moe.num_experts {
         return Err(bad(format!(
@@ -1282,7 +1285,10 @@ fn split_expert_stack(
     // `parse` checked nbytes against ne and the type; a stack of n equal slices divides
     let each = t.nbytes / n;
     if each * n != t.nbytes {
-        return Err(bad(format!("{} bytes do not split into {n} experts", t.nbytes)));
+        return Err(bad(format!(
+            "{} bytes do not split into {n} experts",
+            t.nbytes
+        )));
     }
     for expert in 0..n {
         let name = NameScheme::Gguf

@@ -341,10 +341,7 @@ fn mix_type(mix: GgufMix, m: &MixModel, st: &mut State, t: &MixTensor, cat: Cate
         st.i_ffn_down += 1;
     } else if cat == Category::AttnOutput {
         if m.n_expert == 8 {
-            if matches!(
-                mix,
-                F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::Q4_K_S | F::Q4_K_M
-            ) {
+            if matches!(mix, F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::Q4_K_S | F::Q4_K_M) {
                 new = DType::Q5_K;
             }
         } else {
@@ -561,7 +558,8 @@ pub fn quantize_to_gguf(
             }
             if let Some(f) = opts.numerics.scan(ckpt, t.key.id)? {
                 notes.push(Note::requested(
-                    opts.numerics.note(&mix_tensors[mix_of[i] + offset].name, &f),
+                    opts.numerics
+                        .note(&mix_tensors[mix_of[i] + offset].name, &f),
                 ));
                 if opts.numerics.policy == WeightPolicy::Skip {
                     c.dtype = DType::F32;

@@ -41,5 +41,7 @@ pub use checkpoint::{Checkpoint, Format, TensorEntry, TensorLayout, TokenizerInf
 pub use config::{ModelConfig, MoeConfig, RopeScaling, SlidingWindow};
 pub use error::{shown, ConfigError, Error, Result};
 pub use family::{Family, FamilySpec};
-pub use names::{FfnProj, HfMoeNames, LayerTensor, NameMatch, NameScheme, Part, TensorId, TensorKey};
+pub use names::{
+    FfnProj, HfMoeNames, LayerTensor, NameMatch, NameScheme, Part, TensorId, TensorKey,
+};
 pub use notes::{Note, NoteKind};

@@ -212,19 +212,6 @@ impl LayerTensor {
         )
     }
 
-    /// The dense FFN projection an expert's projection corresponds to (`Expert{Gate}` → `Gate`),
-    /// the tensor itself otherwise: what per-kind rules (GGUF mixes, importance) key on.
-    pub const fn dense_kind(self) -> LayerTensor {
-        match self {
-            LayerTensor::Expert { proj, .. } => match proj {
-                FfnProj::Gate => LayerTensor::Gate,
-                FfnProj::Up => LayerTensor::Up,
-                FfnProj::Down => LayerTensor::Down,
-            },
-            k => k,
-        }
-    }
-
     /// The projection a bias belongs to (`QBias` → `Q`), for the bias tensors.
     pub const fn bias_of(self) -> Option<LayerTensor> {
         match self {

@@ -10,8 +10,8 @@
 
 use qforge_convert::{FfnProj, LayerTensor, TensorId};
 
-use crate::matmul::matmul_t;
 use crate::error::{Error, Result};
+use crate::matmul::matmul_t;
 use crate::model::{Dense, Linear, Model, Project};
 use crate::ops::{softmax, swiglu};
 use crate::real::Real;
@@ -232,10 +232,14 @@ mod tests {
             let mut p: Vec<f64> = (0..3)
                 .map(|e| m.router[e * 2] * xr[0] + m.router[e * 2 + 1] * xr[1])
                 .collect();
-            let mx = p.iter().cloned().fold(f64::MIN, f64::max);
-            p.iter_mut().for_each(|v| *v = (*v - mx).exp());
+            let mx = p.iter().copied().fold(f64::MIN, f64::max);
+            for v in &mut p {
+                *v = (*v - mx).exp();
+            }
             let s: f64 = p.iter().sum();
-            p.iter_mut().for_each(|v| *v /= s);
+            for v in &mut p {
+                *v /= s;
+            }
             let mut idx = [0usize, 1, 2];
             idx.sort_by(|&a, &b| p[b].partial_cmp(&p[a]).unwrap());
             let z = p[idx[0]] + p[idx[1]];
