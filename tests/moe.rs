@@ -1,4 +1,5 @@
-//! Quantizing the mixture-of-experts fixtures (`tests/fixtures/families/{mixtral,qwen3moe}`,
+//! The mixture-of-experts fixtures beyond tests/families.rs: hostile expert stacks, and quantizing
+//! the fixtures (`tests/fixtures/families/{mixtral,qwen3moe}`,
 //! made by transformers; see tests/families.rs): every scheme works expert by expert, the router
 //! stays in the model dtype (llm-compressor's MoE recipes ignore `mlp.gate`; llama.cpp's
 //! `tensor_allows_quantization` excludes `ffn_gate_inp.weight`), and `qforge perplexity` reads
@@ -178,5 +179,66 @@ fn gguf_q8_0_writes_expert_stacks_and_keeps_the_router() {
         eprintln!("{name} Q8_0: ppl {p:.6} vs {base:.6} f32 ({rel:+.3e})");
         // measured -0.23 % (mixtral), +0.02 % (qwen3moe)
         assert!(rel.abs() < 0.005, "{name}: {rel}");
+    }
+}
+
+/// A GGUF whose expert stacks disagree with its `expert_count`, or that has a stack with the
+/// wrong number of dimensions, is refused naming the tensor; the fixture's own file rewritten
+/// tensor by tensor reads back (the check is not vacuous).
+#[test]
+fn hostile_expert_stacks_are_refused() {
+    use qforge_convert::gguf::{parse, GgufValue};
+    use qforge_convert::write::gguf::{plan, GgufTensorSpec, GgufWriter};
+    let src = std::fs::read(fixture("mixtral").join("mixtral.gguf")).unwrap();
+    let (meta, infos) = parse(&src).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    // (expert_count written, how the first stack is reshaped, what the error names)
+    for (count, flatten, want) in [
+        (6u32, false, None),
+        (5, false, Some("experts, expert_count says 5")),
+        (6, true, Some("expert stack with dims")),
+    ] {
+        let mut entries = meta.entries.clone();
+        for (k, v) in &mut entries {
+            if k == "llama.expert_count" {
+                *v = GgufValue::U32(count);
+            }
+        }
+        let mut flattened = false;
+        let specs: Vec<GgufTensorSpec> = infos
+            .iter()
+            .map(|i| {
+                let mut shape = i.shape();
+                if flatten && !flattened && shape.len() == 3 {
+                    shape = vec![shape[0] * shape[1], shape[2]];
+                    flattened = true;
+                }
+                GgufTensorSpec {
+                    name: i.name.clone(),
+                    dtype: i.dtype,
+                    shape,
+                }
+            })
+            .collect();
+        let p = plan(&entries, specs).unwrap();
+        let mut w = GgufWriter::new(Vec::new(), p).unwrap();
+        for i in &infos {
+            let at = i.absolute_offset as usize;
+            w.write_tensor(&i.name, &src[at..at + i.nbytes as usize])
+                .unwrap();
+        }
+        let path = t.path().join(format!("m-{count}-{flatten}.gguf"));
+        std::fs::write(&path, w.finish().unwrap()).unwrap();
+        match (Checkpoint::open(&path), want) {
+            (Ok(c), None) => assert_eq!(c.config.moe.unwrap().num_experts, 6),
+            (Err(e), Some(name)) => {
+                let msg = e.to_string();
+                assert!(msg.contains(name), "{msg}");
+            }
+            (r, w) => panic!(
+                "count {count} flatten {flatten}: {:?} (want error {w:?})",
+                r.err()
+            ),
+        }
     }
 }
