@@ -242,3 +242,49 @@ fn hostile_expert_stacks_are_refused() {
         }
     }
 }
+
+/// What GGUF cannot hold of a Qwen3-MoE: un-renormalised routing is a change to the math
+/// (llama.cpp always renormalises), refused without `--allow-lossy` and recorded with it; dense
+/// blocks (`mlp_only_layers`) have no GGUF form at all.
+#[test]
+fn gguf_refuses_what_llama_cpp_cannot_compute() {
+    let t = tempfile::tempdir().unwrap();
+    for (key, value, lossy_ok) in [
+        ("norm_topk_prob", Value::from(false), true),
+        ("mlp_only_layers", Value::from(vec![1]), false),
+    ] {
+        let dir = t.path().join(key);
+        std::fs::create_dir(&dir).unwrap();
+        for f in std::fs::read_dir(fixture("qwen3moe")).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_none_or(|x| x != "gguf") {
+                std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        let cfg_path = dir.join("config.json");
+        let mut c: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+        c[key] = value;
+        std::fs::write(&cfg_path, c.to_string()).unwrap();
+        let out = t.path().join(format!("{key}.gguf"));
+        let args = |extra: &[&str]| {
+            let mut a = vec![
+                "convert".to_owned(),
+                dir.to_str().unwrap().to_owned(),
+                out.to_str().unwrap().to_owned(),
+                "--to".into(),
+                "gguf".into(),
+            ];
+            a.extend(extra.iter().map(|s| (*s).to_owned()));
+            Command::new(QFORGE).args(a).output().unwrap()
+        };
+        let refused = args(&[]);
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && !out.exists(), "{key}: {err}");
+        assert!(
+            err.contains(key) || err.contains("dense blocks"),
+            "{key}: {err}"
+        );
+        let lossy = args(&["--allow-lossy"]);
+        assert_eq!(lossy.status.success(), lossy_ok, "{key}");
+    }
+}
