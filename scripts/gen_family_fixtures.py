@@ -207,6 +207,24 @@ FAMILIES = {
                  "top-2 softmax routing with norm_topk_prob (router 10x smaller, down_proj 4x larger at init), every block sparse (llama.cpp's qwen3moe "
                  "has no dense blocks), tied embeddings, Qwen2's pre-tokenizer, no BOS",
     },
+    "qwen3moe_dense": {
+        "config": "Qwen3MoeConfig",
+        "tokenizer": "qwen2",
+        "seed": 31,
+        # block 0 dense (an MLP of intermediate_size 128), block 1 sparse: what Qwen3-MoE's
+        # mlp_only_layers allows; no GGUF (llama.cpp's qwen3moe has experts in every block)
+        "args": {"head_dim": 32, "rope_theta": 1000000.0, "max_position_embeddings": 4096,
+                 "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "attention_bias": False,
+                 "use_sliding_window": False, "num_experts": 6, "num_experts_per_tok": 2,
+                 "moe_intermediate_size": 32, "norm_topk_prob": True, "decoder_sparse_step": 1,
+                 "mlp_only_layers": [0]},
+        "wrong": ["top1_router", "router_unnormalised"],
+        "init_scale": {"q_proj": 8.0, "k_proj": 8.0, "gate": 0.1, "down_proj": 4.0},
+        "gguf": False,
+        "about": "Qwen3-MoE with a dense block: block 0 an MLP of width 128 (mlp_only_layers [0]), "
+                 "block 1 6 experts of width 32, top-2 with norm_topk_prob; HF only (GGUF has no "
+                 "dense qwen3moe blocks)",
+    },
 }
 
 DISCRIMINATES = 0.01  # each wrong forward must move the perplexity by more than this, relative
@@ -435,7 +453,7 @@ def wrong_model(name: str, how: str, good_dir: Path):
     elif how == "top1_router":
         for layer in m.model.layers:
             block = getattr(layer, "block_sparse_moe", None) or layer.mlp
-            assert block.top_k == 1
+            assert getattr(block, "top_k", 1) == 1
     elif how == "router_unnormalised":
         if cfg.model_type == "mixtral":
             # MixtralSparseMoeBlock.forward always renormalises; Qwen3MoeSparseMoeBlock.forward is
@@ -447,7 +465,7 @@ def wrong_model(name: str, how: str, good_dir: Path):
                 block.norm_topk_prob = False
                 block.forward = types.MethodType(Qwen3MoeSparseMoeBlock.forward, block)
         else:
-            assert all(not layer.mlp.norm_topk_prob for layer in m.model.layers)
+            assert all(not getattr(layer.mlp, "norm_topk_prob", False) for layer in m.model.layers)
     else:
         raise ValueError(how)
     m.eval()
@@ -564,8 +582,16 @@ def build(name: str, train_text: str, eval_text: str, provenance: dict, tok_cach
 
     chkhsh = probe_hash(back)
     gguf = d / f"{name}.gguf"
-    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--convert-gguf", str(d), str(gguf),
-                    spec["pre"], chkhsh], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if fam.get("gguf", True):
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--convert-gguf", str(d), str(gguf),
+                        spec["pre"], chkhsh], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        gguf_info = {"file": gguf.name, "converter": "convert_hf_to_gguf.py --outtype f32",
+                     "pre_tokenizer": spec["pre"], "chkhsh": chkhsh,
+                     "note": "chkhsh is not in llama.cpp's table (a freshly trained vocabulary); it was "
+                             "mapped to pre_tokenizer, the family's regex, as convert_hf_to_gguf_update.py "
+                             "would add it"}
+    else:
+        gguf_info = None
 
     expected = {
         "family": name,
@@ -580,11 +606,7 @@ def build(name: str, train_text: str, eval_text: str, provenance: dict, tok_cach
         "transformers_f32": ref,
         "wrong_forwards": wrong,
         "discriminates_above": DISCRIMINATES,
-        "gguf": {"file": gguf.name, "converter": "convert_hf_to_gguf.py --outtype f32",
-                 "pre_tokenizer": spec["pre"], "chkhsh": chkhsh,
-                 "note": "chkhsh is not in llama.cpp's table (a freshly trained vocabulary); it was "
-                         "mapped to pre_tokenizer, the family's regex, as convert_hf_to_gguf_update.py "
-                         "would add it"},
+        "gguf": gguf_info,
         "training": {"init_scale": fam.get("init_scale", {}), "steps": TRAIN_STEPS, "batch": TRAIN_BATCH, "lr": TRAIN_LR, "loss_every_50": losses},
         "versions": versions(),
     }
