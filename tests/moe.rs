@@ -337,3 +337,48 @@ fn calibrate_and_imatrix_refuse_moe_models() {
         assert!(!out.exists(), "{args:?}");
     }
 }
+
+/// `qforge plan` from `config.json` alone (no tensor data) gives every file's exact size for a
+/// mixture-of-experts model, as `qforge quantize` then writes them (every expert, the router,
+/// the family's module spelling).
+#[test]
+fn plan_from_the_config_alone_is_exact() {
+    let t = tempfile::tempdir().unwrap();
+    for &(name, ..) in FIXTURES {
+        let cfg_only = t.path().join(format!("{name}-config"));
+        std::fs::create_dir(&cfg_only).unwrap();
+        for f in std::fs::read_dir(fixture(name)).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|x| x == "json") && !f.ends_with("expected.json") {
+                std::fs::copy(&f, cfg_only.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        for scheme in ["fp8-rowwise", "int4-g32"] {
+            let out = run(&[
+                "plan",
+                cfg_only.to_str().unwrap(),
+                "--scheme",
+                scheme,
+                "--json",
+            ]);
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let planned = &v["outputs"][0]["files"];
+            let dest = t.path().join(format!("{name}-{scheme}"));
+            run(&[
+                "quantize",
+                fixture(name).to_str().unwrap(),
+                dest.to_str().unwrap(),
+                "--scheme",
+                scheme,
+            ]);
+            for f in planned.as_array().unwrap() {
+                let path = f["path"].as_str().unwrap();
+                if path == "manifest.json" {
+                    continue; // names the source, which differs
+                }
+                let got = std::fs::metadata(dest.join(path)).unwrap().len();
+                assert_eq!(got, f["bytes"].as_u64().unwrap(), "{name} {scheme} {path}");
+            }
+        }
+    }
+}
