@@ -513,7 +513,7 @@ pub fn quantize_to_gguf(
             current: DType::F32,
         });
     }
-    // entry → its GGUF tensor in mix_tensors: the experts of a block's projection are one 3-D
+    // entry → its GGUF tensor's index in mix_tensors (after rope_freqs): the experts of a block's projection are one 3-D
     // stack (one type for the stack, as llama-quantize chooses it), written expert by expert
     let mut mix_of: Vec<usize> = Vec::with_capacity(entries.len());
     for t in &entries {
@@ -550,16 +550,14 @@ pub fn quantize_to_gguf(
     let mut choices = choose_types(mix, &model, &mix_tensors);
     if opts.numerics.policy != WeightPolicy::Error {
         // Scan what would be quantized; `skip` keeps the tensors with bad values in F32.
-        let offset = usize::from(rope_factors.is_some());
         for (i, t) in entries.iter().enumerate() {
-            let c = &mut choices[mix_of[i] + offset];
+            let c = &mut choices[mix_of[i]];
             if !c.dtype.is_block() || t.key.part != Part::Weight {
                 continue;
             }
             if let Some(f) = opts.numerics.scan(ckpt, t.key.id)? {
                 notes.push(Note::requested(
-                    opts.numerics
-                        .note(&mix_tensors[mix_of[i] + offset].name, &f),
+                    opts.numerics.note(&mix_tensors[mix_of[i]].name, &f),
                 ));
                 if opts.numerics.policy == WeightPolicy::Skip {
                     c.dtype = DType::F32;
@@ -603,7 +601,7 @@ pub fn quantize_to_gguf(
         entries
             .iter()
             .enumerate()
-            .map(|(i, &t)| (t, choices[mix_of[i] + offset].dtype)),
+            .map(|(i, &t)| (t, choices[mix_of[i]].dtype)),
     )?);
     // general.name from the source GGUF, or from an HF source's model card (as
     // convert_hf_to_gguf.py names the file from it)
@@ -656,16 +654,14 @@ pub fn quantize_to_gguf(
     let (target, file) = AtomicFile::create(dest, opts.overwrite)?;
     let path = file.path().to_owned();
     let mut w = GgufWriter::new(file, p).map_err(|e| Error::io(&path, e))?;
-    let mut idx = 0;
     if let Some(f) = &rope_factors {
         let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
         w.write_tensor("rope_freqs.weight", &bytes)
             .map_err(|e| Error::io(&path, e))?;
-        idx = 1;
     }
     let mut buf = Vec::new();
     for (i, t) in entries.iter().enumerate() {
-        let (mt, c) = (&mix_tensors[mix_of[i] + idx], choices[mix_of[i] + idx]);
+        let (mt, c) = (&mix_tensors[mix_of[i]], choices[mix_of[i]]);
         crate::export::reset_buffer(&mut buf);
         let same_layout = rope_direction(&ckpt.config, ckpt.format, Format::Gguf).is_none()
             || rope_heads(&ckpt.config, t.key).is_none();
