@@ -17,7 +17,10 @@ use qforge_quantize::{ggml_quant, DType};
 use crate::checkpoint::{Checkpoint, Format, TensorEntry};
 use crate::error::{Error, Result};
 use crate::export::{encode_float, rope_direction, rope_heads, Written};
-use crate::export_gguf::{gguf_order, llama3_rope_factors, model_metadata, tokenizer_metadata};
+use crate::export_gguf::{
+    gguf_order, gguf_specs, gguf_tensor_name, llama3_rope_factors, model_metadata,
+    tokenizer_metadata,
+};
 use crate::gguf::GgufValue;
 use crate::names::{NameScheme, Part, TensorId, TensorKey};
 use crate::notes::Note;
@@ -159,6 +162,8 @@ pub struct MixModel {
     pub n_head_kv: u64,
     /// Whether an importance matrix is used (changes Q4_0/Q5_0 ffn_down of early blocks).
     pub has_imatrix: bool,
+    /// Experts per MoE block (0 for a dense model); 8 (Mixtral) raises attention types.
+    pub n_expert: u64,
 }
 
 /// One tensor as the type rules see it.
@@ -229,7 +234,11 @@ fn category(name: &str) -> Category {
 
 /// llama.cpp's `tensor_allows_quantization` for a Llama model (no MoE, no multimodal).
 fn allows_quantization(t: &MixTensor) -> bool {
-    t.n_dims >= 2 && t.name.ends_with("weight") && !t.name.contains("_norm.weight")
+    // the MoE router stays as it is (`quantize &= name.find("ffn_gate_inp.weight") == npos`)
+    t.n_dims >= 2
+        && t.name.ends_with("weight")
+        && !t.name.contains("_norm.weight")
+        && !t.name.contains("ffn_gate_inp.weight")
 }
 
 /// `blk.N.` → N, else −1 (llama_model_loader's `weight_name_comparer`).
@@ -303,7 +312,15 @@ fn mix_type(mix: GgufMix, m: &MixModel, st: &mut State, t: &MixTensor, cat: Cate
         if is_70b && matches!(new, DType::Q3_K | DType::Q4_K) {
             new = DType::Q5_K;
         }
+        // "for the 8-expert model, bumping this to Q8_0 trades just ~128MB"
+        if m.n_expert == 8 {
+            new = DType::Q8_0;
+        }
         st.i_attention_wv += 1;
+    } else if cat == Category::AttnK {
+        if m.n_expert == 8 {
+            new = DType::Q8_0;
+        }
     } else if cat == Category::FfnDown {
         let (i, n) = (st.i_ffn_down, st.n_ffn_down);
         match mix {
@@ -323,11 +340,17 @@ fn mix_type(mix: GgufMix, m: &MixModel, st: &mut State, t: &MixTensor, cat: Cate
         }
         st.i_ffn_down += 1;
     } else if cat == Category::AttnOutput {
-        match mix {
-            F::Q2_K => new = DType::Q3_K,
-            F::Q3_K_M => new = DType::Q4_K,
-            F::Q3_K_L => new = DType::Q5_K,
-            _ => {}
+        if m.n_expert == 8 {
+            if matches!(mix, F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::Q4_K_S | F::Q4_K_M) {
+                new = DType::Q5_K;
+            }
+        } else {
+            match mix {
+                F::Q2_K => new = DType::Q3_K,
+                F::Q3_K_M => new = DType::Q4_K,
+                F::Q3_K_L => new = DType::Q5_K,
+                _ => {}
+            }
         }
     }
     new
@@ -471,6 +494,8 @@ pub fn quantize_to_gguf(
     );
     notes.extend(crate::export_gguf::window_lost(&ckpt.config));
     notes.extend(crate::export_gguf::class_lost(&ckpt.config));
+    notes.extend(crate::export_gguf::moe_lost(&ckpt.config));
+    crate::export_gguf::check_moe_gguf(&ckpt.config, &ckpt.path)?;
     entries.sort_by_key(|t| gguf_order(&t.key));
     let name_of = |t: &TensorEntry| {
         NameScheme::Gguf
@@ -488,17 +513,29 @@ pub fn quantize_to_gguf(
             current: DType::F32,
         });
     }
+    // entry → its GGUF tensor's index in mix_tensors (after rope_freqs): the experts of a block's projection are one 3-D
+    // stack (one type for the stack, as llama-quantize chooses it), written expert by expert
+    let mut mix_of: Vec<usize> = Vec::with_capacity(entries.len());
     for t in &entries {
+        let (stack, expert) = match gguf_tensor_name(t.key) {
+            Some((n, Some(e))) => (Some(n), e),
+            _ => (None, 0),
+        };
+        if expert > 0 {
+            mix_of.push(mix_tensors.len() - 1);
+            continue;
+        }
         let shape = ckpt.config.expected_shape(t.key.id);
         let current = if shape.len() == 1 || !matches!(t.dtype, DType::F16 | DType::BF16) {
             DType::F32
         } else {
             t.dtype
         };
+        mix_of.push(mix_tensors.len());
         mix_tensors.push(MixTensor {
-            name: name_of(t),
+            n_dims: shape.len() + usize::from(stack.is_some()),
+            name: stack.unwrap_or_else(|| name_of(t)),
             ne0: shape.last().copied().unwrap_or(1),
-            n_dims: shape.len(),
             current,
         });
         shapes.push(shape);
@@ -508,19 +545,19 @@ pub fn quantize_to_gguf(
         n_head: ckpt.config.num_heads,
         n_head_kv: ckpt.config.num_kv_heads,
         has_imatrix: opts.imatrix.as_ref().is_some_and(|m| !m.is_empty()),
+        n_expert: ckpt.config.moe.as_ref().map_or(0, |m| m.num_experts),
     };
     let mut choices = choose_types(mix, &model, &mix_tensors);
     if opts.numerics.policy != WeightPolicy::Error {
         // Scan what would be quantized; `skip` keeps the tensors with bad values in F32.
-        let offset = usize::from(rope_factors.is_some());
         for (i, t) in entries.iter().enumerate() {
-            let c = &mut choices[i + offset];
+            let c = &mut choices[mix_of[i]];
             if !c.dtype.is_block() || t.key.part != Part::Weight {
                 continue;
             }
             if let Some(f) = opts.numerics.scan(ckpt, t.key.id)? {
                 notes.push(Note::requested(
-                    opts.numerics.note(&mix_tensors[i + offset].name, &f),
+                    opts.numerics.note(&mix_tensors[mix_of[i]].name, &f),
                 ));
                 if opts.numerics.policy == WeightPolicy::Skip {
                     c.dtype = DType::F32;
@@ -547,16 +584,25 @@ pub fn quantize_to_gguf(
             }
         }
     }
-    let specs: Vec<GgufTensorSpec> = mix_tensors
+    let offset = usize::from(rope_factors.is_some());
+    let mut specs: Vec<GgufTensorSpec> = mix_tensors
         .iter()
         .zip(&choices)
         .zip(&shapes)
+        .take(offset)
         .map(|((mt, c), shape)| GgufTensorSpec {
             name: mt.name.clone(),
             dtype: c.dtype,
             shape: shape.clone(),
         })
         .collect();
+    specs.extend(gguf_specs(
+        &ckpt.path,
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| (t, choices[mix_of[i]].dtype)),
+    )?);
     // general.name from the source GGUF, or from an HF source's model card (as
     // convert_hf_to_gguf.py names the file from it)
     let card = crate::export::model_card_fields(ckpt);
@@ -608,17 +654,14 @@ pub fn quantize_to_gguf(
     let (target, file) = AtomicFile::create(dest, opts.overwrite)?;
     let path = file.path().to_owned();
     let mut w = GgufWriter::new(file, p).map_err(|e| Error::io(&path, e))?;
-    let mut idx = 0;
     if let Some(f) = &rope_factors {
         let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
         w.write_tensor("rope_freqs.weight", &bytes)
             .map_err(|e| Error::io(&path, e))?;
-        idx = 1;
     }
     let mut buf = Vec::new();
-    for t in &entries {
-        let (mt, c) = (&mix_tensors[idx], choices[idx]);
-        idx += 1;
+    for (i, t) in entries.iter().enumerate() {
+        let (mt, c) = (&mix_tensors[mix_of[i]], choices[mix_of[i]]);
         crate::export::reset_buffer(&mut buf);
         let same_layout = rope_direction(&ckpt.config, ckpt.format, Format::Gguf).is_none()
             || rope_heads(&ckpt.config, t.key).is_none();
@@ -672,7 +715,8 @@ pub fn quantize_to_gguf(
                 })?;
             }
         }
-        w.write_tensor(&mt.name, &buf)
+        // an expert is one piece of its stack
+        w.write_part(&mt.name, &buf)
             .map_err(|e| Error::io(&path, e))?;
     }
     let file = w.finish().map_err(|e| Error::io(&path, e))?;
@@ -755,6 +799,72 @@ mod tests {
         v
     }
 
+    /// An 8-expert Mixtral-like model (hidden 512, experts of 512, 4 blocks): the types
+    /// llama-quantize (pinned llama.cpp) chose for a transformers-made random model of these
+    /// widths, converted to F32 GGUF by qforge (qforge's bytes were identical too).
+    #[test]
+    fn eight_experts_raise_attention_types_like_llama_cpp() {
+        let mut t = vec![
+            MixTensor {
+                name: "token_embd.weight".into(),
+                ne0: 512,
+                n_dims: 2,
+                current: DType::F32,
+            },
+            MixTensor {
+                name: "output.weight".into(),
+                ne0: 512,
+                n_dims: 2,
+                current: DType::F32,
+            },
+        ];
+        for i in 0..4 {
+            for (n, ne0, d) in [
+                ("attn_q", 512, 2),
+                ("attn_k", 512, 2),
+                ("attn_v", 512, 2),
+                ("attn_output", 512, 2),
+                ("ffn_gate_inp", 512, 2),
+                ("ffn_gate_exps", 512, 3),
+                ("ffn_up_exps", 512, 3),
+                ("ffn_down_exps", 512, 3),
+                ("attn_norm", 512, 1),
+            ] {
+                t.push(MixTensor {
+                    name: format!("blk.{i}.{n}.weight"),
+                    ne0,
+                    n_dims: d,
+                    current: DType::F32,
+                });
+            }
+        }
+        let m = MixModel {
+            n_layers: 4,
+            n_head: 8,
+            n_head_kv: 2,
+            has_imatrix: false,
+            n_expert: 8,
+        };
+        use DType as D;
+        for (mix, attn_out, down0, gate) in [
+            (GgufMix::Q4_K_M, D::Q5_K, D::Q4_K, D::Q4_K),
+            (GgufMix::Q3_K_M, D::Q5_K, D::Q4_K, D::Q3_K),
+            (GgufMix::Q2_K, D::Q5_K, D::Q3_K, D::Q2_K),
+            (GgufMix::Q3_K_L, D::Q3_K, D::Q5_K, D::Q3_K),
+            (GgufMix::Q5_K_M, D::Q5_K, D::Q5_K, D::Q5_K),
+        ] {
+            let c = choose_types(mix, &m, &t);
+            let get = |name: &str| c[t.iter().position(|x| x.name == name).unwrap()].dtype;
+            assert_eq!(get("blk.0.attn_v.weight"), D::Q8_0, "{mix:?}");
+            assert_eq!(get("blk.0.attn_k.weight"), D::Q8_0, "{mix:?}");
+            assert_eq!(get("blk.0.attn_output.weight"), attn_out, "{mix:?}");
+            assert_eq!(get("blk.0.ffn_down_exps.weight"), down0, "{mix:?}");
+            assert_eq!(get("blk.0.ffn_gate_exps.weight"), gate, "{mix:?}");
+            assert_eq!(get("blk.0.ffn_gate_inp.weight"), D::F32, "{mix:?}");
+            assert_eq!(get("output.weight"), D::Q6_K, "{mix:?}");
+        }
+    }
+
     #[test]
     fn q4_k_m_on_a_576_wide_model_falls_back_like_llama_cpp() {
         let t = smollm2_like(true);
@@ -763,6 +873,7 @@ mod tests {
             n_head: 9,
             n_head_kv: 3,
             has_imatrix: false,
+            n_expert: 0,
         };
         let c = choose_types(GgufMix::Q4_K_M, &m, &t);
         let get = |name: &str| c[t.iter().position(|x| x.name == name).unwrap()].dtype;
@@ -791,6 +902,7 @@ mod tests {
             n_head: 9,
             n_head_kv: 3,
             has_imatrix: false,
+            n_expert: 0,
         };
         let c = choose_types(GgufMix::Q4_K_M, &m, &t);
         let get = |name: &str| c[t.iter().position(|x| x.name == name).unwrap()].dtype;
