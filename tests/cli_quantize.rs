@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use qforge_convert::{Checkpoint, LayerTensor, Part, TensorId};
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
 #[path = "support/model.rs"]
 mod model;

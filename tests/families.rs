@@ -18,7 +18,7 @@ use std::process::Command;
 
 use qforge_convert::gguf::GgufValue;
 use qforge_convert::Checkpoint;
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 use serde_json::Value;
 
 const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");

@@ -21,7 +21,7 @@ use qforge_convert::gguf::GgufValue;
 use qforge_convert::write::safetensors::{plan, TensorSpec, Writer};
 use qforge_convert::write::OutputOptions;
 use qforge_convert::{Checkpoint, Family, LayerTensor, NameScheme, TensorId, TensorKey};
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 use qforge_verify::eval::{perplexity, run_layer_observed, EvalOptions};
 use qforge_verify::ops::RopeTable;
 use qforge_verify::{Chunks, ForwardOptions, Model};

@@ -366,7 +366,7 @@ pub fn calibrate(
         }
         for kind in [LayerTensor::Q, LayerTensor::O, LayerTensor::Down] {
             let s = cfg.expected_shape(TensorId::Layer { index: 0, kind });
-            qforge_quantize::int4::check_group(s[1] as usize, g.group_size)?;
+            qforge_codecs::int4::check_group(s[1] as usize, g.group_size)?;
         }
     }
     if opts.precision != Precision::F32 && !matches!(opts.method, Method::Fp8Static(_)) {
@@ -377,7 +377,7 @@ pub fn calibrate(
     if let Method::Awq(a) = &opts.method {
         for kind in [LayerTensor::Q, LayerTensor::O, LayerTensor::Down] {
             let s = cfg.expected_shape(TensorId::Layer { index: 0, kind });
-            qforge_quantize::int4::check_group(s[1] as usize, a.group_size)?;
+            qforge_codecs::int4::check_group(s[1] as usize, a.group_size)?;
         }
     }
     if dest.exists() && !opts.overwrite {

@@ -10,8 +10,8 @@
 //! BF16/F32 scale), so rounding the result to BF16 gives what compressed-tensors computes in the
 //! model dtype.
 
-use qforge_quantize::int4::Int4Arith;
-use qforge_quantize::{fp4, fp8_ct, int4, mlx, DType};
+use qforge_codecs::int4::Int4Arith;
+use qforge_codecs::{fp4, fp8_ct, int4, mlx, DType};
 use rayon::prelude::*;
 
 use crate::checkpoint::{Checkpoint, TensorEntry};
@@ -230,7 +230,7 @@ impl Checkpoint {
     /// `scratch` is a per-thread buffer of one row of `f32`. With `out = Some((bytes,
     /// row_bytes))`, `out_row` is that row's slice of `bytes`. The mapped pages are released
     /// after. The first error in row order becomes [`Error::Codec`] naming `name`, with a
-    /// [`qforge_quantize::Error::NonFinite`] given its row.
+    /// [`qforge_codecs::Error::NonFinite`] given its row.
     pub(crate) fn par_source_rows<T, F>(
         &self,
         t: &TensorEntry,
@@ -245,7 +245,7 @@ impl Checkpoint {
                 &[u8],
                 &mut Vec<f32>,
                 Option<&mut [u8]>,
-            ) -> std::result::Result<T, qforge_quantize::Error>
+            ) -> std::result::Result<T, qforge_codecs::Error>
             + Sync,
     {
         let rows = t.shape.first().copied().unwrap_or(0) as usize;
@@ -274,7 +274,7 @@ impl Checkpoint {
                 &[u8],
                 &mut Vec<f32>,
                 Option<&mut [u8]>,
-            ) -> std::result::Result<T, qforge_quantize::Error>
+            ) -> std::result::Result<T, qforge_codecs::Error>
             + Sync,
     {
         debug_assert!(matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32));
@@ -298,7 +298,7 @@ impl Checkpoint {
             let sr = heads.map_or(r, |(dir, _)| source_row(r, hd, dir));
             f(&src[sr * row_len..(sr + 1) * row_len], scratch, o).map_err(|e| (r, e))
         };
-        let results: Vec<std::result::Result<T, (usize, qforge_quantize::Error)>> = match out {
+        let results: Vec<std::result::Result<T, (usize, qforge_codecs::Error)>> = match out {
             Some((bytes, row_bytes)) => bytes
                 .par_chunks_mut(row_bytes)
                 .enumerate()
@@ -398,7 +398,7 @@ impl Checkpoint {
         Ok(storage)
     }
 
-    /// Block FP8: `f8(q) · s` in `f32` (`qforge_quantize::fp8_ct::dequantize_fp8_block_ct`
+    /// Block FP8: `f8(q) · s` in `f32` (`qforge_codecs::fp8_ct::dequantize_fp8_block_ct`
     /// with `f32` arithmetic; exact, so its BF16 rounding is compressed-tensors' BF16 result).
     fn fp8_block_f32(&self, id: TensorId) -> Result<Vec<f32>> {
         let w = self.part(id, Part::Weight).expect("checked");
@@ -424,7 +424,7 @@ impl Checkpoint {
     }
 
     /// NVFP4 / MXFP4 in `f32` as compressed-tensors computes them before the cast to the model
-    /// dtype (`qforge_quantize::fp4::dequantize_nvfp4`, `dequantize_mxfp4_ct` with `f32`
+    /// dtype (`qforge_codecs::fp4::dequantize_nvfp4`, `dequantize_mxfp4_ct` with `f32`
     /// arithmetic).
     fn fp4_f32(&self, id: TensorId) -> Result<Vec<f32>> {
         let packed = self.part(id, Part::WeightPacked).expect("checked");
@@ -499,7 +499,7 @@ impl Checkpoint {
     }
 
     /// mlx-lm affine weights as `mx.dequantize` computes them, `r(r(s·q) + b)` in the scales'
-    /// dtype (`qforge_quantize::mlx::dequantize_mlx_affine`).
+    /// dtype (`qforge_codecs::mlx::dequantize_mlx_affine`).
     fn mlx_f32(&self, id: TensorId, bits: u8, group: usize) -> Result<Vec<f32>> {
         let w = self.part(id, Part::Weight).expect("checked");
         let scales = self.part(id, Part::Scales).expect("checked");

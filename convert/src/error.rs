@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
 use crate::gguf::GgufError;
 use crate::hf::SafetensorsError;
@@ -153,7 +153,7 @@ pub enum Error {
         /// the tensor name
         tensor: String,
         /// the codec's error
-        source: qforge_quantize::Error,
+        source: qforge_codecs::Error,
     },
     /// A tensor's dtype cannot be used for the requested operation.
     #[error(

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 use serde_json::{json, Value};
 
 use crate::checkpoint::{Checkpoint, Format, TensorEntry};
@@ -534,7 +534,7 @@ fn convert_into(
     for chunk in src.chunks(blocks_per_chunk * block_bytes) {
         let n = chunk.len() / block_bytes * block;
         let vals = &mut values[..n];
-        qforge_quantize::decode_to_f32(t.dtype, chunk, vals).map_err(|source| Error::Codec {
+        qforge_codecs::decode_to_f32(t.dtype, chunk, vals).map_err(|source| Error::Codec {
             path: ckpt.path.clone(),
             tensor: t.name.clone(),
             source,

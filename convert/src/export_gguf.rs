@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
 use crate::checkpoint::{Checkpoint, Format, TensorEntry};
 use crate::config::{ModelConfig, RopeScaling};

@@ -7,12 +7,12 @@
 //! by block, names sorted within each), the attention-V and FFN-down counters advance in that
 //! order, and a type whose block does not divide a row falls back (Q4_K → Q5_0, Q5_K → Q5_1,
 //! Q6_K → Q8_0, Q2_K/Q3_K → Q4_0; F16 if even that does not fit). Data is encoded by
-//! `qforge_quantize::ggml_quant`, bit for bit llama.cpp's reference quantizers.
+//! `qforge_codecs::ggml_quant`, bit for bit llama.cpp's reference quantizers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use qforge_quantize::{ggml_quant, DType};
+use qforge_codecs::{ggml_quant, DType};
 
 use crate::checkpoint::{Checkpoint, Format, TensorEntry};
 use crate::error::{Error, Result};
@@ -438,7 +438,7 @@ fn quantize_streamed(
         &t.name,
         Some((buf, row_bytes)),
         |bytes, vals, out| {
-            qforge_quantize::decode_to_f32(t.dtype, bytes, vals)?;
+            qforge_codecs::decode_to_f32(t.dtype, bytes, vals)?;
             opts.numerics.row(vals)?;
             ggml_quant::quantize_one_row(dtype, vals, imatrix, out.expect("output rows given"))
         },

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufArray, GgufError, GgufValue, StringArray, MAX_NAME_LEN};

@@ -4,7 +4,7 @@
 //!
 //! Every linear of every block is decoded to `f32` (whatever the source stores: floats, ggml
 //! blocks, or an already quantized layout), put in HF row order (Q/K RoPE permutation), and
-//! encoded with the codecs of `qforge-quantize`. Everything else (embeddings, norms, the LM
+//! encoded with the codecs of `qforge-codecs`. Everything else (embeddings, norms, the LM
 //! head, modules the policy or `--ignore` leaves out) is written in the model dtype.
 //!
 //! Writing order: safetensors files keep the library's data order (descending dtype alignment,
@@ -18,9 +18,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use qforge_quantize::fp8::{self, Fp8Options, ScaleRounding};
-use qforge_quantize::int4::{self, Int4Arith, Int4Config, Int4Scheme, Int4Tensor};
-use qforge_quantize::DType;
+use qforge_codecs::fp8::{self, Fp8Options, ScaleRounding};
+use qforge_codecs::int4::{self, Int4Arith, Int4Config, Int4Scheme, Int4Tensor};
+use qforge_codecs::DType;
 use serde_json::{json, Value};
 
 use crate::checkpoint::{Checkpoint, Format};
@@ -68,11 +68,11 @@ pub enum HfScheme {
     },
     /// FP8 E4M3 weights with one scale per 128×128 block, activations FP8 dynamic per token
     /// group of 128 (compressed-tensors `strategy: block`, llm-compressor `FP8_BLOCK`;
-    /// arithmetic in `qforge_quantize::fp8_ct`).
+    /// arithmetic in `qforge_codecs::fp8_ct`).
     Fp8Block,
     /// FP4 E2M1 weights with an FP8 E4M3 scale per 16 and a per-tensor F32 global scale,
     /// 16-bit activations (compressed-tensors `nvfp4-pack-quantized`, llm-compressor
-    /// `NVFP4A16`; arithmetic in `qforge_quantize::fp4`).
+    /// `NVFP4A16`; arithmetic in `qforge_codecs::fp4`).
     Nvfp4A16,
     /// FP4 E2M1 weights with an E8M0 scale per 32 (compressed-tensors `mxfp4-pack-quantized`):
     /// llm-compressor `MXFP4` (activations dynamic MXFP4 at run time) or, with
@@ -291,12 +291,12 @@ fn fp8_rows_streamed(
                         return fp8::scale_for_amax(amax, opts);
                     }
                 }
-                qforge_quantize::decode_to_f32(w.dtype, bytes, buf)?;
+                qforge_codecs::decode_to_f32(w.dtype, bytes, buf)?;
                 numerics.row(buf)?;
                 let amax = buf.iter().fold(0f32, |m, v| m.max(v.abs()));
                 return fp8::scale_for_amax(amax, opts);
             };
-            qforge_quantize::decode_to_f32(w.dtype, bytes, buf)?;
+            qforge_codecs::decode_to_f32(w.dtype, bytes, buf)?;
             numerics.row(buf)?;
             fp8::quantize_fp8_row(buf, q, opts)
         }),
@@ -353,7 +353,7 @@ fn fp8_code_rows(
                             }
                         }
                     }
-                    qforge_quantize::decode_to_f32(w.dtype, bytes, buf)?;
+                    qforge_codecs::decode_to_f32(w.dtype, bytes, buf)?;
                     numerics.row(buf)?;
                     fp8::quantize_fp8_row(buf, q, &opts)
                 },
@@ -417,7 +417,7 @@ fn shape2_cols(ckpt: &Checkpoint, id: TensorId) -> usize {
     ckpt.config.expected_shape(id).last().copied().unwrap_or(1) as usize
 }
 
-fn codec_err(ckpt: &Checkpoint, id: TensorId, source: qforge_quantize::Error) -> Error {
+fn codec_err(ckpt: &Checkpoint, id: TensorId, source: qforge_codecs::Error) -> Error {
     Error::Codec {
         path: ckpt.path.clone(),
         tensor: hf_module(id) + ".weight",

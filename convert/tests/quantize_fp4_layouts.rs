@@ -1,7 +1,7 @@
 //! compressed-tensors NVFP4A16 and MXFP4 output on a synthetic BF16 Llama: the
 //! `quantization_config` exactly as compressed-tensors 0.20 serializes the llm-compressor presets,
 //! the tensors its compressors write (names, dtypes, shapes), the fused q/k/v and gate/up global
-//! scales, and bytes equal to the `qforge_quantize::fp4` codecs (which the interop tests check
+//! scales, and bytes equal to the `qforge_codecs::fp4` codecs (which the interop tests check
 //! against compressed-tensors' arithmetic).
 
 use std::path::Path;
@@ -12,9 +12,9 @@ use qforge_convert::layout::{
 use qforge_convert::numerics::Numerics;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
-use qforge_quantize::fp4;
-use qforge_quantize::int4::Int4Arith;
-use qforge_quantize::DType;
+use qforge_codecs::fp4;
+use qforge_codecs::int4::Int4Arith;
+use qforge_codecs::DType;
 use serde_json::{json, Value};
 
 const HIDDEN: usize = 64;

@@ -12,7 +12,7 @@ use qforge_convert::layout::{
 use qforge_convert::numerics::Numerics;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::{Checkpoint, Error, LayerTensor, Part, TensorId};
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 use serde_json::{json, Value};
 
 /// Deterministic pseudo-random values (xorshift), roughly N(0, 0.05) with a few outliers.
@@ -274,7 +274,7 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
     match &e {
         Error::Codec {
             tensor,
-            source: qforge_quantize::Error::GroupMismatch { suggested, .. },
+            source: qforge_codecs::Error::GroupMismatch { suggested, .. },
             ..
         } => {
             assert!(tensor.starts_with("model.layers.0."), "{tensor}");
@@ -408,7 +408,7 @@ fn same_bytes_for_any_thread_count_and_static_scales_are_required() {
 /// and leave nothing behind.
 #[test]
 fn row_block_streaming_equals_the_whole_tensor_codec() {
-    use qforge_quantize::fp8::{self, Fp8Options};
+    use qforge_codecs::fp8::{self, Fp8Options};
     let tmp = tempfile::tempdir().unwrap();
     // gate/up [5120, 1024] and down [1024, 5120]: 5 MiB of FP8 codes each, two blocks
     let src = source(tmp.path(), 1, 1024, 5120, false);

@@ -28,7 +28,7 @@ use qforge_kernels::cpu::CpuGemm;
 use qforge_kernels::cuda::cublaslt::CublasLtFp8;
 use qforge_kernels::cuda::{CudaGemm, DeviceOut};
 use qforge_kernels::{linear_fp8, Error, Fp8Rows, Gemm, Int4Rows, OutputMut};
-use qforge_quantize::float::{bf16_bits_to_f32, f32_to_bf16_bits};
+use qforge_codecs::float::{bf16_bits_to_f32, f32_to_bf16_bits};
 use support::{activations, Rng};
 
 fn main() {

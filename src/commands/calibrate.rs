@@ -97,7 +97,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         };
         a.bf16 = matches!(
             model.ckpt.weight_storage(q0)?,
-            qforge_convert::dequant::WeightStorage::Plain(qforge_quantize::DType::BF16)
+            qforge_convert::dequant::WeightStorage::Plain(qforge_codecs::DType::BF16)
         );
     }
     if let Method::Gptq(g) = &mut method {
@@ -109,7 +109,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         };
         g.bf16 = matches!(
             model.ckpt.weight_storage(q0)?,
-            qforge_convert::dequant::WeightStorage::Plain(qforge_quantize::DType::BF16)
+            qforge_convert::dequant::WeightStorage::Plain(qforge_codecs::DType::BF16)
         );
     }
     let samples = if let Some(p) = &args.tokens {

@@ -8,7 +8,7 @@ use qforge_convert::export_gguf::{convert_to_gguf, GgufOptions};
 use qforge_convert::export_meta::{convert_to_meta_with, MetaOptions};
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
 use crate::cli::{ConvertArgs, ConvertTarget, FloatDtype};
 

@@ -22,7 +22,7 @@ use anyhow::{bail, Result};
 use qforge_convert::names::{TensorId, TensorKey};
 use qforge_convert::write::FileRecord;
 use qforge_convert::Checkpoint;
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 use serde::Serialize;
 use serde_json::json;
 

@@ -12,7 +12,7 @@ use qforge_convert::layout::{
 use qforge_convert::numerics::Numerics;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 use serde_json::json;
 
 use crate::cli::{FloatDtype, QuantLayout, QuantPolicy, QuantizeArgs};
@@ -146,7 +146,7 @@ pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
         "nvfp4a16" => return Ok(Scheme::Hf(HfScheme::Nvfp4A16)),
         "mxfp4" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: false })),
         "mxfp4a16" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: true })),
-        "int4" => return int(4, Some(qforge_quantize::int4::DEFAULT_GROUP_SIZE)),
+        "int4" => return int(4, Some(qforge_codecs::int4::DEFAULT_GROUP_SIZE)),
         "int4-row" | "int4-channel" => return int(4, None),
         "int8-row" | "int8-channel" => return int(8, None),
         _ => {}
@@ -313,7 +313,7 @@ impl PrecomputedInt4 for CalibCodes {
         self.0.has(module)
     }
 
-    fn int4(&self, module: &str) -> std::result::Result<qforge_quantize::int4::Int4Tensor, String> {
+    fn int4(&self, module: &str) -> std::result::Result<qforge_codecs::int4::Int4Tensor, String> {
         match self.0.int4(module) {
             Ok(Some(t)) => Ok(t),
             Ok(None) => Err(format!("no calibrated codes for {module}")),
@@ -336,7 +336,7 @@ fn bad_weight_hint(e: qforge_convert::Error) -> anyhow::Error {
     match &e {
         qforge_convert::Error::Codec {
             source:
-                qforge_quantize::Error::NonFinite { .. } | qforge_quantize::Error::OutOfRange { .. },
+                qforge_codecs::Error::NonFinite { .. } | qforge_codecs::Error::OutOfRange { .. },
             ..
         } => anyhow::anyhow!(
             "{e}\n  hint: the input holds a bad weight; --bad-weights clamp or --bad-weights skip \

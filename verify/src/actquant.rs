@@ -12,9 +12,9 @@
 //!   `q4_1·q8_1` / `q5_1·q8_1` dot products add through the weight block's min `m` (they use
 //!   the block's stored `s = f16(d·Σq)` instead of `d·Σq`).
 
-use qforge_quantize::float::{f16_bits_to_f32, f32_to_bf16_bits, f32_to_f16_bits};
-use qforge_quantize::fp8::{encode_e4m3_sat, E4M3_MAX, MIN_ROW_SCALE};
-use qforge_quantize::DType;
+use qforge_codecs::float::{f16_bits_to_f32, f32_to_bf16_bits, f32_to_f16_bits};
+use qforge_codecs::fp8::{encode_e4m3_sat, E4M3_MAX, MIN_ROW_SCALE};
+use qforge_codecs::DType;
 use rayon::prelude::*;
 
 fn f16_round(x: f32) -> f32 {
@@ -32,7 +32,7 @@ pub fn fp8_per_token(x: &mut [f32], width: usize, ub: Option<f32>) -> Vec<f32> {
             }
             let s = (amax / E4M3_MAX).max(MIN_ROW_SCALE);
             for v in row.iter_mut() {
-                *v = qforge_quantize::float::f8_e4m3_to_f32(encode_e4m3_sat(*v / s));
+                *v = qforge_codecs::float::f8_e4m3_to_f32(encode_e4m3_sat(*v / s));
             }
             s
         })
@@ -101,7 +101,7 @@ pub fn ggml_quantize(x: &mut [f32], width: usize, ty: GgmlActType) -> Vec<f32> {
         GgmlActType::Bf16 => {
             x.par_chunks_mut(4096).for_each(|c| {
                 for v in c {
-                    *v = qforge_quantize::float::bf16_bits_to_f32(f32_to_bf16_bits(*v));
+                    *v = qforge_codecs::float::bf16_bits_to_f32(f32_to_bf16_bits(*v));
                 }
             });
             Vec::new()

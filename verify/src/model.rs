@@ -322,7 +322,7 @@ impl Model {
     fn block_mins(
         &self,
         id: TensorId,
-        dtype: qforge_quantize::DType,
+        dtype: qforge_codecs::DType,
         out: usize,
         inp: usize,
     ) -> Result<Vec<f32>> {
@@ -342,7 +342,7 @@ impl Model {
         // block_q4_1 / block_q5_1 start with f16 d, f16 m.
         Ok(bytes
             .chunks_exact(bb)
-            .map(|b| qforge_quantize::float::f16_bits_to_f32(u16::from_le_bytes([b[2], b[3]])))
+            .map(|b| qforge_codecs::float::f16_bits_to_f32(u16::from_le_bytes([b[2], b[3]])))
             .collect())
     }
 

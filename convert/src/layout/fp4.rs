@@ -3,15 +3,15 @@
 //! `mxfp4-pack-quantized` (`weight_packed` U8, `weight_scale` U8 E8M0 per 32), as
 //! compressed-tensors' `NVFP4PackedCompressor` / `MXFP4PackedCompressor`
 //! (compressors/nvfp4/base.py, compressors/mxfp4/base.py) write them. The arithmetic is
-//! `qforge_quantize::fp4`'s (llm-compressor's, bit for bit).
+//! `qforge_codecs::fp4`'s (llm-compressor's, bit for bit).
 //!
 //! NVFP4's global scale is shared by the layers vLLM fuses (llm-compressor
 //! observers/helpers.py `FUSED_LAYER_NAMES`: q/k/v and gate/up): it is made from the amax of
 //! every quantized member of the group, so each member reads its siblings once more.
 
-use qforge_quantize::fp4;
-use qforge_quantize::int4::Int4Arith;
-use qforge_quantize::DType;
+use qforge_codecs::fp4;
+use qforge_codecs::int4::Int4Arith;
+use qforge_codecs::DType;
 
 use super::{checked_rows, codec_err, shape2, HfScheme};
 use crate::checkpoint::Checkpoint;

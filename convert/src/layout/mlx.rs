@@ -7,10 +7,10 @@
 //! `wrapped_predicate` leaves it. `config.json` gets `quantization` = `quantization_config` =
 //! `{"bits", "group_size", "mode": "affine"}` (`save_config`), which `mlx_lm.utils.load_model`
 //! reads to swap in `QuantizedLinear` / `QuantizedEmbedding` wherever `{module}.scales`
-//! exists. The arithmetic is `qforge_quantize::mlx`'s (mlx's CPU kernel, bit for bit).
+//! exists. The arithmetic is `qforge_codecs::mlx`'s (mlx's CPU kernel, bit for bit).
 
-use qforge_quantize::mlx;
-use qforge_quantize::DType;
+use qforge_codecs::mlx;
+use qforge_codecs::DType;
 use serde_json::{json, Value};
 
 use super::fp4::Source;
