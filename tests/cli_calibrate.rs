@@ -4,6 +4,7 @@
 //! exactly the GPTQ codes and scales; AWQ likewise resumes to the same bytes and its scales are
 //! folded by `qforge quantize --calib DIR`.
 
+use qforge_quantize::dequant::WeightRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -551,7 +552,7 @@ fn gptq_int8_codes_are_written_as_8_bit_pack_quantized() {
     };
     assert_eq!(
         ck.weight_storage(id).unwrap(),
-        qforge_convert::dequant::WeightStorage::Int4Packed {
+        qforge_quantize::dequant::WeightStorage::Int4Packed {
             bits: 8,
             group_size: 64,
             asymmetric: false

@@ -26,9 +26,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use qforge_convert::layout::hf_module;
 use qforge_convert::write::{OutputDir, OutputOptions};
 use qforge_convert::{Format, LayerTensor, TensorId};
+use qforge_quantize::layout::hf_module;
 use qforge_verify::eval::{attend, run_layer_observed};
 use qforge_verify::matmul::matmul_t;
 use qforge_verify::ops::{swiglu, RopeTable};

@@ -332,12 +332,10 @@ impl Checkpoint {
             reason: "tensor too large for this machine's address space",
         })?;
         let mut out = vec![0f32; n];
-        qforge_codecs::decode_to_f32(t.dtype, &bytes, &mut out).map_err(|source| {
-            Error::Codec {
-                path: self.path.clone(),
-                tensor: t.name.clone(),
-                source,
-            }
+        qforge_codecs::decode_to_f32(t.dtype, &bytes, &mut out).map_err(|source| Error::Codec {
+            path: self.path.clone(),
+            tensor: t.name.clone(),
+            source,
         })?;
         Ok(out)
     }

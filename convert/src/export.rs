@@ -374,7 +374,7 @@ pub fn encode_float(values: &[f32], dtype: DType, out: &mut Vec<u8>) -> Option<(
 }
 
 /// Canonical HF order: embeddings, each layer's tensors, final norm, LM head.
-pub(crate) fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
+pub fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
     let kind_rank = |k: LayerTensor| match k {
         // transformers' module registration order (`Qwen3Attention`: q, k, v, o, q_norm,
         // k_norm; a bias right after its weight)
@@ -403,7 +403,7 @@ pub(crate) fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
 }
 
 /// How the source stores Q/K rows relative to HF.
-pub(crate) fn rope_direction(cfg: &ModelConfig, from: Format, to: Format) -> Option<RopeLayout> {
+pub fn rope_direction(cfg: &ModelConfig, from: Format, to: Format) -> Option<RopeLayout> {
     let f = cfg.family;
     match (f.half_split_rope(from), f.half_split_rope(to)) {
         (false, true) => Some(RopeLayout::ToHf),
@@ -413,7 +413,7 @@ pub(crate) fn rope_direction(cfg: &ModelConfig, from: Format, to: Format) -> Opt
 }
 
 /// Number of heads whose rows a Q or K tensor holds, if it is one.
-pub(crate) fn rope_heads(cfg: &ModelConfig, key: TensorKey) -> Option<usize> {
+pub fn rope_heads(cfg: &ModelConfig, key: TensorKey) -> Option<usize> {
     match key.id {
         TensorId::Layer {
             kind: LayerTensor::Q,
@@ -433,7 +433,7 @@ const RETAINED_BUFFER: usize = 64 << 20;
 /// Empty the writers' per-tensor buffer for the next tensor. A buffer the size of a big tensor
 /// is given back rather than kept: the next big tensor gathers into a fresh buffer of its own
 /// (or is moved in), and holding both would make peak memory twice the largest tensor.
-pub(crate) fn reset_buffer(buf: &mut Vec<u8>) {
+pub fn reset_buffer(buf: &mut Vec<u8>) {
     if buf.capacity() > RETAINED_BUFFER {
         *buf = Vec::new();
     } else {
@@ -473,7 +473,7 @@ pub fn tensor_bytes(
 /// A row-block producer copying `t` unchanged (Q/K rows permuted in direction `rope`), when
 /// it can stream: a 2-D tensor stored contiguously in `dtype` already. `None` otherwise (a
 /// conversion, or a strided or model-parallel source, which is gathered once, whole).
-pub(crate) fn copy_rows<'a>(
+pub fn copy_rows<'a>(
     ckpt: &'a Checkpoint,
     t: &'a TensorEntry,
     dtype: DType,
@@ -615,7 +615,7 @@ pub struct Written {
 /// `LlamaModel.generate_extra_tensors` in `convert_hf_to_gguf.py`, writes no scaling keys):
 /// the scaling is recovered from those factors ([`llama3_from_factors`]); factors that are not
 /// Llama 3.1 scaling cannot be said in a config and changing them changes the math.
-pub(crate) fn target_rope_scaling(
+pub fn target_rope_scaling(
     ckpt: &Checkpoint,
     target: &str,
 ) -> Result<(Option<RopeScaling>, Vec<Note>)> {
@@ -833,7 +833,7 @@ fn model_card(fields: &[(&str, String)]) -> Option<Vec<u8>> {
 
 /// Tokenizer and generation files of an HF output: carried over unchanged from an HF source,
 /// converted from the source's tokenizer otherwise.
-pub(crate) fn write_hf_side_files(ckpt: &Checkpoint, out: &mut OutputDir) -> Result<()> {
+pub fn write_hf_side_files(ckpt: &Checkpoint, out: &mut OutputDir) -> Result<()> {
     if ckpt.format == Format::Hf {
         // Carry tokenizer and generation files over unchanged.
         let dir = ckpt.dir();

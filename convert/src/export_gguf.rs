@@ -228,7 +228,7 @@ pub fn model_metadata(
 
 /// A family written under another family's GGUF architecture (`convert_hf_to_gguf.py` writes
 /// `MistralForCausalLM` as `llama`) reads back as that family: its HF class is not kept.
-pub(crate) fn class_lost(cfg: &ModelConfig) -> Option<Note> {
+pub fn class_lost(cfg: &ModelConfig) -> Option<Note> {
     let spec = cfg.family.spec();
     let back = crate::family::Family::from_gguf_arch(spec.gguf_arch)?;
     (back != cfg.family).then(|| {
@@ -245,7 +245,7 @@ pub(crate) fn class_lost(cfg: &ModelConfig) -> Option<Note> {
 /// What GGUF cannot say about a config: a sliding window (llama.cpp's llama, qwen2 and qwen3
 /// graphs attend over the whole context, and `convert_hf_to_gguf.py` writes no window key for
 /// them), which changes the math past the window.
-pub(crate) fn window_lost(cfg: &ModelConfig) -> Option<Note> {
+pub fn window_lost(cfg: &ModelConfig) -> Option<Note> {
     cfg.sliding_window.map(|w| {
         Note::changes_math(
             format!(
@@ -259,7 +259,7 @@ pub(crate) fn window_lost(cfg: &ModelConfig) -> Option<Note> {
 
 /// GGUF tensor order: rope factors, embeddings, each block (in the order `convert_hf_to_gguf.py`
 /// emits a block's HF tensors), final norm, output.
-pub(crate) fn gguf_order(key: &TensorKey) -> (u32, u32) {
+pub fn gguf_order(key: &TensorKey) -> (u32, u32) {
     // HF names sorted: input_layernorm, mlp.{down,gate,up}_proj, post_attention_layernorm,
     // self_attn.{k_norm, k_proj.bias, k_proj.weight, o_proj, q_norm, q_proj.bias, …}
     let kind_rank = |k: LayerTensor| match k {
@@ -290,7 +290,7 @@ pub(crate) fn gguf_order(key: &TensorKey) -> (u32, u32) {
 /// What GGUF loses when it keeps Llama 3.1 scaling as the `rope_freqs.weight` factors `f`
 /// (llama.cpp's form: no keys for the parameters): nothing when the parameters read back from
 /// the factors ([`llama3_from_factors`]) are the config's.
-pub(crate) fn rope_metadata_lost(cfg: &ModelConfig, f: &[f32]) -> Option<Note> {
+pub fn rope_metadata_lost(cfg: &ModelConfig, f: &[f32]) -> Option<Note> {
     let back = llama3_from_factors(cfg.rope_theta, cfg.head_dim, f, None);
     (back != cfg.rope_scaling).then(|| {
         Note::metadata_lost(
@@ -331,7 +331,7 @@ pub struct GgufOptions {
 
 /// Tokenizer metadata for the output: carried over from a GGUF source, otherwise converted from
 /// the source's tokenizer files.
-pub(crate) fn tokenizer_metadata(
+pub fn tokenizer_metadata(
     ckpt: &Checkpoint,
     notes: &mut Vec<Note>,
 ) -> Result<Vec<(String, GgufValue)>> {

@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
+use qforge_codecs::DType;
 use qforge_convert::gguf::{
     self, GgufArray, GgufError, GgufMetadata, GgufTensorInfo, GgufType, GgufValue, StringArray,
 };
 use qforge_convert::{Checkpoint, ConfigError, Error, Format, TensorLayout};
-use qforge_codecs::DType;
 use sha2::Digest;
 
 /// Tiny GGUF byte builders (kept in this file so the test binary owns its helpers).

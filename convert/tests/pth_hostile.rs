@@ -7,10 +7,10 @@
 use std::path::Path;
 
 use proptest::prelude::*;
+use qforge_codecs::DType;
 use qforge_convert::pth::pickle::{self, Value};
 use qforge_convert::pth::{parse_state_dict, PthError, PthFile, PthTensor};
 use qforge_convert::{Checkpoint, Error, TensorLayout};
-use qforge_codecs::DType;
 
 // ---------------------------------------------------------------------------------------------
 // pickle builder

@@ -8,12 +8,12 @@
 
 mod support;
 
-use qforge_kernels::cpu::{CpuGemm, EXACT_K_MAX};
-use qforge_kernels::{linear_fp8, Backend, Error, Fp8Rows, Gemm, Int4Rows, OutputMut};
 use qforge_codecs::float::bf16_bits_to_f32;
 use qforge_codecs::int4::{
     dequantize_compressed_tensors, pack_compressed_tensors, quantize_int4, Int4Config,
 };
+use qforge_kernels::cpu::{CpuGemm, EXACT_K_MAX};
+use qforge_kernels::{linear_fp8, Backend, Error, Fp8Rows, Gemm, Int4Rows, OutputMut};
 use support::{activations, fp8_ref_f64, Rng};
 
 const F32_REL: f64 = 5.960_464_477_539_063e-8 * (1.0 + 1.0 / 1_048_576.0); // 2^-24 (1 + 2^-20)

@@ -14,16 +14,19 @@ use std::path::Path;
 
 use qforge_codecs::{ggml_quant, DType};
 
-use crate::checkpoint::{Checkpoint, Format, TensorEntry};
-use crate::error::{Error, Result};
-use crate::export::{encode_float, rope_direction, rope_heads, Written};
-use crate::export_gguf::{gguf_order, llama3_rope_factors, model_metadata, tokenizer_metadata};
-use crate::gguf::GgufValue;
-use crate::names::{NameScheme, Part, TensorId, TensorKey};
-use crate::notes::Note;
+use crate::dequant::WeightRead;
 use crate::numerics::{Numerics, WeightPolicy};
-use crate::write::gguf::{plan, GgufTensorSpec, GgufWriter};
-use crate::write::AtomicFile;
+use qforge_convert::checkpoint::{Checkpoint, Format, TensorEntry};
+use qforge_convert::export::{encode_float, rope_direction, rope_heads, Written};
+use qforge_convert::export_gguf::{
+    gguf_order, llama3_rope_factors, model_metadata, tokenizer_metadata,
+};
+use qforge_convert::gguf::GgufValue;
+use qforge_convert::names::{NameScheme, Part, TensorId, TensorKey};
+use qforge_convert::notes::Note;
+use qforge_convert::write::gguf::{plan, GgufTensorSpec, GgufWriter};
+use qforge_convert::write::AtomicFile;
+use qforge_convert::{Error, Result};
 
 /// A llama.cpp file type (`llama_ftype`) that mixes ggml types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -432,7 +435,7 @@ fn quantize_streamed(
         .map(Vec::as_slice);
     buf.resize(rows * row_bytes, 0);
     let rope = rope_direction(&ckpt.config, ckpt.format, Format::Gguf);
-    let done = ckpt.par_source_rows(
+    let done = crate::dequant::Weights(ckpt).par_source_rows(
         t,
         rope,
         &t.name,
@@ -453,7 +456,7 @@ pub fn quantize_to_gguf(
     mix: GgufMix,
     opts: &GgufQuantOptions,
 ) -> Result<GgufQuantWritten> {
-    let mut notes = crate::notes::from_reading(&ckpt.notes);
+    let mut notes = qforge_convert::notes::from_reading(&ckpt.notes);
     let mut entries: Vec<&TensorEntry> = ckpt
         .tensors
         .iter()
@@ -467,10 +470,10 @@ pub fn quantize_to_gguf(
     notes.extend(
         rope_factors
             .as_deref()
-            .and_then(|f| crate::export_gguf::rope_metadata_lost(&ckpt.config, f)),
+            .and_then(|f| qforge_convert::export_gguf::rope_metadata_lost(&ckpt.config, f)),
     );
-    notes.extend(crate::export_gguf::window_lost(&ckpt.config));
-    notes.extend(crate::export_gguf::class_lost(&ckpt.config));
+    notes.extend(qforge_convert::export_gguf::window_lost(&ckpt.config));
+    notes.extend(qforge_convert::export_gguf::class_lost(&ckpt.config));
     entries.sort_by_key(|t| gguf_order(&t.key));
     let name_of = |t: &TensorEntry| {
         NameScheme::Gguf
@@ -559,7 +562,7 @@ pub fn quantize_to_gguf(
         .collect();
     // general.name from the source GGUF, or from an HF source's model card (as
     // convert_hf_to_gguf.py names the file from it)
-    let card = crate::export::model_card_fields(ckpt);
+    let card = qforge_convert::export::model_card_fields(ckpt);
     let general_name = card
         .iter()
         .find(|(k, _)| *k == "model_name")
@@ -594,7 +597,7 @@ pub fn quantize_to_gguf(
     if opts.dry_run {
         return Ok(GgufQuantWritten {
             written: Written {
-                files: vec![crate::write::planned_file(
+                files: vec![qforge_convert::write::planned_file(
                     dest,
                     p.file_size(),
                     p.tensors.iter().map(|t| t.1).sum(),
@@ -619,7 +622,7 @@ pub fn quantize_to_gguf(
     for t in &entries {
         let (mt, c) = (&mix_tensors[idx], choices[idx]);
         idx += 1;
-        crate::export::reset_buffer(&mut buf);
+        qforge_convert::export::reset_buffer(&mut buf);
         let same_layout = rope_direction(&ckpt.config, ckpt.format, Format::Gguf).is_none()
             || rope_heads(&ckpt.config, t.key).is_none();
         if t.dtype == c.dtype && t.key.part == Part::Weight && same_layout {

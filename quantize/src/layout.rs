@@ -23,18 +23,19 @@ use qforge_codecs::int4::{self, Int4Arith, Int4Config, Int4Scheme, Int4Tensor};
 use qforge_codecs::DType;
 use serde_json::{json, Value};
 
-use crate::checkpoint::{Checkpoint, Format};
-use crate::error::{Error, Result};
-use crate::export::{
+use crate::dequant::WeightRead;
+use crate::numerics::{Numerics, WeightPolicy};
+use qforge_convert::checkpoint::{Checkpoint, Format};
+use qforge_convert::export::{
     copy_rows, encode_float, hf_config_json, rope_direction, target_rope_scaling, tensor_bytes,
     write_hf_side_files, write_safetensors_shards, OutTensor, Producer, RowProducer, Written,
 };
-use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
-use crate::notes::Note;
-use crate::numerics::{Numerics, WeightPolicy};
-use crate::rope::RopeLayout;
-use crate::write::safetensors::TensorSpec;
-use crate::write::{OutputDir, OutputOptions};
+use qforge_convert::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
+use qforge_convert::notes::Note;
+use qforge_convert::rope::RopeLayout;
+use qforge_convert::write::safetensors::TensorSpec;
+use qforge_convert::write::{OutputDir, OutputOptions};
+use qforge_convert::{Error, Result};
 
 mod fp4;
 pub mod fp8_block;
@@ -257,7 +258,7 @@ fn roles(ckpt: &Checkpoint) -> Vec<TensorId> {
         .collect();
     ids.sort();
     ids.dedup();
-    ids.sort_by_key(|id| crate::export::hf_order(&TensorKey::weight(*id)));
+    ids.sort_by_key(|id| qforge_convert::export::hf_order(&TensorKey::weight(*id)));
     ids
 }
 
@@ -280,8 +281,12 @@ fn fp8_rows_streamed(
     let w = ckpt.part(id, Part::Weight)?;
     let k = shape2(ckpt, id).1;
     let name = hf_module(id) + ".weight";
-    Some(
-        ckpt.par_source_rows(w, rope, &name, out_q.map(|q| (q, k)), |bytes, buf, q| {
+    Some(crate::dequant::Weights(ckpt).par_source_rows(
+        w,
+        rope,
+        &name,
+        out_q.map(|q| (q, k)),
+        |bytes, buf, q| {
             let Some(q) = q else {
                 // Scales only: the absolute maximum straight from the bit patterns (for IEEE-style
                 // formats |x| orders like its bits with the sign cleared), no decoding; a row
@@ -299,8 +304,8 @@ fn fp8_rows_streamed(
             qforge_codecs::decode_to_f32(w.dtype, bytes, buf)?;
             numerics.row(buf)?;
             fp8::quantize_fp8_row(buf, q, opts)
-        }),
-    )
+        },
+    ))
 }
 
 /// Whether `id`'s weight is a plain float tensor (BF16/F16/F32, no scale of its own), which
@@ -324,7 +329,10 @@ fn fp8_code_rows(
 ) -> Option<Producer<'_>> {
     let w = ckpt.part(id, Part::Weight)?;
     if !plain_float_weight(ckpt, id)
-        || !matches!(w.layout, crate::checkpoint::TensorLayout::Contiguous(_))
+        || !matches!(
+            w.layout,
+            qforge_convert::checkpoint::TensorLayout::Contiguous(_)
+        )
     {
         return None;
     }
@@ -336,29 +344,30 @@ fn fp8_code_rows(
     Some(Producer::Rows(RowProducer {
         row_bytes: k,
         fill: Box::new(move |range, out| {
-            ckpt.par_rows_of(
-                w,
-                (src, range),
-                rope,
-                &name,
-                Some((out, k)),
-                |bytes, buf, q| {
-                    let q = q.expect("codes requested");
-                    // a BF16 row with nothing for the bad-weight policy to do is encoded from
-                    // its bit patterns in one pass (the same codes as decoding it first)
-                    if w.dtype == DType::BF16 {
-                        if let Ok(amax) = fp8::amax_of_bits(w.dtype, bytes) {
-                            if amax <= numerics.max_abs {
-                                return fp8::quantize_fp8_row_bf16(bytes, amax, q, &opts);
+            crate::dequant::Weights(ckpt)
+                .par_rows_of(
+                    w,
+                    (src, range),
+                    rope,
+                    &name,
+                    Some((out, k)),
+                    |bytes, buf, q| {
+                        let q = q.expect("codes requested");
+                        // a BF16 row with nothing for the bad-weight policy to do is encoded from
+                        // its bit patterns in one pass (the same codes as decoding it first)
+                        if w.dtype == DType::BF16 {
+                            if let Ok(amax) = fp8::amax_of_bits(w.dtype, bytes) {
+                                if amax <= numerics.max_abs {
+                                    return fp8::quantize_fp8_row_bf16(bytes, amax, q, &opts);
+                                }
                             }
                         }
-                    }
-                    qforge_codecs::decode_to_f32(w.dtype, bytes, buf)?;
-                    numerics.row(buf)?;
-                    fp8::quantize_fp8_row(buf, q, &opts)
-                },
-            )
-            .map(|_| ())
+                        qforge_codecs::decode_to_f32(w.dtype, bytes, buf)?;
+                        numerics.row(buf)?;
+                        fp8::quantize_fp8_row(buf, q, &opts)
+                    },
+                )
+                .map(|_| ())
         }),
         done: Box::new(move || ckpt.release(w)),
     }))
@@ -714,12 +723,12 @@ pub fn quantize_to_hf(
             ),
         });
     }
-    let mut notes = crate::notes::from_reading(&ckpt.notes);
+    let mut notes = qforge_convert::notes::from_reading(&ckpt.notes);
     let mut hf_cfg = ckpt.config.clone();
     let (rope_scaling, rope_notes) = target_rope_scaling(ckpt, "config.json")?;
     hf_cfg.rope_scaling = rope_scaling;
     notes.extend(rope_notes);
-    crate::notes::gate(&notes, opts.output.allow_lossy)?;
+    qforge_convert::notes::gate(&notes, opts.output.allow_lossy)?;
     let numerics = opts.numerics;
     let mut skipped = scan_policy(ckpt, opts, &mut notes)?;
     if let Ok(Some((_, g))) = mlx_params(opts) {
@@ -1057,7 +1066,7 @@ pub fn quantize_to_hf(
     text.push(b'\n');
     out.write_file("config.json", &text)?;
     write_hf_side_files(ckpt, &mut out)?;
-    let mut extra = crate::notes::record(&notes);
+    let mut extra = qforge_convert::notes::record(&notes);
     extra.insert("source_format".into(), json!(ckpt.format));
     let files = out.commit(extra)?;
     Ok(QuantWritten {

@@ -16,9 +16,10 @@ use std::str::FromStr;
 
 use qforge_codecs::DType;
 
-use crate::checkpoint::Checkpoint;
-use crate::error::Result;
-use crate::names::{Part, TensorId};
+use crate::dequant::WeightRead;
+use qforge_convert::checkpoint::Checkpoint;
+use qforge_convert::names::{Part, TensorId};
+use qforge_convert::Result;
 
 /// F16's largest finite value: the default limit on a weight's magnitude. No trained Llama
 /// weight comes near it, and a GGUF block scale (stored as F16) cannot represent a larger one.
@@ -159,10 +160,16 @@ impl Numerics {
         let per_row: Vec<(u64, Option<(u64, f32)>)> =
             if t.shape.len() == 2 && matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32) {
                 let dtype = t.dtype;
-                ckpt.par_source_rows(t, None, &t.name, None, |bytes, buf, _| {
-                    qforge_codecs::decode_to_f32(dtype, bytes, buf)?;
-                    Ok(self.count(buf))
-                })?
+                crate::dequant::Weights(ckpt).par_source_rows(
+                    t,
+                    None,
+                    &t.name,
+                    None,
+                    |bytes, buf, _| {
+                        qforge_codecs::decode_to_f32(dtype, bytes, buf)?;
+                        Ok(self.count(buf))
+                    },
+                )?
             } else {
                 let v = ckpt.weight_f32(id)?;
                 let k = t.shape.last().copied().unwrap_or(1).max(1) as usize;
@@ -206,9 +213,7 @@ impl Numerics {
 /// `e` with its row set to `row` (the codecs report row 0 for a single row).
 pub fn with_row(e: qforge_codecs::Error, row: u64) -> qforge_codecs::Error {
     match e {
-        qforge_codecs::Error::NonFinite { col, .. } => {
-            qforge_codecs::Error::NonFinite { row, col }
-        }
+        qforge_codecs::Error::NonFinite { col, .. } => qforge_codecs::Error::NonFinite { row, col },
         qforge_codecs::Error::OutOfRange {
             col, value, limit, ..
         } => qforge_codecs::Error::OutOfRange {

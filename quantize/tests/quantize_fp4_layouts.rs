@@ -6,15 +6,15 @@
 
 use std::path::Path;
 
-use qforge_convert::layout::{
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
-};
-use qforge_convert::numerics::Numerics;
-use qforge_convert::write::OutputOptions;
-use qforge_convert::Checkpoint;
 use qforge_codecs::fp4;
 use qforge_codecs::int4::Int4Arith;
 use qforge_codecs::DType;
+use qforge_convert::write::OutputOptions;
+use qforge_convert::Checkpoint;
+use qforge_quantize::layout::{
+    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+};
+use qforge_quantize::numerics::Numerics;
 use serde_json::{json, Value};
 
 const HIDDEN: usize = 64;

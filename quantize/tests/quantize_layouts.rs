@@ -2,17 +2,18 @@
 //! tensors are quantized, their dtypes and shapes, the `quantization_config`, the error bound of
 //! the dequantized weights, and determinism across thread counts.
 
+use qforge_quantize::dequant::WeightRead;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use qforge_convert::dequant::WeightStorage;
-use qforge_convert::layout::{
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
-};
-use qforge_convert::numerics::Numerics;
+use qforge_codecs::DType;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::{Checkpoint, Error, LayerTensor, Part, TensorId};
-use qforge_codecs::DType;
+use qforge_quantize::dequant::WeightStorage;
+use qforge_quantize::layout::{
+    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+};
+use qforge_quantize::numerics::Numerics;
 use serde_json::{json, Value};
 
 /// Deterministic pseudo-random values (xorshift), roughly N(0, 0.05) with a few outliers.
@@ -188,7 +189,7 @@ fn fbgemm_meta_405b_policy_on_126_layers() {
                     src.weight_f32(id).unwrap(),
                     "{id} must be copied exactly"
                 );
-                not_converted.push(qforge_convert::layout::hf_module(id));
+                not_converted.push(qforge_quantize::layout::hf_module(id));
             }
             assert!(out.part(id, Part::InputScale).is_none());
         }

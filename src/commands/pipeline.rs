@@ -101,7 +101,7 @@ impl Calibrator for Builtin {
 /// passed: `Some(true)` as `--imatrix`, `Some(false)` as `--calib`, `None` not at all.
 pub fn calib_use(method: &str, scheme: &str) -> Option<bool> {
     use crate::commands::quantize::{parse_scheme, Scheme};
-    use qforge_convert::layout::HfScheme;
+    use qforge_quantize::layout::HfScheme;
     let scheme = parse_scheme(scheme, false).ok()?;
     match (method, scheme) {
         ("imatrix", Scheme::Gguf(_)) => Some(true),
@@ -416,12 +416,12 @@ pub fn quantize_args(
         dtype: float_dtype(q.dtype.as_deref(), "[[quantize]]")?.unwrap_or(FloatDtype::Bf16),
         activation_scale_ub: q
             .activation_scale_ub
-            .unwrap_or(qforge_convert::layout::META_ACTIVATION_SCALE_UB),
+            .unwrap_or(qforge_quantize::layout::META_ACTIVATION_SCALE_UB),
         calib,
         imatrix: None,
         shard_size: size(q.shard_size.as_deref())?,
-        bad_weights: qforge_convert::numerics::WeightPolicy::Error,
-        max_abs_weight: qforge_convert::numerics::DEFAULT_MAX_ABS,
+        bad_weights: qforge_quantize::numerics::WeightPolicy::Error,
+        max_abs_weight: qforge_quantize::numerics::DEFAULT_MAX_ABS,
         resume,
         overwrite: false,
         allow_lossy: false,

@@ -19,10 +19,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use qforge_codecs::DType;
 use qforge_convert::names::{TensorId, TensorKey};
 use qforge_convert::write::FileRecord;
 use qforge_convert::Checkpoint;
-use qforge_codecs::DType;
 use serde::Serialize;
 use serde_json::json;
 
@@ -252,10 +252,10 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
                 (resident_of(ckpt, id, src) + out, src as f64 / r)
             }
             Scheme::Hf(hf) => {
-                let module = qforge_convert::layout::hf_module(id);
+                let module = qforge_quantize::layout::hf_module(id);
                 if q.modules.contains(&module) {
                     match hf {
-                        qforge_convert::layout::HfScheme::Int4 { bits, .. } => {
+                        qforge_quantize::layout::HfScheme::Int4 { bits, .. } => {
                             // f32 decode + codes (one byte each) + packed codes + scales
                             (
                                 resident_of(ckpt, id, src) + 4 * n + n + n * u64::from(bits) / 8,
@@ -264,7 +264,7 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
                         }
                         // FP8 rowwise codes stream from a plain mapped source (two row
                         // blocks); per-tensor ones, or from another source, one byte each
-                        qforge_convert::layout::HfScheme::Fp8Rowwise
+                        qforge_quantize::layout::HfScheme::Fp8Rowwise
                             if ckpt
                                 .tensors
                                 .iter()
@@ -626,12 +626,12 @@ pub fn run(args: &PlanArgs) -> Result<()> {
                 ignore: args.ignore.clone(),
                 asym: args.asym,
                 dtype: args.dtype.unwrap_or(FloatDtype::Bf16),
-                activation_scale_ub: qforge_convert::layout::META_ACTIVATION_SCALE_UB,
+                activation_scale_ub: qforge_quantize::layout::META_ACTIVATION_SCALE_UB,
                 calib: None,
                 imatrix: None,
                 shard_size: args.shard_size,
-                bad_weights: qforge_convert::numerics::WeightPolicy::Error,
-                max_abs_weight: qforge_convert::numerics::DEFAULT_MAX_ABS,
+                bad_weights: qforge_quantize::numerics::WeightPolicy::Error,
+                max_abs_weight: qforge_quantize::numerics::DEFAULT_MAX_ABS,
                 resume: false,
                 overwrite: true,
                 allow_lossy: false,

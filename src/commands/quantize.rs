@@ -4,15 +4,15 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use qforge_convert::gguf_mix::{quantize_to_gguf, GgufMix, GgufQuantOptions};
-use qforge_convert::imatrix::Imatrix;
-use qforge_convert::layout::{
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy, PrecomputedInt4,
-};
-use qforge_convert::numerics::Numerics;
+use qforge_codecs::DType;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
-use qforge_codecs::DType;
+use qforge_quantize::gguf_mix::{quantize_to_gguf, GgufMix, GgufQuantOptions};
+use qforge_quantize::imatrix::Imatrix;
+use qforge_quantize::layout::{
+    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy, PrecomputedInt4,
+};
+use qforge_quantize::numerics::Numerics;
 use serde_json::json;
 
 use crate::cli::{FloatDtype, QuantLayout, QuantPolicy, QuantizeArgs};
@@ -335,8 +335,7 @@ struct Calib {
 fn bad_weight_hint(e: qforge_convert::Error) -> anyhow::Error {
     match &e {
         qforge_convert::Error::Codec {
-            source:
-                qforge_codecs::Error::NonFinite { .. } | qforge_codecs::Error::OutOfRange { .. },
+            source: qforge_codecs::Error::NonFinite { .. } | qforge_codecs::Error::OutOfRange { .. },
             ..
         } => anyhow::anyhow!(
             "{e}\n  hint: the input holds a bad weight; --bad-weights clamp or --bad-weights skip \
@@ -618,7 +617,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
                     .clone()
                     .map(|c| c as std::sync::Arc<dyn PrecomputedInt4>),
                 weight_transform: awq_scales.clone().map(|a| {
-                    a as std::sync::Arc<dyn qforge_convert::layout::WeightTransform>
+                    a as std::sync::Arc<dyn qforge_quantize::layout::WeightTransform>
                 }),
             };
             let w = quantize_to_hf(ckpt, &args.output, &opts).map_err(bad_weight_hint)?;

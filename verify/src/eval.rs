@@ -4,6 +4,7 @@
 //! activations. A verify run steps the base and the quantized model through the layers in
 //! lockstep and measures how far their hidden states drift apart after each layer.
 
+use qforge_quantize::dequant::WeightRead;
 use std::io::Write;
 use std::time::Instant;
 
@@ -588,9 +589,9 @@ pub fn collect_imatrix(
     chunks: &Chunks,
     opts: &EvalOptions,
     process_output: bool,
-) -> Result<qforge_convert::imatrix::Imatrix> {
-    use qforge_convert::imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
+) -> Result<qforge_quantize::imatrix::Imatrix> {
     use qforge_convert::{NameScheme, TensorId, TensorKey};
+    use qforge_quantize::imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
     let cfg = model.config();
     let (hid, ffn) = (cfg.hidden_size as usize, cfg.intermediate_size as usize);
     let att = cfg.num_heads as usize * cfg.head_dim as usize;

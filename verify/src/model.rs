@@ -1,10 +1,11 @@
 //! A checkpoint opened for evaluation: configuration, RoPE layout, how each linear's input is
 //! quantized, and per-layer weights dequantized on demand.
 
+use qforge_quantize::dequant::WeightRead;
 use std::path::Path;
 
-use qforge_convert::dequant::WeightStorage;
 use qforge_convert::{Checkpoint, Format, LayerTensor, ModelConfig, RopeScaling, TensorId};
+use qforge_quantize::dequant::WeightStorage;
 use serde_json::Value;
 
 use crate::actquant::{fp8_per_token, ggml_quantize, GgmlActType};

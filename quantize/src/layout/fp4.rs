@@ -14,13 +14,13 @@ use qforge_codecs::int4::Int4Arith;
 use qforge_codecs::DType;
 
 use super::{checked_rows, codec_err, shape2, HfScheme};
-use crate::checkpoint::Checkpoint;
-use crate::error::Result;
-use crate::export::{OutTensor, Producer};
-use crate::names::{LayerTensor, TensorId};
 use crate::numerics::Numerics;
-use crate::rope::RopeLayout;
-use crate::write::safetensors::TensorSpec;
+use qforge_convert::checkpoint::Checkpoint;
+use qforge_convert::export::{OutTensor, Producer};
+use qforge_convert::names::{LayerTensor, TensorId};
+use qforge_convert::rope::RopeLayout;
+use qforge_convert::write::safetensors::TensorSpec;
+use qforge_convert::Result;
 
 /// The layers whose NVFP4 global scale llm-compressor fuses with `id`'s (itself included).
 pub(super) fn fused_group(id: TensorId) -> Vec<TensorId> {

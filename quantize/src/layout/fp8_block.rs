@@ -13,10 +13,10 @@ use qforge_codecs::DType;
 
 use super::fp4::Source;
 use super::{codec_err, shape2};
-use crate::error::Result;
-use crate::export::{encode_float, OutTensor, Producer};
-use crate::names::TensorId;
-use crate::write::safetensors::TensorSpec;
+use qforge_convert::export::{encode_float, OutTensor, Producer};
+use qforge_convert::names::TensorId;
+use qforge_convert::write::safetensors::TensorSpec;
+use qforge_convert::Result;
 
 /// The scale grid of a `[rows, cols]` weight: `[ceil(rows/128), ceil(cols/128)]`.
 pub fn scale_shape(rows: usize, cols: usize) -> [usize; 2] {

@@ -15,10 +15,10 @@ use serde_json::{json, Value};
 
 use super::fp4::Source;
 use super::{codec_err, shape2};
-use crate::error::Result;
-use crate::export::{encode_float, OutTensor, Producer};
-use crate::names::TensorId;
-use crate::write::safetensors::TensorSpec;
+use qforge_convert::export::{encode_float, OutTensor, Producer};
+use qforge_convert::names::TensorId;
+use qforge_convert::write::safetensors::TensorSpec;
+use qforge_convert::Result;
 
 /// Whether mlx-lm quantizes role `id` (a linear, the embedding or the LM head) of row length
 /// `k` with groups of `group`.
