@@ -142,6 +142,39 @@ pub struct RowProducer<'a> {
 /// caches when it is hashed and written, large enough to feed every thread.
 pub const ROW_BLOCK_BYTES: usize = 4 << 20;
 
+/// The two row blocks a streamed tensor holds while it is copied or converted (see
+/// [`streams`]): what a writer keeps resident instead of the tensor's output bytes.
+pub const STREAMED_BYTES: u64 = 2 * ROW_BLOCK_BYTES as u64;
+
+/// Whether the writers make `t` a row block at a time (a 2-D plain float tensor stored
+/// contiguously): then [`STREAMED_BYTES`] are held instead of its output bytes.
+pub fn streams(t: &TensorEntry) -> bool {
+    t.shape.len() == 2
+        && matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32)
+        && matches!(t.layout, crate::TensorLayout::Contiguous(_))
+}
+
+/// Bytes of a source tensor resident while a writer works on it: the mapped pages (released
+/// shard by shard in a dim-0 model-parallel merge, else at the end) plus, for a merged or
+/// strided tensor, the gathered copy (BENCHMARKS.md, "Plan").
+pub fn source_resident(t: &TensorEntry) -> u64 {
+    use crate::TensorLayout;
+    let n = t.nbytes();
+    match &t.layout {
+        TensorLayout::Contiguous(_) => n,
+        TensorLayout::Concat { dim: 0, parts } => {
+            let esize = t.dtype.block_bytes();
+            let shard = parts
+                .iter()
+                .map(|(s, _)| s.iter().product::<u64>() * esize)
+                .max()
+                .unwrap_or(n);
+            n + shard
+        }
+        _ => 2 * n,
+    }
+}
+
 /// A tensor to write and how to make its bytes.
 pub struct OutTensor<'a> {
     /// Name, dtype and shape in the output.

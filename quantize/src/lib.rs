@@ -14,3 +14,4 @@ pub mod gguf_mix;
 pub mod imatrix;
 pub mod layout;
 pub mod numerics;
+pub mod scheme;
