@@ -449,14 +449,26 @@ fn quantize_streamed(
     Some(done.map(|_| ()))
 }
 
-/// Quantize any checkpoint to a GGUF file with llama.cpp's `mix`.
-pub fn quantize_to_gguf(
-    ckpt: &Checkpoint,
+/// A GGUF output planned tensor by tensor: the source entries in file order, llama.cpp's
+/// RoPE factors when the source has none, and each tensor's name, shape and chosen type (the
+/// factors first when present).
+struct Chosen<'a> {
+    entries: Vec<&'a TensorEntry>,
+    rope_factors: Option<Vec<f32>>,
+    mix_tensors: Vec<MixTensor>,
+    shapes: Vec<Vec<u64>>,
+    choices: Vec<MixChoice>,
+}
+
+/// Choose every tensor's type under `mix` (llama.cpp's rules, then the bad-weight policy) and
+/// check the importance matrix against the rows it weights; notes go to `notes`.
+fn choose<'a>(
+    ckpt: &'a Checkpoint,
     dest: &Path,
     mix: GgufMix,
     opts: &GgufQuantOptions,
-) -> Result<GgufQuantWritten> {
-    let mut notes = qforge_convert::notes::from_reading(&ckpt.notes);
+    notes: &mut Vec<Note>,
+) -> Result<Chosen<'a>> {
     let mut entries: Vec<&TensorEntry> = ckpt
         .tensors
         .iter()
@@ -550,10 +562,32 @@ pub fn quantize_to_gguf(
             }
         }
     }
+    Ok(Chosen {
+        entries,
+        rope_factors,
+        mix_tensors,
+        shapes,
+        choices,
+    })
+}
+
+/// GGUF key/value pairs in file order.
+type Metadata = Vec<(String, GgufValue)>;
+
+/// The file's tensor specs and metadata (llama.cpp's model and tokenizer keys, the source's
+/// `general.*` keys, `extra_metadata`), with one note per kind of type fallback.
+fn specs_and_metadata(
+    ckpt: &Checkpoint,
+    mix: GgufMix,
+    opts: &GgufQuantOptions,
+    c: &Chosen<'_>,
+    notes: &mut Vec<Note>,
+) -> Result<(Vec<GgufTensorSpec>, Metadata)> {
+    let (mix_tensors, choices, shapes) = (&c.mix_tensors, &c.choices, &c.shapes);
     let specs: Vec<GgufTensorSpec> = mix_tensors
         .iter()
-        .zip(&choices)
-        .zip(&shapes)
+        .zip(choices)
+        .zip(shapes)
         .map(|((mt, c), shape)| GgufTensorSpec {
             name: mt.name.clone(),
             dtype: c.dtype,
@@ -568,13 +602,13 @@ pub fn quantize_to_gguf(
         .find(|(k, _)| *k == "model_name")
         .map(|(_, v)| v.clone());
     let mut metadata = model_metadata(&ckpt.config, general_name.as_deref(), Some(mix.file_type()));
-    metadata.extend(tokenizer_metadata(ckpt, &mut notes)?);
+    metadata.extend(tokenizer_metadata(ckpt, notes)?);
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
     metadata.extend(source_general_keys(ckpt, &metadata));
     metadata.extend(opts.extra_metadata.iter().cloned());
     // One note per kind of fallback (the per-tensor list is in the returned types).
     let mut fallbacks: BTreeMap<(u64, String, String), usize> = BTreeMap::new();
-    for (mt, c) in mix_tensors.iter().zip(&choices) {
+    for (mt, c) in mix_tensors.iter().zip(choices) {
         if let Some(from) = c.fallback_from {
             *fallbacks
                 .entry((mt.ne0, from.to_string(), c.dtype.to_string()))
@@ -588,6 +622,92 @@ pub fn quantize_to_gguf(
         )));
     }
 
+    Ok((specs, metadata))
+}
+
+/// Make the bytes of source tensor `t` as GGUF tensor `mt` of type `c.dtype` in `buf`: a copy
+/// when it already has that type, else quantized (row by row from a plain float source, or
+/// whole) or converted.
+fn encode_tensor(
+    ckpt: &Checkpoint,
+    t: &TensorEntry,
+    (mt, c): (&MixTensor, MixChoice),
+    opts: &GgufQuantOptions,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    qforge_convert::export::reset_buffer(buf);
+    let same_layout = rope_direction(&ckpt.config, ckpt.format, Format::Gguf).is_none()
+        || rope_heads(&ckpt.config, t.key).is_none();
+    if t.dtype == c.dtype && t.key.part == Part::Weight && same_layout {
+        // llama-quantize copies a tensor that already has its target type.
+        buf.extend_from_slice(&ckpt.bytes(t)?);
+        ckpt.release(t);
+    } else if let Some(r) = quantize_streamed(ckpt, t, c.dtype, &mt.name, opts, buf) {
+        r?;
+    } else {
+        let mut rows = ckpt.role_rows_f32(
+            t.key.id,
+            rope_direction(&ckpt.config, ckpt.format, Format::Gguf),
+        )?;
+        if c.dtype.is_block() {
+            opts.numerics
+                .rows(&mut rows, mt.ne0.max(1) as usize)
+                .map_err(|source| Error::Codec {
+                    path: ckpt.path.clone(),
+                    tensor: t.name.clone(),
+                    source,
+                })?;
+            let imatrix = opts.imatrix.as_ref().and_then(|m| m.get(&mt.name));
+            let n = usize::try_from(c.dtype.bytes_for(rows.len() as u64).map_err(|e| {
+                Error::Codec {
+                    path: ckpt.path.clone(),
+                    tensor: t.name.clone(),
+                    source: e,
+                }
+            })?)
+            .unwrap_or(usize::MAX);
+            buf.resize(n, 0);
+            ggml_quant::quantize_rows(
+                c.dtype,
+                &rows,
+                mt.ne0 as usize,
+                imatrix.map(Vec::as_slice),
+                buf,
+            )
+            .map_err(|source| Error::Codec {
+                path: ckpt.path.clone(),
+                tensor: t.name.clone(),
+                source,
+            })?;
+        } else {
+            encode_float(&rows, c.dtype, buf).ok_or_else(|| Error::UnsupportedDType {
+                path: ckpt.path.clone(),
+                tensor: t.name.clone(),
+                dtype: c.dtype,
+                reason: "not a float or ggml block type",
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Quantize any checkpoint to a GGUF file with llama.cpp's `mix`.
+pub fn quantize_to_gguf(
+    ckpt: &Checkpoint,
+    dest: &Path,
+    mix: GgufMix,
+    opts: &GgufQuantOptions,
+) -> Result<GgufQuantWritten> {
+    let mut notes = qforge_convert::notes::from_reading(&ckpt.notes);
+    let chosen = choose(ckpt, dest, mix, opts, &mut notes)?;
+    let (specs, metadata) = specs_and_metadata(ckpt, mix, opts, &chosen, &mut notes)?;
+    let Chosen {
+        entries,
+        rope_factors,
+        mix_tensors,
+        choices,
+        ..
+    } = chosen;
     let p = plan(&metadata, specs)?;
     let types = mix_tensors
         .iter()
@@ -622,59 +742,7 @@ pub fn quantize_to_gguf(
     for t in &entries {
         let (mt, c) = (&mix_tensors[idx], choices[idx]);
         idx += 1;
-        qforge_convert::export::reset_buffer(&mut buf);
-        let same_layout = rope_direction(&ckpt.config, ckpt.format, Format::Gguf).is_none()
-            || rope_heads(&ckpt.config, t.key).is_none();
-        if t.dtype == c.dtype && t.key.part == Part::Weight && same_layout {
-            // llama-quantize copies a tensor that already has its target type.
-            buf.extend_from_slice(&ckpt.bytes(t)?);
-            ckpt.release(t);
-        } else if let Some(r) = quantize_streamed(ckpt, t, c.dtype, &mt.name, opts, &mut buf) {
-            r?;
-        } else {
-            let mut rows = ckpt.role_rows_f32(
-                t.key.id,
-                rope_direction(&ckpt.config, ckpt.format, Format::Gguf),
-            )?;
-            if c.dtype.is_block() {
-                opts.numerics
-                    .rows(&mut rows, mt.ne0.max(1) as usize)
-                    .map_err(|source| Error::Codec {
-                        path: ckpt.path.clone(),
-                        tensor: t.name.clone(),
-                        source,
-                    })?;
-                let imatrix = opts.imatrix.as_ref().and_then(|m| m.get(&mt.name));
-                let n = usize::try_from(c.dtype.bytes_for(rows.len() as u64).map_err(|e| {
-                    Error::Codec {
-                        path: ckpt.path.clone(),
-                        tensor: t.name.clone(),
-                        source: e,
-                    }
-                })?)
-                .unwrap_or(usize::MAX);
-                buf.resize(n, 0);
-                ggml_quant::quantize_rows(
-                    c.dtype,
-                    &rows,
-                    mt.ne0 as usize,
-                    imatrix.map(Vec::as_slice),
-                    &mut buf,
-                )
-                .map_err(|source| Error::Codec {
-                    path: ckpt.path.clone(),
-                    tensor: t.name.clone(),
-                    source,
-                })?;
-            } else {
-                encode_float(&rows, c.dtype, &mut buf).ok_or_else(|| Error::UnsupportedDType {
-                    path: ckpt.path.clone(),
-                    tensor: t.name.clone(),
-                    dtype: c.dtype,
-                    reason: "not a float or ggml block type",
-                })?;
-            }
-        }
+        encode_tensor(ckpt, t, (mt, c), opts, &mut buf)?;
         w.write_tensor(&mt.name, &buf)
             .map_err(|e| Error::io(&path, e))?;
     }
