@@ -43,6 +43,7 @@ mod fp8;
 pub mod fp8_block;
 mod int;
 pub mod mlx;
+mod nvfp4;
 
 /// The compressed-tensors version whose `quantization_config` qforge writes (and validates
 /// against in the interop tests).
@@ -78,6 +79,9 @@ pub enum HfScheme {
     /// 16-bit activations (compressed-tensors `nvfp4-pack-quantized`, llm-compressor
     /// `NVFP4A16`; arithmetic in `qforge_codecs::fp4`).
     Nvfp4A16,
+    /// NVFP4 weights as [`HfScheme::Nvfp4A16`] plus FP4 activations with a calibrated per-tensor
+    /// `input_global_scale` (llm-compressor `NVFP4`, W4A4; [`nvfp4`]).
+    Nvfp4,
     /// FP4 E2M1 weights with an E8M0 scale per 32 (compressed-tensors `mxfp4-pack-quantized`):
     /// llm-compressor `MXFP4` (activations dynamic MXFP4 at run time) or, with
     /// `a16`, `MXFP4A16`.
@@ -185,6 +189,9 @@ pub struct HfQuantOptions {
     pub activation_scale_ub: f32,
     /// Static activation scales (`input_scale`) per HF module name, for [`HfScheme::Fp8Static`].
     pub input_scales: Option<BTreeMap<String, f32>>,
+    /// Calibrated activation absolute maxima per HF module (`qforge calibrate --method
+    /// fp8-static`'s `input_amax`), for [`HfScheme::Nvfp4`]'s `input_global_scale`.
+    pub input_amax: Option<BTreeMap<String, f32>>,
     /// Largest shard, bytes of tensor data.
     pub shard_size: u64,
     /// Resume / overwrite policy.
@@ -415,7 +422,10 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<Tensor
             continue;
         }
         let (_, k) = shape2(ckpt, id);
-        if matches!(opts.scheme, HfScheme::Nvfp4A16 | HfScheme::Mxfp4 { .. }) {
+        if matches!(
+            opts.scheme,
+            HfScheme::Nvfp4A16 | HfScheme::Nvfp4 | HfScheme::Mxfp4 { .. }
+        ) {
             fp4::check_columns(opts.scheme, k).map_err(|reason| Error::BadQuantization {
                 path: ckpt.path.clone(),
                 tensor: hf_module(id),
@@ -446,6 +456,9 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<Tensor
                      --ignore/--policy, or for another model?)"
                 )));
             }
+        }
+        if opts.scheme == HfScheme::Nvfp4 {
+            nvfp4::check_amax(opts.input_amax.as_ref(), &hf_module(id)).map_err(bad)?;
         }
         if opts.scheme == HfScheme::Fp8Static {
             let m = hf_module(id);
@@ -541,6 +554,7 @@ pub fn quantization_config(opts: &HfQuantOptions, not_converted: &[String]) -> V
                    "symmetric": true, "type": "float"}),
             Value::Null,
         ),
+        HfScheme::Nvfp4 => nvfp4::config(),
         HfScheme::Mxfp4 { a16 } => (
             "mxfp4-pack-quantized",
             json!({"dynamic": false, "group_size": 32, "num_bits": 4,
@@ -761,7 +775,7 @@ pub fn quantize_to_hf(
             HfScheme::Fp8Block => {
                 tensors.extend(fp8_block::tensors(src, id, &module, scale_dtype));
             }
-            HfScheme::Nvfp4A16 | HfScheme::Mxfp4 { .. } => {
+            HfScheme::Nvfp4A16 | HfScheme::Nvfp4 | HfScheme::Mxfp4 { .. } => {
                 let group = fp4::fused_group(id)
                     .into_iter()
                     .filter(|m| {
@@ -770,6 +784,9 @@ pub fn quantize_to_hf(
                     })
                     .collect();
                 tensors.extend(fp4::tensors(src, id, &module, opts.scheme, group));
+                if opts.scheme == HfScheme::Nvfp4 {
+                    tensors.push(nvfp4::input_global_scale(&module, opts, src.arith));
+                }
             }
             HfScheme::Int4 { symmetric, .. } => {
                 let cfg4 = int4_config(opts).expect("int4 scheme");

@@ -71,6 +71,7 @@ const NAMES: &[&str] = &[
     "fp8-rowwise",
     "fp8-static",
     "fp8-block",
+    "nvfp4",
     "nvfp4a16",
     "mxfp4",
     "mxfp4a16",
@@ -97,6 +98,7 @@ const PRESETS: &[(&str, &str, bool)] = &[
     ("W4A16", "int4-g128", false),
     ("W4A16_ASYM", "int4-g128", true),
     ("W8A16", "int8-g128", false),
+    ("NVFP4", "nvfp4", false),
     ("NVFP4A16", "nvfp4a16", false),
     ("MXFP4", "mxfp4", false),
     ("MXFP4A16", "mxfp4a16", false),
@@ -104,11 +106,6 @@ const PRESETS: &[(&str, &str, bool)] = &[
 
 /// Presets qforge does not write, with what to use instead (a same-meaning alias is impossible).
 const NOT_WRITTEN: &[(&str, &str)] = &[
-    (
-        "NVFP4",
-        "NVFP4 (W4A4: FP4 activations with a calibrated input_global_scale) is not written yet; \
-         --scheme nvfp4a16 writes the same weights",
-    ),
     (
         "W8A8",
         "W8A8 (INT8 weights and dynamic INT8 activations) is not written; \
@@ -179,7 +176,7 @@ impl Scheme {
     pub fn accepts(self, c: Calibration) -> Option<CalibInput> {
         match (c, self) {
             (Calibration::Imatrix, Scheme::Gguf(_)) => Some(CalibInput::Imatrix),
-            (Calibration::Fp8Static, Scheme::Hf(HfScheme::Fp8Static))
+            (Calibration::Fp8Static, Scheme::Hf(HfScheme::Fp8Static | HfScheme::Nvfp4))
             | (Calibration::Gptq, Scheme::Hf(HfScheme::Int4 { .. }))
             | (Calibration::Awq, Scheme::Hf(HfScheme::Int4 { bits: 4, .. })) => {
                 Some(CalibInput::Calib)
@@ -268,6 +265,7 @@ fn parse(s: &str, asym: bool) -> Result<Scheme, SchemeError> {
         "fp8-rowwise" => return Ok(Scheme::Hf(HfScheme::Fp8Rowwise)),
         "fp8-static" => return Ok(Scheme::Hf(HfScheme::Fp8Static)),
         "fp8-block" => return Ok(Scheme::Hf(HfScheme::Fp8Block)),
+        "nvfp4" => return Ok(Scheme::Hf(HfScheme::Nvfp4)),
         "nvfp4a16" => return Ok(Scheme::Hf(HfScheme::Nvfp4A16)),
         "mxfp4" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: false })),
         "mxfp4a16" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: true })),
@@ -293,7 +291,7 @@ fn parse(s: &str, asym: bool) -> Result<Scheme, SchemeError> {
     let near = closest(s);
     let hint = if near.is_empty() {
         "use fp8-rowwise, fp8-static, fp8-block, int4-g<N> (e.g. int4-g128), int4-row, \
-         int8-g<N>, int8-row, nvfp4a16, mxfp4, mxfp4a16, an llm-compressor preset (FP8_DYNAMIC, \
+         int8-g<N>, int8-row, nvfp4, nvfp4a16, mxfp4, mxfp4a16, an llm-compressor preset (FP8_DYNAMIC, \
          W4A16, …) or a llama.cpp type (Q4_K_M, Q8_0, …)"
             .to_owned()
     } else {
@@ -366,6 +364,7 @@ mod tests {
             ("W4A16", int(4, Some(128), true)),
             ("W4A16_ASYM", int(4, Some(128), false)),
             ("w8a16", int(8, Some(128), true)),
+            ("NVFP4", Scheme::Hf(HfScheme::Nvfp4)),
             ("NVFP4A16", Scheme::Hf(HfScheme::Nvfp4A16)),
             ("MXFP4", Scheme::Hf(HfScheme::Mxfp4 { a16: false })),
             ("MXFP4A16", Scheme::Hf(HfScheme::Mxfp4 { a16: true })),
@@ -376,11 +375,7 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(Scheme::parse(name, false).unwrap(), want, "{name}");
         }
-        for (name, words) in [
-            ("NVFP4", "nvfp4a16"),
-            ("W8A8", "int8-row"),
-            ("int8", "int8-row"),
-        ] {
+        for (name, words) in [("W8A8", "int8-row"), ("int8", "int8-row")] {
             let e = Scheme::parse(name, false).unwrap_err().to_string();
             assert!(
                 e.contains("not written") && e.contains(words),

@@ -116,6 +116,7 @@ fn opts(dtype: DType) -> HfQuantOptions {
         dtype,
         activation_scale_ub: 1200.0,
         input_scales: None,
+        input_amax: None,
         shard_size: 5_000_000_000,
         output: OutputOptions::default(),
         numerics: Numerics::default(),

@@ -117,6 +117,7 @@ fn opts(scheme: HfScheme, layout: HfLayout, policy: Policy) -> HfQuantOptions {
         dtype: DType::BF16,
         activation_scale_ub: 1200.0,
         input_scales: None,
+        input_amax: None,
         shard_size: 5_000_000_000,
         output: OutputOptions::default(),
         numerics: Numerics::default(),

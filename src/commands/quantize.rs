@@ -177,6 +177,9 @@ struct Calib {
     input_scales: Option<BTreeMap<String, f32>>,
     #[serde(default)]
     imatrix: Option<BTreeMap<String, Vec<f32>>>,
+    /// Per-module observations (fp8-static: `input_amax`, which NVFP4 W4A4 uses).
+    #[serde(default)]
+    modules: Vec<qforge_calibrate::output::ModuleReport>,
 }
 
 /// A bad weight (NaN, inf, too large) gets a hint naming the opt-in policies.
@@ -453,6 +456,8 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
                 },
                 activation_scale_ub: args.activation_scale_ub,
                 input_scales: calib.input_scales,
+                input_amax: Some(calib.modules.iter())
+                    .map(|ms| ms.filter_map(|m| Some((m.module.clone(), m.input_amax?))).collect()),
                 shard_size: args.shard_size,
                 output: OutputOptions {
                     resume: args.resume,

@@ -74,7 +74,7 @@ pub(super) fn tensors<'a>(
     group: Vec<TensorId>,
 ) -> Vec<OutTensor<'a>> {
     let (rows, k) = shape2(src.ckpt, id);
-    let nvfp4 = scheme == HfScheme::Nvfp4A16;
+    let nvfp4 = matches!(scheme, HfScheme::Nvfp4A16 | HfScheme::Nvfp4);
     let gsize = if nvfp4 {
         fp4::NVFP4_GROUP
     } else {
@@ -142,7 +142,7 @@ pub(super) fn tensors<'a>(
 
 /// Check before any work that every quantized row splits into whole FP4 groups.
 pub(super) fn check_columns(scheme: HfScheme, k: usize) -> std::result::Result<(), String> {
-    let g = if scheme == HfScheme::Nvfp4A16 {
+    let g = if matches!(scheme, HfScheme::Nvfp4A16 | HfScheme::Nvfp4) {
         fp4::NVFP4_GROUP
     } else {
         fp4::MXFP4_GROUP
