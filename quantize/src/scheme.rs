@@ -48,6 +48,34 @@ impl Calibration {
     }
 }
 
+/// What a calibration directory was made for (read from its index by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calibrated {
+    /// GPTQ codes of `bits` in groups of `group_size` (`None`: per row), symmetric.
+    Gptq {
+        /// code width
+        bits: u8,
+        /// columns per scale
+        group_size: Option<usize>,
+    },
+    /// AWQ scales searched for INT4 in groups of `group_size`.
+    Awq {
+        /// columns per scale
+        group_size: Option<usize>,
+        /// symmetric codes
+        symmetric: bool,
+    },
+}
+
+/// Why calibration results do not fit a scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CalibMismatch {
+    /// Results of a kind the scheme cannot use: what they are and which schemes take them.
+    Kind(&'static str),
+    /// Results of the right kind made for another scheme (its name).
+    MadeFor(String),
+}
+
 /// How a quantize step takes a calibration result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CalibInput {
@@ -185,6 +213,73 @@ impl Scheme {
         }
     }
 
+    /// The scheme's qforge name (`fp8-rowwise`, `int4-g64`, `int8-row`, `gguf:q4_k_m`; an
+    /// asymmetric integer scheme adds ` --asym`).
+    pub fn name(self) -> String {
+        match self {
+            Scheme::Gguf(m) => format!("gguf:{}", m.name().to_ascii_lowercase()),
+            Scheme::Hf(HfScheme::Int4 {
+                bits,
+                group_size,
+                symmetric,
+            }) => format!(
+                "{}{}",
+                int_name(bits, group_size),
+                if symmetric { "" } else { " --asym" }
+            ),
+            Scheme::Hf(HfScheme::Fp8Rowwise) => "fp8-rowwise".into(),
+            Scheme::Hf(HfScheme::Fp8Static) => "fp8-static".into(),
+            Scheme::Hf(HfScheme::Fp8Block) => "fp8-block".into(),
+            Scheme::Hf(HfScheme::Nvfp4A16) => "nvfp4a16".into(),
+            Scheme::Hf(HfScheme::Nvfp4) => "nvfp4".into(),
+            Scheme::Hf(HfScheme::Mxfp4 { a16 }) => if a16 { "mxfp4a16" } else { "mxfp4" }.into(),
+        }
+    }
+
+    /// Whether calibration results made for `c` fit this scheme (GPTQ codes: the same symmetric
+    /// integer scheme; AWQ scales: the same INT4 scheme).
+    pub fn check_calibrated(self, c: Calibrated) -> Result<(), CalibMismatch> {
+        match (c, self) {
+            (
+                Calibrated::Awq {
+                    group_size,
+                    symmetric,
+                },
+                Scheme::Hf(HfScheme::Int4 { bits: 4, .. }),
+            ) => {
+                let made = Scheme::Hf(HfScheme::Int4 {
+                    bits: 4,
+                    group_size,
+                    symmetric,
+                });
+                (made == self)
+                    .then_some(())
+                    .ok_or(CalibMismatch::MadeFor(made.name()))
+            }
+            (Calibrated::Awq { .. }, _) => Err(CalibMismatch::Kind(
+                "AWQ scales (searched for INT4): use --scheme int4-g<N> or int4-row",
+            )),
+            (
+                Calibrated::Gptq { bits, group_size },
+                Scheme::Hf(HfScheme::Int4 {
+                    symmetric: true, ..
+                }),
+            ) => {
+                let made = Scheme::Hf(HfScheme::Int4 {
+                    bits,
+                    group_size,
+                    symmetric: true,
+                });
+                (made == self)
+                    .then_some(())
+                    .ok_or(CalibMismatch::MadeFor(made.name()))
+            }
+            (Calibrated::Gptq { .. }, _) => Err(CalibMismatch::Kind(
+                "GPTQ codes: use --scheme int4-g<N>, int4-row, int8-g<N> or int8-row (symmetric)",
+            )),
+        }
+    }
+
     /// Bytes the writer keeps resident while it produces role `id` of `ckpt`: the source
     /// (mapped pages, or the gathered copy of a merged tensor) plus its working buffers.
     /// `quantized`: the role is quantized by this scheme (else copied or converted to
@@ -215,6 +310,14 @@ impl Scheme {
             }
             Scheme::Hf(_) => resident + n,
         }
+    }
+}
+
+/// The `--scheme` spelling of an integer scheme: `int4-g64`, `int8-row`.
+fn int_name(bits: u8, group_size: Option<usize>) -> String {
+    match group_size {
+        Some(g) => format!("int{bits}-g{g}"),
+        None => format!("int{bits}-row"),
     }
 }
 
@@ -398,5 +501,69 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hint: use fp8-rowwise"), "{e}");
+    }
+
+    /// Calibration results fit only the scheme they were made for; the accepted calibrations
+    /// and canonical names follow the scheme.
+    #[test]
+    fn calibration_fits_its_scheme() {
+        let p = |s| Scheme::parse(s, false).unwrap();
+        let gptq = Calibrated::Gptq {
+            bits: 4,
+            group_size: Some(64),
+        };
+        assert_eq!(p("int4-g64").check_calibrated(gptq), Ok(()));
+        assert_eq!(
+            p("int4-g128").check_calibrated(gptq),
+            Err(CalibMismatch::MadeFor("int4-g64".into()))
+        );
+        assert!(matches!(
+            p("fp8-rowwise").check_calibrated(gptq),
+            Err(CalibMismatch::Kind(k)) if k.starts_with("GPTQ codes")
+        ));
+        let awq = Calibrated::Awq {
+            group_size: Some(64),
+            symmetric: false,
+        };
+        assert_eq!(
+            Scheme::parse("int4-g64", true)
+                .unwrap()
+                .check_calibrated(awq),
+            Ok(())
+        );
+        assert_eq!(
+            p("int4-g64").check_calibrated(awq),
+            Err(CalibMismatch::MadeFor("int4-g64 --asym".into()))
+        );
+        assert!(matches!(
+            p("int8-g64").check_calibrated(awq),
+            Err(CalibMismatch::Kind(k)) if k.starts_with("AWQ scales")
+        ));
+        assert_eq!(p("W4A16").name(), "int4-g128");
+        assert_eq!(p("Q4_K_M").name(), "gguf:q4_k_m");
+        assert_eq!(p("NVFP4").name(), "nvfp4");
+        for name in NAMES {
+            assert_eq!(p(name).name(), *name);
+        }
+        let calib = |s, c| p(s).accepts(c);
+        assert_eq!(
+            calib("fp8-static", Calibration::Fp8Static),
+            Some(CalibInput::Calib)
+        );
+        assert_eq!(
+            calib("nvfp4", Calibration::Fp8Static),
+            Some(CalibInput::Calib)
+        );
+        assert_eq!(calib("nvfp4a16", Calibration::Fp8Static), None);
+        assert_eq!(
+            calib("int8-row", Calibration::Gptq),
+            Some(CalibInput::Calib)
+        );
+        assert_eq!(calib("int8-row", Calibration::Awq), None);
+        assert_eq!(
+            calib("q4_k_m", Calibration::Imatrix),
+            Some(CalibInput::Imatrix)
+        );
+        assert!(p("q8_0").writes_gguf() && !p("fp8-block").writes_gguf());
     }
 }

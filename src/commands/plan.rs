@@ -527,7 +527,7 @@ pub fn run(args: &PlanArgs) -> Result<()> {
         .file_name()
         .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
     let p = if let Some(scheme) = &args.scheme {
-        let gguf = matches!(parse_scheme(scheme, args.asym)?, Scheme::Gguf(_));
+        let gguf = parse_scheme(scheme, args.asym)?.writes_gguf();
         let out = PathBuf::from(format!(
             "{name}-{}{}",
             scheme.replace(':', "-"),

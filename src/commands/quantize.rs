@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::cli::{FloatDtype, QuantLayout, QuantPolicy, QuantizeArgs};
 
 pub use qforge_quantize::scheme::Scheme;
+use qforge_quantize::scheme::{CalibMismatch, Calibrated};
 
 /// Parse `--scheme`: the scheme's own names and aliases ([`Scheme::parse`]).
 pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
@@ -144,11 +145,22 @@ fn check_groups(ckpt: &Checkpoint, scheme: Scheme, out: &mut impl Write) -> Resu
     Ok(())
 }
 
-/// The `--scheme` spelling of an integer scheme: `int4-g64`, `int8-row`.
-fn scheme_name(bits: u8, group_size: Option<usize>) -> String {
-    match group_size {
-        Some(g) => format!("int{bits}-g{g}"),
-        None => format!("int{bits}-row"),
+/// Refuse calibration results (in `p`) that `scheme` cannot use (the scheme says which).
+fn check_calibrated(
+    scheme: Scheme,
+    made: Calibrated,
+    p: &std::path::Path,
+    args: &QuantizeArgs,
+) -> Result<()> {
+    match scheme.check_calibrated(made) {
+        Ok(()) => Ok(()),
+        Err(CalibMismatch::Kind(what)) => bail!("{} holds {what}", p.display()),
+        Err(CalibMismatch::MadeFor(name)) => bail!(
+            "{} was calibrated for --scheme {name}, not --scheme {}{}",
+            qforge_convert::shown(p),
+            args.scheme,
+            if args.asym { " --asym" } else { "" }
+        ),
     }
 }
 
@@ -274,27 +286,11 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             // an AWQ calibration directory (qforge calibrate --method awq): scales folded
             // into the weights, then round-to-nearest with the same scheme
             let a = qforge_calibrate::output::AwqScales::open(p)?;
-            let Scheme::Hf(HfScheme::Int4 {
-                bits: 4,
-                group_size,
-                symmetric,
-            }) = scheme
-            else {
-                bail!(
-                    "{} holds AWQ scales (searched for INT4): use --scheme int4-g<N> or int4-row",
-                    p.display()
-                )
+            let made = Calibrated::Awq {
+                group_size: a.scheme.group_size,
+                symmetric: a.scheme.symmetric,
             };
-            if group_size != a.scheme.group_size || symmetric != a.scheme.symmetric {
-                bail!(
-                    "{} was calibrated for --scheme {}{}, not --scheme {}{}",
-                    qforge_convert::shown(p),
-                    scheme_name(4, a.scheme.group_size),
-                    if a.scheme.symmetric { "" } else { " --asym" },
-                    args.scheme,
-                    if args.asym { " --asym" } else { "" }
-                );
-            }
+            check_calibrated(scheme, made, p, args)?;
             if a.layers.len() != ckpt.config.num_layers as usize {
                 bail!(
                     "{} holds AWQ scales for {} layers, the model has {}",
@@ -309,26 +305,11 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
         Some(p) if p.is_dir() => {
             // a GPTQ calibration directory (qforge calibrate --method gptq)
             let codes = qforge_calibrate::output::GptqCodes::open(p)?;
-            let Scheme::Hf(HfScheme::Int4 {
-                bits,
-                group_size: want,
-                symmetric: true,
-            }) = scheme
-            else {
-                bail!(
-                    "{} holds GPTQ codes: use --scheme int4-g<N>, int4-row, int8-g<N> or int8-row \
-                     (symmetric)",
-                    p.display()
-                )
+            let made = Calibrated::Gptq {
+                bits: codes.bits(),
+                group_size: codes.group_size(),
             };
-            if codes.bits() != bits || codes.group_size() != want {
-                bail!(
-                    "{} was calibrated for --scheme {}, not --scheme {}",
-                    qforge_convert::shown(p),
-                    scheme_name(codes.bits(), codes.group_size()),
-                    args.scheme
-                );
-            }
+            check_calibrated(scheme, made, p, args)?;
             gptq_codes = Some(std::sync::Arc::new(CalibCodes(codes)));
             Calib::default()
         }
