@@ -236,6 +236,17 @@ impl Scheme {
         }
     }
 
+    /// The scheme planned in place of one that needs calibration results not made yet (a
+    /// recipe's `[calibrate]` step): the same weights without the calibrated tensors
+    /// (`fp8-static` → `fp8-rowwise`, `nvfp4` → `nvfp4a16`); `None` when none is needed.
+    pub fn without_calibration(self) -> Option<Scheme> {
+        match self {
+            Scheme::Hf(HfScheme::Fp8Static) => Some(Scheme::Hf(HfScheme::Fp8Rowwise)),
+            Scheme::Hf(HfScheme::Nvfp4) => Some(Scheme::Hf(HfScheme::Nvfp4A16)),
+            _ => None,
+        }
+    }
+
     /// Whether calibration results made for `c` fit this scheme (GPTQ codes: the same symmetric
     /// integer scheme; AWQ scales: the same INT4 scheme).
     pub fn check_calibrated(self, c: Calibrated) -> Result<(), CalibMismatch> {
@@ -565,5 +576,8 @@ mod tests {
             Some(CalibInput::Imatrix)
         );
         assert!(p("q8_0").writes_gguf() && !p("fp8-block").writes_gguf());
+        assert_eq!(p("FP8").without_calibration(), Some(p("fp8-rowwise")));
+        assert_eq!(p("NVFP4").without_calibration(), Some(p("nvfp4a16")));
+        assert_eq!(p("int4-g64").without_calibration(), None);
     }
 }

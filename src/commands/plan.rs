@@ -345,12 +345,17 @@ pub fn plan_recipe(path: &Path) -> Result<serde_json::Value> {
     for q in &r.quantize {
         let calib = r.calibrate.as_ref().map(|c| r.output.dir.join(&c.name));
         let mut a = crate::commands::pipeline::quantize_args(&r, q, &base_dir, None, false)?;
-        if calib.is_some() && a.scheme.eq_ignore_ascii_case("fp8-static") {
+        let stand_in = parse_scheme(&a.scheme, a.asym)
+            .ok()
+            .and_then(Scheme::without_calibration);
+        if let (Some(s), true) = (stand_in, calib.is_some()) {
             notes.push(format!(
-                "{}: fp8-static is planned without its calibration file",
-                q.name
+                "{}: {} is planned without its calibration file (as {})",
+                q.name,
+                a.scheme,
+                s.name()
             ));
-            a.scheme = "fp8-rowwise".into();
+            a.scheme = s.name();
         }
         outputs.push(plan_quantize(base, &a)?);
     }
