@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 layers="${1:-8}"
 cargo build --release --locked --bin qforge >&2
 scripts/fetch-data.sh --model-only >&2
-qf="$PWD/target/release/qforge"
+qf="${CARGO_TARGET_DIR:-$PWD/target}/release/qforge"
 work="$QFORGE_CACHE/bench"
 mkdir -p "$work"
 measure() { /usr/bin/time -f "%e s wall, %M KiB peak RSS" "$@" 2>&1 >/dev/null | tail -1; }

@@ -20,7 +20,7 @@ if [[ ! -f "$model/config.json" ]]; then
   "$PY" scripts/gen_synthetic.py --format hf --shape llama3-8b --layers 6 "$model"
 fi
 cargo build --release --locked --bin qforge >&2
-qforge="$PWD/target/release/qforge"
+qforge="${CARGO_TARGET_DIR:-$PWD/target}/release/qforge"
 LQ="$(scripts/build-llama-cpp.sh --print-bin-dir)/llama-quantize"
 gguf="$bench/$(basename "$model")-f16.gguf"
 [[ -f "$gguf" ]] || "$qforge" convert "$model" "$gguf" --to gguf --dtype f16 --allow-lossy >&2

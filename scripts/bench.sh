@@ -27,7 +27,7 @@ want() { local s; for s in "${sections[@]}"; do [[ "$s" == "$1" ]] && return 0; 
 
 cargo build --release --locked --bin qforge >&2
 scripts/fetch-data.sh >&2
-qf="$PWD/target/release/qforge"
+qf="${CARGO_TARGET_DIR:-$PWD/target}/release/qforge"
 PY="$(scripts/pyenv.sh --print-python)"
 bench="$QFORGE_CACHE/bench"
 mkdir -p "$bench"

@@ -172,6 +172,59 @@ FAMILIES = {
                  "larger, so the norms rescale), head_dim 32 != hidden/heads 16, tied embeddings, "
                  "Qwen2's pre-tokenizer, no BOS",
     },
+    "mixtral": {
+        "config": "MixtralConfig",
+        "tokenizer": "llama3",
+        "seed": 8,
+        # intermediate_size is one expert's width (MixtralBlockSparseTop2MLP)
+        "args": {"head_dim": 16, "rope_theta": 1000000.0, "max_position_embeddings": 4096,
+                 "tie_word_embeddings": False, "rms_norm_eps": 1e-5, "intermediate_size": 32,
+                 "num_local_experts": 6, "num_experts_per_tok": 2, "router_jitter_noise": 0.0},
+        "wrong": ["top1_router", "router_unnormalised"],
+        # With 4 experts at the usual scale the top-2 weights summed near 1 and dropping the
+        # renormalisation moved the perplexity by 0.17 % (0.47 % with the router 10x smaller): 6
+        # experts and a 10x smaller router start flat (top-2 weights near 1/6 each), and 4x
+        # larger experts' outputs make the FFN matter. Width 32: whole Q8_0 and INT4 g32 groups.
+        "init_scale": {"gate": 0.1, "w2": 4.0},
+        "about": "Mixtral: 6 experts of width 32, top-2 softmax routing with the top-2 weights "
+                 "renormalised, in every block (router initialised 10x smaller, experts' w2 4x larger); Llama 3's byte-level BPE tokenizer as a stand-in "
+                 "for Mixtral's SentencePiece",
+    },
+    "qwen3moe": {
+        "config": "Qwen3MoeConfig",
+        "tokenizer": "qwen2",
+        "seed": 30,
+        # every block sparse: llama.cpp's qwen3moe has no dense blocks (conversion/qwen.py maps
+        # no mlp.gate_proj for it; src/models/qwen3moe.cpp requires ffn_gate_inp in each block)
+        "args": {"head_dim": 32, "rope_theta": 1000000.0, "max_position_embeddings": 4096,
+                 "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "attention_bias": False,
+                 "use_sliding_window": False, "num_experts": 6, "num_experts_per_tok": 2,
+                 "moe_intermediate_size": 32, "norm_topk_prob": True, "decoder_sparse_step": 1,
+                 "mlp_only_layers": []},
+        "wrong": ["top1_router", "router_unnormalised"],
+        "init_scale": {"q_proj": 8.0, "k_proj": 8.0, "gate": 0.1, "down_proj": 4.0},
+        "about": "Qwen3-MoE: Qwen3 attention (q/k RMSNorm, head_dim 32), 6 experts of width 32, "
+                 "top-2 softmax routing with norm_topk_prob (router 10x smaller, down_proj 4x larger at init), every block sparse (llama.cpp's qwen3moe "
+                 "has no dense blocks), tied embeddings, Qwen2's pre-tokenizer, no BOS",
+    },
+    "qwen3moe_dense": {
+        "config": "Qwen3MoeConfig",
+        "tokenizer": "qwen2",
+        "seed": 31,
+        # block 0 dense (an MLP of intermediate_size 128), block 1 sparse: what Qwen3-MoE's
+        # mlp_only_layers allows; no GGUF (llama.cpp's qwen3moe has experts in every block)
+        "args": {"head_dim": 32, "rope_theta": 1000000.0, "max_position_embeddings": 4096,
+                 "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "attention_bias": False,
+                 "use_sliding_window": False, "num_experts": 6, "num_experts_per_tok": 2,
+                 "moe_intermediate_size": 32, "norm_topk_prob": True, "decoder_sparse_step": 1,
+                 "mlp_only_layers": [0]},
+        "wrong": ["top1_router", "router_unnormalised"],
+        "init_scale": {"q_proj": 8.0, "k_proj": 8.0, "gate": 0.1, "down_proj": 4.0},
+        "gguf": False,
+        "about": "Qwen3-MoE with a dense block: block 0 an MLP of width 128 (mlp_only_layers [0]), "
+                 "block 1 6 experts of width 32, top-2 with norm_topk_prob; HF only (GGUF has no "
+                 "dense qwen3moe blocks)",
+    },
 }
 
 DISCRIMINATES = 0.01  # each wrong forward must move the perplexity by more than this, relative
@@ -378,6 +431,10 @@ def wrong_model(name: str, how: str, good_dir: Path):
         cfg.rope_scaling = None
     elif how == "window_ignored":
         cfg.sliding_window = None
+    elif how == "top1_router":
+        cfg.num_experts_per_tok = 1
+    elif how == "router_unnormalised" and hasattr(cfg, "norm_topk_prob"):
+        cfg.norm_topk_prob = False
     m = transformers.AutoModelForCausalLM.from_pretrained(good_dir, config=cfg, dtype=torch.float32,
                                                           attn_implementation="eager")
     if how == "rope_scaling_ignored":
@@ -393,6 +450,22 @@ def wrong_model(name: str, how: str, good_dir: Path):
         for layer in m.model.layers:
             layer.self_attn.q_norm = torch.nn.Identity()
             layer.self_attn.k_norm = torch.nn.Identity()
+    elif how == "top1_router":
+        for layer in m.model.layers:
+            block = getattr(layer, "block_sparse_moe", None) or layer.mlp
+            assert getattr(block, "top_k", 1) == 1
+    elif how == "router_unnormalised":
+        if cfg.model_type == "mixtral":
+            # MixtralSparseMoeBlock.forward always renormalises; Qwen3MoeSparseMoeBlock.forward is
+            # the same computation with the renormalisation under norm_topk_prob
+            import types
+            from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+            for layer in m.model.layers:
+                block = layer.block_sparse_moe
+                block.norm_topk_prob = False
+                block.forward = types.MethodType(Qwen3MoeSparseMoeBlock.forward, block)
+        else:
+            assert all(not getattr(layer.mlp, "norm_topk_prob", False) for layer in m.model.layers)
     else:
         raise ValueError(how)
     m.eval()
@@ -509,8 +582,16 @@ def build(name: str, train_text: str, eval_text: str, provenance: dict, tok_cach
 
     chkhsh = probe_hash(back)
     gguf = d / f"{name}.gguf"
-    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--convert-gguf", str(d), str(gguf),
-                    spec["pre"], chkhsh], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if fam.get("gguf", True):
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--convert-gguf", str(d), str(gguf),
+                        spec["pre"], chkhsh], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        gguf_info = {"file": gguf.name, "converter": "convert_hf_to_gguf.py --outtype f32",
+                     "pre_tokenizer": spec["pre"], "chkhsh": chkhsh,
+                     "note": "chkhsh is not in llama.cpp's table (a freshly trained vocabulary); it was "
+                             "mapped to pre_tokenizer, the family's regex, as convert_hf_to_gguf_update.py "
+                             "would add it"}
+    else:
+        gguf_info = None
 
     expected = {
         "family": name,
@@ -525,11 +606,7 @@ def build(name: str, train_text: str, eval_text: str, provenance: dict, tok_cach
         "transformers_f32": ref,
         "wrong_forwards": wrong,
         "discriminates_above": DISCRIMINATES,
-        "gguf": {"file": gguf.name, "converter": "convert_hf_to_gguf.py --outtype f32",
-                 "pre_tokenizer": spec["pre"], "chkhsh": chkhsh,
-                 "note": "chkhsh is not in llama.cpp's table (a freshly trained vocabulary); it was "
-                         "mapped to pre_tokenizer, the family's regex, as convert_hf_to_gguf_update.py "
-                         "would add it"},
+        "gguf": gguf_info,
         "training": {"init_scale": fam.get("init_scale", {}), "steps": TRAIN_STEPS, "batch": TRAIN_BATCH, "lr": TRAIN_LR, "loss_every_50": losses},
         "versions": versions(),
     }

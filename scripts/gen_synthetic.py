@@ -51,6 +51,7 @@ class Shape:
     llama31: bool  # rope_scaling llama3 (factor 8), 131072 context
     bos: int
     eos: int
+    experts: int = 0  # Mixtral: experts per block (top-2), `ffn` is one expert's width
 
 
 SHAPES = {
@@ -61,6 +62,8 @@ SHAPES = {
     "llama3-70b": Shape(8192, 80, 64, 8, 28672, 128256, 500000.0, 8192, False, 128000, 128001),
     "llama31-70b": Shape(8192, 80, 64, 8, 28672, 128256, 500000.0, 131072, True, 128000, 128001),
     "llama31-405b": Shape(16384, 126, 128, 8, 53248, 128256, 500000.0, 131072, True, 128000, 128001),
+    # Mixtral-8x7B's widths (mistralai/Mixtral-8x7B-v0.1 config.json: 8 experts of 14336, top 2)
+    "mixtral-8x7b": Shape(4096, 32, 32, 8, 14336, 32000, 1000000.0, 32768, False, 1, 2, 8),
     # same hyper-parameters as tests/fixtures/tiny (scripts/gen_fixtures.py)
     "tiny": Shape(32, 2, 4, 2, 96, 128, 500000.0, 8192, False, 0, 1),
 }
@@ -107,6 +110,13 @@ def hf_config(s: Shape, n_layers: int) -> dict:
         "use_cache": True,
         "vocab_size": s.vocab,
     }
+    if s.experts:
+        # transformers MixtralConfig
+        for k in ["attention_bias", "mlp_bias", "pretraining_tp", "rope_scaling"]:
+            del cfg[k]
+        cfg.update({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+                    "num_local_experts": s.experts, "num_experts_per_tok": 2, "sliding_window": None,
+                    "router_aux_loss_coef": 0.02, "output_router_logits": False})
     if s.llama31:
         cfg["rope_scaling"] = {
             "factor": 8.0,
@@ -129,9 +139,21 @@ def hf_tensors(s: Shape, n_layers: int) -> list[tuple[str, tuple[int, ...]]]:
             (p + "self_attn.k_proj.weight", (s.n_kv_heads * hd, s.dim)),
             (p + "self_attn.v_proj.weight", (s.n_kv_heads * hd, s.dim)),
             (p + "self_attn.o_proj.weight", (s.dim, s.n_heads * hd)),
-            (p + "mlp.gate_proj.weight", (s.ffn, s.dim)),
-            (p + "mlp.up_proj.weight", (s.ffn, s.dim)),
-            (p + "mlp.down_proj.weight", (s.dim, s.ffn)),
+        ]
+        if s.experts:
+            m = p + "block_sparse_moe."
+            out.append((m + "gate.weight", (s.experts, s.dim)))
+            for e in range(s.experts):
+                out += [(f"{m}experts.{e}.w1.weight", (s.ffn, s.dim)),
+                        (f"{m}experts.{e}.w2.weight", (s.dim, s.ffn)),
+                        (f"{m}experts.{e}.w3.weight", (s.ffn, s.dim))]
+        else:
+            out += [
+                (p + "mlp.gate_proj.weight", (s.ffn, s.dim)),
+                (p + "mlp.up_proj.weight", (s.ffn, s.dim)),
+                (p + "mlp.down_proj.weight", (s.dim, s.ffn)),
+            ]
+        out += [
             (p + "input_layernorm.weight", (s.dim,)),
             (p + "post_attention_layernorm.weight", (s.dim,)),
         ]

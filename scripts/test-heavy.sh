@@ -18,7 +18,7 @@ scripts/build-llama-cpp.sh --strict --print-bin-dir >/dev/null
 export QFORGE_REQUIRE_STRICT=1  # test_strict_build_agrees fails instead of skipping
 export QFORGE_IMATRIX_ALL_MIXES=1  # the imatrix mixes CI leaves out (Q4_0, Q5_0, Q5_1, Q6_K)
 PY="$(scripts/pyenv.sh --heavy --print-python)"
-QFORGE_BIN="$PWD/target/release/qforge" "$PY" -m pytest -p no:cacheprovider -q -rs tests/interop "$@"
+QFORGE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/qforge" "$PY" -m pytest -p no:cacheprovider -q -rs tests/interop "$@"
 
 # ZIP64 .pth (a record over 4 GiB, as in every 405B shard): our writer against torch.save of the
 # same dict, the expected hash computed here by the installed torch (4 GiB temp file, 4 GiB RAM).

@@ -23,6 +23,15 @@ scripts/fetch-data.sh
 export QFORGE_REQUIRE_DATA=1
 phase_done "data"
 
+echo "== llama.cpp reference tools (and its sources: Rust tests read its vocabularies)" >&2
+# The reference build for the tests: the CPU's ISA without AMX, AVX-512 left off. qforge's
+# --ggml-act-quant emulates the AVX2 path of llama.cpp's Q8_1 activation quantization; an
+# AVX-512 build's Q4_1 perplexity differs from it by 3.0e-3 relative (AVX2: 6e-5), over the
+# test's budget. On an AVX2 machine this is the same build as the default one (same stamp).
+export QFORGE_LLAMA_ISA="${QFORGE_LLAMA_ISA:-avx2}"
+scripts/build-llama-cpp.sh --print-bin-dir >/dev/null
+phase_done "llama.cpp"
+
 echo "== cargo test (workspace)" >&2
 cargo test --workspace --locked
 phase_done "cargo test"
@@ -38,13 +47,7 @@ echo "== wheel: maturin packages the release binary; installed into a fresh venv
 scripts/build-wheel.sh --no-strip "${CARGO_TARGET_DIR:-target}/wheels"
 phase_done "wheel"
 
-echo "== llama.cpp reference tools and Python interop environment" >&2
-# The reference build for the tests: the CPU's ISA without AMX, AVX-512 left off. qforge's
-# --ggml-act-quant emulates the AVX2 path of llama.cpp's Q8_1 activation quantization; an
-# AVX-512 build's Q4_1 perplexity differs from it by 3.0e-3 relative (AVX2: 6e-5), over the
-# test's budget. On an AVX2 machine this is the same build as the default one (same stamp).
-export QFORGE_LLAMA_ISA="${QFORGE_LLAMA_ISA:-avx2}"
-scripts/build-llama-cpp.sh --print-bin-dir >/dev/null
+echo "== Python interop environment" >&2
 PY="$(scripts/pyenv.sh --print-python)"
 # Headless Chromium renders verify's report.html (tests/interop/test_report_html.py), from
 # Debian's package; installed here when missing, and required from here on.
@@ -54,10 +57,10 @@ if ! command -v chromium >/dev/null; then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends chromium
 fi
 export QFORGE_REQUIRE_CHROMIUM=1
-phase_done "llama.cpp + Python venv + chromium"
+phase_done "Python venv + chromium"
 
 echo "== interop tests (pytest)" >&2
-QFORGE_BIN="$PWD/target/release/qforge" "$PY" -m pytest -p no:cacheprovider -q -rs tests/interop
+QFORGE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/qforge" "$PY" -m pytest -p no:cacheprovider -q -rs tests/interop
 phase_done "interop (pytest)"
 
 echo "== CUDA kernels, compile-only (no GPU needed): nvcc/ptxas for sm_89 + sm_90a, fail on spills;" >&2

@@ -26,7 +26,21 @@ const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");
 const PPL_REL: f64 = 1e-4;
 
 /// Every family fixture, checked in CI.
-const FAMILIES: &[&str] = &["llama31", "llama32", "mistral", "qwen2", "qwen3"];
+const FAMILIES: &[&str] = &[
+    "llama31",
+    "llama32",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "mixtral",
+    "qwen3moe",
+    "qwen3moe_dense",
+];
+
+/// Fixtures GGUF cannot hold at all: a Qwen3-MoE with a dense block (llama.cpp's qwen3moe
+/// graph has experts in every block, and `convert_hf_to_gguf.py` maps no dense FFN for it).
+/// Checked on HF alone: perplexity, the refused GGUF conversion, HF -> HF bit for bit.
+const HF_ONLY: &[&str] = &["qwen3moe_dense"];
 
 /// Fixtures whose sliding window GGUF cannot hold: llama.cpp's converter writes Mistral as
 /// `llama` with no window key and llama.cpp's llama graph has none (convert_hf_to_gguf.py
@@ -76,6 +90,14 @@ const CONFIG_KEYS: &[&str] = &[
     "sliding_window",
     "bos_token_id",
     "eos_token_id",
+    // mixtures of experts (MixtralConfig, Qwen3MoeConfig)
+    "num_local_experts",
+    "num_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "norm_topk_prob",
+    "decoder_sparse_step",
+    "mlp_only_layers",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -209,9 +231,45 @@ fn gguf_keys(path: &Path) -> Result<Vec<(String, GgufValue)>, String> {
         .collect())
 }
 
+/// Every tensor of a GGUF file as the file stores it (3-D expert stacks whole, not the
+/// per-expert slices [`Checkpoint`] reads them as): name -> (ne, type, bytes).
+/// GGUF tensors as stored: name -> (ne, type, bytes).
+type FileTensors = BTreeMap<String, (Vec<u64>, DType, Vec<u8>)>;
+
+fn gguf_file_tensors(path: &Path) -> Result<FileTensors, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let (_, infos) = qforge_convert::gguf::parse(&bytes).map_err(|e| format!("{e:?}"))?;
+    Ok(infos
+        .into_iter()
+        .map(|t| {
+            let at = t.absolute_offset as usize;
+            let data = bytes[at..at + t.nbytes as usize].to_vec();
+            (t.name, (t.ne, t.dtype, data))
+        })
+        .collect())
+}
+
 /// `qforge convert --to gguf` of the HF directory against `convert_hf_to_gguf.py`'s file.
 fn same_as_llama_cpp(ours: &Path, name: &str, lossy: bool) -> Result<(), String> {
     let theirs = fixture(name).join(format!("{name}.gguf"));
+    let (a, b) = (gguf_file_tensors(ours)?, gguf_file_tensors(&theirs)?);
+    if a.keys().ne(b.keys()) {
+        return Err(format!(
+            "GGUF tensor names vs convert_hf_to_gguf.py: {:?} vs {:?}",
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>()
+        ));
+    }
+    let differ: Vec<&String> = a
+        .iter()
+        .filter(|(n, t)| b[*n] != **t)
+        .map(|(n, _)| n)
+        .collect();
+    if !differ.is_empty() {
+        return Err(format!(
+            "GGUF tensors (ne, type, bytes) differ from convert_hf_to_gguf.py's: {differ:?}"
+        ));
+    }
     same_tensors(
         &tensors(ours)?,
         &tensors(&theirs)?,
@@ -265,6 +323,9 @@ fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
     let e = expected(name);
     let fail = |log: &Vec<String>, err: String| format!("{name}: {err}\n(passed: {log:#?})");
     same_perplexity(&src, &e, None, &mut log).map_err(|x| fail(&log, x))?;
+    if HF_ONLY.contains(&name) {
+        return check_hf_only(name, &src, work, log).map_err(|(log, x)| fail(&log, x));
+    }
 
     let gguf = work.join(format!("{name}.gguf"));
     let (s, g) = (src.to_str().unwrap(), gguf.to_str().unwrap());
@@ -337,6 +398,66 @@ fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
     Ok(log)
 }
 
+/// A fixture with no GGUF form: conversion to GGUF refused (with `--allow-lossy` too), nothing
+/// written; HF -> HF gives the source's tensors bit for bit and its model keys.
+fn check_hf_only(
+    name: &str,
+    src: &Path,
+    work: &Path,
+    mut log: Vec<String>,
+) -> Result<Vec<String>, (Vec<String>, String)> {
+    let gguf = work.join(format!("{name}.gguf"));
+    let s = src.to_str().unwrap();
+    for extra in [&[][..], &["--allow-lossy"][..]] {
+        let out = qforge(
+            &[
+                &["convert", s, gguf.to_str().unwrap(), "--to", "gguf"][..],
+                extra,
+            ]
+            .concat(),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !err.contains("dense blocks") || gguf.exists() {
+            return Err((log, format!("GGUF {extra:?} was not refused: {err}")));
+        }
+    }
+    log.push(format!("{name}: GGUF refused (dense blocks)"));
+    let back = work.join(format!("{name}-back"));
+    let out = qforge(&[
+        "convert",
+        s,
+        back.to_str().unwrap(),
+        "--to",
+        "hf",
+        "--dtype",
+        "bf16",
+    ]);
+    if let Err(x) = check("convert --to hf", &out) {
+        return Err((log, x));
+    }
+    let same = tensors(&back)
+        .and_then(|b| tensors(src).and_then(|a| same_tensors(&b, &a, "HF -> HF")))
+        .and_then(|()| {
+            let (c0, c1) = (config(src)?, config(&back)?);
+            let get = |c: &Value, k: &str| c.get(k).filter(|v| !v.is_null()).cloned();
+            match CONFIG_KEYS.iter().find(|k| get(&c0, k) != get(&c1, k)) {
+                Some(k) => Err(format!(
+                    "HF -> HF config.json {k}: {:?} vs {:?}",
+                    c1.get(*k),
+                    c0.get(*k)
+                )),
+                None => Ok(()),
+            }
+        });
+    match same {
+        Ok(()) => {
+            log.push(format!("{name}: HF -> HF bit for bit, config keys kept"));
+            Ok(log)
+        }
+        Err(x) => Err((log, x)),
+    }
+}
+
 #[test]
 fn families_match_transformers_and_llama_cpp_converter() {
     let t = tempfile::tempdir().unwrap();
@@ -376,4 +497,64 @@ fn every_fixture_is_listed_and_discriminates() {
             assert!(rel > 0.01, "{name}/{how}: {rel}");
         }
     }
+}
+
+/// The mixture-of-experts fixtures' wrong routers, as config changes qforge reads: top-1
+/// instead of top-2 (`num_experts_per_tok: 1`) and, where the config can say it, no
+/// renormalisation of the top-k weights (Qwen3-MoE `norm_topk_prob: false`). qforge's
+/// perplexity of each equals transformers' for that wrong forward within 1e-4 (so the forward
+/// follows the config), and each moves the perplexity by more than 1 %. Mixtral always
+/// renormalises (MixtralSparseMoeBlock), so its `router_unnormalised` figure is transformers'
+/// alone.
+#[test]
+fn wrong_routers_match_transformers_and_move_perplexity() {
+    let t = tempfile::tempdir().unwrap();
+    let mut log = Vec::new();
+    for (name, how, key, value) in [
+        (
+            "mixtral",
+            "top1_router",
+            "num_experts_per_tok",
+            Value::from(1),
+        ),
+        (
+            "qwen3moe",
+            "top1_router",
+            "num_experts_per_tok",
+            Value::from(1),
+        ),
+        (
+            "qwen3moe",
+            "router_unnormalised",
+            "norm_topk_prob",
+            Value::from(false),
+        ),
+        (
+            "qwen3moe_dense",
+            "router_unnormalised",
+            "norm_topk_prob",
+            Value::from(false),
+        ),
+    ] {
+        let e = expected(name);
+        let dir = t.path().join(format!("{name}-{how}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in std::fs::read_dir(fixture(name)).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|x| x == "gguf") {
+                continue;
+            }
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+        let mut c = config(&dir).unwrap();
+        c[key] = value;
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        same_perplexity(&dir, &e, Some(how), &mut log).unwrap_or_else(|x| panic!("{x}"));
+        let (right, wrong) = (
+            e["transformers_f32"]["ppl"].as_f64().unwrap(),
+            e["wrong_forwards"][how]["ppl"].as_f64().unwrap(),
+        );
+        assert!((wrong - right).abs() / right > 0.01, "{name}/{how}");
+    }
+    eprintln!("{}", log.join("\n"));
 }

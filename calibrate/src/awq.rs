@@ -333,7 +333,8 @@ impl LayerScales {
             K::FfnNorm | K::Gate => self.mlp.is_some(),
             K::Up => self.mlp.is_some() || self.up_down.is_some(),
             K::Down => self.up_down.is_some(),
-            K::QBias | K::KBias | K::QNorm | K::KNorm => false,
+            // calibrate refuses mixture-of-experts models before any AWQ search
+            K::QBias | K::KBias | K::QNorm | K::KNorm | K::Router | K::Expert { .. } => false,
         }
     }
 
@@ -404,7 +405,7 @@ impl LayerScales {
                 Some(s) => fit(s, len, "rows"),
                 None => Ok(()),
             },
-            K::QBias | K::KBias | K::QNorm | K::KNorm => Ok(()),
+            K::QBias | K::KBias | K::QNorm | K::KNorm | K::Router | K::Expert { .. } => Ok(()),
         }
     }
 }

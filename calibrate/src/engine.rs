@@ -356,6 +356,13 @@ pub fn calibrate(
 ) -> Result<CalibSummary> {
     let start = Instant::now();
     let cfg = model.config().clone();
+    if cfg.moe.is_some() {
+        // GPTQ/AWQ per expert on its routed tokens and per-expert static scales: issue 18
+        return Err(Error::Unsupported(format!(
+            "calibrating a mixture-of-experts model ({}) is not implemented yet",
+            cfg.family
+        )));
+    }
     if let Method::Gptq(g) = &opts.method {
         if model.ckpt.format != Format::Hf {
             return Err(Error::Unsupported(

@@ -222,8 +222,7 @@ impl Checkpoint {
         for index in 0..u32::try_from(config.num_layers).unwrap_or(u32::MAX) {
             ids.extend(
                 config
-                    .family
-                    .layer_tensors()
+                    .layer_tensors(index)
                     .into_iter()
                     .map(|kind| TensorId::Layer { index, kind }),
             );
@@ -465,9 +464,12 @@ impl Checkpoint {
                     name: format!("{} (same role as {first})", r.name),
                 });
             }
-            if let TensorId::Layer { kind, .. } = key.id {
-                // a tensor another family has (a bias in a Llama checkpoint): not this model's
-                if !config.family.layer_tensors().contains(&kind) {
+            if let TensorId::Layer { index, kind } = key.id {
+                // a tensor another family has (a bias in a Llama checkpoint), an expert past
+                // the count or a dense FFN in a MoE block: not this model's
+                if u64::from(index) < config.num_layers
+                    && !config.layer_tensors(index).contains(&kind)
+                {
                     return Err(Error::UnknownTensor {
                         path: file_path,
                         name: r.name,
@@ -514,8 +516,7 @@ impl Checkpoint {
         for index in 0..config.num_layers as u32 {
             required.extend(
                 config
-                    .family
-                    .layer_tensors()
+                    .layer_tensors(index)
                     .into_iter()
                     .map(|kind| TensorId::Layer { index, kind }),
             );

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::error::{ConfigError, Error, Result};
 use crate::family::{Family, WindowRule};
 use crate::gguf::{GgufMetadata, GgufValue};
-use crate::names::{LayerTensor, TensorId};
+use crate::names::{FfnProj, LayerTensor, TensorId};
 
 /// RoPE frequency scaling.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -43,6 +43,28 @@ pub struct SlidingWindow {
     /// The first layer that slides (Mistral 0; Qwen `max_window_layers`).
     pub first_layer: u64,
 }
+
+/// The mixture of experts of a MoE family's blocks (transformers `MixtralConfig`,
+/// `Qwen3MoeConfig`; GGUF `<arch>.expert_count`, `expert_used_count`,
+/// `expert_feed_forward_length`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MoeConfig {
+    /// Experts per MoE block (`num_local_experts` / `num_experts`).
+    pub num_experts: u64,
+    /// Experts each token is routed to (`num_experts_per_tok`).
+    pub experts_per_tok: u64,
+    /// One expert's FFN width (Mixtral `intermediate_size`, Qwen3-MoE `moe_intermediate_size`).
+    pub expert_ffn: u64,
+    /// Renormalise the top-k routing weights to sum 1 (Mixtral always; Qwen3-MoE
+    /// `norm_topk_prob`).
+    pub norm_topk_prob: bool,
+    /// Blocks with a dense FFN of `intermediate_size` instead (Qwen3-MoE: `mlp_only_layers`,
+    /// and the blocks `decoder_sparse_step` skips), ascending.
+    pub dense_layers: Vec<u64>,
+}
+
+/// Most experts a config may declare (Qwen3-MoE has 128, DeepSeek 256).
+const MAX_EXPERTS: u64 = 1 << 12;
 
 /// Hyper-parameters of a model. All counts are validated non-zero and consistent
 /// (see [`ModelConfig::validate`]).
@@ -84,6 +106,8 @@ pub struct ModelConfig {
     pub multiple_of: Option<u64>,
     /// Sliding-window attention, where the config sets one.
     pub sliding_window: Option<SlidingWindow>,
+    /// The mixture of experts, for the MoE families.
+    pub moe: Option<MoeConfig>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -279,6 +303,7 @@ impl ModelConfig {
             ffn_dim_multiplier: None,
             multiple_of: None,
             sliding_window: parse_window(&o, family, num_layers)?,
+            moe: parse_moe(&o, family, num_layers)?,
         };
         cfg.validate()?;
         cfg.check_implied_head_dim(explicit_head_dim.is_some())?;
@@ -357,6 +382,7 @@ impl ModelConfig {
             ffn_dim_multiplier,
             multiple_of: Some(multiple_of),
             sliding_window: None,
+            moe: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -374,8 +400,9 @@ impl ModelConfig {
             Some(_) => return Err(invalid("general.architecture", "expected a string")),
             None => return Err(ConfigError::Missing("general.architecture")),
         };
-        let family =
-            Family::from_gguf_arch(&arch).ok_or_else(|| ConfigError::Architecture(arch.clone()))?;
+        let experts_key = format!("{arch}.expert_count");
+        let family = Family::from_gguf(&arch, meta.get(&experts_key).is_some())
+            .ok_or_else(|| ConfigError::Architecture(arch.clone()))?;
         let key = |k: &str| family.gguf_key(k);
         let missing = |k: &str| ConfigError::MissingKey(key(k));
         let int = |k: &'static str| -> std::result::Result<Option<u64>, ConfigError> {
@@ -477,6 +504,24 @@ impl ModelConfig {
             // llama.cpp's llama, qwen2 and qwen3 graphs attend over the whole context
             // (src/models/{llama,qwen2,qwen3}.cpp read no sliding-window key).
             sliding_window: None,
+            moe: if family.spec().moe.is_some() {
+                let n = int("expert_count")?.ok_or_else(|| missing("expert_count"))?;
+                let used = int("expert_used_count")?.ok_or_else(|| missing("expert_used_count"))?;
+                let ffn = int("feed_forward_length")?.unwrap_or(0);
+                Some(MoeConfig {
+                    num_experts: n,
+                    experts_per_tok: used,
+                    expert_ffn: int("expert_feed_forward_length")?.unwrap_or(ffn),
+                    // llama.cpp's llama (Mixtral) and qwen3moe graphs renormalise the top-k
+                    // weights (src/models/{llama,qwen3moe}.cpp: build_moe_ffn with norm_w
+                    // true); GGUF has no key for it
+                    norm_topk_prob: true,
+                    // which blocks are dense: read from the tensors (crate::gguf::read)
+                    dense_layers: Vec::new(),
+                })
+            } else {
+                None
+            },
         };
         cfg.validate()?;
         cfg.check_implied_head_dim(explicit_head_dim.is_some())?;
@@ -536,6 +581,29 @@ impl ModelConfig {
             }
         }
         check_rope_scaling(self.family, self.rope_scaling.as_ref())?;
+        if self.family.spec().moe.is_some() != self.moe.is_some() {
+            return Err(ConfigError::Inconsistent(format!(
+                "{} with{} a mixture of experts",
+                self.family,
+                if self.moe.is_some() { "" } else { "out" }
+            )));
+        }
+        if let Some(m) = &self.moe {
+            bounded("num_experts", m.num_experts, MAX_EXPERTS)?;
+            bounded("num_experts_per_tok", m.experts_per_tok, m.num_experts)?;
+            bounded("moe_intermediate_size", m.expert_ffn, MAX_WIDTH)?;
+            if m.dense_layers.iter().any(|&l| l >= self.num_layers)
+                || m.dense_layers.windows(2).any(|w| w[0] >= w[1])
+            {
+                return Err(invalid(
+                    "mlp_only_layers",
+                    format!(
+                        "{:?} is not an ascending list of layers below {}",
+                        m.dense_layers, self.num_layers
+                    ),
+                ));
+            }
+        }
         for (field, v) in [
             ("rope_theta", self.rope_theta),
             ("rms_norm_eps", self.rms_norm_eps),
@@ -573,8 +641,47 @@ impl ModelConfig {
                 LayerTensor::O => vec![d, q],
                 LayerTensor::Gate | LayerTensor::Up => vec![f, d],
                 LayerTensor::Down => vec![d, f],
+                LayerTensor::Router => {
+                    vec![self.moe.as_ref().map_or(0, |m| m.num_experts), d]
+                }
+                LayerTensor::Expert { proj, .. } => {
+                    let e = self.moe.as_ref().map_or(0, |m| m.expert_ffn);
+                    match proj {
+                        FfnProj::Gate | FfnProj::Up => vec![e, d],
+                        FfnProj::Down => vec![d, e],
+                    }
+                }
             },
         }
+    }
+
+    /// Whether block `index` is a mixture of experts.
+    pub fn is_moe_layer(&self, index: u32) -> bool {
+        self.moe
+            .as_ref()
+            .is_some_and(|m| !m.dense_layers.contains(&u64::from(index)))
+    }
+
+    /// The tensors block `index` has: the family's dense set, where a mixture-of-experts block
+    /// has the router and every expert's gate/up/down (expert-major) instead of the dense FFN.
+    pub fn layer_tensors(&self, index: u32) -> Vec<LayerTensor> {
+        let dense = self.family.layer_tensors();
+        let Some(m) = self.moe.as_ref().filter(|_| self.is_moe_layer(index)) else {
+            return dense;
+        };
+        let mut v: Vec<LayerTensor> = dense
+            .into_iter()
+            .filter(|k| !matches!(k, LayerTensor::Gate | LayerTensor::Up | LayerTensor::Down))
+            .collect();
+        v.push(LayerTensor::Router);
+        for expert in 0..u32::try_from(m.num_experts).unwrap_or(0) {
+            v.extend(
+                FfnProj::ALL
+                    .into_iter()
+                    .map(|proj| LayerTensor::Expert { expert, proj }),
+            );
+        }
+        v
     }
 
     /// Parameter count implied by the config (weights only).
@@ -583,20 +690,18 @@ impl ModelConfig {
         if !self.tie_word_embeddings {
             ids.push(TensorId::Output);
         }
-        let per_layer: u64 = self
-            .family
-            .layer_tensors()
-            .into_iter()
-            .map(|kind| {
-                self.expected_shape(TensorId::Layer { index: 0, kind })
-                    .iter()
-                    .product::<u64>()
+        let layers: u64 = (0..u32::try_from(self.num_layers).unwrap_or(u32::MAX))
+            .flat_map(|index| {
+                self.layer_tensors(index)
+                    .into_iter()
+                    .map(move |kind| TensorId::Layer { index, kind })
             })
+            .map(|id| self.expected_shape(id).iter().product::<u64>())
             .sum();
         ids.iter()
             .map(|&id| self.expected_shape(id).iter().product::<u64>())
             .sum::<u64>()
-            + per_layer * self.num_layers
+            + layers
     }
 }
 
@@ -674,6 +779,43 @@ fn parse_window(
     }
 }
 
+/// A MoE family's experts from `config.json` (transformers `MixtralConfig`,
+/// `Qwen3MoeConfig`; the dense blocks as `Qwen3MoeDecoderLayer.__init__` decides them: block
+/// `i` is sparse iff `i ∉ mlp_only_layers` and `(i + 1) % decoder_sparse_step == 0`).
+fn parse_moe(
+    o: &Obj<'_>,
+    family: Family,
+    num_layers: u64,
+) -> std::result::Result<Option<MoeConfig>, ConfigError> {
+    let Some(spec) = family.spec().moe else {
+        return Ok(None);
+    };
+    let num_experts = o.req_u64(spec.hf_experts_key)?;
+    let experts_per_tok = o.req_u64("num_experts_per_tok")?;
+    let expert_ffn = o.req_u64(spec.hf_expert_ffn_key)?;
+    let norm_topk_prob = spec.always_norm_topk || o.bool("norm_topk_prob")?.unwrap_or(false);
+    let mut dense_layers = Vec::new();
+    if spec.dense_layers {
+        let step = o.u64("decoder_sparse_step")?.unwrap_or(1);
+        if step == 0 {
+            return Err(invalid("decoder_sparse_step", "must be positive"));
+        }
+        let only = o.ids("mlp_only_layers")?;
+        dense_layers = (0..num_layers.min(MAX_LAYERS))
+            .filter(|i| only.contains(i) || (i + 1) % step != 0)
+            .collect();
+    } else if o.get("mlp_only_layers").is_some() || o.get("decoder_sparse_step").is_some() {
+        return Err(unsupported(family, "dense blocks (mlp_only_layers)"));
+    }
+    Ok(Some(MoeConfig {
+        num_experts,
+        experts_per_tok,
+        expert_ffn,
+        norm_topk_prob,
+        dense_layers,
+    }))
+}
+
 /// Read a config file and wrap parse errors with its path.
 pub(crate) fn read_json_config<T>(
     path: &Path,
@@ -741,6 +883,79 @@ mod tests {
         assert_eq!(c.intermediate_size, 53248);
         assert_eq!(c.parameter_count(), 405_853_388_800);
         assert_eq!(c.max_position_embeddings, 131_072);
+    }
+
+    /// transformers `Qwen3MoeDecoderLayer.__init__`: block `i` is sparse iff `i ∉
+    /// mlp_only_layers` and `(i + 1) % decoder_sparse_step == 0`; Mixtral has experts in every
+    /// block and always renormalises.
+    #[test]
+    fn moe_configs() {
+        let qwen = |extra: &str| {
+            ModelConfig::from_hf_json(&format!(
+                r#"{{"model_type": "qwen3_moe", "hidden_size": 64, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 128,
+                "num_hidden_layers": 6, "vocab_size": 384, "num_experts": 8,
+                "num_experts_per_tok": 2, "moe_intermediate_size": 32{extra}}}"#
+            ))
+        };
+        let c = qwen(r#", "decoder_sparse_step": 2, "mlp_only_layers": [3]"#).unwrap();
+        let m = c.moe.clone().unwrap();
+        assert_eq!(m.dense_layers, vec![0, 2, 3, 4]);
+        assert!(!m.norm_topk_prob);
+        assert!(c.is_moe_layer(1) && c.is_moe_layer(5) && !c.is_moe_layer(3));
+        // a sparse block: router and 8 × 3 experts instead of gate/up/down
+        let kinds = c.layer_tensors(1);
+        assert_eq!(kinds.len(), c.family.layer_tensors().len() - 3 + 1 + 24);
+        assert!(!kinds.contains(&LayerTensor::Gate));
+        assert_eq!(
+            c.expected_shape(TensorId::Layer {
+                index: 1,
+                kind: LayerTensor::Expert {
+                    expert: 7,
+                    proj: FfnProj::Down
+                }
+            }),
+            vec![64, 32]
+        );
+        assert_eq!(
+            c.expected_shape(TensorId::Layer {
+                index: 1,
+                kind: LayerTensor::Router
+            }),
+            vec![8, 64]
+        );
+        assert_eq!(c.layer_tensors(0), c.family.layer_tensors());
+        assert!(
+            qwen(r#", "norm_topk_prob": true"#)
+                .unwrap()
+                .moe
+                .unwrap()
+                .norm_topk_prob
+        );
+        for bad in [
+            r#", "num_experts_per_tok": 9"#,
+            r#", "num_experts": 0"#,
+            r#", "decoder_sparse_step": 0"#,
+            r#", "moe_intermediate_size": 0"#,
+        ] {
+            // a repeated key: serde_json keeps the last, the bad value
+            let r = qwen(bad);
+            assert!(r.is_err(), "{bad}");
+        }
+        let mixtral = ModelConfig::from_hf_json(
+            r#"{"model_type": "mixtral", "hidden_size": 64, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "intermediate_size": 32, "num_hidden_layers": 2,
+            "vocab_size": 384, "num_local_experts": 4, "num_experts_per_tok": 2}"#,
+        )
+        .unwrap();
+        let m = mixtral.moe.unwrap();
+        assert!(m.norm_topk_prob && m.dense_layers.is_empty() && m.expert_ffn == 32);
+        // a MoE family without its expert keys is refused
+        assert!(ModelConfig::from_hf_json(
+            r#"{"model_type": "mixtral", "hidden_size": 64, "num_attention_heads": 4,
+            "intermediate_size": 32, "num_hidden_layers": 2, "vocab_size": 384}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::export_gguf::llama3_from_factors;
 use crate::family::WindowRule;
-use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
+use crate::names::{LayerTensor, Part, TensorId, TensorKey};
 use crate::notes::Note;
 use crate::rope::{permute_rows_into, RopeLayout};
 use crate::write::safetensors::{plan, TensorSpec, Writer};
@@ -78,12 +78,30 @@ pub fn hf_config_json(cfg: &ModelConfig, dtype: DType) -> Value {
         "vocab_size": cfg.vocab_size,
     });
     let m = v.as_object_mut().expect("an object");
-    if !spec.qkv_bias {
-        // the classes with a bias switch (Llama, Qwen3) leave it off
+    if !spec.qkv_bias && cfg.family != crate::family::Family::Mixtral {
+        // the classes with a bias switch (Llama, Qwen3, Qwen3-MoE) leave it off; MixtralConfig
+        // has none
         m.insert("attention_bias".into(), json!(false));
     }
     if spec.hf_head_dim {
         m.insert("head_dim".into(), json!(cfg.head_dim));
+    }
+    if let (Some(moe), Some(ms)) = (&cfg.moe, spec.moe) {
+        // MixtralConfig / Qwen3MoeConfig keys
+        m.insert(ms.hf_experts_key.into(), json!(moe.num_experts));
+        m.insert("num_experts_per_tok".into(), json!(moe.experts_per_tok));
+        m.insert(ms.hf_expert_ffn_key.into(), json!(moe.expert_ffn));
+        m.insert("output_router_logits".into(), json!(false));
+        m.insert("router_aux_loss_coef".into(), json!(0.001));
+        if ms.dense_layers {
+            m.insert("norm_topk_prob".into(), json!(moe.norm_topk_prob));
+            m.insert("decoder_sparse_step".into(), json!(1));
+            m.insert("mlp_only_layers".into(), json!(moe.dense_layers));
+        } else {
+            m.insert("router_jitter_noise".into(), json!(0.0));
+        }
+        m.remove("mlp_bias");
+        m.remove("pretraining_tp");
     }
     let size = cfg.sliding_window.map(|w| w.size);
     match spec.window {
@@ -423,8 +441,12 @@ pub fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
         LayerTensor::Gate => 9,
         LayerTensor::Up => 10,
         LayerTensor::Down => 11,
-        LayerTensor::AttnNorm => 12,
-        LayerTensor::FfnNorm => 13,
+        // a MoE block: router, then each expert's projections (MixtralSparseMoeBlock,
+        // Qwen3MoeSparseMoeBlock: `gate`, then `experts`)
+        LayerTensor::Router => 12,
+        LayerTensor::Expert { expert, proj } => 13 + 3 * expert.min(1 << 20) + proj as u32,
+        LayerTensor::AttnNorm => u32::MAX - 1,
+        LayerTensor::FfnNorm => u32::MAX,
     };
     match key.id {
         TensorId::TokenEmbedding => (0, 0, 0),
@@ -776,7 +798,7 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
         .iter()
         .map(|&t| {
             let dtype = out_dtype(t);
-            let name = NameScheme::Hf.name(t.key).unwrap_or_else(|| t.name.clone());
+            let name = (ckpt.config.family.hf_name(t.key)).unwrap_or_else(|| t.name.clone());
             OutTensor {
                 spec: TensorSpec {
                     name,

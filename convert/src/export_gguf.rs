@@ -14,7 +14,7 @@ use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::export::{rope_direction, tensor_bytes, Written};
 use crate::gguf::GgufValue;
-use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
+use crate::names::{FfnProj, LayerTensor, NameScheme, Part, TensorId, TensorKey};
 use crate::notes::Note;
 use crate::write::gguf::{plan, GgufTensorSpec, GgufWriter};
 use crate::write::AtomicFile;
@@ -219,6 +219,18 @@ pub fn model_metadata(
     if let Some(ft) = ftype {
         m.push(("general.file_type".into(), GgufValue::U32(ft)));
     }
+    if let Some(moe) = &cfg.moe {
+        // conversion/base.py TextModel.set_gguf_parameters: expert_count, expert_used_count;
+        // conversion/qwen.py Qwen2MoeModel.set_gguf_parameters: expert_feed_forward_length
+        m.push((k("expert_count"), u32v(moe.num_experts)));
+        m.push((k("expert_used_count"), u32v(moe.experts_per_tok)));
+        if spec
+            .moe
+            .is_some_and(|s| s.hf_expert_ffn_key != "intermediate_size")
+        {
+            m.push((k("expert_feed_forward_length"), u32v(moe.expert_ffn)));
+        }
+    }
     if spec.gguf_vocab_and_rope_dim {
         m.push((k("vocab_size"), u32v(cfg.vocab_size)));
         m.push((k("rope.dimension_count"), u32v(cfg.head_dim)));
@@ -230,7 +242,7 @@ pub fn model_metadata(
 /// `MistralForCausalLM` as `llama`) reads back as that family: its HF class is not kept.
 pub fn class_lost(cfg: &ModelConfig) -> Option<Note> {
     let spec = cfg.family.spec();
-    let back = crate::family::Family::from_gguf_arch(spec.gguf_arch)?;
+    let back = crate::family::Family::from_gguf(spec.gguf_arch, spec.moe.is_some())?;
     (back != cfg.family).then(|| {
         Note::metadata_lost(
             format!(
@@ -257,34 +269,151 @@ pub fn window_lost(cfg: &ModelConfig) -> Option<Note> {
     })
 }
 
+/// What GGUF cannot say about a mixture of experts: un-renormalised top-k weights (llama.cpp's
+/// llama and qwen3moe graphs call `build_moe_ffn` with `norm_w` true and read no key for it,
+/// src/models/qwen3moe.cpp), which changes every MoE block's output.
+pub fn moe_lost(cfg: &ModelConfig) -> Option<Note> {
+    let m = cfg.moe.as_ref().filter(|m| !m.norm_topk_prob)?;
+    Some(Note::changes_math(
+        format!(
+            "{} routes without renormalising its top-{} weights (norm_topk_prob false): llama.cpp always renormalises them",
+            cfg.family, m.experts_per_tok
+        ),
+        "keep the HF checkpoint",
+    ))
+}
+
+/// Dense blocks in a mixture-of-experts model have no GGUF form: llama.cpp's qwen3moe loads
+/// `ffn_gate_inp` and the expert stacks in every block (src/models/qwen3moe.cpp
+/// `load_arch_tensors`) and `convert_hf_to_gguf.py` maps no dense FFN for it.
+pub fn check_moe_gguf(cfg: &ModelConfig, path: &Path) -> Result<()> {
+    match cfg.moe.as_ref().filter(|m| !m.dense_layers.is_empty()) {
+        None => Ok(()),
+        Some(m) => Err(Error::Config {
+            path: path.into(),
+            kind: crate::error::ConfigError::Unsupported {
+                family: cfg.family.name(),
+                reason: format!(
+                    "dense blocks {:?} (mlp_only_layers) have no GGUF form: llama.cpp's {} graph has experts in every block",
+                    m.dense_layers,
+                    cfg.family.spec().gguf_arch
+                ),
+            },
+        }),
+    }
+}
+
 /// GGUF tensor order: rope factors, embeddings, each block (in the order `convert_hf_to_gguf.py`
-/// emits a block's HF tensors), final norm, output.
-pub fn gguf_order(key: &TensorKey) -> (u32, u32) {
+/// emits a block's HF tensors), final norm, output. A block's experts sort by projection, then
+/// expert, so that each 3-D stack's slices are consecutive ([`gguf_tensor_name`]).
+pub fn gguf_order(key: &TensorKey) -> (u32, u32, u32) {
     // HF names sorted: input_layernorm, mlp.{down,gate,up}_proj, post_attention_layernorm,
-    // self_attn.{k_norm, k_proj.bias, k_proj.weight, o_proj, q_norm, q_proj.bias, …}
+    // self_attn.{k_norm, k_proj.bias, k_proj.weight, o_proj, q_norm, q_proj.bias, …}. A
+    // Qwen3-MoE block's `mlp.experts.*` are emitted (merged, conversion/qwen.py
+    // Qwen2MoeModel.modify_tensors: down, gate, up) when the last arrives, before `mlp.gate`.
+    // Mixtral's `block_sparse_moe.*` sort before `input_layernorm` in the converter's output;
+    // here they take the same place as Qwen3-MoE's (the order does not change the model).
     let kind_rank = |k: LayerTensor| match k {
-        LayerTensor::AttnNorm => 0,
-        LayerTensor::Down => 1,
-        LayerTensor::Gate => 2,
-        LayerTensor::Up => 3,
-        LayerTensor::FfnNorm => 4,
-        LayerTensor::KNorm => 5,
-        LayerTensor::KBias => 6,
-        LayerTensor::K => 7,
-        LayerTensor::O => 8,
-        LayerTensor::QNorm => 9,
-        LayerTensor::QBias => 10,
-        LayerTensor::Q => 11,
-        LayerTensor::VBias => 12,
-        LayerTensor::V => 13,
+        LayerTensor::AttnNorm => (0, 0),
+        LayerTensor::Down => (1, 0),
+        LayerTensor::Gate => (2, 0),
+        LayerTensor::Up => (3, 0),
+        LayerTensor::Expert { expert, proj } => (
+            match proj {
+                FfnProj::Down => 4,
+                FfnProj::Gate => 5,
+                FfnProj::Up => 6,
+            },
+            expert,
+        ),
+        LayerTensor::Router => (7, 0),
+        LayerTensor::FfnNorm => (8, 0),
+        LayerTensor::KNorm => (9, 0),
+        LayerTensor::KBias => (10, 0),
+        LayerTensor::K => (11, 0),
+        LayerTensor::O => (12, 0),
+        LayerTensor::QNorm => (13, 0),
+        LayerTensor::QBias => (14, 0),
+        LayerTensor::Q => (15, 0),
+        LayerTensor::VBias => (16, 0),
+        LayerTensor::V => (17, 0),
     };
     match key.id {
-        TensorId::RopeFreqs => (0, 0),
-        TensorId::TokenEmbedding => (1, 0),
-        TensorId::Layer { index, kind } => (2 + index, kind_rank(kind)),
-        TensorId::OutputNorm => (u32::MAX - 1, 0),
-        TensorId::Output => (u32::MAX, 0),
+        TensorId::RopeFreqs => (0, 0, 0),
+        TensorId::TokenEmbedding => (1, 0, 0),
+        TensorId::Layer { index, kind } => {
+            let (r, e) = kind_rank(kind);
+            (2 + index, r, e)
+        }
+        TensorId::OutputNorm => (u32::MAX - 1, 0, 0),
+        TensorId::Output => (u32::MAX, 0, 0),
     }
+}
+
+/// The GGUF tensor `key` is written into and, for an expert's projection, the slice it is:
+/// `(blk.N.ffn_gate_exps.weight, Some(expert))`. Experts of one projection are one 3-D stack
+/// (`convert_hf_to_gguf.py` `LlamaModel.modify_tensors` / `Qwen2MoeModel.modify_tensors`:
+/// `torch.stack` over experts), written expert by expert.
+pub fn gguf_tensor_name(key: TensorKey) -> Option<(String, Option<u32>)> {
+    match key.id {
+        TensorId::Layer {
+            index,
+            kind: LayerTensor::Expert { expert, proj },
+        } if key.part == Part::Weight => Some((proj.gguf_stack(index), Some(expert))),
+        _ => NameScheme::Gguf.name(key).map(|n| (n, None)),
+    }
+}
+
+/// The planned tensors of `entries` (in [`gguf_order`]) of types `dtype(entry)`: one per tensor,
+/// one 3-D stack `[n_expert, out, in]` per block and expert projection (its slices must all be
+/// there, in expert order, of one type and shape).
+pub fn gguf_specs<'a>(
+    path: &Path,
+    entries: impl IntoIterator<Item = (&'a TensorEntry, DType)>,
+) -> Result<Vec<GgufTensorSpec>> {
+    let mut specs: Vec<GgufTensorSpec> = Vec::new();
+    let mut open_stack: Option<u32> = None; // experts seen of the last spec's stack
+    for (t, dtype) in entries {
+        let (name, expert) = gguf_tensor_name(t.key).unwrap_or_else(|| (t.name.clone(), None));
+        let bad = |reason: String| Error::NotAModel {
+            path: path.into(),
+            reason: format!("{}: {reason}", t.name),
+        };
+        match expert {
+            None => {
+                open_stack = None;
+                specs.push(GgufTensorSpec {
+                    name,
+                    dtype,
+                    shape: t.shape.clone(),
+                });
+            }
+            Some(0) => {
+                open_stack = Some(1);
+                let mut shape = vec![1];
+                shape.extend(&t.shape);
+                specs.push(GgufTensorSpec { name, dtype, shape });
+            }
+            Some(e) => {
+                let last = specs.last_mut().filter(|s| s.name == name);
+                match (last, open_stack) {
+                    (Some(s), Some(n))
+                        if n == e && s.dtype == dtype && s.shape[1..] == t.shape[..] =>
+                    {
+                        s.shape[0] += 1;
+                        open_stack = Some(n + 1);
+                    }
+                    _ => {
+                        return Err(bad(format!(
+                        "expert {e} does not follow expert {} of {name} with its type and shape",
+                        e - 1
+                    )))
+                    }
+                }
+            }
+        }
+    }
+    Ok(specs)
 }
 
 /// What GGUF loses when it keeps Llama 3.1 scaling as the `rope_freqs.weight` factors `f`
@@ -386,6 +515,8 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
     notes.extend(tied);
     notes.extend(window_lost(&ckpt.config));
     notes.extend(class_lost(&ckpt.config));
+    notes.extend(moe_lost(&ckpt.config));
+    check_moe_gguf(&ckpt.config, &ckpt.path)?;
     let rope_factors = if entries.iter().any(|t| t.key.id == TensorId::RopeFreqs) {
         None
     } else {
@@ -428,16 +559,10 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
             shape: vec![f.len() as u64],
         });
     }
-    for t in &entries {
-        let name = NameScheme::Gguf
-            .name(t.key)
-            .unwrap_or_else(|| t.name.clone());
-        specs.push(GgufTensorSpec {
-            name,
-            dtype: out_dtype(t),
-            shape: t.shape.clone(),
-        });
-    }
+    specs.extend(gguf_specs(
+        &ckpt.path,
+        entries.iter().map(|&t| (t, out_dtype(t))),
+    )?);
     // general.name from the source GGUF, or from an HF source's model card (as
     // convert_hf_to_gguf.py names the file from it)
     let card = crate::export::model_card_fields(ckpt);
@@ -482,11 +607,9 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
     for t in &entries {
         crate::export::reset_buffer(&mut buf);
         tensor_bytes(ckpt, t, out_dtype(t), rope, &mut buf)?;
-        let name = NameScheme::Gguf
-            .name(t.key)
-            .unwrap_or_else(|| t.name.clone());
-        w.write_tensor(&name, &buf)
-            .map_err(|e| Error::io(&path, e))?;
+        let (name, _) = gguf_tensor_name(t.key).unwrap_or_else(|| (t.name.clone(), None));
+        // an expert is one piece of its stack: memory holds one expert, never the stack
+        w.write_part(&name, &buf).map_err(|e| Error::io(&path, e))?;
     }
     let file = w.finish().map_err(|e| Error::io(&path, e))?;
     let record = target.commit(file)?;

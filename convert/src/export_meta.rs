@@ -75,7 +75,9 @@ pub fn split_dim(id: TensorId) -> Option<usize> {
             | LayerTensor::KBias
             | LayerTensor::VBias
             | LayerTensor::QNorm
-            | LayerTensor::KNorm => None,
+            | LayerTensor::KNorm
+            | LayerTensor::Router
+            | LayerTensor::Expert { .. } => None,
         },
         TensorId::OutputNorm | TensorId::RopeFreqs => None,
     }
@@ -98,7 +100,9 @@ fn meta_order(id: TensorId) -> (u64, u32) {
         | LayerTensor::KBias
         | LayerTensor::VBias
         | LayerTensor::QNorm
-        | LayerTensor::KNorm => 9,
+        | LayerTensor::KNorm
+        | LayerTensor::Router
+        | LayerTensor::Expert { .. } => 9,
     };
     match id {
         TensorId::TokenEmbedding => (0, 0),

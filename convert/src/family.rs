@@ -14,7 +14,7 @@
 use serde::Serialize;
 
 use crate::checkpoint::Format;
-use crate::names::LayerTensor;
+use crate::names::{HfMoeNames, LayerTensor, NameMatch, NameScheme, TensorId, TensorKey};
 
 /// A model family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -28,6 +28,30 @@ pub enum Family {
     Qwen3,
     /// Mistral: `MistralForCausalLM` (sliding-window attention where the config sets one).
     Mistral,
+    /// Mixtral: `MixtralForCausalLM` (Mistral attention, a mixture of experts in every block).
+    Mixtral,
+    /// Qwen3-MoE: `Qwen3MoeForCausalLM` (Qwen3 attention, mixture-of-experts blocks).
+    #[serde(rename = "qwen3moe")]
+    Qwen3Moe,
+}
+
+/// How a mixture-of-experts family routes and names its experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MoeSpec {
+    /// HF module spelling.
+    pub hf_names: HfMoeNames,
+    /// `config.json` key of the expert count (`num_local_experts` / `num_experts`).
+    pub hf_experts_key: &'static str,
+    /// `config.json` key of one expert's FFN width (Mixtral: `intermediate_size`; Qwen3-MoE:
+    /// `moe_intermediate_size`, its `intermediate_size` being the dense layers').
+    pub hf_expert_ffn_key: &'static str,
+    /// The top-k weights are renormalised to sum 1 always (Mixtral:
+    /// `MixtralSparseMoeBlock.forward` divides by their sum) rather than when the config's
+    /// `norm_topk_prob` says (`Qwen3MoeSparseMoeBlock.forward`).
+    pub always_norm_topk: bool,
+    /// Dense blocks are possible (`mlp_only_layers`, `decoder_sparse_step`: transformers
+    /// `Qwen3MoeDecoderLayer.__init__`).
+    pub dense_layers: bool,
 }
 
 /// How a family's rotary embedding pairs a head's values in GGUF (llama.cpp
@@ -125,6 +149,8 @@ pub struct FamilySpec {
     pub awq: AwqMappings,
     /// llama-quantize rules.
     pub quant: QuantRules,
+    /// Mixture-of-experts facts, for the MoE families.
+    pub moe: Option<MoeSpec>,
 }
 
 /// The table.
@@ -150,6 +176,7 @@ pub const FAMILIES: &[FamilySpec] = &[
         meta: true,
         awq: AwqMappings::Default,
         quant: QuantRules::Generic,
+        moe: None,
     },
     FamilySpec {
         family: Family::Qwen2,
@@ -172,6 +199,7 @@ pub const FAMILIES: &[FamilySpec] = &[
         meta: false,
         awq: AwqMappings::Default,
         quant: QuantRules::Generic,
+        moe: None,
     },
     FamilySpec {
         family: Family::Qwen3,
@@ -194,6 +222,7 @@ pub const FAMILIES: &[FamilySpec] = &[
         meta: false,
         awq: AwqMappings::Default,
         quant: QuantRules::Generic,
+        moe: None,
     },
     FamilySpec {
         family: Family::Mistral,
@@ -218,6 +247,67 @@ pub const FAMILIES: &[FamilySpec] = &[
         meta: false,
         awq: AwqMappings::Default,
         quant: QuantRules::Generic,
+        moe: None,
+    },
+    FamilySpec {
+        family: Family::Mixtral,
+        name: "Mixtral",
+        hf_classes: &["MixtralForCausalLM"],
+        model_type: "mixtral",
+        // conversion/llama.py registers MixtralForCausalLM with LlamaModel; the expert keys
+        // (`llama.expert_count`) tell it from Llama when read back
+        gguf_arch: "llama",
+        gguf_rope: GgufRope::Norm,
+        qkv_bias: false,
+        qk_norm: false,
+        norm: "rms",
+        activation: "silu",
+        rope_scalings: &[],
+        window: WindowRule::EveryLayer,
+        tie_default: false,
+        hf_head_dim: true,
+        gguf_vocab_and_rope_dim: true,
+        bos_default: Some(1),
+        eos_default: Some(2),
+        meta: false,
+        awq: AwqMappings::Default,
+        quant: QuantRules::Generic,
+        moe: Some(MoeSpec {
+            hf_names: HfMoeNames::Mixtral,
+            hf_experts_key: "num_local_experts",
+            hf_expert_ffn_key: "intermediate_size",
+            always_norm_topk: true,
+            dense_layers: false,
+        }),
+    },
+    FamilySpec {
+        family: Family::Qwen3Moe,
+        name: "Qwen3-MoE",
+        hf_classes: &["Qwen3MoeForCausalLM"],
+        model_type: "qwen3_moe",
+        gguf_arch: "qwen3moe",
+        gguf_rope: GgufRope::Neox,
+        qkv_bias: false,
+        qk_norm: true,
+        norm: "rms",
+        activation: "silu",
+        rope_scalings: &["linear"],
+        window: WindowRule::QwenLayers,
+        tie_default: false,
+        hf_head_dim: true,
+        gguf_vocab_and_rope_dim: false,
+        bos_default: None,
+        eos_default: None,
+        meta: false,
+        awq: AwqMappings::Default,
+        quant: QuantRules::Generic,
+        moe: Some(MoeSpec {
+            hf_names: HfMoeNames::Qwen,
+            hf_experts_key: "num_experts",
+            hf_expert_ffn_key: "moe_intermediate_size",
+            always_norm_topk: false,
+            dense_layers: true,
+        }),
     },
 ];
 
@@ -246,9 +336,56 @@ impl Family {
             .map(|s| s.family)
     }
 
+    /// The family of a GGUF file of architecture `arch` that has expert keys or not
+    /// (`llama` with `llama.expert_count` is Mixtral): the first row writing `arch` that is a
+    /// mixture of experts exactly when the file is, else the first row writing `arch`.
+    pub fn from_gguf(arch: &str, experts: bool) -> Option<Family> {
+        FAMILIES
+            .iter()
+            .find(|s| s.gguf_arch == arch && s.moe.is_some() == experts)
+            .map(|s| s.family)
+            .or_else(|| Family::from_gguf_arch(arch))
+    }
+
     /// Display name.
     pub fn name(self) -> &'static str {
         self.spec().name
+    }
+
+    /// The HF name of `key` as this family spells it ([`NameScheme::Hf`], with the family's
+    /// router and expert modules: Mixtral's `block_sparse_moe.experts.E.w1`).
+    pub fn hf_name(self, key: TensorKey) -> Option<String> {
+        match self.spec().moe {
+            Some(m) => m.hf_names.name(key),
+            None => NameScheme::Hf.name(key),
+        }
+    }
+
+    /// `name` (an HF tensor name, or a module name without a part suffix) in this family's
+    /// spelling of its router and expert modules; any other name unchanged.
+    pub fn hf_spelling(self, name: &str) -> String {
+        let Some(moe) = self.spec().moe else {
+            return name.to_owned();
+        };
+        let (full, module) = match NameScheme::Hf.parse(name) {
+            NameMatch::Tensor(k) => (k, false),
+            _ => match NameScheme::Hf.parse(&format!("{name}.weight")) {
+                NameMatch::Tensor(k) => (k, true),
+                _ => return name.to_owned(),
+            },
+        };
+        let is_moe = matches!(
+            full.id,
+            TensorId::Layer {
+                kind: LayerTensor::Router | LayerTensor::Expert { .. },
+                ..
+            }
+        );
+        match moe.hf_names.name(full).filter(|_| is_moe) {
+            Some(n) if module => n.strip_suffix(".weight").unwrap_or(&n).to_owned(),
+            Some(n) => n,
+            None => name.to_owned(),
+        }
     }
 
     /// The GGUF metadata key `<arch>.<key>`.
@@ -256,7 +393,8 @@ impl Family {
         format!("{}.{key}", self.spec().gguf_arch)
     }
 
-    /// The block tensors a model of this family has, in [`LayerTensor::ALL`] order.
+    /// The block tensors a dense block of this family has, in [`LayerTensor::ALL`] order (a
+    /// mixture-of-experts block: [`crate::ModelConfig::layer_tensors`]).
     pub fn layer_tensors(self) -> Vec<LayerTensor> {
         let s = self.spec();
         LayerTensor::ALL
@@ -306,6 +444,10 @@ mod tests {
             assert_eq!(s.family.spec(), s);
             assert_eq!(Family::from_model_type(s.model_type), Some(s.family));
             assert!(Family::from_gguf_arch(s.gguf_arch).is_some());
+            // a MoE family reads back as itself (Mixtral: llama with expert keys)
+            if s.moe.is_some() {
+                assert_eq!(Family::from_gguf(s.gguf_arch, true), Some(s.family));
+            }
         }
         assert_eq!(Family::Llama.gguf_key("block_count"), "llama.block_count");
         assert_eq!(Family::Qwen2.gguf_key("block_count"), "qwen2.block_count");

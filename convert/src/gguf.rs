@@ -70,6 +70,7 @@ use crate::checkpoint::{Checkpoint, Format, RawTensor, Span, TensorLayout, Token
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::mmap::MappedFile;
+use crate::names::{FfnProj, LayerTensor, NameScheme, TensorId, TensorKey};
 
 /// The four magic bytes at the start of every GGUF file.
 pub const MAGIC: [u8; 4] = *b"GGUF";
@@ -1199,16 +1200,35 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         .iter()
         .find(|t| t.name == "token_embd.weight")
         .and_then(|t| t.ne.get(1).copied());
-    let config = ModelConfig::from_gguf(&meta, has_output, vocab_from_tensors).map_err(|kind| {
-        Error::Config {
+    let mut config =
+        ModelConfig::from_gguf(&meta, has_output, vocab_from_tensors).map_err(|kind| {
+            Error::Config {
+                path: path.into(),
+                kind,
+            }
+        })?;
+    if let Some(m) = config.moe.as_mut() {
+        // a block without a router has a dense FFN (llama.cpp's graphs build the MoE FFN where
+        // `ffn_gate_inp` exists)
+        m.dense_layers = (0..config.num_layers)
+            .filter(|i| {
+                let router = format!("blk.{i}.ffn_gate_inp.weight");
+                !infos.iter().any(|t| t.name == router)
+            })
+            .collect();
+        config.validate().map_err(|kind| Error::Config {
             path: path.into(),
             kind,
-        }
-    })?;
+        })?;
+    }
     let tokenizer = tokenizer_info(&meta);
-    let raw = infos
-        .into_iter()
-        .map(|t| RawTensor {
+    let mut raw = Vec::with_capacity(infos.len());
+    for t in infos {
+        if let Some((index, proj)) = FfnProj::parse_gguf_stack(&t.name) {
+            split_expert_stack(path, &t, index, proj, config.moe.as_ref(), &mut raw)?;
+            continue;
+        }
+        raw.push(RawTensor {
             shape: t.shape(),
             layout: TensorLayout::Contiguous(Span {
                 file: 0,
@@ -1218,8 +1238,8 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
             name: t.name,
             dtype: t.dtype,
             file: 0,
-        })
-        .collect();
+        });
+    }
     Checkpoint::assemble(
         Format::Gguf,
         path.into(),
@@ -1229,4 +1249,68 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         raw,
         Some(meta),
     )
+}
+
+/// A 3-D expert stack `blk.N.ffn_*_exps.weight` (`ne = [in, out, n_expert]`, experts
+/// outermost, as `convert_hf_to_gguf.py` stacks them with `torch.stack(datas, dim=0)`) as one
+/// contiguous 2-D tensor per expert, `blk.N.ffn_*_exps.E.weight`: every consumer then reads,
+/// quantizes and writes one expert slice at a time.
+fn split_expert_stack(
+    path: &Path,
+    t: &GgufTensorInfo,
+    index: u32,
+    proj: FfnProj,
+    moe: Option<&crate::config::MoeConfig>,
+    raw: &mut Vec<RawTensor>,
+) -> Result<()> {
+    let bad = |reason: String| Error::NotAModel {
+        path: path.into(),
+        reason: format!("tensor {}: {reason}", t.name),
+    };
+    let Some(moe) = moe else {
+        return Err(bad("an expert stack in a model without experts".into()));
+    };
+    let &[cols, rows, n] = t.ne.as_slice() else {
+        return Err(bad(format!(
+            "expert stack with dims {:?}, expected 3",
+            t.ne
+        )));
+    };
+    if n != moe.num_experts {
+        return Err(bad(format!(
+            "{n} experts, expert_count says {}",
+            moe.num_experts
+        )));
+    }
+    // `parse` checked nbytes against ne and the type; a stack of n equal slices divides
+    let each = t.nbytes / n;
+    if each * n != t.nbytes {
+        return Err(bad(format!(
+            "{} bytes do not split into {n} experts",
+            t.nbytes
+        )));
+    }
+    for expert in 0..n {
+        let name = NameScheme::Gguf
+            .name(TensorKey::weight(TensorId::Layer {
+                index,
+                kind: LayerTensor::Expert {
+                    expert: expert as u32,
+                    proj,
+                },
+            }))
+            .unwrap_or_default();
+        raw.push(RawTensor {
+            name,
+            dtype: t.dtype,
+            shape: vec![rows, cols],
+            layout: TensorLayout::Contiguous(Span {
+                file: 0,
+                offset: t.absolute_offset + expert * each,
+                len: each,
+            }),
+            file: 0,
+        });
+    }
+    Ok(())
 }

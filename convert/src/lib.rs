@@ -33,8 +33,10 @@ pub mod tokenizer;
 pub mod write;
 
 pub use checkpoint::{Checkpoint, Format, TensorEntry, TensorLayout, TokenizerInfo};
-pub use config::{ModelConfig, RopeScaling, SlidingWindow};
+pub use config::{ModelConfig, MoeConfig, RopeScaling, SlidingWindow};
 pub use error::{shown, ConfigError, Error, ImatrixError, Result};
 pub use family::{Family, FamilySpec};
-pub use names::{LayerTensor, NameMatch, NameScheme, Part, TensorId, TensorKey};
+pub use names::{
+    FfnProj, HfMoeNames, LayerTensor, NameMatch, NameScheme, Part, TensorId, TensorKey,
+};
 pub use notes::{Note, NoteKind};

@@ -164,7 +164,9 @@ fn split_of(name: &str, shard_shape: &[u64], mp: u64, dim: u64) -> Option<(Split
             | LayerTensor::KBias
             | LayerTensor::VBias
             | LayerTensor::QNorm
-            | LayerTensor::KNorm => return None,
+            | LayerTensor::KNorm
+            | LayerTensor::Router
+            | LayerTensor::Expert { .. } => return None,
         },
         TensorId::RopeFreqs => return None,
     };

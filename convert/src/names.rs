@@ -39,6 +39,128 @@ pub enum LayerTensor {
     QNorm,
     /// Per-head RMSNorm on keys before RoPE (Qwen3), `[head_dim]`.
     KNorm,
+    /// Mixture-of-experts router `[n_expert, hidden]` (HF `block_sparse_moe.gate` /
+    /// `mlp.gate`, GGUF `ffn_gate_inp`); never quantized.
+    Router,
+    /// One projection of one expert of a mixture-of-experts FFN, `[out, in]` as the dense
+    /// projection. GGUF stores the experts of a projection as one 3-D stack
+    /// (`ffn_{gate,up,down}_exps`, experts outermost); qforge reads and writes it expert by
+    /// expert (see [`NameScheme::Gguf`]'s `blk.N.ffn_gate_exps.E.weight` slice names).
+    Expert {
+        /// expert number, from 0
+        expert: u32,
+        /// which projection
+        proj: FfnProj,
+    },
+}
+
+/// The three projections of a SwiGLU FFN (dense or one expert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FfnProj {
+    /// gate (Meta/Mixtral `w1`)
+    Gate,
+    /// up (`w3`)
+    Up,
+    /// down (`w2`)
+    Down,
+}
+
+impl FfnProj {
+    /// All three, in gate, up, down order.
+    pub const ALL: [FfnProj; 3] = [FfnProj::Gate, FfnProj::Up, FfnProj::Down];
+
+    /// `(Qwen/HF-default module, Mixtral module, GGUF stack)` of an expert's projection.
+    const fn names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            FfnProj::Gate => ("gate_proj", "w1", "ffn_gate_exps"),
+            FfnProj::Up => ("up_proj", "w3", "ffn_up_exps"),
+            FfnProj::Down => ("down_proj", "w2", "ffn_down_exps"),
+        }
+    }
+
+    /// The GGUF 3-D stack name of this projection in block `index` (`blk.0.ffn_gate_exps.weight`).
+    pub fn gguf_stack(self, index: u32) -> String {
+        format!("blk.{index}.{}.weight", self.names().2)
+    }
+
+    /// The projection whose GGUF stack is `name` (`blk.N.ffn_*_exps.weight`), with `N`.
+    pub fn parse_gguf_stack(name: &str) -> Option<(u32, FfnProj)> {
+        let rest = name.strip_prefix("blk.")?.strip_suffix(".weight")?;
+        let (index, module) = rest.split_once('.')?;
+        let index = parse_index(index)?;
+        FfnProj::ALL
+            .into_iter()
+            .find(|p| p.names().2 == module)
+            .map(|p| (index, p))
+    }
+}
+
+/// How an HF checkpoint spells its mixture-of-experts modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HfMoeNames {
+    /// `mlp.gate`, `mlp.experts.E.{gate,up,down}_proj` (transformers `Qwen3MoeSparseMoeBlock`).
+    Qwen,
+    /// `block_sparse_moe.gate`, `block_sparse_moe.experts.E.{w1,w3,w2}` (transformers 4.57
+    /// `MixtralSparseMoeBlock`, `MixtralBlockSparseTop2MLP`).
+    Mixtral,
+}
+
+impl HfMoeNames {
+    const fn block(self) -> &'static str {
+        match self {
+            HfMoeNames::Qwen => "mlp",
+            HfMoeNames::Mixtral => "block_sparse_moe",
+        }
+    }
+
+    /// The HF module (without `.weight`) of a router or expert tensor, `None` for others.
+    fn module(self, kind: LayerTensor) -> Option<String> {
+        match kind {
+            LayerTensor::Router => Some(format!("{}.gate", self.block())),
+            LayerTensor::Expert { expert, proj } => {
+                let (q, m, _) = proj.names();
+                let p = if self == HfMoeNames::Qwen { q } else { m };
+                Some(format!("{}.experts.{expert}.{p}", self.block()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A router or expert module of either spelling (`mlp.experts.3.up_proj`).
+    fn parse(layer_module: &str) -> Option<LayerTensor> {
+        for s in [HfMoeNames::Qwen, HfMoeNames::Mixtral] {
+            let Some(rest) = layer_module
+                .strip_prefix(s.block())
+                .and_then(|r| r.strip_prefix('.'))
+            else {
+                continue;
+            };
+            if rest == "gate" {
+                return Some(LayerTensor::Router);
+            }
+            let (e, p) = rest.strip_prefix("experts.")?.split_once('.')?;
+            let expert = parse_index(e)?;
+            let proj = FfnProj::ALL.into_iter().find(|x| {
+                let (q, m, _) = x.names();
+                p == if s == HfMoeNames::Qwen { q } else { m }
+            })?;
+            return Some(LayerTensor::Expert { expert, proj });
+        }
+        None
+    }
+
+    /// The HF name of `key` in this spelling: [`NameScheme::Hf`]'s name, with router and
+    /// expert modules spelled this way.
+    pub fn name(self, key: TensorKey) -> Option<String> {
+        match key.id {
+            TensorId::Layer { index, kind } => match self.module(kind) {
+                Some(m) => Some(format!("model.layers.{index}.{m}.{}", key.part.suffix())),
+                None => NameScheme::Hf.name(key),
+            },
+            _ => NameScheme::Hf.name(key),
+        }
+    }
 }
 
 impl LayerTensor {
@@ -72,7 +194,10 @@ impl LayerTensor {
         LayerTensor::Down,
     ];
 
-    /// True for the linear projections (not the norms, not the biases).
+    /// True for the linear projections (not the norms, not the biases, not the MoE router:
+    /// quantization schemes keep it in high precision as llm-compressor's recipes ignore
+    /// `re:.*mlp.gate$` and llama.cpp keeps `ffn_gate_inp` F32 (`llama-quant.cpp`
+    /// `tensor_allows_quantization`: `ffn_gate_inp.weight` is excluded)). Experts are linear.
     pub const fn is_linear(self) -> bool {
         matches!(
             self,
@@ -83,6 +208,7 @@ impl LayerTensor {
                 | LayerTensor::Gate
                 | LayerTensor::Up
                 | LayerTensor::Down
+                | LayerTensor::Expert { .. }
         )
     }
 
@@ -321,6 +447,27 @@ impl NameScheme {
         self.pick("model.layers.", "layers.", "blk.")
     }
 
+    /// A router or expert module inside a block: HF in either spelling ([`HfMoeNames`]), GGUF
+    /// `ffn_gate_inp` and the expert slices `ffn_gate_exps.E` qforge names a 3-D stack's experts
+    /// by (the file holds one tensor `ffn_gate_exps.weight`; [`crate::gguf::read`] splits it).
+    fn parse_moe(self, layer_module: &str) -> Option<LayerTensor> {
+        match self {
+            NameScheme::Hf => HfMoeNames::parse(layer_module),
+            NameScheme::Meta => None,
+            NameScheme::Gguf => {
+                if layer_module == "ffn_gate_inp" {
+                    return Some(LayerTensor::Router);
+                }
+                let (stack, e) = layer_module.split_once('.')?;
+                let proj = FfnProj::ALL.into_iter().find(|p| p.names().2 == stack)?;
+                Some(LayerTensor::Expert {
+                    expert: parse_index(e)?,
+                    proj,
+                })
+            }
+        }
+    }
+
     /// Parse a tensor name of this scheme.
     pub fn parse(self, name: &str) -> NameMatch {
         let Some((module, suffix)) = name.rsplit_once('.') else {
@@ -358,6 +505,12 @@ impl NameScheme {
             let Some(index) = parse_index(index) else {
                 return NameMatch::Unknown;
             };
+            if let Some(kind) = self.parse_moe(layer_module) {
+                return NameMatch::Tensor(TensorKey {
+                    id: TensorId::Layer { index, kind },
+                    part,
+                });
+            }
             return LAYER_TABLE
                 .iter()
                 .find(|(_, hf, meta, gguf)| {
@@ -401,6 +554,19 @@ impl NameScheme {
                 let w = self.name(TensorKey::weight(of))?;
                 return Some(format!("{}.bias", w.strip_suffix(".weight")?));
             }
+            TensorId::Layer {
+                index,
+                kind: kind @ (LayerTensor::Router | LayerTensor::Expert { .. }),
+            } => match self {
+                NameScheme::Hf => return HfMoeNames::Qwen.name(key),
+                NameScheme::Meta => return None,
+                NameScheme::Gguf => match kind {
+                    LayerTensor::Expert { expert, proj } => {
+                        format!("blk.{index}.{}.{expert}", proj.names().2)
+                    }
+                    _ => format!("blk.{index}.ffn_gate_inp"),
+                },
+            },
             TensorId::Layer { index, kind } => {
                 let (_, hf, meta, gguf) = LAYER_TABLE.iter().find(|row| row.0 == kind)?;
                 if self.pick(hf, meta, gguf).is_empty() {
@@ -460,6 +626,16 @@ mod tests {
                     .iter()
                     .map(|&kind| TensorId::Layer { index, kind }),
             );
+            ids.push(TensorId::Layer {
+                index,
+                kind: LayerTensor::Router,
+            });
+            for expert in [0, 9, 127] {
+                ids.extend(FfnProj::ALL.into_iter().map(|proj| TensorId::Layer {
+                    index,
+                    kind: LayerTensor::Expert { expert, proj },
+                }));
+            }
         }
         let mut keys = Vec::new();
         for id in ids {
@@ -547,6 +723,63 @@ mod tests {
             .to_string(),
             "blk.2.attn_output"
         );
+    }
+
+    #[test]
+    fn moe_spellings() {
+        let l = |kind| TensorKey::weight(TensorId::Layer { index: 3, kind });
+        let e = |expert, proj| l(LayerTensor::Expert { expert, proj });
+        // transformers' module names; llama-arch.cpp LLM_TENSOR_FFN_GATE_INP
+        for (key, qwen, mixtral, gguf) in [
+            (
+                l(LayerTensor::Router),
+                "model.layers.3.mlp.gate.weight",
+                "model.layers.3.block_sparse_moe.gate.weight",
+                "blk.3.ffn_gate_inp.weight",
+            ),
+            (
+                e(5, FfnProj::Gate),
+                "model.layers.3.mlp.experts.5.gate_proj.weight",
+                "model.layers.3.block_sparse_moe.experts.5.w1.weight",
+                "blk.3.ffn_gate_exps.5.weight",
+            ),
+            (
+                e(0, FfnProj::Up),
+                "model.layers.3.mlp.experts.0.up_proj.weight",
+                "model.layers.3.block_sparse_moe.experts.0.w3.weight",
+                "blk.3.ffn_up_exps.0.weight",
+            ),
+            (
+                e(12, FfnProj::Down),
+                "model.layers.3.mlp.experts.12.down_proj.weight",
+                "model.layers.3.block_sparse_moe.experts.12.w2.weight",
+                "blk.3.ffn_down_exps.12.weight",
+            ),
+        ] {
+            assert_eq!(HfMoeNames::Qwen.name(key).unwrap(), qwen);
+            assert_eq!(HfMoeNames::Mixtral.name(key).unwrap(), mixtral);
+            assert_eq!(NameScheme::Gguf.name(key).unwrap(), gguf);
+            for n in [qwen, mixtral] {
+                assert_eq!(NameScheme::Hf.parse(n), NameMatch::Tensor(key), "{n}");
+            }
+            assert_eq!(NameScheme::Gguf.parse(gguf), NameMatch::Tensor(key));
+            assert_eq!(NameScheme::Meta.name(key), None);
+        }
+        assert_eq!(
+            FfnProj::parse_gguf_stack("blk.7.ffn_down_exps.weight"),
+            Some((7, FfnProj::Down))
+        );
+        assert_eq!(FfnProj::Down.gguf_stack(7), "blk.7.ffn_down_exps.weight");
+        for bad in [
+            "model.layers.0.mlp.experts.01.up_proj.weight",
+            "model.layers.0.mlp.experts.1.w1.weight",
+            "model.layers.0.block_sparse_moe.experts.1.up_proj.weight",
+            "model.layers.0.mlp.experts.up_proj.weight",
+            "model.layers.0.mlp.gate.bias",
+        ] {
+            assert_eq!(NameScheme::Hf.parse(bad), NameMatch::Unknown, "{bad}");
+        }
+        assert_eq!(FfnProj::parse_gguf_stack("blk.7.ffn_down.weight"), None);
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::numerics::{Numerics, WeightPolicy};
 use qforge_convert::checkpoint::{Checkpoint, Format, TensorEntry};
 use qforge_convert::export::{encode_float, rope_direction, rope_heads, Written};
 use qforge_convert::export_gguf::{
-    gguf_order, llama3_rope_factors, model_metadata, tokenizer_metadata,
+    gguf_order, gguf_specs, gguf_tensor_name, llama3_rope_factors, model_metadata,
+    tokenizer_metadata,
 };
 use qforge_convert::gguf::GgufValue;
 use qforge_convert::names::{NameScheme, Part, TensorId, TensorKey};
@@ -162,6 +163,8 @@ pub struct MixModel {
     pub n_head_kv: u64,
     /// Whether an importance matrix is used (changes Q4_0/Q5_0 ffn_down of early blocks).
     pub has_imatrix: bool,
+    /// Experts per MoE block (0 for a dense model); 8 (Mixtral) raises attention types.
+    pub n_expert: u64,
 }
 
 /// One tensor as the type rules see it.
@@ -232,7 +235,11 @@ fn category(name: &str) -> Category {
 
 /// llama.cpp's `tensor_allows_quantization` for a Llama model (no MoE, no multimodal).
 fn allows_quantization(t: &MixTensor) -> bool {
-    t.n_dims >= 2 && t.name.ends_with("weight") && !t.name.contains("_norm.weight")
+    // the MoE router stays as it is (`quantize &= name.find("ffn_gate_inp.weight") == npos`)
+    t.n_dims >= 2
+        && t.name.ends_with("weight")
+        && !t.name.contains("_norm.weight")
+        && !t.name.contains("ffn_gate_inp.weight")
 }
 
 /// `blk.N.` → N, else −1 (llama_model_loader's `weight_name_comparer`).
@@ -306,7 +313,15 @@ fn mix_type(mix: GgufMix, m: &MixModel, st: &mut State, t: &MixTensor, cat: Cate
         if is_70b && matches!(new, DType::Q3_K | DType::Q4_K) {
             new = DType::Q5_K;
         }
+        // "for the 8-expert model, bumping this to Q8_0 trades just ~128MB"
+        if m.n_expert == 8 {
+            new = DType::Q8_0;
+        }
         st.i_attention_wv += 1;
+    } else if cat == Category::AttnK {
+        if m.n_expert == 8 {
+            new = DType::Q8_0;
+        }
     } else if cat == Category::FfnDown {
         let (i, n) = (st.i_ffn_down, st.n_ffn_down);
         match mix {
@@ -326,11 +341,17 @@ fn mix_type(mix: GgufMix, m: &MixModel, st: &mut State, t: &MixTensor, cat: Cate
         }
         st.i_ffn_down += 1;
     } else if cat == Category::AttnOutput {
-        match mix {
-            F::Q2_K => new = DType::Q3_K,
-            F::Q3_K_M => new = DType::Q4_K,
-            F::Q3_K_L => new = DType::Q5_K,
-            _ => {}
+        if m.n_expert == 8 {
+            if matches!(mix, F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::Q4_K_S | F::Q4_K_M) {
+                new = DType::Q5_K;
+            }
+        } else {
+            match mix {
+                F::Q2_K => new = DType::Q3_K,
+                F::Q3_K_M => new = DType::Q4_K,
+                F::Q3_K_L => new = DType::Q5_K,
+                _ => {}
+            }
         }
     }
     new
@@ -449,26 +470,14 @@ fn quantize_streamed(
     Some(done.map(|_| ()))
 }
 
-/// A GGUF output planned tensor by tensor: the source entries in file order, llama.cpp's
-/// RoPE factors when the source has none, and each tensor's name, shape and chosen type (the
-/// factors first when present).
-struct Chosen<'a> {
-    entries: Vec<&'a TensorEntry>,
-    rope_factors: Option<Vec<f32>>,
-    mix_tensors: Vec<MixTensor>,
-    shapes: Vec<Vec<u64>>,
-    choices: Vec<MixChoice>,
-}
-
-/// Choose every tensor's type under `mix` (llama.cpp's rules, then the bad-weight policy) and
-/// check the importance matrix against the rows it weights; notes go to `notes`.
-fn choose<'a>(
-    ckpt: &'a Checkpoint,
+/// Quantize any checkpoint to a GGUF file with llama.cpp's `mix`.
+pub fn quantize_to_gguf(
+    ckpt: &Checkpoint,
     dest: &Path,
     mix: GgufMix,
     opts: &GgufQuantOptions,
-    notes: &mut Vec<Note>,
-) -> Result<Chosen<'a>> {
+) -> Result<GgufQuantWritten> {
+    let mut notes = qforge_convert::notes::from_reading(&ckpt.notes);
     let mut entries: Vec<&TensorEntry> = ckpt
         .tensors
         .iter()
@@ -486,6 +495,8 @@ fn choose<'a>(
     );
     notes.extend(qforge_convert::export_gguf::window_lost(&ckpt.config));
     notes.extend(qforge_convert::export_gguf::class_lost(&ckpt.config));
+    notes.extend(qforge_convert::export_gguf::moe_lost(&ckpt.config));
+    qforge_convert::export_gguf::check_moe_gguf(&ckpt.config, &ckpt.path)?;
     entries.sort_by_key(|t| gguf_order(&t.key));
     let name_of = |t: &TensorEntry| {
         NameScheme::Gguf
@@ -503,17 +514,29 @@ fn choose<'a>(
             current: DType::F32,
         });
     }
+    // entry → its GGUF tensor's index in mix_tensors (after rope_freqs): the experts of a block's projection are one 3-D
+    // stack (one type for the stack, as llama-quantize chooses it), written expert by expert
+    let mut mix_of: Vec<usize> = Vec::with_capacity(entries.len());
     for t in &entries {
+        let (stack, expert) = match gguf_tensor_name(t.key) {
+            Some((n, Some(e))) => (Some(n), e),
+            _ => (None, 0),
+        };
+        if expert > 0 {
+            mix_of.push(mix_tensors.len() - 1);
+            continue;
+        }
         let shape = ckpt.config.expected_shape(t.key.id);
         let current = if shape.len() == 1 || !matches!(t.dtype, DType::F16 | DType::BF16) {
             DType::F32
         } else {
             t.dtype
         };
+        mix_of.push(mix_tensors.len());
         mix_tensors.push(MixTensor {
-            name: name_of(t),
+            n_dims: shape.len() + usize::from(stack.is_some()),
+            name: stack.unwrap_or_else(|| name_of(t)),
             ne0: shape.last().copied().unwrap_or(1),
-            n_dims: shape.len(),
             current,
         });
         shapes.push(shape);
@@ -523,19 +546,19 @@ fn choose<'a>(
         n_head: ckpt.config.num_heads,
         n_head_kv: ckpt.config.num_kv_heads,
         has_imatrix: opts.imatrix.as_ref().is_some_and(|m| !m.is_empty()),
+        n_expert: ckpt.config.moe.as_ref().map_or(0, |m| m.num_experts),
     };
     let mut choices = choose_types(mix, &model, &mix_tensors);
     if opts.numerics.policy != WeightPolicy::Error {
         // Scan what would be quantized; `skip` keeps the tensors with bad values in F32.
-        let offset = usize::from(rope_factors.is_some());
         for (i, t) in entries.iter().enumerate() {
-            let c = &mut choices[i + offset];
+            let c = &mut choices[mix_of[i]];
             if !c.dtype.is_block() || t.key.part != Part::Weight {
                 continue;
             }
             if let Some(f) = opts.numerics.scan(ckpt, t.key.id)? {
                 notes.push(Note::requested(
-                    opts.numerics.note(&mix_tensors[i + offset].name, &f),
+                    opts.numerics.note(&mix_tensors[mix_of[i]].name, &f),
                 ));
                 if opts.numerics.policy == WeightPolicy::Skip {
                     c.dtype = DType::F32;
@@ -562,38 +585,25 @@ fn choose<'a>(
             }
         }
     }
-    Ok(Chosen {
-        entries,
-        rope_factors,
-        mix_tensors,
-        shapes,
-        choices,
-    })
-}
-
-/// GGUF key/value pairs in file order.
-type Metadata = Vec<(String, GgufValue)>;
-
-/// The file's tensor specs and metadata (llama.cpp's model and tokenizer keys, the source's
-/// `general.*` keys, `extra_metadata`), with one note per kind of type fallback.
-fn specs_and_metadata(
-    ckpt: &Checkpoint,
-    mix: GgufMix,
-    opts: &GgufQuantOptions,
-    c: &Chosen<'_>,
-    notes: &mut Vec<Note>,
-) -> Result<(Vec<GgufTensorSpec>, Metadata)> {
-    let (mix_tensors, choices, shapes) = (&c.mix_tensors, &c.choices, &c.shapes);
-    let specs: Vec<GgufTensorSpec> = mix_tensors
+    let offset = usize::from(rope_factors.is_some());
+    let mut specs: Vec<GgufTensorSpec> = mix_tensors
         .iter()
-        .zip(choices)
-        .zip(shapes)
+        .zip(&choices)
+        .zip(&shapes)
+        .take(offset)
         .map(|((mt, c), shape)| GgufTensorSpec {
             name: mt.name.clone(),
             dtype: c.dtype,
             shape: shape.clone(),
         })
         .collect();
+    specs.extend(gguf_specs(
+        &ckpt.path,
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| (t, choices[mix_of[i]].dtype)),
+    )?);
     // general.name from the source GGUF, or from an HF source's model card (as
     // convert_hf_to_gguf.py names the file from it)
     let card = qforge_convert::export::model_card_fields(ckpt);
@@ -602,13 +612,13 @@ fn specs_and_metadata(
         .find(|(k, _)| *k == "model_name")
         .map(|(_, v)| v.clone());
     let mut metadata = model_metadata(&ckpt.config, general_name.as_deref(), Some(mix.file_type()));
-    metadata.extend(tokenizer_metadata(ckpt, notes)?);
+    metadata.extend(tokenizer_metadata(ckpt, &mut notes)?);
     metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
     metadata.extend(source_general_keys(ckpt, &metadata));
     metadata.extend(opts.extra_metadata.iter().cloned());
     // One note per kind of fallback (the per-tensor list is in the returned types).
     let mut fallbacks: BTreeMap<(u64, String, String), usize> = BTreeMap::new();
-    for (mt, c) in mix_tensors.iter().zip(choices) {
+    for (mt, c) in mix_tensors.iter().zip(&choices) {
         if let Some(from) = c.fallback_from {
             *fallbacks
                 .entry((mt.ne0, from.to_string(), c.dtype.to_string()))
@@ -622,92 +632,6 @@ fn specs_and_metadata(
         )));
     }
 
-    Ok((specs, metadata))
-}
-
-/// Make the bytes of source tensor `t` as GGUF tensor `mt` of type `c.dtype` in `buf`: a copy
-/// when it already has that type, else quantized (row by row from a plain float source, or
-/// whole) or converted.
-fn encode_tensor(
-    ckpt: &Checkpoint,
-    t: &TensorEntry,
-    (mt, c): (&MixTensor, MixChoice),
-    opts: &GgufQuantOptions,
-    buf: &mut Vec<u8>,
-) -> Result<()> {
-    qforge_convert::export::reset_buffer(buf);
-    let same_layout = rope_direction(&ckpt.config, ckpt.format, Format::Gguf).is_none()
-        || rope_heads(&ckpt.config, t.key).is_none();
-    if t.dtype == c.dtype && t.key.part == Part::Weight && same_layout {
-        // llama-quantize copies a tensor that already has its target type.
-        buf.extend_from_slice(&ckpt.bytes(t)?);
-        ckpt.release(t);
-    } else if let Some(r) = quantize_streamed(ckpt, t, c.dtype, &mt.name, opts, buf) {
-        r?;
-    } else {
-        let mut rows = ckpt.role_rows_f32(
-            t.key.id,
-            rope_direction(&ckpt.config, ckpt.format, Format::Gguf),
-        )?;
-        if c.dtype.is_block() {
-            opts.numerics
-                .rows(&mut rows, mt.ne0.max(1) as usize)
-                .map_err(|source| Error::Codec {
-                    path: ckpt.path.clone(),
-                    tensor: t.name.clone(),
-                    source,
-                })?;
-            let imatrix = opts.imatrix.as_ref().and_then(|m| m.get(&mt.name));
-            let n = usize::try_from(c.dtype.bytes_for(rows.len() as u64).map_err(|e| {
-                Error::Codec {
-                    path: ckpt.path.clone(),
-                    tensor: t.name.clone(),
-                    source: e,
-                }
-            })?)
-            .unwrap_or(usize::MAX);
-            buf.resize(n, 0);
-            ggml_quant::quantize_rows(
-                c.dtype,
-                &rows,
-                mt.ne0 as usize,
-                imatrix.map(Vec::as_slice),
-                buf,
-            )
-            .map_err(|source| Error::Codec {
-                path: ckpt.path.clone(),
-                tensor: t.name.clone(),
-                source,
-            })?;
-        } else {
-            encode_float(&rows, c.dtype, buf).ok_or_else(|| Error::UnsupportedDType {
-                path: ckpt.path.clone(),
-                tensor: t.name.clone(),
-                dtype: c.dtype,
-                reason: "not a float or ggml block type",
-            })?;
-        }
-    }
-    Ok(())
-}
-
-/// Quantize any checkpoint to a GGUF file with llama.cpp's `mix`.
-pub fn quantize_to_gguf(
-    ckpt: &Checkpoint,
-    dest: &Path,
-    mix: GgufMix,
-    opts: &GgufQuantOptions,
-) -> Result<GgufQuantWritten> {
-    let mut notes = qforge_convert::notes::from_reading(&ckpt.notes);
-    let chosen = choose(ckpt, dest, mix, opts, &mut notes)?;
-    let (specs, metadata) = specs_and_metadata(ckpt, mix, opts, &chosen, &mut notes)?;
-    let Chosen {
-        entries,
-        rope_factors,
-        mix_tensors,
-        choices,
-        ..
-    } = chosen;
     let p = plan(&metadata, specs)?;
     let types = mix_tensors
         .iter()
@@ -731,19 +655,69 @@ pub fn quantize_to_gguf(
     let (target, file) = AtomicFile::create(dest, opts.overwrite)?;
     let path = file.path().to_owned();
     let mut w = GgufWriter::new(file, p).map_err(|e| Error::io(&path, e))?;
-    let mut idx = 0;
     if let Some(f) = &rope_factors {
         let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
         w.write_tensor("rope_freqs.weight", &bytes)
             .map_err(|e| Error::io(&path, e))?;
-        idx = 1;
     }
     let mut buf = Vec::new();
-    for t in &entries {
-        let (mt, c) = (&mix_tensors[idx], choices[idx]);
-        idx += 1;
-        encode_tensor(ckpt, t, (mt, c), opts, &mut buf)?;
-        w.write_tensor(&mt.name, &buf)
+    for (i, t) in entries.iter().enumerate() {
+        let (mt, c) = (&mix_tensors[mix_of[i]], choices[mix_of[i]]);
+        qforge_convert::export::reset_buffer(&mut buf);
+        let same_layout = rope_direction(&ckpt.config, ckpt.format, Format::Gguf).is_none()
+            || rope_heads(&ckpt.config, t.key).is_none();
+        if t.dtype == c.dtype && t.key.part == Part::Weight && same_layout {
+            // llama-quantize copies a tensor that already has its target type.
+            buf.extend_from_slice(&ckpt.bytes(t)?);
+            ckpt.release(t);
+        } else if let Some(r) = quantize_streamed(ckpt, t, c.dtype, &mt.name, opts, &mut buf) {
+            r?;
+        } else {
+            let mut rows = ckpt.role_rows_f32(
+                t.key.id,
+                rope_direction(&ckpt.config, ckpt.format, Format::Gguf),
+            )?;
+            if c.dtype.is_block() {
+                opts.numerics
+                    .rows(&mut rows, mt.ne0.max(1) as usize)
+                    .map_err(|source| Error::Codec {
+                        path: ckpt.path.clone(),
+                        tensor: t.name.clone(),
+                        source,
+                    })?;
+                let imatrix = opts.imatrix.as_ref().and_then(|m| m.get(&mt.name));
+                let n = usize::try_from(c.dtype.bytes_for(rows.len() as u64).map_err(|e| {
+                    Error::Codec {
+                        path: ckpt.path.clone(),
+                        tensor: t.name.clone(),
+                        source: e,
+                    }
+                })?)
+                .unwrap_or(usize::MAX);
+                buf.resize(n, 0);
+                ggml_quant::quantize_rows(
+                    c.dtype,
+                    &rows,
+                    mt.ne0 as usize,
+                    imatrix.map(Vec::as_slice),
+                    &mut buf,
+                )
+                .map_err(|source| Error::Codec {
+                    path: ckpt.path.clone(),
+                    tensor: t.name.clone(),
+                    source,
+                })?;
+            } else {
+                encode_float(&rows, c.dtype, &mut buf).ok_or_else(|| Error::UnsupportedDType {
+                    path: ckpt.path.clone(),
+                    tensor: t.name.clone(),
+                    dtype: c.dtype,
+                    reason: "not a float or ggml block type",
+                })?;
+            }
+        }
+        // an expert is one piece of its stack
+        w.write_part(&mt.name, &buf)
             .map_err(|e| Error::io(&path, e))?;
     }
     let file = w.finish().map_err(|e| Error::io(&path, e))?;
@@ -826,6 +800,72 @@ mod tests {
         v
     }
 
+    /// An 8-expert Mixtral-like model (hidden 512, experts of 512, 4 blocks): the types
+    /// llama-quantize (pinned llama.cpp) chose for a transformers-made random model of these
+    /// widths, converted to F32 GGUF by qforge (qforge's bytes were identical too).
+    #[test]
+    fn eight_experts_raise_attention_types_like_llama_cpp() {
+        let mut t = vec![
+            MixTensor {
+                name: "token_embd.weight".into(),
+                ne0: 512,
+                n_dims: 2,
+                current: DType::F32,
+            },
+            MixTensor {
+                name: "output.weight".into(),
+                ne0: 512,
+                n_dims: 2,
+                current: DType::F32,
+            },
+        ];
+        for i in 0..4 {
+            for (n, ne0, d) in [
+                ("attn_q", 512, 2),
+                ("attn_k", 512, 2),
+                ("attn_v", 512, 2),
+                ("attn_output", 512, 2),
+                ("ffn_gate_inp", 512, 2),
+                ("ffn_gate_exps", 512, 3),
+                ("ffn_up_exps", 512, 3),
+                ("ffn_down_exps", 512, 3),
+                ("attn_norm", 512, 1),
+            ] {
+                t.push(MixTensor {
+                    name: format!("blk.{i}.{n}.weight"),
+                    ne0,
+                    n_dims: d,
+                    current: DType::F32,
+                });
+            }
+        }
+        let m = MixModel {
+            n_layers: 4,
+            n_head: 8,
+            n_head_kv: 2,
+            has_imatrix: false,
+            n_expert: 8,
+        };
+        use DType as D;
+        for (mix, attn_out, down0, gate) in [
+            (GgufMix::Q4_K_M, D::Q5_K, D::Q4_K, D::Q4_K),
+            (GgufMix::Q3_K_M, D::Q5_K, D::Q4_K, D::Q3_K),
+            (GgufMix::Q2_K, D::Q5_K, D::Q3_K, D::Q2_K),
+            (GgufMix::Q3_K_L, D::Q3_K, D::Q5_K, D::Q3_K),
+            (GgufMix::Q5_K_M, D::Q5_K, D::Q5_K, D::Q5_K),
+        ] {
+            let c = choose_types(mix, &m, &t);
+            let get = |name: &str| c[t.iter().position(|x| x.name == name).unwrap()].dtype;
+            assert_eq!(get("blk.0.attn_v.weight"), D::Q8_0, "{mix:?}");
+            assert_eq!(get("blk.0.attn_k.weight"), D::Q8_0, "{mix:?}");
+            assert_eq!(get("blk.0.attn_output.weight"), attn_out, "{mix:?}");
+            assert_eq!(get("blk.0.ffn_down_exps.weight"), down0, "{mix:?}");
+            assert_eq!(get("blk.0.ffn_gate_exps.weight"), gate, "{mix:?}");
+            assert_eq!(get("blk.0.ffn_gate_inp.weight"), D::F32, "{mix:?}");
+            assert_eq!(get("output.weight"), D::Q6_K, "{mix:?}");
+        }
+    }
+
     #[test]
     fn q4_k_m_on_a_576_wide_model_falls_back_like_llama_cpp() {
         let t = smollm2_like(true);
@@ -834,6 +874,7 @@ mod tests {
             n_head: 9,
             n_head_kv: 3,
             has_imatrix: false,
+            n_expert: 0,
         };
         let c = choose_types(GgufMix::Q4_K_M, &m, &t);
         let get = |name: &str| c[t.iter().position(|x| x.name == name).unwrap()].dtype;
@@ -862,6 +903,7 @@ mod tests {
             n_head: 9,
             n_head_kv: 3,
             has_imatrix: false,
+            n_expert: 0,
         };
         let c = choose_types(GgufMix::Q4_K_M, &m, &t);
         let get = |name: &str| c[t.iter().position(|x| x.name == name).unwrap()].dtype;

@@ -737,7 +737,10 @@ pub fn quantize_to_hf(
     };
     for id in roles(ckpt) {
         let module = hf_module(id);
-        let linear = matches!(id, TensorId::Layer { kind, .. } if kind.is_linear())
+        // a MoE router is an nn.Linear kept in high precision: listed with the kept linears
+        // (compressed-tensors `ignore`), as llm-compressor's MoE recipes ignore `mlp.gate`
+        let linear = matches!(id, TensorId::Layer { kind, .. }
+            if kind.is_linear() || kind == LayerTensor::Router)
             || id == TensorId::Output;
         if treatment(id, opts, cfg.num_layers, &skipped) == Treatment::Keep {
             if linear {
@@ -803,6 +806,13 @@ pub fn quantize_to_hf(
                 )?);
             }
         }
+    }
+    // the family's own spelling of its MoE modules (Mixtral: block_sparse_moe.experts.E.w1)
+    for t in &mut tensors {
+        t.spec.name = cfg.family.hf_spelling(&t.spec.name);
+    }
+    for m in kept.iter_mut().chain(quantized.iter_mut()) {
+        *m = cfg.family.hf_spelling(m);
     }
     finish(
         ckpt,

@@ -479,6 +479,25 @@ fn print_human(
             w.size, w.first_layer
         )?;
     }
+    if let Some(m) = &c.moe {
+        writeln!(
+            out,
+            "           experts {} of width {}, top {}{}{}",
+            m.num_experts,
+            m.expert_ffn,
+            m.experts_per_tok,
+            if m.norm_topk_prob {
+                " renormalised"
+            } else {
+                ""
+            },
+            if m.dense_layers.is_empty() {
+                String::new()
+            } else {
+                format!(", dense blocks {:?}", m.dense_layers)
+            }
+        )?;
+    }
     let t = &ckpt.tokenizer;
     writeln!(
         out,

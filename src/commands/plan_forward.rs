@@ -22,7 +22,7 @@
 //! 16 × 256 205 MiB, GPTQ 208 MiB. The constants below come from those runs.
 
 use qforge_convert::names::{LayerTensor, TensorId};
-use qforge_convert::Checkpoint;
+use qforge_convert::{Checkpoint, ModelConfig};
 
 use super::plan::BASE_RSS;
 
@@ -85,11 +85,32 @@ fn source_bytes(ckpt: &Checkpoint, id: TensorId) -> u64 {
     }
 }
 
-fn layer_ids(index: u32) -> impl Iterator<Item = TensorId> {
-    LayerTensor::LINEARS
+/// The linears and norms of block `index` (a mixture-of-experts block: router and every
+/// expert instead of the dense FFN).
+fn layer_ids(c: &ModelConfig, index: u32) -> impl Iterator<Item = TensorId> {
+    c.layer_tensors(index)
         .into_iter()
-        .chain([LayerTensor::AttnNorm, LayerTensor::FfnNorm])
+        .filter(|k| {
+            k.is_linear()
+                || matches!(
+                    k,
+                    LayerTensor::Router | LayerTensor::AttnNorm | LayerTensor::FfnNorm
+                )
+        })
         .map(move |kind| TensorId::Layer { index, kind })
+}
+
+/// The largest over the blocks of `f` summed over a block's tensors (blocks differ where a
+/// mixture of experts has dense blocks).
+fn max_layer(ckpt: &Checkpoint, f: impl Fn(TensorId) -> u64) -> u64 {
+    let c = &ckpt.config;
+    let n = u32::try_from(c.num_layers).unwrap_or(u32::MAX);
+    // dense models: every block alike
+    let blocks = if c.moe.is_some() { n } else { n.min(1) };
+    (0..blocks)
+        .map(|i| layer_ids(c, i).map(&f).sum::<u64>())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Peak resident memory of `job` on `ckpt` (for verify, the quantized model is taken to have
@@ -118,8 +139,8 @@ pub fn peak_memory(ckpt: &Checkpoint, job: Job, w: Work) -> u64 {
     let acts = models * batch * w.ctx * hid * elem;
     let emb = TensorId::TokenEmbedding;
     let embed_phase = 4 * numel(ckpt, emb) + source_bytes(ckpt, emb);
-    let layer_f32: u64 = layer_ids(0).map(|id| 4 * numel(ckpt, id)).sum();
-    let layer_src: u64 = layer_ids(0).map(|id| source_bytes(ckpt, id)).sum();
+    let layer_f32: u64 = max_layer(ckpt, |id| 4 * numel(ckpt, id));
+    let layer_src: u64 = max_layer(ckpt, |id| source_bytes(ckpt, id));
     // one chunk's x, q, k, v, attention output, scores (one row block per head) and FFN
     let scratch = elem * w.ctx * (2 * hid + 2 * att + 2 * kv + 2 * ffn + heads * w.ctx);
     let method = match job {
@@ -154,16 +175,34 @@ pub fn peak_memory(ckpt: &Checkpoint, job: Job, w: Work) -> u64 {
 /// Multiply-adds of one token through the model's linears (and the LM head when `head`).
 pub fn macs_per_token(ckpt: &Checkpoint, head: bool) -> u64 {
     let c = &ckpt.config;
-    let per_layer: u64 = LayerTensor::LINEARS
-        .into_iter()
-        .map(|kind| numel(ckpt, TensorId::Layer { index: 0, kind }))
+    // a token runs through top_k of a block's experts (and its router)
+    let (top_k, experts) = c
+        .moe
+        .as_ref()
+        .map_or((1, 1), |m| (m.experts_per_tok, m.num_experts.max(1)));
+    let blocks = u32::try_from(c.num_layers).unwrap_or(u32::MAX);
+    let layers: u64 = (0..blocks)
+        .map(|index| {
+            c.layer_tensors(index)
+                .into_iter()
+                .map(|kind| {
+                    let n = numel(ckpt, TensorId::Layer { index, kind });
+                    match kind {
+                        LayerTensor::Expert { .. } => n * top_k / experts,
+                        LayerTensor::Router => n,
+                        k if k.is_linear() => n,
+                        _ => 0,
+                    }
+                })
+                .sum::<u64>()
+        })
         .sum();
     let head_macs = if head {
         c.vocab_size * c.hidden_size
     } else {
         0
     };
-    per_layer * c.num_layers + head_macs
+    layers + head_macs
 }
 
 #[cfg(test)]

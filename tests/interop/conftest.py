@@ -7,6 +7,8 @@ import subprocess
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# cargo's output directory: CARGO_TARGET_DIR when set (relative to the repository root), else target/
+TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
 
 
 def cache_dir() -> pathlib.Path:
@@ -16,9 +18,9 @@ def cache_dir() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def qforge() -> pathlib.Path:
-    """Path to the qforge binary (QFORGE_BIN, else target/release, else target/debug)."""
+    """Path to the qforge binary (QFORGE_BIN, else TARGET/release, else TARGET/debug)."""
     env = os.environ.get("QFORGE_BIN")
-    candidates = [pathlib.Path(env)] if env else [ROOT / "target/release/qforge", ROOT / "target/debug/qforge"]
+    candidates = [pathlib.Path(env)] if env else [TARGET / "release/qforge", TARGET / "debug/qforge"]
     for c in candidates:
         if c.is_file():
             return c

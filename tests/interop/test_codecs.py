@@ -33,7 +33,7 @@ from gguf import GGMLQuantizationType as GQ
 from gguf import GGUFReader
 from gguf import quants as gq
 
-from conftest import ROOT, cache_dir
+from conftest import TARGET, cache_dir
 
 SEED = 20241123
 
@@ -68,9 +68,9 @@ GGML = {
 
 @pytest.fixture(scope="session")
 def codec() -> pathlib.Path:
-    """The codec example binary (QFORGE_CODEC_BIN, else target/release/examples/codec)."""
+    """The codec example binary (QFORGE_CODEC_BIN, else TARGET/release/examples/codec)."""
     env = os.environ.get("QFORGE_CODEC_BIN")
-    candidates = [pathlib.Path(env)] if env else [ROOT / "target/release/examples/codec"]
+    candidates = [pathlib.Path(env)] if env else [TARGET / "release/examples/codec"]
     for c in candidates:
         if c.is_file():
             return c

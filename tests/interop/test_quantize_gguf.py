@@ -128,3 +128,27 @@ def test_strict_build_agrees(qforge, float_gguf, work, mix):
         run_qforge(qforge, src, ours, mix)
     want, got = tensors(ref), tensors(ours)
     assert [n for n in want if want[n] != got[n]] == []
+
+
+# the MoE fixtures, and llama31 for a file with rope_freqs.weight before the blocks (the mix's
+# tensor index then is off by one from the source's)
+MOE_FIXTURES = ["mixtral", "qwen3moe", "llama31"]
+
+
+@pytest.mark.parametrize("mix", ["Q8_0", "Q4_0", "Q4_K_M", "Q6_K"])
+@pytest.mark.parametrize("name", MOE_FIXTURES)
+def test_moe_types_and_bytes_match_llama_quantize(qforge, native_quantize, work, name, mix):
+    """The mixture-of-experts fixtures (tests/fixtures/families/{mixtral,qwen3moe}, the GGUF
+    llama.cpp's own converter made): 3-D `ffn_*_exps` stacks get llama-quantize's type and
+    bytes, `ffn_gate_inp` stays F32. (Rows of 64 take the k-quants' fallbacks; the MoE rules
+    that need 8 experts or real widths are not exercised by these fixtures.)"""
+    src = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "families" / name / f"{name}.gguf"
+    ref, ours = work / f"ref-{name}-{mix}.gguf", work / f"ours-{name}-{mix}.gguf"
+    run_llama_quantize(native_quantize, src, ref, mix)
+    run_qforge(qforge, src, ours, mix)
+    a, b = tensors(ref), tensors(ours)
+    assert sorted(a) == sorted(b)
+    differ = [n for n in a if a[n] != b[n]]
+    assert not differ, [(n, a[n][0], b[n][0]) for n in differ]
+    assert all(a[n][0] == "F32" for n in a if "ffn_gate_inp" in n)
+    assert name != "llama31" or "rope_freqs.weight" in a

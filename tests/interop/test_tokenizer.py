@@ -35,7 +35,7 @@ import warnings
 
 import pytest
 
-from conftest import ROOT, cache_dir
+from conftest import ROOT, TARGET, cache_dir
 
 HAMLET_TOKENS_LLAMA_CPP = 52_755  # SmolLM2 GGUF, llama-tokenize, no BOS (add_bos_token = false)
 # The same vocabulary and merges with plain GPT-2 ByteLevel splitting (our tokenizer.json without
@@ -180,7 +180,7 @@ def tokenizer_json_bin() -> pathlib.Path:
             if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "tokenizer_json":
                 if msg.get("executable"):
                     return pathlib.Path(msg["executable"])
-    for c in [ROOT / "target/release/examples/tokenizer_json", ROOT / "target/debug/examples/tokenizer_json"]:
+    for c in [TARGET / "release/examples/tokenizer_json", TARGET / "debug/examples/tokenizer_json"]:
         if c.is_file():
             return c
     pytest.fail(

@@ -88,6 +88,12 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
         add(hc, &x);
         x.copy_from_slice(hc);
         rms_norm(&mut x, hid, &lw.ffn_norm, eps);
+        if let Some(m) = &lw.moe {
+            let xn = x.clone();
+            crate::moe::ffn(m, &xn, ctx, hid, &mut x, observe);
+            add(hc, &x);
+            continue;
+        }
         observe(&[LayerTensor::Gate, LayerTensor::Up], &x);
         lw.gate.project(&x, ctx, &mut g);
         lw.up.project(&x, ctx, &mut u);
@@ -593,6 +599,13 @@ pub fn collect_imatrix(
     use qforge_convert::{NameScheme, TensorId, TensorKey};
     use qforge_quantize::imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
     let cfg = model.config();
+    if cfg.moe.is_some() {
+        // llama-imatrix's per-expert sums and counts are not collected yet (issue 18)
+        return Err(Error::Unsupported {
+            path: model.ckpt.path.clone(),
+            reason: "importance matrices of mixture-of-experts models".into(),
+        });
+    }
     let (hid, ffn) = (cfg.hidden_size as usize, cfg.intermediate_size as usize);
     let att = cfg.num_heads as usize * cfg.head_dim as usize;
     let nl = cfg.num_layers as u32;

@@ -20,6 +20,7 @@ pub mod eval;
 pub mod matmul;
 pub mod metrics;
 pub mod model;
+pub mod moe;
 pub mod ops;
 pub mod real;
 pub mod tokenize;

@@ -73,6 +73,17 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// A 0 × 0 linear (the dense FFN of a mixture-of-experts block).
+    pub fn empty() -> Self {
+        Linear {
+            w: Vec::new(),
+            out: 0,
+            inp: 0,
+            act: ActQuant::None,
+            mins: None,
+        }
+    }
+
     /// `y[t, out] = act(x)[t, inp] · Wᵀ`.
     pub fn forward(&self, x: &[f32], t: usize, y: &mut [f32]) {
         match self.act {
@@ -165,6 +176,9 @@ pub struct LayerWeights<T = f32, L = Linear> {
     pub qk_norm: Option<[Vec<T>; 2]>,
     /// Keys a query sees on this layer (sliding-window attention), `None`: all before it.
     pub window: Option<usize>,
+    /// The router and experts of a mixture-of-experts block, whose `gate`/`up`/`down` are then
+    /// empty (0 × 0).
+    pub moe: Option<crate::moe::MoeWeights<T, L>>,
 }
 
 impl LayerWeights {
@@ -192,6 +206,10 @@ impl LayerWeights {
             qkv_bias: self.qkv_bias.as_ref().map(|b| b.each_ref().map(|v| n(v))),
             qk_norm: self.qk_norm.as_ref().map(|b| b.each_ref().map(|v| n(v))),
             window: self.window,
+            moe: match &self.moe {
+                Some(m) => Some(m.to_f64()?),
+                None => None,
+            },
         })
     }
 }
@@ -289,7 +307,7 @@ impl Model {
         &self.ckpt.config
     }
 
-    fn linear(&self, index: u32, kind: LayerTensor) -> Result<Linear> {
+    pub(crate) fn linear(&self, index: u32, kind: LayerTensor) -> Result<Linear> {
         let id = TensorId::Layer { index, kind };
         let storage = self.ckpt.weight_storage(id)?;
         let shape = self.ckpt.config.expected_shape(id);
@@ -378,7 +396,7 @@ impl Model {
             .collect())
     }
 
-    fn norm(&self, id: TensorId) -> Result<Vec<f32>> {
+    pub(crate) fn norm(&self, id: TensorId) -> Result<Vec<f32>> {
         let t = self
             .ckpt
             .part(id, qforge_convert::Part::Weight)
@@ -421,6 +439,16 @@ impl Model {
             .sliding_window
             .filter(|w| u64::from(index) >= w.first_layer)
             .map(|w| usize::try_from(w.size).unwrap_or(usize::MAX));
+        // a mixture-of-experts block: router and experts instead of the dense FFN
+        let moe = if self.ckpt.config.is_moe_layer(index) {
+            Some(crate::moe::MoeWeights::load(self, index)?)
+        } else {
+            None
+        };
+        let dense = |kind| match moe {
+            Some(_) => Ok(Linear::empty()),
+            None => self.linear(index, kind),
+        };
         Ok(LayerWeights {
             qkv_bias,
             qk_norm,
@@ -431,9 +459,10 @@ impl Model {
             v: self.linear(index, LayerTensor::V)?,
             o: self.linear(index, LayerTensor::O)?,
             ffn_norm: self.norm(l(LayerTensor::FfnNorm))?,
-            gate: self.linear(index, LayerTensor::Gate)?,
-            up: self.linear(index, LayerTensor::Up)?,
-            down: self.linear(index, LayerTensor::Down)?,
+            gate: dense(LayerTensor::Gate)?,
+            up: dense(LayerTensor::Up)?,
+            down: dense(LayerTensor::Down)?,
+            moe,
         })
     }
 

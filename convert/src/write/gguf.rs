@@ -180,13 +180,20 @@ pub struct GgufWriter<W: Write> {
     out: W,
     plan: GgufPlan,
     next: usize,
+    /// Bytes of tensor `next` written so far by [`GgufWriter::write_part`].
+    partial: u64,
 }
 
 impl<W: Write> GgufWriter<W> {
     /// Write the header of `plan`.
     pub fn new(mut out: W, plan: GgufPlan) -> std::io::Result<Self> {
         out.write_all(&plan.header)?;
-        Ok(GgufWriter { out, plan, next: 0 })
+        Ok(GgufWriter {
+            out,
+            plan,
+            next: 0,
+            partial: 0,
+        })
     }
 
     /// The name of the tensor that must be written next.
@@ -196,6 +203,12 @@ impl<W: Write> GgufWriter<W> {
 
     /// Write the next tensor's bytes (exactly its planned size) and its padding.
     pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        if self.partial != 0 {
+            return Err(std::io::Error::other(format!(
+                "tensor {name:?} started while {} bytes of the previous one are written",
+                self.partial
+            )));
+        }
         let Some((spec, n)) = self.plan.tensors.get(self.next) else {
             return Err(std::io::Error::other(format!(
                 "tensor {name:?} written after the last planned tensor"
@@ -215,9 +228,39 @@ impl<W: Write> GgufWriter<W> {
         Ok(())
     }
 
+    /// Write the next piece of the next tensor (one expert of a 3-D expert stack): the tensor
+    /// is done, and padded, when its planned size is reached. Pieces of one tensor come in
+    /// order; none may run past its planned size.
+    pub fn write_part(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let Some((spec, n)) = self.plan.tensors.get(self.next) else {
+            return Err(std::io::Error::other(format!(
+                "tensor {name:?} written after the last planned tensor"
+            )));
+        };
+        let end = self.partial + bytes.len() as u64;
+        if spec.name != name || end > *n {
+            return Err(std::io::Error::other(format!(
+                "expected tensor {:?} of {n} bytes ({} written), got {name:?} piece of {} bytes",
+                spec.name,
+                self.partial,
+                bytes.len()
+            )));
+        }
+        let n = *n;
+        self.out.write_all(bytes)?;
+        self.partial = end;
+        if end == n {
+            let pad = (n.next_multiple_of(self.plan.alignment) - n) as usize;
+            self.out.write_all(&vec![0u8; pad])?;
+            self.next += 1;
+            self.partial = 0;
+        }
+        Ok(())
+    }
+
     /// Check that every planned tensor was written and return the inner writer.
     pub fn finish(self) -> std::io::Result<W> {
-        if self.next != self.plan.tensors.len() {
+        if self.next != self.plan.tensors.len() || self.partial != 0 {
             return Err(std::io::Error::other(format!(
                 "{} of {} planned tensors written",
                 self.next,
