@@ -596,9 +596,9 @@ pub struct QuantizeArgs {
     /// being quantized: error (stop, naming tensor, row and column), clamp (NaN → 0, the rest
     /// to ±limit), skip (leave those tensors unquantized). clamp and skip scan each tensor first.
     #[arg(long, default_value = "error", value_name = "POLICY")]
-    pub bad_weights: qforge_convert::numerics::WeightPolicy,
+    pub bad_weights: qforge_quantize::numerics::WeightPolicy,
     /// Largest weight magnitude accepted (default: F16's maximum).
-    #[arg(long, default_value_t = qforge_convert::numerics::DEFAULT_MAX_ABS, value_name = "X")]
+    #[arg(long, default_value_t = qforge_quantize::numerics::DEFAULT_MAX_ABS, value_name = "X")]
     pub max_abs_weight: f32,
     /// Continue an interrupted run from its staging directory.
     #[arg(long)]

@@ -147,8 +147,8 @@ pub fn peak_memory(ckpt: &Checkpoint, job: Job, w: Work) -> u64 {
     let emb = TensorId::TokenEmbedding;
     let emb_src = source_bytes(ckpt, emb);
     let gathered = !matches!(
-        ckpt.weight_storage(emb),
-        Ok(s) if !matches!(s, qforge_convert::dequant::WeightStorage::Plain(_))
+        qforge_quantize::dequant::WeightRead::weight_storage(ckpt, emb),
+        Ok(s) if !matches!(s, qforge_quantize::dequant::WeightStorage::Plain(_))
     );
     let embed_phase = if gathered {
         // each token's row, and at most the page around it

@@ -10,6 +10,7 @@
 //! side back from a [`crate::basecache`] entry instead of computing it. None of the three
 //! changes a result bit.
 
+use qforge_quantize::dequant::WeightRead;
 use std::io::Write;
 use std::time::Instant;
 
@@ -773,9 +774,9 @@ pub fn collect_imatrix(
     chunks: &Chunks,
     opts: &EvalOptions,
     process_output: bool,
-) -> Result<qforge_convert::imatrix::Imatrix> {
-    use qforge_convert::imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
+) -> Result<qforge_quantize::imatrix::Imatrix> {
     use qforge_convert::{NameScheme, TensorId, TensorKey};
+    use qforge_quantize::imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
     let cfg = model.config();
     if cfg.moe.is_some() {
         // llama-imatrix's per-expert sums and counts are not collected yet (issue 18)
