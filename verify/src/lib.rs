@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod model;
 pub mod moe;
 pub mod ops;
+pub mod progress;
 pub mod real;
 pub mod tokenize;
 
