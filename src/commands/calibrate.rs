@@ -136,6 +136,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
             CalibPrecision::F32 => Precision::F32,
             CalibPrecision::F64 => Precision::F64,
         },
+        expert_tokens: qforge_calibrate::moe::ExpertTokens::default(),
     };
     let summary = qforge_verify::with_threads(args.threads, || {
         calibrate(&model, &samples, &opts, &args.output)
