@@ -62,3 +62,33 @@ def test_moe_imatrix_agrees_with_llama_imatrix(qforge, family, tmp_path):
             worst = (rel, n)
     print(f"{family}: {len(a)} entries, counts equal, max relative Σx² difference {worst[0]:.2e} ({worst[1]})")
     assert worst[0] < REL_MAX, worst
+
+
+def tensors_of(path):
+    r = GGUFReader(str(path))
+    return {t.name: (t.tensor_type.name, t.data.tobytes()) for t in r.tensors}
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3moe"])
+def test_quantize_with_per_expert_imatrix_equals_llama_quantize(qforge, family, tmp_path):
+    """`qforge quantize --scheme gguf:q4_k_m --imatrix` weights expert `e` of a stack with the
+    `e`-th slice of the entry's `[columns, n_expert]` sums (llama-quant.cpp
+    `llama_model_quantize_impl`: `imatrix + i03*n_per_row`): every tensor equals
+    llama-quantize's with the same llama-imatrix file, type and bytes; the imatrix changes the
+    expert stacks (their rows fall back to Q5_0, which reads the weights)."""
+    llama_imatrix = _need(_bin("build", "llama-imatrix"), "llama-imatrix")
+    llama_quantize = _need(_bin("build", "llama-quantize"), "llama-quantize")
+    gguf = FAMILIES / family / f"{family}.gguf"
+    im = tmp_path / "im.gguf"
+    run([llama_imatrix, "-m", gguf, "-f", FAMILIES / "eval.txt", "-o", im, "-c", CTX, "--chunks",
+         CHUNKS, "-t", 2, "--no-ppl"])
+    ref, plain, ours = tmp_path / "ref.gguf", tmp_path / "plain.gguf", tmp_path / "ours.gguf"
+    run([llama_quantize, "--imatrix", im, gguf, ref, "Q4_K_M", 2])
+    run([llama_quantize, gguf, plain, "Q4_K_M", 2])
+    run([qforge, "quantize", gguf, ours, "--scheme", "gguf:q4_k_m", "--imatrix", im])
+    a, b, c = tensors_of(ref), tensors_of(ours), tensors_of(plain)
+    assert sorted(a) == sorted(b)
+    for n in a:
+        assert a[n] == b[n], n
+    changed = [n for n in a if "_exps" in n and a[n] != c[n]]
+    assert changed, "the imatrix changed no expert stack"
