@@ -379,8 +379,10 @@ pub fn calibrate(
     let start = Instant::now();
     let cfg = model.config().clone();
     if cfg.moe.is_some() && matches!(opts.method, Method::Awq(_)) {
-        // llm-compressor's AWQ_MAPPING_REGISTRY maps post_attention_layernorm to every
-        // expert's gate/up for Mixtral/Qwen3-MoE; that search is not built (issue 18).
+        // llm-compressor (modifiers/awq/mappings.py AWQ_MAPPING_REGISTRY) maps Qwen3-MoE with
+        // `_moe_default_mappings`: post_attention_layernorm -> every expert's gate_proj and
+        // up_proj (not the router), each expert's up_proj -> its down_proj; Mixtral is not in
+        // the registry (its w1/w3 names match no default mapping). Not built (issue 18).
         return Err(Error::Unsupported(format!(
             "AWQ on a mixture-of-experts model ({}) is not implemented: use --method gptq \
              or fp8-static",
@@ -760,7 +762,7 @@ fn observe_layer<T: Real, L: Project<T>>(
             &mut |kinds, x| {
                 if let (Some(m), Some(eo)) = (&lw.moe, eobs.as_mut()) {
                     expert_inputs(m, tokens, kinds, x, &mut |e, down, x| {
-                        eo.observe(e, down, x)
+                        eo.observe(e, down, x);
                     });
                 }
             },
