@@ -13,6 +13,11 @@
 //!    [`Precision::F64`]), the layer's GPTQ file, then `state.json` (the commit point), each
 //!    written atomically.
 //!
+//! A mixture-of-experts block ([`crate::moe`]) calibrates each expert's gate/up and down on
+//! the rows routed to it (or every token, [`ExpertTokens::All`]): per-expert observers for
+//! fp8-static, per-expert Hessians for GPTQ (all of a block's experts' Hessians are held at
+//! once: `n_expert · (hidden² + expert_ffn²) · 4` bytes); the router is not calibrated.
+//!
 //! fp8-static can run the forward in `f64` ([`Precision::F64`]): the activations are then the
 //! model's to within `f64` rounding, free of the `f32` accumulation-order noise that makes two
 //! `f32` implementations' maxima differ by ~1e-6 relative after 30 layers.
