@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use qforge_convert::LayerTensor;
+use qforge_convert::{Checkpoint, FfnProj, LayerTensor, Part, TensorId};
 use qforge_verify::eval::run_layer_observed;
 use qforge_verify::ops::RopeTable;
 use qforge_verify::{ForwardOptions, Model};
@@ -184,6 +184,48 @@ fn fp8_static_scales_are_the_routed_amax_per_expert() {
         // qwen3moe's random router sends every token of layer 1 to experts 1 and 5 (routed
         // rows [111, 112, 6, 82, 502, 211] in layer 0, [0, 512, 0, 0, 0, 512] in layer 1)
         assert!(checked >= (6 + 2) * 3, "{name}: {checked}");
+        // `qforge quantize --scheme fp8-static --calib` writes each expert's scale as its
+        // `input_scale` (the family's module spelling)
+        let q = t.path().join(format!("{name}-fp8"));
+        run(&[
+            "quantize",
+            src.to_str().unwrap(),
+            q.to_str().unwrap(),
+            "--scheme",
+            "fp8-static",
+            "--calib",
+            out.to_str().unwrap(),
+        ]);
+        let ck = Checkpoint::open(&q).unwrap();
+        for i in 0..2u32 {
+            for expert in 0..6u32 {
+                for proj in FfnProj::ALL {
+                    let id = TensorId::Layer {
+                        index: i,
+                        kind: LayerTensor::Expert { expert, proj },
+                    };
+                    let module = qforge_convert::layout::hf_module(id);
+                    let e = ck.part(id, Part::InputScale).unwrap();
+                    let b = ck.bytes(e).unwrap();
+                    #[allow(clippy::cast_possible_truncation)]
+                    let want = scales[&module].as_f64().unwrap() as f32;
+                    // stored in the model's dtype (BF16 here, as llm-compressor saves it):
+                    // the f32 scale rounded to nearest even
+                    let (got, want) = if b.len() == 2 {
+                        let got = u16::from_le_bytes([b[0], b[1]]);
+                        let w = want.to_bits();
+                        let rne = ((w + 0x7fff + ((w >> 16) & 1)) >> 16) as u16;
+                        (u32::from(got), u32::from(rne))
+                    } else {
+                        (
+                            f32::from_le_bytes(b[..4].try_into().unwrap()).to_bits(),
+                            want.to_bits(),
+                        )
+                    };
+                    assert_eq!(got, want, "{name} {module}");
+                }
+            }
+        }
     }
 }
 
