@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$SECONDS
 cargo build --release --locked --bin qforge
-cargo build --release --locked -p qforge-quantize --example codec
+cargo build --release --locked -p qforge-codecs --example codec
 cargo build --release --locked -p qforge-convert --example tokenizer_json
 scripts/fetch-data.sh
 export QFORGE_LLAMA_ISA="${QFORGE_LLAMA_ISA:-avx2}"

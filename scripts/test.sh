@@ -38,7 +38,7 @@ phase_done "cargo test"
 
 echo "== cargo build --release" >&2
 cargo build --release --locked --bin qforge
-cargo build --release --locked -p qforge-quantize --example codec
+cargo build --release --locked -p qforge-codecs --example codec
 cargo build --release --locked -p qforge-convert --example tokenizer_json
 phase_done "cargo build --release"
 

@@ -213,6 +213,22 @@ pub struct PlanArgs {
     /// Largest safetensors shard, e.g. 5GB.
     #[arg(long, default_value = "5GB", value_parser = parse_size)]
     pub shard_size: u64,
+    /// Plan verifying the model layer-major on one GPU instead: h100, h200, or the device's free
+    /// memory (e.g. 78GiB, with an H100's rates): tokens per pass, resident layers, memory, time.
+    #[arg(long, value_name = "h100|h200|SIZE", conflicts_with_all = ["scheme", "to"])]
+    pub gpu: Option<String>,
+    /// With --gpu: the candidate's weights on the device (fp8 or bf16); the base is bf16.
+    #[arg(long, default_value = "fp8", value_name = "fp8|bf16")]
+    pub gpu_weights: String,
+    /// With --gpu: tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: u64,
+    /// With --gpu: chunks.
+    #[arg(long, default_value_t = 20)]
+    pub chunks: u64,
+    /// With --gpu: the rate the weights are read from disk (cold page cache), per second.
+    #[arg(long, default_value = "2GB", value_parser = parse_size)]
+    pub disk_rate: u64,
     /// Print machine-readable JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -333,6 +349,9 @@ pub struct CalibrateArgs {
     /// Threads (default: all cores); results do not depend on it.
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
+    /// Where the forward runs: cpu, cuda (device 0) or cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_device)]
+    pub device: qforge_verify::Device,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -581,9 +600,9 @@ pub struct QuantizeArgs {
     /// being quantized: error (stop, naming tensor, row and column), clamp (NaN → 0, the rest
     /// to ±limit), skip (leave those tensors unquantized). clamp and skip scan each tensor first.
     #[arg(long, default_value = "error", value_name = "POLICY")]
-    pub bad_weights: qforge_convert::numerics::WeightPolicy,
+    pub bad_weights: qforge_quantize::numerics::WeightPolicy,
     /// Largest weight magnitude accepted (default: F16's maximum).
-    #[arg(long, default_value_t = qforge_convert::numerics::DEFAULT_MAX_ABS, value_name = "X")]
+    #[arg(long, default_value_t = qforge_quantize::numerics::DEFAULT_MAX_ABS, value_name = "X")]
     pub max_abs_weight: f32,
     /// Continue an interrupted run from its staging directory.
     #[arg(long)]
@@ -669,6 +688,13 @@ pub struct EvalArgs {
     /// Worker threads [default: all cores].
     #[arg(long, short = 't', value_name = "T")]
     pub threads: Option<usize>,
+    /// Where the forward runs: cpu, cuda (device 0) or cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_device)]
+    pub device: qforge_verify::Device,
+    /// Read each layer in the thread that computes it, instead of reading layer i+1 on a helper
+    /// thread while layer i computes (results are the same bits either way).
+    #[arg(long)]
+    pub no_prefetch: bool,
     /// Chunks evaluated together layer-major [default: as many as fit 2 GiB of activations].
     #[arg(long, value_name = "N")]
     pub batch_chunks: Option<usize>,
@@ -722,6 +748,11 @@ pub struct VerifyArgs {
     /// Smallest allowed top-1 agreement with the base model, in percent ("95%" or "95").
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
     pub min_top1: Option<f64>,
+    /// Keep the base model's forward (hidden states and scored logits) under this directory,
+    /// keyed by model, tokens and protocol, and reuse it when verifying another candidate
+    /// against the same base: N candidates cost N + 1 forwards, with the same report bytes.
+    #[arg(long, value_name = "DIR")]
+    pub base_cache: Option<PathBuf>,
 }
 
 /// Parse a count that must be at least 1 (`--ctx`, `--chunks`).
@@ -739,6 +770,11 @@ pub fn chunk_tokens(s: &str) -> Result<usize, String> {
         n if n < 4 => Err(format!("{n} is too small (at least 4 tokens per chunk)")),
         n => Ok(n),
     }
+}
+
+/// Parse `--device`: cpu, cuda or cuda:N.
+pub fn parse_device(s: &str) -> Result<qforge_verify::Device, String> {
+    s.parse()
 }
 
 /// Parse "1%", "0.5 %" or "1" as a percentage.
@@ -790,6 +826,13 @@ pub struct ImatrixArgs {
     /// Worker threads [default: all cores].
     #[arg(long, short = 't', value_name = "T")]
     pub threads: Option<usize>,
+    /// Where the forward runs: cpu, cuda (device 0) or cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_device)]
+    pub device: qforge_verify::Device,
+    /// Read each layer in the thread that computes it, instead of reading layer i+1 on a helper
+    /// thread while layer i computes (results are the same bits either way).
+    #[arg(long)]
+    pub no_prefetch: bool,
     /// Chunks processed together layer-major [default: as many as fit 2 GiB of activations].
     #[arg(long, value_name = "N")]
     pub batch_chunks: Option<usize>,

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use crate::cli::{Command, ConvertTarget};
-use crate::commands::quantize::{parse_scheme, Scheme};
+use crate::commands::quantize::parse_scheme;
 
 /// The message the handler writes, made before the work starts (no allocation in the handler).
 static MESSAGE: OnceLock<Vec<u8>> = OnceLock::new();
@@ -87,7 +87,7 @@ fn message(cmd: &Command) -> Option<String> {
         Command::Convert(a) => dir_output(&a.output),
         Command::Quantize(a) if a.dry_run => return None,
         Command::Quantize(a) => match parse_scheme(&a.scheme, a.asym) {
-            Ok(Scheme::Gguf(_)) => file_output(&a.output),
+            Ok(s) if s.writes_gguf() => file_output(&a.output),
             _ => dir_output(&a.output),
         },
         Command::Calibrate(a) => format!(

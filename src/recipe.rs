@@ -303,7 +303,7 @@ impl Recipe {
         }
         if let Some(c) = &self.calibrate {
             check(&c.name, "[calibrate]")?;
-            if !matches!(c.method.as_str(), "fp8-static" | "gptq" | "awq" | "imatrix") {
+            if qforge_quantize::scheme::Calibration::from_name(&c.method).is_none() {
                 bail!(
                     "[calibrate] method = {:?}: use \"fp8-static\", \"gptq\", \"awq\" or \"imatrix\"",
                     c.method
@@ -333,7 +333,9 @@ impl Recipe {
 
     /// The file or directory name of a quantize step's artifact.
     pub fn artifact_name(q: &QuantizeStep) -> String {
-        let gguf = q.scheme.to_ascii_lowercase().starts_with("gguf:")
+        // the scheme says (llama.cpp names work without `gguf:`)
+        let gguf = crate::commands::quantize::parse_scheme(&q.scheme, q.asym)
+            .is_ok_and(qforge_quantize::scheme::Scheme::writes_gguf)
             || q.layout.as_deref() == Some("gguf");
         if gguf && !q.name.to_ascii_lowercase().ends_with(".gguf") {
             format!("{}.gguf", q.name)
@@ -510,5 +512,16 @@ max_ppl_drift = "1.5%"
         assert!(Recipe::parse(&esc).is_err());
         let pct = FULL.replace("\"1.5%\"", "\"lots\"");
         assert!(Recipe::parse(&pct).is_err());
+    }
+
+    /// A llama.cpp type name makes a GGUF artifact with or without `gguf:` (the scheme says).
+    #[test]
+    fn gguf_artifacts_are_named_by_the_scheme() {
+        let step = |scheme: &str| -> QuantizeStep {
+            toml::from_str(&format!("name = \"m\"\nscheme = \"{scheme}\"")).unwrap()
+        };
+        assert_eq!(Recipe::artifact_name(&step("gguf:q4_k_m")), "m.gguf");
+        assert_eq!(Recipe::artifact_name(&step("Q4_K_M")), "m.gguf");
+        assert_eq!(Recipe::artifact_name(&step("fp8-rowwise")), "m");
     }
 }

@@ -4,6 +4,7 @@
 //! exactly the GPTQ codes and scales; AWQ likewise resumes to the same bytes and its scales are
 //! folded by `qforge quantize --calib DIR`.
 
+use qforge_quantize::dequant::WeightRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -393,7 +394,7 @@ fn gptq_resumes_to_identical_bytes_and_quantize_writes_its_codes() {
         let (_, got) = packed_words(&ck, module);
         assert_eq!(
             got,
-            qforge_quantize::int4::pack_ct(&want.q, want.rows, want.cols).unwrap()
+            qforge_codecs::int4::pack_ct(&want.q, want.rows, want.cols).unwrap()
         );
         let st = ck
             .tensors
@@ -478,13 +479,13 @@ fn awq_resumes_to_identical_bytes_and_quantize_folds_its_scales() {
     sc.layers[1]
         .apply(qforge_convert::LayerTensor::Q, &mut w, cols)
         .unwrap();
-    let cfg = qforge_quantize::int4::Int4Config {
+    let cfg = qforge_codecs::int4::Int4Config {
         bits: 4,
-        scheme: qforge_quantize::int4::Int4Scheme::Asymmetric,
+        scheme: qforge_codecs::int4::Int4Scheme::Asymmetric,
         group_size: Some(64),
-        arith: qforge_quantize::int4::Int4Arith::Bf16,
+        arith: qforge_codecs::int4::Int4Arith::Bf16,
     };
-    let want = qforge_quantize::int4::quantize_int4(&w, cols, &cfg).unwrap();
+    let want = qforge_codecs::int4::quantize_int4(&w, cols, &cfg).unwrap();
     assert_eq!(
         get(&ck, "model.layers.1.self_attn.q_proj.weight_scale"),
         want.scales
@@ -543,7 +544,7 @@ fn gptq_int8_codes_are_written_as_8_bit_pack_quantized() {
     assert_eq!(shape, [want.rows as u64, want.cols as u64 / 4]);
     assert_eq!(
         got,
-        qforge_quantize::int4::pack_ct_bits(&want.q, want.rows, want.cols, 8).unwrap()
+        qforge_codecs::int4::pack_ct_bits(&want.q, want.rows, want.cols, 8).unwrap()
     );
     let id = qforge_convert::TensorId::Layer {
         index: 1,
@@ -551,7 +552,7 @@ fn gptq_int8_codes_are_written_as_8_bit_pack_quantized() {
     };
     assert_eq!(
         ck.weight_storage(id).unwrap(),
-        qforge_convert::dequant::WeightStorage::Int4Packed {
+        qforge_quantize::dequant::WeightStorage::Int4Packed {
             bits: 8,
             group_size: 64,
             asymmetric: false

@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use qforge_codecs::DType;
 use qforge_convert::write::safetensors::{plan, TensorSpec, Writer};
-use qforge_quantize::DType;
 use serde_json::{json, Value};
 
 const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");

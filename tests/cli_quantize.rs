@@ -2,11 +2,12 @@
 //! scheme, the same bytes from HF, Meta and GGUF sources, one-line errors with hints, and
 //! atomic outputs.
 
+use qforge_quantize::dequant::WeightRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use qforge_codecs::DType;
 use qforge_convert::{Checkpoint, LayerTensor, Part, TensorId};
-use qforge_quantize::DType;
 
 #[path = "support/model.rs"]
 mod model;

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use qforge_codecs::fp8::{quantize_fp8_rowwise, Fp8Options};
 use qforge_convert::{Checkpoint, Part};
-use qforge_quantize::fp8::{quantize_fp8_rowwise, Fp8Options};
 use serde_json::{json, Value};
 
 const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");

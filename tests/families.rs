@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use qforge_codecs::DType;
 use qforge_convert::gguf::GgufValue;
 use qforge_convert::Checkpoint;
-use qforge_quantize::DType;
 use serde_json::Value;
 
 const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");

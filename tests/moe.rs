@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use qforge_codecs::DType;
 use qforge_convert::{Checkpoint, FfnProj, LayerTensor, Part, TensorId};
-use qforge_quantize::DType;
+use qforge_quantize::dequant::WeightRead;
 use serde_json::Value;
 
 const QFORGE: &str = env!("CARGO_BIN_EXE_qforge");

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use qforge_convert::{Checkpoint, FfnProj, LayerTensor, Part, TensorId};
+use qforge_quantize::dequant::WeightRead;
 use qforge_verify::eval::run_layer_observed;
 use qforge_verify::ops::RopeTable;
 use qforge_verify::{ForwardOptions, Model};
@@ -204,7 +205,7 @@ fn fp8_static_scales_are_the_routed_amax_per_expert() {
                         index: i,
                         kind: LayerTensor::Expert { expert, proj },
                     };
-                    let module = qforge_convert::layout::hf_module(id);
+                    let module = qforge_quantize::layout::hf_module(id);
                     let e = ck.part(id, Part::InputScale).unwrap();
                     let b = ck.bytes(e).unwrap();
                     #[allow(clippy::cast_possible_truncation)]
@@ -428,7 +429,7 @@ fn imatrix_has_per_expert_entries() {
         "4",
         "--quiet",
     ]);
-    let m = qforge_convert::imatrix::Imatrix::read(&im).unwrap();
+    let m = qforge_quantize::imatrix::Imatrix::read(&im).unwrap();
     assert_eq!(m.entries.len(), 2 * 8, "{:?}", m.entries.keys());
     for i in 0..2 {
         assert!(!m.entries.contains_key(&format!("blk.{i}.ffn_gate.weight")));

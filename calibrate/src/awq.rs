@@ -26,8 +26,8 @@
 //! under GQA; post_attention_layernorm → gate, up (parent mlp); up_proj → down_proj (parent
 //! down_proj). llm-compressor omits AutoAWQ's clip search, and so do we.
 
-use qforge_quantize::float::{bf16_bits_to_f32, f32_to_bf16_bits};
-use qforge_quantize::int4::{self, Int4Arith, Int4Config, Int4Scheme};
+use qforge_codecs::float::{bf16_bits_to_f32, f32_to_bf16_bits};
+use qforge_codecs::int4::{self, Int4Arith, Int4Config, Int4Scheme};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 

@@ -31,9 +31,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use qforge_convert::layout::hf_module;
 use qforge_convert::write::{OutputDir, OutputOptions};
 use qforge_convert::{Format, LayerTensor, TensorId};
+use qforge_quantize::layout::hf_module;
 use qforge_verify::eval::{attend, run_layer_observed};
 use qforge_verify::matmul::matmul_t;
 use qforge_verify::ops::{swiglu, RopeTable};
@@ -395,7 +395,7 @@ pub fn calibrate(
         )));
     }
     if let (Some(m), Method::Gptq(g)) = (&cfg.moe, &opts.method) {
-        qforge_quantize::int4::check_group(m.expert_ffn as usize, g.group_size)?;
+        qforge_codecs::int4::check_group(m.expert_ffn as usize, g.group_size)?;
     }
     if let Method::Gptq(g) = &opts.method {
         if model.ckpt.format != Format::Hf {
@@ -407,7 +407,7 @@ pub fn calibrate(
         }
         for kind in [LayerTensor::Q, LayerTensor::O, LayerTensor::Down] {
             let s = cfg.expected_shape(TensorId::Layer { index: 0, kind });
-            qforge_quantize::int4::check_group(s[1] as usize, g.group_size)?;
+            qforge_codecs::int4::check_group(s[1] as usize, g.group_size)?;
         }
     }
     if opts.precision != Precision::F32 && !matches!(opts.method, Method::Fp8Static(_)) {
@@ -418,7 +418,7 @@ pub fn calibrate(
     if let Method::Awq(a) = &opts.method {
         for kind in [LayerTensor::Q, LayerTensor::O, LayerTensor::Down] {
             let s = cfg.expected_shape(TensorId::Layer { index: 0, kind });
-            qforge_quantize::int4::check_group(s[1] as usize, a.group_size)?;
+            qforge_codecs::int4::check_group(s[1] as usize, a.group_size)?;
         }
     }
     if dest.exists() && !opts.overwrite {

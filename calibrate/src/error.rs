@@ -16,7 +16,7 @@ pub enum Error {
     Convert(#[from] qforge_convert::Error),
     /// A codec rejected its input.
     #[error(transparent)]
-    Codec(#[from] qforge_quantize::Error),
+    Codec(#[from] qforge_codecs::Error),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

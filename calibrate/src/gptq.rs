@@ -4,7 +4,7 @@
 //! * Scales: per (row, group) from the *original* weights before any update (llm-compressor's
 //!   weight observer, "static groups"), symmetric: `s = amax / (qmax − qmin)/2` (7.5 for 4 bits,
 //!   127.5 for 8), computed in the model dtype (BF16: the division is rounded to BF16), exactly
-//!   as `qforge_quantize::int4::quantize_int4` computes them for round-to-nearest.
+//!   as `qforge_codecs::int4::quantize_int4` computes them for round-to-nearest.
 //! * Dead columns (`H_ii = 0`): `H_ii = 1` and the weight column is zeroed.
 //! * Activation order `weight` (llm-compressor's default `static`): columns processed by
 //!   descending `H_ii` (ties by index), each still using its natural group `k / group_size`, so
@@ -18,8 +18,8 @@
 //!   does), `e = (w − d)/U_ii`, the rest of the block gets `w −= e·U[i, ·]`, the columns after
 //!   the block get the block's errors at once. Rows are independent, so they run in parallel.
 
-use qforge_quantize::float::{bf16_bits_to_f32, f32_to_bf16_bits};
-use qforge_quantize::int4::{self, Int4Arith, Int4Config, Int4Scheme};
+use qforge_codecs::float::{bf16_bits_to_f32, f32_to_bf16_bits};
+use qforge_codecs::int4::{self, Int4Arith, Int4Config, Int4Scheme};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};

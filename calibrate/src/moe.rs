@@ -17,8 +17,8 @@
 //! down scale from the largest down-projection amax of the block's other experts. Both say so in
 //! the module's report (`fallback`).
 
-use qforge_convert::layout::hf_module;
 use qforge_convert::{FfnProj, LayerTensor, TensorId};
+use qforge_quantize::layout::hf_module;
 use qforge_verify::moe::MoeWeights;
 use qforge_verify::ops::swiglu;
 use qforge_verify::{Project, Real};

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use qforge_quantize::int4::{self, Int4Tensor};
+use qforge_codecs::int4::{self, Int4Tensor};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -390,7 +390,7 @@ pub fn awq_layer_file_bytes(i: u32, scales: &LayerScales) -> Result<Vec<u8>> {
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (kind, which) in awq_smooth_kinds() {
         if let Some(v) = awq_slot(&mut s, which) {
-            let m = qforge_convert::layout::hf_module(TensorId::Layer { index: i, kind });
+            let m = qforge_quantize::layout::hf_module(TensorId::Layer { index: i, kind });
             bufs.push((
                 format!("{m}.awq_scales"),
                 vec![v.len()],
@@ -456,7 +456,7 @@ impl AwqScales {
             for (kind, which) in awq_smooth_kinds() {
                 let n = format!(
                     "{}.awq_scales",
-                    qforge_convert::layout::hf_module(TensorId::Layer { index, kind })
+                    qforge_quantize::layout::hf_module(TensorId::Layer { index, kind })
                 );
                 let Ok(t) = st.tensor(&n) else { continue };
                 if !listed.remove(&n) {
@@ -488,7 +488,7 @@ impl AwqScales {
     }
 }
 
-impl qforge_convert::layout::WeightTransform for AwqScales {
+impl qforge_quantize::layout::WeightTransform for AwqScales {
     fn touches(&self, id: TensorId) -> bool {
         match id {
             TensorId::Layer { index, kind } => self

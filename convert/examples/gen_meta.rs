@@ -19,11 +19,11 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use qforge_codecs::DType;
 use qforge_convert::export_meta::split_dim;
 use qforge_convert::write::pth::{archive_name, plan, PthWriter};
 use qforge_convert::write::safetensors::TensorSpec;
 use qforge_convert::{LayerTensor, ModelConfig, NameScheme, TensorId, TensorKey};
-use qforge_quantize::DType;
 use rayon::prelude::*;
 
 const PIECE: usize = 32 << 20; // elements per generated piece (64 MiB of BF16)

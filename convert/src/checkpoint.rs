@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 use serde::Serialize;
 
 use crate::config::ModelConfig;
@@ -331,12 +331,10 @@ impl Checkpoint {
             reason: "tensor too large for this machine's address space",
         })?;
         let mut out = vec![0f32; n];
-        qforge_quantize::decode_to_f32(t.dtype, &bytes, &mut out).map_err(|source| {
-            Error::Codec {
-                path: self.path.clone(),
-                tensor: t.name.clone(),
-                source,
-            }
+        qforge_codecs::decode_to_f32(t.dtype, &bytes, &mut out).map_err(|source| Error::Codec {
+            path: self.path.clone(),
+            tensor: t.name.clone(),
+            source,
         })?;
         Ok(out)
     }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 use serde_json::{json, Value};
 
 use crate::checkpoint::{Checkpoint, Format, TensorEntry};
@@ -159,6 +159,39 @@ pub struct RowProducer<'a> {
 /// Bytes per row block of a [`RowProducer`]: small enough that a block is still in the CPU's
 /// caches when it is hashed and written, large enough to feed every thread.
 pub const ROW_BLOCK_BYTES: usize = 4 << 20;
+
+/// The two row blocks a streamed tensor holds while it is copied or converted (see
+/// [`streams`]): what a writer keeps resident instead of the tensor's output bytes.
+pub const STREAMED_BYTES: u64 = 2 * ROW_BLOCK_BYTES as u64;
+
+/// Whether the writers make `t` a row block at a time (a 2-D plain float tensor stored
+/// contiguously): then [`STREAMED_BYTES`] are held instead of its output bytes.
+pub fn streams(t: &TensorEntry) -> bool {
+    t.shape.len() == 2
+        && matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32)
+        && matches!(t.layout, crate::TensorLayout::Contiguous(_))
+}
+
+/// Bytes of a source tensor resident while a writer works on it: the mapped pages (released
+/// shard by shard in a dim-0 model-parallel merge, else at the end) plus, for a merged or
+/// strided tensor, the gathered copy (BENCHMARKS.md, "Plan").
+pub fn source_resident(t: &TensorEntry) -> u64 {
+    use crate::TensorLayout;
+    let n = t.nbytes();
+    match &t.layout {
+        TensorLayout::Contiguous(_) => n,
+        TensorLayout::Concat { dim: 0, parts } => {
+            let esize = t.dtype.block_bytes();
+            let shard = parts
+                .iter()
+                .map(|(s, _)| s.iter().product::<u64>() * esize)
+                .max()
+                .unwrap_or(n);
+            n + shard
+        }
+        _ => 2 * n,
+    }
+}
 
 /// A tensor to write and how to make its bytes.
 pub struct OutTensor<'a> {
@@ -392,7 +425,7 @@ pub fn encode_float(values: &[f32], dtype: DType, out: &mut Vec<u8>) -> Option<(
 }
 
 /// Canonical HF order: embeddings, each layer's tensors, final norm, LM head.
-pub(crate) fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
+pub fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
     let kind_rank = |k: LayerTensor| match k {
         // transformers' module registration order (`Qwen3Attention`: q, k, v, o, q_norm,
         // k_norm; a bias right after its weight)
@@ -425,7 +458,7 @@ pub(crate) fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
 }
 
 /// How the source stores Q/K rows relative to HF.
-pub(crate) fn rope_direction(cfg: &ModelConfig, from: Format, to: Format) -> Option<RopeLayout> {
+pub fn rope_direction(cfg: &ModelConfig, from: Format, to: Format) -> Option<RopeLayout> {
     let f = cfg.family;
     match (f.half_split_rope(from), f.half_split_rope(to)) {
         (false, true) => Some(RopeLayout::ToHf),
@@ -435,7 +468,7 @@ pub(crate) fn rope_direction(cfg: &ModelConfig, from: Format, to: Format) -> Opt
 }
 
 /// Number of heads whose rows a Q or K tensor holds, if it is one.
-pub(crate) fn rope_heads(cfg: &ModelConfig, key: TensorKey) -> Option<usize> {
+pub fn rope_heads(cfg: &ModelConfig, key: TensorKey) -> Option<usize> {
     match key.id {
         TensorId::Layer {
             kind: LayerTensor::Q,
@@ -455,7 +488,7 @@ const RETAINED_BUFFER: usize = 64 << 20;
 /// Empty the writers' per-tensor buffer for the next tensor. A buffer the size of a big tensor
 /// is given back rather than kept: the next big tensor gathers into a fresh buffer of its own
 /// (or is moved in), and holding both would make peak memory twice the largest tensor.
-pub(crate) fn reset_buffer(buf: &mut Vec<u8>) {
+pub fn reset_buffer(buf: &mut Vec<u8>) {
     if buf.capacity() > RETAINED_BUFFER {
         *buf = Vec::new();
     } else {
@@ -495,7 +528,7 @@ pub fn tensor_bytes(
 /// A row-block producer copying `t` unchanged (Q/K rows permuted in direction `rope`), when
 /// it can stream: a 2-D tensor stored contiguously in `dtype` already. `None` otherwise (a
 /// conversion, or a strided or model-parallel source, which is gathered once, whole).
-pub(crate) fn copy_rows<'a>(
+pub fn copy_rows<'a>(
     ckpt: &'a Checkpoint,
     t: &'a TensorEntry,
     dtype: DType,
@@ -556,7 +589,7 @@ fn convert_into(
     for chunk in src.chunks(blocks_per_chunk * block_bytes) {
         let n = chunk.len() / block_bytes * block;
         let vals = &mut values[..n];
-        qforge_quantize::decode_to_f32(t.dtype, chunk, vals).map_err(|source| Error::Codec {
+        qforge_codecs::decode_to_f32(t.dtype, chunk, vals).map_err(|source| Error::Codec {
             path: ckpt.path.clone(),
             tensor: t.name.clone(),
             source,
@@ -637,7 +670,7 @@ pub struct Written {
 /// `LlamaModel.generate_extra_tensors` in `convert_hf_to_gguf.py`, writes no scaling keys):
 /// the scaling is recovered from those factors ([`llama3_from_factors`]); factors that are not
 /// Llama 3.1 scaling cannot be said in a config and changing them changes the math.
-pub(crate) fn target_rope_scaling(
+pub fn target_rope_scaling(
     ckpt: &Checkpoint,
     target: &str,
 ) -> Result<(Option<RopeScaling>, Vec<Note>)> {
@@ -855,7 +888,7 @@ fn model_card(fields: &[(&str, String)]) -> Option<Vec<u8>> {
 
 /// Tokenizer and generation files of an HF output: carried over unchanged from an HF source,
 /// converted from the source's tokenizer otherwise.
-pub(crate) fn write_hf_side_files(ckpt: &Checkpoint, out: &mut OutputDir) -> Result<()> {
+pub fn write_hf_side_files(ckpt: &Checkpoint, out: &mut OutputDir) -> Result<()> {
     if ckpt.format == Format::Hf {
         // Carry tokenizer and generation files over unchanged.
         let dir = ckpt.dir();

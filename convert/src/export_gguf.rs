@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
 use crate::checkpoint::{Checkpoint, Format, TensorEntry};
 use crate::config::{ModelConfig, RopeScaling};
@@ -240,7 +240,7 @@ pub fn model_metadata(
 
 /// A family written under another family's GGUF architecture (`convert_hf_to_gguf.py` writes
 /// `MistralForCausalLM` as `llama`) reads back as that family: its HF class is not kept.
-pub(crate) fn class_lost(cfg: &ModelConfig) -> Option<Note> {
+pub fn class_lost(cfg: &ModelConfig) -> Option<Note> {
     let spec = cfg.family.spec();
     let back = crate::family::Family::from_gguf(spec.gguf_arch, spec.moe.is_some())?;
     (back != cfg.family).then(|| {
@@ -257,7 +257,7 @@ pub(crate) fn class_lost(cfg: &ModelConfig) -> Option<Note> {
 /// What GGUF cannot say about a config: a sliding window (llama.cpp's llama, qwen2 and qwen3
 /// graphs attend over the whole context, and `convert_hf_to_gguf.py` writes no window key for
 /// them), which changes the math past the window.
-pub(crate) fn window_lost(cfg: &ModelConfig) -> Option<Note> {
+pub fn window_lost(cfg: &ModelConfig) -> Option<Note> {
     cfg.sliding_window.map(|w| {
         Note::changes_math(
             format!(
@@ -272,7 +272,7 @@ pub(crate) fn window_lost(cfg: &ModelConfig) -> Option<Note> {
 /// What GGUF cannot say about a mixture of experts: un-renormalised top-k weights (llama.cpp's
 /// llama and qwen3moe graphs call `build_moe_ffn` with `norm_w` true and read no key for it,
 /// src/models/qwen3moe.cpp), which changes every MoE block's output.
-pub(crate) fn moe_lost(cfg: &ModelConfig) -> Option<Note> {
+pub fn moe_lost(cfg: &ModelConfig) -> Option<Note> {
     let m = cfg.moe.as_ref().filter(|m| !m.norm_topk_prob)?;
     Some(Note::changes_math(
         format!(
@@ -286,7 +286,7 @@ pub(crate) fn moe_lost(cfg: &ModelConfig) -> Option<Note> {
 /// Dense blocks in a mixture-of-experts model have no GGUF form: llama.cpp's qwen3moe loads
 /// `ffn_gate_inp` and the expert stacks in every block (src/models/qwen3moe.cpp
 /// `load_arch_tensors`) and `convert_hf_to_gguf.py` maps no dense FFN for it.
-pub(crate) fn check_moe_gguf(cfg: &ModelConfig, path: &Path) -> Result<()> {
+pub fn check_moe_gguf(cfg: &ModelConfig, path: &Path) -> Result<()> {
     match cfg.moe.as_ref().filter(|m| !m.dense_layers.is_empty()) {
         None => Ok(()),
         Some(m) => Err(Error::Config {
@@ -306,7 +306,7 @@ pub(crate) fn check_moe_gguf(cfg: &ModelConfig, path: &Path) -> Result<()> {
 /// GGUF tensor order: rope factors, embeddings, each block (in the order `convert_hf_to_gguf.py`
 /// emits a block's HF tensors), final norm, output. A block's experts sort by projection, then
 /// expert, so that each 3-D stack's slices are consecutive ([`gguf_tensor_name`]).
-pub(crate) fn gguf_order(key: &TensorKey) -> (u32, u32, u32) {
+pub fn gguf_order(key: &TensorKey) -> (u32, u32, u32) {
     // HF names sorted: input_layernorm, mlp.{down,gate,up}_proj, post_attention_layernorm,
     // self_attn.{k_norm, k_proj.bias, k_proj.weight, o_proj, q_norm, q_proj.bias, …}. A
     // Qwen3-MoE block's `mlp.experts.*` are emitted (merged, conversion/qwen.py
@@ -419,7 +419,7 @@ pub fn gguf_specs<'a>(
 /// What GGUF loses when it keeps Llama 3.1 scaling as the `rope_freqs.weight` factors `f`
 /// (llama.cpp's form: no keys for the parameters): nothing when the parameters read back from
 /// the factors ([`llama3_from_factors`]) are the config's.
-pub(crate) fn rope_metadata_lost(cfg: &ModelConfig, f: &[f32]) -> Option<Note> {
+pub fn rope_metadata_lost(cfg: &ModelConfig, f: &[f32]) -> Option<Note> {
     let back = llama3_from_factors(cfg.rope_theta, cfg.head_dim, f, None);
     (back != cfg.rope_scaling).then(|| {
         Note::metadata_lost(
@@ -460,7 +460,7 @@ pub struct GgufOptions {
 
 /// Tokenizer metadata for the output: carried over from a GGUF source, otherwise converted from
 /// the source's tokenizer files.
-pub(crate) fn tokenizer_metadata(
+pub fn tokenizer_metadata(
     ckpt: &Checkpoint,
     notes: &mut Vec<Note>,
 ) -> Result<Vec<(String, GgufValue)>> {

@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 use serde_json::json;
 
 use crate::checkpoint::{Checkpoint, Format, TensorEntry};

@@ -63,7 +63,7 @@
 
 use std::path::Path;
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 use serde::Serialize;
 
 use crate::checkpoint::{Checkpoint, Format, RawTensor, Span, TensorLayout, TokenizerInfo};

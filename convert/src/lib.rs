@@ -14,24 +14,19 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod dequant;
 mod error;
 pub mod export;
 pub mod export_gguf;
 pub mod export_meta;
 pub mod family;
 pub mod gguf;
-pub mod gguf_mix;
 pub mod hf;
-pub mod imatrix;
-pub mod layout;
 pub mod meta;
 pub mod meta_tokenizer;
 mod mmap;
 pub mod names;
 pub mod narrow;
 pub mod notes;
-pub mod numerics;
 pub mod pth;
 pub mod rope;
 pub mod tokenizer;
@@ -39,7 +34,7 @@ pub mod write;
 
 pub use checkpoint::{Checkpoint, Format, TensorEntry, TensorLayout, TokenizerInfo};
 pub use config::{ModelConfig, MoeConfig, RopeScaling, SlidingWindow};
-pub use error::{shown, ConfigError, Error, Result};
+pub use error::{shown, ConfigError, Error, ImatrixError, Result};
 pub use family::{Family, FamilySpec};
 pub use names::{
     FfnProj, HfMoeNames, LayerTensor, NameMatch, NameScheme, Part, TensorId, TensorKey,

@@ -273,6 +273,8 @@ pub enum Part {
     WeightGIdx,
     /// `weight_global_scale` (compressed-tensors NVFP4's per-tensor F32 scale)
     WeightGlobalScale,
+    /// `input_global_scale` (compressed-tensors NVFP4 W4A4's calibrated activation scale)
+    InputGlobalScale,
     /// `scales` (mlx-lm affine quantization)
     Scales,
     /// `biases` (mlx-lm affine quantization)
@@ -280,7 +282,7 @@ pub enum Part {
 }
 
 impl Part {
-    const ALL: [Part; 10] = [
+    const ALL: [Part; 11] = [
         Part::Weight,
         Part::WeightScale,
         Part::InputScale,
@@ -289,6 +291,7 @@ impl Part {
         Part::WeightShape,
         Part::WeightGIdx,
         Part::WeightGlobalScale,
+        Part::InputGlobalScale,
         Part::Scales,
         Part::Biases,
     ];
@@ -304,6 +307,7 @@ impl Part {
             Part::WeightShape => "weight_shape",
             Part::WeightGIdx => "weight_g_idx",
             Part::WeightGlobalScale => "weight_global_scale",
+            Part::InputGlobalScale => "input_global_scale",
             Part::Scales => "scales",
             Part::Biases => "biases",
         }

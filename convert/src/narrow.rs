@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::error::{Error, Result};
 use crate::notes::Note;
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
 /// Values decoded per chunk (each rayon worker holds one chunk of f32s).
 const CHUNK_VALUES: usize = 1 << 20;
@@ -89,7 +89,7 @@ pub fn changed_values(ckpt: &Checkpoint, t: &TensorEntry, to: DType) -> Result<C
         src.par_chunks(blocks_per_chunk * block_bytes)
             .map_init(Vec::new, |vals: &mut Vec<f32>, chunk| {
                 vals.resize(chunk.len() / block_bytes * block, 0.0);
-                qforge_quantize::decode_to_f32(t.dtype, chunk, vals).map_err(codec)?;
+                qforge_codecs::decode_to_f32(t.dtype, chunk, vals).map_err(codec)?;
                 Ok(count(vals.iter().map(|&v| f64::from(v)), to))
             })
             .try_reduce(Changed::default, |a, b| Ok(a.add(b)))

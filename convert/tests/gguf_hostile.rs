@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
+use qforge_codecs::DType;
 use qforge_convert::gguf::{
     self, GgufArray, GgufError, GgufMetadata, GgufTensorInfo, GgufType, GgufValue, StringArray,
 };
 use qforge_convert::{Checkpoint, ConfigError, Error, Format, TensorLayout};
-use qforge_quantize::DType;
 use sha2::Digest;
 
 /// Tiny GGUF byte builders (kept in this file so the test binary owns its helpers).
@@ -1471,7 +1471,7 @@ fn fixture_kquants_parses_like_gguf_py() {
     for t in &infos {
         let data = &bytes[t.absolute_offset as usize..(t.absolute_offset + t.nbytes) as usize];
         let mut out = vec![0f32; t.numel() as usize];
-        qforge_quantize::decode_to_f32(t.dtype, data, &mut out).unwrap();
+        qforge_codecs::decode_to_f32(t.dtype, data, &mut out).unwrap();
         let w = &want["tensors"][&t.name];
         let h = head(w);
         assert_eq!(&out[..h.len()], &h[..], "{}", t.name);

@@ -7,10 +7,10 @@
 use std::path::Path;
 
 use proptest::prelude::*;
+use qforge_codecs::DType;
 use qforge_convert::pth::pickle::{self, Value};
 use qforge_convert::pth::{parse_state_dict, PthError, PthFile, PthTensor};
 use qforge_convert::{Checkpoint, Error, TensorLayout};
-use qforge_quantize::DType;
 
 // ---------------------------------------------------------------------------------------------
 // pickle builder
@@ -416,7 +416,7 @@ fn valid_pth() -> Vec<u8> {
 
 fn decode(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     let mut out = vec![0f32; bytes.len() / usize::try_from(dtype.block_bytes()).unwrap()];
-    qforge_quantize::decode_to_f32(dtype, bytes, &mut out).unwrap();
+    qforge_codecs::decode_to_f32(dtype, bytes, &mut out).unwrap();
     out
 }
 

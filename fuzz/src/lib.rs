@@ -32,9 +32,9 @@ use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::{Duration, Instant};
 
 use mutate::{Layout, Rng, Seed};
-use qforge_convert::imatrix::{Imatrix, ImatrixFormat};
 use qforge_convert::tokenizer::Vocab;
 use qforge_convert::{Checkpoint, Error};
+use qforge_quantize::imatrix::{Imatrix, ImatrixFormat};
 
 /// The readers fuzzed, one per input format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 // Per-token (row-wise) FP8 E4M3 quantization of BF16 activations (sm_89+), FBGEMM
-// `quantize_fp8_per_row` semantics, bit-identical to qforge_quantize::fp8::quantize_fp8_rowwise
+// `quantize_fp8_per_row` semantics, bit-identical to qforge_codecs::fp8::quantize_fp8_rowwise
 // applied to the same values decoded to f32:
 //
 //   amax_t = max_k |x[t, k]|

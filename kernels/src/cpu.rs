@@ -32,7 +32,7 @@
 
 use rayon::prelude::*;
 
-use qforge_quantize::float::{bf16_bits_to_f32, f32_to_bf16_bits, f8_e4m3_to_f32};
+use qforge_codecs::float::{bf16_bits_to_f32, f32_to_bf16_bits, f8_e4m3_to_f32};
 
 use crate::{
     check_fp8_gemm, check_len, check_w4a16_gemm, Backend, Error, Fp8Rows, Fp8Storage, Fp8Weight,

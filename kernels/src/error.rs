@@ -69,7 +69,7 @@ pub enum Error {
     },
     /// Quantization failed (non-finite input, bad upper bound, bad lengths).
     #[error(transparent)]
-    Quantize(#[from] qforge_quantize::Error),
+    Quantize(#[from] qforge_codecs::Error),
     /// A CUDA driver, NVRTC or cuBLASLt call failed.
     #[error("CUDA {op} failed: {detail}")]
     Cuda {

@@ -28,8 +28,8 @@ pub mod sources;
 use std::fmt;
 
 pub use error::{Error, Result};
-use qforge_quantize::fp8::{quantize_fp8_rowwise, Fp8Options};
-use qforge_quantize::int4::CtPacked;
+use qforge_codecs::fp8::{quantize_fp8_rowwise, Fp8Options};
+use qforge_codecs::int4::CtPacked;
 
 /// Where a GEMM runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,7 +96,7 @@ impl Fp8Rows {
     }
 
     /// Quantize a row-major `[rows, k]` f32 matrix per row (FBGEMM `quantize_fp8_per_row`,
-    /// [`qforge_quantize::fp8::quantize_fp8_rowwise`]): `s = max(min(amax, ub)/448, 1/(448·512))`,
+    /// [`qforge_codecs::fp8::quantize_fp8_rowwise`]): `s = max(min(amax, ub)/448, 1/(448·512))`,
     /// `q = e4m3_sat(x/s)`. `upper_bound` is FBGEMM's activation `scale_ub` (`None` for weights).
     /// Errors: non-finite input or a bad bound ([`Error::Quantize`]), lengths.
     pub fn quantize(x: &[f32], k: usize, upper_bound: Option<f32>) -> Result<Self> {
@@ -188,7 +188,7 @@ impl Int4Rows {
         })
     }
 
-    /// From qforge-quantize's compressed-tensors tensors. Symmetric only (a zero point gives
+    /// From qforge-codecs's compressed-tensors tensors. Symmetric only (a zero point gives
     /// [`Error::InvalidParameter`]); the `f32` scales are rounded to BF16 (RNE), the dtype the
     /// checkpoint stores them in (exact for scales computed in BF16 arithmetic, the default).
     pub fn from_compressed_tensors(p: &CtPacked) -> Result<Self> {
@@ -208,7 +208,7 @@ impl Int4Rows {
         let scales = p
             .weight_scale
             .iter()
-            .map(|&s| qforge_quantize::float::f32_to_bf16_bits(s))
+            .map(|&s| qforge_codecs::float::f32_to_bf16_bits(s))
             .collect();
         Int4Rows::new(
             dim(n)?,
@@ -333,7 +333,8 @@ impl OutputMut<'_> {
     }
 }
 
-/// A GEMM backend. Object-safe: `verify` holds a `Box<dyn Gemm>` chosen by `--device`.
+/// A GEMM backend. Object-safe, so a caller can hold a `Box<dyn Gemm>` chosen at run time
+/// (`qforge bench gemm` does; `verify --device` does not use it yet: its forward is CPU-only).
 ///
 /// All matrices are row-major; weights are `[n, k]` (K-major, as checkpoints store them), so
 /// every product is `y[m, n] = Σ_k x[m, k] · w[n, k]`.

@@ -4,16 +4,16 @@
 //!   final rounding to f32 and two f64 scale multiplications remain);
 //! - FP8 GEMM, BF16 out: `|y − y64| ≤ (2^-8 + 2^-23)·|y64|` (BF16 keeps 8 significant bits);
 //! - W4A16, f32 out: `|y − y64| ≤ 2^-24·|y64|·(1 + 2^-20) + 2^-50·Σ|x·w|`;
-//! - activation quantization: bit-identical to `qforge_quantize::fp8::quantize_fp8_rowwise`.
+//! - activation quantization: bit-identical to `qforge_codecs::fp8::quantize_fp8_rowwise`.
 
 mod support;
 
-use qforge_kernels::cpu::{CpuGemm, EXACT_K_MAX};
-use qforge_kernels::{linear_fp8, Backend, Error, Fp8Rows, Gemm, Int4Rows, OutputMut};
-use qforge_quantize::float::bf16_bits_to_f32;
-use qforge_quantize::int4::{
+use qforge_codecs::float::bf16_bits_to_f32;
+use qforge_codecs::int4::{
     dequantize_compressed_tensors, pack_compressed_tensors, quantize_int4, Int4Config,
 };
+use qforge_kernels::cpu::{CpuGemm, EXACT_K_MAX};
+use qforge_kernels::{linear_fp8, Backend, Error, Fp8Rows, Gemm, Int4Rows, OutputMut};
 use support::{activations, fp8_ref_f64, Rng};
 
 const F32_REL: f64 = 5.960_464_477_539_063e-8 * (1.0 + 1.0 / 1_048_576.0); // 2^-24 (1 + 2^-20)
@@ -134,15 +134,15 @@ fn activation_quantization_is_quantize_fp8_rowwise() {
         let got = CpuGemm::new().quantize_activations(&x, m, k, ub).unwrap();
         let mut q = vec![0u8; m * k];
         let mut s = vec![0f32; m];
-        let opts = qforge_quantize::fp8::Fp8Options {
+        let opts = qforge_codecs::fp8::Fp8Options {
             upper_bound: ub,
             ..Default::default()
         };
-        qforge_quantize::fp8::quantize_fp8_rowwise(&xf, k, &mut q, &mut s, &opts).unwrap();
+        qforge_codecs::fp8::quantize_fp8_rowwise(&xf, k, &mut q, &mut s, &opts).unwrap();
         assert_eq!(got.codes(), &q[..]);
         assert_eq!(got.scales(), &s[..]);
         // The all-zero row gets the minimum scale and zero codes; no negative zero anywhere.
-        assert_eq!(got.scales()[1], qforge_quantize::fp8::MIN_ROW_SCALE);
+        assert_eq!(got.scales()[1], qforge_codecs::fp8::MIN_ROW_SCALE);
         assert!(got.codes().iter().all(|&c| c != 0x80));
     }
 }
@@ -239,10 +239,10 @@ fn shape_and_input_errors() {
         })
     ));
     // NaN activations are rejected by the CPU quantizer.
-    let nan = [qforge_quantize::float::f32_to_bf16_bits(f32::NAN); 4];
+    let nan = [qforge_codecs::float::f32_to_bf16_bits(f32::NAN); 4];
     assert!(matches!(
         cpu.quantize_activations(&nan, 1, 4, None),
-        Err(Error::Quantize(qforge_quantize::Error::NonFinite {
+        Err(Error::Quantize(qforge_codecs::Error::NonFinite {
             row: 0,
             col: 0
         }))
@@ -250,7 +250,7 @@ fn shape_and_input_errors() {
     assert!(matches!(
         cpu.quantize_activations(&[0; 4], 1, 4, Some(-1.0)),
         Err(Error::Quantize(
-            qforge_quantize::Error::InvalidParameter { .. }
+            qforge_codecs::Error::InvalidParameter { .. }
         ))
     ));
     assert!(matches!(

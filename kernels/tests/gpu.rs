@@ -24,11 +24,11 @@ mod support;
 use std::sync::OnceLock;
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use qforge_codecs::float::{bf16_bits_to_f32, f32_to_bf16_bits};
 use qforge_kernels::cpu::CpuGemm;
 use qforge_kernels::cuda::cublaslt::CublasLtFp8;
 use qforge_kernels::cuda::{CudaGemm, DeviceOut};
 use qforge_kernels::{linear_fp8, Error, Fp8Rows, Gemm, Int4Rows, OutputMut};
-use qforge_quantize::float::{bf16_bits_to_f32, f32_to_bf16_bits};
 use support::{activations, Rng};
 
 fn main() {

@@ -1,5 +1,6 @@
 //! `qforge calibrate`: layer-by-layer calibration (static FP8 activation scales, GPTQ, AWQ).
 
+use qforge_quantize::dequant::WeightRead;
 use std::io::Write;
 
 use anyhow::{bail, Result};
@@ -15,7 +16,7 @@ use crate::cli::{CalibMethod, CalibObserver, CalibPrecision, CalibrateArgs};
 /// int4-row, int8-g<N>, int8-row, W4A16, …) into (bits, group size).
 pub fn parse_gptq_scheme(s: &str) -> Result<(u8, Option<usize>)> {
     use crate::commands::quantize::{parse_scheme, Scheme};
-    use qforge_convert::layout::HfScheme;
+    use qforge_quantize::layout::HfScheme;
     match parse_scheme(s, false) {
         Ok(Scheme::Hf(HfScheme::Int4 {
             bits, group_size, ..
@@ -25,6 +26,7 @@ pub fn parse_gptq_scheme(s: &str) -> Result<(u8, Option<usize>)> {
 }
 
 pub fn run(args: &CalibrateArgs) -> Result<()> {
+    crate::commands::perplexity::check_device(args.device)?;
     let method = match args.method {
         CalibMethod::Fp8Static => Method::Fp8Static(match args.observer {
             CalibObserver::Minmax => ObserverKind::MinMax,
@@ -97,7 +99,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         };
         a.bf16 = matches!(
             model.ckpt.weight_storage(q0)?,
-            qforge_convert::dequant::WeightStorage::Plain(qforge_quantize::DType::BF16)
+            qforge_quantize::dequant::WeightStorage::Plain(qforge_codecs::DType::BF16)
         );
     }
     if let Method::Gptq(g) = &mut method {
@@ -109,7 +111,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         };
         g.bf16 = matches!(
             model.ckpt.weight_storage(q0)?,
-            qforge_convert::dequant::WeightStorage::Plain(qforge_quantize::DType::BF16)
+            qforge_quantize::dequant::WeightStorage::Plain(qforge_codecs::DType::BF16)
         );
     }
     let samples = if let Some(p) = &args.tokens {

@@ -3,12 +3,12 @@
 use std::io::Write;
 
 use anyhow::Result;
+use qforge_codecs::DType;
 use qforge_convert::export::{convert_to_hf, HfOptions, Written};
 use qforge_convert::export_gguf::{convert_to_gguf, GgufOptions};
 use qforge_convert::export_meta::{convert_to_meta_with, MetaOptions};
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
-use qforge_quantize::DType;
 
 use crate::cli::{ConvertArgs, ConvertTarget, FloatDtype};
 

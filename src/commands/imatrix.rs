@@ -39,8 +39,12 @@ pub fn run(args: &ImatrixArgs) -> Result<()> {
         batch_chunks: args.batch_chunks,
         logits_out: None,
         progress: !args.quiet && !args.json,
+        device: args.device,
+        prefetch: !args.no_prefetch,
+        base_cache: None,
     };
     let start = std::time::Instant::now();
+    crate::commands::perplexity::check_device(args.device)?;
     let mut m = qforge_verify::with_threads(args.threads, || {
         qforge_verify::collect_imatrix(&model, &chunks, &opts, args.process_output)
     })??;

@@ -1,14 +1,15 @@
 //! `qforge inspect`: what a checkpoint holds, read from headers only (tensor data is touched
 //! only for `--stats` and `--dump`).
 
+use qforge_quantize::dequant::WeightRead;
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use qforge_convert::dequant::WeightStorage;
 use qforge_convert::gguf::{GgufArray, GgufMetadata, GgufValue};
 use qforge_convert::{Checkpoint, Format, Part, TensorEntry, TensorId, TensorLayout};
+use qforge_quantize::dequant::WeightStorage;
 use serde_json::{json, Value};
 
 use crate::cli::InspectArgs;

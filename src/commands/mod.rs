@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod perplexity;
 pub mod pipeline;
 pub mod plan;
+pub mod plan_device;
 pub mod plan_forward;
 pub mod quantize;
 pub mod verify;

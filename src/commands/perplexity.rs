@@ -26,7 +26,33 @@ pub fn eval_options(e: &EvalArgs) -> EvalOptions {
         batch_chunks: e.batch_chunks,
         logits_out: e.logits_out.clone(),
         progress: !e.quiet && !e.json,
+        device: e.device,
+        prefetch: !e.no_prefetch,
+        base_cache: None,
     }
+}
+
+/// Refuse a `--device` that cannot run here, in one line, before any model is read.
+pub fn check_device(device: qforge_verify::Device) -> Result<()> {
+    match qforge_verify::backend::unavailable(device) {
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+        None => Ok(()),
+    }
+}
+
+/// `-v`: where the weight stream's time went.
+pub fn log_stream(s: &qforge_verify::StreamStats, prefetch: bool) {
+    tracing::info!(
+        "weights: {} layer reads, {:.2} s reading and dequantizing, {:.2} s waited for ({})",
+        s.layers,
+        s.load_seconds,
+        s.wait_seconds,
+        if prefetch {
+            "prefetched"
+        } else {
+            "no prefetch"
+        }
+    );
 }
 
 /// Tokenize the evaluation text with `model`'s tokenizer and cut it into chunks.
@@ -50,15 +76,17 @@ pub fn chunks_for(model: &Model, e: &EvalArgs) -> Result<Chunks> {
 
 pub fn run(args: &PerplexityArgs) -> Result<()> {
     let e = &args.eval;
+    check_device(e.device)?;
     let model = Model::open(
         &crate::modelref::resolve(&args.model.to_string_lossy())?,
         forward_options(e),
     )?;
     let chunks = chunks_for(&model, e)?;
     let opts = eval_options(e);
-    let r = qforge_verify::with_threads(e.threads, || {
-        qforge_verify::perplexity(&model, &chunks, &opts)
+    let (r, stream) = qforge_verify::with_threads(e.threads, || {
+        qforge_verify::perplexity_run(&model, &chunks, &opts)
     })??;
+    log_stream(&stream, opts.prefetch);
     let mut out = std::io::stdout().lock();
     if e.json {
         serde_json::to_writer_pretty(&mut out, &r)?;

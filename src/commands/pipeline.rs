@@ -12,6 +12,7 @@
 //! are deterministic, so an interrupted and resumed run ends with the same bytes as an
 //! uninterrupted one, the report included (it holds no timings).
 
+use qforge_quantize::scheme::{CalibInput, Calibration};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -97,19 +98,11 @@ impl Calibrator for Builtin {
     }
 }
 
-/// Whether the `[calibrate]` result applies to a quantize step with `scheme`, and how it is
-/// passed: `Some(true)` as `--imatrix`, `Some(false)` as `--calib`, `None` not at all.
-pub fn calib_use(method: &str, scheme: &str) -> Option<bool> {
-    use crate::commands::quantize::{parse_scheme, Scheme};
-    use qforge_convert::layout::HfScheme;
-    let scheme = parse_scheme(scheme, false).ok()?;
-    match (method, scheme) {
-        ("imatrix", Scheme::Gguf(_)) => Some(true),
-        ("fp8-static", Scheme::Hf(HfScheme::Fp8Static))
-        | ("gptq", Scheme::Hf(HfScheme::Int4 { .. }))
-        | ("awq", Scheme::Hf(HfScheme::Int4 { bits: 4, .. })) => Some(false),
-        _ => None,
-    }
+/// How the `[calibrate]` result is passed to a quantize step with `scheme` (`None`: not at
+/// all); the scheme says ([`Scheme::accepts`](qforge_quantize::scheme::Scheme::accepts)).
+pub fn calib_use(method: &str, scheme: &str) -> Option<CalibInput> {
+    let scheme = crate::commands::quantize::parse_scheme(scheme, false).ok()?;
+    scheme.accepts(Calibration::from_name(method)?)
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -416,12 +409,12 @@ pub fn quantize_args(
         dtype: float_dtype(q.dtype.as_deref(), "[[quantize]]")?.unwrap_or(FloatDtype::Bf16),
         activation_scale_ub: q
             .activation_scale_ub
-            .unwrap_or(qforge_convert::layout::META_ACTIVATION_SCALE_UB),
+            .unwrap_or(qforge_quantize::layout::META_ACTIVATION_SCALE_UB),
         calib,
         imatrix: None,
         shard_size: size(q.shard_size.as_deref())?,
-        bad_weights: qforge_convert::numerics::WeightPolicy::Error,
-        max_abs_weight: qforge_convert::numerics::DEFAULT_MAX_ABS,
+        bad_weights: qforge_quantize::numerics::WeightPolicy::Error,
+        max_abs_weight: qforge_quantize::numerics::DEFAULT_MAX_ABS,
         resume,
         overwrite: false,
         allow_lossy: false,
@@ -549,8 +542,8 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
             |resume| {
                 let method = r.calibrate.as_ref().map_or("", |c| c.method.as_str());
                 let (c, im) = match (calib_use(method, &q.scheme), &calib) {
-                    (Some(true), Some(p)) => (None, Some(p.clone())),
-                    (Some(false), Some(p)) => (Some(p.clone()), None),
+                    (Some(CalibInput::Imatrix), Some(p)) => (None, Some(p.clone())),
+                    (Some(CalibInput::Calib), Some(p)) => (Some(p.clone()), None),
                     _ => (None, None),
                 };
                 let mut a = quantize_args(&r, q, &base, c, resume)?;
@@ -563,7 +556,9 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
         artifacts.push((q, name, out, res));
     }
 
-    // 4. verify
+    // 4. verify: the base forward runs once for all the outputs (kept in base_cache until
+    // every output is verified, so an interrupted run resumes without it either)
+    let base_cache = r.output.dir.join(".verify-base-cache");
     let mut report_artifacts = Vec::new();
     let mut all_failures = Vec::new();
     for (q, name, out, summary) in artifacts {
@@ -593,6 +588,8 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
                             ctx: v.ctx.unwrap_or(512),
                             chunks: v.chunks,
                             threads: None,
+                            device: qforge_verify::Device::Cpu,
+                            no_prefetch: false,
                             batch_chunks: None,
                             ggml_act_quant: false,
                             kv_f16: false,
@@ -605,6 +602,7 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
                         max_ppl_drift: None,
                         max_kld: None,
                         min_top1: None,
+                        base_cache: Some(base_cache.clone()),
                     };
                     let vr = crate::commands::verify::evaluate(&a)?;
                     let mut res = json!(vr.comparison);
@@ -630,6 +628,10 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
             });
         }
         report_artifacts.push(entry);
+    }
+    if base_cache.exists() {
+        std::fs::remove_dir_all(&base_cache)
+            .with_context(|| format!("removing {}", base_cache.display()))?;
     }
     run.progress.finish_and_clear();
 

@@ -19,10 +19,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use qforge_codecs::DType;
 use qforge_convert::names::{TensorId, TensorKey};
 use qforge_convert::write::FileRecord;
 use qforge_convert::Checkpoint;
-use qforge_quantize::DType;
 use serde::Serialize;
 use serde_json::json;
 
@@ -154,63 +154,6 @@ fn roles(ckpt: &Checkpoint) -> Vec<TensorId> {
     ids
 }
 
-/// Whether the writers make `t` a row block at a time (a 2-D plain float tensor stored
-/// contiguously): then two blocks are held instead of its output bytes.
-fn streams(t: &qforge_convert::TensorEntry) -> bool {
-    t.shape.len() == 2
-        && matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32)
-        && matches!(t.layout, qforge_convert::TensorLayout::Contiguous(_))
-}
-
-/// The two row blocks a streamed tensor holds (see [`streams`]).
-const ROW_BLOCKS: u64 = 2 * qforge_convert::export::ROW_BLOCK_BYTES as u64;
-
-/// Memory held while `qforge quantize` copies or converts a kept tensor into its shard: the
-/// source (mapped pages, or the gathered copy of a merged one) plus, for a copy that streams,
-/// two row blocks, for a conversion the converted bytes (a same-dtype merged tensor is moved,
-/// not copied).
-fn kept_work(ckpt: &Checkpoint, id: TensorId, out_dtype: DType, src: u64, out: u64) -> u64 {
-    let t = ckpt.tensors.iter().find(|t| t.key == TensorKey::weight(id));
-    match t {
-        Some(t) if t.dtype == out_dtype && streams(t) => source_resident(t) + ROW_BLOCKS,
-        Some(t) if t.dtype == out_dtype => match t.layout {
-            qforge_convert::TensorLayout::Contiguous(_) => source_resident(t) + src,
-            _ => source_resident(t),
-        },
-        Some(t) => source_resident(t) + out,
-        None => src + out,
-    }
-}
-
-/// Bytes of a source tensor resident while it is being worked on: the mapped pages (released
-/// shard by shard in a dim-0 model-parallel merge, else at the end) plus, for a merged or
-/// strided tensor, the gathered copy (BENCHMARKS.md, "Plan").
-fn source_resident(t: &qforge_convert::TensorEntry) -> u64 {
-    use qforge_convert::TensorLayout;
-    let n = t.nbytes();
-    match &t.layout {
-        TensorLayout::Contiguous(_) => n,
-        TensorLayout::Concat { dim: 0, parts } => {
-            let esize = t.dtype.block_bytes();
-            let shard = parts
-                .iter()
-                .map(|(s, _)| s.iter().product::<u64>() * esize)
-                .max()
-                .unwrap_or(n);
-            n + shard
-        }
-        _ => 2 * n,
-    }
-}
-
-/// [`source_resident`] of a role's weight (its byte count when the role has no plain weight).
-fn resident_of(ckpt: &Checkpoint, id: TensorId, src: u64) -> u64 {
-    ckpt.tensors
-        .iter()
-        .find(|t| t.key == TensorKey::weight(id))
-        .map_or(src, source_resident)
-}
-
 /// Plan a quantization of `ckpt`.
 pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPlan> {
     let mut a = clone_quantize(args);
@@ -230,7 +173,6 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
             continue;
         }
         let src = source_bytes(ckpt, id);
-        let n = numel(ckpt, id);
         let (work, secs) = match scheme {
             Scheme::Gguf(_) => {
                 let name = qforge_convert::names::NameScheme::Gguf
@@ -241,7 +183,6 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
                     .iter()
                     .find(|(n, _)| *n == name)
                     .map_or(DType::F32, |(_, t)| *t);
-                let out = dt.bytes_for(n).unwrap_or(0);
                 let r = match dt {
                     DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
                         rate::GGUF_K * c / rate::CORES
@@ -249,42 +190,19 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
                     d if d.is_block() => rate::GGUF_SIMPLE,
                     _ => rate::COPY,
                 };
-                (resident_of(ckpt, id, src) + out, src as f64 / r)
+                (scheme.resident_bytes(ckpt, id, true, dt), src as f64 / r)
             }
             Scheme::Hf(hf) => {
-                let module = qforge_convert::layout::hf_module(id);
-                if q.modules.contains(&module) {
-                    match hf {
-                        qforge_convert::layout::HfScheme::Int4 { bits, .. } => {
-                            // f32 decode + codes (one byte each) + packed codes + scales
-                            (
-                                resident_of(ckpt, id, src) + 4 * n + n + n * u64::from(bits) / 8,
-                                src as f64 / (rate::INT4 * c / rate::CORES),
-                            )
-                        }
-                        // FP8 rowwise codes stream from a plain mapped source (two row
-                        // blocks); per-tensor ones, or from another source, one byte each
-                        qforge_convert::layout::HfScheme::Fp8Rowwise
-                            if ckpt
-                                .tensors
-                                .iter()
-                                .find(|t| t.key == TensorKey::weight(id))
-                                .is_some_and(streams) =>
-                        {
-                            (
-                                resident_of(ckpt, id, src) + ROW_BLOCKS,
-                                src as f64 / rate::FP8,
-                            )
-                        }
-                        _ => (resident_of(ckpt, id, src) + n, src as f64 / rate::FP8),
-                    }
-                } else {
-                    let out = model_dtype.bytes_for(n).unwrap_or(0);
-                    (
-                        kept_work(ckpt, id, model_dtype, src, out),
-                        src as f64 / rate::COPY,
-                    )
-                }
+                let quantized = q.modules.contains(&qforge_quantize::layout::hf_module(id));
+                let r = match hf {
+                    _ if !quantized => rate::COPY,
+                    qforge_quantize::layout::HfScheme::Int4 { .. } => rate::INT4 * c / rate::CORES,
+                    _ => rate::FP8,
+                };
+                (
+                    scheme.resident_bytes(ckpt, id, quantized, model_dtype),
+                    src as f64 / r,
+                )
             }
         };
         worst = worst.max(work);
@@ -339,12 +257,12 @@ pub fn plan_convert(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<OutputPlan>
         };
         let extra = if merged && out == t.nbytes() {
             0
-        } else if args.to == ConvertTarget::Hf && same_dtype && streams(t) {
-            ROW_BLOCKS
+        } else if args.to == ConvertTarget::Hf && same_dtype && qforge_convert::export::streams(t) {
+            qforge_convert::export::STREAMED_BYTES
         } else {
             out
         };
-        worst = worst.max(source_resident(t) + extra);
+        worst = worst.max(qforge_convert::export::source_resident(t) + extra);
         seconds += t.nbytes() as f64 / rate::COPY;
     }
     Ok(OutputPlan::new(
@@ -427,12 +345,17 @@ pub fn plan_recipe(path: &Path) -> Result<serde_json::Value> {
     for q in &r.quantize {
         let calib = r.calibrate.as_ref().map(|c| r.output.dir.join(&c.name));
         let mut a = crate::commands::pipeline::quantize_args(&r, q, &base_dir, None, false)?;
-        if calib.is_some() && a.scheme.eq_ignore_ascii_case("fp8-static") {
+        let stand_in = parse_scheme(&a.scheme, a.asym)
+            .ok()
+            .and_then(Scheme::without_calibration);
+        if let (Some(s), true) = (stand_in, calib.is_some()) {
             notes.push(format!(
-                "{}: fp8-static is planned without its calibration file",
-                q.name
+                "{}: {} is planned without its calibration file (as {})",
+                q.name,
+                a.scheme,
+                s.name()
             ));
-            a.scheme = "fp8-rowwise".into();
+            a.scheme = s.name();
         }
         outputs.push(plan_quantize(base, &a)?);
     }
@@ -604,12 +527,15 @@ pub fn run(args: &PlanArgs) -> Result<()> {
         parse_scheme(scheme, args.asym).map_err(crate::cli::usage)?;
     }
     let ckpt = open_for_plan(&t)?;
+    if let Some(gpu) = &args.gpu {
+        return crate::commands::plan_device::run(&ckpt, args, gpu);
+    }
     let name = args
         .target
         .file_name()
         .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
     let p = if let Some(scheme) = &args.scheme {
-        let gguf = matches!(parse_scheme(scheme, args.asym)?, Scheme::Gguf(_));
+        let gguf = parse_scheme(scheme, args.asym)?.writes_gguf();
         let out = PathBuf::from(format!(
             "{name}-{}{}",
             scheme.replace(':', "-"),
@@ -626,12 +552,12 @@ pub fn run(args: &PlanArgs) -> Result<()> {
                 ignore: args.ignore.clone(),
                 asym: args.asym,
                 dtype: args.dtype.unwrap_or(FloatDtype::Bf16),
-                activation_scale_ub: qforge_convert::layout::META_ACTIVATION_SCALE_UB,
+                activation_scale_ub: qforge_quantize::layout::META_ACTIVATION_SCALE_UB,
                 calib: None,
                 imatrix: None,
                 shard_size: args.shard_size,
-                bad_weights: qforge_convert::numerics::WeightPolicy::Error,
-                max_abs_weight: qforge_convert::numerics::DEFAULT_MAX_ABS,
+                bad_weights: qforge_quantize::numerics::WeightPolicy::Error,
+                max_abs_weight: qforge_quantize::numerics::DEFAULT_MAX_ABS,
                 resume: false,
                 overwrite: true,
                 allow_lossy: false,

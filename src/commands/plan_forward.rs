@@ -6,20 +6,27 @@
 //! calibrate/src/engine.rs `calibrate`), layer-major over a batch of chunks:
 //! - the hidden states of the batch, `[batch·ctx, hidden]` f32 per model (f64 for
 //!   `--precision f64`), the batch as many chunks as fit 2 GiB (eval.rs `batch_size`);
-//! - embedding phase: the whole token embedding decoded to f32 while its mapped source pages
-//!   are still resident (`Model::embed`), one model at a time;
+//! - embedding phase (`Model::embed`): for an embedding stored plainly (float or ggml blocks)
+//!   only the rows of the batch's tokens are decoded, straight into the hidden states, so the
+//!   phase adds the source pages those rows touch; another storage (FP8, packed INT4) is
+//!   decoded whole to f32 while its mapped source pages are still resident; one model at a
+//!   time;
 //! - layer phase: one layer's weights in f32 plus their mapped source, and the layer's
-//!   scratch for one chunk (attention and FFN activations); GPTQ adds its Hessians (f32, one
-//!   per distinct linear input) and one f64 copy of the widest;
+//!   scratch for one chunk (attention and FFN activations); verify, perplexity and imatrix
+//!   prefetch (verify/src/engine.rs), so they hold two layers per model (the one computing and
+//!   the next being read); GPTQ adds its Hessians (f32, one per distinct linear input) and one
+//!   f64 copy of the widest;
 //! - head phase (verify, perplexity): every model's LM head in f32 and one chunk's logits per
-//!   model (`[scored, vocab]` f32);
+//!   model (`[scored, vocab]` f32), or while a head is decoded its mapped source instead;
 //! - on top, a fixed part: the process ([`super::plan::BASE_RSS`]), the text, tokens and
 //!   thread pool ([`FIXED_EXTRA`]) and each model's tokenizer ([`TOKENIZER_PER_VOCAB`]).
 //!
-//! Measured on SmolLM2-135M (BF16, Hamlet; peak RSS from `/usr/bin/time -v`, BENCHMARKS.md
-//! "Plan: memory and time model"): verify ctx 512 × 2 chunks 380 MiB (head phase), × 8 chunks
-//! 396 MiB; perplexity 214 MiB and imatrix 207 MiB (embedding phase); calibrate fp8-static
-//! 16 × 256 205 MiB, GPTQ 208 MiB. The constants below come from those runs.
+//! Measured on SmolLM2-135M (BF16, Hamlet; peak RSS from `/usr/bin/time`, BENCHMARKS.md
+//! "Plan: memory and time model"): verify ctx 512 × 2 chunks 388 MiB (head phase), × 8 chunks
+//! 402 MiB; perplexity 226 MiB (head phase); imatrix 95 MiB; calibrate fp8-static 16 × 256
+//! 81 MiB, GPTQ 126 MiB (layer phase). The constants below come from the first runs of these
+//! (before issue 21 the embedding phase, decoding the whole table, was the peak of perplexity,
+//! imatrix and calibrate).
 
 use qforge_convert::names::{LayerTensor, TensorId};
 use qforge_convert::{Checkpoint, ModelConfig};
@@ -138,7 +145,19 @@ pub fn peak_memory(ckpt: &Checkpoint, job: Job, w: Work) -> u64 {
     };
     let acts = models * batch * w.ctx * hid * elem;
     let emb = TensorId::TokenEmbedding;
-    let embed_phase = 4 * numel(ckpt, emb) + source_bytes(ckpt, emb);
+    let emb_src = source_bytes(ckpt, emb);
+    let gathered = !matches!(
+        qforge_quantize::dequant::WeightRead::weight_storage(ckpt, emb),
+        Ok(s) if !matches!(s, qforge_quantize::dequant::WeightStorage::Plain(_))
+    );
+    let embed_phase = if gathered {
+        // each token's row, and at most the page around it
+        let tokens = batch * w.ctx;
+        let row = emb_src / vocab.max(1);
+        emb_src.min(tokens * (row + 4096))
+    } else {
+        4 * numel(ckpt, emb) + emb_src
+    };
     let layer_f32: u64 = max_layer(ckpt, |id| 4 * numel(ckpt, id));
     let layer_src: u64 = max_layer(ckpt, |id| source_bytes(ckpt, id));
     // one chunk's x, q, k, v, attention output, scores (one row block per head) and FFN
@@ -152,7 +171,11 @@ pub fn peak_memory(ckpt: &Checkpoint, job: Job, w: Work) -> u64 {
         Job::CalibFp8 { f64: true } => 2 * layer_f32,
         _ => 0,
     };
-    let layer_phase = layer_f32 + layer_src + scratch + method;
+    let resident_layers = match job {
+        Job::Verify | Job::Perplexity | Job::Imatrix => 2 * models,
+        _ => 1,
+    };
+    let layer_phase = resident_layers * (layer_f32 + layer_src) + scratch + method;
     let head_phase = match job {
         Job::Verify | Job::Perplexity => {
             let head = if ckpt.config.tie_word_embeddings {
@@ -161,7 +184,10 @@ pub fn peak_memory(ckpt: &Checkpoint, job: Job, w: Work) -> u64 {
                 TensorId::Output
             };
             let scored = w.ctx - 1 - w.ctx / 2;
-            models * (4 * numel(ckpt, head) + scored * vocab * 4)
+            // each model's head in f32; the source of the head being decoded (Model::head
+            // releases its pages after), or later each model's chunk of logits
+            models * 4 * numel(ckpt, head)
+                + source_bytes(ckpt, head).max(models * scored * vocab * 4)
         }
         _ => 0,
     };
@@ -231,13 +257,13 @@ mod tests {
         let mib = |b: u64| b as f64 / f64::from(1 << 20);
         let w = |ctx, chunks| Work { ctx, chunks };
         for (job, work, measured_mib) in [
-            (Job::Verify, w(512, 2), 379.6),
-            (Job::Verify, w(512, 8), 396.1),
-            (Job::Perplexity, w(512, 2), 213.6),
-            (Job::Perplexity, w(128, 2), 216.3),
-            (Job::Imatrix, w(512, 2), 207.3),
-            (Job::CalibFp8 { f64: false }, w(256, 16), 204.8),
-            (Job::CalibGptq, w(256, 16), 207.8),
+            (Job::Verify, w(512, 2), 388.4),
+            (Job::Verify, w(512, 8), 402.1),
+            (Job::Perplexity, w(512, 2), 226.4),
+            (Job::Perplexity, w(128, 2), 226.6),
+            (Job::Imatrix, w(512, 2), 94.9),
+            (Job::CalibFp8 { f64: false }, w(256, 16), 81.0),
+            (Job::CalibGptq, w(256, 16), 125.9),
         ] {
             let p = mib(peak_memory(&c, job, work));
             let rel = p / measured_mib - 1.0;

@@ -4,176 +4,25 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use qforge_convert::gguf_mix::{quantize_to_gguf, GgufMix, GgufQuantOptions};
-use qforge_convert::imatrix::Imatrix;
-use qforge_convert::layout::{
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy, PrecomputedInt4,
-};
-use qforge_convert::numerics::Numerics;
+use qforge_codecs::DType;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
-use qforge_quantize::DType;
+use qforge_quantize::gguf_mix::{quantize_to_gguf, GgufQuantOptions};
+use qforge_quantize::imatrix::Imatrix;
+use qforge_quantize::layout::{
+    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy, PrecomputedInt4,
+};
+use qforge_quantize::numerics::Numerics;
 use serde_json::json;
 
 use crate::cli::{FloatDtype, QuantLayout, QuantPolicy, QuantizeArgs};
 
-/// A parsed `--scheme`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    /// An HF layout scheme.
-    Hf(HfScheme),
-    /// A GGUF mix.
-    Gguf(GgufMix),
-}
+pub use qforge_quantize::scheme::Scheme;
+use qforge_quantize::scheme::{CalibMismatch, Calibrated};
 
-/// qforge's own scheme names (the fixed ones; `int4-g<N>` and `int8-g<N>` take any group size).
-const NAMES: &[&str] = &[
-    "fp8-rowwise",
-    "fp8-static",
-    "fp8-block",
-    "nvfp4a16",
-    "mxfp4",
-    "mxfp4a16",
-    "int4-g32",
-    "int4-g64",
-    "int4-g128",
-    "int4-row",
-    "int8-g32",
-    "int8-g64",
-    "int8-g128",
-    "int8-row",
-];
-
-/// llm-compressor's preset schemes, accepted with the same meaning (compressed-tensors
-/// `quantization/quant_scheme.py`, `PRESET_SCHEMES`): preset → (qforge scheme, asymmetric).
-/// `FP8` is per-tensor FP8 weights with static per-tensor activations (= `fp8-static`);
-/// `FP8_DYNAMIC` per-channel weights with dynamic per-token activations (= `fp8-rowwise`);
-/// `W4A16`/`W8A16` are group-128 symmetric integer weights. llama.cpp's type names (`Q4_K_M`, …)
-/// are [`GgufMix`]'s own.
-const PRESETS: &[(&str, &str, bool)] = &[
-    ("FP8", "fp8-static", false),
-    ("FP8_DYNAMIC", "fp8-rowwise", false),
-    ("FP8_BLOCK", "fp8-block", false),
-    ("W4A16", "int4-g128", false),
-    ("W4A16_ASYM", "int4-g128", true),
-    ("W8A16", "int8-g128", false),
-    ("NVFP4A16", "nvfp4a16", false),
-    ("MXFP4", "mxfp4", false),
-    ("MXFP4A16", "mxfp4a16", false),
-];
-
-/// Presets qforge does not write, with what to use instead (a same-meaning alias is impossible).
-const NOT_WRITTEN: &[(&str, &str)] = &[
-    (
-        "NVFP4",
-        "NVFP4 (W4A4: FP4 activations with a calibrated input_global_scale) is not written yet; \
-         --scheme nvfp4a16 writes the same weights",
-    ),
-    (
-        "W8A8",
-        "W8A8 (INT8 weights and dynamic INT8 activations) is not written; \
-         --scheme int8-row writes the same weights, --scheme fp8-rowwise is the FP8 W8A8",
-    ),
-    (
-        "INT8",
-        "INT8 (llm-compressor's alias of W8A8) is not written; --scheme int8-row writes the same \
-         weights, --scheme fp8-rowwise is the FP8 W8A8",
-    ),
-    ("W4AFP8", "W4AFP8 (INT4 weights, FP8 activations) is not written; --scheme int4-g128 writes the same weights"),
-];
-
-/// A name compared the way users type them: case and `-`/`_` do not matter.
-fn fold(s: &str) -> String {
-    s.trim().to_ascii_lowercase().replace('_', "-")
-}
-
-/// The valid names closest to `s` (edit distance on folded names), at most three.
-fn closest(s: &str) -> Vec<String> {
-    let t = fold(s);
-    let mut all: Vec<String> = NAMES.iter().map(|n| (*n).to_owned()).collect();
-    all.extend(PRESETS.iter().map(|(p, _, _)| (*p).to_owned()));
-    all.extend(
-        GgufMix::ALL
-            .iter()
-            .map(|m| format!("gguf:{}", m.name().to_ascii_lowercase())),
-    );
-    let mut scored: Vec<(usize, String)> = all
-        .into_iter()
-        .map(|n| {
-            let f = fold(&n);
-            let d = strsim::levenshtein(&t, &f).min(strsim::levenshtein(
-                &t,
-                f.strip_prefix("gguf:").unwrap_or(&f),
-            ));
-            (d, n)
-        })
-        .filter(|(d, n)| *d <= (n.len() / 2).max(2))
-        .collect();
-    // stable: at equal distance qforge's own names come first; a preset spelling the same
-    // name as one of ours (MXFP4 = mxfp4) is not offered twice
-    scored.sort_by_key(|(d, _)| *d);
-    let mut seen = std::collections::BTreeSet::new();
-    scored
-        .into_iter()
-        .filter(|(_, n)| seen.insert(fold(n)))
-        .take(3)
-        .map(|(_, n)| n)
-        .collect()
-}
-
-/// Parse `--scheme` (see `qforge quantize --help`): qforge's names, llm-compressor's presets
-/// ([`PRESETS`]) and llama.cpp's mix names, with or without `gguf:`.
+/// Parse `--scheme`: the scheme's own names and aliases ([`Scheme::parse`]).
 pub fn parse_scheme(s: &str, asym: bool) -> Result<Scheme> {
-    let mut t = fold(s);
-    let mut asym = asym;
-    if let Some((_, name, preset_asym)) = PRESETS.iter().find(|(p, _, _)| fold(p) == t) {
-        t = (*name).to_owned();
-        asym |= preset_asym;
-    } else if let Some((_, why)) = NOT_WRITTEN.iter().find(|(p, _)| fold(p) == t) {
-        bail!("--scheme {s}: {why}");
-    }
-    let int = |bits, group_size| {
-        Ok(Scheme::Hf(HfScheme::Int4 {
-            bits,
-            group_size,
-            symmetric: !asym,
-        }))
-    };
-    match t.as_str() {
-        "fp8-rowwise" => return Ok(Scheme::Hf(HfScheme::Fp8Rowwise)),
-        "fp8-static" => return Ok(Scheme::Hf(HfScheme::Fp8Static)),
-        "fp8-block" => return Ok(Scheme::Hf(HfScheme::Fp8Block)),
-        "nvfp4a16" => return Ok(Scheme::Hf(HfScheme::Nvfp4A16)),
-        "mxfp4" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: false })),
-        "mxfp4a16" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: true })),
-        "int4" => return int(4, Some(qforge_quantize::int4::DEFAULT_GROUP_SIZE)),
-        "int4-row" | "int4-channel" => return int(4, None),
-        "int8-row" | "int8-channel" => return int(8, None),
-        _ => {}
-    }
-    for (prefix, bits) in [("int4-g", 4), ("int8-g", 8)] {
-        if let Some(g) = t.strip_prefix(prefix) {
-            let g: usize =
-                g.parse().ok().filter(|g| *g > 0).with_context(|| {
-                    format!("--scheme {s}: group size must be a positive integer")
-                })?;
-            return int(bits, Some(g));
-        }
-    }
-    let mix = t.strip_prefix("gguf:").unwrap_or(&t).replace('-', "_");
-    if let Some(m) = GgufMix::parse(&mix) {
-        return Ok(Scheme::Gguf(m));
-    }
-    let near = closest(s);
-    let hint = if near.is_empty() {
-        "use fp8-rowwise, fp8-static, fp8-block, int4-g<N> (e.g. int4-g128), int4-row, \
-         int8-g<N>, int8-row, nvfp4a16, mxfp4, mxfp4a16, an llm-compressor preset (FP8_DYNAMIC, \
-         W4A16, …) or a llama.cpp type (Q4_K_M, Q8_0, …)"
-            .to_owned()
-    } else {
-        format!("did you mean {}?", near.join(", "))
-    };
-    bail!("unknown --scheme {s:?}\n  hint: {hint}")
+    Ok(Scheme::parse(s, asym)?)
 }
 
 /// Refuse a model whose linear weights are already quantized (llama-quantize refuses the same
@@ -296,11 +145,22 @@ fn check_groups(ckpt: &Checkpoint, scheme: Scheme, out: &mut impl Write) -> Resu
     Ok(())
 }
 
-/// The `--scheme` spelling of an integer scheme: `int4-g64`, `int8-row`.
-fn scheme_name(bits: u8, group_size: Option<usize>) -> String {
-    match group_size {
-        Some(g) => format!("int{bits}-g{g}"),
-        None => format!("int{bits}-row"),
+/// Refuse calibration results (in `p`) that `scheme` cannot use (the scheme says which).
+fn check_calibrated(
+    scheme: Scheme,
+    made: Calibrated,
+    p: &std::path::Path,
+    args: &QuantizeArgs,
+) -> Result<()> {
+    match scheme.check_calibrated(made) {
+        Ok(()) => Ok(()),
+        Err(CalibMismatch::Kind(what)) => bail!("{} holds {what}", p.display()),
+        Err(CalibMismatch::MadeFor(name)) => bail!(
+            "{} was calibrated for --scheme {name}, not --scheme {}{}",
+            qforge_convert::shown(p),
+            args.scheme,
+            if args.asym { " --asym" } else { "" }
+        ),
     }
 }
 
@@ -313,7 +173,7 @@ impl PrecomputedInt4 for CalibCodes {
         self.0.has(module)
     }
 
-    fn int4(&self, module: &str) -> std::result::Result<qforge_quantize::int4::Int4Tensor, String> {
+    fn int4(&self, module: &str) -> std::result::Result<qforge_codecs::int4::Int4Tensor, String> {
         match self.0.int4(module) {
             Ok(Some(t)) => Ok(t),
             Ok(None) => Err(format!("no calibrated codes for {module}")),
@@ -329,14 +189,16 @@ struct Calib {
     input_scales: Option<BTreeMap<String, f32>>,
     #[serde(default)]
     imatrix: Option<BTreeMap<String, Vec<f32>>>,
+    /// Per-module observations (fp8-static: `input_amax`, which NVFP4 W4A4 uses).
+    #[serde(default)]
+    modules: Vec<qforge_calibrate::output::ModuleReport>,
 }
 
 /// A bad weight (NaN, inf, too large) gets a hint naming the opt-in policies.
 fn bad_weight_hint(e: qforge_convert::Error) -> anyhow::Error {
     match &e {
         qforge_convert::Error::Codec {
-            source:
-                qforge_quantize::Error::NonFinite { .. } | qforge_quantize::Error::OutOfRange { .. },
+            source: qforge_codecs::Error::NonFinite { .. } | qforge_codecs::Error::OutOfRange { .. },
             ..
         } => anyhow::anyhow!(
             "{e}\n  hint: the input holds a bad weight; --bad-weights clamp or --bad-weights skip \
@@ -424,27 +286,11 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             // an AWQ calibration directory (qforge calibrate --method awq): scales folded
             // into the weights, then round-to-nearest with the same scheme
             let a = qforge_calibrate::output::AwqScales::open(p)?;
-            let Scheme::Hf(HfScheme::Int4 {
-                bits: 4,
-                group_size,
-                symmetric,
-            }) = scheme
-            else {
-                bail!(
-                    "{} holds AWQ scales (searched for INT4): use --scheme int4-g<N> or int4-row",
-                    p.display()
-                )
+            let made = Calibrated::Awq {
+                group_size: a.scheme.group_size,
+                symmetric: a.scheme.symmetric,
             };
-            if group_size != a.scheme.group_size || symmetric != a.scheme.symmetric {
-                bail!(
-                    "{} was calibrated for --scheme {}{}, not --scheme {}{}",
-                    qforge_convert::shown(p),
-                    scheme_name(4, a.scheme.group_size),
-                    if a.scheme.symmetric { "" } else { " --asym" },
-                    args.scheme,
-                    if args.asym { " --asym" } else { "" }
-                );
-            }
+            check_calibrated(scheme, made, p, args)?;
             if a.layers.len() != ckpt.config.num_layers as usize {
                 bail!(
                     "{} holds AWQ scales for {} layers, the model has {}",
@@ -459,26 +305,11 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
         Some(p) if p.is_dir() => {
             // a GPTQ calibration directory (qforge calibrate --method gptq)
             let codes = qforge_calibrate::output::GptqCodes::open(p)?;
-            let Scheme::Hf(HfScheme::Int4 {
-                bits,
-                group_size: want,
-                symmetric: true,
-            }) = scheme
-            else {
-                bail!(
-                    "{} holds GPTQ codes: use --scheme int4-g<N>, int4-row, int8-g<N> or int8-row \
-                     (symmetric)",
-                    p.display()
-                )
+            let made = Calibrated::Gptq {
+                bits: codes.bits(),
+                group_size: codes.group_size(),
             };
-            if codes.bits() != bits || codes.group_size() != want {
-                bail!(
-                    "{} was calibrated for --scheme {}, not --scheme {}",
-                    qforge_convert::shown(p),
-                    scheme_name(codes.bits(), codes.group_size()),
-                    args.scheme
-                );
-            }
+            check_calibrated(scheme, made, p, args)?;
             gptq_codes = Some(std::sync::Arc::new(CalibCodes(codes)));
             Calib::default()
         }
@@ -606,6 +437,8 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
                 },
                 activation_scale_ub: args.activation_scale_ub,
                 input_scales: calib.input_scales,
+                input_amax: Some(calib.modules.iter())
+                    .map(|ms| ms.filter_map(|m| Some((m.module.clone(), m.input_amax?))).collect()),
                 shard_size: args.shard_size,
                 output: OutputOptions {
                     resume: args.resume,
@@ -618,7 +451,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
                     .clone()
                     .map(|c| c as std::sync::Arc<dyn PrecomputedInt4>),
                 weight_transform: awq_scales.clone().map(|a| {
-                    a as std::sync::Arc<dyn qforge_convert::layout::WeightTransform>
+                    a as std::sync::Arc<dyn qforge_quantize::layout::WeightTransform>
                 }),
             };
             let w = quantize_to_hf(ckpt, &args.output, &opts).map_err(bad_weight_hint)?;
@@ -683,106 +516,4 @@ fn print_summary(args: &QuantizeArgs, summary: &serde_json::Value) -> Result<()>
         )?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schemes() {
-        assert_eq!(
-            parse_scheme("int4-g64", false).unwrap(),
-            Scheme::Hf(HfScheme::Int4 {
-                bits: 4,
-                group_size: Some(64),
-                symmetric: true
-            })
-        );
-        assert_eq!(
-            parse_scheme("int8-row", false).unwrap(),
-            Scheme::Hf(HfScheme::Int4 {
-                bits: 8,
-                group_size: None,
-                symmetric: true
-            })
-        );
-        assert!(parse_scheme("int8-g0", false).is_err());
-        assert_eq!(
-            parse_scheme("gguf:Q4_K_M", false).unwrap(),
-            Scheme::Gguf(GgufMix::Q4_K_M)
-        );
-        assert_eq!(
-            parse_scheme("fp8-rowwise", false).unwrap(),
-            Scheme::Hf(HfScheme::Fp8Rowwise)
-        );
-        assert!(parse_scheme("int4-g0", false).is_err());
-        assert!(parse_scheme("fp4", false).is_err());
-        assert_eq!(
-            parse_scheme("NVFP4A16", false).unwrap(),
-            Scheme::Hf(HfScheme::Nvfp4A16)
-        );
-        assert_eq!(
-            parse_scheme("mxfp4", false).unwrap(),
-            Scheme::Hf(HfScheme::Mxfp4 { a16: false })
-        );
-    }
-
-    /// llm-compressor's presets mean what compressed-tensors' `PRESET_SCHEMES` says; llama.cpp
-    /// names work with or without `gguf:`; unknown names list the closest valid ones.
-    #[test]
-    fn aliases_and_suggestions() {
-        let int = |bits, g, symmetric| {
-            Scheme::Hf(HfScheme::Int4 {
-                bits,
-                group_size: g,
-                symmetric,
-            })
-        };
-        let cases = [
-            ("FP8_DYNAMIC", Scheme::Hf(HfScheme::Fp8Rowwise)),
-            ("fp8-dynamic", Scheme::Hf(HfScheme::Fp8Rowwise)),
-            ("FP8", Scheme::Hf(HfScheme::Fp8Static)),
-            ("FP8_BLOCK", Scheme::Hf(HfScheme::Fp8Block)),
-            ("W4A16", int(4, Some(128), true)),
-            ("W4A16_ASYM", int(4, Some(128), false)),
-            ("w8a16", int(8, Some(128), true)),
-            ("NVFP4A16", Scheme::Hf(HfScheme::Nvfp4A16)),
-            ("MXFP4", Scheme::Hf(HfScheme::Mxfp4 { a16: false })),
-            ("MXFP4A16", Scheme::Hf(HfScheme::Mxfp4 { a16: true })),
-            ("Q4_K_M", Scheme::Gguf(GgufMix::Q4_K_M)),
-            ("q8_0", Scheme::Gguf(GgufMix::Q8_0)),
-            ("gguf:Q6_K", Scheme::Gguf(GgufMix::Q6_K)),
-        ];
-        for (name, want) in cases {
-            assert_eq!(parse_scheme(name, false).unwrap(), want, "{name}");
-        }
-        for (name, words) in [
-            ("NVFP4", "nvfp4a16"),
-            ("W8A8", "int8-row"),
-            ("int8", "int8-row"),
-        ] {
-            let e = parse_scheme(name, false).unwrap_err().to_string();
-            assert!(
-                e.contains("not written") && e.contains(words),
-                "{name}: {e}"
-            );
-        }
-        for (typo, want) in [
-            ("fp8-rowise", "fp8-rowwise"),
-            ("Q4_K_N", "gguf:q4_k_m"),
-            ("W4A61", "W4A16"),
-            ("nvfp4a8", "nvfp4a16"),
-        ] {
-            let e = parse_scheme(typo, false).unwrap_err().to_string();
-            assert!(
-                e.contains("did you mean") && e.contains(want),
-                "{typo}: {e}"
-            );
-        }
-        let e = parse_scheme("zzzzzzzzzzzzzzzz", false)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("hint: use fp8-rowwise"), "{e}");
-    }
 }

@@ -10,7 +10,9 @@ use qforge_verify::{Comparison, Model};
 use serde_json::json;
 
 use crate::cli::VerifyArgs;
-use crate::commands::perplexity::{chunks_for, eval_options, forward_options};
+use crate::commands::perplexity::{
+    check_device, chunks_for, eval_options, forward_options, log_stream,
+};
 
 /// Exit status when a budget is exceeded (documented in `qforge verify --help`).
 pub const BUDGET_EXIT_CODE: u8 = 3;
@@ -96,6 +98,7 @@ impl Budgets {
 /// Compare as `args` say and build the report.
 pub fn evaluate(args: &VerifyArgs) -> Result<Verified> {
     let e = &args.eval;
+    check_device(e.device)?;
     let fwd = forward_options(e);
     let base = Model::open(
         &crate::modelref::resolve(&args.base.to_string_lossy())?,
@@ -107,10 +110,15 @@ pub fn evaluate(args: &VerifyArgs) -> Result<Verified> {
     )?;
     // Both models see the same tokens: the base model's tokenizer.
     let chunks = chunks_for(&base, e)?;
-    let opts = eval_options(e);
-    let c = qforge_verify::with_threads(e.threads, || {
-        qforge_verify::compare(&base, &quant, &chunks, &opts)
+    let mut opts = eval_options(e);
+    opts.base_cache.clone_from(&args.base_cache);
+    let run = qforge_verify::with_threads(e.threads, || {
+        qforge_verify::compare_run(&base, &quant, &chunks, &opts)
     })??;
+    log_stream(&run.stream, opts.prefetch);
+    tracing::info!("base forward: {:?}", run.base_origin);
+    note_base(&run, e.quiet || e.json);
+    let c = run.comparison;
     let budgets = Budgets {
         max_ppl_drift_pct: args.max_ppl_drift,
         max_kld: args.max_kld,
@@ -143,6 +151,29 @@ pub fn evaluate(args: &VerifyArgs) -> Result<Verified> {
         comparison: c,
         failures,
     })
+}
+
+/// On stderr (as the progress lines: not with --quiet or --json): whether the base forward ran,
+/// and each side's seconds.
+fn note_base(run: &qforge_verify::CompareRun, quiet: bool) {
+    use qforge_verify::BaseOrigin;
+    if quiet {
+        return;
+    }
+    let base = match &run.base_origin {
+        BaseOrigin::Computed => format!("computed in {:.2} s", run.base_seconds),
+        BaseOrigin::Stored(p) => format!(
+            "computed in {:.2} s, stored in {}",
+            run.base_seconds,
+            p.display()
+        ),
+        BaseOrigin::Cached(p) => format!("reused from {} (no base forward)", p.display()),
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "base forward: {base}; quantized forward: {:.2} s",
+        run.quant_seconds
+    );
 }
 
 pub fn run(args: &VerifyArgs) -> Result<()> {

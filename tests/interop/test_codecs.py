@@ -1,4 +1,4 @@
-"""qforge's codecs (quantize/examples/codec) against the reference implementations, bit for bit.
+"""qforge's codecs (codecs/examples/codec) against the reference implementations, bit for bit.
 
 - FP8 encoders vs ml_dtypes 0.6.0 `astype(float8_e4m3fn / float8_e5m2)` from float32: every BF16 and
   F16 code (widened to f32), and >= 10,000,000 f32 values (all bit patterns, subnormals, the FP8
@@ -76,7 +76,7 @@ def codec() -> pathlib.Path:
             return c
     pytest.fail(
         f"codec example not found (tried {candidates}); run "
-        "`cargo build --release -p qforge-quantize --example codec` or set QFORGE_CODEC_BIN"
+        "`cargo build --release -p qforge-codecs --example codec` or set QFORGE_CODEC_BIN"
     )
 
 

@@ -1,5 +1,5 @@
 """qforge's FP4/E8M0 codecs and the compressed-tensors FP4/FP8 block codecs against their
-defining tools, bit for bit (quantize/src/fp4.rs, quantize/src/fp8_ct.rs via the codec example).
+defining tools, bit for bit (codecs/src/fp4.rs, codecs/src/fp8_ct.rs via the codec example).
 
 - E2M1 and E8M0 encoders vs ml_dtypes 0.6.0 `astype(float4_e2m1fn / float8_e8m0fnu)` from
   float32: every BF16 and F16 code (widened to f32) and >= 10,000,000 f32 values (random bit

@@ -1,4 +1,4 @@
-"""qforge's MLX affine codec (quantize/src/mlx.rs via the codec example) against mlx itself:
+"""qforge's MLX affine codec (codecs/src/mlx.rs via the codec example) against mlx itself:
 `mx.quantize` / `mx.dequantize` (mlx 0.32.4 CPU wheels, pinned in scripts/requirements-interop.txt),
 bits 4 and 8, group sizes 32, 64 and 128, BF16 and F32 weights. Packed words, scales, biases and
 dequantized values must be bit-identical.

@@ -1,7 +1,7 @@
 """qforge's compressed-tensors checkpoints against the `compressed-tensors` package itself.
 
 For SmolLM2-135M quantized by `qforge quantize` (FP8 rowwise, FP8 static, INT4 group 64
-symmetric and asymmetric, INT4 per row):
+symmetric and asymmetric, INT4 per row, INT8, NVFP4 W4A4):
 
 - `QuantizationConfig.model_validate` accepts our `quantization_config`, and its `model_dump`
   reproduces it key for key (so it is exactly what the library writes);
@@ -37,6 +37,7 @@ SCHEMES = {
     "int8-g64": [],
     "int8-g64-asym": ["--asym"],
     "int8-row": [],
+    "nvfp4": ["--calib", "CALIB"],
 }
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
@@ -46,7 +47,10 @@ def checkpoints(qforge, smollm2_gguf, tmp_path_factory):
     work = tmp_path_factory.mktemp("ct")
     calib = work / "calib.json"
     # arbitrary but distinct static activation scales (what `qforge calibrate` would produce)
-    calib.write_text(json.dumps({"input_scales": {f"model.layers.{i}.{m}": 0.01 + 0.001 * i + 0.0001 * j for i in range(30) for j, m in enumerate(LINEARS)}}))
+    # and input ranges (NVFP4 W4A4's input_global_scale comes from the amax)
+    scales = {f"model.layers.{i}.{m}": 0.01 + 0.001 * i + 0.0001 * j for i in range(30) for j, m in enumerate(LINEARS)}
+    modules = [{"module": m, "input_amax": s * 448.0} for m, s in scales.items()]
+    calib.write_text(json.dumps({"input_scales": scales, "modules": modules}))
     out = {}
     for name, extra in SCHEMES.items():
         dest = work / name

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use qforge_codecs::DType;
 use qforge_convert::write::safetensors::{plan, TensorSpec, Writer};
-use qforge_quantize::DType;
 
 /// Model dimensions: (hidden, layers, heads, kv heads, ffn, vocab).
 pub type Dims = (u64, u64, u64, u64, u64, u64);

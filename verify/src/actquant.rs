@@ -12,9 +12,9 @@
 //!   `q4_1·q8_1` / `q5_1·q8_1` dot products add through the weight block's min `m` (they use
 //!   the block's stored `s = f16(d·Σq)` instead of `d·Σq`).
 
-use qforge_quantize::float::{f16_bits_to_f32, f32_to_bf16_bits, f32_to_f16_bits};
-use qforge_quantize::fp8::{encode_e4m3_sat, E4M3_MAX, MIN_ROW_SCALE};
-use qforge_quantize::DType;
+use qforge_codecs::float::{f16_bits_to_f32, f32_to_bf16_bits, f32_to_f16_bits};
+use qforge_codecs::fp8::{encode_e4m3_sat, E4M3_MAX, MIN_ROW_SCALE};
+use qforge_codecs::DType;
 use rayon::prelude::*;
 
 fn f16_round(x: f32) -> f32 {
@@ -32,11 +32,36 @@ pub fn fp8_per_token(x: &mut [f32], width: usize, ub: Option<f32>) -> Vec<f32> {
             }
             let s = (amax / E4M3_MAX).max(MIN_ROW_SCALE);
             for v in row.iter_mut() {
-                *v = qforge_quantize::float::f8_e4m3_to_f32(encode_e4m3_sat(*v / s));
+                *v = qforge_codecs::float::f8_e4m3_to_f32(encode_e4m3_sat(*v / s));
             }
             s
         })
         .collect()
+}
+
+/// Quantize-dequantize each row of `x` (`width` wide, a multiple of 16) as NVFP4 W4A4
+/// activations with the calibrated global scale `gs` (`input_global_scale`), as vLLM's
+/// emulation does (model_executor/layers/quantization/utils/nvfp4_emulation_utils.py
+/// `ref_nvfp4_quant` then `dequantize_to_dtype`, all `f32`): per group of 16,
+/// `s = e4m3(clamp(gs · (amax · (1/6)), ±448))`, `q = e2m1(clamp(x · 1/(s · 1/gs), ±6))` (RNE,
+/// vLLM's `cast_to_fp4` thresholds), `x ≈ q · (s / gs)`; a zero scale gives zeros.
+pub fn nvfp4_qdq(x: &mut [f32], width: usize, gs: f32) {
+    use qforge_codecs::fp4::{e2m1_to_f32, encode_e2m1_ct, E2M1_MAX, NVFP4_GROUP};
+    let recip = |v: f32| if v == 0.0 { 0.0 } else { 1.0 / v };
+    let inv6 = recip(E2M1_MAX);
+    x.par_chunks_mut(width).for_each(|row| {
+        for g in row.chunks_mut(NVFP4_GROUP) {
+            let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = (gs * (amax * inv6)).clamp(-E4M3_MAX, E4M3_MAX);
+            let s = qforge_codecs::float::f8_e4m3_to_f32(encode_e4m3_sat(s));
+            let out = recip(s * recip(gs));
+            let back = s / gs;
+            for v in g.iter_mut() {
+                let q = e2m1_to_f32(encode_e2m1_ct((*v * out).clamp(-E2M1_MAX, E2M1_MAX)));
+                *v = q * back;
+            }
+        }
+    });
 }
 
 /// The activation format ggml-cpu's matmul converts a linear's input to (`vec_dot_type` of the
@@ -101,7 +126,7 @@ pub fn ggml_quantize(x: &mut [f32], width: usize, ty: GgmlActType) -> Vec<f32> {
         GgmlActType::Bf16 => {
             x.par_chunks_mut(4096).for_each(|c| {
                 for v in c {
-                    *v = qforge_quantize::float::bf16_bits_to_f32(f32_to_bf16_bits(*v));
+                    *v = qforge_codecs::float::bf16_bits_to_f32(f32_to_bf16_bits(*v));
                 }
             });
             Vec::new()
@@ -230,5 +255,25 @@ mod tests {
             // error at most half a step
             assert!((a - b).abs() <= 0.5 / iscale.abs() * 1.0001);
         }
+    }
+
+    /// NVFP4 activations: values on the E2M1 grid under an exact scale come back unchanged; an
+    /// inexact group scale is rounded to E4M3 first (1.3/6 → 0.21875) and the codes follow
+    /// it (vLLM's `ref_nvfp4_quant`, worked by hand); a zero group stays zero.
+    #[test]
+    fn nvfp4_groups_of_16_under_the_global_scale() {
+        let grid: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+        let mut x: Vec<f32> = grid.iter().chain(grid.iter()).map(|v| -v).collect();
+        let want = x.clone();
+        nvfp4_qdq(&mut x, 16, 448.0); // s = e4m3(448 · 6/6) = 448, scale 1
+        assert_eq!(x, want);
+        let mut y = vec![0f32; 32];
+        y[0] = 1.3;
+        y[1] = 0.5;
+        y[2] = -0.1;
+        nvfp4_qdq(&mut y, 32, 1.0);
+        // s = e4m3(1.3 · (1/6)) = 0.21875; 1.3/s = 5.94 → 6, 0.5/s = 2.29 → 2, 0.1/s = 0.46 → 0.5
+        assert_eq!(&y[..3], &[6.0 * 0.21875, 2.0 * 0.21875, -0.5 * 0.21875]);
+        assert!(y[3..].iter().all(|v| *v == 0.0));
     }
 }

@@ -58,6 +58,9 @@ pub enum Error {
     /// The base and quantized models are not the same architecture.
     #[error("base and quantized models differ: {0}")]
     Mismatch(String),
+    /// The device asked for cannot run the forward here (one line: which device and why).
+    #[error("{0}")]
+    Device(String),
     /// Activations that overflowed to inf or NaN (llama-imatrix stops on them too).
     #[error("non-finite activations reach {tensor}")]
     NonFiniteActivations {

@@ -3,13 +3,23 @@
 //! so each weight is dequantized once per batch and memory holds one layer plus the
 //! activations. A verify run steps the base and the quantized model through the layers in
 //! lockstep and measures how far their hidden states drift apart after each layer.
+//!
+//! The weights arrive through [`crate::engine::stream_layers`] (layer `i+1` read on a helper
+//! thread while layer `i` computes, `EvalOptions::prefetch`), the arithmetic runs on a
+//! [`crate::backend::Backend`] (`EvalOptions::device`), and [`compare_run`] can read the base's
+//! side back from a [`crate::basecache`] entry instead of computing it. None of the three
+//! changes a result bit.
 
+use qforge_quantize::dequant::WeightRead;
 use std::io::Write;
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::backend::{backend_for, Backend, Device};
+use crate::basecache::{base_key, lookup, Layout, Lookup};
+use crate::engine::{stream_layers, StreamStats};
 use crate::error::{Error, Result};
 use crate::metrics::{kld_row, log_softmax_nll, percentile, top1, Perplexity};
 use crate::model::{LayerWeights, Linear, Model, Project};
@@ -27,6 +37,14 @@ pub struct EvalOptions {
     pub logits_out: Option<std::path::PathBuf>,
     /// Report per-layer progress on stderr.
     pub progress: bool,
+    /// Where the layers run ([`crate::backend`]).
+    pub device: Device,
+    /// Read and dequantize layer `i+1` on a helper thread while layer `i` computes
+    /// ([`crate::engine`]); changes no result bit.
+    pub prefetch: bool,
+    /// `compare`: keep the base forward under this directory and reuse it when the same base,
+    /// tokens and protocol come again ([`crate::basecache`]).
+    pub base_cache: Option<std::path::PathBuf>,
 }
 
 /// Activation memory aimed for when `batch_chunks` is not given.
@@ -39,11 +57,6 @@ fn batch_size(model: &Model, chunks: &Chunks, opts: &EvalOptions, models: usize)
     let h = model.config().hidden_size as usize;
     let per_chunk = chunks.ctx * h * 4 * models;
     (ACT_BUDGET_BYTES / per_chunk.max(1)).clamp(1, chunks.n)
-}
-
-/// Per-layer forward of a batch of chunks, in place on `h` (`[chunks·ctx, hidden]`).
-fn run_layer(model: &Model, lw: &LayerWeights, rope: &RopeTable, h: &mut [f32], ctx: usize) {
-    run_layer_observed(model, lw, rope, h, ctx, &mut |_, _| {});
 }
 
 /// One layer over `h` (chunks of `ctx` tokens, in place), showing `observe` each linear's
@@ -174,19 +187,16 @@ fn add<T: Real>(h: &mut [T], d: &[T]) {
 
 /// Logits of the scored positions of one chunk: `[ctx−1−first, vocab]`.
 fn chunk_logits(
+    backend: &dyn Backend,
     model: &Model,
     norm: &[f32],
     head: &Linear,
     h: &[f32],
     chunks: &Chunks,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let hid = model.config().hidden_size as usize;
     let (first, rows) = (chunks.first(), chunks.scored_per_chunk());
-    let mut x = h[first * hid..(first + rows) * hid].to_vec();
-    rms_norm(&mut x, hid, norm, model.config().rms_norm_eps as f32);
-    let mut logits = vec![0f32; rows * head.out];
-    head.forward(&x, rows, &mut logits);
-    logits
+    backend.logits(model, norm, head, &h[first * hid..(first + rows) * hid])
 }
 
 /// Result of [`perplexity`].
@@ -280,6 +290,18 @@ impl Progress {
 
 /// Perplexity of `model` on `chunks`, llama.cpp's protocol.
 pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<PerplexityResult> {
+    perplexity_run(model, chunks, opts).map(|r| r.0)
+}
+
+/// [`perplexity`], with where the weight stream's time went.
+pub fn perplexity_run(
+    model: &Model,
+    chunks: &Chunks,
+    opts: &EvalOptions,
+) -> Result<(PerplexityResult, StreamStats)> {
+    let backend = backend_for(opts.device)?;
+    let backend = &*backend;
+    let mut stats = StreamStats::default();
     let start = Instant::now();
     let rope = RopeTable::new(&model.inv_freq, chunks.ctx);
     let hid = model.config().hidden_size as usize;
@@ -293,19 +315,19 @@ pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
         let mut h = model.embed(toks)?;
-        for i in 0..nl {
-            let lw = model.layer(i)?;
-            run_layer(model, &lw, &rope, &mut h, chunks.ctx);
+        stream_layers(&[model], nl, opts.prefetch, &mut stats, |i, lw| {
+            backend.layer(model, &lw[0], &rope, &mut h, chunks.ctx, &mut |_, _| {})?;
             bar.step(format_args!(
                 "layer {}/{nl} (chunks {b0}..{})",
                 i + 1,
                 b0 + nb
             ));
-        }
+            Ok(())
+        })?;
         let (norm, head) = model.head()?;
         for c in 0..nb {
             let hc = &h[c * chunks.ctx * hid..(c + 1) * chunks.ctx * hid];
-            let logits = chunk_logits(model, &norm, &head, hc, chunks);
+            let logits = chunk_logits(backend, model, &norm, &head, hc, chunks)?;
             if b0 + c == 0 {
                 if let Some(p) = &opts.logits_out {
                     write_f32(p, &logits)?;
@@ -324,7 +346,7 @@ pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<
     }
     let seconds = start.elapsed().as_secs_f64();
     let tokens = chunks.n * chunks.ctx;
-    Ok(PerplexityResult {
+    let r = PerplexityResult {
         ppl: ppl.ppl(),
         ppl_stderr: ppl.stderr(),
         nll_mean: ppl.mean(),
@@ -336,7 +358,8 @@ pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<
         tokens_evaluated: tokens,
         seconds,
         tokens_per_second: tokens as f64 / seconds,
-    })
+    };
+    Ok((r, stats))
 }
 
 fn write_f32(path: &std::path::Path, v: &[f32]) -> Result<()> {
@@ -388,50 +411,122 @@ pub fn compare(
     chunks: &Chunks,
     opts: &EvalOptions,
 ) -> Result<Comparison> {
+    compare_run(base, quant, chunks, opts).map(|r| r.comparison)
+}
+
+/// Where a [`compare_run`]'s base figures came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseOrigin {
+    /// Computed (no `base_cache`).
+    Computed,
+    /// Computed and stored in this cache entry.
+    Stored(std::path::PathBuf),
+    /// Read from this cache entry: no base forward ran.
+    Cached(std::path::PathBuf),
+}
+
+/// A [`compare`] with what the engine did besides the figures.
+#[derive(Debug, Clone)]
+pub struct CompareRun {
+    /// The figures (the same bits whatever the origin of the base's).
+    pub comparison: Comparison,
+    /// Whether the base forward ran.
+    pub base_origin: BaseOrigin,
+    /// Base forward seconds of this run (0 when cached).
+    pub base_seconds: f64,
+    /// Quantized forward seconds of this run.
+    pub quant_seconds: f64,
+    /// The weight stream's figures (both models).
+    pub stream: StreamStats,
+}
+
+/// The base side of a comparison.
+enum BaseSide {
+    /// The base forward runs here, and is stored when a writer is given.
+    Live(Option<crate::basecache::Writer>),
+    /// The base figures are read back.
+    Cached(crate::basecache::Reader),
+}
+
+/// `Σ (q − b)²` and `Σ b²` over every value, in f64 (fixed 4096-blocks, so thread-count free).
+fn drift_sums(hb: &[f32], hq: &[f32]) -> (f64, f64) {
+    hb.par_chunks(4096)
+        .zip(hq.par_chunks(4096))
+        .map(|(a, b)| {
+            a.iter().zip(b).fold((0f64, 0f64), |(d, n), (x, y)| {
+                let (x, y) = (f64::from(*x), f64::from(*y));
+                (d + (y - x) * (y - x), n + x * x)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold((0.0, 0.0), |(a, b), (c, e)| (a + c, b + e))
+}
+
+/// [`compare`], reusing (or storing) the base forward under `opts.base_cache`.
+pub fn compare_run(
+    base: &Model,
+    quant: &Model,
+    chunks: &Chunks,
+    opts: &EvalOptions,
+) -> Result<CompareRun> {
     check_same_shape(base, quant)?;
-    let start = Instant::now();
+    let backend = backend_for(opts.device)?;
+    let backend = &*backend;
     let rope_b = RopeTable::new(&base.inv_freq, chunks.ctx);
     let rope_q = RopeTable::new(&quant.inv_freq, chunks.ctx);
     let hid = base.config().hidden_size as usize;
     let nl = base.config().num_layers as u32;
+    let vocab = base.config().vocab_size as usize;
     let bsz = batch_size(base, chunks, opts, 2);
-    let (mut pb, mut pq) = (Perplexity::default(), Perplexity::default());
-    let (mut per_b, mut per_q) = (Vec::new(), Vec::new());
-    let (mut own_b, mut own_q) = (Vec::new(), Vec::new());
-    let mut kld = Vec::new();
-    let mut same_top = 0usize;
+    let mut side = match &opts.base_cache {
+        None => BaseSide::Live(None),
+        Some(root) => {
+            let key = base_key(base, chunks, bsz, opts.device)?;
+            match lookup(root, &key, Layout::of(base, chunks, vocab))? {
+                Lookup::Hit(r) => BaseSide::Cached(r),
+                Lookup::Miss(w) => BaseSide::Live(Some(w)),
+            }
+        }
+    };
+    let mut sc = Scores::default();
     let mut diff2 = vec![0f64; nl as usize];
     let mut base2 = vec![0f64; nl as usize];
     let (mut tb, mut tq) = (0f64, 0f64);
+    let mut stats = StreamStats::default();
     let mut bar = Progress::new(opts.progress, chunks.n, bsz, nl);
     for b0 in (0..chunks.n).step_by(bsz) {
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
-        let mut hb = base.embed(toks)?;
+        let cached = matches!(side, BaseSide::Cached(_));
+        let mut hb = if cached {
+            vec![0f32; toks.len() * hid]
+        } else {
+            base.embed(toks)?
+        };
         let mut hq = quant.embed(toks)?;
-        for i in 0..nl {
+        let models: &[&Model] = if cached { &[quant] } else { &[base, quant] };
+        stream_layers(models, nl, opts.prefetch, &mut stats, |i, mut lw| {
+            let lq = lw
+                .pop()
+                .ok_or_else(|| Error::Mismatch("no layer weights".into()))?;
+            match &mut side {
+                BaseSide::Live(w) => {
+                    let t = Instant::now();
+                    backend.layer(base, &lw[0], &rope_b, &mut hb, chunks.ctx, &mut |_, _| {})?;
+                    drop(lw);
+                    tb += t.elapsed().as_secs_f64();
+                    if let Some(w) = w {
+                        w.hidden(&hb)?;
+                    }
+                }
+                BaseSide::Cached(r) => r.hidden(&mut hb)?,
+            }
             let t = Instant::now();
-            let lw = base.layer(i)?;
-            run_layer(base, &lw, &rope_b, &mut hb, chunks.ctx);
-            drop(lw);
-            tb += t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let lw = quant.layer(i)?;
-            run_layer(quant, &lw, &rope_q, &mut hq, chunks.ctx);
-            drop(lw);
+            backend.layer(quant, &lq, &rope_q, &mut hq, chunks.ctx, &mut |_, _| {})?;
+            drop(lq);
             tq += t.elapsed().as_secs_f64();
-            let (d, n) = hb
-                .par_chunks(4096)
-                .zip(hq.par_chunks(4096))
-                .map(|(a, b)| {
-                    a.iter().zip(b).fold((0f64, 0f64), |(d, n), (x, y)| {
-                        let (x, y) = (f64::from(*x), f64::from(*y));
-                        (d + (y - x) * (y - x), n + x * x)
-                    })
-                })
-                .collect::<Vec<_>>()
-                .into_iter()
-                .fold((0.0, 0.0), |(a, b), (c, e)| (a + c, b + e));
+            let (d, n) = drift_sums(&hb, &hq);
             diff2[i as usize] += d;
             base2[i as usize] += n;
             bar.step(format_args!(
@@ -439,55 +534,138 @@ pub fn compare(
                 i + 1,
                 b0 + nb
             ));
-        }
+            Ok(())
+        })?;
         let t = Instant::now();
-        let (norm_b, head_b) = base.head()?;
+        let base_head = if cached { None } else { Some(base.head()?) };
         let (norm_q, head_q) = quant.head()?;
-        if head_b.out != head_q.out {
+        let out_b = base_head.as_ref().map_or(vocab, |(_, h)| h.out);
+        if out_b != head_q.out {
             return Err(Error::Mismatch(format!(
                 "vocabularies differ: {} vs {} logits",
-                head_b.out, head_q.out
+                out_b, head_q.out
             )));
+        }
+        if out_b != vocab {
+            // The cache's layout assumes config.vocab_size logits per position.
+            if let BaseSide::Live(w) = &mut side {
+                *w = None;
+            }
         }
         for c in 0..nb {
             let range = c * chunks.ctx * hid..(c + 1) * chunks.ctx * hid;
-            let lb = chunk_logits(base, &norm_b, &head_b, &hb[range.clone()], chunks);
-            let lq = chunk_logits(quant, &norm_q, &head_q, &hq[range], chunks);
+            let lb = match (&mut side, &base_head) {
+                (BaseSide::Live(w), Some((norm_b, head_b))) => {
+                    let l =
+                        chunk_logits(backend, base, norm_b, head_b, &hb[range.clone()], chunks)?;
+                    if let Some(w) = w {
+                        w.logits(&l)?;
+                    }
+                    l
+                }
+                (BaseSide::Cached(r), _) => r.logits(chunks.scored_per_chunk() * head_q.out)?,
+                (BaseSide::Live(_), None) => {
+                    return Err(Error::Mismatch("the base head was not read".into()))
+                }
+            };
+            let lq = chunk_logits(backend, quant, &norm_q, &head_q, &hq[range], chunks)?;
             if b0 + c == 0 {
                 if let Some(p) = &opts.logits_out {
                     write_f32(p, &lq)?;
                 }
             }
             let targets = &chunks.chunk(b0 + c)[chunks.first() + 1..];
-            let rows: Vec<(f64, f64, f64, bool)> = lb
-                .par_chunks(head_b.out)
-                .zip(lq.par_chunks(head_q.out))
-                .zip(targets.par_iter())
-                .map(|((a, b), &t)| {
-                    (
-                        log_softmax_nll(a, t as usize),
-                        log_softmax_nll(b, t as usize),
-                        kld_row(a, b),
-                        top1(a) == top1(b),
-                    )
-                })
-                .collect();
-            let nll_b: Vec<f64> = rows.iter().map(|r| r.0).collect();
-            let nll_q: Vec<f64> = rows.iter().map(|r| r.1).collect();
-            pb.add(&nll_b);
-            pq.add(&nll_q);
-            per_b.push(pb.ppl());
-            per_q.push(pq.ppl());
-            own_b.push(chunk_ppl(&nll_b));
-            own_q.push(chunk_ppl(&nll_q));
-            kld.extend(rows.iter().map(|r| r.2));
-            same_top += rows.iter().filter(|r| r.3).count();
+            sc.add_chunk(&lb, &lq, head_q.out, targets);
         }
-        let half = t.elapsed().as_secs_f64() / 2.0;
-        tb += half;
-        tq += half;
+        let secs = t.elapsed().as_secs_f64();
+        if cached {
+            tq += secs;
+        } else {
+            tb += secs / 2.0;
+            tq += secs / 2.0;
+        }
     }
-    let _ = start;
+    let (base_origin, base_seconds, tb_report) = match side {
+        BaseSide::Live(None) => (BaseOrigin::Computed, tb, tb),
+        BaseSide::Live(Some(w)) => (BaseOrigin::Stored(w.finish(tb)?), tb, tb),
+        // the report shows the base's seconds when it was computed
+        BaseSide::Cached(r) => {
+            r.check()?;
+            (BaseOrigin::Cached(r.dir().to_path_buf()), 0.0, r.seconds)
+        }
+    };
+    let comparison = summarize(chunks, nl, sc, &diff2, &base2, tb_report, tq);
+    Ok(CompareRun {
+        comparison,
+        base_origin,
+        base_seconds,
+        quant_seconds: tq,
+        stream: stats,
+    })
+}
+
+/// The running figures of a comparison over its scored positions, chunk after chunk.
+#[derive(Default)]
+struct Scores {
+    pb: Perplexity,
+    pq: Perplexity,
+    per_b: Vec<f64>,
+    per_q: Vec<f64>,
+    own_b: Vec<f64>,
+    own_q: Vec<f64>,
+    kld: Vec<f64>,
+    same_top: usize,
+}
+
+impl Scores {
+    /// One chunk's scored logits of both models (`[rows, vocab]`) and its target tokens.
+    fn add_chunk(&mut self, lb: &[f32], lq: &[f32], vocab: usize, targets: &[u32]) {
+        let rows: Vec<(f64, f64, f64, bool)> = lb
+            .par_chunks(vocab)
+            .zip(lq.par_chunks(vocab))
+            .zip(targets.par_iter())
+            .map(|((a, b), &t)| {
+                (
+                    log_softmax_nll(a, t as usize),
+                    log_softmax_nll(b, t as usize),
+                    kld_row(a, b),
+                    top1(a) == top1(b),
+                )
+            })
+            .collect();
+        let nll_b: Vec<f64> = rows.iter().map(|r| r.0).collect();
+        let nll_q: Vec<f64> = rows.iter().map(|r| r.1).collect();
+        self.pb.add(&nll_b);
+        self.pq.add(&nll_q);
+        self.per_b.push(self.pb.ppl());
+        self.per_q.push(self.pq.ppl());
+        self.own_b.push(chunk_ppl(&nll_b));
+        self.own_q.push(chunk_ppl(&nll_q));
+        self.kld.extend(rows.iter().map(|r| r.2));
+        self.same_top += rows.iter().filter(|r| r.3).count();
+    }
+}
+
+/// The figures of a comparison from its sums.
+fn summarize(
+    chunks: &Chunks,
+    nl: u32,
+    sc: Scores,
+    diff2: &[f64],
+    base2: &[f64],
+    tb: f64,
+    tq: f64,
+) -> Comparison {
+    let Scores {
+        pb,
+        pq,
+        per_b,
+        per_q,
+        own_b,
+        own_q,
+        kld,
+        same_top,
+    } = sc;
     let tokens = chunks.n * chunks.ctx;
     let result = |p: &Perplexity, per: Vec<f64>, own: Vec<f64>, secs: f64| PerplexityResult {
         ppl: p.ppl(),
@@ -526,19 +704,21 @@ pub fn compare(
         .map_or(0, |l| l.layer);
     let base_r = result(&pb, per_b, own_b, tb);
     let quant_r = result(&pq, per_q, own_q, tq);
-    let mut sorted = kld.clone();
+    // the mean sums in scored order, before sorting
+    let kld_mean = kld.iter().sum::<f64>() / kld.len().max(1) as f64;
+    let mut sorted = kld;
     sorted.sort_by(f64::total_cmp);
-    Ok(Comparison {
+    Comparison {
         ppl_drift_pct: (quant_r.ppl / base_r.ppl - 1.0) * 100.0,
-        kld_mean: kld.iter().sum::<f64>() / kld.len().max(1) as f64,
+        kld_mean,
         kld_p99: percentile(&sorted, 0.99),
         kld_max: sorted.last().copied().unwrap_or(0.0),
-        top1_pct: same_top as f64 * 100.0 / kld.len().max(1) as f64,
+        top1_pct: same_top as f64 * 100.0 / sorted.len().max(1) as f64,
         base: base_r,
         quant: quant_r,
         layers,
         worst_layer,
-    })
+    }
 }
 
 fn check_same_shape(a: &Model, b: &Model) -> Result<()> {
@@ -594,9 +774,9 @@ pub fn collect_imatrix(
     chunks: &Chunks,
     opts: &EvalOptions,
     process_output: bool,
-) -> Result<qforge_convert::imatrix::Imatrix> {
-    use qforge_convert::imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
+) -> Result<qforge_quantize::imatrix::Imatrix> {
     use qforge_convert::{NameScheme, TensorId, TensorKey};
+    use qforge_quantize::imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
     let cfg = model.config();
     // Mixture-of-experts blocks: llama-imatrix's per-expert sums and counts (moe_observe).
     let mut experts = cfg.moe.as_ref().map(|m| {
@@ -635,15 +815,17 @@ pub fn collect_imatrix(
             .is_some();
     let with_output = process_output && untied;
     let mut out_sums = vec![0f32; if with_output { hid } else { 0 }];
+    let backend = backend_for(opts.device)?;
+    let backend = &*backend;
+    let mut stats = StreamStats::default();
     let mut bar = Progress::new(opts.progress, chunks.n, bsz, nl);
     for b0 in (0..chunks.n).step_by(bsz) {
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
         let mut h = model.embed(toks)?;
-        for i in 0..nl {
-            let lw = model.layer(i)?;
+        stream_layers(&[model], nl, opts.prefetch, &mut stats, |i, lw| {
             let layer = &mut sums[i as usize];
-            run_layer_observed(model, &lw, &rope, &mut h, chunks.ctx, &mut |ks, x| {
+            backend.layer(model, &lw[0], &rope, &mut h, chunks.ctx, &mut |ks, x| {
                 if crate::moe_observe::is_moe(ks) {
                     if let Some(e) = experts.as_mut() {
                         e.observe(i, ks, x);
@@ -658,13 +840,14 @@ pub fn collect_imatrix(
                 for k in &ks[1..] {
                     layer[slot(k)].copy_from_slice(&total);
                 }
-            });
+            })?;
             bar.step(format_args!(
                 "layer {}/{nl} (chunks {b0}..{})",
                 i + 1,
                 b0 + nb
             ));
-        }
+            Ok(())
+        })?;
         if with_output {
             let norm = model.output_norm()?;
             for hc in h.chunks(chunks.ctx * hid) {

@@ -5,6 +5,9 @@
 //! * [`eval::perplexity`] and [`eval::compare`]: layer-major evaluation (all evaluation tokens
 //!   pass layer `i` before layer `i+1` is read) with llama.cpp's perplexity protocol, KL
 //!   divergence, top-1 agreement and per-layer hidden-state drift.
+//! * [`engine`]: the weight stream of that evaluation (layer `i+1` read on a helper thread while
+//!   layer `i` computes), [`backend`]: the device the layers run on (`--device`), [`basecache`]:
+//!   a base forward stored for reuse by later comparisons.
 //! * Emulations of what serving stacks do to activations: dynamic per-token FP8 (W8A8) and
 //!   ggml-cpu's activation quantization ([`actquant`]), and llama.cpp's F16 KV cache.
 //!
@@ -15,6 +18,9 @@
 #![deny(missing_docs)]
 
 pub mod actquant;
+pub mod backend;
+pub mod basecache;
+pub mod engine;
 mod error;
 pub mod eval;
 pub mod matmul;
@@ -26,9 +32,12 @@ pub mod ops;
 pub mod real;
 pub mod tokenize;
 
+pub use backend::{Backend, Device};
+pub use engine::StreamStats;
 pub use error::{Error, Result};
 pub use eval::{
-    collect_imatrix, compare, perplexity, Comparison, EvalOptions, LayerError, PerplexityResult,
+    collect_imatrix, compare, compare_run, perplexity, perplexity_run, BaseOrigin, CompareRun,
+    Comparison, EvalOptions, LayerError, PerplexityResult,
 };
 pub use model::{ActQuant, Dense, ForwardOptions, LayerWeights, Linear, Model, Project, W8a8Mode};
 pub use real::Real;

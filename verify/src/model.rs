@@ -1,13 +1,14 @@
 //! A checkpoint opened for evaluation: configuration, RoPE layout, how each linear's input is
 //! quantized, and per-layer weights dequantized on demand.
 
+use qforge_quantize::dequant::WeightRead;
 use std::path::Path;
 
-use qforge_convert::dequant::WeightStorage;
 use qforge_convert::{Checkpoint, Format, LayerTensor, ModelConfig, RopeScaling, TensorId};
+use qforge_quantize::dequant::WeightStorage;
 use serde_json::Value;
 
-use crate::actquant::{fp8_per_token, ggml_quantize, GgmlActType};
+use crate::actquant::{fp8_per_token, ggml_quantize, nvfp4_qdq, GgmlActType};
 use crate::error::{Error, Result};
 use crate::matmul::matmul_t;
 use crate::ops::{inv_freqs, Llama3Scaling, RopeLayout};
@@ -50,6 +51,11 @@ pub enum ActQuant {
     },
     /// ggml-cpu's `vec_dot_type` quantization.
     Ggml(GgmlActType),
+    /// NVFP4 W4A4: FP4 groups of 16 under the calibrated `input_global_scale`.
+    Nvfp4 {
+        /// compressed-tensors' `input_global_scale`.
+        gs: f32,
+    },
 }
 
 /// A linear layer's weight, dequantized: `[out, inp]` row-major.
@@ -93,6 +99,11 @@ impl Linear {
                         *v *= s;
                     }
                 }
+            }
+            ActQuant::Nvfp4 { gs } => {
+                let mut xq = x.to_vec();
+                nvfp4_qdq(&mut xq, self.inp, gs);
+                matmul_t(&xq, t, self.inp, &self.w, self.out, y);
             }
             ActQuant::Ggml(ty) => {
                 let mut xq = x.to_vec();
@@ -321,6 +332,10 @@ impl Model {
                 ActQuant::Ggml(ty)
             }
             WeightStorage::Plain(_) => ActQuant::None,
+            WeightStorage::Nvfp4 => match self.input_global_scale(id)? {
+                Some(gs) => ActQuant::Nvfp4 { gs },
+                None => ActQuant::None,
+            },
             _ => match self.w8a8 {
                 Some(ub) => ActQuant::Fp8Token { ub },
                 None => ActQuant::None,
@@ -337,10 +352,27 @@ impl Model {
     }
 
     /// The `m` (min) of every Q4_1/Q5_1 block, `[out, inp/32]`.
+    /// An NVFP4 W4A4 linear's `input_global_scale` (one finite positive F32), if present.
+    fn input_global_scale(&self, id: TensorId) -> Result<Option<f32>> {
+        let Some(t) = self.ckpt.part(id, qforge_convert::Part::InputGlobalScale) else {
+            return Ok(None);
+        };
+        match self.ckpt.to_f32(t)?.as_slice() {
+            [g] if g.is_finite() && *g > 0.0 => Ok(Some(*g)),
+            other => Err(Error::Unsupported {
+                path: self.ckpt.path.clone(),
+                reason: format!(
+                    "{}: input_global_scale {other:?} is not one positive value",
+                    t.name
+                ),
+            }),
+        }
+    }
+
     fn block_mins(
         &self,
         id: TensorId,
-        dtype: qforge_quantize::DType,
+        dtype: qforge_codecs::DType,
         out: usize,
         inp: usize,
     ) -> Result<Vec<f32>> {
@@ -360,7 +392,7 @@ impl Model {
         // block_q4_1 / block_q5_1 start with f16 d, f16 m.
         Ok(bytes
             .chunks_exact(bb)
-            .map(|b| qforge_quantize::float::f16_bits_to_f32(u16::from_le_bytes([b[2], b[3]])))
+            .map(|b| qforge_codecs::float::f16_bits_to_f32(u16::from_le_bytes([b[2], b[3]])))
             .collect())
     }
 
@@ -436,6 +468,9 @@ impl Model {
 
     /// Embedding rows for `tokens` (`[tokens, hidden]`).
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if let Some(rows) = self.embed_rows(tokens)? {
+            return Ok(rows);
+        }
         let h = self.ckpt.config.hidden_size as usize;
         let e = self.ckpt.weight_f32(TensorId::TokenEmbedding)?;
         self.release(TensorId::TokenEmbedding);
@@ -452,6 +487,50 @@ impl Model {
             out.extend_from_slice(&e[t * h..(t + 1) * h]);
         }
         Ok(out)
+    }
+
+    /// [`Model::embed`] decoding only the rows asked for, for an embedding stored plainly
+    /// (any float or ggml block type, `[vocab, hidden]`, rows of whole blocks): the same bits as
+    /// decoding the whole table (each value, or each ggml block, decodes on its own), without
+    /// its `vocab·hidden` f32 copy (8.4 GB for Llama 3.1 405B). `None`: another storage.
+    fn embed_rows(&self, tokens: &[u32]) -> Result<Option<Vec<f32>>> {
+        let id = TensorId::TokenEmbedding;
+        let WeightStorage::Plain(dtype) = self.ckpt.weight_storage(id)? else {
+            return Ok(None);
+        };
+        let Some(t) = self.ckpt.part(id, qforge_convert::Part::Weight) else {
+            return Ok(None);
+        };
+        let h = self.ckpt.config.hidden_size;
+        let (vocab, row_bytes) = match (t.shape.as_slice(), dtype.bytes_for(h)) {
+            ([v, w], Ok(rb)) if *w == h && h > 0 => (*v, rb as usize),
+            _ => return Ok(None),
+        };
+        let bytes = self.ckpt.bytes(t)?;
+        if bytes.len() as u64 != vocab.saturating_mul(row_bytes as u64) {
+            return Ok(None);
+        }
+        let h = h as usize;
+        let mut out = vec![0f32; tokens.len() * h];
+        for (&tok, row) in tokens.iter().zip(out.chunks_exact_mut(h)) {
+            if u64::from(tok) >= vocab {
+                return Err(Error::InvalidOption {
+                    name: "tokens",
+                    reason: format!("token id {tok} is outside the embedding ({vocab} rows)"),
+                });
+            }
+            let at = tok as usize * row_bytes;
+            qforge_codecs::decode_to_f32(dtype, &bytes[at..at + row_bytes], row).map_err(
+                |source| qforge_convert::Error::Codec {
+                    path: self.ckpt.path.clone(),
+                    tensor: t.name.clone(),
+                    source,
+                },
+            )?;
+        }
+        drop(bytes);
+        self.release(id);
+        Ok(Some(out))
     }
 
     /// The final norm's weight.

@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 
-use qforge_convert::imatrix::ImatrixEntry;
 use qforge_convert::{FfnProj, LayerTensor};
+use qforge_quantize::imatrix::ImatrixEntry;
 
 use crate::eval::accumulate_squares;
 

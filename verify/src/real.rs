@@ -106,7 +106,7 @@ impl Real for f32 {
         f64::from(self)
     }
     fn round_f16(self) -> Self {
-        qforge_quantize::float::f16_bits_to_f32(qforge_quantize::float::f32_to_f16_bits(self))
+        qforge_codecs::float::f16_bits_to_f32(qforge_codecs::float::f32_to_f16_bits(self))
     }
 }
 

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::Path;
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
 use crate::checkpoint::{RawTensor, Span, TensorLayout};
 use crate::error::{Error, Result};
@@ -498,12 +498,10 @@ impl PthFile {
         let bytes = self.bytes(t)?;
         let n = bytes.len() / usize::try_from(t.dtype.block_bytes()).unwrap_or(1).max(1);
         let mut out = vec![0f32; n];
-        qforge_quantize::decode_to_f32(t.dtype, &bytes, &mut out).map_err(|source| {
-            Error::Codec {
-                path: self.file.path.clone(),
-                tensor: t.name.clone(),
-                source,
-            }
+        qforge_codecs::decode_to_f32(t.dtype, &bytes, &mut out).map_err(|source| Error::Codec {
+            path: self.file.path.clone(),
+            tensor: t.name.clone(),
+            source,
         })?;
         Ok(out)
     }

@@ -32,7 +32,7 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
 use super::PthError;
 

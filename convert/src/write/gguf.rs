@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufArray, GgufValue, DEFAULT_ALIGNMENT, MAX_NAME_LEN};

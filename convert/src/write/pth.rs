@@ -33,7 +33,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
 use crate::error::{Error, Result};
 use crate::write::safetensors::TensorSpec;

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};

@@ -386,7 +386,7 @@ impl CudaGemm {
         }
         let (m_i, k_i) = (to_i32("m", m)?, to_i32("k", k)?);
         let ub = upper_bound.unwrap_or(0.0);
-        let min_scale = qforge_quantize::fp8::MIN_ROW_SCALE;
+        let min_scale = qforge_codecs::fp8::MIN_ROW_SCALE;
         let cfg = LaunchConfig {
             grid_dim: (m as u32, 1, 1),
             block_dim: (256, 1, 1),

@@ -39,7 +39,7 @@ impl Rng {
 
 /// BF16 bits of `x` (RNE).
 pub fn bf16(x: f32) -> u16 {
-    qforge_quantize::float::f32_to_bf16_bits(x)
+    qforge_codecs::float::f32_to_bf16_bits(x)
 }
 
 /// Activations `[m, k]` as BF16 bits: rows of different magnitudes, a few outliers, one row
@@ -72,7 +72,7 @@ pub fn fp8_ref_f64(
     n: usize,
     k: usize,
 ) -> (Vec<f64>, Vec<f64>) {
-    use qforge_quantize::float::f8_e4m3_to_f32;
+    use qforge_codecs::float::f8_e4m3_to_f32;
     let mut y = vec![0f64; m * n];
     let mut abs = vec![0f64; m * n];
     for i in 0..m {

@@ -1,20 +1,20 @@
 //! compressed-tensors NVFP4A16 and MXFP4 output on a synthetic BF16 Llama: the
 //! `quantization_config` exactly as compressed-tensors 0.20 serializes the llm-compressor presets,
 //! the tensors its compressors write (names, dtypes, shapes), the fused q/k/v and gate/up global
-//! scales, and bytes equal to the `qforge_quantize::fp4` codecs (which the interop tests check
+//! scales, and bytes equal to the `qforge_codecs::fp4` codecs (which the interop tests check
 //! against compressed-tensors' arithmetic).
 
 use std::path::Path;
 
-use qforge_convert::layout::{
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
-};
-use qforge_convert::numerics::Numerics;
+use qforge_codecs::fp4;
+use qforge_codecs::int4::Int4Arith;
+use qforge_codecs::DType;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
-use qforge_quantize::fp4;
-use qforge_quantize::int4::Int4Arith;
-use qforge_quantize::DType;
+use qforge_quantize::layout::{
+    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+};
+use qforge_quantize::numerics::Numerics;
 use serde_json::{json, Value};
 
 const HIDDEN: usize = 64;
@@ -102,6 +102,7 @@ fn opts(scheme: HfScheme) -> HfQuantOptions {
         dtype: DType::BF16,
         activation_scale_ub: 1200.0,
         input_scales: None,
+        input_amax: None,
         shard_size: 5_000_000_000,
         output: OutputOptions::default(),
         numerics: Numerics::default(),
@@ -248,5 +249,86 @@ fn mxfp4_and_mxfp4a16_config_and_tensors() {
                 .iter()
                 .all(|t| t.0 != format!("{base}.weight_global_scale")));
         }
+    }
+}
+
+/// NVFP4 W4A4 (llm-compressor `NVFP4`): NVFP4A16's tensors byte for byte plus one F32
+/// `input_global_scale` per quantized module, `448·6 / amax` of its calibrated input range in
+/// BF16 arithmetic; `input_activations` as compressed-tensors 0.20 serializes the preset; a
+/// module without a calibrated range is refused before anything is written. The checkpoint
+/// reads back (the new part is known to the reader) with the same dequantized weights.
+#[test]
+fn nvfp4_w4a4_adds_calibrated_input_global_scales() {
+    use qforge_quantize::dequant::WeightRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = source(&tmp.path().join("src"));
+    let a16 = tmp.path().join("a16");
+    quantize_to_hf(&src, &a16, &opts(HfScheme::Nvfp4A16)).unwrap();
+    let linears = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ];
+    let amax: std::collections::BTreeMap<String, f32> = linears
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (format!("model.layers.0.{m}"), 0.3 + i as f32 * 1.7))
+        .collect();
+    let mut o = opts(HfScheme::Nvfp4);
+    let mut partial = amax.clone();
+    partial.remove("model.layers.0.mlp.down_proj");
+    o.input_amax = Some(partial);
+    let bad = tmp.path().join("bad");
+    let e = quantize_to_hf(&src, &bad, &o).unwrap_err().to_string();
+    assert!(
+        e.contains("mlp.down_proj") && e.contains("--method fp8-static"),
+        "{e}"
+    );
+    assert!(!bad.exists());
+
+    o.input_amax = Some(amax.clone());
+    let dest = tmp.path().join("w4a4");
+    quantize_to_hf(&src, &dest, &o).unwrap();
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(dest.join("config.json")).unwrap()).unwrap();
+    let weights = json!({"dynamic": false, "group_size": 16, "num_bits": 4,
+        "scale_dtype": "torch.float8_e4m3fn", "strategy": "tensor_group", "symmetric": true,
+        "type": "float"});
+    let input = json!({"dynamic": "local", "group_size": 16, "num_bits": 4,
+        "observer": "static_minmax", "scale_dtype": "torch.float8_e4m3fn",
+        "strategy": "tensor_group", "symmetric": true, "type": "float"});
+    assert_eq!(
+        cfg["quantization_config"],
+        ct_config("nvfp4-pack-quantized", &weights, &input)
+    );
+    let (w16, w4) = (read_out(&a16), read_out(&dest));
+    for t in &w16 {
+        assert_eq!(get(&w4, &t.0), t, "{}", t.0);
+    }
+    assert_eq!(w4.len(), w16.len() + linears.len());
+    for (m, a) in &amax {
+        let (_, dt, shape, data) = get(&w4, &format!("{m}.input_global_scale"));
+        assert_eq!((dt.as_str(), shape.clone()), ("F32", vec![1]));
+        let want = fp4::nvfp4_global_scale(*a, Int4Arith::Bf16);
+        assert_eq!(data, &want.to_le_bytes().to_vec(), "{m}");
+        // BF16 arithmetic: 1/amax and the product are rounded to BF16
+        let r = |x: f32| half::bf16::from_f32(x).to_f32();
+        assert_eq!(want, r(r(1.0 / a) * 2688.0), "{m}");
+    }
+    let (c16, c4) = (
+        Checkpoint::open(&a16).unwrap(),
+        Checkpoint::open(&dest).unwrap(),
+    );
+    for kind in qforge_convert::LayerTensor::LINEARS {
+        let id = qforge_convert::TensorId::Layer { index: 0, kind };
+        assert_eq!(
+            c4.weight_f32(id).unwrap(),
+            c16.weight_f32(id).unwrap(),
+            "{id}"
+        );
     }
 }

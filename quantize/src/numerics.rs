@@ -14,11 +14,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
-use crate::checkpoint::Checkpoint;
-use crate::error::Result;
-use crate::names::{Part, TensorId};
+use crate::dequant::WeightRead;
+use qforge_convert::checkpoint::Checkpoint;
+use qforge_convert::names::{Part, TensorId};
+use qforge_convert::Result;
 
 /// F16's largest finite value: the default limit on a weight's magnitude. No trained Llama
 /// weight comes near it, and a GGUF block scale (stored as F16) cannot represent a larger one.
@@ -94,23 +95,23 @@ impl Numerics {
     }
 
     /// The error for the bad value `v` at (`row`, `col`).
-    fn error(self, row: u64, col: u64, v: f32) -> qforge_quantize::Error {
+    fn error(self, row: u64, col: u64, v: f32) -> qforge_codecs::Error {
         if v.is_finite() {
-            qforge_quantize::Error::OutOfRange {
+            qforge_codecs::Error::OutOfRange {
                 row,
                 col,
                 value: v,
                 limit: self.max_abs,
             }
         } else {
-            qforge_quantize::Error::NonFinite { row, col }
+            qforge_codecs::Error::NonFinite { row, col }
         }
     }
 
     /// Apply the policy to one decoded row about to be quantized (row number 0 in errors: the
     /// callers that know it put it in). Clamps in place under [`WeightPolicy::Clamp`]; under
     /// the other policies the first bad value is an error.
-    pub fn row(&self, row: &mut [f32]) -> std::result::Result<(), qforge_quantize::Error> {
+    pub fn row(&self, row: &mut [f32]) -> std::result::Result<(), qforge_codecs::Error> {
         // The common case, no bad value, is one branch-free pass that vectorizes: v is bad
         // (NaN, or |v| > max_abs) exactly when its bit pattern with the sign cleared is above
         // the limit's, for any limit ≥ 0 (NaNs sort above inf above every finite value; a NaN
@@ -143,7 +144,7 @@ impl Numerics {
         &self,
         values: &mut [f32],
         k: usize,
-    ) -> std::result::Result<(), qforge_quantize::Error> {
+    ) -> std::result::Result<(), qforge_codecs::Error> {
         for (r, row) in values.chunks_mut(k.max(1)).enumerate() {
             self.row(row).map_err(|e| with_row(e, r as u64))?;
         }
@@ -159,10 +160,16 @@ impl Numerics {
         let per_row: Vec<(u64, Option<(u64, f32)>)> =
             if t.shape.len() == 2 && matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32) {
                 let dtype = t.dtype;
-                ckpt.par_source_rows(t, None, &t.name, None, |bytes, buf, _| {
-                    qforge_quantize::decode_to_f32(dtype, bytes, buf)?;
-                    Ok(self.count(buf))
-                })?
+                crate::dequant::Weights(ckpt).par_source_rows(
+                    t,
+                    None,
+                    &t.name,
+                    None,
+                    |bytes, buf, _| {
+                        qforge_codecs::decode_to_f32(dtype, bytes, buf)?;
+                        Ok(self.count(buf))
+                    },
+                )?
             } else {
                 let v = ckpt.weight_f32(id)?;
                 let k = t.shape.last().copied().unwrap_or(1).max(1) as usize;
@@ -204,14 +211,12 @@ impl Numerics {
 }
 
 /// `e` with its row set to `row` (the codecs report row 0 for a single row).
-pub fn with_row(e: qforge_quantize::Error, row: u64) -> qforge_quantize::Error {
+pub fn with_row(e: qforge_codecs::Error, row: u64) -> qforge_codecs::Error {
     match e {
-        qforge_quantize::Error::NonFinite { col, .. } => {
-            qforge_quantize::Error::NonFinite { row, col }
-        }
-        qforge_quantize::Error::OutOfRange {
+        qforge_codecs::Error::NonFinite { col, .. } => qforge_codecs::Error::NonFinite { row, col },
+        qforge_codecs::Error::OutOfRange {
             col, value, limit, ..
-        } => qforge_quantize::Error::OutOfRange {
+        } => qforge_codecs::Error::OutOfRange {
             row,
             col,
             value,
@@ -231,7 +236,7 @@ mod tests {
         let mut v = vec![1.0, 2.0, 3.0, 70000.0, f32::NAN, 1.0];
         assert_eq!(
             n.rows(&mut v, 3),
-            Err(qforge_quantize::Error::OutOfRange {
+            Err(qforge_codecs::Error::OutOfRange {
                 row: 1,
                 col: 0,
                 value: 70000.0,
@@ -241,7 +246,7 @@ mod tests {
         let mut v = vec![1.0, f32::NEG_INFINITY];
         assert_eq!(
             n.rows(&mut v, 2),
-            Err(qforge_quantize::Error::NonFinite { row: 0, col: 1 })
+            Err(qforge_codecs::Error::NonFinite { row: 0, col: 1 })
         );
         let mut ok = vec![65504.0, -65504.0, 0.0];
         assert_eq!(n.rows(&mut ok, 3), Ok(()));

@@ -5,18 +5,18 @@
 //! (compressors/quantized_compressors/fp8_quantized.py) writes `weight` (F8_E4M3, the full
 //! `[rows, cols]` shape) and `weight_scale` (model dtype, `[ceil(rows/128), ceil(cols/128)]`,
 //! partial edge blocks as `maybe_pad_tensor_for_block_quant` makes them). The arithmetic is
-//! `qforge_quantize::fp8_ct`'s (llm-compressor's: `W / scale` rounded to the model dtype
+//! `qforge_codecs::fp8_ct`'s (llm-compressor's: `W / scale` rounded to the model dtype
 //! before the FP8 cast).
 
-use qforge_quantize::fp8_ct::{self, CT_BLOCK};
-use qforge_quantize::DType;
+use qforge_codecs::fp8_ct::{self, CT_BLOCK};
+use qforge_codecs::DType;
 
 use super::fp4::Source;
 use super::{codec_err, shape2};
-use crate::error::Result;
-use crate::export::{encode_float, OutTensor, Producer};
-use crate::names::TensorId;
-use crate::write::safetensors::TensorSpec;
+use qforge_convert::export::{encode_float, OutTensor, Producer};
+use qforge_convert::names::TensorId;
+use qforge_convert::write::safetensors::TensorSpec;
+use qforge_convert::Result;
 
 /// The scale grid of a `[rows, cols]` weight: `[ceil(rows/128), ceil(cols/128)]`.
 pub fn scale_shape(rows: usize, cols: usize) -> [usize; 2] {

@@ -23,9 +23,9 @@
 
 use std::process::ExitCode;
 
-use qforge_quantize::fp8::Fp8Encoding;
-use qforge_quantize::int4::Int4Arith;
-use qforge_quantize::{decode_to_f32, float, fp4, fp8_ct, ggml_quant, DType};
+use qforge_codecs::fp8::Fp8Encoding;
+use qforge_codecs::int4::Int4Arith;
+use qforge_codecs::{decode_to_f32, float, fp4, fp8_ct, ggml_quant, DType};
 
 const USAGE: &str = "usage: codec encode <F8_E4M3|F8_E4M3_SAT|F8_E5M2|F8_E5M2_SAT|BF16|F16> IN OUT
        codec quantize <Q8_0|Q4_0|Q4_1|Q5_0|Q5_1|Q2_K|Q3_K|Q4_K|Q5_K|Q6_K> IN OUT --row N [--imatrix FILE]
@@ -191,10 +191,10 @@ fn mlx(bits: &str, input: &str, output: &str, opts: &[String]) -> Result<(), Fai
     let bits = bits
         .parse::<u8>()
         .map_err(|_| Failure::Usage(format!("mlx: bits {bits} is not a number")))?;
-    let data = |e: qforge_quantize::Error| Failure::Data(format!("{e}"));
-    let m = qforge_quantize::mlx::quantize_mlx_affine(&read_f32(input)?, k, bits, g, arith)
+    let data = |e: qforge_codecs::Error| Failure::Data(format!("{e}"));
+    let m = qforge_codecs::mlx::quantize_mlx_affine(&read_f32(input)?, k, bits, g, arith)
         .map_err(data)?;
-    let deq = qforge_quantize::mlx::dequantize_mlx_affine(&m, arith).map_err(data)?;
+    let deq = qforge_codecs::mlx::dequantize_mlx_affine(&m, arith).map_err(data)?;
     write(&format!("{output}.deq"), &f32_bytes(&deq))?;
     write(&format!("{output}.scale"), &f32_bytes(&m.scales))?;
     write(&format!("{output}.bias"), &f32_bytes(&m.biases))?;
@@ -206,7 +206,7 @@ fn ct(name: &str, input: &str, output: &str, opts: &[String]) -> Result<(), Fail
     let (row, _, arith) = block_opts(opts)?;
     let k = row.ok_or_else(|| Failure::Usage("ct needs --row K".into()))?;
     let x = read_f32(input)?;
-    let data = |e: qforge_quantize::Error| Failure::Data(format!("{e}"));
+    let data = |e: qforge_codecs::Error| Failure::Data(format!("{e}"));
     let side = |ext: &str, bytes: &[u8]| write(&format!("{output}.{ext}"), bytes);
     match name.to_ascii_uppercase().as_str() {
         "NVFP4" => {

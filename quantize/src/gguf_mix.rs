@@ -7,26 +7,27 @@
 //! by block, names sorted within each), the attention-V and FFN-down counters advance in that
 //! order, and a type whose block does not divide a row falls back (Q4_K → Q5_0, Q5_K → Q5_1,
 //! Q6_K → Q8_0, Q2_K/Q3_K → Q4_0; F16 if even that does not fit). Data is encoded by
-//! `qforge_quantize::ggml_quant`, bit for bit llama.cpp's reference quantizers.
+//! `qforge_codecs::ggml_quant`, bit for bit llama.cpp's reference quantizers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use qforge_quantize::{ggml_quant, DType};
+use qforge_codecs::{ggml_quant, DType};
 
-use crate::checkpoint::{Checkpoint, Format, TensorEntry};
-use crate::error::{Error, Result};
-use crate::export::{encode_float, rope_direction, rope_heads, Written};
-use crate::export_gguf::{
+use crate::dequant::WeightRead;
+use crate::numerics::{Numerics, WeightPolicy};
+use qforge_convert::checkpoint::{Checkpoint, Format, TensorEntry};
+use qforge_convert::export::{encode_float, rope_direction, rope_heads, Written};
+use qforge_convert::export_gguf::{
     gguf_order, gguf_specs, gguf_tensor_name, llama3_rope_factors, model_metadata,
     tokenizer_metadata,
 };
-use crate::gguf::GgufValue;
-use crate::names::{NameScheme, Part, TensorId, TensorKey};
-use crate::notes::Note;
-use crate::numerics::{Numerics, WeightPolicy};
-use crate::write::gguf::{plan, GgufTensorSpec, GgufWriter};
-use crate::write::AtomicFile;
+use qforge_convert::gguf::GgufValue;
+use qforge_convert::names::{NameScheme, Part, TensorId, TensorKey};
+use qforge_convert::notes::Note;
+use qforge_convert::write::gguf::{plan, GgufTensorSpec, GgufWriter};
+use qforge_convert::write::AtomicFile;
+use qforge_convert::{Error, Result};
 
 /// A llama.cpp file type (`llama_ftype`) that mixes ggml types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -451,13 +452,13 @@ fn quantize_streamed(
     let imatrix = imatrix_slice(opts, gguf_name, t.key, k as u64);
     buf.resize(rows * row_bytes, 0);
     let rope = rope_direction(&ckpt.config, ckpt.format, Format::Gguf);
-    let done = ckpt.par_source_rows(
+    let done = crate::dequant::Weights(ckpt).par_source_rows(
         t,
         rope,
         &t.name,
         Some((buf, row_bytes)),
         |bytes, vals, out| {
-            qforge_quantize::decode_to_f32(t.dtype, bytes, vals)?;
+            qforge_codecs::decode_to_f32(t.dtype, bytes, vals)?;
             opts.numerics.row(vals)?;
             ggml_quant::quantize_one_row(dtype, vals, imatrix, out.expect("output rows given"))
         },
@@ -465,23 +466,191 @@ fn quantize_streamed(
     Some(done.map(|_| ()))
 }
 
+/// Scan what would be quantized under an opt-in bad-weight policy; `skip` keeps the tensors
+/// with bad values in F32 (notes name each). `mix_of[i]` is entry `i`'s GGUF tensor.
+fn scan_bad_weights(
+    ckpt: &Checkpoint,
+    opts: &GgufQuantOptions,
+    (entries, mix_of): (&[&TensorEntry], &[usize]),
+    mix_tensors: &[MixTensor],
+    choices: &mut [MixChoice],
+    notes: &mut Vec<Note>,
+) -> Result<()> {
+    if opts.numerics.policy == WeightPolicy::Error {
+        return Ok(());
+    }
+    // Scan what would be quantized; `skip` keeps the tensors with bad values in F32.
+    for (i, t) in entries.iter().enumerate() {
+        let c = &mut choices[mix_of[i]];
+        if !c.dtype.is_block() || t.key.part != Part::Weight {
+            continue;
+        }
+        if let Some(f) = opts.numerics.scan(ckpt, t.key.id)? {
+            notes.push(Note::requested(
+                opts.numerics.note(&mix_tensors[mix_of[i]].name, &f),
+            ));
+            if opts.numerics.policy == WeightPolicy::Skip {
+                c.dtype = DType::F32;
+                c.fallback_from = None;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The importance weights of `name` for the rows of `key` (`ne0` wide): the whole vector, or
 /// an expert's slice of a per-expert stack's (checked against the stack's size before).
 fn imatrix_slice<'a>(
     opts: &'a GgufQuantOptions,
     name: &str,
-    key: crate::TensorKey,
+    key: TensorKey,
     ne0: u64,
 ) -> Option<&'a [f32]> {
     let w = opts.imatrix.as_ref()?.get(name)?;
     let ne0 = usize::try_from(ne0).ok()?;
-    match crate::export_gguf::gguf_tensor_name(key) {
+    match gguf_tensor_name(key) {
         Some((_, Some(e))) if w.len() != ne0 => {
             let e = e as usize;
             w.get(e.checked_mul(ne0)?..e.checked_add(1)?.checked_mul(ne0)?)
         }
         _ => Some(w),
     }
+}
+
+/// Importance-matrix rows must match the tensors they weight.
+fn check_imatrix(
+    opts: &GgufQuantOptions,
+    dest: &Path,
+    mix_tensors: &[MixTensor],
+    choices: &[MixChoice],
+    n_expert: u64,
+) -> Result<()> {
+    if let Some(im) = &opts.imatrix {
+        for (mt, c) in mix_tensors.iter().zip(choices) {
+            if let Some(w) = im.get(&mt.name) {
+                // an expert stack: one row of weights per expert (llama-imatrix's
+                // `ne0 · n_expert`; llama-quant.cpp `llama_model_quantize_impl` checks
+                // `ne[0]*ne[2]` and quantizes expert `i03` with its slice)
+                let per_expert = mt.n_dims == 3 && w.len() as u64 == mt.ne0 * n_expert;
+                if c.dtype.is_block() && w.len() as u64 != mt.ne0 && !per_expert {
+                    return Err(Error::BadQuantization {
+                        path: dest.into(),
+                        tensor: mt.name.clone(),
+                        reason: format!(
+                            "importance matrix has {} values, the tensor's rows have {}",
+                            w.len(),
+                            mt.ne0
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// GGUF key/value pairs in file order.
+type Metadata = Vec<(String, GgufValue)>;
+
+/// The file's metadata (llama.cpp's model and tokenizer keys, the source's `general.*` keys,
+/// `extra_metadata`), with one note per kind of type fallback.
+fn gguf_metadata(
+    ckpt: &Checkpoint,
+    mix: GgufMix,
+    opts: &GgufQuantOptions,
+    (mix_tensors, choices): (&[MixTensor], &[MixChoice]),
+    notes: &mut Vec<Note>,
+) -> Result<Metadata> {
+    // general.name from the source GGUF, or from an HF source's model card (as
+    // convert_hf_to_gguf.py names the file from it)
+    let card = qforge_convert::export::model_card_fields(ckpt);
+    let general_name = card
+        .iter()
+        .find(|(k, _)| *k == "model_name")
+        .map(|(_, v)| v.clone());
+    let mut metadata = model_metadata(&ckpt.config, general_name.as_deref(), Some(mix.file_type()));
+    metadata.extend(tokenizer_metadata(ckpt, notes)?);
+    metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
+    metadata.extend(source_general_keys(ckpt, &metadata));
+    metadata.extend(opts.extra_metadata.iter().cloned());
+    // One note per kind of fallback (the per-tensor list is in the returned types).
+    let mut fallbacks: BTreeMap<(u64, String, String), usize> = BTreeMap::new();
+    for (mt, c) in mix_tensors.iter().zip(choices) {
+        if let Some(from) = c.fallback_from {
+            *fallbacks
+                .entry((mt.ne0, from.to_string(), c.dtype.to_string()))
+                .or_default() += 1;
+        }
+    }
+    for ((ne0, from, to), n) in fallbacks {
+        notes.push(Note::requested(format!(
+            "{n} tensor(s) with rows of {ne0}, not a multiple of {from}'s 256-block: {to} instead \
+             (llama-quantize's fallback)"
+        )));
+    }
+
+    Ok(metadata)
+}
+
+/// Make the bytes of source tensor `t` as (a piece of) GGUF tensor `mt` of type `c.dtype` in
+/// `buf`: a copy when it already has that type, else quantized (row by row from a plain float
+/// source, or whole) or converted.
+fn encode_tensor(
+    ckpt: &Checkpoint,
+    t: &TensorEntry,
+    (mt, c): (&MixTensor, MixChoice),
+    opts: &GgufQuantOptions,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    qforge_convert::export::reset_buffer(buf);
+    let same_layout = rope_direction(&ckpt.config, ckpt.format, Format::Gguf).is_none()
+        || rope_heads(&ckpt.config, t.key).is_none();
+    if t.dtype == c.dtype && t.key.part == Part::Weight && same_layout {
+        // llama-quantize copies a tensor that already has its target type.
+        buf.extend_from_slice(&ckpt.bytes(t)?);
+        ckpt.release(t);
+    } else if let Some(r) = quantize_streamed(ckpt, t, c.dtype, &mt.name, opts, buf) {
+        r?;
+    } else {
+        let mut rows = ckpt.role_rows_f32(
+            t.key.id,
+            rope_direction(&ckpt.config, ckpt.format, Format::Gguf),
+        )?;
+        if c.dtype.is_block() {
+            opts.numerics
+                .rows(&mut rows, mt.ne0.max(1) as usize)
+                .map_err(|source| Error::Codec {
+                    path: ckpt.path.clone(),
+                    tensor: t.name.clone(),
+                    source,
+                })?;
+            let imatrix = imatrix_slice(opts, &mt.name, t.key, mt.ne0);
+            let n = usize::try_from(c.dtype.bytes_for(rows.len() as u64).map_err(|e| {
+                Error::Codec {
+                    path: ckpt.path.clone(),
+                    tensor: t.name.clone(),
+                    source: e,
+                }
+            })?)
+            .unwrap_or(usize::MAX);
+            buf.resize(n, 0);
+            ggml_quant::quantize_rows(c.dtype, &rows, mt.ne0 as usize, imatrix, buf).map_err(
+                |source| Error::Codec {
+                    path: ckpt.path.clone(),
+                    tensor: t.name.clone(),
+                    source,
+                },
+            )?;
+        } else {
+            encode_float(&rows, c.dtype, buf).ok_or_else(|| Error::UnsupportedDType {
+                path: ckpt.path.clone(),
+                tensor: t.name.clone(),
+                dtype: c.dtype,
+                reason: "not a float or ggml block type",
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Quantize any checkpoint to a GGUF file with llama.cpp's `mix`.
@@ -491,7 +660,7 @@ pub fn quantize_to_gguf(
     mix: GgufMix,
     opts: &GgufQuantOptions,
 ) -> Result<GgufQuantWritten> {
-    let mut notes = crate::notes::from_reading(&ckpt.notes);
+    let mut notes = qforge_convert::notes::from_reading(&ckpt.notes);
     let mut entries: Vec<&TensorEntry> = ckpt
         .tensors
         .iter()
@@ -505,12 +674,12 @@ pub fn quantize_to_gguf(
     notes.extend(
         rope_factors
             .as_deref()
-            .and_then(|f| crate::export_gguf::rope_metadata_lost(&ckpt.config, f)),
+            .and_then(|f| qforge_convert::export_gguf::rope_metadata_lost(&ckpt.config, f)),
     );
-    notes.extend(crate::export_gguf::window_lost(&ckpt.config));
-    notes.extend(crate::export_gguf::class_lost(&ckpt.config));
-    notes.extend(crate::export_gguf::moe_lost(&ckpt.config));
-    crate::export_gguf::check_moe_gguf(&ckpt.config, &ckpt.path)?;
+    notes.extend(qforge_convert::export_gguf::window_lost(&ckpt.config));
+    notes.extend(qforge_convert::export_gguf::class_lost(&ckpt.config));
+    notes.extend(qforge_convert::export_gguf::moe_lost(&ckpt.config));
+    qforge_convert::export_gguf::check_moe_gguf(&ckpt.config, &ckpt.path)?;
     entries.sort_by_key(|t| gguf_order(&t.key));
     let name_of = |t: &TensorEntry| {
         NameScheme::Gguf
@@ -563,46 +732,15 @@ pub fn quantize_to_gguf(
         n_expert: ckpt.config.moe.as_ref().map_or(0, |m| m.num_experts),
     };
     let mut choices = choose_types(mix, &model, &mix_tensors);
-    if opts.numerics.policy != WeightPolicy::Error {
-        // Scan what would be quantized; `skip` keeps the tensors with bad values in F32.
-        for (i, t) in entries.iter().enumerate() {
-            let c = &mut choices[mix_of[i]];
-            if !c.dtype.is_block() || t.key.part != Part::Weight {
-                continue;
-            }
-            if let Some(f) = opts.numerics.scan(ckpt, t.key.id)? {
-                notes.push(Note::requested(
-                    opts.numerics.note(&mix_tensors[mix_of[i]].name, &f),
-                ));
-                if opts.numerics.policy == WeightPolicy::Skip {
-                    c.dtype = DType::F32;
-                    c.fallback_from = None;
-                }
-            }
-        }
-    }
-    // imatrix rows must match the tensors they weight.
-    if let Some(im) = &opts.imatrix {
-        for (mt, c) in mix_tensors.iter().zip(&choices) {
-            if let Some(w) = im.get(&mt.name) {
-                // an expert stack: one row of weights per expert (llama-imatrix's
-                // `ne0 · n_expert`; llama-quant.cpp `llama_model_quantize_impl` checks
-                // `ne[0]*ne[2]` and quantizes expert `i03` with its slice)
-                let per_expert = mt.n_dims == 3 && w.len() as u64 == mt.ne0 * model.n_expert;
-                if c.dtype.is_block() && w.len() as u64 != mt.ne0 && !per_expert {
-                    return Err(Error::BadQuantization {
-                        path: dest.into(),
-                        tensor: mt.name.clone(),
-                        reason: format!(
-                            "importance matrix has {} values, the tensor's rows have {}",
-                            w.len(),
-                            mt.ne0
-                        ),
-                    });
-                }
-            }
-        }
-    }
+    scan_bad_weights(
+        ckpt,
+        opts,
+        (&entries, &mix_of),
+        &mix_tensors,
+        &mut choices,
+        &mut notes,
+    )?;
+    check_imatrix(opts, dest, &mix_tensors, &choices, model.n_expert)?;
     let offset = usize::from(rope_factors.is_some());
     let mut specs: Vec<GgufTensorSpec> = mix_tensors
         .iter()
@@ -622,34 +760,7 @@ pub fn quantize_to_gguf(
             .enumerate()
             .map(|(i, &t)| (t, choices[mix_of[i]].dtype)),
     )?);
-    // general.name from the source GGUF, or from an HF source's model card (as
-    // convert_hf_to_gguf.py names the file from it)
-    let card = crate::export::model_card_fields(ckpt);
-    let general_name = card
-        .iter()
-        .find(|(k, _)| *k == "model_name")
-        .map(|(_, v)| v.clone());
-    let mut metadata = model_metadata(&ckpt.config, general_name.as_deref(), Some(mix.file_type()));
-    metadata.extend(tokenizer_metadata(ckpt, &mut notes)?);
-    metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
-    metadata.extend(source_general_keys(ckpt, &metadata));
-    metadata.extend(opts.extra_metadata.iter().cloned());
-    // One note per kind of fallback (the per-tensor list is in the returned types).
-    let mut fallbacks: BTreeMap<(u64, String, String), usize> = BTreeMap::new();
-    for (mt, c) in mix_tensors.iter().zip(&choices) {
-        if let Some(from) = c.fallback_from {
-            *fallbacks
-                .entry((mt.ne0, from.to_string(), c.dtype.to_string()))
-                .or_default() += 1;
-        }
-    }
-    for ((ne0, from, to), n) in fallbacks {
-        notes.push(Note::requested(format!(
-            "{n} tensor(s) with rows of {ne0}, not a multiple of {from}'s 256-block: {to} instead \
-             (llama-quantize's fallback)"
-        )));
-    }
-
+    let metadata = gguf_metadata(ckpt, mix, opts, (&mix_tensors, &choices), &mut notes)?;
     let p = plan(&metadata, specs)?;
     let types = mix_tensors
         .iter()
@@ -659,7 +770,7 @@ pub fn quantize_to_gguf(
     if opts.dry_run {
         return Ok(GgufQuantWritten {
             written: Written {
-                files: vec![crate::write::planned_file(
+                files: vec![qforge_convert::write::planned_file(
                     dest,
                     p.file_size(),
                     p.tensors.iter().map(|t| t.1).sum(),
@@ -681,53 +792,7 @@ pub fn quantize_to_gguf(
     let mut buf = Vec::new();
     for (i, t) in entries.iter().enumerate() {
         let (mt, c) = (&mix_tensors[mix_of[i]], choices[mix_of[i]]);
-        crate::export::reset_buffer(&mut buf);
-        let same_layout = rope_direction(&ckpt.config, ckpt.format, Format::Gguf).is_none()
-            || rope_heads(&ckpt.config, t.key).is_none();
-        if t.dtype == c.dtype && t.key.part == Part::Weight && same_layout {
-            // llama-quantize copies a tensor that already has its target type.
-            buf.extend_from_slice(&ckpt.bytes(t)?);
-            ckpt.release(t);
-        } else if let Some(r) = quantize_streamed(ckpt, t, c.dtype, &mt.name, opts, &mut buf) {
-            r?;
-        } else {
-            let mut rows = ckpt.role_rows_f32(
-                t.key.id,
-                rope_direction(&ckpt.config, ckpt.format, Format::Gguf),
-            )?;
-            if c.dtype.is_block() {
-                opts.numerics
-                    .rows(&mut rows, mt.ne0.max(1) as usize)
-                    .map_err(|source| Error::Codec {
-                        path: ckpt.path.clone(),
-                        tensor: t.name.clone(),
-                        source,
-                    })?;
-                let imatrix = imatrix_slice(opts, &mt.name, t.key, mt.ne0);
-                let n = usize::try_from(c.dtype.bytes_for(rows.len() as u64).map_err(|e| {
-                    Error::Codec {
-                        path: ckpt.path.clone(),
-                        tensor: t.name.clone(),
-                        source: e,
-                    }
-                })?)
-                .unwrap_or(usize::MAX);
-                buf.resize(n, 0);
-                ggml_quant::quantize_rows(c.dtype, &rows, mt.ne0 as usize, imatrix, &mut buf)
-                    .map_err(|source| Error::Codec {
-                        path: ckpt.path.clone(),
-                        tensor: t.name.clone(),
-                        source,
-                    })?;
-            } else {
-                encode_float(&rows, c.dtype, &mut buf).ok_or_else(|| Error::UnsupportedDType {
-                    path: ckpt.path.clone(),
-                    tensor: t.name.clone(),
-                    dtype: c.dtype,
-                    reason: "not a float or ggml block type",
-                })?;
-            }
-        }
+        encode_tensor(ckpt, t, (mt, c), opts, &mut buf)?;
         // an expert is one piece of its stack
         w.write_part(&mt.name, &buf)
             .map_err(|e| Error::io(&path, e))?;

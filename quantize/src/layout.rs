@@ -4,7 +4,7 @@
 //!
 //! Every linear of every block is decoded to `f32` (whatever the source stores: floats, ggml
 //! blocks, or an already quantized layout), put in HF row order (Q/K RoPE permutation), and
-//! encoded with the codecs of `qforge-quantize`. Everything else (embeddings, norms, the LM
+//! encoded with the codecs of `qforge-codecs`. Everything else (embeddings, norms, the LM
 //! head, modules the policy or `--ignore` leaves out) is written in the model dtype.
 //!
 //! Writing order: safetensors files keep the library's data order (descending dtype alignment,
@@ -18,27 +18,32 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use qforge_quantize::fp8::{self, Fp8Options, ScaleRounding};
-use qforge_quantize::int4::{self, Int4Arith, Int4Config, Int4Scheme, Int4Tensor};
-use qforge_quantize::DType;
+use qforge_codecs::fp8::{Fp8Options, ScaleRounding};
+use qforge_codecs::int4::{self, Int4Arith, Int4Config, Int4Scheme, Int4Tensor};
+use qforge_codecs::DType;
 use serde_json::{json, Value};
 
-use crate::checkpoint::{Checkpoint, Format};
-use crate::error::{Error, Result};
-use crate::export::{
-    copy_rows, encode_float, hf_config_json, rope_direction, target_rope_scaling, tensor_bytes,
-    write_hf_side_files, write_safetensors_shards, OutTensor, Producer, RowProducer, Written,
-};
-use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
-use crate::notes::Note;
+use crate::dequant::WeightRead;
 use crate::numerics::{Numerics, WeightPolicy};
-use crate::rope::RopeLayout;
-use crate::write::safetensors::TensorSpec;
-use crate::write::{OutputDir, OutputOptions};
+use qforge_convert::checkpoint::{Checkpoint, Format};
+use qforge_convert::export::{
+    copy_rows, encode_float, hf_config_json, rope_direction, target_rope_scaling, tensor_bytes,
+    write_hf_side_files, write_safetensors_shards, OutTensor, Producer, Written,
+};
+use qforge_convert::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
+use qforge_convert::notes::Note;
+use qforge_convert::rope::RopeLayout;
+use qforge_convert::write::safetensors::TensorSpec;
+use qforge_convert::write::{OutputDir, OutputOptions};
+use qforge_convert::ModelConfig;
+use qforge_convert::{Error, Result};
 
 mod fp4;
+mod fp8;
 pub mod fp8_block;
+mod int;
 pub mod mlx;
+mod nvfp4;
 
 /// The compressed-tensors version whose `quantization_config` qforge writes (and validates
 /// against in the interop tests).
@@ -68,12 +73,15 @@ pub enum HfScheme {
     },
     /// FP8 E4M3 weights with one scale per 128×128 block, activations FP8 dynamic per token
     /// group of 128 (compressed-tensors `strategy: block`, llm-compressor `FP8_BLOCK`;
-    /// arithmetic in `qforge_quantize::fp8_ct`).
+    /// arithmetic in `qforge_codecs::fp8_ct`).
     Fp8Block,
     /// FP4 E2M1 weights with an FP8 E4M3 scale per 16 and a per-tensor F32 global scale,
     /// 16-bit activations (compressed-tensors `nvfp4-pack-quantized`, llm-compressor
-    /// `NVFP4A16`; arithmetic in `qforge_quantize::fp4`).
+    /// `NVFP4A16`; arithmetic in `qforge_codecs::fp4`).
     Nvfp4A16,
+    /// NVFP4 weights as [`HfScheme::Nvfp4A16`] plus FP4 activations with a calibrated per-tensor
+    /// `input_global_scale` (llm-compressor `NVFP4`, W4A4; [`nvfp4`]).
+    Nvfp4,
     /// FP4 E2M1 weights with an E8M0 scale per 32 (compressed-tensors `mxfp4-pack-quantized`):
     /// llm-compressor `MXFP4` (activations dynamic MXFP4 at run time) or, with
     /// `a16`, `MXFP4A16`.
@@ -181,6 +189,9 @@ pub struct HfQuantOptions {
     pub activation_scale_ub: f32,
     /// Static activation scales (`input_scale`) per HF module name, for [`HfScheme::Fp8Static`].
     pub input_scales: Option<BTreeMap<String, f32>>,
+    /// Calibrated activation absolute maxima per HF module (`qforge calibrate --method
+    /// fp8-static`'s `input_amax`), for [`HfScheme::Nvfp4`]'s `input_global_scale`.
+    pub input_amax: Option<BTreeMap<String, f32>>,
     /// Largest shard, bytes of tensor data.
     pub shard_size: u64,
     /// Resume / overwrite policy.
@@ -257,111 +268,8 @@ fn roles(ckpt: &Checkpoint) -> Vec<TensorId> {
         .collect();
     ids.sort();
     ids.dedup();
-    ids.sort_by_key(|id| crate::export::hf_order(&TensorKey::weight(*id)));
+    ids.sort_by_key(|id| qforge_convert::export::hf_order(&TensorKey::weight(*id)));
     ids
-}
-
-/// FP8 rowwise straight from a plain float source: each output row is decoded from its source
-/// row (after the RoPE permutation) into a small per-thread buffer, scaled and encoded, so no
-/// `f32` copy of the tensor is ever made. `out_q` (codes) is optional: the scale producers only
-/// need the scales. Returns `None` when the source is not a plain float tensor (ggml blocks,
-/// already quantized layouts), which take the whole-tensor path.
-fn fp8_rows_streamed(
-    ckpt: &Checkpoint,
-    id: TensorId,
-    rope: Option<RopeLayout>,
-    opts: &Fp8Options,
-    numerics: Numerics,
-    out_q: Option<&mut [u8]>,
-) -> Option<Result<Vec<f32>>> {
-    if !plain_float_weight(ckpt, id) {
-        return None;
-    }
-    let w = ckpt.part(id, Part::Weight)?;
-    let k = shape2(ckpt, id).1;
-    let name = hf_module(id) + ".weight";
-    Some(
-        ckpt.par_source_rows(w, rope, &name, out_q.map(|q| (q, k)), |bytes, buf, q| {
-            let Some(q) = q else {
-                // Scales only: the absolute maximum straight from the bit patterns (for IEEE-style
-                // formats |x| orders like its bits with the sign cleared), no decoding; a row
-                // with a bad value is decoded and goes through the bad-weight policy.
-                if let Ok(amax) = fp8::amax_of_bits(w.dtype, bytes) {
-                    if amax <= numerics.max_abs {
-                        return fp8::scale_for_amax(amax, opts);
-                    }
-                }
-                qforge_quantize::decode_to_f32(w.dtype, bytes, buf)?;
-                numerics.row(buf)?;
-                let amax = buf.iter().fold(0f32, |m, v| m.max(v.abs()));
-                return fp8::scale_for_amax(amax, opts);
-            };
-            qforge_quantize::decode_to_f32(w.dtype, bytes, buf)?;
-            numerics.row(buf)?;
-            fp8::quantize_fp8_row(buf, q, opts)
-        }),
-    )
-}
-
-/// Whether `id`'s weight is a plain float tensor (BF16/F16/F32, no scale of its own), which
-/// [`fp8_rows_streamed`] reads a row at a time.
-fn plain_float_weight(ckpt: &Checkpoint, id: TensorId) -> bool {
-    ckpt.part(id, Part::Weight)
-        .is_some_and(|w| matches!(w.dtype, DType::BF16 | DType::F16 | DType::F32))
-        && ckpt.part(id, Part::WeightScale).is_none()
-}
-
-/// FP8 rowwise codes as a row-block producer (see [`RowProducer`]), when the weight is a
-/// plain float tensor stored contiguously (mapped, so each block reads only its rows). `None`
-/// otherwise: ggml blocks, quantized layouts and model-parallel or strided sources take the
-/// whole-tensor path, which gathers them once.
-fn fp8_code_rows(
-    ckpt: &Checkpoint,
-    id: TensorId,
-    rope: Option<RopeLayout>,
-    opts: Fp8Options,
-    numerics: Numerics,
-) -> Option<Producer<'_>> {
-    let w = ckpt.part(id, Part::Weight)?;
-    if !plain_float_weight(ckpt, id)
-        || !matches!(w.layout, crate::checkpoint::TensorLayout::Contiguous(_))
-    {
-        return None;
-    }
-    let std::borrow::Cow::Borrowed(src) = ckpt.bytes(w).ok()? else {
-        return None;
-    };
-    let k = shape2(ckpt, id).1;
-    let name = hf_module(id) + ".weight";
-    Some(Producer::Rows(RowProducer {
-        row_bytes: k,
-        fill: Box::new(move |range, out| {
-            ckpt.par_rows_of(
-                w,
-                (src, range),
-                rope,
-                &name,
-                Some((out, k)),
-                |bytes, buf, q| {
-                    let q = q.expect("codes requested");
-                    // a BF16 row with nothing for the bad-weight policy to do is encoded from
-                    // its bit patterns in one pass (the same codes as decoding it first)
-                    if w.dtype == DType::BF16 {
-                        if let Ok(amax) = fp8::amax_of_bits(w.dtype, bytes) {
-                            if amax <= numerics.max_abs {
-                                return fp8::quantize_fp8_row_bf16(bytes, amax, q, &opts);
-                            }
-                        }
-                    }
-                    qforge_quantize::decode_to_f32(w.dtype, bytes, buf)?;
-                    numerics.row(buf)?;
-                    fp8::quantize_fp8_row(buf, q, &opts)
-                },
-            )
-            .map(|_| ())
-        }),
-        done: Box::new(move || ckpt.release(w)),
-    }))
 }
 
 /// Under an opt-in bad-weight policy, scan every tensor the run would quantize; returns those
@@ -417,7 +325,7 @@ fn shape2_cols(ckpt: &Checkpoint, id: TensorId) -> usize {
     ckpt.config.expected_shape(id).last().copied().unwrap_or(1) as usize
 }
 
-fn codec_err(ckpt: &Checkpoint, id: TensorId, source: qforge_quantize::Error) -> Error {
+fn codec_err(ckpt: &Checkpoint, id: TensorId, source: qforge_codecs::Error) -> Error {
     Error::Codec {
         path: ckpt.path.clone(),
         tensor: hf_module(id) + ".weight",
@@ -514,7 +422,10 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<Tensor
             continue;
         }
         let (_, k) = shape2(ckpt, id);
-        if matches!(opts.scheme, HfScheme::Nvfp4A16 | HfScheme::Mxfp4 { .. }) {
+        if matches!(
+            opts.scheme,
+            HfScheme::Nvfp4A16 | HfScheme::Nvfp4 | HfScheme::Mxfp4 { .. }
+        ) {
             fp4::check_columns(opts.scheme, k).map_err(|reason| Error::BadQuantization {
                 path: ckpt.path.clone(),
                 tensor: hf_module(id),
@@ -545,6 +456,9 @@ fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<Tensor
                      --ignore/--policy, or for another model?)"
                 )));
             }
+        }
+        if opts.scheme == HfScheme::Nvfp4 {
+            nvfp4::check_amax(opts.input_amax.as_ref(), &hf_module(id)).map_err(bad)?;
         }
         if opts.scheme == HfScheme::Fp8Static {
             let m = hf_module(id);
@@ -640,6 +554,7 @@ pub fn quantization_config(opts: &HfQuantOptions, not_converted: &[String]) -> V
                    "symmetric": true, "type": "float"}),
             Value::Null,
         ),
+        HfScheme::Nvfp4 => nvfp4::config(),
         HfScheme::Mxfp4 { a16 } => (
             "mxfp4-pack-quantized",
             json!({"dynamic": false, "group_size": 32, "num_bits": 4,
@@ -698,12 +613,71 @@ pub fn sort_keys(v: Value) -> Value {
     }
 }
 
-/// Quantize any checkpoint into a Hugging Face directory with a quantized layout.
-pub fn quantize_to_hf(
+/// A tensor left in the model dtype: copied (or converted) a row block at a time from a plain
+/// mapped source, else decoded whole (AWQ-transformed roles, quantized or ggml sources).
+fn kept_tensor<'a>(
+    ckpt: &'a Checkpoint,
+    id: TensorId,
+    module: &str,
+    model_dtype: DType,
+    rope: Option<RopeLayout>,
+    transform: Option<&'a dyn WeightTransform>,
+) -> OutTensor<'a> {
+    let shape = ckpt.config.expected_shape(id);
+    let streamed = if transform.is_some_and(|t| t.touches(id)) {
+        None
+    } else {
+        ckpt.part(id, Part::Weight)
+            .filter(|_| ckpt.part(id, Part::WeightScale).is_none())
+            .and_then(|t| copy_rows(ckpt, t, model_dtype, rope))
+    };
+    // a kept tensor's own HF name (`….q_proj.bias` for a bias)
+    let name = NameScheme::Hf
+        .name(TensorKey::weight(id))
+        .unwrap_or_else(|| format!("{module}.weight"));
+    OutTensor {
+        spec: TensorSpec {
+            name,
+            dtype: model_dtype,
+            shape,
+        },
+        produce: streamed.unwrap_or_else(|| {
+            Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
+                if let Some(tr) = transform.filter(|t| t.touches(id)) {
+                    let mut v = ckpt.role_rows_f32(id, rope)?;
+                    let cols = shape2_cols(ckpt, id);
+                    tr.apply(id, &mut v, cols)
+                        .map_err(|reason| Error::BadQuantization {
+                            path: ckpt.path.clone(),
+                            tensor: hf_module(id),
+                            reason,
+                        })?;
+                    encode_float(&v, model_dtype, buf).expect("float dtype checked");
+                    return Ok(());
+                }
+                let plain = ckpt.part(id, Part::Weight).filter(|t| {
+                    matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32)
+                        && ckpt.part(id, Part::WeightScale).is_none()
+                });
+                if let Some(t) = plain {
+                    // copied (same dtype) or converted in chunks, never a whole f32 copy
+                    return tensor_bytes(ckpt, t, model_dtype, rope, buf);
+                }
+                let v = ckpt.role_rows_f32(id, rope)?;
+                encode_float(&v, model_dtype, buf).expect("float dtype checked");
+                Ok(())
+            }))
+        }),
+    }
+}
+
+/// The checks and notes before any tensor is made: the magnitude limit, the RoPE scaling the
+/// output can hold (lossy notes gated), the bad-weight scan and the scheme preflight. Returns
+/// the output's model config, the notes and the roles left unquantized.
+fn prepare(
     ckpt: &Checkpoint,
-    dest: &Path,
     opts: &HfQuantOptions,
-) -> Result<QuantWritten> {
+) -> Result<(ModelConfig, Vec<Note>, BTreeSet<TensorId>)> {
     if !(opts.numerics.max_abs.is_finite() && opts.numerics.max_abs > 0.0) {
         return Err(Error::BadQuantization {
             path: ckpt.path.clone(),
@@ -714,13 +688,12 @@ pub fn quantize_to_hf(
             ),
         });
     }
-    let mut notes = crate::notes::from_reading(&ckpt.notes);
+    let mut notes = qforge_convert::notes::from_reading(&ckpt.notes);
     let mut hf_cfg = ckpt.config.clone();
     let (rope_scaling, rope_notes) = target_rope_scaling(ckpt, "config.json")?;
     hf_cfg.rope_scaling = rope_scaling;
     notes.extend(rope_notes);
-    crate::notes::gate(&notes, opts.output.allow_lossy)?;
-    let numerics = opts.numerics;
+    qforge_convert::notes::gate(&notes, opts.output.allow_lossy)?;
     let mut skipped = scan_policy(ckpt, opts, &mut notes)?;
     if let Ok(Some((_, g))) = mlx_params(opts) {
         // mlx-lm leaves modules whose rows do not split into whole groups unquantized
@@ -731,6 +704,16 @@ pub fn quantize_to_hf(
         );
     }
     preflight(ckpt, opts, &skipped)?;
+    Ok((hf_cfg, notes, skipped))
+}
+
+/// Quantize any checkpoint into a Hugging Face directory with a quantized layout.
+pub fn quantize_to_hf(
+    ckpt: &Checkpoint,
+    dest: &Path,
+    opts: &HfQuantOptions,
+) -> Result<QuantWritten> {
+    let (hf_cfg, notes, skipped) = prepare(ckpt, opts)?;
     let cfg = &ckpt.config;
     let rope = rope_direction(&ckpt.config, ckpt.format, Format::Hf);
     let model_dtype = opts.dtype;
@@ -738,8 +721,6 @@ pub fn quantize_to_hf(
         HfLayout::CompressedTensors | HfLayout::Mlx => model_dtype,
         HfLayout::Fbgemm => DType::F32,
     };
-    let fp8_opts = fp8_options(opts);
-    let int4_cfg = int4_config(opts);
     let mut quantized = Vec::new();
     let mut kept = Vec::new();
     let mut tensors: Vec<OutTensor<'_>> = Vec::new();
@@ -747,7 +728,7 @@ pub fn quantize_to_hf(
     let src = fp4::Source {
         ckpt,
         rope,
-        numerics,
+        numerics: opts.numerics,
         arith: if model_dtype == DType::BF16 {
             Int4Arith::Bf16
         } else {
@@ -756,7 +737,6 @@ pub fn quantize_to_hf(
     };
     for id in roles(ckpt) {
         let module = hf_module(id);
-        let shape = cfg.expected_shape(id);
         // a MoE router is an nn.Linear kept in high precision: listed with the kept linears
         // (compressed-tensors `ignore`), as llm-compressor's MoE recipes ignore `mlp.gate`
         let linear = matches!(id, TensorId::Layer { kind, .. }
@@ -766,168 +746,39 @@ pub fn quantize_to_hf(
             if linear {
                 kept.push(module.clone());
             }
-            let streamed = if transform.is_some_and(|t| t.touches(id)) {
-                None
-            } else {
-                ckpt.part(id, Part::Weight)
-                    .filter(|_| ckpt.part(id, Part::WeightScale).is_none())
-                    .and_then(|t| copy_rows(ckpt, t, model_dtype, rope))
-            };
-            // a kept tensor's own HF name (`….q_proj.bias` for a bias)
-            let name = NameScheme::Hf
-                .name(TensorKey::weight(id))
-                .unwrap_or_else(|| format!("{module}.weight"));
-            tensors.push(OutTensor {
-                spec: TensorSpec {
-                    name,
-                    dtype: model_dtype,
-                    shape,
-                },
-                produce: streamed.unwrap_or_else(|| {
-                    Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                        if let Some(tr) = transform.filter(|t| t.touches(id)) {
-                            let mut v = ckpt.role_rows_f32(id, rope)?;
-                            let cols = shape2_cols(ckpt, id);
-                            tr.apply(id, &mut v, cols).map_err(|reason| {
-                                Error::BadQuantization {
-                                    path: ckpt.path.clone(),
-                                    tensor: hf_module(id),
-                                    reason,
-                                }
-                            })?;
-                            encode_float(&v, model_dtype, buf).expect("float dtype checked");
-                            return Ok(());
-                        }
-                        let plain = ckpt.part(id, Part::Weight).filter(|t| {
-                            matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32)
-                                && ckpt.part(id, Part::WeightScale).is_none()
-                        });
-                        if let Some(t) = plain {
-                            // copied (same dtype) or converted in chunks, never a whole f32 copy
-                            return tensor_bytes(ckpt, t, model_dtype, rope, buf);
-                        }
-                        let v = ckpt.role_rows_f32(id, rope)?;
-                        encode_float(&v, model_dtype, buf).expect("float dtype checked");
-                        Ok(())
-                    }))
-                }),
-            });
+            tensors.push(kept_tensor(ckpt, id, &module, model_dtype, rope, transform));
             continue;
         }
         quantized.push(module.clone());
-        let (rows, k) = shape2(ckpt, id);
         if let Ok(Some((bits, g))) = mlx_params(opts) {
             tensors.extend(mlx::tensors(src, id, &module, bits, g, model_dtype));
             continue;
         }
-        let scale_out = move |s: &[f32], buf: &mut Vec<u8>| {
-            encode_float(s, scale_dtype, buf).expect("float dtype checked");
-        };
         match opts.scheme {
             HfScheme::Fp8Rowwise | HfScheme::Fp8Static => {
                 let per_row = opts.scheme == HfScheme::Fp8Rowwise;
-                let streamed = if per_row {
-                    fp8_code_rows(ckpt, id, rope, fp8_opts, numerics)
-                } else {
-                    None
-                };
-                tensors.push(OutTensor {
-                    spec: TensorSpec {
-                        name: format!("{module}.weight"),
-                        dtype: DType::F8_E4M3,
-                        shape: shape.clone(),
-                    },
-                    produce: streamed.unwrap_or_else(|| {
-                        Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                            if per_row {
-                                buf.resize(rows * k, 0);
-                                if let Some(r) = fp8_rows_streamed(
-                                    ckpt,
-                                    id,
-                                    rope,
-                                    &fp8_opts,
-                                    numerics,
-                                    Some(buf),
-                                ) {
-                                    return r.map(|_| ());
-                                }
-                            }
-                            let v = checked_rows(ckpt, id, rope, k, numerics)?;
-                            buf.resize(v.len(), 0);
-                            if per_row {
-                                let mut s = vec![0f32; rows];
-                                fp8::quantize_fp8_rowwise(&v, k, buf, &mut s, &fp8_opts)
-                            } else {
-                                fp8::quantize_fp8_per_tensor(&v, k, buf, &fp8_opts).map(|_| ())
-                            }
-                            .map_err(|e| codec_err(ckpt, id, e))
-                        }))
-                    }),
-                });
-                tensors.push(OutTensor {
-                    spec: TensorSpec {
-                        name: format!("{module}.weight_scale"),
-                        dtype: scale_dtype,
-                        shape: if per_row {
-                            vec![rows as u64, 1]
-                        } else {
-                            vec![1]
-                        },
-                    },
-                    produce: {
-                        let make = move |buf: &mut Vec<u8>| {
-                            if per_row {
-                                if let Some(r) =
-                                    fp8_rows_streamed(ckpt, id, rope, &fp8_opts, numerics, None)
-                                {
-                                    scale_out(&r?, buf);
-                                    return Ok(());
-                                }
-                            }
-                            let v = checked_rows(ckpt, id, rope, k, numerics)?;
-                            let s = if per_row {
-                                fp8::rowwise_scales(&v, k, &fp8_opts)
-                            } else {
-                                fp8::per_tensor_scale(&v, k, &fp8_opts).map(|s| vec![s])
-                            }
-                            .map_err(|e| codec_err(ckpt, id, e))?;
-                            scale_out(&s, buf);
-                            Ok(())
-                        };
-                        // Row scales from a plain float source read it a row at a time (small
-                        // buffers, pages released after): made ahead of the write order. The
-                        // rest decodes the whole tensor, so it runs in turn.
-                        if per_row && plain_float_weight(ckpt, id) {
-                            Producer::Ahead(Box::new(make))
-                        } else {
-                            Producer::Whole(Box::new(make))
-                        }
-                    },
-                });
-                if !per_row {
-                    let s = opts
-                        .input_scales
+                let input_scale = (!per_row).then(|| {
+                    opts.input_scales
                         .as_ref()
                         .and_then(|m| m.get(&module))
                         .copied()
-                        .expect("checked by preflight");
-                    tensors.push(OutTensor {
-                        spec: TensorSpec {
-                            name: format!("{module}.input_scale"),
-                            dtype: scale_dtype,
-                            shape: vec![1],
-                        },
-                        produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                            scale_out(&[s], buf);
-                            Ok(())
-                        })),
-                    });
-                }
+                        .expect("checked by preflight")
+                });
+                let o = fp8_options(opts);
+                tensors.extend(fp8::tensors(
+                    src,
+                    id,
+                    &module,
+                    per_row,
+                    o,
+                    input_scale,
+                    scale_dtype,
+                ));
             }
             HfScheme::Fp8Block => {
                 tensors.extend(fp8_block::tensors(src, id, &module, scale_dtype));
             }
-            HfScheme::Nvfp4A16 | HfScheme::Mxfp4 { .. } => {
+            HfScheme::Nvfp4A16 | HfScheme::Nvfp4 | HfScheme::Mxfp4 { .. } => {
                 let group = fp4::fused_group(id)
                     .into_iter()
                     .filter(|m| {
@@ -936,97 +787,23 @@ pub fn quantize_to_hf(
                     })
                     .collect();
                 tensors.extend(fp4::tensors(src, id, &module, opts.scheme, group));
+                if opts.scheme == HfScheme::Nvfp4 {
+                    tensors.push(nvfp4::input_global_scale(&module, opts, src.arith));
+                }
             }
             HfScheme::Int4 { symmetric, .. } => {
-                let cfg4 = int4_cfg.expect("int4 scheme");
-                let gs =
-                    int4::check_group(k, cfg4.group_size).map_err(|e| codec_err(ckpt, id, e))?;
-                let groups = k / gs;
-                // codes per 32-bit word: 8 for INT4, 4 for INT8
-                let per_word = 32 / usize::from(cfg4.bits);
-                let bits = cfg4.bits;
+                let cfg4 = int4_config(opts).expect("int4 scheme");
                 let pre = opts.precomputed_int4.as_deref();
-                let quant = move || -> Result<int4::CtPacked> {
-                    if let Some(p) = pre {
-                        let bad = |reason: String| Error::BadQuantization {
-                            path: ckpt.path.clone(),
-                            tensor: hf_module(id),
-                            reason,
-                        };
-                        let t = p.int4(&hf_module(id)).map_err(bad)?;
-                        if (t.rows, t.cols, t.group_size, t.bits) != (rows, k, gs, bits)
-                            || t.zero_points.is_some()
-                        {
-                            return Err(bad(format!(
-                                "calibrated codes are {}-bit {}x{} in groups of {}, the scheme \
-                                 wants {bits}-bit {rows}x{k} in groups of {gs} (symmetric)",
-                                t.bits, t.rows, t.cols, t.group_size
-                            )));
-                        }
-                        return int4::pack_compressed_tensors(&t)
-                            .map_err(|e| codec_err(ckpt, id, e));
-                    }
-                    let mut v = checked_rows(ckpt, id, rope, k, numerics)?;
-                    if let Some(tr) = transform.filter(|t| t.touches(id)) {
-                        tr.apply(id, &mut v, k)
-                            .map_err(|reason| Error::BadQuantization {
-                                path: ckpt.path.clone(),
-                                tensor: hf_module(id),
-                                reason,
-                            })?;
-                    }
-                    let t =
-                        int4::quantize_int4(&v, k, &cfg4).map_err(|e| codec_err(ckpt, id, e))?;
-                    int4::pack_compressed_tensors(&t).map_err(|e| codec_err(ckpt, id, e))
-                };
-                tensors.push(OutTensor {
-                    spec: TensorSpec {
-                        name: format!("{module}.weight_packed"),
-                        dtype: DType::I32,
-                        shape: vec![rows as u64, k.div_ceil(per_word) as u64],
-                    },
-                    produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                        push_i32s(&quant()?.weight_packed, buf);
-                        Ok(())
-                    })),
-                });
-                tensors.push(OutTensor {
-                    spec: TensorSpec {
-                        name: format!("{module}.weight_scale"),
-                        dtype: scale_dtype,
-                        shape: vec![rows as u64, groups as u64],
-                    },
-                    produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                        scale_out(&quant()?.weight_scale, buf);
-                        Ok(())
-                    })),
-                });
-                tensors.push(OutTensor {
-                    spec: TensorSpec {
-                        name: format!("{module}.weight_shape"),
-                        dtype: DType::I64,
-                        shape: vec![2],
-                    },
-                    produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                        buf.extend((rows as i64).to_le_bytes());
-                        buf.extend((k as i64).to_le_bytes());
-                        Ok(())
-                    })),
-                });
-                if !symmetric {
-                    tensors.push(OutTensor {
-                        spec: TensorSpec {
-                            name: format!("{module}.weight_zero_point"),
-                            dtype: DType::I32,
-                            shape: vec![rows.div_ceil(per_word) as u64, groups as u64],
-                        },
-                        produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                            let p = quant()?;
-                            push_i32s(p.weight_zero_point.as_deref().unwrap_or(&[]), buf);
-                            Ok(())
-                        })),
-                    });
-                }
+                tensors.extend(int::tensors(
+                    src,
+                    id,
+                    &module,
+                    cfg4,
+                    symmetric,
+                    pre,
+                    transform,
+                    scale_dtype,
+                )?);
             }
         }
     }
@@ -1037,6 +814,27 @@ pub fn quantize_to_hf(
     for m in kept.iter_mut().chain(quantized.iter_mut()) {
         *m = cfg.family.hf_spelling(m);
     }
+    finish(
+        ckpt,
+        dest,
+        opts,
+        tensors,
+        (hf_cfg, notes),
+        (quantized, kept),
+    )
+}
+
+/// Write the shards, `config.json` with the scheme's `quantization_config` (or MLX's
+/// `quantization`), the side files and the manifest.
+fn finish(
+    ckpt: &Checkpoint,
+    dest: &Path,
+    opts: &HfQuantOptions,
+    tensors: Vec<OutTensor<'_>>,
+    (hf_cfg, notes): (ModelConfig, Vec<Note>),
+    (quantized, kept): (Vec<String>, Vec<String>),
+) -> Result<QuantWritten> {
+    let model_dtype = opts.dtype;
     let not_converted: Vec<String> = match opts.layout {
         // Meta's release lists, block by block, every linear left in BF16, then the LM head.
         HfLayout::Fbgemm => {
@@ -1067,7 +865,7 @@ pub fn quantize_to_hf(
     text.push(b'\n');
     out.write_file("config.json", &text)?;
     write_hf_side_files(ckpt, &mut out)?;
-    let mut extra = crate::notes::record(&notes);
+    let mut extra = qforge_convert::notes::record(&notes);
     extra.insert("source_format".into(), json!(ckpt.format));
     let files = out.commit(extra)?;
     Ok(QuantWritten {

@@ -3,26 +3,27 @@
 //!
 //! FP8_BLOCK: the `quantization_config` as compressed-tensors 0.20 serializes llm-compressor's
 //! `FP8_BLOCK` preset, the tensors its `FloatQuantizationCompressor` writes (names, dtypes,
-//! scale grids with partial edge blocks), and bytes equal to `qforge_quantize::fp8_ct`'s block
+//! scale grids with partial edge blocks), and bytes equal to `qforge_codecs::fp8_ct`'s block
 //! codec. MLX: `quantization` as mlx-lm writes it, the modules it quantizes (linears and the
 //! embedding, only where rows split into whole groups) and bytes equal to
-//! `qforge_quantize::mlx`.
+//! `qforge_codecs::mlx`.
 
+use qforge_quantize::dequant::WeightRead;
 use std::path::Path;
 
-use qforge_convert::dequant::WeightStorage;
-use qforge_convert::layout::{
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
-};
+use qforge_codecs::fp4;
+use qforge_codecs::fp8_ct::{self, CT_BLOCK};
+use qforge_codecs::int4::Int4Arith;
+use qforge_codecs::mlx;
+use qforge_codecs::DType;
 use qforge_convert::names::{LayerTensor, TensorId};
-use qforge_convert::numerics::Numerics;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
-use qforge_quantize::fp4;
-use qforge_quantize::fp8_ct::{self, CT_BLOCK};
-use qforge_quantize::int4::Int4Arith;
-use qforge_quantize::mlx;
-use qforge_quantize::DType;
+use qforge_quantize::dequant::WeightStorage;
+use qforge_quantize::layout::{
+    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+};
+use qforge_quantize::numerics::Numerics;
 use serde_json::{json, Value};
 
 const HIDDEN: usize = 192;
@@ -115,6 +116,7 @@ fn opts(dtype: DType) -> HfQuantOptions {
         dtype,
         activation_scale_ub: 1200.0,
         input_scales: None,
+        input_amax: None,
         shard_size: 5_000_000_000,
         output: OutputOptions::default(),
         numerics: Numerics::default(),
@@ -382,7 +384,7 @@ fn fp8_block_and_fp4_outputs_read_back_bit_for_bit() {
 
 /// The checkpoint reader reads the mlx layout back (linears and the quantized embedding):
 /// storage named with its bits and group size, weights equal to `mx.dequantize`'s rule
-/// (`qforge_quantize::mlx::dequantize_mlx_affine` in BF16) bit for bit.
+/// (`qforge_codecs::mlx::dequantize_mlx_affine` in BF16) bit for bit.
 #[test]
 fn mlx_output_reads_back_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();

@@ -3,24 +3,24 @@
 //! `mxfp4-pack-quantized` (`weight_packed` U8, `weight_scale` U8 E8M0 per 32), as
 //! compressed-tensors' `NVFP4PackedCompressor` / `MXFP4PackedCompressor`
 //! (compressors/nvfp4/base.py, compressors/mxfp4/base.py) write them. The arithmetic is
-//! `qforge_quantize::fp4`'s (llm-compressor's, bit for bit).
+//! `qforge_codecs::fp4`'s (llm-compressor's, bit for bit).
 //!
 //! NVFP4's global scale is shared by the layers vLLM fuses (llm-compressor
 //! observers/helpers.py `FUSED_LAYER_NAMES`: q/k/v and gate/up): it is made from the amax of
 //! every quantized member of the group, so each member reads its siblings once more.
 
-use qforge_quantize::fp4;
-use qforge_quantize::int4::Int4Arith;
-use qforge_quantize::DType;
+use qforge_codecs::fp4;
+use qforge_codecs::int4::Int4Arith;
+use qforge_codecs::DType;
 
 use super::{checked_rows, codec_err, shape2, HfScheme};
-use crate::checkpoint::Checkpoint;
-use crate::error::Result;
-use crate::export::{OutTensor, Producer};
-use crate::names::{LayerTensor, TensorId};
 use crate::numerics::Numerics;
-use crate::rope::RopeLayout;
-use crate::write::safetensors::TensorSpec;
+use qforge_convert::checkpoint::Checkpoint;
+use qforge_convert::export::{OutTensor, Producer};
+use qforge_convert::names::{LayerTensor, TensorId};
+use qforge_convert::rope::RopeLayout;
+use qforge_convert::write::safetensors::TensorSpec;
+use qforge_convert::Result;
 
 /// The layers whose NVFP4 global scale llm-compressor fuses with `id`'s (itself included).
 pub(super) fn fused_group(id: TensorId) -> Vec<TensorId> {
@@ -74,7 +74,7 @@ pub(super) fn tensors<'a>(
     group: Vec<TensorId>,
 ) -> Vec<OutTensor<'a>> {
     let (rows, k) = shape2(src.ckpt, id);
-    let nvfp4 = scheme == HfScheme::Nvfp4A16;
+    let nvfp4 = matches!(scheme, HfScheme::Nvfp4A16 | HfScheme::Nvfp4);
     let gsize = if nvfp4 {
         fp4::NVFP4_GROUP
     } else {
@@ -142,7 +142,7 @@ pub(super) fn tensors<'a>(
 
 /// Check before any work that every quantized row splits into whole FP4 groups.
 pub(super) fn check_columns(scheme: HfScheme, k: usize) -> std::result::Result<(), String> {
-    let g = if scheme == HfScheme::Nvfp4A16 {
+    let g = if matches!(scheme, HfScheme::Nvfp4A16 | HfScheme::Nvfp4) {
         fp4::NVFP4_GROUP
     } else {
         fp4::MXFP4_GROUP

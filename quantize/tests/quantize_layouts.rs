@@ -2,17 +2,18 @@
 //! tensors are quantized, their dtypes and shapes, the `quantization_config`, the error bound of
 //! the dequantized weights, and determinism across thread counts.
 
+use qforge_quantize::dequant::WeightRead;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use qforge_convert::dequant::WeightStorage;
-use qforge_convert::layout::{
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
-};
-use qforge_convert::numerics::Numerics;
+use qforge_codecs::DType;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::{Checkpoint, Error, LayerTensor, Part, TensorId};
-use qforge_quantize::DType;
+use qforge_quantize::dequant::WeightStorage;
+use qforge_quantize::layout::{
+    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+};
+use qforge_quantize::numerics::Numerics;
 use serde_json::{json, Value};
 
 /// Deterministic pseudo-random values (xorshift), roughly N(0, 0.05) with a few outliers.
@@ -116,6 +117,7 @@ fn opts(scheme: HfScheme, layout: HfLayout, policy: Policy) -> HfQuantOptions {
         dtype: DType::BF16,
         activation_scale_ub: 1200.0,
         input_scales: None,
+        input_amax: None,
         shard_size: 5_000_000_000,
         output: OutputOptions::default(),
         numerics: Numerics::default(),
@@ -188,7 +190,7 @@ fn fbgemm_meta_405b_policy_on_126_layers() {
                     src.weight_f32(id).unwrap(),
                     "{id} must be copied exactly"
                 );
-                not_converted.push(qforge_convert::layout::hf_module(id));
+                not_converted.push(qforge_quantize::layout::hf_module(id));
             }
             assert!(out.part(id, Part::InputScale).is_none());
         }
@@ -274,7 +276,7 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
     match &e {
         Error::Codec {
             tensor,
-            source: qforge_quantize::Error::GroupMismatch { suggested, .. },
+            source: qforge_codecs::Error::GroupMismatch { suggested, .. },
             ..
         } => {
             assert!(tensor.starts_with("model.layers.0."), "{tensor}");
@@ -408,7 +410,7 @@ fn same_bytes_for_any_thread_count_and_static_scales_are_required() {
 /// and leave nothing behind.
 #[test]
 fn row_block_streaming_equals_the_whole_tensor_codec() {
-    use qforge_quantize::fp8::{self, Fp8Options};
+    use qforge_codecs::fp8::{self, Fp8Options};
     let tmp = tempfile::tempdir().unwrap();
     // gate/up [5120, 1024] and down [1024, 5120]: 5 MiB of FP8 codes each, two blocks
     let src = source(tmp.path(), 1, 1024, 5120, false);

@@ -7,18 +7,18 @@
 //! `wrapped_predicate` leaves it. `config.json` gets `quantization` = `quantization_config` =
 //! `{"bits", "group_size", "mode": "affine"}` (`save_config`), which `mlx_lm.utils.load_model`
 //! reads to swap in `QuantizedLinear` / `QuantizedEmbedding` wherever `{module}.scales`
-//! exists. The arithmetic is `qforge_quantize::mlx`'s (mlx's CPU kernel, bit for bit).
+//! exists. The arithmetic is `qforge_codecs::mlx`'s (mlx's CPU kernel, bit for bit).
 
-use qforge_quantize::mlx;
-use qforge_quantize::DType;
+use qforge_codecs::mlx;
+use qforge_codecs::DType;
 use serde_json::{json, Value};
 
 use super::fp4::Source;
 use super::{codec_err, shape2};
-use crate::error::Result;
-use crate::export::{encode_float, OutTensor, Producer};
-use crate::names::TensorId;
-use crate::write::safetensors::TensorSpec;
+use qforge_convert::export::{encode_float, OutTensor, Producer};
+use qforge_convert::names::TensorId;
+use qforge_convert::write::safetensors::TensorSpec;
+use qforge_convert::Result;
 
 /// Whether mlx-lm quantizes role `id` (a linear, the embedding or the LM head) of row length
 /// `k` with groups of `group`.

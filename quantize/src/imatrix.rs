@@ -16,7 +16,7 @@
 //!
 //! Every length, count and value is checked before it is used: counts against the bytes left,
 //! names for UTF-8 and NUL, values for being finite and non-negative, and a GGUF imatrix goes
-//! through the GGUF reader's own checks ([`crate::gguf::parse`]). Nothing here panics on file
+//! through the GGUF reader's own checks ([`qforge_convert::gguf::parse`]). Nothing here panics on file
 //! data, and allocations are bounded by the file size.
 //!
 //! [`Imatrix::quant_weights`] turns a file into the per-column weights llama-quantize passes
@@ -27,12 +27,12 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use qforge_quantize::DType;
+use qforge_codecs::DType;
 
-use crate::error::{Error, Result};
-use crate::gguf::{GgufArray, GgufError, GgufValue, StringArray, MAX_NAME_LEN};
-use crate::write::gguf::{plan, GgufTensorSpec, GgufWriter};
-use crate::write::{AtomicFile, FileRecord};
+use qforge_convert::gguf::{GgufArray, GgufValue, StringArray, MAX_NAME_LEN};
+use qforge_convert::write::gguf::{plan, GgufTensorSpec, GgufWriter};
+use qforge_convert::write::{AtomicFile, FileRecord};
+use qforge_convert::{Error, Result};
 
 /// `general.type` of an imatrix GGUF.
 pub const GENERAL_TYPE: &str = "imatrix";
@@ -91,139 +91,9 @@ pub struct Imatrix {
     pub has_metadata: bool,
 }
 
-/// What is wrong with an importance-matrix file. Offsets are absolute byte offsets.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ImatrixError {
-    /// A GGUF imatrix that the GGUF reader rejects.
-    #[error("{0}")]
-    Gguf(GgufError),
-    /// `general.type` is present and not `"imatrix"` (e.g. a model file).
-    #[error("general.type is {found:?}, not \"imatrix\" (is this a model file?)")]
-    NotImatrix {
-        /// the value found
-        found: String,
-    },
-    /// A metadata key with the wrong value type.
-    #[error("metadata key {key} must be {expected}")]
-    KeyType {
-        /// the key
-        key: &'static str,
-        /// the type llama.cpp reads it as
-        expected: &'static str,
-    },
-    /// A tensor whose name ends in neither `.in_sum2` nor `.counts`.
-    #[error("tensor {tensor:?} is neither <name>.in_sum2 nor <name>.counts")]
-    UnknownTensor {
-        /// the tensor
-        tensor: String,
-    },
-    /// A `.in_sum2` tensor without its `.counts` or the other way round.
-    #[error("entry {name:?} has no {missing} tensor")]
-    Unpaired {
-        /// the weight name
-        name: String,
-        /// the missing suffix
-        missing: &'static str,
-    },
-    /// A sums or counts tensor that is not F32.
-    #[error("tensor {tensor:?} is {dtype}, llama.cpp requires F32")]
-    NotF32 {
-        /// the tensor
-        tensor: String,
-        /// its type
-        dtype: DType,
-    },
-    /// Sums and counts whose sizes do not fit together (no counts, no sums, or sums not a
-    /// whole number of columns per count).
-    #[error("entry {name:?}: {sums} sums cannot be split over {counts} counts")]
-    BadShape {
-        /// the weight name
-        name: String,
-        /// sums stored
-        sums: u64,
-        /// counts stored
-        counts: u64,
-    },
-    /// A count that is negative, not finite or not representable.
-    #[error("entry {name:?}: count {index} is {value}, not a non-negative token count")]
-    BadCount {
-        /// the weight name
-        name: String,
-        /// which count
-        index: usize,
-        /// its value
-        value: f64,
-    },
-    /// A sum that is negative or not finite.
-    #[error("entry {name:?}: value {index} is {value}, not a finite non-negative sum of squares")]
-    BadValue {
-        /// the weight name
-        name: String,
-        /// which value
-        index: usize,
-        /// its value
-        value: f32,
-    },
-    /// No entries at all (llama.cpp: "no data in file").
-    #[error("no entries in the file")]
-    Empty,
-    /// The file ends inside a field.
-    #[error("file truncated: {need} bytes needed at offset {offset}")]
-    Truncated {
-        /// where the field starts
-        offset: u64,
-        /// bytes the field needs
-        need: u64,
-    },
-    /// A legacy length or count that is negative or larger than the rest of the file.
-    #[error("{what} {value} at offset {offset} is negative or larger than the file can hold")]
-    BadLength {
-        /// which field
-        what: &'static str,
-        /// its value
-        value: i64,
-        /// where the field is
-        offset: u64,
-    },
-    /// A legacy entry name that is empty, not UTF-8 or contains NUL.
-    #[error("entry name at offset {offset} is empty, not UTF-8 or contains NUL")]
-    BadName {
-        /// where the name's length field is
-        offset: u64,
-    },
-    /// The same entry twice.
-    #[error("duplicate entry {name:?}")]
-    DuplicateEntry {
-        /// the weight name
-        name: String,
-    },
-    /// Bytes after the legacy trailer.
-    #[error("{count} unexpected bytes after the end of the data at offset {offset}")]
-    TrailingBytes {
-        /// where they start
-        offset: u64,
-        /// how many
-        count: u64,
-    },
-    /// A GGUF imatrix without `imatrix.datasets`, `imatrix.chunk_count` and
-    /// `imatrix.chunk_size`, which llama-quantize refuses.
-    #[error(
-        "missing imatrix metadata (imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size)"
-    )]
-    MissingMetadata,
-    /// A name too long for a ggml tensor name once `.in_sum2` is appended.
-    #[error(
-        "entry {name:?} is too long for a GGUF tensor name ({MAX_NAME_LEN} bytes with .in_sum2)"
-    )]
-    NameTooLong {
-        /// the weight name
-        name: String,
-    },
-    /// Statistics that cannot be written (e.g. the legacy format without a chunk size).
-    #[error("cannot write: {0}")]
-    Unwritable(String),
-}
+/// What is wrong with an importance-matrix file: convert's error kind (its `Error::Imatrix`
+/// carries it), re-exported here where the files are read.
+pub use qforge_convert::ImatrixError;
 
 fn err(path: &Path, kind: ImatrixError) -> Error {
     Error::Imatrix {
@@ -312,7 +182,7 @@ impl Imatrix {
 
     /// Parse a whole file held in `bytes` (see [`Imatrix::read`]).
     pub fn parse(bytes: &[u8]) -> std::result::Result<Self, ImatrixError> {
-        if bytes.starts_with(&crate::gguf::MAGIC) {
+        if bytes.starts_with(&qforge_convert::gguf::MAGIC) {
             Self::parse_gguf(bytes)
         } else {
             Self::parse_legacy(bytes)
@@ -320,7 +190,7 @@ impl Imatrix {
     }
 
     fn parse_gguf(bytes: &[u8]) -> std::result::Result<Self, ImatrixError> {
-        let (meta, infos) = crate::gguf::parse(bytes).map_err(ImatrixError::Gguf)?;
+        let (meta, infos) = qforge_convert::gguf::parse(bytes).map_err(ImatrixError::Gguf)?;
         if let Some(v) = meta.get("general.type") {
             match v.as_str() {
                 Some(GENERAL_TYPE) => {}
@@ -364,7 +234,8 @@ impl Imatrix {
             return Err(ImatrixError::Empty);
         }
         // name -> (sums, counts) tensor infos
-        let mut pairs: BTreeMap<&str, [Option<&crate::gguf::GgufTensorInfo>; 2]> = BTreeMap::new();
+        let mut pairs: BTreeMap<&str, [Option<&qforge_convert::gguf::GgufTensorInfo>; 2]> =
+            BTreeMap::new();
         for t in &infos {
             let (name, slot) = if let Some(n) = t.name.strip_suffix(SUFFIX_SUMS) {
                 (n, 0)
@@ -384,7 +255,7 @@ impl Imatrix {
             // Tensor names are unique (checked by the GGUF reader), so each slot fills once.
             pairs.entry(name).or_default()[slot] = Some(t);
         }
-        let data = |t: &crate::gguf::GgufTensorInfo| {
+        let data = |t: &qforge_convert::gguf::GgufTensorInfo| {
             // In bounds: the GGUF reader checked every tensor's bytes lie inside the file.
             let start = usize::try_from(t.absolute_offset).unwrap_or(usize::MAX);
             let len = usize::try_from(t.nbytes).unwrap_or(usize::MAX);
@@ -771,7 +642,7 @@ mod tests {
         let m = sample();
         let bytes = m.to_gguf_bytes().unwrap();
         assert_eq!(Imatrix::parse(&bytes).unwrap(), m);
-        let (meta, infos) = crate::gguf::parse(&bytes).unwrap();
+        let (meta, infos) = qforge_convert::gguf::parse(&bytes).unwrap();
         let keys: Vec<&str> = meta.entries.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,

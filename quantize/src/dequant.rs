@@ -4,21 +4,21 @@
 //! and optional zero points, or FP4 (`nvfp4-pack-quantized`, `mxfp4-pack-quantized`).
 //!
 //! This is the one place that knows how each stored layout dequantizes; `verify`, `convert` and
-//! `inspect` all go through [`Checkpoint::weight_f32`]. The arithmetic is exactly the
+//! `inspect` all go through [`WeightRead::weight_f32`]. The arithmetic is exactly the
 //! dequantization of the format's reference (`w = f8(q)·s` and `w = s·(q − zp)`), done in `f32`:
 //! every product is exact in `f32` (a ≤ 5-bit integer or a 4-bit-mantissa FP8 value times a
 //! BF16/F32 scale), so rounding the result to BF16 gives what compressed-tensors computes in the
 //! model dtype.
 
-use qforge_quantize::int4::Int4Arith;
-use qforge_quantize::{fp4, fp8_ct, int4, mlx, DType};
+use qforge_codecs::int4::Int4Arith;
+use qforge_codecs::{fp4, fp8_ct, int4, mlx, DType};
 use rayon::prelude::*;
 
-use crate::checkpoint::{Checkpoint, TensorEntry};
-use crate::error::{Error, Result};
-use crate::export::rope_heads;
-use crate::names::{Part, TensorId, TensorKey};
-use crate::rope::{source_row, RopeLayout};
+use qforge_convert::checkpoint::{Checkpoint, TensorEntry};
+use qforge_convert::export::rope_heads;
+use qforge_convert::names::{Part, TensorId, TensorKey};
+use qforge_convert::rope::{source_row, RopeLayout};
+use qforge_convert::{Error, Result};
 
 /// How a module's weight is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,14 +57,56 @@ pub enum WeightStorage {
     },
 }
 
-impl Checkpoint {
+/// Reading a checkpoint's linear weights back whatever their scheme (implemented for
+/// [`Checkpoint`]; bring it into scope to call `ckpt.weight_f32(id)`).
+pub trait WeightRead {
     /// The tensor with role `id` and part `part`, if present.
-    pub fn part(&self, id: TensorId, part: Part) -> Option<&TensorEntry> {
+    fn part(&self, id: TensorId, part: Part) -> Option<&TensorEntry>;
+    /// How `id`'s weight is stored.
+    fn weight_storage(&self, id: TensorId) -> Result<WeightStorage>;
+    /// The weight of `id`, dequantized to `f32`, row-major `[out, in]` (the stored layout of
+    /// this format: Q/K rows stay in the format's own RoPE order).
+    fn weight_f32(&self, id: TensorId) -> Result<Vec<f32>>;
+    /// The values of role `id` as `f32`, row-major, with Q/K rows moved in direction `rope`
+    /// (`None`: the format's own order); the role's mapped pages are released after.
+    fn role_rows_f32(&self, id: TensorId, rope: Option<RopeLayout>) -> Result<Vec<f32>>;
+}
+
+impl WeightRead for Checkpoint {
+    fn part(&self, id: TensorId, part: Part) -> Option<&TensorEntry> {
         self.tensor_by_key(TensorKey { id, part })
+    }
+    fn weight_storage(&self, id: TensorId) -> Result<WeightStorage> {
+        Weights(self).weight_storage(id)
+    }
+    fn weight_f32(&self, id: TensorId) -> Result<Vec<f32>> {
+        Weights(self).weight_f32(id)
+    }
+    fn role_rows_f32(&self, id: TensorId, rope: Option<RopeLayout>) -> Result<Vec<f32>> {
+        Weights(self).role_rows_f32(id, rope)
+    }
+}
+
+/// A checkpoint seen by the read-back code and the row-parallel producers (crate-private
+/// helpers on a foreign type).
+pub(crate) struct Weights<'a>(pub(crate) &'a Checkpoint);
+
+impl std::ops::Deref for Weights<'_> {
+    type Target = Checkpoint;
+    fn deref(&self) -> &Checkpoint {
+        self.0
+    }
+}
+
+impl<'a> Weights<'a> {
+    /// The tensor with role `id` and part `part`, if present.
+    fn part(&self, id: TensorId, part: Part) -> Option<&'a TensorEntry> {
+        let ck: &'a Checkpoint = self.0;
+        ck.tensor_by_key(TensorKey { id, part })
     }
 
     /// How `id`'s weight is stored.
-    pub fn weight_storage(&self, id: TensorId) -> Result<WeightStorage> {
+    fn weight_storage(&self, id: TensorId) -> Result<WeightStorage> {
         if let Some(packed) = self.part(id, Part::WeightPacked) {
             if packed.dtype == DType::U8 {
                 return self.fp4_storage(id, packed);
@@ -124,7 +166,7 @@ impl Checkpoint {
 
     /// The weight of `id`, dequantized to `f32`, row-major `[out, in]` (the stored layout of
     /// this format: Q/K rows stay in the format's own RoPE order).
-    pub fn weight_f32(&self, id: TensorId) -> Result<Vec<f32>> {
+    fn weight_f32(&self, id: TensorId) -> Result<Vec<f32>> {
         match self.weight_storage(id)? {
             WeightStorage::Plain(_) => {
                 let w = self
@@ -190,9 +232,9 @@ impl Checkpoint {
     }
 
     /// The values of role `id` as `f32`, row-major, with Q/K rows moved in direction `rope`
-    /// (`None`: the format's own order). Weights go through [`Checkpoint::weight_f32`], 1-D
+    /// (`None`: the format's own order). Weights go through [`WeightRead::weight_f32`], 1-D
     /// tensors through [`Checkpoint::to_f32`]; the role's mapped pages are released after.
-    pub fn role_rows_f32(&self, id: TensorId, rope: Option<RopeLayout>) -> Result<Vec<f32>> {
+    fn role_rows_f32(&self, id: TensorId, rope: Option<RopeLayout>) -> Result<Vec<f32>> {
         let values = match self.part(id, Part::Weight) {
             Some(t) if t.shape.len() == 1 => self.to_f32(t)?,
             _ => self.weight_f32(id)?,
@@ -230,7 +272,7 @@ impl Checkpoint {
     /// `scratch` is a per-thread buffer of one row of `f32`. With `out = Some((bytes,
     /// row_bytes))`, `out_row` is that row's slice of `bytes`. The mapped pages are released
     /// after. The first error in row order becomes [`Error::Codec`] naming `name`, with a
-    /// [`qforge_quantize::Error::NonFinite`] given its row.
+    /// [`qforge_codecs::Error::NonFinite`] given its row.
     pub(crate) fn par_source_rows<T, F>(
         &self,
         t: &TensorEntry,
@@ -245,7 +287,7 @@ impl Checkpoint {
                 &[u8],
                 &mut Vec<f32>,
                 Option<&mut [u8]>,
-            ) -> std::result::Result<T, qforge_quantize::Error>
+            ) -> std::result::Result<T, qforge_codecs::Error>
             + Sync,
     {
         let rows = t.shape.first().copied().unwrap_or(0) as usize;
@@ -256,7 +298,7 @@ impl Checkpoint {
         results
     }
 
-    /// [`Checkpoint::par_source_rows`] for output rows `range` only, from `src`, all of `t`'s
+    /// [`Weights::par_source_rows`] for output rows `range` only, from `src`, all of `t`'s
     /// bytes (already at hand: row-block writers call this once per block), with `out`
     /// holding just those rows; nothing is released. Errors name absolute row numbers.
     pub(crate) fn par_rows_of<T, F>(
@@ -274,7 +316,7 @@ impl Checkpoint {
                 &[u8],
                 &mut Vec<f32>,
                 Option<&mut [u8]>,
-            ) -> std::result::Result<T, qforge_quantize::Error>
+            ) -> std::result::Result<T, qforge_codecs::Error>
             + Sync,
     {
         debug_assert!(matches!(t.dtype, DType::BF16 | DType::F16 | DType::F32));
@@ -298,7 +340,7 @@ impl Checkpoint {
             let sr = heads.map_or(r, |(dir, _)| source_row(r, hd, dir));
             f(&src[sr * row_len..(sr + 1) * row_len], scratch, o).map_err(|e| (r, e))
         };
-        let results: Vec<std::result::Result<T, (usize, qforge_quantize::Error)>> = match out {
+        let results: Vec<std::result::Result<T, (usize, qforge_codecs::Error)>> = match out {
             Some((bytes, row_bytes)) => bytes
                 .par_chunks_mut(row_bytes)
                 .enumerate()
@@ -398,7 +440,7 @@ impl Checkpoint {
         Ok(storage)
     }
 
-    /// Block FP8: `f8(q) · s` in `f32` (`qforge_quantize::fp8_ct::dequantize_fp8_block_ct`
+    /// Block FP8: `f8(q) · s` in `f32` (`qforge_codecs::fp8_ct::dequantize_fp8_block_ct`
     /// with `f32` arithmetic; exact, so its BF16 rounding is compressed-tensors' BF16 result).
     fn fp8_block_f32(&self, id: TensorId) -> Result<Vec<f32>> {
         let w = self.part(id, Part::Weight).expect("checked");
@@ -424,7 +466,7 @@ impl Checkpoint {
     }
 
     /// NVFP4 / MXFP4 in `f32` as compressed-tensors computes them before the cast to the model
-    /// dtype (`qforge_quantize::fp4::dequantize_nvfp4`, `dequantize_mxfp4_ct` with `f32`
+    /// dtype (`qforge_codecs::fp4::dequantize_nvfp4`, `dequantize_mxfp4_ct` with `f32`
     /// arithmetic).
     fn fp4_f32(&self, id: TensorId) -> Result<Vec<f32>> {
         let packed = self.part(id, Part::WeightPacked).expect("checked");
@@ -499,7 +541,7 @@ impl Checkpoint {
     }
 
     /// mlx-lm affine weights as `mx.dequantize` computes them, `r(r(s·q) + b)` in the scales'
-    /// dtype (`qforge_quantize::mlx::dequantize_mlx_affine`).
+    /// dtype (`qforge_codecs::mlx::dequantize_mlx_affine`).
     fn mlx_f32(&self, id: TensorId, bits: u8, group: usize) -> Result<Vec<f32>> {
         let w = self.part(id, Part::Weight).expect("checked");
         let scales = self.part(id, Part::Scales).expect("checked");
@@ -565,7 +607,7 @@ fn fp8_block_grid(shape: &[u64]) -> Vec<u64> {
     }
 }
 
-fn check_finite_scales(ck: &Checkpoint, t: &TensorEntry, s: &[f32]) -> Result<()> {
+fn check_finite_scales(ck: &Weights<'_>, t: &TensorEntry, s: &[f32]) -> Result<()> {
     match s.iter().position(|x| !x.is_finite() || *x < 0.0) {
         None => Ok(()),
         Some(i) => Err(ck.bad(t, format!("scale {i} is {} (must be finite and ≥ 0)", s[i]))),
