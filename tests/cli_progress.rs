@@ -180,3 +180,49 @@ fn calibrate_prints_layer_lines_and_quiet_hides_them() {
     assert!(!quiet.contains("layer 1/2"), "{quiet:?}");
     assert_eq!(quiet.lines().count(), 1, "{quiet:?}");
 }
+
+#[test]
+fn calibrate_on_a_terminal_rewrites_one_line_with_eta() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/hf");
+    let text = tmp.path().join("t.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(50),
+    )
+    .unwrap();
+    let args: Vec<String> = [
+        "calibrate",
+        hf.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+        "--method",
+        "fp8-static",
+        "--samples",
+        "2",
+        "--seq-len",
+        "16",
+        "-o",
+        tmp.path().join("c.json").to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let (ok, screen) = under_pty(&args);
+    assert!(ok, "{screen}");
+    // each layer rewrites the line in place (carriage return + erase), with percent and ETA
+    assert!(
+        screen.contains("\r\x1b[2Klayer 1/2: fp8-static done in"),
+        "{screen:?}"
+    );
+    assert!(
+        screen.contains("\r\x1b[2Klayer 2/2: fp8-static done in"),
+        "{screen:?}"
+    );
+    assert!(
+        screen.contains("50%") && screen.contains("ETA"),
+        "{screen:?}"
+    );
+    // the scrolling "layer i/n" lines a pipe gets are not printed on a terminal
+    assert!(!screen.contains("s\nlayer 2/2"), "{screen:?}");
+}

@@ -470,6 +470,8 @@ pub fn calibrate(
         ),
     };
     let started_at_layer = st.next_layer;
+    let mut bar =
+        qforge_verify::progress::Progress::new(opts.progress, (nl - started_at_layer) as usize);
     let rope = RopeTable::new(&model.inv_freq, seq);
     for i in st.next_layer..nl {
         let t0 = Instant::now();
@@ -642,15 +644,12 @@ pub fn calibrate(
         st.next_layer = i + 1;
         let sj = serde_json::to_vec_pretty(&st).expect("plain data serializes");
         write_atomic(&state_dir.join("state.json"), &sj)?;
-        progress(
-            opts.progress,
-            format_args!(
-                "layer {}/{nl}: {} done in {:.1} s",
-                i + 1,
-                method_name(&opts.method),
-                t0.elapsed().as_secs_f64()
-            ),
-        );
+        bar.step(format_args!(
+            "layer {}/{nl}: {} done in {:.1} s",
+            i + 1,
+            method_name(&opts.method),
+            t0.elapsed().as_secs_f64()
+        ));
         if opts.stop_after_layer == Some(i) && i + 1 < nl {
             return Err(Error::Stopped { layer: i });
         }

@@ -11,7 +11,6 @@
 //! changes a result bit.
 
 use qforge_quantize::dequant::WeightRead;
-use std::io::Write;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -24,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{kld_row, log_softmax_nll, percentile, top1, Perplexity};
 use crate::model::{LayerWeights, Linear, Model, Project};
 use crate::ops::{attention, rms_norm, round_f16, swiglu, RopeTable};
+use crate::progress::Progress;
 use crate::real::Real;
 use crate::tokenize::Chunks;
 use qforge_convert::LayerTensor;
@@ -232,62 +232,6 @@ fn chunk_ppl(nll: &[f64]) -> f64 {
     (nll.iter().sum::<f64>() / nll.len().max(1) as f64).exp()
 }
 
-/// Progress of a layer-major evaluation on stderr: on a terminal one line rewritten in place
-/// (step, percent, rate, ETA); otherwise a plain line at most every 5 s (and the last step);
-/// nothing unless `on`.
-struct Progress {
-    on: bool,
-    tty: bool,
-    start: Instant,
-    last: Option<Instant>,
-    total: usize,
-    done: usize,
-}
-
-impl Progress {
-    fn new(on: bool, chunks: usize, batch: usize, layers: u32) -> Self {
-        use std::io::IsTerminal;
-        Progress {
-            on,
-            tty: std::io::stderr().is_terminal(),
-            start: Instant::now(),
-            last: None,
-            total: chunks.div_ceil(batch.max(1)) * layers as usize,
-            done: 0,
-        }
-    }
-
-    /// One layer of one batch done.
-    fn step(&mut self, what: std::fmt::Arguments<'_>) {
-        self.done += 1;
-        if !self.on {
-            return;
-        }
-        let secs = self.start.elapsed().as_secs_f64();
-        let frac = self.done as f64 / self.total.max(1) as f64;
-        let eta = if frac > 0.0 {
-            secs * (1.0 - frac) / frac
-        } else {
-            0.0
-        };
-        let line = format!("{what}: {:.0}%, {secs:.0} s, ETA {eta:.0} s", 100.0 * frac);
-        let mut err = std::io::stderr().lock();
-        if self.tty {
-            let _ = write!(err, "\r\x1b[2K{line}");
-            if self.done >= self.total {
-                let _ = write!(err, "\r\x1b[2K");
-            }
-        } else if self.done >= self.total
-            || self
-                .last
-                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5))
-        {
-            self.last = Some(Instant::now());
-            let _ = writeln!(err, "{line}");
-        }
-    }
-}
-
 /// Perplexity of `model` on `chunks`, llama.cpp's protocol.
 pub fn perplexity(model: &Model, chunks: &Chunks, opts: &EvalOptions) -> Result<PerplexityResult> {
     perplexity_run(model, chunks, opts).map(|r| r.0)
@@ -310,7 +254,7 @@ pub fn perplexity_run(
     let mut ppl = Perplexity::default();
     let mut per_chunk = Vec::with_capacity(chunks.n);
     let mut own = Vec::with_capacity(chunks.n);
-    let mut bar = Progress::new(opts.progress, chunks.n, bsz, nl);
+    let mut bar = Progress::new(opts.progress, chunks.n.div_ceil(bsz.max(1)) * nl as usize);
     for b0 in (0..chunks.n).step_by(bsz) {
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
@@ -494,7 +438,7 @@ pub fn compare_run(
     let mut base2 = vec![0f64; nl as usize];
     let (mut tb, mut tq) = (0f64, 0f64);
     let mut stats = StreamStats::default();
-    let mut bar = Progress::new(opts.progress, chunks.n, bsz, nl);
+    let mut bar = Progress::new(opts.progress, chunks.n.div_ceil(bsz.max(1)) * nl as usize);
     for b0 in (0..chunks.n).step_by(bsz) {
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];
@@ -818,7 +762,7 @@ pub fn collect_imatrix(
     let backend = backend_for(opts.device)?;
     let backend = &*backend;
     let mut stats = StreamStats::default();
-    let mut bar = Progress::new(opts.progress, chunks.n, bsz, nl);
+    let mut bar = Progress::new(opts.progress, chunks.n.div_ceil(bsz.max(1)) * nl as usize);
     for b0 in (0..chunks.n).step_by(bsz) {
         let nb = bsz.min(chunks.n - b0);
         let toks = &chunks.tokens[b0 * chunks.ctx..(b0 + nb) * chunks.ctx];

@@ -29,6 +29,7 @@ pub mod model;
 pub mod moe;
 pub mod moe_observe;
 pub mod ops;
+pub mod progress;
 pub mod real;
 pub mod tokenize;
 

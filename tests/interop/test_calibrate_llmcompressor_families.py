@@ -1,0 +1,62 @@
+"""qforge calibrate against llm-compressor 0.14.0.1 on the Qwen family fixtures (heavy).
+
+The same protocol as test_calibrate_llmcompressor.py (SmolLM2), on the transformers-made Qwen2
+(q/k/v biases) and Qwen3 (q/k norms, head_dim free of the hidden size) fixtures of
+tests/fixtures/families: the same token-id samples on both sides (`qforge calibrate
+--samples-out`, fed to llm-compressor by llmcompressor_calibrate.py), both sides on a float32
+copy of the fixture, INT4 group 64 (symmetric), lm_head / tied embeddings left alone. Drift is
+`qforge verify` against the BF16 fixture on its own evaluation text (ctx 64, 40 chunks, the
+protocol of its expected.json).
+
+* GPTQ: our perplexity drift is below RTN's and at most llm-compressor's + TOLERANCE_PCT.
+* AWQ (llm-compressor's default mappings for these architectures, which are Llama's): the same.
+
+Heavy: needs torch and the llm-compressor layer (scripts/test-heavy.sh).
+"""
+import json
+import pathlib
+import subprocess
+
+import pytest
+
+pytest.importorskip("torch", reason="torch not installed: run scripts/test-heavy.sh")
+pytest.importorskip("compressed_tensors", reason="compressed-tensors not installed: run scripts/test-heavy.sh")
+
+from conftest import ROOT, cache_dir  # noqa: E402
+from test_calibrate_llmcompressor import PLAYS, _llmc  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures" / "families"
+SAMPLES = "16"
+SEQ_LEN = "128"
+# perplexity-drift points (percent of perplexity) by which ours may exceed llm-compressor's
+TOLERANCE_PCT = 0.5
+
+
+def _drift(qforge, base: pathlib.Path, quant: pathlib.Path, report: pathlib.Path) -> float:
+    subprocess.run([str(qforge), "verify", str(base), str(quant), "--data", str(base / "eval.txt"),
+                    "--ctx", "64", "--chunks", "40", "--report", str(report)], check=True,
+                   capture_output=True)
+    return float(json.loads(report.read_text())["result"]["ppl_drift_pct"])
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_family_calibration_matches_llmcompressor(qforge, tmp_path, family, method):
+    t = tmp_path
+    base = FIXTURES / family
+    b32 = t / "base-f32"
+    subprocess.run([str(qforge), "convert", str(base), str(b32), "--to", "hf", "--dtype", "f32"],
+                   check=True, capture_output=True)
+    data = [str(cache_dir() / "text" / p) for p in PLAYS]
+    subprocess.run([str(qforge), "calibrate", str(b32), "--data", *data, "--method", method,
+                    "--scheme", "int4-g64", "--samples", SAMPLES, "--seq-len", SEQ_LEN,
+                    "--samples-out", str(t / "samples.json"), "-o", str(t / "calib"), "-q"],
+                   check=True, capture_output=True)
+    for name, extra in [("ours", ["--calib", str(t / "calib")]), ("rtn", [])]:
+        subprocess.run([str(qforge), "quantize", str(b32), str(t / name), "--scheme", "int4-g64",
+                        "--dtype", "f32", *extra], check=True, capture_output=True)
+    _llmc(f"{method}-g64", str(b32), str(t / "samples.json"), str(t / "llmc"))
+    d = {n: _drift(qforge, base, t / n, t / f"{n}.json") for n in ["ours", "rtn", "llmc"]}
+    print(f"{family} {method} PPL drift %: " + "  ".join(f"{k} {v:.3f}" for k, v in d.items()))
+    assert d["ours"] < d["rtn"], d
+    assert d["ours"] <= d["llmc"] + TOLERANCE_PCT, d
