@@ -315,6 +315,10 @@ pub struct CalibrateArgs {
     /// free of f32 accumulation-order noise; about 2x the time).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: CalibPrecision,
+    /// Mixture-of-experts models: calibrate every expert on every token (llm-compressor's
+    /// calibrate_all_experts) instead of only the tokens routed to it.
+    #[arg(long)]
+    pub all_experts: bool,
     /// Calibration samples.
     #[arg(long, default_value_t = 128)]
     pub samples: usize,

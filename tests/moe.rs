@@ -290,55 +290,6 @@ fn gguf_refuses_what_llama_cpp_cannot_compute() {
     }
 }
 
-/// What is not built yet says so, naming the model kind, and writes nothing: calibration
-/// (GPTQ/AWQ per expert) and importance matrices (llama-imatrix's per-expert counts).
-#[test]
-fn calibrate_and_imatrix_refuse_moe_models() {
-    let t = tempfile::tempdir().unwrap();
-    let text = fixture("eval.txt");
-    let (cal, im) = (t.path().join("cal"), t.path().join("im.gguf"));
-    let src = fixture("mixtral");
-    let gguf = src.join("mixtral.gguf");
-    for (args, out, want) in [
-        (
-            vec![
-                "calibrate",
-                src.to_str().unwrap(),
-                cal.to_str().unwrap(),
-                "--data",
-                text.to_str().unwrap(),
-                "--scheme",
-                "int4-g32",
-                "--method",
-                "gptq",
-                "--samples",
-                "4",
-                "--seq-len",
-                "64",
-            ],
-            &cal,
-            "mixture-of-experts",
-        ),
-        (
-            vec![
-                "imatrix",
-                gguf.to_str().unwrap(),
-                "-o",
-                im.to_str().unwrap(),
-                "--data",
-                text.to_str().unwrap(),
-            ],
-            &im,
-            "mixture-of-experts",
-        ),
-    ] {
-        let o = Command::new(QFORGE).args(&args).output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
-        assert!(!out.exists(), "{args:?}");
-    }
-}
-
 /// `qforge plan` from `config.json` alone (no tensor data) gives every file's exact size for a
 /// mixture-of-experts model, as `qforge quantize` then writes them (every expert, the router,
 /// the family's module spelling).

@@ -13,6 +13,11 @@
 //!    [`Precision::F64`]), the layer's GPTQ file, then `state.json` (the commit point), each
 //!    written atomically.
 //!
+//! A mixture-of-experts block ([`crate::moe`]) calibrates each expert's gate/up and down on
+//! the rows routed to it (or every token, [`ExpertTokens::All`]): per-expert observers for
+//! fp8-static, per-expert Hessians for GPTQ (all of a block's experts' Hessians are held at
+//! once: `n_expert · (hidden² + expert_ffn²) · 4` bytes); the router is not calibrated.
+//!
 //! fp8-static can run the forward in `f64` ([`Precision::F64`]): the activations are then the
 //! model's to within `f64` rounding, free of the `f32` accumulation-order noise that makes two
 //! `f32` implementations' maxima differ by ~1e-6 relative after 30 layers.
@@ -41,6 +46,7 @@ use crate::awq::{self, ActStats, AwqConfig, LayerScales, SearchResult};
 use crate::data::Samples;
 use crate::error::{Error, Result};
 use crate::gptq::{gptq, GptqConfig, GptqResult};
+use crate::moe::{expert_inputs, ExpertObservers, ExpertTokens};
 use crate::observer::{Observer, ObserverKind};
 use crate::output::{
     awq_layer_file_bytes, awq_layer_file_name, layer_file_bytes, layer_file_name, write_atomic,
@@ -86,6 +92,8 @@ pub struct CalibOptions {
     pub stop_after_layer: Option<u32>,
     /// The forward's float type.
     pub precision: Precision,
+    /// Mixture-of-experts blocks: the rows each expert is calibrated on (see [`crate::moe`]).
+    pub expert_tokens: ExpertTokens,
 }
 
 /// What [`calibrate`] did.
@@ -142,7 +150,26 @@ pub fn layer_forward<T: Real, L: Project<T>>(
     seq: usize,
     sink: &mut dyn FnMut(Site, &[T]),
 ) {
+    layer_forward_moe(model, lw, rope, hc, seq, sink, &mut |_, _| {});
+}
+
+/// [`layer_forward`] that also shows the mixture-of-experts block's observations (the router's
+/// input, each expert's routed rows; [`qforge_verify::moe::ffn`]) to `moe_sink` instead of
+/// `sink`.
+pub fn layer_forward_moe<T: Real, L: Project<T>>(
+    model: &Model,
+    lw: &LayerWeights<T, L>,
+    rope: &RopeTable,
+    hc: &mut [T],
+    seq: usize,
+    sink: &mut dyn FnMut(Site, &[T]),
+    moe_sink: &mut dyn FnMut(&[LayerTensor], &[T]),
+) {
     run_layer_observed(model, lw, rope, hc, seq, &mut |kinds, x| {
+        if qforge_verify::moe_observe::is_moe(kinds) {
+            moe_sink(kinds, x);
+            return;
+        }
         let site = match kinds.first() {
             Some(LayerTensor::O) => Site::O,
             Some(LayerTensor::Gate | LayerTensor::Up) => Site::GateUp,
@@ -356,12 +383,19 @@ pub fn calibrate(
 ) -> Result<CalibSummary> {
     let start = Instant::now();
     let cfg = model.config().clone();
-    if cfg.moe.is_some() {
-        // GPTQ/AWQ per expert on its routed tokens and per-expert static scales: issue 18
+    if cfg.moe.is_some() && matches!(opts.method, Method::Awq(_)) {
+        // llm-compressor (modifiers/awq/mappings.py AWQ_MAPPING_REGISTRY) maps Qwen3-MoE with
+        // `_moe_default_mappings`: post_attention_layernorm -> every expert's gate_proj and
+        // up_proj (not the router), each expert's up_proj -> its down_proj; Mixtral is not in
+        // the registry (its w1/w3 names match no default mapping). Not built (issue 18).
         return Err(Error::Unsupported(format!(
-            "calibrating a mixture-of-experts model ({}) is not implemented yet",
+            "AWQ on a mixture-of-experts model ({}) is not implemented: use --method gptq \
+             or fp8-static",
             cfg.family
         )));
+    }
+    if let (Some(m), Method::Gptq(g)) = (&cfg.moe, &opts.method) {
+        qforge_codecs::int4::check_group(m.expert_ffn as usize, g.group_size)?;
     }
     if let Method::Gptq(g) = &opts.method {
         if model.ckpt.format != Format::Hf {
@@ -445,8 +479,10 @@ pub fn calibrate(
         let mut reports = Vec::new();
         match &opts.method {
             Method::Fp8Static(kind) => {
-                let obs = match &mut h {
-                    Hidden::F32(h) => observe_layer(model, &lw, &rope, h, seq, *kind),
+                let (obs, eobs) = match &mut h {
+                    Hidden::F32(h) => {
+                        observe_layer(model, &lw, &rope, h, seq, *kind, opts.expert_tokens)
+                    }
                     Hidden::F64(h) => {
                         let lw64 = lw.to_f64().ok_or_else(|| {
                             Error::Unsupported(
@@ -454,11 +490,14 @@ pub fn calibrate(
                                     .into(),
                             )
                         })?;
-                        observe_layer(model, &lw64, &rope, h, seq, *kind)
+                        observe_layer(model, &lw64, &rope, h, seq, *kind, opts.expert_tokens)
                     }
                 };
                 for site in SITES {
                     for &kind in site.kinds() {
+                        if lw.moe.is_some() && matches!(site, Site::GateUp | Site::Down) {
+                            continue;
+                        }
                         let o = &obs[site.index()];
                         reports.push(ModuleReport {
                             module: hf_module(TensorId::Layer { index: i, kind }),
@@ -470,8 +509,13 @@ pub fn calibrate(
                             damping: None,
                             damping_retries: None,
                             dead_columns: None,
+                            routed_tokens: None,
+                            fallback: None,
                         });
                     }
+                }
+                if let Some(e) = eobs {
+                    reports.extend(e.reports(i, opts.precision == Precision::F64));
                 }
             }
             Method::Gptq(g) => {
@@ -480,15 +524,48 @@ pub fn calibrate(
                 let mut hs: Vec<Hessian> = widths.iter().map(|&w| Hessian::new(w)).collect();
                 let mut scratch = vec![0f32; seq * hid];
                 let mut tmp = Vec::new();
+                // per expert: [gate/up, down] Hessians and routed rows
+                let mut ehs: Vec<([Hessian; 2], u64)> = lw.moe.as_ref().map_or(Vec::new(), |m| {
+                    (0..m.experts.len())
+                        .map(|_| ([Hessian::new(hid), Hessian::new(m.ffn)], 0))
+                        .collect()
+                });
                 for hc in h.chunks(seq * hid) {
                     scratch.copy_from_slice(hc);
-                    layer_forward(model, &lw, &rope, &mut scratch, seq, &mut |site, x| {
-                        hs[site.index()].add(x, &mut tmp);
-                    });
+                    let mut etmp = Vec::new();
+                    layer_forward_moe(
+                        model,
+                        &lw,
+                        &rope,
+                        &mut scratch,
+                        seq,
+                        &mut |site, x| hs[site.index()].add(x, &mut tmp),
+                        &mut |kinds, x| {
+                            if let Some(m) = &lw.moe {
+                                expert_inputs(
+                                    m,
+                                    opts.expert_tokens,
+                                    kinds,
+                                    x,
+                                    &mut |e, down, x| {
+                                        if let Some((eh, rows)) = ehs.get_mut(e) {
+                                            eh[usize::from(down)].add(x, &mut etmp);
+                                            if !down {
+                                                *rows += (x.len() / hid) as u64;
+                                            }
+                                        }
+                                    },
+                                );
+                            }
+                        },
+                    );
                 }
                 drop(tmp);
                 let mut results: Vec<(String, GptqResult)> = Vec::new();
                 for (site, hess) in SITES.into_iter().zip(hs) {
+                    if lw.moe.is_some() && matches!(site, Site::GateUp | Site::Down) {
+                        continue;
+                    }
                     let hm = hess.finish();
                     for &kind in site.kinds() {
                         let module = hf_module(TensorId::Layer { index: i, kind });
@@ -520,9 +597,14 @@ pub fn calibrate(
                             damping: Some(r.damping),
                             damping_retries: Some(r.retries),
                             dead_columns: Some(r.dead_columns),
+                            routed_tokens: None,
+                            fallback: None,
                         });
                         results.push((module, r));
                     }
+                }
+                if let Some(m) = lw.moe.as_mut() {
+                    gptq_experts(m, ehs, i, g, &mut reports, &mut results)?;
                 }
                 for hc in h.chunks_mut(seq * hid) {
                     layer_forward(model, &lw, &rope, hc, seq, &mut |_, _| {});
@@ -543,6 +625,8 @@ pub fn calibrate(
                             damping: None,
                             damping_retries: None,
                             dead_columns: None,
+                            routed_tokens: None,
+                            fallback: None,
                         });
                     }
                 }
@@ -663,15 +747,84 @@ fn observe_layer<T: Real, L: Project<T>>(
     h: &mut [T],
     seq: usize,
     kind: ObserverKind,
-) -> [Observer; 4] {
+    tokens: ExpertTokens,
+) -> ([Observer; 4], Option<ExpertObservers>) {
     let hid = model.config().hidden_size as usize;
     let mut obs = [Observer::new(kind); 4];
+    let mut eobs = lw
+        .moe
+        .as_ref()
+        .map(|m| ExpertObservers::new(kind, m.experts.len(), hid));
     for hc in h.chunks_mut(seq * hid) {
-        layer_forward(model, lw, rope, hc, seq, &mut |site, x| {
-            obs[site.index()].observe(x);
-        });
+        layer_forward_moe(
+            model,
+            lw,
+            rope,
+            hc,
+            seq,
+            &mut |site, x| obs[site.index()].observe(x),
+            &mut |kinds, x| {
+                if let (Some(m), Some(eo)) = (&lw.moe, eobs.as_mut()) {
+                    expert_inputs(m, tokens, kinds, x, &mut |e, down, x| {
+                        eo.observe(e, down, x);
+                    });
+                }
+            },
+        );
     }
-    obs
+    (obs, eobs)
+}
+
+/// GPTQ on every expert of a block from its Hessians (`[gate/up, down]` and routed rows per
+/// expert), the weights replaced by their dequantized GPTQ values. An expert that saw no row
+/// is quantized with an identity Hessian: GPTQ's error feedback is then zero, so the result is
+/// round-to-nearest on GPTQ's grid (reported as the module's `fallback`).
+fn gptq_experts(
+    m: &mut qforge_verify::moe::MoeWeights,
+    ehs: Vec<([Hessian; 2], u64)>,
+    index: u32,
+    g: &GptqConfig,
+    reports: &mut Vec<ModuleReport>,
+    results: &mut Vec<(String, GptqResult)>,
+) -> Result<()> {
+    for (e, (hess, rows)) in ehs.into_iter().enumerate() {
+        let [hgu, hd] = hess;
+        for (down, hess) in [(false, hgu), (true, hd)] {
+            let w = hess.w;
+            let hm = if rows == 0 {
+                let mut id = vec![0f32; w * w];
+                id.iter_mut().step_by(w + 1).for_each(|v| *v = 1.0);
+                id
+            } else {
+                hess.finish()
+            };
+            let projs: &[usize] = if down { &[2] } else { &[0, 1] };
+            for &p in projs {
+                let kind = LayerTensor::Expert {
+                    expert: e as u32,
+                    proj: qforge_convert::FfnProj::ALL[p],
+                };
+                let module = hf_module(TensorId::Layer { index, kind });
+                let lin = &mut m.experts[e][p];
+                let r = gptq(&module, &lin.w, lin.out, lin.inp, &hm, g)?;
+                lin.w = r.dequantize();
+                reports.push(ModuleReport {
+                    module: module.clone(),
+                    input_amax: None,
+                    input_scale: None,
+                    loss: Some(r.loss),
+                    damping: Some(r.damping),
+                    damping_retries: Some(r.retries),
+                    dead_columns: Some(r.dead_columns),
+                    routed_tokens: Some(rows),
+                    fallback: (rows == 0)
+                        .then(|| "no routed token: round-to-nearest (identity Hessian)".into()),
+                });
+                results.push((module, r));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `y = x·Wᵀ` for `t` tokens.

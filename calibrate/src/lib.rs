@@ -25,6 +25,7 @@ pub mod engine;
 mod error;
 pub mod gptq;
 pub mod linalg;
+pub mod moe;
 pub mod observer;
 pub mod output;
 

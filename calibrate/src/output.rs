@@ -57,6 +57,12 @@ pub struct ModuleReport {
     /// Columns never activated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_columns: Option<usize>,
+    /// Mixture-of-experts expert: the rows (tokens) it was calibrated on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routed_tokens: Option<u64>,
+    /// Mixture-of-experts expert that received no token: what was done instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// The GPTQ scheme recorded in `calib.json`.

@@ -449,11 +449,7 @@ fn quantize_streamed(
     }
     let (rows, k) = (t.shape[0] as usize, t.shape[1] as usize);
     let row_bytes = usize::try_from(dtype.bytes_for(k as u64).ok()?).ok()?;
-    let imatrix = opts
-        .imatrix
-        .as_ref()
-        .and_then(|m| m.get(gguf_name))
-        .map(Vec::as_slice);
+    let imatrix = imatrix_slice(opts, gguf_name, t.key, k as u64);
     buf.resize(rows * row_bytes, 0);
     let rope = rope_direction(&ckpt.config, ckpt.format, Format::Gguf);
     let done = crate::dequant::Weights(ckpt).par_source_rows(
@@ -502,17 +498,41 @@ fn scan_bad_weights(
     Ok(())
 }
 
+/// The importance weights of `name` for the rows of `key` (`ne0` wide): the whole vector, or
+/// an expert's slice of a per-expert stack's (checked against the stack's size before).
+fn imatrix_slice<'a>(
+    opts: &'a GgufQuantOptions,
+    name: &str,
+    key: TensorKey,
+    ne0: u64,
+) -> Option<&'a [f32]> {
+    let w = opts.imatrix.as_ref()?.get(name)?;
+    let ne0 = usize::try_from(ne0).ok()?;
+    match gguf_tensor_name(key) {
+        Some((_, Some(e))) if w.len() != ne0 => {
+            let e = e as usize;
+            w.get(e.checked_mul(ne0)?..e.checked_add(1)?.checked_mul(ne0)?)
+        }
+        _ => Some(w),
+    }
+}
+
 /// Importance-matrix rows must match the tensors they weight.
 fn check_imatrix(
     opts: &GgufQuantOptions,
     dest: &Path,
     mix_tensors: &[MixTensor],
     choices: &[MixChoice],
+    n_expert: u64,
 ) -> Result<()> {
     if let Some(im) = &opts.imatrix {
         for (mt, c) in mix_tensors.iter().zip(choices) {
             if let Some(w) = im.get(&mt.name) {
-                if c.dtype.is_block() && w.len() as u64 != mt.ne0 {
+                // an expert stack: one row of weights per expert (llama-imatrix's
+                // `ne0 · n_expert`; llama-quant.cpp `llama_model_quantize_impl` checks
+                // `ne[0]*ne[2]` and quantizes expert `i03` with its slice)
+                let per_expert = mt.n_dims == 3 && w.len() as u64 == mt.ne0 * n_expert;
+                if c.dtype.is_block() && w.len() as u64 != mt.ne0 && !per_expert {
                     return Err(Error::BadQuantization {
                         path: dest.into(),
                         tensor: mt.name.clone(),
@@ -604,7 +624,7 @@ fn encode_tensor(
                     tensor: t.name.clone(),
                     source,
                 })?;
-            let imatrix = opts.imatrix.as_ref().and_then(|m| m.get(&mt.name));
+            let imatrix = imatrix_slice(opts, &mt.name, t.key, mt.ne0);
             let n = usize::try_from(c.dtype.bytes_for(rows.len() as u64).map_err(|e| {
                 Error::Codec {
                     path: ckpt.path.clone(),
@@ -614,18 +634,13 @@ fn encode_tensor(
             })?)
             .unwrap_or(usize::MAX);
             buf.resize(n, 0);
-            ggml_quant::quantize_rows(
-                c.dtype,
-                &rows,
-                mt.ne0 as usize,
-                imatrix.map(Vec::as_slice),
-                buf,
-            )
-            .map_err(|source| Error::Codec {
-                path: ckpt.path.clone(),
-                tensor: t.name.clone(),
-                source,
-            })?;
+            ggml_quant::quantize_rows(c.dtype, &rows, mt.ne0 as usize, imatrix, buf).map_err(
+                |source| Error::Codec {
+                    path: ckpt.path.clone(),
+                    tensor: t.name.clone(),
+                    source,
+                },
+            )?;
         } else {
             encode_float(&rows, c.dtype, buf).ok_or_else(|| Error::UnsupportedDType {
                 path: ckpt.path.clone(),
@@ -725,7 +740,7 @@ pub fn quantize_to_gguf(
         &mut choices,
         &mut notes,
     )?;
-    check_imatrix(opts, dest, &mix_tensors, &choices)?;
+    check_imatrix(opts, dest, &mix_tensors, &choices, model.n_expert)?;
     let offset = usize::from(rope_factors.is_some());
     let mut specs: Vec<GgufTensorSpec> = mix_tensors
         .iter()

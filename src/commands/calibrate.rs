@@ -138,6 +138,11 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
             CalibPrecision::F32 => Precision::F32,
             CalibPrecision::F64 => Precision::F64,
         },
+        expert_tokens: if args.all_experts {
+            qforge_calibrate::moe::ExpertTokens::All
+        } else {
+            qforge_calibrate::moe::ExpertTokens::Routed
+        },
     };
     let summary = qforge_verify::with_threads(args.threads, || {
         calibrate(&model, &samples, &opts, &args.output)

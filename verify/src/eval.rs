@@ -722,13 +722,14 @@ pub fn collect_imatrix(
     use qforge_convert::{NameScheme, TensorId, TensorKey};
     use qforge_quantize::imatrix::{Imatrix, ImatrixEntry, ImatrixFormat};
     let cfg = model.config();
-    if cfg.moe.is_some() {
-        // llama-imatrix's per-expert sums and counts are not collected yet (issue 18)
-        return Err(Error::Unsupported {
-            path: model.ckpt.path.clone(),
-            reason: "importance matrices of mixture-of-experts models".into(),
-        });
-    }
+    // Mixture-of-experts blocks: llama-imatrix's per-expert sums and counts (moe_observe).
+    let mut experts = cfg.moe.as_ref().map(|m| {
+        crate::moe_observe::ExpertSums::new(
+            m.num_experts as usize,
+            cfg.hidden_size as usize,
+            m.expert_ffn as usize,
+        )
+    });
     let (hid, ffn) = (cfg.hidden_size as usize, cfg.intermediate_size as usize);
     let att = cfg.num_heads as usize * cfg.head_dim as usize;
     let nl = cfg.num_layers as u32;
@@ -769,6 +770,12 @@ pub fn collect_imatrix(
         stream_layers(&[model], nl, opts.prefetch, &mut stats, |i, lw| {
             let layer = &mut sums[i as usize];
             backend.layer(model, &lw[0], &rope, &mut h, chunks.ctx, &mut |ks, x| {
+                if crate::moe_observe::is_moe(ks) {
+                    if let Some(e) = experts.as_mut() {
+                        e.observe(i, ks, x);
+                    }
+                    return;
+                }
                 // Linears that share an input (q/k/v, gate/up) get the same sums.
                 let slot = |k: &LayerTensor| kinds.iter().position(|q| q == k).unwrap_or(0);
                 let first = slot(&ks[0]);
@@ -810,6 +817,9 @@ pub fn collect_imatrix(
                 },
             );
         }
+    }
+    if let Some(e) = experts {
+        e.finish(&mut entries);
     }
     if with_output {
         entries.insert(

@@ -27,6 +27,7 @@ pub mod matmul;
 pub mod metrics;
 pub mod model;
 pub mod moe;
+pub mod moe_observe;
 pub mod ops;
 pub mod progress;
 pub mod real;
