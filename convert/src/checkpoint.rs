@@ -280,6 +280,16 @@ impl Checkpoint {
         self.tensors.iter().find(|t| t.name == name)
     }
 
+    /// Bytes of every stored tensor of role `id` (a weight with its scales, zero points and
+    /// bias; every shard part), as the file holds them.
+    pub fn role_bytes(&self, id: TensorId) -> u64 {
+        self.tensors
+            .iter()
+            .filter(|t| t.key.id == id)
+            .map(TensorEntry::nbytes)
+            .sum()
+    }
+
     /// The tensor with role `key`.
     pub fn tensor_by_key(&self, key: TensorKey) -> Option<&TensorEntry> {
         self.tensors.iter().find(|t| t.key == key)

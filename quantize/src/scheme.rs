@@ -302,7 +302,7 @@ impl Scheme {
         quantized: bool,
         out_dtype: DType,
     ) -> u64 {
-        let src = source_bytes(ckpt, id);
+        let src = ckpt.role_bytes(id);
         let n: u64 = ckpt.config.expected_shape(id).iter().product();
         let out = out_dtype.bytes_for(n).unwrap_or(0);
         let weight = ckpt.tensors.iter().find(|t| t.key == TensorKey::weight(id));
@@ -330,15 +330,6 @@ fn int_name(bits: u8, group_size: Option<usize>) -> String {
         Some(g) => format!("int{bits}-g{g}"),
         None => format!("int{bits}-row"),
     }
-}
-
-/// Bytes of every source tensor of role `id` (weight, scales, bias).
-fn source_bytes(ckpt: &Checkpoint, id: TensorId) -> u64 {
-    ckpt.tensors
-        .iter()
-        .filter(|t| t.key.id == id)
-        .map(qforge_convert::TensorEntry::nbytes)
-        .sum()
 }
 
 /// Memory held while a kept tensor is copied or converted into its shard: the source plus,

@@ -134,15 +134,6 @@ pub fn open_for_plan(s: &str) -> Result<Checkpoint> {
     Ok(Checkpoint::open(&path)?)
 }
 
-/// Bytes of a role's source tensors (all parts).
-fn source_bytes(ckpt: &Checkpoint, id: TensorId) -> u64 {
-    ckpt.tensors
-        .iter()
-        .filter(|t| t.key.id == id)
-        .map(qforge_convert::TensorEntry::nbytes)
-        .sum()
-}
-
 fn numel(ckpt: &Checkpoint, id: TensorId) -> u64 {
     ckpt.config.expected_shape(id).iter().product()
 }
@@ -172,7 +163,7 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
         if id == TensorId::RopeFreqs {
             continue;
         }
-        let src = source_bytes(ckpt, id);
+        let src = ckpt.role_bytes(id);
         let (work, secs) = match scheme {
             Scheme::Gguf(_) => {
                 let name = qforge_convert::names::NameScheme::Gguf

@@ -78,12 +78,7 @@ fn numel(ckpt: &Checkpoint, id: TensorId) -> u64 {
 }
 
 fn source_bytes(ckpt: &Checkpoint, id: TensorId) -> u64 {
-    let b: u64 = ckpt
-        .tensors
-        .iter()
-        .filter(|t| t.key.id == id)
-        .map(qforge_convert::TensorEntry::nbytes)
-        .sum();
+    let b = ckpt.role_bytes(id);
     if b == 0 {
         // a config-only model: BF16, as the checkpoints are shipped
         2 * numel(ckpt, id)
