@@ -334,3 +334,34 @@ fn plan_from_the_config_alone_is_exact() {
         }
     }
 }
+
+/// A `config.json` whose expert counts are out of bounds (more experts per token than experts, an
+/// absurd expert count) is refused naming the field, before anything is allocated for it.
+#[test]
+fn hostile_expert_counts_in_config_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    for (key, value, field) in [
+        ("num_experts_per_tok", 7u64, "num_experts_per_tok"),
+        ("num_local_experts", 1 << 40, "num_experts"),
+    ] {
+        let dir = t.path().join(key);
+        std::fs::create_dir(&dir).unwrap();
+        for e in std::fs::read_dir(fixture("mixtral")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        let cfg_path = dir.join("config.json");
+        let mut cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+        cfg[key] = Value::from(value);
+        std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
+        let out = Command::new(QFORGE)
+            .args(["inspect", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{key}: {err}");
+        assert!(err.contains(field), "{key}: {err}");
+        assert!(!err.contains("panicked"), "{key}: {err}");
+    }
+}
