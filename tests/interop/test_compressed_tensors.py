@@ -111,12 +111,14 @@ def test_library_decompresses_to_our_dequantization(checkpoints, name):
 # 9.2e-5 INT8), the same top-1 everywhere, perplexity within 1e-4 (measured 2.2e-7 on 8 chunks).
 #
 # Dynamic per-token FP8 activations (FP8_DYNAMIC, what vLLM runs): both apply compressed-tensors'
-# formula (s = max(amax/448, eps), x_q = fp8(x/s)·s; checked equal to transformers' own module
-# output on layer 0), but on SmolLM2 the result is chaotic in the matmul's rounding: the same
-# formula in torch with f64 instead of f32 accumulation moves chunk 0's log-probs by 0.37 nats on
-# average and 8-chunk perplexity from 24.002 to 23.666 (1.4 %). So the budget is on perplexity:
-# within 0.5 % of that formula evaluated with f64 accumulation (measured 0.13 %: 23.636 vs
-# 23.666) and within 2.5 % of transformers' f32 run (measured 1.5 %).
+# formula (s = max(amax/448, eps), x_q = fp8(x/s)·s), but on SmolLM2 the whole-model result is
+# chaotic in the matmul's rounding: the same formula in torch with f64 instead of f32 accumulation
+# moved 8-chunk perplexity from 24.002 to 23.666 (1.4 %) under torch 2.9, and torch 2.10's f32
+# kernels moved that f64 figure again, to 23.864, with qforge unchanged at 23.636. A perplexity
+# budget tighter than that spread measures the torch build, not qforge. So the check that can be
+# tight is layer 0's output, before noise compounds: qforge's reported hidden-state error equals
+# transformers' through compressed-tensors' own modules within 1e-3 relative; the whole-model
+# perplexity is held to the 2.5 % spread budget (as tests/interop/test_drift_sim.py does).
 CTX = 128
 CHUNKS = 8
 LOGPROB_MAX_ABS = 2e-3
@@ -182,11 +184,42 @@ def test_transformers_logits_equal_our_dequantized_forward(qforge, checkpoints, 
     assert abs(ours_ppl / theirs_ppl - 1) < 1e-4
 
 
-def test_fp8_dynamic_activations_agree_with_transformers(qforge, checkpoints, hamlet):
+def layer0_rel_error(base_model, quant_model, ids):
+    """sqrt(sum (h_q - h_b)^2 / sum h_b^2) over every position of layer 0's output (the residual
+    stream after the first decoder layer), as `qforge verify` reports `layers[0].rel_error`."""
+    with torch.no_grad():
+        hb = base_model(torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0].double()
+        hq = quant_model(torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0].double()
+    return float(((hq - hb) ** 2).sum().sqrt() / (hb**2).sum().sqrt())
+
+
+def test_fp8_dynamic_activations_agree_with_transformers(qforge, checkpoints, smollm2_gguf, hamlet, tmp_path):
     import types
 
+    transformers = pytest.importorskip("transformers")
     dest, _ = checkpoints["fp8-rowwise"]
     chunks = chunk_ids(dest, hamlet)
+
+    # Layer 0, before rounding noise can compound: the hidden-state error of W8A8 against the
+    # f32 base equals the one transformers gets through compressed-tensors' own quantized modules
+    # (FP8 weights and dynamic per-token FP8 inputs). Weights-only is checked the same way, and
+    # the activation quantization must add error on top of it, so the check sees the activations.
+    base = tmp_path / "base-f32"
+    subprocess.run([str(qforge), "convert", str(smollm2_gguf), str(base), "--to", "hf", "--dtype", "f32"],
+                   check=True, capture_output=True)
+    base_model = transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    l0 = {}
+    for w8a8, act in (("on", True), ("off", False)):
+        r = run_json(qforge, "verify", str(base), str(dest), "--data", str(hamlet), "--ctx", str(CTX),
+                     "--chunks", "1", "--json", "-q", "--w8a8", w8a8)["result"]
+        l0[w8a8] = (r["layers"][0]["rel_error"], layer0_rel_error(base_model, hf_model(dest, act_quant=act), chunks[0]))
+    print("layer 0 rel error (qforge, transformers): W8A8 %.6e %.6e, weights only %.6e %.6e"
+          % (*l0["on"], *l0["off"]))
+    for ours_l0, theirs_l0 in l0.values():
+        assert abs(ours_l0 / theirs_l0 - 1) < 1e-3
+    assert l0["on"][1] > 1.2 * l0["off"][1]
+
+    # Whole model: chaotic (see above), so the budget is the spread of the reference itself.
     ours = qforge_ppl(qforge, dest, hamlet, "auto")
     theirs = hf_ppl(hf_model(dest, act_quant=True), chunks)
 
@@ -205,9 +238,10 @@ def test_fp8_dynamic_activations_agree_with_transformers(qforge, checkpoints, ha
                 lambda self, x: (fake_quant(x).double() @ self.weight.double().T).float(), m)
     f64 = hf_ppl(model, chunks)
     print(f"fp8 W8A8: ppl qforge {ours:.4f}, transformers (f32) {theirs:.4f} ({ours / theirs - 1:+.2%}), "
-          f"same formula with f64 accumulation {f64:.4f} ({ours / f64 - 1:+.2%})")
-    assert abs(ours / f64 - 1) < 0.005
+          f"same formula with f64 accumulation {f64:.4f} ({ours / f64 - 1:+.2%}; "
+          f"f64 vs f32 {f64 / theirs - 1:+.2%})")
     assert abs(ours / theirs - 1) < 0.025
+    assert abs(ours / f64 - 1) < 0.025
 
 
 def test_fbgemm_config_parses_in_transformers(qforge, smollm2_gguf, tmp_path):
