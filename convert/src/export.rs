@@ -47,6 +47,25 @@ pub fn hf_config_json(cfg: &ModelConfig, dtype: DType) -> Value {
             "original_max_position_embeddings": original_max_position_embeddings, "rope_type": "llama3",
         }),
         Some(RopeScaling::Linear { factor }) => json!({"factor": factor, "rope_type": "linear"}),
+        // what transformers writes back for Qwen2.5's `{"type": "yarn", ...}`: Qwen2Config
+        // copies `type` to `rope_type` and keeps both
+        Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+        }) => {
+            let mut y = json!({
+                "factor": factor, "original_max_position_embeddings": original_max_position_embeddings,
+                "rope_type": "yarn", "type": "yarn",
+            });
+            for (k, b) in [("beta_fast", beta_fast), ("beta_slow", beta_slow)] {
+                if let Some(b) = b {
+                    y[k] = json!(b);
+                }
+            }
+            y
+        }
     };
     let eos = match cfg.eos_token_ids.as_slice() {
         [] => Value::Null,

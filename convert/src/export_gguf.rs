@@ -199,9 +199,32 @@ pub fn model_metadata(
         (k("attention.head_count"), u32v(cfg.num_heads)),
         (k("attention.head_count_kv"), u32v(cfg.num_kv_heads)),
     ]);
-    if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
-        m.push((k("rope.scaling.type"), GgufValue::String("linear".into())));
-        m.push((k("rope.scaling.factor"), f32v(factor)));
+    match cfg.rope_scaling {
+        Some(RopeScaling::Linear { factor }) => {
+            m.push((k("rope.scaling.type"), GgufValue::String("linear".into())));
+            m.push((k("rope.scaling.factor"), f32v(factor)));
+        }
+        // convert_hf_to_gguf.py TextModel.set_gguf_parameters (rope_type == "yarn")
+        Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+        }) => {
+            m.push((k("rope.scaling.type"), GgufValue::String("yarn".into())));
+            m.push((k("rope.scaling.factor"), f32v(factor)));
+            m.push((
+                k("rope.scaling.original_context_length"),
+                u32v(original_max_position_embeddings),
+            ));
+            if let Some(b) = beta_fast {
+                m.push((k("rope.scaling.yarn_beta_fast"), f32v(b)));
+            }
+            if let Some(b) = beta_slow {
+                m.push((k("rope.scaling.yarn_beta_slow"), f32v(b)));
+            }
+        }
+        Some(RopeScaling::Llama3 { .. }) | None => {}
     }
     m.extend([
         (k("rope.freq_base"), f32v(cfg.rope_theta)),

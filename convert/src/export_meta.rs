@@ -219,6 +219,12 @@ fn meta_rope(cfg: &ModelConfig) -> (bool, Option<(f64, f64)>, Vec<Note>) {
             );
             return (false, None, vec![Note::changes_math(what, keep)]);
         }
+        Some(RopeScaling::Yarn { factor, .. }) => {
+            let what = format!(
+                "params.json cannot say YaRN RoPE scaling (factor {factor}): Meta's format knows only Llama 3.1 scaling (use_scaled_rope); written without scaling"
+            );
+            return (false, None, vec![Note::changes_math(what, keep)]);
+        }
         Some(s @ RopeScaling::Llama3 { .. }) => s,
     };
     let factors = llama3_rope_factors(cfg).unwrap_or_default();
