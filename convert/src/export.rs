@@ -640,6 +640,11 @@ pub fn source_vocab(ckpt: &Checkpoint) -> Result<Option<crate::tokenizer::Vocab>
             Vocab::from_tokenizer_json(dir, None).map(Some)
         }
         Format::Meta if dir.join("tokenizer.model").is_file() => {
+            let path = dir.join("tokenizer.model");
+            if !crate::meta_tokenizer::is_tiktoken_file(&path)? {
+                // Llama 1/2: a SentencePiece model
+                return Vocab::from_sentencepiece_file(&path).map(Some);
+            }
             let version = if matches!(ckpt.config.rope_scaling, Some(RopeScaling::Llama3 { .. })) {
                 Llama3Specials::V3_1
             } else {

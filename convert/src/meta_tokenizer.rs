@@ -1,5 +1,6 @@
 //! Meta's Llama 3 `tokenizer.model` written from another format's tokenizer, when it says
-//! exactly the same thing.
+//! exactly the same thing. (Llama 1/2's SentencePiece `tokenizer.model` is read and written by
+//! `crate::tokenizer::sentencepiece`.)
 //!
 //! The file is tiktoken's BPE format: one `base64(token bytes) rank` line per token, rank = id
 //! (llama-models `models/llama3/tokenizer.py`: `load_tiktoken_bpe(model_path)`). Meta's code
@@ -16,6 +17,29 @@ use crate::tokenizer::{
     byte_to_char, llama3_special_tokens, Llama3Specials, PreTokenizer, Vocab, TOKEN_TYPE_CONTROL,
     TOKEN_TYPE_NORMAL,
 };
+
+/// Whether the Meta `tokenizer.model` at `path` is tiktoken's text format (Llama 3: every
+/// line `base64 rank`) rather than a SentencePiece protobuf (Llama 1/2), judged on its first
+/// line. A protobuf `ModelProto` starts with a `pieces` field key (`0x0a`), never a base64
+/// character.
+pub fn is_tiktoken_file(path: &std::path::Path) -> crate::error::Result<bool> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(256);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(256).read_to_end(&mut head))
+        .map_err(|e| crate::error::Error::io(path, e))?;
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let is_b64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+    Ok(match line.iter().position(|&b| b == b' ') {
+        Some(sp) => {
+            sp > 0
+                && line[..sp].iter().all(is_b64)
+                && sp + 1 < line.len()
+                && line[sp + 1..].iter().all(u8::is_ascii_digit)
+        }
+        None => false,
+    })
+}
 
 /// Ranks of a full Llama 3 vocabulary, after which Meta's 256 special tokens come.
 const LLAMA3_RANKS: usize = 128_000;

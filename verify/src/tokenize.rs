@@ -45,8 +45,11 @@ impl TextTokenizer {
             }
             Format::Meta => {
                 let p = ckpt.dir().join("tokenizer.model");
-                let v =
-                    Vocab::from_tiktoken_file(&p, &llama3_special_tokens(Llama3Specials::V3_1))?;
+                let v = if qforge_convert::meta_tokenizer::is_tiktoken_file(&p)? {
+                    Vocab::from_tiktoken_file(&p, &llama3_special_tokens(Llama3Specials::V3_1))?
+                } else {
+                    Vocab::from_sentencepiece_file(&p)? // Llama 1/2
+                };
                 (v.to_tokenizer()?, p)
             }
         };
