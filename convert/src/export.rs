@@ -643,7 +643,7 @@ pub fn source_vocab(ckpt: &Checkpoint) -> Result<Option<crate::tokenizer::Vocab>
             let path = dir.join("tokenizer.model");
             if !crate::meta_tokenizer::is_tiktoken_file(&path)? {
                 // Llama 1/2: a SentencePiece model
-                return Vocab::from_sentencepiece_file(&path).map(Some);
+                return crate::meta_tokenizer::meta_sentencepiece_vocab(&path).map(Some);
             }
             let version = if matches!(ckpt.config.rope_scaling, Some(RopeScaling::Llama3 { .. })) {
                 Llama3Specials::V3_1

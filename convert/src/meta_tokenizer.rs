@@ -41,6 +41,34 @@ pub fn is_tiktoken_file(path: &std::path::Path) -> crate::error::Result<bool> {
     })
 }
 
+/// The GGUF view of a Meta Llama 1/2 SentencePiece `tokenizer.model`
+/// ([`Vocab::from_sentencepiece_file`]) with the flags Meta's code applies and the HF/GGUF
+/// conversions of it state: BOS added, EOS not (llama `generation.py`: `encode(x, bos=True,
+/// eos=False)`; transformers `LlamaTokenizer` defaults `add_bos_token` true, `add_eos_token`
+/// false, which `convert_hf_to_gguf.py` writes), the model's dummy prefix as
+/// `add_space_prefix` and the `default` pre-tokenizer (`_set_vocab_sentencepiece` writes both),
+/// UNK/BOS/EOS control tokens scored -1000 as that converter makes transformers' special added
+/// tokens.
+pub fn meta_sentencepiece_vocab(path: &std::path::Path) -> crate::error::Result<Vocab> {
+    let mut v = Vocab::from_sentencepiece_file(path)?;
+    // transformers' LlamaTokenizer lists UNK, BOS and EOS as special added tokens
+    // (tokenizer_config.json added_tokens_decoder), which convert_hf_to_gguf.py
+    // `_create_vocab_sentencepiece` makes control tokens scored -1000 (sentencepiece itself
+    // never scores them)
+    for id in [v.unk, v.bos, v.eos].into_iter().flatten() {
+        let id = id as usize;
+        v.token_types[id] = TOKEN_TYPE_CONTROL;
+        if let Some(scores) = v.scores.as_mut() {
+            scores[id] = -1000.0;
+        }
+    }
+    v.pre = Some("default".into());
+    v.add_space_prefix = Some(v.add_space_prefix != Some(false));
+    v.add_bos = Some(true);
+    v.add_eos = Some(false);
+    Ok(v)
+}
+
 /// Ranks of a full Llama 3 vocabulary, after which Meta's 256 special tokens come.
 const LLAMA3_RANKS: usize = 128_000;
 

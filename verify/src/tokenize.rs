@@ -48,7 +48,8 @@ impl TextTokenizer {
                 let v = if qforge_convert::meta_tokenizer::is_tiktoken_file(&p)? {
                     Vocab::from_tiktoken_file(&p, &llama3_special_tokens(Llama3Specials::V3_1))?
                 } else {
-                    Vocab::from_sentencepiece_file(&p)? // Llama 1/2
+                    qforge_convert::meta_tokenizer::meta_sentencepiece_vocab(&p)?
+                    // Llama 1/2
                 };
                 (v.to_tokenizer()?, p)
             }

@@ -10,7 +10,9 @@
 
 use std::path::Path;
 
-use super::{tok_err, Vocab, Why, MAX_VOCAB, TOKEN_TYPE_NORMAL};
+use super::{
+    tok_err, Vocab, Why, MAX_VOCAB, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN,
+};
 use crate::error::{Error, Result};
 
 /// Largest `tokenizer.model` read (Llama 2's is 500 kB, Gemma's 4 MB).
@@ -346,6 +348,20 @@ impl Vocab {
             if !(TOKEN_TYPE_NORMAL..=6).contains(&ty) {
                 return Err(format!("token {i} ({t:?}) has type {ty}"));
             }
+            // the unk_id piece is SentencePiece's UNKNOWN (a GGUF made by convert_hf_to_gguf.py
+            // from transformers' files marks it control, as an added special token)
+            let ty = if Some(i) == self.unk.map(|u| u as usize) {
+                TOKEN_TYPE_UNKNOWN
+            } else {
+                ty
+            };
+            // sentencepiece's trainer scores its UNK and control pieces 0 and its encoder never
+            // scores them; a GGUF vocabulary carries convert_hf_to_gguf.py's -1000 there
+            let score = if matches!(ty, TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_CONTROL) {
+                0.0
+            } else {
+                score
+            };
             let mut p = Vec::with_capacity(t.len() + 12);
             put_bytes_field(1, t.as_bytes(), &mut p);
             put_varint(2 << 3 | 5, &mut p);
@@ -499,14 +515,16 @@ mod tests {
         for add_space_prefix in [None, Some(false)] {
             for pad in [None, Some(2)] {
                 let v = Vocab {
-                    add_space_prefix,
                     pad,
+                    add_space_prefix,
                     ..spm_vocab()
                 };
                 let back = Vocab::from_sentencepiece(&v.to_sentencepiece().unwrap()).unwrap();
                 let mut want = v.clone();
                 // the reader gives a user-defined piece GGUF's normal type, as convert_hf_to_gguf.py
                 want.token_types[259 + 4] = TOKEN_TYPE_NORMAL;
+                // UNK and control pieces are written with sentencepiece's score 0
+                want.scores.as_mut().unwrap()[..3].fill(0.0);
                 assert_eq!(back.tokens, want.tokens);
                 assert_eq!(back.token_types, want.token_types);
                 assert_eq!(back.scores, want.scores);
