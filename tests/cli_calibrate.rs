@@ -10,7 +10,6 @@ use std::process::Command;
 
 use qforge_calibrate::engine::{layer_forward, Site};
 use qforge_calibrate::Samples;
-use qforge_verify::ops::RopeTable;
 use qforge_verify::{ForwardOptions, Model, W8a8Mode};
 
 #[path = "support/model.rs"]
@@ -94,7 +93,7 @@ fn fp8_static_scales_are_the_captured_max_abs() {
     .unwrap();
     let s = Samples::from_json_file(&t).unwrap();
     let hid = model.config().hidden_size as usize;
-    let rope = RopeTable::new(&model.inv_freq, s.seq_len);
+    let rope = model.rope_table(s.seq_len);
     let mut h = model.embed(&s.flat()).unwrap();
     for i in 0..2u32 {
         let lw = model.layer(i).unwrap();

@@ -31,6 +31,7 @@ const FAMILIES: &[&str] = &[
     "llama32",
     "mistral",
     "qwen2",
+    "qwen2_yarn",
     "qwen3",
     "mixtral",
     "qwen3moe",
@@ -536,25 +537,56 @@ fn wrong_routers_match_transformers_and_move_perplexity() {
             Value::from(false),
         ),
     ] {
-        let e = expected(name);
-        let dir = t.path().join(format!("{name}-{how}"));
-        std::fs::create_dir(&dir).unwrap();
-        for f in std::fs::read_dir(fixture(name)).unwrap() {
-            let f = f.unwrap().path();
-            if f.extension().is_some_and(|x| x == "gguf") {
-                continue;
-            }
-            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-        }
-        let mut c = config(&dir).unwrap();
-        c[key] = value;
-        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
-        same_perplexity(&dir, &e, Some(how), &mut log).unwrap_or_else(|x| panic!("{x}"));
-        let (right, wrong) = (
-            e["transformers_f32"]["ppl"].as_f64().unwrap(),
-            e["wrong_forwards"][how]["ppl"].as_f64().unwrap(),
-        );
-        assert!((wrong - right).abs() / right > 0.01, "{name}/{how}");
+        wrong_config_matches(t.path(), name, how, key, value, &mut log);
     }
+    eprintln!("{}", log.join("\n"));
+}
+
+/// The fixture `name` with `config.json`'s `key` set to `value`: `qforge perplexity` equals
+/// transformers' `wrong_forwards[how]` within 1e-4, which is > 1 % from the true forward.
+fn wrong_config_matches(
+    work: &Path,
+    name: &str,
+    how: &str,
+    key: &str,
+    value: Value,
+    log: &mut Vec<String>,
+) {
+    let e = expected(name);
+    let dir = work.join(format!("{name}-{how}"));
+    std::fs::create_dir(&dir).unwrap();
+    for f in std::fs::read_dir(fixture(name)).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|x| x == "gguf") {
+            continue;
+        }
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut c = config(&dir).unwrap();
+    c[key] = value;
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    same_perplexity(&dir, &e, Some(how), log).unwrap_or_else(|x| panic!("{x}"));
+    let (right, wrong) = (
+        e["transformers_f32"]["ppl"].as_f64().unwrap(),
+        e["wrong_forwards"][how]["ppl"].as_f64().unwrap(),
+    );
+    assert!((wrong - right).abs() / right > 0.01, "{name}/{how}");
+}
+
+/// YaRN ignored (`rope_scaling: null`) on the qwen2_yarn fixture: qforge computes
+/// transformers' `rope_scaling_ignored` forward, 1.97 % from the true one, so the YaRN
+/// frequencies and attention factor are what the fixture's figure depends on.
+#[test]
+fn yarn_ignored_matches_transformers_and_moves_perplexity() {
+    let t = tempfile::tempdir().unwrap();
+    let mut log = Vec::new();
+    wrong_config_matches(
+        t.path(),
+        "qwen2_yarn",
+        "rope_scaling_ignored",
+        "rope_scaling",
+        Value::Null,
+        &mut log,
+    );
     eprintln!("{}", log.join("\n"));
 }

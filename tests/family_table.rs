@@ -23,7 +23,6 @@ use qforge_convert::write::safetensors::{plan, TensorSpec, Writer};
 use qforge_convert::write::OutputOptions;
 use qforge_convert::{Checkpoint, Family, LayerTensor, NameScheme, TensorId, TensorKey};
 use qforge_verify::eval::{perplexity, run_layer_observed, EvalOptions};
-use qforge_verify::ops::RopeTable;
 use qforge_verify::{Chunks, ForwardOptions, Model};
 use serde_json::{json, Value};
 
@@ -519,7 +518,7 @@ fn the_forward_is_the_family_layer_and_each_difference_matters() {
         let dir = tmp.path().join(name);
         write_case(&dir, &case);
         let model = Model::open(&dir, ForwardOptions::default()).unwrap();
-        let rope = RopeTable::new(&model.inv_freq, t);
+        let rope = model.rope_table(t);
         let emb = model.embed(&tokens).unwrap();
         let mut ours = emb.clone();
         let mut want: Vec<f64> = emb.iter().map(|&v| f64::from(v)).collect();

@@ -11,7 +11,6 @@ use std::process::Command;
 use qforge_convert::{Checkpoint, FfnProj, LayerTensor, Part, TensorId};
 use qforge_quantize::dequant::WeightRead;
 use qforge_verify::eval::run_layer_observed;
-use qforge_verify::ops::RopeTable;
 use qforge_verify::{ForwardOptions, Model};
 use serde_json::Value;
 
@@ -78,7 +77,7 @@ fn routed_amax(model: &Path, samples: &Path) -> Vec<Vec<(f64, f64, u64)>> {
         moe.num_experts as usize,
         moe.experts_per_tok as usize,
     );
-    let rope = RopeTable::new(&m.inv_freq, seq);
+    let rope = m.rope_table(seq);
     let mut h = m.embed(&toks).unwrap();
     let mut out = Vec::new();
     for i in 0..cfg.num_layers as u32 {

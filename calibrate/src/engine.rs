@@ -472,7 +472,7 @@ pub fn calibrate(
     let started_at_layer = st.next_layer;
     let mut bar =
         qforge_verify::progress::Progress::new(opts.progress, (nl - started_at_layer) as usize);
-    let rope = RopeTable::new(&model.inv_freq, seq);
+    let rope = model.rope_table(seq);
     for i in st.next_layer..nl {
         let t0 = Instant::now();
         let mut lw = model.layer(i)?;

@@ -32,7 +32,33 @@ pub enum RopeScaling {
         /// `factor`
         factor: f64,
     },
+    /// YaRN (`rope_type`/`type: "yarn"`: Qwen2.5, Qwen3 long context): frequencies ramped
+    /// between extrapolation and interpolation by `factor`, cos/sin scaled by the attention
+    /// factor `1 + 0.1 ln factor` (transformers `_compute_yarn_parameters`; GGUF
+    /// `rope.scaling.type = yarn`, `rope.scaling.factor`, `rope.scaling.original_context_length`).
+    Yarn {
+        /// `factor`
+        factor: f64,
+        /// `original_max_position_embeddings` (GGUF `rope.scaling.original_context_length`)
+        original_max_position_embeddings: u64,
+        /// `beta_fast` (GGUF `rope.scaling.yarn_beta_fast`); absent: 32
+        #[serde(skip_serializing_if = "Option::is_none")]
+        beta_fast: Option<f64>,
+        /// `beta_slow` (GGUF `rope.scaling.yarn_beta_slow`); absent: 1
+        #[serde(skip_serializing_if = "Option::is_none")]
+        beta_slow: Option<f64>,
+    },
 }
+
+/// YaRN settings qforge does not apply (transformers reads them, llama.cpp reads them
+/// differently or not at all): a config with one of them is refused rather than computed wrong.
+const YARN_UNSUPPORTED: &[&str] = &[
+    "attention_factor",
+    "mscale",
+    "mscale_all_dim",
+    "truncate",
+    "extrapolation_factor",
+];
 
 /// Sliding-window attention: a query at position `i` sees keys `j` with `i − size < j ≤ i`
 /// (transformers `sliding_window_overlay`), on layers `first_layer..`.
@@ -122,6 +148,8 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 const MAX_WIDTH: u64 = 1 << 20;
 const MAX_LAYERS: u64 = 4096;
 const MAX_VOCAB: u64 = 1 << 24;
+/// A context length GGUF can hold (`rope.scaling.original_context_length` is a `u32`).
+const MAX_CONTEXT: u64 = u32::MAX as u64;
 
 /// Meta's FFN width rule (specs/meta.md §1.2): `h = floor(8·dim/3)`, optionally
 /// `h = floor(mult·h)`, rounded up to a multiple of `multiple_of`.
@@ -234,9 +262,29 @@ fn parse_rope_scaling(
                 .f64("factor")?
                 .ok_or(ConfigError::Missing("rope_scaling.factor"))?,
         })),
+        "yarn" => {
+            if let Some(k) = YARN_UNSUPPORTED.iter().find(|k| r.get(k).is_some()) {
+                return Err(invalid(
+                    field,
+                    format!("yarn with {k} is not supported (factor, original_max_position_embeddings, beta_fast and beta_slow are)"),
+                ));
+            }
+            Ok(Some(RopeScaling::Yarn {
+                factor: r
+                    .f64("factor")?
+                    .ok_or(ConfigError::Missing("rope_scaling.factor"))?,
+                original_max_position_embeddings: r
+                    .u64("original_max_position_embeddings")?
+                    .ok_or(ConfigError::Missing(
+                        "rope_scaling.original_max_position_embeddings",
+                    ))?,
+                beta_fast: r.f64("beta_fast")?,
+                beta_slow: r.f64("beta_slow")?,
+            }))
+        }
         other => Err(invalid(
             field,
-            format!("unsupported rope_type {other:?} (llama3, linear and default are)"),
+            format!("unsupported rope_type {other:?} (llama3, linear, yarn and default are)"),
         )),
     }
 }
@@ -464,6 +512,36 @@ impl ModelConfig {
                 Some(f) if f != 1.0 => Some(RopeScaling::Linear { factor: f }),
                 _ => None,
             },
+            Some(GgufValue::String(t)) if t == "yarn" => {
+                // llama.cpp llama_model::load_hparams: the original context defaults to the
+                // training context; llama_context computes the attention factor itself
+                // (yarn_attn_factor and yarn_log_multiplier change it: not applied here)
+                for k in [
+                    "rope.scaling.yarn_ext_factor",
+                    "rope.scaling.yarn_attn_factor",
+                    "rope.scaling.yarn_log_multiplier",
+                    "rope.scaling.attn_factor",
+                ] {
+                    if meta.get(&key(k)).is_some() {
+                        return Err(invalid(
+                            "rope.scaling.type",
+                            format!("{}: yarn with {k} is not supported", key(k)),
+                        ));
+                    }
+                }
+                Some(RopeScaling::Yarn {
+                    factor: float("rope.scaling.factor")?
+                        .ok_or_else(|| missing("rope.scaling.factor"))?,
+                    original_max_position_embeddings: match int(
+                        "rope.scaling.original_context_length",
+                    )? {
+                        Some(n) => n,
+                        None => int("context_length")?.ok_or_else(|| missing("context_length"))?,
+                    },
+                    beta_fast: float("rope.scaling.yarn_beta_fast")?,
+                    beta_slow: float("rope.scaling.yarn_beta_slow")?,
+                })
+            }
             Some(GgufValue::String(t)) if t == "none" => None,
             Some(GgufValue::String(t)) => {
                 return Err(invalid(
@@ -726,6 +804,37 @@ fn check_rope_scaling(
         None => return Ok(()),
         Some(RopeScaling::Llama3 { .. }) => "llama3",
         Some(RopeScaling::Linear { .. }) => "linear",
+        Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+        }) => {
+            let positive = |x: f64| x.is_finite() && x > 0.0;
+            if !positive(*factor) {
+                return Err(invalid(
+                    "rope_scaling.factor",
+                    format!("{factor} is not positive"),
+                ));
+            }
+            if *original_max_position_embeddings == 0
+                || *original_max_position_embeddings > MAX_CONTEXT
+            {
+                return Err(invalid(
+                    "rope_scaling.original_max_position_embeddings",
+                    format!("{original_max_position_embeddings} is outside 1..={MAX_CONTEXT}"),
+                ));
+            }
+            for (k, b) in [
+                ("rope_scaling.beta_fast", beta_fast),
+                ("rope_scaling.beta_slow", beta_slow),
+            ] {
+                if let Some(b) = b.filter(|b| !positive(*b)) {
+                    return Err(invalid(k, format!("{b} is not positive")));
+                }
+            }
+            "yarn"
+        }
     };
     if family.spec().rope_scalings.contains(&kind) {
         Ok(())
@@ -956,6 +1065,102 @@ mod tests {
             "intermediate_size": 32, "num_hidden_layers": 2, "vocab_size": 384}"#
         )
         .is_err());
+    }
+
+    /// Qwen2.5-7B-Instruct's config.json with its long-context YaRN block (the model card's).
+    const QWEN25_7B_YARN: &str = r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2",
+      "hidden_size":3584,"intermediate_size":18944,"num_attention_heads":28,"num_hidden_layers":28,
+      "num_key_value_heads":4,"rms_norm_eps":1e-06,"rope_theta":1000000.0,"vocab_size":152064,
+      "max_position_embeddings":32768,"sliding_window":131072,"use_sliding_window":false,
+      "max_window_layers":28,"tie_word_embeddings":false,"bos_token_id":151643,"eos_token_id":151645,
+      "rope_scaling":{"factor":4.0,"original_max_position_embeddings":32768,"type":"yarn"}}"#;
+
+    #[test]
+    fn yarn_configs() {
+        let c = ModelConfig::from_hf_json(QWEN25_7B_YARN).unwrap();
+        assert_eq!(
+            c.rope_scaling,
+            Some(RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_position_embeddings: 32768,
+                beta_fast: None,
+                beta_slow: None
+            })
+        );
+        let with = |from: &str, to: &str| {
+            assert!(QWEN25_7B_YARN.contains(from), "{from}");
+            ModelConfig::from_hf_json(&QWEN25_7B_YARN.replace(from, to))
+        };
+        let betas = with(
+            "\"type\":\"yarn\"",
+            "\"rope_type\":\"yarn\",\"beta_fast\":16,\"beta_slow\":2",
+        )
+        .unwrap();
+        assert!(matches!(
+            betas.rope_scaling,
+            Some(RopeScaling::Yarn {
+                beta_fast: Some(16.0),
+                beta_slow: Some(2.0),
+                ..
+            })
+        ));
+        // settings qforge does not compute, hostile values, a family without YaRN
+        for (from, to, field) in [
+            (
+                "\"type\":\"yarn\"",
+                "\"type\":\"yarn\",\"attention_factor\":0.8",
+                "rope_scaling",
+            ),
+            (
+                "\"type\":\"yarn\"",
+                "\"type\":\"yarn\",\"mscale\":1",
+                "rope_scaling",
+            ),
+            (
+                "\"type\":\"yarn\"",
+                "\"type\":\"yarn\",\"truncate\":false",
+                "rope_scaling",
+            ),
+            ("\"factor\":4.0", "\"factor\":-4.0", "rope_scaling.factor"),
+            ("\"factor\":4.0", "\"factor\":\"4\"", "factor"),
+            (
+                "\"original_max_position_embeddings\":32768",
+                "\"original_max_position_embeddings\":0",
+                "rope_scaling.original_max_position_embeddings",
+            ),
+            (
+                "\"original_max_position_embeddings\":32768",
+                "\"original_max_position_embeddings\":1e30",
+                "original_max_position_embeddings",
+            ),
+            (
+                "\"type\":\"yarn\"",
+                "\"type\":\"yarn\",\"beta_fast\":0",
+                "rope_scaling.beta_fast",
+            ),
+        ] {
+            match with(from, to) {
+                Err(ConfigError::Invalid { field: f, .. }) if f == field => {}
+                other => panic!("{to}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            with("\"factor\":4.0,", ""),
+            Err(ConfigError::Missing("rope_scaling.factor"))
+        ));
+        assert!(matches!(
+            with("\"original_max_position_embeddings\":32768,", ""),
+            Err(ConfigError::Missing(
+                "rope_scaling.original_max_position_embeddings"
+            ))
+        ));
+        let mistral = QWEN25_7B_YARN
+            .replace("Qwen2ForCausalLM", "MistralForCausalLM")
+            .replace("\"qwen2\"", "\"mistral\"");
+        assert!(ModelConfig::from_hf_json(&mistral)
+            .unwrap_err()
+            .to_string()
+            .contains("yarn"));
     }
 
     #[test]

@@ -47,6 +47,25 @@ pub fn hf_config_json(cfg: &ModelConfig, dtype: DType) -> Value {
             "original_max_position_embeddings": original_max_position_embeddings, "rope_type": "llama3",
         }),
         Some(RopeScaling::Linear { factor }) => json!({"factor": factor, "rope_type": "linear"}),
+        // what transformers writes back for Qwen2.5's `{"type": "yarn", ...}`: Qwen2Config
+        // copies `type` to `rope_type` and keeps both
+        Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+        }) => {
+            let mut y = json!({
+                "factor": factor, "original_max_position_embeddings": original_max_position_embeddings,
+                "rope_type": "yarn", "type": "yarn",
+            });
+            for (k, b) in [("beta_fast", beta_fast), ("beta_slow", beta_slow)] {
+                if let Some(b) = b {
+                    y[k] = json!(b);
+                }
+            }
+            y
+        }
     };
     let eos = match cfg.eos_token_ids.as_slice() {
         [] => Value::Null,
@@ -621,6 +640,11 @@ pub fn source_vocab(ckpt: &Checkpoint) -> Result<Option<crate::tokenizer::Vocab>
             Vocab::from_tokenizer_json(dir, None).map(Some)
         }
         Format::Meta if dir.join("tokenizer.model").is_file() => {
+            let path = dir.join("tokenizer.model");
+            if !crate::meta_tokenizer::is_tiktoken_file(&path)? {
+                // Llama 1/2: a SentencePiece model
+                return crate::meta_tokenizer::meta_sentencepiece_vocab(&path).map(Some);
+            }
             let version = if matches!(ckpt.config.rope_scaling, Some(RopeScaling::Llama3 { .. })) {
                 Llama3Specials::V3_1
             } else {

@@ -199,9 +199,32 @@ pub fn model_metadata(
         (k("attention.head_count"), u32v(cfg.num_heads)),
         (k("attention.head_count_kv"), u32v(cfg.num_kv_heads)),
     ]);
-    if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
-        m.push((k("rope.scaling.type"), GgufValue::String("linear".into())));
-        m.push((k("rope.scaling.factor"), f32v(factor)));
+    match cfg.rope_scaling {
+        Some(RopeScaling::Linear { factor }) => {
+            m.push((k("rope.scaling.type"), GgufValue::String("linear".into())));
+            m.push((k("rope.scaling.factor"), f32v(factor)));
+        }
+        // convert_hf_to_gguf.py TextModel.set_gguf_parameters (rope_type == "yarn")
+        Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+        }) => {
+            m.push((k("rope.scaling.type"), GgufValue::String("yarn".into())));
+            m.push((k("rope.scaling.factor"), f32v(factor)));
+            m.push((
+                k("rope.scaling.original_context_length"),
+                u32v(original_max_position_embeddings),
+            ));
+            if let Some(b) = beta_fast {
+                m.push((k("rope.scaling.yarn_beta_fast"), f32v(b)));
+            }
+            if let Some(b) = beta_slow {
+                m.push((k("rope.scaling.yarn_beta_slow"), f32v(b)));
+            }
+        }
+        Some(RopeScaling::Llama3 { .. }) | None => {}
     }
     m.extend([
         (k("rope.freq_base"), f32v(cfg.rope_theta)),
@@ -623,6 +646,62 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// YaRN through GGUF: the keys convert_hf_to_gguf.py writes (type, factor, original
+    /// context; beta_fast/beta_slow when the config has them) read back as the same scaling, for
+    /// Qwen2 and Qwen3; the original context defaults to the training context as llama.cpp's
+    /// loader does; attention-factor keys qforge does not apply are refused, naming the key.
+    #[test]
+    fn yarn_comes_back_from_gguf() {
+        use crate::gguf::GgufMetadata;
+        let base = r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","hidden_size":64,
+          "intermediate_size":128,"num_attention_heads":4,"num_hidden_layers":2,"num_key_value_heads":2,
+          "rms_norm_eps":1e-06,"rope_theta":10000.0,"vocab_size":384,"max_position_embeddings":128,
+          "tie_word_embeddings":true,"rope_scaling":{"type":"yarn","factor":4.0,
+          "original_max_position_embeddings":32,"beta_fast":16.0,"beta_slow":2.0}}"#;
+        let qwen3 = base
+            .replace("Qwen2ForCausalLM", "Qwen3ForCausalLM")
+            .replace("\"qwen2\"", "\"qwen3\"");
+        for json in [
+            base.to_owned(),
+            qwen3,
+            base.replace(",\"beta_fast\":16.0,\"beta_slow\":2.0", ""),
+        ] {
+            let cfg = ModelConfig::from_hf_json(&json).unwrap();
+            let meta = GgufMetadata {
+                entries: model_metadata(&cfg, None, None),
+                ..GgufMetadata::default()
+            };
+            let back = ModelConfig::from_gguf(&meta, false, Some(384)).unwrap();
+            assert_eq!(back.rope_scaling, cfg.rope_scaling, "{json}");
+            assert!(matches!(back.rope_scaling, Some(RopeScaling::Yarn { .. })));
+            let arch = cfg.family.spec().gguf_arch;
+            // no original context key: the training context
+            let mut m = meta.clone();
+            m.entries
+                .retain(|(k, _)| !k.ends_with("rope.scaling.original_context_length"));
+            let c = ModelConfig::from_gguf(&m, false, Some(384)).unwrap();
+            assert!(matches!(
+                c.rope_scaling,
+                Some(RopeScaling::Yarn {
+                    original_max_position_embeddings: 128,
+                    ..
+                })
+            ));
+            for key in [
+                "rope.scaling.yarn_attn_factor",
+                "rope.scaling.yarn_log_multiplier",
+            ] {
+                let mut m = meta.clone();
+                m.entries
+                    .push((format!("{arch}.{key}"), GgufValue::F32(0.5)));
+                let err = ModelConfig::from_gguf(&m, false, Some(384))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(key), "{err}");
+            }
+        }
+    }
 
     #[test]
     fn llama3_scaling_comes_back_from_its_factors() {

@@ -219,6 +219,12 @@ fn meta_rope(cfg: &ModelConfig) -> (bool, Option<(f64, f64)>, Vec<Note>) {
             );
             return (false, None, vec![Note::changes_math(what, keep)]);
         }
+        Some(RopeScaling::Yarn { factor, .. }) => {
+            let what = format!(
+                "params.json cannot say YaRN RoPE scaling (factor {factor}): Meta's format knows only Llama 3.1 scaling (use_scaled_rope); written without scaling"
+            );
+            return (false, None, vec![Note::changes_math(what, keep)]);
+        }
         Some(s @ RopeScaling::Llama3 { .. }) => s,
     };
     let factors = llama3_rope_factors(cfg).unwrap_or_default();
@@ -438,6 +444,17 @@ fn meta_tokenizer(ckpt: &Checkpoint, cfg: &ModelConfig) -> (Option<Vec<u8>>, Not
     }
     let llama31 = matches!(cfg.rope_scaling, Some(RopeScaling::Llama3 { .. }));
     let why = match crate::export::source_vocab(ckpt) {
+        // SentencePiece (Llama 1/2): Meta's own tokenizer.model is a SentencePiece model
+        // (llama `tokenizer.py`: `SentencePieceProcessor(model_file=...)`)
+        Ok(Some(v)) if v.model == "llama" => match v.to_sentencepiece() {
+            Ok(bytes) => {
+                let note = Note::lossless(
+                    "the tokenizer is written as a SentencePiece tokenizer.model, as Llama 2's (it reads back as the same tokenizer)",
+                );
+                return (Some(bytes), note);
+            }
+            Err(e) => e.to_string(),
+        },
         Ok(Some(v)) => match crate::meta_tokenizer::tiktoken_model(&v, llama31) {
             Ok(bytes) => {
                 let note = Note::lossless(

@@ -1,5 +1,6 @@
 //! Meta's Llama 3 `tokenizer.model` written from another format's tokenizer, when it says
-//! exactly the same thing.
+//! exactly the same thing. (Llama 1/2's SentencePiece `tokenizer.model` is read and written by
+//! `crate::tokenizer::sentencepiece`.)
 //!
 //! The file is tiktoken's BPE format: one `base64(token bytes) rank` line per token, rank = id
 //! (llama-models `models/llama3/tokenizer.py`: `load_tiktoken_bpe(model_path)`). Meta's code
@@ -16,6 +17,57 @@ use crate::tokenizer::{
     byte_to_char, llama3_special_tokens, Llama3Specials, PreTokenizer, Vocab, TOKEN_TYPE_CONTROL,
     TOKEN_TYPE_NORMAL,
 };
+
+/// Whether the Meta `tokenizer.model` at `path` is tiktoken's text format (Llama 3: every
+/// line `base64 rank`) rather than a SentencePiece protobuf (Llama 1/2), judged on its first
+/// line. A protobuf `ModelProto` starts with a `pieces` field key (`0x0a`), never a base64
+/// character.
+pub fn is_tiktoken_file(path: &std::path::Path) -> crate::error::Result<bool> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(256);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(256).read_to_end(&mut head))
+        .map_err(|e| crate::error::Error::io(path, e))?;
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let is_b64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+    Ok(match line.iter().position(|&b| b == b' ') {
+        Some(sp) => {
+            sp > 0
+                && line[..sp].iter().all(is_b64)
+                && sp + 1 < line.len()
+                && line[sp + 1..].iter().all(u8::is_ascii_digit)
+        }
+        None => false,
+    })
+}
+
+/// The GGUF view of a Meta Llama 1/2 SentencePiece `tokenizer.model`
+/// ([`Vocab::from_sentencepiece_file`]) with the flags Meta's code applies and the HF/GGUF
+/// conversions of it state: BOS added, EOS not (llama `generation.py`: `encode(x, bos=True,
+/// eos=False)`; transformers `LlamaTokenizer` defaults `add_bos_token` true, `add_eos_token`
+/// false, which `convert_hf_to_gguf.py` writes), the model's dummy prefix as
+/// `add_space_prefix` and the `default` pre-tokenizer (`_set_vocab_sentencepiece` writes both),
+/// UNK/BOS/EOS control tokens scored -1000 as that converter makes transformers' special added
+/// tokens.
+pub fn meta_sentencepiece_vocab(path: &std::path::Path) -> crate::error::Result<Vocab> {
+    let mut v = Vocab::from_sentencepiece_file(path)?;
+    // transformers' LlamaTokenizer lists UNK, BOS and EOS as special added tokens
+    // (tokenizer_config.json added_tokens_decoder), which convert_hf_to_gguf.py
+    // `_create_vocab_sentencepiece` makes control tokens scored -1000 (sentencepiece itself
+    // never scores them)
+    for id in [v.unk, v.bos, v.eos].into_iter().flatten() {
+        let id = id as usize;
+        v.token_types[id] = TOKEN_TYPE_CONTROL;
+        if let Some(scores) = v.scores.as_mut() {
+            scores[id] = -1000.0;
+        }
+    }
+    v.pre = Some("default".into());
+    v.add_space_prefix = Some(v.add_space_prefix != Some(false));
+    v.add_bos = Some(true);
+    v.add_eos = Some(false);
+    Ok(v)
+}
 
 /// Ranks of a full Llama 3 vocabulary, after which Meta's 256 special tokens come.
 const LLAMA3_RANKS: usize = 128_000;

@@ -402,6 +402,17 @@ fn rope_scaling_text(r: Option<&qforge_convert::config::RopeScaling>) -> String 
             "llama3 × {factor} (low {low_freq_factor}, high {high_freq_factor}, original ctx \
              {original_max_position_embeddings})"
         ),
+        Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+        }) => format!(
+            "yarn × {factor} (original ctx {original_max_position_embeddings}, beta_fast {}, \
+             beta_slow {})",
+            beta_fast.unwrap_or(32.0),
+            beta_slow.unwrap_or(1.0)
+        ),
     }
 }
 

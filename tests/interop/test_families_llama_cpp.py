@@ -25,7 +25,7 @@ from conftest import ROOT, run_json
 from test_perplexity_llama_cpp import llama_bin  # noqa: F401  (session fixture)
 
 FIXTURES = ROOT / "tests" / "fixtures" / "families"
-FAMILIES = ["llama31", "llama32", "mistral", "qwen2", "qwen3", "mixtral", "qwen3moe"]
+FAMILIES = ["llama31", "llama32", "mistral", "qwen2", "qwen2_yarn", "qwen3", "mixtral", "qwen3moe"]
 # GGUF cannot hold these fixtures' sliding window: converted with --allow-lossy
 WINDOW_LOST = {"mistral"}
 PPL_REL_BUDGET = 1e-3

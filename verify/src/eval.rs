@@ -247,7 +247,7 @@ pub fn perplexity_run(
     let backend = &*backend;
     let mut stats = StreamStats::default();
     let start = Instant::now();
-    let rope = RopeTable::new(&model.inv_freq, chunks.ctx);
+    let rope = model.rope_table(chunks.ctx);
     let hid = model.config().hidden_size as usize;
     let nl = model.config().num_layers as u32;
     let bsz = batch_size(model, chunks, opts, 1);
@@ -417,8 +417,8 @@ pub fn compare_run(
     check_same_shape(base, quant)?;
     let backend = backend_for(opts.device)?;
     let backend = &*backend;
-    let rope_b = RopeTable::new(&base.inv_freq, chunks.ctx);
-    let rope_q = RopeTable::new(&quant.inv_freq, chunks.ctx);
+    let rope_b = base.rope_table(chunks.ctx);
+    let rope_q = quant.rope_table(chunks.ctx);
     let hid = base.config().hidden_size as usize;
     let nl = base.config().num_layers as u32;
     let vocab = base.config().vocab_size as usize;
@@ -733,7 +733,7 @@ pub fn collect_imatrix(
     let (hid, ffn) = (cfg.hidden_size as usize, cfg.intermediate_size as usize);
     let att = cfg.num_heads as usize * cfg.head_dim as usize;
     let nl = cfg.num_layers as u32;
-    let rope = RopeTable::new(&model.inv_freq, chunks.ctx);
+    let rope = model.rope_table(chunks.ctx);
     let bsz = batch_size(model, chunks, opts, 1);
     let gguf_name = |id: TensorId| {
         NameScheme::Gguf

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::actquant::{fp8_per_token, ggml_quantize, nvfp4_qdq, GgmlActType};
 use crate::error::{Error, Result};
 use crate::matmul::matmul_t;
-use crate::ops::{inv_freqs, Llama3Scaling, RopeLayout};
+use crate::ops::{inv_freqs, yarn_inv_freqs, Llama3Scaling, RopeLayout, RopeTable, YarnScaling};
 use crate::real::Real;
 
 /// Whether to emulate dynamic per-token FP8 activations (W8A8) on quantized linears.
@@ -222,6 +222,9 @@ pub struct Model {
     pub rope_layout: RopeLayout,
     /// Rotary frequencies, `head_dim/2` of them.
     pub inv_freq: Vec<f64>,
+    /// Factor on cos/sin (YaRN's attention factor; 1 otherwise): build tables with
+    /// [`Model::rope_table`].
+    pub rope_attn_factor: f64,
     /// Options in force.
     pub opts: ForwardOptions,
     /// FP8 per-token activations resolved from the options and the checkpoint (upper bound).
@@ -267,7 +270,7 @@ impl Model {
         };
         let (llama3, linear) = match (&cfg.rope_scaling, &freq_factors) {
             // GGUF carries llama3 scaling as rope_freqs; never apply it twice.
-            (_, Some(_)) | (None, None) => (None, None),
+            (_, Some(_)) | (None | Some(RopeScaling::Yarn { .. }), None) => (None, None),
             (
                 Some(RopeScaling::Llama3 {
                     factor,
@@ -287,7 +290,35 @@ impl Model {
             ),
             (Some(RopeScaling::Linear { factor }), None) => (None, Some(*factor)),
         };
-        let inv_freq = inv_freqs(cfg.rope_theta, hd, llama3, linear, freq_factors.as_deref());
+        let (inv_freq, rope_attn_factor) = match (&cfg.rope_scaling, &freq_factors) {
+            (
+                Some(RopeScaling::Yarn {
+                    factor,
+                    original_max_position_embeddings,
+                    beta_fast,
+                    beta_slow,
+                }),
+                None,
+            ) => yarn_inv_freqs(
+                cfg.rope_theta,
+                hd,
+                &YarnScaling {
+                    factor: *factor,
+                    original_max_position_embeddings: *original_max_position_embeddings as f64,
+                    beta_fast: beta_fast.unwrap_or(32.0),
+                    beta_slow: beta_slow.unwrap_or(1.0),
+                },
+            ),
+            (Some(RopeScaling::Yarn { .. }), Some(_)) => {
+                return Err(unsupported(
+                    "YaRN RoPE scaling with rope_freqs factors".into(),
+                ))
+            }
+            _ => (
+                inv_freqs(cfg.rope_theta, hd, llama3, linear, freq_factors.as_deref()),
+                1.0,
+            ),
+        };
         let w8a8 = match opts.w8a8 {
             W8a8Mode::Off => None,
             W8a8Mode::On => Some(None),
@@ -297,9 +328,15 @@ impl Model {
             ckpt,
             rope_layout,
             inv_freq,
+            rope_attn_factor,
             opts,
             w8a8,
         })
+    }
+
+    /// The rotary cos/sin tables for `positions` positions (frequencies and attention factor).
+    pub fn rope_table(&self, positions: usize) -> RopeTable {
+        RopeTable::scaled(&self.inv_freq, positions, self.rope_attn_factor)
     }
 
     /// The model's configuration.

@@ -1,5 +1,5 @@
 //! The building blocks of the Llama forward pass, in `f32` with wider accumulation where
-//! llama.cpp uses it: RMSNorm, rotary embeddings (both row layouts, llama3 frequency scaling),
+//! llama.cpp uses it: RMSNorm, rotary embeddings (both row layouts, llama3 and YaRN scaling),
 //! causal grouped-query attention, SwiGLU. Generic over [`Real`]: the same code runs in `f64`
 //! for exact calibration statistics.
 
@@ -79,6 +79,58 @@ pub fn inv_freqs(
         .collect()
 }
 
+/// YaRN parameters (transformers `_compute_yarn_parameters`; llama.cpp `ggml_rope_yarn_corr_dims`,
+/// `rope_yarn`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct YarnScaling {
+    /// `factor`
+    pub factor: f64,
+    /// `original_max_position_embeddings`
+    pub original_max_position_embeddings: f64,
+    /// `beta_fast` (32 when the config has none)
+    pub beta_fast: f64,
+    /// `beta_slow` (1 when the config has none)
+    pub beta_slow: f64,
+}
+
+/// YaRN's rotary frequencies and attention factor for `head_dim` (transformers
+/// `_compute_yarn_parameters` with `truncate` true and no `attention_factor`/`mscale`):
+/// pair `i` mixes the extrapolated `θ^(−2i/hd)` and the interpolated `θ^(−2i/hd)/factor` by
+/// the ramp `clamp((i − low)/(high − low), 0, 1)` (0: extrapolated), with `low`, `high` the
+/// floored/ceiled correction dimensions of `beta_fast`/`beta_slow` rotations over the original
+/// context; cos/sin are scaled by `0.1 ln factor + 1` (1 for `factor ≤ 1`).
+///
+/// llama.cpp computes the same: `rope_yarn_ramp` is `1 −` this ramp, and its magnitude
+/// `yarn_attn_factor · (1 + 0.1 ln(1/freq_scale))` with llama_context's
+/// `yarn_attn_factor = get_mscale(factor) / (1 + 0.1 ln factor)` is `get_mscale(factor)`.
+pub fn yarn_inv_freqs(theta: f64, head_dim: usize, s: &YarnScaling) -> (Vec<f64>, f64) {
+    let dim = head_dim as f64;
+    let corr_dim = |rotations: f64| {
+        dim * (s.original_max_position_embeddings / (rotations * 2.0 * std::f64::consts::PI)).ln()
+            / (2.0 * theta.ln())
+    };
+    let low = corr_dim(s.beta_fast).floor().max(0.0);
+    let mut high = corr_dim(s.beta_slow).ceil().min(dim - 1.0);
+    if low == high {
+        high += 0.001; // transformers linear_ramp_factor: "prevent singularity"
+    }
+    let freqs = (0..head_dim / 2)
+        .map(|i| {
+            let extrapolated = 1.0 / theta.powf((2 * i) as f64 / dim);
+            let interpolated = extrapolated / s.factor;
+            let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+            let keep = 1.0 - ramp;
+            interpolated * (1.0 - keep) + extrapolated * keep
+        })
+        .collect();
+    let attn = if s.factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * s.factor.ln() + 1.0
+    };
+    (freqs, attn)
+}
+
 /// `cos`/`sin` of `p · inv_freq_i` for positions `0..positions` (angles in `f64`, rounded
 /// once to the forward's type when applied), row-major `[p][i]`.
 #[derive(Debug, Clone)]
@@ -91,14 +143,21 @@ pub struct RopeTable {
 impl RopeTable {
     /// Tables for `positions` positions.
     pub fn new(inv_freq: &[f64], positions: usize) -> Self {
+        Self::scaled(inv_freq, positions, 1.0)
+    }
+
+    /// Tables for `positions` positions with cos/sin multiplied by `attn_factor` (YaRN's
+    /// attention factor: transformers multiplies `cos`/`sin` by `attention_scaling`, llama.cpp
+    /// `rope_yarn` by `mscale`).
+    pub fn scaled(inv_freq: &[f64], positions: usize, attn_factor: f64) -> Self {
         let half = inv_freq.len();
         let mut cos = Vec::with_capacity(positions * half);
         let mut sin = Vec::with_capacity(positions * half);
         for p in 0..positions {
             for f in inv_freq {
                 let a = p as f64 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
+                cos.push(a.cos() * attn_factor);
+                sin.push(a.sin() * attn_factor);
             }
         }
         RopeTable { half, cos, sin }
@@ -422,6 +481,167 @@ mod tests {
         let g = inv_freqs(500_000.0, 128, None, None, Some(&factors));
         for (a, b) in f.iter().zip(&g) {
             assert!((a - b).abs() <= 1e-7 * a.abs());
+        }
+    }
+
+    /// YaRN frequencies and attention factor against transformers 4.57.6
+    /// `_compute_yarn_parameters` (float32 `inv_freq` printed from torch): the qwen2_yarn
+    /// fixture's settings, Qwen2.5-7B's (θ 1e6, head_dim 128, factor 4, original 32768) and one
+    /// with explicit beta_fast/beta_slow.
+    #[test]
+    #[allow(clippy::unreadable_literal)] // torch's printed float32 values, verbatim
+    fn yarn_matches_transformers() {
+        let cases: [(f64, usize, YarnScaling, f64, &[f64]); 3] = [
+            (
+                10000.0,
+                16,
+                YarnScaling {
+                    factor: 4.0,
+                    original_max_position_embeddings: 32.0,
+                    beta_fast: 32.0,
+                    beta_slow: 1.0,
+                },
+                1.138629436111989,
+                &[
+                    1.0,
+                    0.19764235615730286,
+                    0.02500000037252903,
+                    0.007905694656074047,
+                    0.0024999999441206455,
+                    0.0007905694656074047,
+                    0.0002500000118743628,
+                    7.905694656074047e-05,
+                ],
+            ),
+            (
+                1_000_000.0,
+                128,
+                YarnScaling {
+                    factor: 4.0,
+                    original_max_position_embeddings: 32768.0,
+                    beta_fast: 32.0,
+                    beta_slow: 1.0,
+                },
+                1.138629436111989,
+                &[
+                    1.0,
+                    0.8058422207832336,
+                    0.6493816375732422,
+                    0.5232991576194763,
+                    0.4216965138912201,
+                    0.33982083201408386,
+                    0.2738419771194458,
+                    0.22067339718341827,
+                    0.17782793939113617,
+                    0.14330126345157623,
+                    0.11547820270061493,
+                    0.09305720031261444,
+                    0.07498941570520401,
+                    0.0604296438395977,
+                    0.04869675263762474,
+                    0.03924189880490303,
+                    0.03162277862429619,
+                    0.025482967495918274,
+                    0.02053525112569332,
+                    0.016548171639442444,
+                    0.01333521492779255,
+                    0.010746078565716743,
+                    0.00865964312106371,
+                    0.006978305988013744,
+                    0.005375321488827467,
+                    0.004131738096475601,
+                    0.0031684227287769318,
+                    0.002423422411084175,
+                    0.0018482765881344676,
+                    0.0014051124453544617,
+                    0.0010643609566614032,
+                    0.000802959781140089,
+                    0.0006029411451891065,
+                    0.0004503235686570406,
+                    0.00033424055436626077,
+                    0.0002462583943270147,
+                    0.0001798411540221423,
+                    0.00012993148993700743,
+                    9.262301318813115e-05,
+                    6.490394298452884e-05,
+                    4.4456985051510856e-05,
+                    3.582531644497067e-05,
+                    2.8869548259535804e-05,
+                    2.3264301489689387e-05,
+                    1.8747356079984456e-05,
+                    1.5107409126358107e-05,
+                    1.2174188668723218e-05,
+                    9.8104746939498e-06,
+                    7.905693564680405e-06,
+                    6.370741630234988e-06,
+                    5.133812464919174e-06,
+                    4.137042651564116e-06,
+                    3.3338035336782923e-06,
+                    2.686519565031631e-06,
+                    2.1649109385180054e-06,
+                    1.7445765934098745e-06,
+                    1.405853367941745e-06,
+                    1.1328959317324916e-06,
+                    9.129353202297352e-07,
+                    7.356817945947114e-07,
+                    5.928434347879374e-07,
+                    4.777382400789065e-07,
+                    3.8498163235090033e-07,
+                    3.102344408034696e-07,
+                ],
+            ),
+            (
+                10000.0,
+                32,
+                YarnScaling {
+                    factor: 8.0,
+                    original_max_position_embeddings: 256.0,
+                    beta_fast: 16.0,
+                    beta_slow: 2.0,
+                },
+                1.2079441541679836,
+                &[
+                    1.0,
+                    0.5623413324356079,
+                    0.26088792085647583,
+                    0.11558816581964493,
+                    0.04749999940395355,
+                    0.01687023788690567,
+                    0.0039528473280370235,
+                    0.002222849288955331,
+                    0.0012499999720603228,
+                    0.0007029266562312841,
+                    0.00039528473280370235,
+                    0.00022228492889553308,
+                    0.0001250000059371814,
+                    7.029266271274537e-05,
+                    3.9528473280370235e-05,
+                    2.2228492525755428e-05,
+                ],
+            ),
+        ];
+        for (theta, hd, s, attn, want) in cases {
+            let (f, a) = yarn_inv_freqs(theta, hd, &s);
+            assert!((a - attn).abs() < 1e-12, "{a} vs {attn}");
+            assert_eq!(f.len(), want.len());
+            for (i, (g, w)) in f.iter().zip(want).enumerate() {
+                // transformers computes in float32
+                assert!(
+                    (g - w).abs() <= 1e-6 * w,
+                    "θ {theta} hd {hd} pair {i}: {g} vs {w}"
+                );
+            }
+        }
+        // the table carries the factor on cos and sin alike
+        let (f, a) = yarn_inv_freqs(10000.0, 16, &cases[0].2);
+        let (plain, scaled) = (RopeTable::new(&f, 5), RopeTable::scaled(&f, 5, a));
+        for (p, q) in plain
+            .cos
+            .iter()
+            .chain(&plain.sin)
+            .zip(scaled.cos.iter().chain(&scaled.sin))
+        {
+            assert!((p * a - q).abs() < 1e-15);
         }
     }
 

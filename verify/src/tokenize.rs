@@ -45,8 +45,12 @@ impl TextTokenizer {
             }
             Format::Meta => {
                 let p = ckpt.dir().join("tokenizer.model");
-                let v =
-                    Vocab::from_tiktoken_file(&p, &llama3_special_tokens(Llama3Specials::V3_1))?;
+                let v = if qforge_convert::meta_tokenizer::is_tiktoken_file(&p)? {
+                    Vocab::from_tiktoken_file(&p, &llama3_special_tokens(Llama3Specials::V3_1))?
+                } else {
+                    qforge_convert::meta_tokenizer::meta_sentencepiece_vocab(&p)?
+                    // Llama 1/2
+                };
                 (v.to_tokenizer()?, p)
             }
         };

@@ -10,7 +10,9 @@
 
 use std::path::Path;
 
-use super::{tok_err, Vocab, Why, MAX_VOCAB, TOKEN_TYPE_NORMAL};
+use super::{
+    tok_err, Vocab, Why, MAX_VOCAB, TOKEN_TYPE_CONTROL, TOKEN_TYPE_NORMAL, TOKEN_TYPE_UNKNOWN,
+};
 use crate::error::{Error, Result};
 
 /// Largest `tokenizer.model` read (Llama 2's is 500 kB, Gemma's 4 MB).
@@ -262,6 +264,136 @@ fn sentencepiece_inner(bytes: &[u8]) -> Why<Vocab> {
     })
 }
 
+/// Append a protobuf varint.
+fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// Append a varint field (`int32` negatives sign-extended to ten bytes, as protobuf does).
+fn put_varint_field(num: u64, v: u64, out: &mut Vec<u8>) {
+    put_varint(num << 3, out);
+    put_varint(v, out);
+}
+
+/// Append a length-delimited field.
+fn put_bytes_field(num: u64, body: &[u8], out: &mut Vec<u8>) {
+    put_varint(num << 3 | 2, out);
+    put_varint(body.len() as u64, out);
+    out.extend_from_slice(body);
+}
+
+/// A trainer-spec id as protobuf's `int32` (none: -1, sign-extended).
+fn spec_id_out(id: Option<u32>) -> u64 {
+    id.map_or(-1i64, i64::from) as u64
+}
+
+impl Vocab {
+    /// This SentencePiece vocabulary as a SentencePiece `tokenizer.model` (`ModelProto`,
+    /// sentencepiece_model.proto) that [`Vocab::from_sentencepiece`] reads back as the same
+    /// pieces, scores, types and ids, and that the sentencepiece library encodes as llama.cpp's
+    /// SPM tokenizer does: a BPE model (`TrainerSpec.model_type` 2) with `byte_fallback`,
+    /// `unk_id`/`bos_id`/`eos_id`/`pad_id` set, and Llama 2's normalizer (`identity`, no
+    /// extra-whitespace removal, whitespace escaped to `▁`, the dummy prefix as
+    /// `add_space_prefix` says). Refused when the format cannot say it: not a SentencePiece
+    /// (`llama`) vocabulary, no scores or no UNK piece, or a BOS/EOS policy other than Meta's
+    /// (its `generation.py` encodes with `bos=True, eos=False`; the file has no such flag).
+    pub fn to_sentencepiece(&self) -> Result<Vec<u8>> {
+        self.sentencepiece_bytes()
+            .map_err(tok_err("tokenizer.model"))
+    }
+
+    fn sentencepiece_bytes(&self) -> Why<Vec<u8>> {
+        if self.model != "llama" {
+            return Err(format!(
+                "a {:?} vocabulary is not SentencePiece (tokenizer.ggml.model \"llama\")",
+                self.model
+            ));
+        }
+        let scores = self
+            .scores
+            .as_deref()
+            .filter(|s| s.len() == self.tokens.len())
+            .ok_or("it has no score per token (SentencePiece BPE merges by score)")?;
+        if self.token_types.len() != self.tokens.len() {
+            return Err("it has no type per token".into());
+        }
+        if self.unk.is_none() {
+            return Err("it has no UNK token (a SentencePiece model needs one)".into());
+        }
+        if self.add_bos == Some(false) || self.add_eos == Some(true) {
+            return Err(format!(
+                "it adds BOS {:?} / EOS {:?}: Meta's code adds BOS and no EOS, and tokenizer.model cannot say otherwise",
+                self.add_bos, self.add_eos
+            ));
+        }
+        let mut out = Vec::new();
+        for (i, (t, (&score, &ty))) in self
+            .tokens
+            .iter()
+            .zip(scores.iter().zip(&self.token_types))
+            .enumerate()
+        {
+            if !score.is_finite() {
+                return Err(format!("token {i} ({t:?}) has score {score}"));
+            }
+            // GGUF's token types are sentencepiece_model.proto's Type numbers
+            if !(TOKEN_TYPE_NORMAL..=6).contains(&ty) {
+                return Err(format!("token {i} ({t:?}) has type {ty}"));
+            }
+            // the unk_id piece is SentencePiece's UNKNOWN (a GGUF made by convert_hf_to_gguf.py
+            // from transformers' files marks it control, as an added special token)
+            let ty = if Some(i) == self.unk.map(|u| u as usize) {
+                TOKEN_TYPE_UNKNOWN
+            } else {
+                ty
+            };
+            // sentencepiece's trainer scores its UNK and control pieces 0 and its encoder never
+            // scores them; a GGUF vocabulary carries convert_hf_to_gguf.py's -1000 there
+            let score = if matches!(ty, TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_CONTROL) {
+                0.0
+            } else {
+                score
+            };
+            let mut p = Vec::with_capacity(t.len() + 12);
+            put_bytes_field(1, t.as_bytes(), &mut p);
+            put_varint(2 << 3 | 5, &mut p);
+            p.extend_from_slice(&score.to_le_bytes());
+            if ty != TOKEN_TYPE_NORMAL {
+                put_varint_field(3, ty as u64, &mut p);
+            }
+            put_bytes_field(1, &p, &mut out);
+        }
+        let mut trainer = Vec::new();
+        put_varint_field(3, 2, &mut trainer); // model_type BPE
+        put_varint_field(4, self.tokens.len() as u64, &mut trainer); // vocab_size
+        put_varint_field(35, 1, &mut trainer); // byte_fallback
+        put_varint_field(40, spec_id_out(self.unk), &mut trainer);
+        put_varint_field(41, spec_id_out(self.bos), &mut trainer);
+        put_varint_field(42, spec_id_out(self.eos), &mut trainer);
+        put_varint_field(43, spec_id_out(self.pad), &mut trainer);
+        put_bytes_field(2, &trainer, &mut out);
+        let mut norm = Vec::new();
+        put_bytes_field(1, b"identity", &mut norm);
+        put_varint_field(
+            3,
+            u64::from(self.add_space_prefix != Some(false)),
+            &mut norm,
+        );
+        put_varint_field(4, 0, &mut norm); // remove_extra_whitespaces
+        put_varint_field(5, 1, &mut norm); // escape_whitespaces
+        put_bytes_field(3, &norm, &mut out);
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +488,135 @@ mod tests {
         v.tokens.truncate(1);
         v.token_types.truncate(1);
         assert!(v.adopt_sentencepiece(&sp).is_err());
+    }
+
+    fn spm_vocab() -> Vocab {
+        let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+        tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
+        tokens.extend(["▁", "▁t", "he", "▁the", "<user>", "é"].map(String::from));
+        let mut token_types = vec![2, 3, 3];
+        token_types.extend([6; 256]);
+        token_types.extend([1, 1, 1, 1, 4, 1]);
+        let scores = (0..tokens.len()).map(|i| -(i as f32) / 7.0).collect();
+        Vocab {
+            model: "llama".into(),
+            tokens,
+            token_types,
+            scores: Some(scores),
+            unk: Some(0),
+            bos: Some(1),
+            eos: Some(2),
+            ..Vocab::default()
+        }
+    }
+
+    #[test]
+    fn written_model_reads_back() {
+        for add_space_prefix in [None, Some(false)] {
+            for pad in [None, Some(2)] {
+                let v = Vocab {
+                    pad,
+                    add_space_prefix,
+                    ..spm_vocab()
+                };
+                let back = Vocab::from_sentencepiece(&v.to_sentencepiece().unwrap()).unwrap();
+                let mut want = v.clone();
+                // the reader gives a user-defined piece GGUF's normal type, as convert_hf_to_gguf.py
+                want.token_types[259 + 4] = TOKEN_TYPE_NORMAL;
+                // UNK and control pieces are written with sentencepiece's score 0
+                want.scores.as_mut().unwrap()[..3].fill(0.0);
+                assert_eq!(back.tokens, want.tokens);
+                assert_eq!(back.token_types, want.token_types);
+                assert_eq!(back.scores, want.scores);
+                assert_eq!(
+                    (
+                        back.unk,
+                        back.bos,
+                        back.eos,
+                        back.pad,
+                        back.add_space_prefix
+                    ),
+                    (
+                        want.unk,
+                        want.bos,
+                        want.eos,
+                        want.pad,
+                        want.add_space_prefix
+                    )
+                );
+            }
+        }
+        for (what, v) in [
+            (
+                "gpt2",
+                Vocab {
+                    model: "gpt2".into(),
+                    ..spm_vocab()
+                },
+            ),
+            (
+                "no scores",
+                Vocab {
+                    scores: None,
+                    ..spm_vocab()
+                },
+            ),
+            (
+                "no unk",
+                Vocab {
+                    unk: None,
+                    ..spm_vocab()
+                },
+            ),
+            (
+                "no bos added",
+                Vocab {
+                    add_bos: Some(false),
+                    ..spm_vocab()
+                },
+            ),
+            (
+                "eos added",
+                Vocab {
+                    add_eos: Some(true),
+                    ..spm_vocab()
+                },
+            ),
+            ("nan", {
+                let mut v = spm_vocab();
+                v.scores.as_mut().unwrap()[5] = f32::NAN;
+                v
+            }),
+            ("type 0", {
+                let mut v = spm_vocab();
+                v.token_types[5] = 0;
+                v
+            }),
+        ] {
+            assert!(v.to_sentencepiece().is_err(), "{what}");
+        }
+    }
+
+    /// Every truncation and every single-byte corruption of a real model is an error or a
+    /// vocabulary, never a panic; lengths past the buffer are errors.
+    #[test]
+    fn truncated_and_corrupted_models_never_panic() {
+        let good = spm_vocab().to_sentencepiece().unwrap();
+        for n in 0..good.len() {
+            let _ = Vocab::from_sentencepiece(&good[..n]);
+        }
+        for i in 0..good.len() {
+            for x in [0x00, 0x7f, 0x80, 0xff] {
+                let mut b = good.clone();
+                b[i] = x;
+                let _ = Vocab::from_sentencepiece(&b);
+            }
+        }
+        // the first piece's length claims more than the file holds
+        let mut over = good.clone();
+        over[1] = 0xff;
+        over.insert(2, 0x7f);
+        assert!(Vocab::from_sentencepiece(&over).is_err());
     }
 
     #[test]
