@@ -74,7 +74,6 @@ const LLAMA4_KEYS: &[&str] = &[
     "floor_scale",
     "attn_scale",
     "no_rope_layers",
-    "layer_types",
 ];
 
 /// GGUF keys that name the producer, not the model (as `scripts/compare_gguf.py` reports them).
@@ -121,7 +120,6 @@ const CONFIG_KEYS: &[&str] = &[
     "interleave_moe_layer_step",
     "moe_layers",
     "no_rope_layers",
-    "layer_types",
     "attention_chunk_size",
     "use_qk_norm",
     "attn_temperature_tuning",
