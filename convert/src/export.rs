@@ -136,7 +136,9 @@ fn llama4_config_keys(
     m.insert("intermediate_size_mlp".into(), json!(cfg.intermediate_size));
     m.insert("interleave_moe_layer_step".into(), json!(step.unwrap_or(1)));
     m.insert("moe_layers".into(), json!(moe_layers));
-    let no_rope: Vec<u64> = (0..n).map(|i| u64::from(!a.nope_layers.contains(&i))).collect();
+    let no_rope: Vec<u64> = (0..n)
+        .map(|i| u64::from(!a.nope_layers.contains(&i)))
+        .collect();
     m.insert("no_rope_layers".into(), json!(no_rope));
     let types: Vec<&str> = (0..n)
         .map(|i| {
@@ -150,7 +152,10 @@ fn llama4_config_keys(
     m.insert("layer_types".into(), json!(types));
     m.insert("attention_chunk_size".into(), json!(a.chunk_size));
     m.insert("use_qk_norm".into(), json!(a.qk_l2_norm));
-    m.insert("attn_temperature_tuning".into(), json!(a.temperature_tuning));
+    m.insert(
+        "attn_temperature_tuning".into(),
+        json!(a.temperature_tuning),
+    );
     m.insert("floor_scale".into(), json!(a.floor_scale));
     m.insert("attn_scale".into(), json!(a.attn_scale));
     m.insert("router_jitter_noise".into(), json!(0.0));
@@ -165,7 +170,7 @@ fn llama4_config_keys(
 fn llama4_fused_experts<'a>(
     ckpt: &'a Checkpoint,
     index: u32,
-    experts: Vec<&'a TensorEntry>,
+    experts: &[&'a TensorEntry],
     dtype: DType,
 ) -> Result<Vec<OutTensor<'a>>> {
     let cfg = &ckpt.config;
@@ -207,7 +212,12 @@ fn llama4_fused_experts<'a>(
             vec![FfnProj::Down]
         };
         let per: Vec<Vec<&TensorEntry>> = (0..n)
-            .map(|e| projs.iter().map(|&p| find(e, p)).collect::<Result<Vec<_>>>())
+            .map(|e| {
+                projs
+                    .iter()
+                    .map(|&p| find(e, p))
+                    .collect::<Result<Vec<_>>>()
+            })
             .collect::<Result<_>>()?;
         // rows of the fused tensor per expert, and their length
         let (rpe, row_len) = if gate_up { (hid, 2 * ffn) } else { (ffn, hid) };
@@ -216,7 +226,8 @@ fn llama4_fused_experts<'a>(
             if gate_up { "gate_up_proj" } else { "down_proj" }
         );
         let shape = vec![n as u64, rpe as u64, row_len as u64];
-        let cache: std::cell::RefCell<Option<(usize, Vec<Vec<u8>>)>> = Default::default();
+        let cache: std::cell::RefCell<Option<(usize, Vec<Vec<u8>>)>> =
+            std::cell::RefCell::default();
         let per2 = per.clone();
         let fill = move |range: std::ops::Range<usize>, buf: &mut [u8]| -> Result<()> {
             for (r, row) in range.zip(buf.chunks_exact_mut(row_len * es)) {
@@ -224,7 +235,7 @@ fn llama4_fused_experts<'a>(
                 let mut c = cache.borrow_mut();
                 if c.as_ref().map(|x| x.0) != Some(e) {
                     let mut bytes = Vec::new();
-                    for t in per[e].iter() {
+                    for t in &per[e] {
                         let mut b = Vec::new();
                         tensor_bytes(ckpt, t, dtype, None, &mut b)?;
                         bytes.push(b);
@@ -981,7 +992,7 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
         }
         for (index, ex) in by_layer {
             let dtype = ex.first().map_or(DType::BF16, |t| out_dtype(t));
-            fused.extend(llama4_fused_experts(ckpt, index, ex, dtype)?);
+            fused.extend(llama4_fused_experts(ckpt, index, &ex, dtype)?);
         }
     }
     let mut fused = fused.into_iter();
@@ -993,7 +1004,9 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
                 ..
             } if config.llama4.is_some() => {
                 // the block's two fused tensors in place of its expert 0's gate and up
-                (expert == 0 && proj != FfnProj::Down).then(|| fused.next()).flatten()
+                (expert == 0 && proj != FfnProj::Down)
+                    .then(|| fused.next())
+                    .flatten()
             }
             _ => Some(plain_out(ckpt, t, out_dtype(t), rope)),
         })

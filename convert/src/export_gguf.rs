@@ -315,7 +315,10 @@ pub fn llama4_lost(cfg: &ModelConfig) -> Option<Note> {
     let want = crate::config::Llama4Attention::llama_cpp(cfg.num_layers, n_exp);
     let mut lost = Vec::new();
     if a.nope_layers != want.nope_layers {
-        lost.push(format!("NoPE blocks {:?} (llama.cpp: {:?})", a.nope_layers, want.nope_layers));
+        lost.push(format!(
+            "NoPE blocks {:?} (llama.cpp: {:?})",
+            a.nope_layers, want.nope_layers
+        ));
     }
     if a.chunked_layers != want.chunked_layers {
         lost.push(format!(
@@ -324,7 +327,10 @@ pub fn llama4_lost(cfg: &ModelConfig) -> Option<Note> {
         ));
     }
     if a.chunk_size != want.chunk_size && !a.chunked_layers.is_empty() {
-        lost.push(format!("attention_chunk_size {} (llama.cpp: 8192)", a.chunk_size));
+        lost.push(format!(
+            "attention_chunk_size {} (llama.cpp: 8192)",
+            a.chunk_size
+        ));
     }
     if a.qk_l2_norm != want.qk_l2_norm {
         lost.push(format!(
@@ -333,7 +339,9 @@ pub fn llama4_lost(cfg: &ModelConfig) -> Option<Note> {
         ));
     }
     if !a.nope_layers.is_empty()
-        && (!a.temperature_tuning || a.floor_scale != want.floor_scale || a.attn_scale != want.attn_scale)
+        && (!a.temperature_tuning
+            || a.floor_scale != want.floor_scale
+            || a.attn_scale != want.attn_scale)
     {
         lost.push(format!(
             "attention temperature tuning {} with floor_scale {}, attn_scale {} (llama.cpp: on, 8192, 0.1)",

@@ -1219,18 +1219,35 @@ fn split_fused_experts(
             )));
         }
         if t.dtype.block_size() != 1 {
-            return Err(bad(format!("fused experts of type {} are not read", t.dtype)));
+            return Err(bad(format!(
+                "fused experts of type {} are not read",
+                t.dtype
+            )));
         }
         let TensorLayout::Contiguous(span) = t.layout else {
             return Err(bad("not contiguous".into()));
         };
         let es = t.dtype.block_bytes();
         let per_expert = want[1] * want[2];
+        // (projection, first element, shape, strides, storage elements) of each view
+        #[allow(clippy::type_complexity)]
         let views: Vec<(FfnProj, u64, Vec<u64>, Vec<u64>, u64)> = if gate_up {
             // gate[i, h] = W[e, h, i], up[i, h] = W[e, h, ffn + i]
             vec![
-                (FfnProj::Gate, 0, vec![ffn, hid], vec![1, 2 * ffn], per_expert),
-                (FfnProj::Up, ffn, vec![ffn, hid], vec![1, 2 * ffn], per_expert - ffn),
+                (
+                    FfnProj::Gate,
+                    0,
+                    vec![ffn, hid],
+                    vec![1, 2 * ffn],
+                    per_expert,
+                ),
+                (
+                    FfnProj::Up,
+                    ffn,
+                    vec![ffn, hid],
+                    vec![1, 2 * ffn],
+                    per_expert - ffn,
+                ),
             ]
         } else {
             // down[h, i] = W[e, i, h]

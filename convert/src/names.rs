@@ -170,7 +170,13 @@ impl HfMoeNames {
             else {
                 continue;
             };
-            if rest == if s == HfMoeNames::Llama4 { "router" } else { "gate" } {
+            if rest
+                == if s == HfMoeNames::Llama4 {
+                    "router"
+                } else {
+                    "gate"
+                }
+            {
                 return Some(LayerTensor::Router);
             }
             if s == HfMoeNames::Llama4 {

@@ -687,6 +687,7 @@ pub fn quantize_to_gguf(
     notes.extend(qforge_convert::export_gguf::window_lost(&ckpt.config));
     notes.extend(qforge_convert::export_gguf::class_lost(&ckpt.config));
     notes.extend(qforge_convert::export_gguf::moe_lost(&ckpt.config));
+    notes.extend(qforge_convert::export_gguf::llama4_lost(&ckpt.config));
     qforge_convert::export_gguf::check_moe_gguf(&ckpt.config, &ckpt.path)?;
     entries.sort_by_key(|t| gguf_order(&t.key));
     let name_of = |t: &TensorEntry| {

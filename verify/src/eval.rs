@@ -150,7 +150,17 @@ pub fn attend<T: Real, L>(
             rope.apply(k, kvh, model.rope_layout);
         }
         Some(l4) => {
-            llama4_qk(&l4, rope, model.rope_layout, q, k, heads, kvh, hd, cfg.rms_norm_eps);
+            llama4_qk(
+                &l4,
+                rope,
+                model.rope_layout,
+                q,
+                k,
+                heads,
+                kvh,
+                hd,
+                cfg.rms_norm_eps,
+            );
             if let Some(c) = l4.chunk {
                 mask = KeyMask::Chunk(c);
             }
@@ -193,7 +203,9 @@ fn llama4_qk<T: Real>(
         for (p, row) in q.chunks_exact_mut(heads * hd).enumerate() {
             let s = ((p as f32 + 1.0) / fs).floor().ln_1p() * a + 1.0;
             let s = T::of_f64(f64::from(s));
-            row.iter_mut().for_each(|v| *v *= s);
+            for v in row.iter_mut() {
+                *v *= s;
+            }
         }
     }
 }

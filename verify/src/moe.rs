@@ -276,7 +276,13 @@ mod tests {
         // one expert (gate w_g, up w_u, down w_d of width 1), a shared expert; the routed
         // expert sees x·w: silu(w_g·x·w)·(w_u·x·w)·w_d, not w·silu(w_g·x)·(w_u·x)·w_d
         let lin = |w: Vec<f64>, out, inp| Dense { w, out, inp };
-        let expert = || [lin(vec![1.0], 1, 1), lin(vec![2.0], 1, 1), lin(vec![3.0], 1, 1)];
+        let expert = || {
+            [
+                lin(vec![1.0], 1, 1),
+                lin(vec![2.0], 1, 1),
+                lin(vec![3.0], 1, 1),
+            ]
+        };
         let m = MoeWeights {
             router: vec![1.0],
             experts: vec![expert()],

@@ -470,7 +470,18 @@ mod tests {
         let v = data(t * kvh * hd, 8);
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; t * heads * hd];
-        attention(&q, &k, &v, t, heads, kvh, hd, scale, KeyMask::Causal, &mut out);
+        attention(
+            &q,
+            &k,
+            &v,
+            t,
+            heads,
+            kvh,
+            hd,
+            scale,
+            KeyMask::Causal,
+            &mut out,
+        );
         let mut want = vec![0f64; t * heads * hd];
         for h in 0..heads {
             let g = h / (heads / kvh);
