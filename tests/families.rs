@@ -362,7 +362,11 @@ fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
     let to_gguf = ["convert", s, g, "--to", "gguf", "--dtype", "f32"];
     if lossy {
         // refused without --allow-lossy, naming what is lost, before anything is written
-        let what = if window_lost { "window" } else { "Llama 4 attention" };
+        let what = if window_lost {
+            "window"
+        } else {
+            "Llama 4 attention"
+        };
         let out = qforge(&to_gguf);
         let err = String::from_utf8_lossy(&out.stderr);
         if out.status.success() || !err.contains(what) || gguf.exists() {
