@@ -247,6 +247,48 @@ FAMILIES = {
                  "block 1 6 experts of width 32, top-2 with norm_topk_prob; HF only (GGUF has no "
                  "dense qwen3moe blocks)",
     },
+    "llama4": {
+        "config": "Llama4TextConfig",
+        "arch": "Llama4ForCausalLM",
+        "tokenizer": "llama3",
+        "seed": 4,
+        # 4 layers: MoE every interleave_moe_layer_step 2 (layers 1 and 3, the others a dense
+        # MLP of intermediate_size_mlp), NoPE every no_rope_layer_interval 4 (layer 3, full
+        # attention with temperature tuning; layers 0-2 RoPE + q/k L2 norm + chunked attention).
+        # intermediate_size is one expert's width and the shared expert's (Llama4TextMoe).
+        # attention_chunk_size 8 < ctx 64; floor_scale and attn_scale such that the temperature
+        # (log1p(floor((pos+1)/floor_scale)) * attn_scale + 1) moves within ctx 64 (Meta's 8192
+        # and 0.1 change nothing below position 8191). rope_theta 10000 (Llama 4: 500000) so
+        # that more of the 8 rotary pairs turn within 64 tokens. 3 experts and tied embeddings
+        # keep the directory under 1 MB with its F32 GGUF.
+        "args": {"num_hidden_layers": 4, "head_dim": 16, "rope_theta": 10000.0,
+                 "rope_scaling": _LLAMA3_ROPE_8, "max_position_embeddings": 512,
+                 "tie_word_embeddings": True, "rms_norm_eps": 1e-5, "intermediate_size": 32,
+                 "intermediate_size_mlp": 64, "num_local_experts": 3, "num_experts_per_tok": 1,
+                 "interleave_moe_layer_step": 2, "no_rope_layer_interval": 4, "use_qk_norm": True,
+                 "attention_chunk_size": 8, "attn_temperature_tuning": True, "floor_scale": 1,
+                 "attn_scale": 1.0, "router_jitter_noise": 0.0, "no_rope_layers": [1, 0, 1, 1]},
+        "wrong": ["softmax_router", "nope_ignored", "chunking_ignored", "temperature_ignored",
+                  "llama_cpp_constants"],
+        # Tuned so that each wrong forward moves the perplexity by > 1 %: with chunk 16,
+        # floor_scale 4, attn_scale 0.25, the usual router scale and 300 steps they moved it by
+        # 0.06-0.5 % (the model hardly used the NoPE block). Chunk 8 leaves the long range to
+        # the NoPE block, a 10x smaller router starts the sigmoid near 1/2 and the softmax near
+        # 1/3, and 600 steps train the model to use its context. The NoPE block attends almost
+        # evenly (a summary of the context): with floor_scale 2 and attn_scale 0.5 (q scaled by
+        # 2.4-2.7 at the scored positions) ignoring the temperature moved the perplexity by
+        # 0.33 % and ignoring NoPE by 0.96 %; floor_scale 1 and attn_scale 1 scale q by
+        # log1p(pos + 1) + 1, 1.7 at position 0 to 5.2 at 63.
+        "init_scale": {"experts.down_proj": 4.0, "router": 0.1},
+        "train_steps": 600,
+        "about": "Llama 4 text (Scout/Maverick-style): 4 blocks, MoE in blocks 1 and 3 "
+                 "(interleave_moe_layer_step 2: 3 fused experts of width 32, sigmoid top-1 routing "
+                 "scaling the expert input, a shared expert), dense MLP of width 64 in blocks 0 and "
+                 "2, block 3 NoPE (no RoPE, no q/k norm, full attention, temperature tuning with "
+                 "floor_scale 4 and attn_scale 0.25), blocks 0-2 RoPE with q/k L2 norm and chunked "
+                 "attention (chunk 16), llama3 RoPE scaling, tied embeddings; Llama 3's byte-level "
+                 "BPE tokenizer as a stand-in for Llama 4's (experts' down_proj 4x larger at init)",
+    },
 }
 
 DISCRIMINATES = 0.01  # each wrong forward must move the perplexity by more than this, relative
@@ -353,7 +395,7 @@ def make_config(name: str, tok):
                 initializer_range=0.02)
     args.update(fam["args"])
     cfg = cls(**args)
-    cfg.architectures = [fam["config"].replace("Config", "ForCausalLM")]
+    cfg.architectures = [fam.get("arch") or fam["config"].replace("Config", "ForCausalLM")]
     return cfg
 
 
@@ -373,11 +415,12 @@ def init_weights(model, seed: int, scale: dict) -> None:
             elif "embed_tokens" in pname:
                 p.copy_(torch.randn(p.shape, generator=g))
             else:
-                k = scale.get(pname.split(".")[-2], 1.0)
+                parts = pname.split(".")
+                k = scale.get(".".join(parts[-2:]), scale.get(parts[-2], 1.0))
                 p.copy_(torch.randn(p.shape, generator=g) * (k / math.sqrt(p.shape[1])))
 
 
-def train(model, ids: list[int], seed: int, bos: int | None) -> list[float]:
+def train(model, ids: list[int], seed: int, bos: int | None, steps: int = TRAIN_STEPS) -> list[float]:
     """TRAIN_STEPS of AdamW on random windows of the training tokens (BOS first where the family
     adds one, as the evaluation does). Returns the loss every 50 steps."""
     import torch
@@ -387,7 +430,7 @@ def train(model, ids: list[int], seed: int, bos: int | None) -> list[float]:
     opt = torch.optim.AdamW(model.parameters(), lr=TRAIN_LR, weight_decay=0.0)
     losses = []
     model.train()
-    for step in range(TRAIN_STEPS):
+    for step in range(steps):
         starts = torch.randint(0, len(data) - CTX, (TRAIN_BATCH,), generator=g)
         batch = torch.stack([data[s:s + CTX] for s in starts.tolist()])
         if bos is not None:
@@ -396,7 +439,7 @@ def train(model, ids: list[int], seed: int, bos: int | None) -> list[float]:
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        if step % 50 == 0 or step == TRAIN_STEPS - 1:
+        if step % 50 == 0 or step == steps - 1:
             losses.append(round(out.loss.item(), 4))
     model.eval()
     return losses
@@ -457,6 +500,23 @@ def wrong_model(name: str, how: str, good_dir: Path):
         cfg.num_experts_per_tok = 1
     elif how == "router_unnormalised" and hasattr(cfg, "norm_topk_prob"):
         cfg.norm_topk_prob = False
+    elif how == "nope_ignored":
+        # every block rotates q/k (and so, as transformers' Llama4TextAttention does for a RoPE
+        # block, L2-normalises them and skips the temperature); the saved layer_types stay
+        cfg.no_rope_layers = [1] * cfg.num_hidden_layers
+    elif how == "chunking_ignored":
+        cfg.attention_chunk_size = 8192
+    elif how == "temperature_ignored":
+        cfg.attn_temperature_tuning = False
+    elif how == "llama_cpp_constants":
+        # what llama.cpp computes from the GGUF: src/models/llama4.cpp load_arch_hparams fixes
+        # n_swa 8192 on 3 blocks of 4 (the 4th full), n_no_rope_layer_step 4,
+        # n_attn_temp_floor_scale 8192, f_attn_temp_scale 0.1 (no GGUF key holds them)
+        cfg.attention_chunk_size = 8192
+        cfg.floor_scale = 8192
+        cfg.attn_scale = 0.1
+        cfg.no_rope_layers = [int((i + 1) % 4 != 0) for i in range(cfg.num_hidden_layers)]
+        cfg.layer_types = ["chunked_attention" if r else "full_attention" for r in cfg.no_rope_layers]
     m = transformers.AutoModelForCausalLM.from_pretrained(good_dir, config=cfg, dtype=torch.float32,
                                                           attn_implementation="eager")
     if how == "rope_scaling_ignored":
@@ -488,6 +548,27 @@ def wrong_model(name: str, how: str, good_dir: Path):
                 block.forward = types.MethodType(Qwen3MoeSparseMoeBlock.forward, block)
         else:
             assert all(not getattr(layer.mlp, "norm_topk_prob", False) for layer in m.model.layers)
+    elif how == "softmax_router":
+        # Llama4Router.forward with softmax over all router logits instead of the sigmoid of the
+        # top-1 logit (Mixtral's weighting, unrenormalised), still scaling the expert input
+        import types
+
+        def softmax_forward(self, hidden_states):
+            logits = torch.nn.functional.linear(hidden_states, self.weight)
+            _, idx = torch.topk(logits, self.top_k, dim=1)
+            probs = torch.softmax(logits.float(), dim=1).to(logits.dtype)
+            return torch.zeros_like(logits).scatter_(1, idx, probs.gather(1, idx)), logits
+
+        for layer in m.model.layers:
+            if layer.is_moe_layer:
+                r = layer.feed_forward.router
+                r.forward = types.MethodType(softmax_forward, r)
+    elif how == "nope_ignored":
+        assert all(layer.self_attn.use_rope for layer in m.model.layers)
+    elif how in ("chunking_ignored", "llama_cpp_constants"):
+        assert m.config.attention_chunk_size == 8192
+    elif how == "temperature_ignored":
+        assert not any(layer.self_attn.attn_temperature_tuning for layer in m.model.layers)
     else:
         raise ValueError(how)
     m.eval()
@@ -576,7 +657,7 @@ def build(name: str, train_text: str, eval_text: str, provenance: dict, tok_cach
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     bos = tok.convert_tokens_to_ids(spec["bos"]) if spec["add_bos"] else None
     train_ids = tok(train_text)["input_ids"]
-    losses = train(model, train_ids, fam["seed"], bos)
+    losses = train(model, train_ids, fam["seed"], bos, fam.get("train_steps", TRAIN_STEPS))
     model = model.to(torch.bfloat16)
     model.generation_config = transformers.GenerationConfig(bos_token_id=cfg.bos_token_id,
                                                             eos_token_id=cfg.eos_token_id)
@@ -599,8 +680,10 @@ def build(name: str, train_text: str, eval_text: str, provenance: dict, tok_cach
         w = perplexity(wrong_model(name, how, d), chunks)
         rel = abs(w["ppl"] - ref["ppl"]) / ref["ppl"]
         wrong[how] = {"ppl": w["ppl"], "rel_change": rel}
-        if rel <= DISCRIMINATES:
-            sys.exit(f"{name}: {how} moves the perplexity by only {rel:.3e} (need > {DISCRIMINATES})")
+    weak = [f"{how} moves the perplexity by only {w['rel_change']:.3e}" for how, w in wrong.items()
+            if w["rel_change"] <= DISCRIMINATES]
+    if weak:
+        sys.exit(f"{name} (ppl {ref['ppl']:.4f}): {'; '.join(weak)} (need > {DISCRIMINATES}); all: {wrong}")
 
     chkhsh = probe_hash(back)
     gguf = d / f"{name}.gguf"
@@ -629,7 +712,7 @@ def build(name: str, train_text: str, eval_text: str, provenance: dict, tok_cach
         "wrong_forwards": wrong,
         "discriminates_above": DISCRIMINATES,
         "gguf": gguf_info,
-        "training": {"init_scale": fam.get("init_scale", {}), "steps": TRAIN_STEPS, "batch": TRAIN_BATCH, "lr": TRAIN_LR, "loss_every_50": losses},
+        "training": {"init_scale": fam.get("init_scale", {}), "steps": fam.get("train_steps", TRAIN_STEPS), "batch": TRAIN_BATCH, "lr": TRAIN_LR, "loss_every_50": losses},
         "versions": versions(),
     }
     (d / "expected.json").write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -36,6 +36,7 @@ const FAMILIES: &[&str] = &[
     "mixtral",
     "qwen3moe",
     "qwen3moe_dense",
+    "llama4",
 ];
 
 /// Fixtures GGUF cannot hold at all: a Qwen3-MoE with a dense block (llama.cpp's qwen3moe
@@ -58,6 +59,22 @@ const WINDOW_KEYS: &[&str] = &[
     "model_type",
     "sliding_window",
     "attention_bias",
+];
+
+/// Fixtures whose Llama 4 attention GGUF cannot hold: llama.cpp's llama4 graph fixes the chunk
+/// size (8192), the NoPE blocks (every 4th), the temperature tuning (floor 8192, scale 0.1)
+/// and reads no key for them (src/models/llama4.cpp `load_arch_hparams`); the fixture's chunk
+/// of 8, NoPE block 1 and temperature (floor 1, scale 1) are not those. qforge refuses that
+/// conversion unless `--allow-lossy`; the GGUF then computes what llama.cpp computes from it,
+/// transformers' `llama_cpp_constants` forward (tests/interop/test_families_llama_cpp.py runs
+/// llama-perplexity on it), and GGUF -> HF gives that config.
+const LLAMA4_LOST: &[&str] = &["llama4"];
+/// config.json keys a Llama 4 round trip through GGUF changes (to llama.cpp's values).
+const LLAMA4_KEYS: &[&str] = &[
+    "attention_chunk_size",
+    "floor_scale",
+    "attn_scale",
+    "no_rope_layers",
 ];
 
 /// GGUF keys that name the producer, not the model (as `scripts/compare_gguf.py` reports them).
@@ -99,6 +116,16 @@ const CONFIG_KEYS: &[&str] = &[
     "norm_topk_prob",
     "decoder_sparse_step",
     "mlp_only_layers",
+    // Llama4TextConfig
+    "intermediate_size_mlp",
+    "interleave_moe_layer_step",
+    "moe_layers",
+    "no_rope_layers",
+    "attention_chunk_size",
+    "use_qk_norm",
+    "attn_temperature_tuning",
+    "floor_scale",
+    "attn_scale",
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -330,13 +357,20 @@ fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
 
     let gguf = work.join(format!("{name}.gguf"));
     let (s, g) = (src.to_str().unwrap(), gguf.to_str().unwrap());
-    let lossy = WINDOW_LOST.contains(&name);
+    let window_lost = WINDOW_LOST.contains(&name);
+    let llama4_lost = LLAMA4_LOST.contains(&name);
+    let lossy = window_lost || llama4_lost;
     let to_gguf = ["convert", s, g, "--to", "gguf", "--dtype", "f32"];
     if lossy {
-        // refused without --allow-lossy, naming the window, before anything is written
+        // refused without --allow-lossy, naming what is lost, before anything is written
+        let what = if window_lost {
+            "window"
+        } else {
+            "Llama 4 attention"
+        };
         let out = qforge(&to_gguf);
         let err = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || !err.contains("window") || gguf.exists() {
+        if out.status.success() || !err.contains(what) || gguf.exists() {
             return Err(fail(
                 &log,
                 format!("GGUF without --allow-lossy was not refused: {err}"),
@@ -354,7 +388,13 @@ fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
     log.push(format!(
         "{name}: GGUF equals convert_hf_to_gguf.py's (tensors, model keys)"
     ));
-    let wrong = lossy.then_some("window_ignored");
+    let wrong = if window_lost {
+        Some("window_ignored")
+    } else if llama4_lost {
+        Some("llama_cpp_constants")
+    } else {
+        None
+    };
     same_perplexity(&gguf, &e, wrong, &mut log).map_err(|x| fail(&log, x))?;
 
     // HF (BF16) -> GGUF (F32) -> HF (BF16): the source's tensors bit for bit.
@@ -369,7 +409,7 @@ fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
         .map_err(|x| fail(&log, x))?;
     let (c0, c1) = (config(&src)?, config(&back)?);
     for k in CONFIG_KEYS {
-        if lossy && WINDOW_KEYS.contains(k) {
+        if (window_lost && WINDOW_KEYS.contains(k)) || (llama4_lost && LLAMA4_KEYS.contains(k)) {
             continue;
         }
         // an absent key and an explicit null mean the same to transformers' config classes
@@ -387,8 +427,13 @@ fn check_family(name: &str, work: &Path) -> Result<Vec<String>, String> {
     }
     if lossy {
         // what GGUF could not hold comes back as the llama.cpp model it computes
-        let lost =
-            (c1["model_type"] == "llama") && c1.get("sliding_window").is_none_or(Value::is_null);
+        let lost = if llama4_lost {
+            c1["attention_chunk_size"] == 8192
+                && c1["floor_scale"] == 8192
+                && c1["no_rope_layers"] == serde_json::json!([1, 1, 1, 0])
+        } else {
+            (c1["model_type"] == "llama") && c1.get("sliding_window").is_none_or(Value::is_null)
+        };
         if !lost {
             return Err(fail(&log, format!("HF -> GGUF -> HF: {c1}")));
         }
@@ -588,5 +633,71 @@ fn yarn_ignored_matches_transformers_and_moves_perplexity() {
         Value::Null,
         &mut log,
     );
+    eprintln!("{}", log.join("\n"));
+}
+
+/// Llama 4's attention variants, as config changes qforge reads (transformers'
+/// `Llama4TextConfig` keys): every block rotating (`no_rope_layers` all 1: the NoPE block then
+/// also L2-normalises q/k and drops the temperature, as `Llama4TextAttention` does for a RoPE
+/// block), no chunking (`attention_chunk_size` 8192), no temperature tuning, and llama.cpp's
+/// fixed values all at once. qforge's perplexity of each equals transformers' for that forward
+/// within 1e-4, so the forward follows each key; the fixture's `expected.json` records how far
+/// each moves the perplexity (the sigmoid → softmax router, which no key expresses, is
+/// transformers' figure alone; `verify/src/moe.rs` tests the two gatings).
+#[test]
+fn llama4_attention_variants_match_transformers() {
+    let t = tempfile::tempdir().unwrap();
+    let mut log = Vec::new();
+    let name = "llama4";
+    let e = expected(name);
+    let variants: [(&str, Vec<(&str, Value)>); 4] = [
+        (
+            "nope_ignored",
+            vec![("no_rope_layers", serde_json::json!([1, 1, 1, 1]))],
+        ),
+        (
+            "chunking_ignored",
+            vec![("attention_chunk_size", Value::from(8192))],
+        ),
+        (
+            "temperature_ignored",
+            vec![("attn_temperature_tuning", Value::from(false))],
+        ),
+        (
+            "llama_cpp_constants",
+            vec![
+                ("attention_chunk_size", Value::from(8192)),
+                ("floor_scale", Value::from(8192)),
+                ("attn_scale", Value::from(0.1)),
+                ("no_rope_layers", serde_json::json!([1, 1, 1, 0])),
+                (
+                    "layer_types",
+                    serde_json::json!([
+                        "chunked_attention",
+                        "chunked_attention",
+                        "chunked_attention",
+                        "full_attention"
+                    ]),
+                ),
+            ],
+        ),
+    ];
+    for (how, keys) in variants {
+        let dir = t.path().join(format!("{name}-{how}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in std::fs::read_dir(fixture(name)).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|x| x == "gguf") {
+                continue;
+            }
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+        let mut c = config(&dir).unwrap();
+        for (k, v) in keys {
+            c[k] = v;
+        }
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        same_perplexity(&dir, &e, Some(how), &mut log).unwrap_or_else(|x| panic!("{x}"));
+    }
     eprintln!("{}", log.join("\n"));
 }

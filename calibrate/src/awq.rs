@@ -334,7 +334,13 @@ impl LayerScales {
             K::Up => self.mlp.is_some() || self.up_down.is_some(),
             K::Down => self.up_down.is_some(),
             // calibrate refuses mixture-of-experts models before any AWQ search
-            K::QBias | K::KBias | K::QNorm | K::KNorm | K::Router | K::Expert { .. } => false,
+            K::QBias
+            | K::KBias
+            | K::QNorm
+            | K::KNorm
+            | K::Router
+            | K::Expert { .. }
+            | K::SharedExpert { .. } => false,
         }
     }
 
@@ -405,7 +411,13 @@ impl LayerScales {
                 Some(s) => fit(s, len, "rows"),
                 None => Ok(()),
             },
-            K::QBias | K::KBias | K::QNorm | K::KNorm | K::Router | K::Expert { .. } => Ok(()),
+            K::QBias
+            | K::KBias
+            | K::QNorm
+            | K::KNorm
+            | K::Router
+            | K::Expert { .. }
+            | K::SharedExpert { .. } => Ok(()),
         }
     }
 }

@@ -89,6 +89,61 @@ pub struct MoeConfig {
     pub dense_layers: Vec<u64>,
 }
 
+/// Llama 4's per-block attention (transformers 4.57 `Llama4TextConfig`, `Llama4TextAttention`;
+/// llama.cpp `src/models/llama4.cpp`): RoPE blocks rotate q/k, L2-normalise them per head
+/// (`use_qk_norm`, `Llama4TextL2Norm`: `x·rsqrt(mean(x²) + rms_norm_eps)`, no weight) and
+/// attend within chunks; NoPE blocks do neither and scale q by the attention temperature.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Llama4Attention {
+    /// Blocks without RoPE (`no_rope_layers[i] == 0`; default every
+    /// `no_rope_layer_interval`-th, i.e. `(i + 1) % 4 == 0`), ascending.
+    pub nope_layers: Vec<u64>,
+    /// Blocks with chunked attention (`layer_types[i] == "chunked_attention"`; default the RoPE
+    /// blocks), ascending.
+    pub chunked_layers: Vec<u64>,
+    /// `attention_chunk_size`: on a chunked block the query at `i` sees keys `j ≤ i` with
+    /// `j / size == i / size` (transformers `masking_utils.chunked_overlay`).
+    pub chunk_size: u64,
+    /// `use_qk_norm`: the q/k L2 norm on RoPE blocks, after RoPE.
+    pub qk_l2_norm: bool,
+    /// `attn_temperature_tuning`: on NoPE blocks q is scaled by
+    /// `log1p(floor((pos + 1) / floor_scale)) · attn_scale + 1`.
+    pub temperature_tuning: bool,
+    /// `floor_scale`.
+    pub floor_scale: u64,
+    /// `attn_scale`.
+    pub attn_scale: f64,
+}
+
+impl Llama4Attention {
+    /// What llama.cpp assumes of every `llama4` GGUF with experts (src/models/llama4.cpp
+    /// `load_arch_hparams`: `n_swa` 8192 chunked on 3 of every 4 blocks, the 4th NoPE
+    /// (`n_no_rope_layer_step` 4), `n_attn_temp_floor_scale` 8192, `f_attn_temp_scale` 0.1,
+    /// `use_kq_norm` unless 128 experts); no GGUF key holds any of them.
+    pub fn llama_cpp(num_layers: u64, num_experts: u64) -> Self {
+        let nope: Vec<u64> = (0..num_layers).filter(|i| (i + 1) % 4 == 0).collect();
+        Llama4Attention {
+            chunked_layers: (0..num_layers).filter(|i| !nope.contains(i)).collect(),
+            nope_layers: nope,
+            chunk_size: 8192,
+            qk_l2_norm: num_experts != 128,
+            temperature_tuning: true,
+            floor_scale: 8192,
+            attn_scale: 0.1,
+        }
+    }
+
+    /// Whether block `index` rotates q/k.
+    pub fn rope(&self, index: u32) -> bool {
+        !self.nope_layers.contains(&u64::from(index))
+    }
+
+    /// Whether block `index` attends within chunks.
+    pub fn chunked(&self, index: u32) -> bool {
+        self.chunked_layers.contains(&u64::from(index))
+    }
+}
+
 /// Most experts a config may declare (Qwen3-MoE has 128, DeepSeek 256).
 const MAX_EXPERTS: u64 = 1 << 12;
 
@@ -134,6 +189,8 @@ pub struct ModelConfig {
     pub sliding_window: Option<SlidingWindow>,
     /// The mixture of experts, for the MoE families.
     pub moe: Option<MoeConfig>,
+    /// Llama 4's per-block attention, for Llama 4.
+    pub llama4: Option<Llama4Attention>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -339,7 +396,12 @@ impl ModelConfig {
             num_heads,
             num_kv_heads: o.u64("num_key_value_heads")?.unwrap_or(num_heads),
             head_dim,
-            intermediate_size: o.req_u64("intermediate_size")?,
+            // Llama4TextConfig: the dense blocks' width is intermediate_size_mlp
+            intermediate_size: o.req_u64(if family == Family::Llama4 {
+                "intermediate_size_mlp"
+            } else {
+                "intermediate_size"
+            })?,
             vocab_size: o.req_u64("vocab_size")?,
             rope_theta: rope_theta.unwrap_or(10000.0),
             rope_scaling,
@@ -352,6 +414,7 @@ impl ModelConfig {
             multiple_of: None,
             sliding_window: parse_window(&o, family, num_layers)?,
             moe: parse_moe(&o, family, num_layers)?,
+            llama4: parse_llama4(&o, family, num_layers)?,
         };
         cfg.validate()?;
         cfg.check_implied_head_dim(explicit_head_dim.is_some())?;
@@ -431,6 +494,7 @@ impl ModelConfig {
             multiple_of: Some(multiple_of),
             sliding_window: None,
             moe: None,
+            llama4: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -600,7 +664,23 @@ impl ModelConfig {
             } else {
                 None
             },
+            llama4: None,
         };
+        let mut cfg = cfg;
+        if family == Family::Llama4 {
+            // llama.cpp's llama4 graph: sigmoid top-k, never renormalised (build_moe_ffn with
+            // norm_w false); the rest fixed by load_arch_hparams unless sliding_window is 0
+            if let Some(m) = cfg.moe.as_mut() {
+                m.norm_topk_prob = false;
+            }
+            let n_exp = cfg.moe.as_ref().map_or(0, |m| m.num_experts);
+            let mut a = Llama4Attention::llama_cpp(cfg.num_layers, n_exp);
+            if int("attention.sliding_window")? == Some(0) {
+                a.nope_layers.clear();
+                a.chunked_layers.clear();
+            }
+            cfg.llama4 = Some(a);
+        }
         cfg.validate()?;
         cfg.check_implied_head_dim(explicit_head_dim.is_some())?;
         Ok(cfg)
@@ -722,7 +802,7 @@ impl ModelConfig {
                 LayerTensor::Router => {
                     vec![self.moe.as_ref().map_or(0, |m| m.num_experts), d]
                 }
-                LayerTensor::Expert { proj, .. } => {
+                LayerTensor::Expert { proj, .. } | LayerTensor::SharedExpert { proj } => {
                     let e = self.moe.as_ref().map_or(0, |m| m.expert_ffn);
                     match proj {
                         FfnProj::Gate | FfnProj::Up => vec![e, d],
@@ -752,6 +832,13 @@ impl ModelConfig {
             .filter(|k| !matches!(k, LayerTensor::Gate | LayerTensor::Up | LayerTensor::Down))
             .collect();
         v.push(LayerTensor::Router);
+        if self.family.spec().moe.is_some_and(|s| s.shared_expert) {
+            v.extend(
+                FfnProj::ALL
+                    .into_iter()
+                    .map(|proj| LayerTensor::SharedExpert { proj }),
+            );
+        }
         for expert in 0..u32::try_from(m.num_experts).unwrap_or(0) {
             v.extend(
                 FfnProj::ALL
@@ -904,7 +991,23 @@ fn parse_moe(
     let expert_ffn = o.req_u64(spec.hf_expert_ffn_key)?;
     let norm_topk_prob = spec.always_norm_topk || o.bool("norm_topk_prob")?.unwrap_or(false);
     let mut dense_layers = Vec::new();
-    if spec.dense_layers {
+    if family == Family::Llama4 {
+        // Llama4TextConfig: moe_layers, default every interleave_moe_layer_step-th block
+        // (range(step - 1, n, step)); llama.cpp: (i + 1) % n_moe_layer_step == 0
+        let step = o.u64("interleave_moe_layer_step")?.unwrap_or(1);
+        if step == 0 {
+            return Err(invalid("interleave_moe_layer_step", "must be positive"));
+        }
+        let moe_layers = match o.get("moe_layers") {
+            Some(Value::Array(_)) => o.ids("moe_layers")?,
+            _ => (0..num_layers.min(MAX_LAYERS))
+                .filter(|i| (i + 1) % step == 0)
+                .collect(),
+        };
+        dense_layers = (0..num_layers.min(MAX_LAYERS))
+            .filter(|i| !moe_layers.contains(i))
+            .collect();
+    } else if spec.dense_layers {
         let step = o.u64("decoder_sparse_step")?.unwrap_or(1);
         if step == 0 {
             return Err(invalid("decoder_sparse_step", "must be positive"));
@@ -922,6 +1025,77 @@ fn parse_moe(
         expert_ffn,
         norm_topk_prob,
         dense_layers,
+    }))
+}
+
+/// Llama 4's per-block attention from `config.json` (transformers 4.57 `Llama4TextConfig.__init__`:
+/// `no_rope_layers` default `[(i + 1) % no_rope_layer_interval != 0]`, `layer_types` default
+/// chunked on the RoPE blocks, full on the NoPE ones).
+fn parse_llama4(
+    o: &Obj<'_>,
+    family: Family,
+    num_layers: u64,
+) -> std::result::Result<Option<Llama4Attention>, ConfigError> {
+    if family != Family::Llama4 {
+        return Ok(None);
+    }
+    let n = num_layers.min(MAX_LAYERS);
+    let interval = o.u64("no_rope_layer_interval")?.unwrap_or(4);
+    if interval == 0 {
+        return Err(invalid("no_rope_layer_interval", "must be positive"));
+    }
+    let flags = o.ids("no_rope_layers")?;
+    let rope: Vec<bool> = if flags.is_empty() {
+        (0..n).map(|i| (i + 1) % interval != 0).collect()
+    } else {
+        if (flags.len() as u64) < n || flags.iter().any(|&f| f > 1) {
+            return Err(invalid(
+                "no_rope_layers",
+                format!("needs a 0 or 1 for each of the {n} layers"),
+            ));
+        }
+        flags.iter().take(n as usize).map(|&f| f == 1).collect()
+    };
+    let nope_layers: Vec<u64> = (0..n).filter(|&i| !rope[i as usize]).collect();
+    let chunked_layers: Vec<u64> = match o.get("layer_types") {
+        Some(Value::Array(types)) => {
+            if types.len() as u64 != n {
+                return Err(invalid(
+                    "layer_types",
+                    format!("{} entries for {n} layers", types.len()),
+                ));
+            }
+            let mut v = Vec::new();
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    Some("chunked_attention") => v.push(i as u64),
+                    Some("full_attention") => {}
+                    _ => {
+                        return Err(unsupported(family, format!("layer_types entry {t}")));
+                    }
+                }
+            }
+            v
+        }
+        _ => (0..n).filter(|&i| rope[i as usize]).collect(),
+    };
+    let chunk_size = o.u64("attention_chunk_size")?.unwrap_or(8192);
+    let floor_scale = o.u64("floor_scale")?.unwrap_or(8192);
+    let attn_scale = o.f64("attn_scale")?.unwrap_or(0.1);
+    if chunk_size == 0 || floor_scale == 0 || !attn_scale.is_finite() {
+        return Err(invalid(
+            "attention_chunk_size",
+            "attention_chunk_size and floor_scale must be positive, attn_scale finite",
+        ));
+    }
+    Ok(Some(Llama4Attention {
+        nope_layers,
+        chunked_layers,
+        chunk_size,
+        qk_l2_norm: o.bool("use_qk_norm")?.unwrap_or(true),
+        temperature_tuning: o.bool("attn_temperature_tuning")?.unwrap_or(true),
+        floor_scale,
+        attn_scale,
     }))
 }
 

@@ -16,7 +16,7 @@ use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::export_gguf::llama3_from_factors;
 use crate::family::WindowRule;
-use crate::names::{LayerTensor, Part, TensorId, TensorKey};
+use crate::names::{FfnProj, LayerTensor, Part, TensorId, TensorKey};
 use crate::notes::Note;
 use crate::rope::{permute_rows_into, RopeLayout};
 use crate::write::safetensors::{plan, TensorSpec, Writer};
@@ -112,7 +112,9 @@ pub fn hf_config_json(cfg: &ModelConfig, dtype: DType) -> Value {
         m.insert(ms.hf_expert_ffn_key.into(), json!(moe.expert_ffn));
         m.insert("output_router_logits".into(), json!(false));
         m.insert("router_aux_loss_coef".into(), json!(0.001));
-        if ms.dense_layers {
+        if let Some(a) = &cfg.llama4 {
+            llama4_config_keys(cfg, moe, a, m);
+        } else if ms.dense_layers {
             m.insert("norm_topk_prob".into(), json!(moe.norm_topk_prob));
             m.insert("decoder_sparse_step".into(), json!(1));
             m.insert("mlp_only_layers".into(), json!(moe.dense_layers));
@@ -136,6 +138,185 @@ pub fn hf_config_json(cfg: &ModelConfig, dtype: DType) -> Value {
         }
     }
     v
+}
+
+/// `Llama4TextConfig`'s own keys (transformers 4.57 `configuration_llama4.py`), as
+/// `save_pretrained` writes them: the dense width `intermediate_size_mlp` (`intermediate_size`
+/// being one expert's), the MoE blocks, the NoPE and chunked blocks and the attention options.
+fn llama4_config_keys(
+    cfg: &ModelConfig,
+    moe: &crate::config::MoeConfig,
+    a: &crate::config::Llama4Attention,
+    m: &mut serde_json::Map<String, Value>,
+) {
+    let n = cfg.num_layers;
+    let moe_layers: Vec<u64> = (0..n).filter(|i| !moe.dense_layers.contains(i)).collect();
+    let step = crate::export_gguf::llama4_moe_step(cfg);
+    m.insert("intermediate_size_mlp".into(), json!(cfg.intermediate_size));
+    m.insert("interleave_moe_layer_step".into(), json!(step.unwrap_or(1)));
+    m.insert("moe_layers".into(), json!(moe_layers));
+    let no_rope: Vec<u64> = (0..n)
+        .map(|i| u64::from(!a.nope_layers.contains(&i)))
+        .collect();
+    m.insert("no_rope_layers".into(), json!(no_rope));
+    let types: Vec<&str> = (0..n)
+        .map(|i| {
+            if a.chunked_layers.contains(&i) {
+                "chunked_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    m.insert("layer_types".into(), json!(types));
+    m.insert("attention_chunk_size".into(), json!(a.chunk_size));
+    m.insert("use_qk_norm".into(), json!(a.qk_l2_norm));
+    m.insert(
+        "attn_temperature_tuning".into(),
+        json!(a.temperature_tuning),
+    );
+    m.insert("floor_scale".into(), json!(a.floor_scale));
+    m.insert("attn_scale".into(), json!(a.attn_scale));
+    m.insert("router_jitter_noise".into(), json!(0.0));
+}
+
+/// Llama 4's fused expert tensors of block `index` from the per-expert entries `experts`
+/// (expert-major, gate/up/down each): `feed_forward.experts.gate_up_proj` `[E, hidden,
+/// 2·ffn]` and `feed_forward.experts.down_proj` `[E, ffn, hidden]` (transformers
+/// `Llama4TextExperts`, the transpose of each expert's `[out, in]` projections, gate before
+/// up), written a row block at a time from one expert's projections: memory holds one expert,
+/// never the stack.
+fn llama4_fused_experts<'a>(
+    ckpt: &'a Checkpoint,
+    index: u32,
+    experts: &[&'a TensorEntry],
+    dtype: DType,
+) -> Result<Vec<OutTensor<'a>>> {
+    let cfg = &ckpt.config;
+    let (hid, ffn, n) = (
+        cfg.hidden_size as usize,
+        cfg.moe.as_ref().map_or(0, |m| m.expert_ffn) as usize,
+        cfg.moe.as_ref().map_or(0, |m| m.num_experts) as usize,
+    );
+    let find = |e: usize, p: FfnProj| {
+        experts
+            .iter()
+            .copied()
+            .find(|t| {
+                t.key.id
+                    == TensorId::Layer {
+                        index,
+                        kind: LayerTensor::Expert {
+                            expert: e as u32,
+                            proj: p,
+                        },
+                    }
+            })
+            .ok_or_else(|| Error::NoSuchTensor(format!("block {index} expert {e} {p:?}")))
+    };
+    if dtype.block_size() != 1 {
+        return Err(Error::UnsupportedDType {
+            path: ckpt.path.clone(),
+            tensor: format!("model.layers.{index}.feed_forward.experts"),
+            dtype,
+            reason: "Llama 4's fused experts are written as F32, F16 or BF16",
+        });
+    }
+    let es = dtype.block_bytes() as usize;
+    let mut out = Vec::new();
+    for gate_up in [true, false] {
+        let projs: Vec<FfnProj> = if gate_up {
+            vec![FfnProj::Gate, FfnProj::Up]
+        } else {
+            vec![FfnProj::Down]
+        };
+        let per: Vec<Vec<&TensorEntry>> = (0..n)
+            .map(|e| {
+                projs
+                    .iter()
+                    .map(|&p| find(e, p))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        // rows of the fused tensor per expert, and their length
+        let (rpe, row_len) = if gate_up { (hid, 2 * ffn) } else { (ffn, hid) };
+        let name = format!(
+            "model.layers.{index}.feed_forward.experts.{}",
+            if gate_up { "gate_up_proj" } else { "down_proj" }
+        );
+        let shape = vec![n as u64, rpe as u64, row_len as u64];
+        let cache: std::cell::RefCell<Option<(usize, Vec<Vec<u8>>)>> =
+            std::cell::RefCell::default();
+        let per2 = per.clone();
+        let fill = move |range: std::ops::Range<usize>, buf: &mut [u8]| -> Result<()> {
+            for (r, row) in range.zip(buf.chunks_exact_mut(row_len * es)) {
+                let (e, j) = (r / rpe, r % rpe);
+                let mut c = cache.borrow_mut();
+                if c.as_ref().map(|x| x.0) != Some(e) {
+                    let mut bytes = Vec::new();
+                    for t in &per[e] {
+                        let mut b = Vec::new();
+                        tensor_bytes(ckpt, t, dtype, None, &mut b)?;
+                        bytes.push(b);
+                    }
+                    *c = Some((e, bytes));
+                }
+                let b = &c.as_ref().expect("filled").1;
+                if gate_up {
+                    // row h: gate[:, h] then up[:, h] (each [ffn, hid] row-major)
+                    for (half, src) in b.iter().enumerate() {
+                        for i in 0..ffn {
+                            let at = (i * hid + j) * es;
+                            let to = (half * ffn + i) * es;
+                            row[to..to + es].copy_from_slice(&src[at..at + es]);
+                        }
+                    }
+                } else {
+                    // row i: down[:, i] ([hid, ffn] row-major)
+                    for h in 0..hid {
+                        let at = (h * ffn + j) * es;
+                        row[h * es..(h + 1) * es].copy_from_slice(&b[0][at..at + es]);
+                    }
+                }
+            }
+            Ok(())
+        };
+        out.push(OutTensor {
+            spec: TensorSpec { name, dtype, shape },
+            produce: Producer::Rows(RowProducer {
+                row_bytes: row_len * es,
+                fill: Box::new(fill),
+                done: Box::new(move || {
+                    for t in per2.iter().flatten() {
+                        ckpt.release(t);
+                    }
+                }),
+            }),
+        });
+    }
+    Ok(out)
+}
+
+/// `t` written as itself under its HF name, as `dtype`.
+fn plain_out<'a>(
+    ckpt: &'a Checkpoint,
+    t: &'a TensorEntry,
+    dtype: DType,
+    rope: Option<RopeLayout>,
+) -> OutTensor<'a> {
+    let name = (ckpt.config.family.hf_name(t.key)).unwrap_or_else(|| t.name.clone());
+    OutTensor {
+        spec: TensorSpec {
+            name,
+            dtype,
+            shape: t.shape.clone(),
+        },
+        produce: copy_rows(ckpt, t, dtype, rope).unwrap_or_else(|| {
+            Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
+                tensor_bytes(ckpt, t, dtype, rope, buf)
+            }))
+        }),
+    }
 }
 
 /// Makes a whole tensor's bytes into the (empty) buffer it is given.
@@ -463,7 +644,9 @@ pub fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
         // a MoE block: router, then each expert's projections (MixtralSparseMoeBlock,
         // Qwen3MoeSparseMoeBlock: `gate`, then `experts`)
         LayerTensor::Router => 12,
-        LayerTensor::Expert { expert, proj } => 13 + 3 * expert.min(1 << 20) + proj as u32,
+        // Llama4TextMoe: experts, router, shared_expert
+        LayerTensor::SharedExpert { proj } => 13 + proj as u32,
+        LayerTensor::Expert { expert, proj } => 16 + 3 * expert.min(1 << 20) + proj as u32,
         LayerTensor::AttnNorm => u32::MAX - 1,
         LayerTensor::FfnNorm => u32::MAX,
     };
@@ -818,23 +1001,38 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
             .max_by_key(|(_, n)| *n)
             .map_or(DType::BF16, |(d, _)| d)
     });
+    // Llama 4: each block's experts become its two fused tensors, where its first expert was
+    let mut fused: Vec<OutTensor<'_>> = Vec::new();
+    if config.llama4.is_some() {
+        let mut by_layer: BTreeMap<u32, Vec<&TensorEntry>> = BTreeMap::new();
+        for &t in &entries {
+            if let TensorId::Layer {
+                index,
+                kind: LayerTensor::Expert { .. },
+            } = t.key.id
+            {
+                by_layer.entry(index).or_default().push(t);
+            }
+        }
+        for (index, ex) in by_layer {
+            let dtype = ex.first().map_or(DType::BF16, |t| out_dtype(t));
+            fused.extend(llama4_fused_experts(ckpt, index, &ex, dtype)?);
+        }
+    }
+    let mut fused = fused.into_iter();
     let tensors: Vec<OutTensor<'_>> = entries
         .iter()
-        .map(|&t| {
-            let dtype = out_dtype(t);
-            let name = (ckpt.config.family.hf_name(t.key)).unwrap_or_else(|| t.name.clone());
-            OutTensor {
-                spec: TensorSpec {
-                    name,
-                    dtype,
-                    shape: t.shape.clone(),
-                },
-                produce: copy_rows(ckpt, t, dtype, rope).unwrap_or_else(|| {
-                    Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                        tensor_bytes(ckpt, t, dtype, rope, buf)
-                    }))
-                }),
+        .filter_map(|&t| match t.key.id {
+            TensorId::Layer {
+                kind: LayerTensor::Expert { expert, proj },
+                ..
+            } if config.llama4.is_some() => {
+                // the block's two fused tensors in place of its expert 0's gate and up
+                (expert == 0 && proj != FfnProj::Down)
+                    .then(|| fused.next())
+                    .flatten()
             }
+            _ => Some(plain_out(ckpt, t, out_dtype(t), rope)),
         })
         .collect();
     let mut out = OutputDir::begin(dest, opts.output)?;

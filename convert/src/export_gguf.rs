@@ -253,6 +253,14 @@ pub fn model_metadata(
         {
             m.push((k("expert_feed_forward_length"), u32v(moe.expert_ffn)));
         }
+        if cfg.family == crate::family::Family::Llama4 {
+            // conversion/llama.py Llama4Model.set_gguf_parameters
+            m.push((
+                k("interleave_moe_layer_step"),
+                u32v(llama4_moe_step(cfg).unwrap_or(0)),
+            ));
+            m.push((k("expert_feed_forward_length"), u32v(moe.expert_ffn)));
+        }
     }
     if spec.gguf_vocab_and_rope_dim {
         m.push((k("vocab_size"), u32v(cfg.vocab_size)));
@@ -296,7 +304,13 @@ pub fn window_lost(cfg: &ModelConfig) -> Option<Note> {
 /// llama and qwen3moe graphs call `build_moe_ffn` with `norm_w` true and read no key for it,
 /// src/models/qwen3moe.cpp), which changes every MoE block's output.
 pub fn moe_lost(cfg: &ModelConfig) -> Option<Note> {
-    let m = cfg.moe.as_ref().filter(|m| !m.norm_topk_prob)?;
+    // Llama 4's sigmoid weights are never renormalised, by transformers or llama.cpp
+    let softmax = cfg
+        .family
+        .spec()
+        .moe
+        .is_some_and(|s| s.gating == crate::family::Gating::Softmax);
+    let m = cfg.moe.as_ref().filter(|m| softmax && !m.norm_topk_prob)?;
     Some(Note::changes_math(
         format!(
             "{} routes without renormalising its top-{} weights (norm_topk_prob false): llama.cpp always renormalises them",
@@ -306,10 +320,76 @@ pub fn moe_lost(cfg: &ModelConfig) -> Option<Note> {
     ))
 }
 
+/// The `interleave_moe_layer_step` whose pattern (`(i + 1) % step == 0` sparse, llama.cpp
+/// `llama_model_llama4::load_arch_tensors`) gives a Llama 4 config's MoE blocks, if one does.
+pub fn llama4_moe_step(cfg: &ModelConfig) -> Option<u64> {
+    let m = cfg.moe.as_ref()?;
+    (1..=cfg.num_layers).find(|step| {
+        (0..cfg.num_layers).all(|i| m.dense_layers.contains(&i) == ((i + 1) % step != 0))
+    })
+}
+
+/// What a `llama4` GGUF cannot say about a Llama 4 config: llama.cpp fixes the chunk size,
+/// NoPE pattern, temperature tuning and q/k norm
+/// ([`crate::config::Llama4Attention::llama_cpp`]), so any other value computes otherwise.
+pub fn llama4_lost(cfg: &ModelConfig) -> Option<Note> {
+    let a = cfg.llama4.as_ref()?;
+    let n_exp = cfg.moe.as_ref().map_or(0, |m| m.num_experts);
+    let want = crate::config::Llama4Attention::llama_cpp(cfg.num_layers, n_exp);
+    let mut lost = Vec::new();
+    if a.nope_layers != want.nope_layers {
+        lost.push(format!(
+            "NoPE blocks {:?} (llama.cpp: {:?})",
+            a.nope_layers, want.nope_layers
+        ));
+    }
+    if a.chunked_layers != want.chunked_layers {
+        lost.push(format!(
+            "chunked blocks {:?} (llama.cpp: {:?})",
+            a.chunked_layers, want.chunked_layers
+        ));
+    }
+    if a.chunk_size != want.chunk_size && !a.chunked_layers.is_empty() {
+        lost.push(format!(
+            "attention_chunk_size {} (llama.cpp: 8192)",
+            a.chunk_size
+        ));
+    }
+    if a.qk_l2_norm != want.qk_l2_norm {
+        lost.push(format!(
+            "use_qk_norm {} (llama.cpp: {})",
+            a.qk_l2_norm, want.qk_l2_norm
+        ));
+    }
+    if !a.nope_layers.is_empty()
+        && (!a.temperature_tuning
+            || a.floor_scale != want.floor_scale
+            || a.attn_scale != want.attn_scale)
+    {
+        lost.push(format!(
+            "attention temperature tuning {} with floor_scale {}, attn_scale {} (llama.cpp: on, 8192, 0.1)",
+            a.temperature_tuning, a.floor_scale, a.attn_scale
+        ));
+    }
+    (!lost.is_empty()).then(|| {
+        Note::changes_math(
+            format!(
+                "Llama 4 attention GGUF cannot hold (llama.cpp's llama4 graph fixes these, src/models/llama4.cpp): {}",
+                lost.join("; ")
+            ),
+            "keep the HF checkpoint",
+        )
+    })
+}
+
 /// Dense blocks in a mixture-of-experts model have no GGUF form: llama.cpp's qwen3moe loads
 /// `ffn_gate_inp` and the expert stacks in every block (src/models/qwen3moe.cpp
 /// `load_arch_tensors`) and `convert_hf_to_gguf.py` maps no dense FFN for it.
+/// (Llama 4 has dense blocks where its `interleave_moe_layer_step` pattern says.)
 pub fn check_moe_gguf(cfg: &ModelConfig, path: &Path) -> Result<()> {
+    if cfg.family == crate::family::Family::Llama4 && llama4_moe_step(cfg).is_some() {
+        return Ok(());
+    }
     match cfg.moe.as_ref().filter(|m| !m.dense_layers.is_empty()) {
         None => Ok(()),
         Some(m) => Err(Error::Config {
@@ -350,6 +430,14 @@ pub fn gguf_order(key: &TensorKey) -> (u32, u32, u32) {
             expert,
         ),
         LayerTensor::Router => (7, 0),
+        LayerTensor::SharedExpert { proj } => (
+            7,
+            match proj {
+                FfnProj::Down => 1,
+                FfnProj::Gate => 2,
+                FfnProj::Up => 3,
+            },
+        ),
         LayerTensor::FfnNorm => (8, 0),
         LayerTensor::KNorm => (9, 0),
         LayerTensor::KBias => (10, 0),
@@ -539,6 +627,7 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
     notes.extend(window_lost(&ckpt.config));
     notes.extend(class_lost(&ckpt.config));
     notes.extend(moe_lost(&ckpt.config));
+    notes.extend(llama4_lost(&ckpt.config));
     check_moe_gguf(&ckpt.config, &ckpt.path)?;
     let rope_factors = if entries.iter().any(|t| t.key.id == TensorId::RopeFreqs) {
         None

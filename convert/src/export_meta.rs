@@ -77,7 +77,8 @@ pub fn split_dim(id: TensorId) -> Option<usize> {
             | LayerTensor::QNorm
             | LayerTensor::KNorm
             | LayerTensor::Router
-            | LayerTensor::Expert { .. } => None,
+            | LayerTensor::Expert { .. }
+            | LayerTensor::SharedExpert { .. } => None,
         },
         TensorId::OutputNorm | TensorId::RopeFreqs => None,
     }
@@ -102,7 +103,8 @@ fn meta_order(id: TensorId) -> (u64, u32) {
         | LayerTensor::QNorm
         | LayerTensor::KNorm
         | LayerTensor::Router
-        | LayerTensor::Expert { .. } => 9,
+        | LayerTensor::Expert { .. }
+        | LayerTensor::SharedExpert { .. } => 9,
     };
     match id {
         TensorId::TokenEmbedding => (0, 0),

@@ -33,6 +33,9 @@ pub enum Family {
     /// Qwen3-MoE: `Qwen3MoeForCausalLM` (Qwen3 attention, mixture-of-experts blocks).
     #[serde(rename = "qwen3moe")]
     Qwen3Moe,
+    /// Llama 4 text (Scout/Maverick): `Llama4ForCausalLM` (fused experts, a shared expert,
+    /// sigmoid top-1 routing, NoPE blocks, chunked attention, q/k L2 norm, temperature tuning).
+    Llama4,
 }
 
 /// How a mixture-of-experts family routes and names its experts.
@@ -50,8 +53,26 @@ pub struct MoeSpec {
     /// `norm_topk_prob` says (`Qwen3MoeSparseMoeBlock.forward`).
     pub always_norm_topk: bool,
     /// Dense blocks are possible (`mlp_only_layers`, `decoder_sparse_step`: transformers
-    /// `Qwen3MoeDecoderLayer.__init__`).
+    /// `Qwen3MoeDecoderLayer.__init__`; Llama 4 `interleave_moe_layer_step`).
     pub dense_layers: bool,
+    /// How router logits become expert weights.
+    pub gating: Gating,
+    /// A shared expert (of one expert's width) runs on every token beside the routed ones
+    /// (transformers `Llama4TextMoe.shared_expert`, GGUF `ffn_*_shexp`).
+    pub shared_expert: bool,
+}
+
+/// How a router's logits weight the chosen experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gating {
+    /// `softmax(logits)` over all experts, top-k of it, the weight scaling each expert's
+    /// output (Mixtral, Qwen3-MoE).
+    Softmax,
+    /// top-k of the logits, `sigmoid(logit)` scaling each expert's *input* (transformers
+    /// `Llama4Router.forward` + `Llama4TextMoe.forward`; llama.cpp `build_moe_ffn` with
+    /// `LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID` and `weight_before_ffn` for `LLM_ARCH_LLAMA4`).
+    SigmoidInput,
 }
 
 /// How a family's rotary embedding pairs a head's values in GGUF (llama.cpp
@@ -151,6 +172,11 @@ pub struct FamilySpec {
     pub quant: QuantRules,
     /// Mixture-of-experts facts, for the MoE families.
     pub moe: Option<MoeSpec>,
+    /// The HF checkpoint pairs RoPE values `(2j, 2j+1)` (complex pairs: transformers
+    /// `modeling_llama4.py` `apply_rotary_emb` views `[..., hd/2, 2]` as complex), not
+    /// `(j, j + hd/2)`; `convert_hf_to_gguf.py` then copies Q/K unpermuted
+    /// (`Llama4Model.undo_permute = False`).
+    pub hf_interleaved_rope: bool,
 }
 
 /// The table.
@@ -177,6 +203,7 @@ pub const FAMILIES: &[FamilySpec] = &[
         awq: AwqMappings::Default,
         quant: QuantRules::Generic,
         moe: None,
+        hf_interleaved_rope: false,
     },
     FamilySpec {
         family: Family::Qwen2,
@@ -200,6 +227,7 @@ pub const FAMILIES: &[FamilySpec] = &[
         awq: AwqMappings::Default,
         quant: QuantRules::Generic,
         moe: None,
+        hf_interleaved_rope: false,
     },
     FamilySpec {
         family: Family::Qwen3,
@@ -223,6 +251,7 @@ pub const FAMILIES: &[FamilySpec] = &[
         awq: AwqMappings::Default,
         quant: QuantRules::Generic,
         moe: None,
+        hf_interleaved_rope: false,
     },
     FamilySpec {
         family: Family::Mistral,
@@ -248,6 +277,7 @@ pub const FAMILIES: &[FamilySpec] = &[
         awq: AwqMappings::Default,
         quant: QuantRules::Generic,
         moe: None,
+        hf_interleaved_rope: false,
     },
     FamilySpec {
         family: Family::Mixtral,
@@ -278,7 +308,10 @@ pub const FAMILIES: &[FamilySpec] = &[
             hf_expert_ffn_key: "intermediate_size",
             always_norm_topk: true,
             dense_layers: false,
+            gating: Gating::Softmax,
+            shared_expert: false,
         }),
+        hf_interleaved_rope: false,
     },
     FamilySpec {
         family: Family::Qwen3Moe,
@@ -307,7 +340,47 @@ pub const FAMILIES: &[FamilySpec] = &[
             hf_expert_ffn_key: "moe_intermediate_size",
             always_norm_topk: false,
             dense_layers: true,
+            gating: Gating::Softmax,
+            shared_expert: false,
         }),
+        hf_interleaved_rope: false,
+    },
+    FamilySpec {
+        family: Family::Llama4,
+        name: "Llama 4",
+        hf_classes: &["Llama4ForCausalLM"],
+        model_type: "llama4_text",
+        gguf_arch: "llama4",
+        // llama_model_rope_type: LLM_ARCH_LLAMA4 is LLAMA_ROPE_TYPE_NORM, and HF already pairs
+        // (2j, 2j+1): no permutation either way
+        gguf_rope: GgufRope::Norm,
+        qkv_bias: false,
+        // the q/k L2 norm has no weights (Llama4TextL2Norm); see ModelConfig::llama4
+        qk_norm: false,
+        norm: "rms",
+        activation: "silu",
+        rope_scalings: &["llama3"],
+        window: WindowRule::None,
+        tie_default: false,
+        hf_head_dim: true,
+        gguf_vocab_and_rope_dim: true,
+        bos_default: Some(1),
+        eos_default: Some(2),
+        meta: false,
+        awq: AwqMappings::Default,
+        quant: QuantRules::Generic,
+        moe: Some(MoeSpec {
+            hf_names: HfMoeNames::Llama4,
+            hf_experts_key: "num_local_experts",
+            // Llama4TextConfig: intermediate_size is one expert's (and the shared expert's)
+            // width, intermediate_size_mlp the dense blocks'
+            hf_expert_ffn_key: "intermediate_size",
+            always_norm_topk: false,
+            dense_layers: true,
+            gating: Gating::SigmoidInput,
+            shared_expert: true,
+        }),
+        hf_interleaved_rope: true,
     },
 ];
 
@@ -412,7 +485,7 @@ impl Family {
     /// [`GgufRope::Norm`]).
     pub fn half_split_rope(self, format: Format) -> bool {
         match format {
-            Format::Hf => true,
+            Format::Hf => !self.spec().hf_interleaved_rope,
             Format::Meta => false,
             Format::Gguf => self.spec().gguf_rope == GgufRope::Neox,
         }

@@ -1152,6 +1152,9 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         raw.extend(tensors);
         files.push(f);
     }
+    if config.family.spec().moe.map(|m| m.hf_names) == Some(crate::names::HfMoeNames::Llama4) {
+        raw = split_fused_experts(&dir, &config, raw)?;
+    }
     let tokenizer = tokenizer_info(&dir);
     Checkpoint::assemble(
         Format::Hf,
@@ -1162,6 +1165,121 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         raw,
         None,
     )
+}
+
+/// Llama 4's fused expert tensors (transformers 4.57 `Llama4TextExperts`:
+/// `model.layers.N.feed_forward.experts.gate_up_proj` `[E, hidden, 2·ffn]`, gate the first
+/// `ffn` columns, and `experts.down_proj` `[E, ffn, hidden]`, both multiplied as `x @ W`) as
+/// one strided `[out, in]` view per expert and projection, `feed_forward.experts.E.gate_proj`
+/// etc.: the transpose of a slice, read in place, so that every consumer handles one expert's
+/// projection at a time (as `convert_hf_to_gguf.py` `Llama4Model.modify_tensors` splits and
+/// transposes them). Every other tensor passes through.
+fn split_fused_experts(
+    dir: &Path,
+    config: &ModelConfig,
+    raw: Vec<RawTensor>,
+) -> Result<Vec<RawTensor>> {
+    use crate::names::{FfnProj, HfMoeNames, LayerTensor, NameScheme, TensorId, TensorKey};
+    let mut out = Vec::with_capacity(raw.len());
+    let (hid, ffn, n) = (
+        config.hidden_size,
+        config.moe.as_ref().map_or(0, |m| m.expert_ffn),
+        config.moe.as_ref().map_or(0, |m| m.num_experts),
+    );
+    for t in raw {
+        let fused = t
+            .name
+            .strip_prefix(NameScheme::Hf.layer_prefix_str())
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(i, m)| {
+                let gate_up = match m {
+                    "feed_forward.experts.gate_up_proj" => true,
+                    "feed_forward.experts.down_proj" => false,
+                    _ => return None,
+                };
+                i.parse::<u32>().ok().map(|i| (i, gate_up))
+            });
+        let Some((index, gate_up)) = fused else {
+            out.push(t);
+            continue;
+        };
+        let bad = |reason: String| Error::NotAModel {
+            path: dir.into(),
+            reason: format!("tensor {}: {reason}", t.name),
+        };
+        let want = if gate_up {
+            vec![n, hid, 2 * ffn]
+        } else {
+            vec![n, ffn, hid]
+        };
+        if t.shape != want {
+            return Err(bad(format!(
+                "shape {:?}, config.json implies {want:?}",
+                t.shape
+            )));
+        }
+        if t.dtype.block_size() != 1 {
+            return Err(bad(format!(
+                "fused experts of type {} are not read",
+                t.dtype
+            )));
+        }
+        let TensorLayout::Contiguous(span) = t.layout else {
+            return Err(bad("not contiguous".into()));
+        };
+        let es = t.dtype.block_bytes();
+        let per_expert = want[1] * want[2];
+        // (projection, first element, shape, strides, storage elements) of each view
+        #[allow(clippy::type_complexity)]
+        let views: Vec<(FfnProj, u64, Vec<u64>, Vec<u64>, u64)> = if gate_up {
+            // gate[i, h] = W[e, h, i], up[i, h] = W[e, h, ffn + i]
+            vec![
+                (
+                    FfnProj::Gate,
+                    0,
+                    vec![ffn, hid],
+                    vec![1, 2 * ffn],
+                    per_expert,
+                ),
+                (
+                    FfnProj::Up,
+                    ffn,
+                    vec![ffn, hid],
+                    vec![1, 2 * ffn],
+                    per_expert - ffn,
+                ),
+            ]
+        } else {
+            // down[h, i] = W[e, i, h]
+            vec![(FfnProj::Down, 0, vec![hid, ffn], vec![1, hid], per_expert)]
+        };
+        for e in 0..n {
+            for (proj, skip, shape, strides, len) in &views {
+                let kind = LayerTensor::Expert {
+                    expert: e as u32,
+                    proj: *proj,
+                };
+                let name = HfMoeNames::Llama4
+                    .name(TensorKey::weight(TensorId::Layer { index, kind }))
+                    .unwrap_or_default();
+                out.push(RawTensor {
+                    name,
+                    dtype: t.dtype,
+                    shape: shape.clone(),
+                    layout: TensorLayout::Strided {
+                        storage: Span {
+                            file: span.file,
+                            offset: span.offset + (e * per_expert + skip) * es,
+                            len: len * es,
+                        },
+                        strides: strides.clone(),
+                    },
+                    file: t.file,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -33,9 +33,9 @@ pub mod tokenizer;
 pub mod write;
 
 pub use checkpoint::{Checkpoint, Format, TensorEntry, TensorLayout, TokenizerInfo};
-pub use config::{ModelConfig, MoeConfig, RopeScaling, SlidingWindow};
+pub use config::{Llama4Attention, ModelConfig, MoeConfig, RopeScaling, SlidingWindow};
 pub use error::{shown, ConfigError, Error, ImatrixError, Result};
-pub use family::{Family, FamilySpec};
+pub use family::{Family, FamilySpec, Gating};
 pub use names::{
     FfnProj, HfMoeNames, LayerTensor, NameMatch, NameScheme, Part, TensorId, TensorKey,
 };

@@ -166,7 +166,8 @@ fn split_of(name: &str, shard_shape: &[u64], mp: u64, dim: u64) -> Option<(Split
             | LayerTensor::QNorm
             | LayerTensor::KNorm
             | LayerTensor::Router
-            | LayerTensor::Expert { .. } => return None,
+            | LayerTensor::Expert { .. }
+            | LayerTensor::SharedExpert { .. } => return None,
         },
         TensorId::RopeFreqs => return None,
     };

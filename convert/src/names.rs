@@ -52,6 +52,13 @@ pub enum LayerTensor {
         /// which projection
         proj: FfnProj,
     },
+    /// One projection of a mixture-of-experts block's shared expert, run on every token
+    /// beside the routed experts (Llama 4: HF `feed_forward.shared_expert.*_proj`, GGUF
+    /// `ffn_{gate,up,down}_shexp`), `[out, in]`.
+    SharedExpert {
+        /// which projection
+        proj: FfnProj,
+    },
 }
 
 /// The three projections of a SwiGLU FFN (dense or one expert).
@@ -75,6 +82,15 @@ impl FfnProj {
             FfnProj::Gate => ("gate_proj", "w1", "ffn_gate_exps"),
             FfnProj::Up => ("up_proj", "w3", "ffn_up_exps"),
             FfnProj::Down => ("down_proj", "w2", "ffn_down_exps"),
+        }
+    }
+
+    /// The GGUF module of this projection of a shared expert (`ffn_gate_shexp`).
+    const fn gguf_shared(self) -> &'static str {
+        match self {
+            FfnProj::Gate => "ffn_gate_shexp",
+            FfnProj::Up => "ffn_up_shexp",
+            FfnProj::Down => "ffn_down_shexp",
         }
     }
 
@@ -104,6 +120,13 @@ pub enum HfMoeNames {
     /// `block_sparse_moe.gate`, `block_sparse_moe.experts.E.{w1,w3,w2}` (transformers 4.57
     /// `MixtralSparseMoeBlock`, `MixtralBlockSparseTop2MLP`).
     Mixtral,
+    /// `feed_forward.router`, `feed_forward.shared_expert.{gate,up,down}_proj`, dense blocks'
+    /// `feed_forward.{gate,up,down}_proj` (transformers `Llama4TextMoe`, `Llama4TextMLP`). The
+    /// experts are two fused 3-D tensors, `feed_forward.experts.gate_up_proj` `[E, hidden,
+    /// 2·ffn]` and `feed_forward.experts.down_proj` `[E, ffn, hidden]` (`Llama4TextExperts`,
+    /// `x @ W`, not `x @ Wᵀ`); qforge reads each expert's projection as a strided `[out, in]`
+    /// view named `feed_forward.experts.E.{gate,up,down}_proj` ([`crate::hf::read`]).
+    Llama4,
 }
 
 impl HfMoeNames {
@@ -111,39 +134,69 @@ impl HfMoeNames {
         match self {
             HfMoeNames::Qwen => "mlp",
             HfMoeNames::Mixtral => "block_sparse_moe",
+            HfMoeNames::Llama4 => "feed_forward",
         }
     }
 
-    /// The HF module (without `.weight`) of a router or expert tensor, `None` for others.
+    /// The HF module (without `.weight`) of a router or expert tensor (and, for Llama 4, of the
+    /// shared expert and the dense FFN), `None` for others.
     fn module(self, kind: LayerTensor) -> Option<String> {
+        let b = self.block();
         match kind {
-            LayerTensor::Router => Some(format!("{}.gate", self.block())),
+            LayerTensor::Router if self == HfMoeNames::Llama4 => Some(format!("{b}.router")),
+            LayerTensor::Router => Some(format!("{b}.gate")),
             LayerTensor::Expert { expert, proj } => {
                 let (q, m, _) = proj.names();
-                let p = if self == HfMoeNames::Qwen { q } else { m };
-                Some(format!("{}.experts.{expert}.{p}", self.block()))
+                let p = if self == HfMoeNames::Mixtral { m } else { q };
+                Some(format!("{b}.experts.{expert}.{p}"))
             }
+            LayerTensor::SharedExpert { proj } if self == HfMoeNames::Llama4 => {
+                Some(format!("{b}.shared_expert.{}", proj.names().0))
+            }
+            LayerTensor::Gate if self == HfMoeNames::Llama4 => Some(format!("{b}.gate_proj")),
+            LayerTensor::Up if self == HfMoeNames::Llama4 => Some(format!("{b}.up_proj")),
+            LayerTensor::Down if self == HfMoeNames::Llama4 => Some(format!("{b}.down_proj")),
             _ => None,
         }
     }
 
-    /// A router or expert module of either spelling (`mlp.experts.3.up_proj`).
+    /// A router, expert (or Llama 4 shared-expert and dense FFN) module of any spelling
+    /// (`mlp.experts.3.up_proj`).
     fn parse(layer_module: &str) -> Option<LayerTensor> {
-        for s in [HfMoeNames::Qwen, HfMoeNames::Mixtral] {
+        for s in [HfMoeNames::Qwen, HfMoeNames::Mixtral, HfMoeNames::Llama4] {
             let Some(rest) = layer_module
                 .strip_prefix(s.block())
                 .and_then(|r| r.strip_prefix('.'))
             else {
                 continue;
             };
-            if rest == "gate" {
+            if rest
+                == if s == HfMoeNames::Llama4 {
+                    "router"
+                } else {
+                    "gate"
+                }
+            {
                 return Some(LayerTensor::Router);
+            }
+            if s == HfMoeNames::Llama4 {
+                let by_hf = |p: &str| FfnProj::ALL.into_iter().find(|x| x.names().0 == p);
+                if let Some(p) = rest.strip_prefix("shared_expert.") {
+                    return by_hf(p).map(|proj| LayerTensor::SharedExpert { proj });
+                }
+                if let Some(p) = by_hf(rest) {
+                    return Some(match p {
+                        FfnProj::Gate => LayerTensor::Gate,
+                        FfnProj::Up => LayerTensor::Up,
+                        FfnProj::Down => LayerTensor::Down,
+                    });
+                }
             }
             let (e, p) = rest.strip_prefix("experts.")?.split_once('.')?;
             let expert = parse_index(e)?;
             let proj = FfnProj::ALL.into_iter().find(|x| {
                 let (q, m, _) = x.names();
-                p == if s == HfMoeNames::Qwen { q } else { m }
+                p == if s == HfMoeNames::Mixtral { m } else { q }
             })?;
             return Some(LayerTensor::Expert { expert, proj });
         }
@@ -209,6 +262,7 @@ impl LayerTensor {
                 | LayerTensor::Up
                 | LayerTensor::Down
                 | LayerTensor::Expert { .. }
+                | LayerTensor::SharedExpert { .. }
         )
     }
 
@@ -447,6 +501,11 @@ impl NameScheme {
         self.pick("model.layers.", "layers.", "blk.")
     }
 
+    /// The prefix of a block's tensor names (`model.layers.`, `layers.`, `blk.`).
+    pub const fn layer_prefix_str(self) -> &'static str {
+        self.layer_prefix()
+    }
+
     /// A router or expert module inside a block: HF in either spelling ([`HfMoeNames`]), GGUF
     /// `ffn_gate_inp` and the expert slices `ffn_gate_exps.E` qforge names a 3-D stack's experts
     /// by (the file holds one tensor `ffn_gate_exps.weight`; [`crate::gguf::read`] splits it).
@@ -457,6 +516,12 @@ impl NameScheme {
             NameScheme::Gguf => {
                 if layer_module == "ffn_gate_inp" {
                     return Some(LayerTensor::Router);
+                }
+                if let Some(proj) = FfnProj::ALL
+                    .into_iter()
+                    .find(|p| p.gguf_shared() == layer_module)
+                {
+                    return Some(LayerTensor::SharedExpert { proj });
                 }
                 let (stack, e) = layer_module.split_once('.')?;
                 let proj = FfnProj::ALL.into_iter().find(|p| p.names().2 == stack)?;
@@ -554,6 +619,14 @@ impl NameScheme {
                 let w = self.name(TensorKey::weight(of))?;
                 return Some(format!("{}.bias", w.strip_suffix(".weight")?));
             }
+            TensorId::Layer {
+                index,
+                kind: LayerTensor::SharedExpert { proj },
+            } => match self {
+                NameScheme::Hf => return HfMoeNames::Llama4.name(key),
+                NameScheme::Meta => return None,
+                NameScheme::Gguf => format!("blk.{index}.{}", proj.gguf_shared()),
+            },
             TensorId::Layer {
                 index,
                 kind: kind @ (LayerTensor::Router | LayerTensor::Expert { .. }),

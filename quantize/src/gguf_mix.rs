@@ -323,7 +323,15 @@ fn mix_type(mix: GgufMix, m: &MixModel, st: &mut State, t: &MixTensor, cat: Cate
             new = DType::Q8_0;
         }
     } else if cat == Category::FfnDown {
-        let (i, n) = (st.i_ffn_down, st.n_ffn_down);
+        // llama-quant.cpp `layer_info`: with experts the layer is parsed from the name (a
+        // Llama 4 block has ffn_down_exps and ffn_down_shexp, a dense block ffn_down: the
+        // counter would run ahead of the layer)
+        let i = if m.n_expert > 1 {
+            layer_of(&t.name)
+        } else {
+            st.i_ffn_down
+        };
+        let n = st.n_ffn_down;
         match mix {
             F::Q2_K => new = DType::Q3_K,
             F::Q3_K_M => new = if i < n / 16 { DType::Q5_K } else { DType::Q4_K },
@@ -679,6 +687,7 @@ pub fn quantize_to_gguf(
     notes.extend(qforge_convert::export_gguf::window_lost(&ckpt.config));
     notes.extend(qforge_convert::export_gguf::class_lost(&ckpt.config));
     notes.extend(qforge_convert::export_gguf::moe_lost(&ckpt.config));
+    notes.extend(qforge_convert::export_gguf::llama4_lost(&ckpt.config));
     qforge_convert::export_gguf::check_moe_gguf(&ckpt.config, &ckpt.path)?;
     entries.sort_by_key(|t| gguf_order(&t.key));
     let name_of = |t: &TensorEntry| {

@@ -509,6 +509,20 @@ fn print_human(
             }
         )?;
     }
+    if let Some(a) = &c.llama4 {
+        // Llama 4: sigmoid top-k routing scaling the expert input, a shared expert per MoE block
+        writeln!(
+            out,
+            "           sigmoid routing (input-scaled) + shared expert; NoPE blocks {:?}; chunked blocks {:?} (chunk {}); q/k L2 norm {}; temperature tuning {} (floor {}, scale {})",
+            a.nope_layers,
+            a.chunked_layers,
+            a.chunk_size,
+            if a.qk_l2_norm { "yes" } else { "no" },
+            if a.temperature_tuning { "yes" } else { "no" },
+            a.floor_scale,
+            a.attn_scale
+        )?;
+    }
     let t = &ckpt.tokenizer;
     writeln!(
         out,

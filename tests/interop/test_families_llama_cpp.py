@@ -12,7 +12,9 @@ K/V in an F16 cache, so qforge runs with `--kv-f16`. Budget: relative PPL differ
 (the families issue); the figures are printed.
 
 Mistral's window cannot go into GGUF: qforge converts it only with --allow-lossy (recorded in the
-file), and both sides then compute the window-ignored model.
+file), and both sides then compute the window-ignored model. Likewise the Llama 4 fixture's
+chunk size, NoPE block and temperature tuning: llama.cpp fixes them (src/models/llama4.cpp
+load_arch_hparams), so both sides compute transformers' `llama_cpp_constants` forward.
 """
 
 import json
@@ -25,9 +27,10 @@ from conftest import ROOT, run_json
 from test_perplexity_llama_cpp import llama_bin  # noqa: F401  (session fixture)
 
 FIXTURES = ROOT / "tests" / "fixtures" / "families"
-FAMILIES = ["llama31", "llama32", "mistral", "qwen2", "qwen2_yarn", "qwen3", "mixtral", "qwen3moe"]
-# GGUF cannot hold these fixtures' sliding window: converted with --allow-lossy
-WINDOW_LOST = {"mistral"}
+FAMILIES = ["llama31", "llama32", "mistral", "qwen2", "qwen2_yarn", "qwen3", "mixtral", "qwen3moe", "llama4"]
+# GGUF cannot hold these fixtures' sliding window (mistral) or Llama 4 attention (llama4):
+# converted with --allow-lossy
+WINDOW_LOST = {"mistral", "llama4"}
 PPL_REL_BUDGET = 1e-3
 THREADS = 2
 
@@ -74,7 +77,9 @@ def test_llama_perplexity_on_our_gguf(qforge, llama_bin, tmp_path, name):  # noq
 # llama.cpp's converter writes Mistral as `general.architecture = llama`, and llama.cpp's llama
 # graph has no sliding-window attention: on mistral.gguf it computes the model with the window
 # ignored, i.e. expected.json's `window_ignored` wrong forward (measured 37.5386 vs 37.5388).
-LLAMA_CPP_COMPUTES = {"mistral": "window_ignored"}
+# On llama4.gguf it computes the chunk size 8192, NoPE every 4th block and temperature floor
+# 8192 / scale 0.1 it assumes of every llama4 GGUF: the `llama_cpp_constants` forward.
+LLAMA_CPP_COMPUTES = {"mistral": "window_ignored", "llama4": "llama_cpp_constants"}
 
 
 @pytest.mark.parametrize("name", FAMILIES)

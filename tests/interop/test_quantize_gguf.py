@@ -131,8 +131,10 @@ def test_strict_build_agrees(qforge, float_gguf, work, mix):
 
 
 # the MoE fixtures, and llama31 for a file with rope_freqs.weight before the blocks (the mix's
-# tensor index then is off by one from the source's)
-MOE_FIXTURES = ["mixtral", "qwen3moe", "llama31"]
+# tensor index then is off by one from the source's); llama4 for dense blocks between MoE ones
+# and shared experts (ffn_down_shexp beside ffn_down_exps: llama-quant.cpp takes an expert
+# model's ffn_down layer from the tensor name, not from a counter)
+MOE_FIXTURES = ["mixtral", "qwen3moe", "llama31", "llama4"]
 
 
 @pytest.mark.parametrize("mix", ["Q8_0", "Q4_0", "Q4_K_M", "Q6_K"])

@@ -21,8 +21,8 @@ use crate::basecache::{base_key, lookup, Layout, Lookup};
 use crate::engine::{stream_layers, StreamStats};
 use crate::error::{Error, Result};
 use crate::metrics::{kld_row, log_softmax_nll, percentile, top1, Perplexity};
-use crate::model::{LayerWeights, Linear, Model, Project};
-use crate::ops::{attention, rms_norm, round_f16, swiglu, RopeTable};
+use crate::model::{LayerWeights, Linear, Llama4Layer, Model, Project};
+use crate::ops::{attention, rms_norm, round_f16, swiglu, KeyMask, RopeTable};
 use crate::progress::Progress;
 use crate::real::Real;
 use crate::tokenize::Chunks;
@@ -140,13 +140,74 @@ pub fn attend<T: Real, L>(
     );
     let scale = T::ONE / T::of_f64(hd as f64).sqrt();
     qkv_extras(lw, q, k, v, hd, T::of_f64(cfg.rms_norm_eps));
-    rope.apply(q, heads, model.rope_layout);
-    rope.apply(k, kvh, model.rope_layout);
+    let mut mask = match lw.window {
+        Some(w) => KeyMask::Window(w),
+        None => KeyMask::Causal,
+    };
+    match lw.llama4 {
+        None => {
+            rope.apply(q, heads, model.rope_layout);
+            rope.apply(k, kvh, model.rope_layout);
+        }
+        Some(l4) => {
+            llama4_qk(
+                &l4,
+                rope,
+                model.rope_layout,
+                q,
+                k,
+                heads,
+                kvh,
+                hd,
+                cfg.rms_norm_eps,
+            );
+            if let Some(c) = l4.chunk {
+                mask = KeyMask::Chunk(c);
+            }
+        }
+    }
     if model.opts.kv_f16 {
         round_f16(k);
         round_f16(v);
     }
-    attention(q, k, v, ctx, heads, kvh, hd, scale, lw.window, att);
+    attention(q, k, v, ctx, heads, kvh, hd, scale, mask, att);
+}
+
+/// Llama 4's q/k (transformers `Llama4TextAttention.forward`; llama.cpp src/models/llama4.cpp):
+/// a RoPE block rotates them, then L2-normalises each head (`Llama4TextL2Norm`, eps
+/// `rms_norm_eps`) where `use_qk_norm`; a NoPE block leaves k alone and scales q at position
+/// `p` by the attention temperature `log1p(floor((p + 1) / floor_scale)) · attn_scale + 1`
+/// (computed in f32, as torch does).
+#[allow(clippy::too_many_arguments)]
+fn llama4_qk<T: Real>(
+    l4: &Llama4Layer,
+    rope: &RopeTable,
+    layout: crate::ops::RopeLayout,
+    q: &mut [T],
+    k: &mut [T],
+    heads: usize,
+    kvh: usize,
+    hd: usize,
+    eps: f64,
+) {
+    if l4.rope {
+        rope.apply(q, heads, layout);
+        rope.apply(k, kvh, layout);
+        if l4.qk_l2_norm {
+            let ones = vec![T::ONE; hd];
+            rms_norm(q, hd, &ones, T::of_f64(eps));
+            rms_norm(k, hd, &ones, T::of_f64(eps));
+        }
+    } else if let Some((floor_scale, attn_scale)) = l4.temperature {
+        let (fs, a) = (floor_scale as f32, attn_scale as f32);
+        for (p, row) in q.chunks_exact_mut(heads * hd).enumerate() {
+            let s = ((p as f32 + 1.0) / fs).floor().ln_1p() * a + 1.0;
+            let s = T::of_f64(f64::from(s));
+            for v in row.iter_mut() {
+                *v *= s;
+            }
+        }
+    }
 }
 
 /// What a family adds between the q/k/v projections and RoPE: the projections' biases

@@ -179,6 +179,22 @@ pub struct LayerWeights<T = f32, L = Linear> {
     /// The router and experts of a mixture-of-experts block, whose `gate`/`up`/`down` are then
     /// empty (0 × 0).
     pub moe: Option<crate::moe::MoeWeights<T, L>>,
+    /// Llama 4's attention variant of this block.
+    pub llama4: Option<Llama4Layer>,
+}
+
+/// How a Llama 4 block attends ([`qforge_convert::Llama4Attention`] for one block).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama4Layer {
+    /// Rotate q/k (a RoPE block) or not (NoPE).
+    pub rope: bool,
+    /// RMS-normalise q and k per head after RoPE, without a weight (`Llama4TextL2Norm`).
+    pub qk_l2_norm: bool,
+    /// Attend within chunks of this many positions.
+    pub chunk: Option<usize>,
+    /// Scale q at position `p` by `log1p(floor((p + 1) / floor_scale)) · attn_scale + 1`:
+    /// `(floor_scale, attn_scale)`.
+    pub temperature: Option<(f64, f64)>,
 }
 
 impl LayerWeights {
@@ -210,6 +226,7 @@ impl LayerWeights {
                 Some(m) => Some(m.to_f64()?),
                 None => None,
             },
+            llama4: self.llama4,
         })
     }
 }
@@ -486,10 +503,23 @@ impl Model {
             Some(_) => Ok(Linear::empty()),
             None => self.linear(index, kind),
         };
+        let llama4 = self.ckpt.config.llama4.as_ref().map(|a| {
+            let rope = a.rope(index);
+            Llama4Layer {
+                rope,
+                qk_l2_norm: rope && a.qk_l2_norm,
+                chunk: a
+                    .chunked(index)
+                    .then(|| usize::try_from(a.chunk_size).unwrap_or(usize::MAX)),
+                temperature: (!rope && a.temperature_tuning)
+                    .then_some((a.floor_scale as f64, a.attn_scale)),
+            }
+        });
         Ok(LayerWeights {
             qkv_bias,
             qk_norm,
             window,
+            llama4,
             attn_norm: self.norm(l(LayerTensor::AttnNorm))?,
             q: self.linear(index, LayerTensor::Q)?,
             k: self.linear(index, LayerTensor::K)?,

@@ -8,7 +8,7 @@
 //! expert run on the tokens routed to it and its output scaled by the weight and added. llama.cpp
 //! `llama-graph.cpp` `build_moe_ffn` computes the same (softmax gating, `ggml_top_k`, `norm_w`).
 
-use qforge_convert::{FfnProj, LayerTensor, TensorId};
+use qforge_convert::{FfnProj, Gating, LayerTensor, TensorId};
 
 use crate::error::{Error, Result};
 use crate::matmul::matmul_t;
@@ -28,6 +28,10 @@ pub struct MoeWeights<T = f32, L = Linear> {
     pub norm_topk: bool,
     /// One expert's FFN width.
     pub ffn: usize,
+    /// How the router's logits weight the experts.
+    pub gating: Gating,
+    /// `[gate, up, down]` of the shared expert (Llama 4), run on every token.
+    pub shared: Option<[L; 3]>,
 }
 
 impl MoeWeights {
@@ -42,6 +46,14 @@ impl MoeWeights {
             index,
             kind: LayerTensor::Router,
         })?;
+        let spec = cfg.family.spec().moe;
+        let gating = spec.map_or(Gating::Softmax, |s| s.gating);
+        let shared = if spec.is_some_and(|s| s.shared_expert) {
+            let l = |proj| model.linear(index, LayerTensor::SharedExpert { proj });
+            Some([l(FfnProj::Gate)?, l(FfnProj::Up)?, l(FfnProj::Down)?])
+        } else {
+            None
+        };
         let mut experts = Vec::with_capacity(moe.num_experts as usize);
         for expert in 0..moe.num_experts as u32 {
             let l = |proj| model.linear(index, LayerTensor::Expert { expert, proj });
@@ -53,6 +65,8 @@ impl MoeWeights {
             top_k: usize::try_from(moe.experts_per_tok).unwrap_or(usize::MAX),
             norm_topk: moe.norm_topk_prob,
             ffn: usize::try_from(moe.expert_ffn).unwrap_or(usize::MAX),
+            gating,
+            shared,
         })
     }
 
@@ -69,6 +83,11 @@ impl MoeWeights {
             top_k: self.top_k,
             norm_topk: self.norm_topk,
             ffn: self.ffn,
+            gating: self.gating,
+            shared: match &self.shared {
+                Some([g, u, d]) => Some([dense64(g)?, dense64(u)?, dense64(d)?]),
+                None => None,
+            },
         })
     }
 }
@@ -94,11 +113,34 @@ pub fn route<T: Real>(
     top_k: usize,
     norm: bool,
 ) -> Vec<(usize, T)> {
+    route_gated(logits, n_expert, top_k, norm, Gating::Softmax)
+}
+
+/// [`route`] with the family's gating: [`Gating::SigmoidInput`] picks the top-k logits and
+/// weights each `sigmoid(logit)` (monotonic, so the same experts as the top-k of the
+/// sigmoids).
+pub fn route_gated<T: Real>(
+    logits: &mut [T],
+    n_expert: usize,
+    top_k: usize,
+    norm: bool,
+    gating: Gating,
+) -> Vec<(usize, T)> {
     let k = top_k.min(n_expert);
     let mut out = Vec::with_capacity(logits.len() / n_expert.max(1) * k);
     let mut order: Vec<usize> = (0..n_expert).collect();
     for row in logits.chunks_exact_mut(n_expert.max(1)) {
-        softmax(row);
+        match gating {
+            Gating::Softmax => {
+                softmax(row);
+            }
+            // Llama4Router.forward: sigmoid in float32 of the top-k logits
+            Gating::SigmoidInput => {
+                for v in row.iter_mut() {
+                    *v = T::ONE / (T::ONE + (-*v).exp());
+                }
+            }
+        }
         order.sort_by(|&a, &b| {
             row[b]
                 .partial_cmp(&row[a])
@@ -132,7 +174,8 @@ pub fn ffn<T: Real, L: Project<T>>(
     observe(&[LayerTensor::Router], x);
     matmul_t(x, t, hid, &m.router, n, &mut logits);
     let k = m.top_k.min(n);
-    let routes = route(&mut logits, n, k, m.norm_topk);
+    let routes = route_gated(&mut logits, n, k, m.norm_topk, m.gating);
+    let scale_input = m.gating == Gating::SigmoidInput;
     y.fill(T::ZERO);
     let mut rows: Vec<(usize, T)> = Vec::new();
     for (e, [gate, up, down]) in m.experts.iter().enumerate() {
@@ -149,8 +192,14 @@ pub fn ffn<T: Real, L: Project<T>>(
         }
         let r = rows.len();
         let mut xe = Vec::with_capacity(r * hid);
-        for &(tok, _) in &rows {
-            xe.extend_from_slice(&x[tok * hid..(tok + 1) * hid]);
+        for &(tok, w) in &rows {
+            let row = &x[tok * hid..(tok + 1) * hid];
+            if scale_input {
+                // Llama4TextMoe.forward: routed_in = hidden_states * router_scores
+                xe.extend(row.iter().map(|&v| v * w));
+            } else {
+                xe.extend_from_slice(row);
+            }
         }
         let kind = |proj| LayerTensor::Expert {
             expert: e as u32,
@@ -166,9 +215,26 @@ pub fn ffn<T: Real, L: Project<T>>(
         let mut o = vec![T::ZERO; r * hid];
         down.project(&g, r, &mut o);
         for (&(tok, w), orow) in rows.iter().zip(o.chunks_exact(hid)) {
+            let w = if scale_input { T::ONE } else { w };
             for (a, b) in y[tok * hid..(tok + 1) * hid].iter_mut().zip(orow) {
                 *a += *b * w;
             }
+        }
+    }
+    if let Some([gate, up, down]) = &m.shared {
+        // Llama4TextMoe.forward: out = shared_expert(hidden_states) + the routed sum
+        let kind = |proj| LayerTensor::SharedExpert { proj };
+        observe(&[kind(FfnProj::Gate), kind(FfnProj::Up)], x);
+        let mut g = vec![T::ZERO; t * m.ffn];
+        let mut u = vec![T::ZERO; t * m.ffn];
+        gate.project(x, t, &mut g);
+        up.project(x, t, &mut u);
+        swiglu(&mut g, &u);
+        observe(&[kind(FfnProj::Down)], &g);
+        let mut o = vec![T::ZERO; t * hid];
+        down.project(&g, t, &mut o);
+        for (a, b) in y.iter_mut().zip(&o) {
+            *a += *b;
         }
     }
 }
@@ -192,6 +258,49 @@ mod tests {
         let mut l = vec![1f64, 5.0, 5.0, 1.0];
         let r = route(&mut l, 4, 1, true);
         assert_eq!(r, vec![(1, 1.0)]);
+    }
+
+    #[test]
+    fn llama4_routing_is_sigmoid_of_the_top_logit_scaling_the_input() {
+        // Llama4Router: top-1 of the logits, weight sigmoid(logit), never renormalised
+        let mut l = vec![0.5f64, 2.0, -1.0];
+        let r = route_gated(&mut l, 3, 1, false, Gating::SigmoidInput);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, 1);
+        assert!((r[0].1 - 1.0 / (1.0 + (-2.0f64).exp())).abs() < 1e-15);
+        // softmax would weight it exp(2) / (exp(0.5) + exp(2) + exp(-1)): the wrong router
+        let mut l = vec![0.5f64, 2.0, -1.0];
+        let s = route_gated(&mut l, 3, 1, false, Gating::Softmax);
+        assert_eq!(s[0].0, 1);
+        assert!((s[0].1 - r[0].1).abs() > 0.05);
+        // one expert (gate w_g, up w_u, down w_d of width 1), a shared expert; the routed
+        // expert sees x·w: silu(w_g·x·w)·(w_u·x·w)·w_d, not w·silu(w_g·x)·(w_u·x)·w_d
+        let lin = |w: Vec<f64>, out, inp| Dense { w, out, inp };
+        let expert = || {
+            [
+                lin(vec![1.0], 1, 1),
+                lin(vec![2.0], 1, 1),
+                lin(vec![3.0], 1, 1),
+            ]
+        };
+        let m = MoeWeights {
+            router: vec![1.0],
+            experts: vec![expert()],
+            top_k: 1,
+            norm_topk: false,
+            ffn: 1,
+            gating: Gating::SigmoidInput,
+            shared: Some(expert()),
+        };
+        let x = 0.7f64;
+        let mut y = vec![0.0];
+        ffn(&m, &[x], 1, 1, &mut y, &mut |_, _| {});
+        let silu = |v: f64| v / (1.0 + (-v).exp());
+        let w = 1.0 / (1.0 + (-x).exp());
+        let want = silu(x * w) * (2.0 * x * w) * 3.0 + silu(x) * (2.0 * x) * 3.0;
+        assert!((y[0] - want).abs() < 1e-12, "{} vs {want}", y[0]);
+        let output_scaled = w * silu(x) * (2.0 * x) * 3.0 + silu(x) * (2.0 * x) * 3.0;
+        assert!((y[0] - output_scaled).abs() > 1e-3);
     }
 
     #[test]
@@ -222,6 +331,8 @@ mod tests {
             top_k: 2,
             norm_topk: true,
             ffn: 1,
+            gating: Gating::Softmax,
+            shared: None,
         };
         let x = vec![1.0f64, 0.5, -0.25, 2.0];
         let mut y = vec![0.0; 4];

@@ -219,6 +219,19 @@ pub fn softmax<T: Real>(x: &mut [T]) -> f64 {
 /// Query rows per attention block.
 const Q_BLOCK: usize = 64;
 
+/// Which earlier keys a query sees besides itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyMask {
+    /// Every key up to the query (causal).
+    Causal,
+    /// The last `w` keys, itself included (sliding window: transformers
+    /// `sliding_window_overlay`).
+    Window(usize),
+    /// The keys of the query's chunk of `c` positions up to it: key `j` for query `i` when
+    /// `j ≤ i` and `j / c == i / c` (transformers `masking_utils.chunked_overlay`, Llama 4).
+    Chunk(usize),
+}
+
 /// Causal grouped-query attention over one sequence of `t` tokens.
 ///
 /// `q` is `[t, heads·hd]`, `k`/`v` are `[t, kv_heads·hd]` (RoPE already applied); query head
@@ -240,7 +253,7 @@ pub fn attention<T: Real>(
     kv_heads: usize,
     hd: usize,
     scale: T,
-    window: Option<usize>,
+    mask: KeyMask,
     out: &mut [T],
 ) {
     let qw = heads * hd;
@@ -283,7 +296,11 @@ pub fn attention<T: Real>(
             }
             for (i, row) in s.chunks_exact_mut(keys).enumerate() {
                 let visible = r0 + i + 1;
-                let first = window.map_or(0, |w| visible.saturating_sub(w));
+                let first = match mask {
+                    KeyMask::Causal => 0,
+                    KeyMask::Window(w) => visible.saturating_sub(w),
+                    KeyMask::Chunk(c) => (r0 + i) / c.max(1) * c.max(1),
+                };
                 for x in &mut row[first..visible] {
                     *x *= scale;
                 }
@@ -673,7 +690,18 @@ mod tests {
         let v = data(t * kvh * hd, 8);
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; t * heads * hd];
-        attention(&q, &k, &v, t, heads, kvh, hd, scale, None, &mut out);
+        attention(
+            &q,
+            &k,
+            &v,
+            t,
+            heads,
+            kvh,
+            hd,
+            scale,
+            KeyMask::Causal,
+            &mut out,
+        );
         let mut want = vec![0f64; t * heads * hd];
         for h in 0..heads {
             let g = h / (heads / kvh);
