@@ -386,9 +386,16 @@ mod tests {
                 let amax = crate::fp8::amax_of_bits(crate::DType::BF16, &bytes).unwrap();
                 let s = ct_fp8_scale(amax, arith);
                 let want: Vec<u8> = vals.iter().map(|&x| ct_fp8_code(x, s, arith)).collect();
-                let (mut a, mut b, mut c) = (vec![0u8; row.len()], vec![0u8; row.len()], vec![0u8; row.len()]);
+                let (mut a, mut b, mut c) = (
+                    vec![0u8; row.len()],
+                    vec![0u8; row.len()],
+                    vec![0u8; row.len()],
+                );
                 assert_eq!(quantize_fp8_row_ct(&vals, &mut a, arith).unwrap(), s);
-                assert_eq!(quantize_fp8_row_bf16_ct(&bytes, amax, &mut b, arith).unwrap(), s);
+                assert_eq!(
+                    quantize_fp8_row_bf16_ct(&bytes, amax, &mut b, arith).unwrap(),
+                    s
+                );
                 match arith {
                     Int4Arith::Bf16 => encode_row_ct_base::<true>(&vals, s, &mut c),
                     Int4Arith::F32 => encode_row_ct_base::<false>(&vals, s, &mut c),
@@ -412,7 +419,10 @@ mod tests {
         );
         bad[2] = 0.0;
         assert!(quantize_fp8_row_ct(&bad, &mut [0u8; 2], Int4Arith::Bf16).is_err());
-        assert!(quantize_fp8_row_bf16_ct(&[0; 4], f32::INFINITY, &mut [0u8; 2], Int4Arith::Bf16).is_err());
+        assert!(
+            quantize_fp8_row_bf16_ct(&[0; 4], f32::INFINITY, &mut [0u8; 2], Int4Arith::Bf16)
+                .is_err()
+        );
     }
 
     /// specs/serving-formats.md §1.4, FP8 per-row: s = amax/448 rounded to BF16 (0.001564026)
@@ -444,7 +454,10 @@ mod tests {
         assert_eq!(tensor_scale_ct(&w, 2, Int4Arith::Bf16).unwrap(), 2.0);
         assert_eq!(q, [0x30, 0xB8, 0x28, 0x7E, 0x80, 0x00]);
         let w0 = [0.0f32; 4];
-        assert_eq!(tensor_scale_ct(&w0, 2, Int4Arith::Bf16).unwrap(), 1.0 / 128.0);
+        assert_eq!(
+            tensor_scale_ct(&w0, 2, Int4Arith::Bf16).unwrap(),
+            1.0 / 128.0
+        );
         assert!(quantize_fp8_tensor_ct(&w, 2, &mut q[..5], Int4Arith::Bf16).is_err());
     }
 

@@ -150,11 +150,7 @@ fn check_fp8_error(src: &Checkpoint, out: &Checkpoint, id: TensorId, bf16_quotie
         } else {
             scale[i / k]
         };
-        let double = if bf16_quotient {
-            a.abs() / 512.0
-        } else {
-            0.0
-        };
+        let double = if bf16_quotient { a.abs() / 512.0 } else { 0.0 };
         let bound = ((a.abs() * 0.0625).max(s * (1.0 / 1024.0)) + double) * 1.0001;
         assert!(
             (a - b).abs() <= bound,

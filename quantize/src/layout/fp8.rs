@@ -43,9 +43,7 @@ impl Fp8Rule {
     fn scale_for_amax(self, amax: f32) -> CodecResult<f32> {
         match self {
             Fp8Rule::Fbgemm(o) => fp8::scale_for_amax(amax, &o),
-            Fp8Rule::CompressedTensors(a) => {
-                Ok(fp8_ct::ct_fp8_scale(half_round(a, amax), a))
-            }
+            Fp8Rule::CompressedTensors(a) => Ok(fp8_ct::ct_fp8_scale(half_round(a, amax), a)),
         }
     }
 
@@ -145,8 +143,7 @@ pub(super) fn tensors<'a>(
             Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
                 if per_row {
                     buf.resize(rows * k, 0);
-                    if let Some(r) = fp8_rows_streamed(ckpt, id, rope, rule, numerics, Some(buf))
-                    {
+                    if let Some(r) = fp8_rows_streamed(ckpt, id, rope, rule, numerics, Some(buf)) {
                         return r.map(|_| ());
                     }
                 }
