@@ -27,13 +27,21 @@
 //! per row, `b = min(amax, ub)` (activations only), `s = max(b / 448, 1 / (448·512))`,
 //! `q = e4m3_sat(x / s)` with a true `f32` division, and `s` is the *dequantization* scale
 //! (`x ≈ q·s`). [`quantize_fp8_per_tensor`] is the same with one amax over the whole tensor.
-//! Both reject NaN/±inf inputs with [`Error::NonFinite`] and never emit `0x80` (negative zero
-//! is written as `0x00`: ROCm's fnuz FP8 reads `0x80` as NaN, specs/serving-formats.md §6).
+//! Both reject NaN/±inf inputs with [`Error::NonFinite`]. By default they never emit `0x80`
+//! (negative zero is written as `0x00`: ROCm's fnuz FP8 reads `0x80` as NaN,
+//! specs/serving-formats.md §6); [`Fp8Options::keep_negative_zero`] keeps the sign of a zero
+//! code as FBGEMM does (fbgemm_gpu experimental/gen_ai/src/quantize/quantize.cu
+//! `quantize_fp8_per_row` → `fused_quantize_rowwise`: `static_cast<__nv_fp8_e4m3>(x / s)`,
+//! CUDA's `__nv_cvt_float_to_fp8(…, __NV_SATFINITE, __NV_E4M3)`, which ORs the sign into an
+//! underflowed result), so `-0` and negative values that round to zero give `0x80`.
+//!
+//! compressed-tensors (llm-compressor) FP8 rounds differently (the quotient in the model dtype):
+//! that rule is [`crate::fp8_ct`]'s.
 
 use rayon::prelude::*;
 
 use crate::error::check_len;
-use crate::float::{bf16_bits_to_f32, f16_bits_to_f32, f32_to_bf16_bits};
+use crate::float::{bf16_bits_to_f32, f16_bits_to_f32};
 use crate::{Error, Result};
 
 /// Largest finite FP8 E4M3FN magnitude.
@@ -135,7 +143,7 @@ pub fn encode_e4m3_sat(x: f32) -> u8 {
 // always: inlined into the AVX2 copy, this loop is compiled for AVX2; called, it is not
 #[allow(clippy::inline_always)]
 #[inline(always)]
-fn encode_e4m3_sat_finite(x: f32) -> u8 {
+pub(crate) fn encode_e4m3_sat_finite(x: f32) -> u8 {
     let bits = x.to_bits();
     let sign = (bits >> 24) & 0x80;
     let a = f32::from_bits(bits & 0x7FFF_FFFF).min(E4M3_MAX);
@@ -225,27 +233,15 @@ impl Fp8Encoding {
     }
 }
 
-/// How the FP8 scale is rounded before it is used to divide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ScaleRounding {
-    /// Keep the `f32` scale (FBGEMM; store it as F32, e.g. `fbgemm_fp8` `weight_scale`).
-    #[default]
-    F32,
-    /// Round the scale to BF16 (RNE) first and divide by that rounded value, so a BF16
-    /// `weight_scale` (compressed-tensors stores the model dtype) dequantizes exactly what was
-    /// quantized. The division itself stays in `f32` (compressed-tensors divides in BF16,
-    /// which rounds once more; see specs/serving-formats.md §4a).
-    Bf16,
-}
-
 /// Options of [`quantize_fp8_rowwise`] / [`quantize_fp8_per_tensor`].
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Fp8Options {
     /// Upper bound on amax (FBGEMM `activation_scale_ub`, e.g. 1200.0); `None` for weights.
     /// Values beyond ±ub saturate. Must be finite and positive.
     pub upper_bound: Option<f32>,
-    /// Scale rounding before division.
-    pub scale_rounding: ScaleRounding,
+    /// Write a negative zero code as `0x80`, as FBGEMM's CUDA conversion does (module docs);
+    /// `false` (qforge's activations and the default) writes it as `0x00`.
+    pub keep_negative_zero: bool,
 }
 
 impl Fp8Options {
@@ -262,18 +258,14 @@ impl Fp8Options {
     /// The dequantization scale for a block with absolute maximum `amax`.
     fn scale(&self, amax: f32) -> f32 {
         let b = self.upper_bound.map_or(amax, |ub| amax.min(ub));
-        let s = (b / E4M3_MAX).max(MIN_ROW_SCALE);
-        match self.scale_rounding {
-            ScaleRounding::F32 => s,
-            ScaleRounding::Bf16 => bf16_bits_to_f32(f32_to_bf16_bits(s)),
-        }
+        (b / E4M3_MAX).max(MIN_ROW_SCALE)
     }
 }
 
 /// Absolute maximum of a row, or the column of its first non-finite value. Computed on the
 /// bit patterns (|x| orders like its bits with the sign cleared; NaN and ±inf are the patterns
 /// from 0x7F80_0000 up), which is branch-free and vectorizes.
-fn row_amax(row: &[f32]) -> std::result::Result<f32, usize> {
+pub(crate) fn row_amax(row: &[f32]) -> std::result::Result<f32, usize> {
     let m = row
         .iter()
         .fold(0u32, |m, x| m.max(x.to_bits() & 0x7FFF_FFFF));
@@ -283,39 +275,40 @@ fn row_amax(row: &[f32]) -> std::result::Result<f32, usize> {
     Ok(f32::from_bits(m))
 }
 
-/// `q = e4m3_sat(x / s)` for one row, with negative zero written as `0x00`: the loop below
+/// `q = e4m3_sat(x / s)` for one row, with negative zero written as `0x00` unless `keep`: the loop below
 /// compiled for AVX2 when the CPU has it (runtime detection), else for the baseline. The two
 /// are the same IEEE operations (a division and integer bit work per element; Rust never
 /// contracts), so the bytes do not depend on the CPU (tested below).
-fn encode_row(row: &[f32], s: f32, out: &mut [u8]) {
+fn encode_row(row: &[f32], s: f32, keep: bool, out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
         #[allow(unsafe_code)]
         unsafe {
-            encode_row_avx2(row, s, out);
+            encode_row_avx2(row, s, keep, out);
         }
         return;
     }
-    encode_row_base(row, s, out);
+    encode_row_base(row, s, keep, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn encode_row_avx2(row: &[f32], s: f32, out: &mut [u8]) {
-    encode_row_base(row, s, out);
+fn encode_row_avx2(row: &[f32], s: f32, keep: bool, out: &mut [u8]) {
+    encode_row_base(row, s, keep, out);
 }
 
 // always: inlined into the AVX2 copy, this loop is compiled for AVX2; called, it is not
 #[allow(clippy::inline_always)]
 #[inline(always)]
-fn encode_row_base(row: &[f32], s: f32, out: &mut [u8]) {
+fn encode_row_base(row: &[f32], s: f32, keep: bool, out: &mut [u8]) {
     // Rows reaching here are finite (checked by `row_amax`) and `s` is positive and finite, so
     // `x / s` is never NaN (it may overflow to ±inf, which saturates).
+    let zero = if keep { 0x80 } else { 0 };
     for (q, &x) in out.iter_mut().zip(row) {
         let b = encode_e4m3_sat_finite(x / s);
-        // no negative zero in stored weights
-        *q = if b == 0x80 { 0 } else { b };
+        // no negative zero in stored weights unless the layout's defining tool writes it
+        *q = if b == 0x80 { zero } else { b };
     }
 }
 
@@ -365,7 +358,7 @@ pub fn quantize_fp8_rowwise(
         .filter_map(|(r, ((row, q), s))| match row_amax(row) {
             Ok(amax) => {
                 *s = opts.scale(amax);
-                encode_row(row, *s, q);
+                encode_row(row, *s, opts.keep_negative_zero, q);
                 None
             }
             Err(c) => Some((r, c)),
@@ -396,7 +389,7 @@ pub fn quantize_fp8_row(row: &[f32], out: &mut [u8], opts: &Fp8Options) -> Resul
         col: c as u64,
     })?;
     let s = opts.scale(amax);
-    encode_row(row, s, out);
+    encode_row(row, s, opts.keep_negative_zero, out);
     Ok(s)
 }
 
@@ -491,28 +484,29 @@ pub fn quantize_fp8_row_bf16(
         // SAFETY: the CPU supports AVX2 (checked just above).
         #[allow(unsafe_code)]
         unsafe {
-            encode_bf16_row_avx2(bytes, s, out);
+            encode_bf16_row_avx2(bytes, s, opts.keep_negative_zero, out);
         }
         return Ok(s);
     }
-    encode_bf16_row_base(bytes, s, out);
+    encode_bf16_row_base(bytes, s, opts.keep_negative_zero, out);
     Ok(s)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn encode_bf16_row_avx2(bytes: &[u8], s: f32, out: &mut [u8]) {
-    encode_bf16_row_base(bytes, s, out);
+fn encode_bf16_row_avx2(bytes: &[u8], s: f32, keep: bool, out: &mut [u8]) {
+    encode_bf16_row_base(bytes, s, keep, out);
 }
 
 // always: inlined into the AVX2 copy, this loop is compiled for AVX2; called, it is not
 #[allow(clippy::inline_always)]
 #[inline(always)]
-fn encode_bf16_row_base(bytes: &[u8], s: f32, out: &mut [u8]) {
+fn encode_bf16_row_base(bytes: &[u8], s: f32, keep: bool, out: &mut [u8]) {
+    let zero = if keep { 0x80 } else { 0 };
     for (q, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
         let x = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
         let b = encode_e4m3_sat_finite(x / s);
-        *q = if b == 0x80 { 0 } else { b };
+        *q = if b == 0x80 { zero } else { b };
     }
 }
 
@@ -582,7 +576,7 @@ pub fn quantize_fp8_per_tensor(
     let s = opts.scale(amax);
     x.par_chunks(k)
         .zip(out_q.par_chunks_mut(k))
-        .for_each(|(row, q)| encode_row(row, s, q));
+        .for_each(|(row, q)| encode_row(row, s, opts.keep_negative_zero, q));
     Ok(s)
 }
 
@@ -621,14 +615,14 @@ mod tests {
                 .filter(|x| !x.is_nan())
                 .collect();
             for s in [1.0f32, 0.75, 3.0e-3, 1.0e-30] {
-                for row in xs.chunks(1021) {
+                for (row, keep) in xs.chunks(1021).zip([false, true].into_iter().cycle()) {
                     let mut a = vec![0u8; row.len()];
                     let mut b = vec![0u8; row.len()];
-                    encode_row_base(row, s, &mut a);
+                    encode_row_base(row, s, keep, &mut a);
                     // SAFETY: AVX2 checked above.
                     #[allow(unsafe_code)]
                     unsafe {
-                        encode_row_avx2(row, s, &mut b);
+                        encode_row_avx2(row, s, keep, &mut b);
                     }
                     assert_eq!(a, b, "scale {s}");
                 }
@@ -642,10 +636,10 @@ mod tests {
     #[test]
     fn bf16_row_encoder_equals_decode_then_quantize() {
         let bits: Vec<u16> = (0..=u16::MAX).filter(|b| b & 0x7FFF < 0x7F80).collect();
-        for ub in [None, Some(1200.0f32)] {
+        for (ub, keep) in [(None, false), (Some(1200.0f32), false), (None, true)] {
             let opts = Fp8Options {
                 upper_bound: ub,
-                scale_rounding: ScaleRounding::Bf16,
+                keep_negative_zero: keep,
             };
             for row in bits.chunks(1021) {
                 let bytes: Vec<u8> = row.iter().flat_map(|b| b.to_le_bytes()).collect();
@@ -657,7 +651,7 @@ mod tests {
                 let sb = quantize_fp8_row(&vals, &mut b, &opts).unwrap();
                 assert_eq!((sa, &a), (sb, &b));
                 let mut c = vec![0u8; row.len()];
-                encode_bf16_row_base(&bytes, sa, &mut c);
+                encode_bf16_row_base(&bytes, sa, keep, &mut c);
                 assert_eq!(c, a, "baseline and dispatched loops differ");
             }
         }
@@ -903,49 +897,28 @@ mod tests {
     }
 
     #[test]
-    fn rowwise_upper_bound_and_bf16_scale() {
-        let x = [3000.0f32, -1.0, 0.25, 1200.0];
-        let mut q = [0u8; 4];
+    fn rowwise_upper_bound_and_negative_zero() {
+        let x = [3000.0f32, -1.0, -1e-9, 1200.0, -0.0];
+        let mut q = [0u8; 5];
         let mut s = [0f32; 1];
         let opts = Fp8Options {
             upper_bound: Some(1200.0),
-            scale_rounding: ScaleRounding::F32,
+            keep_negative_zero: false,
         };
-        quantize_fp8_rowwise(&x, 4, &mut q, &mut s, &opts).unwrap();
+        quantize_fp8_rowwise(&x, 5, &mut q, &mut s, &opts).unwrap();
         assert_eq!(s[0], 1200.0 / 448.0);
         assert_eq!(q[0], 0x7E, "beyond ub saturates");
-        let opts = Fp8Options {
-            upper_bound: None,
-            scale_rounding: ScaleRounding::Bf16,
+        assert_eq!((q[2], q[4]), (0x00, 0x00));
+        // FBGEMM's conversion keeps the sign of a zero code; nothing else changes
+        let keep = Fp8Options {
+            keep_negative_zero: true,
+            ..opts
         };
-        quantize_fp8_rowwise(&x, 4, &mut q, &mut s, &opts).unwrap();
-        assert_eq!(s[0], bf16_bits_to_f32(f32_to_bf16_bits(3000.0 / 448.0)));
+        let mut q2 = [0u8; 5];
+        quantize_fp8_rowwise(&x, 5, &mut q2, &mut s, &keep).unwrap();
+        assert_eq!((q2[2], q2[4]), (0x80, 0x80));
+        assert_eq!((q2[0], q2[1], q2[3]), (q[0], q[1], q[3]));
         assert_eq!(q[1], encode_e4m3_sat(-1.0 / s[0]));
-    }
-
-    /// specs/serving-formats.md §1.4, FP8 per-row: s = amax/448 rounded to BF16 (0.001564026);
-    /// the spec divides in BF16, we divide in f32 — the codes agree on this row.
-    #[test]
-    fn spec_worked_example_bf16_scale() {
-        let w = [
-            0.5,
-            -0.25,
-            0.100_097_66,
-            0.0,
-            0.699_218_75,
-            -0.699_218_75,
-            0.330_078_12,
-            0.050_048_83,
-        ];
-        let mut q = [0u8; 8];
-        let mut s = [0f32; 1];
-        let opts = Fp8Options {
-            upper_bound: None,
-            scale_rounding: ScaleRounding::Bf16,
-        };
-        quantize_fp8_rowwise(&w, 8, &mut q, &mut s, &opts).unwrap();
-        assert_eq!(f32_to_bf16_bits(s[0]), f32_to_bf16_bits(0.001_564_026));
-        assert_eq!(q, [0x7A, 0xF2, 0x68, 0x00, 0x7E, 0xFE, 0x75, 0x60]);
     }
 
     #[test]

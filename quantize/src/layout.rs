@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use qforge_codecs::fp8::{Fp8Options, ScaleRounding};
+use qforge_codecs::fp8::Fp8Options;
 use qforge_codecs::int4::{self, Int4Arith, Int4Config, Int4Scheme, Int4Tensor};
 use qforge_codecs::DType;
 use serde_json::{json, Value};
@@ -56,10 +56,14 @@ pub const META_ACTIVATION_SCALE_UB: f32 = 1200.0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HfScheme {
     /// FP8 E4M3 weights with one scale per output row; activations quantized per token at run
-    /// time (compressed-tensors FP8_DYNAMIC, or `fbgemm_fp8`).
+    /// time (compressed-tensors FP8_DYNAMIC, or `fbgemm_fp8`). Rounding: in compressed-tensors,
+    /// llm-compressor's (`W / scale` rounded to the model dtype, BF16 for a BF16 model, before
+    /// the clamp and FP8 cast; `qforge_codecs::fp8_ct`); in `fbgemm_fp8`, FBGEMM's
+    /// `quantize_fp8_per_row` (an `f32` division, `-0` kept as `0x80`; `qforge_codecs::fp8`).
     Fp8Rowwise,
     /// FP8 E4M3 weights with one scale per tensor and a static per-tensor activation scale from
-    /// calibration (compressed-tensors FP8).
+    /// calibration (compressed-tensors FP8). Rounding: llm-compressor's, as
+    /// [`HfScheme::Fp8Rowwise`] in compressed-tensors.
     Fp8Static,
     /// INT4 (or INT8) weights, 16-bit activations (compressed-tensors W4A16 / W8A16
     /// `pack-quantized`).
@@ -72,8 +76,9 @@ pub enum HfScheme {
         symmetric: bool,
     },
     /// FP8 E4M3 weights with one scale per 128×128 block, activations FP8 dynamic per token
-    /// group of 128 (compressed-tensors `strategy: block`, llm-compressor `FP8_BLOCK`;
-    /// arithmetic in `qforge_codecs::fp8_ct`).
+    /// group of 128 (compressed-tensors `strategy: block`, llm-compressor `FP8_BLOCK`).
+    /// Rounding: llm-compressor's (`W / scale` in the model dtype, then the FP8 cast;
+    /// `qforge_codecs::fp8_ct`).
     Fp8Block,
     /// FP4 E2M1 weights with an FP8 E4M3 scale per 16 and a per-tensor F32 global scale,
     /// 16-bit activations (compressed-tensors `nvfp4-pack-quantized`, llm-compressor
@@ -333,15 +338,21 @@ fn codec_err(ckpt: &Checkpoint, id: TensorId, source: qforge_codecs::Error) -> E
     }
 }
 
-/// The FP8 options of a layout: compressed-tensors divides by the scale rounded to its stored
-/// dtype (BF16 for a BF16 model); fbgemm stores and divides by the F32 scale.
-fn fp8_options(opts: &HfQuantOptions) -> Fp8Options {
-    Fp8Options {
-        upper_bound: None,
-        scale_rounding: match (opts.layout, opts.dtype) {
-            (HfLayout::CompressedTensors, DType::BF16) => ScaleRounding::Bf16,
-            _ => ScaleRounding::F32,
-        },
+/// The FP8 arithmetic of a layout: compressed-tensors' in the model dtype (llm-compressor's
+/// bytes), FBGEMM's for `fbgemm_fp8` ([`fp8::Fp8Rule`]).
+fn fp8_rule(opts: &HfQuantOptions) -> fp8::Fp8Rule {
+    match opts.layout {
+        HfLayout::Fbgemm => fp8::Fp8Rule::Fbgemm(Fp8Options {
+            upper_bound: None,
+            keep_negative_zero: true,
+        }),
+        HfLayout::CompressedTensors | HfLayout::Mlx => {
+            fp8::Fp8Rule::CompressedTensors(if opts.dtype == DType::BF16 {
+                Int4Arith::Bf16
+            } else {
+                Int4Arith::F32
+            })
+        }
     }
 }
 
@@ -764,13 +775,12 @@ pub fn quantize_to_hf(
                         .copied()
                         .expect("checked by preflight")
                 });
-                let o = fp8_options(opts);
                 tensors.extend(fp8::tensors(
                     src,
                     id,
                     &module,
                     per_row,
-                    o,
+                    fp8_rule(opts),
                     input_scale,
                     scale_dtype,
                 ));

@@ -5,6 +5,17 @@
 //!   dynamic: true`, fbgemm_fp8 with `activation_scale_ub`; specs/serving-formats.md §4a):
 //!   `s_t = max(min(amax_t, ub)/448, 1/(448·512))`, `x_q = e4m3_sat(x/s_t)`; the caller
 //!   multiplies the matmul's row `t` by `s_t`.
+//! * [`fp8_per_token_group`]: dynamic per-token-group FP8 E4M3, what vLLM applies to the input
+//!   of a block-quantized FP8 linear (compressed-tensors `FP8_BLOCK`, `input_activations:
+//!   {strategy: group, group_size: 128, dynamic: true}`): vLLM
+//!   model_executor/layers/quantization/utils/fp8_utils.py `per_token_group_quant_fp8` (CUDA:
+//!   csrc/quantization/w8a8/fp8/per_token_group_quant.cu `ComputeGroupScale` /
+//!   `QuantizeGroup`; Triton fallback `_per_token_group_quant_fp8`, the same formula):
+//!   per group `g` of 128 consecutive values of a token, in `f32`,
+//!   `s_g = max(eps, amax_g)/448` (`eps = 1e-10`), `x_q = e4m3(clamp(x/s_g, ±448))`; the block
+//!   GEMM multiplies each group's partial sums by `s_g` and the weight block's scale, which the
+//!   emulation does by replacing `x` with `x_q·s_g` before the `f32` matmul of the dequantized
+//!   weights.
 //! * [`ggml_quantize`]: ggml-cpu's quantization of the activation row to the weight type's
 //!   `vec_dot_type` (`quantize_row_q8_0` / `quantize_row_q8_1` for AVX2 in
 //!   ggml-cpu/arch/x86/quants.c, `quantize_row_q8_K_ref` in ggml-quants.c, f16/bf16 rounding),
@@ -37,6 +48,26 @@ pub fn fp8_per_token(x: &mut [f32], width: usize, ub: Option<f32>) -> Vec<f32> {
             s
         })
         .collect()
+}
+
+/// vLLM's activation group for block FP8 (`FP8_BLOCK`'s `input_activations.group_size`).
+pub const FP8_ACT_GROUP: usize = 128;
+
+/// Quantize-dequantize each row of `x` (`width` wide) in groups of `group` consecutive values
+/// as vLLM's `per_token_group_quant_fp8` (module docs): each value becomes `x_q·s_g`. vLLM
+/// requires whole groups (it asserts `width % group == 0`); a partial last group here is
+/// quantized on its own, as compressed-tensors pads the weights' edge block.
+pub fn fp8_per_token_group(x: &mut [f32], width: usize, group: usize) {
+    const EPS: f32 = 1e-10;
+    let group = group.max(1);
+    x.par_chunks_mut(width.max(1)).for_each(|row| {
+        for g in row.chunks_mut(group) {
+            let s = g.iter().fold(EPS, |m, v| m.max(v.abs())) / E4M3_MAX;
+            for v in g.iter_mut() {
+                *v = qforge_codecs::float::f8_e4m3_to_f32(encode_e4m3_sat(*v / s)) * s;
+            }
+        }
+    });
 }
 
 /// Quantize-dequantize each row of `x` (`width` wide, a multiple of 16) as NVFP4 W4A4
@@ -210,6 +241,44 @@ mod tests {
         assert_eq!(y[1], 448.0);
         // (x_q · s) approximates x within FP8's half-ulp (2⁻⁴ relative)
         assert!((y[2] * s[0] + 3.0).abs() <= 3.0 / 16.0);
+    }
+
+    /// Per-token-group FP8 against values worked by hand from vLLM's formula: groups of 4 here
+    /// (the rule does not depend on the size), one scale per group, a zero group untouched (the
+    /// eps scale), saturation impossible (|x/s| ≤ 448), and a partial last group on its own.
+    #[test]
+    fn fp8_per_token_group_follows_vllm() {
+        // x: group [448, -1, 0.3, 10] (s = 1) and group [0.5, 0.25, -0.125, 0.0625]
+        // (s = 0.5/448); y: a zero group, then a partial group [3.0, -2.7] (s = 3/448)
+        let mut x = vec![448.0, -1.0, 0.3, 10.0, 0.5, 0.25, -0.125, 0.0625];
+        let mut y = vec![0.0, 0.0, -0.0, 0.0, 3.0, -2.7];
+        fp8_per_token_group(&mut x, 8, 4);
+        // s = 1: codes are the E4M3 roundings (0.3 → 0.3125 = 5·2⁻⁴, 10 → 10)
+        assert_eq!(&x[..4], &[448.0, -1.0, 0.3125, 10.0]);
+        // s = 0.5/448: x/s = 448, 224, -112, 56, all exact E4M3 values, so x comes back
+        let s = 0.5f32 / 448.0;
+        assert_eq!(&x[4..], &[448.0 * s, 224.0 * s, -112.0 * s, 56.0 * s]);
+        fp8_per_token_group(&mut y, 6, 4);
+        assert!(y[..4].iter().all(|v| *v == 0.0));
+        // partial group: s = 3/448, -2.7/s = -403.2 → -416 (E4M3 steps of 32 above 256)
+        let s = 3.0f32 / 448.0;
+        assert_eq!(y[4], 448.0 * s);
+        assert_eq!(y[5], -416.0 * s);
+        // the width-128 default equals a hand loop over 128-wide groups
+        let mut z: Vec<f32> = (0..640)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let orig = z.clone();
+        fp8_per_token_group(&mut z, 320, FP8_ACT_GROUP);
+        for (r, row) in orig.chunks(320).enumerate() {
+            for (gi, g) in row.chunks(FP8_ACT_GROUP).enumerate() {
+                let s = g.iter().fold(1e-10f32, |m, v| m.max(v.abs())) / 448.0;
+                for (j, v) in g.iter().enumerate() {
+                    let want = qforge_codecs::float::f8_e4m3_to_f32(encode_e4m3_sat(v / s)) * s;
+                    assert_eq!(z[r * 320 + gi * FP8_ACT_GROUP + j], want);
+                }
+            }
+        }
     }
 
     #[test]

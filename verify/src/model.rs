@@ -8,7 +8,9 @@ use qforge_convert::{Checkpoint, Format, LayerTensor, ModelConfig, RopeScaling, 
 use qforge_quantize::dequant::WeightStorage;
 use serde_json::Value;
 
-use crate::actquant::{fp8_per_token, ggml_quantize, nvfp4_qdq, GgmlActType};
+use crate::actquant::{
+    fp8_per_token, fp8_per_token_group, ggml_quantize, nvfp4_qdq, GgmlActType, FP8_ACT_GROUP,
+};
 use crate::error::{Error, Result};
 use crate::matmul::matmul_t;
 use crate::ops::{inv_freqs, yarn_inv_freqs, Llama3Scaling, RopeLayout, RopeTable, YarnScaling};
@@ -51,6 +53,8 @@ pub enum ActQuant {
     },
     /// ggml-cpu's `vec_dot_type` quantization.
     Ggml(GgmlActType),
+    /// Dynamic per-token-group FP8 (groups of 128), vLLM's activations for block FP8 weights.
+    Fp8Group,
     /// NVFP4 W4A4: FP4 groups of 16 under the calibrated `input_global_scale`.
     Nvfp4 {
         /// compressed-tensors' `input_global_scale`.
@@ -99,6 +103,11 @@ impl Linear {
                         *v *= s;
                     }
                 }
+            }
+            ActQuant::Fp8Group => {
+                let mut xq = x.to_vec();
+                fp8_per_token_group(&mut xq, self.inp, FP8_ACT_GROUP);
+                matmul_t(&xq, t, self.inp, &self.w, self.out, y);
             }
             ActQuant::Nvfp4 { gs } => {
                 let mut xq = x.to_vec();
@@ -388,6 +397,10 @@ impl Model {
             WeightStorage::Plain(_) => ActQuant::None,
             WeightStorage::Nvfp4 => match self.input_global_scale(id)? {
                 Some(gs) => ActQuant::Nvfp4 { gs },
+                None => ActQuant::None,
+            },
+            WeightStorage::Fp8Block => match self.w8a8 {
+                Some(_) => ActQuant::Fp8Group,
                 None => ActQuant::None,
             },
             _ => match self.w8a8 {
@@ -682,10 +695,11 @@ pub fn w8a8_from_quantization_config(q: &Value) -> Option<Option<f32>> {
     groups.values().find_map(|g| {
         let a = g.get("input_activations")?;
         let is = |k: &str, want: &Value| a.get(k) == Some(want);
-        (is("type", &Value::from("float"))
-            && is("strategy", &Value::from("token"))
-            && is("dynamic", &Value::from(true)))
-        .then_some(None)
+        // per token, or (FP8_BLOCK) per token group of 8-bit floats
+        let strategy = is("strategy", &Value::from("token"))
+            || (is("strategy", &Value::from("group")) && is("num_bits", &Value::from(8)));
+        (is("type", &Value::from("float")) && strategy && is("dynamic", &Value::from(true)))
+            .then_some(None)
     })
 }
 
@@ -707,6 +721,15 @@ mod tests {
         let static_fp8 = json!({"config_groups": {"g": {"input_activations":
             {"type": "float", "strategy": "tensor", "dynamic": false}}}});
         assert_eq!(w8a8_from_quantization_config(&static_fp8), None);
+        // FP8_BLOCK: per token group of 128 FP8; MXFP4's FP4 groups of 32 are not W8A8
+        let block = json!({"config_groups": {"g": {"input_activations":
+            {"type": "float", "num_bits": 8, "strategy": "group", "group_size": 128,
+             "dynamic": true}}}});
+        assert_eq!(w8a8_from_quantization_config(&block), Some(None));
+        let mx = json!({"config_groups": {"g": {"input_activations":
+            {"type": "float", "num_bits": 4, "strategy": "group", "group_size": 32,
+             "dynamic": true}}}});
+        assert_eq!(w8a8_from_quantization_config(&mx), None);
         let fb = json!({"quant_method": "fbgemm_fp8", "activation_scale_ub": 1200.0,
                         "modules_to_not_convert": []});
         assert_eq!(w8a8_from_quantization_config(&fb), Some(Some(1200.0)));

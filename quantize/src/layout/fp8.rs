@@ -1,10 +1,12 @@
 //! The tensors of one linear under the FP8 rowwise and per-tensor schemes (compressed-tensors
 //! `FP8_DYNAMIC` / `FP8` presets, and `fbgemm_fp8`): `weight` (F8_E4M3), `weight_scale` (one
 //! per output row, `[rows, 1]`, or one per tensor, `[1]`) and, for the static scheme, the
-//! calibrated `input_scale`. The arithmetic is `qforge_codecs::fp8`'s; rowwise codes stream
-//! from a plain float source a row block at a time.
+//! calibrated `input_scale`. Each layout uses its defining tool's arithmetic ([`Fp8Rule`]);
+//! rowwise codes stream from a plain float source a row block at a time.
 
 use qforge_codecs::fp8::{self, Fp8Options};
+use qforge_codecs::fp8_ct;
+use qforge_codecs::int4::Int4Arith;
 use qforge_codecs::DType;
 
 use super::fp4::Source;
@@ -18,6 +20,90 @@ use qforge_convert::rope::RopeLayout;
 use qforge_convert::write::safetensors::TensorSpec;
 use qforge_convert::Result;
 
+/// The FP8 arithmetic of a layout: its defining tool's, bit for bit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Fp8Rule {
+    /// FBGEMM's `quantize_fp8_per_row` (what transformers' `FbgemmFp8Linear` and Meta's
+    /// releases use, fbgemm_gpu experimental/gen_ai/src/quantize/quantize.cu
+    /// `fused_quantize_rowwise`): `s = max(amax/448, 1/(448·512))` in `f32`, `q = fp8(x / s)`
+    /// with an `f32` division, saturating, the sign of a zero code kept (`0x80`);
+    /// `qforge_codecs::fp8`.
+    Fbgemm(Fp8Options),
+    /// compressed-tensors' (llm-compressor 0.14's `FP8_DYNAMIC` / `FP8`): `s = r(amax/448)`
+    /// (eps for a zero row), `q = fp8(clamp(r(x / s) + 0, ±448))` with `r` the model dtype's
+    /// rounding, so for a BF16 model the quotient is rounded to BF16 before the cast;
+    /// `qforge_codecs::fp8_ct`.
+    CompressedTensors(Int4Arith),
+}
+
+type CodecResult<T> = std::result::Result<T, qforge_codecs::Error>;
+
+impl Fp8Rule {
+    /// The row scale of a row whose absolute maximum is `amax`.
+    fn scale_for_amax(self, amax: f32) -> CodecResult<f32> {
+        match self {
+            Fp8Rule::Fbgemm(o) => fp8::scale_for_amax(amax, &o),
+            Fp8Rule::CompressedTensors(a) => Ok(fp8_ct::ct_fp8_scale(half_round(a, amax), a)),
+        }
+    }
+
+    /// Codes of one decoded row; returns its scale.
+    fn row(self, row: &[f32], out: &mut [u8]) -> CodecResult<f32> {
+        match self {
+            Fp8Rule::Fbgemm(o) => fp8::quantize_fp8_row(row, out, &o),
+            Fp8Rule::CompressedTensors(a) => fp8_ct::quantize_fp8_row_ct(row, out, a),
+        }
+    }
+
+    /// Codes of one row of BF16 bytes with a known finite absolute maximum.
+    fn row_bf16(self, bytes: &[u8], amax: f32, out: &mut [u8]) -> CodecResult<f32> {
+        match self {
+            Fp8Rule::Fbgemm(o) => fp8::quantize_fp8_row_bf16(bytes, amax, out, &o),
+            Fp8Rule::CompressedTensors(a) => fp8_ct::quantize_fp8_row_bf16_ct(bytes, amax, out, a),
+        }
+    }
+
+    /// Codes of a whole `[n, k]` tensor into `out`, one scale per row or one per tensor.
+    fn codes(self, v: &[f32], k: usize, per_row: bool, out: &mut [u8]) -> CodecResult<()> {
+        match (self, per_row) {
+            (Fp8Rule::Fbgemm(o), true) => {
+                let mut s = vec![0f32; v.len() / k.max(1)];
+                fp8::quantize_fp8_rowwise(v, k, out, &mut s, &o)
+            }
+            (Fp8Rule::Fbgemm(o), false) => fp8::quantize_fp8_per_tensor(v, k, out, &o).map(|_| ()),
+            (Fp8Rule::CompressedTensors(a), true) => {
+                let (q, _) = fp8_ct::quantize_fp8_channel_ct(v, k, a)?;
+                out.copy_from_slice(&q);
+                Ok(())
+            }
+            (Fp8Rule::CompressedTensors(a), false) => {
+                fp8_ct::quantize_fp8_tensor_ct(v, k, out, a).map(|_| ())
+            }
+        }
+    }
+
+    /// Scales of a whole `[n, k]` tensor: one per row, or the one of the tensor.
+    fn scales(self, v: &[f32], k: usize, per_row: bool) -> CodecResult<Vec<f32>> {
+        match (self, per_row) {
+            (Fp8Rule::Fbgemm(o), true) => fp8::rowwise_scales(v, k, &o),
+            (Fp8Rule::Fbgemm(o), false) => fp8::per_tensor_scale(v, k, &o).map(|s| vec![s]),
+            (Fp8Rule::CompressedTensors(a), true) => fp8_ct::channel_scales_ct(v, k, a),
+            (Fp8Rule::CompressedTensors(a), false) => {
+                fp8_ct::tensor_scale_ct(v, k, a).map(|s| vec![s])
+            }
+        }
+    }
+}
+
+/// `x` rounded to the model dtype of `arith` (the amax of a row read from F32 bits is rounded
+/// as its values would be).
+fn half_round(arith: Int4Arith, x: f32) -> f32 {
+    match arith {
+        Int4Arith::Bf16 => half::bf16::from_f32(x).to_f32(),
+        Int4Arith::F32 => x,
+    }
+}
+
 /// The output tensors of quantized linear `id`: per-row scales (`per_row`) or one per tensor
 /// with the calibrated `input_scale` (`Some` for the static scheme); scales are stored in
 /// `scale_dtype`.
@@ -26,7 +112,7 @@ pub(super) fn tensors<'a>(
     id: TensorId,
     module: &str,
     per_row: bool,
-    fp8_opts: Fp8Options,
+    rule: Fp8Rule,
     input_scale: Option<f32>,
     scale_dtype: DType,
 ) -> Vec<OutTensor<'a>> {
@@ -43,7 +129,7 @@ pub(super) fn tensors<'a>(
     };
     let mut tensors = Vec::new();
     let streamed = if per_row {
-        fp8_code_rows(ckpt, id, rope, fp8_opts, numerics)
+        fp8_code_rows(ckpt, id, rope, rule, numerics)
     } else {
         None
     };
@@ -57,21 +143,14 @@ pub(super) fn tensors<'a>(
             Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
                 if per_row {
                     buf.resize(rows * k, 0);
-                    if let Some(r) =
-                        fp8_rows_streamed(ckpt, id, rope, &fp8_opts, numerics, Some(buf))
-                    {
+                    if let Some(r) = fp8_rows_streamed(ckpt, id, rope, rule, numerics, Some(buf)) {
                         return r.map(|_| ());
                     }
                 }
-                let v = checked_rows(ckpt, id, rope, k, numerics)?;
+                let v = whole(src, id, rule)?;
                 buf.resize(v.len(), 0);
-                if per_row {
-                    let mut s = vec![0f32; rows];
-                    fp8::quantize_fp8_rowwise(&v, k, buf, &mut s, &fp8_opts)
-                } else {
-                    fp8::quantize_fp8_per_tensor(&v, k, buf, &fp8_opts).map(|_| ())
-                }
-                .map_err(|e| codec_err(ckpt, id, e))
+                rule.codes(&v, k, per_row, buf)
+                    .map_err(|e| codec_err(ckpt, id, e))
             }))
         }),
     });
@@ -88,18 +167,15 @@ pub(super) fn tensors<'a>(
         produce: {
             let make = move |buf: &mut Vec<u8>| {
                 if per_row {
-                    if let Some(r) = fp8_rows_streamed(ckpt, id, rope, &fp8_opts, numerics, None) {
+                    if let Some(r) = fp8_rows_streamed(ckpt, id, rope, rule, numerics, None) {
                         scale_out(&r?, buf);
                         return Ok(());
                     }
                 }
-                let v = checked_rows(ckpt, id, rope, k, numerics)?;
-                let s = if per_row {
-                    fp8::rowwise_scales(&v, k, &fp8_opts)
-                } else {
-                    fp8::per_tensor_scale(&v, k, &fp8_opts).map(|s| vec![s])
-                }
-                .map_err(|e| codec_err(ckpt, id, e))?;
+                let v = whole(src, id, rule)?;
+                let s = rule
+                    .scales(&v, k, per_row)
+                    .map_err(|e| codec_err(ckpt, id, e))?;
                 scale_out(&s, buf);
                 Ok(())
             };
@@ -129,6 +205,18 @@ pub(super) fn tensors<'a>(
     tensors
 }
 
+/// The whole weight in HF row order for the whole-tensor path: compressed-tensors sees it in the
+/// model dtype ([`Source::rows`]), FBGEMM as decoded.
+fn whole(src: Source<'_>, id: TensorId, rule: Fp8Rule) -> Result<Vec<f32>> {
+    match rule {
+        Fp8Rule::CompressedTensors(_) => src.rows(id),
+        Fp8Rule::Fbgemm(_) => {
+            let k = shape2(src.ckpt, id).1;
+            checked_rows(src.ckpt, id, src.rope, k, src.numerics)
+        }
+    }
+}
+
 /// FP8 rowwise straight from a plain float source: each output row is decoded from its source
 /// row (after the RoPE permutation) into a small per-thread buffer, scaled and encoded, so no
 /// `f32` copy of the tensor is ever made. `out_q` (codes) is optional: the scale producers only
@@ -138,7 +226,7 @@ fn fp8_rows_streamed(
     ckpt: &Checkpoint,
     id: TensorId,
     rope: Option<RopeLayout>,
-    opts: &Fp8Options,
+    rule: Fp8Rule,
     numerics: Numerics,
     out_q: Option<&mut [u8]>,
 ) -> Option<Result<Vec<f32>>> {
@@ -160,17 +248,17 @@ fn fp8_rows_streamed(
                 // with a bad value is decoded and goes through the bad-weight policy.
                 if let Ok(amax) = fp8::amax_of_bits(w.dtype, bytes) {
                     if amax <= numerics.max_abs {
-                        return fp8::scale_for_amax(amax, opts);
+                        return rule.scale_for_amax(amax);
                     }
                 }
                 qforge_codecs::decode_to_f32(w.dtype, bytes, buf)?;
                 numerics.row(buf)?;
                 let amax = buf.iter().fold(0f32, |m, v| m.max(v.abs()));
-                return fp8::scale_for_amax(amax, opts);
+                return rule.scale_for_amax(amax);
             };
             qforge_codecs::decode_to_f32(w.dtype, bytes, buf)?;
             numerics.row(buf)?;
-            fp8::quantize_fp8_row(buf, q, opts)
+            rule.row(buf, q)
         },
     ))
 }
@@ -191,7 +279,7 @@ fn fp8_code_rows(
     ckpt: &Checkpoint,
     id: TensorId,
     rope: Option<RopeLayout>,
-    opts: Fp8Options,
+    rule: Fp8Rule,
     numerics: Numerics,
 ) -> Option<Producer<'_>> {
     let w = ckpt.part(id, Part::Weight)?;
@@ -225,13 +313,13 @@ fn fp8_code_rows(
                         if w.dtype == DType::BF16 {
                             if let Ok(amax) = fp8::amax_of_bits(w.dtype, bytes) {
                                 if amax <= numerics.max_abs {
-                                    return fp8::quantize_fp8_row_bf16(bytes, amax, q, &opts);
+                                    return rule.row_bf16(bytes, amax, q);
                                 }
                             }
                         }
                         qforge_codecs::decode_to_f32(w.dtype, bytes, buf)?;
                         numerics.row(buf)?;
-                        fp8::quantize_fp8_row(buf, q, &opts)
+                        rule.row(buf, q)
                     },
                 )
                 .map(|_| ())
