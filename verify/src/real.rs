@@ -103,7 +103,20 @@ impl Real for f32 {
         let isa = crate::gemm::Isa::detect();
         // SAFETY: forwarded from the caller's contract.
         unsafe {
-            crate::gemm::sgemm_serial(isa, m, k, n, a, u(rsa), u(csa), b, u(rsb), u(csb), c, u(rsc));
+            crate::gemm::sgemm_serial(
+                isa,
+                m,
+                k,
+                n,
+                a,
+                u(rsa),
+                u(csa),
+                b,
+                u(rsb),
+                u(csb),
+                c,
+                u(rsc),
+            );
         }
     }
     fn matmul_t(x: &[Self], m: usize, k: usize, w: &[Self], n: usize, y: &mut [Self]) {

@@ -80,7 +80,11 @@ fn kernel_is_the_fma_chain(isa: Isa) -> Result<(), Failed> {
                 .map_err(|e| Failed::from(e.to_string()))?;
             let mut y = vec![f32::NAN; m * n];
             pool.install(|| matmul_t_isa(isa, &x, m, k, &w, n, &mut y));
-            same_bits(&y, &want, &format!("{} {m}x{k}x{n}, {threads} threads", isa.name()))?;
+            same_bits(
+                &y,
+                &want,
+                &format!("{} {m}x{k}x{n}, {threads} threads", isa.name()),
+            )?;
         }
     }
     // strided operands, as attention passes them: A rows with a stride wider than k,
@@ -95,13 +99,43 @@ fn kernel_is_the_fma_chain(isa: Isa) -> Result<(), Failed> {
     // SAFETY: every (i, p) and (p, j) addressed is inside the allocations above.
     #[allow(unsafe_code)]
     unsafe {
-        sgemm_serial(isa, m, k, n, a.as_ptr(), ld, 1, kmat.as_ptr(), 1, ld, y.as_mut_ptr(), n);
+        sgemm_serial(
+            isa,
+            m,
+            k,
+            n,
+            a.as_ptr(),
+            ld,
+            1,
+            kmat.as_ptr(),
+            1,
+            ld,
+            y.as_mut_ptr(),
+            n,
+        );
     }
-    same_bits(&y, &want_t, &format!("{} strided, B transposed", isa.name()))?;
+    same_bits(
+        &y,
+        &want_t,
+        &format!("{} strided, B transposed", isa.name()),
+    )?;
     // SAFETY: as above.
     #[allow(unsafe_code)]
     unsafe {
-        sgemm_serial(isa, m, k, n, a.as_ptr(), ld, 1, v.as_ptr(), ld, 1, y.as_mut_ptr(), n);
+        sgemm_serial(
+            isa,
+            m,
+            k,
+            n,
+            a.as_ptr(),
+            ld,
+            1,
+            v.as_ptr(),
+            ld,
+            1,
+            y.as_mut_ptr(),
+            n,
+        );
     }
     same_bits(&y, &want_v, &format!("{} strided, B row-major", isa.name()))
 }
@@ -116,7 +150,10 @@ fn main() {
                 if isa.available() {
                     kernel_is_the_fma_chain(isa).map(|()| Completion::Completed)
                 } else {
-                    Ok(Completion::ignored_with(format!("this CPU has no {}", isa.name())))
+                    Ok(Completion::ignored_with(format!(
+                        "this CPU has no {}",
+                        isa.name()
+                    )))
                 }
             })
         })

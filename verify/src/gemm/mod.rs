@@ -110,7 +110,11 @@ impl Isa {
     }
 
     fn kernel(self) -> Kernel {
-        assert!(self.available(), "{} kernel on a CPU without it", self.name());
+        assert!(
+            self.available(),
+            "{} kernel on a CPU without it",
+            self.name()
+        );
         match self {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86::kernel_avx2,
@@ -126,7 +130,14 @@ impl Isa {
 /// # Safety
 /// `a` holds `kc·4` and `b` `kc·8` floats; `c` addresses a 4 × 8 tile with row stride `rsc`.
 #[allow(unsafe_code)]
-unsafe fn kernel_scalar(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, load: bool) {
+unsafe fn kernel_scalar(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    rsc: usize,
+    load: bool,
+) {
     const MR: usize = 4;
     const NR: usize = 8;
     // SAFETY: the caller's contract above.
@@ -176,6 +187,12 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 #[allow(unsafe_code)]
 unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Values of k packed per pass over a panel's rows: the panel's `PB × MR` (or `× NR`)
 /// destination block stays in L1 while each source row is read contiguously.
@@ -225,7 +242,16 @@ unsafe fn pack_a(a: View, r0: usize, rows: usize, k: usize, mr: usize, dst: &mut
         let i0 = pi * mr;
         let lines = mr.min(rows.saturating_sub(i0));
         // SAFETY: rows r0+i0+l < the caller's m, p < k.
-        unsafe { pack_panel(|l| a.ptr.add((r0 + i0 + l) * a.rs), a.cs, lines, k, mr, panel) };
+        unsafe {
+            pack_panel(
+                |l| a.ptr.add((r0 + i0 + l) * a.rs),
+                a.cs,
+                lines,
+                k,
+                mr,
+                panel,
+            );
+        };
     }
 }
 
@@ -234,13 +260,26 @@ unsafe fn pack_a(a: View, r0: usize, rows: usize, k: usize, mr: usize, dst: &mut
 #[allow(unsafe_code)]
 unsafe fn pack_b_panel(b: View, c0: usize, cols: usize, k: usize, nr: usize, panel: &mut [f32]) {
     // SAFETY: columns c0+l < the caller's n, p < k.
-    unsafe { pack_panel(|l| b.ptr.add((c0 + l) * b.cs), b.rs, cols.min(nr), k, nr, panel) };
+    unsafe {
+        pack_panel(
+            |l| b.ptr.add((c0 + l) * b.cs),
+            b.rs,
+            cols.min(nr),
+            k,
+            nr,
+            panel,
+        );
+    };
 }
 
 /// A scratch buffer of at least `len` floats (contents unspecified), kept per thread between
 /// calls so packing does not fault in fresh zeroed pages every time. Taken out of the slot
 /// while in use, so a nested call (rayon runs other tasks while a thread waits) gets its own.
-fn with_scratch<R>(slot: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+fn with_scratch<R>(
+    slot: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
     let mut buf = slot.with(std::cell::Cell::take);
     if buf.len() < len {
         buf = vec![0f32; len];
@@ -342,8 +381,16 @@ pub unsafe fn sgemm_serial(
     }
     let kernel = isa.kernel();
     let (mr, nr) = (isa.mr(), isa.nr());
-    let av = View { ptr: a, rs: rsa, cs: csa };
-    let bv = View { ptr: b, rs: rsb, cs: csb };
+    let av = View {
+        ptr: a,
+        rs: rsa,
+        cs: csa,
+    };
+    let bv = View {
+        ptr: b,
+        rs: rsb,
+        cs: csb,
+    };
     with_scratch(&SCRATCH_B, n.div_ceil(nr) * nr * k, |pb| {
         for (jp, panel) in pb.chunks_exact_mut(k * nr).enumerate() {
             // SAFETY: forwarded from the caller's contract.
@@ -391,19 +438,29 @@ pub fn matmul_t_isa(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize
     }
     let kernel = isa.kernel();
     let (mr, nr) = (isa.mr(), isa.nr());
-    let av = View { ptr: x.as_ptr(), rs: k, cs: 1 };
-    let bv = View { ptr: w.as_ptr(), rs: 1, cs: k };
+    let av = View {
+        ptr: x.as_ptr(),
+        rs: k,
+        cs: 1,
+    };
+    let bv = View {
+        ptr: w.as_ptr(),
+        rs: 1,
+        cs: k,
+    };
     let yp = OutPtr(y.as_mut_ptr());
     let mp = m.div_ceil(mr) * mr;
     with_scratch(&SCRATCH_A, mp * k, |pa| {
         // All of x packed once, in parallel over MR-row panels.
-        pa.par_chunks_mut(k * mr).enumerate().for_each(|(ip, panel)| {
-            // SAFETY: rows ip·mr.. of `x` are in bounds by the assertion (the rest zero).
-            #[allow(unsafe_code)]
-            unsafe {
-                pack_a(av, ip * mr, m - ip * mr, k, mr, panel);
-            }
-        });
+        pa.par_chunks_mut(k * mr)
+            .enumerate()
+            .for_each(|(ip, panel)| {
+                // SAFETY: rows ip·mr.. of `x` are in bounds by the assertion (the rest zero).
+                #[allow(unsafe_code)]
+                unsafe {
+                    pack_a(av, ip * mr, m - ip * mr, k, mr, panel);
+                }
+            });
         let pa = &*pa;
         // Slices of W (whole NC blocks) packed at once, bounded by PACK_B_MAX floats.
         let slice_cols = ((PACK_B_MAX / k).max(NC) / NC * NC).min(n.div_ceil(nr) * nr);
@@ -411,14 +468,16 @@ pub fn matmul_t_isa(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize
             for s0 in (0..n).step_by(slice_cols) {
                 let scols = slice_cols.min(n - s0);
                 let pb = &mut pb[..scols.div_ceil(nr) * nr * k];
-                pb.par_chunks_mut(k * nr).enumerate().for_each(|(jp, panel)| {
-                    let c0 = s0 + jp * nr;
-                    // SAFETY: columns c0.. of Wᵀ are rows of `w`, in bounds by the assertion.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        pack_b_panel(bv, c0, n - c0, k, nr, panel);
-                    }
-                });
+                pb.par_chunks_mut(k * nr)
+                    .enumerate()
+                    .for_each(|(jp, panel)| {
+                        let c0 = s0 + jp * nr;
+                        // SAFETY: columns c0.. of Wᵀ are rows of `w`, in bounds by the assertion.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            pack_b_panel(bv, c0, n - c0, k, nr, panel);
+                        }
+                    });
                 let pb = &*pb;
                 let (mt, nt) = (m.div_ceil(MC), scols.div_ceil(NC));
                 (0..mt * nt).into_par_iter().for_each(|task| {
@@ -427,11 +486,10 @@ pub fn matmul_t_isa(isa: Isa, x: &[f32], m: usize, k: usize, w: &[f32], n: usize
                     let (rows, cols) = (MC.min(m - r0), NC.min(scols - c0));
                     let pat = &pa[r0 * k..(r0 + rows.div_ceil(mr) * mr) * k];
                     let pbt = &pb[c0 * k..(c0 + cols.div_ceil(nr) * nr) * k];
-                    let yp = yp;
                     // SAFETY: this task alone writes the tile rows r0.., columns s0+c0.. of `y`.
                     #[allow(unsafe_code)]
                     unsafe {
-                        let ct = yp.0.add(r0 * n + s0 + c0);
+                        let ct = yp.get().add(r0 * n + s0 + c0);
                         macro_tile(isa, kernel, k, pat, rows, pbt, cols, ct, n);
                     }
                 });
@@ -498,7 +556,20 @@ mod tests {
         // SAFETY: shapes as allocated; B(p, j) = w[j·k + p].
         #[allow(unsafe_code)]
         unsafe {
-            sgemm_serial(Isa::detect(), m, k, n, x.as_ptr(), k, 1, w.as_ptr(), 1, k, z.as_mut_ptr(), n);
+            sgemm_serial(
+                Isa::detect(),
+                m,
+                k,
+                n,
+                x.as_ptr(),
+                k,
+                1,
+                w.as_ptr(),
+                1,
+                k,
+                z.as_mut_ptr(),
+                n,
+            );
         }
         assert_eq!(y, z);
     }
