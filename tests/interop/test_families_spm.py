@@ -8,7 +8,7 @@ converted to HF and to GGUF, and each back to Meta; `SentencePieceProcessor` on 
 llama-spm test strings) to the ids it gives with the original file (BOS first, as Meta's
 generation.py encodes), and report the same pieces and special ids.
 
-Needs sentencepiece (the `scripts/pyenv.sh --llamacpp-convert` venv has it): skipped otherwise.
+Needs sentencepiece (pinned in the interop venv, so CI runs it): skipped otherwise.
 """
 
 import json
@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-spm = pytest.importorskip("sentencepiece", reason="sentencepiece not installed: use scripts/pyenv.sh --llamacpp-convert")
+spm = pytest.importorskip("sentencepiece", reason="sentencepiece not installed: use scripts/pyenv.sh (interop venv)")
 
 from conftest import ROOT  # noqa: E402
 
