@@ -383,6 +383,86 @@ pub fn calibrate(
 ) -> Result<CalibSummary> {
     let start = Instant::now();
     let cfg = model.config().clone();
+    check_options(model, &cfg, opts, dest)?;
+    let hid = cfg.hidden_size as usize;
+    let seq = samples.seq_len;
+    let n = samples.n();
+    let nl = cfg.num_layers as u32;
+    let fp = fingerprint(model, samples, &opts.method, opts.precision);
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| default_state_dir(dest));
+    std::fs::create_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
+    let (mut st, mut h) = open_state(model, samples, opts, &state_dir, &fp, n * seq * hid, nl)?;
+    let started_at_layer = st.next_layer;
+    let mut bar =
+        qforge_verify::progress::Progress::new(opts.progress, (nl - started_at_layer) as usize);
+    let rope = model.rope_table(seq);
+    for i in st.next_layer..nl {
+        let t0 = Instant::now();
+        let mut lw = model.layer(i)?;
+        let reports = match &opts.method {
+            Method::Fp8Static(kind) => {
+                fp8_static_layer(model, &lw, &rope, &mut h, seq, i, *kind, opts)?
+            }
+            Method::Gptq(g) => {
+                let step = LayerStep {
+                    model,
+                    rope: &rope,
+                    seq,
+                    index: i,
+                    state_dir: &state_dir,
+                };
+                gptq_layer(&step, &mut lw, h.f32_mut()?, g, opts.expert_tokens, &mut st)?
+            }
+            Method::Awq(a) => {
+                let step = LayerStep {
+                    model,
+                    rope: &rope,
+                    seq,
+                    index: i,
+                    state_dir: &state_dir,
+                };
+                awq_layer_step(&step, &mut lw, h.f32_mut()?, a, &mut st)?
+            }
+        };
+        drop(lw);
+        let hb = h.to_bytes();
+        write_atomic(&state_dir.join(Hidden::file_name(opts.precision)), &hb)?;
+        drop(hb);
+        st.modules.extend(reports);
+        st.next_layer = i + 1;
+        let sj = serde_json::to_vec_pretty(&st).expect("plain data serializes");
+        write_atomic(&state_dir.join("state.json"), &sj)?;
+        bar.step(format_args!(
+            "layer {}/{nl}: {} done in {:.1} s",
+            i + 1,
+            method_name(&opts.method),
+            t0.elapsed().as_secs_f64()
+        ));
+        if opts.stop_after_layer == Some(i) && i + 1 < nl {
+            return Err(Error::Stopped { layer: i });
+        }
+    }
+    drop(h);
+    write_output(samples, opts, dest, &state_dir, &st)?;
+    std::fs::remove_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
+    Ok(CalibSummary {
+        layers: nl,
+        started_at_layer,
+        modules: st.modules,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Refuse options the model or method cannot take, before any work.
+fn check_options(
+    model: &Model,
+    cfg: &qforge_convert::ModelConfig,
+    opts: &CalibOptions,
+    dest: &Path,
+) -> Result<()> {
     if cfg.moe.is_some() && matches!(opts.method, Method::Awq(_)) {
         // llm-compressor (modifiers/awq/mappings.py AWQ_MAPPING_REGISTRY) maps Qwen3-MoE with
         // `_moe_default_mappings`: post_attention_layernorm -> every expert's gate_proj and
@@ -430,232 +510,278 @@ pub fn calibrate(
             ),
         ));
     }
-    let hid = cfg.hidden_size as usize;
-    let seq = samples.seq_len;
-    let n = samples.n();
-    let nl = cfg.num_layers as u32;
-    let fp = fingerprint(model, samples, &opts.method, opts.precision);
-    let state_dir = opts
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| default_state_dir(dest));
-    std::fs::create_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
-    let (mut st, mut h) = match read_state(&state_dir, &fp, n * seq * hid, opts.precision)? {
-        Some((st, h)) => {
-            progress(
-                opts.progress,
-                format_args!(
-                    "resuming at layer {}/{nl} from {}",
-                    st.next_layer + 1,
-                    state_dir.display()
-                ),
-            );
-            (st, h)
+    Ok(())
+}
+
+/// The saved state when `state_dir` holds one for this fingerprint (a resumed run), else a
+/// fresh state with the embedded samples as layer 0's input.
+fn open_state(
+    model: &Model,
+    samples: &Samples,
+    opts: &CalibOptions,
+    state_dir: &Path,
+    fp: &str,
+    hidden_len: usize,
+    nl: u32,
+) -> Result<(State, Hidden)> {
+    Ok(
+        match read_state(state_dir, fp, hidden_len, opts.precision)? {
+            Some((st, h)) => {
+                progress(
+                    opts.progress,
+                    format_args!(
+                        "resuming at layer {}/{nl} from {}",
+                        st.next_layer + 1,
+                        state_dir.display()
+                    ),
+                );
+                (st, h)
+            }
+            None => (
+                State {
+                    fingerprint: fp.to_owned(),
+                    next_layer: 0,
+                    modules: Vec::new(),
+                    layer_files: Vec::new(),
+                    awq_mappings: Vec::new(),
+                },
+                {
+                    let e = model.embed(&samples.flat())?;
+                    match opts.precision {
+                        Precision::F32 => Hidden::F32(e),
+                        Precision::F64 => Hidden::F64(e.iter().map(|&v| f64::from(v)).collect()),
+                    }
+                },
+            ),
+        },
+    )
+}
+
+/// A module's report with no figures yet.
+fn bare_report(module: String) -> ModuleReport {
+    ModuleReport {
+        module,
+        input_amax: None,
+        input_scale: None,
+        loss: None,
+        damping: None,
+        damping_retries: None,
+        dead_columns: None,
+        routed_tokens: None,
+        fallback: None,
+    }
+}
+
+/// What a per-layer step needs besides the weights and hidden states.
+struct LayerStep<'a> {
+    model: &'a Model,
+    rope: &'a RopeTable,
+    seq: usize,
+    index: u32,
+    state_dir: &'a Path,
+}
+
+/// fp8-static on layer `i`: observe every linear's input (per expert in a MoE block) and
+/// advance `h` through the layer with the original weights.
+#[allow(clippy::too_many_arguments)]
+fn fp8_static_layer(
+    model: &Model,
+    lw: &LayerWeights,
+    rope: &RopeTable,
+    h: &mut Hidden,
+    seq: usize,
+    i: u32,
+    kind: ObserverKind,
+    opts: &CalibOptions,
+) -> Result<Vec<ModuleReport>> {
+    let mut reports = Vec::new();
+    let (obs, eobs) = match h {
+        Hidden::F32(h) => observe_layer(model, lw, rope, h, seq, kind, opts.expert_tokens),
+        Hidden::F64(h) => {
+            let lw64 = lw.to_f64().ok_or_else(|| {
+                Error::Unsupported(
+                    "--precision f64 needs a model without activation quantization".into(),
+                )
+            })?;
+            observe_layer(model, &lw64, rope, h, seq, kind, opts.expert_tokens)
         }
-        None => (
-            State {
-                fingerprint: fp.clone(),
-                next_layer: 0,
-                modules: Vec::new(),
-                layer_files: Vec::new(),
-                awq_mappings: Vec::new(),
-            },
-            {
-                let e = model.embed(&samples.flat())?;
-                match opts.precision {
-                    Precision::F32 => Hidden::F32(e),
-                    Precision::F64 => Hidden::F64(e.iter().map(|&v| f64::from(v)).collect()),
-                }
-            },
-        ),
     };
-    let started_at_layer = st.next_layer;
-    let mut bar =
-        qforge_verify::progress::Progress::new(opts.progress, (nl - started_at_layer) as usize);
-    let rope = model.rope_table(seq);
-    for i in st.next_layer..nl {
-        let t0 = Instant::now();
-        let mut lw = model.layer(i)?;
-        let mut reports = Vec::new();
-        match &opts.method {
-            Method::Fp8Static(kind) => {
-                let (obs, eobs) = match &mut h {
-                    Hidden::F32(h) => {
-                        observe_layer(model, &lw, &rope, h, seq, *kind, opts.expert_tokens)
-                    }
-                    Hidden::F64(h) => {
-                        let lw64 = lw.to_f64().ok_or_else(|| {
-                            Error::Unsupported(
-                                "--precision f64 needs a model without activation quantization"
-                                    .into(),
-                            )
-                        })?;
-                        observe_layer(model, &lw64, &rope, h, seq, *kind, opts.expert_tokens)
-                    }
-                };
-                for site in SITES {
-                    for &kind in site.kinds() {
-                        if lw.moe.is_some() && matches!(site, Site::GateUp | Site::Down) {
-                            continue;
-                        }
-                        let o = &obs[site.index()];
-                        reports.push(ModuleReport {
-                            module: hf_module(TensorId::Layer { index: i, kind }),
-                            #[allow(clippy::cast_possible_truncation)] // reported as f32
-                            input_amax: Some(o.amax() as f32),
-                            input_scale: (opts.precision == Precision::F64)
-                                .then(|| o.scale_f64()),
-                            loss: None,
-                            damping: None,
-                            damping_retries: None,
-                            dead_columns: None,
-                            routed_tokens: None,
-                            fallback: None,
-                        });
-                    }
-                }
-                if let Some(e) = eobs {
-                    reports.extend(e.reports(i, opts.precision == Precision::F64));
-                }
+    for site in SITES {
+        for &kind in site.kinds() {
+            if lw.moe.is_some() && matches!(site, Site::GateUp | Site::Down) {
+                continue;
             }
-            Method::Gptq(g) => {
-                let h = h.f32_mut()?;
-                let widths = [hid, lw.o.inp, hid, lw.down.inp];
-                let mut hs: Vec<Hessian> = widths.iter().map(|&w| Hessian::new(w)).collect();
-                let mut scratch = vec![0f32; seq * hid];
-                let mut tmp = Vec::new();
-                // per expert: [gate/up, down] Hessians and routed rows
-                let mut ehs: Vec<([Hessian; 2], u64)> = lw.moe.as_ref().map_or(Vec::new(), |m| {
-                    (0..m.experts.len())
-                        .map(|_| ([Hessian::new(hid), Hessian::new(m.ffn)], 0))
-                        .collect()
-                });
-                for hc in h.chunks(seq * hid) {
-                    scratch.copy_from_slice(hc);
-                    let mut etmp = Vec::new();
-                    layer_forward_moe(
-                        model,
-                        &lw,
-                        &rope,
-                        &mut scratch,
-                        seq,
-                        &mut |site, x| hs[site.index()].add(x, &mut tmp),
-                        &mut |kinds, x| {
-                            if let Some(m) = &lw.moe {
-                                expert_inputs(
-                                    m,
-                                    opts.expert_tokens,
-                                    kinds,
-                                    x,
-                                    &mut |e, down, x| {
-                                        if let Some((eh, rows)) = ehs.get_mut(e) {
-                                            eh[usize::from(down)].add(x, &mut etmp);
-                                            if !down {
-                                                *rows += (x.len() / hid) as u64;
-                                            }
-                                        }
-                                    },
-                                );
-                            }
-                        },
-                    );
-                }
-                drop(tmp);
-                let mut results: Vec<(String, GptqResult)> = Vec::new();
-                for (site, hess) in SITES.into_iter().zip(hs) {
-                    if lw.moe.is_some() && matches!(site, Site::GateUp | Site::Down) {
-                        continue;
-                    }
-                    let hm = hess.finish();
-                    for &kind in site.kinds() {
-                        let module = hf_module(TensorId::Layer { index: i, kind });
-                        let lin = match kind {
-                            LayerTensor::Q => &mut lw.q,
-                            LayerTensor::K => &mut lw.k,
-                            LayerTensor::V => &mut lw.v,
-                            LayerTensor::O => &mut lw.o,
-                            LayerTensor::Gate => &mut lw.gate,
-                            LayerTensor::Up => &mut lw.up,
-                            _ => &mut lw.down,
-                        };
-                        let r = gptq(&module, &lin.w, lin.out, lin.inp, &hm, g)?;
-                        if r.retries > 0 {
-                            progress(
-                                true,
-                                format_args!(
-                                    "warning: {module}: Hessian needed extra dampening {} ({} retries)",
-                                    r.damping, r.retries
-                                ),
-                            );
-                        }
-                        lin.w = r.dequantize();
-                        reports.push(ModuleReport {
-                            module: module.clone(),
-                            input_amax: None,
-                            input_scale: None,
-                            loss: Some(r.loss),
-                            damping: Some(r.damping),
-                            damping_retries: Some(r.retries),
-                            dead_columns: Some(r.dead_columns),
-                            routed_tokens: None,
-                            fallback: None,
-                        });
-                        results.push((module, r));
-                    }
-                }
-                if let Some(m) = lw.moe.as_mut() {
-                    gptq_experts(m, ehs, i, g, &mut reports, &mut results)?;
-                }
-                for hc in h.chunks_mut(seq * hid) {
-                    layer_forward(model, &lw, &rope, hc, seq, &mut |_, _| {});
-                }
-                let name = layer_file_name(i);
-                write_atomic(&state_dir.join(&name), &layer_file_bytes(&results, g.bits)?)?;
-                st.layer_files.push(name);
-            }
-            Method::Awq(a) => {
-                let (scales, mappings) = awq_layer(model, &mut lw, &rope, h.f32_mut()?, seq, i, a)?;
-                for site in SITES {
-                    for &kind in site.kinds() {
-                        reports.push(ModuleReport {
-                            module: hf_module(TensorId::Layer { index: i, kind }),
-                            input_amax: None,
-                            input_scale: None,
-                            loss: None,
-                            damping: None,
-                            damping_retries: None,
-                            dead_columns: None,
-                            routed_tokens: None,
-                            fallback: None,
-                        });
-                    }
-                }
-                let name = awq_layer_file_name(i);
-                write_atomic(&state_dir.join(&name), &awq_layer_file_bytes(i, &scales)?)?;
-                st.layer_files.push(name);
-                st.awq_mappings.extend(mappings);
-            }
-        }
-        drop(lw);
-        let hb = h.to_bytes();
-        write_atomic(&state_dir.join(Hidden::file_name(opts.precision)), &hb)?;
-        drop(hb);
-        st.modules.extend(reports);
-        st.next_layer = i + 1;
-        let sj = serde_json::to_vec_pretty(&st).expect("plain data serializes");
-        write_atomic(&state_dir.join("state.json"), &sj)?;
-        bar.step(format_args!(
-            "layer {}/{nl}: {} done in {:.1} s",
-            i + 1,
-            method_name(&opts.method),
-            t0.elapsed().as_secs_f64()
-        ));
-        if opts.stop_after_layer == Some(i) && i + 1 < nl {
-            return Err(Error::Stopped { layer: i });
+            let o = &obs[site.index()];
+            reports.push(ModuleReport {
+                module: hf_module(TensorId::Layer { index: i, kind }),
+                #[allow(clippy::cast_possible_truncation)] // reported as f32
+                input_amax: Some(o.amax() as f32),
+                input_scale: (opts.precision == Precision::F64)
+                    .then(|| o.scale_f64()),
+                loss: None,
+                damping: None,
+                damping_retries: None,
+                dead_columns: None,
+                routed_tokens: None,
+                fallback: None,
+            });
         }
     }
-    drop(h);
+    if let Some(e) = eobs {
+        reports.extend(e.reports(i, opts.precision == Precision::F64));
+    }
+    Ok(reports)
+}
 
+/// GPTQ on layer `step.index`: collect the Hessians (per expert in a MoE block), quantize the
+/// linears, advance `h` through the layer with the dequantized weights and save the layer's
+/// file in the state directory.
+fn gptq_layer(
+    step: &LayerStep<'_>,
+    lw: &mut LayerWeights,
+    h: &mut [f32],
+    g: &GptqConfig,
+    expert_tokens: ExpertTokens,
+    st: &mut State,
+) -> Result<Vec<ModuleReport>> {
+    let LayerStep {
+        model,
+        rope,
+        seq,
+        index: i,
+        state_dir,
+    } = *step;
+    let hid = lw.q.inp;
+    let mut reports = Vec::new();
+    let widths = [hid, lw.o.inp, hid, lw.down.inp];
+    let mut hs: Vec<Hessian> = widths.iter().map(|&w| Hessian::new(w)).collect();
+    let mut scratch = vec![0f32; seq * hid];
+    let mut tmp = Vec::new();
+    // per expert: [gate/up, down] Hessians and routed rows
+    let mut ehs: Vec<([Hessian; 2], u64)> = lw.moe.as_ref().map_or(Vec::new(), |m| {
+        (0..m.experts.len())
+            .map(|_| ([Hessian::new(hid), Hessian::new(m.ffn)], 0))
+            .collect()
+    });
+    for hc in h.chunks(seq * hid) {
+        scratch.copy_from_slice(hc);
+        let mut etmp = Vec::new();
+        layer_forward_moe(
+            model,
+            lw,
+            rope,
+            &mut scratch,
+            seq,
+            &mut |site, x| hs[site.index()].add(x, &mut tmp),
+            &mut |kinds, x| {
+                if let Some(m) = &lw.moe {
+                    expert_inputs(m, expert_tokens, kinds, x, &mut |e, down, x| {
+                        if let Some((eh, rows)) = ehs.get_mut(e) {
+                            eh[usize::from(down)].add(x, &mut etmp);
+                            if !down {
+                                *rows += (x.len() / hid) as u64;
+                            }
+                        }
+                    });
+                }
+            },
+        );
+    }
+    drop(tmp);
+    let mut results: Vec<(String, GptqResult)> = Vec::new();
+    for (site, hess) in SITES.into_iter().zip(hs) {
+        if lw.moe.is_some() && matches!(site, Site::GateUp | Site::Down) {
+            continue;
+        }
+        let hm = hess.finish();
+        for &kind in site.kinds() {
+            let module = hf_module(TensorId::Layer { index: i, kind });
+            let lin = match kind {
+                LayerTensor::Q => &mut lw.q,
+                LayerTensor::K => &mut lw.k,
+                LayerTensor::V => &mut lw.v,
+                LayerTensor::O => &mut lw.o,
+                LayerTensor::Gate => &mut lw.gate,
+                LayerTensor::Up => &mut lw.up,
+                _ => &mut lw.down,
+            };
+            let r = gptq(&module, &lin.w, lin.out, lin.inp, &hm, g)?;
+            if r.retries > 0 {
+                progress(
+                    true,
+                    format_args!(
+                        "warning: {module}: Hessian needed extra dampening {} ({} retries)",
+                        r.damping, r.retries
+                    ),
+                );
+            }
+            lin.w = r.dequantize();
+            reports.push(ModuleReport {
+                module: module.clone(),
+                input_amax: None,
+                input_scale: None,
+                loss: Some(r.loss),
+                damping: Some(r.damping),
+                damping_retries: Some(r.retries),
+                dead_columns: Some(r.dead_columns),
+                routed_tokens: None,
+                fallback: None,
+            });
+            results.push((module, r));
+        }
+    }
+    if let Some(m) = lw.moe.as_mut() {
+        gptq_experts(m, ehs, i, g, &mut reports, &mut results)?;
+    }
+    for hc in h.chunks_mut(seq * hid) {
+        layer_forward(model, lw, rope, hc, seq, &mut |_, _| {});
+    }
+    let name = layer_file_name(i);
+    write_atomic(&state_dir.join(&name), &layer_file_bytes(&results, g.bits)?)?;
+    st.layer_files.push(name);
+    Ok(reports)
+}
+
+/// AWQ on layer `step.index`: search the scales, apply them, save the layer's file.
+fn awq_layer_step(
+    step: &LayerStep<'_>,
+    lw: &mut LayerWeights,
+    h: &mut [f32],
+    a: &AwqConfig,
+    st: &mut State,
+) -> Result<Vec<ModuleReport>> {
+    let LayerStep {
+        model,
+        rope,
+        seq,
+        index: i,
+        state_dir,
+    } = *step;
+    let mut reports = Vec::new();
+    let (scales, mappings) = awq_layer(model, lw, rope, h, seq, i, a)?;
+    for site in SITES {
+        for &kind in site.kinds() {
+            reports.push(bare_report(hf_module(TensorId::Layer { index: i, kind })));
+        }
+    }
+    let name = awq_layer_file_name(i);
+    write_atomic(&state_dir.join(&name), &awq_layer_file_bytes(i, &scales)?)?;
+    st.layer_files.push(name);
+    st.awq_mappings.extend(mappings);
+    Ok(reports)
+}
+
+/// Write the calibration result to `dest`: fp8-static's JSON file, or the GPTQ/AWQ directory
+/// (the state directory's layer files plus its index).
+fn write_output(
+    samples: &Samples,
+    opts: &CalibOptions,
+    dest: &Path,
+    state_dir: &Path,
+    st: &State,
+) -> Result<()> {
+    let n = samples.n();
+    let seq = samples.seq_len;
     let mut calib = CalibFile {
         format: FORMAT.into(),
         version: 1,
@@ -730,13 +856,7 @@ pub fn calibrate(
             out.commit(serde_json::Map::new())?;
         }
     }
-    std::fs::remove_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
-    Ok(CalibSummary {
-        layers: nl,
-        started_at_layer,
-        modules: st.modules,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(())
 }
 
 /// Run layer `lw` over every sample of `h` (in place), observing each linear's input.
