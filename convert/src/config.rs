@@ -515,30 +515,9 @@ impl ModelConfig {
         let experts_key = format!("{arch}.expert_count");
         let family = Family::from_gguf(&arch, meta.get(&experts_key).is_some())
             .ok_or_else(|| ConfigError::Architecture(arch.clone()))?;
-        let key = |k: &str| family.gguf_key(k);
-        let missing = |k: &str| ConfigError::MissingKey(key(k));
-        let int = |k: &'static str| -> std::result::Result<Option<u64>, ConfigError> {
-            match meta.get(&key(k)) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .map(Some)
-                    .ok_or_else(|| invalid(k, "expected a non-negative integer")),
-            }
-        };
-        let float = |k: &'static str| -> std::result::Result<Option<f64>, ConfigError> {
-            match meta.get(&key(k)) {
-                None => Ok(None),
-                // An f32 key holds what a writer rounded from a decimal (1e-5 becomes
-                // 9.99999974e-6); take the shortest decimal that rounds to the same f32, so
-                // config.json says 1e-05 as the original did and writing GGUF back is exact.
-                Some(GgufValue::F32(x)) => Ok(Some(x.to_string().parse().unwrap_or(f64::from(*x)))),
-                Some(v) => v
-                    .as_f64()
-                    .map(Some)
-                    .ok_or_else(|| invalid(k, "expected a number")),
-            }
-        };
+        let k = GgufKeys { meta, family };
+        let (key, missing) = (|n: &str| k.key(n), |n: &str| k.missing(n));
+        let (int, float) = (|n: &'static str| k.int(n), |n: &'static str| k.float(n));
         let hidden_size = int("embedding_length")?.ok_or_else(|| missing("embedding_length"))?;
         let num_heads =
             int("attention.head_count")?.ok_or_else(|| missing("attention.head_count"))?;
@@ -569,60 +548,9 @@ impl ModelConfig {
             .or(tokens)
             .or(vocab_from_tensors)
             .ok_or_else(|| missing("vocab_size"))?;
-        let scaling_key = key("rope.scaling.type");
-        let rope_scaling = match meta.get(&scaling_key) {
-            Some(GgufValue::String(t)) if t == "linear" => match float("rope.scaling.factor")? {
-                // a factor of exactly 1 is what writers emit for "no scaling"
-                Some(f) if f != 1.0 => Some(RopeScaling::Linear { factor: f }),
-                _ => None,
-            },
-            Some(GgufValue::String(t)) if t == "yarn" => {
-                // llama.cpp llama_model::load_hparams: the original context defaults to the
-                // training context; llama_context computes the attention factor itself
-                // (yarn_attn_factor and yarn_log_multiplier change it: not applied here)
-                for k in [
-                    "rope.scaling.yarn_ext_factor",
-                    "rope.scaling.yarn_attn_factor",
-                    "rope.scaling.yarn_log_multiplier",
-                    "rope.scaling.attn_factor",
-                ] {
-                    if meta.get(&key(k)).is_some() {
-                        return Err(invalid(
-                            "rope.scaling.type",
-                            format!("{}: yarn with {k} is not supported", key(k)),
-                        ));
-                    }
-                }
-                Some(RopeScaling::Yarn {
-                    factor: float("rope.scaling.factor")?
-                        .ok_or_else(|| missing("rope.scaling.factor"))?,
-                    original_max_position_embeddings: match int(
-                        "rope.scaling.original_context_length",
-                    )? {
-                        Some(n) => n,
-                        None => int("context_length")?.ok_or_else(|| missing("context_length"))?,
-                    },
-                    beta_fast: float("rope.scaling.yarn_beta_fast")?,
-                    beta_slow: float("rope.scaling.yarn_beta_slow")?,
-                })
-            }
-            Some(GgufValue::String(t)) if t == "none" => None,
-            Some(GgufValue::String(t)) => {
-                return Err(invalid(
-                    "rope.scaling.type",
-                    format!("{scaling_key}: unsupported {t:?}"),
-                ));
-            }
-            Some(_) => {
-                return Err(invalid(
-                    "rope.scaling.type",
-                    format!("{scaling_key}: expected a string"),
-                ))
-            }
-            None => None,
-        };
+        let rope_scaling = k.rope_scaling()?;
         let tok_id = |k: &str| meta.get(k).and_then(GgufValue::as_u64);
-        let cfg = ModelConfig {
+        let mut cfg = ModelConfig {
             family,
             hidden_size,
             num_layers: int("block_count")?.ok_or_else(|| missing("block_count"))?,
@@ -646,40 +574,11 @@ impl ModelConfig {
             // llama.cpp's llama, qwen2 and qwen3 graphs attend over the whole context
             // (src/models/{llama,qwen2,qwen3}.cpp read no sliding-window key).
             sliding_window: None,
-            moe: if family.spec().moe.is_some() {
-                let n = int("expert_count")?.ok_or_else(|| missing("expert_count"))?;
-                let used = int("expert_used_count")?.ok_or_else(|| missing("expert_used_count"))?;
-                let ffn = int("feed_forward_length")?.unwrap_or(0);
-                Some(MoeConfig {
-                    num_experts: n,
-                    experts_per_tok: used,
-                    expert_ffn: int("expert_feed_forward_length")?.unwrap_or(ffn),
-                    // llama.cpp's llama (Mixtral) and qwen3moe graphs renormalise the top-k
-                    // weights (src/models/{llama,qwen3moe}.cpp: build_moe_ffn with norm_w
-                    // true); GGUF has no key for it
-                    norm_topk_prob: true,
-                    // which blocks are dense: read from the tensors (crate::gguf::read)
-                    dense_layers: Vec::new(),
-                })
-            } else {
-                None
-            },
+            moe: k.moe()?,
             llama4: None,
         };
-        let mut cfg = cfg;
         if family == Family::Llama4 {
-            // llama.cpp's llama4 graph: sigmoid top-k, never renormalised (build_moe_ffn with
-            // norm_w false); the rest fixed by load_arch_hparams unless sliding_window is 0
-            if let Some(m) = cfg.moe.as_mut() {
-                m.norm_topk_prob = false;
-            }
-            let n_exp = cfg.moe.as_ref().map_or(0, |m| m.num_experts);
-            let mut a = Llama4Attention::llama_cpp(cfg.num_layers, n_exp);
-            if int("attention.sliding_window")? == Some(0) {
-                a.nope_layers.clear();
-                a.chunked_layers.clear();
-            }
-            cfg.llama4 = Some(a);
+            cfg.llama4 = Some(k.llama4(&mut cfg)?);
         }
         cfg.validate()?;
         cfg.check_implied_head_dim(explicit_head_dim.is_some())?;
@@ -1120,6 +1019,149 @@ pub(crate) fn read_json_config<T>(
         path: path.into(),
         kind,
     })
+}
+
+/// A GGUF file's metadata read through one family's key prefix (`{arch}.…`).
+struct GgufKeys<'a> {
+    meta: &'a GgufMetadata,
+    family: Family,
+}
+
+impl GgufKeys<'_> {
+    fn key(&self, k: &str) -> String {
+        self.family.gguf_key(k)
+    }
+
+    fn missing(&self, k: &str) -> ConfigError {
+        ConfigError::MissingKey(self.key(k))
+    }
+
+    fn int(&self, k: &'static str) -> std::result::Result<Option<u64>, ConfigError> {
+        match self.meta.get(&self.key(k)) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| invalid(k, "expected a non-negative integer")),
+        }
+    }
+
+    fn float(&self, k: &'static str) -> std::result::Result<Option<f64>, ConfigError> {
+        match self.meta.get(&self.key(k)) {
+            None => Ok(None),
+            // An f32 key holds what a writer rounded from a decimal (1e-5 becomes
+            // 9.99999974e-6); take the shortest decimal that rounds to the same f32, so
+            // config.json says 1e-05 as the original did and writing GGUF back is exact.
+            Some(GgufValue::F32(x)) => Ok(Some(x.to_string().parse().unwrap_or(f64::from(*x)))),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| invalid(k, "expected a number")),
+        }
+    }
+
+    /// `rope.scaling.*`: linear or YaRN (none when absent, `none`, or a factor of 1).
+    fn rope_scaling(&self) -> std::result::Result<Option<RopeScaling>, ConfigError> {
+        let scaling_key = self.key("rope.scaling.type");
+        Ok(match self.meta.get(&scaling_key) {
+            Some(GgufValue::String(t)) if t == "linear" => {
+                match self.float("rope.scaling.factor")? {
+                    // a factor of exactly 1 is what writers emit for "no scaling"
+                    Some(f) if f != 1.0 => Some(RopeScaling::Linear { factor: f }),
+                    _ => None,
+                }
+            }
+            Some(GgufValue::String(t)) if t == "yarn" => {
+                // llama.cpp llama_model::load_hparams: the original context defaults to the
+                // training context; llama_context computes the attention factor itself
+                // (yarn_attn_factor and yarn_log_multiplier change it: not applied here)
+                for k in [
+                    "rope.scaling.yarn_ext_factor",
+                    "rope.scaling.yarn_attn_factor",
+                    "rope.scaling.yarn_log_multiplier",
+                    "rope.scaling.attn_factor",
+                ] {
+                    if self.meta.get(&self.key(k)).is_some() {
+                        return Err(invalid(
+                            "rope.scaling.type",
+                            format!("{}: yarn with {k} is not supported", self.key(k)),
+                        ));
+                    }
+                }
+                Some(RopeScaling::Yarn {
+                    factor: self
+                        .float("rope.scaling.factor")?
+                        .ok_or_else(|| self.missing("rope.scaling.factor"))?,
+                    original_max_position_embeddings: match self
+                        .int("rope.scaling.original_context_length")?
+                    {
+                        Some(n) => n,
+                        None => self
+                            .int("context_length")?
+                            .ok_or_else(|| self.missing("context_length"))?,
+                    },
+                    beta_fast: self.float("rope.scaling.yarn_beta_fast")?,
+                    beta_slow: self.float("rope.scaling.yarn_beta_slow")?,
+                })
+            }
+            Some(GgufValue::String(t)) if t == "none" => None,
+            Some(GgufValue::String(t)) => {
+                return Err(invalid(
+                    "rope.scaling.type",
+                    format!("{scaling_key}: unsupported {t:?}"),
+                ));
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "rope.scaling.type",
+                    format!("{scaling_key}: expected a string"),
+                ))
+            }
+            None => None,
+        })
+    }
+
+    /// The expert counts of a mixture-of-experts family (`None` for a dense one).
+    fn moe(&self) -> std::result::Result<Option<MoeConfig>, ConfigError> {
+        Ok(if self.family.spec().moe.is_some() {
+            let n = self
+                .int("expert_count")?
+                .ok_or_else(|| self.missing("expert_count"))?;
+            let used = self
+                .int("expert_used_count")?
+                .ok_or_else(|| self.missing("expert_used_count"))?;
+            let ffn = self.int("feed_forward_length")?.unwrap_or(0);
+            Some(MoeConfig {
+                num_experts: n,
+                experts_per_tok: used,
+                expert_ffn: self.int("expert_feed_forward_length")?.unwrap_or(ffn),
+                // llama.cpp's llama (Mixtral) and qwen3moe graphs renormalise the top-k
+                // weights (src/models/{llama,qwen3moe}.cpp: build_moe_ffn with norm_w
+                // true); GGUF has no key for it
+                norm_topk_prob: true,
+                // which blocks are dense: read from the tensors (crate::gguf::read)
+                dense_layers: Vec::new(),
+            })
+        } else {
+            None
+        })
+    }
+
+    /// Llama 4's attention pattern as llama.cpp fixes it for a `llama4` GGUF.
+    fn llama4(&self, cfg: &mut ModelConfig) -> std::result::Result<Llama4Attention, ConfigError> {
+        // llama.cpp's llama4 graph: sigmoid top-k, never renormalised (build_moe_ffn with
+        // norm_w false); the rest fixed by load_arch_hparams unless sliding_window is 0
+        if let Some(m) = cfg.moe.as_mut() {
+            m.norm_topk_prob = false;
+        }
+        let n_exp = cfg.moe.as_ref().map_or(0, |m| m.num_experts);
+        let mut a = Llama4Attention::llama_cpp(cfg.num_layers, n_exp);
+        if self.int("attention.sliding_window")? == Some(0) {
+            a.nope_layers.clear();
+            a.chunked_layers.clear();
+        }
+        Ok(a)
+    }
 }
 
 #[cfg(test)]
