@@ -451,6 +451,18 @@ fn print_human(
     stats: &BTreeMap<String, Stats>,
     whole: bool,
 ) -> Result<()> {
+    print_header(out, ckpt)?;
+    writeln!(out)?;
+    print_tensor_table(out, ckpt, tensors, stats)?;
+    if whole {
+        // the footer sums the whole model; a --tensor selection has its rows above
+        print_footer(out, ckpt, tensors)?;
+    }
+    Ok(())
+}
+
+/// The checkpoint's path, config, tokenizer, container and notes.
+fn print_header(out: &mut impl Write, ckpt: &Checkpoint) -> Result<()> {
     let c = &ckpt.config;
     let files = ckpt.files().count();
     writeln!(
@@ -552,7 +564,16 @@ fn print_human(
     for n in &ckpt.notes {
         writeln!(out, "note       {n}")?;
     }
-    writeln!(out)?;
+    Ok(())
+}
+
+/// One row per tensor (with its statistics when computed).
+fn print_tensor_table(
+    out: &mut impl Write,
+    ckpt: &Checkpoint,
+    tensors: &[&TensorEntry],
+    stats: &BTreeMap<String, Stats>,
+) -> Result<()> {
     let name_w = tensors
         .iter()
         .map(|t| t.name.len())
@@ -611,10 +632,11 @@ fn print_human(
             )?;
         }
     }
-    if !whole {
-        // the footer sums the whole model; a --tensor selection has its rows above
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// Totals: tensors, parameters, bytes, and a histogram by dtype.
+fn print_footer(out: &mut impl Write, ckpt: &Checkpoint, tensors: &[&TensorEntry]) -> Result<()> {
     writeln!(out)?;
     let total_b: u64 = tensors.iter().map(|t| t.nbytes()).sum();
     writeln!(
