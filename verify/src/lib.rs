@@ -23,7 +23,6 @@ pub mod basecache;
 pub mod engine;
 mod error;
 pub mod eval;
-pub mod gemm;
 pub mod matmul;
 pub mod metrics;
 pub mod model;
