@@ -587,6 +587,26 @@ fn wrong_routers_match_transformers_and_move_perplexity() {
     eprintln!("{}", log.join("\n"));
 }
 
+/// A copy of fixture `name`'s HF files (not its GGUF) in `work/{name}-{how}`, with the given
+/// `config.json` keys set.
+fn fixture_with_config(work: &Path, name: &str, how: &str, keys: &[(&str, Value)]) -> PathBuf {
+    let dir = work.join(format!("{name}-{how}"));
+    std::fs::create_dir(&dir).unwrap();
+    for f in std::fs::read_dir(fixture(name)).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|x| x == "gguf") {
+            continue;
+        }
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut c = config(&dir).unwrap();
+    for (k, v) in keys {
+        c[*k] = v.clone();
+    }
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    dir
+}
+
 /// The fixture `name` with `config.json`'s `key` set to `value`: `qforge perplexity` equals
 /// transformers' `wrong_forwards[how]` within 1e-4, which is > 1 % from the true forward.
 fn wrong_config_matches(
@@ -598,18 +618,7 @@ fn wrong_config_matches(
     log: &mut Vec<String>,
 ) {
     let e = expected(name);
-    let dir = work.join(format!("{name}-{how}"));
-    std::fs::create_dir(&dir).unwrap();
-    for f in std::fs::read_dir(fixture(name)).unwrap() {
-        let f = f.unwrap().path();
-        if f.extension().is_some_and(|x| x == "gguf") {
-            continue;
-        }
-        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-    }
-    let mut c = config(&dir).unwrap();
-    c[key] = value;
-    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    let dir = fixture_with_config(work, name, how, &[(key, value)]);
     same_perplexity(&dir, &e, Some(how), log).unwrap_or_else(|x| panic!("{x}"));
     let (right, wrong) = (
         e["transformers_f32"]["ppl"].as_f64().unwrap(),
@@ -683,20 +692,7 @@ fn llama4_attention_variants_match_transformers() {
         ),
     ];
     for (how, keys) in variants {
-        let dir = t.path().join(format!("{name}-{how}"));
-        std::fs::create_dir(&dir).unwrap();
-        for f in std::fs::read_dir(fixture(name)).unwrap() {
-            let f = f.unwrap().path();
-            if f.extension().is_some_and(|x| x == "gguf") {
-                continue;
-            }
-            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-        }
-        let mut c = config(&dir).unwrap();
-        for (k, v) in keys {
-            c[k] = v;
-        }
-        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        let dir = fixture_with_config(t.path(), name, how, &keys);
         same_perplexity(&dir, &e, Some(how), &mut log).unwrap_or_else(|x| panic!("{x}"));
     }
     eprintln!("{}", log.join("\n"));

@@ -557,21 +557,6 @@ fn open_state(
     )
 }
 
-/// A module's report with no figures yet.
-fn bare_report(module: String) -> ModuleReport {
-    ModuleReport {
-        module,
-        input_amax: None,
-        input_scale: None,
-        loss: None,
-        damping: None,
-        damping_retries: None,
-        dead_columns: None,
-        routed_tokens: None,
-        fallback: None,
-    }
-}
-
 /// What a per-layer step needs besides the weights and hidden states.
 struct LayerStep<'a> {
     model: &'a Model,
@@ -613,17 +598,10 @@ fn fp8_static_layer(
             }
             let o = &obs[site.index()];
             reports.push(ModuleReport {
-                module: hf_module(TensorId::Layer { index: i, kind }),
                 #[allow(clippy::cast_possible_truncation)] // reported as f32
                 input_amax: Some(o.amax() as f32),
-                input_scale: (opts.precision == Precision::F64)
-                    .then(|| o.scale_f64()),
-                loss: None,
-                damping: None,
-                damping_retries: None,
-                dead_columns: None,
-                routed_tokens: None,
-                fallback: None,
+                input_scale: (opts.precision == Precision::F64).then(|| o.scale_f64()),
+                ..ModuleReport::new(hf_module(TensorId::Layer { index: i, kind }))
             });
         }
     }
@@ -716,17 +694,7 @@ fn gptq_layer(
                 );
             }
             lin.w = r.dequantize();
-            reports.push(ModuleReport {
-                module: module.clone(),
-                input_amax: None,
-                input_scale: None,
-                loss: Some(r.loss),
-                damping: Some(r.damping),
-                damping_retries: Some(r.retries),
-                dead_columns: Some(r.dead_columns),
-                routed_tokens: None,
-                fallback: None,
-            });
+            reports.push(gptq_report(module.clone(), &r));
             results.push((module, r));
         }
     }
@@ -761,7 +729,10 @@ fn awq_layer_step(
     let (scales, mappings) = awq_layer(model, lw, rope, h, seq, i, a)?;
     for site in SITES {
         for &kind in site.kinds() {
-            reports.push(bare_report(hf_module(TensorId::Layer { index: i, kind })));
+            reports.push(ModuleReport::new(hf_module(TensorId::Layer {
+                index: i,
+                kind,
+            })));
         }
     }
     let name = awq_layer_file_name(i);
@@ -895,6 +866,17 @@ fn observe_layer<T: Real, L: Project<T>>(
     (obs, eobs)
 }
 
+/// A GPTQ result's figures in the report.
+fn gptq_report(module: String, r: &GptqResult) -> ModuleReport {
+    ModuleReport {
+        loss: Some(r.loss),
+        damping: Some(r.damping),
+        damping_retries: Some(r.retries),
+        dead_columns: Some(r.dead_columns),
+        ..ModuleReport::new(module)
+    }
+}
+
 /// GPTQ on every expert of a block from its Hessians (`[gate/up, down]` and routed rows per
 /// expert), the weights replaced by their dequantized GPTQ values. An expert that saw no row
 /// is quantized with an identity Hessian: GPTQ's error feedback is then zero, so the result is
@@ -929,16 +911,10 @@ fn gptq_experts(
                 let r = gptq(&module, &lin.w, lin.out, lin.inp, &hm, g)?;
                 lin.w = r.dequantize();
                 reports.push(ModuleReport {
-                    module: module.clone(),
-                    input_amax: None,
-                    input_scale: None,
-                    loss: Some(r.loss),
-                    damping: Some(r.damping),
-                    damping_retries: Some(r.retries),
-                    dead_columns: Some(r.dead_columns),
                     routed_tokens: Some(rows),
                     fallback: (rows == 0)
                         .then(|| "no routed token: round-to-nearest (identity Hessian)".into()),
+                    ..gptq_report(module.clone(), &r)
                 });
                 results.push((module, r));
             }

@@ -159,16 +159,12 @@ impl ExpertObservers {
                 }
             });
             out.push(ModuleReport {
-                module: hf_module(TensorId::Layer { index, kind }),
                 #[allow(clippy::cast_possible_truncation)] // reported as f32
                 input_amax: Some(o.amax() as f32),
                 input_scale: f64_scale.then(|| o.scale_f64()),
-                loss: None,
-                damping: None,
-                damping_retries: None,
-                dead_columns: None,
                 routed_tokens: Some(rows),
                 fallback,
+                ..ModuleReport::new(hf_module(TensorId::Layer { index, kind }))
             });
         }
         out

@@ -65,6 +65,23 @@ pub struct ModuleReport {
     pub fallback: Option<String>,
 }
 
+impl ModuleReport {
+    /// A module's report with no figures yet (each method fills in its own).
+    pub fn new(module: String) -> Self {
+        ModuleReport {
+            module,
+            input_amax: None,
+            input_scale: None,
+            loss: None,
+            damping: None,
+            damping_retries: None,
+            dead_columns: None,
+            routed_tokens: None,
+            fallback: None,
+        }
+    }
+}
+
 /// The GPTQ scheme recorded in `calib.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GptqScheme {
