@@ -398,31 +398,19 @@ impl Vocab {
 mod tests {
     use super::*;
 
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
     fn bytes_field(num: u64, body: &[u8], out: &mut Vec<u8>) {
-        varint(num << 3 | 2, out);
-        varint(body.len() as u64, out);
+        put_varint(num << 3 | 2, out);
+        put_varint(body.len() as u64, out);
         out.extend_from_slice(body);
     }
 
     fn piece(text: &str, score: f32, ty: u64) -> Vec<u8> {
         let mut p = Vec::new();
         bytes_field(1, text.as_bytes(), &mut p);
-        varint(2 << 3 | 5, &mut p);
+        put_varint(2 << 3 | 5, &mut p);
         p.extend_from_slice(&score.to_le_bytes());
-        varint(3 << 3, &mut p);
-        varint(ty, &mut p);
+        put_varint(3 << 3, &mut p);
+        put_varint(ty, &mut p);
         p
     }
 
@@ -433,8 +421,8 @@ mod tests {
         }
         let mut spec = Vec::new();
         for (num, v) in [(3u64, model_type), (35, 1), (43, pad as u64)] {
-            varint(num << 3, &mut spec);
-            varint(v, &mut spec);
+            put_varint(num << 3, &mut spec);
+            put_varint(v, &mut spec);
         }
         bytes_field(2, &spec, &mut m);
         m
@@ -632,8 +620,8 @@ mod tests {
         let mut long_varint = vec![0x08];
         long_varint.extend([0xff; 11]);
         let mut over = Vec::new();
-        varint(1 << 3 | 2, &mut over);
-        varint(u64::MAX, &mut over);
+        put_varint(1 << 3 | 2, &mut over);
+        put_varint(u64::MAX, &mut over);
         for (what, bytes) in [
             ("unigram", unigram),
             ("nan", nan),
