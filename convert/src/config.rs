@@ -1168,6 +1168,52 @@ impl GgufKeys<'_> {
 mod tests {
     use super::*;
 
+    /// Hostile Llama 4 attention keys on the llama4 fixture's config: each is refused naming
+    /// its field, never a panic or an unbounded allocation.
+    #[test]
+    fn hostile_llama4_attention_keys_are_refused_naming_the_field() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/families/llama4/config.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        ModelConfig::from_hf_json(&text).unwrap();
+        let cases: [(&str, serde_json::Value, &str); 5] = [
+            (
+                "attention_chunk_size",
+                serde_json::json!(0),
+                "attention_chunk_size",
+            ),
+            ("floor_scale", serde_json::json!(0), "attention_chunk_size"),
+            (
+                "no_rope_layers",
+                serde_json::json!([1, 0]),
+                "no_rope_layers",
+            ),
+            (
+                "no_rope_layers",
+                serde_json::json!([1, 2, 1, 1]),
+                "no_rope_layers",
+            ),
+            (
+                "no_rope_layer_interval",
+                serde_json::json!(0),
+                "no_rope_layer_interval",
+            ),
+        ];
+        for (key, value, field) in cases {
+            let mut c: serde_json::Value = serde_json::from_str(&text).unwrap();
+            c[key] = value.clone();
+            if key == "no_rope_layer_interval" {
+                c.as_object_mut().unwrap().remove("no_rope_layers");
+            }
+            let e = ModelConfig::from_hf_json(&c.to_string())
+                .expect_err(&format!("{key} = {value} accepted"))
+                .to_string();
+            assert!(e.contains(field), "{key} = {value}: {e}");
+        }
+    }
+
     #[test]
     fn meta_ffn_dims_match_released_models() {
         assert_eq!(meta_ffn_dim(4096, Some(1.3), 1024), 14336);
