@@ -6,6 +6,7 @@ use std::path::Path;
 
 use qforge_convert::{Checkpoint, Format, LayerTensor, ModelConfig, RopeScaling, TensorId};
 use qforge_quantize::dequant::WeightStorage;
+use qforge_quantize::layout::ActEmulation;
 use serde_json::Value;
 
 use crate::actquant::{
@@ -395,17 +396,12 @@ impl Model {
                 ActQuant::Ggml(ty)
             }
             WeightStorage::Plain(_) => ActQuant::None,
-            WeightStorage::Nvfp4 => match self.input_global_scale(id)? {
-                Some(gs) => ActQuant::Nvfp4 { gs },
-                None => ActQuant::None,
-            },
-            WeightStorage::Fp8Block => match self.w8a8 {
-                Some(_) => ActQuant::Fp8Group,
-                None => ActQuant::None,
-            },
-            _ => match self.w8a8 {
-                Some(ub) => ActQuant::Fp8Token { ub },
-                None => ActQuant::None,
+            // the layout chooses the activation quantization servers apply
+            WeightStorage::Quantized(s) => match s.act_emulation(&self.ckpt, id, self.w8a8)? {
+                ActEmulation::None => ActQuant::None,
+                ActEmulation::Fp8Token { ub } => ActQuant::Fp8Token { ub },
+                ActEmulation::Fp8Group => ActQuant::Fp8Group,
+                ActEmulation::Nvfp4 { gs } => ActQuant::Nvfp4 { gs },
             },
         };
         self.release(id);
@@ -419,23 +415,6 @@ impl Model {
     }
 
     /// The `m` (min) of every Q4_1/Q5_1 block, `[out, inp/32]`.
-    /// An NVFP4 W4A4 linear's `input_global_scale` (one finite positive F32), if present.
-    fn input_global_scale(&self, id: TensorId) -> Result<Option<f32>> {
-        let Some(t) = self.ckpt.part(id, qforge_convert::Part::InputGlobalScale) else {
-            return Ok(None);
-        };
-        match self.ckpt.to_f32(t)?.as_slice() {
-            [g] if g.is_finite() && *g > 0.0 => Ok(Some(*g)),
-            other => Err(Error::Unsupported {
-                path: self.ckpt.path.clone(),
-                reason: format!(
-                    "{}: input_global_scale {other:?} is not one positive value",
-                    t.name
-                ),
-            }),
-        }
-    }
-
     fn block_mins(
         &self,
         id: TensorId,
