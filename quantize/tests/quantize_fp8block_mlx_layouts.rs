@@ -21,6 +21,7 @@ use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
 use qforge_quantize::dequant::WeightStorage;
 use qforge_quantize::layout::{
+    fp4::MXFP4, fp8, fp8_block, int, mlx::MLX, nvfp4, LayoutScheme, Params,
     quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
 };
 use qforge_quantize::numerics::Numerics;
@@ -109,7 +110,7 @@ fn source(dir: &Path) -> Checkpoint {
 
 fn opts(dtype: DType) -> HfQuantOptions {
     HfQuantOptions {
-        scheme: HfScheme::Fp8Block,
+        scheme: fixed(&fp8_block::FP8_BLOCK),
         layout: HfLayout::CompressedTensors,
         policy: Policy::AllLinear,
         ignore: IgnoreList::default(),
@@ -197,11 +198,11 @@ fn fp8_block_config_tensors_and_partial_edge_blocks() {
 
 fn mlx_opts(bits: u8, group: usize) -> HfQuantOptions {
     HfQuantOptions {
-        scheme: HfScheme::Int4 {
+        scheme: HfScheme::new(&int::INT, Params {
             bits,
             group_size: Some(group),
             symmetric: true,
-        },
+        }),
         layout: HfLayout::Mlx,
         ..opts(DType::BF16)
     }
@@ -262,17 +263,17 @@ fn mlx_config_modules_and_bytes() {
     }
     // other schemes, group sizes and calibration results are refused
     for scheme in [
-        HfScheme::Fp8Rowwise,
-        HfScheme::Int4 {
+        fixed(&fp8::FP8_ROWWISE),
+        HfScheme::new(&int::INT, Params {
             bits: 4,
             group_size: Some(16),
             symmetric: true,
-        },
-        HfScheme::Int4 {
+        }),
+        HfScheme::new(&int::INT, Params {
             bits: 4,
             group_size: None,
             symmetric: false,
-        },
+        }),
     ] {
         let o = HfQuantOptions {
             scheme,
@@ -310,9 +311,9 @@ fn fp8_block_and_fp4_outputs_read_back_bit_for_bit() {
             .collect::<Vec<_>>()
     };
     for (scheme, storage) in [
-        (HfScheme::Fp8Block, WeightStorage::Fp8Block),
-        (HfScheme::Nvfp4A16, WeightStorage::Nvfp4),
-        (HfScheme::Mxfp4 { a16: false }, WeightStorage::Mxfp4),
+        (fixed(&fp8_block::FP8_BLOCK), WeightStorage::Quantized(fixed(&fp8_block::FP8_BLOCK))),
+        (fixed(&nvfp4::NVFP4A16), WeightStorage::Quantized(fixed(&nvfp4::NVFP4A16))),
+        (fixed(&MXFP4), WeightStorage::Quantized(fixed(&MXFP4))),
     ] {
         let dest = tmp.path().join(format!("{storage:?}"));
         let o = HfQuantOptions {
@@ -339,7 +340,7 @@ fn fp8_block_and_fp4_outputs_read_back_bit_for_bit() {
                 .unwrap()
                 .shape()
                 .to_vec();
-            let (want, want_bf16) = if storage == WeightStorage::Fp8Block {
+            let (want, want_bf16) = if storage == WeightStorage::Quantized(fixed(&fp8_block::FP8_BLOCK)) {
                 let w = st.tensor(&format!("{base}.weight")).unwrap();
                 let (rows, cols) = (w.shape()[0], w.shape()[1]);
                 let scales: Vec<f32> = data("weight_scale")
@@ -364,7 +365,7 @@ fn fp8_block_and_fp4_outputs_read_back_bit_for_bit() {
                     packed: data("weight_packed"),
                     scales: data("weight_scale"),
                 };
-                if storage == WeightStorage::Nvfp4 {
+                if storage == WeightStorage::Quantized(fixed(&nvfp4::NVFP4A16)) {
                     let g = data("weight_global_scale");
                     let gs = f32::from_le_bytes([g[0], g[1], g[2], g[3]]);
                     let v = fp4::dequantize_nvfp4(&p, gs).unwrap();
@@ -406,10 +407,7 @@ fn mlx_output_reads_back_bit_for_bit() {
     for (id, name) in ids {
         assert_eq!(
             back.weight_storage(id).unwrap(),
-            WeightStorage::MlxAffine {
-                bits: 4,
-                group_size: 64
-            },
+            WeightStorage::Quantized(mlx_storage(4, 64)),
             "{name}"
         );
         let (_, shape, w) = all.iter().find(|t| t.0 == name).unwrap();
@@ -472,7 +470,7 @@ fn new_layouts_with_mismatched_scales_are_refused_by_name() {
         (
             "nvfp4",
             HfQuantOptions {
-                scheme: HfScheme::Nvfp4A16,
+                scheme: fixed(&nvfp4::NVFP4A16),
                 ..opts(DType::BF16)
             },
             "weight_scale",
@@ -480,7 +478,7 @@ fn new_layouts_with_mismatched_scales_are_refused_by_name() {
         (
             "mxfp4",
             HfQuantOptions {
-                scheme: HfScheme::Mxfp4 { a16: false },
+                scheme: fixed(&MXFP4),
                 ..opts(DType::BF16)
             },
             "weight_scale",
@@ -513,4 +511,36 @@ fn new_layouts_with_mismatched_scales_are_refused_by_name() {
             "{label}: error does not name the tensor: {err}"
         );
     }
+}
+
+/// A layout without parameters.
+#[allow(dead_code)]
+fn fixed(kind: &'static dyn LayoutScheme) -> HfScheme {
+    HfScheme::new(kind, Params::NONE)
+}
+
+/// A `pack-quantized` module as read back: bits, columns per scale, zero points stored.
+#[allow(dead_code)]
+fn int_storage(bits: u8, group_size: usize, asymmetric: bool) -> HfScheme {
+    HfScheme::new(
+        &int::INT,
+        Params {
+            bits,
+            group_size: Some(group_size),
+            symmetric: !asymmetric,
+        },
+    )
+}
+
+/// An MLX affine module as read back.
+#[allow(dead_code)]
+fn mlx_storage(bits: u8, group_size: usize) -> HfScheme {
+    HfScheme::new(
+        &MLX,
+        Params {
+            bits,
+            group_size: Some(group_size),
+            symmetric: false,
+        },
+    )
 }
