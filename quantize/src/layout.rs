@@ -165,10 +165,11 @@ pub struct HfQuantOptions {
     pub dtype: DType,
     /// `fbgemm_fp8` `activation_scale_ub`.
     pub activation_scale_ub: f32,
-    /// Static activation scales (`input_scale`) per HF module name, for [`HfScheme::Fp8Static`].
+    /// Static activation scales (`input_scale`) per HF module name, for `fp8-static` ([`fp8::FP8_STATIC`]).
     pub input_scales: Option<BTreeMap<String, f32>>,
     /// Calibrated activation absolute maxima per HF module (`qforge calibrate --method
-    /// fp8-static`'s `input_amax`), for [`HfScheme::Nvfp4`]'s `input_global_scale`.
+    /// fp8-static`'s `input_amax`), for layouts with calibrated
+    /// activation global scales (NVFP4 W4A4's `input_global_scale`).
     pub input_amax: Option<BTreeMap<String, f32>>,
     /// Largest shard, bytes of tensor data.
     pub shard_size: u64,

@@ -310,7 +310,7 @@ fn parse(s: &str, asym: bool) -> Result<Scheme, SchemeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{fp4, fp8, fp8_block, int, nvfp4, Params};
+    use crate::layout::{fp4, fp8, fp8_block, int, Params};
 
     fn int_scheme(bits: u8, group_size: Option<usize>, symmetric: bool) -> Scheme {
         Scheme::Hf(HfScheme::new(
@@ -349,10 +349,6 @@ mod tests {
         assert!(Scheme::parse("int4-g0", false).is_err());
         assert!(Scheme::parse("fp4", false).is_err());
         assert_eq!(
-            Scheme::parse("NVFP4A16", false).unwrap(),
-            fixed(&nvfp4::NVFP4A16)
-        );
-        assert_eq!(
             Scheme::parse("mxfp4", false).unwrap(),
             fixed(&fp4::MXFP4)
         );
@@ -371,8 +367,6 @@ mod tests {
             ("W4A16", int(4, Some(128), true)),
             ("W4A16_ASYM", int(4, Some(128), false)),
             ("w8a16", int(8, Some(128), true)),
-            ("NVFP4", fixed(&nvfp4::NVFP4)),
-            ("NVFP4A16", fixed(&nvfp4::NVFP4A16)),
             ("MXFP4", fixed(&fp4::MXFP4)),
             ("MXFP4A16", fixed(&fp4::MXFP4A16)),
             ("Q4_K_M", Scheme::Gguf(GgufMix::Q4_K_M)),
@@ -393,7 +387,6 @@ mod tests {
             ("fp8-rowise", "fp8-rowwise"),
             ("Q4_K_N", "gguf:q4_k_m"),
             ("W4A61", "W4A16"),
-            ("nvfp4a8", "nvfp4a16"),
         ] {
             let e = Scheme::parse(typo, false).unwrap_err().to_string();
             assert!(
@@ -445,7 +438,6 @@ mod tests {
         ));
         assert_eq!(p("W4A16").name(), "int4-g128");
         assert_eq!(p("Q4_K_M").name(), "gguf:q4_k_m");
-        assert_eq!(p("NVFP4").name(), "nvfp4");
         for name in names() {
             assert_eq!(p(name).name(), *name);
         }
@@ -454,11 +446,6 @@ mod tests {
             calib("fp8-static", Calibration::Fp8Static),
             Some(CalibInput::Calib)
         );
-        assert_eq!(
-            calib("nvfp4", Calibration::Fp8Static),
-            Some(CalibInput::Calib)
-        );
-        assert_eq!(calib("nvfp4a16", Calibration::Fp8Static), None);
         assert_eq!(
             calib("int8-row", Calibration::Gptq),
             Some(CalibInput::Calib)
@@ -470,7 +457,6 @@ mod tests {
         );
         assert!(p("q8_0").writes_gguf() && !p("fp8-block").writes_gguf());
         assert_eq!(p("FP8").without_calibration(), Some(p("fp8-rowwise")));
-        assert_eq!(p("NVFP4").without_calibration(), Some(p("nvfp4a16")));
         assert_eq!(p("int4-g64").without_calibration(), None);
     }
 }
