@@ -97,7 +97,10 @@ pub enum Scheme {
 /// qforge's own scheme names (the fixed ones; `int4-g<N>` and `int8-g<N>` take any group
 /// size), from every layout of [`LAYOUTS`].
 pub fn names() -> Vec<&'static str> {
-    LAYOUTS.iter().flat_map(|k| k.names().iter().copied()).collect()
+    LAYOUTS
+        .iter()
+        .flat_map(|k| k.names().iter().copied())
+        .collect()
 }
 
 /// llm-compressor's preset schemes, accepted with the same meaning (compressed-tensors
@@ -106,6 +109,36 @@ pub fn names() -> Vec<&'static str> {
 /// own.
 fn presets() -> impl Iterator<Item = &'static (&'static str, &'static str, bool)> {
     LAYOUTS.iter().flat_map(|k| k.presets().iter())
+}
+
+/// The scheme section of `qforge quantize --help`: every layout's names and meaning, the GGUF
+/// mixes and llm-compressor's presets.
+pub fn help() -> String {
+    let mut out = String::from("Schemes:\n");
+    let mix: Vec<String> = GgufMix::ALL
+        .iter()
+        .map(|m| m.name().to_ascii_lowercase())
+        .collect();
+    let mix = format!("llama.cpp mix: {}", mix.join(" "));
+    let lines = LAYOUTS.iter().flat_map(|k| k.help().iter().copied());
+    for (names, what) in lines.chain([("gguf:<mix>", mix.as_str())]) {
+        out += &format!("  {names:<16} {what}\n");
+    }
+    let presets: Vec<String> = presets()
+        .map(|(p, name, asym)| {
+            if fold(p) == *name || *asym {
+                (*p).to_owned()
+            } else {
+                format!("{p} (= {name})")
+            }
+        })
+        .collect();
+    out += &format!(
+        "\nllm-compressor's presets mean the same here: {};\nllama.cpp type names (Q4_K_M, Q8_0, \
+         ...) need no gguf: prefix. Case and -/_ do not matter.\n",
+        presets.join(", ")
+    );
+    out
 }
 
 /// Presets qforge does not write, with what to use instead (a same-meaning alias is impossible).
@@ -348,10 +381,7 @@ mod tests {
         );
         assert!(Scheme::parse("int4-g0", false).is_err());
         assert!(Scheme::parse("fp4", false).is_err());
-        assert_eq!(
-            Scheme::parse("mxfp4", false).unwrap(),
-            fixed(&fp4::MXFP4)
-        );
+        assert_eq!(Scheme::parse("mxfp4", false).unwrap(), fixed(&fp4::MXFP4));
     }
 
     /// llm-compressor's presets mean what compressed-tensors' `PRESET_SCHEMES` says; llama.cpp

@@ -12,8 +12,9 @@ use qforge_codecs::DType;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
 use qforge_quantize::layout::{
-    fp4::{MXFP4, MXFP4A16}, nvfp4, LayoutScheme, Params,
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+    fp4::{MXFP4, MXFP4A16},
+    nvfp4, quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, LayoutScheme, Params,
+    Policy,
 };
 use qforge_quantize::numerics::Numerics;
 use serde_json::{json, Value};
@@ -221,7 +222,12 @@ fn mxfp4_and_mxfp4a16_config_and_tensors() {
         "scale_dtype": "torch.uint8", "strategy": "group", "symmetric": true, "type": "float"});
     for (a16, want_input) in [(false, input), (true, Value::Null)] {
         let dest = tmp.path().join(format!("mxfp4-{a16}"));
-        quantize_to_hf(&src, &dest, &opts(fixed(if a16 { &MXFP4A16 } else { &MXFP4 }))).unwrap();
+        quantize_to_hf(
+            &src,
+            &dest,
+            &opts(fixed(if a16 { &MXFP4A16 } else { &MXFP4 })),
+        )
+        .unwrap();
         let cfg: Value =
             serde_json::from_slice(&std::fs::read(dest.join("config.json")).unwrap()).unwrap();
         assert_eq!(
@@ -339,4 +345,3 @@ fn nvfp4_w4a4_adds_calibrated_input_global_scales() {
 fn fixed(kind: &'static dyn LayoutScheme) -> HfScheme {
     HfScheme::new(kind, Params::NONE)
 }
-

@@ -21,8 +21,8 @@ use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
 use qforge_quantize::dequant::WeightStorage;
 use qforge_quantize::layout::{
-    fp4::MXFP4, fp8, fp8_block, int, mlx::MLX, nvfp4, LayoutScheme, Params,
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+    fp4::MXFP4, fp8, fp8_block, int, mlx::MLX, nvfp4, quantize_to_hf, HfLayout, HfQuantOptions,
+    HfScheme, IgnoreList, LayoutScheme, Params, Policy,
 };
 use qforge_quantize::numerics::Numerics;
 use serde_json::{json, Value};
@@ -198,11 +198,14 @@ fn fp8_block_config_tensors_and_partial_edge_blocks() {
 
 fn mlx_opts(bits: u8, group: usize) -> HfQuantOptions {
     HfQuantOptions {
-        scheme: HfScheme::new(&int::INT, Params {
-            bits,
-            group_size: Some(group),
-            symmetric: true,
-        }),
+        scheme: HfScheme::new(
+            &int::INT,
+            Params {
+                bits,
+                group_size: Some(group),
+                symmetric: true,
+            },
+        ),
         layout: HfLayout::Mlx,
         ..opts(DType::BF16)
     }
@@ -264,16 +267,22 @@ fn mlx_config_modules_and_bytes() {
     // other schemes, group sizes and calibration results are refused
     for scheme in [
         fixed(&fp8::FP8_ROWWISE),
-        HfScheme::new(&int::INT, Params {
-            bits: 4,
-            group_size: Some(16),
-            symmetric: true,
-        }),
-        HfScheme::new(&int::INT, Params {
-            bits: 4,
-            group_size: None,
-            symmetric: false,
-        }),
+        HfScheme::new(
+            &int::INT,
+            Params {
+                bits: 4,
+                group_size: Some(16),
+                symmetric: true,
+            },
+        ),
+        HfScheme::new(
+            &int::INT,
+            Params {
+                bits: 4,
+                group_size: None,
+                symmetric: false,
+            },
+        ),
     ] {
         let o = HfQuantOptions {
             scheme,
@@ -311,8 +320,14 @@ fn fp8_block_and_fp4_outputs_read_back_bit_for_bit() {
             .collect::<Vec<_>>()
     };
     for (scheme, storage) in [
-        (fixed(&fp8_block::FP8_BLOCK), WeightStorage::Quantized(fixed(&fp8_block::FP8_BLOCK))),
-        (fixed(&nvfp4::NVFP4A16), WeightStorage::Quantized(fixed(&nvfp4::NVFP4A16))),
+        (
+            fixed(&fp8_block::FP8_BLOCK),
+            WeightStorage::Quantized(fixed(&fp8_block::FP8_BLOCK)),
+        ),
+        (
+            fixed(&nvfp4::NVFP4A16),
+            WeightStorage::Quantized(fixed(&nvfp4::NVFP4A16)),
+        ),
         (fixed(&MXFP4), WeightStorage::Quantized(fixed(&MXFP4))),
     ] {
         let dest = tmp.path().join(format!("{storage:?}"));
@@ -340,43 +355,44 @@ fn fp8_block_and_fp4_outputs_read_back_bit_for_bit() {
                 .unwrap()
                 .shape()
                 .to_vec();
-            let (want, want_bf16) = if storage == WeightStorage::Quantized(fixed(&fp8_block::FP8_BLOCK)) {
-                let w = st.tensor(&format!("{base}.weight")).unwrap();
-                let (rows, cols) = (w.shape()[0], w.shape()[1]);
-                let scales: Vec<f32> = data("weight_scale")
-                    .chunks(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect();
-                let b = fp8_ct::Fp8Blocks {
-                    rows,
-                    cols,
-                    block: CT_BLOCK,
-                    codes: w.data().to_vec(),
-                    scales,
-                };
-                (
-                    fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::F32).unwrap(),
-                    fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::Bf16).unwrap(),
-                )
-            } else {
-                let p = fp4::Fp4Packed {
-                    rows: shape[0],
-                    cols: data("weight_packed").len() * 2 / shape[0],
-                    packed: data("weight_packed"),
-                    scales: data("weight_scale"),
-                };
-                if storage == WeightStorage::Quantized(fixed(&nvfp4::NVFP4A16)) {
-                    let g = data("weight_global_scale");
-                    let gs = f32::from_le_bytes([g[0], g[1], g[2], g[3]]);
-                    let v = fp4::dequantize_nvfp4(&p, gs).unwrap();
-                    (v.clone(), v)
-                } else {
+            let (want, want_bf16) =
+                if storage == WeightStorage::Quantized(fixed(&fp8_block::FP8_BLOCK)) {
+                    let w = st.tensor(&format!("{base}.weight")).unwrap();
+                    let (rows, cols) = (w.shape()[0], w.shape()[1]);
+                    let scales: Vec<f32> = data("weight_scale")
+                        .chunks(2)
+                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect();
+                    let b = fp8_ct::Fp8Blocks {
+                        rows,
+                        cols,
+                        block: CT_BLOCK,
+                        codes: w.data().to_vec(),
+                        scales,
+                    };
                     (
-                        fp4::dequantize_mxfp4_ct(&p, Int4Arith::F32).unwrap(),
-                        fp4::dequantize_mxfp4_ct(&p, Int4Arith::Bf16).unwrap(),
+                        fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::F32).unwrap(),
+                        fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::Bf16).unwrap(),
                     )
-                }
-            };
+                } else {
+                    let p = fp4::Fp4Packed {
+                        rows: shape[0],
+                        cols: data("weight_packed").len() * 2 / shape[0],
+                        packed: data("weight_packed"),
+                        scales: data("weight_scale"),
+                    };
+                    if storage == WeightStorage::Quantized(fixed(&nvfp4::NVFP4A16)) {
+                        let g = data("weight_global_scale");
+                        let gs = f32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+                        let v = fp4::dequantize_nvfp4(&p, gs).unwrap();
+                        (v.clone(), v)
+                    } else {
+                        (
+                            fp4::dequantize_mxfp4_ct(&p, Int4Arith::F32).unwrap(),
+                            fp4::dequantize_mxfp4_ct(&p, Int4Arith::Bf16).unwrap(),
+                        )
+                    }
+                };
             assert_eq!(bits(&got), bits(&want), "{storage:?} {m}");
             assert_eq!(bf16(&got), bf16(&want_bf16), "{storage:?} {m}");
         }

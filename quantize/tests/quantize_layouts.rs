@@ -14,8 +14,9 @@ use qforge_convert::write::OutputOptions;
 use qforge_convert::{Checkpoint, Error, LayerTensor, Part, TensorId};
 use qforge_quantize::dequant::WeightStorage;
 use qforge_quantize::layout::{
-    fp8::{FP8_ROWWISE, FP8_STATIC}, int, mlx, LayoutScheme, Params,
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+    fp8::{FP8_ROWWISE, FP8_STATIC},
+    int, mlx, quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, LayoutScheme, Params,
+    Policy,
 };
 use qforge_quantize::numerics::Numerics;
 use serde_json::{json, Value};
@@ -187,7 +188,10 @@ fn fbgemm_meta_405b_policy_on_126_layers() {
                 let s = out.part(id, Part::WeightScale).unwrap();
                 assert_eq!(s.dtype, DType::F32, "{id}");
                 assert_eq!(s.shape, vec![weight.shape[0], 1], "{id}");
-                assert_eq!(out.weight_storage(id).unwrap(), WeightStorage::Quantized(fixed(&FP8_ROWWISE)));
+                assert_eq!(
+                    out.weight_storage(id).unwrap(),
+                    WeightStorage::Quantized(fixed(&FP8_ROWWISE))
+                );
                 check_fp8_error(&src, &out, id, false);
                 if i == 1 {
                     // FBGEMM's quantize_fp8_per_row: f32 scale and division, -0 kept as 0x80
@@ -257,7 +261,10 @@ fn compressed_tensors_fp8_rowwise_config_and_tensors() {
             }
             let s = out.part(id, Part::WeightScale).unwrap();
             assert_eq!(s.dtype, DType::BF16);
-            assert_eq!(out.weight_storage(id).unwrap(), WeightStorage::Quantized(fixed(&FP8_ROWWISE)));
+            assert_eq!(
+                out.weight_storage(id).unwrap(),
+                WeightStorage::Quantized(fixed(&FP8_ROWWISE))
+            );
             check_fp8_error(&src, &out, id, true);
             // llm-compressor's bytes: the quotient rounded to BF16 before the FP8 cast, and a
             // negative value that rounds to zero written as 0x80, as compressed-tensors does
@@ -289,11 +296,14 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     let src = source(tmp.path(), 1, 96, 192, true);
     let o = opts(
-        HfScheme::new(&int::INT, Params {
-            bits: 4,
-            group_size: Some(128),
-            symmetric: true,
-        }),
+        HfScheme::new(
+            &int::INT,
+            Params {
+                bits: 4,
+                group_size: Some(128),
+                symmetric: true,
+            },
+        ),
         HfLayout::CompressedTensors,
         Policy::AllLinear,
     );
@@ -312,11 +322,14 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
     assert!(!tmp.path().join("w4").exists());
     // group 32 works, dequantizes within half a step
     let o = opts(
-        HfScheme::new(&int::INT, Params {
-            bits: 4,
-            group_size: Some(32),
-            symmetric: false,
-        }),
+        HfScheme::new(
+            &int::INT,
+            Params {
+                bits: 4,
+                group_size: Some(32),
+                symmetric: false,
+            },
+        ),
         HfLayout::CompressedTensors,
         Policy::AllLinear,
     );
@@ -373,11 +386,14 @@ fn same_bytes_for_any_thread_count_and_static_scales_are_required() {
                 &src,
                 &dest,
                 &opts(
-                    HfScheme::new(&int::INT, Params {
-                        bits: 4,
-                        group_size: Some(64),
-                        symmetric: true,
-                    }),
+                    HfScheme::new(
+                        &int::INT,
+                        Params {
+                            bits: 4,
+                            group_size: Some(64),
+                            symmetric: true,
+                        },
+                    ),
                     HfLayout::CompressedTensors,
                     Policy::AllLinear,
                 ),
@@ -417,7 +433,10 @@ fn same_bytes_for_any_thread_count_and_static_scales_are_required() {
         index: 1,
         kind: LayerTensor::Gate,
     };
-    assert_eq!(out.weight_storage(id).unwrap(), WeightStorage::Quantized(fixed(&FP8_STATIC)));
+    assert_eq!(
+        out.weight_storage(id).unwrap(),
+        WeightStorage::Quantized(fixed(&FP8_STATIC))
+    );
     assert_eq!(
         out.to_f32(out.part(id, Part::InputScale).unwrap()).unwrap(),
         vec![half::bf16::from_f32(0.01).to_f32()]

@@ -121,8 +121,12 @@ pub(super) fn fp4_parts<'a>(
     scale_dtype: DType,
     group: u64,
 ) -> Option<Result<(&'a TensorEntry, &'a TensorEntry)>> {
-    let packed = w.part(id, Part::WeightPacked).filter(|p| p.dtype == DType::U8)?;
-    let scale = w.part(id, Part::WeightScale).filter(|s| s.dtype == scale_dtype)?;
+    let packed = w
+        .part(id, Part::WeightPacked)
+        .filter(|p| p.dtype == DType::U8)?;
+    let scale = w
+        .part(id, Part::WeightScale)
+        .filter(|s| s.dtype == scale_dtype)?;
     let [rows, cols] = match w.config.expected_shape(id).as_slice() {
         [r, c] => [*r, *c],
         _ => return Some(Err(w.bad(packed, "FP4 weights must be 2-D".into()))),
@@ -182,6 +186,16 @@ impl LayoutScheme for Mxfp4 {
             &["mxfp4a16"]
         } else {
             &["mxfp4"]
+        }
+    }
+    fn help(&self) -> &'static [(&'static str, &'static str)] {
+        if self.a16 {
+            &[]
+        } else {
+            &[(
+                "mxfp4, mxfp4a16",
+                "OCP MXFP4: E2M1 weights, an E8M0 scale per 32 (mxfp4: MXFP4 activations too)",
+            )]
         }
     }
     fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
@@ -254,10 +268,16 @@ impl LayoutScheme for Mxfp4 {
     /// (`qforge_codecs::fp4::dequantize_mxfp4_ct` with `f32` arithmetic).
     fn dequant(&self, _s: HfScheme, w: &Weights<'_>, id: TensorId) -> Result<Vec<f32>> {
         let p = fp4_packed(w, id)?;
-        fp4::dequantize_mxfp4_ct(&p, Int4Arith::F32).map_err(|source| qforge_convert::Error::Codec {
-            path: w.path.clone(),
-            tensor: w.part(id, Part::WeightPacked).expect("checked").name.clone(),
-            source,
+        fp4::dequantize_mxfp4_ct(&p, Int4Arith::F32).map_err(|source| {
+            qforge_convert::Error::Codec {
+                path: w.path.clone(),
+                tensor: w
+                    .part(id, Part::WeightPacked)
+                    .expect("checked")
+                    .name
+                    .clone(),
+                source,
+            }
         })
     }
 }

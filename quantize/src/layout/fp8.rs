@@ -15,16 +15,16 @@ use serde_json::{json, Value};
 
 use super::fp4::Source;
 use super::{
-    checked_rows, codec_err, compressed_tensors_config, hf_module, model_arith, run_error,
-    shape2, Cx, HfLayout, HfQuantOptions, HfScheme, LayoutScheme, ModuleCheck, Params,
+    checked_rows, codec_err, compressed_tensors_config, hf_module, model_arith, run_error, shape2,
+    Cx, HfLayout, HfQuantOptions, HfScheme, LayoutScheme, ModuleCheck, Params,
 };
 use crate::dequant::{check_finite_scales, WeightRead, Weights};
-use crate::scheme::Calibration;
-use qforge_convert::checkpoint::TensorEntry;
-use qforge_convert::export::{streams, STREAMED_BYTES};
 use crate::numerics::Numerics;
+use crate::scheme::Calibration;
 use qforge_convert::checkpoint::Checkpoint;
+use qforge_convert::checkpoint::TensorEntry;
 use qforge_convert::export::{encode_float, OutTensor, Producer, RowProducer};
+use qforge_convert::export::{streams, STREAMED_BYTES};
 use qforge_convert::names::{Part, TensorId};
 use qforge_convert::rope::RopeLayout;
 use qforge_convert::write::safetensors::TensorSpec;
@@ -385,6 +385,16 @@ impl LayoutScheme for Fp8 {
             &["fp8-static"]
         }
     }
+    fn help(&self) -> &'static [(&'static str, &'static str)] {
+        if self.per_row {
+            &[(
+                "fp8-rowwise",
+                "FP8 E4M3 weights, one scale per output row, dynamic per-token FP8 activations",
+            )]
+        } else {
+            &[("fp8-static", "FP8 weights with per-tensor scales + calibrated static activation scales (--calib)")]
+        }
+    }
     fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
         // compressed-tensors quantization/quant_scheme.py: FP8_DYNAMIC is per-channel weights
         // with dynamic per-token activations, FP8 per-tensor weights with static activations
@@ -398,7 +408,12 @@ impl LayoutScheme for Fp8 {
         self.id().into()
     }
     fn storage_name(&self, _s: HfScheme) -> String {
-        if self.per_row { "fp8-rowwise" } else { "fp8-tensor" }.into()
+        if self.per_row {
+            "fp8-rowwise"
+        } else {
+            "fp8-tensor"
+        }
+        .into()
     }
     fn accepts(&self, _s: HfScheme, c: Calibration) -> bool {
         !self.per_row && c == Calibration::Fp8Static
@@ -427,10 +442,13 @@ impl LayoutScheme for Fp8 {
         match opts.input_scales.as_ref().and_then(|s| s.get(&m)) {
             Some(s) if s.is_finite() && *s > 0.0 => Ok(()),
             Some(s) => Err(run_error(ckpt, format!("input scale of {m} is {s}"))),
-            None => Err(run_error(ckpt, format!(
-                "fp8-static needs calibrated activation scales: none for {m} \
+            None => Err(run_error(
+                ckpt,
+                format!(
+                    "fp8-static needs calibrated activation scales: none for {m} \
                  (run `qforge calibrate --method fp8-static` and pass --calib)"
-            ))),
+                ),
+            )),
         }
     }
     fn tensors<'a>(

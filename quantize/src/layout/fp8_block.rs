@@ -20,8 +20,8 @@ use super::{
 };
 use crate::dequant::{check_finite_scales, Weights};
 use qforge_convert::checkpoint::Checkpoint;
-use qforge_convert::names::Part;
 use qforge_convert::export::{encode_float, OutTensor, Producer};
+use qforge_convert::names::Part;
 use qforge_convert::names::TensorId;
 use qforge_convert::write::safetensors::TensorSpec;
 use qforge_convert::Result;
@@ -87,6 +87,12 @@ impl LayoutScheme for Fp8Block {
     }
     fn names(&self) -> &'static [&'static str] {
         &["fp8-block"]
+    }
+    fn help(&self) -> &'static [(&'static str, &'static str)] {
+        &[(
+            "fp8-block",
+            "FP8 weights, one scale per 128x128 block, dynamic per-128-group activations",
+        )]
     }
     fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
         &[("FP8_BLOCK", "fp8-block", false)]

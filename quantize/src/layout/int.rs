@@ -12,14 +12,14 @@ use serde_json::{json, Value};
 use super::fp4::Source;
 use super::{
     checked_rows, codec_err, compressed_tensors_config, hf_module, model_arith, push_i32s,
-    run_error, shape2, Cx, HfQuantOptions, HfScheme, LayoutScheme, ModuleCheck, Params, PrecomputedInt4,
-    QuantRate, WeightTransform,
+    run_error, shape2, Cx, HfQuantOptions, HfScheme, LayoutScheme, ModuleCheck, Params,
+    PrecomputedInt4, QuantRate, WeightTransform,
 };
 use crate::dequant::{check_finite_scales, Weights};
 use crate::scheme::{CalibMismatch, Calibrated, Calibration, SchemeError};
 use qforge_convert::checkpoint::{Checkpoint, TensorEntry};
-use qforge_convert::names::Part;
 use qforge_convert::export::{encode_float, OutTensor, Producer};
+use qforge_convert::names::Part;
 use qforge_convert::names::TensorId;
 use qforge_convert::write::safetensors::TensorSpec;
 use qforge_convert::{Error, Result};
@@ -174,8 +174,21 @@ impl LayoutScheme for Int {
     }
     fn names(&self) -> &'static [&'static str] {
         &[
-            "int4-g32", "int4-g64", "int4-g128", "int4-row", "int8-g32", "int8-g64",
-            "int8-g128", "int8-row",
+            "int4-g32",
+            "int4-g64",
+            "int4-g128",
+            "int4-row",
+            "int8-g32",
+            "int8-g64",
+            "int8-g128",
+            "int8-row",
+        ]
+    }
+    fn help(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("int4-g<N>", "INT4 weights, one scale per N input columns (int4 = int4-g128); --asym for zero points"),
+            ("int4-row", "INT4 weights, one scale per output row"),
+            ("int8-g<N>, int8-row", "INT8 weights (W8A16, 4 codes a word), same options as INT4"),
         ]
     }
     fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
@@ -255,13 +268,18 @@ impl LayoutScheme for Int {
             _ => return None,
         };
         let made = HfScheme::new(&INT, made);
-        Some((made == s).then_some(()).ok_or(CalibMismatch::MadeFor(made.name())))
+        Some(
+            (made == s)
+                .then_some(())
+                .ok_or(CalibMismatch::MadeFor(made.name())),
+        )
     }
     fn check_options(&self, s: HfScheme, opts: &HfQuantOptions) -> ModuleCheck {
         if opts.layout == super::HfLayout::Fbgemm {
             return super::kind::default_check_options(opts);
         }
-        if opts.weight_transform.is_some() && (s.params.bits != 4 || opts.precomputed_int4.is_some())
+        if opts.weight_transform.is_some()
+            && (s.params.bits != 4 || opts.precomputed_int4.is_some())
         {
             return Err(
                 "folded calibration scales (AWQ) need an int4 scheme quantized round-to-nearest"
@@ -331,7 +349,9 @@ impl LayoutScheme for Int {
         QuantRate::Integer
     }
     fn detect(&self, w: &Weights<'_>, id: TensorId) -> Option<Result<Params>> {
-        let packed = w.part(id, Part::WeightPacked).filter(|p| p.dtype != DType::U8)?;
+        let packed = w
+            .part(id, Part::WeightPacked)
+            .filter(|p| p.dtype != DType::U8)?;
         Some(detect_packed(w, id, packed))
     }
     fn dequant(&self, s: HfScheme, w: &Weights<'_>, id: TensorId) -> Result<Vec<f32>> {

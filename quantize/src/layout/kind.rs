@@ -93,7 +93,10 @@ pub struct Cx<'a> {
 impl Cx<'_> {
     /// Whether role `m` is quantized in this run (it exists and the policy selects it).
     pub fn quantizes(&self, m: TensorId) -> bool {
-        self.src.ckpt.part(m, qforge_convert::Part::Weight).is_some()
+        self.src
+            .ckpt
+            .part(m, qforge_convert::Part::Weight)
+            .is_some()
             && super::treatment(m, self.scheme, self.opts, self.src.ckpt, self.skipped)
     }
 }
@@ -113,6 +116,11 @@ pub trait LayoutScheme: Sync + std::fmt::Debug {
 
     /// llm-compressor presets meaning this layout: (preset, qforge name, asymmetric).
     fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
+        &[]
+    }
+
+    /// Lines of `qforge quantize --help`: (the names as users type them, what they mean).
+    fn help(&self) -> &'static [(&'static str, &'static str)] {
         &[]
     }
 
@@ -274,9 +282,9 @@ impl HfScheme {
     pub fn parse(s: &str, asym: bool) -> std::result::Result<HfScheme, SchemeError> {
         match crate::scheme::Scheme::parse(s, asym)? {
             crate::scheme::Scheme::Hf(h) => Ok(h),
-            crate::scheme::Scheme::Gguf(_) => {
-                Err(SchemeError(format!("--scheme {s}: a GGUF mix, not an HF layout")))
-            }
+            crate::scheme::Scheme::Gguf(_) => Err(SchemeError(format!(
+                "--scheme {s}: a GGUF mix, not an HF layout"
+            ))),
         }
     }
 
@@ -322,8 +330,7 @@ pub fn default_check_options(opts: &HfQuantOptions) -> ModuleCheck {
 pub fn no_calibrated_codes(opts: &HfQuantOptions) -> ModuleCheck {
     if opts.weight_transform.is_some() {
         return Err(
-            "folded calibration scales (AWQ) need an int4 scheme quantized round-to-nearest"
-                .into(),
+            "folded calibration scales (AWQ) need an int4 scheme quantized round-to-nearest".into(),
         );
     }
     if opts.precomputed_int4.is_some() {

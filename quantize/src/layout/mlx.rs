@@ -22,8 +22,8 @@ use super::fp4::Source;
 use super::{codec_err, shape2, Cx, HfQuantOptions, HfScheme, LayoutScheme, Params};
 use crate::dequant::Weights;
 use qforge_convert::checkpoint::TensorEntry;
-use qforge_convert::names::Part;
 use qforge_convert::export::{encode_float, OutTensor, Producer};
+use qforge_convert::names::Part;
 use qforge_convert::names::TensorId;
 use qforge_convert::write::safetensors::TensorSpec;
 use qforge_convert::Result;
@@ -102,16 +102,16 @@ pub(super) fn from_options(opts: &HfQuantOptions) -> std::result::Result<HfSchem
             bits: bits @ (4 | 8),
             group_size: Some(g @ (32 | 64 | 128)),
             ..
-        }) if opts.precomputed_int4.is_none() && opts.weight_transform.is_none() => Ok(
-            HfScheme::new(
+        }) if opts.precomputed_int4.is_none() && opts.weight_transform.is_none() => {
+            Ok(HfScheme::new(
                 &MLX,
                 Params {
                     bits,
                     group_size: Some(g),
                     symmetric: false,
                 },
-            ),
-        ),
+            ))
+        }
         _ => Err(
             "the mlx layout holds MLX affine weights: --scheme int4-g<N> or int8-g<N> \
                   with N = 32, 64 or 128 (round to nearest, no calibration results)"

@@ -148,6 +148,19 @@ impl LayoutScheme for Nvfp4 {
             &["nvfp4a16"]
         }
     }
+    fn help(&self) -> &'static [(&'static str, &'static str)] {
+        if self.w4a4 {
+            &[(
+                "nvfp4",
+                "nvfp4a16's weights + FP4 activations under calibrated global scales (--calib)",
+            )]
+        } else {
+            &[(
+                "nvfp4a16",
+                "FP4 E2M1 weights, an FP8 scale per 16 and a per-tensor global scale",
+            )]
+        }
+    }
     fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
         if self.w4a4 {
             &[("NVFP4", "nvfp4", false)]
@@ -176,8 +189,7 @@ impl LayoutScheme for Nvfp4 {
     ) -> Result<()> {
         check_columns(ckpt, id, fp4::NVFP4_GROUP)?;
         if self.w4a4 {
-            check_amax(opts.input_amax.as_ref(), &hf_module(id))
-                .map_err(|r| run_error(ckpt, r))?;
+            check_amax(opts.input_amax.as_ref(), &hf_module(id)).map_err(|r| run_error(ckpt, r))?;
         }
         Ok(())
     }
@@ -189,7 +201,13 @@ impl LayoutScheme for Nvfp4 {
         module: &str,
     ) -> Result<Vec<OutTensor<'a>>> {
         let src = cx.src;
-        let k = src.ckpt.config.expected_shape(id).last().copied().unwrap_or(1) as usize;
+        let k = src
+            .ckpt
+            .config
+            .expected_shape(id)
+            .last()
+            .copied()
+            .unwrap_or(1) as usize;
         let group: Vec<TensorId> = fused_group(id)
             .into_iter()
             .filter(|m| cx.quantizes(*m))
@@ -209,7 +227,12 @@ impl LayoutScheme for Nvfp4 {
         let mut out = packed_tensors(src, id, module, (fp4::NVFP4_GROUP, DType::F8_E4M3), quant);
         out.push(scalar(module, "weight_global_scale", global));
         if self.w4a4 {
-            let amax = cx.opts.input_amax.as_ref().and_then(|a| a.get(module)).copied();
+            let amax = cx
+                .opts
+                .input_amax
+                .as_ref()
+                .and_then(|a| a.get(module))
+                .copied();
             let gs = fp4::nvfp4_global_scale(amax.expect("checked by check_module"), src.arith);
             out.push(scalar(module, "input_global_scale", move || Ok(gs)));
         }
@@ -230,9 +253,9 @@ impl LayoutScheme for Nvfp4 {
         }
         let parts = fp4_parts(w, id, DType::F8_E4M3, fp4::NVFP4_GROUP as u64)?;
         Some(parts.and_then(|(packed, _)| {
-            let g = w
-                .part(id, Part::WeightGlobalScale)
-                .ok_or_else(|| w.bad(packed, "has no companion weight_global_scale tensor".into()))?;
+            let g = w.part(id, Part::WeightGlobalScale).ok_or_else(|| {
+                w.bad(packed, "has no companion weight_global_scale tensor".into())
+            })?;
             if g.dtype != DType::F32 || g.shape.iter().product::<u64>() != 1 {
                 return Err(w.bad(g, "weight_global_scale must be one F32".into()));
             }
@@ -243,14 +266,20 @@ impl LayoutScheme for Nvfp4 {
     /// (`qforge_codecs::fp4::dequantize_nvfp4`).
     fn dequant(&self, _s: HfScheme, w: &Weights<'_>, id: TensorId) -> Result<Vec<f32>> {
         let p = fp4_packed(w, id)?;
-        let g = w.part(id, Part::WeightGlobalScale).expect("checked by detect");
+        let g = w
+            .part(id, Part::WeightGlobalScale)
+            .expect("checked by detect");
         let gs = w.to_f32(g)?[0];
         if !(gs.is_finite() && gs > 0.0) {
             return Err(w.bad(g, format!("global scale is {gs} (must be finite and > 0)")));
         }
         fp4::dequantize_nvfp4(&p, gs).map_err(|source| Error::Codec {
             path: w.path.clone(),
-            tensor: w.part(id, Part::WeightPacked).expect("checked").name.clone(),
+            tensor: w
+                .part(id, Part::WeightPacked)
+                .expect("checked")
+                .name
+                .clone(),
             source,
         })
     }
