@@ -114,6 +114,7 @@ fn presets() -> impl Iterator<Item = &'static (&'static str, &'static str, bool)
 /// The scheme section of `qforge quantize --help`: every layout's names and meaning, the GGUF
 /// mixes and llm-compressor's presets.
 pub fn help() -> String {
+    use std::fmt::Write;
     let mut out = String::from("Schemes:\n");
     let mix: Vec<String> = GgufMix::ALL
         .iter()
@@ -122,7 +123,7 @@ pub fn help() -> String {
     let mix = format!("llama.cpp mix: {}", mix.join(" "));
     let lines = LAYOUTS.iter().flat_map(|k| k.help().iter().copied());
     for (names, what) in lines.chain([("gguf:<mix>", mix.as_str())]) {
-        out += &format!("  {names:<16} {what}\n");
+        let _ = writeln!(out, "  {names:<16} {what}");
     }
     let presets: Vec<String> = presets()
         .map(|(p, name, asym)| {
@@ -133,7 +134,8 @@ pub fn help() -> String {
             }
         })
         .collect();
-    out += &format!(
+    let _ = write!(
+        out,
         "\nllm-compressor's presets mean the same here: {};\nllama.cpp type names (Q4_K_M, Q8_0, \
          ...) need no gguf: prefix. Case and -/_ do not matter.\n",
         presets.join(", ")

@@ -628,7 +628,7 @@ impl Model {
                 })?)
             }
             WeightStorage::Plain(_) => ActQuant::None,
-            _ => match self.w8a8 {
+            WeightStorage::Quantized(_) => match self.w8a8 {
                 Some(ub) => ActQuant::Fp8Token { ub },
                 None => ActQuant::None,
             },
