@@ -6,7 +6,7 @@
 //! `qforge_codecs::fp4`'s (llm-compressor's, bit for bit).
 //!
 //! This module holds what the two FP4 layouts share (the packed tensors, their shape checks,
-//! the writers' [`Source`]) and the MXFP4 layouts; NVFP4's own is [`super::nvfp4`].
+//! the writers' [`Source`]) and the MXFP4 layouts; NVFP4's own is its module, `nvfp4`.
 
 use qforge_codecs::fp4;
 use qforge_codecs::int4::Int4Arith;
