@@ -84,7 +84,20 @@ pub enum Command {
         qforge convert ./model.gguf ./out --to hf --resume   # continue an interrupted run")]
     Convert(ConvertArgs),
     /// Quantize a checkpoint to FP8, INT4 or a llama.cpp GGUF mix (streamed, atomic, resumable).
-    #[command(after_help = qforge_quantize::scheme::help() + "\nExamples:\n  \
+    #[command(after_help = "Schemes:\n  \
+        fp8-rowwise      FP8 E4M3 weights, one scale per output row, dynamic per-token FP8 activations\n  \
+        fp8-static       FP8 weights with per-tensor scales + calibrated static activation scales (--calib)\n  \
+        int4-g<N>        INT4 weights, one scale per N input columns (int4 = int4-g128); --asym for zero points\n  \
+        int4-row         INT4 weights, one scale per output row\n  \
+        int8-g<N>, int8-row  INT8 weights (W8A16, 4 codes a word), same options as INT4\n  \
+        fp8-block        FP8 weights, one scale per 128x128 block, dynamic per-128-group activations\n  \
+        nvfp4a16         FP4 E2M1 weights, an FP8 scale per 16 and a per-tensor global scale\n  \
+        mxfp4, mxfp4a16  OCP MXFP4: E2M1 weights, an E8M0 scale per 32 (mxfp4: MXFP4 activations too)\n  \
+        gguf:<mix>       llama.cpp mix: q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m q6_k\n\
+        \nllm-compressor's presets mean the same here: FP8 (= fp8-static), FP8_DYNAMIC (= fp8-rowwise),\n\
+        FP8_BLOCK, W4A16 (= int4-g128), W4A16_ASYM, W8A16 (= int8-g128), NVFP4A16, MXFP4, MXFP4A16;\n\
+        llama.cpp type names (Q4_K_M, Q8_0, ...) need no gguf: prefix. Case and -/_ do not matter.\n\
+        \nExamples:\n  \
         qforge quantize ./Llama-3.1-8B ./Llama-3.1-8B-FP8 --scheme fp8-rowwise\n  \
         qforge quantize ./Llama-3.1-405B ./405B-FP8 --scheme fp8-rowwise --layout fbgemm --policy meta-405b\n  \
         qforge quantize ./smollm2-hf ./smollm2-w4a16 --scheme int4-g64\n  \

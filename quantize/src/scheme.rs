@@ -111,38 +111,6 @@ fn presets() -> impl Iterator<Item = &'static (&'static str, &'static str, bool)
     LAYOUTS.iter().flat_map(|k| k.presets().iter())
 }
 
-/// The scheme section of `qforge quantize --help`: every layout's names and meaning, the GGUF
-/// mixes and llm-compressor's presets.
-pub fn help() -> String {
-    use std::fmt::Write;
-    let mut out = String::from("Schemes:\n");
-    let mix: Vec<String> = GgufMix::ALL
-        .iter()
-        .map(|m| m.name().to_ascii_lowercase())
-        .collect();
-    let mix = format!("llama.cpp mix: {}", mix.join(" "));
-    let lines = LAYOUTS.iter().flat_map(|k| k.help().iter().copied());
-    for (names, what) in lines.chain([("gguf:<mix>", mix.as_str())]) {
-        let _ = writeln!(out, "  {names:<16} {what}");
-    }
-    let presets: Vec<String> = presets()
-        .map(|(p, name, asym)| {
-            if fold(p) == *name || *asym {
-                (*p).to_owned()
-            } else {
-                format!("{p} (= {name})")
-            }
-        })
-        .collect();
-    let _ = write!(
-        out,
-        "\nllm-compressor's presets mean the same here: {};\nllama.cpp type names (Q4_K_M, Q8_0, \
-         ...) need no gguf: prefix. Case and -/_ do not matter.\n",
-        presets.join(", ")
-    );
-    out
-}
-
 /// Presets qforge does not write, with what to use instead (a same-meaning alias is impossible).
 const NOT_WRITTEN: &[(&str, &str)] = &[
     (

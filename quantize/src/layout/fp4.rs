@@ -188,16 +188,6 @@ impl LayoutScheme for Mxfp4 {
             &["mxfp4"]
         }
     }
-    fn help(&self) -> &'static [(&'static str, &'static str)] {
-        if self.a16 {
-            &[]
-        } else {
-            &[(
-                "mxfp4, mxfp4a16",
-                "OCP MXFP4: E2M1 weights, an E8M0 scale per 32 (mxfp4: MXFP4 activations too)",
-            )]
-        }
-    }
     fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
         if self.a16 {
             &[("MXFP4A16", "mxfp4a16", false)]

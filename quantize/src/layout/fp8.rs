@@ -385,16 +385,6 @@ impl LayoutScheme for Fp8 {
             &["fp8-static"]
         }
     }
-    fn help(&self) -> &'static [(&'static str, &'static str)] {
-        if self.per_row {
-            &[(
-                "fp8-rowwise",
-                "FP8 E4M3 weights, one scale per output row, dynamic per-token FP8 activations",
-            )]
-        } else {
-            &[("fp8-static", "FP8 weights with per-tensor scales + calibrated static activation scales (--calib)")]
-        }
-    }
     fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
         // compressed-tensors quantization/quant_scheme.py: FP8_DYNAMIC is per-channel weights
         // with dynamic per-token activations, FP8 per-tensor weights with static activations

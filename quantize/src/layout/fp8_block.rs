@@ -88,12 +88,6 @@ impl LayoutScheme for Fp8Block {
     fn names(&self) -> &'static [&'static str] {
         &["fp8-block"]
     }
-    fn help(&self) -> &'static [(&'static str, &'static str)] {
-        &[(
-            "fp8-block",
-            "FP8 weights, one scale per 128x128 block, dynamic per-128-group activations",
-        )]
-    }
     fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
         &[("FP8_BLOCK", "fp8-block", false)]
     }

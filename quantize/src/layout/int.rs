@@ -184,13 +184,6 @@ impl LayoutScheme for Int {
             "int8-row",
         ]
     }
-    fn help(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("int4-g<N>", "INT4 weights, one scale per N input columns (int4 = int4-g128); --asym for zero points"),
-            ("int4-row", "INT4 weights, one scale per output row"),
-            ("int8-g<N>, int8-row", "INT8 weights (W8A16, 4 codes a word), same options as INT4"),
-        ]
-    }
     fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
         // compressed-tensors quantization/quant_scheme.py: group-128 symmetric integer weights
         &[

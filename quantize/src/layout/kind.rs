@@ -119,11 +119,6 @@ pub trait LayoutScheme: Sync + std::fmt::Debug {
         &[]
     }
 
-    /// Lines of `qforge quantize --help`: (the names as users type them, what they mean).
-    fn help(&self) -> &'static [(&'static str, &'static str)] {
-        &[]
-    }
-
     /// Parse a folded name (lower case, `_` as `-`; presets already mapped to qforge names):
     /// `None` when the name is not this layout's.
     fn parse(&self, name: &str, _asym: bool) -> Option<std::result::Result<Params, SchemeError>> {

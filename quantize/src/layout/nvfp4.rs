@@ -148,19 +148,6 @@ impl LayoutScheme for Nvfp4 {
             &["nvfp4a16"]
         }
     }
-    fn help(&self) -> &'static [(&'static str, &'static str)] {
-        if self.w4a4 {
-            &[(
-                "nvfp4",
-                "nvfp4a16's weights + FP4 activations under calibrated global scales (--calib)",
-            )]
-        } else {
-            &[(
-                "nvfp4a16",
-                "FP4 E2M1 weights, an FP8 scale per 16 and a per-tensor global scale",
-            )]
-        }
-    }
     fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
         if self.w4a4 {
             &[("NVFP4", "nvfp4", false)]
