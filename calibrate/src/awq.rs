@@ -316,12 +316,38 @@ pub struct LayerScales {
     pub mlp: Option<Vec<f64>>,
     /// up_proj → down_proj.
     pub up_down: Option<Vec<f64>>,
+    /// Mixture-of-experts blocks: each expert's up_proj → down_proj, by expert (an expert
+    /// that saw no row has none).
+    pub experts_up_down: std::collections::BTreeMap<u32, Vec<f64>>,
+    /// Llama 4's shared expert's up_proj → down_proj.
+    pub shared_up_down: Option<Vec<f64>>,
 }
 
 /// Which tensor of a layer [`LayerScales::apply`] folds into.
 pub use qforge_convert::LayerTensor;
+use qforge_convert::FfnProj;
 
 impl LayerScales {
+    /// Set the up → down scales of `up` (an expert's or the shared expert's up_proj).
+    pub fn set_up_down(&mut self, up: LayerTensor, s: Vec<f64>) {
+        match up {
+            LayerTensor::Expert { expert, .. } => {
+                self.experts_up_down.insert(expert, s);
+            }
+            LayerTensor::SharedExpert { .. } => self.shared_up_down = Some(s),
+            _ => self.up_down = Some(s),
+        }
+    }
+
+    /// The up → down scales of an expert's (or the shared expert's) projection `kind`.
+    fn expert_up_down(&self, kind: LayerTensor) -> Option<&Vec<f64>> {
+        match kind {
+            LayerTensor::Expert { expert, .. } => self.experts_up_down.get(&expert),
+            LayerTensor::SharedExpert { .. } => self.shared_up_down.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Whether `kind`'s weight changes.
     pub fn touches(&self, kind: LayerTensor) -> bool {
         use LayerTensor as K;
@@ -333,14 +359,15 @@ impl LayerScales {
             K::FfnNorm | K::Gate => self.mlp.is_some(),
             K::Up => self.mlp.is_some() || self.up_down.is_some(),
             K::Down => self.up_down.is_some(),
-            // calibrate refuses mixture-of-experts models before any AWQ search
-            K::QBias
-            | K::KBias
-            | K::QNorm
-            | K::KNorm
-            | K::Router
-            | K::Expert { .. }
-            | K::SharedExpert { .. } => false,
+            // post_attention_layernorm's mapping folds into the router and every expert's
+            // gate/up (llm-compressor `_moe_default_mappings`)
+            K::Router => self.mlp.is_some(),
+            K::Expert { proj, .. } | K::SharedExpert { proj } => match proj {
+                FfnProj::Gate => self.mlp.is_some(),
+                FfnProj::Up => self.mlp.is_some() || self.expert_up_down(kind).is_some(),
+                FfnProj::Down => self.expert_up_down(kind).is_some(),
+            },
+            K::QBias | K::KBias | K::QNorm | K::KNorm => false,
         }
     }
 
@@ -411,13 +438,19 @@ impl LayerScales {
                 Some(s) => fit(s, len, "rows"),
                 None => Ok(()),
             },
-            K::QBias
-            | K::KBias
-            | K::QNorm
-            | K::KNorm
-            | K::Router
-            | K::Expert { .. }
-            | K::SharedExpert { .. } => Ok(()),
+            K::Router => cols_by(w, &self.mlp),
+            K::Expert { proj, .. } | K::SharedExpert { proj } => {
+                let ud = self.expert_up_down(kind).cloned();
+                match proj {
+                    FfnProj::Gate => cols_by(w, &self.mlp),
+                    FfnProj::Up => {
+                        cols_by(w, &self.mlp)?;
+                        rows_by(w, &ud)
+                    }
+                    FfnProj::Down => cols_by(w, &ud),
+                }
+            }
+            K::QBias | K::KBias | K::QNorm | K::KNorm => Ok(()),
         }
     }
 }

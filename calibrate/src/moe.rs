@@ -38,7 +38,8 @@ pub enum ExpertTokens {
 
 /// Turn the MoE observations of [`qforge_verify::moe::ffn`] into per-expert inputs: `sink(e,
 /// down, x)` with `x` the gate/up input (`down == false`, `[rows, hidden]`) or the down
-/// projection's input (`[rows, expert_ffn]`) of expert `e`. The router's input is shown as
+/// projection's input (`[rows, expert_ffn]`) of expert `e` (`e == n_expert`: the shared
+/// expert, on every token). The router's input is shown as
 /// `sink(usize::MAX, false, x)` (every token) so callers can keep all-token statistics.
 pub fn expert_inputs<T: Real, L: Project<T>>(
     moe: &MoeWeights<T, L>,
@@ -66,6 +67,10 @@ pub fn expert_inputs<T: Real, L: Project<T>>(
         }
         (Some(&LayerTensor::Expert { expert, proj }), ExpertTokens::Routed) => {
             sink(expert as usize, proj == FfnProj::Down, x);
+        }
+        // Llama 4's shared expert sees every token; it is slot `n_expert`
+        (Some(&LayerTensor::SharedExpert { proj }), _) => {
+            sink(moe.experts.len(), proj == FfnProj::Down, x);
         }
         _ => {}
     }
