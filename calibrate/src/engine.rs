@@ -630,9 +630,13 @@ fn gptq_layer(
     let mut scratch = vec![0f32; seq * hid];
     let mut tmp = Vec::new();
     // per expert: [gate/up, down] Hessians and routed rows
+    // (the shared expert, when the block has one, is the last slot)
     let mut ehs: Vec<([Hessian; 2], u64)> = lw.moe.as_ref().map_or(Vec::new(), |m| {
+        let shared = m.shared.as_ref().map(|s| s[2].inp);
         (0..m.experts.len())
-            .map(|_| ([Hessian::new(hid), Hessian::new(m.ffn)], 0))
+            .map(|_| m.ffn)
+            .chain(shared)
+            .map(|f| ([Hessian::new(hid), Hessian::new(f)], 0))
             .collect()
     });
     for hc in h.chunks(seq * hid) {
@@ -847,7 +851,7 @@ fn observe_layer<T: Real, L: Project<T>>(
     let mut eobs = lw
         .moe
         .as_ref()
-        .map(|m| ExpertObservers::new(kind, m.experts.len(), hid));
+        .map(|m| ExpertObservers::new(kind, m.experts.len(), hid, m.shared.is_some()));
     for hc in h.chunks_mut(seq * hid) {
         layer_forward_moe(
             model,
@@ -880,7 +884,7 @@ fn gptq_report(module: String, r: &GptqResult) -> ModuleReport {
 }
 
 /// GPTQ on every expert of a block from its Hessians (`[gate/up, down]` and routed rows per
-/// expert), the weights replaced by their dequantized GPTQ values. An expert that saw no row
+/// expert; the shared expert, on every token, in the last slot), the weights replaced by their dequantized GPTQ values. An expert that saw no row
 /// is quantized with an identity Hessian: GPTQ's error feedback is then zero, so the result is
 /// round-to-nearest on GPTQ's grid (reported as the module's `fallback`).
 fn gptq_experts(
@@ -903,17 +907,24 @@ fn gptq_experts(
                 hess.finish()
             };
             let projs: &[usize] = if down { &[2] } else { &[0, 1] };
+            let shared = e == m.experts.len();
             for &p in projs {
-                let kind = LayerTensor::Expert {
-                    expert: e as u32,
-                    proj: qforge_convert::FfnProj::ALL[p],
+                let proj = FfnProj::ALL[p];
+                let (kind, lin) = match &mut m.shared {
+                    Some(s) if shared => (LayerTensor::SharedExpert { proj }, &mut s[p]),
+                    _ => (
+                        LayerTensor::Expert {
+                            expert: e as u32,
+                            proj,
+                        },
+                        &mut m.experts[e][p],
+                    ),
                 };
                 let module = hf_module(TensorId::Layer { index, kind });
-                let lin = &mut m.experts[e][p];
                 let r = gptq(&module, &lin.w, lin.out, lin.inp, &hm, g)?;
                 lin.w = r.dequantize();
                 reports.push(ModuleReport {
-                    routed_tokens: Some(rows),
+                    routed_tokens: (!shared).then_some(rows),
                     fallback: (rows == 0)
                         .then(|| "no routed token: round-to-nearest (identity Hessian)".into()),
                     ..gptq_report(module.clone(), &r)
