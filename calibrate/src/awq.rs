@@ -323,9 +323,9 @@ pub struct LayerScales {
     pub shared_up_down: Option<Vec<f64>>,
 }
 
+use qforge_convert::FfnProj;
 /// Which tensor of a layer [`LayerScales::apply`] folds into.
 pub use qforge_convert::LayerTensor;
-use qforge_convert::FfnProj;
 
 impl LayerScales {
     /// Set the up → down scales of `up` (an expert's or the shared expert's up_proj).

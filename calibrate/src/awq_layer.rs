@@ -103,13 +103,10 @@ fn ffn_loss_out(lw: &LayerWeights, x: &[f32], gu: &[&[f32]]) -> Vec<f32> {
         norm_topk: m.norm_topk,
         ffn: m.ffn,
         gating: m.gating,
-        shared: m.shared.as_ref().map(|[g, u, d]| {
-            [
-                like(g, gu[2 * n]),
-                like(u, gu[2 * n + 1]),
-                like(d, &d.w),
-            ]
-        }),
+        shared: m
+            .shared
+            .as_ref()
+            .map(|[g, u, d]| [like(g, gu[2 * n]), like(u, gu[2 * n + 1]), like(d, &d.w)]),
     };
     feed_forward(&FfnProjs::Moe(&cand), x, t, hid, &mut y, &mut |_, _| {});
     y
@@ -194,7 +191,8 @@ fn capture(
 }
 
 /// AWQ on one decoder layer (see the module docs); `lw` gets the folded weights and `h` the
-/// next layer's inputs.
+/// next layer's inputs. Returns the scales, the mappings searched and, in a MoE block, the
+/// rows each expert saw.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn awq_layer(
     model: &Model,
@@ -205,9 +203,16 @@ pub(crate) fn awq_layer(
     i: u32,
     a: &AwqConfig,
     tokens: ExpertTokens,
-) -> Result<(LayerScales, Vec<AwqMapping>)> {
+) -> Result<(LayerScales, Vec<AwqMapping>, Vec<u64>)> {
     let hid = lw.q.inp;
     let c = capture(model, lw, rope, h, seq, tokens);
+    let rows: Vec<u64> = match &lw.moe {
+        Some(m) => c.expert_down[..m.experts.len()]
+            .iter()
+            .map(|x| (x.len() / m.ffn.max(1)) as u64)
+            .collect(),
+        None => Vec::new(),
+    };
     let name = |kind| hf_module(TensorId::Layer { index: i, kind });
     let stats = |x: &[f32], w: usize| {
         let mut s = ActStats::new(w);
@@ -237,7 +242,10 @@ pub(crate) fn awq_layer(
             a,
             &mut |wq| {
                 let w = [&wq[0][..], &wq[1], &wq[2], &lw.o.w];
-                Ok(awq::mse(&fp, &attn_loss_out(model, lw, rope, &c.qkv, seq, w)))
+                Ok(awq::mse(
+                    &fp,
+                    &attn_loss_out(model, lw, rope, &c.qkv, seq, w),
+                ))
             },
         )?;
         record(
@@ -306,7 +314,7 @@ pub(crate) fn awq_layer(
     for hc in h.chunks_mut(seq * hid) {
         layer_forward(model, lw, rope, hc, seq, &mut |_, _| {});
     }
-    Ok((scales, maps))
+    Ok((scales, maps, rows))
 }
 
 /// The up and down kinds of expert slot `slot` (the shared expert after the `n` experts).

@@ -725,7 +725,7 @@ fn awq_layer_step(
         state_dir,
     } = *step;
     let mut reports = Vec::new();
-    let (scales, mappings) =
+    let (scales, mappings, rows) =
         crate::awq_layer::awq_layer(model, lw, rope, h, seq, i, a, tokens)?;
     let mut kinds: Vec<LayerTensor> = SITES.iter().flat_map(|s| s.kinds()).copied().collect();
     if let Some(m) = &lw.moe {
@@ -736,10 +736,14 @@ fn awq_layer_step(
         }
     }
     for kind in kinds {
-        reports.push(ModuleReport::new(hf_module(TensorId::Layer {
-            index: i,
-            kind,
-        })));
+        let routed_tokens = match kind {
+            LayerTensor::Expert { expert, .. } => rows.get(expert as usize).copied(),
+            _ => None,
+        };
+        reports.push(ModuleReport {
+            routed_tokens,
+            ..ModuleReport::new(hf_module(TensorId::Layer { index: i, kind }))
+        });
     }
     let name = awq_layer_file_name(i);
     write_atomic(&state_dir.join(&name), &awq_layer_file_bytes(i, &scales)?)?;
