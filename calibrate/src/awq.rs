@@ -356,12 +356,12 @@ impl LayerScales {
             K::V => self.attn.is_some() || self.vo.is_some(),
             // llm-compressor `AWQModifier._smooth` divides the smooth layer's bias too
             K::O | K::VBias => self.vo.is_some(),
-            K::FfnNorm | K::Gate => self.mlp.is_some(),
+            // post_attention_layernorm's mapping also folds into the router (llm-compressor
+            // `_moe_default_mappings` balances `mlp.gate`)
+            K::FfnNorm | K::Gate | K::Router => self.mlp.is_some(),
             K::Up => self.mlp.is_some() || self.up_down.is_some(),
             K::Down => self.up_down.is_some(),
-            // post_attention_layernorm's mapping folds into the router and every expert's
-            // gate/up (llm-compressor `_moe_default_mappings`)
-            K::Router => self.mlp.is_some(),
+            // and into every expert's gate/up
             K::Expert { proj, .. } | K::SharedExpert { proj } => match proj {
                 FfnProj::Gate => self.mlp.is_some(),
                 FfnProj::Up => self.mlp.is_some() || self.expert_up_down(kind).is_some(),
@@ -422,7 +422,7 @@ impl LayerScales {
             }
             K::O => cols_by(w, &self.vo),
             K::FfnNorm => norm_by(w, &self.mlp),
-            K::Gate => cols_by(w, &self.mlp),
+            K::Gate | K::Router => cols_by(w, &self.mlp),
             K::Up => {
                 cols_by(w, &self.mlp)?;
                 rows_by(w, &self.up_down)
@@ -438,7 +438,6 @@ impl LayerScales {
                 Some(s) => fit(s, len, "rows"),
                 None => Ok(()),
             },
-            K::Router => cols_by(w, &self.mlp),
             K::Expert { proj, .. } | K::SharedExpert { proj } => {
                 let ud = self.expert_up_down(kind).cloned();
                 match proj {
