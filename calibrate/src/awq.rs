@@ -24,7 +24,9 @@
 //! Llama mappings (llm-compressor `default_mappings`): input_layernorm → q, k, v (parent
 //! self_attn); v_proj → o_proj (parent o_proj), **skipped when v's outputs ≠ o's inputs**, i.e.
 //! under GQA; post_attention_layernorm → gate, up (parent mlp); up_proj → down_proj (parent
-//! down_proj). llm-compressor omits AutoAWQ's clip search, and so do we.
+//! down_proj). llm-compressor omits AutoAWQ's clip search, and so do we. Mixture-of-experts
+//! blocks take its MoE mappings (router and every expert's gate/up; per expert up → down):
+//! see `awq_layer.rs`, which runs the search on one layer through verify's modules.
 
 use qforge_codecs::float::{bf16_bits_to_f32, f32_to_bf16_bits};
 use qforge_codecs::int4::{self, Int4Arith, Int4Config, Int4Scheme};

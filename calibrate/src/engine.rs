@@ -14,7 +14,8 @@
 //!    written atomically.
 //!
 //! A mixture-of-experts block ([`crate::moe`]) calibrates each expert's gate/up and down on
-//! the rows routed to it (or every token, [`ExpertTokens::All`]): per-expert observers for
+//! the rows routed to it (or every token, [`ExpertTokens::All`]; Llama 4's shared expert on
+//! every token, in the slot after the experts): per-expert observers for
 //! fp8-static, per-expert Hessians for GPTQ (all of a block's experts' Hessians are held at
 //! once: `n_expert · (hidden² + expert_ffn²) · 4` bytes); the router is not calibrated.
 //!
@@ -154,8 +155,8 @@ pub fn layer_forward<T: Real, L: Project<T>>(
 }
 
 /// [`layer_forward`] that also shows the mixture-of-experts block's observations (the router's
-/// input, each expert's routed rows; [`qforge_verify::moe::ffn`]) to `moe_sink` instead of
-/// `sink`.
+/// input, each expert's routed rows, the shared expert's inputs; [`qforge_verify::moe::ffn`])
+/// to `moe_sink` instead of `sink`.
 pub fn layer_forward_moe<T: Real, L: Project<T>>(
     model: &Model,
     lw: &LayerWeights<T, L>,
