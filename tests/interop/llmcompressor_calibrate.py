@@ -15,7 +15,8 @@ gptq-g64: GPTQModifier, int4 symmetric group 64, dampening 0.01, block 128, acto
 tokenizer files, so `qforge verify` can read it.
 fp8-static: QuantizationModifier FP8 preset (per-tensor weights, static per-tensor input scales,
 observer static_minmax); writes OUT_DIR/input_scales.json {module: scale}.
-awq-g64 / awq-g64-asym: AWQModifier (default Llama mappings, duo_scaling, n_grid 20) then
+awq-g32[-moe] (group 32; -moe: experts linearized, routers not quantized) / awq-g64 /
+awq-g64-asym: AWQModifier (default Llama mappings, duo_scaling, n_grid 20) then
 QuantizationModifier, int4 group 64 symmetric (W4A16-like) or asymmetric (W4A16_ASYM-like),
 lm_head ignored; saved compressed like gptq-g64.
 Needs the heavy venv with the llm-compressor layer first on PYTHONPATH
@@ -89,6 +90,15 @@ def main() -> None:
     ids = s["samples"]
     ds = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]})
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    moe = method.endswith("-moe")
+    if moe:
+        # mixture-of-experts: each expert as its own Linear (llm-compressor's post-load
+        # linearization, modeling/moe/linearize.py), the routers left unquantized as qforge does
+        from llmcompressor.modeling.moe.linearize import linearize_moe
+
+        linearize_moe(model)
+        method = method.removesuffix("-moe")
+    ignore = ["lm_head", "re:.*mlp.gate$", "re:.*router$"] if moe else ["lm_head"]
     if method == "gptq-g64":
         recipe = GPTQModifier(
             config_groups={"group_0": {"targets": ["Linear"], "weights": {
@@ -97,7 +107,7 @@ def main() -> None:
             ignore=["lm_head"], dampening_frac=0.01, block_size=128, actorder="static")
     elif method == "fp8-static":
         recipe = QuantizationModifier(targets="Linear", scheme="FP8", ignore=["lm_head"])
-    elif method in ("awq-g64", "awq-g64-asym"):
+    elif method in ("awq-g64", "awq-g64-asym", "awq-g32"):
         from llmcompressor.modifiers.transform.awq import AWQModifier
         from llmcompressor.pipelines.cache import IntermediatesCache
 
@@ -110,9 +120,9 @@ def main() -> None:
             AWQModifier(duo_scaling=True, n_grid=20),
             QuantizationModifier(
                 config_groups={"group_0": {"targets": ["Linear"], "weights": {
-                    "num_bits": 4, "type": "int", "symmetric": method == "awq-g64",
-                    "strategy": "group", "group_size": 64}}},
-                ignore=["lm_head"]),
+                    "num_bits": 4, "type": "int", "symmetric": method != "awq-g64-asym",
+                    "strategy": "group", "group_size": 32 if method == "awq-g32" else 64}}},
+                ignore=ignore),
         ]
     else:
         raise SystemExit(f"unknown method {method}")

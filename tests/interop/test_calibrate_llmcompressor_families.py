@@ -68,3 +68,47 @@ def test_family_calibration_matches_llmcompressor(qforge, tmp_path, family, meth
     if d["llmc"] < d["rtn"]:
         assert d["ours"] < d["rtn"], d
     assert d["ours"] <= d["llmc"] + TOLERANCE_PCT, d
+
+
+MOE_SAMPLES = "16"
+MOE_SEQ_LEN = "64"
+
+
+@pytest.mark.parametrize("family", [
+    "qwen3moe",
+    # llm-compressor saves linearized Mixtral experts as block_sparse_moe.experts.E.gate_proj
+    # (Mixtral's block, Qwen's projection names), a spelling qforge's HF reader refuses
+    # (measured before that refusal: ours +2.323 %, RTN +2.940 %, calibration on the plays)
+    pytest.param("mixtral", marks=pytest.mark.xfail(
+        strict=True, reason="qforge does not read block_sparse_moe.experts.E.{gate,up,down}_proj")),
+])
+def test_moe_awq_matches_llmcompressor(qforge, tmp_path, family):
+    """AWQ on the mixture-of-experts fixtures (issue 18), INT4 group 32 symmetric (the experts
+    are 32 wide), every expert calibrated on every token on both sides (llm-compressor's
+    default `moe_calibrate_all_experts`, our --all-experts), the routers left unquantized.
+
+    llm-compressor maps Qwen3-MoE with `_moe_default_mappings` (post_attention_layernorm → the
+    router and every expert's gate/up; per expert up → down), as we do. Mixtral is not in its
+    AWQ_MAPPING_REGISTRY: its linearized experts match `default_mappings`, which leave the
+    router out of post_attention_layernorm's balance layers (its routing then moves with the
+    scales); ours keeps the router in, as for Qwen3-MoE. Our drift must stay below RTN's and
+    within TOLERANCE_PCT of llm-compressor's (measured, qwen3moe, calibration on eval.txt:
+    ours +3.626 %, llm-compressor +4.638 %, RTN +6.576 %)."""
+    t = tmp_path
+    base = FIXTURES / family
+    b32 = t / "base-f32"
+    subprocess.run([str(qforge), "convert", str(base), str(b32), "--to", "hf", "--dtype", "f32"],
+                   check=True, capture_output=True)
+    data = [str(cache_dir() / "text" / p) for p in PLAYS]
+    subprocess.run([str(qforge), "calibrate", str(b32), "--data", *data, "--method", "awq",
+                    "--scheme", "int4-g32", "--samples", MOE_SAMPLES, "--seq-len", MOE_SEQ_LEN,
+                    "--all-experts", "--samples-out", str(t / "samples.json"),
+                    "-o", str(t / "calib"), "-q"], check=True, capture_output=True)
+    for name, extra in [("ours", ["--calib", str(t / "calib")]), ("rtn", [])]:
+        subprocess.run([str(qforge), "quantize", str(b32), str(t / name), "--scheme", "int4-g32",
+                        "--dtype", "f32", *extra], check=True, capture_output=True)
+    _llmc("awq-g32-moe", str(b32), str(t / "samples.json"), str(t / "llmc"))
+    d = {n: _drift(qforge, base, t / n, t / f"{n}.json") for n in ["ours", "rtn", "llmc"]}
+    print(f"{family} awq PPL drift %: " + "  ".join(f"{k} {v:.3f}" for k, v in d.items()))
+    assert d["ours"] < d["rtn"], d
+    assert d["ours"] <= d["llmc"] + TOLERANCE_PCT, d
