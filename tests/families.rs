@@ -697,3 +697,118 @@ fn llama4_attention_variants_match_transformers() {
     }
     eprintln!("{}", log.join("\n"));
 }
+
+/// A safetensors file's tensors: name → (dtype spelling, shape, bytes).
+type RawFile = BTreeMap<String, (String, Vec<u64>, Vec<u8>)>;
+
+fn read_safetensors(path: &Path) -> RawFile {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let data = &b[8 + n..];
+    header
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .map(|(k, v)| {
+            let o = &v["data_offsets"];
+            let (s, e) = (
+                o[0].as_u64().unwrap() as usize,
+                o[1].as_u64().unwrap() as usize,
+            );
+            let shape = v["shape"].as_array().unwrap();
+            let shape = shape.iter().map(|d| d.as_u64().unwrap()).collect();
+            let dtype = v["dtype"].as_str().unwrap().to_owned();
+            (k, (dtype, shape, data[s..e].to_vec()))
+        })
+        .collect()
+}
+
+fn write_safetensors(path: &Path, t: &RawFile) {
+    use qforge_convert::write::safetensors::{plan, TensorSpec, Writer};
+    let dtype = |s: &str| match s {
+        "BF16" => DType::BF16,
+        "F32" => DType::F32,
+        other => panic!("dtype {other}"),
+    };
+    let specs = t
+        .iter()
+        .map(|(name, (d, shape, _))| TensorSpec {
+            name: name.clone(),
+            dtype: dtype(d),
+            shape: shape.clone(),
+        })
+        .collect();
+    let p = plan(specs, &BTreeMap::new()).unwrap();
+    let f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut w = Writer::new(f, p.clone()).unwrap();
+    for (spec, _, _) in &p.tensors {
+        w.write_tensor(&spec.name, &t[&spec.name].2).unwrap();
+    }
+    use std::io::Write;
+    w.finish().unwrap().flush().unwrap();
+}
+
+/// The llama4 fixture as Meta ships Llama 4 (`Llama4ForConditionalGeneration`, transformers
+/// 5.23 `modeling_llama4.py`): the text model's tensors under `language_model.model.*`, an
+/// untied `language_model.lm_head.weight` (a copy of the embeddings, so the same function),
+/// vision tensors beside them (`vision_model.*`, `multi_modal_projector.*`), and the text
+/// config under `text_config` of a `llama4` config. qforge reads the text model: its
+/// perplexity equals the text fixture's exactly (and transformers' within 1e-4), and the
+/// vision tensors are named in a note; a wrapper without `text_config` is refused naming it.
+#[test]
+fn llama4_conditional_generation_reads_the_text_model() {
+    let t = tempfile::tempdir().unwrap();
+    let e = expected("llama4");
+    let text = fixture_with_config(t.path(), "llama4", "text", &[]);
+    let dir = fixture_with_config(t.path(), "llama4", "wrapped", &[]);
+    let mut st: RawFile = read_safetensors(&dir.join("model.safetensors"))
+        .into_iter()
+        .map(|(k, v)| (format!("language_model.{k}"), v))
+        .collect();
+    let embed = st["language_model.model.embed_tokens.weight"].clone();
+    st.insert("language_model.lm_head.weight".into(), embed);
+    let f32s = |n: usize| {
+        (0..n)
+            .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
+            .collect()
+    };
+    st.insert(
+        "vision_model.patch_embedding.linear.weight".into(),
+        ("F32".into(), vec![8, 12], f32s(96)),
+    );
+    st.insert(
+        "multi_modal_projector.linear_1.weight".into(),
+        ("F32".into(), vec![64, 8], f32s(512)),
+    );
+    write_safetensors(&dir.join("model.safetensors"), &st);
+    let mut text_config = config(&text).unwrap();
+    text_config["tie_word_embeddings"] = Value::from(false);
+    let wrapper = serde_json::json!({
+        "architectures": ["Llama4ForConditionalGeneration"],
+        "model_type": "llama4",
+        "image_token_index": 200092,
+        "tie_word_embeddings": false,
+        "text_config": text_config,
+        "vision_config": {"model_type": "llama4_vision_model", "hidden_size": 8,
+                          "num_hidden_layers": 1},
+    });
+    std::fs::write(dir.join("config.json"), wrapper.to_string()).unwrap();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let note = ckpt.notes.iter().find(|n| n.contains("vision"));
+    assert!(
+        note.is_some_and(|n| n.contains("skipped 2 vision tensors")),
+        "{:?}",
+        ckpt.notes
+    );
+    let (want, _) = perplexity(&text, &e).unwrap();
+    let (got, _) = perplexity(&dir, &e).unwrap();
+    assert_eq!(got, want, "wrapped perplexity {got} vs text fixture {want}");
+    let mut log = Vec::new();
+    same_perplexity(&dir, &e, None, &mut log).unwrap_or_else(|x| panic!("{x}"));
+    eprintln!("{}", log.join("\n"));
+    let mut bare = wrapper.clone();
+    bare.as_object_mut().unwrap().remove("text_config");
+    std::fs::write(dir.join("config.json"), bare.to_string()).unwrap();
+    let err = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert!(err.contains("text_config"), "{err}");
+}

@@ -287,6 +287,34 @@ fn parse_json_object(text: &str) -> std::result::Result<Map<String, Value>, Conf
     }
 }
 
+/// The HF `model_type` of Meta's multimodal Llama 4 checkpoints
+/// (`Llama4ForConditionalGeneration`, transformers `Llama4Config`).
+const LLAMA4_WRAPPER_MODEL_TYPE: &str = "llama4";
+
+/// The text model's keys of a `config.json`: a `Llama4ForConditionalGeneration` config (model
+/// type `llama4`) keeps the text model's under `text_config` (and the vision encoder's under
+/// `vision_config`, not read). Merged over the top level, the text model's keys winning, as
+/// `convert_hf_to_gguf.py` does (conversion/base.py `TextModel.__init__`:
+/// `{**hparams, **hparams["text_config"]}`); the vision settings are dropped. Any other config
+/// is returned as it is.
+fn text_model_config(
+    mut m: Map<String, Value>,
+) -> std::result::Result<Map<String, Value>, ConfigError> {
+    if m.get("model_type").and_then(Value::as_str) != Some(LLAMA4_WRAPPER_MODEL_TYPE) {
+        return Ok(m);
+    }
+    let text = match m.remove("text_config") {
+        Some(Value::Object(t)) => t,
+        Some(_) => return Err(invalid("text_config", "not an object")),
+        None => return Err(ConfigError::Missing("text_config")),
+    };
+    for k in ["model_type", "architectures", "vision_config"] {
+        m.remove(k);
+    }
+    m.extend(text);
+    Ok(m)
+}
+
 fn parse_rope_scaling(
     o: &Obj<'_>,
     field: &'static str,
@@ -350,7 +378,7 @@ impl ModelConfig {
     /// Parse a Hugging Face `config.json` (transformers 4.x `rope_scaling` and 5.x
     /// `rope_parameters` forms both accepted).
     pub fn from_hf_json(text: &str) -> std::result::Result<Self, ConfigError> {
-        let m = parse_json_object(text)?;
+        let m = text_model_config(parse_json_object(text)?)?;
         let o = Obj(&m);
         let model_type = o
             .str("model_type")?

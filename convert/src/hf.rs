@@ -1152,11 +1152,15 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         raw.extend(tensors);
         files.push(f);
     }
+    let mut vision = 0;
+    if config.family == crate::Family::Llama4 {
+        (raw, vision) = text_model_tensors(raw);
+    }
     if config.family.spec().moe.map(|m| m.hf_names) == Some(crate::names::HfMoeNames::Llama4) {
         raw = split_fused_experts(&dir, &config, raw)?;
     }
     let tokenizer = tokenizer_info(&dir);
-    Checkpoint::assemble(
+    let mut ckpt = Checkpoint::assemble(
         Format::Hf,
         path.to_path_buf(),
         config,
@@ -1164,7 +1168,45 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         files,
         raw,
         None,
-    )
+    )?;
+    if vision > 0 {
+        ckpt.notes.push(format!(
+            "skipped {vision} vision tensors ({}*, {}*): only the text model of a \
+             Llama4ForConditionalGeneration checkpoint is read",
+            VISION_PREFIXES[0], VISION_PREFIXES[1]
+        ));
+    }
+    Ok(ckpt)
+}
+
+/// The prefix of the text model's tensors in a `Llama4ForConditionalGeneration` checkpoint
+/// (transformers `Llama4ForConditionalGeneration.language_model`, a `Llama4ForCausalLM`:
+/// `language_model.model.*`, `language_model.lm_head.weight`).
+const TEXT_MODEL_PREFIX: &str = "language_model.";
+
+/// The vision encoder's and projector's tensors of that checkpoint
+/// (`Llama4ForConditionalGeneration.vision_model`, `.multi_modal_projector`).
+const VISION_PREFIXES: [&str; 2] = ["vision_model.", "multi_modal_projector."];
+
+/// A Llama 4 checkpoint's tensors as the text model's: `language_model.` stripped (as
+/// `convert_hf_to_gguf.py` conversion/base.py `ModelBase.filter_tensors` does) and the vision
+/// tensors dropped (llama.cpp writes those to a separate mmproj file,
+/// conversion/llama4.py `Llama4VisionModel`), with how many were dropped. A
+/// `Llama4ForCausalLM` checkpoint has neither and passes through.
+fn text_model_tensors(raw: Vec<RawTensor>) -> (Vec<RawTensor>, usize) {
+    let before = raw.len();
+    let out: Vec<RawTensor> = raw
+        .into_iter()
+        .filter(|t| !VISION_PREFIXES.iter().any(|p| t.name.starts_with(p)))
+        .map(|mut t| {
+            if let Some(rest) = t.name.strip_prefix(TEXT_MODEL_PREFIX) {
+                t.name = rest.to_owned();
+            }
+            t
+        })
+        .collect();
+    let dropped = before - out.len();
+    (out, dropped)
 }
 
 /// Llama 4's fused expert tensors (transformers 4.57 `Llama4TextExperts`:
