@@ -812,3 +812,123 @@ fn llama4_conditional_generation_reads_the_text_model() {
     let err = Checkpoint::open(&dir).unwrap_err().to_string();
     assert!(err.contains("text_config"), "{err}");
 }
+
+/// The MoE fixture `name` in transformers 5's layout (`MixtralExperts` / `Qwen3MoeExperts` of
+/// transformers 5.23 `modeling_mixtral.py` / `modeling_qwen3_moe.py`, as their state dict
+/// holds it): per block `mlp.gate.weight` (Mixtral's `block_sparse_moe` renamed, as its
+/// conversion mapping does), `mlp.experts.gate_up_proj` `[E, 2·ffn, hidden]` (each expert's
+/// gate rows, then its up rows) and `mlp.experts.down_proj` `[E, hidden, ffn]`.
+fn fused_experts_fixture(work: &Path, name: &str) -> PathBuf {
+    let dir = fixture_with_config(work, name, "fused", &[]);
+    let mut st = read_safetensors(&dir.join("model.safetensors"));
+    let n_expert = config(&dir).unwrap()["num_experts"]
+        .as_u64()
+        .or(config(&dir).unwrap()["num_local_experts"].as_u64())
+        .unwrap();
+    let blocks: Vec<String> = st
+        .keys()
+        .filter_map(|k| {
+            let b = k.strip_suffix(".experts.0.w1.weight");
+            b.or_else(|| k.strip_suffix(".experts.0.gate_proj.weight"))
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(!blocks.is_empty(), "{name}");
+    for b in blocks {
+        let layer = b.rsplit_once('.').unwrap().0.to_owned();
+        let mixtral = b.ends_with("block_sparse_moe");
+        let [g, u, d] = if mixtral {
+            ["w1", "w3", "w2"]
+        } else {
+            ["gate_proj", "up_proj", "down_proj"]
+        };
+        let mut take = |e: u64, p: &str| st.remove(&format!("{b}.experts.{e}.{p}.weight")).unwrap();
+        let (mut gate_up, mut down) = (Vec::new(), Vec::new());
+        let (mut dtype, mut gs, mut ds) = (String::new(), vec![], vec![]);
+        for e in 0..n_expert {
+            let (dt, s, gb) = take(e, g);
+            let (_, _, ub) = take(e, u);
+            let (_, s2, db) = take(e, d);
+            gate_up.extend(gb);
+            gate_up.extend(ub);
+            down.extend(db);
+            (dtype, gs, ds) = (dt, s, s2);
+        }
+        let router = st.remove(&format!("{b}.gate.weight")).unwrap();
+        st.insert(format!("{layer}.mlp.gate.weight"), router);
+        st.insert(
+            format!("{layer}.mlp.experts.gate_up_proj"),
+            (dtype.clone(), vec![n_expert, 2 * gs[0], gs[1]], gate_up),
+        );
+        st.insert(
+            format!("{layer}.mlp.experts.down_proj"),
+            (dtype, vec![n_expert, ds[0], ds[1]], down),
+        );
+    }
+    write_safetensors(&dir.join("model.safetensors"), &st);
+    dir
+}
+
+/// transformers 5's fused expert tensors (Mixtral, Qwen3-MoE) are read as per-expert views:
+/// perplexity equal to the per-expert fixture's exactly, `convert --to gguf` byte-identical
+/// to converting the fixture, `convert --to hf` gives back the fixture's safetensors byte for
+/// byte; a fused tensor of the wrong shape is refused naming it and the shape config.json
+/// implies. (`tests/interop/test_transformers5_fused_experts.py` checks this layout against
+/// transformers 5.23's own state dict.)
+#[test]
+fn transformers5_fused_experts_read_as_per_expert_views() {
+    let t = tempfile::tempdir().unwrap();
+    for name in ["mixtral", "qwen3moe"] {
+        let e = expected(name);
+        let dir = fused_experts_fixture(t.path(), name);
+        let (want, _) = perplexity(&fixture(name), &e).unwrap();
+        let (got, _) = perplexity(&dir, &e).unwrap();
+        assert_eq!(
+            got, want,
+            "{name}: fused perplexity {got} vs per-expert {want}"
+        );
+        let mut outs = Vec::new();
+        for (src, to, out) in [
+            (fixture(name), "gguf", "a.gguf"),
+            (dir.clone(), "gguf", "b.gguf"),
+            (dir.clone(), "hf", "hf"),
+        ] {
+            let o = t.path().join(format!("{name}-{out}"));
+            let args = [
+                "convert",
+                src.to_str().unwrap(),
+                o.to_str().unwrap(),
+                "--to",
+                to,
+            ];
+            let dtype: &[&str] = if to == "gguf" {
+                &["--dtype", "f32"]
+            } else {
+                &[]
+            };
+            check(out, &qforge(&[&args[..], dtype, &["-q"]].concat())).unwrap();
+            outs.push(o);
+        }
+        let bytes = |p: &Path| std::fs::read(p).unwrap();
+        assert!(bytes(&outs[0]) == bytes(&outs[1]), "{name}: GGUF differs");
+        let st = |d: &Path| bytes(&d.join("model.safetensors"));
+        assert!(st(&outs[2]) == st(&fixture(name)), "{name}: HF differs");
+        // a gate_up_proj one expert short
+        let mut st = read_safetensors(&dir.join("model.safetensors"));
+        let key = st
+            .keys()
+            .find(|k| k.ends_with("mlp.experts.gate_up_proj"))
+            .unwrap()
+            .clone();
+        let (dt, mut shape, b) = st.remove(&key).unwrap();
+        shape[0] -= 1;
+        let keep = b.len() / (shape[0] as usize + 1) * shape[0] as usize;
+        st.insert(key.clone(), (dt, shape, b[..keep].to_vec()));
+        write_safetensors(&dir.join("model.safetensors"), &st);
+        let err = Checkpoint::open(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains(&key) && err.contains("config.json implies"),
+            "{err}"
+        );
+    }
+}

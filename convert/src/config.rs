@@ -913,7 +913,18 @@ fn parse_moe(
     let Some(spec) = family.spec().moe else {
         return Ok(None);
     };
-    let num_experts = o.req_u64(spec.hf_experts_key)?;
+    // transformers 5's `Qwen3MoeConfig` maps `num_experts` to `num_local_experts`
+    // (configuration_qwen3_moe.py `attribute_map`) and saves it under that name
+    let num_experts = match (o.u64(spec.hf_experts_key)?, o.u64("num_local_experts")?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ConfigError::Inconsistent(format!(
+                "{} {a} but num_local_experts {b}",
+                spec.hf_experts_key
+            )))
+        }
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => return Err(ConfigError::Missing(spec.hf_experts_key)),
+    };
     let experts_per_tok = o.req_u64("num_experts_per_tok")?;
     let expert_ffn = o.req_u64(spec.hf_expert_ffn_key)?;
     let norm_topk_prob = spec.always_norm_topk || o.bool("norm_topk_prob")?.unwrap_or(false);
@@ -1282,6 +1293,32 @@ mod tests {
         assert_eq!(c.intermediate_size, 53248);
         assert_eq!(c.parameter_count(), 405_853_388_800);
         assert_eq!(c.max_position_embeddings, 131_072);
+    }
+
+    /// transformers 5 saves Qwen3-MoE's `num_experts` as `num_local_experts` (its
+    /// `attribute_map`): read either, refuse two that disagree, name the family's key if
+    /// neither is there.
+    #[test]
+    fn qwen3_moe_experts_under_either_key() {
+        let qwen = |keys: &str| {
+            ModelConfig::from_hf_json(&format!(
+                r#"{{"model_type": "qwen3_moe", "hidden_size": 64, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 128,
+                "num_hidden_layers": 2, "vocab_size": 384, "num_experts_per_tok": 2,
+                "moe_intermediate_size": 32{keys}}}"#
+            ))
+        };
+        for keys in [
+            r#", "num_local_experts": 8"#,
+            r#", "num_experts": 8"#,
+            r#", "num_experts": 8, "num_local_experts": 8"#,
+        ] {
+            assert_eq!(qwen(keys).unwrap().moe.unwrap().num_experts, 8, "{keys}");
+        }
+        let e = qwen(r#", "num_experts": 8, "num_local_experts": 6"#).unwrap_err();
+        assert!(matches!(e, ConfigError::Inconsistent(_)), "{e}");
+        let e = qwen("").unwrap_err();
+        assert!(matches!(e, ConfigError::Missing("num_experts")), "{e}");
     }
 
     /// transformers `Qwen3MoeDecoderLayer.__init__`: block `i` is sparse iff `i ∉
