@@ -786,7 +786,7 @@ fn llama4_conditional_generation_reads_the_text_model() {
     let wrapper = serde_json::json!({
         "architectures": ["Llama4ForConditionalGeneration"],
         "model_type": "llama4",
-        "image_token_index": 200092,
+        "image_token_index": 200_092,
         "tie_word_embeddings": false,
         "text_config": text_config,
         "vision_config": {"model_type": "llama4_vision_model", "hidden_size": 8,
