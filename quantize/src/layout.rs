@@ -91,6 +91,12 @@ pub enum Policy {
     /// Meta's Llama 3.1 405B FP8 recipe: only the FFN (gate, up, down) of blocks 1..n−2;
     /// attention, the first and last blocks and the LM head stay BF16.
     Meta405b,
+    /// Meta's Llama 4 FP8 recipe (llama-models `models/llama4/quantization/loader.py`
+    /// `convert_to_quantized_model`, `QuantizationMode.fp8_mixed`): only the routed experts'
+    /// projections (`w1`, `w3`, `w2`) of the MoE blocks other than the first and last;
+    /// attention, the shared expert, the router, dense FFN blocks, embeddings and the LM head
+    /// stay BF16.
+    MetaLlama4,
 }
 
 impl Policy {
@@ -106,6 +112,11 @@ impl Policy {
                     kind,
                     LayerTensor::Gate | LayerTensor::Up | LayerTensor::Down
                 ) && index >= 1
+                    && u64::from(index) + 1 < num_layers
+            }
+            Policy::MetaLlama4 => {
+                matches!(kind, LayerTensor::Expert { .. })
+                    && index >= 1
                     && u64::from(index) + 1 < num_layers
             }
         }

@@ -399,8 +399,9 @@ pub fn quantize_args(
         policy: match q.policy.as_deref() {
             None | Some("all-linear") => QuantPolicy::AllLinear,
             Some("meta-405b") => QuantPolicy::Meta405b,
+            Some("meta-llama4") => QuantPolicy::MetaLlama4,
             Some(o) => bail!(
-                "[[quantize]] {:?}: policy {o:?}: use all-linear or meta-405b",
+                "[[quantize]] {:?}: policy {o:?}: use all-linear, meta-405b or meta-llama4",
                 q.name
             ),
         },

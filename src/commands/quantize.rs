@@ -426,6 +426,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
                 policy: match args.policy {
                     QuantPolicy::AllLinear => Policy::AllLinear,
                     QuantPolicy::Meta405b => Policy::Meta405b,
+                    QuantPolicy::MetaLlama4 => Policy::MetaLlama4,
                 },
                 ignore,
                 dtype: match args.dtype {
