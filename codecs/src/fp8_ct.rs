@@ -436,8 +436,9 @@ mod tests {
         vals.truncate(vals.len() / k * k);
         for nudge in [false, true] {
             if nudge {
-                vals.iter_mut()
-                    .for_each(|v| *v = f32::from_bits(v.to_bits() ^ 0x5A5));
+                for v in &mut vals {
+                    *v = f32::from_bits(v.to_bits() ^ 0x5A5);
+                }
             }
             for arith in [Int4Arith::Bf16, Int4Arith::F32] {
                 let b = quantize_fp8_block_ct(&vals, k, CT_BLOCK, arith).unwrap();

@@ -1152,10 +1152,10 @@ impl Vocab {
                         };
                         if let Some(single) = single.filter(|s| s.len() > 1) {
                             if let Some(first) = sp(single.first()) {
-                                add_bos = Some(bos_text.as_deref().is_none_or(|b| b == first));
+                                add_bos = Some(bos_text.is_none_or(|b| b == first));
                             }
                             if let Some(last) = sp(single.last()) {
-                                add_eos = Some(eos_text.as_deref().is_none_or(|e| e == last));
+                                add_eos = Some(eos_text.is_none_or(|e| e == last));
                             }
                         }
                     }
