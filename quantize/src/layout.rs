@@ -295,6 +295,46 @@ fn checked_rows(
     Ok(v)
 }
 
+/// A module's quantization, computed once for its several output tensors (codes, scales, zero
+/// points) instead of once per tensor. The writer asks for a module's tensors one after the
+/// other (safetensors' sorted order keeps them adjacent), so the value is dropped as soon as the
+/// last of its `users` has taken it: memory stays one module's. A producer asked again later
+/// recomputes it.
+pub(crate) struct ModuleMemo<'a, T> {
+    make: Box<dyn Fn() -> Result<T> + 'a>,
+    users: usize,
+    /// the value and how many users have taken it
+    state: std::cell::RefCell<(Option<std::rc::Rc<T>>, usize)>,
+}
+
+impl<'a, T> ModuleMemo<'a, T> {
+    /// A memo of `make` shared by `users` producers.
+    pub(crate) fn new(users: usize, make: impl Fn() -> Result<T> + 'a) -> std::rc::Rc<Self> {
+        std::rc::Rc::new(Self {
+            make: Box::new(make),
+            users,
+            state: std::cell::RefCell::new((None, 0)),
+        })
+    }
+
+    /// The value: the cached one, or a fresh one kept for the users still to come.
+    pub(crate) fn get(&self) -> Result<std::rc::Rc<T>> {
+        let cached = self.state.borrow().0.clone();
+        let v = match cached {
+            Some(v) => v,
+            None => std::rc::Rc::new((self.make)()?),
+        };
+        let mut st = self.state.borrow_mut();
+        st.1 += 1;
+        if st.1 >= self.users {
+            *st = (None, 0);
+        } else {
+            st.0 = Some(v.clone());
+        }
+        Ok(v)
+    }
+}
+
 fn shape2(ckpt: &Checkpoint, id: TensorId) -> (usize, usize) {
     let s = ckpt.config.expected_shape(id);
     (s[0] as usize, s.get(1).copied().unwrap_or(1) as usize)

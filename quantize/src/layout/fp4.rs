@@ -14,6 +14,7 @@ use qforge_codecs::DType;
 
 use serde_json::{json, Value};
 
+use super::ModuleMemo;
 use super::{
     checked_rows, codec_err, compressed_tensors_config, shape2, Cx, HfQuantOptions, HfScheme,
     LayoutScheme, Params,
@@ -56,7 +57,7 @@ impl Source<'_> {
 }
 
 /// `weight_packed` (U8, two E2M1 codes a byte) and `weight_scale` (`scale_dtype`, one per
-/// `group` columns) of quantized linear `id`, from `quant` (run once per tensor).
+/// `group` columns) of quantized linear `id`, from `quant` (run once for both, [`ModuleMemo`]).
 pub(super) fn packed_tensors<'a, Q>(
     src: Source<'a>,
     id: TensorId,
@@ -65,9 +66,10 @@ pub(super) fn packed_tensors<'a, Q>(
     quant: Q,
 ) -> Vec<OutTensor<'a>>
 where
-    Q: Fn() -> Result<fp4::Fp4Packed> + Clone + 'a,
+    Q: Fn() -> Result<fp4::Fp4Packed> + 'a,
 {
     let (rows, k) = shape2(src.ckpt, id);
+    let quant = ModuleMemo::new(2, quant);
     let q2 = quant.clone();
     vec![
         OutTensor {
@@ -77,7 +79,7 @@ where
                 shape: vec![rows as u64, (k / 2) as u64],
             },
             produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                buf.extend(q2()?.packed);
+                buf.extend_from_slice(&q2.get()?.packed);
                 Ok(())
             })),
         },
@@ -88,7 +90,7 @@ where
                 shape: vec![rows as u64, (k / group) as u64],
             },
             produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                buf.extend(quant()?.scales);
+                buf.extend_from_slice(&quant.get()?.scales);
                 Ok(())
             })),
         },

@@ -14,6 +14,7 @@ use qforge_codecs::DType;
 use serde_json::{json, Value};
 
 use super::fp4::Source;
+use super::ModuleMemo;
 use super::{
     codec_err, compressed_tensors_config, shape2, ActEmulation, Cx, HfQuantOptions, HfScheme,
     LayoutScheme, Params,
@@ -40,11 +41,12 @@ pub(super) fn tensors<'a>(
     scale_dtype: DType,
 ) -> Vec<OutTensor<'a>> {
     let (rows, k) = shape2(src.ckpt, id);
-    let quant = move || -> Result<fp8_ct::Fp8Blocks> {
+    let quant = ModuleMemo::new(2, move || -> Result<fp8_ct::Fp8Blocks> {
         let v = src.rows(id)?;
         fp8_ct::quantize_fp8_block_ct(&v, k, CT_BLOCK, src.arith)
             .map_err(|e| codec_err(src.ckpt, id, e))
-    };
+    });
+    let q2 = quant.clone();
     let [sr, sc] = scale_shape(rows, k);
     vec![
         OutTensor {
@@ -54,7 +56,7 @@ pub(super) fn tensors<'a>(
                 shape: vec![rows as u64, k as u64],
             },
             produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                buf.extend(quant()?.codes);
+                buf.extend_from_slice(&q2.get()?.codes);
                 Ok(())
             })),
         },
@@ -65,7 +67,7 @@ pub(super) fn tensors<'a>(
                 shape: vec![sr as u64, sc as u64],
             },
             produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                encode_float(&quant()?.scales, scale_dtype, buf).expect("float dtype checked");
+                encode_float(&quant.get()?.scales, scale_dtype, buf).expect("float dtype checked");
                 Ok(())
             })),
         },

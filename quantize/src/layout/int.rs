@@ -10,6 +10,7 @@ use qforge_codecs::DType;
 use serde_json::{json, Value};
 
 use super::fp4::Source;
+use super::ModuleMemo;
 use super::{
     checked_rows, codec_err, compressed_tensors_config, hf_module, model_arith, push_i32s,
     run_error, shape2, Cx, HfQuantOptions, HfScheme, LayoutScheme, ModuleCheck, Params,
@@ -53,46 +54,52 @@ pub(super) fn tensors<'a>(
     // codes per 32-bit word: 8 for INT4, 4 for INT8
     let per_word = 32 / usize::from(cfg4.bits);
     let bits = cfg4.bits;
-    let quant = move || -> Result<int4::CtPacked> {
-        if let Some(p) = pre {
-            let bad = |reason: String| Error::BadQuantization {
-                path: ckpt.path.clone(),
-                tensor: hf_module(id),
-                reason,
-            };
-            let t = p.int4(&hf_module(id)).map_err(bad)?;
-            if (t.rows, t.cols, t.group_size, t.bits) != (rows, k, gs, bits)
-                || t.zero_points.is_some()
-            {
-                return Err(bad(format!(
-                    "calibrated codes are {}-bit {}x{} in groups of {}, the scheme \
-                     wants {bits}-bit {rows}x{k} in groups of {gs} (symmetric)",
-                    t.bits, t.rows, t.cols, t.group_size
-                )));
-            }
-            return int4::pack_compressed_tensors(&t).map_err(|e| codec_err(ckpt, id, e));
-        }
-        let mut v = checked_rows(ckpt, id, rope, k, numerics)?;
-        if let Some(tr) = transform.filter(|t| t.touches(id)) {
-            tr.apply(id, &mut v, k)
-                .map_err(|reason| Error::BadQuantization {
+    let quant = ModuleMemo::new(
+        if symmetric { 2 } else { 3 },
+        move || -> Result<int4::CtPacked> {
+            if let Some(p) = pre {
+                let bad = |reason: String| Error::BadQuantization {
                     path: ckpt.path.clone(),
                     tensor: hf_module(id),
                     reason,
-                })?;
-        }
-        let t = int4::quantize_int4(&v, k, &cfg4).map_err(|e| codec_err(ckpt, id, e))?;
-        int4::pack_compressed_tensors(&t).map_err(|e| codec_err(ckpt, id, e))
-    };
+                };
+                let t = p.int4(&hf_module(id)).map_err(bad)?;
+                if (t.rows, t.cols, t.group_size, t.bits) != (rows, k, gs, bits)
+                    || t.zero_points.is_some()
+                {
+                    return Err(bad(format!(
+                        "calibrated codes are {}-bit {}x{} in groups of {}, the scheme \
+                     wants {bits}-bit {rows}x{k} in groups of {gs} (symmetric)",
+                        t.bits, t.rows, t.cols, t.group_size
+                    )));
+                }
+                return int4::pack_compressed_tensors(&t).map_err(|e| codec_err(ckpt, id, e));
+            }
+            let mut v = checked_rows(ckpt, id, rope, k, numerics)?;
+            if let Some(tr) = transform.filter(|t| t.touches(id)) {
+                tr.apply(id, &mut v, k)
+                    .map_err(|reason| Error::BadQuantization {
+                        path: ckpt.path.clone(),
+                        tensor: hf_module(id),
+                        reason,
+                    })?;
+            }
+            let t = int4::quantize_int4(&v, k, &cfg4).map_err(|e| codec_err(ckpt, id, e))?;
+            int4::pack_compressed_tensors(&t).map_err(|e| codec_err(ckpt, id, e))
+        },
+    );
     tensors.push(OutTensor {
         spec: TensorSpec {
             name: format!("{module}.weight_packed"),
             dtype: DType::I32,
             shape: vec![rows as u64, k.div_ceil(per_word) as u64],
         },
-        produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-            push_i32s(&quant()?.weight_packed, buf);
-            Ok(())
+        produce: Producer::Whole(Box::new({
+            let quant = quant.clone();
+            move |buf: &mut Vec<u8>| {
+                push_i32s(&quant.get()?.weight_packed, buf);
+                Ok(())
+            }
         })),
     });
     tensors.push(OutTensor {
@@ -101,9 +108,12 @@ pub(super) fn tensors<'a>(
             dtype: scale_dtype,
             shape: vec![rows as u64, groups as u64],
         },
-        produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-            scale_out(&quant()?.weight_scale, buf);
-            Ok(())
+        produce: Producer::Whole(Box::new({
+            let quant = quant.clone();
+            move |buf: &mut Vec<u8>| {
+                scale_out(&quant.get()?.weight_scale, buf);
+                Ok(())
+            }
         })),
     });
     tensors.push(OutTensor {
@@ -126,7 +136,7 @@ pub(super) fn tensors<'a>(
                 shape: vec![rows.div_ceil(per_word) as u64, groups as u64],
             },
             produce: Producer::Whole(Box::new(move |buf: &mut Vec<u8>| {
-                let p = quant()?;
+                let p = quant.get()?;
                 push_i32s(p.weight_zero_point.as_deref().unwrap_or(&[]), buf);
                 Ok(())
             })),

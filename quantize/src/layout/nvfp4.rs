@@ -28,6 +28,7 @@ use qforge_codecs::DType;
 use serde_json::{json, Value};
 
 use super::fp4::{check_columns, fp4_packed, fp4_parts, packed_tensors};
+use super::ModuleMemo;
 use super::{
     codec_err, compressed_tensors_config, hf_module, run_error, ActEmulation, Cx, HfQuantOptions,
     HfScheme, LayoutScheme, Params,
@@ -199,20 +200,24 @@ impl LayoutScheme for Nvfp4 {
             .into_iter()
             .filter(|m| cx.quantizes(*m))
             .collect();
-        let global = move || -> Result<f32> {
+        // read by weight_global_scale's producer and by the codes' quantization: once
+        let global = ModuleMemo::new(2, move || -> Result<f32> {
             let mut amax = 0f32;
             for &m in &group {
                 amax = src.rows(m)?.iter().fold(amax, |a, x| a.max(x.abs()));
             }
             Ok(fp4::nvfp4_global_scale(amax, src.arith))
-        };
+        });
         let g2 = global.clone();
         let quant = move || -> Result<fp4::Fp4Packed> {
             let v = src.rows(id)?;
-            fp4::quantize_nvfp4(&v, k, g2()?, src.arith).map_err(|e| codec_err(src.ckpt, id, e))
+            fp4::quantize_nvfp4(&v, k, *g2.get()?, src.arith)
+                .map_err(|e| codec_err(src.ckpt, id, e))
         };
         let mut out = packed_tensors(src, id, module, (fp4::NVFP4_GROUP, DType::F8_E4M3), quant);
-        out.push(scalar(module, "weight_global_scale", global));
+        out.push(scalar(module, "weight_global_scale", move || {
+            global.get().map(|g| *g)
+        }));
         if self.w4a4 {
             let amax = cx
                 .opts
