@@ -197,9 +197,6 @@ impl LayoutScheme for Mxfp4 {
             &[("MXFP4", "mxfp4", false)]
         }
     }
-    fn name(&self, _s: HfScheme) -> String {
-        self.id().into()
-    }
     fn storage_name(&self, _s: HfScheme) -> String {
         "mxfp4".into()
     }

@@ -394,9 +394,6 @@ impl LayoutScheme for Fp8 {
             &[("FP8", "fp8-static", false)]
         }
     }
-    fn name(&self, _s: HfScheme) -> String {
-        self.id().into()
-    }
     fn storage_name(&self, _s: HfScheme) -> String {
         if self.per_row {
             "fp8-rowwise"

@@ -93,9 +93,6 @@ impl LayoutScheme for Fp8Block {
     fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
         &[("FP8_BLOCK", "fp8-block", false)]
     }
-    fn name(&self, _s: HfScheme) -> String {
-        "fp8-block".into()
-    }
     fn tensors<'a>(
         &self,
         _s: HfScheme,

@@ -125,8 +125,10 @@ pub trait LayoutScheme: Sync + std::fmt::Debug {
         self.names().contains(&name).then_some(Ok(Params::NONE))
     }
 
-    /// The scheme's qforge name.
-    fn name(&self, s: HfScheme) -> String;
+    /// The scheme's qforge name (its identity unless the parameters spell it).
+    fn name(&self, _s: HfScheme) -> String {
+        self.id().into()
+    }
 
     /// The name `qforge inspect` shows for a module stored this way.
     fn storage_name(&self, s: HfScheme) -> String {

@@ -156,9 +156,6 @@ impl LayoutScheme for Nvfp4 {
             &[("NVFP4A16", "nvfp4a16", false)]
         }
     }
-    fn name(&self, _s: HfScheme) -> String {
-        self.id().into()
-    }
     fn storage_name(&self, _s: HfScheme) -> String {
         "nvfp4".into()
     }
