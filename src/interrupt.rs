@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use crate::cli::{Command, ConvertTarget};
-use crate::commands::quantize::parse_scheme;
+use crate::steps::quantize::parse_scheme;
 
 /// The message the handler writes, made before the work starts (no allocation in the handler).
 static MESSAGE: OnceLock<Vec<u8>> = OnceLock::new();
@@ -52,25 +52,12 @@ fn command_line(extra: Option<&str>) -> String {
         .join(" ")
 }
 
-/// The staging sibling of an output (`.<name>.qforge-partial`, see `qforge_convert::write`).
-pub fn staging_of(dest: &std::path::Path) -> std::path::PathBuf {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let parent = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    parent.join(format!(".{name}.qforge-partial"))
-}
-
 /// What to say on Ctrl-C for `cmd`, or `None` for commands with nothing to keep.
 fn message(cmd: &Command) -> Option<String> {
     let dir_output = |dest: &std::path::Path| {
         format!(
             "\ninterrupted: the files finished so far are kept in {}\n  continue with: {}\n",
-            staging_of(dest).display(),
+            qforge_stage::staging_path(dest).display(),
             command_line(Some("--resume"))
         )
     };

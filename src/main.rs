@@ -10,6 +10,7 @@ mod interrupt;
 mod modelref;
 mod progress;
 mod recipe;
+mod steps;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -126,7 +127,7 @@ fn main() -> ExitCode {
             }
             let _ = writeln!(std::io::stderr(), "error: {}", error_text(&err));
             if err
-                .downcast_ref::<commands::verify::BudgetExceeded>()
+                .downcast_ref::<steps::verify::BudgetExceeded>()
                 .is_some()
             {
                 return ExitCode::from(commands::verify::BUDGET_EXIT_CODE);

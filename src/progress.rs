@@ -71,7 +71,7 @@ fn line_every() -> std::time::Duration {
 
 /// Bytes the staging output of `dest` holds now.
 fn staged_bytes(dest: &std::path::Path, total: Option<u64>) -> u64 {
-    let staging = crate::interrupt::staging_of(dest);
+    let staging = qforge_stage::staging_path(dest);
     if !staging.exists() && dest.exists() {
         // renamed into place: finished
         return total.unwrap_or(0);

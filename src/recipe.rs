@@ -322,7 +322,7 @@ impl Recipe {
         }
         for q in &self.quantize {
             check(&Recipe::artifact_name(q), "[[quantize]]")?;
-            crate::commands::quantize::parse_scheme(&q.scheme, q.asym)
+            crate::steps::quantize::parse_scheme(&q.scheme, q.asym)
                 .with_context(|| format!("[[quantize]] {:?}", q.name))?;
         }
         if self.quantize.is_empty() && self.convert.is_none() {
@@ -334,7 +334,7 @@ impl Recipe {
     /// The file or directory name of a quantize step's artifact.
     pub fn artifact_name(q: &QuantizeStep) -> String {
         // the scheme says (llama.cpp names work without `gguf:`)
-        let gguf = crate::commands::quantize::parse_scheme(&q.scheme, q.asym)
+        let gguf = crate::steps::quantize::parse_scheme(&q.scheme, q.asym)
             .is_ok_and(qforge_quantize::scheme::Scheme::writes_gguf)
             || q.layout.as_deref() == Some("gguf");
         if gguf && !q.name.to_ascii_lowercase().ends_with(".gguf") {

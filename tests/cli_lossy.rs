@@ -261,7 +261,7 @@ fn recorded_lossy(output: &Path) -> Vec<String> {
             .unwrap_or_default();
     }
     let ckpt = qforge_convert::Checkpoint::open(output).unwrap();
-    match ckpt.gguf.unwrap().get(qforge_convert::notes::LOSSY_KEY) {
+    match ckpt.gguf.unwrap().get(qforge_stage::notes::LOSSY_KEY) {
         Some(qforge_convert::gguf::GgufValue::Array(qforge_convert::gguf::GgufArray::String(
             a,
         ))) => a.iter().map(str::to_owned).collect(),

@@ -32,16 +32,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use qforge_convert::write::{OutputDir, OutputOptions};
 use qforge_convert::{FfnProj, Format, LayerTensor, TensorId};
 use qforge_quantize::layout::hf_module;
+use qforge_stage::resume::{self, Key};
+use qforge_stage::write_atomic;
+use qforge_stage::{OutputDir, OutputOptions};
 use qforge_verify::eval::run_layer_observed;
 use qforge_verify::matmul::matmul_t;
 use qforge_verify::ops::RopeTable;
 use qforge_verify::{LayerWeights, Model, Project, Real};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::awq::AwqConfig;
 use crate::data::Samples;
@@ -50,8 +51,8 @@ use crate::gptq::{gptq, GptqConfig, GptqResult};
 use crate::moe::{expert_inputs, expert_kinds, ExpertObservers, ExpertTokens};
 use crate::observer::{Observer, ObserverKind};
 use crate::output::{
-    awq_layer_file_bytes, awq_layer_file_name, layer_file_bytes, layer_file_name, write_atomic,
-    AwqMapping, AwqScheme, CalibFile, GptqScheme, ModuleReport, CALIB_JSON, FORMAT,
+    awq_layer_file_bytes, awq_layer_file_name, layer_file_bytes, layer_file_name, AwqMapping,
+    AwqScheme, CalibFile, GptqScheme, ModuleReport, CALIB_JSON, FORMAT,
 };
 
 /// What to calibrate.
@@ -255,15 +256,15 @@ fn observer_name(k: ObserverKind) -> String {
 }
 
 fn samples_sha(samples: &Samples) -> String {
-    let mut h = Sha256::new();
+    let mut h = Key::new();
     for t in samples.flat() {
         h.update(t.to_le_bytes());
     }
-    hex::encode(h.finalize())
+    h.finish()
 }
 
 fn fingerprint(model: &Model, samples: &Samples, method: &Method, precision: Precision) -> String {
-    let mut h = Sha256::new();
+    let mut h = Key::new();
     h.update(format!("{method:?}\n{:?}\n", model.config()).as_bytes());
     if precision != Precision::F32 {
         h.update(format!("{precision:?}\n").as_bytes());
@@ -276,7 +277,7 @@ fn fingerprint(model: &Model, samples: &Samples, method: &Method, precision: Pre
         .collect();
     h.update(names.join(",").as_bytes());
     h.update(samples_sha(samples).as_bytes());
-    hex::encode(h.finalize())
+    h.finish()
 }
 
 fn progress(on: bool, msg: std::fmt::Arguments<'_>) {
@@ -284,6 +285,9 @@ fn progress(on: bool, msg: std::fmt::Arguments<'_>) {
         let _ = writeln!(std::io::stderr(), "{msg}");
     }
 }
+
+/// The resume record inside the state directory (a [`resume`] record keyed by [`fingerprint`]).
+const STATE_FILE: &str = "state.json";
 
 /// The default state directory of an output path: `<output>.qforge-state` beside it.
 pub fn default_state_dir(dest: &Path) -> PathBuf {
@@ -345,14 +349,18 @@ fn read_state(
     hidden_len: usize,
     precision: Precision,
 ) -> Result<Option<(State, Hidden)>> {
-    let sp = dir.join("state.json");
-    let Ok(bytes) = std::fs::read(&sp) else {
-        return Ok(None);
+    let sp = dir.join(STATE_FILE);
+    let st: State = match resume::load(&sp) {
+        Ok(Some(st)) => st,
+        Ok(None) => return Ok(None),
+        Err(qforge_stage::Error::BadRecord { path, reason }) => {
+            return Err(Error::BadFile {
+                path,
+                reason: format!("unreadable calibration state: {reason}"),
+            })
+        }
+        Err(e) => return Err(e.into()),
     };
-    let st: State = serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
-        path: sp.clone(),
-        reason: format!("unreadable calibration state: {e}"),
-    })?;
     if st.fingerprint != fp {
         return Err(Error::BadFile {
             path: sp,
@@ -436,8 +444,7 @@ pub fn calibrate(
         drop(hb);
         st.modules.extend(reports);
         st.next_layer = i + 1;
-        let sj = serde_json::to_vec_pretty(&st).expect("plain data serializes");
-        write_atomic(&state_dir.join("state.json"), &sj)?;
+        resume::save(&state_dir.join(STATE_FILE), &st)?;
         bar.step(format_args!(
             "layer {}/{nl}: {} done in {:.1} s",
             i + 1,

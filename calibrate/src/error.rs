@@ -14,6 +14,9 @@ pub enum Error {
     /// Reading a checkpoint or writing an output.
     #[error(transparent)]
     Convert(#[from] qforge_convert::Error),
+    /// Staging or committing an output, or reading a resume record.
+    #[error(transparent)]
+    Stage(#[from] qforge_stage::Error),
     /// A codec rejected its input.
     #[error(transparent)]
     Codec(#[from] qforge_codecs::Error),

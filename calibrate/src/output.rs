@@ -15,7 +15,6 @@
 //!   reads them back; `qforge quantize` folds them into the weights before round-to-nearest.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use qforge_codecs::int4::{self, Int4Tensor};
@@ -173,19 +172,6 @@ impl CalibFile {
         v.push(b'\n');
         v
     }
-}
-
-/// Write `bytes` to `path` atomically (temporary sibling, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::io(path, std::io::Error::other("no file name")))?;
-    let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// File name of layer `i`'s GPTQ results.

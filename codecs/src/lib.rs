@@ -18,6 +18,8 @@
 //! - [`int4`]: compressed-tensors min-max INT4 (symmetric and asymmetric, per row or per
 //!   group) with the `pack-quantized`, GPTQ and AWQ packings and their dequantizers.
 //! - [`mlx`]: MLX affine 4/8-bit groups (`mx.quantize`), bit for bit.
+//! - [`encode_float`]: `f32` → F32/F16/BF16 (round to nearest even), the writers' rounding.
+//! - [`rope`]: the rotary Q/K row permutation between Meta/GGUF and HF layouts (any dtype).
 //! - [`ggml_quant`]: llama.cpp's reference quantizers for Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
 //!   Q3_K, Q4_K, Q5_K and Q6_K, with and without an importance matrix, bit for bit.
 #![deny(missing_docs)]
@@ -32,6 +34,8 @@ pub mod ggml;
 pub mod ggml_quant;
 pub mod int4;
 pub mod mlx;
+pub mod narrow;
+pub mod rope;
 
 pub use dtype::{DType, DTypeInfo};
 pub use error::{Error, Result};
@@ -54,4 +58,24 @@ pub fn decode_to_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> 
         });
     }
     float::decode_plain(dtype, bytes, out).unwrap_or_else(|| ggml::dequantize(dtype, bytes, out))
+}
+
+/// Encode f32 values as `dtype` (F32, F16 with IEEE round-to-nearest-even and overflow to ±inf,
+/// or BF16 with round-to-nearest-even and NaN kept NaN), appending to `out`.
+pub fn encode_float(values: &[f32], dtype: DType, out: &mut Vec<u8>) -> Option<()> {
+    match dtype {
+        DType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+        DType::F16 => out.extend(
+            values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes()),
+        ),
+        DType::BF16 => out.extend(
+            values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()),
+        ),
+        _ => return None,
+    }
+    Some(())
 }

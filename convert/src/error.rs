@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use qforge_codecs::DType;
 
-use crate::gguf::{GgufError, MAX_NAME_LEN};
+use crate::gguf::GgufError;
 use crate::hf::SafetensorsError;
 use crate::pth::PthError;
 
@@ -52,13 +52,14 @@ pub enum Error {
         /// what is wrong
         kind: GgufError,
     },
-    /// A malformed importance-matrix file (llama-imatrix GGUF or legacy `.dat`).
+    /// A malformed importance-matrix file (llama-imatrix GGUF or legacy `.dat`). The kind is
+    /// `qforge_quantize::imatrix::ImatrixError`: those files are read where they are used.
     #[error("{}: importance matrix: {kind}", crate::error::shown(path))]
     Imatrix {
         /// the file
         path: PathBuf,
         /// what is wrong
-        kind: ImatrixError,
+        kind: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A malformed or unsafe `.pth` file (ZIP container or pickle stream).
     #[error("{}: {kind}", crate::error::shown(path))]
@@ -246,6 +247,27 @@ pub enum ConfigError {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl From<qforge_stage::Error> for Error {
+    fn from(e: qforge_stage::Error) -> Self {
+        match e {
+            qforge_stage::Error::Io { path, source } => Error::Io { path, source },
+            qforge_stage::Error::OutputExists { path } => Error::OutputExists { path },
+            qforge_stage::Error::Lossy { changes } => Error::Lossy { changes },
+            qforge_stage::Error::BadRecord { path, reason } => Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("unreadable resume record: {reason}"),
+                ),
+            ),
+            other => Error::io(
+                std::path::PathBuf::new(),
+                std::io::Error::other(other.to_string()),
+            ),
+        }
+    }
+}
+
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
@@ -256,145 +278,4 @@ impl Error {
     }
 }
 
-/// A path as error messages show it: absolute (the working directory joined to a relative
-/// one, symlinks kept), so the message names the file wherever the user reads it.
-pub fn shown(path: &std::path::Path) -> String {
-    std::path::absolute(path)
-        .unwrap_or_else(|_| path.to_owned())
-        .display()
-        .to_string()
-}
-
-/// What is wrong with an importance-matrix file. Offsets are absolute byte offsets.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ImatrixError {
-    /// A GGUF imatrix that the GGUF reader rejects.
-    #[error("{0}")]
-    Gguf(GgufError),
-    /// `general.type` is present and not `"imatrix"` (e.g. a model file).
-    #[error("general.type is {found:?}, not \"imatrix\" (is this a model file?)")]
-    NotImatrix {
-        /// the value found
-        found: String,
-    },
-    /// A metadata key with the wrong value type.
-    #[error("metadata key {key} must be {expected}")]
-    KeyType {
-        /// the key
-        key: &'static str,
-        /// the type llama.cpp reads it as
-        expected: &'static str,
-    },
-    /// A tensor whose name ends in neither `.in_sum2` nor `.counts`.
-    #[error("tensor {tensor:?} is neither <name>.in_sum2 nor <name>.counts")]
-    UnknownTensor {
-        /// the tensor
-        tensor: String,
-    },
-    /// A `.in_sum2` tensor without its `.counts` or the other way round.
-    #[error("entry {name:?} has no {missing} tensor")]
-    Unpaired {
-        /// the weight name
-        name: String,
-        /// the missing suffix
-        missing: &'static str,
-    },
-    /// A sums or counts tensor that is not F32.
-    #[error("tensor {tensor:?} is {dtype}, llama.cpp requires F32")]
-    NotF32 {
-        /// the tensor
-        tensor: String,
-        /// its type
-        dtype: DType,
-    },
-    /// Sums and counts whose sizes do not fit together (no counts, no sums, or sums not a
-    /// whole number of columns per count).
-    #[error("entry {name:?}: {sums} sums cannot be split over {counts} counts")]
-    BadShape {
-        /// the weight name
-        name: String,
-        /// sums stored
-        sums: u64,
-        /// counts stored
-        counts: u64,
-    },
-    /// A count that is negative, not finite or not representable.
-    #[error("entry {name:?}: count {index} is {value}, not a non-negative token count")]
-    BadCount {
-        /// the weight name
-        name: String,
-        /// which count
-        index: usize,
-        /// its value
-        value: f64,
-    },
-    /// A sum that is negative or not finite.
-    #[error("entry {name:?}: value {index} is {value}, not a finite non-negative sum of squares")]
-    BadValue {
-        /// the weight name
-        name: String,
-        /// which value
-        index: usize,
-        /// its value
-        value: f32,
-    },
-    /// No entries at all (llama.cpp: "no data in file").
-    #[error("no entries in the file")]
-    Empty,
-    /// The file ends inside a field.
-    #[error("file truncated: {need} bytes needed at offset {offset}")]
-    Truncated {
-        /// where the field starts
-        offset: u64,
-        /// bytes the field needs
-        need: u64,
-    },
-    /// A legacy length or count that is negative or larger than the rest of the file.
-    #[error("{what} {value} at offset {offset} is negative or larger than the file can hold")]
-    BadLength {
-        /// which field
-        what: &'static str,
-        /// its value
-        value: i64,
-        /// where the field is
-        offset: u64,
-    },
-    /// A legacy entry name that is empty, not UTF-8 or contains NUL.
-    #[error("entry name at offset {offset} is empty, not UTF-8 or contains NUL")]
-    BadName {
-        /// where the name's length field is
-        offset: u64,
-    },
-    /// The same entry twice.
-    #[error("duplicate entry {name:?}")]
-    DuplicateEntry {
-        /// the weight name
-        name: String,
-    },
-    /// Bytes after the legacy trailer.
-    #[error("{count} unexpected bytes after the end of the data at offset {offset}")]
-    TrailingBytes {
-        /// where they start
-        offset: u64,
-        /// how many
-        count: u64,
-    },
-    /// A GGUF imatrix without `imatrix.datasets`, `imatrix.chunk_count` and
-    /// `imatrix.chunk_size`, which llama-quantize refuses.
-    #[error(
-        "missing imatrix metadata (imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size)"
-    )]
-    MissingMetadata,
-    /// A name too long for a ggml tensor name once `.in_sum2` is appended.
-    #[error(
-        "entry {name:?} is too long for a GGUF tensor name ({MAX_NAME_LEN} bytes with .in_sum2)"
-    )]
-    NameTooLong {
-        /// the weight name
-        name: String,
-    },
-    /// Statistics that cannot be written (e.g. the legacy format without a chunk size).
-    #[error("cannot write: {0}")]
-    Unwritable(String),
-}
+pub use qforge_stage::shown;

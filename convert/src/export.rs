@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use qforge_codecs::DType;
+use qforge_codecs::{encode_float, DType};
 use serde_json::{json, Value};
 
 use crate::checkpoint::{Checkpoint, Format, TensorEntry};
@@ -17,10 +17,10 @@ use crate::error::{Error, Result};
 use crate::export_gguf::llama3_from_factors;
 use crate::family::WindowRule;
 use crate::names::{FfnProj, LayerTensor, Part, TensorId, TensorKey};
-use crate::notes::Note;
-use crate::rope::{permute_rows_into, RopeLayout};
 use crate::write::safetensors::{plan, TensorSpec, Writer};
-use crate::write::{FileRecord, OutputDir, OutputOptions};
+use qforge_codecs::rope::{permute_rows_into, RopeLayout};
+use qforge_stage::notes::Note;
+use qforge_stage::{FileRecord, OutputDir, OutputOptions};
 
 /// transformers' default shard size (`max_shard_size="5GB"`).
 pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;
@@ -604,26 +604,6 @@ fn write_rows<W: std::io::Write + Send>(
     w.end_tensor().map_err(io)
 }
 
-/// Encode f32 values as `dtype` (F32, F16 with IEEE round-to-nearest-even and overflow to ±inf,
-/// or BF16 with round-to-nearest-even and NaN kept NaN), appending to `out`.
-pub fn encode_float(values: &[f32], dtype: DType, out: &mut Vec<u8>) -> Option<()> {
-    match dtype {
-        DType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
-        DType::F16 => out.extend(
-            values
-                .iter()
-                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes()),
-        ),
-        DType::BF16 => out.extend(
-            values
-                .iter()
-                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()),
-        ),
-        _ => return None,
-    }
-    Some(())
-}
-
 /// Canonical HF order: embeddings, each layer's tensors, final norm, LM head.
 pub fn hf_order(key: &TensorKey) -> (u32, u32, u32) {
     let kind_rank = |k: LayerTensor| match k {
@@ -762,7 +742,7 @@ pub fn copy_rows<'a>(
             match heads {
                 Some((dir, _)) => {
                     for (r, o) in range.zip(out.chunks_exact_mut(row_bytes.max(1))) {
-                        let s = crate::rope::source_row(r, hd, dir);
+                        let s = qforge_codecs::rope::source_row(r, hd, dir);
                         o.copy_from_slice(rows(s, s + 1)?);
                     }
                 }
@@ -950,7 +930,7 @@ pub(crate) fn retie(ckpt: &Checkpoint) -> Result<Option<Note>> {
 
 /// Convert any checkpoint to a Hugging Face directory at `dest`.
 pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<Written> {
-    let mut notes = crate::notes::from_reading(&ckpt.notes);
+    let mut notes = qforge_stage::notes::from_reading(&ckpt.notes);
     let rope = rope_direction(&ckpt.config, ckpt.format, Format::Hf);
     let mut config = ckpt.config.clone();
     let (rope_scaling, rope_notes) = target_rope_scaling(ckpt, "config.json")?;
@@ -991,7 +971,7 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
         let narrowed = entries.iter().map(|&t| (t, out_dtype(t)));
         notes.extend(crate::narrow::narrowing_note(ckpt, narrowed)?);
     }
-    crate::notes::gate(&notes, opts.output.allow_lossy)?;
+    qforge_stage::notes::gate(&notes, opts.output.allow_lossy)?;
     let main_dtype = opts.dtype.unwrap_or_else(|| {
         let mut h: BTreeMap<DType, u64> = BTreeMap::new();
         for t in &entries {
@@ -1045,7 +1025,7 @@ pub fn convert_to_hf(ckpt: &Checkpoint, dest: &Path, opts: HfOptions) -> Result<
     out.write_file("config.json", &text)?;
     write_hf_side_files(ckpt, &mut out)?;
     // No paths or times in the manifest: the same input gives the same bytes wherever it lives.
-    let mut extra = crate::notes::record(&notes);
+    let mut extra = qforge_stage::notes::record(&notes);
     extra.insert("source_format".into(), json!(ckpt.format));
     let files = out.commit(extra)?;
     Ok(Written {

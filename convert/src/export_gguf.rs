@@ -15,9 +15,9 @@ use crate::error::{Error, Result};
 use crate::export::{rope_direction, tensor_bytes, Written};
 use crate::gguf::GgufValue;
 use crate::names::{FfnProj, LayerTensor, NameScheme, Part, TensorId, TensorKey};
-use crate::notes::Note;
 use crate::write::gguf::{plan, GgufTensorSpec, GgufWriter};
-use crate::write::AtomicFile;
+use qforge_stage::notes::Note;
+use qforge_stage::AtomicFile;
 
 /// llama.cpp's `general.file_type` for an all-`dtype` file (`LlamaFileType`).
 pub fn file_type(dtype: DType) -> Option<u32> {
@@ -543,12 +543,12 @@ pub fn rope_metadata_lost(cfg: &ModelConfig, f: &[f32]) -> Option<Note> {
     })
 }
 
-/// The [`crate::notes::LOSSY_KEY`] entry listing the allowed changes to the math, if any.
+/// The [`qforge_stage::notes::LOSSY_KEY`] entry listing the allowed changes to the math, if any.
 pub(crate) fn lossy_metadata(notes: &[Note]) -> Option<(String, GgufValue)> {
-    let lines = crate::notes::lossy_lines(notes);
+    let lines = qforge_stage::notes::lossy_lines(notes);
     (!lines.is_empty()).then(|| {
         (
-            crate::notes::LOSSY_KEY.to_owned(),
+            qforge_stage::notes::LOSSY_KEY.to_owned(),
             GgufValue::Array(crate::gguf::GgufArray::String(lines.iter().collect())),
         )
     })
@@ -565,7 +565,7 @@ pub struct GgufOptions {
     /// Plan the file and report its exact size; write nothing, read no tensor data.
     pub dry_run: bool,
     /// Write an output that computes something other than the source (see
-    /// [`crate::notes::gate`]); the changes are listed under [`crate::notes::LOSSY_KEY`].
+    /// [`qforge_stage::notes::gate`]); the changes are listed under [`qforge_stage::notes::LOSSY_KEY`].
     pub allow_lossy: bool,
 }
 
@@ -605,7 +605,7 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
             reason: "GGUF conversion writes F32, F16 or BF16; use `qforge quantize` for ggml types",
         });
     }
-    let mut notes = crate::notes::from_reading(&ckpt.notes);
+    let mut notes = qforge_stage::notes::from_reading(&ckpt.notes);
     let rope = rope_direction(&ckpt.config, ckpt.format, Format::Gguf);
     let tied = crate::export::retie(ckpt)?;
     let mut entries: Vec<&TensorEntry> = Vec::new();
@@ -692,13 +692,13 @@ pub fn convert_to_gguf(ckpt: &Checkpoint, dest: &Path, opts: GgufOptions) -> Res
         let narrowed = entries.iter().map(|&t| (t, out_dtype(t)));
         notes.extend(crate::narrow::narrowing_note(ckpt, narrowed)?);
     }
-    crate::notes::gate(&notes, opts.allow_lossy)?;
+    qforge_stage::notes::gate(&notes, opts.allow_lossy)?;
     metadata.extend(lossy_metadata(&notes));
 
     let p = plan(&metadata, specs)?;
     if opts.dry_run {
         return Ok(Written {
-            files: vec![crate::write::planned_file(
+            files: vec![qforge_stage::planned_file(
                 dest,
                 p.file_size(),
                 p.tensors.iter().map(|t| t.1).sum(),

@@ -27,10 +27,10 @@ use crate::export::{
 };
 use crate::export_gguf::{llama3_from_factors, llama3_rope_factors};
 use crate::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
-use crate::notes::Note;
 use crate::write::pth::{archive_name, plan, PthWriter};
 use crate::write::safetensors::TensorSpec;
-use crate::write::{OutputDir, OutputOptions, StagedFile};
+use qforge_stage::notes::Note;
+use qforge_stage::{OutputDir, OutputOptions, StagedFile};
 
 /// Options for [`convert_to_meta_with`].
 #[derive(Debug, Clone, Copy)]
@@ -411,7 +411,7 @@ type MetaSideFiles = (Vec<u8>, Option<Vec<u8>>, Vec<Note>);
 /// [`target_rope_scaling`]; then [`meta_params_json`]), the embeddings re-tied or not, and the
 /// tokenizer (see [`meta_tokenizer`]).
 fn meta_params_and_notes(ckpt: &Checkpoint) -> Result<MetaSideFiles> {
-    let mut notes = crate::notes::from_reading(&ckpt.notes);
+    let mut notes = qforge_stage::notes::from_reading(&ckpt.notes);
     if ckpt.format == Format::Meta {
         let p = ckpt.path.join("params.json");
         return Ok((
@@ -626,7 +626,7 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
     let planned = plan_tensors(ckpt, dest, opts, &mut notes)?;
     let narrowed = planned.iter().map(|p| (p.source, p.dtype));
     notes.extend(crate::narrow::narrowing_note(ckpt, narrowed)?);
-    crate::notes::gate(&notes, opts.output.allow_lossy)?;
+    qforge_stage::notes::gate(&notes, opts.output.allow_lossy)?;
 
     // Plan every shard before touching the destination.
     let names: Vec<String> = (0..mp)
@@ -704,7 +704,7 @@ pub fn convert_to_meta_with(ckpt: &Checkpoint, dest: &Path, opts: MetaOptions) -
             out.write_file("tokenizer.model", &bytes)?;
         }
     }
-    let mut extra = crate::notes::record(&notes);
+    let mut extra = qforge_stage::notes::record(&notes);
     extra.insert("source_format".into(), json!(ckpt.format));
     extra.insert("model_parallel".into(), json!(mp));
     let files = out.commit(extra)?;
@@ -747,7 +747,7 @@ fn write_slice(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notes::NoteKind;
+    use qforge_stage::notes::NoteKind;
 
     #[test]
     fn floats_print_like_python_repr() {

@@ -26,17 +26,14 @@ pub mod meta_tokenizer;
 mod mmap;
 pub mod names;
 pub mod narrow;
-pub mod notes;
 pub mod pth;
-pub mod rope;
 pub mod tokenizer;
 pub mod write;
 
 pub use checkpoint::{Checkpoint, Format, TensorEntry, TensorLayout, TokenizerInfo};
 pub use config::{Llama4Attention, ModelConfig, MoeConfig, RopeScaling, SlidingWindow};
-pub use error::{shown, ConfigError, Error, ImatrixError, Result};
+pub use error::{shown, ConfigError, Error, Result};
 pub use family::{Family, FamilySpec, Gating};
 pub use names::{
     FfnProj, HfMoeNames, LayerTensor, NameMatch, NameScheme, Part, TensorId, TensorKey,
 };
-pub use notes::{Note, NoteKind};

@@ -10,8 +10,8 @@ use std::process::Command;
 use qforge_codecs::DType;
 use qforge_convert::export::{convert_to_hf, HfOptions, DEFAULT_SHARD_SIZE};
 use qforge_convert::export_meta::{convert_to_meta, convert_to_meta_with, MetaOptions};
-use qforge_convert::write::{OutputDir, OutputOptions};
 use qforge_convert::{Checkpoint, Error, Format};
+use qforge_stage::{OutputDir, OutputOptions};
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -655,10 +655,7 @@ pub fn read(target: Target, model: &Path, file: &Path, input: &[u8]) -> Result<(
 
 /// Normalize an importance matrix as `qforge quantize --imatrix` does, and write it back.
 fn use_imatrix(file: &Path, m: &Imatrix) -> Result<(), Error> {
-    let err = |kind| Error::Imatrix {
-        path: file.to_owned(),
-        kind,
-    };
+    let err = |kind| qforge_quantize::imatrix::err(file, kind);
     std::hint::black_box(m.quant_weights().map_err(err)?);
     std::hint::black_box(m.quantize_metadata("imatrix.gguf"));
     if m.format == ImatrixFormat::Gguf {

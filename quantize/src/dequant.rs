@@ -16,10 +16,10 @@ use rayon::prelude::*;
 
 use crate::layout::{HfScheme, LAYOUTS};
 
+use qforge_codecs::rope::{source_row, RopeLayout};
 use qforge_convert::checkpoint::{Checkpoint, TensorEntry};
 use qforge_convert::export::rope_heads;
 use qforge_convert::names::{Part, TensorId, TensorKey};
-use qforge_convert::rope::{source_row, RopeLayout};
 use qforge_convert::{Error, Result};
 
 /// How a module's weight is stored: plainly, or in one of the quantized layouts

@@ -16,18 +16,19 @@ use qforge_codecs::{ggml_quant, DType};
 
 use crate::dequant::WeightRead;
 use crate::numerics::{Numerics, WeightPolicy};
+use qforge_codecs::encode_float;
 use qforge_convert::checkpoint::{Checkpoint, Format, TensorEntry};
-use qforge_convert::export::{encode_float, rope_direction, rope_heads, Written};
+use qforge_convert::export::{rope_direction, rope_heads, Written};
 use qforge_convert::export_gguf::{
     gguf_order, gguf_specs, gguf_tensor_name, llama3_rope_factors, model_metadata,
     tokenizer_metadata,
 };
 use qforge_convert::gguf::GgufValue;
 use qforge_convert::names::{NameScheme, Part, TensorId, TensorKey};
-use qforge_convert::notes::Note;
 use qforge_convert::write::gguf::{plan, GgufTensorSpec, GgufWriter};
-use qforge_convert::write::AtomicFile;
 use qforge_convert::{Error, Result};
+use qforge_stage::notes::Note;
+use qforge_stage::AtomicFile;
 
 /// A llama.cpp file type (`llama_ftype`) that mixes ggml types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -721,7 +722,7 @@ pub fn quantize_to_gguf(
     mix: GgufMix,
     opts: &GgufQuantOptions,
 ) -> Result<GgufQuantWritten> {
-    let mut notes = qforge_convert::notes::from_reading(&ckpt.notes);
+    let mut notes = qforge_stage::notes::from_reading(&ckpt.notes);
     let mut entries: Vec<&TensorEntry> = ckpt
         .tensors
         .iter()
@@ -790,7 +791,7 @@ pub fn quantize_to_gguf(
     if opts.dry_run {
         return Ok(GgufQuantWritten {
             written: Written {
-                files: vec![qforge_convert::write::planned_file(
+                files: vec![qforge_stage::planned_file(
                     dest,
                     p.file_size(),
                     p.tensors.iter().map(|t| t.1).sum(),

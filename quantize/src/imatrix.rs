@@ -29,10 +29,10 @@ use std::path::{Path, PathBuf};
 
 use qforge_codecs::DType;
 
-use qforge_convert::gguf::{GgufArray, GgufValue, StringArray, MAX_NAME_LEN};
+use qforge_convert::gguf::{GgufArray, GgufError, GgufValue, StringArray, MAX_NAME_LEN};
 use qforge_convert::write::gguf::{plan, GgufTensorSpec, GgufWriter};
-use qforge_convert::write::{AtomicFile, FileRecord};
 use qforge_convert::{Error, Result};
+use qforge_stage::{AtomicFile, FileRecord};
 
 /// `general.type` of an imatrix GGUF.
 pub const GENERAL_TYPE: &str = "imatrix";
@@ -91,14 +91,146 @@ pub struct Imatrix {
     pub has_metadata: bool,
 }
 
-/// What is wrong with an importance-matrix file: convert's error kind (its `Error::Imatrix`
-/// carries it), re-exported here where the files are read.
-pub use qforge_convert::ImatrixError;
+/// What is wrong with an importance-matrix file (carried by `qforge_convert::Error::Imatrix`).
+/// Offsets are absolute byte offsets.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImatrixError {
+    /// A GGUF imatrix that the GGUF reader rejects.
+    #[error("{0}")]
+    Gguf(GgufError),
+    /// `general.type` is present and not `"imatrix"` (e.g. a model file).
+    #[error("general.type is {found:?}, not \"imatrix\" (is this a model file?)")]
+    NotImatrix {
+        /// the value found
+        found: String,
+    },
+    /// A metadata key with the wrong value type.
+    #[error("metadata key {key} must be {expected}")]
+    KeyType {
+        /// the key
+        key: &'static str,
+        /// the type llama.cpp reads it as
+        expected: &'static str,
+    },
+    /// A tensor whose name ends in neither `.in_sum2` nor `.counts`.
+    #[error("tensor {tensor:?} is neither <name>.in_sum2 nor <name>.counts")]
+    UnknownTensor {
+        /// the tensor
+        tensor: String,
+    },
+    /// A `.in_sum2` tensor without its `.counts` or the other way round.
+    #[error("entry {name:?} has no {missing} tensor")]
+    Unpaired {
+        /// the weight name
+        name: String,
+        /// the missing suffix
+        missing: &'static str,
+    },
+    /// A sums or counts tensor that is not F32.
+    #[error("tensor {tensor:?} is {dtype}, llama.cpp requires F32")]
+    NotF32 {
+        /// the tensor
+        tensor: String,
+        /// its type
+        dtype: DType,
+    },
+    /// Sums and counts whose sizes do not fit together (no counts, no sums, or sums not a
+    /// whole number of columns per count).
+    #[error("entry {name:?}: {sums} sums cannot be split over {counts} counts")]
+    BadShape {
+        /// the weight name
+        name: String,
+        /// sums stored
+        sums: u64,
+        /// counts stored
+        counts: u64,
+    },
+    /// A count that is negative, not finite or not representable.
+    #[error("entry {name:?}: count {index} is {value}, not a non-negative token count")]
+    BadCount {
+        /// the weight name
+        name: String,
+        /// which count
+        index: usize,
+        /// its value
+        value: f64,
+    },
+    /// A sum that is negative or not finite.
+    #[error("entry {name:?}: value {index} is {value}, not a finite non-negative sum of squares")]
+    BadValue {
+        /// the weight name
+        name: String,
+        /// which value
+        index: usize,
+        /// its value
+        value: f32,
+    },
+    /// No entries at all (llama.cpp: "no data in file").
+    #[error("no entries in the file")]
+    Empty,
+    /// The file ends inside a field.
+    #[error("file truncated: {need} bytes needed at offset {offset}")]
+    Truncated {
+        /// where the field starts
+        offset: u64,
+        /// bytes the field needs
+        need: u64,
+    },
+    /// A legacy length or count that is negative or larger than the rest of the file.
+    #[error("{what} {value} at offset {offset} is negative or larger than the file can hold")]
+    BadLength {
+        /// which field
+        what: &'static str,
+        /// its value
+        value: i64,
+        /// where the field is
+        offset: u64,
+    },
+    /// A legacy entry name that is empty, not UTF-8 or contains NUL.
+    #[error("entry name at offset {offset} is empty, not UTF-8 or contains NUL")]
+    BadName {
+        /// where the name's length field is
+        offset: u64,
+    },
+    /// The same entry twice.
+    #[error("duplicate entry {name:?}")]
+    DuplicateEntry {
+        /// the weight name
+        name: String,
+    },
+    /// Bytes after the legacy trailer.
+    #[error("{count} unexpected bytes after the end of the data at offset {offset}")]
+    TrailingBytes {
+        /// where they start
+        offset: u64,
+        /// how many
+        count: u64,
+    },
+    /// A GGUF imatrix without `imatrix.datasets`, `imatrix.chunk_count` and
+    /// `imatrix.chunk_size`, which llama-quantize refuses.
+    #[error(
+        "missing imatrix metadata (imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size)"
+    )]
+    MissingMetadata,
+    /// A name too long for a ggml tensor name once `.in_sum2` is appended.
+    #[error(
+        "entry {name:?} is too long for a GGUF tensor name ({MAX_NAME_LEN} bytes with .in_sum2)"
+    )]
+    NameTooLong {
+        /// the weight name
+        name: String,
+    },
+    /// Statistics that cannot be written (e.g. the legacy format without a chunk size).
+    #[error("cannot write: {0}")]
+    Unwritable(String),
+}
 
-fn err(path: &Path, kind: ImatrixError) -> Error {
+/// The error naming `path` for `kind`.
+pub fn err(path: &Path, kind: ImatrixError) -> Error {
     Error::Imatrix {
         path: path.to_owned(),
-        kind,
+        kind: Box::new(kind),
     }
 }
 
@@ -603,7 +735,7 @@ impl Imatrix {
         let (target, mut file) = AtomicFile::create(dest, overwrite)?;
         let part: PathBuf = file.path().to_owned();
         file.write_all(&bytes).map_err(|e| Error::io(&part, e))?;
-        target.commit(file)
+        Ok(target.commit(file)?)
     }
 }
 

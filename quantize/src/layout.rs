@@ -24,18 +24,19 @@ use serde_json::{json, Value};
 
 use crate::dequant::WeightRead;
 use crate::numerics::{Numerics, WeightPolicy};
+use qforge_codecs::encode_float;
+use qforge_codecs::rope::RopeLayout;
 use qforge_convert::checkpoint::{Checkpoint, Format};
 use qforge_convert::export::{
-    copy_rows, encode_float, hf_config_json, rope_direction, target_rope_scaling, tensor_bytes,
+    copy_rows, hf_config_json, rope_direction, target_rope_scaling, tensor_bytes,
     write_hf_side_files, write_safetensors_shards, OutTensor, Producer, Written,
 };
 use qforge_convert::names::{LayerTensor, NameScheme, Part, TensorId, TensorKey};
-use qforge_convert::notes::Note;
-use qforge_convert::rope::RopeLayout;
 use qforge_convert::write::safetensors::TensorSpec;
-use qforge_convert::write::{OutputDir, OutputOptions};
 use qforge_convert::ModelConfig;
 use qforge_convert::{Error, Result};
+use qforge_stage::notes::Note;
+use qforge_stage::{OutputDir, OutputOptions};
 
 pub mod fp4;
 pub mod fp8;
@@ -564,12 +565,12 @@ fn prepare(
             opts.numerics.max_abs
         )));
     }
-    let mut notes = qforge_convert::notes::from_reading(&ckpt.notes);
+    let mut notes = qforge_stage::notes::from_reading(&ckpt.notes);
     let mut hf_cfg = ckpt.config.clone();
     let (rope_scaling, rope_notes) = target_rope_scaling(ckpt, "config.json")?;
     hf_cfg.rope_scaling = rope_scaling;
     notes.extend(rope_notes);
-    qforge_convert::notes::gate(&notes, opts.output.allow_lossy)?;
+    qforge_stage::notes::gate(&notes, opts.output.allow_lossy)?;
     let scheme = effective_scheme(opts).map_err(bad)?;
     let mut skipped = scan_policy(ckpt, scheme, opts, &mut notes)?;
     skipped.extend(
@@ -681,7 +682,7 @@ fn finish(
     text.push(b'\n');
     out.write_file("config.json", &text)?;
     write_hf_side_files(ckpt, &mut out)?;
-    let mut extra = qforge_convert::notes::record(&notes);
+    let mut extra = qforge_stage::notes::record(&notes);
     extra.insert("source_format".into(), json!(ckpt.format));
     let files = out.commit(extra)?;
     Ok(QuantWritten {

@@ -9,7 +9,6 @@ use std::path::Path;
 use qforge_codecs::fp4;
 use qforge_codecs::int4::Int4Arith;
 use qforge_codecs::DType;
-use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
 use qforge_quantize::layout::{
     fp4::{MXFP4, MXFP4A16},
@@ -17,6 +16,7 @@ use qforge_quantize::layout::{
     Policy,
 };
 use qforge_quantize::numerics::Numerics;
+use qforge_stage::OutputOptions;
 use serde_json::{json, Value};
 
 const HIDDEN: usize = 64;

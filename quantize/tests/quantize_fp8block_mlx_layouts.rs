@@ -17,7 +17,6 @@ use qforge_codecs::int4::Int4Arith;
 use qforge_codecs::mlx;
 use qforge_codecs::DType;
 use qforge_convert::names::{LayerTensor, TensorId};
-use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
 use qforge_quantize::dequant::WeightStorage;
 use qforge_quantize::layout::{
@@ -25,6 +24,7 @@ use qforge_quantize::layout::{
     HfScheme, IgnoreList, LayoutScheme, Params, Policy,
 };
 use qforge_quantize::numerics::Numerics;
+use qforge_stage::OutputOptions;
 use serde_json::{json, Value};
 
 const HIDDEN: usize = 192;

@@ -10,7 +10,6 @@ use qforge_codecs::fp8::{self, Fp8Options};
 use qforge_codecs::fp8_ct;
 use qforge_codecs::int4::Int4Arith;
 use qforge_codecs::DType;
-use qforge_convert::write::OutputOptions;
 use qforge_convert::{Checkpoint, Error, LayerTensor, Part, TensorId};
 use qforge_quantize::dequant::WeightStorage;
 use qforge_quantize::layout::{
@@ -19,6 +18,7 @@ use qforge_quantize::layout::{
     Policy,
 };
 use qforge_quantize::numerics::Numerics;
+use qforge_stage::OutputOptions;
 use serde_json::{json, Value};
 
 /// Deterministic pseudo-random values (xorshift), roughly N(0, 0.05) with a few outliers.

@@ -70,7 +70,7 @@ pub fn warn_long_ctx(config: &qforge_convert::ModelConfig, flag: &str, ctx: usiz
 /// Say so when a run without `--resume` finds an interrupted run's staging output (it is
 /// replaced: the writer starts over).
 pub fn note_partial(dest: &Path, resume: bool, quiet: bool) {
-    let staging = crate::interrupt::staging_of(dest);
+    let staging = qforge_stage::staging_path(dest);
     if resume || quiet || !staging.exists() {
         return;
     }
@@ -108,7 +108,7 @@ pub fn log_read(what: &str, ckpt: &qforge_convert::Checkpoint) {
 }
 
 /// `-v`: the files an output got; `-vv`: with their sha256.
-pub fn log_written(dest: &Path, files: &[qforge_convert::write::FileRecord]) {
+pub fn log_written(dest: &Path, files: &[qforge_stage::FileRecord]) {
     let bytes: u64 = files.iter().map(|f| f.bytes).sum();
     tracing::info!(
         "wrote {}: {} file(s), {bytes} bytes",

@@ -12,29 +12,28 @@
 //! are deterministic, so an interrupted and resumed run ends with the same bytes as an
 //! uninterrupted one, the report included (it holds no timings).
 
-use qforge_quantize::scheme::{CalibInput, Calibration};
+use qforge_quantize::scheme::CalibInput;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use qforge_convert::write::AtomicFile;
+use anyhow::{Context, Result};
+use qforge_stage::resume::{self, Key};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
-use crate::cli::{
-    parse_size, ConvertArgs, ConvertTarget, EvalArgs, FloatDtype, PipelineArgs, QuantLayout,
-    QuantPolicy, QuantizeArgs, VerifyArgs, W8a8Arg,
-};
-use crate::commands::verify::{BudgetExceeded, Budgets};
+use crate::cli::{EvalArgs, PipelineArgs, VerifyArgs, W8a8Arg};
 use crate::recipe::{CalibrateStep, QuantizeStep, Recipe};
+use crate::steps::from_recipe::{
+    base_and_input, calib_use, calibrate_args, convert_args, quantize_args, CalibrateSettings,
+};
+use crate::steps::verify::{BudgetExceeded, Budgets};
 
 /// The state file's name inside the output directory.
 pub const STATE_FILE: &str = ".qforge-pipeline-state.json";
 
 /// Runs a recipe's `[calibrate]` step: writes the calibration results for `model` to `out`
-/// (atomically, e.g. with [`AtomicFile`]) in the JSON form `qforge quantize --calib` reads.
+/// (atomically, e.g. with [`qforge_stage::AtomicFile`]) in the JSON form `qforge quantize --calib` reads.
 /// The pipeline passes `out` to every quantize step as `--calib`.
 pub trait Calibrator {
     /// Calibrate `model` as `step` says, writing `out`.
@@ -47,62 +46,11 @@ pub struct Builtin;
 
 impl Calibrator for Builtin {
     fn calibrate(&self, model: &Path, step: &CalibrateStep, out: &Path) -> Result<()> {
-        let model = model.to_string_lossy().into_owned();
-        let data = step.data.to_string_lossy().into_owned();
-        let out = out.to_string_lossy().into_owned();
-        let mut argv: Vec<String> = Vec::new();
-        match step.method.as_str() {
-            "fp8-static" | "gptq" | "awq" => {
-                argv.extend(["qforge", "calibrate", &model, "--data", &data, "-o", &out]
-                    .map(str::to_owned));
-                argv.extend(["--method".into(), step.method.clone(), "--overwrite".into()]);
-                if let Some(n) = step.chunks {
-                    argv.extend(["--samples".into(), n.to_string()]);
-                }
-                if let Some(n) = step.ctx {
-                    argv.extend(["--seq-len".into(), n.to_string()]);
-                }
-                if let Some(sch) = &step.scheme {
-                    argv.extend(["--scheme".into(), sch.clone()]);
-                }
-                if step.asym {
-                    argv.push("--asym".into());
-                }
-                if let Some(p) = &step.precision {
-                    argv.extend(["--precision".into(), p.clone()]);
-                }
-            }
-            "imatrix" => {
-                argv.extend(["qforge", "imatrix", &model, "--data", &data, "-o", &out]
-                    .map(str::to_owned));
-                argv.extend(["--overwrite".into(), "--quiet".into()]);
-                if let Some(n) = step.chunks {
-                    argv.extend(["--chunks".into(), n.to_string()]);
-                }
-                if let Some(n) = step.ctx {
-                    argv.extend(["--ctx".into(), n.to_string()]);
-                }
-            }
-            other => bail!(
-                "[calibrate] method {other:?} is not available\n  hint: use fp8-static, gptq, awq or imatrix"
-            ),
-        }
-        let mut cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv)
-            .map_err(|e| anyhow::anyhow!("[calibrate]: {}", e.to_string().trim()))?;
-        cli.command.resolve_outputs();
-        match cli.command {
-            crate::cli::Command::Calibrate(a) => crate::commands::calibrate::run(&a),
-            crate::cli::Command::Imatrix(a) => crate::commands::imatrix::run(&a),
-            _ => unreachable!("built above"),
+        match calibrate_args(model, step, out)? {
+            CalibrateSettings::Layers(a) => crate::steps::calibrate::run(&a),
+            CalibrateSettings::Imatrix(a) => crate::steps::imatrix::run(&a),
         }
     }
-}
-
-/// How the `[calibrate]` result is passed to a quantize step with `scheme` (`None`: not at
-/// all); the scheme says ([`Scheme::accepts`](qforge_quantize::scheme::Scheme::accepts)).
-pub fn calib_use(method: &str, scheme: &str) -> Option<CalibInput> {
-    let scheme = crate::commands::quantize::parse_scheme(scheme, false).ok()?;
-    scheme.accepts(Calibration::from_name(method)?)
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -130,18 +78,14 @@ enum Status {
     Done,
 }
 
-fn sha_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// Cheap identity of a model or artifact: its manifest (which holds every file's sha256), else
 /// the names, sizes and modification times of its files.
 fn fingerprint(path: &Path) -> Result<String> {
-    let manifest = path.join(qforge_convert::write::MANIFEST);
+    let manifest = path.join(qforge_stage::MANIFEST);
     if manifest.is_file() {
         let b =
             std::fs::read(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
-        return Ok(format!("manifest:{}", sha_hex(&b)));
+        return Ok(format!("manifest:{}", Key::of(&b)));
     }
     let meta = |p: &Path| -> Result<String> {
         let m = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?;
@@ -167,12 +111,12 @@ fn fingerprint(path: &Path) -> Result<String> {
             ));
         }
     }
-    Ok(format!("stat:{}", sha_hex(lines.join("\n").as_bytes())))
+    Ok(format!("stat:{}", Key::of(lines.join("\n").as_bytes())))
 }
 
 /// What a convert or quantize step wrote: a directory's manifest entries, or a file's size.
 fn describe_output(p: &Path) -> Result<Value> {
-    let manifest = p.join(qforge_convert::write::MANIFEST);
+    let manifest = p.join(qforge_stage::MANIFEST);
     let files = if manifest.is_file() {
         read_json(&manifest)?["files"].clone()
     } else {
@@ -194,9 +138,7 @@ fn read_json(p: &Path) -> Result<Value> {
 }
 
 fn hash_file(p: &Path) -> Result<String> {
-    Ok(sha_hex(
-        &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-    ))
+    Ok(qforge_stage::hash_file(p)?.0)
 }
 
 /// Timings differ run to run; the report and the state keep only what is deterministic.
@@ -209,11 +151,6 @@ fn strip_timings(v: &mut Value) {
         Value::Array(a) => a.iter_mut().for_each(strip_timings),
         _ => {}
     }
-}
-
-fn staging_of(out: &Path) -> PathBuf {
-    let name = out.file_name().unwrap_or_default().to_string_lossy();
-    out.with_file_name(format!(".{name}.qforge-partial"))
 }
 
 fn remove_any(p: &Path) -> Result<()> {
@@ -245,11 +182,7 @@ struct Runner<'a> {
 
 impl Runner<'_> {
     fn save(&self) -> Result<()> {
-        let (dest, mut f) = AtomicFile::create(&self.dir.join(STATE_FILE), true)?;
-        serde_json::to_writer_pretty(&mut f, &self.state)?;
-        f.write_all(b"\n")?;
-        dest.commit(f)?;
-        Ok(())
+        Ok(resume::save(&self.dir.join(STATE_FILE), &self.state)?)
     }
 
     fn say(&self, msg: &str) {
@@ -294,7 +227,7 @@ impl Runner<'_> {
             &report_path,
             |_| {
                 let a = verify_args(base, out, v, &base_cache, quiet);
-                let vr = crate::commands::verify::evaluate(&a)?;
+                let vr = crate::steps::verify::evaluate(&a)?;
                 let mut res = json!(vr.comparison);
                 strip_timings(&mut res);
                 write_json(&report_path, &res)
@@ -343,7 +276,7 @@ impl Runner<'_> {
         let resume = same.is_some_and(|s| s.status == Status::Started);
         remove_any(out)?;
         if !resume {
-            remove_any(&staging_of(out))?;
+            remove_any(&qforge_stage::staging_path(out))?;
         }
         self.state.steps.insert(
             id.to_owned(),
@@ -384,111 +317,6 @@ impl Runner<'_> {
     }
 }
 
-fn float_dtype(s: Option<&str>, what: &str) -> Result<Option<FloatDtype>> {
-    Ok(match s.map(str::to_ascii_lowercase).as_deref() {
-        None => None,
-        Some("bf16") => Some(FloatDtype::Bf16),
-        Some("f16") => Some(FloatDtype::F16),
-        Some("f32") => Some(FloatDtype::F32),
-        Some(o) => bail!("{what} dtype {o:?}: use bf16, f16 or f32"),
-    })
-}
-
-fn size(s: Option<&str>) -> Result<u64> {
-    s.map_or(Ok(qforge_convert::export::DEFAULT_SHARD_SIZE), |s| {
-        parse_size(s).map_err(anyhow::Error::msg)
-    })
-}
-
-/// The `qforge convert` arguments of a recipe's `[convert]`.
-pub fn convert_args(r: &Recipe, input: &Path, resume: bool) -> Result<Option<ConvertArgs>> {
-    let Some(c) = &r.convert else { return Ok(None) };
-    Ok(Some(ConvertArgs {
-        input: input.to_owned(),
-        output: r.output.dir.join(&c.name),
-        to: match c.to.as_str() {
-            "gguf" => ConvertTarget::Gguf,
-            "meta" => ConvertTarget::Meta,
-            _ => ConvertTarget::Hf,
-        },
-        dtype: float_dtype(c.dtype.as_deref(), "[convert]")?,
-        shard_size: size(c.shard_size.as_deref())?,
-        mp: 1,
-        resume,
-        overwrite: false,
-        dry_run: false,
-        json: false,
-        quiet: true,
-        output_arg: None,
-        output_flag: None,
-        allow_lossy: c.allow_lossy,
-    }))
-}
-
-/// The `qforge quantize` arguments of one `[[quantize]]`.
-pub fn quantize_args(
-    r: &Recipe,
-    q: &QuantizeStep,
-    base: &Path,
-    calib: Option<PathBuf>,
-    resume: bool,
-) -> Result<QuantizeArgs> {
-    Ok(QuantizeArgs {
-        input: base.to_owned(),
-        output: r.output.dir.join(Recipe::artifact_name(q)),
-        scheme: q.scheme.clone(),
-        layout: match q.layout.as_deref() {
-            None => None,
-            Some("compressed-tensors") => Some(QuantLayout::CompressedTensors),
-            Some("fbgemm") => Some(QuantLayout::Fbgemm),
-            Some("gguf") => Some(QuantLayout::Gguf),
-            Some(o) => bail!(
-                "[[quantize]] {:?}: layout {o:?}: use compressed-tensors, fbgemm or gguf",
-                q.name
-            ),
-        },
-        policy: match q.policy.as_deref() {
-            None | Some("all-linear") => QuantPolicy::AllLinear,
-            Some("meta-405b") => QuantPolicy::Meta405b,
-            Some("meta-llama4") => QuantPolicy::MetaLlama4,
-            Some(o) => bail!(
-                "[[quantize]] {:?}: policy {o:?}: use all-linear, meta-405b or meta-llama4",
-                q.name
-            ),
-        },
-        ignore: q.ignore.clone(),
-        asym: q.asym,
-        dtype: float_dtype(q.dtype.as_deref(), "[[quantize]]")?.unwrap_or(FloatDtype::Bf16),
-        activation_scale_ub: q
-            .activation_scale_ub
-            .unwrap_or(qforge_quantize::layout::META_ACTIVATION_SCALE_UB),
-        calib,
-        imatrix: None,
-        shard_size: size(q.shard_size.as_deref())?,
-        bad_weights: qforge_quantize::numerics::WeightPolicy::Error,
-        max_abs_weight: qforge_quantize::numerics::DEFAULT_MAX_ABS,
-        resume,
-        overwrite: false,
-        allow_lossy: false,
-        json: false,
-        dry_run: false,
-        quiet: true,
-        output_arg: None,
-        output_flag: None,
-        allow_requantize: false,
-    })
-}
-
-/// The base model of a recipe (the conversion's output when there is one) and the input.
-pub fn base_and_input(r: &Recipe) -> Result<(PathBuf, PathBuf)> {
-    let input = crate::modelref::resolve(&r.input.model)?;
-    let base = match &r.convert {
-        Some(c) => r.output.dir.join(&c.name),
-        None => input.clone(),
-    };
-    Ok((base, input))
-}
-
 pub fn run(args: &PipelineArgs) -> Result<()> {
     if args.dry_run {
         return crate::commands::plan::run_recipe(&args.recipe, args.json);
@@ -502,10 +330,11 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
     let (base, input) = base_and_input(&r)?;
     std::fs::create_dir_all(&r.output.dir)
         .with_context(|| format!("creating {}", r.output.dir.display()))?;
-    let state: State = match std::fs::read(r.output.dir.join(STATE_FILE)) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
-        Err(_) => State::default(),
-    };
+    // an unreadable record starts afresh (every step's output is checked against its key)
+    let state: State = resume::load(&r.output.dir.join(STATE_FILE))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let verify_n = r.verify.as_ref().map_or(0, |_| {
         r.quantize
             .iter()
@@ -541,7 +370,7 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
             |resume| {
                 let mut a = convert_args(&r, &input, resume)?.expect("has [convert]");
                 a.quiet = quiet;
-                crate::commands::convert::execute(&a).map(drop)
+                crate::steps::convert::execute(&a).map(drop)
             },
             describe_output,
         )?;
@@ -594,7 +423,7 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
                 let mut a = quantize_args(&r, q, &base, c, resume)?;
                 a.imatrix = im;
                 a.quiet = quiet;
-                crate::commands::quantize::execute(&a).map(drop)
+                crate::steps::quantize::execute(&a).map(drop)
             },
             describe_output,
         )?;
@@ -650,7 +479,7 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
 
 /// The resume key of a step: its id, options and inputs' fingerprints, hashed.
 fn step_key(id: &str, opts: &Value, inputs: &[&str]) -> String {
-    sha_hex(
+    Key::of(
         json!({"step": id, "options": opts, "inputs": inputs})
             .to_string()
             .as_bytes(),
@@ -659,11 +488,7 @@ fn step_key(id: &str, opts: &Value, inputs: &[&str]) -> String {
 
 /// `value` as pretty JSON at `path`, written atomically.
 fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let (dest, mut f) = AtomicFile::create(path, true)?;
-    serde_json::to_writer_pretty(&mut f, value)?;
-    f.write_all(b"\n")?;
-    dest.commit(f)?;
-    Ok(())
+    Ok(qforge_stage::write_json_atomic(path, value)?)
 }
 
 /// What a recipe's `[verify]` runs for one output: `qforge verify` with the recipe's text,

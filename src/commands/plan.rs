@@ -2,7 +2,7 @@
 //! configs and headers alone.
 //!
 //! Sizes are not estimated: the real writers run in dry-run mode (see
-//! `qforge_convert::write`), planning every safetensors header, index, config, tokenizer file,
+//! `qforge_stage`), planning every safetensors header, index, config, tokenizer file,
 //! manifest and GGUF header exactly as a real run lays them out, without producing tensor data.
 //! A model that is only a `config.json` is planned from the shapes the config implies
 //! ([`Checkpoint::from_config`]).
@@ -21,15 +21,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use qforge_codecs::DType;
 use qforge_convert::names::{TensorId, TensorKey};
-use qforge_convert::write::FileRecord;
 use qforge_convert::Checkpoint;
+use qforge_stage::FileRecord;
 use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::{ConvertArgs, ConvertTarget, FloatDtype, PlanArgs, QuantizeArgs};
 use crate::commands::plan_forward::{self, Job, Work};
-use crate::commands::quantize::{parse_scheme, Scheme};
 use crate::recipe::Recipe;
+use crate::steps::quantize::{parse_scheme, Scheme};
 
 /// Resident memory of the process before the largest tensor: binary, thread pool, 1 MiB write
 /// buffer, allocator slack (measured, BENCHMARKS.md).
@@ -149,7 +149,7 @@ fn roles(ckpt: &Checkpoint) -> Vec<TensorId> {
 pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPlan> {
     let mut a = clone_quantize(args);
     a.dry_run = true;
-    let q = crate::commands::quantize::execute_on(ckpt, &a)?;
+    let q = crate::steps::quantize::execute_on(ckpt, &a)?;
     let scheme = parse_scheme(&args.scheme, args.asym)?;
     let model_dtype = match args.dtype {
         FloatDtype::F32 => DType::F32,
@@ -226,7 +226,7 @@ pub fn plan_convert(ckpt: &Checkpoint, args: &ConvertArgs) -> Result<OutputPlan>
         output_flag: None,
         allow_lossy: args.allow_lossy,
     };
-    let w = crate::commands::convert::execute_on(ckpt, &a)?;
+    let w = crate::steps::convert::execute_on(ckpt, &a)?;
     let mut worst = 0u64;
     let mut seconds = 0f64;
     for t in &ckpt.tensors {
@@ -321,7 +321,7 @@ pub fn plan_recipe(path: &Path) -> Result<serde_json::Value> {
     };
     let converted;
     let base: &Checkpoint =
-        if let Some(a) = crate::commands::pipeline::convert_args(&r, &input.path, false)? {
+        if let Some(a) = crate::steps::from_recipe::convert_args(&r, &input.path, false)? {
             outputs.push(plan_convert(&input, &a)?);
             // Plan the later steps on the shapes the conversion will write.
             converted = virtual_converted(&input, &a)?;
@@ -335,7 +335,7 @@ pub fn plan_recipe(path: &Path) -> Result<serde_json::Value> {
         .map(|c| plan_calibrate(base, c, &mut notes));
     for q in &r.quantize {
         let calib = r.calibrate.as_ref().map(|c| r.output.dir.join(&c.name));
-        let mut a = crate::commands::pipeline::quantize_args(&r, q, &base_dir, None, false)?;
+        let mut a = crate::steps::from_recipe::quantize_args(&r, q, &base_dir, None, false)?;
         let stand_in = parse_scheme(&a.scheme, a.asym)
             .ok()
             .and_then(Scheme::without_calibration);

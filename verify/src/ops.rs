@@ -437,9 +437,9 @@ mod tests {
         }
         // The two layouts are the same rotation up to the row permutation of convert::rope.
         let x = data(heads * hd, 4);
-        let from_hf = qforge_convert::rope::RopeLayout::FromHf;
+        let from_hf = qforge_codecs::rope::RopeLayout::FromHf;
         let inter: Vec<f32> = (0..heads * hd)
-            .map(|dst| x[qforge_convert::rope::source_row(dst, hd, from_hf)])
+            .map(|dst| x[qforge_codecs::rope::source_row(dst, hd, from_hf)])
             .collect();
         let mut half = x.clone();
         let table = RopeTable::new(&freqs, 8);
@@ -450,10 +450,10 @@ mod tests {
         half.clear();
         for p in 0..8 {
             for dst in 0..heads * hd {
-                let src = qforge_convert::rope::source_row(
+                let src = qforge_codecs::rope::source_row(
                     dst,
                     hd,
-                    qforge_convert::rope::RopeLayout::FromHf,
+                    qforge_codecs::rope::RopeLayout::FromHf,
                 );
                 assert_eq!(xi[p * heads * hd + dst], xh[p * heads * hd + src]);
             }

@@ -21,10 +21,10 @@ use super::{
 };
 use crate::dequant::Weights;
 use crate::numerics::Numerics;
+use qforge_codecs::rope::RopeLayout;
 use qforge_convert::checkpoint::{Checkpoint, TensorEntry};
 use qforge_convert::export::{OutTensor, Producer};
 use qforge_convert::names::{Part, TensorId};
-use qforge_convert::rope::RopeLayout;
 use qforge_convert::write::safetensors::TensorSpec;
 use qforge_convert::Result;
 

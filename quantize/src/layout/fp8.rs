@@ -21,12 +21,13 @@ use super::{
 use crate::dequant::{check_finite_scales, WeightRead, Weights};
 use crate::numerics::Numerics;
 use crate::scheme::Calibration;
+use qforge_codecs::encode_float;
+use qforge_codecs::rope::RopeLayout;
 use qforge_convert::checkpoint::Checkpoint;
 use qforge_convert::checkpoint::TensorEntry;
-use qforge_convert::export::{encode_float, OutTensor, Producer, RowProducer};
 use qforge_convert::export::{streams, STREAMED_BYTES};
+use qforge_convert::export::{OutTensor, Producer, RowProducer};
 use qforge_convert::names::{Part, TensorId};
-use qforge_convert::rope::RopeLayout;
 use qforge_convert::write::safetensors::TensorSpec;
 use qforge_convert::Result;
 

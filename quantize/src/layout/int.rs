@@ -18,8 +18,9 @@ use super::{
 };
 use crate::dequant::{check_finite_scales, Weights};
 use crate::scheme::{CalibMismatch, Calibrated, Calibration, SchemeError};
+use qforge_codecs::encode_float;
 use qforge_convert::checkpoint::{Checkpoint, TensorEntry};
-use qforge_convert::export::{encode_float, OutTensor, Producer};
+use qforge_convert::export::{OutTensor, Producer};
 use qforge_convert::names::Part;
 use qforge_convert::names::TensorId;
 use qforge_convert::write::safetensors::TensorSpec;
