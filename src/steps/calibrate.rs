@@ -24,7 +24,7 @@ pub fn parse_gptq_scheme(s: &str) -> Result<(u8, Option<usize>)> {
 }
 
 pub fn run(args: &CalibrateArgs) -> Result<()> {
-    crate::commands::perplexity::check_device(args.device)?;
+    crate::steps::eval::check_device(args.device)?;
     let method = match args.method {
         CalibMethod::Fp8Static => Method::Fp8Static(match args.observer {
             CalibObserver::Minmax => ObserverKind::MinMax,

@@ -45,7 +45,7 @@ pub fn run(args: &ImatrixArgs) -> Result<()> {
         base_cache: None,
     };
     let start = std::time::Instant::now();
-    crate::commands::perplexity::check_device(args.device)?;
+    crate::steps::eval::check_device(args.device)?;
     let mut m = qforge_verify::with_threads(args.threads, || {
         qforge_verify::collect_imatrix(&model, &chunks, &opts, args.process_output)
     })??;

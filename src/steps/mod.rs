@@ -8,6 +8,7 @@
 
 pub mod calibrate;
 pub mod convert;
+pub mod eval;
 pub mod from_recipe;
 pub mod imatrix;
 pub mod quantize;

@@ -9,9 +9,7 @@ use qforge_verify::{Comparison, Model};
 use serde_json::json;
 
 use crate::cli::VerifyArgs;
-use crate::commands::perplexity::{
-    check_device, chunks_for, eval_options, forward_options, log_stream,
-};
+use crate::steps::eval::{check_device, chunks_for, eval_options, forward_options, log_stream};
 
 /// The error a verification returns when the comparison exceeds a budget; `main` maps it to
 /// `commands::verify::BUDGET_EXIT_CODE`.
