@@ -468,3 +468,93 @@ fn llama4_schemes_quantize_every_expert_and_the_shared_expert_and_keep_the_route
         assert!(rel.abs() < budget, "llama4 {scheme}: {rel} over {budget}");
     }
 }
+
+/// The module (tensor name less its part suffix) of every tensor in `dir`'s checkpoint, with
+/// Llama 4's fused expert tensors (`feed_forward.experts.gate_up_proj`, no part suffix) as the
+/// per-expert modules llm-compressor unfuses them into (`feed_forward.experts.E.gate_proj`).
+fn modules(dir: &Path, n_expert: u32) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for t in Checkpoint::open(dir).unwrap().tensors {
+        let fused = [".experts.gate_up_proj", ".experts.down_proj"];
+        let module = match t.name.rsplit_once('.') {
+            Some((m, _)) if !fused.iter().any(|f| t.name.ends_with(f)) => m.to_owned(),
+            _ => t.name.clone(),
+        };
+        out.insert(module);
+    }
+    for fused in out
+        .clone()
+        .iter()
+        .filter(|m| m.ends_with(".experts.gate_up_proj"))
+    {
+        let block = fused.strip_suffix(".gate_up_proj").unwrap();
+        out.remove(fused);
+        out.remove(&format!("{block}.down_proj"));
+        for e in 0..n_expert {
+            for p in ["gate_proj", "up_proj", "down_proj"] {
+                out.insert(format!("{block}.{e}.{p}"));
+            }
+        }
+    }
+    out
+}
+
+/// `qforge quantize` on Llama 4 writes transformers' module names (`modeling_llama4.py`): the
+/// dense blocks' FFN is `feed_forward.{gate,up,down}_proj` (`Llama4TextDecoderLayer`:
+/// `self.feed_forward = Llama4TextMLP(...)` where the block is not MoE), not Llama's `mlp.*`;
+/// `convert --to hf` writes the same names as the fixture; every module of the quantized model
+/// is a module of the fixture (its fused experts unfused), and the names parse back to the
+/// fixture's roles.
+#[test]
+fn llama4_quantize_writes_transformers_module_names() {
+    let t = tempfile::tempdir().unwrap();
+    let src = fixture("llama4");
+    let source = Checkpoint::open(&src).unwrap();
+    let n = source.config.moe.as_ref().unwrap().num_experts as u32;
+    let want = modules(&src, n);
+    assert!(
+        want.contains("model.layers.0.feed_forward.gate_proj"),
+        "{want:?}"
+    );
+    assert!(want.contains("model.layers.1.feed_forward.experts.2.down_proj"));
+    let hf = t.path().join("hf");
+    run(&[
+        "convert",
+        src.to_str().unwrap(),
+        hf.to_str().unwrap(),
+        "--to",
+        "hf",
+    ]);
+    assert_eq!(modules(&hf, n), want);
+    let roles = |c: &Checkpoint| -> std::collections::BTreeSet<TensorId> {
+        c.tensors.iter().map(|t| t.key.id).collect()
+    };
+    for scheme in ["fp8-rowwise", "int4-g32"] {
+        let out = t.path().join(scheme);
+        run(&[
+            "quantize",
+            src.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--scheme",
+            scheme,
+        ]);
+        let got = modules(&out, n);
+        let mlp: Vec<_> = got.iter().filter(|m| m.contains(".mlp.")).collect();
+        assert!(mlp.is_empty(), "{scheme}: {mlp:?}");
+        // tied embeddings: no lm_head on either side
+        assert_eq!(got, want, "{scheme}");
+        let q = Checkpoint::open(&out).unwrap();
+        assert_eq!(roles(&q), roles(&source), "{scheme}");
+        for index in [0u32, 2] {
+            let id = TensorId::Layer {
+                index,
+                kind: LayerTensor::Down,
+            };
+            let w = q.part(id, Part::WeightScale).unwrap();
+            assert_eq!(
+                w.name,
+                format!("model.layers.{index}.feed_forward.down_proj.weight_scale")
+            );
+        }
+    }
+}
