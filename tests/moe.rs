@@ -558,3 +558,68 @@ fn llama4_quantize_writes_transformers_module_names() {
         }
     }
 }
+
+/// The streamed MoE forward (`Model::layer_streamed`, `run_layer_streamed`: a block's experts
+/// stay on the checkpoint and are dequantized one at a time, each run on all its rows of the
+/// batch) holds no expert in the layer's weights and gives the bits of the forward that holds
+/// every expert (`Model::layer`, `run_layer_observed`, chunk by chunk), observations included,
+/// on every MoE block of the three MoE fixtures, HF and GGUF.
+#[test]
+fn streamed_experts_give_the_same_bits() {
+    use qforge_verify::eval::{run_layer_observed, run_layer_streamed};
+    use qforge_verify::{ForwardOptions, Model};
+    type Seen = Vec<(Vec<LayerTensor>, Vec<u32>)>;
+    for name in ["mixtral", "qwen3moe", "llama4"] {
+        for src in [fixture(name), fixture(name).join(format!("{name}.gguf"))] {
+            let model = Model::open(&src, ForwardOptions::default()).unwrap();
+            let cfg = model.config().clone();
+            let (ctx, chunks) = (16usize, 3usize);
+            let rope = model.rope_table(ctx);
+            let tokens: Vec<u32> = (0..(ctx * chunks) as u32)
+                .map(|i| (i * 37 + 5) % cfg.vocab_size as u32)
+                .collect();
+            let h0 = model.embed(&tokens).unwrap();
+            let mut moe_blocks = 0;
+            for index in (0..cfg.num_layers as u32).filter(|&i| cfg.is_moe_layer(i)) {
+                moe_blocks += 1;
+                let eager = model.layer(index).unwrap();
+                let streamed = model.layer_streamed(index).unwrap();
+                let m = streamed.moe.as_ref().unwrap();
+                assert!(
+                    m.experts.is_empty() && m.streamed.is_some(),
+                    "{name} {index}"
+                );
+                assert_eq!(
+                    eager.moe.as_ref().unwrap().experts.len(),
+                    m.streamed.unwrap().n_expert
+                );
+                let mut seen: [Seen; 2] = Default::default();
+                let (mut a, mut b) = (h0.clone(), h0.clone());
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                run_layer_observed(&model, &eager, &rope, &mut a, ctx, &mut |k, x| {
+                    seen[0].push((k.to_vec(), bits(x)));
+                });
+                run_layer_streamed(&model, &streamed, &rope, &mut b, ctx, &mut |k, x| {
+                    seen[1].push((k.to_vec(), bits(x)));
+                })
+                .unwrap();
+                assert!(bits(&a) == bits(&b), "{} block {index}", src.display());
+                // the same rows per linear in the same token order (the streamed forward shows
+                // each linear once per batch instead of once per chunk)
+                let [s0, s1] = seen.map(|s| {
+                    let mut by: std::collections::BTreeMap<Vec<LayerTensor>, Vec<u32>> =
+                        Default::default();
+                    for (k, x) in s {
+                        by.entry(k).or_default().extend(x);
+                    }
+                    by
+                });
+                assert!(s0 == s1, "{} block {index}: observations", src.display());
+                assert!(s0
+                    .keys()
+                    .any(|k| matches!(k[0], LayerTensor::Expert { .. })));
+            }
+            assert!(moe_blocks > 0, "{name}");
+        }
+    }
+}
