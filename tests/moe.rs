@@ -607,8 +607,7 @@ fn streamed_experts_give_the_same_bits() {
                 // the same rows per linear in the same token order (the streamed forward shows
                 // each linear once per batch instead of once per chunk)
                 let [s0, s1] = seen.map(|s| {
-                    let mut by: std::collections::BTreeMap<Vec<LayerTensor>, Vec<u32>> =
-                        Default::default();
+                    let mut by = std::collections::BTreeMap::<Vec<LayerTensor>, Vec<u32>>::new();
                     for (k, x) in s {
                         by.entry(k).or_default().extend(x);
                     }
