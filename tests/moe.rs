@@ -559,6 +559,47 @@ fn llama4_quantize_writes_transformers_module_names() {
     }
 }
 
+/// `--ignore` takes a module as the family spells it: Llama 4's dense FFN as transformers'
+/// `feed_forward.down_proj` (the name quantize writes), Mixtral's experts as `block_sparse_moe`
+/// `experts.E.w2`; the ignored module stays in the model dtype and is listed in `ignore`.
+#[test]
+fn ignore_takes_the_family_spelling() {
+    let t = tempfile::tempdir().unwrap();
+    for (fixture_name, module) in [
+        ("llama4", "model.layers.0.feed_forward.down_proj"),
+        ("mixtral", "model.layers.1.block_sparse_moe.experts.0.w2"),
+    ] {
+        let src = fixture(fixture_name);
+        let out = t.path().join(fixture_name);
+        run(&[
+            "quantize",
+            src.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--scheme",
+            "fp8-rowwise",
+            "--ignore",
+            module,
+        ]);
+        let q = Checkpoint::open(&out).unwrap();
+        let names: Vec<String> = q.tensors.iter().map(|t| t.name.clone()).collect();
+        assert!(
+            names.contains(&format!("{module}.weight")),
+            "{fixture_name}: {module}.weight missing"
+        );
+        assert!(
+            !names.contains(&format!("{module}.weight_scale")),
+            "{fixture_name}: {module} was quantized despite --ignore"
+        );
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let ignore = &cfg["quantization_config"]["ignore"];
+        assert!(
+            ignore.as_array().unwrap().iter().any(|m| m == module),
+            "{fixture_name}: {ignore}"
+        );
+    }
+}
+
 /// The streamed MoE forward (`Model::layer_streamed`, `run_layer_streamed`: a block's experts
 /// stay on the checkpoint and are dequantized one at a time, each run on all its rows of the
 /// batch) holds no expert in the layer's weights and gives the bits of the forward that holds
