@@ -23,6 +23,7 @@ pub mod basecache;
 pub mod engine;
 mod error;
 pub mod eval;
+pub mod gemm;
 pub mod matmul;
 pub mod metrics;
 pub mod model;
