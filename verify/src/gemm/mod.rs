@@ -14,6 +14,8 @@
 //! cost of this rule is one accumulator per output element (no split of k into parallel
 //! partial sums), which is what a register-tiled kernel does anyway.
 
+pub mod fp8;
+pub mod ggml;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
