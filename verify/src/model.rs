@@ -503,7 +503,10 @@ impl Model {
                         scale.len()
                     )));
                 }
-                Ok(Some(Exact::Fp8(crate::gemm::fp8::Fp8Weights { codes, scale })))
+                Ok(Some(Exact::Fp8(crate::gemm::fp8::Fp8Weights {
+                    codes,
+                    scale,
+                })))
             }
             _ => Ok(None),
         }

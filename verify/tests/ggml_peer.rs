@@ -29,7 +29,11 @@ fn same_bits_as_ggml_vec_dot() {
     ] {
         let read = |e: &str| std::fs::read(format!("{dir}/{name}.{e}")).unwrap();
         let (w, x, want) = (read("w"), f32s(&read("x")), f32s(&read("y")));
-        assert_eq!((x.len(), want.len()), (t * k, t * o), "{name}: harness output sizes");
+        assert_eq!(
+            (x.len(), want.len()),
+            (t * k, t * o),
+            "{name}: harness output sizes"
+        );
         let gw = GgmlWeights::from_blocks(dt, &w, o, k).unwrap();
         let a = quantize_q8(&x, !gw.m.is_empty());
         let mut y = vec![0f32; t * o];

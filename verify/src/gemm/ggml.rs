@@ -226,7 +226,12 @@ fn dot(wq: &[i8], wd: &[f32], wm: &[f32], aq: &[i8], ad: &[f32], asum: &[f32]) -
     for (m, s) in wm.iter().zip(asum) {
         summs = m.mul_add(*s, summs);
     }
-    let r = [acc[0] + acc[4], acc[1] + acc[5], acc[2] + acc[6], acc[3] + acc[7]];
+    let r = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
     ((r[0] + r[2]) + (r[1] + r[3])) + summs
 }
 
@@ -239,11 +244,19 @@ fn block_rows(w: &GgmlWeights, a: &Q8Blocks, t: usize, inp: usize, o0: usize, ds
         let o = o0 + r;
         let wq = &w.codes[o * inp..(o + 1) * inp];
         let wd = &w.d[o * nb..(o + 1) * nb];
-        let wm: &[f32] = if has_m { &w.m[o * nb..(o + 1) * nb] } else { &[] };
+        let wm: &[f32] = if has_m {
+            &w.m[o * nb..(o + 1) * nb]
+        } else {
+            &[]
+        };
         for (i, y) in col.iter_mut().enumerate() {
             let aq = &a.codes[i * inp..(i + 1) * inp];
             let ad = &a.d[i * nb..(i + 1) * nb];
-            let asum: &[f32] = if has_m { &a.s[i * nb..(i + 1) * nb] } else { &[] };
+            let asum: &[f32] = if has_m {
+                &a.s[i * nb..(i + 1) * nb]
+            } else {
+                &[]
+            };
             *y = dot(wq, wd, wm, aq, ad, asum);
         }
     }
@@ -356,7 +369,13 @@ mod tests {
     /// The codes dequantize to exactly what the codec decodes (`d·q` and `d·q + m`).
     #[test]
     fn codes_match_the_codec() {
-        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0] {
+        for dtype in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+            DType::Q8_0,
+        ] {
             let (out, inp) = (3, 96);
             let b = blocks(dtype, out * inp / QK, 7);
             let w = GgmlWeights::from_blocks(dtype, &b, out, inp).unwrap();
@@ -460,16 +479,17 @@ mod tests {
                         for b in 0..inp / QK {
                             let (ab, wb) = (i * inp / QK + b, o * inp / QK + b);
                             let dsum: f64 = (0..QK)
-                                .map(|j| {
-                                    f64::from(a.d[ab]) * f64::from(a.codes[ab * QK + j])
-                                })
+                                .map(|j| f64::from(a.d[ab]) * f64::from(a.codes[ab * QK + j]))
                                 .sum();
                             want += f64::from(w.m[wb]) * (f64::from(a.s[ab]) - dsum);
                             mag += (f64::from(w.m[wb]) * f64::from(a.s[ab])).abs();
                         }
                     }
                     let err = (f64::from(y[i * out + o]) - want).abs();
-                    assert!(err <= mag * 4e-6 + 1e-30, "{dtype} ({i}, {o}): {err} vs {mag}");
+                    assert!(
+                        err <= mag * 4e-6 + 1e-30,
+                        "{dtype} ({i}, {o}): {err} vs {mag}"
+                    );
                 }
             }
         }
