@@ -43,7 +43,7 @@ fn same_bits_as_ggml_vec_dot() {
             .zip(&want)
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
-        println!("{name}: {differ} of {} outputs differ from ggml", y.len());
+        eprintln!("{name}: {differ} of {} outputs differ from ggml", y.len());
         assert_eq!(differ, 0, "{name}");
     }
 }

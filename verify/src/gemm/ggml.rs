@@ -204,6 +204,8 @@ pub fn quantize_q8(x: &[f32], with_s: bool) -> Q8Blocks {
 }
 
 /// One output: ggml's AVX2 `vec_dot` over `nb` blocks (module docs).
+// always inlined, so the `avx2,fma` copy of `block_rows` compiles `mul_add` to `vfmadd`
+#[allow(clippy::inline_always)]
 #[inline(always)]
 fn dot(wq: &[i8], wd: &[f32], wm: &[f32], aq: &[i8], ad: &[f32], asum: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -236,6 +238,7 @@ fn dot(wq: &[i8], wd: &[f32], wm: &[f32], aq: &[i8], ad: &[f32], asum: &[f32]) -
 }
 
 /// `out_rows` outputs of weight rows `o0..` for every token, into `[o, t]` order.
+#[allow(clippy::inline_always)] // see `dot`
 #[inline(always)]
 fn block_rows(w: &GgmlWeights, a: &Q8Blocks, t: usize, inp: usize, o0: usize, dst: &mut [f32]) {
     let nb = inp / QK;
