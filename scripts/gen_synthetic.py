@@ -29,7 +29,7 @@ import os
 import struct
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import NormalDist
 
@@ -52,6 +52,8 @@ class Shape:
     bos: int
     eos: int
     experts: int = 0  # Mixtral: experts per block (top-2), `ffn` is one expert's width
+    llama4: bool = False  # Llama4ForCausalLM: fused experts in every block, top-1, a shared expert
+    ffn_dense: int = 0  # Llama 4: intermediate_size_mlp (no dense block when every block is MoE)
 
 
 SHAPES = {
@@ -64,6 +66,11 @@ SHAPES = {
     "llama31-405b": Shape(16384, 126, 128, 8, 53248, 128256, 500000.0, 131072, True, 128000, 128001),
     # Mixtral-8x7B's widths (mistralai/Mixtral-8x7B-v0.1 config.json: 8 experts of 14336, top 2)
     "mixtral-8x7b": Shape(4096, 32, 32, 8, 14336, 32000, 1000000.0, 32768, False, 1, 2, 8),
+    # Llama 4 Scout's text widths (meta-llama/Llama-4-Scout-17B-16E text_config: hidden 5120, 40
+    # heads / 8 KV of 128, 16 experts of 8192 in every block (interleave_moe_layer_step 1), top 1,
+    # a shared expert, vocab 202048); fused experts as transformers' Llama4TextExperts holds them
+    "llama4-scout": Shape(5120, 48, 40, 8, 8192, 202048, 500000.0, 10485760, False, 200000, 200008,
+                          16, True, 16384),
     # same hyper-parameters as tests/fixtures/tiny (scripts/gen_fixtures.py)
     "tiny": Shape(32, 2, 4, 2, 96, 128, 500000.0, 8192, False, 0, 1),
 }
@@ -110,13 +117,29 @@ def hf_config(s: Shape, n_layers: int) -> dict:
         "use_cache": True,
         "vocab_size": s.vocab,
     }
-    if s.experts:
+    if s.experts and not s.llama4:
         # transformers MixtralConfig
         for k in ["attention_bias", "mlp_bias", "pretraining_tp", "rope_scaling"]:
             del cfg[k]
         cfg.update({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
                     "num_local_experts": s.experts, "num_experts_per_tok": 2, "sliding_window": None,
                     "router_aux_loss_coef": 0.02, "output_router_logits": False})
+    if s.llama4:
+        # transformers Llama4TextConfig (model_type llama4_text), Scout's values
+        for k in ["mlp_bias", "pretraining_tp"]:
+            del cfg[k]
+        cfg.update({"architectures": ["Llama4ForCausalLM"], "model_type": "llama4_text",
+                    "head_dim": 128, "intermediate_size_mlp": s.ffn_dense,
+                    "num_local_experts": s.experts, "num_experts_per_tok": 1,
+                    "interleave_moe_layer_step": 1, "moe_layers": list(range(n_layers)),
+                    "no_rope_layers": [0 if (i + 1) % 4 == 0 else 1 for i in range(n_layers)],
+                    "attention_chunk_size": 8192, "attn_temperature_tuning": True,
+                    "floor_scale": 8192, "attn_scale": 0.1, "use_qk_norm": True,
+                    "router_aux_loss_coef": 0.001, "router_jitter_noise": 0.0,
+                    "output_router_logits": False,
+                    "rope_scaling": {"factor": 16.0, "high_freq_factor": 1.0, "low_freq_factor": 1.0,
+                                     "original_max_position_embeddings": 8192,
+                                     "rope_type": "llama3"}})
     if s.llama31:
         cfg["rope_scaling"] = {
             "factor": 8.0,
@@ -130,7 +153,7 @@ def hf_config(s: Shape, n_layers: int) -> dict:
 
 def hf_tensors(s: Shape, n_layers: int) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) in state-dict order."""
-    hd = s.dim // s.n_heads
+    hd = 128 if s.llama4 else s.dim // s.n_heads
     out = [("model.embed_tokens.weight", (s.vocab, s.dim))]
     for i in range(n_layers):
         p = f"model.layers.{i}."
@@ -140,7 +163,15 @@ def hf_tensors(s: Shape, n_layers: int) -> list[tuple[str, tuple[int, ...]]]:
             (p + "self_attn.v_proj.weight", (s.n_kv_heads * hd, s.dim)),
             (p + "self_attn.o_proj.weight", (s.dim, s.n_heads * hd)),
         ]
-        if s.experts:
+        if s.llama4:
+            m = p + "feed_forward."
+            out += [(m + "router.weight", (s.experts, s.dim)),
+                    (m + "experts.gate_up_proj", (s.experts, s.dim, 2 * s.ffn)),
+                    (m + "experts.down_proj", (s.experts, s.ffn, s.dim)),
+                    (m + "shared_expert.gate_proj.weight", (s.ffn, s.dim)),
+                    (m + "shared_expert.up_proj.weight", (s.ffn, s.dim)),
+                    (m + "shared_expert.down_proj.weight", (s.dim, s.ffn))]
+        elif s.experts:
             m = p + "block_sparse_moe."
             out.append((m + "gate.weight", (s.experts, s.dim)))
             for e in range(s.experts):
@@ -257,6 +288,8 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=None, help="override the number of layers")
     ap.add_argument("--shard-size", type=int, default=5_000_000_000,
                     help="max bytes of tensor data per shard (default 5e9, transformers' '5GB')")
+    ap.add_argument("--vocab", type=int, default=None,
+                    help="override the vocabulary size (memory tests whose subject is not the embedding)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", choices=["bf16"], default="bf16")
     args = ap.parse_args()
@@ -265,6 +298,10 @@ def main() -> int:
         print("gen_synthetic.py: big-endian hosts are not supported", file=sys.stderr)
         return 2
     s = SHAPES[args.shape]
+    if args.vocab is not None:
+        if args.vocab <= 0:
+            ap.error("--vocab must be > 0")
+        s = replace(s, vocab=args.vocab)
     n_layers = s.n_layers if args.layers is None else args.layers
     if n_layers < 0:
         ap.error("--layers must be >= 0")

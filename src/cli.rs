@@ -541,6 +541,9 @@ pub enum QuantPolicy {
     /// Meta's 405B FP8 recipe: only the FFN of blocks 1..n-2.
     #[value(name = "meta-405b")]
     Meta405b,
+    /// Meta's Llama 4 FP8 recipe: only the routed experts of MoE blocks 1..n-2.
+    #[value(name = "meta-llama4")]
+    MetaLlama4,
 }
 
 #[derive(Debug, Args)]

@@ -155,7 +155,7 @@ pub struct QuantizeStep {
     /// compressed-tensors, fbgemm or gguf.
     #[serde(default)]
     pub layout: Option<String>,
-    /// all-linear or meta-405b.
+    /// all-linear, meta-405b or meta-llama4.
     #[serde(default)]
     pub policy: Option<String>,
     /// Modules left unquantized (HF module names or `re:<regex>`).

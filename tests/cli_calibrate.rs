@@ -551,11 +551,14 @@ fn gptq_int8_codes_are_written_as_8_bit_pack_quantized() {
     };
     assert_eq!(
         ck.weight_storage(id).unwrap(),
-        qforge_quantize::dequant::WeightStorage::Int4Packed {
-            bits: 8,
-            group_size: 64,
-            asymmetric: false
-        }
+        qforge_quantize::dequant::WeightStorage::Quantized(qforge_quantize::layout::HfScheme::new(
+            &qforge_quantize::layout::int::INT,
+            qforge_quantize::layout::Params {
+                bits: 8,
+                group_size: Some(64),
+                symmetric: true
+            }
+        ))
     );
     assert_eq!(ck.weight_f32(id).unwrap(), want.dequantize());
     // int8 codes cannot be written as int4

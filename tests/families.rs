@@ -697,3 +697,238 @@ fn llama4_attention_variants_match_transformers() {
     }
     eprintln!("{}", log.join("\n"));
 }
+
+/// A safetensors file's tensors: name → (dtype spelling, shape, bytes).
+type RawFile = BTreeMap<String, (String, Vec<u64>, Vec<u8>)>;
+
+fn read_safetensors(path: &Path) -> RawFile {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let data = &b[8 + n..];
+    header
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .map(|(k, v)| {
+            let o = &v["data_offsets"];
+            let (s, e) = (
+                o[0].as_u64().unwrap() as usize,
+                o[1].as_u64().unwrap() as usize,
+            );
+            let shape = v["shape"].as_array().unwrap();
+            let shape = shape.iter().map(|d| d.as_u64().unwrap()).collect();
+            let dtype = v["dtype"].as_str().unwrap().to_owned();
+            (k, (dtype, shape, data[s..e].to_vec()))
+        })
+        .collect()
+}
+
+fn write_safetensors(path: &Path, t: &RawFile) {
+    use qforge_convert::write::safetensors::{plan, TensorSpec, Writer};
+    let dtype = |s: &str| match s {
+        "BF16" => DType::BF16,
+        "F32" => DType::F32,
+        other => panic!("dtype {other}"),
+    };
+    let specs = t
+        .iter()
+        .map(|(name, (d, shape, _))| TensorSpec {
+            name: name.clone(),
+            dtype: dtype(d),
+            shape: shape.clone(),
+        })
+        .collect();
+    let p = plan(specs, &BTreeMap::new()).unwrap();
+    let f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut w = Writer::new(f, p.clone()).unwrap();
+    for (spec, _, _) in &p.tensors {
+        w.write_tensor(&spec.name, &t[&spec.name].2).unwrap();
+    }
+    use std::io::Write;
+    w.finish().unwrap().flush().unwrap();
+}
+
+/// The llama4 fixture as Meta ships Llama 4 (`Llama4ForConditionalGeneration`, transformers
+/// 5.23 `modeling_llama4.py`): the text model's tensors under `language_model.model.*`, an
+/// untied `language_model.lm_head.weight` (a copy of the embeddings, so the same function),
+/// vision tensors beside them (`vision_model.*`, `multi_modal_projector.*`), and the text
+/// config under `text_config` of a `llama4` config. qforge reads the text model: its
+/// perplexity equals the text fixture's exactly (and transformers' within 1e-4), and the
+/// vision tensors are named in a note; a wrapper without `text_config` is refused naming it.
+#[test]
+fn llama4_conditional_generation_reads_the_text_model() {
+    let t = tempfile::tempdir().unwrap();
+    let e = expected("llama4");
+    let text = fixture_with_config(t.path(), "llama4", "text", &[]);
+    let dir = fixture_with_config(t.path(), "llama4", "wrapped", &[]);
+    let mut st: RawFile = read_safetensors(&dir.join("model.safetensors"))
+        .into_iter()
+        .map(|(k, v)| (format!("language_model.{k}"), v))
+        .collect();
+    let embed = st["language_model.model.embed_tokens.weight"].clone();
+    st.insert("language_model.lm_head.weight".into(), embed);
+    let f32s = |n: usize| {
+        (0..n)
+            .flat_map(|i| (i as f32 * 0.01).to_le_bytes())
+            .collect()
+    };
+    st.insert(
+        "vision_model.patch_embedding.linear.weight".into(),
+        ("F32".into(), vec![8, 12], f32s(96)),
+    );
+    st.insert(
+        "multi_modal_projector.linear_1.weight".into(),
+        ("F32".into(), vec![64, 8], f32s(512)),
+    );
+    write_safetensors(&dir.join("model.safetensors"), &st);
+    let mut text_config = config(&text).unwrap();
+    text_config["tie_word_embeddings"] = Value::from(false);
+    let wrapper = serde_json::json!({
+        "architectures": ["Llama4ForConditionalGeneration"],
+        "model_type": "llama4",
+        "image_token_index": 200_092,
+        "tie_word_embeddings": false,
+        "text_config": text_config,
+        "vision_config": {"model_type": "llama4_vision_model", "hidden_size": 8,
+                          "num_hidden_layers": 1},
+    });
+    std::fs::write(dir.join("config.json"), wrapper.to_string()).unwrap();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let note = ckpt.notes.iter().find(|n| n.contains("vision"));
+    assert!(
+        note.is_some_and(|n| n.contains("skipped 2 vision tensors")),
+        "{:?}",
+        ckpt.notes
+    );
+    let (want, _) = perplexity(&text, &e).unwrap();
+    let (got, _) = perplexity(&dir, &e).unwrap();
+    assert_eq!(got, want, "wrapped perplexity {got} vs text fixture {want}");
+    let mut log = Vec::new();
+    same_perplexity(&dir, &e, None, &mut log).unwrap_or_else(|x| panic!("{x}"));
+    eprintln!("{}", log.join("\n"));
+    let mut bare = wrapper.clone();
+    bare.as_object_mut().unwrap().remove("text_config");
+    std::fs::write(dir.join("config.json"), bare.to_string()).unwrap();
+    let err = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert!(err.contains("text_config"), "{err}");
+}
+
+/// The MoE fixture `name` in transformers 5's layout (`MixtralExperts` / `Qwen3MoeExperts` of
+/// transformers 5.23 `modeling_mixtral.py` / `modeling_qwen3_moe.py`, as their state dict
+/// holds it): per block `mlp.gate.weight` (Mixtral's `block_sparse_moe` renamed, as its
+/// conversion mapping does), `mlp.experts.gate_up_proj` `[E, 2·ffn, hidden]` (each expert's
+/// gate rows, then its up rows) and `mlp.experts.down_proj` `[E, hidden, ffn]`.
+fn fused_experts_fixture(work: &Path, name: &str) -> PathBuf {
+    let dir = fixture_with_config(work, name, "fused", &[]);
+    let mut st = read_safetensors(&dir.join("model.safetensors"));
+    let n_expert = config(&dir).unwrap()["num_experts"]
+        .as_u64()
+        .or(config(&dir).unwrap()["num_local_experts"].as_u64())
+        .unwrap();
+    let blocks: Vec<String> = st
+        .keys()
+        .filter_map(|k| {
+            let b = k.strip_suffix(".experts.0.w1.weight");
+            b.or_else(|| k.strip_suffix(".experts.0.gate_proj.weight"))
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(!blocks.is_empty(), "{name}");
+    for b in blocks {
+        let layer = b.rsplit_once('.').unwrap().0.to_owned();
+        let mixtral = b.ends_with("block_sparse_moe");
+        let [g, u, d] = if mixtral {
+            ["w1", "w3", "w2"]
+        } else {
+            ["gate_proj", "up_proj", "down_proj"]
+        };
+        let mut take = |e: u64, p: &str| st.remove(&format!("{b}.experts.{e}.{p}.weight")).unwrap();
+        let (mut gate_up, mut down) = (Vec::new(), Vec::new());
+        let (mut dtype, mut gs, mut ds) = (String::new(), vec![], vec![]);
+        for e in 0..n_expert {
+            let (dt, s, gb) = take(e, g);
+            let (_, _, ub) = take(e, u);
+            let (_, s2, db) = take(e, d);
+            gate_up.extend(gb);
+            gate_up.extend(ub);
+            down.extend(db);
+            (dtype, gs, ds) = (dt, s, s2);
+        }
+        let router = st.remove(&format!("{b}.gate.weight")).unwrap();
+        st.insert(format!("{layer}.mlp.gate.weight"), router);
+        st.insert(
+            format!("{layer}.mlp.experts.gate_up_proj"),
+            (dtype.clone(), vec![n_expert, 2 * gs[0], gs[1]], gate_up),
+        );
+        st.insert(
+            format!("{layer}.mlp.experts.down_proj"),
+            (dtype, vec![n_expert, ds[0], ds[1]], down),
+        );
+    }
+    write_safetensors(&dir.join("model.safetensors"), &st);
+    dir
+}
+
+/// transformers 5's fused expert tensors (Mixtral, Qwen3-MoE) are read as per-expert views:
+/// perplexity equal to the per-expert fixture's exactly, `convert --to gguf` byte-identical
+/// to converting the fixture, `convert --to hf` gives back the fixture's safetensors byte for
+/// byte; a fused tensor of the wrong shape is refused naming it and the shape config.json
+/// implies. (`tests/interop/test_transformers5_fused_experts.py` checks this layout against
+/// transformers 5.23's own state dict.)
+#[test]
+fn transformers5_fused_experts_read_as_per_expert_views() {
+    let t = tempfile::tempdir().unwrap();
+    for name in ["mixtral", "qwen3moe"] {
+        let e = expected(name);
+        let dir = fused_experts_fixture(t.path(), name);
+        let (want, _) = perplexity(&fixture(name), &e).unwrap();
+        let (got, _) = perplexity(&dir, &e).unwrap();
+        assert_eq!(
+            got, want,
+            "{name}: fused perplexity {got} vs per-expert {want}"
+        );
+        let mut outs = Vec::new();
+        for (src, to, out) in [
+            (fixture(name), "gguf", "a.gguf"),
+            (dir.clone(), "gguf", "b.gguf"),
+            (dir.clone(), "hf", "hf"),
+        ] {
+            let o = t.path().join(format!("{name}-{out}"));
+            let args = [
+                "convert",
+                src.to_str().unwrap(),
+                o.to_str().unwrap(),
+                "--to",
+                to,
+            ];
+            let dtype: &[&str] = if to == "gguf" {
+                &["--dtype", "f32"]
+            } else {
+                &[]
+            };
+            check(out, &qforge(&[&args[..], dtype, &["-q"]].concat())).unwrap();
+            outs.push(o);
+        }
+        let bytes = |p: &Path| std::fs::read(p).unwrap();
+        assert!(bytes(&outs[0]) == bytes(&outs[1]), "{name}: GGUF differs");
+        let st = |d: &Path| bytes(&d.join("model.safetensors"));
+        assert!(st(&outs[2]) == st(&fixture(name)), "{name}: HF differs");
+        // a gate_up_proj one expert short
+        let mut st = read_safetensors(&dir.join("model.safetensors"));
+        let key = st
+            .keys()
+            .find(|k| k.ends_with("mlp.experts.gate_up_proj"))
+            .unwrap()
+            .clone();
+        let (dt, mut shape, b) = st.remove(&key).unwrap();
+        shape[0] -= 1;
+        let keep = b.len() / (shape[0] as usize + 1) * shape[0] as usize;
+        st.insert(key.clone(), (dt, shape, b[..keep].to_vec()));
+        write_safetensors(&dir.join("model.safetensors"), &st);
+        let err = Checkpoint::open(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains(&key) && err.contains("config.json implies"),
+            "{err}"
+        );
+    }
+}

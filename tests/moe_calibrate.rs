@@ -1,8 +1,8 @@
 //! Calibration and importance matrices of mixture-of-experts models on the transformers-made
 //! fixtures (`tests/fixtures/families/{mixtral,qwen3moe}`, 6 experts of width 32, top-2):
 //! fp8-static input scales per expert from the tokens routed to it, GPTQ per expert (routed
-//! tokens, or every token with `--all-experts`), the zero-token fallbacks, AWQ's refusal, and
-//! `qforge imatrix`'s per-expert entries. (The imatrix against llama-imatrix itself:
+//! tokens, or every token with `--all-experts`), the zero-token fallbacks, and
+//! `qforge imatrix`'s per-expert entries (AWQ on MoE: tests/calibrate_awq.rs). (The imatrix against llama-imatrix itself:
 //! tests/interop/test_moe_imatrix_llama_cpp.py.)
 
 use std::path::{Path, PathBuf};
@@ -372,39 +372,6 @@ fn experts_without_tokens_fall_back_and_say_so() {
         t.path().join("g").to_str().unwrap(),
     ]);
     assert!(kld(&src, &q).is_finite());
-}
-
-/// AWQ on a mixture-of-experts model is refused, naming what is missing, and writes nothing.
-#[test]
-fn awq_refuses_moe_models() {
-    let t = tempfile::tempdir().unwrap();
-    let out = t.path().join("awq");
-    let text = fixture("eval.txt");
-    let src = fixture("mixtral");
-    let o = Command::new(QFORGE)
-        .args([
-            "calibrate",
-            src.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "--data",
-            text.to_str().unwrap(),
-            "--method",
-            "awq",
-            "--scheme",
-            "int4-g32",
-            "--samples",
-            "2",
-            "--seq-len",
-            "16",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("AWQ on a mixture-of-experts"),
-        "{err}"
-    );
-    assert!(!out.exists());
 }
 
 /// `qforge imatrix` on a mixture-of-experts GGUF: the router over every token, one entry per

@@ -24,7 +24,9 @@
 //! Llama mappings (llm-compressor `default_mappings`): input_layernorm → q, k, v (parent
 //! self_attn); v_proj → o_proj (parent o_proj), **skipped when v's outputs ≠ o's inputs**, i.e.
 //! under GQA; post_attention_layernorm → gate, up (parent mlp); up_proj → down_proj (parent
-//! down_proj). llm-compressor omits AutoAWQ's clip search, and so do we.
+//! down_proj). llm-compressor omits AutoAWQ's clip search, and so do we. Mixture-of-experts
+//! blocks take its MoE mappings (router and every expert's gate/up; per expert up → down):
+//! see `awq_layer.rs`, which runs the search on one layer through verify's modules.
 
 use qforge_codecs::float::{bf16_bits_to_f32, f32_to_bf16_bits};
 use qforge_codecs::int4::{self, Int4Arith, Int4Config, Int4Scheme};
@@ -316,12 +318,38 @@ pub struct LayerScales {
     pub mlp: Option<Vec<f64>>,
     /// up_proj → down_proj.
     pub up_down: Option<Vec<f64>>,
+    /// Mixture-of-experts blocks: each expert's up_proj → down_proj, by expert (an expert
+    /// that saw no row has none).
+    pub experts_up_down: std::collections::BTreeMap<u32, Vec<f64>>,
+    /// Llama 4's shared expert's up_proj → down_proj.
+    pub shared_up_down: Option<Vec<f64>>,
 }
 
+use qforge_convert::FfnProj;
 /// Which tensor of a layer [`LayerScales::apply`] folds into.
 pub use qforge_convert::LayerTensor;
 
 impl LayerScales {
+    /// Set the up → down scales of `up` (an expert's or the shared expert's up_proj).
+    pub fn set_up_down(&mut self, up: LayerTensor, s: Vec<f64>) {
+        match up {
+            LayerTensor::Expert { expert, .. } => {
+                self.experts_up_down.insert(expert, s);
+            }
+            LayerTensor::SharedExpert { .. } => self.shared_up_down = Some(s),
+            _ => self.up_down = Some(s),
+        }
+    }
+
+    /// The up → down scales of an expert's (or the shared expert's) projection `kind`.
+    fn expert_up_down(&self, kind: LayerTensor) -> Option<&Vec<f64>> {
+        match kind {
+            LayerTensor::Expert { expert, .. } => self.experts_up_down.get(&expert),
+            LayerTensor::SharedExpert { .. } => self.shared_up_down.as_ref(),
+            _ => None,
+        }
+    }
+
     /// Whether `kind`'s weight changes.
     pub fn touches(&self, kind: LayerTensor) -> bool {
         use LayerTensor as K;
@@ -330,17 +358,18 @@ impl LayerScales {
             K::V => self.attn.is_some() || self.vo.is_some(),
             // llm-compressor `AWQModifier._smooth` divides the smooth layer's bias too
             K::O | K::VBias => self.vo.is_some(),
-            K::FfnNorm | K::Gate => self.mlp.is_some(),
+            // post_attention_layernorm's mapping also folds into the router (llm-compressor
+            // `_moe_default_mappings` balances `mlp.gate`)
+            K::FfnNorm | K::Gate | K::Router => self.mlp.is_some(),
             K::Up => self.mlp.is_some() || self.up_down.is_some(),
             K::Down => self.up_down.is_some(),
-            // calibrate refuses mixture-of-experts models before any AWQ search
-            K::QBias
-            | K::KBias
-            | K::QNorm
-            | K::KNorm
-            | K::Router
-            | K::Expert { .. }
-            | K::SharedExpert { .. } => false,
+            // and into every expert's gate/up
+            K::Expert { proj, .. } | K::SharedExpert { proj } => match proj {
+                FfnProj::Gate => self.mlp.is_some(),
+                FfnProj::Up => self.mlp.is_some() || self.expert_up_down(kind).is_some(),
+                FfnProj::Down => self.expert_up_down(kind).is_some(),
+            },
+            K::QBias | K::KBias | K::QNorm | K::KNorm => false,
         }
     }
 
@@ -395,7 +424,7 @@ impl LayerScales {
             }
             K::O => cols_by(w, &self.vo),
             K::FfnNorm => norm_by(w, &self.mlp),
-            K::Gate => cols_by(w, &self.mlp),
+            K::Gate | K::Router => cols_by(w, &self.mlp),
             K::Up => {
                 cols_by(w, &self.mlp)?;
                 rows_by(w, &self.up_down)
@@ -411,13 +440,18 @@ impl LayerScales {
                 Some(s) => fit(s, len, "rows"),
                 None => Ok(()),
             },
-            K::QBias
-            | K::KBias
-            | K::QNorm
-            | K::KNorm
-            | K::Router
-            | K::Expert { .. }
-            | K::SharedExpert { .. } => Ok(()),
+            K::Expert { proj, .. } | K::SharedExpert { proj } => {
+                let ud = self.expert_up_down(kind).cloned();
+                match proj {
+                    FfnProj::Gate => cols_by(w, &self.mlp),
+                    FfnProj::Up => {
+                        cols_by(w, &self.mlp)?;
+                        rows_by(w, &ud)
+                    }
+                    FfnProj::Down => cols_by(w, &ud),
+                }
+            }
+            K::QBias | K::KBias | K::QNorm | K::KNorm => Ok(()),
         }
     }
 }

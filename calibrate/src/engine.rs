@@ -14,7 +14,8 @@
 //!    written atomically.
 //!
 //! A mixture-of-experts block ([`crate::moe`]) calibrates each expert's gate/up and down on
-//! the rows routed to it (or every token, [`ExpertTokens::All`]): per-expert observers for
+//! the rows routed to it (or every token, [`ExpertTokens::All`]; Llama 4's shared expert on
+//! every token, in the slot after the experts): per-expert observers for
 //! fp8-static, per-expert Hessians for GPTQ (all of a block's experts' Hessians are held at
 //! once: `n_expert · (hidden² + expert_ffn²) · 4` bytes); the router is not calibrated.
 //!
@@ -32,21 +33,21 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use qforge_convert::write::{OutputDir, OutputOptions};
-use qforge_convert::{Format, LayerTensor, TensorId};
+use qforge_convert::{FfnProj, Format, LayerTensor, TensorId};
 use qforge_quantize::layout::hf_module;
-use qforge_verify::eval::{attend, run_layer_observed};
+use qforge_verify::eval::run_layer_observed;
 use qforge_verify::matmul::matmul_t;
-use qforge_verify::ops::{swiglu, RopeTable};
+use qforge_verify::ops::RopeTable;
 use qforge_verify::{LayerWeights, Model, Project, Real};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::awq::{self, ActStats, AwqConfig, LayerScales, SearchResult};
+use crate::awq::AwqConfig;
 use crate::data::Samples;
 use crate::error::{Error, Result};
 use crate::gptq::{gptq, GptqConfig, GptqResult};
-use crate::moe::{expert_inputs, ExpertObservers, ExpertTokens};
+use crate::moe::{expert_inputs, expert_kinds, ExpertObservers, ExpertTokens};
 use crate::observer::{Observer, ObserverKind};
 use crate::output::{
     awq_layer_file_bytes, awq_layer_file_name, layer_file_bytes, layer_file_name, write_atomic,
@@ -154,8 +155,8 @@ pub fn layer_forward<T: Real, L: Project<T>>(
 }
 
 /// [`layer_forward`] that also shows the mixture-of-experts block's observations (the router's
-/// input, each expert's routed rows; [`qforge_verify::moe::ffn`]) to `moe_sink` instead of
-/// `sink`.
+/// input, each expert's routed rows, the shared expert's inputs; [`qforge_verify::moe::ffn`])
+/// to `moe_sink` instead of `sink`.
 pub fn layer_forward_moe<T: Real, L: Project<T>>(
     model: &Model,
     lw: &LayerWeights<T, L>,
@@ -166,7 +167,9 @@ pub fn layer_forward_moe<T: Real, L: Project<T>>(
     moe_sink: &mut dyn FnMut(&[LayerTensor], &[T]),
 ) {
     run_layer_observed(model, lw, rope, hc, seq, &mut |kinds, x| {
-        if qforge_verify::moe_observe::is_moe(kinds) {
+        if qforge_verify::moe_observe::is_moe(kinds)
+            || matches!(kinds.first(), Some(LayerTensor::SharedExpert { .. }))
+        {
             moe_sink(kinds, x);
             return;
         }
@@ -424,7 +427,7 @@ pub fn calibrate(
                     index: i,
                     state_dir: &state_dir,
                 };
-                awq_layer_step(&step, &mut lw, h.f32_mut()?, a, &mut st)?
+                awq_layer_step(&step, &mut lw, h.f32_mut()?, a, opts.expert_tokens, &mut st)?
             }
         };
         drop(lw);
@@ -463,16 +466,8 @@ fn check_options(
     opts: &CalibOptions,
     dest: &Path,
 ) -> Result<()> {
-    if cfg.moe.is_some() && matches!(opts.method, Method::Awq(_)) {
-        // llm-compressor (modifiers/awq/mappings.py AWQ_MAPPING_REGISTRY) maps Qwen3-MoE with
-        // `_moe_default_mappings`: post_attention_layernorm -> every expert's gate_proj and
-        // up_proj (not the router), each expert's up_proj -> its down_proj; Mixtral is not in
-        // the registry (its w1/w3 names match no default mapping). Not built (issue 18).
-        return Err(Error::Unsupported(format!(
-            "AWQ on a mixture-of-experts model ({}) is not implemented: use --method gptq \
-             or fp8-static",
-            cfg.family
-        )));
+    if let (Some(m), Method::Awq(a)) = (&cfg.moe, &opts.method) {
+        qforge_codecs::int4::check_group(m.expert_ffn as usize, a.group_size)?;
     }
     if let (Some(m), Method::Gptq(g)) = (&cfg.moe, &opts.method) {
         qforge_codecs::int4::check_group(m.expert_ffn as usize, g.group_size)?;
@@ -636,9 +631,13 @@ fn gptq_layer(
     let mut scratch = vec![0f32; seq * hid];
     let mut tmp = Vec::new();
     // per expert: [gate/up, down] Hessians and routed rows
+    // (the shared expert, when the block has one, is the last slot)
     let mut ehs: Vec<([Hessian; 2], u64)> = lw.moe.as_ref().map_or(Vec::new(), |m| {
+        let shared = m.shared.as_ref().map(|s| s[2].inp);
         (0..m.experts.len())
-            .map(|_| ([Hessian::new(hid), Hessian::new(m.ffn)], 0))
+            .map(|_| m.ffn)
+            .chain(shared)
+            .map(|f| ([Hessian::new(hid), Hessian::new(f)], 0))
             .collect()
     });
     for hc in h.chunks(seq * hid) {
@@ -716,6 +715,7 @@ fn awq_layer_step(
     lw: &mut LayerWeights,
     h: &mut [f32],
     a: &AwqConfig,
+    tokens: ExpertTokens,
     st: &mut State,
 ) -> Result<Vec<ModuleReport>> {
     let LayerStep {
@@ -726,14 +726,25 @@ fn awq_layer_step(
         state_dir,
     } = *step;
     let mut reports = Vec::new();
-    let (scales, mappings) = awq_layer(model, lw, rope, h, seq, i, a)?;
-    for site in SITES {
-        for &kind in site.kinds() {
-            reports.push(ModuleReport::new(hf_module(TensorId::Layer {
-                index: i,
-                kind,
-            })));
+    let (scales, mappings, rows) =
+        crate::awq_layer::awq_layer(model, lw, rope, h, seq, i, a, tokens)?;
+    let mut kinds: Vec<LayerTensor> = SITES.iter().flat_map(|s| s.kinds()).copied().collect();
+    if let Some(m) = &lw.moe {
+        kinds.truncate(4);
+        kinds.extend(expert_kinds(m.experts.len()).into_iter().map(|(_, k)| k));
+        if m.shared.is_some() {
+            kinds.extend(FfnProj::ALL.map(|proj| LayerTensor::SharedExpert { proj }));
         }
+    }
+    for kind in kinds {
+        let routed_tokens = match kind {
+            LayerTensor::Expert { expert, .. } => rows.get(expert as usize).copied(),
+            _ => None,
+        };
+        reports.push(ModuleReport {
+            routed_tokens,
+            ..ModuleReport::new(hf_module(TensorId::Layer { index: i, kind }))
+        });
     }
     let name = awq_layer_file_name(i);
     write_atomic(&state_dir.join(&name), &awq_layer_file_bytes(i, &scales)?)?;
@@ -845,7 +856,7 @@ fn observe_layer<T: Real, L: Project<T>>(
     let mut eobs = lw
         .moe
         .as_ref()
-        .map(|m| ExpertObservers::new(kind, m.experts.len(), hid));
+        .map(|m| ExpertObservers::new(kind, m.experts.len(), hid, m.shared.is_some()));
     for hc in h.chunks_mut(seq * hid) {
         layer_forward_moe(
             model,
@@ -878,7 +889,7 @@ fn gptq_report(module: String, r: &GptqResult) -> ModuleReport {
 }
 
 /// GPTQ on every expert of a block from its Hessians (`[gate/up, down]` and routed rows per
-/// expert), the weights replaced by their dequantized GPTQ values. An expert that saw no row
+/// expert; the shared expert, on every token, in the last slot), the weights replaced by their dequantized GPTQ values. An expert that saw no row
 /// is quantized with an identity Hessian: GPTQ's error feedback is then zero, so the result is
 /// round-to-nearest on GPTQ's grid (reported as the module's `fallback`).
 fn gptq_experts(
@@ -901,17 +912,24 @@ fn gptq_experts(
                 hess.finish()
             };
             let projs: &[usize] = if down { &[2] } else { &[0, 1] };
+            let shared = e == m.experts.len();
             for &p in projs {
-                let kind = LayerTensor::Expert {
-                    expert: e as u32,
-                    proj: qforge_convert::FfnProj::ALL[p],
+                let proj = FfnProj::ALL[p];
+                let (kind, lin) = match &mut m.shared {
+                    Some(s) if shared => (LayerTensor::SharedExpert { proj }, &mut s[p]),
+                    _ => (
+                        LayerTensor::Expert {
+                            expert: e as u32,
+                            proj,
+                        },
+                        &mut m.experts[e][p],
+                    ),
                 };
                 let module = hf_module(TensorId::Layer { index, kind });
-                let lin = &mut m.experts[e][p];
                 let r = gptq(&module, &lin.w, lin.out, lin.inp, &hm, g)?;
                 lin.w = r.dequantize();
                 reports.push(ModuleReport {
-                    routed_tokens: Some(rows),
+                    routed_tokens: (!shared).then_some(rows),
                     fallback: (rows == 0)
                         .then(|| "no routed token: round-to-nearest (identity Hessian)".into()),
                     ..gptq_report(module.clone(), &r)
@@ -921,210 +939,4 @@ fn gptq_experts(
         }
     }
     Ok(())
-}
-
-/// `y = x·Wᵀ` for `t` tokens.
-fn linear(x: &[f32], inp: usize, w: &[f32], out: usize) -> Vec<f32> {
-    let t = x.len() / inp;
-    let mut y = vec![0f32; t * out];
-    matmul_t(x, t, inp, w, out, &mut y);
-    y
-}
-
-/// The self_attn module's output (o_proj's output, before the residual) for normed inputs
-/// `x` (`[samples·seq, hidden]`), with the given q/k/v/o weights: verify's attention
-/// arithmetic, batched over all tokens for the projections.
-#[allow(clippy::too_many_arguments)]
-fn attn_out(
-    model: &Model,
-    lw: &LayerWeights,
-    rope: &RopeTable,
-    x: &[f32],
-    seq: usize,
-    wq: &[f32],
-    wk: &[f32],
-    wv: &[f32],
-    wo: &[f32],
-) -> Vec<f32> {
-    let cfg = model.config();
-    let (heads, kvh, hd) = (
-        cfg.num_heads as usize,
-        cfg.num_kv_heads as usize,
-        cfg.head_dim as usize,
-    );
-    let hid = lw.q.inp;
-    let mut q = linear(x, hid, wq, lw.q.out);
-    let mut k = linear(x, hid, wk, lw.k.out);
-    let mut v = linear(x, hid, wv, lw.v.out);
-    let (qw, kw) = (heads * hd, kvh * hd);
-    let mut att = vec![0f32; q.len()];
-    for ((qc, kc), (vc, ac)) in q
-        .chunks_mut(seq * qw)
-        .zip(k.chunks_mut(seq * kw))
-        .zip(v.chunks_mut(seq * kw).zip(att.chunks_mut(seq * qw)))
-    {
-        attend(model, lw, rope, qc, kc, vc, seq, ac);
-    }
-    linear(&att, lw.o.inp, wo, lw.o.out)
-}
-
-/// The mlp module's output `down(silu(gate·x) ⊙ up·x)`.
-fn mlp_out(lw: &LayerWeights, x: &[f32], wg: &[f32], wu: &[f32], wd: &[f32]) -> Vec<f32> {
-    let mut g = linear(x, lw.gate.inp, wg, lw.gate.out);
-    let u = linear(x, lw.up.inp, wu, lw.up.out);
-    swiglu(&mut g, &u);
-    linear(&g, lw.down.inp, wd, lw.down.out)
-}
-
-/// AWQ on one decoder layer (see [`crate::awq`]): capture each mapping's input with the
-/// original weights, search the scales of each mapping in llm-compressor's order, fold them
-/// into `lw`, then run the folded, *unquantized* layer over `h` for the next layer's inputs
-/// (llm-compressor calibrates and propagates under `DisableQuantization`; AWQ only rescales).
-fn awq_layer(
-    model: &Model,
-    lw: &mut LayerWeights,
-    rope: &RopeTable,
-    h: &mut [f32],
-    seq: usize,
-    i: u32,
-    a: &AwqConfig,
-) -> Result<(LayerScales, Vec<AwqMapping>)> {
-    let hid = lw.q.inp;
-    let vo = lw.v.out == lw.o.inp;
-    let (mut x1, mut xo, mut x2, mut xd) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut scratch = vec![0f32; seq * hid];
-    for hc in h.chunks(seq * hid) {
-        scratch.copy_from_slice(hc);
-        layer_forward(
-            model,
-            lw,
-            rope,
-            &mut scratch,
-            seq,
-            &mut |site, x| match site {
-                Site::Qkv => x1.extend_from_slice(x),
-                Site::O if vo => xo.extend_from_slice(x),
-                Site::O => {}
-                Site::GateUp => x2.extend_from_slice(x),
-                Site::Down => xd.extend_from_slice(x),
-            },
-        );
-    }
-    drop(scratch);
-    let name = |kind| hf_module(TensorId::Layer { index: i, kind });
-    let stats = |x: &[f32], w: usize| {
-        let mut s = ActStats::new(w);
-        s.add(x);
-        s.mean()
-    };
-    let mut scales = LayerScales::default();
-    let mut maps = Vec::new();
-    let mut record = |smooth: LayerTensor, balance: &[LayerTensor], r: &SearchResult| {
-        maps.push(AwqMapping {
-            smooth: name(smooth),
-            balance: balance.iter().map(|&k| name(k)).collect(),
-            result: r.clone(),
-        });
-    };
-    let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
-
-    // input_layernorm -> q, k, v; loss on self_attn's output
-    let fp = attn_out(
-        model, lw, rope, &x1, seq, &lw.q.w, &lw.k.w, &lw.v.w, &lw.o.w,
-    );
-    if finite(&fp) {
-        let r = awq::search(
-            &name(LayerTensor::AttnNorm),
-            &[&lw.q.w, &lw.k.w, &lw.v.w],
-            hid,
-            &stats(&x1, hid),
-            a,
-            &mut |wq| {
-                let y = attn_out(model, lw, rope, &x1, seq, &wq[0], &wq[1], &wq[2], &lw.o.w);
-                Ok(awq::mse(&fp, &y))
-            },
-        )?;
-        record(
-            LayerTensor::AttnNorm,
-            &[LayerTensor::Q, LayerTensor::K, LayerTensor::V],
-            &r,
-        );
-        scales.attn = Some(r.scales);
-    }
-    drop(x1);
-    // v_proj -> o_proj, only when the shapes agree (not under GQA); loss on o_proj's output
-    if vo {
-        let fp = linear(&xo, lw.o.inp, &lw.o.w, lw.o.out);
-        if finite(&fp) {
-            let r = awq::search(
-                &name(LayerTensor::V),
-                &[&lw.o.w],
-                lw.o.inp,
-                &stats(&xo, lw.o.inp),
-                a,
-                &mut |wq| Ok(awq::mse(&fp, &linear(&xo, lw.o.inp, &wq[0], lw.o.out))),
-            )?;
-            record(LayerTensor::V, &[LayerTensor::O], &r);
-            scales.vo = Some(r.scales);
-        }
-    }
-    drop(xo);
-    // post_attention_layernorm -> gate, up; loss on mlp's output
-    let fp = mlp_out(lw, &x2, &lw.gate.w, &lw.up.w, &lw.down.w);
-    if finite(&fp) {
-        let r = awq::search(
-            &name(LayerTensor::FfnNorm),
-            &[&lw.gate.w, &lw.up.w],
-            hid,
-            &stats(&x2, hid),
-            a,
-            &mut |wq| Ok(awq::mse(&fp, &mlp_out(lw, &x2, &wq[0], &wq[1], &lw.down.w))),
-        )?;
-        record(
-            LayerTensor::FfnNorm,
-            &[LayerTensor::Gate, LayerTensor::Up],
-            &r,
-        );
-        scales.mlp = Some(r.scales);
-    }
-    drop(x2);
-    // up_proj -> down_proj; loss on down_proj's output
-    let ffn = lw.down.inp;
-    let fp = linear(&xd, ffn, &lw.down.w, lw.down.out);
-    if finite(&fp) {
-        let r = awq::search(
-            &name(LayerTensor::Up),
-            &[&lw.down.w],
-            ffn,
-            &stats(&xd, ffn),
-            a,
-            &mut |wq| Ok(awq::mse(&fp, &linear(&xd, ffn, &wq[0], lw.down.out))),
-        )?;
-        record(LayerTensor::Up, &[LayerTensor::Down], &r);
-        scales.up_down = Some(r.scales);
-    }
-    drop(xd);
-
-    let n1 = lw.attn_norm.len();
-    scales.apply(LayerTensor::AttnNorm, &mut lw.attn_norm, n1)?;
-    let n2 = lw.ffn_norm.len();
-    scales.apply(LayerTensor::FfnNorm, &mut lw.ffn_norm, n2)?;
-    for (kind, lin) in [
-        (LayerTensor::Q, &mut lw.q),
-        (LayerTensor::K, &mut lw.k),
-        (LayerTensor::V, &mut lw.v),
-        (LayerTensor::O, &mut lw.o),
-        (LayerTensor::Gate, &mut lw.gate),
-        (LayerTensor::Up, &mut lw.up),
-        (LayerTensor::Down, &mut lw.down),
-    ] {
-        scales.apply(kind, &mut lin.w, lin.inp)?;
-    }
-    if let Some([_, _, bv]) = &mut lw.qkv_bias {
-        scales.apply(LayerTensor::VBias, bv, 1)?;
-    }
-    for hc in h.chunks_mut(seq * hid) {
-        layer_forward(model, lw, rope, hc, seq, &mut |_, _| {});
-    }
-    Ok((scales, maps))
 }

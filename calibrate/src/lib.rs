@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod awq;
+mod awq_layer;
 pub mod data;
 pub mod engine;
 mod error;

@@ -38,7 +38,8 @@ pub enum ExpertTokens {
 
 /// Turn the MoE observations of [`qforge_verify::moe::ffn`] into per-expert inputs: `sink(e,
 /// down, x)` with `x` the gate/up input (`down == false`, `[rows, hidden]`) or the down
-/// projection's input (`[rows, expert_ffn]`) of expert `e`. The router's input is shown as
+/// projection's input (`[rows, expert_ffn]`) of expert `e` (`e == n_expert`: the shared
+/// expert, on every token). The router's input is shown as
 /// `sink(usize::MAX, false, x)` (every token) so callers can keep all-token statistics.
 pub fn expert_inputs<T: Real, L: Project<T>>(
     moe: &MoeWeights<T, L>,
@@ -66,6 +67,10 @@ pub fn expert_inputs<T: Real, L: Project<T>>(
         }
         (Some(&LayerTensor::Expert { expert, proj }), ExpertTokens::Routed) => {
             sink(expert as usize, proj == FfnProj::Down, x);
+        }
+        // Llama 4's shared expert sees every token; it is slot `n_expert`
+        (Some(&LayerTensor::SharedExpert { proj }), _) => {
+            sink(moe.experts.len(), proj == FfnProj::Down, x);
         }
         _ => {}
     }
@@ -98,16 +103,19 @@ pub struct ExpertObservers {
     pub rows: Vec<u64>,
     /// The router's input (every token).
     pub all: Observer,
+    /// `[gate/up, down]` of Llama 4's shared expert (every token).
+    pub shared: Option<[Observer; 2]>,
     hidden: usize,
 }
 
 impl ExpertObservers {
-    /// Observers for `n_expert` experts of a block of width `hidden`.
-    pub fn new(kind: ObserverKind, n_expert: usize, hidden: usize) -> Self {
+    /// Observers for `n_expert` experts of a block of width `hidden` (and its shared expert).
+    pub fn new(kind: ObserverKind, n_expert: usize, hidden: usize, shared: bool) -> Self {
         ExpertObservers {
             experts: vec![[Observer::new(kind); 2]; n_expert],
             rows: vec![0; n_expert],
             all: Observer::new(kind),
+            shared: shared.then(|| [Observer::new(kind); 2]),
             hidden,
         }
     }
@@ -116,6 +124,12 @@ impl ExpertObservers {
     pub fn observe<T: Real>(&mut self, e: usize, down: bool, x: &[T]) {
         if e == usize::MAX {
             self.all.observe(x);
+            return;
+        }
+        if e == self.experts.len() {
+            if let Some(o) = self.shared.as_mut() {
+                o[usize::from(down)].observe(x);
+            }
             return;
         }
         let Some(o) = self.experts.get_mut(e) else {
@@ -127,7 +141,8 @@ impl ExpertObservers {
         }
     }
 
-    /// The modules' reports of block `index` (gate, up, down of each expert); `f64`: the scale
+    /// The modules' reports of block `index` (gate, up, down of each expert, then of the shared
+    /// expert); `f64`: the scale
     /// computed in `f64` ([`Observer::scale_f64`]).
     pub fn reports(&self, index: u32, f64_scale: bool) -> Vec<ModuleReport> {
         let down_max = self
@@ -166,6 +181,18 @@ impl ExpertObservers {
                 fallback,
                 ..ModuleReport::new(hf_module(TensorId::Layer { index, kind }))
             });
+        }
+        if let Some(sh) = &self.shared {
+            for proj in FfnProj::ALL {
+                let o = sh[usize::from(proj == FfnProj::Down)];
+                let kind = LayerTensor::SharedExpert { proj };
+                out.push(ModuleReport {
+                    #[allow(clippy::cast_possible_truncation)] // reported as f32
+                    input_amax: Some(o.amax() as f32),
+                    input_scale: f64_scale.then(|| o.scale_f64()),
+                    ..ModuleReport::new(hf_module(TensorId::Layer { index, kind }))
+                });
+            }
         }
         out
     }

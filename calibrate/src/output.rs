@@ -405,15 +405,26 @@ fn awq_slot<'a>(s: &'a mut LayerScales, which: &str) -> &'a mut Option<Vec<f64>>
 pub fn awq_layer_file_bytes(i: u32, scales: &LayerScales) -> Result<Vec<u8>> {
     let mut s = scales.clone();
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut push = |kind, v: &Vec<f64>| {
+        let m = qforge_quantize::layout::hf_module(TensorId::Layer { index: i, kind });
+        bufs.push((
+            format!("{m}.awq_scales"),
+            vec![v.len()],
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
+    };
     for (kind, which) in awq_smooth_kinds() {
         if let Some(v) = awq_slot(&mut s, which) {
-            let m = qforge_quantize::layout::hf_module(TensorId::Layer { index: i, kind });
-            bufs.push((
-                format!("{m}.awq_scales"),
-                vec![v.len()],
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ));
+            push(kind, v);
         }
+    }
+    for (&expert, v) in &s.experts_up_down {
+        let proj = qforge_convert::FfnProj::Up;
+        push(LayerTensor::Expert { expert, proj }, v);
+    }
+    if let Some(v) = &s.shared_up_down {
+        let proj = qforge_convert::FfnProj::Up;
+        push(LayerTensor::SharedExpert { proj }, v);
     }
     let views: Vec<(String, TensorView<'_>)> = bufs
         .iter()
@@ -470,13 +481,11 @@ impl AwqScales {
             let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(&path, e.to_string()))?;
             let mut ls = LayerScales::default();
             let index = u32::try_from(i).map_err(|_| bad(dir, "too many layers".into()))?;
-            for (kind, which) in awq_smooth_kinds() {
-                let n = format!(
-                    "{}.awq_scales",
-                    qforge_quantize::layout::hf_module(TensorId::Layer { index, kind })
-                );
-                let Ok(t) = st.tensor(&n) else { continue };
-                if !listed.remove(&n) {
+            let mut read = |n: &str| -> Result<Option<Vec<f64>>> {
+                let Ok(t) = st.tensor(n) else {
+                    return Ok(None);
+                };
+                if !listed.remove(n) {
                     return Err(bad(&path, format!("{n} is not a mapping of {CALIB_JSON}")));
                 }
                 if t.dtype() != Dtype::F64 || t.shape().len() != 1 {
@@ -490,7 +499,43 @@ impl AwqScales {
                 if v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
                     return Err(bad(&path, format!("{n}: non-positive or non-finite scale")));
                 }
-                *awq_slot(&mut ls, which) = Some(v);
+                Ok(Some(v))
+            };
+            for (kind, which) in awq_smooth_kinds() {
+                let n = format!(
+                    "{}.awq_scales",
+                    qforge_quantize::layout::hf_module(TensorId::Layer { index, kind })
+                );
+                if let Some(v) = read(&n)? {
+                    *awq_slot(&mut ls, which) = Some(v);
+                }
+            }
+            // the experts' up -> down mappings: names this layer's expert or shared up_proj
+            for n in st.names() {
+                let Some(module) = n.strip_suffix(".awq_scales") else {
+                    continue;
+                };
+                let up = match qforge_convert::NameScheme::Hf.parse(&format!("{module}.weight")) {
+                    qforge_convert::NameMatch::Tensor(qforge_convert::TensorKey {
+                        id:
+                            TensorId::Layer {
+                                index: li,
+                                kind:
+                                    kind @ (LayerTensor::Expert {
+                                        proj: qforge_convert::FfnProj::Up,
+                                        ..
+                                    }
+                                    | LayerTensor::SharedExpert {
+                                        proj: qforge_convert::FfnProj::Up,
+                                    }),
+                            },
+                        ..
+                    }) if li == index => kind,
+                    _ => continue,
+                };
+                if let Some(v) = read(n)? {
+                    ls.set_up_down(up, v);
+                }
             }
             layers.push(ls);
         }

@@ -287,6 +287,34 @@ fn parse_json_object(text: &str) -> std::result::Result<Map<String, Value>, Conf
     }
 }
 
+/// The HF `model_type` of Meta's multimodal Llama 4 checkpoints
+/// (`Llama4ForConditionalGeneration`, transformers `Llama4Config`).
+const LLAMA4_WRAPPER_MODEL_TYPE: &str = "llama4";
+
+/// The text model's keys of a `config.json`: a `Llama4ForConditionalGeneration` config (model
+/// type `llama4`) keeps the text model's under `text_config` (and the vision encoder's under
+/// `vision_config`, not read). Merged over the top level, the text model's keys winning, as
+/// `convert_hf_to_gguf.py` does (conversion/base.py `TextModel.__init__`:
+/// `{**hparams, **hparams["text_config"]}`); the vision settings are dropped. Any other config
+/// is returned as it is.
+fn text_model_config(
+    mut m: Map<String, Value>,
+) -> std::result::Result<Map<String, Value>, ConfigError> {
+    if m.get("model_type").and_then(Value::as_str) != Some(LLAMA4_WRAPPER_MODEL_TYPE) {
+        return Ok(m);
+    }
+    let text = match m.remove("text_config") {
+        Some(Value::Object(t)) => t,
+        Some(_) => return Err(invalid("text_config", "not an object")),
+        None => return Err(ConfigError::Missing("text_config")),
+    };
+    for k in ["model_type", "architectures", "vision_config"] {
+        m.remove(k);
+    }
+    m.extend(text);
+    Ok(m)
+}
+
 fn parse_rope_scaling(
     o: &Obj<'_>,
     field: &'static str,
@@ -350,7 +378,7 @@ impl ModelConfig {
     /// Parse a Hugging Face `config.json` (transformers 4.x `rope_scaling` and 5.x
     /// `rope_parameters` forms both accepted).
     pub fn from_hf_json(text: &str) -> std::result::Result<Self, ConfigError> {
-        let m = parse_json_object(text)?;
+        let m = text_model_config(parse_json_object(text)?)?;
         let o = Obj(&m);
         let model_type = o
             .str("model_type")?
@@ -885,7 +913,18 @@ fn parse_moe(
     let Some(spec) = family.spec().moe else {
         return Ok(None);
     };
-    let num_experts = o.req_u64(spec.hf_experts_key)?;
+    // transformers 5's `Qwen3MoeConfig` maps `num_experts` to `num_local_experts`
+    // (configuration_qwen3_moe.py `attribute_map`) and saves it under that name
+    let num_experts = match (o.u64(spec.hf_experts_key)?, o.u64("num_local_experts")?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ConfigError::Inconsistent(format!(
+                "{} {a} but num_local_experts {b}",
+                spec.hf_experts_key
+            )))
+        }
+        (Some(a), _) | (None, Some(a)) => a,
+        (None, None) => return Err(ConfigError::Missing(spec.hf_experts_key)),
+    };
     let experts_per_tok = o.req_u64("num_experts_per_tok")?;
     let expert_ffn = o.req_u64(spec.hf_expert_ffn_key)?;
     let norm_topk_prob = spec.always_norm_topk || o.bool("norm_topk_prob")?.unwrap_or(false);
@@ -1254,6 +1293,32 @@ mod tests {
         assert_eq!(c.intermediate_size, 53248);
         assert_eq!(c.parameter_count(), 405_853_388_800);
         assert_eq!(c.max_position_embeddings, 131_072);
+    }
+
+    /// transformers 5 saves Qwen3-MoE's `num_experts` as `num_local_experts` (its
+    /// `attribute_map`): read either, refuse two that disagree, name the family's key if
+    /// neither is there.
+    #[test]
+    fn qwen3_moe_experts_under_either_key() {
+        let qwen = |keys: &str| {
+            ModelConfig::from_hf_json(&format!(
+                r#"{{"model_type": "qwen3_moe", "hidden_size": 64, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "head_dim": 32, "intermediate_size": 128,
+                "num_hidden_layers": 2, "vocab_size": 384, "num_experts_per_tok": 2,
+                "moe_intermediate_size": 32{keys}}}"#
+            ))
+        };
+        for keys in [
+            r#", "num_local_experts": 8"#,
+            r#", "num_experts": 8"#,
+            r#", "num_experts": 8, "num_local_experts": 8"#,
+        ] {
+            assert_eq!(qwen(keys).unwrap().moe.unwrap().num_experts, 8, "{keys}");
+        }
+        let e = qwen(r#", "num_experts": 8, "num_local_experts": 6"#).unwrap_err();
+        assert!(matches!(e, ConfigError::Inconsistent(_)), "{e}");
+        let e = qwen("").unwrap_err();
+        assert!(matches!(e, ConfigError::Missing("num_experts")), "{e}");
     }
 
     /// transformers `Qwen3MoeDecoderLayer.__init__`: block `i` is sparse iff `i ∉

@@ -952,8 +952,33 @@ fn align_up(x: u64, align: u64) -> Option<u64> {
 /// made).
 pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorInfo>), GgufError> {
     let mut cur = Cursor { buf: bytes, pos: 0 };
+    let (version, tensor_count, n_kv) = header(&mut cur)?;
+    let entries = key_values(&mut cur, bytes, n_kv)?;
+    let alignment = match entries
+        .iter()
+        .find(|(k, _)| k == ALIGNMENT_KEY)
+        .map(|(_, v)| v)
+    {
+        None => DEFAULT_ALIGNMENT,
+        Some(&GgufValue::U32(value)) if value.is_power_of_two() => value,
+        Some(&GgufValue::U32(value)) => return Err(GgufError::BadAlignment { value }),
+        Some(other) => return Err(GgufError::BadAlignmentType { ty: other.ty() }),
+    };
+    let align = u64::from(alignment);
+    let mut infos = tensor_infos(&mut cur, bytes, tensor_count)?;
+    let data_offset = place_data(cur.offset(), bytes.len() as u64, align, &mut infos)?;
+    let meta = GgufMetadata {
+        version,
+        entries,
+        alignment: align,
+        data_offset,
+    };
+    Ok((meta, infos))
+}
 
-    // Header.
+/// The header: magic, version (2 or 3, little-endian), and the two counts. Returns the version,
+/// the declared tensor count and the checked key/value count.
+fn header(cur: &mut Cursor<'_>) -> std::result::Result<(u32, u64, usize), GgufError> {
     let magic: [u8; 4] = cur.array()?;
     if magic != MAGIC {
         return Err(GgufError::BadMagic { found: magic });
@@ -984,9 +1009,16 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
         MAX_KV_COUNT,
         KV_COUNT_OFFSET,
     )?;
+    Ok((version, tensor_count, n_kv))
+}
 
-    // Key/value metadata. The counts are checked, so these are at most a fixed multiple of the
-    // bytes left (see `MAX_KV_COUNT`).
+/// The `n_kv` key/value pairs (a checked count, so at most a fixed multiple of the bytes left;
+/// see `MAX_KV_COUNT`): keys non-empty, without NUL, unique.
+fn key_values(
+    cur: &mut Cursor<'_>,
+    bytes: &[u8],
+    n_kv: usize,
+) -> std::result::Result<Vec<(String, GgufValue)>, GgufError> {
     let mut entries = Vec::with_capacity(n_kv);
     // Where each key is, for the duplicate check once they have all been read.
     let mut string_offsets: Vec<u64> = Vec::with_capacity(n_kv);
@@ -1015,19 +1047,17 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
             offset,
         });
     }
-    let alignment = match entries
-        .iter()
-        .find(|(k, _)| k == ALIGNMENT_KEY)
-        .map(|(_, v)| v)
-    {
-        None => DEFAULT_ALIGNMENT,
-        Some(&GgufValue::U32(value)) if value.is_power_of_two() => value,
-        Some(&GgufValue::U32(value)) => return Err(GgufError::BadAlignment { value }),
-        Some(other) => return Err(GgufError::BadAlignmentType { ty: other.ty() }),
-    };
-    let align = u64::from(alignment);
+    Ok(entries)
+}
 
-    // Tensor infos.
+/// The tensor infos (`tensor_count` re-checked against the bytes left after the metadata):
+/// names unique and without NUL, dimensions non-negative with a product that fits, whole blocks
+/// along `ne0`, a byte size that fits `usize`. Offsets are checked by [`place_data`].
+fn tensor_infos(
+    cur: &mut Cursor<'_>,
+    bytes: &[u8],
+    tensor_count: u64,
+) -> std::result::Result<Vec<GgufTensorInfo>, GgufError> {
     let n_tensors = cur.check_count(
         "tensor_count",
         tensor_count,
@@ -1036,71 +1066,10 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
         TENSOR_COUNT_OFFSET,
     )?;
     let mut infos = Vec::with_capacity(n_tensors);
-    string_offsets.clear();
-    string_offsets.reserve_exact(n_tensors);
+    let mut string_offsets: Vec<u64> = Vec::with_capacity(n_tensors);
     for _ in 0..n_tensors {
         let name_offset = cur.offset();
-        let name = cur.str()?;
-        if name.len() > MAX_NAME_LEN {
-            return Err(GgufError::NameTooLong {
-                tensor: name.to_owned(),
-            });
-        }
-        if name.contains('\0') {
-            return Err(GgufError::EmbeddedNul {
-                offset: name_offset,
-            });
-        }
-        let tensor = || name.to_owned();
-        let n_dims = cur.u32()?;
-        if n_dims > MAX_DIMS {
-            return Err(GgufError::TooManyDims {
-                tensor: tensor(),
-                n_dims,
-            });
-        }
-        let mut ne = Vec::with_capacity(n_dims as usize);
-        let mut numel: i64 = 1;
-        for dim in 0..n_dims {
-            let value = cur.i64()?;
-            let d = u64::try_from(value).map_err(|_| GgufError::NegativeDim {
-                tensor: tensor(),
-                dim,
-                value,
-            })?;
-            numel = numel
-                .checked_mul(value)
-                .ok_or_else(|| GgufError::DimOverflow { tensor: tensor() })?;
-            ne.push(d);
-        }
-        let type_id = cur.u32()?;
-        let dtype = DType::from_ggml(type_id).ok_or_else(|| GgufError::UnknownType {
-            tensor: tensor(),
-            type_id,
-        })?;
-        let ne0 = ne.first().copied().unwrap_or(1);
-        let block = dtype.block_size();
-        if ne0.checked_rem(block) != Some(0) {
-            return Err(GgufError::PartialBlock {
-                tensor: tensor(),
-                ne0,
-                block,
-            });
-        }
-        let nbytes = u64::try_from(numel)
-            .ok()
-            .and_then(|n| dtype.bytes_for(n).ok())
-            .filter(|&b| usize::try_from(b).is_ok())
-            .ok_or_else(|| GgufError::DimOverflow { tensor: tensor() })?;
-        let offset = cur.u64()?;
-        infos.push(GgufTensorInfo {
-            name: tensor(),
-            ne,
-            dtype,
-            offset,
-            absolute_offset: 0,
-            nbytes,
-        });
+        infos.push(tensor_info(cur, name_offset)?);
         string_offsets.push(name_offset);
     }
     if let Some((_, name)) = first_duplicate(bytes, &mut string_offsets) {
@@ -1108,11 +1077,86 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
             name: name.to_owned(),
         });
     }
-    drop(string_offsets);
+    Ok(infos)
+}
 
-    // Data blob: aligned when there are tensors (ggml seeks to the padded position only then).
-    let infos_end = cur.offset();
-    let file_len = bytes.len() as u64;
+/// One tensor info at `name_offset` (see [`tensor_infos`]).
+fn tensor_info(
+    cur: &mut Cursor<'_>,
+    name_offset: u64,
+) -> std::result::Result<GgufTensorInfo, GgufError> {
+    let name = cur.str()?;
+    if name.len() > MAX_NAME_LEN {
+        return Err(GgufError::NameTooLong {
+            tensor: name.to_owned(),
+        });
+    }
+    if name.contains('\0') {
+        return Err(GgufError::EmbeddedNul {
+            offset: name_offset,
+        });
+    }
+    let tensor = || name.to_owned();
+    let n_dims = cur.u32()?;
+    if n_dims > MAX_DIMS {
+        return Err(GgufError::TooManyDims {
+            tensor: tensor(),
+            n_dims,
+        });
+    }
+    let mut ne = Vec::with_capacity(n_dims as usize);
+    let mut numel: i64 = 1;
+    for dim in 0..n_dims {
+        let value = cur.i64()?;
+        let d = u64::try_from(value).map_err(|_| GgufError::NegativeDim {
+            tensor: tensor(),
+            dim,
+            value,
+        })?;
+        numel = numel
+            .checked_mul(value)
+            .ok_or_else(|| GgufError::DimOverflow { tensor: tensor() })?;
+        ne.push(d);
+    }
+    let type_id = cur.u32()?;
+    let dtype = DType::from_ggml(type_id).ok_or_else(|| GgufError::UnknownType {
+        tensor: tensor(),
+        type_id,
+    })?;
+    let ne0 = ne.first().copied().unwrap_or(1);
+    let block = dtype.block_size();
+    if ne0.checked_rem(block) != Some(0) {
+        return Err(GgufError::PartialBlock {
+            tensor: tensor(),
+            ne0,
+            block,
+        });
+    }
+    let nbytes = u64::try_from(numel)
+        .ok()
+        .and_then(|n| dtype.bytes_for(n).ok())
+        .filter(|&b| usize::try_from(b).is_ok())
+        .ok_or_else(|| GgufError::DimOverflow { tensor: tensor() })?;
+    let offset = cur.u64()?;
+    Ok(GgufTensorInfo {
+        name: tensor(),
+        ne,
+        dtype,
+        offset,
+        absolute_offset: 0,
+        nbytes,
+    })
+}
+
+/// The data blob after the infos (ending at `infos_end`): aligned when there are tensors (ggml
+/// seeks to the padded position only then), each tensor at the next aligned offset after the
+/// previous one and inside the file. Fills `absolute_offset`; returns the blob's offset.
+fn place_data(
+    infos_end: u64,
+    file_len: u64,
+    align: u64,
+    infos: &mut [GgufTensorInfo],
+) -> std::result::Result<u64, GgufError> {
     let data_offset = if infos.is_empty() {
         infos_end
     } else {
@@ -1128,7 +1172,7 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
         }
     };
     let mut expected: u64 = 0;
-    for t in &mut infos {
+    for t in infos.iter_mut() {
         if t.offset.checked_rem(align) != Some(0) {
             return Err(GgufError::BadOffset {
                 tensor: t.name.clone(),
@@ -1162,13 +1206,7 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<(GgufMetadata, Vec<GgufTensorI
             })?;
     }
 
-    let meta = GgufMetadata {
-        version,
-        entries,
-        alignment: align,
-        data_offset,
-    };
-    Ok((meta, infos))
+    Ok(data_offset)
 }
 
 /// Summarize the tokenizer stored in GGUF metadata.

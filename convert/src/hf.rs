@@ -1152,11 +1152,15 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         raw.extend(tensors);
         files.push(f);
     }
-    if config.family.spec().moe.map(|m| m.hf_names) == Some(crate::names::HfMoeNames::Llama4) {
+    let mut vision = 0;
+    if config.family == crate::Family::Llama4 {
+        (raw, vision) = text_model_tensors(raw);
+    }
+    if config.moe.is_some() {
         raw = split_fused_experts(&dir, &config, raw)?;
     }
     let tokenizer = tokenizer_info(&dir);
-    Checkpoint::assemble(
+    let mut ckpt = Checkpoint::assemble(
         Format::Hf,
         path.to_path_buf(),
         config,
@@ -1164,16 +1168,63 @@ pub fn read(path: &Path) -> Result<Checkpoint> {
         files,
         raw,
         None,
-    )
+    )?;
+    if vision > 0 {
+        ckpt.notes.push(format!(
+            "skipped {vision} vision tensors ({}*, {}*): only the text model of a \
+             Llama4ForConditionalGeneration checkpoint is read",
+            VISION_PREFIXES[0], VISION_PREFIXES[1]
+        ));
+    }
+    Ok(ckpt)
 }
 
-/// Llama 4's fused expert tensors (transformers 4.57 `Llama4TextExperts`:
-/// `model.layers.N.feed_forward.experts.gate_up_proj` `[E, hidden, 2·ffn]`, gate the first
-/// `ffn` columns, and `experts.down_proj` `[E, ffn, hidden]`, both multiplied as `x @ W`) as
-/// one strided `[out, in]` view per expert and projection, `feed_forward.experts.E.gate_proj`
-/// etc.: the transpose of a slice, read in place, so that every consumer handles one expert's
-/// projection at a time (as `convert_hf_to_gguf.py` `Llama4Model.modify_tensors` splits and
-/// transposes them). Every other tensor passes through.
+/// The prefix of the text model's tensors in a `Llama4ForConditionalGeneration` checkpoint
+/// (transformers `Llama4ForConditionalGeneration.language_model`, a `Llama4ForCausalLM`:
+/// `language_model.model.*`, `language_model.lm_head.weight`).
+const TEXT_MODEL_PREFIX: &str = "language_model.";
+
+/// The vision encoder's and projector's tensors of that checkpoint
+/// (`Llama4ForConditionalGeneration.vision_model`, `.multi_modal_projector`).
+const VISION_PREFIXES: [&str; 2] = ["vision_model.", "multi_modal_projector."];
+
+/// A Llama 4 checkpoint's tensors as the text model's: `language_model.` stripped (as
+/// `convert_hf_to_gguf.py` conversion/base.py `ModelBase.filter_tensors` does) and the vision
+/// tensors dropped (llama.cpp writes those to a separate mmproj file,
+/// conversion/llama4.py `Llama4VisionModel`), with how many were dropped. A
+/// `Llama4ForCausalLM` checkpoint has neither and passes through.
+fn text_model_tensors(raw: Vec<RawTensor>) -> (Vec<RawTensor>, usize) {
+    let before = raw.len();
+    let out: Vec<RawTensor> = raw
+        .into_iter()
+        .filter(|t| !VISION_PREFIXES.iter().any(|p| t.name.starts_with(p)))
+        .map(|mut t| {
+            if let Some(rest) = t.name.strip_prefix(TEXT_MODEL_PREFIX) {
+                t.name = rest.to_owned();
+            }
+            t
+        })
+        .collect();
+    let dropped = before - out.len();
+    (out, dropped)
+}
+
+/// Fused expert tensors as one `[out, in]` view per expert and projection, named
+/// `<block>.experts.E.{gate,up,down}_proj`, read in place, so that every consumer handles one
+/// expert's projection at a time, never the whole stack:
+///
+/// * Llama 4 (transformers 4.57 `Llama4TextExperts`): `feed_forward.experts.gate_up_proj`
+///   `[E, hidden, 2·ffn]`, gate the first `ffn` columns, and `feed_forward.experts.down_proj`
+///   `[E, ffn, hidden]`, both multiplied as `x @ W`: each view is the transpose of a slice,
+///   strided (as `convert_hf_to_gguf.py` `Llama4Model.modify_tensors` splits and transposes
+///   them);
+/// * transformers 5 Mixtral and Qwen3-MoE (`MixtralExperts`, `Qwen3MoeExperts`, the layout of
+///   a checkpoint saved from their state dict): `mlp.experts.gate_up_proj` `[E, 2·ffn,
+///   hidden]`, gate the first `ffn` rows (`linear(x, gate_up_proj[e]).chunk(2, dim=-1)`), and
+///   `mlp.experts.down_proj` `[E, hidden, ffn]`, both `linear` layout: each view is a
+///   contiguous slice.
+///
+/// Every other tensor passes through.
 fn split_fused_experts(
     dir: &Path,
     config: &ModelConfig,
@@ -1186,15 +1237,18 @@ fn split_fused_experts(
         config.moe.as_ref().map_or(0, |m| m.expert_ffn),
         config.moe.as_ref().map_or(0, |m| m.num_experts),
     );
+    // x @ W (Llama 4) or linear's W·x (transformers 5's Mixtral / Qwen3-MoE experts)
+    let llama4 = config.family.spec().moe.map(|m| m.hf_names) == Some(HfMoeNames::Llama4);
+    let block = if llama4 { "feed_forward" } else { "mlp" };
     for t in raw {
         let fused = t
             .name
             .strip_prefix(NameScheme::Hf.layer_prefix_str())
             .and_then(|r| r.split_once('.'))
             .and_then(|(i, m)| {
-                let gate_up = match m {
-                    "feed_forward.experts.gate_up_proj" => true,
-                    "feed_forward.experts.down_proj" => false,
+                let gate_up = match m.strip_prefix(block)?.strip_prefix(".experts.")? {
+                    "gate_up_proj" => true,
+                    "down_proj" => false,
                     _ => return None,
                 };
                 i.parse::<u32>().ok().map(|i| (i, gate_up))
@@ -1207,10 +1261,11 @@ fn split_fused_experts(
             path: dir.into(),
             reason: format!("tensor {}: {reason}", t.name),
         };
-        let want = if gate_up {
-            vec![n, hid, 2 * ffn]
-        } else {
-            vec![n, ffn, hid]
+        let want = match (gate_up, llama4) {
+            (true, true) => vec![n, hid, 2 * ffn],
+            (false, true) => vec![n, ffn, hid],
+            (true, false) => vec![n, 2 * ffn, hid],
+            (false, false) => vec![n, hid, ffn],
         };
         if t.shape != want {
             return Err(bad(format!(
@@ -1229,29 +1284,42 @@ fn split_fused_experts(
         };
         let es = t.dtype.block_bytes();
         let per_expert = want[1] * want[2];
-        // (projection, first element, shape, strides, storage elements) of each view
+        // (projection, first element, shape, strides, storage elements) of each view;
+        // strides `None`: a contiguous slice
         #[allow(clippy::type_complexity)]
-        let views: Vec<(FfnProj, u64, Vec<u64>, Vec<u64>, u64)> = if gate_up {
+        let views: Vec<(FfnProj, u64, Vec<u64>, Option<Vec<u64>>, u64)> = match (gate_up, llama4) {
             // gate[i, h] = W[e, h, i], up[i, h] = W[e, h, ffn + i]
-            vec![
+            (true, true) => vec![
                 (
                     FfnProj::Gate,
                     0,
                     vec![ffn, hid],
-                    vec![1, 2 * ffn],
+                    Some(vec![1, 2 * ffn]),
                     per_expert,
                 ),
                 (
                     FfnProj::Up,
                     ffn,
                     vec![ffn, hid],
-                    vec![1, 2 * ffn],
+                    Some(vec![1, 2 * ffn]),
                     per_expert - ffn,
                 ),
-            ]
-        } else {
+            ],
             // down[h, i] = W[e, i, h]
-            vec![(FfnProj::Down, 0, vec![hid, ffn], vec![1, hid], per_expert)]
+            (false, true) => vec![(
+                FfnProj::Down,
+                0,
+                vec![hid, ffn],
+                Some(vec![1, hid]),
+                per_expert,
+            )],
+            // gate = W[e, :ffn, :], up = W[e, ffn:, :]
+            (true, false) => vec![
+                (FfnProj::Gate, 0, vec![ffn, hid], None, ffn * hid),
+                (FfnProj::Up, ffn * hid, vec![ffn, hid], None, ffn * hid),
+            ],
+            // down = W[e]
+            (false, false) => vec![(FfnProj::Down, 0, vec![hid, ffn], None, per_expert)],
         };
         for e in 0..n {
             for (proj, skip, shape, strides, len) in &views {
@@ -1259,20 +1327,29 @@ fn split_fused_experts(
                     expert: e as u32,
                     proj: *proj,
                 };
-                let name = HfMoeNames::Llama4
+                let spelling = if llama4 {
+                    HfMoeNames::Llama4
+                } else {
+                    HfMoeNames::Qwen
+                };
+                let name = spelling
                     .name(TensorKey::weight(TensorId::Layer { index, kind }))
                     .unwrap_or_default();
+                let storage = Span {
+                    file: span.file,
+                    offset: span.offset + (e * per_expert + skip) * es,
+                    len: len * es,
+                };
                 out.push(RawTensor {
                     name,
                     dtype: t.dtype,
                     shape: shape.clone(),
-                    layout: TensorLayout::Strided {
-                        storage: Span {
-                            file: span.file,
-                            offset: span.offset + (e * per_expert + skip) * es,
-                            len: len * es,
+                    layout: match strides {
+                        Some(strides) => TensorLayout::Strided {
+                            storage,
+                            strides: strides.clone(),
                         },
-                        strides: strides.clone(),
+                        None => TensorLayout::Contiguous(storage),
                     },
                     file: t.file,
                 });

@@ -182,6 +182,92 @@ struct Replicated {
     copies: Vec<(Vec<u64>, TensorLayout)>,
 }
 
+/// Names a shard (its file name) and builds the errors of [`merge`].
+struct ShardNames<'a> {
+    dir: &'a Path,
+    paths: &'a [PathBuf],
+}
+
+impl ShardNames<'_> {
+    fn name(&self, r: usize) -> String {
+        self.paths.get(r).and_then(|p| p.file_name()).map_or_else(
+            || format!("shard {r}"),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    }
+
+    fn mismatch(&self, tensor: &str, reason: String) -> Error {
+        Error::ShardMismatch {
+            path: self.dir.into(),
+            tensor: tensor.into(),
+            reason,
+        }
+    }
+}
+
+/// A tensor split on `dim` across the shards: shard 0's `t0` and the others' `parts`, merged
+/// lazily as one [`TensorLayout::Concat`] (every other dimension must agree).
+fn concat_shards(
+    names: &ShardNames<'_>,
+    t0: RawTensor,
+    parts: Vec<RawTensor>,
+    dim: usize,
+) -> Result<RawTensor> {
+    let mp = parts.len() + 1;
+    let shard_name = |r: usize| names.name(r);
+    let mismatch = |tensor: &str, reason: String| names.mismatch(tensor, reason);
+    let mut shape = t0.shape.clone();
+    if dim >= shape.len() {
+        return Err(mismatch(
+            &t0.name,
+            format!(
+                "shape {shape:?} in {} has no dimension {dim} to merge on",
+                shard_name(0)
+            ),
+        ));
+    }
+    for (r, t) in parts.iter().enumerate() {
+        let fits = t.shape.len() == t0.shape.len()
+            && t.shape
+                .iter()
+                .zip(&t0.shape)
+                .enumerate()
+                .all(|(i, (a, b))| i == dim || a == b);
+        if !fits {
+            return Err(mismatch(
+                &t0.name,
+                format!(
+                    "shape {:?} in {} does not fit {:?} in {} split on dim {dim}",
+                    t.shape,
+                    shard_name(r + 1),
+                    t0.shape,
+                    shard_name(0)
+                ),
+            ));
+        }
+        shape[dim] = shape[dim]
+            .checked_add(t.shape[dim])
+            .ok_or_else(|| mismatch(&t0.name, "merged size overflows".into()))?;
+    }
+    let RawTensor {
+        name,
+        dtype,
+        shape: shape0,
+        layout: layout0,
+        file,
+    } = t0;
+    let mut all = Vec::with_capacity(mp);
+    all.push((shape0, layout0));
+    all.extend(parts.into_iter().map(|t| (t.shape, t.layout)));
+    Ok(RawTensor {
+        name,
+        dtype,
+        shape,
+        layout: TensorLayout::Concat { dim, parts: all },
+        file,
+    })
+}
+
 /// Merge model-parallel shards tensor by tensor (lazily, as [`TensorLayout::Concat`]).
 fn merge(
     dir: &Path,
@@ -190,17 +276,9 @@ fn merge(
     params_dim: u64,
 ) -> Result<(Vec<RawTensor>, Vec<Replicated>)> {
     let mp = shards.len();
-    let shard_name = |r: usize| {
-        paths.get(r).and_then(|p| p.file_name()).map_or_else(
-            || format!("shard {r}"),
-            |n| n.to_string_lossy().into_owned(),
-        )
-    };
-    let mismatch = |tensor: &str, reason: String| Error::ShardMismatch {
-        path: dir.into(),
-        tensor: tensor.into(),
-        reason,
-    };
+    let names = ShardNames { dir, paths };
+    let shard_name = |r: usize| names.name(r);
+    let mismatch = |tensor: &str, reason: String| names.mismatch(tensor, reason);
 
     let mut shards = shards.into_iter();
     let first = shards.next().unwrap_or_default();
@@ -273,58 +351,7 @@ fn merge(
                 });
                 merged.push(t0);
             }
-            Some((Split::Dim(dim), _)) => {
-                let mut shape = t0.shape.clone();
-                if dim >= shape.len() {
-                    return Err(mismatch(
-                        &t0.name,
-                        format!(
-                            "shape {shape:?} in {} has no dimension {dim} to merge on",
-                            shard_name(0)
-                        ),
-                    ));
-                }
-                for (r, t) in parts.iter().enumerate() {
-                    let fits = t.shape.len() == t0.shape.len()
-                        && t.shape
-                            .iter()
-                            .zip(&t0.shape)
-                            .enumerate()
-                            .all(|(i, (a, b))| i == dim || a == b);
-                    if !fits {
-                        return Err(mismatch(
-                            &t0.name,
-                            format!(
-                                "shape {:?} in {} does not fit {:?} in {} split on dim {dim}",
-                                t.shape,
-                                shard_name(r + 1),
-                                t0.shape,
-                                shard_name(0)
-                            ),
-                        ));
-                    }
-                    shape[dim] = shape[dim]
-                        .checked_add(t.shape[dim])
-                        .ok_or_else(|| mismatch(&t0.name, "merged size overflows".into()))?;
-                }
-                let RawTensor {
-                    name,
-                    dtype,
-                    shape: shape0,
-                    layout: layout0,
-                    file,
-                } = t0;
-                let mut all = Vec::with_capacity(mp);
-                all.push((shape0, layout0));
-                all.extend(parts.into_iter().map(|t| (t.shape, t.layout)));
-                merged.push(RawTensor {
-                    name,
-                    dtype,
-                    shape,
-                    layout: TensorLayout::Concat { dim, parts: all },
-                    file,
-                });
-            }
+            Some((Split::Dim(dim), _)) => merged.push(concat_shards(&names, t0, parts, dim)?),
         }
     }
     for (r, map) in others.iter().enumerate() {

@@ -661,6 +661,59 @@ fn encode_tensor(
     Ok(())
 }
 
+/// The GGUF tensors a mix chooses types for, in file order (`rope_freqs` first when written),
+/// with their shapes, and for each entry of `entries` the index of its GGUF tensor: the experts
+/// of a block's projection are one 3-D stack (one type for the stack, as llama-quantize
+/// chooses it), written expert by expert.
+fn mix_tensors(
+    ckpt: &Checkpoint,
+    entries: &[&TensorEntry],
+    rope_factors: Option<&[f32]>,
+) -> (Vec<MixTensor>, Vec<Vec<u64>>, Vec<usize>) {
+    let name_of = |t: &TensorEntry| {
+        NameScheme::Gguf
+            .name(TensorKey::weight(t.key.id))
+            .unwrap_or_else(|| t.name.clone())
+    };
+    let mut mix_tensors = Vec::new();
+    let mut shapes = Vec::new();
+    if let Some(f) = rope_factors {
+        shapes.push(vec![f.len() as u64]);
+        mix_tensors.push(MixTensor {
+            name: "rope_freqs.weight".into(),
+            ne0: f.len() as u64,
+            n_dims: 1,
+            current: DType::F32,
+        });
+    }
+    let mut mix_of: Vec<usize> = Vec::with_capacity(entries.len());
+    for t in entries {
+        let (stack, expert) = match gguf_tensor_name(t.key) {
+            Some((n, Some(e))) => (Some(n), e),
+            _ => (None, 0),
+        };
+        if expert > 0 {
+            mix_of.push(mix_tensors.len() - 1);
+            continue;
+        }
+        let shape = ckpt.config.expected_shape(t.key.id);
+        let current = if shape.len() == 1 || !matches!(t.dtype, DType::F16 | DType::BF16) {
+            DType::F32
+        } else {
+            t.dtype
+        };
+        mix_of.push(mix_tensors.len());
+        mix_tensors.push(MixTensor {
+            n_dims: shape.len() + usize::from(stack.is_some()),
+            name: stack.unwrap_or_else(|| name_of(t)),
+            ne0: shape.last().copied().unwrap_or(1),
+            current,
+        });
+        shapes.push(shape);
+    }
+    (mix_tensors, shapes, mix_of)
+}
+
 /// Quantize any checkpoint to a GGUF file with llama.cpp's `mix`.
 pub fn quantize_to_gguf(
     ckpt: &Checkpoint,
@@ -690,49 +743,7 @@ pub fn quantize_to_gguf(
     notes.extend(qforge_convert::export_gguf::llama4_lost(&ckpt.config));
     qforge_convert::export_gguf::check_moe_gguf(&ckpt.config, &ckpt.path)?;
     entries.sort_by_key(|t| gguf_order(&t.key));
-    let name_of = |t: &TensorEntry| {
-        NameScheme::Gguf
-            .name(TensorKey::weight(t.key.id))
-            .unwrap_or_else(|| t.name.clone())
-    };
-    let mut mix_tensors = Vec::new();
-    let mut shapes = Vec::new();
-    if let Some(f) = &rope_factors {
-        shapes.push(vec![f.len() as u64]);
-        mix_tensors.push(MixTensor {
-            name: "rope_freqs.weight".into(),
-            ne0: f.len() as u64,
-            n_dims: 1,
-            current: DType::F32,
-        });
-    }
-    // entry → its GGUF tensor's index in mix_tensors (after rope_freqs): the experts of a block's projection are one 3-D
-    // stack (one type for the stack, as llama-quantize chooses it), written expert by expert
-    let mut mix_of: Vec<usize> = Vec::with_capacity(entries.len());
-    for t in &entries {
-        let (stack, expert) = match gguf_tensor_name(t.key) {
-            Some((n, Some(e))) => (Some(n), e),
-            _ => (None, 0),
-        };
-        if expert > 0 {
-            mix_of.push(mix_tensors.len() - 1);
-            continue;
-        }
-        let shape = ckpt.config.expected_shape(t.key.id);
-        let current = if shape.len() == 1 || !matches!(t.dtype, DType::F16 | DType::BF16) {
-            DType::F32
-        } else {
-            t.dtype
-        };
-        mix_of.push(mix_tensors.len());
-        mix_tensors.push(MixTensor {
-            n_dims: shape.len() + usize::from(stack.is_some()),
-            name: stack.unwrap_or_else(|| name_of(t)),
-            ne0: shape.last().copied().unwrap_or(1),
-            current,
-        });
-        shapes.push(shape);
-    }
+    let (mix_tensors, shapes, mix_of) = mix_tensors(ckpt, &entries, rope_factors.as_deref());
     let model = MixModel {
         n_layers: ckpt.config.num_layers,
         n_head: ckpt.config.num_heads,

@@ -18,8 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use qforge_codecs::fp8::Fp8Options;
-use qforge_codecs::int4::{self, Int4Arith, Int4Config, Int4Scheme, Int4Tensor};
+use qforge_codecs::int4::{Int4Arith, Int4Tensor};
 use qforge_codecs::DType;
 use serde_json::{json, Value};
 
@@ -38,12 +37,13 @@ use qforge_convert::write::{OutputDir, OutputOptions};
 use qforge_convert::ModelConfig;
 use qforge_convert::{Error, Result};
 
-mod fp4;
-mod fp8;
+pub mod fp4;
+pub mod fp8;
 pub mod fp8_block;
-mod int;
+pub mod int;
+mod kind;
 pub mod mlx;
-mod nvfp4;
+pub mod nvfp4;
 
 /// The compressed-tensors version whose `quantization_config` qforge writes (and validates
 /// against in the interop tests).
@@ -52,49 +52,22 @@ pub const COMPRESSED_TENSORS_VERSION: &str = "0.20.0";
 /// FBGEMM's activation scale upper bound in Meta's Llama 3.1 405B FP8 release.
 pub const META_ACTIVATION_SCALE_UB: f32 = 1200.0;
 
-/// What the weights become.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HfScheme {
-    /// FP8 E4M3 weights with one scale per output row; activations quantized per token at run
-    /// time (compressed-tensors FP8_DYNAMIC, or `fbgemm_fp8`). Rounding: in compressed-tensors,
-    /// llm-compressor's (`W / scale` rounded to the model dtype, BF16 for a BF16 model, before
-    /// the clamp and FP8 cast; `qforge_codecs::fp8_ct`); in `fbgemm_fp8`, FBGEMM's
-    /// `quantize_fp8_per_row` (an `f32` division, `-0` kept as `0x80`; `qforge_codecs::fp8`).
-    Fp8Rowwise,
-    /// FP8 E4M3 weights with one scale per tensor and a static per-tensor activation scale from
-    /// calibration (compressed-tensors FP8). Rounding: llm-compressor's, as
-    /// [`HfScheme::Fp8Rowwise`] in compressed-tensors.
-    Fp8Static,
-    /// INT4 (or INT8) weights, 16-bit activations (compressed-tensors W4A16 / W8A16
-    /// `pack-quantized`).
-    Int4 {
-        /// code width: 4 or 8
-        bits: u8,
-        /// columns per scale; `None` = one scale per row (`strategy: "channel"`)
-        group_size: Option<usize>,
-        /// symmetric (`s = amax/7.5`, `amax/127.5` for 8 bits) or asymmetric with zero points
-        symmetric: bool,
-    },
-    /// FP8 E4M3 weights with one scale per 128×128 block, activations FP8 dynamic per token
-    /// group of 128 (compressed-tensors `strategy: block`, llm-compressor `FP8_BLOCK`).
-    /// Rounding: llm-compressor's (`W / scale` in the model dtype, then the FP8 cast;
-    /// `qforge_codecs::fp8_ct`).
-    Fp8Block,
-    /// FP4 E2M1 weights with an FP8 E4M3 scale per 16 and a per-tensor F32 global scale,
-    /// 16-bit activations (compressed-tensors `nvfp4-pack-quantized`, llm-compressor
-    /// `NVFP4A16`; arithmetic in `qforge_codecs::fp4`).
-    Nvfp4A16,
-    /// NVFP4 weights as [`HfScheme::Nvfp4A16`] plus FP4 activations with a calibrated per-tensor
-    /// `input_global_scale` (llm-compressor `NVFP4`, W4A4; [`nvfp4`]).
-    Nvfp4,
-    /// FP4 E2M1 weights with an E8M0 scale per 32 (compressed-tensors `mxfp4-pack-quantized`):
-    /// llm-compressor `MXFP4` (activations dynamic MXFP4 at run time) or, with
-    /// `a16`, `MXFP4A16`.
-    Mxfp4 {
-        /// 16-bit activations (no `input_activations` in the config)
-        a16: bool,
-    },
-}
+pub use kind::{ActEmulation, Cx, HfScheme, LayoutScheme, ModuleCheck, Params, QuantRate};
+
+/// Every HF layout qforge writes and reads, in detection order (a checkpoint's module is the
+/// first layout whose [`LayoutScheme::detect`] claims it). Adding a layout is a module and a
+/// line here.
+pub static LAYOUTS: &[&dyn LayoutScheme] = &[
+    &fp8::FP8_ROWWISE,
+    &fp8::FP8_STATIC,
+    &fp8_block::FP8_BLOCK,
+    &nvfp4::NVFP4,
+    &nvfp4::NVFP4A16,
+    &fp4::MXFP4,
+    &fp4::MXFP4A16,
+    &int::INT,
+    &mlx::MLX,
+];
 
 /// The on-disk layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +91,12 @@ pub enum Policy {
     /// Meta's Llama 3.1 405B FP8 recipe: only the FFN (gate, up, down) of blocks 1..n−2;
     /// attention, the first and last blocks and the LM head stay BF16.
     Meta405b,
+    /// Meta's Llama 4 FP8 recipe (llama-models `models/llama4/quantization/loader.py`
+    /// `convert_to_quantized_model`, `QuantizationMode.fp8_mixed`): only the routed experts'
+    /// projections (`w1`, `w3`, `w2`) of the MoE blocks other than the first and last;
+    /// attention, the shared expert, the router, dense FFN blocks, embeddings and the LM head
+    /// stay BF16.
+    MetaLlama4,
 }
 
 impl Policy {
@@ -133,6 +112,11 @@ impl Policy {
                     kind,
                     LayerTensor::Gate | LayerTensor::Up | LayerTensor::Down
                 ) && index >= 1
+                    && u64::from(index) + 1 < num_layers
+            }
+            Policy::MetaLlama4 => {
+                matches!(kind, LayerTensor::Expert { .. })
+                    && index >= 1
                     && u64::from(index) + 1 < num_layers
             }
         }
@@ -192,10 +176,11 @@ pub struct HfQuantOptions {
     pub dtype: DType,
     /// `fbgemm_fp8` `activation_scale_ub`.
     pub activation_scale_ub: f32,
-    /// Static activation scales (`input_scale`) per HF module name, for [`HfScheme::Fp8Static`].
+    /// Static activation scales (`input_scale`) per HF module name, for `fp8-static` ([`fp8::FP8_STATIC`]).
     pub input_scales: Option<BTreeMap<String, f32>>,
     /// Calibrated activation absolute maxima per HF module (`qforge calibrate --method
-    /// fp8-static`'s `input_amax`), for [`HfScheme::Nvfp4`]'s `input_global_scale`.
+    /// fp8-static`'s `input_amax`), for layouts with calibrated
+    /// activation global scales (NVFP4 W4A4's `input_global_scale`).
     pub input_amax: Option<BTreeMap<String, f32>>,
     /// Largest shard, bytes of tensor data.
     pub shard_size: u64,
@@ -235,31 +220,20 @@ pub fn hf_module(id: TensorId) -> String {
     name.strip_suffix(".weight").unwrap_or(&name).to_owned()
 }
 
-/// What happens to one module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Treatment {
-    Keep,
-    Quantize,
-}
-
-/// Per-module decision: quantized by the scheme, or left in the model dtype.
+/// Per-module decision: quantized by `scheme` (the policy's linears and what the layout adds,
+/// less `--ignore` and what the layout or the bad-weight scan leaves), else kept in the model
+/// dtype.
 fn treatment(
     id: TensorId,
+    scheme: HfScheme,
     opts: &HfQuantOptions,
-    num_layers: u64,
+    ckpt: &Checkpoint,
     skipped: &BTreeSet<TensorId>,
-) -> Treatment {
-    let mlx_extra = opts.layout == HfLayout::Mlx
-        && opts.policy == Policy::AllLinear
-        && matches!(id, TensorId::TokenEmbedding | TensorId::Output);
-    if (opts.policy.selects(id, num_layers) || mlx_extra)
+) -> bool {
+    let extra = opts.policy == Policy::AllLinear && scheme.kind.also_quantizes(id);
+    (opts.policy.selects(id, ckpt.config.num_layers) || extra)
         && !opts.ignore.matches(&hf_module(id))
         && !skipped.contains(&id)
-    {
-        Treatment::Quantize
-    } else {
-        Treatment::Keep
-    }
 }
 
 /// The roles of a checkpoint, in HF file order, each once (quantized sources list several
@@ -281,6 +255,7 @@ fn roles(ckpt: &Checkpoint) -> Vec<TensorId> {
 /// to leave unquantized (`skip`) and notes each tensor found.
 fn scan_policy(
     ckpt: &Checkpoint,
+    scheme: HfScheme,
     opts: &HfQuantOptions,
     notes: &mut Vec<Note>,
 ) -> Result<BTreeSet<TensorId>> {
@@ -290,7 +265,7 @@ fn scan_policy(
     }
     let none = BTreeSet::new();
     for id in roles(ckpt) {
-        if treatment(id, opts, ckpt.config.num_layers, &none) != Treatment::Quantize {
+        if !treatment(id, scheme, opts, ckpt, &none) {
             continue;
         }
         if let Some(f) = opts.numerics.scan(ckpt, id)? {
@@ -320,6 +295,46 @@ fn checked_rows(
     Ok(v)
 }
 
+/// A module's quantization, computed once for its several output tensors (codes, scales, zero
+/// points) instead of once per tensor. The writer asks for a module's tensors one after the
+/// other (safetensors' sorted order keeps them adjacent), so the value is dropped as soon as the
+/// last of its `users` has taken it: memory stays one module's. A producer asked again later
+/// recomputes it.
+pub(crate) struct ModuleMemo<'a, T> {
+    make: Box<dyn Fn() -> Result<T> + 'a>,
+    users: usize,
+    /// the value and how many users have taken it
+    state: std::cell::RefCell<(Option<std::rc::Rc<T>>, usize)>,
+}
+
+impl<'a, T> ModuleMemo<'a, T> {
+    /// A memo of `make` shared by `users` producers.
+    pub(crate) fn new(users: usize, make: impl Fn() -> Result<T> + 'a) -> std::rc::Rc<Self> {
+        std::rc::Rc::new(Self {
+            make: Box::new(make),
+            users,
+            state: std::cell::RefCell::new((None, 0)),
+        })
+    }
+
+    /// The value: the cached one, or a fresh one kept for the users still to come.
+    pub(crate) fn get(&self) -> Result<std::rc::Rc<T>> {
+        let cached = self.state.borrow().0.clone();
+        let v = match cached {
+            Some(v) => v,
+            None => std::rc::Rc::new((self.make)()?),
+        };
+        let mut st = self.state.borrow_mut();
+        st.1 += 1;
+        if st.1 >= self.users {
+            *st = (None, 0);
+        } else {
+            st.0 = Some(v.clone());
+        }
+        Ok(v)
+    }
+}
+
 fn shape2(ckpt: &Checkpoint, id: TensorId) -> (usize, usize) {
     let s = ckpt.config.expected_shape(id);
     (s[0] as usize, s.get(1).copied().unwrap_or(1) as usize)
@@ -338,45 +353,12 @@ fn codec_err(ckpt: &Checkpoint, id: TensorId, source: qforge_codecs::Error) -> E
     }
 }
 
-/// The FP8 arithmetic of a layout: compressed-tensors' in the model dtype (llm-compressor's
-/// bytes), FBGEMM's for `fbgemm_fp8` ([`fp8::Fp8Rule`]).
-fn fp8_rule(opts: &HfQuantOptions) -> fp8::Fp8Rule {
-    match opts.layout {
-        HfLayout::Fbgemm => fp8::Fp8Rule::Fbgemm(Fp8Options {
-            upper_bound: None,
-            keep_negative_zero: true,
-        }),
-        HfLayout::CompressedTensors | HfLayout::Mlx => {
-            fp8::Fp8Rule::CompressedTensors(if opts.dtype == DType::BF16 {
-                Int4Arith::Bf16
-            } else {
-                Int4Arith::F32
-            })
-        }
-    }
-}
-
-fn int4_config(opts: &HfQuantOptions) -> Option<Int4Config> {
-    match opts.scheme {
-        HfScheme::Int4 {
-            bits,
-            group_size,
-            symmetric,
-        } => Some(Int4Config {
-            bits,
-            scheme: if symmetric {
-                Int4Scheme::Symmetric
-            } else {
-                Int4Scheme::Asymmetric
-            },
-            group_size,
-            arith: if opts.dtype == DType::BF16 {
-                Int4Arith::Bf16
-            } else {
-                Int4Arith::F32
-            },
-        }),
-        _ => None,
+/// The model dtype's arithmetic (compressed-tensors computes in it): BF16 or F32.
+fn model_arith(dtype: DType) -> Int4Arith {
+    if dtype == DType::BF16 {
+        Int4Arith::Bf16
+    } else {
+        Int4Arith::F32
     }
 }
 
@@ -395,191 +377,73 @@ pub struct QuantWritten {
     pub kept: Vec<String>,
 }
 
-/// Check the options against the checkpoint before any work: scheme/layout combinations, group
-/// sizes that must divide every quantized row, static scales for every quantized module.
-fn preflight(ckpt: &Checkpoint, opts: &HfQuantOptions, skipped: &BTreeSet<TensorId>) -> Result<()> {
-    let bad = |reason: String| Error::BadQuantization {
+/// Check the options against the checkpoint before any work: the model dtype, the layout's
+/// options, and every quantized module against the layout (group sizes that must divide its
+/// rows, calibration results it needs).
+fn preflight(
+    ckpt: &Checkpoint,
+    scheme: HfScheme,
+    opts: &HfQuantOptions,
+    skipped: &BTreeSet<TensorId>,
+) -> Result<()> {
+    let bad = |tensor: String, reason: String| Error::BadQuantization {
         path: ckpt.path.clone(),
-        tensor: String::new(),
+        tensor,
         reason,
     };
     if !matches!(opts.dtype, DType::BF16 | DType::F32) {
-        return Err(bad(format!(
-            "model dtype {} is not supported for quantized HF output (use bf16 or f32)",
-            opts.dtype
-        )));
-    }
-    if opts.layout == HfLayout::Fbgemm && opts.scheme != HfScheme::Fp8Rowwise {
         return Err(bad(
-            "the fbgemm_fp8 layout holds FP8 rowwise weights only (--scheme fp8-rowwise)".into(),
+            String::new(),
+            format!(
+                "model dtype {} is not supported for quantized HF output (use bf16 or f32)",
+                opts.dtype
+            ),
         ));
-    }
-    if let Some(reason) = mlx_params(opts).err() {
-        return Err(bad(reason));
     }
     if !(opts.activation_scale_ub.is_finite() && opts.activation_scale_ub > 0.0) {
-        return Err(bad("activation scale upper bound must be positive".into()));
-    }
-    if opts.weight_transform.is_some()
-        && (!matches!(opts.scheme, HfScheme::Int4 { .. }) || opts.precomputed_int4.is_some())
-    {
         return Err(bad(
-            "folded calibration scales (AWQ) need an int4 scheme quantized round-to-nearest".into(),
+            String::new(),
+            "activation scale upper bound must be positive".into(),
         ));
     }
-    let n = ckpt.config.num_layers;
+    scheme
+        .kind
+        .check_options(scheme, opts)
+        .map_err(|r| bad(String::new(), r))?;
     for id in roles(ckpt) {
-        if treatment(id, opts, n, skipped) != Treatment::Quantize {
-            continue;
-        }
-        let (_, k) = shape2(ckpt, id);
-        if matches!(
-            opts.scheme,
-            HfScheme::Nvfp4A16 | HfScheme::Nvfp4 | HfScheme::Mxfp4 { .. }
-        ) {
-            fp4::check_columns(opts.scheme, k).map_err(|reason| Error::BadQuantization {
-                path: ckpt.path.clone(),
-                tensor: hf_module(id),
-                reason,
-            })?;
-        }
-        if let Some(cfg) = int4_config(opts) {
-            if let Err(e) = int4::check_group(k, cfg.group_size) {
-                return Err(codec_err(ckpt, id, e));
-            }
-        }
-        if let Some(p) = &opts.precomputed_int4 {
-            let m = hf_module(id);
-            if !matches!(
-                opts.scheme,
-                HfScheme::Int4 {
-                    symmetric: true,
-                    ..
-                }
-            ) {
-                return Err(bad(
-                    "calibrated codes need a symmetric int4 or int8 scheme".into()
-                ));
-            }
-            if !p.has(&m) {
-                return Err(bad(format!(
-                    "the calibration results have no codes for {m} (calibrated with other \
-                     --ignore/--policy, or for another model?)"
-                )));
-            }
-        }
-        if opts.scheme == HfScheme::Nvfp4 {
-            nvfp4::check_amax(opts.input_amax.as_ref(), &hf_module(id)).map_err(bad)?;
-        }
-        if opts.scheme == HfScheme::Fp8Static {
-            let m = hf_module(id);
-            let s = opts.input_scales.as_ref().and_then(|s| s.get(&m));
-            match s {
-                Some(s) if s.is_finite() && *s > 0.0 => {}
-                Some(s) => return Err(bad(format!("input scale of {m} is {s}"))),
-                None => {
-                    return Err(bad(format!(
-                        "fp8-static needs calibrated activation scales: none for {m} \
-                         (run `qforge calibrate --method fp8-static` and pass --calib)"
-                    )))
-                }
-            }
+        if treatment(id, scheme, opts, ckpt, skipped) {
+            scheme.kind.check_module(scheme, opts, ckpt, id)?;
         }
     }
     Ok(())
 }
 
-/// The `(bits, group_size)` of an [`HfLayout::Mlx`] run (`Ok(None)` for other layouts), or why
-/// the options do not make one.
-fn mlx_params(opts: &HfQuantOptions) -> std::result::Result<Option<(u8, usize)>, String> {
-    if opts.layout != HfLayout::Mlx {
-        return Ok(None);
-    }
-    match opts.scheme {
-        HfScheme::Int4 {
-            bits: bits @ (4 | 8),
-            group_size: Some(g @ (32 | 64 | 128)),
-            ..
-        } if opts.precomputed_int4.is_none() && opts.weight_transform.is_none() => {
-            Ok(Some((bits, g)))
-        }
-        _ => Err(
-            "the mlx layout holds MLX affine weights: --scheme int4-g<N> or int8-g<N> \
-                  with N = 32, 64 or 128 (round to nearest, no calibration results)"
-                .into(),
-        ),
+/// An error of the whole run (no tensor named).
+fn run_error(ckpt: &Checkpoint, reason: String) -> Error {
+    Error::BadQuantization {
+        path: ckpt.path.clone(),
+        tensor: String::new(),
+        reason,
     }
 }
 
-/// `quantization_config` for config.json, exactly as compressed-tensors 0.20 / llm-compressor
-/// write it (keys sorted; `QuantizationArgs` fields that the library omits are omitted), or as
-/// transformers' `FbgemmFp8Config` writes it.
-pub fn quantization_config(opts: &HfQuantOptions, not_converted: &[String]) -> Value {
-    if opts.layout == HfLayout::Fbgemm {
-        return json!({
-            "activation_scale_ub": opts.activation_scale_ub,
-            "modules_to_not_convert": not_converted,
-            "quant_method": "fbgemm_fp8",
-        });
+/// The scheme a run writes: `--scheme`'s, or for `--layout mlx` MLX's affine codes of the same
+/// bits and group size.
+fn effective_scheme(opts: &HfQuantOptions) -> std::result::Result<HfScheme, String> {
+    match opts.layout {
+        HfLayout::Mlx => mlx::from_options(opts),
+        HfLayout::CompressedTensors | HfLayout::Fbgemm => Ok(opts.scheme),
     }
-    let (format, weights, input) = match opts.scheme {
-        HfScheme::Fp8Rowwise => (
-            "float-quantized",
-            json!({"dynamic": false, "group_size": null, "num_bits": 8, "strategy": "channel",
-                   "symmetric": true, "type": "float"}),
-            json!({"dynamic": true, "group_size": null, "num_bits": 8, "strategy": "token",
-                   "symmetric": true, "type": "float"}),
-        ),
-        HfScheme::Fp8Static => (
-            "float-quantized",
-            json!({"dynamic": false, "group_size": null, "num_bits": 8, "strategy": "tensor",
-                   "symmetric": true, "type": "float"}),
-            json!({"dynamic": false, "group_size": null, "num_bits": 8, "observer": "static_minmax",
-                   "strategy": "tensor", "symmetric": true, "type": "float"}),
-        ),
-        HfScheme::Int4 {
-            bits,
-            group_size,
-            symmetric,
-        } => (
-            "pack-quantized",
-            json!({"dynamic": false, "group_size": group_size, "num_bits": bits,
-                   "strategy": if group_size.is_some() { "group" } else { "channel" },
-                   "symmetric": symmetric, "type": "int"}),
-            Value::Null,
-        ),
-        // quantization/quant_scheme.py FP8_BLOCK as QuantizationArgs serializes it
-        HfScheme::Fp8Block => (
-            "float-quantized",
-            json!({"block_structure": [128, 128], "dynamic": false, "group_size": null,
-                   "num_bits": 8, "strategy": "block", "symmetric": true, "type": "float"}),
-            json!({"dynamic": true, "group_size": 128, "num_bits": 8, "strategy": "group",
-                   "symmetric": true, "type": "float"}),
-        ),
-        // quantization/quant_scheme.py NVFP4A16 / MXFP4 / MXFP4A16 as QuantizationArgs
-        // serializes them (zp_dtype is dropped for symmetric args, scale_dtype is kept)
-        HfScheme::Nvfp4A16 => (
-            "nvfp4-pack-quantized",
-            json!({"dynamic": false, "group_size": 16, "num_bits": 4,
-                   "scale_dtype": "torch.float8_e4m3fn", "strategy": "tensor_group",
-                   "symmetric": true, "type": "float"}),
-            Value::Null,
-        ),
-        HfScheme::Nvfp4 => nvfp4::config(),
-        HfScheme::Mxfp4 { a16 } => (
-            "mxfp4-pack-quantized",
-            json!({"dynamic": false, "group_size": 32, "num_bits": 4,
-                   "scale_dtype": "torch.uint8", "strategy": "group", "symmetric": true,
-                   "type": "float"}),
-            if a16 {
-                Value::Null
-            } else {
-                json!({"dynamic": true, "group_size": 32, "num_bits": 4,
-                       "scale_dtype": "torch.uint8", "strategy": "group", "symmetric": true,
-                       "type": "float"})
-            },
-        ),
-    };
+}
+
+/// The compressed-tensors `quantization_config` of one config group (`format`, the `weights`
+/// and `input_activations` arguments as `QuantizationArgs` serializes them), exactly as
+/// compressed-tensors 0.20 / llm-compressor write it (keys sorted by [`sort_keys`]).
+pub fn compressed_tensors_config(
+    opts: &HfQuantOptions,
+    not_converted: &[String],
+    (format, weights, input): (&str, Value, Value),
+) -> Value {
     let mut ignore: Vec<String> = opts.ignore.patterns().map(str::to_owned).collect();
     for m in not_converted {
         if !ignore.contains(m) {
@@ -684,20 +548,21 @@ fn kept_tensor<'a>(
 
 /// The checks and notes before any tensor is made: the magnitude limit, the RoPE scaling the
 /// output can hold (lossy notes gated), the bad-weight scan and the scheme preflight. Returns
-/// the output's model config, the notes and the roles left unquantized.
+/// the effective scheme, the output's model config, the notes and the roles left unquantized.
 fn prepare(
     ckpt: &Checkpoint,
     opts: &HfQuantOptions,
-) -> Result<(ModelConfig, Vec<Note>, BTreeSet<TensorId>)> {
+) -> Result<(HfScheme, ModelConfig, Vec<Note>, BTreeSet<TensorId>)> {
+    let bad = |reason: String| Error::BadQuantization {
+        path: ckpt.path.clone(),
+        tensor: String::new(),
+        reason,
+    };
     if !(opts.numerics.max_abs.is_finite() && opts.numerics.max_abs > 0.0) {
-        return Err(Error::BadQuantization {
-            path: ckpt.path.clone(),
-            tensor: String::new(),
-            reason: format!(
-                "the weight magnitude limit must be positive, not {}",
-                opts.numerics.max_abs
-            ),
-        });
+        return Err(bad(format!(
+            "the weight magnitude limit must be positive, not {}",
+            opts.numerics.max_abs
+        )));
     }
     let mut notes = qforge_convert::notes::from_reading(&ckpt.notes);
     let mut hf_cfg = ckpt.config.clone();
@@ -705,17 +570,15 @@ fn prepare(
     hf_cfg.rope_scaling = rope_scaling;
     notes.extend(rope_notes);
     qforge_convert::notes::gate(&notes, opts.output.allow_lossy)?;
-    let mut skipped = scan_policy(ckpt, opts, &mut notes)?;
-    if let Ok(Some((_, g))) = mlx_params(opts) {
-        // mlx-lm leaves modules whose rows do not split into whole groups unquantized
-        skipped.extend(
-            roles(ckpt)
-                .into_iter()
-                .filter(|&id| !mlx::quantizes(id, shape2_cols(ckpt, id), g)),
-        );
-    }
-    preflight(ckpt, opts, &skipped)?;
-    Ok((hf_cfg, notes, skipped))
+    let scheme = effective_scheme(opts).map_err(bad)?;
+    let mut skipped = scan_policy(ckpt, scheme, opts, &mut notes)?;
+    skipped.extend(
+        roles(ckpt)
+            .into_iter()
+            .filter(|&id| scheme.kind.leaves(scheme, id, shape2_cols(ckpt, id))),
+    );
+    preflight(ckpt, scheme, opts, &skipped)?;
+    Ok((scheme, hf_cfg, notes, skipped))
 }
 
 /// Quantize any checkpoint into a Hugging Face directory with a quantized layout.
@@ -724,28 +587,29 @@ pub fn quantize_to_hf(
     dest: &Path,
     opts: &HfQuantOptions,
 ) -> Result<QuantWritten> {
-    let (hf_cfg, notes, skipped) = prepare(ckpt, opts)?;
+    let (scheme, hf_cfg, notes, skipped) = prepare(ckpt, opts)?;
     let cfg = &ckpt.config;
     let rope = rope_direction(&ckpt.config, ckpt.format, Format::Hf);
     let model_dtype = opts.dtype;
-    let scale_dtype = match opts.layout {
-        HfLayout::CompressedTensors | HfLayout::Mlx => model_dtype,
-        HfLayout::Fbgemm => DType::F32,
+    let cx = Cx {
+        src: fp4::Source {
+            ckpt,
+            rope,
+            numerics: opts.numerics,
+            arith: model_arith(model_dtype),
+        },
+        opts,
+        scale_dtype: match opts.layout {
+            HfLayout::CompressedTensors | HfLayout::Mlx => model_dtype,
+            HfLayout::Fbgemm => DType::F32,
+        },
+        scheme,
+        skipped: &skipped,
     };
     let mut quantized = Vec::new();
     let mut kept = Vec::new();
     let mut tensors: Vec<OutTensor<'_>> = Vec::new();
     let transform = opts.weight_transform.as_deref();
-    let src = fp4::Source {
-        ckpt,
-        rope,
-        numerics: opts.numerics,
-        arith: if model_dtype == DType::BF16 {
-            Int4Arith::Bf16
-        } else {
-            Int4Arith::F32
-        },
-    };
     for id in roles(ckpt) {
         let module = hf_module(id);
         // a MoE router is an nn.Linear kept in high precision: listed with the kept linears
@@ -753,69 +617,15 @@ pub fn quantize_to_hf(
         let linear = matches!(id, TensorId::Layer { kind, .. }
             if kind.is_linear() || kind == LayerTensor::Router)
             || id == TensorId::Output;
-        if treatment(id, opts, cfg.num_layers, &skipped) == Treatment::Keep {
+        if !treatment(id, scheme, opts, ckpt, &skipped) {
             if linear {
                 kept.push(module.clone());
             }
             tensors.push(kept_tensor(ckpt, id, &module, model_dtype, rope, transform));
             continue;
         }
-        quantized.push(module.clone());
-        if let Ok(Some((bits, g))) = mlx_params(opts) {
-            tensors.extend(mlx::tensors(src, id, &module, bits, g, model_dtype));
-            continue;
-        }
-        match opts.scheme {
-            HfScheme::Fp8Rowwise | HfScheme::Fp8Static => {
-                let per_row = opts.scheme == HfScheme::Fp8Rowwise;
-                let input_scale = (!per_row).then(|| {
-                    opts.input_scales
-                        .as_ref()
-                        .and_then(|m| m.get(&module))
-                        .copied()
-                        .expect("checked by preflight")
-                });
-                tensors.extend(fp8::tensors(
-                    src,
-                    id,
-                    &module,
-                    per_row,
-                    fp8_rule(opts),
-                    input_scale,
-                    scale_dtype,
-                ));
-            }
-            HfScheme::Fp8Block => {
-                tensors.extend(fp8_block::tensors(src, id, &module, scale_dtype));
-            }
-            HfScheme::Nvfp4A16 | HfScheme::Nvfp4 | HfScheme::Mxfp4 { .. } => {
-                let group = fp4::fused_group(id)
-                    .into_iter()
-                    .filter(|m| {
-                        ckpt.part(*m, Part::Weight).is_some()
-                            && treatment(*m, opts, cfg.num_layers, &skipped) == Treatment::Quantize
-                    })
-                    .collect();
-                tensors.extend(fp4::tensors(src, id, &module, opts.scheme, group));
-                if opts.scheme == HfScheme::Nvfp4 {
-                    tensors.push(nvfp4::input_global_scale(&module, opts, src.arith));
-                }
-            }
-            HfScheme::Int4 { symmetric, .. } => {
-                let cfg4 = int4_config(opts).expect("int4 scheme");
-                let pre = opts.precomputed_int4.as_deref();
-                tensors.extend(int::tensors(
-                    src,
-                    id,
-                    &module,
-                    cfg4,
-                    symmetric,
-                    pre,
-                    transform,
-                    scale_dtype,
-                )?);
-            }
-        }
+        tensors.extend(scheme.kind.tensors(scheme, &cx, id, &module)?);
+        quantized.push(module);
     }
     // the family's own spelling of its MoE modules (Mixtral: block_sparse_moe.experts.E.w1)
     for t in &mut tensors {
@@ -827,7 +637,7 @@ pub fn quantize_to_hf(
     finish(
         ckpt,
         dest,
-        opts,
+        (scheme, opts),
         tensors,
         (hf_cfg, notes),
         (quantized, kept),
@@ -839,7 +649,7 @@ pub fn quantize_to_hf(
 fn finish(
     ckpt: &Checkpoint,
     dest: &Path,
-    opts: &HfQuantOptions,
+    (scheme, opts): (HfScheme, &HfQuantOptions),
     tensors: Vec<OutTensor<'_>>,
     (hf_cfg, notes): (ModelConfig, Vec<Note>),
     (quantized, kept): (Vec<String>, Vec<String>),
@@ -863,13 +673,9 @@ fn finish(
     let resumed = out.resumed.clone();
     write_safetensors_shards(&mut out, tensors, opts.shard_size)?;
     let mut config = hf_config_json(&hf_cfg, model_dtype);
-    if let Ok(Some((bits, g))) = mlx_params(opts) {
-        // mlx_lm/utils.py save_config: quantization_config is a copy of quantization
-        config["quantization"] = mlx::config(bits, g);
-        config["quantization_config"] = mlx::config(bits, g);
-    } else {
-        config["quantization_config"] = quantization_config(opts, &not_converted);
-    }
+    scheme
+        .kind
+        .write_config(scheme, opts, &not_converted, &mut config);
     let mut text = serde_json::to_vec_pretty(&sort_keys(config))
         .map_err(|e| Error::io(dest, std::io::Error::other(e)))?;
     text.push(b'\n');

@@ -1,20 +1,20 @@
 //! Schemes: one type that names every way qforge quantizes a model, and what each one
 //! accepts and costs.
 //!
-//! A [`Scheme`] is an HF layout scheme ([`HfScheme`]: compressed-tensors, fbgemm_fp8, MLX;
-//! producers in [`crate::layout`] and its per-family modules) or a llama.cpp mix ([`GgufMix`];
-//! producers in [`crate::gguf_mix`]). This module owns the names users type (qforge's own,
-//! llm-compressor's presets and llama.cpp's type names, with closest-name suggestions), which
-//! calibration results a scheme takes ([`Scheme::accepts`]) and the memory its writer keeps
-//! resident per tensor ([`Scheme::resident_bytes`], what `qforge plan` predicts). The CLI asks
-//! the scheme; it does not match on names.
+//! A [`Scheme`] is an HF layout scheme ([`HfScheme`]: a layout of [`LAYOUTS`], each a module of
+//! [`crate::layout`] that owns its names, presets, producers, config, reading back, calibration
+//! and memory) or a llama.cpp mix ([`GgufMix`]; producers in [`crate::gguf_mix`]). This module
+//! parses the names users type (asking each layout; llama.cpp's type names; closest-name
+//! suggestions) and forwards what a scheme accepts ([`Scheme::accepts`]) and keeps resident
+//! ([`Scheme::resident_bytes`], what `qforge plan` predicts) to the layout. The CLI asks the
+//! scheme; it does not match on names.
 
 use qforge_codecs::DType;
 use qforge_convert::export::{source_resident, streams, STREAMED_BYTES};
 use qforge_convert::{Checkpoint, TensorId, TensorKey, TensorLayout};
 
 use crate::gguf_mix::GgufMix;
-use crate::layout::HfScheme;
+use crate::layout::{HfScheme, LAYOUTS};
 
 /// A scheme name that is not one (the message names the closest valid ones), or a preset
 /// qforge does not write (the message says what to use instead).
@@ -94,43 +94,22 @@ pub enum Scheme {
     Gguf(GgufMix),
 }
 
-/// qforge's own scheme names (the fixed ones; `int4-g<N>` and `int8-g<N>` take any group size).
-const NAMES: &[&str] = &[
-    "fp8-rowwise",
-    "fp8-static",
-    "fp8-block",
-    "nvfp4",
-    "nvfp4a16",
-    "mxfp4",
-    "mxfp4a16",
-    "int4-g32",
-    "int4-g64",
-    "int4-g128",
-    "int4-row",
-    "int8-g32",
-    "int8-g64",
-    "int8-g128",
-    "int8-row",
-];
+/// qforge's own scheme names (the fixed ones; `int4-g<N>` and `int8-g<N>` take any group
+/// size), from every layout of [`LAYOUTS`].
+pub fn names() -> Vec<&'static str> {
+    LAYOUTS
+        .iter()
+        .flat_map(|k| k.names().iter().copied())
+        .collect()
+}
 
 /// llm-compressor's preset schemes, accepted with the same meaning (compressed-tensors
-/// `quantization/quant_scheme.py`, `PRESET_SCHEMES`): preset → (qforge scheme, asymmetric).
-/// `FP8` is per-tensor FP8 weights with static per-tensor activations (= `fp8-static`);
-/// `FP8_DYNAMIC` per-channel weights with dynamic per-token activations (= `fp8-rowwise`);
-/// `W4A16`/`W8A16` are group-128 symmetric integer weights. llama.cpp's type names (`Q4_K_M`, …)
-/// are [`GgufMix`]'s own.
-const PRESETS: &[(&str, &str, bool)] = &[
-    ("FP8", "fp8-static", false),
-    ("FP8_DYNAMIC", "fp8-rowwise", false),
-    ("FP8_BLOCK", "fp8-block", false),
-    ("W4A16", "int4-g128", false),
-    ("W4A16_ASYM", "int4-g128", true),
-    ("W8A16", "int8-g128", false),
-    ("NVFP4", "nvfp4", false),
-    ("NVFP4A16", "nvfp4a16", false),
-    ("MXFP4", "mxfp4", false),
-    ("MXFP4A16", "mxfp4a16", false),
-];
+/// `quantization/quant_scheme.py`, `PRESET_SCHEMES`): preset → (qforge scheme, asymmetric),
+/// each listed by its layout's module. llama.cpp's type names (`Q4_K_M`, …) are [`GgufMix`]'s
+/// own.
+fn presets() -> impl Iterator<Item = &'static (&'static str, &'static str, bool)> {
+    LAYOUTS.iter().flat_map(|k| k.presets().iter())
+}
 
 /// Presets qforge does not write, with what to use instead (a same-meaning alias is impossible).
 const NOT_WRITTEN: &[(&str, &str)] = &[
@@ -155,8 +134,8 @@ fn fold(s: &str) -> String {
 /// The valid names closest to `s` (edit distance on folded names), at most three.
 fn closest(s: &str) -> Vec<String> {
     let t = fold(s);
-    let mut all: Vec<String> = NAMES.iter().map(|n| (*n).to_owned()).collect();
-    all.extend(PRESETS.iter().map(|(p, _, _)| (*p).to_owned()));
+    let mut all: Vec<String> = names().iter().map(|n| (*n).to_owned()).collect();
+    all.extend(presets().map(|(p, _, _)| (*p).to_owned()));
     all.extend(
         GgufMix::ALL
             .iter()
@@ -188,10 +167,18 @@ fn closest(s: &str) -> Vec<String> {
 
 impl Scheme {
     /// Parse a scheme name (see `qforge quantize --help`): qforge's names, llm-compressor's
-    /// presets ([`PRESETS`]) and llama.cpp's mix names, with or without `gguf:`; `asym` asks for
+    /// presets ([`presets`]) and llama.cpp's mix names, with or without `gguf:`; `asym` asks for
     /// asymmetric integer codes.
     pub fn parse(s: &str, asym: bool) -> Result<Scheme, SchemeError> {
         parse(s, asym)
+    }
+
+    /// The HF layout scheme, if the scheme is one.
+    pub fn hf(self) -> Option<HfScheme> {
+        match self {
+            Scheme::Hf(h) => Some(h),
+            Scheme::Gguf(_) => None,
+        }
     }
 
     /// Whether the scheme writes one GGUF file (else a Hugging Face directory).
@@ -202,14 +189,9 @@ impl Scheme {
     /// Whether a calibration result applies to this scheme, and how a quantize step takes it
     /// (`None`: it does not apply).
     pub fn accepts(self, c: Calibration) -> Option<CalibInput> {
-        match (c, self) {
-            (Calibration::Imatrix, Scheme::Gguf(_)) => Some(CalibInput::Imatrix),
-            (Calibration::Fp8Static, Scheme::Hf(HfScheme::Fp8Static | HfScheme::Nvfp4))
-            | (Calibration::Gptq, Scheme::Hf(HfScheme::Int4 { .. }))
-            | (Calibration::Awq, Scheme::Hf(HfScheme::Int4 { bits: 4, .. })) => {
-                Some(CalibInput::Calib)
-            }
-            _ => None,
+        match self {
+            Scheme::Gguf(_) => (c == Calibration::Imatrix).then_some(CalibInput::Imatrix),
+            Scheme::Hf(h) => h.kind.accepts(h, c).then_some(CalibInput::Calib),
         }
     }
 
@@ -218,21 +200,7 @@ impl Scheme {
     pub fn name(self) -> String {
         match self {
             Scheme::Gguf(m) => format!("gguf:{}", m.name().to_ascii_lowercase()),
-            Scheme::Hf(HfScheme::Int4 {
-                bits,
-                group_size,
-                symmetric,
-            }) => format!(
-                "{}{}",
-                int_name(bits, group_size),
-                if symmetric { "" } else { " --asym" }
-            ),
-            Scheme::Hf(HfScheme::Fp8Rowwise) => "fp8-rowwise".into(),
-            Scheme::Hf(HfScheme::Fp8Static) => "fp8-static".into(),
-            Scheme::Hf(HfScheme::Fp8Block) => "fp8-block".into(),
-            Scheme::Hf(HfScheme::Nvfp4A16) => "nvfp4a16".into(),
-            Scheme::Hf(HfScheme::Nvfp4) => "nvfp4".into(),
-            Scheme::Hf(HfScheme::Mxfp4 { a16 }) => if a16 { "mxfp4a16" } else { "mxfp4" }.into(),
+            Scheme::Hf(h) => h.name(),
         }
     }
 
@@ -241,54 +209,27 @@ impl Scheme {
     /// (`fp8-static` → `fp8-rowwise`, `nvfp4` → `nvfp4a16`); `None` when none is needed.
     pub fn without_calibration(self) -> Option<Scheme> {
         match self {
-            Scheme::Hf(HfScheme::Fp8Static) => Some(Scheme::Hf(HfScheme::Fp8Rowwise)),
-            Scheme::Hf(HfScheme::Nvfp4) => Some(Scheme::Hf(HfScheme::Nvfp4A16)),
-            _ => None,
+            Scheme::Hf(h) => h.kind.without_calibration(h).map(Scheme::Hf),
+            Scheme::Gguf(_) => None,
         }
     }
 
     /// Whether calibration results made for `c` fit this scheme (GPTQ codes: the same symmetric
     /// integer scheme; AWQ scales: the same INT4 scheme).
     pub fn check_calibrated(self, c: Calibrated) -> Result<(), CalibMismatch> {
-        match (c, self) {
-            (
-                Calibrated::Awq {
-                    group_size,
-                    symmetric,
-                },
-                Scheme::Hf(HfScheme::Int4 { bits: 4, .. }),
-            ) => {
-                let made = Scheme::Hf(HfScheme::Int4 {
-                    bits: 4,
-                    group_size,
-                    symmetric,
-                });
-                (made == self)
-                    .then_some(())
-                    .ok_or(CalibMismatch::MadeFor(made.name()))
+        if let Scheme::Hf(h) = self {
+            if let Some(r) = h.kind.check_calibrated(h, c) {
+                return r;
             }
-            (Calibrated::Awq { .. }, _) => Err(CalibMismatch::Kind(
-                "AWQ scales (searched for INT4): use --scheme int4-g<N> or int4-row",
-            )),
-            (
-                Calibrated::Gptq { bits, group_size },
-                Scheme::Hf(HfScheme::Int4 {
-                    symmetric: true, ..
-                }),
-            ) => {
-                let made = Scheme::Hf(HfScheme::Int4 {
-                    bits,
-                    group_size,
-                    symmetric: true,
-                });
-                (made == self)
-                    .then_some(())
-                    .ok_or(CalibMismatch::MadeFor(made.name()))
-            }
-            (Calibrated::Gptq { .. }, _) => Err(CalibMismatch::Kind(
-                "GPTQ codes: use --scheme int4-g<N>, int4-row, int8-g<N> or int8-row (symmetric)",
-            )),
         }
+        Err(CalibMismatch::Kind(match c {
+            Calibrated::Awq { .. } => {
+                "AWQ scales (searched for INT4): use --scheme int4-g<N> or int4-row"
+            }
+            Calibrated::Gptq { .. } => {
+                "GPTQ codes: use --scheme int4-g<N>, int4-row, int8-g<N> or int8-row (symmetric)"
+            }
+        }))
     }
 
     /// Bytes the writer keeps resident while it produces role `id` of `ckpt`: the source
@@ -310,25 +251,8 @@ impl Scheme {
         match self {
             Scheme::Gguf(_) => resident + out,
             Scheme::Hf(_) if !quantized => kept_work(ckpt, id, out_dtype, src, out),
-            // f32 decode + codes (one byte each) + packed codes + scales
-            Scheme::Hf(HfScheme::Int4 { bits, .. }) => {
-                resident + 4 * n + n + n * u64::from(bits) / 8
-            }
-            // FP8 rowwise codes stream from a plain mapped source (two row blocks); per-tensor
-            // ones, or from another source, one byte each
-            Scheme::Hf(HfScheme::Fp8Rowwise) if weight.is_some_and(streams) => {
-                resident + STREAMED_BYTES
-            }
-            Scheme::Hf(_) => resident + n,
+            Scheme::Hf(h) => resident + h.kind.work_bytes(h, weight, n),
         }
-    }
-}
-
-/// The `--scheme` spelling of an integer scheme: `int4-g64`, `int8-row`.
-fn int_name(bits: u8, group_size: Option<usize>) -> String {
-    match group_size {
-        Some(g) => format!("int{bits}-g{g}"),
-        None => format!("int{bits}-row"),
     }
 }
 
@@ -349,44 +273,22 @@ fn kept_work(ckpt: &Checkpoint, id: TensorId, out_dtype: DType, src: u64, out: u
 }
 
 /// Parse `--scheme` (see `qforge quantize --help`): qforge's names, llm-compressor's presets
-/// ([`PRESETS`]) and llama.cpp's mix names, with or without `gguf:`.
+/// ([`presets`]) and llama.cpp's mix names, with or without `gguf:`; each layout of [`LAYOUTS`]
+/// parses its own.
 fn parse(s: &str, asym: bool) -> Result<Scheme, SchemeError> {
     let mut t = fold(s);
     let mut asym = asym;
-    if let Some((_, name, preset_asym)) = PRESETS.iter().find(|(p, _, _)| fold(p) == t) {
+    if let Some((_, name, preset_asym)) = presets().find(|(p, _, _)| fold(p) == t) {
         t = (*name).to_owned();
         asym |= preset_asym;
     } else if let Some((_, why)) = NOT_WRITTEN.iter().find(|(p, _)| fold(p) == t) {
         return Err(SchemeError(format!("--scheme {s}: {why}")));
     }
-    let int = |bits, group_size| {
-        Ok(Scheme::Hf(HfScheme::Int4 {
-            bits,
-            group_size,
-            symmetric: !asym,
-        }))
-    };
-    match t.as_str() {
-        "fp8-rowwise" => return Ok(Scheme::Hf(HfScheme::Fp8Rowwise)),
-        "fp8-static" => return Ok(Scheme::Hf(HfScheme::Fp8Static)),
-        "fp8-block" => return Ok(Scheme::Hf(HfScheme::Fp8Block)),
-        "nvfp4" => return Ok(Scheme::Hf(HfScheme::Nvfp4)),
-        "nvfp4a16" => return Ok(Scheme::Hf(HfScheme::Nvfp4A16)),
-        "mxfp4" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: false })),
-        "mxfp4a16" => return Ok(Scheme::Hf(HfScheme::Mxfp4 { a16: true })),
-        "int4" => return int(4, Some(qforge_codecs::int4::DEFAULT_GROUP_SIZE)),
-        "int4-row" | "int4-channel" => return int(4, None),
-        "int8-row" | "int8-channel" => return int(8, None),
-        _ => {}
-    }
-    for (prefix, bits) in [("int4-g", 4), ("int8-g", 8)] {
-        if let Some(g) = t.strip_prefix(prefix) {
-            let g: usize = g.parse().ok().filter(|g| *g > 0).ok_or_else(|| {
-                SchemeError(format!(
-                    "--scheme {s}: group size must be a positive integer"
-                ))
-            })?;
-            return int(bits, Some(g));
+    for kind in LAYOUTS {
+        match kind.parse(&t, asym) {
+            Some(Ok(p)) => return Ok(Scheme::Hf(HfScheme::new(*kind, p))),
+            Some(Err(SchemeError(e))) => return Err(SchemeError(format!("--scheme {s}: {e}"))),
+            None => {}
         }
     }
     let mix = t.strip_prefix("gguf:").unwrap_or(&t).replace('-', "_");
@@ -395,10 +297,11 @@ fn parse(s: &str, asym: bool) -> Result<Scheme, SchemeError> {
     }
     let near = closest(s);
     let hint = if near.is_empty() {
-        "use fp8-rowwise, fp8-static, fp8-block, int4-g<N> (e.g. int4-g128), int4-row, \
-         int8-g<N>, int8-row, nvfp4, nvfp4a16, mxfp4, mxfp4a16, an llm-compressor preset (FP8_DYNAMIC, \
-         W4A16, …) or a llama.cpp type (Q4_K_M, Q8_0, …)"
-            .to_owned()
+        format!(
+            "use {}, int4-g<N> (e.g. int4-g128), int8-g<N>, an llm-compressor preset \
+             (FP8_DYNAMIC, W4A16, …) or a llama.cpp type (Q4_K_M, Q8_0, …)",
+            names().join(", ")
+        )
     } else {
         format!("did you mean {}?", near.join(", "))
     };
@@ -410,24 +313,32 @@ fn parse(s: &str, asym: bool) -> Result<Scheme, SchemeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::{fp4, fp8, fp8_block, int, Params};
+
+    fn int_scheme(bits: u8, group_size: Option<usize>, symmetric: bool) -> Scheme {
+        Scheme::Hf(HfScheme::new(
+            &int::INT,
+            Params {
+                bits,
+                group_size,
+                symmetric,
+            },
+        ))
+    }
+
+    fn fixed(kind: &'static dyn crate::layout::LayoutScheme) -> Scheme {
+        Scheme::Hf(HfScheme::new(kind, Params::NONE))
+    }
 
     #[test]
     fn schemes() {
         assert_eq!(
             Scheme::parse("int4-g64", false).unwrap(),
-            Scheme::Hf(HfScheme::Int4 {
-                bits: 4,
-                group_size: Some(64),
-                symmetric: true
-            })
+            int_scheme(4, Some(64), true)
         );
         assert_eq!(
             Scheme::parse("int8-row", false).unwrap(),
-            Scheme::Hf(HfScheme::Int4 {
-                bits: 8,
-                group_size: None,
-                symmetric: true
-            })
+            int_scheme(8, None, true)
         );
         assert!(Scheme::parse("int8-g0", false).is_err());
         assert_eq!(
@@ -436,43 +347,28 @@ mod tests {
         );
         assert_eq!(
             Scheme::parse("fp8-rowwise", false).unwrap(),
-            Scheme::Hf(HfScheme::Fp8Rowwise)
+            fixed(&fp8::FP8_ROWWISE)
         );
         assert!(Scheme::parse("int4-g0", false).is_err());
         assert!(Scheme::parse("fp4", false).is_err());
-        assert_eq!(
-            Scheme::parse("NVFP4A16", false).unwrap(),
-            Scheme::Hf(HfScheme::Nvfp4A16)
-        );
-        assert_eq!(
-            Scheme::parse("mxfp4", false).unwrap(),
-            Scheme::Hf(HfScheme::Mxfp4 { a16: false })
-        );
+        assert_eq!(Scheme::parse("mxfp4", false).unwrap(), fixed(&fp4::MXFP4));
     }
 
     /// llm-compressor's presets mean what compressed-tensors' `PRESET_SCHEMES` says; llama.cpp
     /// names work with or without `gguf:`; unknown names list the closest valid ones.
     #[test]
     fn aliases_and_suggestions() {
-        let int = |bits, g, symmetric| {
-            Scheme::Hf(HfScheme::Int4 {
-                bits,
-                group_size: g,
-                symmetric,
-            })
-        };
+        let int = int_scheme;
         let cases = [
-            ("FP8_DYNAMIC", Scheme::Hf(HfScheme::Fp8Rowwise)),
-            ("fp8-dynamic", Scheme::Hf(HfScheme::Fp8Rowwise)),
-            ("FP8", Scheme::Hf(HfScheme::Fp8Static)),
-            ("FP8_BLOCK", Scheme::Hf(HfScheme::Fp8Block)),
+            ("FP8_DYNAMIC", fixed(&fp8::FP8_ROWWISE)),
+            ("fp8-dynamic", fixed(&fp8::FP8_ROWWISE)),
+            ("FP8", fixed(&fp8::FP8_STATIC)),
+            ("FP8_BLOCK", fixed(&fp8_block::FP8_BLOCK)),
             ("W4A16", int(4, Some(128), true)),
             ("W4A16_ASYM", int(4, Some(128), false)),
             ("w8a16", int(8, Some(128), true)),
-            ("NVFP4", Scheme::Hf(HfScheme::Nvfp4)),
-            ("NVFP4A16", Scheme::Hf(HfScheme::Nvfp4A16)),
-            ("MXFP4", Scheme::Hf(HfScheme::Mxfp4 { a16: false })),
-            ("MXFP4A16", Scheme::Hf(HfScheme::Mxfp4 { a16: true })),
+            ("MXFP4", fixed(&fp4::MXFP4)),
+            ("MXFP4A16", fixed(&fp4::MXFP4A16)),
             ("Q4_K_M", Scheme::Gguf(GgufMix::Q4_K_M)),
             ("q8_0", Scheme::Gguf(GgufMix::Q8_0)),
             ("gguf:Q6_K", Scheme::Gguf(GgufMix::Q6_K)),
@@ -491,7 +387,6 @@ mod tests {
             ("fp8-rowise", "fp8-rowwise"),
             ("Q4_K_N", "gguf:q4_k_m"),
             ("W4A61", "W4A16"),
-            ("nvfp4a8", "nvfp4a16"),
         ] {
             let e = Scheme::parse(typo, false).unwrap_err().to_string();
             assert!(
@@ -543,8 +438,7 @@ mod tests {
         ));
         assert_eq!(p("W4A16").name(), "int4-g128");
         assert_eq!(p("Q4_K_M").name(), "gguf:q4_k_m");
-        assert_eq!(p("NVFP4").name(), "nvfp4");
-        for name in NAMES {
+        for name in names() {
             assert_eq!(p(name).name(), *name);
         }
         let calib = |s, c| p(s).accepts(c);
@@ -552,11 +446,6 @@ mod tests {
             calib("fp8-static", Calibration::Fp8Static),
             Some(CalibInput::Calib)
         );
-        assert_eq!(
-            calib("nvfp4", Calibration::Fp8Static),
-            Some(CalibInput::Calib)
-        );
-        assert_eq!(calib("nvfp4a16", Calibration::Fp8Static), None);
         assert_eq!(
             calib("int8-row", Calibration::Gptq),
             Some(CalibInput::Calib)
@@ -568,7 +457,6 @@ mod tests {
         );
         assert!(p("q8_0").writes_gguf() && !p("fp8-block").writes_gguf());
         assert_eq!(p("FP8").without_calibration(), Some(p("fp8-rowwise")));
-        assert_eq!(p("NVFP4").without_calibration(), Some(p("nvfp4a16")));
         assert_eq!(p("int4-g64").without_calibration(), None);
     }
 }

@@ -12,7 +12,9 @@ use qforge_codecs::DType;
 use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
 use qforge_quantize::layout::{
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+    fp4::{MXFP4, MXFP4A16},
+    nvfp4, quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, LayoutScheme, Params,
+    Policy,
 };
 use qforge_quantize::numerics::Numerics;
 use serde_json::{json, Value};
@@ -160,7 +162,7 @@ fn nvfp4a16_config_tensors_and_fused_global_scales() {
     let tmp = tempfile::tempdir().unwrap();
     let src = source(&tmp.path().join("src"));
     let dest = tmp.path().join("nvfp4");
-    quantize_to_hf(&src, &dest, &opts(HfScheme::Nvfp4A16)).unwrap();
+    quantize_to_hf(&src, &dest, &opts(fixed(&nvfp4::NVFP4A16))).unwrap();
     let cfg: Value =
         serde_json::from_slice(&std::fs::read(dest.join("config.json")).unwrap()).unwrap();
     let weights = json!({"dynamic": false, "group_size": 16, "num_bits": 4,
@@ -220,7 +222,12 @@ fn mxfp4_and_mxfp4a16_config_and_tensors() {
         "scale_dtype": "torch.uint8", "strategy": "group", "symmetric": true, "type": "float"});
     for (a16, want_input) in [(false, input), (true, Value::Null)] {
         let dest = tmp.path().join(format!("mxfp4-{a16}"));
-        quantize_to_hf(&src, &dest, &opts(HfScheme::Mxfp4 { a16 })).unwrap();
+        quantize_to_hf(
+            &src,
+            &dest,
+            &opts(fixed(if a16 { &MXFP4A16 } else { &MXFP4 })),
+        )
+        .unwrap();
         let cfg: Value =
             serde_json::from_slice(&std::fs::read(dest.join("config.json")).unwrap()).unwrap();
         assert_eq!(
@@ -263,7 +270,7 @@ fn nvfp4_w4a4_adds_calibrated_input_global_scales() {
     let tmp = tempfile::tempdir().unwrap();
     let src = source(&tmp.path().join("src"));
     let a16 = tmp.path().join("a16");
-    quantize_to_hf(&src, &a16, &opts(HfScheme::Nvfp4A16)).unwrap();
+    quantize_to_hf(&src, &a16, &opts(fixed(&nvfp4::NVFP4A16))).unwrap();
     let linears = [
         "self_attn.q_proj",
         "self_attn.k_proj",
@@ -278,7 +285,7 @@ fn nvfp4_w4a4_adds_calibrated_input_global_scales() {
         .enumerate()
         .map(|(i, m)| (format!("model.layers.0.{m}"), 0.3 + i as f32 * 1.7))
         .collect();
-    let mut o = opts(HfScheme::Nvfp4);
+    let mut o = opts(fixed(&nvfp4::NVFP4));
     let mut partial = amax.clone();
     partial.remove("model.layers.0.mlp.down_proj");
     o.input_amax = Some(partial);
@@ -331,4 +338,10 @@ fn nvfp4_w4a4_adds_calibrated_input_global_scales() {
             "{id}"
         );
     }
+}
+
+/// A layout without parameters.
+#[allow(dead_code)]
+fn fixed(kind: &'static dyn LayoutScheme) -> HfScheme {
+    HfScheme::new(kind, Params::NONE)
 }

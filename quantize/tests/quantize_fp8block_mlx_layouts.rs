@@ -21,7 +21,8 @@ use qforge_convert::write::OutputOptions;
 use qforge_convert::Checkpoint;
 use qforge_quantize::dequant::WeightStorage;
 use qforge_quantize::layout::{
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+    fp4::MXFP4, fp8, fp8_block, int, mlx::MLX, nvfp4, quantize_to_hf, HfLayout, HfQuantOptions,
+    HfScheme, IgnoreList, LayoutScheme, Params, Policy,
 };
 use qforge_quantize::numerics::Numerics;
 use serde_json::{json, Value};
@@ -109,7 +110,7 @@ fn source(dir: &Path) -> Checkpoint {
 
 fn opts(dtype: DType) -> HfQuantOptions {
     HfQuantOptions {
-        scheme: HfScheme::Fp8Block,
+        scheme: fixed(&fp8_block::FP8_BLOCK),
         layout: HfLayout::CompressedTensors,
         policy: Policy::AllLinear,
         ignore: IgnoreList::default(),
@@ -197,11 +198,14 @@ fn fp8_block_config_tensors_and_partial_edge_blocks() {
 
 fn mlx_opts(bits: u8, group: usize) -> HfQuantOptions {
     HfQuantOptions {
-        scheme: HfScheme::Int4 {
-            bits,
-            group_size: Some(group),
-            symmetric: true,
-        },
+        scheme: HfScheme::new(
+            &int::INT,
+            Params {
+                bits,
+                group_size: Some(group),
+                symmetric: true,
+            },
+        ),
         layout: HfLayout::Mlx,
         ..opts(DType::BF16)
     }
@@ -262,17 +266,23 @@ fn mlx_config_modules_and_bytes() {
     }
     // other schemes, group sizes and calibration results are refused
     for scheme in [
-        HfScheme::Fp8Rowwise,
-        HfScheme::Int4 {
-            bits: 4,
-            group_size: Some(16),
-            symmetric: true,
-        },
-        HfScheme::Int4 {
-            bits: 4,
-            group_size: None,
-            symmetric: false,
-        },
+        fixed(&fp8::FP8_ROWWISE),
+        HfScheme::new(
+            &int::INT,
+            Params {
+                bits: 4,
+                group_size: Some(16),
+                symmetric: true,
+            },
+        ),
+        HfScheme::new(
+            &int::INT,
+            Params {
+                bits: 4,
+                group_size: None,
+                symmetric: false,
+            },
+        ),
     ] {
         let o = HfQuantOptions {
             scheme,
@@ -310,9 +320,15 @@ fn fp8_block_and_fp4_outputs_read_back_bit_for_bit() {
             .collect::<Vec<_>>()
     };
     for (scheme, storage) in [
-        (HfScheme::Fp8Block, WeightStorage::Fp8Block),
-        (HfScheme::Nvfp4A16, WeightStorage::Nvfp4),
-        (HfScheme::Mxfp4 { a16: false }, WeightStorage::Mxfp4),
+        (
+            fixed(&fp8_block::FP8_BLOCK),
+            WeightStorage::Quantized(fixed(&fp8_block::FP8_BLOCK)),
+        ),
+        (
+            fixed(&nvfp4::NVFP4A16),
+            WeightStorage::Quantized(fixed(&nvfp4::NVFP4A16)),
+        ),
+        (fixed(&MXFP4), WeightStorage::Quantized(fixed(&MXFP4))),
     ] {
         let dest = tmp.path().join(format!("{storage:?}"));
         let o = HfQuantOptions {
@@ -339,43 +355,44 @@ fn fp8_block_and_fp4_outputs_read_back_bit_for_bit() {
                 .unwrap()
                 .shape()
                 .to_vec();
-            let (want, want_bf16) = if storage == WeightStorage::Fp8Block {
-                let w = st.tensor(&format!("{base}.weight")).unwrap();
-                let (rows, cols) = (w.shape()[0], w.shape()[1]);
-                let scales: Vec<f32> = data("weight_scale")
-                    .chunks(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect();
-                let b = fp8_ct::Fp8Blocks {
-                    rows,
-                    cols,
-                    block: CT_BLOCK,
-                    codes: w.data().to_vec(),
-                    scales,
-                };
-                (
-                    fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::F32).unwrap(),
-                    fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::Bf16).unwrap(),
-                )
-            } else {
-                let p = fp4::Fp4Packed {
-                    rows: shape[0],
-                    cols: data("weight_packed").len() * 2 / shape[0],
-                    packed: data("weight_packed"),
-                    scales: data("weight_scale"),
-                };
-                if storage == WeightStorage::Nvfp4 {
-                    let g = data("weight_global_scale");
-                    let gs = f32::from_le_bytes([g[0], g[1], g[2], g[3]]);
-                    let v = fp4::dequantize_nvfp4(&p, gs).unwrap();
-                    (v.clone(), v)
-                } else {
+            let (want, want_bf16) =
+                if storage == WeightStorage::Quantized(fixed(&fp8_block::FP8_BLOCK)) {
+                    let w = st.tensor(&format!("{base}.weight")).unwrap();
+                    let (rows, cols) = (w.shape()[0], w.shape()[1]);
+                    let scales: Vec<f32> = data("weight_scale")
+                        .chunks(2)
+                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect();
+                    let b = fp8_ct::Fp8Blocks {
+                        rows,
+                        cols,
+                        block: CT_BLOCK,
+                        codes: w.data().to_vec(),
+                        scales,
+                    };
                     (
-                        fp4::dequantize_mxfp4_ct(&p, Int4Arith::F32).unwrap(),
-                        fp4::dequantize_mxfp4_ct(&p, Int4Arith::Bf16).unwrap(),
+                        fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::F32).unwrap(),
+                        fp8_ct::dequantize_fp8_block_ct(&b, Int4Arith::Bf16).unwrap(),
                     )
-                }
-            };
+                } else {
+                    let p = fp4::Fp4Packed {
+                        rows: shape[0],
+                        cols: data("weight_packed").len() * 2 / shape[0],
+                        packed: data("weight_packed"),
+                        scales: data("weight_scale"),
+                    };
+                    if storage == WeightStorage::Quantized(fixed(&nvfp4::NVFP4A16)) {
+                        let g = data("weight_global_scale");
+                        let gs = f32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+                        let v = fp4::dequantize_nvfp4(&p, gs).unwrap();
+                        (v.clone(), v)
+                    } else {
+                        (
+                            fp4::dequantize_mxfp4_ct(&p, Int4Arith::F32).unwrap(),
+                            fp4::dequantize_mxfp4_ct(&p, Int4Arith::Bf16).unwrap(),
+                        )
+                    }
+                };
             assert_eq!(bits(&got), bits(&want), "{storage:?} {m}");
             assert_eq!(bf16(&got), bf16(&want_bf16), "{storage:?} {m}");
         }
@@ -406,10 +423,7 @@ fn mlx_output_reads_back_bit_for_bit() {
     for (id, name) in ids {
         assert_eq!(
             back.weight_storage(id).unwrap(),
-            WeightStorage::MlxAffine {
-                bits: 4,
-                group_size: 64
-            },
+            WeightStorage::Quantized(mlx_storage(4, 64)),
             "{name}"
         );
         let (_, shape, w) = all.iter().find(|t| t.0 == name).unwrap();
@@ -472,7 +486,7 @@ fn new_layouts_with_mismatched_scales_are_refused_by_name() {
         (
             "nvfp4",
             HfQuantOptions {
-                scheme: HfScheme::Nvfp4A16,
+                scheme: fixed(&nvfp4::NVFP4A16),
                 ..opts(DType::BF16)
             },
             "weight_scale",
@@ -480,7 +494,7 @@ fn new_layouts_with_mismatched_scales_are_refused_by_name() {
         (
             "mxfp4",
             HfQuantOptions {
-                scheme: HfScheme::Mxfp4 { a16: false },
+                scheme: fixed(&MXFP4),
                 ..opts(DType::BF16)
             },
             "weight_scale",
@@ -513,4 +527,36 @@ fn new_layouts_with_mismatched_scales_are_refused_by_name() {
             "{label}: error does not name the tensor: {err}"
         );
     }
+}
+
+/// A layout without parameters.
+#[allow(dead_code)]
+fn fixed(kind: &'static dyn LayoutScheme) -> HfScheme {
+    HfScheme::new(kind, Params::NONE)
+}
+
+/// A `pack-quantized` module as read back: bits, columns per scale, zero points stored.
+#[allow(dead_code)]
+fn int_storage(bits: u8, group_size: usize, asymmetric: bool) -> HfScheme {
+    HfScheme::new(
+        &int::INT,
+        Params {
+            bits,
+            group_size: Some(group_size),
+            symmetric: !asymmetric,
+        },
+    )
+}
+
+/// An MLX affine module as read back.
+#[allow(dead_code)]
+fn mlx_storage(bits: u8, group_size: usize) -> HfScheme {
+    HfScheme::new(
+        &MLX,
+        Params {
+            bits,
+            group_size: Some(group_size),
+            symmetric: false,
+        },
+    )
 }

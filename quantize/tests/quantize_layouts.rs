@@ -14,7 +14,9 @@ use qforge_convert::write::OutputOptions;
 use qforge_convert::{Checkpoint, Error, LayerTensor, Part, TensorId};
 use qforge_quantize::dequant::WeightStorage;
 use qforge_quantize::layout::{
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy,
+    fp8::{FP8_ROWWISE, FP8_STATIC},
+    int, mlx, quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, LayoutScheme, Params,
+    Policy,
 };
 use qforge_quantize::numerics::Numerics;
 use serde_json::{json, Value};
@@ -167,7 +169,7 @@ fn fbgemm_meta_405b_policy_on_126_layers() {
     let w = quantize_to_hf(
         &src,
         &dest,
-        &opts(HfScheme::Fp8Rowwise, HfLayout::Fbgemm, Policy::Meta405b),
+        &opts(fixed(&FP8_ROWWISE), HfLayout::Fbgemm, Policy::Meta405b),
     )
     .unwrap();
     assert_eq!(w.quantized.len(), 124 * 3);
@@ -186,7 +188,10 @@ fn fbgemm_meta_405b_policy_on_126_layers() {
                 let s = out.part(id, Part::WeightScale).unwrap();
                 assert_eq!(s.dtype, DType::F32, "{id}");
                 assert_eq!(s.shape, vec![weight.shape[0], 1], "{id}");
-                assert_eq!(out.weight_storage(id).unwrap(), WeightStorage::Fp8Rowwise);
+                assert_eq!(
+                    out.weight_storage(id).unwrap(),
+                    WeightStorage::Quantized(fixed(&FP8_ROWWISE))
+                );
                 check_fp8_error(&src, &out, id, false);
                 if i == 1 {
                     // FBGEMM's quantize_fp8_per_row: f32 scale and division, -0 kept as 0x80
@@ -240,7 +245,7 @@ fn compressed_tensors_fp8_rowwise_config_and_tensors() {
     let src = source(tmp.path(), 2, 64, 128, true);
     let dest = tmp.path().join("ct");
     let mut o = opts(
-        HfScheme::Fp8Rowwise,
+        fixed(&FP8_ROWWISE),
         HfLayout::CompressedTensors,
         Policy::AllLinear,
     );
@@ -256,7 +261,10 @@ fn compressed_tensors_fp8_rowwise_config_and_tensors() {
             }
             let s = out.part(id, Part::WeightScale).unwrap();
             assert_eq!(s.dtype, DType::BF16);
-            assert_eq!(out.weight_storage(id).unwrap(), WeightStorage::Fp8Rowwise);
+            assert_eq!(
+                out.weight_storage(id).unwrap(),
+                WeightStorage::Quantized(fixed(&FP8_ROWWISE))
+            );
             check_fp8_error(&src, &out, id, true);
             // llm-compressor's bytes: the quotient rounded to BF16 before the FP8 cast, and a
             // negative value that rounds to zero written as 0x80, as compressed-tensors does
@@ -288,11 +296,14 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     let src = source(tmp.path(), 1, 96, 192, true);
     let o = opts(
-        HfScheme::Int4 {
-            bits: 4,
-            group_size: Some(128),
-            symmetric: true,
-        },
+        HfScheme::new(
+            &int::INT,
+            Params {
+                bits: 4,
+                group_size: Some(128),
+                symmetric: true,
+            },
+        ),
         HfLayout::CompressedTensors,
         Policy::AllLinear,
     );
@@ -311,11 +322,14 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
     assert!(!tmp.path().join("w4").exists());
     // group 32 works, dequantizes within half a step
     let o = opts(
-        HfScheme::Int4 {
-            bits: 4,
-            group_size: Some(32),
-            symmetric: false,
-        },
+        HfScheme::new(
+            &int::INT,
+            Params {
+                bits: 4,
+                group_size: Some(32),
+                symmetric: false,
+            },
+        ),
         HfLayout::CompressedTensors,
         Policy::AllLinear,
     );
@@ -328,11 +342,7 @@ fn int4_group_must_divide_rows_and_names_the_tensor() {
     };
     assert_eq!(
         out.weight_storage(id).unwrap(),
-        WeightStorage::Int4Packed {
-            bits: 4,
-            group_size: 32,
-            asymmetric: true
-        }
+        WeightStorage::Quantized(int_storage(4, 32, true))
     );
     let (w, q) = (src.weight_f32(id).unwrap(), out.weight_f32(id).unwrap());
     let s = out
@@ -376,11 +386,14 @@ fn same_bytes_for_any_thread_count_and_static_scales_are_required() {
                 &src,
                 &dest,
                 &opts(
-                    HfScheme::Int4 {
-                        bits: 4,
-                        group_size: Some(64),
-                        symmetric: true,
-                    },
+                    HfScheme::new(
+                        &int::INT,
+                        Params {
+                            bits: 4,
+                            group_size: Some(64),
+                            symmetric: true,
+                        },
+                    ),
                     HfLayout::CompressedTensors,
                     Policy::AllLinear,
                 ),
@@ -392,7 +405,7 @@ fn same_bytes_for_any_thread_count_and_static_scales_are_required() {
     assert!(hashes.windows(2).all(|w| w[0] == w[1]));
 
     let mut o = opts(
-        HfScheme::Fp8Static,
+        fixed(&FP8_STATIC),
         HfLayout::CompressedTensors,
         Policy::AllLinear,
     );
@@ -420,7 +433,10 @@ fn same_bytes_for_any_thread_count_and_static_scales_are_required() {
         index: 1,
         kind: LayerTensor::Gate,
     };
-    assert_eq!(out.weight_storage(id).unwrap(), WeightStorage::Fp8PerTensor);
+    assert_eq!(
+        out.weight_storage(id).unwrap(),
+        WeightStorage::Quantized(fixed(&FP8_STATIC))
+    );
     assert_eq!(
         out.to_f32(out.part(id, Part::InputScale).unwrap()).unwrap(),
         vec![half::bf16::from_f32(0.01).to_f32()]
@@ -439,7 +455,7 @@ fn row_block_streaming_equals_the_whole_tensor_codec() {
     let src = source(tmp.path(), 1, 1024, 5120, false);
     let dest = tmp.path().join("ct");
     let mut o = opts(
-        HfScheme::Fp8Rowwise,
+        fixed(&FP8_ROWWISE),
         HfLayout::CompressedTensors,
         Policy::AllLinear,
     );
@@ -506,4 +522,36 @@ fn row_block_streaming_equals_the_whole_tensor_codec() {
         staged.iter().all(|n| !n.contains(".part")),
         "a partial file was left behind: {staged:?}"
     );
+}
+
+/// A layout without parameters.
+#[allow(dead_code)]
+fn fixed(kind: &'static dyn LayoutScheme) -> HfScheme {
+    HfScheme::new(kind, Params::NONE)
+}
+
+/// A `pack-quantized` module as read back: bits, columns per scale, zero points stored.
+#[allow(dead_code)]
+fn int_storage(bits: u8, group_size: usize, asymmetric: bool) -> HfScheme {
+    HfScheme::new(
+        &int::INT,
+        Params {
+            bits,
+            group_size: Some(group_size),
+            symmetric: !asymmetric,
+        },
+    )
+}
+
+/// An MLX affine module as read back.
+#[allow(dead_code)]
+fn mlx_storage(bits: u8, group_size: usize) -> HfScheme {
+    HfScheme::new(
+        &mlx::MLX,
+        Params {
+            bits,
+            group_size: Some(group_size),
+            symmetric: false,
+        },
+    )
 }

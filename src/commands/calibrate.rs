@@ -15,12 +15,10 @@ use crate::cli::{CalibMethod, CalibObserver, CalibPrecision, CalibrateArgs};
 /// Parse a GPTQ `--scheme` (any name `quantize` takes for integer weights: int4-g<N>,
 /// int4-row, int8-g<N>, int8-row, W4A16, …) into (bits, group size).
 pub fn parse_gptq_scheme(s: &str) -> Result<(u8, Option<usize>)> {
-    use crate::commands::quantize::{parse_scheme, Scheme};
+    use crate::commands::quantize::parse_scheme;
     use qforge_quantize::layout::HfScheme;
-    match parse_scheme(s, false) {
-        Ok(Scheme::Hf(HfScheme::Int4 {
-            bits, group_size, ..
-        })) => Ok((bits, group_size)),
+    match parse_scheme(s, false).map(|s| s.hf().and_then(HfScheme::integer_codes)) {
+        Ok(Some(p)) => Ok((p.bits, p.group_size)),
         _ => bail!("--scheme {s:?}: GPTQ schemes are int4-g<N>, int4-row, int8-g<N>, int8-row"),
     }
 }

@@ -151,23 +151,7 @@ fn quantization(ckpt: &Checkpoint) -> Result<Value> {
             continue;
         }
         let storage = ckpt.weight_storage(id)?;
-        let scheme = match storage {
-            WeightStorage::Plain(d) => d.name().to_owned(),
-            WeightStorage::Fp8Rowwise => "fp8-rowwise".into(),
-            WeightStorage::Fp8PerTensor => "fp8-tensor".into(),
-            WeightStorage::Fp8Block => "fp8-block".into(),
-            WeightStorage::Nvfp4 => "nvfp4".into(),
-            WeightStorage::Mxfp4 => "mxfp4".into(),
-            WeightStorage::MlxAffine { bits, group_size } => format!("mlx-{bits}bit-g{group_size}"),
-            WeightStorage::Int4Packed {
-                bits,
-                group_size,
-                asymmetric,
-            } => format!(
-                "int{bits}-g{group_size}{}",
-                if asymmetric { "-asym" } else { "" }
-            ),
-        };
+        let scheme = storage.name();
         *schemes.entry(scheme.clone()).or_default() += 1;
         let mut m = json!({"role": id.to_string(), "scheme": scheme});
         if let Some(st) = ckpt.part(id, Part::WeightScale) {

@@ -230,6 +230,9 @@ fn remove_any(p: &Path) -> Result<()> {
     }
 }
 
+/// Where `[verify]` keeps the base forward until every output is verified.
+const BASE_CACHE_DIR: &str = ".verify-base-cache";
+
 struct Runner<'a> {
     dir: PathBuf,
     state: State,
@@ -261,6 +264,54 @@ impl Runner<'_> {
     /// Run step `id` with key `key`, writing `out`, unless it is already done. The step's
     /// result is `describe(out)`, a function of its (atomically written) output alone, so a step
     /// killed after its output appeared but before the state was saved is recognised as done.
+    /// The `verify:<name>` step of one output `out` against the base (`(path, fingerprint)`):
+    /// runs (or reuses) the comparison, writes `<name>.verify.json`, and checks the budgets
+    /// (the output's own over `[verify]`'s). Returns the report's verify entry and the failures.
+    fn verify_output(
+        &mut self,
+        v: &crate::recipe::VerifyStep,
+        q: &QuantizeStep,
+        name: &str,
+        out: &Path,
+        (base, base_fp): (&Path, &str),
+    ) -> Result<(Value, Vec<String>)> {
+        let id = format!("verify:{name}");
+        let vopts = json!({"data": v.data.file_name().map(|n| n.to_string_lossy().into_owned()),
+                           "ctx": v.ctx, "chunks": v.chunks});
+        let art_fp = fingerprint(out)?;
+        let key = step_key(&id, &vopts, &[base_fp, &art_fp, &hash_file(&v.data)?]);
+        let report_path = self.dir.join(format!("{name}.verify.json"));
+        let base_cache = self.dir.join(BASE_CACHE_DIR);
+        let budgets = Budgets {
+            max_ppl_drift_pct: q.max_ppl_drift.or(v.max_ppl_drift).map(|p| p.0),
+            max_kld: q.max_kld.or(v.max_kld),
+            min_top1_pct: q.min_top1.or(v.min_top1),
+        };
+        let quiet = self.quiet;
+        let result = self.step(
+            &id,
+            &key,
+            &report_path,
+            |_| {
+                let a = verify_args(base, out, v, &base_cache, quiet);
+                let vr = crate::commands::verify::evaluate(&a)?;
+                let mut res = json!(vr.comparison);
+                strip_timings(&mut res);
+                write_json(&report_path, &res)
+            },
+            read_json,
+        )?;
+        let num = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
+        let failures = budgets.check(num("ppl_drift_pct"), num("kld_mean"), num("top1_pct"));
+        let entry = json!({
+            "result": result,
+            "budgets": budgets,
+            "passed": failures.is_empty(),
+            "failures": failures,
+        });
+        Ok((entry, failures))
+    }
+
     fn step(
         &mut self,
         id: &str,
@@ -399,8 +450,9 @@ pub fn quantize_args(
         policy: match q.policy.as_deref() {
             None | Some("all-linear") => QuantPolicy::AllLinear,
             Some("meta-405b") => QuantPolicy::Meta405b,
+            Some("meta-llama4") => QuantPolicy::MetaLlama4,
             Some(o) => bail!(
-                "[[quantize]] {:?}: policy {o:?}: use all-linear or meta-405b",
+                "[[quantize]] {:?}: policy {o:?}: use all-linear, meta-405b or meta-llama4",
                 q.name
             ),
         },
@@ -475,19 +527,12 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
         ran: Vec::new(),
     };
     let recipe_json = serde_json::to_value(&r)?;
-    let opts_key = |id: &str, opts: &Value, inputs: &[&str]| {
-        sha_hex(
-            json!({"step": id, "options": opts, "inputs": inputs})
-                .to_string()
-                .as_bytes(),
-        )
-    };
     let input_fp = fingerprint(&input)?;
     let mut steps = serde_json::Map::new();
 
     // 1. convert
     let base_fp = if let Some(c) = &r.convert {
-        let key = opts_key("convert", &json!(c), &[&input_fp]);
+        let key = step_key("convert", &json!(c), &[&input_fp]);
         let out = base.clone();
         let res = run.step(
             "convert",
@@ -509,7 +554,7 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
     // 2. calibrate
     let calib = if let Some(c) = &r.calibrate {
         let out = r.output.dir.join(&c.name);
-        let key = opts_key("calibrate", &json!(c), &[&base_fp, &hash_file(&c.data)?]);
+        let key = step_key("calibrate", &json!(c), &[&base_fp, &hash_file(&c.data)?]);
         let cal = run.calibrator;
         let res = run.step(
             "calibrate",
@@ -533,7 +578,7 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
     for q in &r.quantize {
         let name = Recipe::artifact_name(q);
         let id = format!("quantize:{name}");
-        let key = opts_key(&id, &json!(q), &[&base_fp, &calib_fp]);
+        let key = step_key(&id, &json!(q), &[&base_fp, &calib_fp]);
         let out = r.output.dir.join(&name);
         let res = run.step(
             &id,
@@ -558,74 +603,15 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
 
     // 4. verify: the base forward runs once for all the outputs (kept in base_cache until
     // every output is verified, so an interrupted run resumes without it either)
-    let base_cache = r.output.dir.join(".verify-base-cache");
+    let base_cache = r.output.dir.join(BASE_CACHE_DIR);
     let mut report_artifacts = Vec::new();
     let mut all_failures = Vec::new();
     for (q, name, out, summary) in artifacts {
         let mut entry = json!({"name": name, "quantize": summary});
         if let (Some(v), true) = (&r.verify, q.verify != Some(false)) {
-            let id = format!("verify:{name}");
-            let vopts = json!({"data": v.data.file_name().map(|n| n.to_string_lossy().into_owned()),
-                               "ctx": v.ctx, "chunks": v.chunks});
-            let art_fp = fingerprint(&out)?;
-            let key = opts_key(&id, &vopts, &[&base_fp, &art_fp, &hash_file(&v.data)?]);
-            let report_path = r.output.dir.join(format!("{name}.verify.json"));
-            let budgets = Budgets {
-                max_ppl_drift_pct: q.max_ppl_drift.or(v.max_ppl_drift).map(|p| p.0),
-                max_kld: q.max_kld.or(v.max_kld),
-                min_top1_pct: q.min_top1.or(v.min_top1),
-            };
-            let result = run.step(
-                &id,
-                &key,
-                &report_path,
-                |_| {
-                    let a = VerifyArgs {
-                        base: base.clone(),
-                        quantized: out.clone(),
-                        eval: EvalArgs {
-                            data: v.data.clone(),
-                            ctx: v.ctx.unwrap_or(512),
-                            chunks: v.chunks,
-                            threads: None,
-                            device: qforge_verify::Device::Cpu,
-                            no_prefetch: false,
-                            batch_chunks: None,
-                            ggml_act_quant: false,
-                            kv_f16: false,
-                            w8a8: W8a8Arg::Auto,
-                            logits_out: None,
-                            json: true,
-                            quiet,
-                        },
-                        report: None,
-                        max_ppl_drift: None,
-                        max_kld: None,
-                        min_top1: None,
-                        base_cache: Some(base_cache.clone()),
-                    };
-                    let vr = crate::commands::verify::evaluate(&a)?;
-                    let mut res = json!(vr.comparison);
-                    strip_timings(&mut res);
-                    let (dest, mut f) = AtomicFile::create(&report_path, true)?;
-                    serde_json::to_writer_pretty(&mut f, &res)?;
-                    f.write_all(b"\n")?;
-                    dest.commit(f)?;
-                    Ok(())
-                },
-                read_json,
-            )?;
-            let num = |k: &str| result[k].as_f64().unwrap_or(f64::NAN);
-            let failures = budgets.check(num("ppl_drift_pct"), num("kld_mean"), num("top1_pct"));
-            for f in &failures {
-                all_failures.push(format!("{name}: {f}"));
-            }
-            entry["verify"] = json!({
-                "result": result,
-                "budgets": budgets,
-                "passed": failures.is_empty(),
-                "failures": failures,
-            });
+            let (verified, failures) = run.verify_output(v, q, &name, &out, (&base, &base_fp))?;
+            all_failures.extend(failures.iter().map(|f| format!("{name}: {f}")));
+            entry["verify"] = verified;
         }
         report_artifacts.push(entry);
     }
@@ -646,10 +632,7 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
         "failures": all_failures,
     });
     let report_path = r.output.dir.join(&r.output.report);
-    let (dest, mut f) = AtomicFile::create(&report_path, true)?;
-    serde_json::to_writer_pretty(&mut f, &report)?;
-    f.write_all(b"\n")?;
-    dest.commit(f)?;
+    write_json(&report_path, &report)?;
     print_table(&report, args.json)?;
     tracing::debug!(ran = ?run.ran, "steps run in this invocation");
     if all_failures.is_empty() {
@@ -662,6 +645,59 @@ pub fn run_with(args: &PipelineArgs, calibrator: &dyn Calibrator) -> Result<()> 
             report_path.display()
         ))
         .into())
+    }
+}
+
+/// The resume key of a step: its id, options and inputs' fingerprints, hashed.
+fn step_key(id: &str, opts: &Value, inputs: &[&str]) -> String {
+    sha_hex(
+        json!({"step": id, "options": opts, "inputs": inputs})
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+/// `value` as pretty JSON at `path`, written atomically.
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let (dest, mut f) = AtomicFile::create(path, true)?;
+    serde_json::to_writer_pretty(&mut f, value)?;
+    f.write_all(b"\n")?;
+    dest.commit(f)?;
+    Ok(())
+}
+
+/// What a recipe's `[verify]` runs for one output: `qforge verify` with the recipe's text,
+/// context and chunks, the defaults otherwise, JSON out, the shared base cache.
+fn verify_args(
+    base: &Path,
+    out: &Path,
+    v: &crate::recipe::VerifyStep,
+    base_cache: &Path,
+    quiet: bool,
+) -> VerifyArgs {
+    VerifyArgs {
+        base: base.to_path_buf(),
+        quantized: out.to_path_buf(),
+        eval: EvalArgs {
+            data: v.data.clone(),
+            ctx: v.ctx.unwrap_or(512),
+            chunks: v.chunks,
+            threads: None,
+            device: qforge_verify::Device::Cpu,
+            no_prefetch: false,
+            batch_chunks: None,
+            ggml_act_quant: false,
+            kv_f16: false,
+            w8a8: W8a8Arg::Auto,
+            logits_out: None,
+            json: true,
+            quiet,
+        },
+        report: None,
+        max_ppl_drift: None,
+        max_kld: None,
+        min_top1: None,
+        base_cache: Some(base_cache.to_path_buf()),
     }
 }
 

@@ -185,10 +185,10 @@ pub fn plan_quantize(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<OutputPla
             }
             Scheme::Hf(hf) => {
                 let quantized = q.modules.contains(&qforge_quantize::layout::hf_module(id));
-                let r = match hf {
+                let r = match hf.kind.rate() {
                     _ if !quantized => rate::COPY,
-                    qforge_quantize::layout::HfScheme::Int4 { .. } => rate::INT4 * c / rate::CORES,
-                    _ => rate::FP8,
+                    qforge_quantize::layout::QuantRate::Integer => rate::INT4 * c / rate::CORES,
+                    qforge_quantize::layout::QuantRate::Light => rate::FP8,
                 };
                 (
                     scheme.resident_bytes(ckpt, id, quantized, model_dtype),

@@ -10,7 +10,7 @@ use qforge_convert::Checkpoint;
 use qforge_quantize::gguf_mix::{quantize_to_gguf, GgufQuantOptions};
 use qforge_quantize::imatrix::Imatrix;
 use qforge_quantize::layout::{
-    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Policy, PrecomputedInt4,
+    quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Params, Policy, PrecomputedInt4,
 };
 use qforge_quantize::numerics::Numerics;
 use serde_json::json;
@@ -98,11 +98,11 @@ pub const SERVED_GROUPS: [usize; 3] = [128, 64, 32];
 /// suggesting the groups servers run that divide every row (or per-row); a group servers do not
 /// run gets a warning.
 fn check_groups(ckpt: &Checkpoint, scheme: Scheme, out: &mut impl Write) -> Result<()> {
-    let Scheme::Hf(HfScheme::Int4 {
+    let Some(Params {
         bits,
         group_size: Some(g),
         ..
-    }) = scheme
+    }) = scheme.hf().and_then(HfScheme::integer_codes)
     else {
         return Ok(());
     };
@@ -426,6 +426,7 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
                 policy: match args.policy {
                     QuantPolicy::AllLinear => Policy::AllLinear,
                     QuantPolicy::Meta405b => Policy::Meta405b,
+                    QuantPolicy::MetaLlama4 => Policy::MetaLlama4,
                 },
                 ignore,
                 dtype: match args.dtype {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run llm-compressor 0.14 oneshot on token-id samples written by `qforge calibrate --samples-out`.
 
-    python llmcompressor_calibrate.py gptq-g64 BASE_HF_DIR SAMPLES.json OUT_DIR [DTYPE]
+    python llmcompressor_calibrate.py gptq-g64 BASE_HF_DIR SAMPLES.json OUT_DIR [DTYPE] [--routed-experts]
     python llmcompressor_calibrate.py fp8-static BASE_HF_DIR SAMPLES.json OUT_DIR [DTYPE]
     python llmcompressor_calibrate.py awq-g64[-asym] BASE_HF_DIR SAMPLES.json OUT_DIR [DTYPE]
 
@@ -10,12 +10,17 @@ matmuls make the same GPTQ run take about an hour instead of about 1.5 minutes, 
 forward is f32 too (for GPTQ, run qforge on an F32 copy of the base so both sides compute scales
 and codes in f32). float64 loads it in float64, but transformers still computes RMSNorm and the RoPE tables in
 float32; float64-exact also computes those in float64 (see _exact_float64).
-gptq-g64: GPTQModifier, int4 symmetric group 64, dampening 0.01, block 128, actorder static
+gptq-g64 (gptq-g32: group 32): GPTQModifier, int4 symmetric group 64, dampening 0.01, block 128, actorder static
 (llm-compressor's default), lm_head ignored; saved compressed (pack-quantized) with the base's
 tokenizer files, so `qforge verify` can read it.
 fp8-static: QuantizationModifier FP8 preset (per-tensor weights, static per-tensor input scales,
 observer static_minmax); writes OUT_DIR/input_scales.json {module: scale}.
-awq-g64 / awq-g64-asym: AWQModifier (default Llama mappings, duo_scaling, n_grid 20) then
+Mixture-of-experts models: oneshot's `moe_calibrate_all_experts` defaults to True in 0.14 (every
+expert's hooks see every token, llmcompressor/modeling/moe/linear_experts.py
+`LinearExperts2D.forward`); --routed-experts passes False, so each expert sees only the tokens
+routed to it (qforge calibrate's default; its --all-experts is the True side).
+awq-g32[-moe] (group 32; -moe: experts linearized, routers not quantized) / awq-g64 /
+awq-g64-asym: AWQModifier (default Llama mappings, duo_scaling, n_grid 20) then
 QuantizationModifier, int4 group 64 symmetric (W4A16-like) or asymmetric (W4A16_ASYM-like),
 lm_head ignored; saved compressed like gptq-g64.
 Needs the heavy venv with the llm-compressor layer first on PYTHONPATH
@@ -78,8 +83,10 @@ def _exact_float64() -> None:
 
 def main() -> None:
     _no_dill_fingerprints()
-    method, base, samples_path, out = sys.argv[1:5]
-    dtype_name = sys.argv[5] if len(sys.argv) > 5 else "float32"
+    args = [a for a in sys.argv[1:] if a != "--routed-experts"]
+    all_experts = len(args) == len(sys.argv) - 1
+    method, base, samples_path, out = args[0:4]
+    dtype_name = args[4] if len(args) > 4 else "float32"
     if dtype_name == "float64-exact":
         _exact_float64()
         dtype_name = "float64"
@@ -89,15 +96,25 @@ def main() -> None:
     ids = s["samples"]
     ds = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]})
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    if method == "gptq-g64":
+    moe = method.endswith("-moe")
+    if moe:
+        # mixture-of-experts: each expert as its own Linear (llm-compressor's post-load
+        # linearization, modeling/moe/linearize.py), the routers left unquantized as qforge does
+        from llmcompressor.modeling.moe.linearize import linearize_moe
+
+        linearize_moe(model)
+        method = method.removesuffix("-moe")
+    # routers stay unquantized, as qforge keeps them (match nothing in a dense model)
+    ignore = ["lm_head", "re:.*mlp.gate$", "re:.*block_sparse_moe.gate$", "re:.*router$"]
+    if method in ("gptq-g64", "gptq-g32"):
         recipe = GPTQModifier(
             config_groups={"group_0": {"targets": ["Linear"], "weights": {
                 "num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
-                "group_size": 64}}},
-            ignore=["lm_head"], dampening_frac=0.01, block_size=128, actorder="static")
+                "group_size": int(method.removeprefix("gptq-g"))}}},
+            ignore=ignore, dampening_frac=0.01, block_size=128, actorder="static")
     elif method == "fp8-static":
         recipe = QuantizationModifier(targets="Linear", scheme="FP8", ignore=["lm_head"])
-    elif method in ("awq-g64", "awq-g64-asym"):
+    elif method in ("awq-g64", "awq-g64-asym", "awq-g32"):
         from llmcompressor.modifiers.transform.awq import AWQModifier
         from llmcompressor.pipelines.cache import IntermediatesCache
 
@@ -110,15 +127,15 @@ def main() -> None:
             AWQModifier(duo_scaling=True, n_grid=20),
             QuantizationModifier(
                 config_groups={"group_0": {"targets": ["Linear"], "weights": {
-                    "num_bits": 4, "type": "int", "symmetric": method == "awq-g64",
-                    "strategy": "group", "group_size": 64}}},
-                ignore=["lm_head"]),
+                    "num_bits": 4, "type": "int", "symmetric": method != "awq-g64-asym",
+                    "strategy": "group", "group_size": 32 if method == "awq-g32" else 64}}},
+                ignore=ignore),
         ]
     else:
         raise SystemExit(f"unknown method {method}")
     oneshot(model=model, dataset=ds, recipe=recipe, max_seq_length=s["seq_len"],
             num_calibration_samples=len(ids), shuffle_calibration_samples=False,
-            pipeline="sequential")
+            pipeline="sequential", moe_calibrate_all_experts=all_experts)
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
     if method == "fp8-static":

@@ -15,6 +15,12 @@ protocol of its expected.json).
   llm-compressor's + TOLERANCE_PCT, and below RTN's wherever llm-compressor's is (measured:
   qwen2 3.557 % vs 3.560 %, RTN 5.098 %; qwen3 2.885 % vs 2.745 %, both above RTN's 2.108 %).
 
+* GPTQ per expert on the Mixtral fixture, with each expert calibrated on its routed tokens and
+  on every token (llm-compressor's `moe_calibrate_all_experts`), the same option on both
+  sides: mean drift over three sample draws at most llm-compressor's + TOLERANCE_PCT, every
+  draw below RTN's (measured means: routed 1.010 % vs llm-compressor 0.855 %, all-token
+  1.816 % vs 1.524 %, RTN 2.940 %).
+
 Heavy: needs torch and the llm-compressor layer (scripts/test-heavy.sh).
 """
 import json
@@ -68,3 +74,120 @@ def test_family_calibration_matches_llmcompressor(qforge, tmp_path, family, meth
     if d["llmc"] < d["rtn"]:
         assert d["ours"] < d["rtn"], d
     assert d["ours"] <= d["llmc"] + TOLERANCE_PCT, d
+
+
+MOE_SAMPLES = "16"
+MOE_SEQ_LEN = "64"
+
+
+@pytest.mark.parametrize("family", [
+    "qwen3moe",
+    # llm-compressor saves linearized Mixtral experts as block_sparse_moe.experts.E.gate_proj
+    # (Mixtral's block, Qwen's projection names), a spelling qforge's HF reader refuses
+    # (measured before that refusal: ours +2.323 %, RTN +2.940 %, calibration on the plays)
+    pytest.param("mixtral", marks=pytest.mark.xfail(
+        strict=True, reason="qforge does not read block_sparse_moe.experts.E.{gate,up,down}_proj")),
+])
+def test_moe_awq_matches_llmcompressor(qforge, tmp_path, family):
+    """AWQ on the mixture-of-experts fixtures (issue 18), INT4 group 32 symmetric (the experts
+    are 32 wide), every expert calibrated on every token on both sides (llm-compressor's
+    default `moe_calibrate_all_experts`, our --all-experts), the routers left unquantized.
+
+    llm-compressor maps Qwen3-MoE with `_moe_default_mappings` (post_attention_layernorm → the
+    router and every expert's gate/up; per expert up → down), as we do. Mixtral is not in its
+    AWQ_MAPPING_REGISTRY: its linearized experts match `default_mappings`, which leave the
+    router out of post_attention_layernorm's balance layers (its routing then moves with the
+    scales); ours keeps the router in, as for Qwen3-MoE. Our drift must stay below RTN's and
+    within TOLERANCE_PCT of llm-compressor's (measured, qwen3moe, calibration on eval.txt:
+    ours +3.626 %, llm-compressor +4.638 %, RTN +6.576 %)."""
+    t = tmp_path
+    base = FIXTURES / family
+    b32 = t / "base-f32"
+    subprocess.run([str(qforge), "convert", str(base), str(b32), "--to", "hf", "--dtype", "f32"],
+                   check=True, capture_output=True)
+    data = [str(cache_dir() / "text" / p) for p in PLAYS]
+    subprocess.run([str(qforge), "calibrate", str(b32), "--data", *data, "--method", "awq",
+                    "--scheme", "int4-g32", "--samples", MOE_SAMPLES, "--seq-len", MOE_SEQ_LEN,
+                    "--all-experts", "--samples-out", str(t / "samples.json"),
+                    "-o", str(t / "calib"), "-q"], check=True, capture_output=True)
+    for name, extra in [("ours", ["--calib", str(t / "calib")]), ("rtn", [])]:
+        subprocess.run([str(qforge), "quantize", str(b32), str(t / name), "--scheme", "int4-g32",
+                        "--dtype", "f32", *extra], check=True, capture_output=True)
+    _llmc("awq-g32-moe", str(b32), str(t / "samples.json"), str(t / "llmc"))
+    d = {n: _drift(qforge, base, t / n, t / f"{n}.json") for n in ["ours", "rtn", "llmc"]}
+    print(f"{family} awq PPL drift %: " + "  ".join(f"{k} {v:.3f}" for k, v in d.items()))
+    assert d["ours"] < d["rtn"], d
+    assert d["ours"] <= d["llmc"] + TOLERANCE_PCT, d
+
+
+# GPTQ per expert on the Mixtral fixture (6 experts, top-2, expert width 32, so group 32).
+# llm-compressor 0.14 (with its transformers 5.17) loads the 4.57 checkpoint's per-expert w1/w3/w2
+# as transformers 5's fused `experts.gate_up_proj` / `down_proj`, linearizes them into
+# per-expert Linears (llmcompressor/modeling/moe/linearize.py `linearize_moe`) and saves those
+# as `block_sparse_moe.experts.E.{gate,up,down}_proj` (transformers 5 reverses only the
+# `mlp` -> `block_sparse_moe` rename). qforge reads Mixtral experts as `w1`/`w3`/`w2`, so the
+# test renames those keys (bytes unchanged) before `qforge verify`.
+# A drift on this 2-layer random fixture moves by up to ~1 point with the sample draw (either
+# side ahead, single draws), so both sides run on the same three draws and the mean is compared.
+MOE_SEEDS = ["0", "1", "2"]
+_LLMC_EXPERT = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+
+
+def _mixtral_expert_names(path: pathlib.Path) -> None:
+    import re
+
+    from safetensors.torch import load_file, save_file
+
+    pat = re.compile(r"(\.block_sparse_moe\.experts\.\d+\.)(gate_proj|up_proj|down_proj)\.")
+    t = load_file(str(path))
+    renamed = {pat.sub(lambda m: m.group(1) + _LLMC_EXPERT[m.group(2)] + ".", k): v
+               for k, v in t.items()}
+    assert len(renamed) == len(t) and any(".experts.0.w2." in k for k in renamed), sorted(t)[:8]
+    save_file(renamed, str(path), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("experts", ["routed", "all"])
+def test_mixtral_gptq_per_expert_matches_llmcompressor(qforge, tmp_path, experts):
+    """Same token samples on both sides; `routed`: each expert's Hessian from the tokens the
+    router sends to it (qforge's default, llm-compressor `moe_calibrate_all_experts=False`);
+    `all`: from every token (qforge `--all-experts`, llm-compressor's default True). Measured
+    (drift %, seeds 0/1/2): routed ours 0.709/1.274/1.047 vs llm-compressor 1.052/1.182/0.330;
+    all ours 2.019/1.989/1.439 vs 0.916/2.234/1.423; RTN 2.940."""
+    t = tmp_path
+    base = FIXTURES / "mixtral"
+    b32 = t / "base-f32"
+    subprocess.run([str(qforge), "convert", str(base), str(b32), "--to", "hf", "--dtype", "f32"],
+                   check=True, capture_output=True)
+    subprocess.run([str(qforge), "quantize", str(b32), str(t / "rtn"), "--scheme", "int4-g32",
+                    "--dtype", "f32"], check=True, capture_output=True)
+    rtn = _drift(qforge, base, t / "rtn", t / "rtn.json")
+    data = [str(cache_dir() / "text" / p) for p in PLAYS]
+    ours, llmc = [], []
+    for seed in MOE_SEEDS:
+        s = t / f"s{seed}"
+        s.mkdir()
+        subprocess.run([str(qforge), "calibrate", str(b32), "--data", *data, "--method", "gptq",
+                        "--scheme", "int4-g32", "--samples", SAMPLES, "--seq-len", SEQ_LEN,
+                        "--seed", seed, *(["--all-experts"] if experts == "all" else []),
+                        "--samples-out", str(s / "samples.json"), "-o", str(s / "calib"), "-q"],
+                       check=True, capture_output=True)
+        calib = json.loads((s / "calib" / "calib.json").read_text())
+        rows = [m["routed_tokens"] for m in calib["modules"] if ".experts." in m["module"]]
+        assert len(rows) == 2 * 6 * 3, calib["modules"][:2]
+        if experts == "all":
+            assert set(rows) == {int(SAMPLES) * int(SEQ_LEN)}, rows
+        else:
+            assert max(rows) < int(SAMPLES) * int(SEQ_LEN), rows
+        subprocess.run([str(qforge), "quantize", str(b32), str(s / "ours"), "--scheme",
+                        "int4-g32", "--dtype", "f32", "--calib", str(s / "calib")],
+                       check=True, capture_output=True)
+        _llmc("gptq-g32", str(b32), str(s / "samples.json"), str(s / "llmc"),
+              *(["--routed-experts"] if experts == "routed" else []))
+        _mixtral_expert_names(s / "llmc" / "model.safetensors")
+        ours.append(_drift(qforge, base, s / "ours", s / "ours.json"))
+        llmc.append(_drift(qforge, base, s / "llmc", s / "llmc.json"))
+    mean = {"ours": sum(ours) / len(ours), "llmc": sum(llmc) / len(llmc)}
+    print(f"mixtral gptq {experts} PPL drift % per seed: ours {ours} llmc {llmc} RTN {rtn:.3f}; "
+          f"mean ours {mean['ours']:.3f} llmc {mean['llmc']:.3f}")
+    assert max(ours) < rtn, (ours, rtn)
+    assert mean["ours"] <= mean["llmc"] + TOLERANCE_PCT, (ours, llmc)

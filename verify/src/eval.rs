@@ -62,7 +62,9 @@ fn batch_size(model: &Model, chunks: &Chunks, opts: &EvalOptions, models: usize)
 /// One layer over `h` (chunks of `ctx` tokens, in place), showing `observe` each linear's
 /// input (`[ctx, inp]`, before any activation quantization) with the linears that read it,
 /// chunk after chunk. The forward of [`perplexity`] and [`compare`]; calibration and the
-/// importance matrix observe through it.
+/// importance matrix observe through it. It is the residual stream around the layer's two
+/// modules, [`self_attention`] and [`feed_forward`], which calibrate's AWQ also evaluates
+/// with candidate weights.
 pub fn run_layer_observed<T: Real, L: Project<T>>(
     model: &Model,
     lw: &LayerWeights<T, L>,
@@ -73,46 +75,155 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
 ) {
     let cfg = model.config();
     let hid = cfg.hidden_size as usize;
+    let eps = T::of_f64(cfg.rms_norm_eps);
+    let mut x = vec![T::ZERO; ctx * hid];
+    let mut y = vec![T::ZERO; ctx * hid];
+    let attn = AttnProjs {
+        q: &lw.q,
+        k: &lw.k,
+        v: &lw.v,
+        o: &lw.o,
+    };
+    let ffn = match &lw.moe {
+        Some(m) => FfnProjs::Moe(m),
+        None => FfnProjs::Dense {
+            gate: &lw.gate,
+            up: &lw.up,
+            down: &lw.down,
+            ffn: cfg.intermediate_size as usize,
+        },
+    };
+    for hc in h.chunks_mut(ctx * hid) {
+        x.copy_from_slice(hc);
+        rms_norm(&mut x, hid, &lw.attn_norm, eps);
+        self_attention(model, lw, rope, &x, ctx, &attn, &mut y, observe);
+        add(hc, &y);
+        x.copy_from_slice(hc);
+        rms_norm(&mut x, hid, &lw.ffn_norm, eps);
+        feed_forward(&ffn, &x, ctx, hid, &mut y, observe);
+        add(hc, &y);
+    }
+}
+
+/// The q/k/v/o projections [`self_attention`] runs with: a layer's own, or candidate weights
+/// (calibrate's AWQ search, [`DenseRef`]).
+pub struct AttnProjs<'a, P> {
+    /// `q_proj`.
+    pub q: &'a P,
+    /// `k_proj`.
+    pub k: &'a P,
+    /// `v_proj`.
+    pub v: &'a P,
+    /// `o_proj`.
+    pub o: &'a P,
+}
+
+/// The projections [`feed_forward`] runs with: a dense SwiGLU MLP's gate/up/down, or a
+/// mixture-of-experts block (router, experts, shared expert; [`crate::moe::ffn`]).
+pub enum FfnProjs<'a, T, P> {
+    /// `down(silu(gate·x) ⊙ up·x)`.
+    Dense {
+        /// `gate_proj`.
+        gate: &'a P,
+        /// `up_proj`.
+        up: &'a P,
+        /// `down_proj`.
+        down: &'a P,
+        /// The MLP's width (gate/up outputs).
+        ffn: usize,
+    },
+    /// A mixture-of-experts block.
+    Moe(&'a crate::moe::MoeWeights<T, P>),
+}
+
+/// A borrowed plain linear layer `[out, inp]` in `T` (no activation quantization): candidate
+/// weights for [`self_attention`] and [`feed_forward`] without copying them.
+pub struct DenseRef<'a, T> {
+    /// Weights, `[out, inp]` row-major.
+    pub w: &'a [T],
+    /// Output features.
+    pub out: usize,
+    /// Input features.
+    pub inp: usize,
+}
+
+impl<T: Real> Project<T> for DenseRef<'_, T> {
+    fn project(&self, x: &[T], t: usize, y: &mut [T]) {
+        crate::matmul::matmul_t(x, t, self.inp, self.w, self.out, y);
+    }
+}
+
+/// The self-attention module (transformers `LlamaAttention.forward`, input_layernorm's output
+/// to o_proj's output, before the residual) of `x`: `t = n·ctx` normed rows of `n` sequences
+/// of `ctx` tokens. The projections run over all `t` rows at once, the attention
+/// ([`attend`]: biases, q/k norms, RoPE, masks of the layer `lw`) per sequence; `y` (`[t,
+/// hidden]`) is overwritten. `observe` sees the q/k/v input and o_proj's input.
+#[allow(clippy::too_many_arguments)]
+pub fn self_attention<T: Real, L, P: Project<T>>(
+    model: &Model,
+    lw: &LayerWeights<T, L>,
+    rope: &RopeTable,
+    x: &[T],
+    ctx: usize,
+    p: &AttnProjs<'_, P>,
+    y: &mut [T],
+    observe: &mut dyn FnMut(&[LayerTensor], &[T]),
+) {
+    let cfg = model.config();
     let (heads, kvh, hd) = (
         cfg.num_heads as usize,
         cfg.num_kv_heads as usize,
         cfg.head_dim as usize,
     );
-    let eps = T::of_f64(cfg.rms_norm_eps);
-    let ffn = cfg.intermediate_size as usize;
-    let mut x = vec![T::ZERO; ctx * hid];
-    let mut q = vec![T::ZERO; ctx * heads * hd];
-    let mut k = vec![T::ZERO; ctx * kvh * hd];
-    let mut v = vec![T::ZERO; ctx * kvh * hd];
-    let mut att = vec![T::ZERO; ctx * heads * hd];
-    let mut g = vec![T::ZERO; ctx * ffn];
-    let mut u = vec![T::ZERO; ctx * ffn];
-    for hc in h.chunks_mut(ctx * hid) {
-        x.copy_from_slice(hc);
-        rms_norm(&mut x, hid, &lw.attn_norm, eps);
-        observe(&[LayerTensor::Q, LayerTensor::K, LayerTensor::V], &x);
-        lw.q.project(&x, ctx, &mut q);
-        lw.k.project(&x, ctx, &mut k);
-        lw.v.project(&x, ctx, &mut v);
-        attend(model, lw, rope, &mut q, &mut k, &mut v, ctx, &mut att);
-        observe(&[LayerTensor::O], &att);
-        lw.o.project(&att, ctx, &mut x);
-        add(hc, &x);
-        x.copy_from_slice(hc);
-        rms_norm(&mut x, hid, &lw.ffn_norm, eps);
-        if let Some(m) = &lw.moe {
-            let xn = x.clone();
-            crate::moe::ffn(m, &xn, ctx, hid, &mut x, observe);
-            add(hc, &x);
-            continue;
+    let t = x.len() / (cfg.hidden_size as usize).max(1);
+    let (qw, kw) = (heads * hd, kvh * hd);
+    let mut q = vec![T::ZERO; t * qw];
+    let mut k = vec![T::ZERO; t * kw];
+    let mut v = vec![T::ZERO; t * kw];
+    let mut att = vec![T::ZERO; t * qw];
+    observe(&[LayerTensor::Q, LayerTensor::K, LayerTensor::V], x);
+    p.q.project(x, t, &mut q);
+    p.k.project(x, t, &mut k);
+    p.v.project(x, t, &mut v);
+    for ((qc, kc), (vc, ac)) in q
+        .chunks_mut(ctx * qw)
+        .zip(k.chunks_mut(ctx * kw))
+        .zip(v.chunks_mut(ctx * kw).zip(att.chunks_mut(ctx * qw)))
+    {
+        attend(model, lw, rope, qc, kc, vc, ctx, ac);
+    }
+    observe(&[LayerTensor::O], &att);
+    p.o.project(&att, t, y);
+}
+
+/// The feed-forward module (post_attention_layernorm's output to the MLP's or MoE block's
+/// output, before the residual) of `x` (`[t, hidden]`, normed) into `y` (`[t, hidden]`,
+/// overwritten); `observe` sees each linear's input (per expert in a MoE block).
+pub fn feed_forward<T: Real, P: Project<T>>(
+    p: &FfnProjs<'_, T, P>,
+    x: &[T],
+    t: usize,
+    hid: usize,
+    y: &mut [T],
+    observe: &mut dyn FnMut(&[LayerTensor], &[T]),
+) {
+    match p {
+        FfnProjs::Moe(m) => crate::moe::ffn(m, x, t, hid, y, observe),
+        FfnProjs::Dense {
+            gate,
+            up,
+            down,
+            ffn,
+        } => {
+            let mut g = vec![T::ZERO; t * ffn];
+            let mut u = vec![T::ZERO; g.len()];
+            observe(&[LayerTensor::Gate, LayerTensor::Up], x);
+            gate.project(x, t, &mut g);
+            up.project(x, t, &mut u);
+            swiglu(&mut g, &u);
+            observe(&[LayerTensor::Down], &g);
+            down.project(&g, t, y);
         }
-        observe(&[LayerTensor::Gate, LayerTensor::Up], &x);
-        lw.gate.project(&x, ctx, &mut g);
-        lw.up.project(&x, ctx, &mut u);
-        swiglu(&mut g, &u);
-        observe(&[LayerTensor::Down], &g);
-        lw.down.project(&g, ctx, &mut x);
-        add(hc, &x);
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use qforge_convert::{Checkpoint, Format, LayerTensor, ModelConfig, RopeScaling, TensorId};
 use qforge_quantize::dequant::WeightStorage;
+use qforge_quantize::layout::ActEmulation;
 use serde_json::Value;
 
 use crate::actquant::{
@@ -405,17 +406,12 @@ impl Model {
                 ActQuant::Ggml(ty)
             }
             WeightStorage::Plain(_) => ActQuant::None,
-            WeightStorage::Nvfp4 => match self.input_global_scale(id)? {
-                Some(gs) => ActQuant::Nvfp4 { gs },
-                None => ActQuant::None,
-            },
-            WeightStorage::Fp8Block => match self.w8a8 {
-                Some(_) => ActQuant::Fp8Group,
-                None => ActQuant::None,
-            },
-            _ => match self.w8a8 {
-                Some(ub) => ActQuant::Fp8Token { ub },
-                None => ActQuant::None,
+            // the layout chooses the activation quantization servers apply
+            WeightStorage::Quantized(s) => match s.act_emulation(&self.ckpt, id, self.w8a8)? {
+                ActEmulation::None => ActQuant::None,
+                ActEmulation::Fp8Token { ub } => ActQuant::Fp8Token { ub },
+                ActEmulation::Fp8Group => ActQuant::Fp8Group,
+                ActEmulation::Nvfp4 { gs } => ActQuant::Nvfp4 { gs },
             },
         };
         let exact = self.exact_weights(id, storage, act, out, inp)?;
@@ -427,24 +423,6 @@ impl Model {
             act,
             exact,
         })
-    }
-
-    /// The `m` (min) of every Q4_1/Q5_1 block, `[out, inp/32]`.
-    /// An NVFP4 W4A4 linear's `input_global_scale` (one finite positive F32), if present.
-    fn input_global_scale(&self, id: TensorId) -> Result<Option<f32>> {
-        let Some(t) = self.ckpt.part(id, qforge_convert::Part::InputGlobalScale) else {
-            return Ok(None);
-        };
-        match self.ckpt.to_f32(t)?.as_slice() {
-            [g] if g.is_finite() && *g > 0.0 => Ok(Some(*g)),
-            other => Err(Error::Unsupported {
-                path: self.ckpt.path.clone(),
-                reason: format!(
-                    "{}: input_global_scale {other:?} is not one positive value",
-                    t.name
-                ),
-            }),
-        }
     }
 
     /// The stored form of `id`'s weight when its matmul runs on codes ([`Exact`]): ggml's
@@ -477,10 +455,11 @@ impl Model {
                     .map_err(|e| bad(format!("{} {e}", t.name)))?;
                 Ok(Some(Exact::Ggml(w)))
             }
-            (
-                ActQuant::Fp8Token { .. },
-                WeightStorage::Fp8Rowwise | WeightStorage::Fp8PerTensor,
-            ) if inp <= crate::gemm::fp8::MAX_K => {
+            // FP8 with one scale per row or per tensor (not FP8 block, whose act is Fp8Group)
+            (ActQuant::Fp8Token { .. }, WeightStorage::Quantized(s))
+                if matches!(s.kind.id(), "fp8-rowwise" | "fp8-static")
+                    && inp <= crate::gemm::fp8::MAX_K =>
+            {
                 let t = part(qforge_convert::Part::Weight)?;
                 if t.dtype != qforge_codecs::DType::F8_E4M3 {
                     // E5M2 products are not exact in f64 over long rows: f32 GEMM of `w`
@@ -697,7 +676,7 @@ impl Model {
                 })?)
             }
             WeightStorage::Plain(_) => ActQuant::None,
-            _ => match self.w8a8 {
+            WeightStorage::Quantized(_) => match self.w8a8 {
                 Some(ub) => ActQuant::Fp8Token { ub },
                 None => ActQuant::None,
             },

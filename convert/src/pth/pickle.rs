@@ -798,230 +798,276 @@ impl<'a> Vm<'a> {
         loop {
             self.op = self.pos as u64;
             let code = self.u8()?;
-            match code {
-                op::PROTO => {
-                    let p = self.u8()?;
-                    if p > MAX_PROTOCOL {
-                        return Err(self.bad(format!("unsupported pickle protocol {p}")));
-                    }
-                }
-                op::FRAME => {
-                    // Framing only groups opcodes for buffered readers; check the length and go on.
-                    let len = self.u64()?;
-                    if len > (self.data.len() - self.pos) as u64 {
-                        return Err(self.truncated());
-                    }
-                }
-                op::STOP => return self.pop(),
-                op::MARK => {
-                    if self.stack.len() + self.marks.len() >= MAX_STACK {
-                        return Err(self.too_deep());
-                    }
-                    self.marks.push(self.stack.len());
-                }
-                op::POP => {
-                    if self.stack.len() > self.floor() {
-                        self.pop()?;
-                    } else {
-                        self.pop_mark()?;
-                    }
-                }
-                op::POP_MARK => {
-                    self.pop_mark()?;
-                }
-                op::DUP => {
-                    let v = self.top()?.clone();
-                    self.push(v)?;
-                }
-                op::NONE => self.push(Value::None)?,
-                op::NEWTRUE => self.push(Value::Bool(true))?,
-                op::NEWFALSE => self.push(Value::Bool(false))?,
-                op::BININT1 => {
-                    let v = self.u8()?;
-                    self.push(Value::Int(v.into()))?;
-                }
-                op::BININT2 => {
-                    let v = self.u16()?;
-                    self.push(Value::Int(v.into()))?;
-                }
-                op::BININT => {
-                    let v = i32::from_le_bytes(self.array()?);
-                    self.push(Value::Int(v.into()))?;
-                }
-                op::LONG1 => {
-                    let n = self.u8()?;
-                    let v = self.long(n.into())?;
-                    self.push(v)?;
-                }
-                op::LONG4 => {
-                    let n = i32::from_le_bytes(self.array()?);
-                    let n = u64::try_from(n).map_err(|_| self.bad("negative LONG4 length"))?;
-                    let v = self.long(n)?;
-                    self.push(v)?;
-                }
-                op::BINFLOAT => {
-                    let v = f64::from_be_bytes(self.array()?);
-                    self.push(Value::Float(v))?;
-                }
-                op::BINUNICODE => {
-                    let n = self.u32()?;
-                    let v = self.utf8(n.into())?;
-                    self.push(v)?;
-                }
-                op::SHORT_BINUNICODE => {
-                    let n = self.u8()?;
-                    let v = self.utf8(n.into())?;
-                    self.push(v)?;
-                }
-                op::BINUNICODE8 => {
-                    let n = self.u64()?;
-                    let v = self.utf8(n)?;
-                    self.push(v)?;
-                }
-                op::BINBYTES => {
-                    let n = self.u32()?;
-                    let v = self.bytes(n.into())?;
-                    self.push(v)?;
-                }
-                op::SHORT_BINBYTES => {
-                    let n = self.u8()?;
-                    let v = self.bytes(n.into())?;
-                    self.push(v)?;
-                }
-                op::BINBYTES8 => {
-                    let n = self.u64()?;
-                    let v = self.bytes(n)?;
-                    self.push(v)?;
-                }
-                op::EMPTY_TUPLE => self.push(Value::Tuple(Rc::default()))?,
-                op::EMPTY_LIST => self.push(Value::List(Rc::default()))?,
-                op::EMPTY_DICT => self.push(Value::Dict(Rc::default()))?,
-                op::TUPLE => {
-                    let items = self.pop_mark()?;
-                    let v = Value::Tuple(self.seq(items)?);
-                    self.push(v)?;
-                }
-                op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
-                    let n = usize::from(code - op::TUPLE1) + 1;
-                    let mut items = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        items.push(self.pop()?);
-                    }
-                    items.reverse();
-                    let v = Value::Tuple(self.seq(items)?);
-                    self.push(v)?;
-                }
-                op::LIST => {
-                    let items = self.pop_mark()?;
-                    let v = Value::List(self.seq(items)?);
-                    self.push(v)?;
-                }
-                op::DICT => {
-                    let items = self.pop_mark()?;
-                    let v = self.dict_from_pairs(items, false)?;
-                    self.push(v)?;
-                }
-                op::APPEND => {
-                    let v = self.pop()?;
-                    self.append(vec![v])?;
-                }
-                op::APPENDS => {
-                    let items = self.pop_mark()?;
-                    self.append(items)?;
-                }
-                op::SETITEM => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    self.set_items(vec![k, v])?;
-                }
-                op::SETITEMS => {
-                    let items = self.pop_mark()?;
-                    self.set_items(items)?;
-                }
-                op::BINPUT => {
-                    let i = self.u8()?;
-                    self.memo_put(i.into())?;
-                }
-                op::LONG_BINPUT => {
-                    let i = self.u32()?;
-                    self.memo_put(i)?;
-                }
-                op::MEMOIZE => {
-                    let i = u32::try_from(self.memo.len())
-                        .map_err(|_| self.bad("memo index overflow"))?;
-                    self.memo_put(i)?;
-                }
-                op::BINGET => {
-                    let i = self.u8()?;
-                    self.memo_get(i.into())?;
-                }
-                op::LONG_BINGET => {
-                    let i = self.u32()?;
-                    self.memo_get(i)?;
-                }
-                op::GLOBAL => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    let g = resolve(module, name, self.op)?;
-                    self.push(Value::Global(g))?;
-                }
-                op::STACK_GLOBAL => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    let (Value::Str(module), Value::Str(name)) = (&module, &name) else {
-                        return Err(self.bad("STACK_GLOBAL operands must be strings"));
-                    };
-                    let g = resolve(module, name, self.op)?;
-                    self.push(Value::Global(g))?;
-                }
-                op::REDUCE => {
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
-                    let v = self.reduce(&callable, &args)?;
-                    if let Value::Tensor(t) = &v {
-                        self.count_items(t.size.len() + t.stride.len())?;
-                    }
-                    self.push(v)?;
-                }
-                op::NEWOBJ => {
-                    let args = self.pop()?;
-                    let cls = self.pop()?;
-                    let v = self.new_obj(&cls, &args)?;
-                    self.push(v)?;
-                }
-                op::NEWOBJ_EX => return Err(self.forbidden("NEWOBJ_EX")),
-                op::BUILD => {
-                    let _state = self.pop()?;
-                    let offset = self.op;
-                    match self.top()? {
-                        // nn.Module.state_dict() pickles its `_metadata` attribute this way.
-                        Value::Dict(d) if d.ordered => {}
-                        other => {
-                            let what = format!("BUILD on a {}", other.type_name());
-                            return Err(PthError::ForbiddenCall { what, offset });
-                        }
-                    }
-                }
-                op::INST => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    let g = resolve(module, name, self.op)?;
-                    return Err(self.forbidden(format!("INST {}", g.path())));
-                }
-                op::OBJ => return Err(self.forbidden("OBJ")),
-                op::BINPERSID => {
-                    let pid = self.pop()?;
-                    let v = self.persistent_load(&pid)?;
-                    self.push(v)?;
-                }
-                other => {
-                    return Err(PthError::UnsupportedOpcode {
-                        opcode: other,
-                        offset: self.op,
-                    })
-                }
+            if code == op::STOP {
+                return self.pop();
+            }
+            let known = self.stack_op(code)?
+                || self.literal_op(code)?
+                || self.container_op(code)?
+                || self.memo_op(code)?
+                || self.object_op(code)?;
+            if !known {
+                return Err(PthError::UnsupportedOpcode {
+                    opcode: code,
+                    offset: self.op,
+                });
             }
         }
+    }
+
+    /// Framing and the stack: PROTO, FRAME, MARK, POP, POP_MARK, DUP. `Ok(false)`: not one of these opcodes.
+    fn stack_op(&mut self, code: u8) -> Result<bool, PthError> {
+        match code {
+            op::PROTO => {
+                let p = self.u8()?;
+                if p > MAX_PROTOCOL {
+                    return Err(self.bad(format!("unsupported pickle protocol {p}")));
+                }
+            }
+            op::FRAME => {
+                // Framing only groups opcodes for buffered readers; check the length and go on.
+                let len = self.u64()?;
+                if len > (self.data.len() - self.pos) as u64 {
+                    return Err(self.truncated());
+                }
+            }
+            op::MARK => {
+                if self.stack.len() + self.marks.len() >= MAX_STACK {
+                    return Err(self.too_deep());
+                }
+                self.marks.push(self.stack.len());
+            }
+            op::POP => {
+                if self.stack.len() > self.floor() {
+                    self.pop()?;
+                } else {
+                    self.pop_mark()?;
+                }
+            }
+            op::POP_MARK => {
+                self.pop_mark()?;
+            }
+            op::DUP => {
+                let v = self.top()?.clone();
+                self.push(v)?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Literals: None, booleans, integers, floats, strings and bytes. `Ok(false)`: not one of these opcodes.
+    fn literal_op(&mut self, code: u8) -> Result<bool, PthError> {
+        match code {
+            op::NONE => self.push(Value::None)?,
+            op::NEWTRUE => self.push(Value::Bool(true))?,
+            op::NEWFALSE => self.push(Value::Bool(false))?,
+            op::BININT1 => {
+                let v = self.u8()?;
+                self.push(Value::Int(v.into()))?;
+            }
+            op::BININT2 => {
+                let v = self.u16()?;
+                self.push(Value::Int(v.into()))?;
+            }
+            op::BININT => {
+                let v = i32::from_le_bytes(self.array()?);
+                self.push(Value::Int(v.into()))?;
+            }
+            op::LONG1 => {
+                let n = self.u8()?;
+                let v = self.long(n.into())?;
+                self.push(v)?;
+            }
+            op::LONG4 => {
+                let n = i32::from_le_bytes(self.array()?);
+                let n = u64::try_from(n).map_err(|_| self.bad("negative LONG4 length"))?;
+                let v = self.long(n)?;
+                self.push(v)?;
+            }
+            op::BINFLOAT => {
+                let v = f64::from_be_bytes(self.array()?);
+                self.push(Value::Float(v))?;
+            }
+            op::BINUNICODE => {
+                let n = self.u32()?;
+                let v = self.utf8(n.into())?;
+                self.push(v)?;
+            }
+            op::SHORT_BINUNICODE => {
+                let n = self.u8()?;
+                let v = self.utf8(n.into())?;
+                self.push(v)?;
+            }
+            op::BINUNICODE8 => {
+                let n = self.u64()?;
+                let v = self.utf8(n)?;
+                self.push(v)?;
+            }
+            op::BINBYTES => {
+                let n = self.u32()?;
+                let v = self.bytes(n.into())?;
+                self.push(v)?;
+            }
+            op::SHORT_BINBYTES => {
+                let n = self.u8()?;
+                let v = self.bytes(n.into())?;
+                self.push(v)?;
+            }
+            op::BINBYTES8 => {
+                let n = self.u64()?;
+                let v = self.bytes(n)?;
+                self.push(v)?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Tuples, lists and dicts: built empty, from the stack or a mark, and appended to. `Ok(false)`: not one of these opcodes.
+    fn container_op(&mut self, code: u8) -> Result<bool, PthError> {
+        match code {
+            op::EMPTY_TUPLE => self.push(Value::Tuple(Rc::default()))?,
+            op::EMPTY_LIST => self.push(Value::List(Rc::default()))?,
+            op::EMPTY_DICT => self.push(Value::Dict(Rc::default()))?,
+            op::TUPLE => {
+                let items = self.pop_mark()?;
+                let v = Value::Tuple(self.seq(items)?);
+                self.push(v)?;
+            }
+            op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
+                let n = usize::from(code - op::TUPLE1) + 1;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.pop()?);
+                }
+                items.reverse();
+                let v = Value::Tuple(self.seq(items)?);
+                self.push(v)?;
+            }
+            op::LIST => {
+                let items = self.pop_mark()?;
+                let v = Value::List(self.seq(items)?);
+                self.push(v)?;
+            }
+            op::DICT => {
+                let items = self.pop_mark()?;
+                let v = self.dict_from_pairs(items, false)?;
+                self.push(v)?;
+            }
+            op::APPEND => {
+                let v = self.pop()?;
+                self.append(vec![v])?;
+            }
+            op::APPENDS => {
+                let items = self.pop_mark()?;
+                self.append(items)?;
+            }
+            op::SETITEM => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                self.set_items(vec![k, v])?;
+            }
+            op::SETITEMS => {
+                let items = self.pop_mark()?;
+                self.set_items(items)?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The memo: PUT (BINPUT, LONG_BINPUT, MEMOIZE) and GET (BINGET, LONG_BINGET). `Ok(false)`: not one of these opcodes.
+    fn memo_op(&mut self, code: u8) -> Result<bool, PthError> {
+        match code {
+            op::BINPUT => {
+                let i = self.u8()?;
+                self.memo_put(i.into())?;
+            }
+            op::LONG_BINPUT => {
+                let i = self.u32()?;
+                self.memo_put(i)?;
+            }
+            op::MEMOIZE => {
+                let i =
+                    u32::try_from(self.memo.len()).map_err(|_| self.bad("memo index overflow"))?;
+                self.memo_put(i)?;
+            }
+            op::BINGET => {
+                let i = self.u8()?;
+                self.memo_get(i.into())?;
+            }
+            op::LONG_BINGET => {
+                let i = self.u32()?;
+                self.memo_get(i)?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Globals (resolved against the allow-list, never imported), calls (REDUCE and NEWOBJ of
+    /// allowed callables only), BUILD, and persistent ids (the tensors' storages). `Ok(false)`: not one of these opcodes.
+    fn object_op(&mut self, code: u8) -> Result<bool, PthError> {
+        match code {
+            op::GLOBAL => {
+                let module = self.line()?;
+                let name = self.line()?;
+                let g = resolve(module, name, self.op)?;
+                self.push(Value::Global(g))?;
+            }
+            op::STACK_GLOBAL => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                let (Value::Str(module), Value::Str(name)) = (&module, &name) else {
+                    return Err(self.bad("STACK_GLOBAL operands must be strings"));
+                };
+                let g = resolve(module, name, self.op)?;
+                self.push(Value::Global(g))?;
+            }
+            op::REDUCE => {
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                let v = self.reduce(&callable, &args)?;
+                if let Value::Tensor(t) = &v {
+                    self.count_items(t.size.len() + t.stride.len())?;
+                }
+                self.push(v)?;
+            }
+            op::NEWOBJ => {
+                let args = self.pop()?;
+                let cls = self.pop()?;
+                let v = self.new_obj(&cls, &args)?;
+                self.push(v)?;
+            }
+            op::NEWOBJ_EX => return Err(self.forbidden("NEWOBJ_EX")),
+            op::BUILD => {
+                let _state = self.pop()?;
+                let offset = self.op;
+                match self.top()? {
+                    // nn.Module.state_dict() pickles its `_metadata` attribute this way.
+                    Value::Dict(d) if d.ordered => {}
+                    other => {
+                        let what = format!("BUILD on a {}", other.type_name());
+                        return Err(PthError::ForbiddenCall { what, offset });
+                    }
+                }
+            }
+            op::INST => {
+                let module = self.line()?;
+                let name = self.line()?;
+                let g = resolve(module, name, self.op)?;
+                return Err(self.forbidden(format!("INST {}", g.path())));
+            }
+            op::OBJ => return Err(self.forbidden("OBJ")),
+            op::BINPERSID => {
+                let pid = self.pop()?;
+                let v = self.persistent_load(&pid)?;
+                self.push(v)?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// LONG1 / LONG4 payload: little-endian two's complement, at most 128 bits.

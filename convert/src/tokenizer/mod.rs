@@ -1022,27 +1022,15 @@ impl Vocab {
         Ok(vocab)
     }
 
-    fn hf_inner(
+    /// The token table of a `tokenizer.json` model: `model.vocab` and `added_tokens` by id,
+    /// `config.json`'s `vocab_size` rows (gaps padded as llama.cpp's converter pads them).
+    /// Returns the tokens, their types and the added tokens' (text, id).
+    #[allow(clippy::type_complexity)]
+    fn hf_token_table(
         tj: &Value,
-        tcfg: Option<&Value>,
+        model: &Value,
         cfg: Option<&Value>,
-        jinja: Option<String>,
-    ) -> Why<Self> {
-        let model = tj.get("model").ok_or("no \"model\"")?;
-        let mtype = model.get("type").and_then(Value::as_str).unwrap_or("BPE");
-        if mtype != "BPE" {
-            return Err(format!(
-                "model type {mtype:?}: only byte-level BPE tokenizers are converted"
-            ));
-        }
-        // A BPE model with byte_fallback is a SentencePiece vocabulary (spm.rs).
-        let spm = model.get("byte_fallback").and_then(Value::as_bool) == Some(true);
-        if !spm
-            && !mentions_byte_level(tj.get("pre_tokenizer"))
-            && !mentions_byte_level(tj.get("decoder"))
-        {
-            return Err("no ByteLevel pre-tokenizer or decoder: not a byte-level BPE".into());
-        }
+    ) -> Why<(Vec<String>, Vec<i32>, Vec<(String, usize)>)> {
         let id_of = |v: &Value, what: &str| -> Why<usize> {
             v.as_u64()
                 .and_then(|x| usize::try_from(x).ok())
@@ -1107,8 +1095,12 @@ impl Vocab {
             tokens.push(t);
             token_types.push(ty);
         }
+        Ok((tokens, token_types, added_ids))
+    }
 
-        let merges = match model.get("merges") {
+    /// `model.merges`, each as `"a b"` (a pair of strings is joined, spaces spelled `Ġ`).
+    fn hf_merges(model: &Value) -> Why<Vec<String>> {
+        Ok(match model.get("merges") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(ms)) => ms
                 .iter()
@@ -1127,7 +1119,95 @@ impl Vocab {
                 })
                 .collect::<Why<_>>()?,
             Some(_) => return Err("model.merges is not an array".into()),
-        };
+        })
+    }
+
+    /// `add_bos` / `add_eos`: the post-processor first (gguf-py's crude template reading), then
+    /// `tokenizer_config.json`.
+    fn hf_add_bos_eos(
+        tj: &Value,
+        tcfg: Option<&Value>,
+        bos_text: Option<&str>,
+        eos_text: Option<&str>,
+    ) -> (Option<bool>, Option<bool>) {
+        let (mut add_bos, mut add_eos) = (None, None);
+        if let Some(pp) = tj.get("post_processor").filter(|p| !p.is_null()) {
+            let list = match pp.get("processors").and_then(Value::as_array) {
+                Some(l) => l.iter().collect::<Vec<_>>(),
+                None => vec![pp],
+            };
+            for p in list {
+                match p.get("type").and_then(Value::as_str) {
+                    Some("ByteLevel") => {
+                        add_bos.get_or_insert(false);
+                        add_eos.get_or_insert(false);
+                    }
+                    Some("TemplateProcessing") => {
+                        let single = p.get("single").and_then(Value::as_array);
+                        let sp = |v: Option<&Value>| {
+                            v.and_then(|x| x.get("SpecialToken"))
+                                .and_then(|x| x.get("id"))
+                                .and_then(Value::as_str)
+                                .map(str::to_owned)
+                        };
+                        if let Some(single) = single.filter(|s| s.len() > 1) {
+                            if let Some(first) = sp(single.first()) {
+                                add_bos = Some(bos_text.is_none_or(|b| b == first));
+                            }
+                            if let Some(last) = sp(single.last()) {
+                                add_eos = Some(eos_text.is_none_or(|e| e == last));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let cfg_flag = |key: &str| tcfg.and_then(|c| c.get(key)).and_then(Value::as_bool);
+        let add_bos = add_bos.or_else(|| cfg_flag("add_bos_token"));
+        let add_eos = add_eos.or_else(|| cfg_flag("add_eos_token"));
+        (add_bos, add_eos)
+    }
+
+    /// The chat template: `tokenizer_config.json`'s (a string, or the one named `default` of a
+    /// list), else `chat_template.jinja`'s.
+    fn hf_chat_template(tcfg: Option<&Value>, jinja: Option<String>) -> Option<String> {
+        match tcfg.and_then(|c| c.get("chat_template")) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            _ => jinja,
+        }
+    }
+
+    fn hf_inner(
+        tj: &Value,
+        tcfg: Option<&Value>,
+        cfg: Option<&Value>,
+        jinja: Option<String>,
+    ) -> Why<Self> {
+        let model = tj.get("model").ok_or("no \"model\"")?;
+        let mtype = model.get("type").and_then(Value::as_str).unwrap_or("BPE");
+        if mtype != "BPE" {
+            return Err(format!(
+                "model type {mtype:?}: only byte-level BPE tokenizers are converted"
+            ));
+        }
+        // A BPE model with byte_fallback is a SentencePiece vocabulary (spm.rs).
+        let spm = model.get("byte_fallback").and_then(Value::as_bool) == Some(true);
+        if !spm
+            && !mentions_byte_level(tj.get("pre_tokenizer"))
+            && !mentions_byte_level(tj.get("decoder"))
+        {
+            return Err("no ByteLevel pre-tokenizer or decoder: not a byte-level BPE".into());
+        }
+        let (tokens, mut token_types, added_ids) = Self::hf_token_table(tj, model, cfg)?;
+        let n = tokens.len();
+        let merges = Self::hf_merges(model)?;
 
         // Special tokens: tokenizer_config texts among the added tokens, then config.json ids.
         let added_id = |text: &str| -> Option<u32> {
@@ -1158,55 +1238,9 @@ impl Vocab {
         let bos_text = text_of("bos_token");
         let eos_text = text_of("eos_token");
 
-        // add_bos / add_eos: the post-processor first (gguf-py's crude template reading), then
-        // tokenizer_config.json.
-        let (mut add_bos, mut add_eos) = (None, None);
-        if let Some(pp) = tj.get("post_processor").filter(|p| !p.is_null()) {
-            let list = match pp.get("processors").and_then(Value::as_array) {
-                Some(l) => l.iter().collect::<Vec<_>>(),
-                None => vec![pp],
-            };
-            for p in list {
-                match p.get("type").and_then(Value::as_str) {
-                    Some("ByteLevel") => {
-                        add_bos.get_or_insert(false);
-                        add_eos.get_or_insert(false);
-                    }
-                    Some("TemplateProcessing") => {
-                        let single = p.get("single").and_then(Value::as_array);
-                        let sp = |v: Option<&Value>| {
-                            v.and_then(|x| x.get("SpecialToken"))
-                                .and_then(|x| x.get("id"))
-                                .and_then(Value::as_str)
-                                .map(str::to_owned)
-                        };
-                        if let Some(single) = single.filter(|s| s.len() > 1) {
-                            if let Some(first) = sp(single.first()) {
-                                add_bos = Some(bos_text.as_deref().is_none_or(|b| b == first));
-                            }
-                            if let Some(last) = sp(single.last()) {
-                                add_eos = Some(eos_text.as_deref().is_none_or(|e| e == last));
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        let cfg_flag = |key: &str| tcfg.and_then(|c| c.get(key)).and_then(Value::as_bool);
-        let add_bos = add_bos.or_else(|| cfg_flag("add_bos_token"));
-        let add_eos = add_eos.or_else(|| cfg_flag("add_eos_token"));
-
-        let chat_template = match tcfg.and_then(|c| c.get("chat_template")) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                .and_then(|t| t.get("template"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            _ => jinja,
-        };
+        let (add_bos, add_eos) =
+            Self::hf_add_bos_eos(tj, tcfg, bos_text.as_deref(), eos_text.as_deref());
+        let chat_template = Self::hf_chat_template(tcfg, jinja);
 
         let mut unk = special_id("unk");
         let (model_name, merges, scores, add_space_prefix) = if spm {

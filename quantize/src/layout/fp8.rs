@@ -2,19 +2,29 @@
 //! `FP8_DYNAMIC` / `FP8` presets, and `fbgemm_fp8`): `weight` (F8_E4M3), `weight_scale` (one
 //! per output row, `[rows, 1]`, or one per tensor, `[1]`) and, for the static scheme, the
 //! calibrated `input_scale`. Each layout uses its defining tool's arithmetic ([`Fp8Rule`]);
-//! rowwise codes stream from a plain float source a row block at a time.
+//! rowwise codes stream from a plain float source a row block at a time. This module is the
+//! home of both schemes ([`FP8_ROWWISE`], [`FP8_STATIC`]): names, config, producers, reading
+//! back and activation emulation.
 
 use qforge_codecs::fp8::{self, Fp8Options};
 use qforge_codecs::fp8_ct;
 use qforge_codecs::int4::Int4Arith;
 use qforge_codecs::DType;
 
+use serde_json::{json, Value};
+
 use super::fp4::Source;
-use super::{checked_rows, codec_err, hf_module, shape2};
-use crate::dequant::WeightRead;
+use super::{
+    checked_rows, codec_err, compressed_tensors_config, hf_module, model_arith, run_error, shape2,
+    Cx, HfLayout, HfQuantOptions, HfScheme, LayoutScheme, ModuleCheck, Params,
+};
+use crate::dequant::{check_finite_scales, WeightRead, Weights};
 use crate::numerics::Numerics;
+use crate::scheme::Calibration;
 use qforge_convert::checkpoint::Checkpoint;
+use qforge_convert::checkpoint::TensorEntry;
 use qforge_convert::export::{encode_float, OutTensor, Producer, RowProducer};
+use qforge_convert::export::{streams, STREAMED_BYTES};
 use qforge_convert::names::{Part, TensorId};
 use qforge_convert::rope::RopeLayout;
 use qforge_convert::write::safetensors::TensorSpec;
@@ -326,4 +336,238 @@ fn fp8_code_rows(
         }),
         done: Box::new(move || ckpt.release(w)),
     }))
+}
+
+/// FP8 E4M3 weights with one scale per output row; activations quantized per token at run time
+/// (compressed-tensors `FP8_DYNAMIC`, or `fbgemm_fp8`). Rounding: in compressed-tensors,
+/// llm-compressor's (`W / scale` rounded to the model dtype, BF16 for a BF16 model, before the
+/// clamp and FP8 cast; `qforge_codecs::fp8_ct`); in `fbgemm_fp8`, FBGEMM's
+/// `quantize_fp8_per_row` (an `f32` division, `-0` kept as `0x80`; `qforge_codecs::fp8`).
+pub static FP8_ROWWISE: Fp8 = Fp8 { per_row: true };
+
+/// FP8 E4M3 weights with one scale per tensor and a static per-tensor activation scale from
+/// calibration (compressed-tensors `FP8`). Rounding: llm-compressor's, as [`FP8_ROWWISE`] in
+/// compressed-tensors.
+pub static FP8_STATIC: Fp8 = Fp8 { per_row: false };
+
+/// The FP8 rowwise / per-tensor layouts.
+#[derive(Debug)]
+pub struct Fp8 {
+    per_row: bool,
+}
+
+/// The FP8 arithmetic of a layout: compressed-tensors' in the model dtype (llm-compressor's
+/// bytes), FBGEMM's for `fbgemm_fp8`.
+fn fp8_rule(opts: &HfQuantOptions) -> Fp8Rule {
+    match opts.layout {
+        HfLayout::Fbgemm => Fp8Rule::Fbgemm(Fp8Options {
+            upper_bound: None,
+            keep_negative_zero: true,
+        }),
+        HfLayout::CompressedTensors | HfLayout::Mlx => {
+            Fp8Rule::CompressedTensors(model_arith(opts.dtype))
+        }
+    }
+}
+
+impl LayoutScheme for Fp8 {
+    fn id(&self) -> &'static str {
+        if self.per_row {
+            "fp8-rowwise"
+        } else {
+            "fp8-static"
+        }
+    }
+    fn names(&self) -> &'static [&'static str] {
+        if self.per_row {
+            &["fp8-rowwise"]
+        } else {
+            &["fp8-static"]
+        }
+    }
+    fn presets(&self) -> &'static [(&'static str, &'static str, bool)] {
+        // compressed-tensors quantization/quant_scheme.py: FP8_DYNAMIC is per-channel weights
+        // with dynamic per-token activations, FP8 per-tensor weights with static activations
+        if self.per_row {
+            &[("FP8_DYNAMIC", "fp8-rowwise", false)]
+        } else {
+            &[("FP8", "fp8-static", false)]
+        }
+    }
+    fn storage_name(&self, _s: HfScheme) -> String {
+        if self.per_row {
+            "fp8-rowwise"
+        } else {
+            "fp8-tensor"
+        }
+        .into()
+    }
+    fn accepts(&self, _s: HfScheme, c: Calibration) -> bool {
+        !self.per_row && c == Calibration::Fp8Static
+    }
+    fn without_calibration(&self, _s: HfScheme) -> Option<HfScheme> {
+        (!self.per_row).then(|| HfScheme::new(&FP8_ROWWISE, Params::NONE))
+    }
+    fn check_options(&self, _s: HfScheme, opts: &HfQuantOptions) -> ModuleCheck {
+        if self.per_row {
+            // the one scheme fbgemm_fp8 holds
+            return super::kind::no_calibrated_codes(opts);
+        }
+        super::kind::default_check_options(opts)
+    }
+    fn check_module(
+        &self,
+        _s: HfScheme,
+        opts: &HfQuantOptions,
+        ckpt: &Checkpoint,
+        id: TensorId,
+    ) -> Result<()> {
+        if self.per_row {
+            return Ok(());
+        }
+        let m = hf_module(id);
+        match opts.input_scales.as_ref().and_then(|s| s.get(&m)) {
+            Some(s) if s.is_finite() && *s > 0.0 => Ok(()),
+            Some(s) => Err(run_error(ckpt, format!("input scale of {m} is {s}"))),
+            None => Err(run_error(
+                ckpt,
+                format!(
+                    "fp8-static needs calibrated activation scales: none for {m} \
+                 (run `qforge calibrate --method fp8-static` and pass --calib)"
+                ),
+            )),
+        }
+    }
+    fn tensors<'a>(
+        &self,
+        _s: HfScheme,
+        cx: &Cx<'a>,
+        id: TensorId,
+        module: &str,
+    ) -> Result<Vec<OutTensor<'a>>> {
+        let input_scale = (!self.per_row).then(|| {
+            cx.opts
+                .input_scales
+                .as_ref()
+                .and_then(|m| m.get(module))
+                .copied()
+                .expect("checked by check_module")
+        });
+        Ok(tensors(
+            cx.src,
+            id,
+            module,
+            self.per_row,
+            fp8_rule(cx.opts),
+            input_scale,
+            cx.scale_dtype,
+        ))
+    }
+    fn write_config(&self, _s: HfScheme, opts: &HfQuantOptions, nc: &[String], config: &mut Value) {
+        config["quantization_config"] = if opts.layout == HfLayout::Fbgemm {
+            // transformers' FbgemmFp8Config
+            json!({
+                "activation_scale_ub": opts.activation_scale_ub,
+                "modules_to_not_convert": nc,
+                "quant_method": "fbgemm_fp8",
+            })
+        } else if self.per_row {
+            compressed_tensors_config(
+                opts,
+                nc,
+                (
+                    "float-quantized",
+                    json!({"dynamic": false, "group_size": null, "num_bits": 8,
+                           "strategy": "channel", "symmetric": true, "type": "float"}),
+                    json!({"dynamic": true, "group_size": null, "num_bits": 8,
+                           "strategy": "token", "symmetric": true, "type": "float"}),
+                ),
+            )
+        } else {
+            compressed_tensors_config(
+                opts,
+                nc,
+                (
+                    "float-quantized",
+                    json!({"dynamic": false, "group_size": null, "num_bits": 8,
+                           "strategy": "tensor", "symmetric": true, "type": "float"}),
+                    json!({"dynamic": false, "group_size": null, "num_bits": 8,
+                           "observer": "static_minmax", "strategy": "tensor",
+                           "symmetric": true, "type": "float"}),
+                ),
+            )
+        };
+    }
+    fn work_bytes(&self, _s: HfScheme, weight: Option<&TensorEntry>, n: u64) -> u64 {
+        // rowwise codes stream from a plain mapped source (two row blocks); per-tensor ones,
+        // or from another source, one byte each
+        if self.per_row && weight.is_some_and(streams) {
+            STREAMED_BYTES
+        } else {
+            n
+        }
+    }
+    fn detect(&self, w: &Weights<'_>, id: TensorId) -> Option<Result<Params>> {
+        let (wt, scale) = fp8_parts(w, id)?;
+        let wt = match wt {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        let rows = wt.shape.first().copied().unwrap_or(1);
+        let fits = match scale.shape.as_slice() {
+            [] | [1] | [1, 1] => !self.per_row,
+            [r, 1] => self.per_row && *r == rows && rows > 1,
+            _ => false,
+        };
+        fits.then_some(Ok(Params::NONE))
+    }
+    fn dequant(&self, _s: HfScheme, w: &Weights<'_>, id: TensorId) -> Result<Vec<f32>> {
+        let wt = w.part(id, Part::Weight).expect("checked by detect");
+        let scale = w.part(id, Part::WeightScale).expect("checked by detect");
+        let s = w.to_f32(scale)?;
+        let mut out = w.to_f32(wt)?;
+        let k = wt.shape.last().copied().unwrap_or(1).max(1) as usize;
+        check_finite_scales(w, scale, &s)?;
+        if s.len() == 1 {
+            for x in &mut out {
+                *x *= s[0];
+            }
+        } else {
+            for (row, s) in out.chunks_mut(k).zip(&s) {
+                for x in row {
+                    *x *= s;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The `weight` and `weight_scale` of an FP8 module (`None`: not one: no scale, or a packed or
+/// MLX layout), the weight an error when its dtype is not FP8.
+pub(super) fn fp8_parts<'a>(
+    w: &Weights<'a>,
+    id: TensorId,
+) -> Option<(Result<&'a TensorEntry>, &'a TensorEntry)> {
+    let wt = w.part(id, Part::Weight)?;
+    let scale = w.part(id, Part::WeightScale)?;
+    if wt.dtype == DType::U32
+        || w.part(id, Part::Scales).is_some()
+        || w.part(id, Part::WeightPacked).is_some()
+    {
+        return None;
+    }
+    if wt.dtype != DType::F8_E4M3 && wt.dtype != DType::F8_E5M2 {
+        return Some((
+            Err(w.bad(
+                wt,
+                format!(
+                    "has a weight_scale but dtype {} (expected F8_E4M3)",
+                    wt.dtype
+                ),
+            )),
+            scale,
+        ));
+    }
+    Some((Ok(wt), scale))
 }
