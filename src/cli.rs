@@ -708,6 +708,10 @@ pub struct EvalArgs {
     /// Round K and V to f16 like llama.cpp's default F16 KV cache.
     #[arg(long)]
     pub kv_f16: bool,
+    /// Attention as ggml-cpu's flash attention computes it on the F16 KV cache
+    /// (llama-perplexity's default, -fa auto on the CPU); implies --kv-f16.
+    #[arg(long)]
+    pub ggml_cpu_ops: bool,
     /// Dynamic per-token FP8 activations on quantized linears.
     #[arg(long, value_enum, default_value = "auto")]
     pub w8a8: W8a8Arg,
@@ -851,6 +855,10 @@ pub struct ImatrixArgs {
     /// Round K and V to f16 like llama.cpp's default F16 KV cache.
     #[arg(long)]
     pub kv_f16: bool,
+    /// Attention as ggml-cpu's flash attention computes it on the F16 KV cache
+    /// (llama-perplexity's default, -fa auto on the CPU); implies --kv-f16.
+    #[arg(long)]
+    pub ggml_cpu_ops: bool,
     /// Replace the output if it exists.
     #[arg(long)]
     pub overwrite: bool,

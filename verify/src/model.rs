@@ -40,6 +40,9 @@ pub struct ForwardOptions {
     pub ggml_act_quant: bool,
     /// Round K (after RoPE) and V to f16, as llama.cpp's default F16 KV cache does.
     pub kv_f16: bool,
+    /// Attention as ggml-cpu's flash attention computes it over the F16 KV cache
+    /// ([`crate::ggml_cpu::flash_attn_ext`]; llama-perplexity's default): implies `kv_f16`.
+    pub ggml_cpu_ops: bool,
 }
 
 /// Activation handling of one linear.
@@ -270,6 +273,9 @@ pub struct Model {
     pub opts: ForwardOptions,
     /// FP8 per-token activations resolved from the options and the checkpoint (upper bound).
     pub w8a8: Option<Option<f32>>,
+    /// Under `--ggml-cpu-ops`: the `f32` RoPE base and `rope_freqs` factors ggml's tables are
+    /// computed from ([`RopeTable::ggml`]).
+    ggml_rope: Option<(f32, Option<Vec<f32>>)>,
 }
 
 impl Model {
@@ -365,6 +371,18 @@ impl Model {
             W8a8Mode::On => Some(None),
             W8a8Mode::Auto => detect_w8a8(&ckpt),
         };
+        let ggml_rope = match (&cfg.rope_scaling, freq_factors) {
+            _ if !opts.ggml_cpu_ops => None,
+            // llama3 scaling reaches ggml as GGUF rope_freqs
+            (_, Some(ff)) => Some((cfg.rope_theta as f32, Some(ff))),
+            (None, None) => Some((cfg.rope_theta as f32, None)),
+            (Some(s), None) => {
+                return Err(unsupported(format!(
+                    "--ggml-cpu-ops emulates ggml's RoPE without scaling or with GGUF rope_freqs \
+                     factors, not {s:?} scaling"
+                )))
+            }
+        };
         Ok(Model {
             ckpt,
             rope_layout,
@@ -372,12 +390,18 @@ impl Model {
             rope_attn_factor,
             opts,
             w8a8,
+            ggml_rope,
         })
     }
 
     /// The rotary cos/sin tables for `positions` positions (frequencies and attention factor).
     pub fn rope_table(&self, positions: usize) -> RopeTable {
-        RopeTable::scaled(&self.inv_freq, positions, self.rope_attn_factor)
+        match &self.ggml_rope {
+            Some((base, ff)) => {
+                RopeTable::ggml(*base, self.inv_freq.len() * 2, ff.as_deref(), positions)
+            }
+            None => RopeTable::scaled(&self.inv_freq, positions, self.rope_attn_factor),
+        }
     }
 
     /// The model's configuration.

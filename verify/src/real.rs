@@ -37,6 +37,9 @@ pub trait Real:
     /// `√x`.
     #[must_use]
     fn sqrt(self) -> Self;
+    /// `self · a + b` with one rounding.
+    #[must_use]
+    fn mul_add(self, a: Self, b: Self) -> Self;
     /// The nearest `f16` value (RNE), as this type.
     #[must_use]
     fn round_f16(self) -> Self;
@@ -64,6 +67,10 @@ pub trait Real:
     /// `y[m, n] = x[m, k] · w[n, k]ᵀ` in parallel: [`crate::gemm::matmul_t`] for `f32`,
     /// [`crate::matmul::blocked`] for `f64`.
     fn matmul_t(x: &[Self], m: usize, k: usize, w: &[Self], n: usize, y: &mut [Self]);
+    /// `x` as `f32`s when this type is `f32` (the emulations of llama.cpp's `f32` arithmetic).
+    fn as_f32(x: &[Self]) -> Option<&[f32]>;
+    /// `x` as `f32`s when this type is `f32`.
+    fn as_f32_mut(x: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 /// The members both impls share: constants, `exp` and `sqrt`.
@@ -78,6 +85,9 @@ macro_rules! shared {
         }
         fn sqrt(self) -> Self {
             $t::sqrt(self)
+        }
+        fn mul_add(self, a: Self, b: Self) -> Self {
+            $t::mul_add(self, a, b)
         }
     };
 }
@@ -122,6 +132,12 @@ impl Real for f32 {
     fn matmul_t(x: &[Self], m: usize, k: usize, w: &[Self], n: usize, y: &mut [Self]) {
         crate::gemm::matmul_t(x, m, k, w, n, y);
     }
+    fn as_f32(x: &[Self]) -> Option<&[f32]> {
+        Some(x)
+    }
+    fn as_f32_mut(x: &mut [Self]) -> Option<&mut [f32]> {
+        Some(x)
+    }
 
     #[allow(clippy::cast_possible_truncation)] // rounding to f32 is the point
     fn of_f64(v: f64) -> Self {
@@ -157,6 +173,12 @@ impl Real for f64 {
     }
     fn matmul_t(x: &[Self], m: usize, k: usize, w: &[Self], n: usize, y: &mut [Self]) {
         crate::matmul::blocked(x, m, k, w, n, y);
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
     }
 
     fn of_f64(v: f64) -> Self {
