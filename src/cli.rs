@@ -106,7 +106,7 @@ pub enum Command {
     /// Perplexity of a model on a text, with llama-perplexity's protocol.
     #[command(after_help = "Examples:\n  \
         qforge perplexity SmolLM2-135M-Instruct.Q4_1.gguf --data hamlet.txt --chunks 4\n  \
-        qforge perplexity model.gguf --data hamlet.txt --ggml-act-quant --kv-f16   # as llama.cpp computes it")]
+        qforge perplexity model.gguf --data hamlet.txt --ggml-act-quant --ggml-cpu-ops   # as llama.cpp computes it")]
     Perplexity(PerplexityArgs),
     /// Compare a quantized model against its base: PPL drift, KL divergence, top-1, per-layer error.
     #[command(after_help = "Examples:\n  \

@@ -1,8 +1,10 @@
-//! qforge's ggml integer matmul ([`qforge_verify::gemm::ggml`]) against llama.cpp's own
-//! `quantize_row_q8_0/_q8_1` and `ggml_vec_dot_*_q8_*` (x86 AVX2 build): every output must have
+//! qforge against llama.cpp's own ggml-cpu code (x86 AVX2 build): the integer matmul
+//! ([`qforge_verify::gemm::ggml`]) against `quantize_row_q8_0/_q8_1` and `ggml_vec_dot_*_q8_*`, and
+//! `--ggml-cpu-ops` ([`qforge_verify::ggml_cpu`], [`qforge_verify::ops::RopeTable::ggml`]) against
+//! ggml's `rms_norm`·`mul`, `rope_ext`, `swiglu_split` and `flash_attn_ext`: every output must have
 //! the same bits. Needs the harness output, so it is ignored unless run by
-//! `scripts/ggml-dot-peer.sh` (which builds verify/tests/ggml_peer/harness.c against the cached
-//! llama.cpp and sets `QFORGE_GGML_PEER_DIR`).
+//! `scripts/ggml-dot-peer.sh` (which builds verify/tests/ggml_peer/{harness,ops}.c against the
+//! cached llama.cpp and sets `QFORGE_GGML_PEER_DIR`).
 
 use qforge_codecs::DType;
 use qforge_verify::gemm::ggml::{matmul, quantize_q8, GgmlWeights};
