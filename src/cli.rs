@@ -708,8 +708,8 @@ pub struct EvalArgs {
     /// Round K and V to f16 like llama.cpp's default F16 KV cache.
     #[arg(long)]
     pub kv_f16: bool,
-    /// Attention as ggml-cpu's flash attention computes it on the F16 KV cache
-    /// (llama-perplexity's default, -fa auto on the CPU); implies --kv-f16.
+    /// RMSNorm, RoPE, SwiGLU and attention with ggml-cpu's bits (its flash attention over the
+    /// F16 KV cache, llama-perplexity's default); implies --kv-f16.
     #[arg(long)]
     pub ggml_cpu_ops: bool,
     /// Dynamic per-token FP8 activations on quantized linears.
@@ -855,8 +855,8 @@ pub struct ImatrixArgs {
     /// Round K and V to f16 like llama.cpp's default F16 KV cache.
     #[arg(long)]
     pub kv_f16: bool,
-    /// Attention as ggml-cpu's flash attention computes it on the F16 KV cache
-    /// (llama-perplexity's default, -fa auto on the CPU); implies --kv-f16.
+    /// RMSNorm, RoPE, SwiGLU and attention with ggml-cpu's bits (its flash attention over the
+    /// F16 KV cache, llama-perplexity's default); implies --kv-f16.
     #[arg(long)]
     pub ggml_cpu_ops: bool,
     /// Replace the output if it exists.
