@@ -6,6 +6,15 @@
 //! cores), so `peak = Σ threads (FMA instructions/s × lanes × 2)`, measured, not assumed.
 //! GEMM: `2·m·n·k` flops over the best of `REPS` timed runs after a warm-up.
 //!
+//! Clock: one thread runs a chain of dependent 64-bit `imul`s (3 cycles each on Intel cores
+//! since Sandy Bridge; not `add reg, imm`, of which a chain ran at 0.17 cycles each here,
+//! collapsed by the renamer) and a chain of dependent 512-bit FMAs (4 cycles on Skylake-SP
+//! through Sapphire Rapids: Intel's optimization manual, latency tables); the best of 10 short
+//! runs gives the core clock under scalar and under AVX-512 work (a Xeon may run AVX-512 at a
+//! lower licence clock). From the latter, `peak_clock = threads × 2 FMA ports × lanes × 2 × f`,
+//! the hardware's figure; and the measured 24-chain rate of one thread over `lanes × 2 × f` is
+//! the FMA instructions it retires per cycle (2 where there are two FMA ports).
+//!
 //! `cargo bench -p qforge-verify --bench gemm` (env `THREADS`, default 2). Prints a table; the
 //! figures in BENCHMARKS.md come from it.
 
@@ -77,6 +86,51 @@ mod peak {
         unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
         out.iter().sum()
     }
+}
+
+/// Core clock in GHz (one thread): (scalar `imul` chain, dependent AVX-512 FMA chain).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+fn clock_ghz() -> (f64, f64) {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma_chain(iters: u64) -> f32 {
+        use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_reduce_add_ps, _mm512_set1_ps};
+        let (m, d) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut a = _mm512_set1_ps(1.0);
+        for _ in 0..iters {
+            a = _mm512_fmadd_ps(a, m, d);
+        }
+        _mm512_reduce_add_ps(a)
+    }
+    let iters: u64 = 20_000_000;
+    let (mut add, mut fma) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..10 {
+        let t = Instant::now();
+        // SAFETY: register-only arithmetic.
+        unsafe {
+            std::arch::asm!(
+                "2:",
+                "imul {x}, {x}", "imul {x}, {x}", "imul {x}, {x}", "imul {x}, {x}",
+                "imul {x}, {x}", "imul {x}, {x}", "imul {x}, {x}", "imul {x}, {x}",
+                "dec {n}",
+                "jnz 2b",
+                n = inout(reg) iters => _,
+                x = inout(reg) 3u64 => _,
+                options(nomem, nostack),
+            );
+        }
+        add = add.min(t.elapsed().as_secs_f64());
+        if Isa::Avx512.available() {
+            let t = Instant::now();
+            // SAFETY: AVX-512F is present (checked).
+            std::hint::black_box(unsafe { fma_chain(iters) });
+            fma = fma.min(t.elapsed().as_secs_f64());
+        }
+    }
+    (
+        24.0 * iters as f64 / add / 1e9,
+        4.0 * iters as f64 / fma / 1e9,
+    )
 }
 
 /// Measured FMA peak of `threads` threads in `isa`'s vector width, GFLOP/s.
@@ -161,6 +215,20 @@ fn main() {
     ];
     let peak_widest = fma_peak(widest, threads);
     println!("threads {threads}, widest kernel {}", widest.name());
+    // the hardware's peak from the measured clock (x86-64 with AVX-512 only)
+    let mut peak_clock = f64::NAN;
+    #[cfg(target_arch = "x86_64")]
+    if widest == Isa::Avx512 {
+        let (f_add, f_fma) = clock_ghz();
+        let one = fma_peak(Isa::Avx512, 1);
+        peak_clock = threads as f64 * 2.0 * 16.0 * 2.0 * f_fma;
+        println!(
+            "clock: {f_add:.2} GHz (imul chain), {f_fma:.2} GHz (AVX-512 FMA chain); one thread \
+             retires {:.2} AVX-512 FMAs/cycle; clock peak {threads} threads × 2 ports × 32 \
+             flops × {f_fma:.2} GHz = {peak_clock:.1} GFLOP/s",
+            one / (32.0 * f_fma)
+        );
+    }
     for &isa in &isas {
         if isa != Isa::Scalar {
             println!(
@@ -176,7 +244,11 @@ fn main() {
             print!(" {} GFLOP/s |", isa.name());
         }
     }
-    println!(" {} % of {} peak |", widest.name(), widest.name());
+    println!(
+        " {} % of measured {} peak | % of clock peak |",
+        widest.name(),
+        widest.name()
+    );
     for &(name, m, k, n) in shapes {
         print!("| {name} | {m} × {k} × {n} |");
         let mut first = 0.0;
@@ -190,7 +262,11 @@ fn main() {
             }
             print!(" {g:.1} |");
         }
-        println!(" {:.0} % |", 100.0 * first / peak_widest);
+        println!(
+            " {:.0} % | {:.0} % |",
+            100.0 * first / peak_widest,
+            100.0 * first / peak_clock
+        );
     }
     // the peak again at the end: the machine is shared, so a drift shows here
     println!(
