@@ -9,6 +9,10 @@
 //! rows it runs `ggml_compute_forward_flash_attn_ext_tiled`), simd-gemm.h (`simd_gemm`),
 //! vec.cpp (`ggml_vec_soft_max_f32`) and vec.h (`ggml_v_expf`, AVX2 + FMA).
 
+// `#[inline(always)]` below: the arithmetic must be compiled inside `block_fma`'s
+// `target_feature(enable = "avx2,fma")`, where `mul_add` is one `vfmadd` instead of a libm call.
+#![allow(clippy::inline_always)]
+
 use rayon::prelude::*;
 
 use crate::ops::KeyMask;
@@ -122,7 +126,9 @@ fn row(
             let m_new = m.max(tile_max);
             if m_new > m {
                 let ms = (m - m_new).exp();
-                vkq.iter_mut().for_each(|x| *x *= ms);
+                for x in vkq.iter_mut() {
+                    *x *= ms;
+                }
                 s *= ms;
             }
             m = m_new;
@@ -142,7 +148,9 @@ fn row(
         kt += TILE_KV;
     }
     let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
-    vkq.iter_mut().for_each(|x| *x *= inv);
+    for x in vkq.iter_mut() {
+        *x *= inv;
+    }
 }
 
 /// Rows `r0..r0 + rows` of head `h` into `o` (`[rows, hd]`).
@@ -348,8 +356,8 @@ mod tests {
         let mut s = 7u64;
         let mut rnd = || {
             s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
         };
         let q: Vec<f32> = (0..t * heads * hd).map(|_| rnd()).collect();

@@ -104,7 +104,7 @@ fn same_bits_as_ggml_ops() {
     // the harness's rope positions are 300..500: rotate a buffer with 300 leading rows
     let mut r = vec![0f32; 300 * h * hd];
     r.extend_from_slice(&q);
-    qforge_verify::ops::RopeTable::ggml(100000.0, hd, None, 500).apply(
+    qforge_verify::ops::RopeTable::ggml(100_000.0, hd, None, 500).apply(
         &mut r,
         h,
         qforge_verify::ops::RopeLayout::Interleaved,
