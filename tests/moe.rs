@@ -468,3 +468,198 @@ fn llama4_schemes_quantize_every_expert_and_the_shared_expert_and_keep_the_route
         assert!(rel.abs() < budget, "llama4 {scheme}: {rel} over {budget}");
     }
 }
+
+/// The module (tensor name less its part suffix) of every tensor in `dir`'s checkpoint, with
+/// Llama 4's fused expert tensors (`feed_forward.experts.gate_up_proj`, no part suffix) as the
+/// per-expert modules llm-compressor unfuses them into (`feed_forward.experts.E.gate_proj`).
+fn modules(dir: &Path, n_expert: u32) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for t in Checkpoint::open(dir).unwrap().tensors {
+        let fused = [".experts.gate_up_proj", ".experts.down_proj"];
+        let module = match t.name.rsplit_once('.') {
+            Some((m, _)) if !fused.iter().any(|f| t.name.ends_with(f)) => m.to_owned(),
+            _ => t.name.clone(),
+        };
+        out.insert(module);
+    }
+    for fused in out
+        .clone()
+        .iter()
+        .filter(|m| m.ends_with(".experts.gate_up_proj"))
+    {
+        let block = fused.strip_suffix(".gate_up_proj").unwrap();
+        out.remove(fused);
+        out.remove(&format!("{block}.down_proj"));
+        for e in 0..n_expert {
+            for p in ["gate_proj", "up_proj", "down_proj"] {
+                out.insert(format!("{block}.{e}.{p}"));
+            }
+        }
+    }
+    out
+}
+
+/// `qforge quantize` on Llama 4 writes transformers' module names (`modeling_llama4.py`): the
+/// dense blocks' FFN is `feed_forward.{gate,up,down}_proj` (`Llama4TextDecoderLayer`:
+/// `self.feed_forward = Llama4TextMLP(...)` where the block is not MoE), not Llama's `mlp.*`;
+/// `convert --to hf` writes the same names as the fixture; every module of the quantized model
+/// is a module of the fixture (its fused experts unfused), and the names parse back to the
+/// fixture's roles.
+#[test]
+fn llama4_quantize_writes_transformers_module_names() {
+    let t = tempfile::tempdir().unwrap();
+    let src = fixture("llama4");
+    let source = Checkpoint::open(&src).unwrap();
+    let n = source.config.moe.as_ref().unwrap().num_experts as u32;
+    let want = modules(&src, n);
+    assert!(
+        want.contains("model.layers.0.feed_forward.gate_proj"),
+        "{want:?}"
+    );
+    assert!(want.contains("model.layers.1.feed_forward.experts.2.down_proj"));
+    let hf = t.path().join("hf");
+    run(&[
+        "convert",
+        src.to_str().unwrap(),
+        hf.to_str().unwrap(),
+        "--to",
+        "hf",
+    ]);
+    assert_eq!(modules(&hf, n), want);
+    let roles = |c: &Checkpoint| -> std::collections::BTreeSet<TensorId> {
+        c.tensors.iter().map(|t| t.key.id).collect()
+    };
+    for scheme in ["fp8-rowwise", "int4-g32"] {
+        let out = t.path().join(scheme);
+        run(&[
+            "quantize",
+            src.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--scheme",
+            scheme,
+        ]);
+        let got = modules(&out, n);
+        let mlp: Vec<_> = got.iter().filter(|m| m.contains(".mlp.")).collect();
+        assert!(mlp.is_empty(), "{scheme}: {mlp:?}");
+        // tied embeddings: no lm_head on either side
+        assert_eq!(got, want, "{scheme}");
+        let q = Checkpoint::open(&out).unwrap();
+        assert_eq!(roles(&q), roles(&source), "{scheme}");
+        for index in [0u32, 2] {
+            let id = TensorId::Layer {
+                index,
+                kind: LayerTensor::Down,
+            };
+            let w = q.part(id, Part::WeightScale).unwrap();
+            assert_eq!(
+                w.name,
+                format!("model.layers.{index}.feed_forward.down_proj.weight_scale")
+            );
+        }
+    }
+}
+
+/// `--ignore` takes a module as the family spells it: Llama 4's dense FFN as transformers'
+/// `feed_forward.down_proj` (the name quantize writes), Mixtral's experts as `block_sparse_moe`
+/// `experts.E.w2`; the ignored module stays in the model dtype and is listed in `ignore`.
+#[test]
+fn ignore_takes_the_family_spelling() {
+    let t = tempfile::tempdir().unwrap();
+    for (fixture_name, module) in [
+        ("llama4", "model.layers.0.feed_forward.down_proj"),
+        ("mixtral", "model.layers.1.block_sparse_moe.experts.0.w2"),
+    ] {
+        let src = fixture(fixture_name);
+        let out = t.path().join(fixture_name);
+        run(&[
+            "quantize",
+            src.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--scheme",
+            "fp8-rowwise",
+            "--ignore",
+            module,
+        ]);
+        let q = Checkpoint::open(&out).unwrap();
+        let names: Vec<String> = q.tensors.iter().map(|t| t.name.clone()).collect();
+        assert!(
+            names.contains(&format!("{module}.weight")),
+            "{fixture_name}: {module}.weight missing"
+        );
+        assert!(
+            !names.contains(&format!("{module}.weight_scale")),
+            "{fixture_name}: {module} was quantized despite --ignore"
+        );
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let ignore = &cfg["quantization_config"]["ignore"];
+        assert!(
+            ignore.as_array().unwrap().iter().any(|m| m == module),
+            "{fixture_name}: {ignore}"
+        );
+    }
+}
+
+/// The streamed MoE forward (`Model::layer_streamed`, `run_layer_streamed`: a block's experts
+/// stay on the checkpoint and are dequantized one at a time, each run on all its rows of the
+/// batch) holds no expert in the layer's weights and gives the bits of the forward that holds
+/// every expert (`Model::layer`, `run_layer_observed`, chunk by chunk), observations included,
+/// on every MoE block of the three MoE fixtures, HF and GGUF.
+#[test]
+fn streamed_experts_give_the_same_bits() {
+    use qforge_verify::eval::{run_layer_observed, run_layer_streamed};
+    use qforge_verify::{ForwardOptions, Model};
+    type Seen = Vec<(Vec<LayerTensor>, Vec<u32>)>;
+    for name in ["mixtral", "qwen3moe", "llama4"] {
+        for src in [fixture(name), fixture(name).join(format!("{name}.gguf"))] {
+            let model = Model::open(&src, ForwardOptions::default()).unwrap();
+            let cfg = model.config().clone();
+            let (ctx, chunks) = (16usize, 3usize);
+            let rope = model.rope_table(ctx);
+            let tokens: Vec<u32> = (0..(ctx * chunks) as u32)
+                .map(|i| (i * 37 + 5) % cfg.vocab_size as u32)
+                .collect();
+            let h0 = model.embed(&tokens).unwrap();
+            let mut moe_blocks = 0;
+            for index in (0..cfg.num_layers as u32).filter(|&i| cfg.is_moe_layer(i)) {
+                moe_blocks += 1;
+                let eager = model.layer(index).unwrap();
+                let streamed = model.layer_streamed(index).unwrap();
+                let m = streamed.moe.as_ref().unwrap();
+                assert!(
+                    m.experts.is_empty() && m.streamed.is_some(),
+                    "{name} {index}"
+                );
+                assert_eq!(
+                    eager.moe.as_ref().unwrap().experts.len(),
+                    m.streamed.unwrap().n_expert
+                );
+                let mut seen: [Seen; 2] = Default::default();
+                let (mut a, mut b) = (h0.clone(), h0.clone());
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                run_layer_observed(&model, &eager, &rope, &mut a, ctx, &mut |k, x| {
+                    seen[0].push((k.to_vec(), bits(x)));
+                });
+                run_layer_streamed(&model, &streamed, &rope, &mut b, ctx, &mut |k, x| {
+                    seen[1].push((k.to_vec(), bits(x)));
+                })
+                .unwrap();
+                assert!(bits(&a) == bits(&b), "{} block {index}", src.display());
+                // the same rows per linear in the same token order (the streamed forward shows
+                // each linear once per batch instead of once per chunk)
+                let [s0, s1] = seen.map(|s| {
+                    let mut by = std::collections::BTreeMap::<Vec<LayerTensor>, Vec<u32>>::new();
+                    for (k, x) in s {
+                        by.entry(k).or_default().extend(x);
+                    }
+                    by
+                });
+                assert!(s0 == s1, "{} block {index}: observations", src.display());
+                assert!(s0
+                    .keys()
+                    .any(|k| matches!(k[0], LayerTensor::Expert { .. })));
+            }
+            assert!(moe_blocks > 0, "{name}");
+        }
+    }
+}

@@ -412,3 +412,73 @@ fn imatrix_has_per_expert_entries() {
         }
     }
 }
+
+/// `qforge imatrix` on the Llama 4 fixture (MoE in blocks 1 and 3, a shared expert beside 3
+/// top-1 experts): the shared expert's inputs are entries of their own,
+/// `blk.N.ffn_{gate,up,down}_shexp.weight` with one count per token, as llama-imatrix files
+/// Llama 4's shared-expert `MUL_MAT`s; its gate/up input is the router's (the normed block
+/// input), and the attention projections' sums are the block input's alone (q, k and v equal).
+#[test]
+fn imatrix_files_llama4_shared_expert_under_its_own_tensors() {
+    let t = tempfile::tempdir().unwrap();
+    let im = t.path().join("im.gguf");
+    let text = fixture("eval.txt");
+    let gguf = fixture("llama4").join("llama4.gguf");
+    run(&[
+        "imatrix",
+        gguf.to_str().unwrap(),
+        "-o",
+        im.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+        "--ctx",
+        "64",
+        "--chunks",
+        "4",
+        "--quiet",
+    ]);
+    let m = qforge_quantize::imatrix::Imatrix::read(&im).unwrap();
+    let e = |n: String| {
+        m.entries
+            .get(&n)
+            .unwrap_or_else(|| panic!("no {n} in {:?}", m.entries.keys()))
+    };
+    for i in 0..4 {
+        let moe = i % 2 == 1;
+        // attention: q, k, v read the same input, and nothing else lands in q's sums
+        let q = e(format!("blk.{i}.attn_q.weight"));
+        assert_eq!(q.sums.len(), 64);
+        for p in ["k", "v"] {
+            assert_eq!(
+                e(format!("blk.{i}.attn_{p}.weight")).sums,
+                q.sums,
+                "blk.{i}"
+            );
+        }
+        for p in ["gate", "up", "down"] {
+            let shexp = format!("blk.{i}.ffn_{p}_shexp.weight");
+            let dense = format!("blk.{i}.ffn_{p}.weight");
+            assert_eq!(m.entries.contains_key(&shexp), moe, "{shexp}");
+            assert_eq!(m.entries.contains_key(&dense), !moe, "{dense}");
+            if moe {
+                let s = e(shexp);
+                assert_eq!(s.counts, vec![256], "blk.{i} {p}");
+                assert_eq!(s.sums.len(), if p == "down" { 32 } else { 64 });
+                assert!(s.sums.iter().all(|v| v.is_finite() && *v > 0.0));
+            }
+        }
+        if moe {
+            assert_eq!(
+                e(format!("blk.{i}.ffn_gate_shexp.weight")).sums,
+                e(format!("blk.{i}.ffn_gate_inp.weight")).sums
+            );
+            assert_eq!(
+                e(format!("blk.{i}.ffn_up_shexp.weight")).sums,
+                e(format!("blk.{i}.ffn_gate_inp.weight")).sums
+            );
+            let exps = e(format!("blk.{i}.ffn_gate_exps.weight"));
+            assert_eq!(exps.counts.len(), 3);
+            assert_eq!(exps.counts.iter().sum::<i64>(), 256);
+        }
+    }
+}

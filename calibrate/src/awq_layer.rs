@@ -107,6 +107,7 @@ fn ffn_loss_out(lw: &LayerWeights, x: &[f32], gu: &[&[f32]]) -> Vec<f32> {
             .shared
             .as_ref()
             .map(|[g, u, d]| [like(g, gu[2 * n]), like(u, gu[2 * n + 1]), like(d, &d.w)]),
+        streamed: None,
     };
     feed_forward(&FfnProjs::Moe(&cand), x, t, hid, &mut y, &mut |_, _| {});
     y

@@ -14,7 +14,7 @@
 use serde::Serialize;
 
 use crate::checkpoint::Format;
-use crate::names::{HfMoeNames, LayerTensor, NameMatch, NameScheme, TensorId, TensorKey};
+use crate::names::{HfMoeNames, LayerTensor, NameMatch, NameScheme, TensorKey};
 
 /// A model family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -435,7 +435,8 @@ impl Family {
     }
 
     /// `name` (an HF tensor name, or a module name without a part suffix) in this family's
-    /// spelling of its router and expert modules; any other name unchanged.
+    /// spelling ([`Family::hf_name`]: its router, expert and shared-expert modules, and Llama 4's
+    /// dense `feed_forward.{gate,up,down}_proj`); a name that is no tensor's unchanged.
     pub fn hf_spelling(self, name: &str) -> String {
         let Some(moe) = self.spec().moe else {
             return name.to_owned();
@@ -447,14 +448,7 @@ impl Family {
                 _ => return name.to_owned(),
             },
         };
-        let is_moe = matches!(
-            full.id,
-            TensorId::Layer {
-                kind: LayerTensor::Router | LayerTensor::Expert { .. },
-                ..
-            }
-        );
-        match moe.hf_names.name(full).filter(|_| is_moe) {
+        match moe.hf_names.name(full) {
             Some(n) if module => n.strip_suffix(".weight").unwrap_or(&n).to_owned(),
             Some(n) => n,
             None => name.to_owned(),

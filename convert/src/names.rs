@@ -118,7 +118,9 @@ pub enum HfMoeNames {
     /// `mlp.gate`, `mlp.experts.E.{gate,up,down}_proj` (transformers `Qwen3MoeSparseMoeBlock`).
     Qwen,
     /// `block_sparse_moe.gate`, `block_sparse_moe.experts.E.{w1,w3,w2}` (transformers 4.57
-    /// `MixtralSparseMoeBlock`, `MixtralBlockSparseTop2MLP`).
+    /// `MixtralSparseMoeBlock`, `MixtralBlockSparseTop2MLP`). Read also as
+    /// `block_sparse_moe.experts.E.{gate,up,down}_proj`, llm-compressor's linearized experts;
+    /// written as `w1`/`w3`/`w2`.
     Mixtral,
     /// `feed_forward.router`, `feed_forward.shared_expert.{gate,up,down}_proj`, dense blocks'
     /// `feed_forward.{gate,up,down}_proj` (transformers `Llama4TextMoe`, `Llama4TextMLP`). The
@@ -194,9 +196,15 @@ impl HfMoeNames {
             }
             let (e, p) = rest.strip_prefix("experts.")?.split_once('.')?;
             let expert = parse_index(e)?;
+            // Mixtral's block also in Qwen's projection names: llm-compressor saves linearized
+            // Mixtral experts as `block_sparse_moe.experts.E.{gate,up,down}_proj`
+            // (llmcompressor/modeling/moe/linear_experts.py `ExpertMLPWithGate`
+            // `copy_from_experts_module`: gate_proj = gate_up_proj[e, :ffn], the rows
+            // transformers 5 fills from `w1`, conversion_mapping.py "mixtral" `Concatenate` of
+            // `w1`, `w3`; down_proj = down_proj[e], from `w2`)
             let proj = FfnProj::ALL.into_iter().find(|x| {
                 let (q, m, _) = x.names();
-                p == if s == HfMoeNames::Mixtral { m } else { q }
+                p == q || (s == HfMoeNames::Mixtral && p == m)
             })?;
             return Some(LayerTensor::Expert { expert, proj });
         }
@@ -835,6 +843,13 @@ mod tests {
             for n in [qwen, mixtral] {
                 assert_eq!(NameScheme::Hf.parse(n), NameMatch::Tensor(key), "{n}");
             }
+            // llm-compressor's linearized Mixtral experts: Mixtral's block, Qwen's projections
+            let linearized = qwen.replace(".mlp.", ".block_sparse_moe.");
+            assert_eq!(
+                NameScheme::Hf.parse(&linearized),
+                NameMatch::Tensor(key),
+                "{linearized}"
+            );
             assert_eq!(NameScheme::Gguf.parse(gguf), NameMatch::Tensor(key));
             assert_eq!(NameScheme::Meta.name(key), None);
         }
@@ -846,7 +861,8 @@ mod tests {
         for bad in [
             "model.layers.0.mlp.experts.01.up_proj.weight",
             "model.layers.0.mlp.experts.1.w1.weight",
-            "model.layers.0.block_sparse_moe.experts.1.up_proj.weight",
+            "model.layers.0.block_sparse_moe.experts.1.w4.weight",
+            "model.layers.0.block_sparse_moe.experts.1.gate_up_proj.weight",
             "model.layers.0.mlp.experts.up_proj.weight",
             "model.layers.0.mlp.gate.bias",
         ] {

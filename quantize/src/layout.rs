@@ -231,9 +231,15 @@ fn treatment(
     skipped: &BTreeSet<TensorId>,
 ) -> bool {
     let extra = opts.policy == Policy::AllLinear && scheme.kind.also_quantizes(id);
-    (opts.policy.selects(id, ckpt.config.num_layers) || extra)
-        && !opts.ignore.matches(&hf_module(id))
-        && !skipped.contains(&id)
+    let module = hf_module(id);
+    // `--ignore` names a module as the family spells it (Llama 4's dense
+    // `feed_forward.down_proj`, Mixtral's `block_sparse_moe.experts.0.w2`) or as the generic
+    // Llama spelling does
+    let ignored = opts.ignore.matches(&module)
+        || opts
+            .ignore
+            .matches(&ckpt.config.family.hf_spelling(&module));
+    (opts.policy.selects(id, ckpt.config.num_layers) || extra) && !ignored && !skipped.contains(&id)
 }
 
 /// The roles of a checkpoint, in HF file order, each once (quantized sources list several

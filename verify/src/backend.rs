@@ -97,8 +97,7 @@ impl Backend for Cpu {
         ctx: usize,
         observe: &mut dyn FnMut(&[LayerTensor], &[f32]),
     ) -> Result<()> {
-        crate::eval::run_layer_observed(model, lw, rope, h, ctx, observe);
-        Ok(())
+        crate::eval::run_layer_streamed(model, lw, rope, h, ctx, observe)
     }
 
     fn logits(&self, model: &Model, norm: &[f32], head: &Linear, h: &[f32]) -> Result<Vec<f32>> {

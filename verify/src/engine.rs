@@ -35,7 +35,8 @@ impl StreamStats {
 }
 
 fn load_all(models: &[&Model], index: u32) -> Result<Vec<LayerWeights>> {
-    models.iter().map(|m| m.layer(index)).collect()
+    // MoE experts stay on the checkpoint: the forward dequantizes them one at a time
+    models.iter().map(|m| m.layer_streamed(index)).collect()
 }
 
 /// Call `f(i, weights)` for `i` in `0..layers`, `weights[j]` being layer `i` of `models[j]`,

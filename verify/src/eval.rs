@@ -111,6 +111,53 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
     }
 }
 
+/// [`run_layer_observed`] of a layer whose experts are streamed
+/// ([`Model::layer_streamed`]): attention chunk by chunk, then the MoE block over the rows of
+/// every chunk at once ([`crate::moe::ffn_streamed`]), so each expert is dequantized once per
+/// call and dropped before the next. Every row's arithmetic is that of
+/// [`run_layer_observed`] (the projections, routing and per-row activation quantization are
+/// row-independent; `observe` sees each linear's rows in the same token order), so the result
+/// has the same bits. Other layers go to [`run_layer_observed`].
+pub fn run_layer_streamed(
+    model: &Model,
+    lw: &LayerWeights,
+    rope: &RopeTable,
+    h: &mut [f32],
+    ctx: usize,
+    observe: &mut dyn FnMut(&[LayerTensor], &[f32]),
+) -> Result<()> {
+    let Some(m) = lw.moe.as_ref().filter(|m| m.streamed.is_some()) else {
+        run_layer_observed(model, lw, rope, h, ctx, observe);
+        return Ok(());
+    };
+    let cfg = model.config();
+    let hid = cfg.hidden_size as usize;
+    let eps = f32::of_f64(cfg.rms_norm_eps);
+    let attn = AttnProjs {
+        q: &lw.q,
+        k: &lw.k,
+        v: &lw.v,
+        o: &lw.o,
+    };
+    let mut x = vec![0f32; ctx * hid];
+    let mut y = vec![0f32; ctx * hid];
+    // post_attention_layernorm's output of every chunk: the MoE block's input
+    let mut xf = vec![0f32; h.len()];
+    for (hc, xc) in h.chunks_mut(ctx * hid).zip(xf.chunks_mut(ctx * hid)) {
+        x.copy_from_slice(hc);
+        rms_norm(&mut x, hid, &lw.attn_norm, eps);
+        self_attention(model, lw, rope, &x, ctx, &attn, &mut y, observe);
+        add(hc, &y);
+        xc.copy_from_slice(hc);
+        rms_norm(xc, hid, &lw.ffn_norm, eps);
+    }
+    let t = h.len() / hid.max(1);
+    let mut yf = vec![0f32; h.len()];
+    crate::moe::ffn_streamed(model, m, &xf, t, hid, &mut yf, observe)?;
+    add(h, &yf);
+    Ok(())
+}
+
 /// The q/k/v/o projections [`self_attention`] runs with: a layer's own, or candidate weights
 /// (calibrate's AWQ search, [`DenseRef`]).
 pub struct AttnProjs<'a, P> {

@@ -533,6 +533,17 @@ impl Model {
 
     /// Layer `index`'s weights, dequantized (their mapped pages released afterwards).
     pub fn layer(&self, index: u32) -> Result<LayerWeights> {
+        self.layer_with(index, false)
+    }
+
+    /// [`Model::layer`] with a mixture-of-experts block's experts left on the checkpoint
+    /// ([`crate::moe::MoeWeights::load_streamed`]): the forward
+    /// ([`crate::eval::run_layer_streamed`]) dequantizes them one at a time.
+    pub fn layer_streamed(&self, index: u32) -> Result<LayerWeights> {
+        self.layer_with(index, true)
+    }
+
+    fn layer_with(&self, index: u32, stream_experts: bool) -> Result<LayerWeights> {
         let l = |kind| TensorId::Layer { index, kind };
         let spec = self.ckpt.config.family.spec();
         let qkv_bias = if spec.qkv_bias {
@@ -560,7 +571,11 @@ impl Model {
             .map(|w| usize::try_from(w.size).unwrap_or(usize::MAX));
         // a mixture-of-experts block: router and experts instead of the dense FFN
         let moe = if self.ckpt.config.is_moe_layer(index) {
-            Some(crate::moe::MoeWeights::load(self, index)?)
+            Some(if stream_experts {
+                crate::moe::MoeWeights::load_streamed(self, index)?
+            } else {
+                crate::moe::MoeWeights::load(self, index)?
+            })
         } else {
             None
         };

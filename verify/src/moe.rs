@@ -32,11 +32,34 @@ pub struct MoeWeights<T = f32, L = Linear> {
     pub gating: Gating,
     /// `[gate, up, down]` of the shared expert (Llama 4), run on every token.
     pub shared: Option<[L; 3]>,
+    /// Experts read one at a time by the forward ([`ffn_streamed`]) instead of held here:
+    /// `experts` is then empty.
+    pub streamed: Option<StreamedExperts>,
+}
+
+/// Where [`ffn_streamed`] reads a block's experts from, one at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamedExperts {
+    /// The block.
+    pub index: u32,
+    /// Its experts.
+    pub n_expert: usize,
 }
 
 impl MoeWeights {
     /// Block `index`'s router and experts from `model`, dequantized.
     pub fn load(model: &Model, index: u32) -> Result<Self> {
+        Self::load_with(model, index, false)
+    }
+
+    /// Block `index`'s router and shared expert from `model`, dequantized; its experts are
+    /// left to [`ffn_streamed`], which dequantizes one at a time (a layer's peak is then its
+    /// attention plus one expert, not every expert in f32).
+    pub fn load_streamed(model: &Model, index: u32) -> Result<Self> {
+        Self::load_with(model, index, true)
+    }
+
+    fn load_with(model: &Model, index: u32, streamed: bool) -> Result<Self> {
         let cfg = model.config();
         let moe = cfg.moe.as_ref().ok_or_else(|| Error::Unsupported {
             path: model.ckpt.path.clone(),
@@ -54,10 +77,13 @@ impl MoeWeights {
         } else {
             None
         };
-        let mut experts = Vec::with_capacity(moe.num_experts as usize);
-        for expert in 0..moe.num_experts as u32 {
-            let l = |proj| model.linear(index, LayerTensor::Expert { expert, proj });
-            experts.push([l(FfnProj::Gate)?, l(FfnProj::Up)?, l(FfnProj::Down)?]);
+        let n_expert = usize::try_from(moe.num_experts).unwrap_or(usize::MAX);
+        let mut experts = Vec::new();
+        if !streamed {
+            experts.reserve(n_expert);
+            for expert in 0..n_expert {
+                experts.push(load_expert(model, index, expert)?);
+            }
         }
         Ok(MoeWeights {
             router,
@@ -67,11 +93,16 @@ impl MoeWeights {
             ffn: usize::try_from(moe.expert_ffn).unwrap_or(usize::MAX),
             gating,
             shared,
+            streamed: streamed.then_some(StreamedExperts { index, n_expert }),
         })
     }
 
-    /// The same weights in `f64`, or `None` when an expert quantizes its activations.
+    /// The same weights in `f64`, or `None` when an expert quantizes its activations or the
+    /// experts are streamed.
     pub fn to_f64(&self) -> Option<MoeWeights<f64, Dense<f64>>> {
+        if self.streamed.is_some() {
+            return None;
+        }
         let experts = self
             .experts
             .iter()
@@ -88,8 +119,16 @@ impl MoeWeights {
                 Some([g, u, d]) => Some([dense64(g)?, dense64(u)?, dense64(d)?]),
                 None => None,
             },
+            streamed: None,
         })
     }
+}
+
+/// Expert `expert`'s `[gate, up, down]` of block `index`, dequantized.
+fn load_expert(model: &Model, index: u32, expert: usize) -> Result<[Linear; 3]> {
+    let expert = u32::try_from(expert).unwrap_or(u32::MAX);
+    let l = |proj| model.linear(index, LayerTensor::Expert { expert, proj });
+    Ok([l(FfnProj::Gate)?, l(FfnProj::Up)?, l(FfnProj::Down)?])
 }
 
 fn dense64(l: &Linear) -> Option<Dense<f64>> {
@@ -169,7 +208,53 @@ pub fn ffn<T: Real, L: Project<T>>(
     y: &mut [T],
     observe: &mut dyn FnMut(&[LayerTensor], &[T]),
 ) {
+    debug_assert!(m.streamed.is_none(), "streamed experts: use ffn_streamed");
     let n = m.experts.len();
+    let r: Result<()> = ffn_with(m, n, x, t, hid, y, observe, &mut |e, run| {
+        run(&m.experts[e]);
+        Ok(())
+    });
+    debug_assert!(r.is_ok());
+}
+
+/// [`ffn`] of a block loaded with [`MoeWeights::load_streamed`]: each expert that any row is
+/// routed to is dequantized from `model`, run on all its rows (all of `x`'s chunks at once) and
+/// dropped before the next; the same arithmetic in the same order, so the same bits.
+pub fn ffn_streamed(
+    model: &Model,
+    m: &MoeWeights,
+    x: &[f32],
+    t: usize,
+    hid: usize,
+    y: &mut [f32],
+    observe: &mut dyn FnMut(&[LayerTensor], &[f32]),
+) -> Result<()> {
+    let Some(s) = m.streamed else {
+        ffn(m, x, t, hid, y, observe);
+        return Ok(());
+    };
+    ffn_with(m, s.n_expert, x, t, hid, y, observe, &mut |e, run| {
+        let w = load_expert(model, s.index, e)?;
+        run(&w);
+        Ok(())
+    })
+}
+
+/// `with_expert(e, run)` calls `run` with expert `e`'s `[gate, up, down]`.
+type WithExpert<'a, L> = dyn FnMut(usize, &mut dyn FnMut(&[L; 3])) -> Result<()> + 'a;
+
+/// The routing, the routed experts (through `with_expert`) and the shared expert of [`ffn`].
+#[allow(clippy::too_many_arguments)]
+fn ffn_with<T: Real, L: Project<T>>(
+    m: &MoeWeights<T, L>,
+    n: usize,
+    x: &[T],
+    t: usize,
+    hid: usize,
+    y: &mut [T],
+    observe: &mut dyn FnMut(&[LayerTensor], &[T]),
+    with_expert: &mut WithExpert<'_, L>,
+) -> Result<()> {
     let mut logits = vec![T::ZERO; t * n];
     observe(&[LayerTensor::Router], x);
     matmul_t(x, t, hid, &m.router, n, &mut logits);
@@ -178,7 +263,7 @@ pub fn ffn<T: Real, L: Project<T>>(
     let scale_input = m.gating == Gating::SigmoidInput;
     y.fill(T::ZERO);
     let mut rows: Vec<(usize, T)> = Vec::new();
-    for (e, [gate, up, down]) in m.experts.iter().enumerate() {
+    for e in 0..n {
         rows.clear();
         rows.extend(
             routes
@@ -206,14 +291,14 @@ pub fn ffn<T: Real, L: Project<T>>(
             proj,
         };
         observe(&[kind(FfnProj::Gate), kind(FfnProj::Up)], &xe);
-        let mut g = vec![T::ZERO; r * m.ffn];
-        let mut u = vec![T::ZERO; r * m.ffn];
-        gate.project(&xe, r, &mut g);
-        up.project(&xe, r, &mut u);
-        swiglu(&mut g, &u);
-        observe(&[kind(FfnProj::Down)], &g);
         let mut o = vec![T::ZERO; r * hid];
-        down.project(&g, r, &mut o);
+        let mut down_in: Vec<T> = Vec::new();
+        with_expert(e, &mut |[gate, up, down]| {
+            down_in = swiglu_of(gate, up, &xe, r, m.ffn);
+            down.project(&down_in, r, &mut o);
+        })?;
+        // shown after the expert ran: its down input exists only then
+        observe(&[kind(FfnProj::Down)], &down_in);
         for (&(tok, w), orow) in rows.iter().zip(o.chunks_exact(hid)) {
             let w = if scale_input { T::ONE } else { w };
             for (a, b) in y[tok * hid..(tok + 1) * hid].iter_mut().zip(orow) {
@@ -225,11 +310,7 @@ pub fn ffn<T: Real, L: Project<T>>(
         // Llama4TextMoe.forward: out = shared_expert(hidden_states) + the routed sum
         let kind = |proj| LayerTensor::SharedExpert { proj };
         observe(&[kind(FfnProj::Gate), kind(FfnProj::Up)], x);
-        let mut g = vec![T::ZERO; t * m.ffn];
-        let mut u = vec![T::ZERO; t * m.ffn];
-        gate.project(x, t, &mut g);
-        up.project(x, t, &mut u);
-        swiglu(&mut g, &u);
+        let g = swiglu_of(gate, up, x, t, m.ffn);
         observe(&[kind(FfnProj::Down)], &g);
         let mut o = vec![T::ZERO; t * hid];
         down.project(&g, t, &mut o);
@@ -237,6 +318,17 @@ pub fn ffn<T: Real, L: Project<T>>(
             *a += *b;
         }
     }
+    Ok(())
+}
+
+/// `silu(gate·x) ⊙ up·x` of `r` rows, `[r, ffn]`.
+fn swiglu_of<T: Real, L: Project<T>>(gate: &L, up: &L, x: &[T], r: usize, ffn: usize) -> Vec<T> {
+    let mut g = vec![T::ZERO; r * ffn];
+    let mut u = vec![T::ZERO; r * ffn];
+    gate.project(x, r, &mut g);
+    up.project(x, r, &mut u);
+    swiglu(&mut g, &u);
+    g
 }
 
 #[cfg(test)]
@@ -291,6 +383,7 @@ mod tests {
             ffn: 1,
             gating: Gating::SigmoidInput,
             shared: Some(expert()),
+            streamed: None,
         };
         let x = 0.7f64;
         let mut y = vec![0.0];
@@ -333,6 +426,7 @@ mod tests {
             ffn: 1,
             gating: Gating::Softmax,
             shared: None,
+            streamed: None,
         };
         let x = vec![1.0f64, 0.5, -0.25, 2.0];
         let mut y = vec![0.0; 4];

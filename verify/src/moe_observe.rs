@@ -7,20 +7,24 @@
 //! `GGML_OP_MUL_MAT_ID` (the `ffn_{gate,up,down}_exps` stacks), keeps `values` of
 //! `ne0 · n_expert` (expert `e`'s columns at `e·ne0`) and `counts` of `n_expert`, adding `x[j]²`
 //! of every row routed to expert `e` and 1 to `counts[e]` per routed row; the router
-//! `ffn_gate_inp` is a plain `MUL_MAT` over every token (one count per token).
+//! `ffn_gate_inp` is a plain `MUL_MAT` over every token (one count per token). Llama 4's shared
+//! expert (tagged [`LayerTensor::SharedExpert`]) is three plain `MUL_MAT`s over every token,
+//! `ffn_{gate,up,down}_shexp` (llama.cpp src/models/llama.cpp, the `ffn_up_shexp` `build_ffn`
+//! of Llama 4's MoE blocks): entries of their own, one count per token.
 
 use std::collections::BTreeMap;
 
-use qforge_convert::{FfnProj, LayerTensor};
+use qforge_convert::{FfnProj, LayerTensor, NameScheme, TensorId, TensorKey};
 use qforge_quantize::imatrix::ImatrixEntry;
 
 use crate::eval::accumulate_squares;
 
-/// True for the observations that belong to the MoE block (the router or an expert).
+/// True for the observations that belong to the MoE block (the router, an expert or the
+/// shared expert).
 pub fn is_moe(kinds: &[LayerTensor]) -> bool {
     matches!(
         kinds.first(),
-        Some(LayerTensor::Router | LayerTensor::Expert { .. })
+        Some(LayerTensor::Router | LayerTensor::Expert { .. } | LayerTensor::SharedExpert { .. })
     )
 }
 
@@ -32,6 +36,8 @@ pub struct ExpertSums {
     stacks: BTreeMap<(u32, bool), (Vec<f32>, Vec<i64>)>,
     /// layer → (router input Σx², tokens).
     routers: BTreeMap<u32, (Vec<f32>, i64)>,
+    /// `(layer, down)` → (the shared expert's gate-up or down input Σx², tokens).
+    shared: BTreeMap<(u32, bool), (Vec<f32>, i64)>,
     n_expert: usize,
     hidden: usize,
     expert_ffn: usize,
@@ -44,6 +50,7 @@ impl ExpertSums {
         ExpertSums {
             stacks: BTreeMap::new(),
             routers: BTreeMap::new(),
+            shared: BTreeMap::new(),
             n_expert,
             hidden,
             expert_ffn,
@@ -81,13 +88,29 @@ impl ExpertSums {
                 accumulate_squares(&mut s[e * cols..(e + 1) * cols], x);
                 c[e] += (x.len() / cols) as i64;
             }
+            Some(&LayerTensor::SharedExpert { proj }) => {
+                // Llama 4's shared expert is as wide as one routed expert
+                // (Llama4TextMoe: `Llama4TextMLP(config)` of `intermediate_size`)
+                let down = proj == FfnProj::Down;
+                let cols = if down { self.expert_ffn } else { self.hidden };
+                if cols == 0 || x.len() % cols != 0 {
+                    return;
+                }
+                let (s, n) = self
+                    .shared
+                    .entry((layer, down))
+                    .or_insert_with(|| (vec![0f32; cols], 0));
+                accumulate_squares(s, x);
+                *n += (x.len() / cols) as i64;
+            }
             _ => {}
         }
     }
 
-    /// The GGUF imatrix entries: `blk.N.ffn_gate_inp.weight` and
-    /// `blk.N.ffn_{gate,up,down}_exps.weight` of every MoE block observed; the dense FFN
-    /// entries of those blocks (which have no dense FFN) are removed from `entries`.
+    /// The GGUF imatrix entries: `blk.N.ffn_gate_inp.weight`,
+    /// `blk.N.ffn_{gate,up,down}_exps.weight` and (Llama 4) `blk.N.ffn_{gate,up,down}_shexp.weight`
+    /// of every MoE block observed; the dense FFN entries of those blocks (which have no dense
+    /// FFN) are removed from `entries`.
     pub fn finish(self, entries: &mut BTreeMap<String, ImatrixEntry>) {
         for (layer, (sums, n)) in self.routers {
             for p in FfnProj::ALL {
@@ -101,6 +124,28 @@ impl ExpertSums {
                     counts: vec![n],
                 },
             );
+        }
+        for ((layer, down), (sums, n)) in self.shared {
+            let projs: &[FfnProj] = if down {
+                &[FfnProj::Down]
+            } else {
+                &[FfnProj::Gate, FfnProj::Up]
+            };
+            for &proj in projs {
+                let id = TensorId::Layer {
+                    index: layer,
+                    kind: LayerTensor::SharedExpert { proj },
+                };
+                if let Some(name) = NameScheme::Gguf.name(TensorKey::weight(id)) {
+                    entries.insert(
+                        name,
+                        ImatrixEntry {
+                            sums: sums.clone(),
+                            counts: vec![n],
+                        },
+                    );
+                }
+            }
         }
         for ((layer, down), (sums, counts)) in self.stacks {
             let projs: &[FfnProj] = if down {
@@ -156,5 +201,30 @@ mod tests {
         }
         assert_eq!(e["blk.0.ffn_down_exps.weight"].sums, vec![0.0, 0.0, 4.25]);
         assert_eq!(e["blk.0.ffn_down_exps.weight"].counts, vec![0, 0, 2]);
+        assert!(!e.keys().any(|n| n.contains("shexp")));
+    }
+
+    #[test]
+    fn shared_expert_rows_get_entries_of_their_own() {
+        let mut s = ExpertSums::new(3, 2, 1);
+        let sh = |proj| LayerTensor::SharedExpert { proj };
+        s.observe(1, &[LayerTensor::Router], &[1.0, 2.0, 3.0, 4.0]);
+        s.observe(
+            1,
+            &[sh(FfnProj::Gate), sh(FfnProj::Up)],
+            &[1.0, 2.0, 3.0, 4.0],
+        );
+        s.observe(1, &[sh(FfnProj::Down)], &[0.5, 2.0]);
+        // a width that does not fit: ignored
+        s.observe(1, &[sh(FfnProj::Gate), sh(FfnProj::Up)], &[1.0, 2.0, 3.0]);
+        let mut e = BTreeMap::new();
+        s.finish(&mut e);
+        for n in ["blk.1.ffn_gate_shexp.weight", "blk.1.ffn_up_shexp.weight"] {
+            assert_eq!(e[n].sums, vec![10.0, 20.0], "{n}");
+            assert_eq!(e[n].counts, vec![2], "{n}");
+        }
+        assert_eq!(e["blk.1.ffn_down_shexp.weight"].sums, vec![4.25]);
+        assert_eq!(e["blk.1.ffn_down_shexp.weight"].counts, vec![2]);
+        assert!(is_moe(&[sh(FfnProj::Down)]));
     }
 }
