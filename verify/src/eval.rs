@@ -133,6 +133,7 @@ pub fn run_layer_streamed(
     let cfg = model.config();
     let hid = cfg.hidden_size as usize;
     let eps = f32::of_f64(cfg.rms_norm_eps);
+    let ggml = model.opts.ggml_cpu_ops;
     let attn = AttnProjs {
         q: &lw.q,
         k: &lw.k,
@@ -145,11 +146,11 @@ pub fn run_layer_streamed(
     let mut xf = vec![0f32; h.len()];
     for (hc, xc) in h.chunks_mut(ctx * hid).zip(xf.chunks_mut(ctx * hid)) {
         x.copy_from_slice(hc);
-        rms_norm(&mut x, hid, &lw.attn_norm, eps);
+        crate::ggml_cpu::rms_norm_as(ggml, &mut x, hid, &lw.attn_norm, eps);
         self_attention(model, lw, rope, &x, ctx, &attn, &mut y, observe);
         add(hc, &y);
         xc.copy_from_slice(hc);
-        rms_norm(xc, hid, &lw.ffn_norm, eps);
+        crate::ggml_cpu::rms_norm_as(ggml, xc, hid, &lw.ffn_norm, eps);
     }
     let t = h.len() / hid.max(1);
     let mut yf = vec![0f32; h.len()];
