@@ -5,18 +5,20 @@
 # peers by pyenv.sh); models are fetched (SmolLM2) or generated (gen_synthetic.py).
 #
 #   scripts/bench.sh                 # every section but the 405B-shaped run (~30 min, ~25 GB disk)
-#   scripts/bench.sh --only NAME...  # some sections: inspect convert quantize perplexity calibrate demo scale
+#   scripts/bench.sh --only NAME...  # some sections: inspect convert quantize gemm perplexity calibrate demo scale
 #   scripts/bench.sh --scale         # also the 405B-shaped run (2 layers, ~60 GB disk, ~10 min)
 #
 # At the end it prints one summary table (section | figure | peer | ratio); the per-section
-# output above it has the raw times and peak RSS. Env: QFORGE_CACHE, THREADS (default 2).
+# output above it has the raw times and peak RSS. Env: QFORGE_CACHE, THREADS (default 2),
+# ROUNDS (paired perplexity runs, default 3), LLAMA_PERPLEXITY (another llama-perplexity binary,
+# e.g. one built with AVX-512; default: build-llama-cpp.sh's).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/cache-dir.sh
 THREADS="${THREADS:-2}"
 export THREADS
 
-sections=(inspect convert quantize perplexity calibrate demo)
+sections=(inspect convert quantize gemm perplexity calibrate demo)
 if [[ "${1:-}" == "--only" ]]; then
   shift
   sections=("$@")
@@ -90,16 +92,35 @@ if want quantize; then
   done
 fi
 
+if want gemm; then
+  echo "## f32 GEMM vs the FMA peak measured in the same run (verify/benches/gemm.rs)" >&2
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), nproc $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+  out="$(THREADS="$THREADS" cargo bench --locked -p qforge-verify --bench gemm 2>/dev/null)"
+  echo "$out" >&2
+  peak="$(echo "$out" | sed -n 's/^FMA peak \([a-z0-9]*\): \([0-9.]*\) GFLOP.*/\1 \2/p' | head -1)"
+  echo "$out" | grep '^| SmolLM2\|^| Llama' | while IFS='|' read -r _ name shape rest; do
+    pct="$(echo "$rest" | awk -F'|' '{print $(NF-1)}')"
+    row "GEMM $name ($shape), $THREADS threads" "$(echo "$rest" | cut -d'|' -f1) GFLOP/s" "FMA peak ${peak} GFLOP/s" "$pct"
+  done
+fi
+
 if want perplexity; then
-  echo "## perplexity vs llama-perplexity (F32 GGUF of SmolLM2, ctx 512, 8 chunks)" >&2
+  echo "## perplexity vs llama-perplexity (F32 GGUF of SmolLM2, ctx 512, 8 chunks), paired runs" >&2
   f32="$bench/smol-f32.gguf"
   [[ -f "$f32" ]] || "$qf" convert "$QFORGE_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$f32" --to gguf --dtype f32 >&2
   hamlet="$QFORGE_CACHE/text/hamlet.txt"
-  lp="$(scripts/build-llama-cpp.sh --print-bin-dir)/llama-perplexity"
-  timed qforge "$qf" perplexity "$f32" --data "$hamlet" --ctx 512 --chunks 8 --threads "$THREADS" --kv-f16 -q
-  qt=$T qkb=$KB
-  timed llama-perplexity "$lp" -m "$f32" -f "$hamlet" -c 512 --chunks 8 -t "$THREADS"
-  row "perplexity, SmolLM2 F32, 8 × 512 tokens" "${qt} s, $((qkb / 1024)) MiB" "llama-perplexity: ${T} s, $((KB / 1024)) MiB" "$(ratio "$T" "$qt")× faster, $(ratio "$qkb" "$KB")× RSS"
+  lp="${LLAMA_PERPLEXITY:-$(scripts/build-llama-cpp.sh --print-bin-dir)/llama-perplexity}"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), nproc $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg); llama-perplexity: $lp" >&2
+  # alternate the two tools ROUNDS times (the machine is shared: a load change hits both);
+  # the ratio is of the sums
+  qsum=0 lsum=0
+  for ((r = 1; r <= ${ROUNDS:-3}; r++)); do
+    timed "qforge (round $r)" "$qf" perplexity "$f32" --data "$hamlet" --ctx 512 --chunks 8 --threads "$THREADS" --kv-f16 -q
+    qsum="$(awk -v a="$qsum" -v b="$T" 'BEGIN{print a + b}')" qkb=$KB
+    timed "llama-perplexity (round $r)" "$lp" -m "$f32" -f "$hamlet" -c 512 --chunks 8 -t "$THREADS"
+    lsum="$(awk -v a="$lsum" -v b="$T" 'BEGIN{print a + b}')"
+  done
+  row "perplexity, SmolLM2 F32, 8 × 512 tokens, ${ROUNDS:-3} paired rounds" "Σ ${qsum} s, $((qkb / 1024)) MiB" "llama-perplexity: Σ ${lsum} s, $((KB / 1024)) MiB" "$(ratio "$lsum" "$qsum")× llama-perplexity's throughput, $(ratio "$qkb" "$KB")× RSS"
 fi
 
 if want calibrate; then

@@ -106,7 +106,7 @@ pub enum Command {
     /// Perplexity of a model on a text, with llama-perplexity's protocol.
     #[command(after_help = "Examples:\n  \
         qforge perplexity SmolLM2-135M-Instruct.Q4_1.gguf --data hamlet.txt --chunks 4\n  \
-        qforge perplexity model.gguf --data hamlet.txt --ggml-act-quant --kv-f16   # as llama.cpp computes it")]
+        qforge perplexity model.gguf --data hamlet.txt --ggml-act-quant --ggml-cpu-ops   # as llama.cpp computes it")]
     Perplexity(PerplexityArgs),
     /// Compare a quantized model against its base: PPL drift, KL divergence, top-1, per-layer error.
     #[command(after_help = "Examples:\n  \
@@ -708,6 +708,10 @@ pub struct EvalArgs {
     /// Round K and V to f16 like llama.cpp's default F16 KV cache.
     #[arg(long)]
     pub kv_f16: bool,
+    /// RMSNorm, RoPE, SwiGLU and attention with ggml-cpu's bits (its flash attention over the
+    /// F16 KV cache, llama-perplexity's default); implies --kv-f16.
+    #[arg(long)]
+    pub ggml_cpu_ops: bool,
     /// Dynamic per-token FP8 activations on quantized linears.
     #[arg(long, value_enum, default_value = "auto")]
     pub w8a8: W8a8Arg,
@@ -851,6 +855,10 @@ pub struct ImatrixArgs {
     /// Round K and V to f16 like llama.cpp's default F16 KV cache.
     #[arg(long)]
     pub kv_f16: bool,
+    /// RMSNorm, RoPE, SwiGLU and attention with ggml-cpu's bits (its flash attention over the
+    /// F16 KV cache, llama-perplexity's default); implies --kv-f16.
+    #[arg(long)]
+    pub ggml_cpu_ops: bool,
     /// Replace the output if it exists.
     #[arg(long)]
     pub overwrite: bool,

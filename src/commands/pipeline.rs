@@ -513,6 +513,7 @@ fn verify_args(
             batch_chunks: None,
             ggml_act_quant: false,
             kv_f16: false,
+            ggml_cpu_ops: false,
             w8a8: W8a8Arg::Auto,
             logits_out: None,
             json: true,

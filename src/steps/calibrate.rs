@@ -84,6 +84,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
             w8a8: W8a8Mode::Off,
             ggml_act_quant: false,
             kv_f16: false,
+            ggml_cpu_ops: false,
         },
     )?;
     crate::commands::warn_long_ctx(model.config(), "--seq-len", args.seq_len);

@@ -17,6 +17,7 @@ pub fn forward_options(e: &EvalArgs) -> ForwardOptions {
         },
         ggml_act_quant: e.ggml_act_quant,
         kv_f16: e.kv_f16,
+        ggml_cpu_ops: e.ggml_cpu_ops,
     }
 }
 

@@ -18,6 +18,7 @@ pub fn run(args: &ImatrixArgs) -> Result<()> {
             w8a8: W8a8Mode::Auto,
             ggml_act_quant: args.ggml_act_quant,
             kv_f16: args.kv_f16,
+            ggml_cpu_ops: args.ggml_cpu_ops,
         },
     )?;
     crate::commands::warn_long_ctx(model.config(), "--ctx", args.ctx);

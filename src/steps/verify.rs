@@ -128,6 +128,7 @@ pub fn evaluate(args: &VerifyArgs) -> Result<Verified> {
         "options": {
             "ggml_act_quant": fwd.ggml_act_quant,
             "kv_f16": fwd.kv_f16,
+            "ggml_cpu_ops": fwd.ggml_cpu_ops,
             "w8a8_base": base.w8a8.map(|ub| json!({"activation_scale_ub": ub})),
             "w8a8_quantized": quant.w8a8.map(|ub| json!({"activation_scale_ub": ub})),
         },

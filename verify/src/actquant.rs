@@ -21,7 +21,8 @@
 //!   ggml-cpu/arch/x86/quants.c, `quantize_row_q8_K_ref` in ggml-quants.c, f16/bf16 rounding),
 //!   returned dequantized, plus for Q8_1 the per-block correction `s − d·Σq` that the
 //!   `q4_1·q8_1` / `q5_1·q8_1` dot products add through the weight block's min `m` (they use
-//!   the block's stored `s = f16(d·Σq)` instead of `d·Σq`).
+//!   the block's stored `s = f16(d·Σq)` instead of `d·Σq`). The quantizer itself is
+//!   [`crate::gemm::ggml::quantize_q8`], whose codes the exact ggml dot products use.
 
 use qforge_codecs::float::{f16_bits_to_f32, f32_to_bf16_bits, f32_to_f16_bits};
 use qforge_codecs::fp8::{encode_e4m3_sat, E4M3_MAX, MIN_ROW_SCALE};
@@ -147,6 +148,7 @@ impl GgmlActType {
 /// the value of largest magnitude (first one on ties), `iscale = −127/max`,
 /// `q = min(127, nearest_int(iscale·x))`, `d = 1/iscale` kept in f32.
 pub fn ggml_quantize(x: &mut [f32], width: usize, ty: GgmlActType) -> Vec<f32> {
+    debug_assert!(width % ty.block() == 0 && x.len() % width.max(1) == 0);
     match ty {
         GgmlActType::F32 => Vec::new(),
         GgmlActType::F16 => {
@@ -163,38 +165,27 @@ pub fn ggml_quantize(x: &mut [f32], width: usize, ty: GgmlActType) -> Vec<f32> {
             Vec::new()
         }
         GgmlActType::Q8_0 | GgmlActType::Q8_1 => {
-            let nb = width / 32;
             let want_corr = ty == GgmlActType::Q8_1;
-            let mut corr = if want_corr {
-                vec![0f32; x.len() / 32]
-            } else {
-                Vec::new()
-            };
-            let body = |row: &mut [f32], crow: Option<&mut [f32]>| {
-                let mut crow = crow;
-                for (b, blk) in row.chunks_exact_mut(32).enumerate() {
-                    let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let d = amax / 127.0;
-                    let id = if amax == 0.0 { 0.0 } else { 127.0 / amax };
-                    let dh = f16_round(d);
-                    let mut sum = 0i32;
-                    for v in blk.iter_mut() {
-                        let q = (*v * id).round_ties_even();
-                        sum += q as i32;
-                        *v = dh * q;
-                    }
-                    if let Some(c) = crow.as_deref_mut() {
-                        c[b] = f16_round(d * sum as f32) - dh * sum as f32;
-                    }
-                }
-            };
+            let q = crate::gemm::ggml::quantize_q8(x, want_corr);
+            let mut corr = Vec::new();
             if want_corr {
-                x.par_chunks_mut(width)
-                    .zip(corr.par_chunks_mut(nb))
-                    .for_each(|(row, c)| body(row, Some(c)));
-            } else {
-                x.par_chunks_mut(width).for_each(|row| body(row, None));
+                corr = vec![0f32; q.d.len()];
+                corr.par_iter_mut().enumerate().for_each(|(b, c)| {
+                    let sum: i32 = q.codes[b * 32..(b + 1) * 32]
+                        .iter()
+                        .map(|&v| i32::from(v))
+                        .sum();
+                    *c = q.s[b] - q.d[b] * sum as f32;
+                });
             }
+            x.par_chunks_mut(32)
+                .zip(q.codes.par_chunks(32))
+                .zip(&q.d)
+                .for_each(|((xb, qb), d)| {
+                    for (v, c) in xb.iter_mut().zip(qb) {
+                        *v = d * f32::from(*c);
+                    }
+                });
             corr
         }
         GgmlActType::Q8K => {

@@ -15,7 +15,7 @@ use qforge_convert::LayerTensor;
 
 use crate::error::{Error, Result};
 use crate::model::{LayerWeights, Linear, Model};
-use crate::ops::{rms_norm, RopeTable};
+use crate::ops::RopeTable;
 
 /// A device the forward can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -104,7 +104,8 @@ impl Backend for Cpu {
         let hid = model.config().hidden_size as usize;
         let rows = h.len() / hid.max(1);
         let mut x = h.to_vec();
-        rms_norm(&mut x, hid, norm, model.config().rms_norm_eps as f32);
+        let eps = model.config().rms_norm_eps as f32;
+        crate::ggml_cpu::rms_norm_as(model.opts.ggml_cpu_ops, &mut x, hid, norm, eps);
         let mut logits = vec![0f32; rows * head.out];
         head.forward(&x, rows, &mut logits);
         Ok(logits)

@@ -100,6 +100,7 @@ pub fn base_key(model: &Model, chunks: &Chunks, batch: usize, device: Device) ->
         "chunks": chunks.n,
         "batch_chunks": batch,
         "kv_f16": model.opts.kv_f16,
+        "ggml_cpu_ops": model.opts.ggml_cpu_ops,
         "ggml_act_quant": model.opts.ggml_act_quant,
         "w8a8": model.w8a8.map(|ub| json!({"activation_scale_ub": ub})),
         "device": device.to_string(),

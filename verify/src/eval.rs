@@ -76,6 +76,12 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
     let cfg = model.config();
     let hid = cfg.hidden_size as usize;
     let eps = T::of_f64(cfg.rms_norm_eps);
+    let ggml = model.opts.ggml_cpu_ops;
+    let glu: fn(&mut [T], &[T]) = if ggml {
+        crate::ggml_cpu::swiglu_as
+    } else {
+        swiglu
+    };
     let mut x = vec![T::ZERO; ctx * hid];
     let mut y = vec![T::ZERO; ctx * hid];
     let attn = AttnProjs {
@@ -95,12 +101,12 @@ pub fn run_layer_observed<T: Real, L: Project<T>>(
     };
     for hc in h.chunks_mut(ctx * hid) {
         x.copy_from_slice(hc);
-        rms_norm(&mut x, hid, &lw.attn_norm, eps);
+        crate::ggml_cpu::rms_norm_as(ggml, &mut x, hid, &lw.attn_norm, eps);
         self_attention(model, lw, rope, &x, ctx, &attn, &mut y, observe);
         add(hc, &y);
         x.copy_from_slice(hc);
-        rms_norm(&mut x, hid, &lw.ffn_norm, eps);
-        feed_forward(&ffn, &x, ctx, hid, &mut y, observe);
+        crate::ggml_cpu::rms_norm_as(ggml, &mut x, hid, &lw.ffn_norm, eps);
+        feed_forward_with(&ffn, &x, ctx, hid, &mut y, observe, glu);
         add(hc, &y);
     }
 }
@@ -127,6 +133,7 @@ pub fn run_layer_streamed(
     let cfg = model.config();
     let hid = cfg.hidden_size as usize;
     let eps = f32::of_f64(cfg.rms_norm_eps);
+    let ggml = model.opts.ggml_cpu_ops;
     let attn = AttnProjs {
         q: &lw.q,
         k: &lw.k,
@@ -139,11 +146,11 @@ pub fn run_layer_streamed(
     let mut xf = vec![0f32; h.len()];
     for (hc, xc) in h.chunks_mut(ctx * hid).zip(xf.chunks_mut(ctx * hid)) {
         x.copy_from_slice(hc);
-        rms_norm(&mut x, hid, &lw.attn_norm, eps);
+        crate::ggml_cpu::rms_norm_as(ggml, &mut x, hid, &lw.attn_norm, eps);
         self_attention(model, lw, rope, &x, ctx, &attn, &mut y, observe);
         add(hc, &y);
         xc.copy_from_slice(hc);
-        rms_norm(xc, hid, &lw.ffn_norm, eps);
+        crate::ggml_cpu::rms_norm_as(ggml, xc, hid, &lw.ffn_norm, eps);
     }
     let t = h.len() / hid.max(1);
     let mut yf = vec![0f32; h.len()];
@@ -254,6 +261,19 @@ pub fn feed_forward<T: Real, P: Project<T>>(
     y: &mut [T],
     observe: &mut dyn FnMut(&[LayerTensor], &[T]),
 ) {
+    feed_forward_with(p, x, t, hid, y, observe, swiglu);
+}
+
+/// [`feed_forward`] with the dense MLP's SwiGLU given (ggml-cpu's under `--ggml-cpu-ops`).
+fn feed_forward_with<T: Real, P: Project<T>>(
+    p: &FfnProjs<'_, T, P>,
+    x: &[T],
+    t: usize,
+    hid: usize,
+    y: &mut [T],
+    observe: &mut dyn FnMut(&[LayerTensor], &[T]),
+    glu: fn(&mut [T], &[T]),
+) {
     match p {
         FfnProjs::Moe(m) => crate::moe::ffn(m, x, t, hid, y, observe),
         FfnProjs::Dense {
@@ -267,7 +287,7 @@ pub fn feed_forward<T: Real, P: Project<T>>(
             observe(&[LayerTensor::Gate, LayerTensor::Up], x);
             gate.project(x, t, &mut g);
             up.project(x, t, &mut u);
-            swiglu(&mut g, &u);
+            glu(&mut g, &u);
             observe(&[LayerTensor::Down], &g);
             down.project(&g, t, y);
         }
@@ -324,9 +344,18 @@ pub fn attend<T: Real, L>(
             }
         }
     }
-    if model.opts.kv_f16 {
+    if model.opts.kv_f16 || model.opts.ggml_cpu_ops {
         round_f16(k);
         round_f16(v);
+    }
+    if model.opts.ggml_cpu_ops {
+        if let (Some(qf), Some(kf), Some(vf)) = (T::as_f32(q), T::as_f32(k), T::as_f32(v)) {
+            if let Some(out) = T::as_f32_mut(att) {
+                let s = 1.0 / (hd as f32).sqrt(); // llama.cpp's kq_scale, in f32
+                crate::ggml_cpu::flash_attn_ext(qf, kf, vf, ctx, heads, kvh, hd, s, mask, out);
+                return;
+            }
+        }
     }
     attention(q, k, v, ctx, heads, kvh, hd, scale, mask, att);
 }

@@ -23,6 +23,8 @@ pub mod basecache;
 pub mod engine;
 mod error;
 pub mod eval;
+pub mod gemm;
+pub mod ggml_cpu;
 pub mod matmul;
 pub mod metrics;
 pub mod model;

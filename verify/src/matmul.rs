@@ -1,11 +1,7 @@
-//! `y = x · Wᵀ` on the CPU: `matrixmultiply`'s packed, FMA-vectorized `sgemm` (`dgemm` for the
-//! `f64` forward), split into fixed blocks that rayon runs in parallel.
-//!
-//! Determinism: the blocks depend only on the shapes (never on the thread count), and each
-//! output element is computed entirely inside one block by `sgemm`, whose reduction order over
-//! `k` depends only on `k`. So the result is bit-identical for any number of threads.
-//! (`matrixmultiply` was picked over the `gemm` crate after measuring both on this project's
-//! shapes; see BENCHMARKS.md.)
+//! `y = x · Wᵀ` on the CPU. `f32` (the evaluation forward) runs qforge's own packed kernel,
+//! [`crate::gemm`] (AVX-512 / AVX2+FMA / portable, chosen at run time, the same bits on each
+//! and for any thread count). `f64` (`calibrate --precision f64`) runs `matrixmultiply`'s
+//! `dgemm`, split into fixed blocks that rayon runs in parallel ([`blocked`]).
 
 use rayon::prelude::*;
 
@@ -18,12 +14,24 @@ const COL_BLOCK: usize = 512;
 
 /// `y[m, n] = x[m, k] · w[n, k]ᵀ` (all row-major, contiguous), overwriting `y`.
 ///
+/// # Panics
+/// If a slice is shorter than its shape says (a caller bug).
+pub fn matmul_t<T: Real>(x: &[T], m: usize, k: usize, w: &[T], n: usize, y: &mut [T]) {
+    T::matmul_t(x, m, k, w, n, y);
+}
+
+/// [`matmul_t`] through [`Real::gemm`] on fixed blocks in parallel.
+///
+/// Determinism: the blocks depend only on the shapes (never on the thread count), and each
+/// output element is computed entirely inside one block by one `gemm` call, whose reduction
+/// order over `k` depends only on `k`. So the result is bit-identical for any number of threads.
+///
 /// Large outputs (the LM head) are split over `n` so each block streams its share of `W`
 /// once; the rest over `m`.
 ///
 /// # Panics
 /// If a slice is shorter than its shape says (a caller bug).
-pub fn matmul_t<T: Real>(x: &[T], m: usize, k: usize, w: &[T], n: usize, y: &mut [T]) {
+pub fn blocked<T: Real>(x: &[T], m: usize, k: usize, w: &[T], n: usize, y: &mut [T]) {
     assert!(
         x.len() >= m * k && w.len() >= n * k && y.len() >= m * n,
         "matmul shapes"

@@ -40,6 +40,9 @@ pub struct ForwardOptions {
     pub ggml_act_quant: bool,
     /// Round K (after RoPE) and V to f16, as llama.cpp's default F16 KV cache does.
     pub kv_f16: bool,
+    /// Attention as ggml-cpu's flash attention computes it over the F16 KV cache
+    /// ([`crate::ggml_cpu::flash_attn_ext`]; llama-perplexity's default): implies `kv_f16`.
+    pub ggml_cpu_ops: bool,
 }
 
 /// Activation handling of one linear.
@@ -73,8 +76,20 @@ pub struct Linear {
     pub inp: usize,
     /// What happens to the input before the matmul.
     pub act: ActQuant,
-    /// Q4_1/Q5_1 block minimums `[out, inp/32]` for the Q8_1 `s` correction.
-    pub mins: Option<Vec<f32>>,
+    /// The stored codes and scales, for the linears whose matmul is computed as the
+    /// reference computes it ([`Exact`]) rather than as an `f32` GEMM of `w`.
+    pub exact: Option<Exact>,
+}
+
+/// A weight kept in its stored integer/FP8 form for an order-independent matmul.
+#[derive(Debug, Clone)]
+pub enum Exact {
+    /// A 32-block ggml type, multiplied with Q8_0/Q8_1 activations as ggml-cpu does
+    /// ([`crate::gemm::ggml`]).
+    Ggml(crate::gemm::ggml::GgmlWeights),
+    /// FP8 E4M3 with per-row or per-tensor scales, multiplied with dynamic per-token FP8
+    /// activations as vLLM's scaled matmul defines it ([`crate::gemm::fp8`]).
+    Fp8(crate::gemm::fp8::Fp8Weights),
 }
 
 impl Linear {
@@ -85,7 +100,7 @@ impl Linear {
             out: 0,
             inp: 0,
             act: ActQuant::None,
-            mins: None,
+            exact: None,
         }
     }
 
@@ -98,6 +113,10 @@ impl Linear {
             ActQuant::Fp8Token { ub } => {
                 let mut xq = x.to_vec();
                 let s = fp8_per_token(&mut xq, self.inp, ub);
+                if let Some(Exact::Fp8(w)) = &self.exact {
+                    crate::gemm::fp8::matmul(&xq, &s, t, w, self.out, self.inp, y);
+                    return;
+                }
                 matmul_t(&xq, t, self.inp, &self.w, self.out, y);
                 for (row, s) in y.chunks_exact_mut(self.out).zip(&s) {
                     for v in row {
@@ -116,17 +135,15 @@ impl Linear {
                 matmul_t(&xq, t, self.inp, &self.w, self.out, y);
             }
             ActQuant::Ggml(ty) => {
-                let mut xq = x.to_vec();
-                let corr = ggml_quantize(&mut xq, self.inp, ty);
-                matmul_t(&xq, t, self.inp, &self.w, self.out, y);
-                if let (Some(m), false) = (&self.mins, corr.is_empty()) {
-                    let nb = self.inp / 32;
-                    let mut c = vec![0f32; t * self.out];
-                    matmul_t(&corr, t, nb, m, self.out, &mut c);
-                    for (a, b) in y.iter_mut().zip(&c) {
-                        *a += b;
-                    }
+                if let Some(Exact::Ggml(w)) = &self.exact {
+                    let a = crate::gemm::ggml::quantize_q8(&x[..t * self.inp], !w.m.is_empty());
+                    crate::gemm::ggml::matmul(&a, t, w, self.out, self.inp, y);
+                    return;
                 }
+                // the float types and the K-quants: an f32 GEMM of the dequantized values
+                let mut xq = x.to_vec();
+                ggml_quantize(&mut xq, self.inp, ty);
+                matmul_t(&xq, t, self.inp, &self.w, self.out, y);
             }
         }
     }
@@ -256,6 +273,9 @@ pub struct Model {
     pub opts: ForwardOptions,
     /// FP8 per-token activations resolved from the options and the checkpoint (upper bound).
     pub w8a8: Option<Option<f32>>,
+    /// Under `--ggml-cpu-ops`: the `f32` RoPE base and `rope_freqs` factors ggml's tables are
+    /// computed from ([`RopeTable::ggml`]).
+    ggml_rope: Option<(f32, Option<Vec<f32>>)>,
 }
 
 impl Model {
@@ -351,6 +371,18 @@ impl Model {
             W8a8Mode::On => Some(None),
             W8a8Mode::Auto => detect_w8a8(&ckpt),
         };
+        let ggml_rope = match (&cfg.rope_scaling, freq_factors) {
+            _ if !opts.ggml_cpu_ops => None,
+            // llama3 scaling reaches ggml as GGUF rope_freqs
+            (_, Some(ff)) => Some((cfg.rope_theta as f32, Some(ff))),
+            (None, None) => Some((cfg.rope_theta as f32, None)),
+            (Some(s), None) => {
+                return Err(unsupported(format!(
+                    "--ggml-cpu-ops emulates ggml's RoPE without scaling or with GGUF rope_freqs \
+                     factors, not {s:?} scaling"
+                )))
+            }
+        };
         Ok(Model {
             ckpt,
             rope_layout,
@@ -358,12 +390,18 @@ impl Model {
             rope_attn_factor,
             opts,
             w8a8,
+            ggml_rope,
         })
     }
 
     /// The rotary cos/sin tables for `positions` positions (frequencies and attention factor).
     pub fn rope_table(&self, positions: usize) -> RopeTable {
-        RopeTable::scaled(&self.inv_freq, positions, self.rope_attn_factor)
+        match &self.ggml_rope {
+            Some((base, ff)) => {
+                RopeTable::ggml(*base, self.inv_freq.len() * 2, ff.as_deref(), positions)
+            }
+            None => RopeTable::scaled(&self.inv_freq, positions, self.rope_attn_factor),
+        }
     }
 
     /// The model's configuration.
@@ -377,7 +415,6 @@ impl Model {
         let shape = self.ckpt.config.expected_shape(id);
         let (out, inp) = (shape[0] as usize, shape[1] as usize);
         let w = self.ckpt.weight_f32(id)?;
-        let mut mins = None;
         let act = match storage {
             WeightStorage::Plain(dtype) if self.opts.ggml_act_quant => {
                 let ty = GgmlActType::for_weight(dtype).ok_or_else(|| Error::Unsupported {
@@ -390,9 +427,6 @@ impl Model {
                         reason: format!("{id}: row length {inp} is not whole {ty:?} blocks"),
                     });
                 }
-                if ty == GgmlActType::Q8_1 {
-                    mins = Some(self.block_mins(id, dtype, out, inp)?);
-                }
                 ActQuant::Ggml(ty)
             }
             WeightStorage::Plain(_) => ActQuant::None,
@@ -404,42 +438,81 @@ impl Model {
                 ActEmulation::Nvfp4 { gs } => ActQuant::Nvfp4 { gs },
             },
         };
+        let exact = self.exact_weights(id, storage, act, out, inp)?;
         self.release(id);
         Ok(Linear {
             w,
             out,
             inp,
             act,
-            mins,
+            exact,
         })
     }
 
-    /// The `m` (min) of every Q4_1/Q5_1 block, `[out, inp/32]`.
-    fn block_mins(
+    /// The stored form of `id`'s weight when its matmul runs on codes ([`Exact`]): ggml's
+    /// 32-block types under `--ggml-act-quant`, FP8 E4M3 row/tensor-scaled weights under
+    /// W8A8; `None` otherwise.
+    fn exact_weights(
         &self,
         id: TensorId,
-        dtype: qforge_codecs::DType,
+        storage: WeightStorage,
+        act: ActQuant,
         out: usize,
         inp: usize,
-    ) -> Result<Vec<f32>> {
-        let t = self
-            .ckpt
-            .part(id, qforge_convert::Part::Weight)
-            .ok_or_else(|| qforge_convert::Error::NoSuchTensor(id.to_string()))?;
-        let bytes = self.ckpt.bytes(t)?;
-        let bb = dtype.block_bytes() as usize;
-        let nb = out * inp / 32;
-        if bytes.len() != nb * bb {
-            return Err(Error::Unsupported {
-                path: self.ckpt.path.clone(),
-                reason: format!("{id}: {} bytes for {nb} {dtype} blocks", bytes.len()),
-            });
+    ) -> Result<Option<Exact>> {
+        let part = |p| {
+            self.ckpt
+                .part(id, p)
+                .ok_or_else(|| qforge_convert::Error::NoSuchTensor(id.to_string()))
+        };
+        let bad = |reason: String| Error::Unsupported {
+            path: self.ckpt.path.clone(),
+            reason: format!("{id}: {reason}"),
+        };
+        match (act, storage) {
+            (ActQuant::Ggml(_), WeightStorage::Plain(dtype))
+                if crate::gemm::ggml::GgmlWeights::supports(dtype) =>
+            {
+                let t = part(qforge_convert::Part::Weight)?;
+                let bytes = self.ckpt.bytes(t)?;
+                let w = crate::gemm::ggml::GgmlWeights::from_blocks(dtype, &bytes, out, inp)
+                    .map_err(|e| bad(format!("{} {e}", t.name)))?;
+                Ok(Some(Exact::Ggml(w)))
+            }
+            // FP8 with one scale per row or per tensor (not FP8 block, whose act is Fp8Group)
+            (ActQuant::Fp8Token { .. }, WeightStorage::Quantized(s))
+                if matches!(s.kind.id(), "fp8-rowwise" | "fp8-static")
+                    && inp <= crate::gemm::fp8::MAX_K =>
+            {
+                let t = part(qforge_convert::Part::Weight)?;
+                if t.dtype != qforge_codecs::DType::F8_E4M3 {
+                    // E5M2 products are not exact in f64 over long rows: f32 GEMM of `w`
+                    return Ok(None);
+                }
+                let codes = self.ckpt.bytes(t)?.into_owned();
+                if Some(codes.len()) != out.checked_mul(inp) {
+                    return Err(bad(format!(
+                        "{}: {} bytes for [{out}, {inp}] FP8",
+                        t.name,
+                        codes.len()
+                    )));
+                }
+                let st = part(qforge_convert::Part::WeightScale)?;
+                let scale = self.ckpt.to_f32(st)?;
+                if scale.len() != 1 && scale.len() != out {
+                    return Err(bad(format!(
+                        "{}: {} scales for {out} rows",
+                        st.name,
+                        scale.len()
+                    )));
+                }
+                Ok(Some(Exact::Fp8(crate::gemm::fp8::Fp8Weights {
+                    codes,
+                    scale,
+                })))
+            }
+            _ => Ok(None),
         }
-        // block_q4_1 / block_q5_1 start with f16 d, f16 m.
-        Ok(bytes
-            .chunks_exact(bb)
-            .map(|b| qforge_codecs::float::f16_bits_to_f32(u16::from_le_bytes([b[2], b[3]])))
-            .collect())
     }
 
     pub(crate) fn norm(&self, id: TensorId) -> Result<Vec<f32>> {
@@ -630,7 +703,6 @@ impl Model {
         };
         let storage = self.ckpt.weight_storage(id)?;
         let w = self.ckpt.weight_f32(id)?;
-        self.release(id);
         let inp = self.ckpt.config.hidden_size as usize;
         let out = w.len() / inp;
         let act = match storage {
@@ -648,12 +720,8 @@ impl Model {
                 None => ActQuant::None,
             },
         };
-        let mins = match (act, storage) {
-            (ActQuant::Ggml(GgmlActType::Q8_1), WeightStorage::Plain(dt)) => {
-                Some(self.block_mins(id, dt, out, inp)?)
-            }
-            _ => None,
-        };
+        let exact = self.exact_weights(id, storage, act, out, inp)?;
+        self.release(id);
         Ok((
             norm,
             Linear {
@@ -661,7 +729,7 @@ impl Model {
                 out,
                 inp,
                 act,
-                mins,
+                exact,
             },
         ))
     }

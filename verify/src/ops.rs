@@ -138,6 +138,8 @@ pub struct RopeTable {
     half: usize,
     cos: Vec<f64>,
     sin: Vec<f64>,
+    /// Rotate with one FMA per output, as ggml-cpu's `rotate_pairs` compiles ([`Self::ggml`]).
+    fma: bool,
 }
 
 impl RopeTable {
@@ -160,7 +162,35 @@ impl RopeTable {
                 sin.push(a.sin() * attn_factor);
             }
         }
-        RopeTable { half, cos, sin }
+        RopeTable {
+            half,
+            cos,
+            sin,
+            fma: false,
+        }
+    }
+
+    /// ggml-cpu's tables and rotation (`--ggml-cpu-ops`): cos/sin of the `f32` angles of
+    /// [`crate::ggml_cpu::rope_cache`], applied as `fma(x0, cos, −(x1·sin))`,
+    /// `fma(x0, sin, x1·cos)` (ops.cpp `rotate_pairs`; GCC contracts it under `-mfma`).
+    pub fn ggml(base: f32, hd: usize, freq_factors: Option<&[f32]>, positions: usize) -> Self {
+        let half = hd / 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(positions * half), Vec::new());
+        sin.reserve(positions * half);
+        let mut cs = vec![(0f32, 0f32); half];
+        for p in 0..positions {
+            crate::ggml_cpu::rope_cache(p, base, hd, freq_factors, &mut cs);
+            for &(c, s) in &cs {
+                cos.push(f64::from(c));
+                sin.push(f64::from(s));
+            }
+        }
+        RopeTable {
+            half,
+            cos,
+            sin,
+            fma: true,
+        }
     }
 
     /// Rotate every head of `x` (`[tokens, heads·hd]`, token `t` at position `t`), in place.
@@ -180,8 +210,13 @@ impl RopeTable {
                         };
                         let (a, b) = (head[ia], head[ib]);
                         let (c, s) = (T::of_f64(c[j]), T::of_f64(s[j]));
-                        head[ia] = a * c - b * s;
-                        head[ib] = b * c + a * s;
+                        if self.fma {
+                            head[ia] = a.mul_add(c, -(b * s));
+                            head[ib] = a.mul_add(s, b * c);
+                        } else {
+                            head[ia] = a * c - b * s;
+                            head[ib] = b * c + a * s;
+                        }
                     }
                 }
             });

@@ -37,11 +37,15 @@ pub trait Real:
     /// `√x`.
     #[must_use]
     fn sqrt(self) -> Self;
+    /// `self · a + b` with one rounding.
+    #[must_use]
+    fn mul_add(self, a: Self, b: Self) -> Self;
     /// The nearest `f16` value (RNE), as this type.
     #[must_use]
     fn round_f16(self) -> Self;
-    /// `C[m, n] = A[m, k] · B[k, n]` with element strides (`matrixmultiply`'s gemm, α = 1,
-    /// β = 0, `C` column stride 1).
+    /// `C[m, n] = A[m, k] · B[k, n]` with element strides (α = 1, β = 0, `C` column stride 1),
+    /// on the calling thread: [`crate::gemm::sgemm_serial`] for `f32`, `matrixmultiply`'s
+    /// `dgemm` for `f64`.
     ///
     /// # Safety
     /// The pointers and strides must address valid, non-overlapping (for `C`) memory for the
@@ -60,11 +64,18 @@ pub trait Real:
         c: *mut Self,
         rsc: isize,
     );
+    /// `y[m, n] = x[m, k] · w[n, k]ᵀ` in parallel: [`crate::gemm::matmul_t`] for `f32`,
+    /// [`crate::matmul::blocked`] for `f64`.
+    fn matmul_t(x: &[Self], m: usize, k: usize, w: &[Self], n: usize, y: &mut [Self]);
+    /// `x` as `f32`s when this type is `f32` (the emulations of llama.cpp's `f32` arithmetic).
+    fn as_f32(x: &[Self]) -> Option<&[f32]>;
+    /// `x` as `f32`s when this type is `f32`.
+    fn as_f32_mut(x: &mut [Self]) -> Option<&mut [f32]>;
 }
 
-/// The members both impls share: constants, `exp`, `sqrt` and the gemm.
+/// The members both impls share: constants, `exp` and `sqrt`.
 macro_rules! shared {
-    ($t:ident, $gemm:path) => {
+    ($t:ident) => {
         const ZERO: Self = 0.0;
         const ONE: Self = 1.0;
         const NEG_INFINITY: Self = $t::NEG_INFINITY;
@@ -75,28 +86,58 @@ macro_rules! shared {
         fn sqrt(self) -> Self {
             $t::sqrt(self)
         }
-        #[allow(unsafe_code)]
-        unsafe fn gemm(
-            m: usize,
-            k: usize,
-            n: usize,
-            a: *const Self,
-            rsa: isize,
-            csa: isize,
-            b: *const Self,
-            rsb: isize,
-            csb: isize,
-            c: *mut Self,
-            rsc: isize,
-        ) {
-            // SAFETY: forwarded from the caller's contract.
-            unsafe { $gemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, 1) }
+        fn mul_add(self, a: Self, b: Self) -> Self {
+            $t::mul_add(self, a, b)
         }
     };
 }
 
 impl Real for f32 {
-    shared!(f32, matrixmultiply::sgemm);
+    shared!(f32);
+
+    #[allow(unsafe_code)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        c: *mut Self,
+        rsc: isize,
+    ) {
+        let u = |s: isize| usize::try_from(s).expect("gemm strides are non-negative");
+        let isa = crate::gemm::Isa::detect();
+        // SAFETY: forwarded from the caller's contract.
+        unsafe {
+            crate::gemm::sgemm_serial(
+                isa,
+                m,
+                k,
+                n,
+                a,
+                u(rsa),
+                u(csa),
+                b,
+                u(rsb),
+                u(csb),
+                c,
+                u(rsc),
+            );
+        }
+    }
+    fn matmul_t(x: &[Self], m: usize, k: usize, w: &[Self], n: usize, y: &mut [Self]) {
+        crate::gemm::matmul_t(x, m, k, w, n, y);
+    }
+    fn as_f32(x: &[Self]) -> Option<&[f32]> {
+        Some(x)
+    }
+    fn as_f32_mut(x: &mut [Self]) -> Option<&mut [f32]> {
+        Some(x)
+    }
 
     #[allow(clippy::cast_possible_truncation)] // rounding to f32 is the point
     fn of_f64(v: f64) -> Self {
@@ -111,7 +152,34 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
-    shared!(f64, matrixmultiply::dgemm);
+    shared!(f64);
+
+    #[allow(unsafe_code)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        c: *mut Self,
+        rsc: isize,
+    ) {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, 1) }
+    }
+    fn matmul_t(x: &[Self], m: usize, k: usize, w: &[Self], n: usize, y: &mut [Self]) {
+        crate::matmul::blocked(x, m, k, w, n, y);
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 
     fn of_f64(v: f64) -> Self {
         v
