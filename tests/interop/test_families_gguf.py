@@ -51,6 +51,16 @@ def families():
 def converter():
     if not (SRC / "convert_hf_to_gguf.py").is_file():
         pytest.fail(f"{SRC} missing: run scripts/build-llama-cpp.sh first")
+    # convert_hf_to_gguf needs the gguf-py of its own sources (newer than the pinned gguf wheel
+    # other test files import: its MODEL_ARCH lacks e.g. DFLASH). Load the source gguf while
+    # this module runs, and give the wheel's back afterwards.
+    def gguf_modules():
+        return {k: m for k, m in sys.modules.items() if k == "gguf" or k.startswith("gguf.")}
+
+    wheel = gguf_modules()
+    for k in wheel:
+        del sys.modules[k]
+    saved_path = list(sys.path)
     sys.path.insert(0, str(SRC / "gguf-py"))
     sys.path.insert(0, str(SRC))
     import convert_hf_to_gguf
@@ -68,6 +78,10 @@ def converter():
             del c.set_vocab
         else:
             c.set_vocab = f
+    sys.path[:] = saved_path
+    for k in gguf_modules():
+        del sys.modules[k]
+    sys.modules.update(wheel)
 
 
 def arch_fields(reader):
