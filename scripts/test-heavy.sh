@@ -4,7 +4,9 @@
 # GB); run by hand: the whole interop suite in the heavy venv, so nothing is skipped. It builds
 # everything the suite uses on a fresh machine: qforge, the codec and tokenizer_json examples,
 # llama.cpp's tools (default and --strict builds, as scripts/test.sh builds them: AVX-512 left
-# off), then the ZIP64 .pth check against torch.save.
+# off), then the ZIP64 .pth check against torch.save. One known gap runs as a strict xfail (shown
+# as `x`, failing the run if it starts to pass): AWQ with --all-experts on the Qwen3-MoE fixture
+# trails llm-compressor's drift (tests/interop/test_calibrate_llmcompressor_families.py).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$SECONDS
