@@ -8,7 +8,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use qforge_codecs::DType;
 use qforge_convert::Checkpoint;
-use qforge_quantize::gguf_mix::{quantize_to_gguf, GgufQuantOptions};
+use qforge_quantize::gguf_mix::{quantize_to_gguf, GgufMix, GgufQuantOptions};
 use qforge_quantize::imatrix::Imatrix;
 use qforge_quantize::layout::{
     quantize_to_hf, HfLayout, HfQuantOptions, HfScheme, IgnoreList, Params, Policy, PrecomputedInt4,
@@ -103,7 +103,7 @@ pub const SERVED_GROUPS: [usize; 3] = [128, 64, 32];
 /// written: a group that divides none of the rows is refused once, naming a row and
 /// suggesting the groups servers run that divide every row (or per-row); a group servers do not
 /// run gets a warning.
-fn check_groups(ckpt: &Checkpoint, scheme: Scheme, out: &mut impl Write) -> Result<()> {
+fn check_groups(ckpt: &Checkpoint, scheme: Scheme, out: &mut dyn Write) -> Result<()> {
     let Some(Params {
         bits,
         group_size: Some(g),
@@ -269,6 +269,39 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
             .as_ref()
             .map_or("none".into(), |p| p.display().to_string())
     );
+    let calibrated = read_calibration(ckpt, scheme, args)?;
+    let numerics = Numerics {
+        policy: args.bad_weights,
+        max_abs: args.max_abs_weight,
+    };
+    if !args.allow_requantize {
+        refuse_requantize(ckpt)?;
+    }
+    // warnings: not with --quiet (nor from the plan a run makes of itself for its progress)
+    let mut warn: Box<dyn Write> = if args.quiet {
+        Box::new(std::io::sink())
+    } else {
+        Box::new(std::io::stderr())
+    };
+    if let Scheme::Hf(_) = scheme {
+        check_output_name(&args.output, scheme, &mut warn)?;
+    }
+    match scheme {
+        Scheme::Gguf(mix) => quantize_gguf(ckpt, mix, calibrated.calib.imatrix, numerics, args),
+        Scheme::Hf(hf) => quantize_hf(ckpt, scheme, hf, calibrated, numerics, args, &mut warn),
+    }
+}
+
+/// What `--calib` gave: a JSON calibration file's contents, or a GPTQ / AWQ calibration
+/// directory (checked against the scheme).
+struct CalibInputs {
+    calib: Calib,
+    gptq_codes: Option<std::sync::Arc<CalibCodes>>,
+    awq_scales: Option<std::sync::Arc<qforge_calibrate::output::AwqScales>>,
+}
+
+/// Read `--calib` (a calibration file, or a GPTQ or AWQ directory made for `scheme`).
+fn read_calibration(ckpt: &Checkpoint, scheme: Scheme, args: &QuantizeArgs) -> Result<CalibInputs> {
     let mut gptq_codes = None;
     let mut awq_scales = None;
     let calib: Calib = match &args.calib {
@@ -310,169 +343,182 @@ pub fn execute_on(ckpt: &Checkpoint, args: &QuantizeArgs) -> Result<Quantized> {
         }
         None => Calib::default(),
     };
-    let numerics = Numerics {
-        policy: args.bad_weights,
-        max_abs: args.max_abs_weight,
-    };
+    Ok(CalibInputs {
+        calib,
+        gptq_codes,
+        awq_scales,
+    })
+}
+
+/// `--scheme gguf:<mix>`: llama-quantize's mix, with an importance matrix from `--imatrix` or
+/// the calibration file.
+fn quantize_gguf(
+    ckpt: &Checkpoint,
+    mix: GgufMix,
+    calib_imatrix: Option<BTreeMap<String, Vec<f32>>>,
+    numerics: Numerics,
+    args: &QuantizeArgs,
+) -> Result<Quantized> {
     let mut err = std::io::stderr().lock();
-    if !args.allow_requantize {
-        refuse_requantize(ckpt)?;
+    if matches!(args.layout, Some(l) if l != QuantLayout::Gguf) {
+        bail!("--scheme gguf:{mix} writes a GGUF file\n  hint: drop --layout or use --layout gguf");
     }
-    // warnings: not with --quiet (nor from the plan a run makes of itself for its progress)
-    let mut warn: Box<dyn Write> = if args.quiet {
-        Box::new(std::io::sink())
-    } else {
-        Box::new(std::io::stderr())
+    if args.policy != QuantPolicy::AllLinear || !args.ignore.is_empty() {
+        bail!("--policy and --ignore apply to HF layouts; GGUF mixes follow llama.cpp's rules");
+    }
+    let (imatrix, extra_metadata) = match (&args.imatrix, calib_imatrix) {
+        (Some(_), Some(_)) => bail!(
+            "--imatrix and an \"imatrix\" in --calib both give an importance matrix\n  hint: pass one of them"
+        ),
+        (Some(p), None) => {
+            let m = Imatrix::read(p)?;
+            let w = m
+                .quant_weights()
+                .map_err(|kind| qforge_quantize::imatrix::err(p, kind))?;
+            // llama-quantize records the file, dataset, entry and chunk counts.
+            let meta = m.quantize_metadata(&p.to_string_lossy());
+            (Some(w).filter(|w| !w.is_empty()), meta)
+        }
+        (None, im) => (im, Vec::new()),
     };
-    if let Scheme::Hf(_) = scheme {
-        check_output_name(&args.output, scheme, &mut warn)?;
+    let w = quantize_to_gguf(
+        ckpt,
+        &args.output,
+        mix,
+        &GgufQuantOptions {
+            imatrix,
+            overwrite: args.overwrite,
+            numerics,
+            extra_metadata,
+            dry_run: args.dry_run,
+        },
+    )
+    .map_err(bad_weight_hint)?;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, t, _) in &w.types {
+        *counts.entry(t.to_string()).or_default() += 1;
     }
-    Ok(match scheme {
-        Scheme::Gguf(mix) => {
-            if matches!(args.layout, Some(l) if l != QuantLayout::Gguf) {
-                bail!("--scheme gguf:{mix} writes a GGUF file\n  hint: drop --layout or use --layout gguf");
-            }
-            if args.policy != QuantPolicy::AllLinear || !args.ignore.is_empty() {
-                bail!("--policy and --ignore apply to HF layouts; GGUF mixes follow llama.cpp's rules");
-            }
-            let (imatrix, extra_metadata) = match (&args.imatrix, calib.imatrix) {
-                (Some(_), Some(_)) => bail!(
-                    "--imatrix and an \"imatrix\" in --calib both give an importance matrix\n  hint: pass one of them"
-                ),
-                (Some(p), None) => {
-                    let m = Imatrix::read(p)?;
-                    let w = m
-                        .quant_weights()
-                        .map_err(|kind| qforge_quantize::imatrix::err(p, kind))?;
-                    // llama-quantize records the file, dataset, entry and chunk counts.
-                    let meta = m.quantize_metadata(&p.to_string_lossy());
-                    (Some(w).filter(|w| !w.is_empty()), meta)
-                }
-                (None, im) => (im, Vec::new()),
-            };
-            let w = quantize_to_gguf(
-                ckpt,
-                &args.output,
-                mix,
-                &GgufQuantOptions {
-                    imatrix,
-                    overwrite: args.overwrite,
-                    numerics,
-                    extra_metadata,
-                    dry_run: args.dry_run,
-                },
-            )
-            .map_err(bad_weight_hint)?;
-            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-            for (_, t, _) in &w.types {
-                *counts.entry(t.to_string()).or_default() += 1;
-            }
-            if !args.dry_run && !args.quiet {
-                for n in &w.written.notes {
-                    writeln!(err, "note: {n}")?;
-                }
-            }
-            let summary = json!({
-                "output": args.output,
-                "scheme": format!("gguf:{}", mix.name().to_ascii_lowercase()),
-                "layout": "gguf",
-                "types": counts,
-                "tensors": w.types.iter().map(|(n, t, f)| json!({
-                    "name": n, "type": t.to_string(), "fallback_from": f.map(|d| d.to_string())
-                })).collect::<Vec<_>>(),
-                "bytes": w.written.files.iter().map(|f| f.bytes).sum::<u64>(),
-                "files": w.written.files,
-            });
-            Quantized {
-                summary,
-                files: w.written.files,
-                modules: Vec::new(),
-                gguf_types: w.types.iter().map(|(n, t, _)| (n.clone(), *t)).collect(),
-            }
+    if !args.dry_run && !args.quiet {
+        for n in &w.written.notes {
+            writeln!(err, "note: {n}")?;
         }
-        Scheme::Hf(hf) => {
-            if args.imatrix.is_some() {
-                bail!("--imatrix applies to gguf:<mix> schemes (llama.cpp's K-quant and legacy codecs)");
-            }
-            let layout = match args.layout {
-                None | Some(QuantLayout::CompressedTensors) => HfLayout::CompressedTensors,
-                Some(QuantLayout::Fbgemm) => HfLayout::Fbgemm,
-                Some(QuantLayout::Mlx) => HfLayout::Mlx,
-                Some(QuantLayout::Gguf) => bail!(
-                    "--layout gguf needs a gguf:<mix> scheme\n  hint: e.g. --scheme gguf:q4_k_m"
-                ),
-            };
-            if layout == HfLayout::CompressedTensors {
-                // (fbgemm is FP8 only: the writer refuses INT4 there, with its own message)
-                check_groups(ckpt, scheme, &mut warn)?;
-            }
-            let ignore = IgnoreList::new(&args.ignore).map_err(anyhow::Error::msg)?;
-            let opts = HfQuantOptions {
-                scheme: hf,
-                layout,
-                policy: match args.policy {
-                    QuantPolicy::AllLinear => Policy::AllLinear,
-                    QuantPolicy::Meta405b => Policy::Meta405b,
-                    QuantPolicy::MetaLlama4 => Policy::MetaLlama4,
-                },
-                ignore,
-                dtype: match args.dtype {
-                    FloatDtype::Bf16 => DType::BF16,
-                    FloatDtype::F32 => DType::F32,
-                    FloatDtype::F16 => bail!(
-                        "--dtype f16 is not supported for quantized HF output\n  hint: use bf16 (default) or f32"
-                    ),
-                },
-                activation_scale_ub: args.activation_scale_ub,
-                input_scales: calib.input_scales,
-                input_amax: Some(calib.modules.iter())
-                    .map(|ms| ms.filter_map(|m| Some((m.module.clone(), m.input_amax?))).collect()),
-                shard_size: args.shard_size,
-                output: OutputOptions {
-                    resume: args.resume,
-                    overwrite: args.overwrite,
-                    dry_run: args.dry_run,
-                    allow_lossy: args.allow_lossy,
-                },
-                numerics,
-                precomputed_int4: gptq_codes
-                    .clone()
-                    .map(|c| c as std::sync::Arc<dyn PrecomputedInt4>),
-                weight_transform: awq_scales.clone().map(|a| {
-                    a as std::sync::Arc<dyn qforge_quantize::layout::WeightTransform>
-                }),
-            };
-            let w = quantize_to_hf(ckpt, &args.output, &opts).map_err(bad_weight_hint)?;
-            for n in w
-                .written
-                .notes
-                .iter()
-                .filter(|_| !args.dry_run && !args.quiet)
-            {
-                writeln!(err, "note: {n}")?;
-            }
-            if !w.written.resumed.is_empty() && !args.quiet {
-                writeln!(
-                    err,
-                    "resumed: kept {} verified file(s) from the interrupted run",
-                    w.written.resumed.len()
-                )?;
-            }
-            let summary = json!({
-                "output": args.output,
-                "scheme": args.scheme,
-                "layout": match layout { HfLayout::CompressedTensors => "compressed-tensors", HfLayout::Fbgemm => "fbgemm", HfLayout::Mlx => "mlx" },
-                "quantized_modules": w.quantized.len(),
-                "kept_modules": w.kept,
-                "bytes": w.written.files.iter().map(|f| f.bytes).sum::<u64>(),
-                "files": w.written.files,
-            });
-            Quantized {
-                summary,
-                files: w.written.files,
-                modules: w.quantized,
-                gguf_types: Vec::new(),
-            }
+    }
+    let summary = json!({
+        "output": args.output,
+        "scheme": format!("gguf:{}", mix.name().to_ascii_lowercase()),
+        "layout": "gguf",
+        "types": counts,
+        "tensors": w.types.iter().map(|(n, t, f)| json!({
+            "name": n, "type": t.to_string(), "fallback_from": f.map(|d| d.to_string())
+        })).collect::<Vec<_>>(),
+        "bytes": w.written.files.iter().map(|f| f.bytes).sum::<u64>(),
+        "files": w.written.files,
+    });
+    Ok(Quantized {
+        summary,
+        files: w.written.files,
+        modules: Vec::new(),
+        gguf_types: w.types.iter().map(|(n, t, _)| (n.clone(), *t)).collect(),
+    })
+}
+
+/// An HF layout (compressed-tensors, fbgemm, MLX) of `hf`, with the calibration's scales,
+/// GPTQ codes or AWQ scales.
+fn quantize_hf(
+    ckpt: &Checkpoint,
+    scheme: Scheme,
+    hf: HfScheme,
+    calibrated: CalibInputs,
+    numerics: Numerics,
+    args: &QuantizeArgs,
+    warn: &mut dyn Write,
+) -> Result<Quantized> {
+    let CalibInputs {
+        calib,
+        gptq_codes,
+        awq_scales,
+    } = calibrated;
+    let mut err = std::io::stderr().lock();
+    if args.imatrix.is_some() {
+        bail!("--imatrix applies to gguf:<mix> schemes (llama.cpp's K-quant and legacy codecs)");
+    }
+    let layout = match args.layout {
+        None | Some(QuantLayout::CompressedTensors) => HfLayout::CompressedTensors,
+        Some(QuantLayout::Fbgemm) => HfLayout::Fbgemm,
+        Some(QuantLayout::Mlx) => HfLayout::Mlx,
+        Some(QuantLayout::Gguf) => {
+            bail!("--layout gguf needs a gguf:<mix> scheme\n  hint: e.g. --scheme gguf:q4_k_m")
         }
+    };
+    if layout == HfLayout::CompressedTensors {
+        // (fbgemm is FP8 only: the writer refuses INT4 there, with its own message)
+        check_groups(ckpt, scheme, warn)?;
+    }
+    let ignore = IgnoreList::new(&args.ignore).map_err(anyhow::Error::msg)?;
+    let opts = HfQuantOptions {
+        scheme: hf,
+        layout,
+        policy: match args.policy {
+            QuantPolicy::AllLinear => Policy::AllLinear,
+            QuantPolicy::Meta405b => Policy::Meta405b,
+            QuantPolicy::MetaLlama4 => Policy::MetaLlama4,
+        },
+        ignore,
+        dtype: match args.dtype {
+            FloatDtype::Bf16 => DType::BF16,
+            FloatDtype::F32 => DType::F32,
+            FloatDtype::F16 => bail!(
+                "--dtype f16 is not supported for quantized HF output\n  hint: use bf16 (default) or f32"
+            ),
+        },
+        activation_scale_ub: args.activation_scale_ub,
+        input_scales: calib.input_scales,
+        input_amax: Some(calib.modules.iter())
+            .map(|ms| ms.filter_map(|m| Some((m.module.clone(), m.input_amax?))).collect()),
+        shard_size: args.shard_size,
+        output: OutputOptions {
+            resume: args.resume,
+            overwrite: args.overwrite,
+            dry_run: args.dry_run,
+            allow_lossy: args.allow_lossy,
+        },
+        numerics,
+        precomputed_int4: gptq_codes
+            .clone()
+            .map(|c| c as std::sync::Arc<dyn PrecomputedInt4>),
+        weight_transform: awq_scales.clone().map(|a| {
+            a as std::sync::Arc<dyn qforge_quantize::layout::WeightTransform>
+        }),
+    };
+    let w = quantize_to_hf(ckpt, &args.output, &opts).map_err(bad_weight_hint)?;
+    for n in w
+        .written
+        .notes
+        .iter()
+        .filter(|_| !args.dry_run && !args.quiet)
+    {
+        writeln!(err, "note: {n}")?;
+    }
+    if !w.written.resumed.is_empty() && !args.quiet {
+        writeln!(
+            err,
+            "resumed: kept {} verified file(s) from the interrupted run",
+            w.written.resumed.len()
+        )?;
+    }
+    let summary = json!({
+        "output": args.output,
+        "scheme": args.scheme,
+        "layout": match layout { HfLayout::CompressedTensors => "compressed-tensors", HfLayout::Fbgemm => "fbgemm", HfLayout::Mlx => "mlx" },
+        "quantized_modules": w.quantized.len(),
+        "kept_modules": w.kept,
+        "bytes": w.written.files.iter().map(|f| f.bytes).sum::<u64>(),
+        "files": w.written.files,
+    });
+    Ok(Quantized {
+        summary,
+        files: w.written.files,
+        modules: w.quantized,
+        gguf_types: Vec::new(),
     })
 }
