@@ -18,6 +18,9 @@ export QFORGE_LLAMA_ISA="${QFORGE_LLAMA_ISA:-avx2}"
 scripts/build-llama-cpp.sh --print-bin-dir >/dev/null
 scripts/build-llama-cpp.sh --strict --print-bin-dir >/dev/null
 export QFORGE_REQUIRE_STRICT=1  # test_strict_build_agrees fails instead of skipping
+# torch's OpenMP threads spin-wait at their barriers: on a shared 2-core machine llm-compressor's
+# GPTQ on SmolLM2 took over 17 min (500 s of CPU) instead of 1.5 min. One thread each, unless set.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 export QFORGE_IMATRIX_ALL_MIXES=1  # the imatrix mixes CI leaves out (Q4_0, Q5_0, Q5_1, Q6_K)
 PY="$(scripts/pyenv.sh --heavy --print-python)"
 QFORGE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/qforge" "$PY" -m pytest -p no:cacheprovider -q -rs tests/interop "$@"
